@@ -1,0 +1,508 @@
+"""The validated AST: immutable pydantic models, one per construct of the language.
+
+This is the single source of truth about a model after `import`, `extends` and constants are
+resolved: every value is concrete (no expressions) and every default that depends on the model
+(an attention's `head_dim`, Mamba's `dt_rank`) has been filled in by `resolve.py`.
+Cross-field rules live in validators next to the fields they check and raise `FieldError`,
+which names the field so the error can point at the value in the source.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds that keep hostile specs from allocating absurd amounts of memory downstream.
+MAX_DIM = 1 << 24  # widths, vocabularies, context lengths
+MAX_LAYERS = 4096
+MAX_EXPERTS = 4096
+
+Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
+Count = Annotated[int, Field(ge=0, le=MAX_DIM)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16"}
+
+
+class FieldError(ValueError):
+    """A validation failure attributed to one field (so the error points at its value)."""
+
+    def __init__(self, field: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.field, self.message, self.hint = field, message, hint
+
+
+def check_identifier(name: str, what: str) -> str:
+    """Names reach generated Python code, so they must be plain, safe identifiers."""
+    if not name.isidentifier() or not name.isascii():
+        raise ValueError(f"{what} name {name!r} is not a valid identifier")
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise ValueError(f"{what} name `{name}` is a Python keyword")
+    if name.startswith("__"):
+        raise ValueError(f"{what} name `{name}` may not start with `__`")
+    return name
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+class Norm(Node):
+    """`rmsnorm(eps = 1e-5, placement = pre)`; `layernorm(eps = 1e-12, bias = true)`."""
+
+    kind: Literal["layernorm", "rmsnorm"]
+    eps: PositiveFloat = 1e-5
+    bias: bool | None = None  # layernorm default true; rmsnorm has none
+    unit_offset: bool = False  # weight stored as w - 1 and applied as (1 + w), as in Gemma
+    placement: Literal["pre", "post", "sandwich"] = "pre"
+
+    @model_validator(mode="after")
+    def _bias(self) -> "Norm":
+        if self.kind == "rmsnorm" and self.bias:
+            raise FieldError("bias", "rmsnorm has no bias", "use layernorm(bias = true) for a norm with a bias")
+        if self.bias is None:
+            object.__setattr__(self, "bias", self.kind == "layernorm")
+        return self
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+class LinearScaling(Node):
+    """Position interpolation: positions are divided by `factor`."""
+
+    kind: Literal["linear"]
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+
+
+class NTKScaling(Node):
+    """NTK-aware scaling: the base is stretched to theta * factor ** (d / (d - 2))."""
+
+    kind: Literal["ntk"]
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+
+
+class YarnScaling(Node):
+    """YaRN (Peng et al. 2023): per-frequency interpolation with a ramp, plus attention temperature."""
+
+    kind: Literal["yarn"]
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    original_context: Dim
+    beta_fast: PositiveFloat = 32.0
+    beta_slow: PositiveFloat = 1.0
+    mscale: NonNegFloat = 1.0
+    mscale_all_dim: NonNegFloat = 0.0
+
+
+class Llama3Scaling(Node):
+    """Llama 3.1's frequency-dependent scaling between a low and a high wavelength bound."""
+
+    kind: Literal["llama3"]
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    low_freq_factor: PositiveFloat = 1.0
+    high_freq_factor: PositiveFloat = 4.0
+    original_context: Dim = 8192
+
+    @model_validator(mode="after")
+    def _order(self) -> "Llama3Scaling":
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise FieldError("high_freq_factor", "high_freq_factor must be greater than low_freq_factor")
+        return self
+
+
+RopeScaling = Annotated[Union[LinearScaling, NTKScaling, YarnScaling, Llama3Scaling], Field(discriminator="kind")]
+
+
+class Rope(Node):
+    """Rotary embeddings; `dim` rotates only the first `dim` channels of each head (partial RoPE)."""
+
+    kind: Literal["rope"]
+    theta: PositiveFloat = 10000.0
+    dim: Dim | None = None
+    scaling: RopeScaling | None = None
+
+    @field_validator("dim")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError(f"rope dim must be even, got {v}")
+        return v
+
+
+class Sinusoidal(Node):
+    """The fixed sin/cos table of Vaswani et al., added to the embeddings."""
+
+    kind: Literal["sinusoidal"]
+
+
+class Learned(Node):
+    """A learned absolute position table of `context` rows, added to the embeddings (GPT-2, BERT)."""
+
+    kind: Literal["learned"]
+
+
+class Alibi(Node):
+    """Linear biases on attention scores (Press et al. 2021); no parameters."""
+
+    kind: Literal["alibi"]
+
+
+class Relative(Node):
+    """T5's bucketed relative position bias, learned per head and shared across layers of a stack."""
+
+    kind: Literal["relative"]
+    buckets: Dim = 32
+    max_distance: Dim = 128
+
+
+Position = Annotated[Union[Rope, Sinusoidal, Learned, Alibi, Relative], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class _AttentionCommon(Node):
+    heads: Dim
+    head_dim: Dim  # filled from d_model / heads when not written
+    bias: bool = False  # on the q, k, v projections
+    out_bias: bool = False
+    window: Dim | None = None  # sliding window: each token sees the last `window` tokens
+    softcap: PositiveFloat | None = None  # tanh soft-capping of the scores (Gemma 2)
+    scale: PositiveFloat | None = None  # score scale; default 1 / sqrt(head_dim)
+
+
+class MHA(_AttentionCommon):
+    """Multi-head attention: every query head has its own key and value head."""
+
+    kind: Literal["mha"]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+
+class MQA(_AttentionCommon):
+    """Multi-query attention: one key/value head shared by all query heads."""
+
+    kind: Literal["mqa"]
+
+    @property
+    def kv_heads(self) -> int:
+        return 1
+
+
+class GQA(_AttentionCommon):
+    """Grouped-query attention: `heads / kv_heads` query heads share each key/value head."""
+
+    kind: Literal["gqa"]
+    kv_heads: Dim
+
+    @model_validator(mode="after")
+    def _groups(self) -> "GQA":
+        if self.kv_heads > self.heads:
+            raise FieldError("kv_heads", f"kv_heads ({self.kv_heads}) cannot exceed heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            divisors = ", ".join(str(d) for d in range(1, self.heads + 1) if self.heads % d == 0)
+            raise FieldError(
+                "kv_heads",
+                f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})",
+                f"pick kv_heads from the divisors of {self.heads}: {divisors}",
+            )
+        return self
+
+
+class MLA(_AttentionCommon):
+    """Multi-head latent attention (DeepSeek-V2): K and V are rebuilt from a cached latent of
+    `kv_lora_rank` channels; a `rope_head_dim`-wide rotary key is shared by all heads."""
+
+    kind: Literal["mla"]
+    kv_lora_rank: Dim
+    q_lora_rank: Dim | None = None  # None: queries are projected directly from the hidden state
+    rope_head_dim: Dim = 64
+    nope_head_dim: Dim = 128
+    v_head_dim: Dim = 128
+    head_dim: Dim | None = None  # derived: nope_head_dim + rope_head_dim
+
+    @model_validator(mode="after")
+    def _dims(self) -> "MLA":
+        if self.rope_head_dim % 2:
+            raise FieldError("rope_head_dim", f"rope_head_dim must be even, got {self.rope_head_dim}")
+        object.__setattr__(self, "head_dim", self.nope_head_dim + self.rope_head_dim)
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+
+class Differential(_AttentionCommon):
+    """Differential attention (Ye et al. 2024): the difference of two softmax maps, weighted by a
+    learned lambda, cancels attention noise. Each head splits its q/k into two halves."""
+
+    kind: Literal["differential"]
+    kv_heads: Dim | None = None
+    lambda_init: Annotated[float, Field(ge=0, le=1)] | None = None  # default depends on depth
+
+    @model_validator(mode="after")
+    def _groups(self) -> "Differential":
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)
+        if self.heads % self.kv_heads:
+            raise FieldError("kv_heads", f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise FieldError("head_dim", f"differential attention needs an even head_dim, got {self.head_dim}")
+        return self
+
+
+class LinearAttention(_AttentionCommon):
+    """Linear attention (Katharopoulos et al. 2020) with the elu + 1 feature map: O(T) time,
+    a (head_dim x head_dim) state per head instead of a KV cache."""
+
+    kind: Literal["linear"]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+
+Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- feed-forward
+
+
+class MLP(Node):
+    """`mlp(hidden = 3072, act = gelu_tanh, bias = true)`: down(act(up(x)))."""
+
+    kind: Literal["mlp"]
+    hidden: Dim
+    act: Activation = "gelu"
+    bias: bool = True
+
+
+class GLU(Node):
+    """The GLU family: down(act(gate(x)) * up(x)). swiglu uses silu, geglu gelu."""
+
+    kind: Literal["swiglu", "geglu"]
+    hidden: Dim
+    act: Activation | None = None
+    bias: bool = False
+
+    @model_validator(mode="after")
+    def _act(self) -> "GLU":
+        if self.act is None:
+            object.__setattr__(self, "act", "silu" if self.kind == "swiglu" else "gelu")
+        elif self.kind == "swiglu" and self.act != "silu":
+            raise FieldError("act", f"swiglu always uses silu, got {self.act}", "use geglu(act = ...) for another activation")
+        return self
+
+
+ExpertFFN = Annotated[Union[MLP, GLU], Field(discriminator="kind")]
+
+
+class MoE(Node):
+    """A mixture of experts replacing the FFN: a router picks `top_k` of `experts` per token;
+    `shared_experts` always run (DeepSeek), optionally behind a sigmoid gate (Qwen2-MoE)."""
+
+    kind: Literal["moe"]
+    experts: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    expert: ExpertFFN
+    shared_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
+    shared: ExpertFFN | None = None  # the shared experts as one FFN; default: expert widened
+    shared_gate: bool = False
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    normalize_top_k: bool = True  # renormalise the chosen k weights to sum to 1
+    routed_scale: PositiveFloat = 1.0
+    aux_loss: NonNegFloat = 0.0  # load-balancing loss coefficient (Switch Transformer)
+    z_loss: NonNegFloat = 0.0  # router z-loss coefficient (ST-MoE)
+    capacity_factor: PositiveFloat | None = None  # tokens beyond capacity are dropped in training
+
+    @model_validator(mode="after")
+    def _routing(self) -> "MoE":
+        if self.top_k > self.experts:
+            raise FieldError("top_k", f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        if self.shared is not None and self.shared_experts == 0:
+            object.__setattr__(self, "shared_experts", 1)
+        if self.shared is None and self.shared_experts:
+            widened = self.expert.model_copy(update={"hidden": self.expert.hidden * self.shared_experts})
+            object.__setattr__(self, "shared", widened)
+        if self.shared_gate and self.shared is None:
+            raise FieldError("shared_gate", "shared_gate needs shared experts", "add shared_experts = 1")
+        return self
+
+
+FFN = Annotated[Union[MLP, GLU, MoE], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- state space
+
+
+class Mamba(Node):
+    """Mamba's selective state space layer (Gu & Dao 2023)."""
+
+    kind: Literal["mamba"]
+    d_state: Dim = 16
+    d_conv: Annotated[int, Field(gt=0, le=64)] = 4
+    expand: Annotated[int, Field(gt=0, le=64)] = 2
+    dt_rank: Dim  # filled from ceil(d_model / 16) when not written
+    conv_bias: bool = True
+    bias: bool = False  # on the in/out projections
+    inner_norms: bool = False  # RMSNorm on dt, B and C (Jamba)
+    norm_eps: PositiveFloat = 1e-6
+
+
+# ----------------------------------------------------------------------------- blocks and model
+
+
+class Block(Node):
+    """One layer kind: a token mixer (attention or ssm), an optional FFN, and their norms."""
+
+    name: str
+    norm: Norm
+    attention: Attention | None = None
+    ssm: Mamba | None = None
+    cross_attention: Attention | None = None
+    ffn: FFN | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_identifier(v, "block")
+
+    @model_validator(mode="after")
+    def _mixer(self) -> "Block":
+        if self.attention is not None and self.ssm is not None:
+            raise FieldError("ssm", "a block has one token mixer: attention or ssm, not both",
+                             "put the ssm in a block of its own and interleave the blocks in `layers`")
+        if self.attention is None and self.ssm is None and self.ffn is None:
+            raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
+        return self
+
+    @property
+    def mixer(self):
+        return self.attention if self.attention is not None else self.ssm
+
+
+class Model(Node):
+    name: str
+    family: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
+    vocab: Dim
+    d_model: Dim
+    context: Dim
+    dtype: Dtype = "bfloat16"
+    tie_embeddings: bool = False
+    position: Position | None = None
+    final_norm: Norm | None = None
+    embedding_norm: Norm | None = None  # a norm right after the embeddings (BERT)
+    embedding_scale: PositiveFloat | None = None  # multiply embeddings, e.g. sqrt(d_model) (Gemma)
+    type_vocab: Count = 0  # token-type (segment) embeddings (BERT)
+    logit_softcap: PositiveFloat | None = None
+    logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
+    pooler: bool = False  # tanh pooler over the first token (BERT)
+    blocks: dict[str, Block]
+    layers: tuple[str, ...] = ()
+    encoder_layers: tuple[str, ...] = ()
+    decoder_layers: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_identifier(v, "model")
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v):
+        return DTYPE_ALIASES.get(v, v) if isinstance(v, str) else v
+
+    @field_validator("layers", "encoder_layers", "decoder_layers")
+    @classmethod
+    def _depth(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > MAX_LAYERS:
+            raise ValueError(f"{len(v)} layers is more than the limit of {MAX_LAYERS}")
+        return v
+
+    @model_validator(mode="after")
+    def _stacks(self) -> "Model":
+        if self.family == "encoder_decoder":
+            if self.layers:
+                raise FieldError("layers", "an encoder_decoder model has encoder_layers and decoder_layers, not layers")
+            for field in ("encoder_layers", "decoder_layers"):
+                if not getattr(self, field):
+                    raise FieldError("family", f"an encoder_decoder model needs `{field}`")
+        else:
+            if not self.layers:
+                raise FieldError("family", f"a {self.family} model needs `layers`", "for example `layers = layer * 12`")
+            for field in ("encoder_layers", "decoder_layers"):
+                if getattr(self, field):
+                    raise FieldError(field, f"`{field}` is only for family = encoder_decoder")
+        for field in ("layers", "encoder_layers", "decoder_layers"):
+            for name in getattr(self, field):
+                block = self.blocks[name]
+                wants_cross = field == "decoder_layers"
+                if block.cross_attention is not None and not wants_cross:
+                    raise FieldError(field, f"block `{name}` has cross_attention, which only decoder_layers of an encoder_decoder model can use")
+                if wants_cross and block.attention is not None and block.cross_attention is None:
+                    raise FieldError(field, f"decoder block `{name}` needs cross_attention to read the encoder")
+        if self.pooler and self.family != "encoder":
+            raise FieldError("pooler", "pooler is for encoder models")
+        if self.type_vocab and self.family == "decoder":
+            raise FieldError("type_vocab", "token-type embeddings are for encoder models")
+        return self
+
+    def stacks(self) -> dict[str, tuple[str, ...]]:
+        """Layer stacks by name: {"layers": ...} or {"encoder": ..., "decoder": ...}."""
+        if self.family == "encoder_decoder":
+            return {"encoder": self.encoder_layers, "decoder": self.decoder_layers}
+        return {"layers": self.layers}
+
+    @property
+    def causal(self) -> bool:
+        return self.family != "encoder"
+
+
+def default_head_dim(d_model: int, heads: int) -> int | None:
+    return d_model // heads if heads and d_model % heads == 0 else None
+
+
+def default_dt_rank(d_model: int) -> int:
+    return math.ceil(d_model / 16)
+
+
+# What each slot of the language accepts, by the call name written there: derived from the
+# unions above so the resolver can say "unknown attention kind `gqaa`; did you mean `gqa`?".
+def _kinds(*classes) -> tuple[str, ...]:
+    out: list[str] = []
+    for cls in classes:
+        out.extend(cls.model_fields["kind"].annotation.__args__)
+    return tuple(out)
+
+
+SLOT_KINDS: dict[str, tuple[str, ...]] = {
+    "norm": _kinds(Norm),
+    "position": _kinds(Rope, Sinusoidal, Learned, Alibi, Relative),
+    "scaling": _kinds(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling),
+    "attention": _kinds(MHA, MQA, GQA, MLA, Differential, LinearAttention),
+    "ffn": _kinds(MLP, GLU, MoE),
+    "expert": _kinds(MLP, GLU),
+    "ssm": _kinds(Mamba),
+}
+
+# Which slot a field of a call or block belongs to.
+FIELD_SLOT = {
+    "norm": "norm", "final_norm": "norm", "embedding_norm": "norm",
+    "position": "position", "scaling": "scaling",
+    "attention": "attention", "cross_attention": "attention",
+    "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm",
+}
+
+MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))
+BLOCK_FIELDS = tuple(f for f in Block.model_fields if f != "name")
