@@ -13,7 +13,7 @@ import keyword
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 # Bounds that keep hostile specs from allocating absurd amounts of memory downstream.
 MAX_DIM = 1 << 24  # widths, vocabularies, context lengths
@@ -412,6 +412,17 @@ class Model(Node):
     layers: tuple[str, ...] = ()
     encoder_layers: tuple[str, ...] = ()
     decoder_layers: tuple[str, ...] = ()
+    # Where each value was written: ("blocks", "layer", "attention", "heads") → Span. Set by
+    # the resolver so that checks after the AST (IR validation) can point at the source.
+    _spans: dict = PrivateAttr(default_factory=dict)
+
+    def span_of(self, *path):
+        """The span of the value at `path`, or of its nearest enclosing value that has one."""
+        while path:
+            if path in self._spans:
+                return self._spans[path]
+            path = path[:-1]
+        return self._spans.get(("name",))
 
     @field_validator("name")
     @classmethod

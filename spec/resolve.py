@@ -619,13 +619,16 @@ def build_model(program: Program, name: str) -> A.Model:
                             b.spans.get((stack,)), hint=did_you_mean(str(value), merged.blocks) if isinstance(value, str) else None,
                             kind="semantic")
     _fill_defaults(data, data.get("d_model"), b)
+    b.spans.setdefault(("name",), decl.span)
     try:
-        return A.Model.model_validate(data)
+        model = A.Model.model_validate(data)
     except ValidationError as exc:
         errors = [(_strip_tags(err["loc"]), err["type"], _error_from_pydantic(err, b, program.entry, decl.span))
                   for err in exc.errors()]
         unique = _drop_knock_on(errors)
         raise (unique[0] if len(unique) == 1 else ArchErrors(unique)) from None
+    model._spans = {**b.name_spans, **b.spans}
+    return model
 
 
 def load_models(

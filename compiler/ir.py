@@ -1,0 +1,159 @@
+"""The graph IR: a networkx MultiDiGraph of typed ops (multi: rope feeds q and k to one attention), read by validation, facts, passes, diff,
+pictures and code generation.
+
+Every node carries:
+  op       one of OPS (a small closed set; see the table below)
+  name     the module attribute it becomes in generated code (unique within its layer)
+  outputs  the variable names it defines, in order (most ops define one)
+  shape    the shape of its first output, symbolic in B (batch), T (target length), S (source length)
+  params   weight name → shape
+  attrs    op-specific attributes (documented in OPS)
+  stack    "layers", "encoder" or "decoder" for nodes inside a layer stack, else None
+  layer    layer index inside the stack, else None
+  block    the block kind of that layer, else None
+  order    insertion order: the tie-breaker that makes every traversal deterministic
+  span     the spec location the node came from, for errors
+Edges carry `port` (the consumer's argument position) and `out` (which producer output).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import networkx as nx
+
+OPS: dict[str, str] = {
+    "input": "token ids; attrs: role (tokens | encoder_tokens)",
+    "embedding": "token embedding table; attrs: vocab, dim, scale",
+    "pos_embedding": "absolute positions added by the caller; attrs: kind (learned | sinusoidal), context, dim",
+    "type_embedding": "token-type (segment) embeddings; attrs: type_vocab, dim",
+    "const": "a constant table computed at build time; attrs: table (rope | alibi) and its parameters",
+    "rel_bias": "T5 bucketed relative position bias shared by a stack; attrs: buckets, max_distance, heads, bidirectional",
+    "add": "element-wise sum of its inputs (residual connections, embedding sums)",
+    "scale": "multiply by a constant; attrs: factor",
+    "norm": "LayerNorm or RMSNorm over the last dim; attrs: kind, dim, eps, bias, unit_offset",
+    "add_norm": "fused residual add + norm; outputs (sum, normed); attrs as norm",
+    "linear": "y = x W^T (+ b); attrs: in_features, out_features, bias, parts (fused from)",
+    "rope": "rotary embedding of q and k; outputs (q, k); attrs: heads, kv_heads, head_dim, rotary_dim",
+    "attention": "scaled dot-product attention core; attrs: kind, heads, kv_heads, head_dim, causal, window, softcap, scale, rope, packed, cross",
+    "mla_attention": "multi-head latent attention core: caches the latent; attrs: heads, kv_lora_rank, rope_head_dim, nope_head_dim, v_head_dim",
+    "linear_attention": "causal linear attention with the elu+1 feature map; attrs: heads, head_dim",
+    "activation": "element-wise activation; attrs: act",
+    "glu": "act(gate) * up; attrs: act, hidden, packed (input holds gate and up side by side)",
+    "moe": "routed mixture of experts (router, grouped experts, shared experts); attrs: see MoE",
+    "ssm": "Mamba selective state space mixer; attrs: d_inner, d_state, d_conv, dt_rank",
+    "softcap": "cap * tanh(x / cap); attrs: cap",
+    "pooler": "tanh(dense(first token)); attrs: dim",
+    "lm_head": "projection to the vocabulary; attrs: vocab, dim, tied (share the embedding)",
+    "output": "a model output; attrs: role (logits | hidden | pooled)",
+}
+
+# Ops that have no params and can only be reached from an output if something reads them.
+CONST_OPS = {"const"}
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """An output of a node: (node id, output index)."""
+
+    node: str
+    out: int = 0
+
+
+class GraphBuilder:
+    """Appends nodes in order; used by lowering and by passes that insert nodes."""
+
+    def __init__(self, graph: nx.MultiDiGraph | None = None):
+        self.g = graph if graph is not None else nx.MultiDiGraph()
+        self._order = max((d["order"] for _, d in self.g.nodes(data=True)), default=-1) + 1
+
+    def node(
+        self,
+        node_id: str,
+        op: str,
+        inputs: Iterable[NodeRef] = (),
+        *,
+        name: str,
+        outputs: tuple[str, ...] | str,
+        shape: tuple,
+        params: dict[str, tuple[int, ...]] | None = None,
+        attrs: dict[str, Any] | None = None,
+        stack: str | None = None,
+        layer: int | None = None,
+        block: str | None = None,
+        span=None,
+    ) -> NodeRef:
+        if op not in OPS:
+            raise ValueError(f"unknown IR op {op!r}")
+        if node_id in self.g:
+            raise ValueError(f"duplicate IR node {node_id!r}")
+        self.g.add_node(
+            node_id, op=op, name=name, outputs=(outputs,) if isinstance(outputs, str) else tuple(outputs),
+            shape=tuple(shape), params=dict(params or {}), attrs=dict(attrs or {}), stack=stack, layer=layer,
+            block=block, order=self._order, span=span,
+        )
+        self._order += 1
+        for port, ref in enumerate(inputs):
+            self.g.add_edge(ref.node, node_id, port=port, out=ref.out)
+        return NodeRef(node_id)
+
+
+def inputs_of(g: nx.MultiDiGraph, node: str) -> list[NodeRef]:
+    """The node's inputs in argument order."""
+    edges = sorted(g.in_edges(node, data=True), key=lambda e: e[2]["port"])
+    return [NodeRef(src, data["out"]) for src, _, data in edges]
+
+
+def ordered_nodes(g: nx.MultiDiGraph) -> list[str]:
+    """A topological order that follows insertion order wherever the data flow allows."""
+    return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
+
+
+def param_count(node_data: dict) -> int:
+    total = 0
+    for shape in node_data["params"].values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def dump(g: nx.MultiDiGraph) -> str:
+    """The IR as stable, diffable text: one line per node in deterministic topological order.
+
+        %layers.0.q_proj = linear(%layers.0.attn_norm) {in_features=64, ...} : (B, T, 64) [weight (64, 64)]
+    """
+    lines = [f"// model {g.graph.get('name', '?')} family={g.graph.get('family', '?')}"]
+    for node in ordered_nodes(g):
+        d = g.nodes[node]
+        args = ", ".join(f"%{r.node}" + (f"#{r.out}" if r.out else "") for r in inputs_of(g, node))
+        attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(d["attrs"].items()) if v is not None)
+        shape = "(" + ", ".join(str(s) for s in d["shape"]) + ")"
+        params = ", ".join(f"{k} {tuple(v)}" for k, v in d["params"].items())
+        outs = f" -> {', '.join(d['outputs'])}" if len(d["outputs"]) > 1 else ""
+        line = f"%{node} = {d['op']}({args})"
+        if attrs:
+            line += f" {{{attrs}}}"
+        line += f" : {shape}{outs}"
+        if params:
+            line += f" [{params}]"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def layer_nodes(g: nx.MultiDiGraph, stack: str, layer: int) -> list[str]:
+    """The nodes of one layer of a stack, in deterministic order."""
+    return [n for n in ordered_nodes(g) if g.nodes[n]["stack"] == stack and g.nodes[n]["layer"] == layer]

@@ -1,0 +1,409 @@
+"""AST → graph IR. Each block of each layer becomes explicit ops (norms, projections, the
+attention or SSM core, FFN pieces, residual adds) with their weights and shapes.
+
+The lowered graph is deliberately unfused: one linear per projection, residual adds and norms
+apart, RoPE as its own op, a constant table per layer. The passes in `passes/` fuse it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+
+from archlang.spec import ast as A
+
+from .ir import GraphBuilder, NodeRef
+
+
+def _norm_params(norm: A.Norm, dim: int) -> dict[str, tuple[int, ...]]:
+    params = {"weight": (dim,)}
+    if norm.bias:
+        params["bias"] = (dim,)
+    return params
+
+
+def _norm_attrs(norm: A.Norm, dim: int) -> dict[str, Any]:
+    return {"kind": norm.kind, "dim": dim, "eps": norm.eps, "bias": bool(norm.bias), "unit_offset": norm.unit_offset}
+
+
+def _scaling_attrs(scaling) -> dict[str, Any] | None:
+    return scaling.model_dump() if scaling is not None else None
+
+
+class _Lowerer:
+    def __init__(self, model: A.Model):
+        self.m = model
+        self.b = GraphBuilder()
+        self.d = model.d_model
+        g = self.b.g
+        g.graph.update(
+            name=model.name, family=model.family, vocab=model.vocab, d_model=model.d_model,
+            context=model.context, dtype=model.dtype, tie_embeddings=model.tie_embeddings,
+            stacks={k: list(v) for k, v in model.stacks().items()},
+            blocks={name: describe_block(block) for name, block in model.blocks.items()},
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def causal(self, ctx: dict) -> bool:
+        """Decoders attend to the past only; encoders (and the encoder stack) see everything."""
+        return self.m.family != "encoder" and ctx.get("stack") != "encoder"
+
+    def span(self, *path) -> Any:
+        return self.m.span_of(*path)
+    def linear(self, nid: str, x: NodeRef, in_f: int, out_f: int, bias: bool, out_var: str, seq: str, **ctx) -> NodeRef:
+        params = {"weight": (out_f, in_f)}
+        if bias:
+            params["bias"] = (out_f,)
+        return self.b.node(nid, "linear", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var,
+                           shape=("B", seq, out_f), params=params,
+                           attrs={"in_features": in_f, "out_features": out_f, "bias": bias}, **ctx)
+
+    def norm(self, nid: str, x: NodeRef, norm: A.Norm, out_var: str, seq: str, **ctx) -> NodeRef:
+        return self.b.node(nid, "norm", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var, shape=("B", seq, self.d),
+                           params=_norm_params(norm, self.d), attrs=_norm_attrs(norm, self.d), **ctx)
+
+    # ------------------------------------------------------------------ model
+    def lower(self) -> nx.MultiDiGraph:
+        m, b = self.m, self.b
+        if m.family == "encoder_decoder":
+            enc_tokens = b.node("encoder_input_ids", "input", name="encoder_input_ids", outputs="encoder_input_ids",
+                                shape=("B", "S"), attrs={"role": "encoder_tokens"})
+            tokens = b.node("input_ids", "input", name="input_ids", outputs="input_ids", shape=("B", "T"),
+                            attrs={"role": "tokens"})
+            embed = self.embedding(enc_tokens, "S")
+            enc = self.stack("encoder", m.encoder_layers, self.embedding_inputs(embed, "S", "encoder"), "S", memory=None)
+            enc = self.final(enc, "encoder", "S")
+            b.node("decoder_embed", "embedding", [tokens], name="decoder_embed", outputs="x", shape=("B", "T", self.d),
+                   attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed"})
+            x = self.stack("decoder", m.decoder_layers, NodeRef("decoder_embed"), "T", memory=enc)
+            x = self.final(x, "decoder", "T")
+            self.head(x, "T")
+        else:
+            tokens = b.node("input_ids", "input", name="input_ids", outputs="input_ids", shape=("B", "T"),
+                            attrs={"role": "tokens"})
+            x = self.embedding_inputs(self.embedding(tokens, "T"), "T", None)
+            x = self.stack("layers", m.layers, x, "T", memory=None)
+            x = self.final(x, None, "T")
+            if m.family == "encoder":
+                b.node("hidden_states", "output", [x], name="hidden_states", outputs="hidden_states",
+                       shape=("B", "T", self.d), attrs={"role": "hidden"})
+                if m.pooler:
+                    pooled = b.node("pooler", "pooler", [x], name="pooler", outputs="pooled", shape=("B", self.d),
+                                    params={"weight": (self.d, self.d), "bias": (self.d,)}, attrs={"dim": self.d})
+                    b.node("pooled_output", "output", [pooled], name="pooled_output", outputs="pooled",
+                           shape=("B", self.d), attrs={"role": "pooled"})
+            else:
+                self.head(x, "T")
+        return b.g
+
+    def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
+        m = self.m
+        return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, self.d),
+                           params={"weight": (m.vocab, self.d)},
+                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale})
+
+    def embedding_inputs(self, x: NodeRef, seq: str, stack: str | None) -> NodeRef:
+        """Absolute positions, token types and the embedding norm, in the order BERT applies them."""
+        m, b = self.m, self.b
+        terms = [x]
+        pos = m.position
+        if isinstance(pos, (A.Learned, A.Sinusoidal)):
+            params = {"weight": (m.context, self.d)} if pos.kind == "learned" else {}
+            terms.append(b.node("pos_embed", "pos_embedding", [], name="pos_embed", outputs="pos",
+                                shape=(seq, self.d), params=params,
+                                attrs={"kind": pos.kind, "context": m.context, "dim": self.d}))
+        if m.type_vocab:
+            terms.append(b.node("type_embed", "type_embedding", [], name="type_embed", outputs="types",
+                                shape=("B", seq, self.d), params={"weight": (m.type_vocab, self.d)},
+                                attrs={"type_vocab": m.type_vocab, "dim": self.d}))
+        if len(terms) > 1:
+            x = b.node("embed_sum", "add", terms, name="embed_sum", outputs="x", shape=("B", seq, self.d))
+        if m.embedding_norm is not None:
+            x = self.norm("embed_norm", x, m.embedding_norm, "x", seq)
+        return x
+
+    def final(self, x: NodeRef, stack: str | None, seq: str) -> NodeRef:
+        if self.m.final_norm is None:
+            return x
+        nid = f"{stack}_final_norm" if stack else "final_norm"
+        return self.norm(nid, x, self.m.final_norm, "x", seq)
+
+    def head(self, x: NodeRef, seq: str) -> None:
+        m, b = self.m, self.b
+        if m.logit_scale is not None:
+            x = b.node("logit_scale", "scale", [x], name="logit_scale", outputs="x", shape=("B", seq, self.d),
+                       attrs={"factor": m.logit_scale})
+        params = {} if m.tie_embeddings else {"weight": (m.vocab, self.d)}
+        x = b.node("lm_head", "lm_head", [x], name="lm_head", outputs="logits", shape=("B", seq, m.vocab),
+                   params=params, attrs={"vocab": m.vocab, "dim": self.d, "tied": m.tie_embeddings})
+        if m.logit_softcap is not None:
+            x = b.node("logit_softcap", "softcap", [x], name="logit_softcap", outputs="logits",
+                       shape=("B", seq, m.vocab), attrs={"cap": m.logit_softcap})
+        b.node("logits", "output", [x], name="logits", outputs="logits", shape=("B", seq, m.vocab),
+               attrs={"role": "logits"})
+
+    # ------------------------------------------------------------------ layers
+    def stack(self, stack: str, layers: tuple[str, ...], x: NodeRef, seq: str, memory: NodeRef | None) -> NodeRef:
+        rel = None
+        if isinstance(self.m.position, A.Relative):
+            heads = next(self.m.blocks[n].attention.heads for n in layers if self.m.blocks[n].attention is not None)
+            pos = self.m.position
+            rel = self.b.node(f"{stack}_rel_bias", "rel_bias", [], name=f"{stack}_rel_bias", outputs="rel_bias",
+                              shape=(heads, seq, seq), params={"weight": (pos.buckets, heads)},
+                              attrs={"buckets": pos.buckets, "max_distance": pos.max_distance, "heads": heads,
+                                     "bidirectional": stack != "decoder"})
+        for i, block_name in enumerate(layers):
+            x = self.block(stack, i, self.m.blocks[block_name], x, seq, memory, rel)
+        return x
+
+    def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
+        ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
+        pre = f"{stack}.{i}."
+        placement = blk.norm.placement
+        if blk.attention is not None or blk.ssm is not None:
+            prefix = "attn" if blk.attention is not None else "ssm"
+
+            mixer_ctx = self.at(ctx, blk, "attention" if blk.attention is not None else "ssm")
+
+            def mixer(h: NodeRef) -> NodeRef:
+                if blk.attention is not None:
+                    return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
+                return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
+
+            x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
+        if blk.cross_attention is not None:
+            cross = self.at(ctx, blk, "cross_attention")
+            x = self.sublayer(pre, "cross", blk, x, seq, ctx,
+                              lambda h: self.attention(pre, blk.cross_attention, h, seq, cross, rel=None,
+                                                       kv=memory, prefix="cross_"))
+        if blk.ffn is not None:
+            ffn_ctx = self.at(ctx, blk, "ffn")
+            x = self.sublayer(pre, "ffn", blk, x, seq, ctx, lambda h: self.ffn(pre, blk.ffn, h, seq, ffn_ctx))
+        return x
+
+    def at(self, ctx: dict, blk: A.Block, component: str) -> dict:
+        """The node context for a component, pointing at where the spec wrote it."""
+        return {**ctx, "span": self.span("blocks", blk.name, component)}
+
+    def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
+        """One residual branch, with its norm placed pre, post, or on both sides (sandwich)."""
+        norm, placement = blk.norm, blk.norm.placement
+        norm_ctx = self.at(ctx, blk, "norm")
+        h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx) if placement in ("pre", "sandwich") else x
+        h = body(h)
+        if placement == "sandwich":
+            h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
+        x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
+                        shape=("B", seq, self.d), **ctx)
+        if placement == "post":
+            x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
+        return x
+
+    def attention(self, pre: str, att, h: NodeRef, seq: str, ctx, *, rel, kv: NodeRef | None, prefix: str) -> NodeRef:
+        m, b, d = self.m, self.b, self.d
+        span_seq = "S" if kv is not None else seq
+        kv_src = kv if kv is not None else h
+        if isinstance(att, A.MLA):
+            return self.mla(pre, att, h, seq, ctx)
+        hd, heads, kv_heads = att.head_dim, att.heads, att.kv_heads
+        q = self.linear(f"{pre}{prefix}q_proj", h, d, heads * hd, att.bias, "q", seq, **ctx)
+        k = self.linear(f"{pre}{prefix}k_proj", kv_src, d, kv_heads * hd, att.bias, "k", span_seq, **ctx)
+        v = self.linear(f"{pre}{prefix}v_proj", kv_src, d, kv_heads * hd, att.bias, "v", span_seq, **ctx)
+        if isinstance(att, A.LinearAttention):
+            a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
+                       shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx)},
+                       **ctx)
+            return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
+        extra: list[NodeRef] = []
+        attrs: dict[str, Any] = {
+            "kind": att.kind, "heads": heads, "kv_heads": kv_heads, "head_dim": hd,
+            "causal": self.causal(ctx) and kv is None, "window": att.window, "softcap": att.softcap,
+            "scale": att.scale if att.scale is not None else hd**-0.5,
+            "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
+        }
+        params: dict[str, tuple[int, ...]] = {}
+        if isinstance(att, A.Differential):
+            half = hd // 2
+            params = {"lambda_q1": (half,), "lambda_k1": (half,), "lambda_q2": (half,), "lambda_k2": (half,),
+                      "subln": (hd,)}
+            attrs["lambda_init"] = att.lambda_init
+            attrs["scale"] = att.scale if att.scale is not None else half**-0.5
+        pos = m.position
+        if kv is None and isinstance(pos, A.Rope):
+            rot = pos.dim or hd
+            table = b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
+                           shape=(m.context, rot), attrs=_rope_table_attrs(pos, rot, m.context), **ctx)
+            q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"), shape=("B", seq, heads * hd),
+                       attrs={"heads": heads, "kv_heads": kv_heads, "head_dim": hd, "rotary_dim": rot}, **ctx)
+            k = NodeRef(q.node, 1)
+        elif kv is None and isinstance(pos, A.Alibi):
+            table = b.node(f"{pre}alibi_slopes", "const", [], name="alibi_slopes", outputs="alibi",
+                           shape=(heads,), attrs={"table": "alibi", "heads": heads}, **ctx)
+            extra.append(table)
+            attrs["alibi"] = True
+        if rel is not None and kv is None:
+            extra.append(rel)
+            attrs["rel_bias"] = True
+        a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
+                   shape=("B", seq, heads * hd), params=params, attrs=attrs, **ctx)
+        return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
+
+    def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx) -> NodeRef:
+        m, b, d = self.m, self.b, self.d
+        qk = att.nope_head_dim + att.rope_head_dim
+        if att.q_lora_rank:
+            q = self.linear(f"{pre}q_a_proj", h, d, att.q_lora_rank, False, "q", seq, **ctx)
+            q = self.b.node(f"{pre}q_a_norm", "norm", [q], name="q_a_norm", outputs="q", shape=("B", seq, att.q_lora_rank),
+                            params={"weight": (att.q_lora_rank,)},
+                            attrs={"kind": "rmsnorm", "dim": att.q_lora_rank, "eps": 1e-6, "bias": False, "unit_offset": False},
+                            **ctx)
+            q = self.linear(f"{pre}q_b_proj", q, att.q_lora_rank, att.heads * qk, False, "q", seq, **ctx)
+        else:
+            q = self.linear(f"{pre}q_proj", h, d, att.heads * qk, False, "q", seq, **ctx)
+        kv = self.linear(f"{pre}kv_a_proj", h, d, att.kv_lora_rank + att.rope_head_dim, False, "kv", seq, **ctx)
+        inputs = [q, kv]
+        rope = None
+        if isinstance(m.position, A.Rope):
+            inputs.append(b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
+                                 shape=(m.context, att.rope_head_dim),
+                                 attrs=_rope_table_attrs(m.position, att.rope_head_dim, m.context), **ctx))
+            rope = True
+        scale = att.scale if att.scale is not None else qk**-0.5
+        if isinstance(m.position, A.Rope) and isinstance(m.position.scaling, A.YarnScaling):
+            scale *= _yarn_mscale(m.position.scaling) ** 2  # DeepSeek folds YaRN's temperature into the scale
+        a = b.node(f"{pre}attn", "mla_attention", inputs, name="attn", outputs="a",
+                   shape=("B", seq, att.heads * att.v_head_dim),
+                   params={"kv_a_norm": (att.kv_lora_rank,),
+                           "kv_b_proj": (att.heads * (att.nope_head_dim + att.v_head_dim), att.kv_lora_rank)},
+                   attrs={"heads": att.heads, "kv_lora_rank": att.kv_lora_rank, "rope_head_dim": att.rope_head_dim,
+                          "nope_head_dim": att.nope_head_dim, "v_head_dim": att.v_head_dim, "causal": self.causal(ctx),
+                          "scale": scale, "window": att.window, "softcap": att.softcap, "rope": rope, "norm_eps": 1e-6},
+                   **ctx)
+        return self.linear(f"{pre}o_proj", a, att.heads * att.v_head_dim, d, att.out_bias, "a", seq, **ctx)
+
+    def mamba(self, pre: str, ssm: A.Mamba, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        di, n, r = ssm.expand * d, ssm.d_state, ssm.dt_rank
+        params = {
+            "in_proj": (2 * di, d),
+            "conv_weight": (di, 1, ssm.d_conv),
+            "x_proj": (r + 2 * n, di),
+            "dt_proj_weight": (di, r),
+            "dt_proj_bias": (di,),
+            "A_log": (di, n),
+            "D": (di,),
+            "out_proj": (d, di),
+        }
+        if ssm.conv_bias:
+            params["conv_bias"] = (di,)
+        if ssm.bias:
+            params["in_proj_bias"] = (2 * di,)
+            params["out_proj_bias"] = (d,)
+        if ssm.inner_norms:
+            params.update(dt_norm=(r,), b_norm=(n,), c_norm=(n,))
+        return self.b.node(f"{pre}ssm", "ssm", [h], name="ssm", outputs="h", shape=("B", seq, d), params=params,
+                           attrs={"kind": "mamba", "d_model": d, "d_inner": di, "d_state": n, "d_conv": ssm.d_conv,
+                                  "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
+                                  "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        if isinstance(ffn, A.MoE):
+            return self.moe(pre, ffn, h, seq, ctx)
+        if isinstance(ffn, A.MLP):
+            u = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
+            u = self.b.node(f"{pre}act", "activation", [u], name="act", outputs="u", shape=("B", seq, ffn.hidden),
+                            attrs={"act": ffn.act}, **ctx)
+            return self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
+        gate = self.linear(f"{pre}gate_proj", h, d, ffn.hidden, ffn.bias, "g", seq, **ctx)
+        up = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
+        u = self.b.node(f"{pre}glu", "glu", [gate, up], name="glu", outputs="u", shape=("B", seq, ffn.hidden),
+                        attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": False}, **ctx)
+        return self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
+
+    def moe(self, pre: str, moe: A.MoE, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d, e = self.d, moe.experts
+        params: dict[str, tuple[int, ...]] = {"router": (e, d)}
+        params.update(_expert_params("experts_", moe.expert, d, leading=(e,)))
+        if moe.shared is not None:
+            params.update(_expert_params("shared_", moe.shared, d, leading=()))
+            if moe.shared_gate:
+                params["shared_gate"] = (1, d)
+        expert = moe.expert
+        attrs = {
+            "experts": e, "top_k": moe.top_k, "expert_kind": expert.kind, "expert_act": expert.act,
+            "expert_hidden": expert.hidden, "expert_bias": expert.bias,
+            "shared_kind": moe.shared.kind if moe.shared else None,
+            "shared_act": moe.shared.act if moe.shared else None,
+            "shared_hidden": moe.shared.hidden if moe.shared else None,
+            "shared_gate": moe.shared_gate, "router": moe.router, "normalize_top_k": moe.normalize_top_k,
+            "routed_scale": moe.routed_scale, "aux_loss": moe.aux_loss, "z_loss": moe.z_loss,
+            "capacity_factor": moe.capacity_factor,
+        }
+        return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, d), params=params,
+                           attrs=attrs, **ctx)
+
+
+def _expert_params(prefix: str, ffn, d: int, leading: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    hidden = ffn.hidden
+    params = {}
+    if ffn.kind != "mlp":
+        params[f"{prefix}gate"] = (*leading, hidden, d)
+    params[f"{prefix}up"] = (*leading, hidden, d)
+    params[f"{prefix}down"] = (*leading, d, hidden)
+    if ffn.bias:
+        if ffn.kind != "mlp":
+            params[f"{prefix}gate_bias"] = (*leading, hidden)
+        params[f"{prefix}up_bias"] = (*leading, hidden)
+        params[f"{prefix}down_bias"] = (*leading, d)
+    return params
+
+
+def _rope_table_attrs(pos: A.Rope, rot: int, context: int) -> dict[str, Any]:
+    return {"table": "rope", "theta": pos.theta, "dim": rot, "context": context, "scaling": _scaling_attrs(pos.scaling)}
+
+
+def _yarn_mscale(s: A.YarnScaling) -> float:
+    import math
+
+    def mscale(scale: float, m: float) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if s.mscale_all_dim:
+        return mscale(s.factor, s.mscale) / mscale(s.factor, s.mscale_all_dim)
+    return 1.0
+
+
+def describe_block(block: A.Block) -> str:
+    """A one-line summary of a block, for docstrings, pictures and diffs."""
+    parts = [f"{block.norm.kind} ({block.norm.placement})"]
+    mixer = block.attention or block.ssm
+    if mixer is not None:
+        parts.append(describe_component(mixer))
+    if block.cross_attention is not None:
+        parts.append("cross " + describe_component(block.cross_attention))
+    if block.ffn is not None:
+        parts.append(describe_component(block.ffn))
+    return " → ".join(parts)
+
+
+_SUMMARY_FIELDS = ("heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
+                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
+
+
+def describe_component(c) -> str:
+    fields = []
+    for f in _SUMMARY_FIELDS:
+        if f in type(c).model_fields or (f == "kv_heads" and hasattr(c, "kv_heads")):
+            v = getattr(c, f, None)
+            if v is not None and not (f == "kv_heads" and c.kind == "mha"):
+                fields.append(f"{f}={v}")
+    if getattr(c, "expert", None) is not None:
+        fields.append(f"expert={c.expert.kind}({c.expert.hidden})")
+    return f"{c.kind}({', '.join(fields)})"
+
+
+def lower(model: A.Model) -> nx.MultiDiGraph:
+    """Lower a validated model into the (unfused) graph IR."""
+    return _Lowerer(model).lower()
