@@ -7,6 +7,7 @@ apart, RoPE as its own op, a constant table per layer. The passes in `passes/` f
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import networkx as nx
@@ -270,8 +271,10 @@ class _Lowerer:
                                  attrs=_rope_table_attrs(m.position, att.rope_head_dim, m.context), **ctx))
             rope = True
         scale = att.scale if att.scale is not None else qk**-0.5
-        if isinstance(m.position, A.Rope) and isinstance(m.position.scaling, A.YarnScaling):
-            scale *= _yarn_mscale(m.position.scaling) ** 2  # DeepSeek folds YaRN's temperature into the scale
+        scaling = m.position.scaling if isinstance(m.position, A.Rope) else None
+        if isinstance(scaling, A.YarnScaling) and scaling.mscale_all_dim:
+            # DeepSeek-V2 folds YaRN's attention temperature into the softmax scale
+            scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
         a = b.node(f"{pre}attn", "mla_attention", inputs, name="attn", outputs="a",
                    shape=("B", seq, att.heads * att.v_head_dim),
                    params={"kv_a_norm": (att.kv_lora_rank,),
@@ -347,15 +350,12 @@ class _Lowerer:
 
 def _expert_params(prefix: str, ffn, d: int, leading: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     hidden = ffn.hidden
-    params = {}
-    if ffn.kind != "mlp":
-        params[f"{prefix}gate"] = (*leading, hidden, d)
-    params[f"{prefix}up"] = (*leading, hidden, d)
-    params[f"{prefix}down"] = (*leading, d, hidden)
+    # GLU experts keep gate and up stacked in one tensor (gate first), as grouped kernels want.
+    up = f"{prefix}gate_up" if ffn.kind != "mlp" else f"{prefix}up"
+    width = 2 * hidden if ffn.kind != "mlp" else hidden
+    params = {up: (*leading, width, d), f"{prefix}down": (*leading, d, hidden)}
     if ffn.bias:
-        if ffn.kind != "mlp":
-            params[f"{prefix}gate_bias"] = (*leading, hidden)
-        params[f"{prefix}up_bias"] = (*leading, hidden)
+        params[f"{up}_bias"] = (*leading, width)
         params[f"{prefix}down_bias"] = (*leading, d)
     return params
 
@@ -364,15 +364,9 @@ def _rope_table_attrs(pos: A.Rope, rot: int, context: int) -> dict[str, Any]:
     return {"table": "rope", "theta": pos.theta, "dim": rot, "context": context, "scaling": _scaling_attrs(pos.scaling)}
 
 
-def _yarn_mscale(s: A.YarnScaling) -> float:
-    import math
-
-    def mscale(scale: float, m: float) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    if s.mscale_all_dim:
-        return mscale(s.factor, s.mscale) / mscale(s.factor, s.mscale_all_dim)
-    return 1.0
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature for a context stretched `scale` times."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def describe_block(block: A.Block) -> str:

@@ -1,0 +1,16 @@
+"""The layer library generated models import as `rt`: explicit-argument modules, no globals."""
+
+from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
+from .context import Cache, Context
+from .ffn import glu, softcap
+from .model import ArchModel
+from .moe import MoE
+from .norm import LayerNorm, RMSNorm
+from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
+from .ssm import Mamba
+
+__all__ = [
+    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "LayerNorm",
+    "LinearAttention", "MLAttention", "Mamba", "MoE", "RMSNorm", "RelativePositionBias", "RopeTable",
+    "SinusoidalPositions", "apply_rope", "glu", "rope_qk", "softcap",
+]

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
+
+from archlang import __version__
+from archlang.compiler import DEFAULT_PIPELINE, generate, lower, run_pipeline, validate
+from archlang.compiler.codegen import CodegenError
 from archlang.spec import ArchError, SourceMap, load_models
 from archlang.spec.ast import Model
+
+
+def _is_path(spec) -> bool:
+    return isinstance(spec, os.PathLike) or (isinstance(spec, str) and "\n" not in spec and "{" not in spec)
 
 
 def load_model(
@@ -17,7 +30,7 @@ def load_model(
     allow_outside_root: bool = False,
 ) -> Model:
     """The validated AST of one model, from a path to a .arch file or from spec text."""
-    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and "{" not in spec and spec.endswith(".arch")):
+    if _is_path(spec):
         models = load_models(spec, sources=sources, allow_outside_root=allow_outside_root)
     else:
         models = load_models(source=str(spec), sources=sources)
@@ -32,8 +45,76 @@ def load_model(
     raise ArchError(f"no model named `{model}` in this file; it declares {', '.join(m.name for m in models)}", kind="usage")
 
 
+@dataclass
+class Compiled:
+    """Everything one compilation produced."""
+
+    model: Model
+    graph: nx.MultiDiGraph  # optimized IR
+    lowered: nx.MultiDiGraph  # IR before passes
+    source: str  # the generated Python module
+    passes: list[str]
+
+
+def _spec_text(spec) -> tuple[str, str]:
+    if _is_path(spec):
+        return str(spec), Path(spec).read_text(encoding="utf-8", errors="replace")
+    return "<string>", str(spec)
+
+
+def compile_spec(
+    spec: str | os.PathLike,
+    *,
+    model: str | None = None,
+    passes: str = DEFAULT_PIPELINE,
+    disabled: tuple[str, ...] = (),
+    sources: SourceMap | None = None,
+    allow_outside_root: bool = False,
+    on_step=None,
+) -> Compiled:
+    """Parse, validate, lower, optimize and generate code for one model."""
+    ast = load_model(spec, model=model, sources=sources, allow_outside_root=allow_outside_root)
+    lowered = lower(ast)
+    validate(lowered)
+    from archlang.compiler.passes import parse_pipeline
+
+    applied = [p.name for p in parse_pipeline(passes, disabled)]
+    graph = run_pipeline(lowered, passes, disabled, on_step=on_step)
+    name, text = _spec_text(spec)
+    try:
+        source = generate(graph, spec_name=Path(name).name if _is_path(spec) else name, spec_text=text, passes=applied,
+                          version=__version__)
+    except CodegenError as exc:
+        raise ArchError(f"code generation failed: {exc}", model.span_of() if False else None, kind="codegen") from None
+    return Compiled(ast, graph, lowered, source, applied)
+
+
+def load_source(source: str, name: str = "archlang_model") -> types.ModuleType:
+    """Execute generated source as a module (registered in sys.modules, so it can be pickled)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    module_name = f"archlang_generated.{name}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module = types.ModuleType(module_name)
+    module.__file__ = f"<archlang:{name}>"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    sys.modules[module_name] = module
+    return module
+
+
+def build(spec: str | os.PathLike, *, model: str | None = None, passes: str = DEFAULT_PIPELINE,
+          disabled: tuple[str, ...] = ()):
+    """Compile a spec (path or text) and return a fresh torch.nn.Module."""
+    compiled = compile_spec(spec, model=model, passes=passes, disabled=disabled)
+    return load_source(compiled.source, compiled.model.name).build()
+
+
 def check_file(path: str | os.PathLike, *, sources: SourceMap | None = None, allow_outside_root: bool = False,
                run: bool = False) -> list[Model]:
     """Parse, validate and lower every model of a file; raise ArchError(s) on any problem."""
     models = load_models(Path(path), sources=sources, allow_outside_root=allow_outside_root)
+    for m in models:
+        g = lower(m)
+        validate(g)
+        run_pipeline(g)
     return models

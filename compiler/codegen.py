@@ -1,0 +1,434 @@
+"""IR → Python source. Every layer of a block kind compiles to one class; each IR op becomes one
+`__init__` line (its module) and one `forward` line (its call), with the shape it produces in
+a comment. The Jinja template (templates/model.py.j2) lays out the file.
+
+Nothing from the spec reaches the source except identifiers (validated against a strict
+pattern in the AST) and numbers, booleans and enumeration words written with `repr`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import jinja2
+import networkx as nx
+
+from .ir import NodeRef, inputs_of, ordered_nodes
+
+_SAFE_TEXT = re.compile(r"[^A-Za-z0-9_ ().,=+\-→/:*`<>\[\]]")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACT_CALL = {
+    "relu": "F.relu({})", "gelu": "F.gelu({})", "gelu_tanh": 'F.gelu({}, approximate="tanh")', "silu": "F.silu({})",
+    "sigmoid": "torch.sigmoid({})", "tanh": "torch.tanh({})",
+}
+
+
+class CodegenError(Exception):
+    """The IR cannot be expressed as code (an internal invariant broke)."""
+
+
+def _ident(name: str) -> str:
+    if not _IDENT.match(name):
+        raise CodegenError(f"unsafe identifier {name!r}")
+    return name
+
+
+def _safe_text(text: str) -> str:
+    """Text for comments and docstrings: a conservative character set, no quotes runs."""
+    return _SAFE_TEXT.sub("?", text).replace('"""', "'''")
+
+
+def class_name(name: str, suffix: str = "") -> str:
+    parts = [p for p in _ident(name).split("_") if p]
+    out = ""
+    for p in parts:
+        if out and out[-1].isdigit() and p[0].isdigit():
+            out += "_"
+        out += p[0].upper() + p[1:]
+    return (out or "X") + suffix
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+@dataclass
+class Line:
+    code: str
+    comment: str = ""
+
+
+@dataclass
+class Scope:
+    """Variables live in one function: which (node, output) each name currently holds."""
+
+    g: nx.MultiDiGraph
+    nodes: set[str]
+    external: dict[str, str] = field(default_factory=dict)  # node id → expression for reads from outside
+    holds: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def read(self, ref: NodeRef) -> str:
+        if ref.node in self.external:
+            return self.external[ref.node]
+        if ref.node not in self.nodes:
+            raise CodegenError(f"{ref.node} is read but not in scope")
+        var = self.g.nodes[ref.node]["outputs"][ref.out]
+        if self.holds.get(var) != (ref.node, ref.out):
+            raise CodegenError(f"variable {var!r} was overwritten before {ref.node}#{ref.out} was read")
+        return var
+
+    def write(self, node: str, used: set[int]) -> str:
+        outs = self.g.nodes[node]["outputs"]
+        names = []
+        for i, var in enumerate(outs):
+            if i in used:
+                self.holds[var] = (node, i)
+                names.append(var)
+            else:
+                names.append("_")
+        return ", ".join(names)
+
+
+class _Emitter:
+    def __init__(self, g: nx.MultiDiGraph):
+        self.g = g
+
+    # ------------------------------------------------------------------ modules (__init__)
+    def module(self, node: str, layer_expr: str, cache_key: str) -> str | None:
+        d = self.g.nodes[node]
+        op, a = d["op"], d["attrs"]
+        if op == "embedding":
+            return None if a.get("shared_with") else f"nn.Embedding({a['vocab']}, {a['dim']})"
+        if op == "pos_embedding":
+            if a["kind"] == "learned":
+                return f"nn.Embedding({a['context']}, {a['dim']})"
+            return f"rt.SinusoidalPositions({a['context']}, {a['dim']})"
+        if op == "type_embedding":
+            return f"nn.Embedding({a['type_vocab']}, {a['dim']})"
+        if op in ("norm", "add_norm"):
+            if a["kind"] == "rmsnorm":
+                return f"rt.RMSNorm({a['dim']}, eps={a['eps']!r}, unit_offset={a['unit_offset']!r})"
+            return f"rt.LayerNorm({a['dim']}, eps={a['eps']!r}, bias={a['bias']!r})"
+        if op == "linear":
+            return f"nn.Linear({a['in_features']}, {a['out_features']}, bias={a['bias']!r})"
+        if op == "const":
+            if a["table"] == "rope":
+                return f"rt.RopeTable({a['dim']}, {a['context']}, theta={a['theta']!r}, scaling={a['scaling']!r})"
+            return f"rt.AlibiSlopes({a['heads']})"
+        if op == "rel_bias":
+            return f"rt.RelativePositionBias({a['buckets']}, {a['max_distance']}, {a['heads']}, bidirectional={a['bidirectional']!r})"
+        if op == "attention":
+            common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
+                      f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}")
+            if a["kind"] == "differential":
+                return (f"rt.DifferentialAttention({common}, layer={layer_expr}, lambda_init={a.get('lambda_init')!r}, "
+                        f"cache_key={cache_key})")
+            return f"rt.Attention({common}, cross={a['cross']!r}, cache_key={cache_key})"
+        if op == "mla_attention":
+            return (f"rt.MLAttention({a['heads']}, {a['kv_lora_rank']}, {a['rope_head_dim']}, {a['nope_head_dim']}, "
+                    f"{a['v_head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, window={a['window']!r}, "
+                    f"softcap={a['softcap']!r}, norm_eps={a['norm_eps']!r}, cache_key={cache_key})")
+        if op == "linear_attention":
+            return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={cache_key})"
+        if op == "moe":
+            keys = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
+                    "shared_hidden", "shared_gate", "router", "normalize_top_k", "routed_scale", "aux_loss", "z_loss",
+                    "capacity_factor")
+            dim = d["shape"][-1]
+            return (f"rt.MoE({dim}, {a['experts']}, {a['top_k']}, "
+                    + ", ".join(f"{k}={a[k]!r}" for k in keys) + ")")
+        if op == "ssm":
+            return (f"rt.Mamba({a['d_model']}, {a['d_inner']}, {a['d_state']}, {a['d_conv']}, {a['dt_rank']}, "
+                    f"conv_bias={a['conv_bias']!r}, bias={a['bias']!r}, inner_norms={a['inner_norms']!r}, "
+                    f"norm_eps={a['norm_eps']!r}, cache_key={cache_key})")
+        if op == "pooler":
+            return f"nn.Linear({a['dim']}, {a['dim']})"
+        if op == "lm_head":
+            return None if a["tied"] else f"nn.Linear({a['dim']}, {a['vocab']}, bias=False)"
+        return None
+
+    # ------------------------------------------------------------------ calls (forward)
+    def call(self, node: str, args: list[str], scope_is_block: bool) -> str:
+        d = self.g.nodes[node]
+        op, a, name = d["op"], d["attrs"], d["name"]
+        me = f"self.{_ident(name)}"
+        if op == "embedding":
+            table = f"self.{a['shared_with']}" if a.get("shared_with") else me
+            expr = f"{table}({args[0]})"
+            return f"{expr} * {a['scale']!r}" if a.get("scale") else expr
+        if op == "pos_embedding":
+            return f"{me}(ctx.positions)"
+        if op == "type_embedding":
+            return f"{me}(ctx.token_type_ids)"
+        if op == "add":
+            return " + ".join(args)
+        if op == "scale":
+            return f"{args[0]} * {a['factor']!r}"
+        if op == "norm":
+            return f"{me}({args[0]})"
+        if op == "add_norm":
+            return f"{me}({args[1]}, residual={args[0]})"
+        if op == "linear":
+            return f"{me}({args[0]})"
+        if op == "rope":
+            return f"rt.rope_qk({args[0]}, {args[1]}, {args[2]}, {a['heads']}, {a['kv_heads']}, {a['head_dim']})"
+        if op == "const":
+            return f"{me}(ctx.positions)"
+        if op == "attention":
+            qkv, extras = self._attention_args(node, args)
+            return f"{me}({', '.join(qkv)}, ctx=ctx{''.join(', ' + e for e in extras)})"
+        if op == "mla_attention":
+            rope = f", rope={args[2]}" if len(args) > 2 else ""
+            return f"{me}({args[0]}, {args[1]}{rope}, ctx=ctx)"
+        if op == "linear_attention":
+            return f"{me}({', '.join(args)}, ctx=ctx)"
+        if op == "activation":
+            return ACT_CALL[a["act"]].format(args[0])
+        if op == "glu":
+            if a["packed"]:
+                return f"rt.glu({args[0]}, {a['act']!r})"
+            return f"{ACT_CALL[a['act']].format(args[0])} * {args[1]}"
+        if op in ("moe", "ssm"):
+            return f"{me}({args[0]}, ctx)"
+        if op == "softcap":
+            return f"rt.softcap({args[0]}, {a['cap']!r})"
+        if op == "pooler":
+            return f"torch.tanh({me}({args[0]}[:, 0]))"
+        if op == "lm_head":
+            return f"F.linear({args[0]}, self.embed.weight)" if a["tied"] else f"{me}({args[0]})"
+        raise CodegenError(f"no code for op {op}")
+
+    def _attention_args(self, node: str, args: list[str]) -> tuple[list[str], list[str]]:
+        """Split attention inputs into q/k/v (or packed qkv) and keyword extras by producer."""
+        a = self.g.nodes[node]["attrs"]
+        n_qkv = 1 if a["packed"] else 3
+        extras = []
+        for ref, arg in zip(inputs_of(self.g, node)[n_qkv:], args[n_qkv:]):
+            src = self.g.nodes[ref.node]
+            if src["op"] == "rel_bias":
+                extras.append(f"rel_bias={arg}")
+            elif src["attrs"].get("table") == "alibi":
+                extras.append(f"alibi={arg}")
+            else:
+                extras.append(f"rope={arg}")
+        return args[:n_qkv], extras
+
+
+def _used_outputs(g: nx.MultiDiGraph, node: str) -> set[int]:
+    return {data["out"] for _, _, data in g.out_edges(node, data=True)}
+
+
+def _layer_signature(g: nx.MultiDiGraph, nodes: list[str]) -> list:
+    """What must agree between layers that share one class: ops, names, attributes, wiring."""
+    sig = []
+    index = {n: i for i, n in enumerate(nodes)}
+    for n in nodes:
+        d = g.nodes[n]
+        wiring = [(index.get(r.node, "ext"), r.out) for r in inputs_of(g, n)]
+        sig.append((d["op"], d["name"], d["outputs"], sorted(d["attrs"].items(), key=lambda kv: kv[0]).__repr__(),
+                    tuple(sorted(d["params"].items())), wiring))
+    return sig
+
+
+@dataclass
+class BlockClass:
+    name: str
+    block: str
+    doc: str
+    init: list[str]
+    forward: list[Line]
+    returns: str
+
+
+def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = "", passes: list[str] | None = None,
+             version: str = "") -> str:
+    """The Python module for an IR: deterministic, byte for byte, for the same IR."""
+    em = _Emitter(g)
+    order = ordered_nodes(g)
+    stacks: dict[str, list[str]] = g.graph["stacks"]
+    layer_nodes: dict[tuple[str, int], list[str]] = {}
+    for n in order:
+        d = g.nodes[n]
+        if d["stack"] is not None:
+            layer_nodes.setdefault((d["stack"], d["layer"]), []).append(n)
+
+    # One class per block kind, from its first layer; every other layer must match it.
+    classes: dict[str, BlockClass] = {}
+    reserved = {"Config"}
+    model_class = class_name(g.graph["name"])
+    for stack, blocks in stacks.items():
+        for i, block in enumerate(blocks):
+            nodes = layer_nodes[(stack, i)]
+            if block in classes:
+                first_stack, first_layer = classes[block].first  # type: ignore[attr-defined]
+                if _layer_signature(g, nodes) != _layer_signature(g, layer_nodes[(first_stack, first_layer)]):
+                    raise CodegenError(f"layer {stack}.{i} differs from the other `{block}` layers")
+                continue
+            classes[block] = _block_class(g, em, block, nodes, stack)
+            classes[block].first = (stack, i)  # type: ignore[attr-defined]
+            reserved.add(classes[block].name)
+    if model_class in reserved:
+        model_class += "Model"
+
+    model = _model_code(g, em, order, stacks, classes)
+    fusions = {}
+    for n in order:
+        parts = g.nodes[n]["attrs"].get("parts")
+        if g.nodes[n]["op"] == "linear" and parts:
+            fusions[g.nodes[n]["name"]] = tuple((p, w) for p, w in parts)
+    config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
+    config["stacks"] = {k: len(v) for k, v in stacks.items()}
+    layouts = {stack: _layout(blocks, classes) for stack, blocks in stacks.items()}
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath("templates", name).read_text()),
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
+    )
+    text = env.get_template("model.py.j2").render(
+        version=_safe_text(version), spec_name=repr(spec_name), spec_comment=_safe_text(spec_name),
+        spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(), passes=", ".join(passes or []) or "none",
+        classes=list(classes.values()), model_class=model_class, model=model, config=repr(config),
+        fusions=repr(fusions), layouts=layouts, family=g.graph["family"],
+    )
+    compile(text, spec_name, "exec")  # never hand out source that does not parse
+    return text
+
+
+def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:
+    """`[LayerBlock] * 32` or `[A, B] * 4` or a run-length sum, whichever is exact and shortest."""
+    names = [classes[b].name for b in blocks]
+    n = len(names)
+    for period in range(1, n + 1):
+        if n % period == 0 and names == names[:period] * (n // period):
+            unit = "[" + ", ".join(names[:period]) + "]"
+            return unit if n == period else f"{unit} * {n // period}"
+    return "[" + ", ".join(names) + "]"
+
+
+def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> BlockClass:
+    node_set = set(nodes)
+    scope = Scope(g, node_set)
+    external_stream = None
+    for n in nodes:
+        for ref in inputs_of(g, n):
+            if ref.node in node_set or ref.node in scope.external:
+                continue
+            src = g.nodes[ref.node]
+            if src["op"] == "const":
+                scope.external[ref.node] = f"ctx.tables[{src['name']!r}]"
+            elif src["op"] == "rel_bias":
+                scope.external[ref.node] = f"ctx.tables[{src['name']!r}]"
+            elif src["stack"] == "encoder" or (src["stack"] is None and g.graph["family"] == "encoder_decoder"
+                                               and _feeds_from_encoder(g, ref.node)):
+                scope.external[ref.node] = "ctx.memory"
+            else:
+                if external_stream is not None and external_stream != ref.node:
+                    raise CodegenError(f"block `{block}` reads two outer streams: {external_stream}, {ref.node}")
+                external_stream = ref.node
+                scope.external[ref.node] = "x"
+    init, forward = [], []
+    layer_expr, cache_key = "layer", f'f"{stack}.{{layer}}"'
+    for n in nodes:
+        d = g.nodes[n]
+        mod = em.module(n, layer_expr, cache_key)
+        if mod is not None:
+            init.append(f"self.{_ident(d['name'])} = {mod}")
+        args = [scope.read(r) for r in inputs_of(g, n)]
+        expr = em.call(n, args, True)
+        forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
+    # The block returns its last residual stream value.
+    last = nodes[-1]
+    returns = g.nodes[last]["outputs"][0]
+    title = class_name(block, "Block")
+    doc = _safe_text(f"Block `{block}`: {g.graph['blocks'][block]}.")
+    return BlockClass(title, block, doc, init, forward, returns)
+
+
+def _feeds_from_encoder(g, node: str) -> bool:
+    return any(g.nodes[a]["stack"] == "encoder" for a in nx.ancestors(g, node))
+
+
+def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str, Any]:
+    """__init__ lines and one or two forward bodies (encode/forward) for the model class."""
+    outer = [n for n in order if g.nodes[n]["stack"] is None]
+    enc_dec = g.graph["family"] == "encoder_decoder"
+    init: list[str] = []
+    placed: set[str] = set()
+    for n in order:
+        d = g.nodes[n]
+        if d["stack"] is not None:
+            if d["stack"] not in placed:  # the layer stack, where its first op falls in the data flow
+                placed.add(d["stack"])
+                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({d['stack'].upper()}_LAYOUT))")
+            continue
+        mod = em.module(n, "None", '""')
+        if mod is not None and d["op"] != "input":
+            init.append(f"self.{_ident(d['name'])} = {mod}")
+
+    def body(nodes: list[str], stack_names: list[str]) -> tuple[list[Line], dict[str, str]]:
+        scope = Scope(g, set(nodes) | {n for s in stack_names for n in order if g.nodes[n]["stack"] == s})
+        lines: list[Line] = []
+        returns: dict[str, str] = {}
+        done_stacks: set[str] = set()
+        for n in order:
+            d = g.nodes[n]
+            if d["stack"] in stack_names and d["stack"] not in done_stacks:
+                stack = d["stack"]
+                done_stacks.add(stack)
+                first = [m for m in order if g.nodes[m]["stack"] == stack and g.nodes[m]["layer"] == 0]
+                ins = [r for m in first for r in inputs_of(g, m) if g.nodes[r.node]["stack"] != stack
+                       and g.nodes[r.node]["op"] not in ("const", "rel_bias") and g.nodes[r.node]["stack"] != "encoder"
+                       and not (enc_dec and stack == "decoder" and _feeds_from_encoder(g, r.node))]
+                var = scope.read(ins[0])
+                for t in [m for m in order if g.nodes[m]["stack"] is None and g.nodes[m]["op"] in ("const", "rel_bias")
+                          and any(g.nodes[c]["stack"] == stack for c in g.successors(m))]:
+                    src = g.nodes[t]
+                    value = f"self.{src['name']}" if src["op"] == "rel_bias" else f"self.{src['name']}(ctx.positions)"
+                    lines.append(Line(f"ctx.tables[{src['name']!r}] = {value}"))
+                lines.append(Line(f"for layer in self.{stack}:"))
+                lines.append(Line(f"    {var} = layer({var}, ctx)", "(B, T, C)"))
+                last = [m for m in order if g.nodes[m]["stack"] == stack][-1]
+                scope.holds[var] = (last, 0)  # the block returns its residual stream under the same name
+                continue
+            if n not in nodes or d["op"] in ("const", "rel_bias"):
+                continue
+            if d["op"] == "input":
+                scope.holds[d["outputs"][0]] = (n, 0)
+                continue
+            args = [scope.read(r) for r in inputs_of(g, n)]
+            if d["op"] == "output":
+                returns[d["attrs"]["role"]] = args[0]
+                continue
+            lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args, False)}", _shape(d["shape"])))
+        return lines, returns
+
+    if enc_dec:
+        enc_nodes = [n for n in outer if _is_encoder_side(g, n)]
+        dec_nodes = [n for n in outer if n not in enc_nodes]
+        enc_lines, _ = body(enc_nodes, ["encoder"])
+        enc_last = [m for m in order if g.nodes[m]["stack"] == "encoder"][-1]
+        enc_out = [m for m in enc_nodes if enc_last in nx.ancestors(g, m) or m == enc_last]
+        enc_return = g.nodes[enc_out[-1]]["outputs"][-1] if enc_out else "x"
+        dec_lines, returns = body(dec_nodes, ["decoder"])
+        return {"init": init, "encode": enc_lines, "encode_return": enc_return, "forward": dec_lines,
+                "returns": returns}
+    lines, returns = body(outer, list(stacks))
+    return {"init": init, "forward": lines, "returns": returns}
+
+
+def _is_encoder_side(g, n: str) -> bool:
+    """Model-level nodes computed by encode(): everything feeding the encoder stack or its output."""
+    d = g.nodes[n]
+    if d["op"] == "input":
+        return d["attrs"]["role"] == "encoder_tokens"
+    if d["op"] == "output":
+        return False
+    succ_stacks = {g.nodes[s]["stack"] for s in nx.descendants(g, n)}
+    anc_stacks = {g.nodes[a]["stack"] for a in nx.ancestors(g, n)}
+    if "decoder" in anc_stacks or any(g.nodes[a]["op"] == "input" and g.nodes[a]["attrs"]["role"] == "tokens"
+                                      for a in nx.ancestors(g, n)):
+        return False
+    return "encoder" in succ_stacks or "encoder" in anc_stacks or d["op"] == "embedding" and not d["attrs"].get("shared_with")

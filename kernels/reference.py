@@ -1,0 +1,83 @@
+"""PyTorch references of every kernel: what runs on CPU, and what the Triton kernels are
+tested against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+}
+
+
+def rms_norm(x, weight, eps, unit_offset=False, residual=None):
+    if residual is not None:
+        x = residual + x
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    w = weight.float()
+    if unit_offset:
+        out = (h * (1.0 + w)).to(dtype)
+    else:
+        out = w.to(dtype) * h.to(dtype) if dtype != torch.float32 else w * h
+    return (x, out) if residual is not None else out
+
+
+def layer_norm(x, weight, bias, eps, residual=None):
+    if residual is not None:
+        x = residual + x
+    out = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return (x, out) if residual is not None else out
+
+
+def glu(x, act: str):
+    """act(gate) * up for x = [gate | up] stacked on the last dim."""
+    gate, up = x.chunk(2, dim=-1)
+    return ACTIVATIONS[act](gate) * up
+
+
+def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
+              key_mask=None):
+    """Scaled dot-product attention. q (B, H, T, D); k, v (B, KV, S, D) with H a multiple of KV.
+
+    q_pos (T,) and k_pos (S,) are absolute positions: causal and sliding-window masks compare
+    them, so the same code serves a full sequence and a cached decode step. `window` lets a
+    query see the last `window` positions including its own. `bias` (H, T, S) is added to the
+    scores (ALiBi, T5 buckets); `key_mask` (B, S) is 1 for real tokens.
+    """
+    heads, kv_heads = q.shape[1], k.shape[1]
+    mask = None  # True where attending is allowed; (T, S) or (B, 1, T, S)
+    if causal or window:
+        rel = q_pos[:, None] - k_pos[None, :]
+        mask = torch.ones_like(rel, dtype=torch.bool)
+        if causal:
+            mask &= rel >= 0
+        if window:
+            mask &= rel.abs() < window
+    if key_mask is not None:
+        km = key_mask[:, None, None, :].bool()
+        mask = km if mask is None else mask & km
+    if softcap is None and bias is None:
+        simple_causal = causal and not window and key_mask is None and q.shape[2] == k.shape[2]
+        if simple_causal and bool((q_pos == k_pos).all()):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
+    if heads != kv_heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, S)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return probs @ v

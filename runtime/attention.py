@@ -1,0 +1,192 @@
+"""Attention cores. Projections live outside (they are linears in the IR); these modules take
+q, k, v in (B, T, heads * head_dim) layout, apply positions, keep the cache, and attend."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlang.kernels import reference
+from archlang.kernels.dispatch import attention as attend
+
+from .context import Context
+from .position import apply_rope
+
+
+def _heads(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    b, t, _ = x.shape
+    return x.view(b, t, n, d).transpose(1, 2)  # (B, n, T, d)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, h*d)
+
+
+def _append(ctx: Context, key: str, window: int | None, **new: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Extend this layer's cache along the sequence, keeping at most `window` entries."""
+    if ctx.cache is None:
+        return new
+    past = ctx.cache.get(key)
+    full = {name: torch.cat((past[name], t), dim=-2 if name != "pos" else 0) if past else t for name, t in new.items()}
+    if window:
+        ctx.cache.put(key, **{name: t[..., -window:, :] if name != "pos" else t[-window:] for name, t in full.items()})
+    else:
+        ctx.cache.put(key, **full)
+    return full
+
+
+def _key_mask(ctx: Context, k_len: int) -> torch.Tensor | None:
+    mask = ctx.attention_mask
+    if mask is None:
+        return None
+    return mask[:, -k_len:] if mask.shape[1] >= k_len else None
+
+
+class Attention(nn.Module):
+    """MHA / MQA / GQA with optional sliding window, soft-capping, ALiBi or relative bias."""
+
+    def __init__(self, heads: int, kv_heads: int, head_dim: int, *, causal: bool, scale: float,
+                 window: int | None = None, softcap: float | None = None, packed: bool = False,
+                 cross: bool = False, cache_key: str = ""):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
+        self.packed, self.cross, self.cache_key = packed, cross, cache_key
+
+    def project(self, q, k, v):
+        if self.packed:
+            q, k, v = q.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                               self.kv_heads * self.head_dim], dim=-1)
+        return _heads(q, self.heads, self.head_dim), _heads(k, self.kv_heads, self.head_dim), \
+            _heads(v, self.kv_heads, self.head_dim)
+
+    def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
+        q, k, v = self.project(q, k, v)  # (B, H, T, D), (B, KV, S, D)
+        q_pos = ctx.positions
+        if self.cross:
+            k_pos = torch.arange(k.shape[2], device=k.device)
+            key_mask = ctx.memory_mask
+        else:
+            if rope is not None:
+                cos, sin = rope
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            state = _append(ctx, self.cache_key, self.window, k=k, v=v, pos=q_pos)
+            k, v, k_pos = state["k"], state["v"], state["pos"]
+            key_mask = _key_mask(ctx, k.shape[2])
+        bias = None
+        if alibi is not None:
+            distance = (k_pos[None, :] - q_pos[:, None]).float()
+            if not self.causal:
+                distance = -distance.abs()
+            bias = alibi[:, None, None] * distance[None]  # (H, T, S)
+        if rel_bias is not None:
+            bias = rel_bias(q_pos, k_pos) if bias is None else bias + rel_bias(q_pos, k_pos)
+        out = attend(q, k, v, q_pos, k_pos, causal=self.causal and not self.cross, scale=self.scale,
+                     window=self.window, softcap=self.softcap, bias=bias, key_mask=key_mask)
+        return _merge(out)  # (B, T, H*D)
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, causal={self.causal}, "
+                f"window={self.window}, softcap={self.softcap}")
+
+
+class DifferentialAttention(Attention):
+    """Differential attention: softmax(q1 k1) - lambda * softmax(q2 k2), per-head RMS-normalised."""
+
+    def __init__(self, heads: int, kv_heads: int, head_dim: int, *, layer: int, lambda_init: float | None = None,
+                 **kw):
+        super().__init__(heads, kv_heads, head_dim, **kw)
+        half = head_dim // 2
+        self.lambda_init = lambda_init if lambda_init is not None else 0.8 - 0.6 * math.exp(-0.3 * layer)
+        self.lambda_q1 = nn.Parameter(torch.randn(half) * 0.1)
+        self.lambda_k1 = nn.Parameter(torch.randn(half) * 0.1)
+        self.lambda_q2 = nn.Parameter(torch.randn(half) * 0.1)
+        self.lambda_k2 = nn.Parameter(torch.randn(half) * 0.1)
+        self.subln = nn.Parameter(torch.ones(head_dim))
+
+    def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
+        q, k, v = self.project(q, k, v)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        state = _append(ctx, self.cache_key, self.window, k=k, v=v, pos=ctx.positions)
+        k, v, k_pos = state["k"], state["v"], state["pos"]
+        half = self.head_dim // 2
+        kw = dict(causal=self.causal, scale=self.scale, window=self.window, softcap=self.softcap,
+                  key_mask=_key_mask(ctx, k.shape[2]))
+        a1 = attend(q[..., :half], k[..., :half], v, ctx.positions, k_pos, **kw)
+        a2 = attend(q[..., half:], k[..., half:], v, ctx.positions, k_pos, **kw)
+        lam = (torch.exp((self.lambda_q1 * self.lambda_k1).sum()) - torch.exp((self.lambda_q2 * self.lambda_k2).sum())
+               + self.lambda_init)
+        out = reference.rms_norm(a1 - lam * a2, self.subln, 1e-5) * (1 - self.lambda_init)
+        return _merge(out)
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2). The cache holds the normalised latent and the
+    shared rotary key: kv_lora_rank + rope_head_dim numbers per token, for all heads together."""
+
+    def __init__(self, heads: int, kv_lora_rank: int, rope_head_dim: int, nope_head_dim: int, v_head_dim: int, *,
+                 causal: bool, scale: float, window: int | None = None, softcap: float | None = None,
+                 norm_eps: float = 1e-6, cache_key: str = ""):
+        super().__init__()
+        self.heads, self.kv_lora_rank = heads, kv_lora_rank
+        self.rope_head_dim, self.nope_head_dim, self.v_head_dim = rope_head_dim, nope_head_dim, v_head_dim
+        self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
+        self.norm_eps, self.cache_key = norm_eps, cache_key
+        self.kv_a_norm = nn.Parameter(torch.ones(kv_lora_rank))
+        self.kv_b_proj = nn.Parameter(torch.empty(heads * (nope_head_dim + v_head_dim), kv_lora_rank))
+        nn.init.normal_(self.kv_b_proj, std=0.02)
+
+    def forward(self, q, kv, rope=None, *, ctx: Context) -> torch.Tensor:
+        b, t, _ = q.shape
+        q = _heads(q, self.heads, self.nope_head_dim + self.rope_head_dim)
+        q_nope, q_pe = q.split([self.nope_head_dim, self.rope_head_dim], dim=-1)
+        latent, k_pe = kv.split([self.kv_lora_rank, self.rope_head_dim], dim=-1)
+        latent = reference.rms_norm(latent, self.kv_a_norm, self.norm_eps)  # (B, T, r)
+        k_pe = k_pe[:, None]  # (B, 1, T, rope)
+        if rope is not None:
+            cos, sin = rope
+            q_pe, k_pe = apply_rope(q_pe, cos, sin), apply_rope(k_pe, cos, sin)
+        state = _append(ctx, self.cache_key, self.window, latent=latent[:, None], k_pe=k_pe, pos=ctx.positions)
+        latent, k_pe, k_pos = state["latent"][:, 0], state["k_pe"], state["pos"]
+        s = latent.shape[1]
+        kv_full = F.linear(latent, self.kv_b_proj).view(b, s, self.heads, self.nope_head_dim + self.v_head_dim)
+        k_nope, v = kv_full.transpose(1, 2).split([self.nope_head_dim, self.v_head_dim], dim=-1)
+        k = torch.cat((k_nope, k_pe.expand(b, self.heads, s, self.rope_head_dim)), dim=-1)
+        q = torch.cat((q_nope, q_pe), dim=-1)
+        out = attend(q, k, v, ctx.positions, k_pos, causal=self.causal, scale=self.scale, window=self.window,
+                     softcap=self.softcap, key_mask=_key_mask(ctx, s))
+        return _merge(out)  # (B, T, H*v_head_dim)
+
+
+class LinearAttention(nn.Module):
+    """Causal linear attention with the elu + 1 feature map; the cache is a (D x D) state per head."""
+
+    def __init__(self, heads: int, head_dim: int, *, causal: bool, cache_key: str = ""):
+        super().__init__()
+        self.heads, self.head_dim, self.causal, self.cache_key = heads, head_dim, causal, cache_key
+
+    def forward(self, q, k, v, *, ctx: Context) -> torch.Tensor:
+        q, k, v = (_heads(x, self.heads, self.head_dim) for x in (q, k, v))
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        if not self.causal:
+            kv = torch.einsum("bhsd,bhse->bhde", k, v)
+            z = k.sum(dim=2)
+            out = torch.einsum("bhtd,bhde->bhte", q, kv) / (torch.einsum("bhtd,bhd->bht", q, z)[..., None] + 1e-6)
+            return _merge(out)
+        past = ctx.cache.get(self.cache_key) if ctx.cache is not None else None
+        kv = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(dim=2)  # running state per position
+        z = k.cumsum(dim=2)
+        if past is not None:
+            kv = kv + past["state"][:, :, None]
+            z = z + past["norm"][:, :, None]
+        if ctx.cache is not None:
+            ctx.cache.put(self.cache_key, state=kv[:, :, -1], norm=z[:, :, -1])
+        num = torch.einsum("bhtd,bhtde->bhte", q, kv)
+        den = (q * z).sum(-1, keepdim=True) + 1e-6
+        return _merge(num / den)

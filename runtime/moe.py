@@ -1,0 +1,118 @@
+"""Mixture of experts: a router picks top-k experts per token; the chosen tokens are grouped by
+expert and run through one batched matmul per weight (no Python loop over experts)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlang.kernels.reference import ACTIVATIONS
+
+from .context import Context
+
+
+class MoE(nn.Module):
+    def __init__(self, dim: int, experts: int, top_k: int, *, expert_kind: str, expert_act: str, expert_hidden: int,
+                 expert_bias: bool = False, shared_kind: str | None = None, shared_act: str | None = None,
+                 shared_hidden: int | None = None, shared_gate: bool = False, router: str = "softmax",
+                 normalize_top_k: bool = True, routed_scale: float = 1.0, aux_loss: float = 0.0,
+                 z_loss: float = 0.0, capacity_factor: float | None = None):
+        super().__init__()
+        self.experts, self.top_k, self.router_kind = experts, top_k, router
+        self.expert_glu, self.expert_act = expert_kind != "mlp", expert_act
+        self.normalize_top_k, self.routed_scale = normalize_top_k, routed_scale
+        self.aux_coef, self.z_coef, self.capacity_factor = aux_loss, z_loss, capacity_factor
+        width = 2 * expert_hidden if self.expert_glu else expert_hidden
+        self.router = nn.Parameter(torch.empty(experts, dim))
+        up = "experts_gate_up" if self.expert_glu else "experts_up"
+        setattr(self, up, nn.Parameter(torch.empty(experts, width, dim)))
+        self.experts_down = nn.Parameter(torch.empty(experts, dim, expert_hidden))
+        self.expert_bias = expert_bias
+        if expert_bias:
+            setattr(self, f"{up}_bias", nn.Parameter(torch.zeros(experts, width)))
+            self.experts_down_bias = nn.Parameter(torch.zeros(experts, dim))
+        self.shared_glu = shared_kind is not None and shared_kind != "mlp"
+        self.shared_act = shared_act
+        if shared_kind is not None:
+            sw = 2 * shared_hidden if self.shared_glu else shared_hidden
+            setattr(self, "shared_gate_up" if self.shared_glu else "shared_up", nn.Parameter(torch.empty(sw, dim)))
+            self.shared_down = nn.Parameter(torch.empty(dim, shared_hidden))
+        self.has_shared = shared_kind is not None
+        self.shared_gate = nn.Parameter(torch.empty(1, dim)) if shared_gate else None
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.normal_(p, std=0.02)
+
+    def _ffn(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, glu: bool, act: str,
+             up_bias=None, down_bias=None) -> torch.Tensor:
+        h = x @ up.transpose(-1, -2)
+        if up_bias is not None:
+            h = h + up_bias.unsqueeze(-2)
+        if glu:
+            gate, h = h.chunk(2, dim=-1)
+            h = ACTIVATIONS[act](gate) * h
+        else:
+            h = ACTIVATIONS[act](h)
+        h = h @ down.transpose(-1, -2)
+        return h + down_bias.unsqueeze(-2) if down_bias is not None else h
+
+    def route(self, x: torch.Tensor):
+        logits = F.linear(x, self.router).float()  # (N, E)
+        probs = torch.softmax(logits, dim=-1) if self.router_kind == "softmax" else torch.sigmoid(logits)
+        weights, index = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
+        if self.normalize_top_k:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, probs, weights * self.routed_scale, index
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, C)
+        n, k, e = x.shape[0], self.top_k, self.experts
+        logits, probs, weights, index = self.route(x)
+        # Group the N*k (token, expert) pairs by expert into an (E, M, C) buffer, M the largest group.
+        flat = index.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        expert_of = flat[order]
+        counts = torch.bincount(flat, minlength=e)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(n * k, device=x.device) - starts[expert_of]
+        keep = torch.ones_like(slot, dtype=torch.bool)
+        m = int(counts.max()) if n else 0
+        if self.training and self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * n * k / e)
+            keep = slot < capacity  # tokens over an expert's capacity are dropped (they keep the residual)
+            m = min(m, capacity)
+        token = order // k
+        buf = x.new_zeros(e, max(m, 1), x.shape[1])
+        buf[expert_of[keep], slot[keep]] = x[token[keep]]
+        up = getattr(self, "experts_gate_up" if self.expert_glu else "experts_up")
+        up_bias = getattr(self, ("experts_gate_up" if self.expert_glu else "experts_up") + "_bias", None)
+        out_buf = self._ffn(buf, up, self.experts_down, self.expert_glu, self.expert_act, up_bias,
+                            getattr(self, "experts_down_bias", None))  # (E, M, C)
+        w = weights.reshape(-1)[order][keep].to(x.dtype)
+        contrib = out_buf[expert_of[keep], slot[keep]] * w[:, None]
+        out = x.new_zeros(x.shape).index_add_(0, token[keep], contrib)
+        if self.has_shared:
+            shared_up = getattr(self, "shared_gate_up" if self.shared_glu else "shared_up")
+            s = self._ffn(x, shared_up, self.shared_down, self.shared_glu, self.shared_act)
+            if self.shared_gate is not None:
+                s = torch.sigmoid(F.linear(x, self.shared_gate)) * s
+            out = out + s
+        if ctx is not None and self.training and (self.aux_coef or self.z_coef):
+            ctx.aux_losses.append(self.losses(logits, probs, index))
+        return out.reshape(shape)
+
+    def losses(self, logits: torch.Tensor, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Switch-style load balancing (E * sum_e f_e P_e) and ST-MoE router z-loss, weighted."""
+        e = self.experts
+        total = logits.new_zeros(())
+        if self.aux_coef:
+            f = torch.bincount(index.reshape(-1), minlength=e).float() / index.numel()
+            p = probs.mean(dim=0)
+            total = total + self.aux_coef * e * (f * p).sum()
+        if self.z_coef:
+            total = total + self.z_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        return total

@@ -1,0 +1,159 @@
+"""Position encodings: RoPE tables (with linear, NTK, YaRN and Llama 3 scaling), sinusoidal and
+learned absolute positions, ALiBi slopes, and T5's bucketed relative bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rotary embedding, and the factor cos/sin are multiplied by."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is None:
+        return inv_freq, 1.0
+    kind, factor = scaling["kind"], scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor, 1.0
+    if kind == "ntk":  # NTK-aware: stretch the base so the lowest frequency interpolates by `factor`
+        base = theta * factor ** (dim / (dim - 2))
+        return 1.0 / (base**exponents), 1.0
+    if kind == "llama3":
+        old = scaling["original_context"]
+        low_wavelen = old / scaling["low_freq_factor"]
+        high_wavelen = old / scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - scaling["low_freq_factor"]) / (scaling["high_freq_factor"] - scaling["low_freq_factor"])
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        old = scaling["original_context"]
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+        low = max(math.floor(correction_dim(scaling["beta_fast"])), 0)
+        high = min(math.ceil(correction_dim(scaling["beta_slow"])), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        extrapolation = 1 - ramp
+        inv = (inv_freq / factor) * (1 - extrapolation) + inv_freq * extrapolation
+
+        def mscale(s: float, m: float = 1.0) -> float:
+            return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+        if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+            attention_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
+        else:
+            attention_factor = mscale(factor)
+        return inv, attention_factor
+    raise ValueError(f"unknown rope scaling {kind!r}")
+
+
+class RopeTable(nn.Module):
+    """cos/sin of the rotary embedding for given positions: (T, dim) each, in float32."""
+
+    def __init__(self, dim: int, context: int, theta: float = 10000.0, scaling: dict | None = None):
+        super().__init__()
+        inv_freq, self.attention_factor = rope_inv_freq(dim, theta, scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, dim)
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] channels of x (B, H, T, D); the rest pass through."""
+    rot = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def rope_qk(q: torch.Tensor, k: torch.Tensor, table, heads: int, kv_heads: int, head_dim: int):
+    """The unfused rope op: q (B, T, H*D) and k (B, T, KV*D) rotated, same layout out."""
+    cos, sin = table
+    b, t, _ = q.shape
+    q = apply_rope(q.view(b, t, heads, head_dim).transpose(1, 2), cos, sin)
+    k = apply_rope(k.view(b, t, kv_heads, head_dim).transpose(1, 2), cos, sin)
+    return q.transpose(1, 2).reshape(b, t, -1), k.transpose(1, 2).reshape(b, t, -1)
+
+
+class SinusoidalPositions(nn.Module):
+    """The fixed table of Vaswani et al. (2017)."""
+
+    def __init__(self, context: int, dim: int):
+        super().__init__()
+        pos = torch.arange(context, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        table = torch.zeros(context, dim)
+        table[:, 0::2] = torch.sin(pos * div)
+        table[:, 1::2] = torch.cos(pos * div[: dim // 2])
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]
+
+
+class AlibiSlopes(nn.Module):
+    """Per-head slopes of ALiBi (Press et al. 2021), geometric from 2^(-8/n)."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        closest = 2 ** math.floor(math.log2(heads))
+        base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+        slopes = [base ** (i + 1) for i in range(closest)]
+        if closest < heads:
+            extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+            slopes += [extra ** (2 * i + 1) for i in range(heads - closest)]
+        self.register_buffer("slopes", torch.tensor(slopes), persistent=False)
+
+    def forward(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.slopes
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned bias per (bucket of relative distance, head), shared by a layer stack."""
+
+    def __init__(self, buckets: int, max_distance: int, heads: int, bidirectional: bool):
+        super().__init__()
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.empty(buckets, heads))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
+        n = self.buckets
+        out = torch.zeros_like(relative)
+        if self.bidirectional:
+            n //= 2
+            out += (relative > 0).long() * n
+            relative = relative.abs()
+        else:
+            relative = -torch.clamp(relative, max=0)
+        exact = n // 2
+        small = relative < exact
+        large = exact + (
+            torch.log(relative.float() / exact) / math.log(self.max_distance / exact) * (n - exact)
+        ).long()
+        large = torch.clamp(large, max=n - 1)
+        return out + torch.where(small, relative, large)
+
+    def forward(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+        relative = k_positions[None, :] - q_positions[:, None]  # (T, S)
+        bias = self.weight[self.bucket(relative)]  # (T, S, H)
+        return bias.permute(2, 0, 1)  # (H, T, S)

@@ -1,0 +1,96 @@
+"""Mamba's selective state space layer (Gu & Dao 2023), in plain PyTorch.
+
+The scan runs in chunks: within a chunk the recurrence h_t = a_t h_{t-1} + b_t is solved in
+closed form with cumulative log-decays (one batched computation), and only the chunk
+boundaries are carried sequentially. The cache keeps the conv window and the SSM state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlang.kernels import reference
+
+from .context import Context
+
+CHUNK = 32
+
+
+def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
+    """y_t = C_t · h_t + D u_t with h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t.
+
+    u, delta (B, di, T); A (di, N); B, C (B, T, N); D (di,); state (B, di, N) or None.
+    Returns y (B, di, T) and the final state, all in float32.
+    """
+    bsz, di, t = u.shape
+    n = A.shape[1]
+    h = state.float() if state is not None else u.new_zeros(bsz, di, n, dtype=torch.float32)
+    u, delta = u.float(), delta.float()
+    ys = []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        dt = delta[:, :, start:end]  # (B, di, L)
+        log_a = dt[..., None] * A[None, :, None, :]  # (B, di, L, N), <= 0
+        b = (dt * u[:, :, start:end])[..., None] * B[:, None, start:end, :].float()  # (B, di, L, N)
+        cum = torch.cumsum(log_a, dim=2)  # log of the decay from chunk start to t
+        # h_t = exp(cum_t) h_0 + sum_{s<=t} exp(cum_t - cum_s) b_s, computed stably per pair (s, t)
+        decay = cum[:, :, :, None, :] - cum[:, :, None, :, :]  # (B, di, L_t, L_s, N)
+        length = end - start
+        causal = torch.ones(length, length, dtype=torch.bool, device=u.device).tril()
+        weights = torch.exp(decay.masked_fill(~causal[None, None, :, :, None], float("-inf")))
+        hs = torch.exp(cum) * h[:, :, None, :] + torch.einsum("bdtsn,bdsn->bdtn", weights, b)
+        ys.append(torch.einsum("bdtn,btn->bdt", hs, C[:, start:end].float()))
+        h = hs[:, :, -1]
+    y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
+    return y + u * D[None, :, None].float(), h
+
+
+class Mamba(nn.Module):
+    def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, dt_rank: int, *, conv_bias: bool = True,
+                 bias: bool = False, inner_norms: bool = False, norm_eps: float = 1e-6, cache_key: str = "", **_):
+        super().__init__()
+        self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
+        self.norm_eps, self.cache_key = norm_eps, cache_key
+        self.in_proj = nn.Parameter(torch.empty(2 * d_inner, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(2 * d_inner)) if bias else None
+        self.conv_weight = nn.Parameter(torch.empty(d_inner, 1, d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(d_inner)) if conv_bias else None
+        self.x_proj = nn.Parameter(torch.empty(dt_rank + 2 * d_state, d_inner))
+        self.dt_proj_weight = nn.Parameter(torch.empty(d_inner, dt_rank))
+        self.dt_proj_bias = nn.Parameter(torch.zeros(d_inner))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Parameter(torch.empty(d_model, d_inner))
+        self.out_proj_bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        if inner_norms:
+            self.dt_norm = nn.Parameter(torch.ones(dt_rank))
+            self.b_norm = nn.Parameter(torch.ones(d_state))
+            self.c_norm = nn.Parameter(torch.ones(d_state))
+        self.inner_norms = inner_norms
+        for p in (self.in_proj, self.conv_weight, self.x_proj, self.dt_proj_weight, self.out_proj):
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        bsz, t, _ = x.shape
+        past = ctx.cache.get(self.cache_key) if ctx is not None and ctx.cache is not None else None
+        hidden, gate = F.linear(x, self.in_proj, self.in_proj_bias).transpose(1, 2).chunk(2, dim=1)  # (B, di, T) each
+        conv_in = hidden if past is None else torch.cat((past["conv"], hidden), dim=2)
+        pad = self.d_conv - 1 if past is None else 0
+        conv = F.conv1d(F.pad(conv_in, (pad, 0)), self.conv_weight, self.conv_bias, groups=self.d_inner)
+        new_conv_state = F.pad(conv_in, (max(0, self.d_conv - 1 - conv_in.shape[2]), 0))[:, :, -(self.d_conv - 1):]
+        hidden = F.silu(conv[:, :, -t:])  # (B, di, T)
+        params = F.linear(hidden.transpose(1, 2), self.x_proj)  # (B, T, r + 2N)
+        dt, b, c = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norms:
+            dt = reference.rms_norm(dt, self.dt_norm, self.norm_eps)
+            b = reference.rms_norm(b, self.b_norm, self.norm_eps)
+            c = reference.rms_norm(c, self.c_norm, self.norm_eps)
+        delta = F.softplus(F.linear(dt, self.dt_proj_weight, self.dt_proj_bias)).transpose(1, 2)  # (B, di, T)
+        A = -torch.exp(self.A_log.float())
+        y, state = selective_scan(hidden, delta, A, b, c, self.D, past["ssm"] if past is not None else None)
+        if ctx is not None and ctx.cache is not None:
+            ctx.cache.put(self.cache_key, conv=new_conv_state, ssm=state)
+        y = (y * F.silu(gate.float())).to(x.dtype)
+        return F.linear(y.transpose(1, 2), self.out_proj, self.out_proj_bias)  # (B, T, C)
