@@ -228,7 +228,8 @@ def _layer_signature(g: nx.MultiDiGraph, nodes: list[str]) -> list:
     index = {n: i for i, n in enumerate(nodes)}
     for n in nodes:
         d = g.nodes[n]
-        wiring = [(index.get(r.node, "ext"), r.out) for r in inputs_of(g, n)]
+        # reads from outside the layer are the block's input, whichever output produced it
+        wiring = [(index[r.node], r.out) if r.node in index else ("ext",) for r in inputs_of(g, n)]
         sig.append((d["op"], d["name"], d["outputs"], sorted(d["attrs"].items(), key=lambda kv: kv[0]).__repr__(),
                     tuple(sorted(d["params"].items())), wiring))
     return sig
@@ -339,12 +340,20 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
         args = [scope.read(r) for r in inputs_of(g, n)]
         expr = em.call(n, args, True)
         forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
-    # The block returns its last residual stream value.
-    last = nodes[-1]
-    returns = g.nodes[last]["outputs"][0]
+    # The block returns the value that the next layer (or the model) reads.
+    out = _stream_out(g, nodes)
+    returns = scope.read(out)
     title = class_name(block, "Block")
     doc = _safe_text(f"Block `{block}`: {g.graph['blocks'][block]}.")
     return BlockClass(title, block, doc, init, forward, returns)
+
+
+def _stream_out(g, nodes: list[str]) -> NodeRef:
+    inside = set(nodes)
+    outs = {NodeRef(n, data["out"]) for n in nodes for _, dst, data in g.out_edges(n, data=True) if dst not in inside}
+    if len(outs) != 1:
+        raise CodegenError(f"a layer must hand exactly one value to the next, found {sorted(map(str, outs))}")
+    return outs.pop()
 
 
 def _feeds_from_encoder(g, node: str) -> bool:
@@ -390,8 +399,10 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                     lines.append(Line(f"ctx.tables[{src['name']!r}] = {value}"))
                 lines.append(Line(f"for layer in self.{stack}:"))
                 lines.append(Line(f"    {var} = layer({var}, ctx)", "(B, T, C)"))
-                last = [m for m in order if g.nodes[m]["stack"] == stack][-1]
-                scope.holds[var] = (last, 0)  # the block returns its residual stream under the same name
+                last_layer = [m for m in order if g.nodes[m]["stack"] == stack
+                              and g.nodes[m]["layer"] == len(stacks[stack]) - 1]
+                out = _stream_out(g, last_layer)
+                scope.holds[var] = (out.node, out.out)  # the stack's result, under the name it came in
                 continue
             if n not in nodes or d["op"] in ("const", "rel_bias"):
                 continue

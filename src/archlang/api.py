@@ -85,7 +85,7 @@ def compile_spec(
         source = generate(graph, spec_name=Path(name).name if _is_path(spec) else name, spec_text=text, passes=applied,
                           version=__version__)
     except CodegenError as exc:
-        raise ArchError(f"code generation failed: {exc}", model.span_of() if False else None, kind="codegen") from None
+        raise ArchError(f"code generation failed: {exc}", kind="codegen") from None
     return Compiled(ast, graph, lowered, source, applied)
 
 
