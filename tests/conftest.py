@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "tests" / "specs"
+EXAMPLES = ROOT / "examples"
+GOLDEN = ROOT / "tests" / "golden"
+
+# Tolerance table for float32 comparisons against references (Liger-Kernel's convention).
+FP32 = dict(atol=1e-4, rtol=1e-4)
+
+
+def tiny_specs() -> list[tuple[Path, str]]:
+    """(file, model name) for every model in tests/specs."""
+    from archlang.spec import load_models
+
+    out = []
+    for path in sorted(SPECS.glob("*.arch")):
+        for model in load_models(path):
+            out.append((path, model.name))
+    return out
+
+
+def build_tiny(path, name, passes=None):
+    from archlang.api import compile_spec, load_source
+
+    kwargs = {} if passes is None else {"passes": passes}
+    compiled = compile_spec(path, model=name, **kwargs)
+    return load_source(compiled.source, name).build()
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; ARCHLANG_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("ARCHLANG_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden file (ARCHLANG_UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
