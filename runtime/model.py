@@ -56,6 +56,7 @@ class ArchModel(nn.Module):
         """Rewrite unfused weights (q_proj, k_proj, v_proj; gate_proj, up_proj) into this
         model's fused projections, by stacking them along the output dimension."""
         out = dict(state)
+        own = set(self.state_dict())
         for fused, parts in self.fusions.items():
             pattern = re.compile(rf"^(.*\.){re.escape(parts[0][0])}\.(weight|bias)$")
             for key in list(out):
@@ -64,7 +65,7 @@ class ArchModel(nn.Module):
                     continue
                 prefix, kind = m.groups()
                 names = [f"{prefix}{p}.{kind}" for p, _ in parts]
-                if all(n in out for n in names):
+                if f"{prefix}{fused}.{kind}" in own and all(n in out for n in names):
                     out[f"{prefix}{fused}.{kind}"] = torch.cat([out.pop(n) for n in names], dim=0)
         return out
 

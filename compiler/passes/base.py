@@ -6,6 +6,7 @@ caller's IR untouched and `--print-after-all` can show every stage.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,6 +19,11 @@ class Pass:
 
     def run(self, g: nx.MultiDiGraph) -> tuple[nx.MultiDiGraph, bool]:
         raise NotImplementedError
+
+
+def clone(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
+    """A copy that shares no attribute dicts with the original (networkx's copy is shallow)."""
+    return copy.deepcopy(g)
 
 
 def redirect(g: nx.MultiDiGraph, old: str, new: str, out_map: dict[int, int] | None = None) -> None:

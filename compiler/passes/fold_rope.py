@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
-from .base import Pass
+from .base import Pass, clone
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class FoldRope(Pass):
     name = "fold-rope"
 
     def run(self, g):
-        g = g.copy()
+        g = clone(g)
         modified = False
         for node in [n for n, d in g.nodes(data=True) if d["op"] == "rope"]:
             consumers = {dst for _, dst in g.out_edges(node)}

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..ir import ordered_nodes
-from .base import Pass, redirect
+from .base import Pass, clone, redirect
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ShareConstants(Pass):
     name = "share-constants"
 
     def run(self, g):
-        g = g.copy()
+        g = clone(g)
         modified = False
         first: dict[str, str] = {}
         for node in ordered_nodes(g):

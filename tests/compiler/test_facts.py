@@ -1,0 +1,111 @@
+"""Facts: parameter totals equal the real models' (counted independently from Hugging Face
+models built on the meta device), active parameters, KV-cache bytes and FLOPs."""
+
+import pytest
+import torch
+
+from archlang.api import compile_spec
+from archlang.compiler import compute_facts
+
+from ..conftest import EXAMPLES, SPECS, build_tiny
+
+transformers = pytest.importorskip("transformers")
+
+# Published totals, for the record; the test compares with the HF count below as well.
+PUBLISHED = {
+    "gpt2": 124_439_808, "llama3_8b": 8_030_261_248, "mistral_7b": 7_241_732_096, "mixtral_8x7b": 46_702_792_704,
+    "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
+}
+
+
+def hf_model(name: str):
+    T = transformers
+    if name == "gpt2":
+        return T.GPT2Model, T.GPT2Config()
+    if name == "llama3_8b":
+        return T.LlamaForCausalLM, T.LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
+    if name == "mistral_7b":
+        return T.MistralForCausalLM, T.MistralConfig()
+    if name == "mixtral_8x7b":
+        return T.MixtralForCausalLM, T.MixtralConfig()
+    if name == "gemma2_2b":
+        return T.Gemma2ForCausalLM, T.Gemma2Config(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                                                   num_attention_heads=8, num_key_value_heads=4, head_dim=256)
+    if name == "bert_base":
+        return T.BertModel, T.BertConfig()
+    if name == "t5_small":
+        return T.T5ForConditionalGeneration, T.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
+                                                        num_layers=6, num_heads=8)
+    if name == "deepseek_v2_lite":
+        return T.DeepseekV2ForCausalLM, T.DeepseekV2Config(
+            vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+            num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, n_shared_experts=2,
+            n_routed_experts=64, num_experts_per_tok=6, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64,
+            v_head_dim=128, qk_nope_head_dim=128, first_k_dense_replace=1)
+    if name == "jamba":
+        return T.JambaForCausalLM, T.JambaConfig()
+    raise KeyError(name)
+
+
+def hf_param_count(name: str) -> int:
+    cls, config = hf_model(name)
+    with torch.device("meta"):
+        model = cls(config)
+    # Tied weights are one tensor: count unique storage, as the published totals do.
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.arch")))
+def test_params_total_equals_the_real_model(name):
+    facts = compute_facts(compile_spec(EXAMPLES / f"{name}.arch").graph)
+    assert facts.params_total == hf_param_count(name)
+    if name in PUBLISHED:
+        assert facts.params_total == PUBLISHED[name]
+
+
+def test_active_params_count_routed_top_k_and_shared_experts():
+    f = compute_facts(compile_spec(EXAMPLES / "mixtral_8x7b.arch").graph)
+    expert = 3 * 4096 * 14336
+    assert f.params_total - f.params_active == 32 * (8 - 2) * expert
+    d = compute_facts(compile_spec(EXAMPLES / "deepseek_v2_lite.arch").graph)
+    assert d.params_total - d.params_active == 26 * (64 - 6) * 3 * 2048 * 1408
+
+
+def test_kv_cache_bytes():
+    f = compute_facts(compile_spec(EXAMPLES / "llama3_8b.arch").graph)
+    assert f.kv_cache_bytes_per_token == 32 * 2 * 8 * 128 * 2  # layers * (k, v) * kv_heads * head_dim * bf16
+    assert compute_facts(compile_spec(EXAMPLES / "llama3_8b.arch").graph, dtype="fp32").kv_cache_bytes_per_token == 32 * 2 * 8 * 128 * 4
+    mla = compute_facts(compile_spec(EXAMPLES / "deepseek_v2_lite.arch").graph)
+    assert mla.kv_cache_bytes_per_token == 27 * (512 + 64) * 2
+    jamba = compute_facts(compile_spec(EXAMPLES / "jamba.arch").graph)
+    assert jamba.kv_cache_bytes_per_token == 4 * 2 * 8 * 128 * 2  # only the 4 attention layers
+    assert jamba.ssm_state_bytes_per_sequence == 28 * (8192 * 16 + 8192 * 3) * 2
+    assert compute_facts(compile_spec(EXAMPLES / "bert_base.arch").graph).kv_cache_bytes_per_token == 0
+
+
+@pytest.mark.parametrize("spec,name,tokens", [
+    ("tiny_llama.arch", "tiny_llama", 9), ("tiny_deepseek.arch", "tiny_deepseek", 9), ("tiny_jamba.arch", "tiny_jamba", 9),
+])
+def test_cache_allocates_what_stats_reports(spec, name, tokens):
+    from archlang.runtime import Cache
+
+    facts = compute_facts(compile_spec(SPECS / spec, model=name).graph, dtype="fp32")
+    model = build_tiny(SPECS / spec, name).eval()
+    cache = Cache()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, tokens)), cache=cache)
+    kv = sum(t.numel() * t.element_size() for s in cache.layers.values() for k, t in s.items() if k in ("k", "v", "latent", "k_pe"))
+    state = sum(t.numel() * t.element_size() for s in cache.layers.values() for k, t in s.items() if k in ("conv", "ssm"))
+    assert kv == tokens * facts.kv_cache_bytes_per_token
+    assert state == facts.ssm_state_bytes_per_sequence
+
+
+def test_flops_per_token_dense():
+    g = compile_spec(EXAMPLES / "llama3_8b.arch").graph
+    f = compute_facts(g, context=1)
+    non_embedding = f.params_total - 128256 * 4096  # embedding lookups cost no FLOPs
+    norms = 65 * 4096
+    attention = 32 * 2 * 32 * 256 * 1  # one key of width 128 for scores and values
+    assert f.flops_per_token == 2 * (non_embedding - norms) + attention
+    assert compute_facts(g, context=4096).flops_per_token > f.flops_per_token
