@@ -121,6 +121,7 @@ def _render(stmts: list[_Stmt], comments: list[tuple[int, int, str]]) -> str:
             trailing[line] = text
         else:
             own_line.append((line, text))
+    last_on_line = {s.line: s for s in stmts if s.lines[0] != "}" and s.end_line == s.line}
     ci = 0
     prev_end = None
     for s in stmts:
@@ -135,7 +136,7 @@ def _render(stmts: list[_Stmt], comments: list[tuple[int, int, str]]) -> str:
             out.append(INDENT * depth + own_line[ci][1])
             ci += 1
         rendered = [INDENT * s.depth + l for l in s.lines]
-        if not closing and s.line in trailing and len(rendered) == 1:
+        if not closing and s.line in trailing and len(rendered) == 1 and last_on_line[s.line] is s:
             rendered[0] += "  " + trailing.pop(s.line)
         out.extend(rendered)
     out.extend(text for _, text in own_line[ci:])
