@@ -131,6 +131,8 @@ def _read(path: Path, display: str, span: Span | None) -> str:
         raise ArchError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})", span, kind="import") from None
     except OSError as exc:
         raise ArchError(f"cannot read {display}: {exc.strerror}", span, kind="import") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ArchError(f"cannot read {display!r}: {exc}", span, kind="import") from None
 
 
 def _is_within(path: Path, root: Path) -> bool:

@@ -19,7 +19,8 @@ from archlang.spec.ast import Model
 
 
 def _is_path(spec) -> bool:
-    return isinstance(spec, os.PathLike) or (isinstance(spec, str) and "\n" not in spec and "{" not in spec)
+    """A Path, or a one-line string naming a .arch file; any other string is spec text."""
+    return isinstance(spec, os.PathLike) or (isinstance(spec, str) and "\n" not in spec and spec.endswith(".arch"))
 
 
 def load_model(
