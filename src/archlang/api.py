@@ -110,8 +110,8 @@ def build(spec: str | os.PathLike, *, model: str | None = None, passes: str = DE
     return load_source(compiled.source, compiled.model.name).build()
 
 
-def check_file(path: str | os.PathLike, *, sources: SourceMap | None = None, allow_outside_root: bool = False,
-               run: bool = False) -> list[Model]:
+def check_file(path: str | os.PathLike, *, sources: SourceMap | None = None,
+               allow_outside_root: bool = False) -> list[Model]:
     """Parse, validate and lower every model of a file; raise ArchError(s) on any problem."""
     models = load_models(Path(path), sources=sources, allow_outside_root=allow_outside_root)
     for m in models:
