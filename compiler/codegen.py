@@ -152,7 +152,7 @@ class _Emitter:
         return None
 
     # ------------------------------------------------------------------ calls (forward)
-    def call(self, node: str, args: list[str], scope_is_block: bool) -> str:
+    def call(self, node: str, args: list[str]) -> str:
         d = self.g.nodes[node]
         op, a, name = d["op"], d["attrs"], d["name"]
         me = f"self.{_ident(name)}"
@@ -338,7 +338,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
         if mod is not None:
             init.append(f"self.{_ident(d['name'])} = {mod}")
         args = [scope.read(r) for r in inputs_of(g, n)]
-        expr = em.call(n, args, True)
+        expr = em.call(n, args)
         forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
     # The block returns the value that the next layer (or the model) reads.
     out = _stream_out(g, nodes)
@@ -413,7 +413,7 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
             if d["op"] == "output":
                 returns[d["attrs"]["role"]] = args[0]
                 continue
-            lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args, False)}", _shape(d["shape"])))
+            lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args)}", _shape(d["shape"])))
         return lines, returns
 
     if enc_dec:

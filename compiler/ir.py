@@ -50,10 +50,6 @@ OPS: dict[str, str] = {
     "output": "a model output; attrs: role (logits | hidden | pooled)",
 }
 
-# Ops that have no params and can only be reached from an output if something reads them.
-CONST_OPS = {"const"}
-
-
 @dataclass(frozen=True)
 class NodeRef:
     """An output of a node: (node id, output index)."""

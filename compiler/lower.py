@@ -161,7 +161,6 @@ class _Lowerer:
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
         ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
         pre = f"{stack}.{i}."
-        placement = blk.norm.placement
         if blk.attention is not None or blk.ssm is not None:
             prefix = "attn" if blk.attention is not None else "ssm"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lark import Lark
 
 from . import syntax as S
-from .parser import _lark, _ToSyntax, parse_source
+from .parser import _lark, parse_source
 
 INDENT = "    "
 MAX_WIDTH = 100

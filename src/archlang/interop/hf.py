@@ -7,7 +7,6 @@ gemma2, gpt2, bert, jamba.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -265,16 +264,6 @@ def spec_from_config(config, name: str | None = None) -> str:
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _layer_map(c, i: int, state: dict, kind: str) -> dict[str, str]:
-    """archlang unfused name → HF name, for layer i."""
-    p, q = f"layers.{i}.", f"model.layers.{i}."
-    m = {}
-    if kind in ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma2", "jamba_attn"):
-        m.update({f"{p}{n}.{w}": f"{q}self_attn.{n}.{w}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")
-                  for w in ("weight", "bias")})
-    return m
 
 
 def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
