@@ -31,6 +31,22 @@ CASES = {
     "jamba": (T.JambaConfig, T.JambaForCausalLM, dict(SMALL, num_hidden_layers=4, num_experts=4, attn_layer_period=2,
                                                       attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
                                                       mamba_dt_rank=4)),
+    "deepseek_v2": (T.DeepseekV2Config, T.DeepseekV2ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+        moe_intermediate_size=16, first_k_dense_replace=1)),
+    "deepseek_v2-yarn-qlora": (T.DeepseekV2Config, T.DeepseekV2ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=12, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
+        moe_intermediate_size=16, first_k_dense_replace=1, routed_scaling_factor=1.5,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+                         "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32.0, "beta_slow": 1.0})),
+    "t5": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                                        num_heads=4, relative_attention_num_buckets=8,
+                                                        relative_attention_max_distance=16)),
+    "t5-gated": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                                              num_decoder_layers=3, num_heads=4,
+                                                              feed_forward_proj="gated-gelu")),
     "bert": (T.BertConfig, T.BertModel, dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, max_position_embeddings=64)),
 }
@@ -49,8 +65,11 @@ def test_logits_match(case):
     hf, ours = _pair(case)
     ids = torch.randint(0, 97, (2, 13))
     with torch.no_grad():
-        ref = hf(ids)
-        got = ours(ids)
+        if case.startswith("t5"):
+            dec = torch.randint(0, 97, (2, 7))
+            ref, got = hf(input_ids=ids, decoder_input_ids=dec), ours(dec, ids)
+        else:
+            ref, got = hf(ids), ours(ids)
     if case == "bert":
         torch.testing.assert_close(got[0], ref.last_hidden_state, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got[1], ref.pooler_output, atol=1e-4, rtol=1e-4)
@@ -58,13 +77,16 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("case", ["llama", "mistral", "gemma2", "deepseek_v2", "t5"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
+    extra = {"decoder_start_token_id": 0} if case == "t5" else {}
     with torch.no_grad():
-        ref = hf.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours.generate(prompt, 10), ref)
+        ref = hf.generate(prompt, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
+                          eos_token_id=None, **extra)
+    got = ours.generate(prompt, 10, decoder_start_token_id=0)
+    assert torch.equal(got, ref)
 
 
 def test_imported_spec_is_a_readable_spec():

@@ -2,7 +2,7 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, mixtral, qwen2_moe,
-gemma2, gpt2, bert, jamba.
+deepseek_v2, gemma2, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _layout(kinds: list[str]) -> str:
     return "[" + ", ".join(kinds) + "]"
 
 
-def _rope(c) -> Raw:
+def _rope(c, rotary_dim: int | None = None) -> Raw:
     params = dict(getattr(c, "rope_parameters", None) or {})
     theta = params.get("rope_theta", getattr(c, "rope_theta", 10000.0))
     kind = params.get("rope_type", "default")
@@ -93,6 +93,8 @@ def _rope(c) -> Raw:
         raise ArchError(f"RoPE scaling {kind!r} has no archlang equivalent yet", kind="interop")
     partial = getattr(c, "partial_rotary_factor", None) or params.get("partial_rotary_factor")
     dim = None
+    if rotary_dim is not None:  # the rotary part has its own width (MLA): dim is the attention's business
+        partial = None
     if partial and partial != 1.0:
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         dim = int(hd * partial)
@@ -236,9 +238,99 @@ def _jamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face jamba config.")
 
 
+def _deepseek_v2(c, name: str) -> str:
+    eps = c.rms_norm_eps
+    if c.topk_method != "greedy":
+        _unsupported(f"DeepSeek routing {c.topk_method!r}")
+    if c.attention_bias:
+        _unsupported("DeepSeek attention_bias")
+    mla = call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
+               rope_head_dim=c.qk_rope_head_dim, nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim)
+    moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None)
+    kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]
+    blocks = {}
+    if "dense" in kinds:
+        blocks["dense"] = {"norm": call("rmsnorm", eps=eps), "attention": mla, "ffn": call("swiglu", hidden=c.intermediate_size)}
+    if "sparse" in kinds:
+        blocks["sparse"] = {"norm": call("rmsnorm", eps=eps), "attention": mla, "ffn": moe}
+    fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face deepseek_v2 config.")
+
+
+def _t5(c, name: str) -> str:
+    eps = c.layer_norm_epsilon
+    attention = call("mha", heads=c.num_heads, head_dim=c.d_kv, scale=1)
+    if c.is_gated_act:
+        ffn = call("geglu", hidden=c.d_ff, act=_act(c.dense_act_fn))
+    else:
+        ffn = call("mlp", hidden=c.d_ff, act=_act(c.dense_act_fn), bias=False)
+    norm = call("rmsnorm", eps=eps)
+    fields = {"family": "encoder_decoder", "vocab": c.vocab_size, "d_model": c.d_model,
+              "context": getattr(c, "n_positions", None) or 512, "dtype": "fp32", "tie_embeddings": True,
+              "logit_scale": Raw("d_model ** -0.5") if getattr(c, "scale_decoder_outputs", True) else None,
+              "position": call("relative", buckets=c.relative_attention_num_buckets,
+                               max_distance=c.relative_attention_max_distance),
+              "final_norm": norm}
+    blocks = {"encoder": {"norm": norm, "attention": attention, "ffn": ffn},
+              "decoder": {"norm": norm, "attention": attention, "cross_attention": attention, "ffn": ffn}}
+    layers = {"encoder_layers": f"encoder * {c.num_layers}",
+              "decoder_layers": f"decoder * {c.num_decoder_layers or c.num_layers}"}
+    return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face t5 config.")
+
+
+def _t5_weights(c, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"embed.weight": sd["shared.weight"],
+           "encoder_rel_bias.weight": sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+           "decoder_rel_bias.weight": sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+           "encoder_final_norm.weight": sd["encoder.final_layer_norm.weight"],
+           "decoder_final_norm.weight": sd["decoder.final_layer_norm.weight"]}
+
+    def attention(ours: str, theirs: str) -> None:
+        for n in ("q", "k", "v", "o"):
+            out[f"{ours}{n}_proj.weight"] = sd[f"{theirs}.{n}.weight"]
+
+    def ffn(ours: str, theirs: str) -> None:
+        if f"{theirs}.wi.weight" in sd:
+            out[f"{ours}up_proj.weight"] = sd[f"{theirs}.wi.weight"]
+        else:
+            out[f"{ours}gate_proj.weight"] = sd[f"{theirs}.wi_0.weight"]
+            out[f"{ours}up_proj.weight"] = sd[f"{theirs}.wi_1.weight"]
+        out[f"{ours}down_proj.weight"] = sd[f"{theirs}.wo.weight"]
+
+    for i in range(c.num_layers):
+        p, q = f"encoder.{i}.", f"encoder.block.{i}.layer."
+        attention(p, f"{q}0.SelfAttention")
+        out[f"{p}attn_norm.weight"] = sd[f"{q}0.layer_norm.weight"]
+        ffn(p, f"{q}1.DenseReluDense")
+        out[f"{p}ffn_norm.weight"] = sd[f"{q}1.layer_norm.weight"]
+    for i in range(c.num_decoder_layers or c.num_layers):
+        p, q = f"decoder.{i}.", f"decoder.block.{i}.layer."
+        attention(p, f"{q}0.SelfAttention")
+        out[f"{p}attn_norm.weight"] = sd[f"{q}0.layer_norm.weight"]
+        attention(f"{p}cross_", f"{q}1.EncDecAttention")
+        out[f"{p}cross_norm.weight"] = sd[f"{q}1.layer_norm.weight"]
+        ffn(p, f"{q}2.DenseReluDense")
+        out[f"{p}ffn_norm.weight"] = sd[f"{q}2.layer_norm.weight"]
+    return out
+
+
+def _runs(kinds: list[str]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for k in kinds:
+        if out and out[-1][0] == k:
+            out[-1] = (k, out[-1][1] + 1)
+        else:
+            out.append((k, 1))
+    return out
+
+
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "mixtral": _moe_like,
     "qwen2_moe": _moe_like, "gemma2": _gemma2, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
+    "deepseek_v2": _deepseek_v2, "t5": _t5,
 }
 
 
@@ -322,6 +414,10 @@ def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
                 put(f"{p}moe.shared_down", f"{mlp}shared_expert.down_proj.weight")
                 put(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
         return out
+    if t == "deepseek_v2":
+        return _deepseek_v2_weights(c, sd)
+    if t == "t5":
+        return _t5_weights(c, sd)
     if t == "gpt2":
         put("embed.weight", "transformer.wte.weight")
         put("pos_embed.weight", "transformer.wpe.weight")
@@ -366,6 +462,58 @@ def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
                 put(f"{p}ffn_norm.{w}", f"{q}output.LayerNorm.{w}")
         return out
     raise ArchError(f"weights of model_type {t!r} cannot be imported yet", kind="interop")
+
+
+def _interleaved_to_halves(w: torch.Tensor, rows: slice, rope: int) -> torch.Tensor:
+    """DeepSeek rotates channel pairs (2i, 2i+1); archlang rotates halves (i, i + rope/2). The two
+    are the same rotation after permuting the rope channels, which changes neither q·k nor the
+    output: reorder those output rows of a projection to [0, 2, 4, ..., 1, 3, 5, ...]."""
+    w = w.clone()
+    order = torch.cat((torch.arange(0, rope, 2), torch.arange(1, rope, 2)))
+    block = w[rows]
+    w[rows] = block.view(-1, rope, *block.shape[1:])[:, order].reshape(block.shape)
+    return w
+
+
+def _deepseek_v2_weights(c, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"embed.weight": sd["model.embed_tokens.weight"], "final_norm.weight": sd["model.norm.weight"]}
+    if "lm_head.weight" in sd and not getattr(c, "tie_word_embeddings", False):
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    heads, nope, rope = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        a = f"{q}self_attn."
+        # q: per head [nope | rope]; permute the rope rows of every head
+        qw = sd.get(f"{a}q_proj.weight", sd.get(f"{a}q_b_proj.weight"))
+        per_head = qw.view(heads, nope + rope, -1)
+        per_head = torch.stack([_interleaved_to_halves(h, slice(nope, nope + rope), rope) for h in per_head])
+        qw = per_head.reshape(qw.shape)
+        if f"{a}q_proj.weight" in sd:
+            out[f"{p}q_proj.weight"] = qw
+        else:
+            out[f"{p}q_a_proj.weight"] = sd[f"{a}q_a_proj.weight"]
+            out[f"{p}q_a_norm.weight"] = sd[f"{a}q_a_layernorm.weight"]
+            out[f"{p}q_b_proj.weight"] = qw
+        kv = sd[f"{a}kv_a_proj_with_mqa.weight"]
+        out[f"{p}kv_a_proj.weight"] = _interleaved_to_halves(kv, slice(c.kv_lora_rank, c.kv_lora_rank + rope), rope)
+        out[f"{p}attn.kv_a_norm"] = sd[f"{a}kv_a_layernorm.weight"]
+        out[f"{p}attn.kv_b_proj"] = sd[f"{a}kv_b_proj.weight"]
+        out[f"{p}o_proj.weight"] = sd[f"{a}o_proj.weight"]
+        out[f"{p}attn_norm.weight"] = sd[f"{q}input_layernorm.weight"]
+        out[f"{p}ffn_norm.weight"] = sd[f"{q}post_attention_layernorm.weight"]
+        m = f"{q}mlp."
+        if f"{m}gate.weight" in sd:
+            out[f"{p}moe.router"] = sd[f"{m}gate.weight"]
+            out[f"{p}moe.experts_gate_up"] = sd[f"{m}experts.gate_up_proj"]
+            out[f"{p}moe.experts_down"] = sd[f"{m}experts.down_proj"]
+            if f"{m}shared_experts.gate_proj.weight" in sd:
+                out[f"{p}moe.shared_gate_up"] = torch.cat(
+                    [sd[f"{m}shared_experts.gate_proj.weight"], sd[f"{m}shared_experts.up_proj.weight"]])
+                out[f"{p}moe.shared_down"] = sd[f"{m}shared_experts.down_proj.weight"]
+        else:
+            for n in ("gate_proj", "up_proj", "down_proj"):
+                out[f"{p}{n}.weight"] = sd[f"{m}{n}.weight"]
+    return out
 
 
 def from_hf(hf_model, *, passes: str | None = None):
