@@ -103,6 +103,18 @@ def diff_models(a: A.Model, b: A.Model, facts_a: Facts | None = None, facts_b: F
         layers_b = b.stacks().get(stack, ())
         if len(layers_a) != len(layers_b):
             d.changes.append(Change(stack, "depth", str(len(layers_a)), str(len(layers_b))))
+        sig_a = [content_a[n] for n in layers_a]
+        sig_b = [content_b[n] for n in layers_b]
+        if sig_a != sig_b and sorted(sig_a) == sorted(sig_b):
+            # The same blocks in another order: say which moved rather than diffing each layer.
+            for sig in dict.fromkeys(sig_a):
+                pos_a = [i for i, x in enumerate(sig_a) if x == sig]
+                pos_b = [i for i, x in enumerate(sig_b) if x == sig]
+                if pos_a != pos_b:
+                    name = layers_a[pos_a[0]]
+                    d.changes.append(Change(stack, f"block `{name}` moved", f"layers {_ranges(pos_a)}",
+                                            f"layers {_ranges(pos_b)}"))
+            continue
         grouped: dict[tuple[str, str, str], list[int]] = {}
         for i in range(min(len(layers_a), len(layers_b))):
             ba, bb = a.blocks[layers_a[i]], b.blocks[layers_b[i]]

@@ -65,8 +65,8 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
         km = key_mask[:, None, None, :].bool()
         mask = km if mask is None else mask & km
     if softcap is None and bias is None:
-        simple_causal = causal and not window and key_mask is None and q.shape[2] == k.shape[2]
-        if simple_causal and bool((q_pos == k_pos).all()):
+        # Without a cache the keys are the queries' own positions (the same tensor): plain causal.
+        if causal and not window and key_mask is None and k_pos is q_pos:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     if heads != kv_heads:

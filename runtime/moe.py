@@ -80,7 +80,9 @@ class MoE(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(n * k, device=x.device) - starts[expert_of]
         keep = torch.ones_like(slot, dtype=torch.bool)
-        m = int(counts.max()) if n else 0
+        # The buffer holds the largest group; under torch.compile its size must not depend on the
+        # data, so it is the worst case (every pair to one expert) there.
+        m = n * k if torch.compiler.is_compiling() else (int(counts.max()) if n else 0)
         if self.training and self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * n * k / e)
             keep = slot < capacity  # tokens over an expert's capacity are dropped (they keep the residual)
