@@ -9,8 +9,12 @@ def __getattr__(name: str):
         from archlang import api
 
         return getattr(api, name)
-    if name == "from_hf":
-        from archlang.interop.hf import from_hf
+    if name in ("from_hf", "load_hf_checkpoint", "save_hf_checkpoint"):
+        from archlang.interop import hf
 
-        return from_hf
+        return getattr(hf, name)
+    if name in ("save", "load"):
+        from archlang import checkpoint
+
+        return getattr(checkpoint, name)
     raise AttributeError(f"module 'archlang' has no attribute {name!r}")

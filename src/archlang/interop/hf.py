@@ -7,11 +7,16 @@ deepseek_v2, gemma2, gpt2, bert, jamba, t5.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from archlang.spec.errors import ArchError
+
+from .hf_weights import to_archlang, to_hf
 
 
 # ----------------------------------------------------------------------------- spec text
@@ -281,42 +286,6 @@ def _t5(c, name: str) -> str:
     return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face t5 config.")
 
 
-def _t5_weights(c, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {"embed.weight": sd["shared.weight"],
-           "encoder_rel_bias.weight": sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
-           "decoder_rel_bias.weight": sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
-           "encoder_final_norm.weight": sd["encoder.final_layer_norm.weight"],
-           "decoder_final_norm.weight": sd["decoder.final_layer_norm.weight"]}
-
-    def attention(ours: str, theirs: str) -> None:
-        for n in ("q", "k", "v", "o"):
-            out[f"{ours}{n}_proj.weight"] = sd[f"{theirs}.{n}.weight"]
-
-    def ffn(ours: str, theirs: str) -> None:
-        if f"{theirs}.wi.weight" in sd:
-            out[f"{ours}up_proj.weight"] = sd[f"{theirs}.wi.weight"]
-        else:
-            out[f"{ours}gate_proj.weight"] = sd[f"{theirs}.wi_0.weight"]
-            out[f"{ours}up_proj.weight"] = sd[f"{theirs}.wi_1.weight"]
-        out[f"{ours}down_proj.weight"] = sd[f"{theirs}.wo.weight"]
-
-    for i in range(c.num_layers):
-        p, q = f"encoder.{i}.", f"encoder.block.{i}.layer."
-        attention(p, f"{q}0.SelfAttention")
-        out[f"{p}attn_norm.weight"] = sd[f"{q}0.layer_norm.weight"]
-        ffn(p, f"{q}1.DenseReluDense")
-        out[f"{p}ffn_norm.weight"] = sd[f"{q}1.layer_norm.weight"]
-    for i in range(c.num_decoder_layers or c.num_layers):
-        p, q = f"decoder.{i}.", f"decoder.block.{i}.layer."
-        attention(p, f"{q}0.SelfAttention")
-        out[f"{p}attn_norm.weight"] = sd[f"{q}0.layer_norm.weight"]
-        attention(f"{p}cross_", f"{q}1.EncDecAttention")
-        out[f"{p}cross_norm.weight"] = sd[f"{q}1.layer_norm.weight"]
-        ffn(p, f"{q}2.DenseReluDense")
-        out[f"{p}ffn_norm.weight"] = sd[f"{q}2.layer_norm.weight"]
-    return out
-
-
 def _runs(kinds: list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for k in kinds:
@@ -351,179 +320,82 @@ def spec_from_config(config, name: str | None = None) -> str:
     return SPEC_WRITERS[model_type](config, name or model_type)
 
 
-# ----------------------------------------------------------------------------- weights
+# ----------------------------------------------------------------------------- models and checkpoints
 
 
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def _build(config, passes: str | None):
+    from archlang.api import compile_spec, load_source
+    from archlang.compiler import DEFAULT_PIPELINE
+
+    spec = spec_from_config(config, name=config.model_type)
+    compiled = compile_spec(spec, passes=DEFAULT_PIPELINE if passes is None else passes)
+    return load_source(compiled.source, compiled.model.name).build()
 
 
 def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
-    """HF weights under archlang's unfused names (q_proj, gate_proj, ...)."""
-    c = hf_model.config
-    sd = hf_model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    t = c.model_type
-
-    def put(ours: str, theirs: str, transform=None):
-        if theirs in sd:
-            out[ours] = transform(sd[theirs]) if transform else sd[theirs]
-
-    if t in ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "gemma2", "jamba"):
-        put("embed.weight", "model.embed_tokens.weight")
-        put("final_norm.weight", "model.final_layernorm.weight" if t == "jamba" else "model.norm.weight")
-        if not getattr(c, "tie_word_embeddings", False):
-            put("lm_head.weight", "lm_head.weight")
-        for i in range(c.num_hidden_layers):
-            p, q = f"layers.{i}.", f"model.layers.{i}."
-            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                for w in ("weight", "bias"):
-                    put(f"{p}{n}.{w}", f"{q}self_attn.{n}.{w}")
-            mixer_norm = "attn_norm"
-            if t == "jamba" and f"{q}mamba.in_proj.weight" in sd:
-                mixer_norm = "ssm_norm"
-                for ours, theirs in (("in_proj", "in_proj.weight"), ("conv_weight", "conv1d.weight"),
-                                     ("conv_bias", "conv1d.bias"), ("x_proj", "x_proj.weight"),
-                                     ("dt_proj_weight", "dt_proj.weight"), ("dt_proj_bias", "dt_proj.bias"),
-                                     ("A_log", "A_log"), ("D", "D"), ("out_proj", "out_proj.weight"),
-                                     ("dt_norm", "dt_layernorm.weight"), ("b_norm", "b_layernorm.weight"),
-                                     ("c_norm", "c_layernorm.weight"), ("in_proj_bias", "in_proj.bias"),
-                                     ("out_proj_bias", "out_proj.bias")):
-                    put(f"{p}ssm.{ours}", f"{q}mamba.{theirs}")
-            put(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
-            if t == "gemma2":
-                put(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
-                put(f"{p}ffn_norm.weight", f"{q}pre_feedforward_layernorm.weight")
-                put(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
-            elif t == "jamba":
-                put(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
-            else:
-                put(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
-            mlp = f"{q}feed_forward." if t == "jamba" else f"{q}mlp."
-            for n in ("gate_proj", "up_proj", "down_proj"):
-                for w in ("weight", "bias"):
-                    put(f"{p}{n}.{w}", f"{mlp}{n}.{w}")
-            # MoE: router and the experts' stacked weights
-            router = f"{mlp}router.weight" if t == "jamba" else f"{mlp}gate.weight"
-            put(f"{p}moe.router", router)
-            put(f"{p}moe.experts_gate_up", f"{mlp}experts.gate_up_proj")
-            put(f"{p}moe.experts_down", f"{mlp}experts.down_proj")
-            if f"{mlp}shared_expert.gate_proj.weight" in sd:
-                out[f"{p}moe.shared_gate_up"] = torch.cat(
-                    [sd[f"{mlp}shared_expert.gate_proj.weight"], sd[f"{mlp}shared_expert.up_proj.weight"]])
-                put(f"{p}moe.shared_down", f"{mlp}shared_expert.down_proj.weight")
-                put(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
-        return out
-    if t == "deepseek_v2":
-        return _deepseek_v2_weights(c, sd)
-    if t == "t5":
-        return _t5_weights(c, sd)
-    if t == "gpt2":
-        put("embed.weight", "transformer.wte.weight")
-        put("pos_embed.weight", "transformer.wpe.weight")
-        put("final_norm.weight", "transformer.ln_f.weight")
-        put("final_norm.bias", "transformer.ln_f.bias")
-        d = c.n_embd
-        for i in range(c.n_layer):
-            p, q = f"layers.{i}.", f"transformer.h.{i}."
-            for w in ("weight", "bias"):
-                put(f"{p}attn_norm.{w}", f"{q}ln_1.{w}")
-                put(f"{p}ffn_norm.{w}", f"{q}ln_2.{w}")
-            # GPT-2's Conv1D stores (in, out): transpose to Linear's (out, in); c_attn stacks q, k, v.
-            qkv_w, qkv_b = sd[f"{q}attn.c_attn.weight"].t(), sd[f"{q}attn.c_attn.bias"]
-            for j, n in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[f"{p}{n}.weight"] = qkv_w[j * d:(j + 1) * d]
-                out[f"{p}{n}.bias"] = qkv_b[j * d:(j + 1) * d]
-            put(f"{p}o_proj.weight", f"{q}attn.c_proj.weight", lambda w: w.t())
-            put(f"{p}o_proj.bias", f"{q}attn.c_proj.bias")
-            put(f"{p}up_proj.weight", f"{q}mlp.c_fc.weight", lambda w: w.t())
-            put(f"{p}up_proj.bias", f"{q}mlp.c_fc.bias")
-            put(f"{p}down_proj.weight", f"{q}mlp.c_proj.weight", lambda w: w.t())
-            put(f"{p}down_proj.bias", f"{q}mlp.c_proj.bias")
-        return out
-    if t == "bert":
-        pre = "bert." if any(k.startswith("bert.") for k in sd) else ""
-        put("embed.weight", f"{pre}embeddings.word_embeddings.weight")
-        put("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
-        put("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
-        for w in ("weight", "bias"):
-            put(f"embed_norm.{w}", f"{pre}embeddings.LayerNorm.{w}")
-            put(f"pooler.{w}", f"{pre}pooler.dense.{w}")
-        for i in range(c.num_hidden_layers):
-            p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
-            for w in ("weight", "bias"):
-                put(f"{p}q_proj.{w}", f"{q}attention.self.query.{w}")
-                put(f"{p}k_proj.{w}", f"{q}attention.self.key.{w}")
-                put(f"{p}v_proj.{w}", f"{q}attention.self.value.{w}")
-                put(f"{p}o_proj.{w}", f"{q}attention.output.dense.{w}")
-                put(f"{p}attn_norm.{w}", f"{q}attention.output.LayerNorm.{w}")
-                put(f"{p}up_proj.{w}", f"{q}intermediate.dense.{w}")
-                put(f"{p}down_proj.{w}", f"{q}output.dense.{w}")
-                put(f"{p}ffn_norm.{w}", f"{q}output.LayerNorm.{w}")
-        return out
-    raise ArchError(f"weights of model_type {t!r} cannot be imported yet", kind="interop")
-
-
-def _interleaved_to_halves(w: torch.Tensor, rows: slice, rope: int) -> torch.Tensor:
-    """DeepSeek rotates channel pairs (2i, 2i+1); archlang rotates halves (i, i + rope/2). The two
-    are the same rotation after permuting the rope channels, which changes neither q·k nor the
-    output: reorder those output rows of a projection to [0, 2, 4, ..., 1, 3, 5, ...]."""
-    w = w.clone()
-    order = torch.cat((torch.arange(0, rope, 2), torch.arange(1, rope, 2)))
-    block = w[rows]
-    w[rows] = block.view(-1, rope, *block.shape[1:])[:, order].reshape(block.shape)
-    return w
-
-
-def _deepseek_v2_weights(c, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {"embed.weight": sd["model.embed_tokens.weight"], "final_norm.weight": sd["model.norm.weight"]}
-    if "lm_head.weight" in sd and not getattr(c, "tie_word_embeddings", False):
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    heads, nope, rope = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim
-    for i in range(c.num_hidden_layers):
-        p, q = f"layers.{i}.", f"model.layers.{i}."
-        a = f"{q}self_attn."
-        # q: per head [nope | rope]; permute the rope rows of every head
-        qw = sd.get(f"{a}q_proj.weight", sd.get(f"{a}q_b_proj.weight"))
-        per_head = qw.view(heads, nope + rope, -1)
-        per_head = torch.stack([_interleaved_to_halves(h, slice(nope, nope + rope), rope) for h in per_head])
-        qw = per_head.reshape(qw.shape)
-        if f"{a}q_proj.weight" in sd:
-            out[f"{p}q_proj.weight"] = qw
-        else:
-            out[f"{p}q_a_proj.weight"] = sd[f"{a}q_a_proj.weight"]
-            out[f"{p}q_a_norm.weight"] = sd[f"{a}q_a_layernorm.weight"]
-            out[f"{p}q_b_proj.weight"] = qw
-        kv = sd[f"{a}kv_a_proj_with_mqa.weight"]
-        out[f"{p}kv_a_proj.weight"] = _interleaved_to_halves(kv, slice(c.kv_lora_rank, c.kv_lora_rank + rope), rope)
-        out[f"{p}attn.kv_a_norm"] = sd[f"{a}kv_a_layernorm.weight"]
-        out[f"{p}attn.kv_b_proj"] = sd[f"{a}kv_b_proj.weight"]
-        out[f"{p}o_proj.weight"] = sd[f"{a}o_proj.weight"]
-        out[f"{p}attn_norm.weight"] = sd[f"{q}input_layernorm.weight"]
-        out[f"{p}ffn_norm.weight"] = sd[f"{q}post_attention_layernorm.weight"]
-        m = f"{q}mlp."
-        if f"{m}gate.weight" in sd:
-            out[f"{p}moe.router"] = sd[f"{m}gate.weight"]
-            out[f"{p}moe.experts_gate_up"] = sd[f"{m}experts.gate_up_proj"]
-            out[f"{p}moe.experts_down"] = sd[f"{m}experts.down_proj"]
-            if f"{m}shared_experts.gate_proj.weight" in sd:
-                out[f"{p}moe.shared_gate_up"] = torch.cat(
-                    [sd[f"{m}shared_experts.gate_proj.weight"], sd[f"{m}shared_experts.up_proj.weight"]])
-                out[f"{p}moe.shared_down"] = sd[f"{m}shared_experts.down_proj.weight"]
-        else:
-            for n in ("gate_proj", "up_proj", "down_proj"):
-                out[f"{p}{n}.weight"] = sd[f"{m}{n}.weight"]
-    return out
+    """A transformers model's weights under archlang's unfused names."""
+    return to_archlang(hf_model.config, hf_model.state_dict())
 
 
 def from_hf(hf_model, *, passes: str | None = None):
     """An archlang model equivalent to a transformers model, with its weights."""
-    from archlang.api import compile_spec, load_source
-    from archlang.compiler import DEFAULT_PIPELINE
-
-    spec = spec_from_config(hf_model.config, name=hf_model.config.model_type)
-    compiled = compile_spec(spec, passes=DEFAULT_PIPELINE if passes is None else passes)
-    model = load_source(compiled.source, compiled.model.name).build()
-    state = hf_to_archlang(hf_model)
-    model.load_unfused_state_dict(state, strict=True)
+    model = _build(hf_model.config, passes)
+    model.load_unfused_state_dict(hf_to_archlang(hf_model), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
+
+
+def _hf_keys(config) -> set[str]:
+    """The tensor names a transformers model of this config has (built on the meta device)."""
+    import transformers
+
+    architectures = {"bert": "BertModel"}
+    arch = architectures.get(config.model_type) or (config.architectures or [None])[0]
+    cls = getattr(transformers, arch) if arch else None
+    if cls is None:
+        cls = (transformers.AutoModelForSeq2SeqLM if config.model_type == "t5" else transformers.AutoModelForCausalLM)
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    else:
+        with torch.device("meta"):
+            model = cls(config)
+    return set(model.state_dict())
+
+
+def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(directory / shard))
+        return state
+    return load_file(directory / "model.safetensors")
+
+
+def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = None):
+    """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors)."""
+    import transformers
+
+    directory = Path(directory)
+    config = transformers.AutoConfig.from_pretrained(directory)
+    model = _build(config, passes)
+    state = to_archlang(config, _read_safetensors(directory))
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    model.load_unfused_state_dict(state, strict=True)
+    return model
+
+
+def save_hf_checkpoint(model, config, directory: str | os.PathLike) -> None:
+    """Write config.json and model.safetensors under Hugging Face's names, for `from_pretrained`."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = to_hf(config, {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}, _hf_keys(config))
+    config.save_pretrained(directory)
+    tmp = directory / ".model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, directory / "model.safetensors")

@@ -1,0 +1,270 @@
+"""Weight names between Hugging Face transformers and archlang, as reversible rules.
+
+Each rule ties one or more HF tensors to one or more archlang tensors (archlang's unfused names:
+q_proj, gate_proj, ...) with a transform that runs both ways, so one table serves importing HF
+checkpoints and writing checkpoints HF can load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from archlang.spec.errors import ArchError
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: tuple[str, ...]
+    theirs: tuple[str, ...]
+    kind: str = "same"  # same | transpose | split | cat | permute
+    arg: Any = None
+
+    def to_ours(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.kind == "same":
+            return t
+        if self.kind == "transpose":
+            return [t[0].t().contiguous()]
+        if self.kind == "split":  # one HF tensor (Conv1D layout when arg[1]) → several of ours
+            sizes, conv1d = self.arg
+            w = t[0].t() if conv1d else t[0]
+            return [p.contiguous() for p in w.split(sizes, dim=0)]
+        if self.kind == "cat":
+            return [torch.cat(t, dim=0)]
+        if self.kind == "permute":
+            return [_permute(t[0], *self.arg, inverse=False)]
+        if self.kind == "stack":  # one tensor per expert → (E, ...)
+            return [torch.stack(t)]
+        if self.kind == "stack_glu":  # gate_0..gate_E-1, up_0..up_E-1 → (E, 2h, d)
+            e = len(t) // 2
+            return [torch.cat((torch.stack(t[:e]), torch.stack(t[e:])), dim=1)]
+        raise AssertionError(self.kind)
+
+    def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.kind == "same":
+            return t
+        if self.kind == "transpose":
+            return [t[0].t().contiguous()]
+        if self.kind == "split":
+            sizes, conv1d = self.arg
+            w = torch.cat(t, dim=0)
+            return [w.t().contiguous() if conv1d else w]
+        if self.kind == "cat":
+            return [p.contiguous() for p in t[0].split(self.arg, dim=0)]
+        if self.kind == "permute":
+            return [_permute(t[0], *self.arg, inverse=True)]
+        if self.kind == "stack":
+            return [x.contiguous() for x in t[0].unbind(0)]
+        if self.kind == "stack_glu":
+            gate, up = t[0].chunk(2, dim=1)
+            return [x.contiguous() for x in (*gate.unbind(0), *up.unbind(0))]
+        raise AssertionError(self.kind)
+
+
+def _permute(w: torch.Tensor, heads: int, offset: int, width: int, rope: int, inverse: bool) -> torch.Tensor:
+    """DeepSeek rotates channel pairs (2i, 2i+1); archlang rotates halves (i, i + rope/2): the same
+    rotation after permuting the rope channels, which changes neither q·k nor the output. The rope
+    rows [offset, offset + rope) of each of `heads` row groups of `width` are reordered."""
+    order = torch.cat((torch.arange(0, rope, 2), torch.arange(1, rope, 2)))
+    if inverse:
+        order = torch.argsort(order)
+    w = w.clone()
+    groups = w.view(heads, width, *w.shape[1:])
+    groups[:, offset:offset + rope] = groups[:, offset:offset + rope][:, order]
+    return w
+
+
+class _Rules:
+    """Collects the rules of one model, keeping only those whose HF tensors exist."""
+
+    def __init__(self, hf_keys: set[str], on_disk: bool = False):
+        self.keys = hf_keys
+        self.on_disk = on_disk  # write the layout of HF checkpoint files rather than of its modules
+        self.rules: list[Rule] = []
+
+    def add(self, ours, theirs, kind: str = "same", arg: Any = None, assume: bool = False) -> None:
+        ours = (ours,) if isinstance(ours, str) else tuple(ours)
+        theirs = (theirs,) if isinstance(theirs, str) else tuple(theirs)
+        if assume or all(t in self.keys for t in theirs):
+            self.rules.append(Rule(ours, theirs, kind, arg))
+
+    def linear(self, ours: str, theirs: str) -> None:
+        for w in ("weight", "bias"):
+            self.add(f"{ours}.{w}", f"{theirs}.{w}")
+
+
+def _llama_family(c, r: _Rules) -> None:
+    t = c.model_type
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_layernorm.weight" if t == "jamba" else "model.norm.weight")
+    if not getattr(c, "tie_word_embeddings", False):
+        r.add("lm_head.weight", "lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        mixer_norm = "attn_norm"
+        if f"{q}mamba.in_proj.weight" in r.keys:
+            mixer_norm = "ssm_norm"
+            for ours, theirs in (("in_proj", "in_proj.weight"), ("conv_weight", "conv1d.weight"),
+                                 ("conv_bias", "conv1d.bias"), ("x_proj", "x_proj.weight"),
+                                 ("dt_proj_weight", "dt_proj.weight"), ("dt_proj_bias", "dt_proj.bias"),
+                                 ("A_log", "A_log"), ("D", "D"), ("out_proj", "out_proj.weight"),
+                                 ("dt_norm", "dt_layernorm.weight"), ("b_norm", "b_layernorm.weight"),
+                                 ("c_norm", "c_layernorm.weight"), ("in_proj_bias", "in_proj.bias"),
+                                 ("out_proj_bias", "out_proj.bias")):
+                r.add(f"{p}ssm.{ours}", f"{q}mamba.{theirs}")
+        r.add(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
+        if t == "gemma2":
+            r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
+            r.add(f"{p}ffn_norm.weight", f"{q}pre_feedforward_layernorm.weight")
+            r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
+        elif t == "jamba":
+            r.add(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
+        else:
+            r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+        mlp = f"{q}feed_forward." if t == "jamba" else f"{q}mlp."
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{mlp}{n}")
+        r.add(f"{p}moe.router", f"{mlp}router.weight" if t == "jamba" else f"{mlp}gate.weight")
+        _experts(c, r, p, mlp, f"{q}block_sparse_moe." if t == "mixtral" else mlp)
+        shared = f"{mlp}shared_expert." if t == "qwen2_moe" else f"{mlp}shared_experts."
+        if f"{shared}gate_proj.weight" in r.keys:
+            hidden = c.shared_expert_intermediate_size if t == "qwen2_moe" else c.moe_intermediate_size * c.n_shared_experts
+            r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
+            r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
+        r.add(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
+
+
+def _experts(c, r: _Rules, p: str, mlp: str, legacy: str) -> None:
+    """Experts are one stacked tensor in transformers' modules but one tensor per expert in its
+    checkpoint files (Mixtral's named w1, w3, w2, under block_sparse_moe)."""
+    fused = f"{mlp}experts.gate_up_proj"
+    mixtral = c.model_type == "mixtral"
+    e = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or getattr(c, "n_routed_experts", None)
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    per = [[f"{legacy}experts.{j}.{n}.weight" for j in range(e or 0)] for n in names]
+    if not r.on_disk:
+        r.add(f"{p}moe.experts_gate_up", fused)
+        r.add(f"{p}moe.experts_down", f"{mlp}experts.down_proj")
+    has_moe = fused in r.keys or (per[0] and per[0][0] in r.keys)
+    if e and has_moe and (r.on_disk or per[0][0] in r.keys):
+        r.add(f"{p}moe.experts_gate_up", per[0] + per[1], "stack_glu", assume=True)
+        r.add(f"{p}moe.experts_down", per[2], "stack", assume=True)
+        if mixtral:
+            r.add(f"{p}moe.router", f"{legacy}gate.weight", assume=r.on_disk)
+
+
+def _deepseek_v2(c, r: _Rules) -> None:
+    _llama_family(c, r)  # embeddings, norms, FFN and MoE share Llama's names
+    heads, nope, rope, v = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+    for i in range(c.num_hidden_layers):
+        p, a = f"layers.{i}.", f"model.layers.{i}.self_attn."
+        q_perm = (heads, nope, nope + rope, rope)
+        r.add(f"{p}q_proj.weight", f"{a}q_proj.weight", "permute", q_perm)
+        r.add(f"{p}q_a_proj.weight", f"{a}q_a_proj.weight")
+        r.add(f"{p}q_a_norm.weight", f"{a}q_a_layernorm.weight")
+        r.add(f"{p}q_b_proj.weight", f"{a}q_b_proj.weight", "permute", q_perm)
+        r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight", "permute", (1, c.kv_lora_rank, c.kv_lora_rank + rope, rope))
+        r.add(f"{p}attn.kv_a_norm", f"{a}kv_a_layernorm.weight")
+        r.add(f"{p}attn.kv_b_proj", f"{a}kv_b_proj.weight")
+        r.add(f"{p}o_proj.weight", f"{a}o_proj.weight")
+    del v
+
+
+def _gpt2(c, r: _Rules) -> None:
+    r.add("embed.weight", "transformer.wte.weight")
+    r.add("pos_embed.weight", "transformer.wpe.weight")
+    r.linear("final_norm", "transformer.ln_f")
+    d = c.n_embd
+    for i in range(c.n_layer):
+        p, q = f"layers.{i}.", f"transformer.h.{i}."
+        r.linear(f"{p}attn_norm", f"{q}ln_1")
+        r.linear(f"{p}ffn_norm", f"{q}ln_2")
+        # Conv1D stores (in, out); c_attn stacks q, k and v
+        r.add([f"{p}q_proj.weight", f"{p}k_proj.weight", f"{p}v_proj.weight"], f"{q}attn.c_attn.weight", "split", ([d] * 3, True))
+        r.add([f"{p}q_proj.bias", f"{p}k_proj.bias", f"{p}v_proj.bias"], f"{q}attn.c_attn.bias", "split", ([d] * 3, False))
+        for ours, theirs in (("o_proj", "attn.c_proj"), ("up_proj", "mlp.c_fc"), ("down_proj", "mlp.c_proj")):
+            r.add(f"{p}{ours}.weight", f"{q}{theirs}.weight", "transpose")
+            r.add(f"{p}{ours}.bias", f"{q}{theirs}.bias")
+
+
+def _bert(c, r: _Rules) -> None:
+    pre = "bert." if any(k.startswith("bert.") for k in r.keys) else ""
+    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
+    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
+    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    r.linear("pooler", f"{pre}pooler.dense")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
+        for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),
+                             ("v_proj", "attention.self.value"), ("o_proj", "attention.output.dense"),
+                             ("attn_norm", "attention.output.LayerNorm"), ("up_proj", "intermediate.dense"),
+                             ("down_proj", "output.dense"), ("ffn_norm", "output.LayerNorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
+def _t5(c, r: _Rules) -> None:
+    r.add("embed.weight", "shared.weight")
+    for stack in ("encoder", "decoder"):
+        r.add(f"{stack}_rel_bias.weight", f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        r.add(f"{stack}_final_norm.weight", f"{stack}.final_layer_norm.weight")
+    layers = {"encoder": c.num_layers, "decoder": c.num_decoder_layers or c.num_layers}
+    for stack, n in layers.items():
+        for i in range(n):
+            p, q = f"{stack}.{i}.", f"{stack}.block.{i}.layer."
+            subs = [("", "0.SelfAttention", "attn_norm")]
+            if stack == "decoder":
+                subs.append(("cross_", "1.EncDecAttention", "cross_norm"))
+            for prefix, theirs, norm in subs:
+                for n_ in ("q", "k", "v", "o"):
+                    r.add(f"{p}{prefix}{n_}_proj.weight", f"{q}{theirs}.{n_}.weight")
+                r.add(f"{p}{norm}.weight", f"{q}{theirs.split('.')[0]}.layer_norm.weight")
+            ff = "2" if stack == "decoder" else "1"
+            r.add(f"{p}up_proj.weight", f"{q}{ff}.DenseReluDense.wi.weight")
+            r.add(f"{p}gate_proj.weight", f"{q}{ff}.DenseReluDense.wi_0.weight")
+            r.add(f"{p}up_proj.weight", f"{q}{ff}.DenseReluDense.wi_1.weight")
+            r.add(f"{p}down_proj.weight", f"{q}{ff}.DenseReluDense.wo.weight")
+            r.add(f"{p}ffn_norm.weight", f"{q}{ff}.layer_norm.weight")
+
+
+_FAMILIES = {
+    "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
+    "qwen2_moe": _llama_family, "gemma2": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
+    "gpt2": _gpt2, "bert": _bert, "t5": _t5,
+}
+
+
+def rules_for(config, hf_keys: set[str], on_disk: bool = False) -> list[Rule]:
+    if config.model_type not in _FAMILIES:
+        raise ArchError(f"weights of model_type {config.model_type!r} cannot be mapped yet", kind="interop")
+    r = _Rules(hf_keys, on_disk)
+    _FAMILIES[config.model_type](config, r)
+    if on_disk:  # a checkpoint file holds each tensor once: drop module-layout names of the same weights
+        mixtral_moe = {k for k in hf_keys if ".mlp.gate.weight" in k} if config.model_type == "mixtral" else set()
+        r.rules = [x for x in r.rules if not set(x.theirs) & mixtral_moe]
+    return r.rules
+
+
+def to_archlang(config, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF tensors under archlang's unfused names."""
+    out: dict[str, torch.Tensor] = {}
+    for rule in rules_for(config, set(hf_state)):
+        for name, tensor in zip(rule.ours, rule.to_ours([hf_state[k] for k in rule.theirs])):
+            out[name] = tensor
+    return out
+
+
+def to_hf(config, state: dict[str, torch.Tensor], hf_keys: set[str]) -> dict[str, torch.Tensor]:
+    """archlang tensors (unfused names) under the names of HF checkpoint files, given the tensor
+    names of the HF model's modules."""
+    out: dict[str, torch.Tensor] = {}
+    for rule in rules_for(config, hf_keys, on_disk=True):
+        if not all(k in state for k in rule.ours):
+            continue
+        for name, tensor in zip(rule.theirs, rule.to_theirs([state[k] for k in rule.ours])):
+            out[name] = tensor.contiguous()
+    return out
