@@ -243,6 +243,33 @@ class BlockClass:
     init: list[str]
     forward: list[Line]
     returns: str
+    tp_plan: dict[str, str]
+
+
+def _tp_plan(g, nodes: list[str]) -> dict[str, str]:
+    """Tensor-parallel roles read off the IR: projections into an attention core or an FFN
+    activation split their outputs ("colwise"), the projections after them split their inputs
+    ("rowwise"). Only where every shard computes whole heads or whole hidden units: fused q/k/v
+    and gate/up projections, MoE, MLA and position biases stay replicated."""
+    plan: dict[str, str] = {}
+    for n in nodes:
+        d = g.nodes[n]
+        ins = inputs_of(g, n)
+        if d["op"] == "attention" and not d["attrs"]["packed"] and not d["attrs"]["cross"] \
+                and not d["attrs"]["alibi"] and not d["attrs"]["rel_bias"]:
+            projs = [r.node for r in ins[:3]]
+            if all(g.nodes[p]["op"] == "linear" for p in projs):
+                outs = [dst for _, dst in g.out_edges(n)]
+                if len(outs) == 1 and g.nodes[outs[0]]["op"] == "linear":
+                    plan.update({g.nodes[p]["name"]: "colwise" for p in projs})
+                    plan[g.nodes[outs[0]]["name"]] = "rowwise"
+        elif d["op"] in ("glu", "activation") and not d["attrs"].get("packed"):
+            projs = [r.node for r in ins]
+            outs = [dst for _, dst in g.out_edges(n)]
+            if all(g.nodes[p]["op"] == "linear" for p in projs) and len(outs) == 1 and g.nodes[outs[0]]["op"] == "linear":
+                plan.update({g.nodes[p]["name"]: "colwise" for p in projs})
+                plan[g.nodes[outs[0]]["name"]] = "rowwise"
+    return dict(sorted(plan.items()))
 
 
 def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = "", passes: list[str] | None = None,
@@ -331,6 +358,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
                 external_stream = ref.node
                 scope.external[ref.node] = "x"
     init, forward = [], []
+    tp_plan = _tp_plan(g, nodes)
     layer_expr, cache_key = "layer", f'f"{stack}.{{layer}}"'
     for n in nodes:
         d = g.nodes[n]
@@ -345,7 +373,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
     returns = scope.read(out)
     title = class_name(block, "Block")
     doc = _safe_text(f"Block `{block}`: {g.graph['blocks'][block]}.")
-    return BlockClass(title, block, doc, init, forward, returns)
+    return BlockClass(title, block, doc, init, forward, returns, tp_plan)
 
 
 def _stream_out(g, nodes: list[str]) -> NodeRef:

@@ -61,8 +61,9 @@ class Attention(nn.Module):
         if self.packed:
             q, k, v = q.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                                self.kv_heads * self.head_dim], dim=-1)
-        return _heads(q, self.heads, self.head_dim), _heads(k, self.kv_heads, self.head_dim), \
-            _heads(v, self.kv_heads, self.head_dim)
+        # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.
+        d = self.head_dim
+        return _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
 
     def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
         q, k, v = self.project(q, k, v)  # (B, H, T, D), (B, KV, S, D)

@@ -27,7 +27,10 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     bsz, di, t = u.shape
     n = A.shape[1]
     h = state.float() if state is not None else u.new_zeros(bsz, di, n, dtype=torch.float32)
-    u, delta = u.float(), delta.float()
+    # contiguous inputs keep every view in the backward valid (split/transposed views otherwise
+    # break torch.compile's backward graph)
+    u, delta = u.float().contiguous(), delta.float().contiguous()
+    B, C = B.float().contiguous(), C.float().contiguous()
     ys = []
     for start in range(0, t, chunk):
         end = min(start + chunk, t)
@@ -40,11 +43,17 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
         length = end - start
         causal = torch.ones(length, length, dtype=torch.bool, device=u.device).tril()
         weights = torch.exp(decay.masked_fill(~causal[None, None, :, :, None], float("-inf")))
-        hs = torch.exp(cum) * h[:, :, None, :] + torch.einsum("bdtsn,bdsn->bdtn", weights, b)
-        ys.append(torch.einsum("bdtn,btn->bdt", hs, C[:, start:end].float()))
+        hs = torch.exp(cum) * h[:, :, None, :] + (weights * b[:, :, None, :, :]).sum(dim=3)  # (B, di, L, N)
+        ys.append((hs * C[:, None, start:end, :]).sum(dim=-1))  # (B, di, L)
         h = hs[:, :, -1]
     y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
     return y + u * D[None, :, None].float(), h
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    """F.softplus (threshold 20) from elementwise ops: torch.compile's backward graph mis-predicts
+    the strides of softplus_backward on transposed gradients."""
+    return torch.where(z > 20, z, torch.log1p(torch.exp(z.clamp(max=20))))
 
 
 class Mamba(nn.Module):
@@ -87,7 +96,7 @@ class Mamba(nn.Module):
             dt = reference.rms_norm(dt, self.dt_norm, self.norm_eps)
             b = reference.rms_norm(b, self.b_norm, self.norm_eps)
             c = reference.rms_norm(c, self.c_norm, self.norm_eps)
-        delta = F.softplus(F.linear(dt, self.dt_proj_weight, self.dt_proj_bias)).transpose(1, 2)  # (B, di, T)
+        delta = _softplus(F.linear(dt, self.dt_proj_weight, self.dt_proj_bias)).transpose(1, 2)  # (B, di, T)
         A = -torch.exp(self.A_log.float())
         y, state = selective_scan(hidden, delta, A, b, c, self.D, past["ssm"] if past is not None else None)
         if ctx is not None and ctx.cache is not None:

@@ -20,6 +20,8 @@ FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768))}
 class LayerBlock(nn.Module):
     """Block `layer`: layernorm (post) → mha(heads=12, head_dim=64) → mlp(hidden=3072)."""
 
+    tp_plan = {'down_proj': 'rowwise', 'up_proj': 'colwise'}
+
     def __init__(self, layer: int):
         super().__init__()
         self.qkv_proj = nn.Linear(768, 2304, bias=True)

@@ -20,6 +20,8 @@ FUSIONS = {'gate_up_proj': (('gate_proj', 10944), ('up_proj', 10944))}
 class DenseBlock(nn.Module):
     """Block `dense`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) → swiglu(hidden=10944)."""
 
+    tp_plan = {}
+
     def __init__(self, layer: int):
         super().__init__()
         self.attn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
@@ -47,6 +49,8 @@ class DenseBlock(nn.Module):
 
 class MoeBlock(nn.Module):
     """Block `moe`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) → moe(experts=64, top_k=6, shared_experts=2, expert=swiglu(1408))."""
+
+    tp_plan = {}
 
     def __init__(self, layer: int):
         super().__init__()

@@ -20,6 +20,8 @@ FUSIONS = {'qkv_proj': (('q_proj', 2048), ('k_proj', 1024), ('v_proj', 1024)), '
 class SlidingBlock(nn.Module):
     """Block `sliding`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, window=4096, softcap=50.0) → geglu(hidden=9216)."""
 
+    tp_plan = {}
+
     def __init__(self, layer: int):
         super().__init__()
         self.attn_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
@@ -49,6 +51,8 @@ class SlidingBlock(nn.Module):
 
 class FullBlock(nn.Module):
     """Block `full`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, softcap=50.0) → geglu(hidden=9216)."""
+
+    tp_plan = {}
 
     def __init__(self, layer: int):
         super().__init__()

@@ -20,6 +20,8 @@ FUSIONS = {'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336)), 'qkv_proj
 class MambaBlock(nn.Module):
     """Block `mamba`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) → swiglu(hidden=14336)."""
 
+    tp_plan = {}
+
     def __init__(self, layer: int):
         super().__init__()
         self.ssm_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
@@ -42,6 +44,8 @@ class MambaBlock(nn.Module):
 class MambaMoeBlock(nn.Module):
     """Block `mamba_moe`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) → moe(experts=16, top_k=2, shared_experts=0, expert=swiglu(14336))."""
 
+    tp_plan = {}
+
     def __init__(self, layer: int):
         super().__init__()
         self.ssm_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
@@ -60,6 +64,8 @@ class MambaMoeBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Block `attn`: rmsnorm (pre) → gqa(heads=32, kv_heads=8, head_dim=128) → swiglu(hidden=14336)."""
+
+    tp_plan = {}
 
     def __init__(self, layer: int):
         super().__init__()

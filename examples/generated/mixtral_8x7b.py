@@ -20,6 +20,8 @@ FUSIONS = {'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024))}
 class LayerBlock(nn.Module):
     """Block `layer`: rmsnorm (pre) → gqa(heads=32, kv_heads=8, head_dim=128) → moe(experts=8, top_k=2, shared_experts=0, expert=swiglu(14336))."""
 
+    tp_plan = {}
+
     def __init__(self, layer: int):
         super().__init__()
         self.attn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)

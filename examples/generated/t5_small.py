@@ -20,6 +20,8 @@ FUSIONS = {'qkv_proj': (('q_proj', 512), ('k_proj', 512), ('v_proj', 512))}
 class EncoderBlock(nn.Module):
     """Block `encoder`: rmsnorm (pre) → mha(heads=8, head_dim=64) → mlp(hidden=2048)."""
 
+    tp_plan = {'down_proj': 'rowwise', 'up_proj': 'colwise'}
+
     def __init__(self, layer: int):
         super().__init__()
         self.attn_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
@@ -45,6 +47,8 @@ class EncoderBlock(nn.Module):
 
 class DecoderBlock(nn.Module):
     """Block `decoder`: rmsnorm (pre) → mha(heads=8, head_dim=64) → cross mha(heads=8, head_dim=64) → mlp(hidden=2048)."""
+
+    tp_plan = {'down_proj': 'rowwise', 'up_proj': 'colwise'}
 
     def __init__(self, layer: int):
         super().__init__()
