@@ -93,7 +93,7 @@ def cmd_check(args) -> int:
     for file in args.files:
         sources = SourceMap()
         try:
-            models = check_file(file, sources=sources, allow_outside_root=args.allow_outside_root)
+            models = check_file(file, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
             summary.append({"file": file, "models": [m.name for m in models], "ok": True})
         except (ArchError, ArchErrors) as exc:
             errs = all_errors(exc)
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="parse and validate specs (exit 0 valid, 1 invalid)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
+    p.add_argument("--run", action="store_true",
+                   help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
     p.set_defaults(func=cmd_check)
 

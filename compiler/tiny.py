@@ -1,0 +1,77 @@
+"""A small stand-in of a model: the same blocks, layer pattern, kinds and options, with widths,
+vocabulary and context cut down so that a forward pass runs in a moment on a CPU.
+
+Used by `archc check --run` to look for NaN/Inf on random input before anyone spends GPU hours.
+Every ratio the spec relies on is kept (heads : kv_heads, experts : top_k, window < context).
+"""
+
+from __future__ import annotations
+
+from archlang.spec import ast as A
+
+HEAD_DIM = 8
+MAX_HEADS = 8
+HIDDEN = 32
+VOCAB = 128
+CONTEXT = 64
+
+
+def _heads(heads: int, kv_heads: int) -> tuple[int, int]:
+    """Fewer heads with the same grouping: kv_heads divides heads as before."""
+    group = heads // kv_heads
+    kv = max(1, min(kv_heads, MAX_HEADS // max(1, min(group, MAX_HEADS))))
+    return kv * min(group, MAX_HEADS), kv
+
+
+def _attention(att, d_model: int):
+    if isinstance(att, A.MLA):
+        return att.model_copy(update={"heads": min(att.heads, 4), "kv_lora_rank": 16, "q_lora_rank": 12 if att.q_lora_rank else None,
+                                      "rope_head_dim": 8, "nope_head_dim": 8, "v_head_dim": 8, "head_dim": 16,
+                                      "window": min(att.window, CONTEXT // 2) if att.window else None})
+    kv = getattr(att, "kv_heads", att.heads)
+    heads, kv = _heads(att.heads, kv if kv else att.heads)
+    update = {"heads": heads, "head_dim": HEAD_DIM, "window": min(att.window, CONTEXT // 2) if att.window else None}
+    if isinstance(att, (A.GQA, A.Differential)):
+        update["kv_heads"] = kv
+    if isinstance(att, A.GQA) and kv == heads:
+        update["kv_heads"] = kv
+    return att.model_copy(update=update)
+
+
+def _ffn(ffn):
+    if ffn is None:
+        return None
+    if isinstance(ffn, A.MoE):
+        expert = ffn.expert.model_copy(update={"hidden": 16})
+        shared = ffn.shared.model_copy(update={"hidden": 16 * max(1, ffn.shared_experts)}) if ffn.shared else None
+        experts = min(ffn.experts, 8)
+        return ffn.model_copy(update={"experts": experts, "top_k": min(ffn.top_k, experts), "expert": expert,
+                                      "shared": shared})
+    return ffn.model_copy(update={"hidden": HIDDEN})
+
+
+def shrink(model: A.Model) -> A.Model:
+    d_model = 64
+    blocks = {}
+    for name, block in model.blocks.items():
+        update = {"ffn": _ffn(block.ffn)}
+        if block.attention is not None:
+            update["attention"] = _attention(block.attention, d_model)
+        if block.cross_attention is not None:
+            update["cross_attention"] = _attention(block.cross_attention, d_model)
+        if block.ssm is not None:
+            update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
+        blocks[name] = block.model_copy(update=update)
+    position = model.position
+    if isinstance(position, A.Rope):
+        position = position.model_copy(update={"dim": None})
+        if position.scaling is not None and hasattr(position.scaling, "original_context"):
+            position = position.model_copy(update={"scaling": position.scaling.model_copy(
+                update={"original_context": CONTEXT // 4})})
+    data = model.model_dump()
+    data.update(vocab=min(model.vocab, VOCAB), d_model=d_model, context=min(model.context, CONTEXT), dtype="float32",
+                blocks={k: v.model_dump() for k, v in blocks.items()},
+                position=position.model_dump() if position is not None else None)
+    small = A.Model.model_validate(data)  # the validators check the small model as they did the large one
+    small._spans = model._spans
+    return small
