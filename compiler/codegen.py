@@ -286,18 +286,18 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
 
     # One class per block kind, from its first layer; every other layer must match it.
     classes: dict[str, BlockClass] = {}
+    signatures: dict[str, list] = {}
     reserved = {"Config"}
     model_class = class_name(g.graph["name"])
     for stack, blocks in stacks.items():
         for i, block in enumerate(blocks):
             nodes = layer_nodes[(stack, i)]
             if block in classes:
-                first_stack, first_layer = classes[block].first  # type: ignore[attr-defined]
-                if _layer_signature(g, nodes) != _layer_signature(g, layer_nodes[(first_stack, first_layer)]):
+                if _layer_signature(g, nodes) != signatures[block]:
                     raise CodegenError(f"layer {stack}.{i} differs from the other `{block}` layers")
                 continue
             classes[block] = _block_class(g, em, block, nodes, stack)
-            classes[block].first = (stack, i)  # type: ignore[attr-defined]
+            signatures[block] = _layer_signature(g, nodes)
             reserved.add(classes[block].name)
     if model_class in reserved:
         model_class += "Model"

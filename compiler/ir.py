@@ -103,7 +103,15 @@ def inputs_of(g: nx.MultiDiGraph, node: str) -> list[NodeRef]:
 
 
 def ordered_nodes(g: nx.MultiDiGraph) -> list[str]:
-    """A topological order that follows insertion order wherever the data flow allows."""
+    """A topological order that follows insertion order wherever the data flow allows.
+
+    Lowering inserts every node after its inputs and the passes keep that true, so sorting by
+    `order` usually is the answer; it is checked edge by edge, and a full topological sort is
+    the fallback when some rewrite broke it."""
+    nodes = sorted(g.nodes, key=lambda n: g.nodes[n]["order"])
+    rank = {n: i for i, n in enumerate(nodes)}
+    if all(rank[u] < rank[v] for u, v in g.edges()):
+        return nodes
     return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
 
 

@@ -8,7 +8,7 @@ import networkx as nx
 
 from archlang.spec.errors import ArchError, ArchErrors
 
-from .ir import OPS, inputs_of, ordered_nodes
+from .ir import OPS, NodeRef, inputs_of
 
 # How many inputs each op takes (min, max); None is unbounded.
 _ARITY = {
@@ -48,18 +48,23 @@ def validate(g: nx.MultiDiGraph) -> None:
         reaches_output |= nx.ancestors(g, out)
 
     context = g.graph.get("context")
-    for node in ordered_nodes(g):
+    # One sweep over the edges instead of a networkx view per node: validation runs after every pass.
+    edges_in: dict[str, list[tuple[int, str, int]]] = {}
+    for src, dst, data in g.edges(data=True):
+        edges_in.setdefault(dst, []).append((data["port"], src, data["out"]))
+    for node in sorted(g.nodes, key=lambda n: g.nodes[n]["order"]):  # deterministic error order
         d = g.nodes[node]
         op, attrs = d["op"], d["attrs"]
         if op not in OPS:
             fail(node, f"unknown op {op!r}")
             continue
-        ins = inputs_of(g, node)
+        incoming = sorted(edges_in.get(node, ()))
+        ins = [NodeRef(src, out) for _, src, out in incoming]
         lo, hi = _ARITY[op]
         if len(ins) < lo or (hi is not None and len(ins) > hi):
             fail(node, f"{op} takes {lo}..{hi if hi is not None else 'n'} inputs, has {len(ins)} (dangling node)")
             continue
-        ports = sorted(data["port"] for _, _, data in g.in_edges(node, data=True))
+        ports = [port for port, _, _ in incoming]
         if ports != list(range(len(ports))):
             fail(node, f"{op} has gaps in its inputs {ports}")
         if node not in reaches_output:

@@ -15,7 +15,7 @@ from archlang.spec.errors import ArchError, ArchErrors
 
 from ..ir import dump
 from ..validate import validate
-from .base import Pass
+from .base import Pass, clone
 from .dce import DeadNodeElimination
 from .fold_rope import FoldRope
 from .fuse_add_norm import FuseAddNorm
@@ -45,18 +45,23 @@ def parse_pipeline(text: str, disabled: tuple[str, ...] = ()) -> list[Pass]:
 
 @dataclass
 class PassManager:
+    """Runs passes in order on its own copy of the IR. The IR is validated after the pipeline,
+    or after every pass with `verify_each` (the tests, and `archc compile --verify-each`), which
+    names the pass that broke it."""
+
     passes: list[Pass]
-    verify: bool = True
+    verify_each: bool = False
     on_step: Callable[[str, nx.MultiDiGraph], None] | None = None  # called with ("before"/pass name, graph)
     applied: list[str] = field(default_factory=list)
 
     def run(self, g: nx.MultiDiGraph) -> nx.MultiDiGraph:
         if self.on_step:
             self.on_step("lower", g)
+        g = clone(g)  # the passes rewrite in place: never the caller's graph
         for p in self.passes:
             try:
                 g, modified = p.run(g)
-                if self.verify:
+                if self.verify_each:
                     validate(g)
             except (ArchError, ArchErrors) as exc:
                 errors = exc.errors if isinstance(exc, ArchErrors) else [exc]
@@ -66,13 +71,20 @@ class PassManager:
                 raise
             self.applied.append(p.name)
             if self.on_step:
-                self.on_step(p.name, g)
+                self.on_step(p.name, clone(g))  # a snapshot: later passes keep rewriting g
+        if not self.verify_each and self.passes:
+            try:
+                validate(g)
+            except ArchErrors as exc:
+                for e in exc.errors:
+                    e.notes.append(f"after passes [{', '.join(self.applied)}]; --verify-each names the pass")
+                raise
         return g
 
 
 def run_pipeline(g: nx.MultiDiGraph, pipeline: str = DEFAULT_PIPELINE, disabled: tuple[str, ...] = (),
-                 on_step=None) -> nx.MultiDiGraph:
-    return PassManager(parse_pipeline(pipeline, disabled), on_step=on_step).run(g)
+                 on_step=None, verify_each: bool = False) -> nx.MultiDiGraph:
+    return PassManager(parse_pipeline(pipeline, disabled), verify_each=verify_each, on_step=on_step).run(g)
 
 
 __all__ = ["DEFAULT_PIPELINE", "REGISTRY", "Pass", "PassManager", "dump", "parse_pipeline", "run_pipeline"]

@@ -1,12 +1,11 @@
 """The pass interface: a named, frozen dataclass with `run(graph) -> (graph, modified)`.
 
-Passes never mutate their input: each copies the graph first, so a failed pass leaves the
-caller's IR untouched and `--print-after-all` can show every stage.
+A pass rewrites the graph it is given. The PassManager gives the pipeline its own copy, so the
+caller's IR is never changed; run a pass by hand on `clone(g)` to keep `g`.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,8 +21,14 @@ class Pass:
 
 
 def clone(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
-    """A copy that shares no attribute dicts with the original (networkx's copy is shallow)."""
-    return copy.deepcopy(g)
+    """A copy whose node `attrs` and `params` dicts are the copy's own (networkx's copy shares
+    them). Passes replace nested values (a new dict for `rope`) rather than mutating them, so
+    one level of copying is enough."""
+    out = g.copy()
+    for _, d in out.nodes(data=True):
+        d["attrs"] = dict(d["attrs"])
+        d["params"] = dict(d["params"])
+    return out
 
 
 def redirect(g: nx.MultiDiGraph, old: str, new: str, out_map: dict[int, int] | None = None) -> None:

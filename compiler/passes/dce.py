@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .base import Pass, clone
+from .base import Pass
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,5 @@ class DeadNodeElimination(Pass):
         dead = [n for n in g.nodes if n not in live and g.nodes[n]["op"] != "input"]
         if not dead:
             return g, False
-        g = clone(g)
         g.remove_nodes_from(dead)
         return g, True

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
-from .base import Pass, clone
+from .base import Pass
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,6 @@ class FoldRope(Pass):
     name = "fold-rope"
 
     def run(self, g):
-        g = clone(g)
         modified = False
         for node in [n for n, d in g.nodes(data=True) if d["op"] == "rope"]:
             consumers = {dst for _, dst in g.out_edges(node)}

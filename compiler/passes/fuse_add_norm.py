@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
-from .base import Pass, clone, redirect
+from .base import Pass, redirect
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,6 @@ class FuseAddNorm(Pass):
     name = "fuse-add-norm"
 
     def run(self, g):
-        g = clone(g)
         modified = False
         for add in [n for n, d in g.nodes(data=True) if d["op"] == "add"]:
             ins = inputs_of(g, add)

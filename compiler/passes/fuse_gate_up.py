@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
-from .base import Pass, clone
+from .base import Pass
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,6 @@ class FuseGateUp(Pass):
     name = "fuse-gate-up"
 
     def run(self, g):
-        g = clone(g)
         modified = False
         for glu in [n for n, d in g.nodes(data=True) if d["op"] == "glu" and not d["attrs"]["packed"]]:
             gate, up = (r.node for r in inputs_of(g, glu))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
-from .base import Pass, clone
+from .base import Pass
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,6 @@ class FuseQKV(Pass):
     name = "fuse-qkv"
 
     def run(self, g):
-        g = clone(g)
         modified = False
         for attn in [n for n, d in g.nodes(data=True) if d["op"] == "attention"]:
             a = g.nodes[attn]

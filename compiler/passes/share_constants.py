@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..ir import ordered_nodes
-from .base import Pass, clone, redirect
+from .base import Pass, redirect
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,6 @@ class ShareConstants(Pass):
     name = "share-constants"
 
     def run(self, g):
-        g = clone(g)
         modified = False
         first: dict[str, str] = {}
         for node in ordered_nodes(g):

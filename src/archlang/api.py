@@ -72,6 +72,7 @@ def compile_spec(
     sources: SourceMap | None = None,
     allow_outside_root: bool = False,
     on_step=None,
+    verify_each: bool = False,
 ) -> Compiled:
     """Parse, validate, lower, optimize and generate code for one model."""
     ast = load_model(spec, model=model, sources=sources, allow_outside_root=allow_outside_root)
@@ -80,7 +81,7 @@ def compile_spec(
     from archlang.compiler.passes import parse_pipeline
 
     applied = [p.name for p in parse_pipeline(passes, disabled)]
-    graph = run_pipeline(lowered, passes, disabled, on_step=on_step)
+    graph = run_pipeline(lowered, passes, disabled, on_step=on_step, verify_each=verify_each)
     name, text = _spec_text(spec)
     try:
         source = generate(graph, spec_name=Path(name).name if _is_path(spec) else name, spec_text=text, passes=applied,

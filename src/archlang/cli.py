@@ -155,6 +155,7 @@ def _passes_args(p) -> None:
     p.add_argument("--model", help="which model of the file (when it declares several)")
     p.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"comma-separated pass pipeline (default: {DEFAULT_PIPELINE}); '' for none")
     p.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="drop a pass from the pipeline")
+    p.add_argument("--verify-each", action="store_true", help="validate the IR after every pass, not only at the end")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
 
 
@@ -165,7 +166,8 @@ def _compile(args, on_step=None):
     sources = SourceMap()
     try:
         return compile_spec(args.file, model=args.model, passes=args.passes, disabled=tuple(args.disable_pass),
-                            sources=sources, allow_outside_root=args.allow_outside_root, on_step=on_step)
+                            sources=sources, allow_outside_root=args.allow_outside_root, on_step=on_step,
+                            verify_each=getattr(args, "verify_each", False))
     except (ArchError, ArchErrors) as exc:
         exc.sources = sources  # type: ignore[attr-defined]
         raise

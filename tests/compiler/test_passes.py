@@ -20,7 +20,7 @@ def _outputs(model, name_family, ids):
 
 def _equivalent(path, name, passes):
     base_c = compile_spec(path, model=name, passes="")
-    opt_c = compile_spec(path, model=name, passes=passes)
+    opt_c = compile_spec(path, model=name, passes=passes, verify_each=True)
     base = load_source(base_c.source, name).build().eval()
     opt = load_source(opt_c.source, name).build().eval()
     opt.load_unfused_state_dict(base.state_dict())
@@ -83,11 +83,13 @@ def test_failing_pass_is_named_with_its_predecessors():
         name = "break-things"
 
         def run(self, g):
-            g = g.copy()
             g.remove_node(next(n for n, d in g.nodes(data=True) if d["op"] == "norm"))
             return g, True
 
     g = lower(compile_spec(SPECS / "tiny_llama.arch").model)
     with pytest.raises(Exception) as info:
-        PassManager([REGISTRY["fold-rope"](), Breaks()]).run(g)
+        PassManager([REGISTRY["fold-rope"](), Breaks()], verify_each=True).run(g)
     assert "while running pass break-things after [fold-rope]" in str(info.value.errors[0].notes)
+    with pytest.raises(Exception) as info:
+        PassManager([REGISTRY["fold-rope"](), Breaks()]).run(g)
+    assert "after passes [fold-rope, break-things]; --verify-each names the pass" in str(info.value.errors[0].notes)
