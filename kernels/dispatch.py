@@ -1,13 +1,80 @@
 """The seam between the runtime and the kernels: every fused op the generated code calls goes
-through here. Today every op runs its PyTorch reference (kernels/reference.py), which is what
-CPU machines use; a Triton kernel for an op plugs in here, chosen by tensor device.
+through here, and here alone is it decided which implementation runs: the Triton kernel for
+CUDA tensors when Triton is installed, the PyTorch reference (kernels/reference.py) otherwise.
+
+`ARCHLANG_KERNELS=reference` forces the references everywhere; `ARCHLANG_KERNELS=triton` forces
+the kernels (on CPU tensors too, under `TRITON_INTERPRET=1`); tests use `force()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import os
+
+import torch
+
 from . import reference
 
-rms_norm = reference.rms_norm
-layer_norm = reference.layer_norm
-glu = reference.glu
-attention = reference.attention
+_forced: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    mode = _forced or os.environ.get("ARCHLANG_KERNELS", "auto")
+    if mode == "reference" or torch.compiler.is_compiling():
+        return False
+    if mode == "triton":
+        return triton_available()
+    return x.is_cuda and triton_available()
+
+
+@contextlib.contextmanager
+def force(mode: str):
+    """Run a block with every op on "triton" or on "reference"."""
+    global _forced
+    previous, _forced = _forced, mode
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _kernel(module: str, name: str):
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+def rms_norm(x, weight, eps, unit_offset=False, residual=None):
+    if use_triton(x):
+        return _kernel("rms_norm", "rms_norm")(x, weight, eps, unit_offset, residual)
+    return reference.rms_norm(x, weight, eps, unit_offset, residual)
+
+
+def layer_norm(x, weight, bias, eps, residual=None):
+    if use_triton(x):
+        return _kernel("layer_norm", "layer_norm")(x, weight, bias, eps, residual)
+    return reference.layer_norm(x, weight, bias, eps, residual)
+
+
+def glu(x, act: str):
+    if use_triton(x):
+        return _kernel("glu", "glu")(x, act)
+    return reference.glu(x, act)
+
+
+def attention(q, k, v, q_pos, k_pos, **kw):
+    if use_triton(q):
+        return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
+    return reference.attention(q, k, v, q_pos, k_pos, **kw)
+
+
+grouped_matmul = reference.grouped_matmul

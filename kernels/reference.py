@@ -81,3 +81,30 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     return probs @ v
+
+
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor, expert_of: torch.Tensor) -> torch.Tensor:
+    """Rows of x grouped by expert (group e has counts[e] consecutive rows; row i belongs to
+    expert_of[i]) times weight[e]^T.
+
+    x (M, in), weight (E, out, in) → (M, out): one grouped GEMM through PyTorch's grouped
+    matmul, with no loop over experts and no padding. Under torch.compile (whose CPU fake
+    kernel for it takes bf16 only) it is a batched matmul over a buffer padded to M rows per
+    expert, which keeps every shape static.
+    """
+    if torch.compiler.is_compiling() or not hasattr(torch, "_grouped_mm"):
+        return _padded_grouped_matmul(x, weight, counts, expert_of)
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    out = torch._grouped_mm(x, weight.transpose(1, 2), offs=offs)
+    if out.requires_grad:
+        # the grouped matmul's backward needs a materialised gradient (not an expanded one)
+        out.register_hook(lambda g: g.contiguous())
+    return out
+
+
+def _padded_grouped_matmul(x, weight, counts, expert_of) -> torch.Tensor:
+    rows, experts = x.shape[0], weight.shape[0]
+    slot = torch.arange(rows, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert_of]
+    buf = x.new_zeros(experts, rows, x.shape[1])
+    buf[expert_of, slot] = x
+    return torch.bmm(buf, weight.transpose(1, 2))[expert_of, slot]

@@ -1,5 +1,5 @@
-"""Mixture of experts: a router picks top-k experts per token; the chosen tokens are grouped by
-expert and run through one batched matmul per weight (no Python loop over experts)."""
+"""Mixture of experts: a router picks top-k experts per token; the chosen (token, expert) pairs
+are sorted by expert and run through grouped matmuls (no Python loop over experts, no padding)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archlang.kernels.dispatch import grouped_matmul
 from archlang.kernels.reference import ACTIVATIONS
 
 from .context import Context
@@ -46,18 +47,31 @@ class MoE(nn.Module):
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
 
-    def _ffn(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, glu: bool, act: str,
-             up_bias=None, down_bias=None) -> torch.Tensor:
-        h = x @ up.transpose(-1, -2)
-        if up_bias is not None:
-            h = h + up_bias.unsqueeze(-2)
-        if glu:
+    def _experts(self, xs: torch.Tensor, expert_of: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The expert FFN on rows sorted by expert: two grouped matmuls."""
+        up_name = "experts_gate_up" if self.expert_glu else "experts_up"
+        h = grouped_matmul(xs, getattr(self, up_name), counts, expert_of)
+        if self.expert_bias:
+            h = h + getattr(self, f"{up_name}_bias")[expert_of]
+        if self.expert_glu:
             gate, h = h.chunk(2, dim=-1)
-            h = ACTIVATIONS[act](gate) * h
+            h = ACTIVATIONS[self.expert_act](gate) * h
         else:
-            h = ACTIVATIONS[act](h)
-        h = h @ down.transpose(-1, -2)
-        return h + down_bias.unsqueeze(-2) if down_bias is not None else h
+            h = ACTIVATIONS[self.expert_act](h)
+        h = grouped_matmul(h, self.experts_down, counts, expert_of)
+        return h + self.experts_down_bias[expert_of] if self.expert_bias else h
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.linear(x, self.shared_gate_up if self.shared_glu else self.shared_up)
+        if self.shared_glu:
+            gate, h = h.chunk(2, dim=-1)
+            h = ACTIVATIONS[self.shared_act](gate) * h
+        else:
+            h = ACTIVATIONS[self.shared_act](h)
+        h = F.linear(h, self.shared_down)
+        if self.shared_gate is not None:
+            h = torch.sigmoid(F.linear(x, self.shared_gate)) * h
+        return h
 
     def route(self, x: torch.Tensor):
         logits = F.linear(x, self.router).float()  # (N, E)
@@ -72,37 +86,22 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])  # (N, C)
         n, k, e = x.shape[0], self.top_k, self.experts
         logits, probs, weights, index = self.route(x)
-        # Group the N*k (token, expert) pairs by expert into an (E, M, C) buffer, M the largest group.
+        # Sort the N*k (token, expert) pairs by expert: each expert's tokens become one group.
         flat = index.reshape(-1)
         order = torch.argsort(flat, stable=True)
         expert_of = flat[order]
-        counts = torch.bincount(flat, minlength=e)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(n * k, device=x.device) - starts[expert_of]
-        keep = torch.ones_like(slot, dtype=torch.bool)
-        # The buffer holds the largest group; under torch.compile its size must not depend on the
-        # data, so it is the worst case (every pair to one expert) there.
-        m = n * k if torch.compiler.is_compiling() else (int(counts.max()) if n else 0)
-        if self.training and self.capacity_factor is not None:
-            capacity = math.ceil(self.capacity_factor * n * k / e)
-            keep = slot < capacity  # tokens over an expert's capacity are dropped (they keep the residual)
-            m = min(m, capacity)
         token = order // k
-        buf = x.new_zeros(e, max(m, 1), x.shape[1])
-        buf[expert_of[keep], slot[keep]] = x[token[keep]]
-        up = getattr(self, "experts_gate_up" if self.expert_glu else "experts_up")
-        up_bias = getattr(self, ("experts_gate_up" if self.expert_glu else "experts_up") + "_bias", None)
-        out_buf = self._ffn(buf, up, self.experts_down, self.expert_glu, self.expert_act, up_bias,
-                            getattr(self, "experts_down_bias", None))  # (E, M, C)
-        w = weights.reshape(-1)[order][keep].to(x.dtype)
-        contrib = out_buf[expert_of[keep], slot[keep]] * w[:, None]
-        out = x.new_zeros(x.shape).index_add_(0, token[keep], contrib)
+        counts = torch.zeros(e, dtype=torch.long, device=x.device).index_add_(0, flat, torch.ones_like(flat))
+        w = weights.reshape(-1)[order].to(x.dtype)
+        if self.training and self.capacity_factor is not None:
+            # tokens beyond an expert's capacity are dropped (they keep only the residual)
+            capacity = math.ceil(self.capacity_factor * n * k / e)
+            slot = torch.arange(n * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert_of]
+            w = w * (slot < capacity).to(w.dtype)
+        rows = self._experts(x[token], expert_of, counts)  # (N*k, C)
+        out = x.new_zeros(x.shape).index_add_(0, token, rows * w[:, None])
         if self.has_shared:
-            shared_up = getattr(self, "shared_gate_up" if self.shared_glu else "shared_up")
-            s = self._ffn(x, shared_up, self.shared_down, self.shared_glu, self.shared_act)
-            if self.shared_gate is not None:
-                s = torch.sigmoid(F.linear(x, self.shared_gate)) * s
-            out = out + s
+            out = out + self._shared(x)
         if ctx is not None and self.training and (self.aux_coef or self.z_coef):
             ctx.aux_losses.append(self.losses(logits, probs, index))
         return out.reshape(shape)

@@ -1,0 +1,164 @@
+"""Forward and generation speed of archlang models against the Hugging Face transformers models
+people would use instead, with the same config and weights, on the CPU.
+
+    python bench/forward.py [--quick] [--rounds 5]
+
+For each family (a Llama-like dense model, a Mixtral-like MoE, a Jamba-like Mamba/attention
+hybrid) and batch x sequence size it prints forward tokens/s of archlang, HF sdpa and HF eager,
+measured alternately in one run (the machine is noisy, so compare the ratios), then cached
+greedy generation tokens/s, and the peak RSS growth of one forward of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+
+def families(quick: bool):
+    import transformers as T
+
+    d = 128 if quick else 512
+    layers = 2 if quick else 8
+    common = dict(vocab_size=1024 if quick else 32000, hidden_size=d, num_attention_heads=8, num_key_value_heads=4,
+                  max_position_embeddings=4096)
+    return {
+        "llama-like": (T.LlamaForCausalLM, T.LlamaConfig(**common, intermediate_size=int(2.75 * d), num_hidden_layers=layers)),
+        "mixtral-like": (T.MixtralForCausalLM, T.MixtralConfig(**common, intermediate_size=2 * d, num_hidden_layers=max(2, layers // 2),
+                                                               num_local_experts=8, num_experts_per_tok=2)),
+        "jamba-like": (T.JambaForCausalLM, T.JambaConfig(**common, intermediate_size=2 * d, num_hidden_layers=layers if layers >= 4 else 4,
+                                                         num_experts=4, attn_layer_period=4, attn_layer_offset=2,
+                                                         expert_layer_period=2, expert_layer_offset=1, mamba_d_state=16,
+                                                         mamba_expand=2)),
+    }
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> float:
+    """Return freed heap to the OS, reset the RSS high-water mark (Linux), return the RSS now."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
+
+
+def _rss_in_subprocess(family: str, impl: str, b: int, t: int, quick: bool) -> float:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--rss", family, impl, str(b), str(t)] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return float(out)
+
+
+def rss_one(family: str, impl: str, b: int, t: int, quick: bool) -> float:
+    """RSS growth of one forward pass, with the model already built (run in a fresh process)."""
+    from archlang.interop.hf import from_hf
+
+    cls, config = families(quick)[family]
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    if impl == "archlang":
+        model = from_hf(model).eval()
+    ids = torch.randint(0, config.vocab_size, (b, t))
+    before = reset_peak_rss()
+    with torch.no_grad():
+        model(ids)
+    return _status_mib("VmHWM") - before
+
+
+def main() -> int:
+    from archlang.interop.hf import from_hf
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs this)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rss", nargs=4, metavar=("FAMILY", "IMPL", "B", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss:
+        family, impl, b, t = args.rss
+        print(rss_one(family, impl, int(b), int(t), args.quick))
+        return 0
+    torch.manual_seed(0)
+    shapes = [(1, 32), (2, 64)] if args.quick else [(1, 128), (4, 128), (1, 512)]
+    rounds = 2 if args.quick else args.rounds
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"{'family':14s} {'B x T':>8s} {'archlang tok/s':>15s} {'HF sdpa':>10s} {'HF eager':>10s} {'vs sdpa':>8s} {'vs eager':>9s}")
+    summary = []
+    for family, (cls, config) in families(args.quick).items():
+        models = {}
+        for impl in ("sdpa", "eager"):
+            config._attn_implementation = impl
+            torch.manual_seed(0)
+            models[impl] = cls(config).eval()
+        models["sdpa"].load_state_dict(models["eager"].state_dict())
+        models["archlang"] = from_hf(models["eager"]).eval()
+        for b, t in shapes:
+            ids = torch.randint(0, config.vocab_size, (b, t))
+            times = {k: [] for k in models}
+            with torch.no_grad():
+                for m in models.values():  # warm-up
+                    m(ids)
+                for _ in range(rounds):  # alternate so drift hits all three alike
+                    for name, m in models.items():
+                        times[name].append(timed(lambda: m(ids)))
+            tps = {k: b * t / statistics.median(v) for k, v in times.items()}
+            r_sdpa, r_eager = tps["archlang"] / tps["sdpa"], tps["archlang"] / tps["eager"]
+            summary.append((family, f"{b}x{t}", r_sdpa, r_eager))
+            print(f"{family:14s} {b:>3d} x{t:<4d} {tps['archlang']:15,.0f} {tps['sdpa']:10,.0f} {tps['eager']:10,.0f} "
+                  f"{r_sdpa:7.2f}x {r_eager:8.2f}x")
+        # cached greedy generation
+        prompt = torch.randint(0, config.vocab_size, (1, 16))
+        new = 8 if args.quick else 32
+        gen = {"archlang": [], "sdpa": []}
+        with torch.no_grad():
+            for _ in range(max(1, rounds // 2)):
+                gen["archlang"].append(timed(lambda: models["archlang"].generate(prompt, new)))
+                gen["sdpa"].append(timed(lambda: models["sdpa"].generate(prompt, max_new_tokens=new, min_new_tokens=new,
+                                                                         do_sample=False, pad_token_id=0)))
+        g_ours, g_hf = (new / statistics.median(gen[k]) for k in ("archlang", "sdpa"))
+        print(f"{family:14s} {'generate':>8s} {g_ours:15,.1f} {g_hf:10,.1f} {'':>10s} {g_ours / g_hf:7.2f}x")
+        del models
+        gc.collect()
+    # Peak memory of one forward: each measured in a fresh process (RSS high-water mark growth).
+    print("\npeak RSS growth of one forward (MiB), largest shape, fresh process each:")
+    b, t = shapes[-1]
+    for family in families(args.quick):
+        growth = {impl: _rss_in_subprocess(family, impl, b, t, args.quick) for impl in ("archlang", "sdpa")}
+        print(f"  {family:14s} archlang {growth['archlang']:7.1f}   HF sdpa {growth['sdpa']:7.1f}   "
+              f"ratio {growth['archlang'] / max(growth['sdpa'], 1e-9):.2f}")
+    worst = min(summary, key=lambda s: s[2])
+    print(f"\nworst ratio vs HF sdpa: {worst[2]:.2f}x ({worst[0]} {worst[1]}); "
+          f"vs HF eager: {min(s[3] for s in summary):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

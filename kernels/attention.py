@@ -1,0 +1,227 @@
+"""FlashAttention-style attention in Triton: tiled, online softmax, no T x S matrix in memory.
+
+Causal or bidirectional, masks from absolute positions (so a cached decode step works), sliding
+windows, grouped/multi-query heads read straight from the shared K/V (no repeat), soft-capping
+of the scores, and an additive bias (ALiBi, T5 buckets) given as an (H, T, S) tensor. Forward
+and backward (FlashAttention-2: the backward recomputes the scores from the saved log-sum-exp).
+The reference is `reference.attention`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import buffers
+
+# Small tiles keep the CPU interpreter fast in tests; real GPUs get larger ones.
+BLOCK = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+
+
+@triton.jit
+def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window,
+            CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+            bias_mask):
+    """Masked scores of one tile, and the raw tanh used by the soft-cap's derivative."""
+    s = tl.dot(q, tl.trans(k)) * scale
+    t = s
+    if SOFTCAP:
+        t = 2.0 / (1.0 + tl.exp(-2.0 * s / softcap)) - 1.0  # tanh(s / softcap)
+        s = softcap * t
+    if HAS_BIAS:
+        s += tl.load(bias_ptrs, mask=bias_mask, other=0.0).to(tl.float32)
+    allowed = k_valid[None, :]
+    rel = qpos[:, None] - kpos[None, :]
+    if CAUSAL:
+        allowed = allowed & (rel >= 0)
+    if WINDOW:
+        allowed = allowed & (tl.abs(rel) < window)
+    s = tl.where(allowed, s, float("-inf"))
+    return s, t
+
+
+@triton.jit
+def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
+         sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, sbh, sbt,
+         H, T, S, D, group, scale, softcap, window,
+         CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    kvh = h // group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < T
+    d_valid = offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                mask=m_valid[:, None] & d_valid[None, :], other=0.0).to(tl.float32)
+    qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start in range(0, S, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < S
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+        bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
+        s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
+                       m_valid[:, None] & n_valid[None, :])
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out, mask=m_valid[:, None] & d_valid[None, :])
+    tl.store(LSE + bh * T + offs_m, tl.where(l_i == 0.0, 0.0, m_i + tl.log(l_safe)), mask=m_valid)
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
+              sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
+              H, T, S, D, group, scale, softcap, window,
+              CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dK and dV of one key tile for one query head (summed over the group afterwards)."""
+    pid_n, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    kvh = h // group
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = offs_n < S
+    d_valid = offs_d < D
+    kv_mask = n_valid[:, None] & d_valid[None, :]
+    k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for start in range(0, T, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < T
+        q_mask = m_valid[:, None] & d_valid[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
+        delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+        bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
+        s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
+                       m_valid[:, None] & n_valid[None, :])
+        p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)  # (M, N)
+        dv += tl.dot(tl.trans(p), do)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dk += tl.dot(tl.trans(ds), q) * scale
+    out_ptrs = bh * S * D + offs_n[:, None] * D + offs_d[None, :]
+    tl.store(DK + out_ptrs, dk, mask=kv_mask)
+    tl.store(DV + out_ptrs, dv, mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
+            sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
+            H, T, S, D, group, scale, softcap, window,
+            CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    kvh = h // group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < T
+    d_valid = offs_d < D
+    q_mask = m_valid[:, None] & d_valid[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
+    lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start in range(0, S, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < S
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+        bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
+        s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
+                       m_valid[:, None] & n_valid[None, :])
+        p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq += tl.dot(ds, k) * scale
+    tl.store(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], dq, mask=q_mask)
+
+
+def _launch_args(q, k, v, bias):
+    b, h, t, d = q.shape
+    s, kv = k.shape[2], k.shape[1]
+    bias_t = bias if bias is not None else q.new_zeros(1, 1, 1)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2))
+    return b, h, t, s, d, kv, bias_t, strides
+
+
+class FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_pos, k_pos, causal, scale, window, softcap, bias):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        b, h, t, s, d, kv, bias_t, strides = _launch_args(q, k, v, bias)
+        out = buffers.empty_like(q)
+        lse = buffers.empty(b * h, t, dtype=torch.float32, device=q.device)
+        flags = dict(CAUSAL=bool(causal), WINDOW=bool(window), SOFTCAP=softcap is not None, HAS_BIAS=bias is not None,
+                     BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=max(16, triton.next_power_of_2(d)))
+        _fwd[(triton.cdiv(t, BLOCK), b * h)](
+            q, k, v, out, lse, q_pos, k_pos, bias_t, *strides, out.stride(0), out.stride(1), out.stride(2),
+            bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, scale, softcap or 1.0, window or 0, **flags)
+        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, bias_t)
+        ctx.args = (scale, softcap, window, flags)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, q_pos, k_pos, bias_t = ctx.saved_tensors
+        scale, softcap, window, flags = ctx.args
+        do = do.contiguous()
+        b, h, t, s, d, kv, _, strides = _launch_args(q, k, v, None)
+        delta = (do.float() * out.float()).sum(-1).reshape(b * h, t)
+        dk = buffers.empty(b, h, s, d, dtype=torch.float32, device=q.device)
+        dv = buffers.empty_like(dk)
+        dq = buffers.empty(b, h, t, d, dtype=torch.float32, device=q.device)
+        common = (*strides, bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, scale, softcap or 1.0, window or 0)
+        _bwd_dkdv[(triton.cdiv(s, BLOCK), b * h)](q, k, v, do, lse, delta, q_pos, k_pos, bias_t, dk, dv, *common, **flags)
+        _bwd_dq[(triton.cdiv(t, BLOCK), b * h)](q, k, v, do, lse, delta, q_pos, k_pos, bias_t, dq, *common, **flags)
+        # each key/value head collects the gradients of the query heads that share it
+        dk = dk.view(b, kv, h // kv, s, d).sum(2).to(k.dtype)
+        dv = dv.view(b, kv, h // kv, s, d).sum(2).to(v.dtype)
+        return dq.to(q.dtype), dk, dv, None, None, None, None, None, None, None
+
+
+def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
+              key_mask=None):
+    """Same contract as `reference.attention`. Padding masks and learned biases that need a
+    gradient go to the reference (their gradient would need the full score matrix)."""
+    from . import reference
+
+    if key_mask is not None or (bias is not None and bias.requires_grad):
+        return reference.attention(q, k, v, q_pos, k_pos, causal=causal, scale=scale, window=window, softcap=softcap,
+                                   bias=bias, key_mask=key_mask)
+    if bias is not None:
+        bias = bias.expand(q.shape[1], q.shape[2], k.shape[2]).contiguous()
+    return FlashAttention.apply(q, k, v, q_pos.to(torch.int32).contiguous(), k_pos.to(torch.int32).contiguous(),
+                                causal, scale, window, softcap, bias)
