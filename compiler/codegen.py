@@ -309,6 +309,8 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         if g.nodes[n]["op"] == "linear" and parts:
             fusions[g.nodes[n]["name"]] = tuple((p, w) for p, w in parts)
     config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
+    softcaps = [g.nodes[n]["attrs"]["cap"] for n in order if g.nodes[n]["op"] == "softcap"]
+    config["logit_softcap"] = softcaps[0] if softcaps else None
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
     layouts = {stack: _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = jinja2.Environment(
@@ -441,6 +443,9 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
             if d["op"] == "output":
                 returns[d["attrs"]["role"]] = args[0]
                 continue
+            if d["op"] == "lm_head":
+                returns["features"] = args[0]
+                returns["head_from"] = len(lines)  # the lines from here on turn features into logits
             lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args)}", _shape(d["shape"])))
         return lines, returns
 
@@ -452,10 +457,14 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         enc_out = [m for m in enc_nodes if enc_last in nx.ancestors(g, m) or m == enc_last]
         enc_return = g.nodes[enc_out[-1]]["outputs"][-1] if enc_out else "x"
         dec_lines, returns = body(dec_nodes, ["decoder"])
+        returns.pop("head_from", None)
         return {"init": init, "encode": enc_lines, "encode_return": enc_return, "forward": dec_lines,
                 "returns": returns}
     lines, returns = body(outer, list(stacks))
-    return {"init": init, "forward": lines, "returns": returns}
+    if "head_from" in returns:  # features() is the model up to the LM head; forward() adds the head
+        cut = returns.pop("head_from")
+        return {"init": init, "forward": lines[:cut], "head": lines[cut:], "returns": returns}
+    return {"init": init, "forward": lines, "head": None, "returns": returns}
 
 
 def _is_encoder_side(g, n: str) -> bool:

@@ -214,11 +214,12 @@ class FlashAttention(torch.autograd.Function):
 
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
               key_mask=None):
-    """Same contract as `reference.attention`. Padding masks and learned biases that need a
-    gradient go to the reference (their gradient would need the full score matrix)."""
+    """Same contract as `reference.attention`. Padding masks, learned biases that need a
+    gradient (it would need the full score matrix) and value widths unlike the key width
+    (differential attention's halves) go to the reference."""
     from . import reference
 
-    if key_mask is not None or (bias is not None and bias.requires_grad):
+    if key_mask is not None or (bias is not None and bias.requires_grad) or v.shape[-1] != q.shape[-1]:
         return reference.attention(q, k, v, q_pos, k_pos, causal=causal, scale=scale, window=window, softcap=softcap,
                                    bias=bias, key_mask=key_mask)
     if bias is not None:

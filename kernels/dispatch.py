@@ -71,10 +71,23 @@ def glu(x, act: str):
     return reference.glu(x, act)
 
 
+def rope(x, cos, sin):
+    if use_triton(x):
+        return _kernel("rope", "rope")(x, cos, sin)
+    return reference.rope(x, cos, sin)
+
+
 def attention(q, k, v, q_pos, k_pos, **kw):
     if use_triton(q):
         return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
     return reference.attention(q, k, v, q_pos, k_pos, **kw)
+
+
+def linear_cross_entropy(hidden, weight, target, *, ignore_index=-100, softcap=None):
+    if use_triton(hidden):
+        return _kernel("cross_entropy", "linear_cross_entropy")(hidden, weight, target, ignore_index=ignore_index,
+                                                                softcap=softcap)
+    return reference.linear_cross_entropy(hidden, weight, target, ignore_index=ignore_index, softcap=softcap)
 
 
 grouped_matmul = reference.grouped_matmul

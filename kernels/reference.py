@@ -16,6 +16,21 @@ ACTIVATIONS = {
 }
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] channels of x (B, H, T, D) as two halves; the rest pass."""
+    rot = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
 def rms_norm(x, weight, eps, unit_offset=False, residual=None):
     if residual is not None:
         x = residual + x
@@ -108,3 +123,11 @@ def _padded_grouped_matmul(x, weight, counts, expert_of) -> torch.Tensor:
     buf = x.new_zeros(experts, rows, x.shape[1])
     buf[expert_of, slot] = x
     return torch.bmm(buf, weight.transpose(1, 2))[expert_of, slot]
+
+
+def linear_cross_entropy(hidden, weight, target, *, ignore_index: int = -100, softcap=None):
+    """Mean cross-entropy of `hidden @ weight.T` (optionally soft-capped) against `target`."""
+    logits = hidden.float() @ weight.float().t()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)

@@ -86,6 +86,19 @@ class ArchModel(nn.Module):
                 out[key] = value
         return out
 
+    # ------------------------------------------------------------------ training
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy of `labels` (B, T) given `input_ids` (B, T), through the
+        fused LM head + cross-entropy: the (tokens x vocab) logits are never all in memory on
+        the kernel path. MoE auxiliary losses are added when training."""
+        from archlang.kernels.dispatch import linear_cross_entropy
+
+        hidden = self.features(input_ids)
+        weight = self.embed.weight if self.config["tie_embeddings"] else self.lm_head.weight
+        loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
+                                    ignore_index=ignore_index, softcap=self.config.get("logit_softcap"))
+        return loss + self.aux_loss if self.aux_loss is not None else loss
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from archlang.kernels import dispatch
+
 
 def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> tuple[torch.Tensor, float]:
     """Inverse frequencies of the rotary embedding, and the factor cos/sin are multiplied by."""
@@ -70,19 +72,9 @@ class RopeTable(nn.Module):
         return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first cos.shape[-1] channels of x (B, H, T, D); the rest pass through."""
-    rot = cos.shape[-1]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    if rot == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+    return dispatch.rope(x, cos, sin)
 
 
 def rope_qk(q: torch.Tensor, k: torch.Tensor, table, heads: int, kv_heads: int, head_dim: int):

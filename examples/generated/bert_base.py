@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'bert_base.arch'
-CONFIG = {'name': 'bert_base', 'family': 'encoder', 'vocab': 30522, 'd_model': 768, 'context': 512, 'dtype': 'float32', 'tie_embeddings': False, 'stacks': {'layers': 12}}
+CONFIG = {'name': 'bert_base', 'family': 'encoder', 'vocab': 30522, 'd_model': 768, 'context': 512, 'dtype': 'float32', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 12}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768))}
 

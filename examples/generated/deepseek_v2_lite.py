@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'deepseek_v2_lite.arch'
-CONFIG = {'name': 'deepseek_v2_lite', 'family': 'decoder', 'vocab': 102400, 'd_model': 2048, 'context': 163840, 'dtype': 'bfloat16', 'tie_embeddings': False, 'stacks': {'layers': 27}}
+CONFIG = {'name': 'deepseek_v2_lite', 'family': 'decoder', 'vocab': 102400, 'd_model': 2048, 'context': 163840, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 27}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'gate_up_proj': (('gate_proj', 10944), ('up_proj', 10944))}
 
@@ -90,16 +90,23 @@ class DeepseekV2Lite(rt.ArchModel):
         self.lm_head = nn.Linear(2048, 102400, bias=False)
         self.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
+    def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states, before the LM head."""
         ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 2048)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
         x = self.final_norm(x)  # (B, T, 2048)
-        logits = self.lm_head(x)  # (B, T, 102400)
         self.finish(ctx)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids)
+        logits = self.lm_head(x)  # (B, T, 102400)
         return logits
 
 

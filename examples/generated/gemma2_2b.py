@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'gemma2_2b.arch'
-CONFIG = {'name': 'gemma2_2b', 'family': 'decoder', 'vocab': 256000, 'd_model': 2304, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': True, 'stacks': {'layers': 26}}
+CONFIG = {'name': 'gemma2_2b', 'family': 'decoder', 'vocab': 256000, 'd_model': 2304, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': True, 'logit_softcap': 30.0, 'stacks': {'layers': 26}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 2048), ('k_proj', 1024), ('v_proj', 1024)), 'gate_up_proj': (('gate_proj', 9216), ('up_proj', 9216))}
 
@@ -96,17 +96,24 @@ class Gemma2_2b(rt.ArchModel):
         self.final_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
         self.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
+    def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states, before the LM head."""
         ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
         x = self.embed(input_ids) * 48.0  # (B, T, 2304)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
         x = self.final_norm(x)  # (B, T, 2304)
+        self.finish(ctx)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids)
         logits = F.linear(x, self.embed.weight)  # (B, T, 256000)
         logits = rt.softcap(logits, 30.0)  # (B, T, 256000)
-        self.finish(ctx)
         return logits
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'gpt2.arch'
-CONFIG = {'name': 'gpt2', 'family': 'decoder', 'vocab': 50257, 'd_model': 768, 'context': 1024, 'dtype': 'float32', 'tie_embeddings': True, 'stacks': {'layers': 12}}
+CONFIG = {'name': 'gpt2', 'family': 'decoder', 'vocab': 50257, 'd_model': 768, 'context': 1024, 'dtype': 'float32', 'tie_embeddings': True, 'logit_softcap': None, 'stacks': {'layers': 12}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768))}
 
@@ -60,8 +60,9 @@ class Gpt2(rt.ArchModel):
         self.final_norm = rt.LayerNorm(768, eps=1e-05, bias=True)
         self.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
+    def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states, before the LM head."""
         ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 768)
         pos = self.pos_embed(ctx.positions)  # (T, 768)
@@ -69,8 +70,14 @@ class Gpt2(rt.ArchModel):
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
         x = self.final_norm(x)  # (B, T, 768)
-        logits = F.linear(x, self.embed.weight)  # (B, T, 50257)
         self.finish(ctx)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids)
+        logits = F.linear(x, self.embed.weight)  # (B, T, 50257)
         return logits
 
 

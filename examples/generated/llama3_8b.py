@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'llama3_8b.arch'
-CONFIG = {'name': 'llama3_8b', 'family': 'decoder', 'vocab': 128256, 'd_model': 4096, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': False, 'stacks': {'layers': 32}}
+CONFIG = {'name': 'llama3_8b', 'family': 'decoder', 'vocab': 128256, 'd_model': 4096, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 32}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024)), 'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336))}
 
@@ -61,16 +61,23 @@ class Llama3_8b(rt.ArchModel):
         self.lm_head = nn.Linear(4096, 128256, bias=False)
         self.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
+    def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states, before the LM head."""
         ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 4096)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
         x = self.final_norm(x)  # (B, T, 4096)
-        logits = self.lm_head(x)  # (B, T, 128256)
         self.finish(ctx)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids)
+        logits = self.lm_head(x)  # (B, T, 128256)
         return logits
 
 

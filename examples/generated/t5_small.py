@@ -12,7 +12,7 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 't5_small.arch'
-CONFIG = {'name': 't5_small', 'family': 'encoder_decoder', 'vocab': 32128, 'd_model': 512, 'context': 512, 'dtype': 'float32', 'tie_embeddings': True, 'stacks': {'encoder': 6, 'decoder': 6}}
+CONFIG = {'name': 't5_small', 'family': 'encoder_decoder', 'vocab': 32128, 'd_model': 512, 'context': 512, 'dtype': 'float32', 'tie_embeddings': True, 'logit_softcap': None, 'stacks': {'encoder': 6, 'decoder': 6}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 512), ('k_proj', 512), ('v_proj', 512))}
 
