@@ -90,4 +90,13 @@ def linear_cross_entropy(hidden, weight, target, *, ignore_index=-100, softcap=N
     return reference.linear_cross_entropy(hidden, weight, target, ignore_index=ignore_index, softcap=softcap)
 
 
-grouped_matmul = reference.grouped_matmul
+def selective_scan(u, delta, A, B, C, D, state=None):
+    if use_triton(u):
+        return _kernel("selective_scan", "selective_scan")(u, delta, A, B, C, D, state)
+    return reference.selective_scan(u, delta, A, B, C, D, state)
+
+
+def grouped_matmul(x, weight, counts, expert_of):
+    if use_triton(x):
+        return _kernel("grouped_matmul", "grouped_matmul")(x, weight, counts, expert_of)
+    return reference.grouped_matmul(x, weight, counts, expert_of)

@@ -107,7 +107,9 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor, 
     kernel for it takes bf16 only) it is a batched matmul over a buffer padded to M rows per
     expert, which keeps every shape static.
     """
-    if torch.compiler.is_compiling() or not hasattr(torch, "_grouped_mm"):
+    aligned = all((size * x.element_size()) % 16 == 0 for size in (weight.shape[1], weight.shape[2]))
+    if torch.compiler.is_compiling() or not hasattr(torch, "_grouped_mm") or not aligned:
+        # the grouped kernel needs 16-byte aligned rows; odd widths take the padded batched matmul
         return _padded_grouped_matmul(x, weight, counts, expert_of)
     offs = torch.cumsum(counts, 0).to(torch.int32)
     out = torch._grouped_mm(x, weight.transpose(1, 2), offs=offs)
@@ -131,3 +133,36 @@ def linear_cross_entropy(hidden, weight, target, *, ignore_index: int = -100, so
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+CHUNK = 64
+
+
+def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
+    """y_t = C_t · h_t + D u_t with h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t.
+
+    u, delta (B, di, T); A (di, N); B, C (B, T, N); D (di,); state (B, di, N) or None.
+    Returns y (B, di, T) and the final state, all in float32.
+
+    The sequence is cut into chunks; for each, the discretised decays exp(delta A) and inputs
+    delta B u are computed for the whole chunk at once, then the recurrence runs step by step
+    over it. Memory stays at one chunk of (B, di, L, N) instead of the whole sequence; on a CPU
+    the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
+    """
+    bsz, di, t = u.shape
+    h = state.float() if state is not None else u.new_zeros(bsz, di, A.shape[1], dtype=torch.float32)
+    # contiguous inputs keep every view in the backward valid (split/transposed views otherwise
+    # break torch.compile's backward graph)
+    u, delta = u.float().contiguous(), delta.float().contiguous()
+    B, C = B.float().contiguous(), C.float().contiguous()
+    ys = []
+    for start in range(0, t, chunk):
+        dt = delta[:, :, start:start + chunk]
+        decay = torch.exp(dt[..., None] * A[None, :, None, :])  # (B, di, L, N)
+        drive = (dt * u[:, :, start:start + chunk])[..., None] * B[:, None, start:start + chunk, :]  # (B, di, L, N)
+        readout = C[:, None, start:start + chunk, :]  # (B, 1, L, N)
+        for i in range(dt.shape[2]):
+            h = decay[:, :, i] * h + drive[:, :, i]
+            ys.append((h * readout[:, :, i]).sum(dim=-1))  # (B, di)
+    y = torch.stack(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
+    return y + u * D[None, :, None].float(), h

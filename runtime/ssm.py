@@ -1,5 +1,6 @@
 """Mamba's selective state space layer (Gu & Dao 2023), in plain PyTorch: a chunked selective
-scan (see `selective_scan`). The cache keeps the conv window and the SSM state."""
+scan (`kernels/reference.py: selective_scan`, or its Triton kernel on GPUs). The cache keeps the
+conv window and the SSM state."""
 
 from __future__ import annotations
 
@@ -7,42 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlang.kernels import reference
+from archlang.kernels import dispatch, reference
 
 from .context import Context
-
-CHUNK = 64
-
-
-def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
-    """y_t = C_t · h_t + D u_t with h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t.
-
-    u, delta (B, di, T); A (di, N); B, C (B, T, N); D (di,); state (B, di, N) or None.
-    Returns y (B, di, T) and the final state, all in float32.
-
-    The sequence is cut into chunks; for each, the discretised decays exp(delta A) and inputs
-    delta B u are computed for the whole chunk at once, then the recurrence runs step by step
-    over it. Memory stays at one chunk of (B, di, L, N) instead of the whole sequence; on a CPU
-    the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
-    """
-    bsz, di, t = u.shape
-    h = state.float() if state is not None else u.new_zeros(bsz, di, A.shape[1], dtype=torch.float32)
-    # contiguous inputs keep every view in the backward valid (split/transposed views otherwise
-    # break torch.compile's backward graph)
-    u, delta = u.float().contiguous(), delta.float().contiguous()
-    B, C = B.float().contiguous(), C.float().contiguous()
-    ys = []
-    for start in range(0, t, chunk):
-        dt = delta[:, :, start:start + chunk]
-        decay = torch.exp(dt[..., None] * A[None, :, None, :])  # (B, di, L, N)
-        drive = (dt * u[:, :, start:start + chunk])[..., None] * B[:, None, start:start + chunk, :]  # (B, di, L, N)
-        readout = C[:, None, start:start + chunk, :]  # (B, 1, L, N)
-        for i in range(dt.shape[2]):
-            h = decay[:, :, i] * h + drive[:, :, i]
-            ys.append((h * readout[:, :, i]).sum(dim=-1))  # (B, di)
-    y = torch.stack(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
-    return y + u * D[None, :, None].float(), h
-
 
 def _softplus(z: torch.Tensor) -> torch.Tensor:
     """F.softplus (threshold 20) from elementwise ops: torch.compile's backward graph mis-predicts
@@ -92,7 +60,7 @@ class Mamba(nn.Module):
             c = reference.rms_norm(c, self.c_norm, self.norm_eps)
         delta = _softplus(F.linear(dt, self.dt_proj_weight, self.dt_proj_bias)).transpose(1, 2)  # (B, di, T)
         A = -torch.exp(self.A_log.float())
-        y, state = selective_scan(hidden, delta, A, b, c, self.D, past["ssm"] if past is not None else None)
+        y, state = dispatch.selective_scan(hidden, delta, A, b, c, self.D, past["ssm"] if past is not None else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, conv=new_conv_state, ssm=state)
         y = (y * F.silu(gate.float())).to(x.dtype)

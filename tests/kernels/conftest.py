@@ -1,13 +1,7 @@
-import os
-
 import pytest
 import torch
 
-# Without a GPU the kernels run in Triton's interpreter, on CPU tensors. The variable must be set
-# before triton is first imported.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
+# tests/conftest.py has chosen Triton's interpreter when there is no GPU.
 triton = pytest.importorskip("triton")
 
 from archlang.kernels import buffers  # noqa: E402
