@@ -96,6 +96,13 @@ def selective_scan(u, delta, A, B, C, D, state=None):
     return reference.selective_scan(u, delta, A, B, C, D, state)
 
 
+def route(logits, top_k, *, sigmoid, normalize, scale):
+    # the routing weights need gradients in training, which the kernel does not give
+    if use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
+        return _kernel("router", "route")(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
+    return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
+
+
 def grouped_matmul(x, weight, counts, expert_of):
     if use_triton(x):
         return _kernel("grouped_matmul", "grouped_matmul")(x, weight, counts, expert_of)

@@ -166,3 +166,13 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
             ys.append((h * readout[:, :, i]).sum(dim=-1))  # (B, di)
     y = torch.stack(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
     return y + u * D[None, :, None].float(), h
+
+
+def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float):
+    """MoE routing: (probs (N, E), weights (N, k), index (N, k)) from router logits (N, E)."""
+    logits = logits.float()
+    probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
+    weights, index = torch.topk(probs, top_k, dim=-1)
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return probs, weights * scale, index

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archlang.kernels import dispatch
 from archlang.kernels.dispatch import grouped_matmul
 from archlang.kernels.reference import ACTIVATIONS
 
@@ -75,11 +76,9 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor):
         logits = F.linear(x, self.router).float()  # (N, E)
-        probs = torch.softmax(logits, dim=-1) if self.router_kind == "softmax" else torch.sigmoid(logits)
-        weights, index = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
-        if self.normalize_top_k:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, probs, weights * self.routed_scale, index
+        probs, weights, index = dispatch.route(logits, self.top_k, sigmoid=self.router_kind == "sigmoid",
+                                               normalize=self.normalize_top_k, scale=self.routed_scale)
+        return logits, probs, weights, index  # weights, index: (N, k)
 
     def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         shape = x.shape

@@ -54,3 +54,15 @@ def test_learned_bias_with_gradient_uses_the_reference():
     out = attention(q, q, q, pos, pos, causal=False, scale=1.0, bias=bias)
     out.sum().backward()
     assert bias.grad is not None
+
+
+@pytest.mark.parametrize("name", ["gqa", "softcap", "window"])
+def test_attention_bf16(name):
+    c = CASES[name]
+    q = torch.randn(2, c["h"], c["t"], c["d"], device=DEVICE, dtype=torch.bfloat16)
+    k = torch.randn(2, c["kv"], c["s"], c["d"], device=DEVICE, dtype=torch.bfloat16)
+    v = torch.randn(2, c["kv"], c["s"], c["d"], device=DEVICE, dtype=torch.bfloat16)
+    pos = torch.arange(c["t"], device=DEVICE)
+    kw = dict(causal=c["causal"], scale=c["d"] ** -0.5, window=c.get("window"), softcap=c.get("softcap"))
+    ref = reference.attention(q.float(), k.float(), v.float(), pos, pos, **kw)
+    torch.testing.assert_close(attention(q, k, v, pos, pos, **kw).float(), ref, atol=2e-2, rtol=2e-2)

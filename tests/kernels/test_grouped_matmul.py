@@ -48,3 +48,15 @@ def test_moe_models_on_kernels(spec, name):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], atol=1e-4, rtol=1e-3, msg=n)
+
+
+@pytest.mark.parametrize("sigmoid,normalize,k,e", [(False, True, 2, 8), (False, False, 6, 64), (True, True, 1, 5),
+                                                   (True, False, 3, 7)])
+def test_router_matches_reference(sigmoid, normalize, k, e):
+    from archlang.kernels.router import route
+
+    logits = torch.randn(37, e, device=DEVICE)
+    got = route(logits, k, sigmoid=sigmoid, normalize=normalize, scale=1.5)
+    ref = reference.route(logits, k, sigmoid=sigmoid, normalize=normalize, scale=1.5)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -70,3 +70,9 @@ def test_rms_norm_bf16():
     x = torch.randn(4, 67, device=DEVICE, dtype=torch.bfloat16)
     w = torch.randn(67, device=DEVICE, dtype=torch.bfloat16)
     torch.testing.assert_close(rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_glu_bf16(act):
+    x = torch.randn(4, 2 * 67, device=DEVICE, dtype=torch.bfloat16)
+    torch.testing.assert_close(glu(x, act).float(), reference.glu(x.float(), act), **TOL[torch.bfloat16])
