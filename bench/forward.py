@@ -145,7 +145,7 @@ def main() -> int:
                                                                          do_sample=False, pad_token_id=0)))
         g_ours, g_hf = (new / statistics.median(gen[k]) for k in ("archlang", "sdpa"))
         print(f"{family:14s} {'generate':>8s} {g_ours:15,.1f} {g_hf:10,.1f} {'':>10s} {g_ours / g_hf:7.2f}x")
-        del models
+        models.clear()
         gc.collect()
     # Peak memory of one forward: each measured in a fresh process (RSS high-water mark growth).
     print("\npeak RSS growth of one forward (MiB), largest shape, fresh process each:")

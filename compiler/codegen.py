@@ -317,7 +317,10 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath("templates", name).read_text()),
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
     )
+    code_lines = [l.code for c in classes.values() for l in c.forward] + [
+        l.code for part in ("forward", "head", "encode") for l in (model.get(part) or [])]
     text = env.get_template("model.py.j2").render(
+        uses_functional=any("F." in line for line in code_lines),
         version=_safe_text(version), spec_name=repr(spec_name), spec_comment=_safe_text(spec_name),
         spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(), passes=", ".join(passes or []) or "none",
         classes=list(classes.values()), model_class=model_class, model=model, config=repr(config),

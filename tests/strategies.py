@@ -73,7 +73,7 @@ def valid_spec(draw) -> str:
         else:
             att = draw(attention(d_model))
             if family == "encoder" and att.startswith(("linear", "mla")):
-                att = f"mha(heads = 4)"
+                att = "mha(heads = 4)"
             mixer = f"attention = {att}"
         blocks.append((f"b{i}", mixer, draw(ffn())))
     names = [b[0] for b in blocks]

@@ -7,7 +7,7 @@ import torch
 from archlang.kernels import reference
 from archlang.kernels.grouped_matmul import grouped_matmul
 
-from .conftest import DEVICE
+from .conftest import DEVICE, assert_model_matches_on_kernels
 
 
 @pytest.mark.parametrize("counts", [[5, 0, 17, 3], [1, 1, 1, 1, 40], [0, 0, 9]])
@@ -31,23 +31,7 @@ def test_grouped_matmul(counts):
 
 @pytest.mark.parametrize("spec,name", [("tiny_mixtral.arch", "tiny_mixtral"), ("tiny_deepseek.arch", "tiny_deepseek")])
 def test_moe_models_on_kernels(spec, name):
-    from archlang.kernels import dispatch
-
-    from ..conftest import SPECS, build_tiny
-
-    model = build_tiny(SPECS / spec, name)
-    ids = torch.randint(0, 97, (2, 9))
-    with dispatch.force("reference"):
-        ref = model(ids)
-        ref.float().pow(2).mean().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with dispatch.force("triton"):
-        out = model(ids)
-        out.float().pow(2).mean().backward()
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-4, rtol=1e-3, msg=n)
+    assert_model_matches_on_kernels(spec, name)
 
 
 @pytest.mark.parametrize("sigmoid,normalize,k,e", [(False, True, 2, 8), (False, False, 6, 64), (True, True, 1, 5),

@@ -4,12 +4,11 @@ the Triton kernels (interpreted on CPU) against the same models on the reference
 import pytest
 import torch
 
-from archlang.kernels import dispatch, reference
+from archlang.kernels import reference
 from archlang.kernels.rope import rope
 from archlang.runtime.position import RopeTable
 
-from ..conftest import SPECS, build_tiny
-from .conftest import DEVICE, TOL
+from .conftest import DEVICE, TOL, assert_model_matches_on_kernels
 
 
 @pytest.mark.parametrize("d,rot", [(16, 16), (24, 8), (20, 12)])
@@ -30,16 +29,4 @@ def test_rope_matches_reference(d, rot, scaling):
 @pytest.mark.parametrize("spec,name", [("tiny_llama.arch", "tiny_llama"), ("tiny_gemma2.arch", "tiny_gemma2"),
                                        ("tiny_gpt2.arch", "tiny_gpt2"), ("tiny_exotic.arch", "tiny_exotic")])
 def test_models_on_kernels_match_references(spec, name):
-    model = build_tiny(SPECS / spec, name)
-    ids = torch.randint(0, 97, (2, 11))
-    with dispatch.force("reference"):
-        ref = model(ids)
-        ref.float().pow(2).mean().backward()
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with dispatch.force("triton"):
-        out = model(ids)
-        out.float().pow(2).mean().backward()
-    torch.testing.assert_close(out, ref, **TOL[torch.float32])
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-4, rtol=1e-3, msg=n)
+    assert_model_matches_on_kernels(spec, name)

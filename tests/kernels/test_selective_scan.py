@@ -7,7 +7,7 @@ import torch
 from archlang.kernels import reference
 from archlang.kernels.selective_scan import selective_scan
 
-from .conftest import DEVICE
+from .conftest import DEVICE, assert_model_matches_on_kernels
 
 
 @pytest.mark.parametrize("di,n,t", [(37, 8, 13), (16, 16, 5), (20, 6, 1)])
@@ -38,14 +38,4 @@ def test_selective_scan(di, n, t, with_state):
 
 
 def test_hybrid_model_on_kernels():
-    from archlang.kernels import dispatch
-
-    from ..conftest import SPECS, build_tiny
-
-    model = build_tiny(SPECS / "tiny_jamba.arch", "tiny_jamba")
-    ids = torch.randint(0, 97, (2, 9))
-    with dispatch.force("reference"):
-        ref = model(ids)
-    with dispatch.force("triton"):
-        out = model(ids)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert_model_matches_on_kernels("tiny_jamba.arch", "tiny_jamba")
