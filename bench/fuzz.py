@@ -19,14 +19,16 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from archlang.api import compile_spec  # noqa: E402
+import torch  # noqa: E402
+
+from archlang.api import build, compile_spec, load_model  # noqa: E402
 from archlang.spec import ArchError, ArchErrors  # noqa: E402
 from tests.strategies import mutated, valid_spec  # noqa: E402
 
 SOURCES = [p.read_text() for p in sorted((ROOT / "examples").glob("*.arch")) + sorted((ROOT / "tests/specs").glob("*.arch"))]
 
 
-def run(name: str, strategy, cases: int, counts: dict[str, int], must_compile: bool = False) -> None:
+def run(name: str, strategy, cases: int, counts: dict[str, int], valid: bool = False) -> None:
     @settings(max_examples=cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(strategy)
     def prop(text):
@@ -34,8 +36,13 @@ def run(name: str, strategy, cases: int, counts: dict[str, int], must_compile: b
         try:
             compile_spec(text)
         except (ArchError, ArchErrors):
-            if must_compile:
+            if valid:
                 raise
+        if valid:  # a valid spec must also build and run to finite outputs
+            model = build(text)
+            out = model(torch.randint(0, load_model(text).vocab, (1, 6)))
+            out = out[0] if isinstance(out, tuple) else out
+            assert torch.isfinite(out).all()
     prop()
 
 
@@ -47,11 +54,12 @@ def main() -> int:
     start = time.perf_counter()
     run("mutated", mutated(SOURCES), args.cases, counts)
     run("random text", st.text(max_size=400), args.cases, counts)
-    run("valid", valid_spec(), max(1, args.cases // 10), counts, must_compile=True)
+    run("valid", valid_spec(), max(1, args.cases // 10), counts, valid=True)
     took = time.perf_counter() - start
     for name, n in counts.items():
         print(f"{name:12s} {n:8,d} cases")
     print(f"{'total':12s} {sum(counts.values()):8,d} cases in {took:.1f}s, no unexpected exception")
+    print("(valid specs were also built and run to finite outputs)")
     return 0
 
 

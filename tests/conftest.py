@@ -14,6 +14,16 @@ SPECS = ROOT / "tests" / "specs"
 EXAMPLES = ROOT / "examples"
 GOLDEN = ROOT / "tests" / "golden"
 
+# The suite explores a fixed sample of each strategy, so CI never depends on luck;
+# bench/fuzz.py explores randomly and at length.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("archlang", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile("archlang")
+except ImportError:  # pragma: no cover
+    pass
+
 # Tolerance table for float32 comparisons against references (Liger-Kernel's convention).
 FP32 = dict(atol=1e-4, rtol=1e-4)
 

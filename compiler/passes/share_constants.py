@@ -38,8 +38,8 @@ class ShareConstants(Pass):
             consumers = {g.nodes[dst]["layer"] for _, dst in g.out_edges(node)}
             d = g.nodes[node]
             if d["layer"] is not None and len(consumers) > 1:
-                new_id = _unique(g, d["name"])
-                g.add_node(new_id, **{**d, "stack": None, "layer": None, "block": None, "span": None})
+                new_id = _unique(g, d["name"])  # tables of different widths get distinct names
+                g.add_node(new_id, **{**d, "name": new_id, "stack": None, "layer": None, "block": None, "span": None})
                 redirect(g, node, new_id)
                 g.remove_node(node)
                 modified = True

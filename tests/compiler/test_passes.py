@@ -93,3 +93,12 @@ def test_failing_pass_is_named_with_its_predecessors():
     with pytest.raises(Exception) as info:
         PassManager([REGISTRY["fold-rope"](), Breaks()]).run(g)
     assert "after passes [fold-rope, break-things]; --verify-each names the pass" in str(info.value.errors[0].notes)
+
+
+def test_constants_of_different_widths_stay_apart():
+    """Found by fuzzing: two head widths need two RoPE tables, under two names."""
+    text = (SPECS / "tiny_llama.arch").read_text().replace(
+        "layers = layer * 2", "block wide extends layer { attention.head_dim = 16 }\n    layers = [layer, wide] * 2")
+    base, opt = _equivalent(text, "tiny_llama", DEFAULT_PIPELINE)
+    tables = sorted(d["name"] for _, d in opt.graph.nodes(data=True) if d["op"] == "const")
+    assert tables == ["rope_table", "rope_table_2"]
