@@ -429,6 +429,7 @@ class _Builder:
 
     def __init__(self, ev: _Evaluator):
         self.ev = ev
+        self.data: dict[str, Any] = {}  # the pydantic input being built
         self.spans: dict[tuple, Span] = {}
         self.name_spans: dict[tuple, Span] = {}
 
@@ -603,8 +604,8 @@ def build_model(program: Program, name: str) -> A.Model:
     ev = _Evaluator(merged)
     b = _Builder(ev)
     decl = merged.decl
-    data: dict[str, Any] = {"name": name}
-    b.data = data
+    data = b.data
+    data["name"] = name
     model_fields = tuple(f for f in A.MODEL_FIELDS)
     data.update(b.fields(merged.assigns, (), model_fields, f"model `{name}`"))
     blocks: dict[str, Any] = {}
