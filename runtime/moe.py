@@ -98,7 +98,8 @@ class MoE(nn.Module):
             slot = torch.arange(n * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert_of]
             w = w * (slot < capacity).to(w.dtype)
         rows = self._experts(x[token], expert_of, counts)  # (N*k, C)
-        out = x.new_zeros(x.shape).index_add_(0, token, rows * w[:, None])
+        # weight in place: nothing saved for the backward reads the experts' output
+        out = x.new_zeros(x.shape).index_add_(0, token, rows.mul_(w[:, None]))
         if self.has_shared:
             out = out + self._shared(x)
         if ctx is not None and self.training and (self.aux_coef or self.z_coef):
