@@ -569,8 +569,8 @@ def _drop_knock_on(errors: list[tuple[tuple, str, ArchError]]) -> list[ArchError
     """A `missing` error next to another error in the same call is usually its consequence
     (a misspelled argument, or a default that could not be derived): report only the cause."""
     owners_with_cause = {loc[:-1] for loc, typ, _ in errors if typ != "missing"}
-    out = [e for loc, typ, e in errors if not (typ == "missing" and any(
-        owner[: len(loc) - 1] == loc[:-1] for owner in owners_with_cause))]
+    out = [e for loc, typ, e in errors if not (typ == "missing" and len(loc) > 1 and any(
+        owner[: len(loc) - 1] == loc[:-1] for owner in owners_with_cause))]  # model fields: always reported
     return list({(e.message, str(e.span)): e for e in out}.values())
 
 
