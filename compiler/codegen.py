@@ -9,7 +9,9 @@ pattern in the AST) and numbers, booleans and enumeration words written with `re
 from __future__ import annotations
 
 import hashlib
+import pprint
 import re
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -40,6 +42,49 @@ def _ident(name: str) -> str:
 def _safe_text(text: str) -> str:
     """Text for comments and docstrings: a conservative character set, no quotes runs."""
     return _SAFE_TEXT.sub("?", text).replace('"""', "'''")
+
+
+WIDTH = 110  # generated lines are wrapped to this width
+
+
+def _split_top_level(args: str) -> list[str]:
+    """Split a call's argument text at the commas that are not inside brackets or strings."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(args):
+        if quote:
+            if ch == quote and args[i - 1] != "\\":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(args[start:i].strip())
+            start = i + 1
+    parts.append(args[start:].strip())
+    return [p for p in parts if p]
+
+
+def wrap_call(line: str, indent: int) -> list[str]:
+    """`target = f(a, b, ...)` over WIDTH becomes the call with its arguments packed on
+    continuation lines, one level deeper; shorter lines are returned as they are."""
+    if indent + len(line) <= WIDTH or not line.endswith(")") or "(" not in line:
+        return [line]
+    head, _, rest = line.partition("(")
+    args = _split_top_level(rest[:-1])
+    inner = " " * 4
+    lines, current = [head + "("], inner
+    for arg in args:
+        piece = arg + ","
+        if current.strip() and indent + len(current) + 1 + len(piece) > WIDTH:
+            lines.append(current.rstrip())
+            current = inner
+        current += ("" if not current.strip() else " ") + piece
+    lines.append(current.rstrip())
+    lines.append(")")
+    return lines
 
 
 def class_name(name: str, suffix: str = "") -> str:
@@ -323,8 +368,9 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         uses_functional=any("F." in line for line in code_lines),
         version=_safe_text(version), spec_name=repr(spec_name), spec_comment=_safe_text(spec_name),
         spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(), passes=", ".join(passes or []) or "none",
-        classes=list(classes.values()), model_class=model_class, model=model, config=repr(config),
-        fusions=repr(fusions), layouts=layouts, family=g.graph["family"],
+        classes=list(classes.values()), model_class=model_class, model=model,
+        config=pprint.pformat(config, width=WIDTH, sort_dicts=False),
+        fusions=pprint.pformat(fusions, width=WIDTH, sort_dicts=False), layouts=layouts, family=g.graph["family"],
     )
     compile(text, spec_name, "exec")  # never hand out source that does not parse
     return text
@@ -336,9 +382,17 @@ def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:
     n = len(names)
     for period in range(1, n + 1):
         if n % period == 0 and names == names[:period] * (n // period):
-            unit = "[" + ", ".join(names[:period]) + "]"
+            unit = _list(names[:period])
             return unit if n == period else f"{unit} * {n // period}"
-    return "[" + ", ".join(names) + "]"
+    return _list(names)
+
+
+def _list(names: list[str]) -> str:
+    """A list of class names, one per line when it would be too wide."""
+    flat = "[" + ", ".join(names) + "]"
+    if len(flat) + 20 <= WIDTH:
+        return flat
+    return "[\n" + "".join(f"    {name},\n" for name in names) + "]"
 
 
 def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> BlockClass:
@@ -369,7 +423,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
         d = g.nodes[n]
         mod = em.module(n, layer_expr, cache_key)
         if mod is not None:
-            init.append(f"self.{_ident(d['name'])} = {mod}")
+            init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
         args = [scope.read(r) for r in inputs_of(g, n)]
         expr = em.call(n, args)
         forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
@@ -377,7 +431,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
     out = _stream_out(g, nodes)
     returns = scope.read(out)
     title = class_name(block, "Block")
-    doc = _safe_text(f"Block `{block}`: {g.graph['blocks'][block]}.")
+    doc = "\n    ".join(textwrap.wrap(_safe_text(f"Block `{block}`: {g.graph['blocks'][block]}."), WIDTH - 7))
     return BlockClass(title, block, doc, init, forward, returns, tp_plan)
 
 
@@ -408,7 +462,7 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
             continue
         mod = em.module(n, "None", '""')
         if mod is not None and d["op"] != "input":
-            init.append(f"self.{_ident(d['name'])} = {mod}")
+            init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
 
     def body(nodes: list[str], stack_names: list[str]) -> tuple[list[Line], dict[str, str]]:
         scope = Scope(g, set(nodes) | {n for s in stack_names for n in order if g.nodes[n]["stack"] == s})

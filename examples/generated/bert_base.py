@@ -12,7 +12,15 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'bert_base.arch'
-CONFIG = {'name': 'bert_base', 'family': 'encoder', 'vocab': 30522, 'd_model': 768, 'context': 512, 'dtype': 'float32', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 12}}
+CONFIG = {'name': 'bert_base',
+ 'family': 'encoder',
+ 'vocab': 30522,
+ 'd_model': 768,
+ 'context': 512,
+ 'dtype': 'float32',
+ 'tie_embeddings': False,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 12}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768))}
 
@@ -25,7 +33,10 @@ class LayerBlock(nn.Module):
     def __init__(self, layer: int):
         super().__init__()
         self.qkv_proj = nn.Linear(768, 2304, bias=True)
-        self.attn = rt.Attention(12, 12, 64, causal=False, scale=0.125, window=None, softcap=None, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            12, 12, 64, causal=False, scale=0.125, window=None, softcap=None, packed=True, cross=False,
+            cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(768, 768, bias=True)
         self.attn_norm = rt.LayerNorm(768, eps=1e-12, bias=True)
         self.up_proj = nn.Linear(768, 3072, bias=True)
@@ -63,7 +74,8 @@ class BertBase(rt.ArchModel):
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 768)
         pos = self.pos_embed(ctx.positions)  # (T, 768)
         types = self.type_embed(ctx.token_type_ids)  # (B, T, 768)

@@ -11,13 +11,22 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'deepseek_v2_lite.arch'
-CONFIG = {'name': 'deepseek_v2_lite', 'family': 'decoder', 'vocab': 102400, 'd_model': 2048, 'context': 163840, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 27}}
+CONFIG = {'name': 'deepseek_v2_lite',
+ 'family': 'decoder',
+ 'vocab': 102400,
+ 'd_model': 2048,
+ 'context': 163840,
+ 'dtype': 'bfloat16',
+ 'tie_embeddings': False,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 27}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'gate_up_proj': (('gate_proj', 10944), ('up_proj', 10944))}
 
 
 class DenseBlock(nn.Module):
-    """Block `dense`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) → swiglu(hidden=10944)."""
+    """Block `dense`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) →
+    swiglu(hidden=10944)."""
 
     tp_plan = {}
 
@@ -26,7 +35,10 @@ class DenseBlock(nn.Module):
         self.attn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
         self.q_proj = nn.Linear(2048, 3072, bias=False)
         self.kv_a_proj = nn.Linear(2048, 576, bias=False)
-        self.attn = rt.MLAttention(16, 512, 64, 128, 128, causal=True, scale=0.11472138679292611, window=None, softcap=None, norm_eps=1e-06, cache_key=f"layers.{layer}")
+        self.attn = rt.MLAttention(
+            16, 512, 64, 128, 128, causal=True, scale=0.11472138679292611, window=None, softcap=None,
+            norm_eps=1e-06, cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(2048, 2048, bias=False)
         self.ffn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
         self.gate_up_proj = nn.Linear(2048, 21888, bias=False)
@@ -47,7 +59,8 @@ class DenseBlock(nn.Module):
 
 
 class MoeBlock(nn.Module):
-    """Block `moe`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) → moe(experts=64, top_k=6, shared_experts=2, expert=swiglu(1408))."""
+    """Block `moe`: rmsnorm (pre) → mla(heads=16, kv_heads=16, head_dim=192, kv_lora_rank=512) →
+    moe(experts=64, top_k=6, shared_experts=2, expert=swiglu(1408))."""
 
     tp_plan = {}
 
@@ -56,10 +69,17 @@ class MoeBlock(nn.Module):
         self.attn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
         self.q_proj = nn.Linear(2048, 3072, bias=False)
         self.kv_a_proj = nn.Linear(2048, 576, bias=False)
-        self.attn = rt.MLAttention(16, 512, 64, 128, 128, causal=True, scale=0.11472138679292611, window=None, softcap=None, norm_eps=1e-06, cache_key=f"layers.{layer}")
+        self.attn = rt.MLAttention(
+            16, 512, 64, 128, 128, causal=True, scale=0.11472138679292611, window=None, softcap=None,
+            norm_eps=1e-06, cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(2048, 2048, bias=False)
         self.ffn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
-        self.moe = rt.MoE(2048, 64, 6, expert_kind='swiglu', expert_act='silu', expert_hidden=1408, expert_bias=False, shared_kind='swiglu', shared_act='silu', shared_hidden=2816, shared_gate=False, router='softmax', normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None)
+        self.moe = rt.MoE(
+            2048, 64, 6, expert_kind='swiglu', expert_act='silu', expert_hidden=1408, expert_bias=False,
+            shared_kind='swiglu', shared_act='silu', shared_hidden=2816, shared_gate=False, router='softmax',
+            normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None,
+        )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:
         h = self.attn_norm(x)  # (B, T, 2048)
@@ -73,7 +93,35 @@ class MoeBlock(nn.Module):
         return x
 
 
-LAYERS_LAYOUT = [DenseBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock, MoeBlock]
+LAYERS_LAYOUT = [
+    DenseBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+    MoeBlock,
+]
 
 
 class DeepseekV2Lite(rt.ArchModel):
@@ -84,15 +132,20 @@ class DeepseekV2Lite(rt.ArchModel):
         super().__init__()
         self.embed = nn.Embedding(102400, 2048)
         self.layers = nn.ModuleList(block(i) for i, block in enumerate(LAYERS_LAYOUT))
-        self.rope_table = rt.RopeTable(64, 163840, theta=10000.0, scaling={'kind': 'yarn', 'factor': 40.0, 'original_context': 4096, 'beta_fast': 32.0, 'beta_slow': 1.0, 'mscale': 0.707, 'mscale_all_dim': 0.707})
+        self.rope_table = rt.RopeTable(
+            64, 163840, theta=10000.0,
+            scaling={'kind': 'yarn', 'factor': 40.0, 'original_context': 4096, 'beta_fast': 32.0, 'beta_slow': 1.0, 'mscale': 0.707, 'mscale_all_dim': 0.707},
+        )
         self.final_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
         self.lm_head = nn.Linear(2048, 102400, bias=False)
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 2048)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
@@ -102,7 +155,8 @@ class DeepseekV2Lite(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = self.lm_head(x)  # (B, T, 102400)

@@ -12,13 +12,23 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'gemma2_2b.arch'
-CONFIG = {'name': 'gemma2_2b', 'family': 'decoder', 'vocab': 256000, 'd_model': 2304, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': True, 'logit_softcap': 30.0, 'stacks': {'layers': 26}}
+CONFIG = {'name': 'gemma2_2b',
+ 'family': 'decoder',
+ 'vocab': 256000,
+ 'd_model': 2304,
+ 'context': 8192,
+ 'dtype': 'bfloat16',
+ 'tie_embeddings': True,
+ 'logit_softcap': 30.0,
+ 'stacks': {'layers': 26}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
-FUSIONS = {'qkv_proj': (('q_proj', 2048), ('k_proj', 1024), ('v_proj', 1024)), 'gate_up_proj': (('gate_proj', 9216), ('up_proj', 9216))}
+FUSIONS = {'qkv_proj': (('q_proj', 2048), ('k_proj', 1024), ('v_proj', 1024)),
+ 'gate_up_proj': (('gate_proj', 9216), ('up_proj', 9216))}
 
 
 class SlidingBlock(nn.Module):
-    """Block `sliding`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, window=4096, softcap=50.0) → geglu(hidden=9216)."""
+    """Block `sliding`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, window=4096, softcap=50.0)
+    → geglu(hidden=9216)."""
 
     tp_plan = {}
 
@@ -26,7 +36,10 @@ class SlidingBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
         self.qkv_proj = nn.Linear(2304, 4096, bias=False)
-        self.attn = rt.Attention(8, 4, 256, causal=True, scale=0.0625, window=4096, softcap=50.0, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            8, 4, 256, causal=True, scale=0.0625, window=4096, softcap=50.0, packed=True, cross=False,
+            cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(2048, 2304, bias=False)
         self.attn_post_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
         self.ffn_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
@@ -50,7 +63,8 @@ class SlidingBlock(nn.Module):
 
 
 class FullBlock(nn.Module):
-    """Block `full`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, softcap=50.0) → geglu(hidden=9216)."""
+    """Block `full`: rmsnorm (sandwich) → gqa(heads=8, kv_heads=4, head_dim=256, softcap=50.0) →
+    geglu(hidden=9216)."""
 
     tp_plan = {}
 
@@ -58,7 +72,10 @@ class FullBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
         self.qkv_proj = nn.Linear(2304, 4096, bias=False)
-        self.attn = rt.Attention(8, 4, 256, causal=True, scale=0.0625, window=None, softcap=50.0, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            8, 4, 256, causal=True, scale=0.0625, window=None, softcap=50.0, packed=True, cross=False,
+            cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(2048, 2304, bias=False)
         self.attn_post_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
         self.ffn_norm = rt.RMSNorm(2304, eps=1e-06, unit_offset=True)
@@ -97,9 +114,11 @@ class Gemma2_2b(rt.ArchModel):
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids) * 48.0  # (B, T, 2304)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
@@ -109,7 +128,8 @@ class Gemma2_2b(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = F.linear(x, self.embed.weight)  # (B, T, 256000)

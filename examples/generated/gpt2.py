@@ -12,7 +12,15 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'gpt2.arch'
-CONFIG = {'name': 'gpt2', 'family': 'decoder', 'vocab': 50257, 'd_model': 768, 'context': 1024, 'dtype': 'float32', 'tie_embeddings': True, 'logit_softcap': None, 'stacks': {'layers': 12}}
+CONFIG = {'name': 'gpt2',
+ 'family': 'decoder',
+ 'vocab': 50257,
+ 'd_model': 768,
+ 'context': 1024,
+ 'dtype': 'float32',
+ 'tie_embeddings': True,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 12}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768))}
 
@@ -26,7 +34,10 @@ class LayerBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.LayerNorm(768, eps=1e-05, bias=True)
         self.qkv_proj = nn.Linear(768, 2304, bias=True)
-        self.attn = rt.Attention(12, 12, 64, causal=True, scale=0.125, window=None, softcap=None, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            12, 12, 64, causal=True, scale=0.125, window=None, softcap=None, packed=True, cross=False,
+            cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(768, 768, bias=True)
         self.ffn_norm = rt.LayerNorm(768, eps=1e-05, bias=True)
         self.up_proj = nn.Linear(768, 3072, bias=True)
@@ -61,9 +72,11 @@ class Gpt2(rt.ArchModel):
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 768)
         pos = self.pos_embed(ctx.positions)  # (T, 768)
         x = x + pos  # (B, T, 768)
@@ -74,7 +87,8 @@ class Gpt2(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = F.linear(x, self.embed.weight)  # (B, T, 50257)

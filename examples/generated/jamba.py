@@ -11,20 +11,33 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'jamba.arch'
-CONFIG = {'name': 'jamba', 'family': 'decoder', 'vocab': 65536, 'd_model': 4096, 'context': 262144, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 32}}
+CONFIG = {'name': 'jamba',
+ 'family': 'decoder',
+ 'vocab': 65536,
+ 'd_model': 4096,
+ 'context': 262144,
+ 'dtype': 'bfloat16',
+ 'tie_embeddings': False,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 32}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
-FUSIONS = {'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336)), 'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024))}
+FUSIONS = {'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336)),
+ 'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024))}
 
 
 class MambaBlock(nn.Module):
-    """Block `mamba`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) → swiglu(hidden=14336)."""
+    """Block `mamba`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) →
+    swiglu(hidden=14336)."""
 
     tp_plan = {}
 
     def __init__(self, layer: int):
         super().__init__()
         self.ssm_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
-        self.ssm = rt.Mamba(4096, 8192, 16, 4, 256, conv_bias=True, bias=False, inner_norms=True, norm_eps=1e-06, cache_key=f"layers.{layer}")
+        self.ssm = rt.Mamba(
+            4096, 8192, 16, 4, 256, conv_bias=True, bias=False, inner_norms=True, norm_eps=1e-06,
+            cache_key=f"layers.{layer}",
+        )
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
         self.gate_up_proj = nn.Linear(4096, 28672, bias=False)
         self.down_proj = nn.Linear(14336, 4096, bias=False)
@@ -41,16 +54,24 @@ class MambaBlock(nn.Module):
 
 
 class MambaMoeBlock(nn.Module):
-    """Block `mamba_moe`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) → moe(experts=16, top_k=2, shared_experts=0, expert=swiglu(14336))."""
+    """Block `mamba_moe`: rmsnorm (pre) → mamba(d_state=16, d_conv=4, expand=2, dt_rank=256) → moe(experts=16,
+    top_k=2, shared_experts=0, expert=swiglu(14336))."""
 
     tp_plan = {}
 
     def __init__(self, layer: int):
         super().__init__()
         self.ssm_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
-        self.ssm = rt.Mamba(4096, 8192, 16, 4, 256, conv_bias=True, bias=False, inner_norms=True, norm_eps=1e-06, cache_key=f"layers.{layer}")
+        self.ssm = rt.Mamba(
+            4096, 8192, 16, 4, 256, conv_bias=True, bias=False, inner_norms=True, norm_eps=1e-06,
+            cache_key=f"layers.{layer}",
+        )
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
-        self.moe = rt.MoE(4096, 16, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False, shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax', normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None)
+        self.moe = rt.MoE(
+            4096, 16, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False,
+            shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax',
+            normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None,
+        )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:
         h = self.ssm_norm(x)  # (B, T, 4096)
@@ -70,7 +91,10 @@ class AttnBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
         self.qkv_proj = nn.Linear(4096, 6144, bias=False)
-        self.attn = rt.Attention(32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True,
+            cross=False, cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(4096, 4096, bias=False)
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
         self.gate_up_proj = nn.Linear(4096, 28672, bias=False)
@@ -89,7 +113,16 @@ class AttnBlock(nn.Module):
         return x
 
 
-LAYERS_LAYOUT = [MambaBlock, MambaMoeBlock, MambaBlock, MambaMoeBlock, AttnBlock, MambaMoeBlock, MambaBlock, MambaMoeBlock] * 4
+LAYERS_LAYOUT = [
+    MambaBlock,
+    MambaMoeBlock,
+    MambaBlock,
+    MambaMoeBlock,
+    AttnBlock,
+    MambaMoeBlock,
+    MambaBlock,
+    MambaMoeBlock,
+] * 4
 
 
 class Jamba(rt.ArchModel):
@@ -105,9 +138,11 @@ class Jamba(rt.ArchModel):
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 4096)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
@@ -116,7 +151,8 @@ class Jamba(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = self.lm_head(x)  # (B, T, 65536)

@@ -11,9 +11,18 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'llama3_8b.arch'
-CONFIG = {'name': 'llama3_8b', 'family': 'decoder', 'vocab': 128256, 'd_model': 4096, 'context': 8192, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 32}}
+CONFIG = {'name': 'llama3_8b',
+ 'family': 'decoder',
+ 'vocab': 128256,
+ 'd_model': 4096,
+ 'context': 8192,
+ 'dtype': 'bfloat16',
+ 'tie_embeddings': False,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 32}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
-FUSIONS = {'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024)), 'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336))}
+FUSIONS = {'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024)),
+ 'gate_up_proj': (('gate_proj', 14336), ('up_proj', 14336))}
 
 
 class LayerBlock(nn.Module):
@@ -25,7 +34,10 @@ class LayerBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)
         self.qkv_proj = nn.Linear(4096, 6144, bias=False)
-        self.attn = rt.Attention(32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True,
+            cross=False, cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(4096, 4096, bias=False)
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)
         self.gate_up_proj = nn.Linear(4096, 28672, bias=False)
@@ -61,9 +73,11 @@ class Llama3_8b(rt.ArchModel):
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 4096)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
@@ -73,7 +87,8 @@ class Llama3_8b(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = self.lm_head(x)  # (B, T, 128256)

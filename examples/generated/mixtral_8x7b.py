@@ -11,13 +11,22 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 'mixtral_8x7b.arch'
-CONFIG = {'name': 'mixtral_8x7b', 'family': 'decoder', 'vocab': 32000, 'd_model': 4096, 'context': 32768, 'dtype': 'bfloat16', 'tie_embeddings': False, 'logit_softcap': None, 'stacks': {'layers': 32}}
+CONFIG = {'name': 'mixtral_8x7b',
+ 'family': 'decoder',
+ 'vocab': 32000,
+ 'd_model': 4096,
+ 'context': 32768,
+ 'dtype': 'bfloat16',
+ 'tie_embeddings': False,
+ 'logit_softcap': None,
+ 'stacks': {'layers': 32}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 4096), ('k_proj', 1024), ('v_proj', 1024))}
 
 
 class LayerBlock(nn.Module):
-    """Block `layer`: rmsnorm (pre) → gqa(heads=32, kv_heads=8, head_dim=128) → moe(experts=8, top_k=2, shared_experts=0, expert=swiglu(14336))."""
+    """Block `layer`: rmsnorm (pre) → gqa(heads=32, kv_heads=8, head_dim=128) → moe(experts=8, top_k=2,
+    shared_experts=0, expert=swiglu(14336))."""
 
     tp_plan = {}
 
@@ -25,10 +34,17 @@ class LayerBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)
         self.qkv_proj = nn.Linear(4096, 6144, bias=False)
-        self.attn = rt.Attention(32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True, cross=False, cache_key=f"layers.{layer}")
+        self.attn = rt.Attention(
+            32, 8, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True,
+            cross=False, cache_key=f"layers.{layer}",
+        )
         self.o_proj = nn.Linear(4096, 4096, bias=False)
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)
-        self.moe = rt.MoE(4096, 8, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False, shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax', normalize_top_k=True, routed_scale=1.0, aux_loss=0.02, z_loss=0.0, capacity_factor=None)
+        self.moe = rt.MoE(
+            4096, 8, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False,
+            shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax',
+            normalize_top_k=True, routed_scale=1.0, aux_loss=0.02, z_loss=0.0, capacity_factor=None,
+        )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:
         h = self.attn_norm(x)  # (B, T, 4096)
@@ -58,9 +74,11 @@ class Mixtral8x7b(rt.ArchModel):
         self.reset_parameters()
 
     def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
         x = self.embed(input_ids)  # (B, T, 4096)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
@@ -70,7 +88,8 @@ class Mixtral8x7b(rt.ArchModel):
         return x
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         logits = self.lm_head(x)  # (B, T, 32000)

@@ -12,7 +12,15 @@ from torch import nn
 import archlang.runtime as rt
 
 SPEC = 't5_small.arch'
-CONFIG = {'name': 't5_small', 'family': 'encoder_decoder', 'vocab': 32128, 'd_model': 512, 'context': 512, 'dtype': 'float32', 'tie_embeddings': True, 'logit_softcap': None, 'stacks': {'encoder': 6, 'decoder': 6}}
+CONFIG = {'name': 't5_small',
+ 'family': 'encoder_decoder',
+ 'vocab': 32128,
+ 'd_model': 512,
+ 'context': 512,
+ 'dtype': 'float32',
+ 'tie_embeddings': True,
+ 'logit_softcap': None,
+ 'stacks': {'encoder': 6, 'decoder': 6}}
 # Fused projections and the unfused weights they stack, for loading unfused checkpoints.
 FUSIONS = {'qkv_proj': (('q_proj', 512), ('k_proj', 512), ('v_proj', 512))}
 
@@ -26,7 +34,10 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.qkv_proj = nn.Linear(512, 1536, bias=False)
-        self.attn = rt.Attention(8, 8, 64, causal=False, scale=1.0, window=None, softcap=None, packed=True, cross=False, cache_key=f"encoder.{layer}")
+        self.attn = rt.Attention(
+            8, 8, 64, causal=False, scale=1.0, window=None, softcap=None, packed=True, cross=False,
+            cache_key=f"encoder.{layer}",
+        )
         self.o_proj = nn.Linear(512, 512, bias=False)
         self.ffn_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.up_proj = nn.Linear(512, 2048, bias=False)
@@ -46,7 +57,8 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Block `decoder`: rmsnorm (pre) → mha(heads=8, head_dim=64) → cross mha(heads=8, head_dim=64) → mlp(hidden=2048)."""
+    """Block `decoder`: rmsnorm (pre) → mha(heads=8, head_dim=64) → cross mha(heads=8, head_dim=64) →
+    mlp(hidden=2048)."""
 
     tp_plan = {'down_proj': 'rowwise', 'up_proj': 'colwise'}
 
@@ -54,13 +66,19 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.attn_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.qkv_proj = nn.Linear(512, 1536, bias=False)
-        self.attn = rt.Attention(8, 8, 64, causal=True, scale=1.0, window=None, softcap=None, packed=True, cross=False, cache_key=f"decoder.{layer}")
+        self.attn = rt.Attention(
+            8, 8, 64, causal=True, scale=1.0, window=None, softcap=None, packed=True, cross=False,
+            cache_key=f"decoder.{layer}",
+        )
         self.o_proj = nn.Linear(512, 512, bias=False)
         self.cross_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.cross_q_proj = nn.Linear(512, 512, bias=False)
         self.cross_k_proj = nn.Linear(512, 512, bias=False)
         self.cross_v_proj = nn.Linear(512, 512, bias=False)
-        self.cross_attn = rt.Attention(8, 8, 64, causal=False, scale=1.0, window=None, softcap=None, packed=False, cross=True, cache_key=f"decoder.{layer}")
+        self.cross_attn = rt.Attention(
+            8, 8, 64, causal=False, scale=1.0, window=None, softcap=None, packed=False, cross=True,
+            cache_key=f"decoder.{layer}",
+        )
         self.cross_o_proj = nn.Linear(512, 512, bias=False)
         self.ffn_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.up_proj = nn.Linear(512, 2048, bias=False)
@@ -104,7 +122,8 @@ class T5Small(rt.ArchModel):
         self.decoder_final_norm = rt.RMSNorm(512, eps=1e-06, unit_offset=False)
         self.reset_parameters()
 
-    def encode(self, encoder_input_ids: torch.Tensor, encoder_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, encoder_input_ids: torch.Tensor,
+               encoder_mask: torch.Tensor | None = None) -> torch.Tensor:
         ctx = self.make_context(encoder_input_ids, stack="encoder", attention_mask=encoder_mask)
         x = self.embed(encoder_input_ids)  # (B, S, 512)
         ctx.tables['encoder_rel_bias'] = self.encoder_rel_bias
@@ -118,7 +137,8 @@ class T5Small(rt.ArchModel):
                 cache: rt.Cache | None = None) -> torch.Tensor:
         if memory is None:
             memory = self.encode(encoder_input_ids, encoder_mask)
-        ctx = self.make_context(input_ids, cache=cache, stack="decoder", memory=memory, memory_mask=encoder_mask)
+        ctx = self.make_context(input_ids, cache=cache, stack="decoder", memory=memory,
+                                memory_mask=encoder_mask)
         x = self.embed(input_ids)  # (B, T, 512)
         ctx.tables['decoder_rel_bias'] = self.decoder_rel_bias
         for layer in self.decoder:

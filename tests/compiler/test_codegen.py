@@ -40,7 +40,10 @@ def test_generated_code_reads_like_a_model_file():
     assert "x, h = self.ffn_norm(a, residual=x)  # (B, T, 4096)" in src
     assert "LAYERS_LAYOUT = [LayerBlock] * 32" in src
     jamba = compile_spec(EXAMPLES / "jamba.arch").source
-    assert "LAYERS_LAYOUT = [MambaBlock, MambaMoeBlock, MambaBlock, MambaMoeBlock, AttnBlock, MambaMoeBlock, MambaBlock, MambaMoeBlock] * 4" in jamba
+    period = ["MambaBlock", "MambaMoeBlock", "MambaBlock", "MambaMoeBlock", "AttnBlock", "MambaMoeBlock", "MambaBlock",
+              "MambaMoeBlock"]
+    assert "LAYERS_LAYOUT = [\n" + "".join(f"    {name},\n" for name in period) + "] * 4" in jamba
+    assert max(len(line) for line in src.splitlines()) <= 110
 
 
 INJECTIONS = [
