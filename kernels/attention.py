@@ -22,6 +22,13 @@ BLOCK = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
 
 
 @triton.jit
+def _tile(ptr, rows, row_stride, offs_d, row_valid, d_valid):
+    """A (rows x head_dim) tile in float32; rows past the end and padding channels read as 0."""
+    return tl.load(ptr + rows[:, None] * row_stride + offs_d[None, :],
+                   mask=row_valid[:, None] & d_valid[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window,
             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
             bias_mask):
@@ -56,8 +63,7 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < T
     d_valid = offs_d < D
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
-                mask=m_valid[:, None] & d_valid[None, :], other=0.0).to(tl.float32)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
     qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -65,9 +71,8 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_valid = offs_n < S
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
+        v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
         kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
@@ -100,17 +105,16 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
     n_valid = offs_n < S
     d_valid = offs_d < D
     kv_mask = n_valid[:, None] & d_valid[None, :]
-    k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-    v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+    k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
+    v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
     kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for start in range(0, T, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_valid = offs_m < T
-        q_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
+        do = _tile(DO + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
         qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
         lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
@@ -143,8 +147,8 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
     m_valid = offs_m < T
     d_valid = offs_d < D
     q_mask = m_valid[:, None] & d_valid[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
+    do = _tile(DO + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
     qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
     lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
     delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
@@ -152,9 +156,8 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_valid = offs_n < S
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(K + b * skb + kvh * skh + offs_n[:, None] * sks + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + b * svb + kvh * svh + offs_n[:, None] * svs + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
+        v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
         kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
