@@ -51,6 +51,20 @@ def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window,
 
 
 @triton.jit
+def _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap, window,
+                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A tile's probabilities, recomputed from the saved log-sum-exp, and the gradient of its raw
+    scores (through the soft-cap): what both backward kernels need."""
+    s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
+                   m_valid[:, None] & n_valid[None, :])
+    p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)  # (M, N)
+    ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+    if SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    return p, ds
+
+
+@triton.jit
 def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
          sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, sbh, sbt,
          H, T, S, D, group, scale, softcap, window,
@@ -119,14 +133,9 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
         lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
-        s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
-                       m_valid[:, None] & n_valid[None, :])
-        p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)  # (M, N)
+        p, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
+                                 window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)
         dv += tl.dot(tl.trans(p), do)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
         dk += tl.dot(tl.trans(ds), q) * scale
     out_ptrs = bh * S * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out_ptrs, dk, mask=kv_mask)
@@ -160,13 +169,8 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
         v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
         kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
-        s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
-                       m_valid[:, None] & n_valid[None, :])
-        p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
+        _, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
+                                 window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)
         dq += tl.dot(ds, k) * scale
     tl.store(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], dq, mask=q_mask)
 
