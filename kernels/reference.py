@@ -68,21 +68,22 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
     scores (ALiBi, T5 buckets); `key_mask` (B, S) is 1 for real tokens.
     """
     heads, kv_heads = q.shape[1], k.shape[1]
+    plain = softcap is None and bias is None
+    # Without a cache the keys are the queries' own positions (the same tensor): plain causal,
+    # which SDPA masks itself, so no (T, S) mask is built.
+    if plain and causal and not window and key_mask is None and k_pos is q_pos:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
     mask = None  # True where attending is allowed; (T, S) or (B, 1, T, S)
     if causal or window:
         rel = q_pos[:, None] - k_pos[None, :]
-        mask = torch.ones_like(rel, dtype=torch.bool)
-        if causal:
-            mask &= rel >= 0
+        mask = rel >= 0 if causal else None
         if window:
-            mask &= rel.abs() < window
+            near = rel.abs() < window
+            mask = near if mask is None else mask & near
     if key_mask is not None:
         km = key_mask[:, None, None, :].bool()
         mask = km if mask is None else mask & km
-    if softcap is None and bias is None:
-        # Without a cache the keys are the queries' own positions (the same tensor): plain causal.
-        if causal and not window and key_mask is None and k_pos is q_pos:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
+    if plain:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     if heads != kv_heads:
         k = k.repeat_interleave(heads // kv_heads, dim=1)
@@ -146,26 +147,40 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
 
     The sequence is cut into chunks; for each, the discretised decays exp(delta A) and inputs
     delta B u are computed for the whole chunk at once, then the recurrence runs step by step
-    over it. Memory stays at one chunk of (B, di, L, N) instead of the whole sequence; on a CPU
-    the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
+    over it, one fused multiply-add per step, and the readout C_t · h_t is one batched product
+    per chunk. Memory stays at a few chunks of (B, L, di, N) instead of the whole sequence; on
+    a CPU the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
     """
     bsz, di, t = u.shape
-    h = state.float() if state is not None else u.new_zeros(bsz, di, A.shape[1], dtype=torch.float32)
-    # contiguous inputs keep every view in the backward valid (split/transposed views otherwise
-    # break torch.compile's backward graph)
-    u, delta = u.float().contiguous(), delta.float().contiguous()
+    # Internally the state is (B, N, di) and chunks are (B, L, N, di): every broadcast product
+    # then runs along the long, contiguous channel axis, and each step's slice is one block.
+    h = state.float().transpose(1, 2) if state is not None else u.new_zeros(bsz, A.shape[1], di, dtype=torch.float32)
+    u, delta = u.float().transpose(1, 2).contiguous(), delta.float().transpose(1, 2).contiguous()  # (B, T, di)
+    A = A.float().t().contiguous()  # (N, di)
     B, C = B.float().contiguous(), C.float().contiguous()
+    # Without autograd the states overwrite the chunk's inputs in place; with it, each step
+    # makes a new tensor (in-place writes would invalidate what the backward saved).
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h)))
     ys = []
     for start in range(0, t, chunk):
-        dt = delta[:, :, start:start + chunk]
-        decay = torch.exp(dt[..., None] * A[None, :, None, :])  # (B, di, L, N)
-        drive = (dt * u[:, :, start:start + chunk])[..., None] * B[:, None, start:start + chunk, :]  # (B, di, L, N)
-        readout = C[:, None, start:start + chunk, :]  # (B, 1, L, N)
-        for i in range(dt.shape[2]):
-            h = decay[:, :, i] * h + drive[:, :, i]
-            ys.append((h * readout[:, :, i]).sum(dim=-1))  # (B, di)
-    y = torch.stack(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
-    return y + u * D[None, :, None].float(), h
+        dt = delta[:, start:start + chunk, None, :]  # (B, L, 1, di)
+        decay = torch.exp(dt * A)  # (B, L, N, di)
+        drive = (dt * u[:, start:start + chunk, None, :]) * B[:, start:start + chunk, :, None]  # (B, L, N, di)
+        if in_place:
+            for i in range(dt.shape[1]):
+                h = drive[:, i].addcmul_(decay[:, i], h)
+            states = drive
+        else:
+            steps = []
+            for i in range(dt.shape[1]):
+                h = torch.addcmul(drive[:, i], decay[:, i], h)
+                steps.append(h)
+            states = torch.stack(steps, dim=1)
+        ys.append(torch.einsum("blnd,bln->bdl", states, C[:, start:start + chunk]))  # (B, di, L)
+    y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
+    # the final state back in (B, di, N), as its own tensor (not a view into a chunk's buffer)
+    h = h.transpose(1, 2).contiguous() if ys or state is None else state.float()
+    return y + u.transpose(1, 2) * D[None, :, None].float(), h
 
 
 def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float):
