@@ -34,3 +34,13 @@ def test_inductor_matches_eager():
     ids = torch.randint(0, 97, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(ids), model(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_fullgraph_inference_of_the_hybrid():
+    """Without autograd the scan updates its chunk buffer in place: that path compiles too."""
+    torch._dynamo.reset()
+    model = build_tiny(SPECS / "tiny_jamba.arch", "tiny_jamba").eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(ids), model(ids))
