@@ -148,7 +148,7 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     The sequence is cut into chunks; for each, the discretised decays exp(delta A) and inputs
     delta B u are computed for the whole chunk at once, then the recurrence runs step by step
     over it, one fused multiply-add per step, and the readout C_t · h_t is one batched product
-    per chunk. Memory stays at a few chunks of (B, L, di, N) instead of the whole sequence; on
+    per chunk. Memory stays at a few chunks of (B, L, N, di) instead of the whole sequence; on
     a CPU the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
     """
     bsz, di, t = u.shape
