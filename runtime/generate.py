@@ -42,7 +42,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
     try:
         for _ in range(max_new_tokens):
             feed = step_input if use_cache else tokens
-            logits = model(feed, memory=memory, cache=cache) if enc_dec else model(feed, cache=cache)
+            # only the last position's logits are needed (a prompt's others would cost T x vocab)
+            logits = model(feed, memory=memory, cache=cache) if enc_dec else model(feed, cache=cache, logits_to_keep=1)
             nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)

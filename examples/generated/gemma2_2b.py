@@ -129,9 +129,12 @@ class Gemma2_2b(rt.ArchModel):
 
     def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
                 attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits for every position, or for the last `logits_to_keep` (generation needs one)."""
         x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         logits = F.linear(x, self.embed.weight)  # (B, T, 256000)
         logits = rt.softcap(logits, 30.0)  # (B, T, 256000)
         return logits

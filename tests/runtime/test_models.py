@@ -81,6 +81,20 @@ def test_cached_logits_match(path, name):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+DECODERS = [(p, n) for p, n in GENERATIVE if n != "tiny_t5"]
+
+
+@pytest.mark.parametrize("path,name", DECODERS, ids=lambda v: getattr(v, "name", v))
+def test_logits_to_keep_gives_the_last_positions(path, name):
+    """What generation asks for: the head runs on the last positions only, with the same values."""
+    model = build_tiny(path, name).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        for keep in (1, 3):
+            torch.testing.assert_close(model(ids, logits_to_keep=keep), full[:, -keep:])
+
+
 def test_sliding_window_cache_is_bounded():
     model = build_tiny(SPECS / "tiny_mixtral.arch", "tiny_mixtral").eval()
     cache = Cache()
