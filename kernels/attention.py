@@ -65,6 +65,15 @@ def _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias
 
 
 @triton.jit
+def _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid):
+    """What every kernel reads per key tile: k, v and their positions."""
+    k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
+    v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
+    kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+    return k, v, kpos
+
+
+@triton.jit
 def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
          sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, sbh, sbt,
          H, T, S, D, group, scale, softcap, window,
@@ -85,9 +94,7 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_valid = offs_n < S
-        k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
-        v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
-        kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+        k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
                        m_valid[:, None] & n_valid[None, :])
@@ -105,6 +112,17 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
 
 
 @triton.jit
+def _query_rows(Q, DO, QPOS, LSE, DELTA, b, h, bh, sqb, sqh, sqt, T, offs_m, m_valid, offs_d, d_valid):
+    """What the backward kernels read per query tile: q, dO, positions, log-sum-exp and delta."""
+    q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
+    do = _tile(DO + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
+    qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
+    lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+    return q, do, qpos, lse, delta
+
+
+@triton.jit
 def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
               sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
               H, T, S, D, group, scale, softcap, window,
@@ -119,19 +137,14 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
     n_valid = offs_n < S
     d_valid = offs_d < D
     kv_mask = n_valid[:, None] & d_valid[None, :]
-    k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
-    v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
-    kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+    k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for start in range(0, T, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_valid = offs_m < T
-        q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
-        do = _tile(DO + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
-        qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
-        lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
-        delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+        q, do, qpos, lse, delta = _query_rows(Q, DO, QPOS, LSE, DELTA, b, h, bh, sqb, sqh, sqt, T, offs_m, m_valid,
+                                              offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         p, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
                                  window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)
@@ -156,18 +169,13 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
     m_valid = offs_m < T
     d_valid = offs_d < D
     q_mask = m_valid[:, None] & d_valid[None, :]
-    q = _tile(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
-    do = _tile(DO + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid)
-    qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
-    lse = tl.load(LSE + bh * T + offs_m, mask=m_valid, other=0.0)
-    delta = tl.load(DELTA + bh * T + offs_m, mask=m_valid, other=0.0)
+    q, do, qpos, lse, delta = _query_rows(Q, DO, QPOS, LSE, DELTA, b, h, bh, sqb, sqh, sqt, T, offs_m, m_valid,
+                                          offs_d, d_valid)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_valid = offs_n < S
-        k = _tile(K + b * skb + kvh * skh, offs_n, sks, offs_d, n_valid, d_valid)
-        v = _tile(V + b * svb + kvh * svh, offs_n, svs, offs_d, n_valid, d_valid)
-        kpos = tl.load(KPOS + offs_n, mask=n_valid, other=0)
+        k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         _, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
                                  window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)

@@ -179,7 +179,7 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
         ys.append(torch.einsum("blnd,bln->bdl", states, C[:, start:start + chunk]))  # (B, di, L)
     y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
     # the final state back in (B, di, N), as its own tensor (not a view into a chunk's buffer)
-    h = h.transpose(1, 2).contiguous() if ys or state is None else state.float()
+    h = h.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     return y + u.transpose(1, 2) * D[None, :, None].float(), h
 
 

@@ -17,6 +17,16 @@ from . import buffers
 
 
 @triton.jit
+def _step_inputs(U, DT, B, C, b, t, di, T, N, offs_d, offs_n, md, mn):
+    """u_t, delta_t (over channels) and B_t, C_t (over the state) of one batch row."""
+    u = tl.load(U + b * di * T + offs_d * T + t, mask=md, other=0.0)
+    dt = tl.load(DT + b * di * T + offs_d * T + t, mask=md, other=0.0)
+    bt = tl.load(B + b * T * N + t * N + offs_n, mask=mn, other=0.0)
+    ct = tl.load(C + b * T * N + t * N + offs_n, mask=mn, other=0.0)
+    return u, dt, bt, ct
+
+
+@triton.jit
 def _fwd(U, DT, A, B, C, D, H0, Y, HS, HLAST, di, T, N,
          HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     b, pid_d = tl.program_id(0), tl.program_id(1)
@@ -30,10 +40,7 @@ def _fwd(U, DT, A, B, C, D, H0, Y, HS, HLAST, di, T, N,
     if HAS_H0:
         h = tl.load(H0 + b * di * N + offs_d[:, None] * N + offs_n[None, :], mask=mdn, other=0.0)
     for t in range(0, T):
-        u = tl.load(U + b * di * T + offs_d * T + t, mask=md, other=0.0)
-        dt = tl.load(DT + b * di * T + offs_d * T + t, mask=md, other=0.0)
-        bt = tl.load(B + b * T * N + t * N + offs_n, mask=mn, other=0.0)
-        ct = tl.load(C + b * T * N + t * N + offs_n, mask=mn, other=0.0)
+        u, dt, bt, ct = _step_inputs(U, DT, B, C, b, t, di, T, N, offs_d, offs_n, md, mn)
         h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * bt[None, :]
         tl.store(HS + ((b * di + offs_d[:, None]) * T + t) * N + offs_n[None, :], h, mask=mdn)
         y = tl.sum(h * ct[None, :], axis=1) + dskip * u
@@ -57,10 +64,7 @@ def _bwd(U, DT, A, B, C, D, H0, HS, DY, DHLAST, DU, DDT, DA_P, DB_P, DC_P, DD_P,
     partial = (b * n_blocks + pid_d) * T * N  # this program's rows of the dB/dC partials
     for i in range(0, T):
         t = T - 1 - i
-        u = tl.load(U + b * di * T + offs_d * T + t, mask=md, other=0.0)
-        dt = tl.load(DT + b * di * T + offs_d * T + t, mask=md, other=0.0)
-        bt = tl.load(B + b * T * N + t * N + offs_n, mask=mn, other=0.0)
-        ct = tl.load(C + b * T * N + t * N + offs_n, mask=mn, other=0.0)
+        u, dt, bt, ct = _step_inputs(U, DT, B, C, b, t, di, T, N, offs_d, offs_n, md, mn)
         dy = tl.load(DY + b * di * T + offs_d * T + t, mask=md, other=0.0)
         h = tl.load(HS + ((b * di + offs_d[:, None]) * T + t) * N + offs_n[None, :], mask=mdn, other=0.0)
         if t > 0:
