@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 import networkx as nx
 
+from archlang.spec.names import class_name
 from .ir import NodeRef, inputs_of, ordered_nodes
 
 _SAFE_TEXT = re.compile(r"[^A-Za-z0-9_ ().,=+\-→/:*`<>\[\]]")
@@ -85,16 +86,6 @@ def wrap_call(line: str, indent: int) -> list[str]:
     lines.append(current.rstrip())
     lines.append(")")
     return lines
-
-
-def class_name(name: str, suffix: str = "") -> str:
-    parts = [p for p in _ident(name).split("_") if p]
-    out = ""
-    for p in parts:
-        if out and out[-1].isdigit() and p[0].isdigit():
-            out += "_"
-        out += p[0].upper() + p[1:]
-    return (out or "X") + suffix
 
 
 def _shape(shape: tuple) -> str:

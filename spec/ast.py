@@ -490,22 +490,22 @@ def default_dt_rank(d_model: int) -> int:
 
 # What each slot of the language accepts, by the call name written there: derived from the
 # unions above so the resolver can say "unknown attention kind `gqaa`; did you mean `gqa`?".
-def _kinds(*classes) -> tuple[str, ...]:
-    out: list[str] = []
-    for cls in classes:
-        out.extend(cls.model_fields["kind"].annotation.__args__)
-    return tuple(out)
+# A kind word may exist in two slots (`linear` attention, `linear` RoPE scaling), so every
+# lookup goes through the slot.
+def _kind_classes(*classes) -> dict[str, type[Node]]:
+    return {kind: cls for cls in classes for kind in cls.model_fields["kind"].annotation.__args__}
 
 
-SLOT_KINDS: dict[str, tuple[str, ...]] = {
-    "norm": _kinds(Norm),
-    "position": _kinds(Rope, Sinusoidal, Learned, Alibi, Relative),
-    "scaling": _kinds(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling),
-    "attention": _kinds(MHA, MQA, GQA, MLA, Differential, LinearAttention),
-    "ffn": _kinds(MLP, GLU, MoE),
-    "expert": _kinds(MLP, GLU),
-    "ssm": _kinds(Mamba),
+SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
+    "norm": _kind_classes(Norm),
+    "position": _kind_classes(Rope, Sinusoidal, Learned, Alibi, Relative),
+    "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling),
+    "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
+    "ffn": _kind_classes(MLP, GLU, MoE),
+    "expert": _kind_classes(MLP, GLU),
+    "ssm": _kind_classes(Mamba),
 }
+SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
 # Which slot a field of a call or block belongs to.
 FIELD_SLOT = {

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import ast as _pyast
 import functools
+import math
 from importlib import resources
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, v_args
+from lark import Lark, Token, Transformer, Tree, UnexpectedCharacters, UnexpectedInput, v_args
 from lark.exceptions import UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import ArchError, Span
+from .errors import ArchError, ArchErrors, Span
 
 # Guard rails against hostile input: reject before the parser allocates much.
 MAX_SOURCE_BYTES = 1_000_000
-MAX_NESTING = 64
+MAX_NESTING = 64  # brackets inside one another
+MAX_EXPR_DEPTH = 100  # operators inside one another (`- - - x`, `a + b + ... + z`, `2 ** 2 ** ...`)
+MAX_NUMBER_DIGITS = 40  # a longer literal is certainly a mistake (and Python refuses 4,300 digits)
+MAX_INT_BITS = 128
+MAX_SYNTAX_ERRORS = 20  # errors reported from one file before giving up
+BOM = "\ufeff"
 
 _SUFFIX = {"k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3}
 
@@ -24,8 +30,8 @@ _TERMINAL_TEXT = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
     "EQUAL": "`=`", "COMMA": "`,`", "DOT": "`.`", "NAME": "a name", "NUMBER": "a number",
     "STRING": "a string", "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`",
-    "MODEL": "`model`", "BLOCK": "`block`", "LET": "`let`", "IMPORT": "`import`",
-    "EXTENDS": "`extends`", "TRUE": "`true`", "FALSE": "`false`", "NONE": "`none`",
+    "_MODEL": "`model`", "_BLOCK": "`block`", "_LET": "`let`", "_IMPORT": "`import`",
+    "_EXTENDS": "`extends`", "_TRUE": "`true`", "_FALSE": "`false`", "_NONE": "`none`",
     "$END": "end of file", "PERCENT": "`%`", "DOUBLESTAR": "`**`", "DOUBLESLASH": "`//`",
 }
 
@@ -42,15 +48,25 @@ def _span(file: str, item) -> Span:
 
 
 def parse_number(text: str) -> int | float:
-    """`4_096` → 4096, `128k` → 131072, `1e-5` → 1e-05, `1.5k` → 1536."""
+    """`4_096` → 4096, `128k` → 131072, `1e-5` → 1e-05, `1.5k` → 1536.
+
+    Raises ValueError for a literal outside the language's bounds."""
+    digits = sum(c.isdigit() for c in text)
+    if digits > MAX_NUMBER_DIGITS:
+        raise ValueError(f"this number has {digits} digits; the limit is {MAX_NUMBER_DIGITS}")
     mult = 1
     if text[-1] in _SUFFIX:
         mult, text = _SUFFIX[text[-1]], text[:-1]
     text = text.replace("_", "")
     if any(c in text for c in ".eE"):
         value = float(text) * mult
+        if not math.isfinite(value):
+            raise ValueError("this number is too large to be a float")
         return int(value) if mult != 1 and value.is_integer() else value
-    return int(text) * mult
+    value = int(text) * mult
+    if value.bit_length() > MAX_INT_BITS:
+        raise ValueError(f"this integer does not fit in {MAX_INT_BITS} bits")
+    return value
 
 
 class _ToSyntax(Transformer):
@@ -66,7 +82,11 @@ class _ToSyntax(Transformer):
     # --- expressions ---
     def number(self, children):
         (tok,) = children
-        return S.Num(parse_number(str(tok)), str(tok), self._s(tok))
+        try:
+            value = parse_number(str(tok))
+        except ValueError as exc:
+            raise ArchError(f"invalid number: {exc}", self._s(tok), kind="limit") from None
+        return S.Num(value, str(tok), self._s(tok))
 
     def string(self, children):
         (tok,) = children
@@ -149,14 +169,16 @@ class _ToSyntax(Transformer):
         body = rest[1:] if parent is not None else rest
         return name, parent, body
 
-    def block(self, children):
+    @v_args(meta=True)
+    def block(self, meta, children):
         name, parent, body = self._header(children)
         return S.BlockDecl(
             str(name), str(parent) if parent else None, tuple(body), self._s(name),
-            self._s(parent) if parent else None,
+            self._s(parent) if parent else None, end_line=meta.end_line,
         )
 
-    def model(self, children):
+    @v_args(meta=True)
+    def model(self, meta, children):
         name, parent, body = self._header(children)
         return S.ModelDecl(
             name=str(name),
@@ -166,11 +188,20 @@ class _ToSyntax(Transformer):
             blocks=tuple(b for b in body if isinstance(b, S.BlockDecl)),
             span=self._s(name),
             parent_span=self._s(parent) if parent else None,
+            end_line=meta.end_line,
         )
 
     def import_stmt(self, children):
         (tok,) = children
-        return S.Import(_pyast.literal_eval(str(tok)), self._s(tok))
+        path = _pyast.literal_eval(str(tok))
+        if "\x00" in path:
+            raise ArchError("an import path cannot contain a NUL character", self._s(tok), kind="import")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ArchError("an import path must be valid Unicode (it contains a lone surrogate)", self._s(tok),
+                            kind="import") from None
+        return S.Import(path, self._s(tok))
 
     def start(self, children):
         return (
@@ -180,7 +211,63 @@ class _ToSyntax(Transformer):
 
 
 def parse_source(text: str, file: str = "<string>") -> S.SourceFile:
-    """Parse one file's text. Raises ArchError with the location of the first syntax error."""
+    """Parse one file's text. Raises ArchError at the first syntax error, or ArchErrors when
+    recovery found several independent ones."""
+    tree, errors, _ = parse_recovering(text, file)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ArchErrors(errors)
+    return tree
+
+
+def parse_recovering(text: str, file: str = "<string>") -> tuple[S.SourceFile | None, list[ArchError], list[tuple[int, int]]]:
+    """Parse, and after a syntax error keep going, so one run reports the errors of separate
+    statements and declarations: the statement holding the error is blanked out (line and column
+    positions stay) and the text parsed again.
+
+    Returns the syntax of what remains (None when nothing could be recovered), the errors, and the
+    damaged line ranges: the declarations whose semantic errors would be knock-ons."""
+    text = strip_bom(text)
+    errors: list[ArchError] = []
+    damaged: list[tuple[int, int]] = []
+    current = text
+    last_cut: tuple[int, int] | None = None  # where the previous partial blanking stopped
+    while True:
+        try:
+            return _parse_once(current, file), errors, damaged
+        except ArchError as exc:
+            here = (exc.span.line, exc.span.column) if exc.span else None
+            retry = here is not None and here == last_cut  # the same token failed again
+            if not retry:
+                errors.append(exc)
+            region = _statement_lines(current, exc)
+            if region is None or len(errors) >= MAX_SYNTAX_ERRORS:
+                return None, errors, damaged
+            start, end = region
+            lines = current.split("\n")
+            full = [(i, len(lines[i - 1])) for i in range(start, end + 1)]
+            cut, last_cut = full, None
+            starts_line = exc.span.line == end and not lines[end - 1][: exc.span.column - 1].strip()
+            if not retry and starts_line:
+                # The token that stopped the parser begins its line (a `}`, the next statement):
+                # first blank only what comes before it, it is often fine where it is.
+                cut = [(i, w if i < end else exc.span.column - 1) for i, w in full]
+                last_cut = here
+            if all(not lines[i - 1][:w].strip() for i, w in cut):
+                if cut is full or all(not lines[i - 1][:w].strip() for i, w in full):
+                    return None, errors, damaged  # nothing left to blank: no progress possible
+                cut, last_cut = full, None
+            for i, w in cut:
+                lines[i - 1] = " " * w + lines[i - 1][w:]
+            current = "\n".join(lines)
+            damaged.append(_enclosing_declaration(text, start, end))
+
+
+def strip_bom(text: str) -> str:
+    """A UTF-8 byte order mark at the start of a file is not part of the spec."""
+    return text[1:] if text.startswith(BOM) else text
+
+
+def _parse_once(text: str, file: str) -> S.SourceFile:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise ArchError(
             f"file is too large ({len(text):,} characters; the limit is {MAX_SOURCE_BYTES:,})",
@@ -191,11 +278,93 @@ def parse_source(text: str, file: str = "<string>") -> S.SourceFile:
         tree = _lark().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    _check_depth(tree, file)
     try:
         imports, models = _ToSyntax(file).transform(tree)
-    except VisitError as exc:  # a malformed literal the lexer let through (e.g. huge exponent)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, ArchError):
+            raise exc.orig_exc from None
         raise ArchError(f"invalid literal: {exc.orig_exc}", Span(file, 1, 1), kind="syntax") from None
     return S.SourceFile(file, imports, models)
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse operators nested beyond MAX_EXPR_DEPTH, walking the tree without recursion: every
+    later stage (transformer, evaluator, formatter) recurses once per level."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPR_DEPTH + 4:  # + start, model, block, statement
+            raise ArchError(
+                f"this expression is nested more than {MAX_EXPR_DEPTH} levels deep (the limit on expression depth)",
+                _span(file, node), hint="split it into `let` constants", kind="limit",
+            )
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+
+
+def _statement_lines(text: str, exc: ArchError) -> tuple[int, int] | None:
+    """The lines of the statement a syntax error is in: back to where brackets were balanced,
+    forward while they are still open. None when the error cannot be stepped over."""
+    if exc.span is None or exc.kind in ("limit", "syntax:unclosed-brace") or exc.message.startswith("unexpected end"):
+        return None
+    lines = text.split("\n")
+    open_at_start = _open_brackets_per_line(text)
+    line = min(max(exc.span.line, 1), len(lines))
+    start = line
+    while start > 1 and open_at_start[start - 1] > 0:
+        start -= 1
+    # Forward only over the rest of a call or list that does close; an unclosed one ends here.
+    end = line
+    while end < len(lines) and open_at_start[end] > 0 and end - line < 50:
+        end += 1
+    if end < len(lines) and open_at_start[end] > 0 or end == len(lines) and end > line:
+        end = line
+    return start, end
+
+
+def _open_brackets_per_line(text: str) -> list[int]:
+    """For each line, how many `(` and `[` are open when it starts (strings and comments skipped)."""
+    out, depth = [], 0
+    for line in text.split("\n"):
+        out.append(depth)
+        in_string = False
+        for ch in line:
+            if ch == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif ch == "#":
+                break
+            elif ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth = max(0, depth - 1)
+    return out
+
+
+def _enclosing_declaration(text: str, start: int, end: int) -> tuple[int, int]:
+    """The lines of the innermost `{ ... }` holding lines start..end in the original text (a block
+    or a model), so errors inside it can be recognised as knock-ons."""
+    opens: list[int] = []
+    regions: list[tuple[int, int, int]] = []  # (first line, last line, nesting depth)
+    in_string = False
+    for number, line in enumerate(text.split("\n"), 1):
+        in_string = False
+        for ch in line:
+            if ch == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif ch == "#":
+                break
+            elif ch == "{":
+                opens.append(number)
+            elif ch == "}" and opens:
+                regions.append((opens.pop(), number, len(opens)))
+    regions.extend((o, text.count("\n") + 1, depth) for depth, o in enumerate(opens))
+    # A block (depth 1) is damaged as a whole; in a model's own body only the statement is.
+    holding = [r for r in regions if r[0] <= start and end <= r[1] and r[2] >= 1]
+    return min(holding, key=lambda r: r[1] - r[0])[:2] if holding else (start, end)
 
 
 def _check_nesting(text: str, file: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,25 @@ from pydantic import ValidationError
 
 from . import ast as A
 from . import syntax as S
-from .errors import ArchError, ArchErrors, SourceMap, Span, did_you_mean
-from .parser import parse_source
+from . import value_types as VT
+from .errors import ArchError, ArchErrors, SourceMap, Span, all_errors, did_you_mean
+from .names import class_name
+from .parser import parse_recovering, strip_bom
 
-MAX_IMPORT_DEPTH = 16
+MAX_IMPORT_DEPTH = 16  # a chain of 16 imports is allowed, a 17th is refused
 MAX_EXTENDS_DEPTH = 32
 MAX_INT_BITS = 128  # larger integers are certainly mistakes; refuse before arithmetic explodes
+MAX_EVAL_DEPTH = 200  # expressions evaluated inside one another, through `let` references
+MAX_LETS = 1024  # `let` constants in one model, after `extends`
+MAX_BLOCKS = 1024  # block declarations in one model, after `extends`
+MAX_FILE_BYTES = 1_000_000  # one spec file
+MAX_TOTAL_BYTES = 8_000_000  # every file read for one entry, imports included
+# Pseudo-filesystems: their "regular files" are views of the machine, never specs.
+_SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+class _KnockOn(ArchError):
+    """An error caused by another one already reported: it marks the value bad, silently."""
 
 
 class Symbol(str):
@@ -46,6 +60,10 @@ class Program:
     models: dict[str, S.ModelDecl] = field(default_factory=dict)
     entry_models: list[str] = field(default_factory=list)
     sources: SourceMap = field(default_factory=SourceMap)
+    # Syntax errors recovered from, and the line ranges they damaged, by file.
+    syntax_errors: list[ArchError] = field(default_factory=list)
+    damaged: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    bytes_read: int = 0
 
 
 def load_program(
@@ -59,31 +77,50 @@ def load_program(
 ) -> Program:
     """Parse an entry file (or a string) and everything it imports.
 
-    Imports resolve relative to the importing file and may not leave `root` (by default the
-    entry file's folder) unless `allow_outside_root` is set, so a spec from a stranger cannot
-    read arbitrary files.
+    Files may not leave `root` unless `allow_outside_root` is set, so a spec from a stranger
+    cannot read arbitrary files. `root` defaults to the real folder holding the entry path as
+    written; the entry itself (symlinks followed) must lie inside it too. Imports resolve
+    relative to the importing file. Only regular files are read, within byte limits.
     """
+    program = Program(entry=str(path) if source is None else name,
+                      sources=sources if sources is not None else SourceMap())
     from_file = source is None
     if from_file:
         if path is None:
             raise ValueError("give a path or a source string")
-        entry = Path(path)
         display = str(path)
-        source = _read(entry, display, None)
-        base = entry.resolve().parent
+        entry = Path(path)
+        try:
+            base = entry.absolute().parent.resolve()
+            entry_path = entry.resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ArchError(f"cannot read {display!r}: {exc}", None, kind="import") from None
+        root_dir = Path(root).resolve() if root else base
+        if not allow_outside_root and not _is_within(entry_path, root_dir):
+            raise ArchError(f"{display} is a link to a file outside the project folder {str(root_dir)!r}", None,
+                            hint="pass --allow-outside-root to read it anyway", kind="import")
+        source = _read(entry_path, display, None, program)
     else:
         display = name
+        entry_path = None
         base = Path(root or os.getcwd()).resolve()
-    root_dir = Path(root).resolve() if root else base
-    program = Program(entry=display, sources=sources if sources is not None else SourceMap())
+        root_dir = Path(root).resolve() if root else base
     files_seen: dict[Path, str] = {}
 
     def visit(text: str, file_display: str, file_path: Path | None, stack: tuple[Path, ...], is_entry: bool):
+        text = strip_bom(text)
         program.sources.add(file_display, text)
-        parsed = parse_source(text, file_display)
+        parsed, errors, damaged = parse_recovering(text, file_display)
+        program.syntax_errors.extend(errors)
+        program.damaged.setdefault(file_display, []).extend(damaged)
+        if parsed is None:
+            return
         here = file_path.parent if file_path else base
         for imp in parsed.imports:
-            target = (here / imp.path).resolve()
+            try:
+                target = (here / imp.path).resolve()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ArchError(f"cannot import {imp.path!r}: {exc}", imp.span, kind="import") from None
             if not allow_outside_root and not _is_within(target, root_dir):
                 raise ArchError(
                     f"import of {imp.path!r} leaves the project folder {str(root_dir)!r}",
@@ -93,13 +130,13 @@ def load_program(
             if target in stack:
                 chain = " → ".join(p.name for p in (*stack, target))
                 raise ArchError(f"import cycle: {chain}", imp.span, kind="import")
-            if len(stack) >= MAX_IMPORT_DEPTH:
+            if len(stack) > MAX_IMPORT_DEPTH:
                 raise ArchError(f"imports are nested more than {MAX_IMPORT_DEPTH} deep", imp.span, kind="limit")
             if target in files_seen:
                 continue
             shown = os.path.relpath(target) if not Path(imp.path).is_absolute() else str(target)
             files_seen[target] = shown
-            visit(_read(target, shown, imp.span), shown, target, (*stack, target), False)
+            visit(_read(target, shown, imp.span, program), shown, target, (*stack, target), False)
         for decl in parsed.models:
             if decl.name in program.models:
                 first = program.models[decl.name]
@@ -109,30 +146,61 @@ def load_program(
             if is_entry:
                 program.entry_models.append(decl.name)
 
-    entry_path = Path(path).resolve() if from_file else None
     if entry_path is not None:
         files_seen[entry_path] = display
     visit(source, display, entry_path, (entry_path,) if entry_path else (), True)
     if not program.entry_models:
+        if program.syntax_errors:
+            errors = program.syntax_errors
+            raise errors[0] if len(errors) == 1 else ArchErrors(errors)
         raise ArchError("no model in this file", Span(display, 1, 1), hint="declare one: `model name { ... }`", kind="semantic")
     return program
 
 
-def _read(path: Path, display: str, span: Span | None) -> str:
+def _read(path: Path, display: str, span: Span | None, program: Program) -> str:
+    """The text of one spec file: a regular file only (never a FIFO, device or socket, never
+    under /proc, /sys or /dev), within the per-file and per-run byte limits."""
+    if any(_is_within(path, special) for special in _SPECIAL_ROOTS):
+        raise ArchError(f"{display} is a special system file, not a spec", span, kind="import")
     try:
-        if path.stat().st_size > 1_000_000:
-            raise ArchError(f"{display} is too large to be a spec", span, kind="limit")
-        return path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO with no writer must not hang; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ArchError(f"file not found: {display}", span, kind="import") from None
     except IsADirectoryError:
         raise ArchError(f"{display} is a folder, not a spec file", span, kind="import") from None
-    except UnicodeDecodeError as exc:
-        raise ArchError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})", span, kind="import") from None
     except OSError as exc:
         raise ArchError(f"cannot read {display}: {exc.strerror}", span, kind="import") from None
     except ValueError as exc:  # e.g. a NUL byte in the path
         raise ArchError(f"cannot read {display!r}: {exc}", span, kind="import") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ArchError(f"{display} is a folder, not a spec file", span, kind="import")
+        if not stat.S_ISREG(info.st_mode):
+            raise ArchError(f"{display} is not a regular file (a pipe, device or socket)", span, kind="import")
+        budget = min(MAX_FILE_BYTES, MAX_TOTAL_BYTES - program.bytes_read)
+        chunks, size = [], 0
+        while size <= budget:
+            chunk = os.read(fd, min(65536, budget + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ArchError(f"cannot read {display}: {exc.strerror}", span, kind="import") from None
+    finally:
+        os.close(fd)
+    if size > budget:
+        if budget < MAX_FILE_BYTES:
+            raise ArchError(f"the specs read in this run exceed {MAX_TOTAL_BYTES:,} bytes", span, kind="limit")
+        raise ArchError(f"{display} is too large to be a spec (more than {MAX_FILE_BYTES:,} bytes)", span, kind="limit")
+    program.bytes_read += size
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArchError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})", span, kind="import") from None
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -203,6 +271,10 @@ def _merge(program: Program, name: str, chain: tuple[str, ...] = ()) -> _Merged:
         raise ArchError(f"model `{name}` extends itself: {' → '.join((*chain, name))}", decl.span, kind="semantic")
     if len(chain) > MAX_EXTENDS_DEPTH:
         raise ArchError(f"`extends` chain is longer than {MAX_EXTENDS_DEPTH}", decl.span, kind="limit")
+    if len(decl.lets) > MAX_LETS or len(decl.blocks) > MAX_BLOCKS:
+        what, count, limit = ("`let` constants", len(decl.lets), MAX_LETS) if len(decl.lets) > MAX_LETS else (
+            "blocks", len(decl.blocks), MAX_BLOCKS)
+        raise ArchError(f"model `{name}` declares {count:,} {what}; the limit is {limit:,}", decl.span, kind="limit")
     _check_unique(((l.name, l.span) for l in decl.lets), "constant")
     _check_unique((("/".join(a.path), a.span) for a in decl.assigns), "field")
     _check_unique(((b.name, b.span) for b in decl.blocks), "block")
@@ -217,6 +289,9 @@ def _merge(program: Program, name: str, chain: tuple[str, ...] = ()) -> _Merged:
     else:
         merged = _Merged(decl, {}, {}, {}, {})
     merged.lets.update({l.name: l for l in decl.lets})
+    if len(merged.lets) > MAX_LETS:
+        raise ArchError(f"model `{name}` has {len(merged.lets):,} `let` constants; the limit is {MAX_LETS:,}",
+                        decl.span, kind="limit")
     for assign in decl.assigns:
         _apply(merged.assigns, assign, f"model `{name}`")
 
@@ -227,6 +302,8 @@ def _merge(program: Program, name: str, chain: tuple[str, ...] = ()) -> _Merged:
         if block.parent:
             if block.parent in stack:
                 raise ArchError(f"block `{block.name}` extends itself", block.span, kind="semantic")
+            if len(stack) > MAX_EXTENDS_DEPTH:
+                raise ArchError(f"`extends` chain of blocks is longer than {MAX_EXTENDS_DEPTH}", block.span, kind="limit")
             if block.parent in pending:
                 merge_block(pending.pop(block.parent), (*stack, block.parent))
             if block.parent not in merged.blocks:
@@ -243,6 +320,9 @@ def _merge(program: Program, name: str, chain: tuple[str, ...] = ()) -> _Merged:
     while pending:
         first = next(iter(pending))
         merge_block(pending.pop(first), (first,))
+    if len(merged.blocks) > MAX_BLOCKS:
+        raise ArchError(f"model `{name}` has {len(merged.blocks):,} blocks; the limit is {MAX_BLOCKS:,}",
+                        decl.span, kind="limit")
     return merged
 
 
@@ -256,6 +336,7 @@ class _Evaluator:
         self.m = merged
         self.values: dict[str, Any] = {}
         self.in_progress: list[str] = []
+        self.depth = 0
 
     def names(self) -> list[str]:
         return [*self.m.lets, *self.m.assigns, *self.m.blocks]
@@ -281,10 +362,27 @@ class _Evaluator:
             value = self.eval(expr)
         finally:
             self.in_progress.pop()
+        field_info = A.Model.model_fields.get(name) if name not in self.m.lets else None
+        if field_info is not None and _value_kind(value) not in (VT.accepted(field_info.annotation) or {_value_kind(value)}):
+            # `d_model = true`: reported once, at the field; its uses are knock-ons.
+            raise _KnockOn(f"`{name}` has a value of the wrong type", ref.span)
         self.values[name] = value
         return value
 
     def eval(self, e: S.Expr) -> Any:
+        # The parser bounds one expression's depth; `let` references can chain expressions, so
+        # the evaluator bounds the total before Python's own recursion limit is near.
+        if self.depth >= MAX_EVAL_DEPTH:
+            raise ArchError(f"this expression is nested more than {MAX_EVAL_DEPTH} levels deep through `let` "
+                            "references (the limit on evaluation depth)", e.span,
+                            hint="shorten the chain of constants", kind="limit")
+        self.depth += 1
+        try:
+            return self._eval(e)
+        finally:
+            self.depth -= 1
+
+    def _eval(self, e: S.Expr) -> Any:
         if isinstance(e, S.Num):
             return e.value
         if isinstance(e, (S.Str, S.Bool)):
@@ -347,6 +445,9 @@ class _Evaluator:
                 out = float(left) ** right if isinstance(right, float) or right < 0 else left**right
         except OverflowError:
             raise ArchError("this number is too large", e.span, kind="limit") from None
+        except ZeroDivisionError:
+            raise ArchError(f"`{e.op}` by zero: {_describe(left)} {e.op} {_describe(right)} has no value", e.span,
+                            kind="semantic") from None
         if isinstance(out, int) and out.bit_length() > MAX_INT_BITS:
             raise ArchError("this number is too large", e.span, kind="limit")
         if isinstance(out, complex) or (isinstance(out, float) and not math.isfinite(out)):
@@ -424,18 +525,46 @@ def _describe(v: Any) -> str:
 # ----------------------------------------------------------------------------- building the AST
 
 
+def _value_kind(v: Any) -> str:
+    """The kind of an evaluated value, in value_types' terms."""
+    if isinstance(v, bool):
+        return VT.BOOL
+    if isinstance(v, int):
+        return VT.INTEGER
+    if isinstance(v, float):
+        return VT.NUMBER
+    if isinstance(v, Symbol):
+        return VT.WORD
+    if isinstance(v, str):
+        return VT.STRING
+    if v is None:
+        return VT.NONE
+    if isinstance(v, S.Call):
+        return VT.CALL
+    if isinstance(v, LayerList):
+        return "a layer stack"
+    return VT.LIST
+
+
 class _Builder:
-    """Turns evaluated values into pydantic input, recording the span of every value."""
+    """Turns evaluated values into pydantic input, recording the span of every value.
+
+    Every field is checked on its own, so one run reports the errors of every field; a field
+    that fails is left out of the input and its path remembered, so the errors pydantic would
+    give as a consequence (a missing field, a default that cannot be derived) are not reported."""
 
     def __init__(self, ev: _Evaluator):
         self.ev = ev
         self.data: dict[str, Any] = {}  # the pydantic input being built
         self.spans: dict[tuple, Span] = {}
         self.name_spans: dict[tuple, Span] = {}
+        self.errors: list[ArchError] = []
+        self.bad_paths: set[tuple] = set()
 
-    def value(self, expr: S.Expr, path: tuple, field_name: str) -> Any:
+    def value(self, expr: S.Expr, path: tuple, field_name: str, annotation: Any = None) -> Any:
         self.spans[path] = expr.span
         v = self.ev.eval(expr)
+        self._check_type(v, expr, field_name, annotation)
         if isinstance(v, S.Call):
             return self.call(v, path, field_name)
         if isinstance(v, LayerList):
@@ -443,6 +572,27 @@ class _Builder:
         if isinstance(v, list):
             return [self._plain(x, expr) for x in v]
         return v
+
+    def _check_type(self, v: Any, expr: S.Expr, field_name: str, annotation: Any) -> None:
+        kinds = VT.accepted(annotation) if annotation is not None else None
+        if kinds is None:
+            return
+        got = _value_kind(v)
+        if got in kinds:
+            return
+        if got == VT.WORD:  # a bare word that names no constant or block
+            raise ArchError(f"unknown name `{v}`", expr.span, hint=did_you_mean(v, self.ev.names()), kind="semantic")
+        hint = None
+        if got == VT.STRING and VT.WORD in kinds:
+            hint = f"an enumeration value is a bare word: write {v} without quotes"
+        elif got == VT.STRING and kinds & {VT.INTEGER, VT.NUMBER}:
+            hint = f"write the number without quotes: {v}"
+        elif got == VT.CALL and VT.CALL not in kinds:
+            raise ArchError(f"`{field_name}` takes {VT.describe_expected(kinds)}, not a call `{v.func}(...)`",
+                            expr.span, kind="type")
+        article = got if got.startswith("a ") else VT.describe_kind(got)
+        raise ArchError(f"`{field_name}`: expected {VT.describe_expected(kinds)}, got {article}", expr.span,
+                        hint=hint, kind="type")
 
     def _plain(self, v: Any, expr: S.Expr) -> Any:
         if isinstance(v, (S.Call, LayerList, list)):
@@ -460,26 +610,45 @@ class _Builder:
                 f"unknown {slot} kind `{call.func}`", call.span,
                 hint=did_you_mean(call.func, kinds) or f"expected one of: {', '.join(kinds)}", kind="semantic",
             )
+        cls = A.SLOT_CLASSES[slot][call.func]
         data: dict[str, Any] = {"kind": call.func}
         for arg in call.args:
             if arg.name is None:
-                raise ArchError(f"arguments of `{call.func}` are named", arg.span,
-                                hint=f"write `{call.func}(name = value, ...)`", kind="semantic")
+                self._record(ArchError(f"arguments of `{call.func}` are named", arg.span,
+                                       hint=f"write `{call.func}(name = value, ...)`", kind="semantic"), path)
+                continue
             if arg.name in data:
-                raise ArchError(f"argument `{arg.name}` is given twice", arg.span, kind="semantic")
+                self._record(ArchError(f"argument `{arg.name}` is given twice", arg.span, kind="semantic"),
+                             path + (arg.name,))
+                continue
             self.name_spans[path + (arg.name,)] = arg.span
-            data[arg.name] = self.value(arg.value, path + (arg.name,), arg.name)
+            field_info = cls.model_fields.get(arg.name)
+            annotation = field_info.annotation if field_info is not None and arg.name != "kind" else None
+            try:
+                data[arg.name] = self.value(arg.value, path + (arg.name,), arg.name, annotation)
+            except ArchError as exc:
+                self._record(exc, path + (arg.name,))
         return data
 
-    def fields(self, assigns: dict[str, S.Assign], path: tuple, known: tuple[str, ...], where: str) -> dict:
+    def _record(self, exc: ArchError, path: tuple) -> None:
+        if not isinstance(exc, _KnockOn):
+            self.errors.append(exc)
+        self.bad_paths.add(path)
+
+    def fields(self, assigns: dict[str, S.Assign], path: tuple, owner: type, known: tuple[str, ...], where: str) -> dict:
         data: dict[str, Any] = {}
         for key, assign in assigns.items():
             if key not in known:
-                raise ArchError(f"unknown field `{key}` in {where}", assign.span,
-                                hint=did_you_mean(key, known) or f"known fields: {', '.join(known)}",
-                                kind="semantic")
+                self._record(ArchError(f"unknown field `{key}` in {where}", assign.span,
+                                       hint=did_you_mean(key, known) or f"known fields: {', '.join(known)}",
+                                       kind="semantic"), path + (key,))
+                continue
             self.name_spans[path + (key,)] = assign.span
-            data[key] = self.value(assign.value, path + (key,), key)
+            field_info = owner.model_fields.get(key)
+            try:
+                data[key] = self.value(assign.value, path + (key,), key, field_info.annotation if field_info else None)
+            except ArchError as exc:
+                self._record(exc, path + (key,))
         return data
 
 
@@ -496,11 +665,13 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
                     hd = A.default_head_dim(d_model, heads)
                     if hd is None:
                         path = ("blocks", block_name, slot, "heads")
-                        raise ArchError(
+                        b.bad_paths.add(("blocks", block_name, slot, "head_dim"))
+                        b.errors.append(ArchError(
                             f"d_model ({d_model}) must be divisible by heads ({heads}) to derive head_dim",
                             b.spans.get(path), hint="set head_dim explicitly, or pick heads dividing d_model",
                             kind="semantic",
-                        )
+                        ))
+                        continue
                     att["head_dim"] = hd
         ssm = block.get("ssm")
         if isinstance(ssm, dict) and "dt_rank" not in ssm:
@@ -535,7 +706,7 @@ def _error_from_pydantic(err: dict, b: _Builder, file: str, model_span: Span) ->
         owner = path[:-1] if path and path[-1] == loc[-1] else path
         span = b.name_spans.get(owner + (loc[-1],), span)
         kind = _kind_at(b, owner)
-        allowed = _allowed_fields(kind) if kind else []
+        allowed = _allowed_fields(A.FIELD_SLOT.get(str(owner[-1])) if owner else None, kind) if kind else []
         return ArchError(f"unknown argument `{loc[-1]}`" + (f" for {kind}" if kind else ""), span,
                          hint=did_you_mean(str(loc[-1]), allowed) or (f"{kind} takes: {', '.join(allowed)}" if allowed else None),
                          kind="semantic")
@@ -589,48 +760,116 @@ def _kind_at(b: _Builder, path: tuple) -> str | None:
     return node.get("kind") if isinstance(node, dict) else None
 
 
-def _allowed_fields(kind: str) -> list[str]:
-    for cls in (A.Norm, A.LinearScaling, A.NTKScaling, A.YarnScaling, A.Llama3Scaling, A.Rope, A.Sinusoidal,
-                A.Learned, A.Alibi, A.Relative, A.MHA, A.MQA, A.GQA, A.MLA, A.Differential, A.LinearAttention,
-                A.MLP, A.GLU, A.MoE, A.Mamba):
-        if kind in cls.model_fields["kind"].annotation.__args__:
-            return [f for f in cls.model_fields if f != "kind"]
-    return []
+def _allowed_fields(slot: str | None, kind: str) -> list[str]:
+    """The arguments `kind` takes in `slot`: `linear` attention and `linear` scaling differ."""
+    cls = A.SLOT_CLASSES.get(slot or "", {}).get(kind)
+    return [f for f in cls.model_fields if f != "kind"] if cls else []
+
+
+_DERIVED = ("head_dim", "dt_rank")  # filled from d_model by _fill_defaults
+
+
+def _is_knock_on(loc: tuple, typ: str, is_field_error: bool, bad: set[tuple]) -> bool:
+    """Whether a pydantic error is a consequence of a value already reported (and left out)."""
+    owner = loc[:-1]
+    if typ == "missing":
+        if loc in bad:
+            return True
+        siblings = [p[-1] for p in bad if p[:-1] == owner and p]
+        if loc and did_you_mean(str(loc[-1]), [str(x) for x in siblings]):  # `vocabb = 100` for `vocab`
+            return True
+        if loc[-1:] and loc[-1] in _DERIVED and (("d_model",) in bad or any(p[:len(owner)] == owner for p in bad)):
+            return True
+        return False
+    if is_field_error or typ in ("value_error", "assertion_error"):  # cross-field checks saw an incomplete owner
+        return any(p[: len(owner)] == owner for p in bad)
+    return False
+
+
+def _check_class_names(name: str, merged: _Merged) -> list[ArchError]:
+    """Two spec names that become one Python class would make the generated module define the
+    class twice, the second silently replacing the first."""
+    errors = []
+    seen: dict[str, tuple[str, Span | None]] = {class_name(name): (f"model `{name}`", merged.decl.span)}
+    for block_name, span in merged.block_spans.items():
+        try:
+            cls = class_name(block_name, "Block")
+        except ValueError:
+            continue  # not an identifier: the AST reports it
+        if cls in seen:
+            first, first_span = seen[cls]
+            errors.append(ArchError(
+                f"block `{block_name}` and {first} would both become the class `{cls}` in generated code",
+                span, notes=[f"{first} is declared at {first_span}"] if first_span else [],
+                hint=f"rename block `{block_name}`", kind="semantic"))
+        else:
+            seen[cls] = (f"block `{block_name}`", span)
+    return errors
+
+
+def _check_relative_position(model: A.Model) -> list[ArchError]:
+    """T5's relative bias is learned per attention head; a stack without attention has no heads."""
+    if not isinstance(model.position, A.Relative):
+        return []
+    errors = []
+    for stack, layers in model.stacks().items():
+        if not any(model.blocks[n].attention is not None for n in layers):
+            errors.append(ArchError(
+                f"position = relative() needs an attention block in {'the ' + stack + ' stack' if stack != 'layers' else 'the layers'}",
+                model.span_of("position"), hint="relative position bias is learned per attention head; "
+                "use a block with attention, or drop `position`", kind="semantic"))
+    return errors
 
 
 def build_model(program: Program, name: str) -> A.Model:
-    """Resolve one model of a loaded program into a validated AST. Raises ArchError(s)."""
+    """Resolve one model of a loaded program into a validated AST. Raises ArchError(s), every
+    independent error of the model at once."""
     merged = _merge(program, name)
     ev = _Evaluator(merged)
     b = _Builder(ev)
     decl = merged.decl
     data = b.data
     data["name"] = name
-    model_fields = tuple(f for f in A.MODEL_FIELDS)
-    data.update(b.fields(merged.assigns, (), model_fields, f"model `{name}`"))
+    data.update(b.fields(merged.assigns, (), A.Model, A.MODEL_FIELDS, f"model `{name}`"))
     blocks: dict[str, Any] = {}
     data["blocks"] = blocks
     for block_name, assigns in merged.blocks.items():
         b.spans[("blocks", block_name)] = merged.block_spans[block_name]
         b.spans[("blocks", block_name, "name")] = merged.block_spans[block_name]
-        blocks[block_name] = {"name": block_name, **b.fields(assigns, ("blocks", block_name), A.BLOCK_FIELDS,
+        blocks[block_name] = {"name": block_name, **b.fields(assigns, ("blocks", block_name), A.Block, A.BLOCK_FIELDS,
                                                              f"block `{block_name}`")}
     for stack in ("layers", "encoder_layers", "decoder_layers"):
         if stack in data and not isinstance(data[stack], list):
-            value = data[stack]
-            raise ArchError(f"`{stack}` must be a stack of blocks such as `layer * 12`, found {_describe(value)}",
-                            b.spans.get((stack,)), hint=did_you_mean(str(value), merged.blocks) if isinstance(value, str) else None,
-                            kind="semantic")
+            value = data.pop(stack)
+            b.errors.append(ArchError(
+                f"`{stack}` must be a stack of blocks such as `layer * 12`, found {_describe(value)}",
+                b.spans.get((stack,)), hint=did_you_mean(str(value), merged.blocks) if isinstance(value, str) else None,
+                kind="semantic"))
+            b.bad_paths.add((stack,))
+    b.errors.extend(_check_class_names(name, merged))
     _fill_defaults(data, data.get("d_model"), b)
     b.spans.setdefault(("name",), decl.span)
+    errors = list(b.errors)
+    model = None
     try:
         model = A.Model.model_validate(data)
     except ValidationError as exc:
-        errors = [(_strip_tags(err["loc"]), err["type"], _error_from_pydantic(err, b, program.entry, decl.span))
-                  for err in exc.errors()]
-        unique = _drop_knock_on(errors)
-        raise (unique[0] if len(unique) == 1 else ArchErrors(unique)) from None
-    model._spans = {**b.name_spans, **b.spans}
+        found = []
+        for err in exc.errors():
+            loc = _strip_tags(err["loc"])
+            field_error = (err.get("ctx") or {}).get("error")
+            is_field_error = isinstance(field_error, A.FieldError)
+            if is_field_error:
+                loc = loc + (field_error.field,)
+            if _is_knock_on(loc, err["type"], is_field_error, b.bad_paths):
+                continue
+            found.append((loc, err["type"], _error_from_pydantic(err, b, program.entry, decl.span)))
+        errors.extend(_drop_knock_on(found))
+    if model is not None:
+        model._spans = {**b.name_spans, **b.spans}
+        errors.extend(_check_relative_position(model))
+    if errors:
+        raise errors[0] if len(errors) == 1 else ArchErrors(errors)
     return model
 
 
@@ -648,14 +887,28 @@ def load_models(
     Pass a `SourceMap` to keep the text of every file read, for rendering errors."""
     program = load_program(path, source=source, name=name, root=root, allow_outside_root=allow_outside_root,
                            sources=sources)
-    models, errors = [], []
+    models, errors = [], list(program.syntax_errors)
     for model_name in program.entry_models:
         try:
             models.append(build_model(program, model_name))
-        except ArchErrors as exc:
-            errors.extend(exc.errors)
-        except ArchError as exc:
-            errors.append(exc)
+        except (ArchError, ArchErrors) as exc:
+            errors.extend(e for e in all_errors(exc) if not _is_damaged(program, model_name, e))
     if errors:
-        raise ArchErrors(errors)
+        raise errors[0] if len(errors) == 1 else ArchErrors(errors)
     return models
+
+
+def _is_damaged(program: Program, model_name: str, error: ArchError) -> bool:
+    """Whether a semantic error may be a knock-on of a syntax error recovered from: it lies in a
+    declaration the recovery blanked part of, or reports a missing field of a damaged model."""
+    if not program.syntax_errors:
+        return False
+    decl = program.models[model_name]
+    ranges = program.damaged.get(decl.span.file, [])
+    model_lines = (decl.span.line, decl.end_line or decl.span.line)
+    if error.message.startswith("missing required") and any(
+            model_lines[0] <= start <= model_lines[1] for start, _ in ranges):
+        return True
+    if error.span is None or error.span.file != decl.span.file:
+        return False
+    return any(start <= error.span.line <= end for start, end in ranges)

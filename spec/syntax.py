@@ -100,6 +100,7 @@ class BlockDecl:
     assigns: tuple[Assign, ...]
     span: Span
     parent_span: Span | None = None
+    end_line: int | None = None  # of the closing `}`
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class ModelDecl:
     blocks: tuple[BlockDecl, ...]
     span: Span
     parent_span: Span | None = None
+    end_line: int | None = None  # of the closing `}`
 
 
 @dataclass(frozen=True)

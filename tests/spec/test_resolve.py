@@ -170,7 +170,7 @@ def test_ast_is_immutable():
 def test_missing_model_fields_are_all_reported():
     msgs = errors_of('model m { vocab = "x" }')
     assert [m.splitlines()[0].split("error: ")[1] for m in msgs] == [
-        "`vocab` must be a valid integer, unable to parse string as an integer, found the string 'x'",
+        "`vocab`: expected an integer, got a string",
         "missing required field `d_model` in the model",
         "missing required field `context` in the model",
     ]

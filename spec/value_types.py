@@ -1,0 +1,65 @@
+"""What kind of value each AST field takes, read from its pydantic annotation.
+
+The resolver checks every value against this before pydantic sees it, because pydantic's lax
+mode would coerce `true` to 1 and `"8"` to 8. A bool is not an integer, a string is not a
+number, and an enumeration value is a bare word (`bf16`), not a string (`"bf16"`).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+# Kinds of value, as the resolver sees them.
+INTEGER, NUMBER, BOOL, WORD, STRING, NONE, CALL, LIST = "integer", "number", "bool", "word", "string", "none", "call", "list"
+
+_ARTICLE = {
+    INTEGER: "an integer", NUMBER: "a number", BOOL: "true or false", WORD: "a word", STRING: "a string",
+    NONE: "none", CALL: "a call", LIST: "a list",
+}
+
+
+def accepted(annotation: Any) -> frozenset[str] | None:
+    """The kinds of value a field with this annotation accepts; None when it is not checked here."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return accepted(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        out: set[str] = set()
+        for arg in get_args(annotation):
+            kinds = accepted(arg)
+            if kinds is None:
+                return None
+            out |= kinds
+        return frozenset(out)
+    if origin is Literal:
+        return frozenset({WORD})
+    if annotation is type(None):
+        return frozenset({NONE})
+    if annotation is bool:
+        return frozenset({BOOL})
+    if annotation is int:
+        return frozenset({INTEGER})
+    if annotation is float:  # an integer is a fine value for a float field
+        return frozenset({INTEGER, NUMBER})
+    if annotation is str:
+        return frozenset({STRING})
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return frozenset({CALL})
+    return None
+
+
+def describe_expected(kinds: frozenset[str]) -> str:
+    """`{"integer", "number", "none"}` → "a number or none"."""
+    shown = [k for k in (NUMBER, INTEGER, BOOL, WORD, STRING, CALL, LIST, NONE) if k in kinds]
+    if NUMBER in kinds:
+        shown.remove(INTEGER)
+    words = [_ARTICLE[k] for k in shown]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def describe_kind(kind: str) -> str:
+    """The kind of a value given: "a string", "a boolean"."""
+    return "a boolean" if kind == BOOL else _ARTICLE.get(kind, kind)
