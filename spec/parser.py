@@ -221,45 +221,126 @@ def parse_source(text: str, file: str = "<string>") -> S.SourceFile:
 
 def parse_recovering(text: str, file: str = "<string>") -> tuple[S.SourceFile | None, list[ArchError], list[tuple[int, int]]]:
     """Parse, and after a syntax error keep going, so one run reports the errors of separate
-    statements and declarations: the statement holding the error is blanked out (line and column
-    positions stay) and the text parsed again.
+    statements and declarations: the statement holding the error is blanked out (line and
+    column positions stay) and the text parsed again.
 
-    Returns the syntax of what remains (None when nothing could be recovered), the errors, and the
-    damaged line ranges: the declarations whose semantic errors would be knock-ons."""
+    Returns the syntax of what remains (None when nothing could be recovered), the errors, and
+    the damaged line ranges: the declarations whose semantic errors could be knock-ons."""
     text = strip_bom(text)
     errors: list[ArchError] = []
     damaged: list[tuple[int, int]] = []
     current = text
-    last_cut: tuple[int, int] | None = None  # where the previous partial blanking stopped
     while True:
         try:
             return _parse_once(current, file), errors, damaged
         except ArchError as exc:
-            here = (exc.span.line, exc.span.column) if exc.span else None
-            retry = here is not None and here == last_cut  # the same token failed again
-            if not retry:
-                errors.append(exc)
-            region = _statement_lines(current, exc)
-            if region is None or len(errors) >= MAX_SYNTAX_ERRORS:
+            errors.append(exc)
+            cut = _broken_statement(current, exc) if len(errors) < MAX_SYNTAX_ERRORS else None
+            if cut is None:
                 return None, errors, damaged
-            start, end = region
-            lines = current.split("\n")
-            full = [(i, len(lines[i - 1])) for i in range(start, end + 1)]
-            cut, last_cut = full, None
-            starts_line = exc.span.line == end and not lines[end - 1][: exc.span.column - 1].strip()
-            if not retry and starts_line:
-                # The token that stopped the parser begins its line (a `}`, the next statement):
-                # first blank only what comes before it, it is often fine where it is.
-                cut = [(i, w if i < end else exc.span.column - 1) for i, w in full]
-                last_cut = here
-            if all(not lines[i - 1][:w].strip() for i, w in cut):
-                if cut is full or all(not lines[i - 1][:w].strip() for i, w in full):
-                    return None, errors, damaged  # nothing left to blank: no progress possible
-                cut, last_cut = full, None
-            for i, w in cut:
-                lines[i - 1] = " " * w + lines[i - 1][w:]
-            current = "\n".join(lines)
-            damaged.append(_enclosing_declaration(text, start, end))
+            begin, end = cut
+            current = current[:begin] + "".join(c if c == "\n" else " " for c in current[begin:end]) + current[end:]
+            first_line = text.count("\n", 0, begin) + 1
+            last_line = first_line + text.count("\n", begin, end)
+            damaged.append(_enclosing_declaration(text, first_line, last_line))
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    lines = text.split("\n")
+    return sum(len(l) + 1 for l in lines[: line - 1]) + column - 1
+
+
+_STATEMENT_KEYWORDS = {"_LET", "_BLOCK", "_MODEL", "_IMPORT"}
+# Mistakes inside one statement, which the parser can step over; the others break the
+# structure of declarations (a missing name or brace, a statement outside a model).
+_RECOVERABLE = {"syntax", "syntax:missing-equals", "syntax:missing-value", "syntax:missing-comma",
+                "syntax:unclosed-call", "syntax:unexpected"}
+
+
+def _broken_statement(text: str, exc: ArchError) -> tuple[int, int] | None:
+    """The character range to blank so the parser can step over a syntax error: from the start
+    of the statement it is in, up to the token that stopped the parser when that token can begin
+    the next statement (or is a `}`), else to the end of the statement. None when the error
+    cannot be stepped over (end of file, a limit)."""
+    if exc.span is None or exc.kind not in _RECOVERABLE:
+        return None  # a broken declaration header or brace: what follows would be knock-ons
+    at = _offset(text, exc.span.line, exc.span.column)
+    if at >= len(text.rstrip()):
+        return None  # the error is at the end of the file: nothing after it to recover
+    line_end = text.find("\n", at) if "\n" in text[at:] else len(text)
+    if exc.message.startswith("unterminated string"):
+        # Blank the rest of the line, and the statement the string began in.
+        text = text[:at] + " " * (line_end - at) + text[line_end:]
+    elif exc.kind == "syntax":  # a character the lexer refused: lex around it
+        text = text[:at] + " " + text[at + 1:]
+    tokens = _tokens(text)
+
+    def starts_statement(i: int) -> bool:
+        tok = tokens[i]
+        if tok.type in _STATEMENT_KEYWORDS:
+            return True
+        following = tokens[i + 1].type if i + 1 < len(tokens) else None
+        return tok.type == "NAME" and following in ("EQUAL", "DOT") and (
+            i == 0 or tokens[i - 1].type not in ("DOT", "EQUAL", "_LET", "_BLOCK", "_MODEL", "_EXTENDS"))
+
+    start, depth, braces, error_index = 0, 0, 0, len(tokens)
+    for i, tok in enumerate(tokens):
+        if tok.start_pos >= at:
+            error_index = i
+            break
+        if tok.type in ("LBRACE", "RBRACE"):
+            depth, start = 0, tok.end_pos
+            braces += 1 if tok.type == "LBRACE" else -1
+        elif tok.type in ("LPAR", "LSQB"):
+            depth += 1
+        elif tok.type in ("RPAR", "RSQB"):
+            depth = max(0, depth - 1)
+        elif depth == 0 and starts_statement(i) and (i == 0 or tokens[i - 1].type not in ("EQUAL",)):
+            start = tok.start_pos
+    if braces <= 0 or error_index < len(tokens) and tokens[error_index].type == "LBRACE":
+        return None  # outside a model, or a declaration header
+    if exc.message.startswith("unterminated string"):
+        return start, line_end
+    if exc.kind == "syntax":
+        at = at + 1
+        error_index = next((i for i in range(error_index, len(tokens)) if tokens[i].start_pos >= at), len(tokens))
+    if error_index < len(tokens) and (tokens[error_index].type == "RBRACE" or depth == 0 and starts_statement(error_index)):
+        return (start, at) if text[start:at].strip() else _through_statement(tokens, error_index, start, starts_statement)
+    return _through_statement(tokens, error_index, start, starts_statement)
+
+
+def _through_statement(tokens, error_index: int, start: int, starts_statement) -> tuple[int, int] | None:
+    """From `start` through the rest of the statement holding token `error_index`: up to the
+    next `{`, `}` or statement keyword, or the next `name =` outside brackets."""
+    depth = 0
+    for i in range(error_index, len(tokens)):
+        tok = tokens[i]
+        if i > error_index and (tok.type in ("LBRACE", "RBRACE") or tok.type in _STATEMENT_KEYWORDS
+                                or depth == 0 and starts_statement(i)):
+            return start, tok.start_pos
+        if tok.type in ("LPAR", "LSQB"):
+            depth += 1
+        elif tok.type in ("RPAR", "RSQB"):
+            depth = max(0, depth - 1)
+    return None
+
+
+def _tokens(text: str) -> list[Token]:
+    """The tokens of `text` by the grammar's terminals, without parsing, up to the first
+    character that cannot be lexed (a later error, recovered from in its turn)."""
+    tokens: list[Token] = []
+    try:
+        for tok in _lexer().lex(text):
+            tokens.append(tok)
+    except UnexpectedInput:
+        pass
+    return tokens
+
+
+@functools.lru_cache(maxsize=1)
+def _lexer() -> Lark:
+    grammar = resources.files(__package__).joinpath("arch.lark").read_text()
+    return Lark(grammar, parser="lalr", lexer="basic", keep_all_tokens=True)
 
 
 def strip_bom(text: str) -> str:
@@ -300,46 +381,6 @@ def _check_depth(tree: Tree, file: str) -> None:
                 _span(file, node), hint="split it into `let` constants", kind="limit",
             )
         stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
-
-
-def _statement_lines(text: str, exc: ArchError) -> tuple[int, int] | None:
-    """The lines of the statement a syntax error is in: back to where brackets were balanced,
-    forward while they are still open. None when the error cannot be stepped over."""
-    if exc.span is None or exc.kind in ("limit", "syntax:unclosed-brace") or exc.message.startswith("unexpected end"):
-        return None
-    lines = text.split("\n")
-    open_at_start = _open_brackets_per_line(text)
-    line = min(max(exc.span.line, 1), len(lines))
-    start = line
-    while start > 1 and open_at_start[start - 1] > 0:
-        start -= 1
-    # Forward only over the rest of a call or list that does close; an unclosed one ends here.
-    end = line
-    while end < len(lines) and open_at_start[end] > 0 and end - line < 50:
-        end += 1
-    if end < len(lines) and open_at_start[end] > 0 or end == len(lines) and end > line:
-        end = line
-    return start, end
-
-
-def _open_brackets_per_line(text: str) -> list[int]:
-    """For each line, how many `(` and `[` are open when it starts (strings and comments skipped)."""
-    out, depth = [], 0
-    for line in text.split("\n"):
-        out.append(depth)
-        in_string = False
-        for ch in line:
-            if ch == '"':
-                in_string = not in_string
-            elif in_string:
-                continue
-            elif ch == "#":
-                break
-            elif ch in "([":
-                depth += 1
-            elif ch in ")]":
-                depth = max(0, depth - 1)
-    return out
 
 
 def _enclosing_declaration(text: str, start: int, end: int) -> tuple[int, int]:
