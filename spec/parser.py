@@ -283,22 +283,22 @@ def _broken_statement(text: str, exc: ArchError) -> tuple[int, int] | None:
         return tok.type == "NAME" and following in ("EQUAL", "DOT") and (
             i == 0 or tokens[i - 1].type not in ("DOT", "EQUAL", "_LET", "_BLOCK", "_MODEL", "_EXTENDS"))
 
-    start, depth, braces, error_index = 0, 0, 0, len(tokens)
+    start, start_type, depth, braces, error_index = 0, None, 0, 0, len(tokens)
     for i, tok in enumerate(tokens):
         if tok.start_pos >= at:
             error_index = i
             break
         if tok.type in ("LBRACE", "RBRACE"):
-            depth, start = 0, tok.end_pos
+            depth, start, start_type = 0, tok.end_pos, None
             braces += 1 if tok.type == "LBRACE" else -1
         elif tok.type in ("LPAR", "LSQB"):
             depth += 1
         elif tok.type in ("RPAR", "RSQB"):
             depth = max(0, depth - 1)
         elif depth == 0 and starts_statement(i) and (i == 0 or tokens[i - 1].type not in ("EQUAL",)):
-            start = tok.start_pos
-    if braces <= 0 or error_index < len(tokens) and tokens[error_index].type == "LBRACE":
-        return None  # outside a model, or a declaration header
+            start, start_type = tok.start_pos, tok.type
+    if braces <= 0 or start_type in ("_BLOCK", "_MODEL") or error_index < len(tokens) and tokens[error_index].type == "LBRACE":
+        return None  # outside a model, or in a declaration header
     if exc.message.startswith("unterminated string"):
         return start, line_end
     if exc.kind == "syntax":
