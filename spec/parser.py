@@ -174,7 +174,7 @@ class _ToSyntax(Transformer):
         name, parent, body = self._header(children)
         return S.BlockDecl(
             str(name), str(parent) if parent else None, tuple(body), self._s(name),
-            self._s(parent) if parent else None, end_line=meta.end_line,
+            self._s(parent) if parent else None, end_line=meta.end_line, end_column=meta.end_column,
         )
 
     @v_args(meta=True)
@@ -189,6 +189,7 @@ class _ToSyntax(Transformer):
             span=self._s(name),
             parent_span=self._s(parent) if parent else None,
             end_line=meta.end_line,
+            end_column=meta.end_column,
         )
 
     def import_stmt(self, children):

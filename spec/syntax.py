@@ -101,6 +101,7 @@ class BlockDecl:
     span: Span
     parent_span: Span | None = None
     end_line: int | None = None  # of the closing `}`
+    end_column: int | None = None  # just after the closing `}`
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class ModelDecl:
     span: Span
     parent_span: Span | None = None
     end_line: int | None = None  # of the closing `}`
+    end_column: int | None = None  # just after the closing `}`
 
 
 @dataclass(frozen=True)

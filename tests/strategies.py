@@ -125,3 +125,58 @@ def mutated(draw, sources: list[str]) -> str:
         else:
             text = text[:pos] + draw(st.text(max_size=6)) + text[pos:]
     return text
+
+
+# --- the formatter's inputs: expressions, string literals, comments anywhere
+
+
+def expressions(max_leaves: int = 12):
+    """Expression text with unary minus, `**`, mixed precedence and redundant brackets."""
+    leaves = st.one_of(st.sampled_from(["1", "2", "0.5", "3k", "x", "d_model", "4_096"]))
+
+    def extend(inner):
+        return st.one_of(
+            st.builds(lambda a: f"-{a}", inner),
+            st.builds(lambda a: f"({a})", inner),
+            st.builds(lambda a, op, b: f"{a} {op} {b}", inner, st.sampled_from(["+", "-", "*", "/", "//", "%", "**"]),
+                      inner),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=max_leaves)
+
+
+# Escapes the language reads as Python does, and characters that must be escaped to survive.
+_STRING_PIECES = ["a", "é", " ", "\\\\", '\\"', "\\n", "\\r", "\\t", "\\x1b", "\\x00", "\\u202e", "\\ud800", "\\'",
+                  "\\x41", "\\u00e9", "\\U0001F600", "\\a", "\\b", "\\f", "\\v", "\\0", "\\177", "#", "{", "}"]
+
+
+def string_literals():
+    """The text of a string literal (quotes included) built from any escape."""
+    return st.lists(st.sampled_from(_STRING_PIECES), max_size=8).map(lambda parts: '"' + "".join(parts) + '"')
+
+
+@st.composite
+def commented(draw, text: str) -> str:
+    """`text` with comments added at line ends, on lines of their own, and inside calls and lists
+    (after an opening bracket or a comma), each comment unique so its survival can be checked."""
+    out, n, in_string, in_comment = [], 0, False, False
+    for ch in text:
+        out.append(ch)
+        if ch == '"' and not in_comment:
+            in_string = not in_string
+        elif ch == "#" and not in_string:
+            in_comment = True
+        if ch == "\n":
+            in_string = in_comment = False
+        if in_string or in_comment:
+            continue
+        if ch == "\n":
+            if draw(st.integers(0, 3)) == 0:
+                out.append(f"# own {n}\n")
+                n += 1
+        elif ch in "(,[{}" and draw(st.integers(0, 3)) == 0:
+            out.append(f"  # in {n}\n")
+            n += 1
+    if out and out[-1].endswith("\n") and draw(st.booleans()):
+        out[-1] = out[-1][:-1] + f"  # end {n}\n"
+    return "".join(out)
