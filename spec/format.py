@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lark import Lark
-
 from . import syntax as S
 from .errors import ArchError, ArchErrors
-from .parser import _lark, parse_source, strip_bom
+from .parser import _lexer, parse_source, strip_bom
 
 INDENT = "    "
 MAX_WIDTH = 100
@@ -267,9 +265,8 @@ def format_source(text: str, file: str = "<string>") -> str:
         tree = parse_source(text, file)
     except ArchErrors as exc:
         raise exc.errors[0] from None
-    found: list[tuple[int, int, str]] = []
-    Lark(_lark().source_grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False,
-         lexer_callbacks={"COMMENT": lambda tok: found.append((tok.line, tok.column, str(tok).rstrip())) or tok}).parse(text)
+    found = [(tok.line, tok.column, str(tok).rstrip()) for tok in _lexer().lex(text, dont_ignore=True)
+             if tok.type == "COMMENT"]
     comments = _Comments(sorted(found))
     items = [*tree.imports, *tree.models]
     end = (text.count("\n") + 2, 1)
