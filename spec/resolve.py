@@ -821,9 +821,13 @@ def _check_relative_position(model: A.Model) -> list[ArchError]:
     return errors
 
 
-def build_model(program: Program, name: str) -> A.Model:
+def build_model(program: Program, name: str, *, syntax_errors_reported: bool = False) -> A.Model:
     """Resolve one model of a loaded program into a validated AST. Raises ArchError(s), every
-    independent error of the model at once."""
+    independent error of the model at once. A program recovered from syntax errors is refused
+    unless the caller reports those itself (`syntax_errors_reported`), as load_models does."""
+    if program.syntax_errors and not syntax_errors_reported:
+        errors = program.syntax_errors
+        raise errors[0] if len(errors) == 1 else ArchErrors(errors)
     merged = _merge(program, name)
     ev = _Evaluator(merged)
     b = _Builder(ev)
@@ -890,7 +894,7 @@ def load_models(
     models, errors = [], list(program.syntax_errors)
     for model_name in program.entry_models:
         try:
-            models.append(build_model(program, model_name))
+            models.append(build_model(program, model_name, syntax_errors_reported=True))
         except (ArchError, ArchErrors) as exc:
             errors.extend(e for e in all_errors(exc) if not _is_damaged(program, model_name, e))
     if errors:

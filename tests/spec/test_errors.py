@@ -149,3 +149,11 @@ def test_class_names_are_unchanged():
     assert codegen.class_name is class_name
     assert [class_name(n, "Block") for n in ("layer", "rope_block", "layer_2_3", "_x", "moe2")] == [
         "LayerBlock", "RopeBlockBlock", "Layer2_3Block", "XBlock", "Moe2Block"]
+
+
+def test_build_model_refuses_a_program_recovered_from_syntax_errors():
+    from archlang.spec.resolve import build_model, load_program
+
+    program = load_program(source="model m {\n  vocab = = 1\n  d_model = 8\n}\n", name="e.arch")
+    with pytest.raises(ArchError, match="expected a value"):
+        build_model(program, "m")
