@@ -23,7 +23,7 @@ OPTIONS: tuple[str, ...] = tuple(
 )
 # Positions applied inside the attention (the others are added to the embeddings).
 ATTENTION_POSITIONS = ("rope", "alibi", "relative")
-# The kinds that may read an encoder's output as cross-attention.
+# The kinds that may read an encoder's output as cross-attention, and the options they refuse there.
 CROSS_ATTENTION_KINDS = ("mha", "mqa", "gqa")
 
 
@@ -62,9 +62,13 @@ _REFUSED_OPTIONS: dict[tuple[str, str], Refusal] = {
     ("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
     ("linear", "window"): Refusal("linear attention keeps one running state over the whole past",
                                   "remove window, or use mha/gqa with a window"),
-    ("linear", "softcap"): Refusal(f"linear attention {_NO_SCORES}", "remove softcap"),
-    ("linear", "scale"): Refusal("the elu + 1 feature map has no score scale (it cancels in the normalisation)",
-                                 "remove scale"),
+    ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
+    ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
+}
+
+
+_REFUSED_CROSS_OPTIONS: dict[str, Refusal] = {
+    "window": Refusal("a sliding window over the encoder's output is not defined", "remove window"),
 }
 
 
@@ -105,11 +109,12 @@ def check_model(model: A.Model) -> None:
                                    f"use {' / '.join(CROSS_ATTENTION_KINDS)} for cross_attention")
             for option in OPTIONS:
                 refusal = option_refusal(att.kind, option)
-                if slot == "cross_attention" and option == "window":
-                    refusal = Refusal("a sliding window over the encoder's output is not defined", "remove window")
+                if slot == "cross_attention":
+                    refusal = refusal or _REFUSED_CROSS_OPTIONS.get(option)
                 if refusal is not None and option_is_set(att, option):
                     raise A.FieldError(("blocks", name, slot, option),
-                                       f"{att.kind} attention with {option} is not supported: {refusal.reason}",
+                                       f"{att.kind} {'cross-' if slot == 'cross_attention' else ''}attention with {option} "
+                                       f"is not supported: {refusal.reason}",
                                        refusal.instead)
         mixer = block.mixer
         if mixer is not None:
@@ -147,4 +152,6 @@ def matrix_markdown() -> str:
         lines.append(f"- `{mixer}` × `{position}`: {r.reason}; {r.instead}.")
     for (mixer, option), r in _REFUSED_OPTIONS.items():
         lines.append(f"- `{mixer}` with `{option}`: {r.reason}; {r.instead}.")
+    for option, r in _REFUSED_CROSS_OPTIONS.items():
+        lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
     return "\n".join(lines) + "\n"

@@ -276,3 +276,24 @@ def test_the_matrix_covers_every_kind_of_the_language():
     assert set(compat.MIXERS) == set(A.SLOT_KINDS["attention"]) | set(A.SLOT_KINDS["ssm"])
     assert set(compat.POSITIONS) == {"none", *A.SLOT_KINDS["position"]}
     assert {"window", "softcap", "scale", "bias", "out_bias"} <= set(compat.OPTIONS)
+
+
+def test_docs_show_the_current_matrix():
+    """docs/language.md carries compat.matrix_markdown() verbatim between its markers."""
+    from ..conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    begin, end = "<!-- compat-matrix:begin -->\n", "<!-- compat-matrix:end -->"
+    assert begin in docs and end in docs
+    shown = docs.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == compat.matrix_markdown(), "regenerate the table from spec/compat.matrix_markdown()"
+
+
+CROSS_WINDOW = CROSS.replace("KIND", "mha(heads = 4, window = 4)")
+
+
+def test_cross_attention_window_is_refused():
+    with pytest.raises((ArchError, ArchErrors), match="window") as info:
+        load_models(source=CROSS_WINDOW)
+    err = info.value.errors[0] if isinstance(info.value, ArchErrors) else info.value
+    assert err.span is not None and err.span.line == 8 and "cross" in err.message and err.hint
