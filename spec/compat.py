@@ -67,6 +67,13 @@ _REFUSED_OPTIONS: dict[tuple[str, str], Refusal] = {
 }
 
 
+# Mixers that only read the past: they cannot be the bidirectional layers of an encoder.
+_REFUSED_IN_ENCODERS: dict[str, Refusal] = {
+    kind: Refusal(f"{kind} is causal (it reads the past only), and an encoder's layers see both directions",
+                  "use attention in encoder layers; put mamba in a decoder")
+    for kind in A.SLOT_KINDS["ssm"]
+}
+
 _REFUSED_CROSS_OPTIONS: dict[str, Refusal] = {
     "window": Refusal("a sliding window over the encoder's output is not defined", "remove window"),
 }
@@ -117,6 +124,11 @@ def check_model(model: A.Model) -> None:
                                        f"is not supported: {refusal.reason}",
                                        refusal.instead)
         mixer = block.mixer
+        in_encoder = model.family == "encoder" or name in stacks.get("encoder", ())
+        if mixer is not None and in_encoder and mixer.kind in _REFUSED_IN_ENCODERS:
+            refusal = _REFUSED_IN_ENCODERS[mixer.kind]
+            raise A.FieldError(("blocks", name, "ssm"), f"{mixer.kind} in an encoder (block `{name}`) is not supported: "
+                               f"{refusal.reason}", refusal.instead)
         if mixer is not None:
             refusal = position_refusal(mixer.kind, position)
             attention_elsewhere = any(
@@ -152,6 +164,8 @@ def matrix_markdown() -> str:
         lines.append(f"- `{mixer}` × `{position}`: {r.reason}; {r.instead}.")
     for (mixer, option), r in _REFUSED_OPTIONS.items():
         lines.append(f"- `{mixer}` with `{option}`: {r.reason}; {r.instead}.")
+    for kind, r in _REFUSED_IN_ENCODERS.items():
+        lines.append(f"- `{kind}` in an encoder: {r.reason}; {r.instead}.")
     for option, r in _REFUSED_CROSS_OPTIONS.items():
         lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
     return "\n".join(lines) + "\n"

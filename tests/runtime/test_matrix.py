@@ -297,3 +297,35 @@ def test_cross_attention_window_is_refused():
         load_models(source=CROSS_WINDOW)
     err = info.value.errors[0] if isinstance(info.value, ArchErrors) else info.value
     assert err.span is not None and err.span.line == 8 and "cross" in err.message and err.hint
+
+
+ENCODER_CELLS = [(m, p) for m, p, _ in POSITION_CELLS if m in compat.ATTENTION_KINDS]
+
+
+@pytest.mark.parametrize("mixer,position", ENCODER_CELLS, ids=_id)
+def test_encoder_cell_sees_both_directions(mixer, position):
+    """The same cells in an encoder: every token reaches every output, gradients reach every weight."""
+    text = spec_text(mixer, position).replace("    vocab", "    family = encoder\n    vocab", 1)
+    torch.manual_seed(0)
+    model = load_source(compile_spec(text).source, "cell").build().eval()
+    ids = _ids()
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert ((a - b).abs().amax(dim=-1) > 1e-6).all()  # every position, before and after the change
+    model.train()
+    out = model(ids)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    assert not [n for n, p in model.named_parameters()
+                if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
+
+
+@pytest.mark.parametrize("kind", A.SLOT_KINDS["ssm"])
+def test_causal_mixers_are_refused_in_encoders(kind):
+    text = spec_text(kind, "none").replace("    vocab", "    family = encoder\n    vocab", 1)
+    with pytest.raises((ArchError, ArchErrors), match=f"{kind} in an encoder") as info:
+        load_models(source=text)
+    err = info.value.errors[0] if isinstance(info.value, ArchErrors) else info.value
+    assert err.span is not None and err.span.line == next(
+        i for i, s in enumerate(text.splitlines(), 1) if f"{kind}(" in s) and err.hint
