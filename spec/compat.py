@@ -104,6 +104,17 @@ def check_model(model: A.Model) -> None:
     stacks = model.stacks()
     used = [name for layers in stacks.values() for name in dict.fromkeys(layers)]
     position = model.position.kind if model.position is not None else "none"
+    if position == "relative":  # one bias table per stack, with a column per head
+        for layers in stacks.values():
+            heads = {}
+            for name in layers:
+                att = model.blocks[name].attention
+                if att is not None and heads.setdefault("first", (name, att.heads))[1] != att.heads:
+                    first, n = heads["first"]
+                    raise A.FieldError(("blocks", name, "attention", "heads"),
+                                       f"position relative() shares one bias table across a stack, but block `{name}` "
+                                       f"has {att.heads} heads and block `{first}` {n}",
+                                       "give every attention layer of the stack the same number of heads")
     for name in dict.fromkeys(used):
         block = model.blocks[name]
         for slot in ("attention", "cross_attention"):

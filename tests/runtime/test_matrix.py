@@ -329,3 +329,13 @@ def test_causal_mixers_are_refused_in_encoders(kind):
     err = info.value.errors[0] if isinstance(info.value, ArchErrors) else info.value
     assert err.span is not None and err.span.line == next(
         i for i, s in enumerate(text.splitlines(), 1) if f"{kind}(" in s) and err.hint
+
+
+def test_relative_bias_needs_one_head_count_per_stack():
+    text = spec_text("mha", "relative").replace("    layers = layer * 2",
+                                                "    block narrow { norm = rmsnorm()  attention = mha(heads = 2) }\n"
+                                                "    layers = [layer, narrow]")
+    with pytest.raises((ArchError, ArchErrors), match="shares one bias table") as info:
+        load_models(source=text)
+    err = info.value.errors[0] if isinstance(info.value, ArchErrors) else info.value
+    assert err.span is not None and "narrow" in text.splitlines()[err.span.line - 1]
