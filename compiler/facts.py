@@ -30,7 +30,8 @@ class Facts:
     params_total: int
     params_active: int
     flops_per_token: int
-    kv_cache_bytes_per_token: int
+    kv_cache_bytes_per_token: int  # what each token adds while shorter than every sliding window
+    kv_cache_bytes_at_context: int  # the cache after `context` tokens: sliding-window layers keep only the window
     ssm_state_bytes_per_sequence: int
     activation_bytes_per_token: int
     layers: int
@@ -85,6 +86,11 @@ def _attended(context: int, causal: bool, window: int | None) -> float:
     return (window * (window + 1) / 2 + (context - window) * window) / context
 
 
+def _cached(tokens: int, window: int | None) -> int:
+    """How many tokens' keys and values a layer holds after `tokens` tokens."""
+    return min(tokens, window) if window else tokens
+
+
 def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str | None = None) -> Facts:
     """Facts of a (lowered or optimized) IR at a sequence length and storage dtype."""
     ctx_len = context or g.graph["context"]
@@ -96,6 +102,7 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
     active = dict.fromkeys(CATEGORIES, 0)
     flops = 0.0
     kv_bytes = 0
+    kv_bytes_at_context = 0
     state_bytes = 0
     act_elems = 0
     for node in ordered_nodes(g):
@@ -123,13 +130,17 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
             keys = _attended(ctx_len, a["causal"], a.get("window"))
             flops += 2 * a["heads"] * (hd_qk + hd_v) * keys
             if a["causal"] and not a.get("cross"):  # encoders and cross-attention do not grow a decode cache
-                kv_bytes += 2 * a["kv_heads"] * a["head_dim"] * nbytes
+                per_token = 2 * a["kv_heads"] * a["head_dim"] * nbytes
+                kv_bytes += per_token
+                kv_bytes_at_context += per_token * _cached(ctx_len, a.get("window"))
         elif op == "mla_attention":
             keys = _attended(ctx_len, a["causal"], a.get("window"))
             qk = a["nope_head_dim"] + a["rope_head_dim"]
             flops += 2 * a["heads"] * (qk + a["v_head_dim"]) * keys
             flops += 2 * a["kv_lora_rank"] * a["heads"] * (a["nope_head_dim"] + a["v_head_dim"])  # kv_b_proj
-            kv_bytes += (a["kv_lora_rank"] + a["rope_head_dim"]) * nbytes
+            per_token = (a["kv_lora_rank"] + a["rope_head_dim"]) * nbytes
+            kv_bytes += per_token
+            kv_bytes_at_context += per_token * _cached(ctx_len, a.get("window"))
         elif op == "linear_attention":
             flops += 2 * 2 * a["heads"] * a["head_dim"] * a["head_dim"]
             state_bytes += a["heads"] * a["head_dim"] * (a["head_dim"] + 1) * nbytes
@@ -147,6 +158,7 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
         model=g.graph["name"], dtype=dt, context=ctx_len,
         params_total=sum(total.values()), params_active=sum(active.values()),
         flops_per_token=int(round(flops)), kv_cache_bytes_per_token=int(kv_bytes),
+        kv_cache_bytes_at_context=int(kv_bytes_at_context),
         ssm_state_bytes_per_sequence=int(state_bytes), activation_bytes_per_token=int(act_elems * nbytes),
         layers=layers,
         breakdown={k: v for k, v in total.items() if v}, breakdown_active={k: v for k, v in active.items() if v},

@@ -231,11 +231,14 @@ class _Lowerer:
             attrs["scale"] = att.scale if att.scale is not None else half**-0.5
         pos = m.position
         if kv is None and isinstance(pos, A.Rope):
-            rot = pos.dim or hd
+            # Differential attention rotates each of a head's two q/k sub-heads on its own.
+            sub = 2 if isinstance(att, A.Differential) else 1
+            rot = pos.dim or hd // sub
             table = b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
                            shape=(m.context, rot), attrs=_rope_table_attrs(pos, rot, m.context), **ctx)
             q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"), shape=("B", seq, heads * hd),
-                       attrs={"heads": heads, "kv_heads": kv_heads, "head_dim": hd, "rotary_dim": rot}, **ctx)
+                       attrs={"heads": heads * sub, "kv_heads": kv_heads * sub, "head_dim": hd // sub,
+                              "rotary_dim": rot}, **ctx)
             k = NodeRef(q.node, 1)
         elif kv is None and isinstance(pos, A.Alibi):
             table = b.node(f"{pre}alibi_slopes", "const", [], name="alibi_slopes", outputs="alibi",

@@ -96,12 +96,20 @@ class Attention(nn.Module):
 
 
 class DifferentialAttention(Attention):
-    """Differential attention: softmax(q1 k1) - lambda * softmax(q2 k2), per-head RMS-normalised."""
+    """Differential attention (Ye et al. 2024): softmax(q1 k1) - lambda * softmax(q2 k2), per-head
+    RMS-normalised, as in the reference implementation (microsoft/unilm, multihead_diffattn.py).
+
+    `head_dim` is the width of a whole head: two sub-heads of head_dim / 2 for q and k, and one
+    value head of head_dim. RoPE rotates each sub-head on its own. With kv_heads < heads, the
+    2 * heads query sub-heads share the 2 * kv_heads key sub-heads in consecutive groups, and each
+    head its value head, exactly as the reference's repeat_kv does.
+    """
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, layer: int, lambda_init: float | None = None,
                  **kw):
         super().__init__(heads, kv_heads, head_dim, **kw)
         half = head_dim // 2
+        # `layer` counts from 0, the paper's l - 1
         self.lambda_init = lambda_init if lambda_init is not None else 0.8 - 0.6 * math.exp(-0.3 * layer)
         self.lambda_q1 = nn.Parameter(torch.randn(half) * 0.1)
         self.lambda_k1 = nn.Parameter(torch.randn(half) * 0.1)
@@ -109,22 +117,32 @@ class DifferentialAttention(Attention):
         self.lambda_k2 = nn.Parameter(torch.randn(half) * 0.1)
         self.subln = nn.Parameter(torch.ones(head_dim))
 
-    def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
-        q, k, v = self.project(q, k, v)
+    def forward(self, q, k=None, v=None, *, ctx: Context, rope=None) -> torch.Tensor:
+        if self.packed:
+            q, k, v = q.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                               self.kv_heads * self.head_dim], dim=-1)
+        half = self.head_dim // 2
+        q = _heads(q, q.shape[-1] // half, half)  # (B, 2H, T, d): sub-heads 2h and 2h+1 make head h
+        k = _heads(k, k.shape[-1] // half, half)  # (B, 2KV, T, d)
+        v = _heads(v, v.shape[-1] // self.head_dim, self.head_dim)  # (B, KV, T, 2d)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         state = _append(ctx, self.cache_key, self.window, k=k, v=v, pos=ctx.positions)
         k, v, k_pos = state["k"], state["v"], state["pos"]
-        half = self.head_dim // 2
+        heads = q.shape[1] // 2
+        group = q.shape[1] // k.shape[1]
+        sub = torch.arange(2 * heads, device=q.device)
+        k1, k2 = k.index_select(1, sub[0::2] // group), k.index_select(1, sub[1::2] // group)  # (B, H, S, d)
+        v = v.index_select(1, sub[0::2] // (2 * group))  # (B, H, S, 2d)
         kw = dict(causal=self.causal, scale=self.scale, window=self.window, softcap=self.softcap,
                   key_mask=_key_mask(ctx, k.shape[2]))
-        a1 = attend(q[..., :half], k[..., :half], v, ctx.positions, k_pos, **kw)
-        a2 = attend(q[..., half:], k[..., half:], v, ctx.positions, k_pos, **kw)
+        a1 = attend(q[:, 0::2], k1, v, ctx.positions, k_pos, **kw)  # (B, H, T, 2d)
+        a2 = attend(q[:, 1::2], k2, v, ctx.positions, k_pos, **kw)
         lam = (torch.exp((self.lambda_q1 * self.lambda_k1).sum()) - torch.exp((self.lambda_q2 * self.lambda_k2).sum())
                + self.lambda_init)
         out = reference.rms_norm(a1 - lam * a2, self.subln, 1e-5) * (1 - self.lambda_init)
-        return _merge(out)
+        return _merge(out)  # (B, T, H*2d)
 
 
 class MLAttention(nn.Module):

@@ -469,6 +469,13 @@ class Model(Node):
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         return self
 
+    @model_validator(mode="after")
+    def _combinations(self) -> "Model":
+        from .compat import check_model  # compat reads this module's unions
+
+        check_model(self)
+        return self
+
     def stacks(self) -> dict[str, tuple[str, ...]]:
         """Layer stacks by name: {"layers": ...} or {"encoder": ..., "decoder": ...}."""
         if self.family == "encoder_decoder":

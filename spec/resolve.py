@@ -682,7 +682,7 @@ def _error_from_pydantic(err: dict, b: _Builder, file: str, model_span: Span) ->
     loc = tuple(err["loc"])
     exc = (err.get("ctx") or {}).get("error")
     if isinstance(exc, A.FieldError):
-        loc = loc + (exc.field,)
+        loc = loc + (exc.field if isinstance(exc.field, tuple) else (exc.field,))  # a path from model-level checks
     # Drop discriminator tags from the location: `attention.gqa.kv_heads` → `attention.kv_heads`.
     path: tuple = ()
     for part in loc:

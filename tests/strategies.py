@@ -59,6 +59,17 @@ def position(draw) -> str:
             "sinusoidal": "sinusoidal()"}[kind]
 
 
+def _accepted_by(position_text: str, blocks) -> bool:
+    """Whether every mixer of the blocks takes this position (spec/compat.py's table)."""
+    from archlang.spec import compat
+
+    position = position_text.split("(", 1)[0]
+    kinds = {mixer.split("= ", 1)[1].split("(", 1)[0] for _, mixer, _ in blocks}
+    attention = any(m.startswith("attention") for _, m, _ in blocks)
+    return all(compat.position_refusal(k, position) is None or (k not in compat.ATTENTION_KINDS and attention)
+               for k in kinds)
+
+
 @st.composite
 def valid_spec(draw) -> str:
     d_model = draw(st.sampled_from([32, 64]))
@@ -90,7 +101,7 @@ def valid_spec(draw) -> str:
         f"    d_model = {d_model}",
         "    context = 64",
         "    dtype = fp32",
-        f"    position = {draw(position())}",
+        f"    position = {draw(position().filter(lambda p: _accepted_by(p, blocks)))}",
         f"    final_norm = {norm_kind}(eps = 1e-5)",
         f"    tie_embeddings = {draw(st.sampled_from(['true', 'false']))}",
     ]

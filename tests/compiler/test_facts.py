@@ -109,3 +109,27 @@ def test_flops_per_token_dense():
     attention = 32 * 2 * 32 * 256 * 1  # one key of width 128 for scores and values
     assert f.flops_per_token == 2 * (non_embedding - norms) + attention
     assert compute_facts(g, context=4096).flops_per_token > f.flops_per_token
+
+
+def test_kv_cache_at_context_caps_sliding_window_layers():
+    """Mistral keeps 4096 tokens per layer however long the context; Llama keeps them all."""
+    mistral = compute_facts(compile_spec(EXAMPLES / "mistral_7b.arch").graph)
+    assert mistral.kv_cache_bytes_per_token == 32 * 2 * 8 * 128 * 2
+    assert mistral.kv_cache_bytes_at_context == mistral.kv_cache_bytes_per_token * 4096
+    assert compute_facts(compile_spec(EXAMPLES / "mistral_7b.arch").graph, context=1000).kv_cache_bytes_at_context \
+        == mistral.kv_cache_bytes_per_token * 1000
+    llama = compute_facts(compile_spec(EXAMPLES / "llama3_8b.arch").graph)
+    assert llama.kv_cache_bytes_at_context == llama.kv_cache_bytes_per_token * 8192
+
+
+@pytest.mark.parametrize("tokens", [4, 20])  # below and above tiny_mixtral's window of 6
+def test_windowed_cache_holds_what_stats_reports(tokens):
+    from archlang.runtime import Cache
+
+    facts = compute_facts(compile_spec(SPECS / "tiny_mixtral.arch").graph, context=tokens, dtype="fp32")
+    model = build_tiny(SPECS / "tiny_mixtral.arch", "tiny_mixtral").eval()
+    cache = Cache()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, tokens)), cache=cache)
+    kv = sum(t.numel() * t.element_size() for s in cache.layers.values() for k, t in s.items() if k in ("k", "v"))
+    assert kv == facts.kv_cache_bytes_at_context

@@ -1,0 +1,182 @@
+"""Which token mixers accept which position schemes and which attention options: one table,
+read by the AST validator (located refusals), the tests (every accepted cell is proven) and the
+docs (the rendered matrix).
+
+Mixers, positions and options are read off the AST's unions, so a kind added to the language
+is in the matrix at once; a combination is accepted unless this table refuses it, and an
+accepted combination must then pass the property tests that run over every cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ast as A
+
+# The token mixers: every attention kind, then every state-space kind.
+ATTENTION_KINDS: tuple[str, ...] = A.SLOT_KINDS["attention"]
+MIXERS: tuple[str, ...] = ATTENTION_KINDS + A.SLOT_KINDS["ssm"]
+POSITIONS: tuple[str, ...] = ("none",) + A.SLOT_KINDS["position"]
+# The attention options: the optional fields every attention kind shares (bias, window, ...).
+OPTIONS: tuple[str, ...] = tuple(
+    name for name, info in A._AttentionCommon.model_fields.items() if not info.is_required()
+)
+# Positions applied inside the attention (the others are added to the embeddings).
+ATTENTION_POSITIONS = ("rope", "alibi", "relative")
+# The kinds that may read an encoder's output as cross-attention, and the options they refuse there.
+CROSS_ATTENTION_KINDS = ("mha", "mqa", "gqa")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a combination is not implemented, and what to write instead."""
+
+    reason: str
+    instead: str
+
+
+_NO_SCORES = "has no score matrix to add a bias to"
+_REFUSED_POSITIONS: dict[tuple[str, str], Refusal] = {
+    ("mla", "alibi"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
+                              "use position = rope(...) with mla"),
+    ("mla", "relative"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
+                                 "use position = rope(...) with mla"),
+    ("differential", "alibi"): Refusal("the Differential Transformer is defined with RoPE only",
+                                       "use position = rope(...) with differential attention"),
+    ("differential", "relative"): Refusal("the Differential Transformer is defined with RoPE only",
+                                          "use position = rope(...) with differential attention"),
+    ("linear", "rope"): Refusal("elu + 1 linear attention is defined on unrotated features",
+                                "use position = sinusoidal() or learned(), or another attention kind"),
+    ("linear", "alibi"): Refusal(f"linear attention {_NO_SCORES}",
+                                 "use position = sinusoidal() or learned(), or another attention kind"),
+    ("linear", "relative"): Refusal(f"linear attention {_NO_SCORES}",
+                                    "use position = sinusoidal() or learned(), or another attention kind"),
+}
+for _kind in A.SLOT_KINDS["ssm"]:
+    for _pos in ATTENTION_POSITIONS:
+        _REFUSED_POSITIONS[(_kind, _pos)] = Refusal(
+            f"{_pos} acts inside attention and {_kind} orders tokens by its recurrence",
+            "remove `position` (or use sinusoidal() / learned()); in a hybrid, the attention layers take it")
+
+_REFUSED_OPTIONS: dict[tuple[str, str], Refusal] = {
+    ("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
+    ("linear", "window"): Refusal("linear attention keeps one running state over the whole past",
+                                  "remove window, or use mha/gqa with a window"),
+    ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
+    ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
+}
+
+
+# Mixers that only read the past: they cannot be the bidirectional layers of an encoder.
+_REFUSED_IN_ENCODERS: dict[str, Refusal] = {
+    kind: Refusal(f"{kind} is causal (it reads the past only), and an encoder's layers see both directions",
+                  "use attention in encoder layers; put mamba in a decoder")
+    for kind in A.SLOT_KINDS["ssm"]
+}
+
+_REFUSED_CROSS_OPTIONS: dict[str, Refusal] = {
+    "window": Refusal("a sliding window over the encoder's output is not defined", "remove window"),
+}
+
+
+def position_refusal(mixer: str, position: str) -> Refusal | None:
+    """None where `mixer` implements `position` exactly; otherwise why not."""
+    return _REFUSED_POSITIONS.get((mixer, position))
+
+
+def option_refusal(mixer: str, option: str) -> Refusal | None:
+    """None where `mixer` implements the attention option exactly (or, for non-attention
+    mixers, where the option does not exist); otherwise why not."""
+    return _REFUSED_OPTIONS.get((mixer, option))
+
+
+def option_is_set(component, option: str) -> bool:
+    """Whether an option differs from its default (False / None), i.e. asks for something."""
+    return bool(getattr(component, option, None))
+
+
+def _position_text(model: A.Model) -> str:
+    return f"{model.position.kind}()" if model.position is not None else "none"
+
+
+def check_model(model: A.Model) -> None:
+    """Raise a FieldError at the first combination of this model the table refuses."""
+    stacks = model.stacks()
+    used = [name for layers in stacks.values() for name in dict.fromkeys(layers)]
+    position = model.position.kind if model.position is not None else "none"
+    if position == "relative":  # one bias table per stack, with a column per head
+        for layers in stacks.values():
+            heads = {}
+            for name in layers:
+                att = model.blocks[name].attention
+                if att is not None and heads.setdefault("first", (name, att.heads))[1] != att.heads:
+                    first, n = heads["first"]
+                    raise A.FieldError(("blocks", name, "attention", "heads"),
+                                       f"position relative() shares one bias table across a stack, but block `{name}` "
+                                       f"has {att.heads} heads and block `{first}` {n}",
+                                       "give every attention layer of the stack the same number of heads")
+    for name in dict.fromkeys(used):
+        block = model.blocks[name]
+        for slot in ("attention", "cross_attention"):
+            att = getattr(block, slot)
+            if att is None:
+                continue
+            if slot == "cross_attention" and att.kind not in CROSS_ATTENTION_KINDS:
+                raise A.FieldError(("blocks", name, slot),
+                                   f"{att.kind} attention cannot be cross-attention (block `{name}`)",
+                                   f"use {' / '.join(CROSS_ATTENTION_KINDS)} for cross_attention")
+            for option in OPTIONS:
+                refusal = option_refusal(att.kind, option)
+                if slot == "cross_attention":
+                    refusal = refusal or _REFUSED_CROSS_OPTIONS.get(option)
+                if refusal is not None and option_is_set(att, option):
+                    raise A.FieldError(("blocks", name, slot, option),
+                                       f"{att.kind} {'cross-' if slot == 'cross_attention' else ''}attention with {option} "
+                                       f"is not supported: {refusal.reason}",
+                                       refusal.instead)
+        mixer = block.mixer
+        in_encoder = model.family == "encoder" or name in stacks.get("encoder", ())
+        if mixer is not None and in_encoder and mixer.kind in _REFUSED_IN_ENCODERS:
+            refusal = _REFUSED_IN_ENCODERS[mixer.kind]
+            raise A.FieldError(("blocks", name, "ssm"), f"{mixer.kind} in an encoder (block `{name}`) is not supported: "
+                               f"{refusal.reason}", refusal.instead)
+        if mixer is not None:
+            refusal = position_refusal(mixer.kind, position)
+            attention_elsewhere = any(
+                model.blocks[other].attention is not None
+                for layers in stacks.values() if name in layers for other in layers
+            )
+            if refusal is not None and (block.attention is not None or not attention_elsewhere):
+                slot = "attention" if block.attention is not None else "ssm"
+                raise A.FieldError(("blocks", name, slot),
+                                   f"position {_position_text(model)} with {mixer.kind} "
+                                   f"(block `{name}`) is not supported: {refusal.reason}",
+                                   refusal.instead)
+
+
+def matrix_markdown() -> str:
+    """The compatibility matrix as markdown tables (positions, then options), for the docs."""
+    lines = ["| mixer | " + " | ".join(f"`{p}`" for p in POSITIONS) + " |",
+             "|---|" + "---|" * len(POSITIONS)]
+    for mixer in MIXERS:
+        cells = ["no" if position_refusal(mixer, p) else "yes" for p in POSITIONS]
+        lines.append(f"| `{mixer}` | " + " | ".join(cells) + " |")
+    lines += ["", "| mixer | " + " | ".join(f"`{o}`" for o in OPTIONS) + " | cross-attention |",
+              "|---|" + "---|" * (len(OPTIONS) + 1)]
+    for mixer in MIXERS:
+        if mixer in ATTENTION_KINDS:
+            cells = ["no" if option_refusal(mixer, o) else "yes" for o in OPTIONS]
+            cells.append("yes" if mixer in CROSS_ATTENTION_KINDS else "no")
+        else:
+            cells = ["—"] * (len(OPTIONS) + 1)
+        lines.append(f"| `{mixer}` | " + " | ".join(cells) + " |")
+    lines += ["", "Refused combinations, and what to use instead:", ""]
+    for (mixer, position), r in _REFUSED_POSITIONS.items():
+        lines.append(f"- `{mixer}` × `{position}`: {r.reason}; {r.instead}.")
+    for (mixer, option), r in _REFUSED_OPTIONS.items():
+        lines.append(f"- `{mixer}` with `{option}`: {r.reason}; {r.instead}.")
+    for kind, r in _REFUSED_IN_ENCODERS.items():
+        lines.append(f"- `{kind}` in an encoder: {r.reason}; {r.instead}.")
+    for option, r in _REFUSED_CROSS_OPTIONS.items():
+        lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
+    return "\n".join(lines) + "\n"
