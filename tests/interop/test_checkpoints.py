@@ -11,7 +11,7 @@ import archlang
 from archlang.interop.hf import from_hf
 
 from ..conftest import SPECS, build_tiny
-from .test_hf_parity import CASES
+from .test_hf_parity import CASES, hf_model
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -31,10 +31,8 @@ def _logits(model, ids, t5=False):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hf_checkpoint_round_trip(case, tmp_path):
-    config_cls, model_cls, kwargs = CASES[case]
-    config = config_cls(**kwargs)
-    config._attn_implementation = "eager"
-    hf = model_cls(config).eval()
+    model_cls = CASES[case][1]
+    hf = hf_model(case)
     ids = torch.randint(0, 97, (2, 9))
     t5 = case.startswith("t5")
     ref = _logits(hf, ids, t5)

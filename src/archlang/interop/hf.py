@@ -16,6 +16,7 @@ import torch
 
 from archlang.spec.errors import ArchError
 
+from . import hf_config
 from .hf_weights import to_archlang, to_hf
 
 
@@ -108,26 +109,26 @@ def _rope(c, rotary_dim: int | None = None) -> Raw:
 
 def _act(name: str) -> str:
     return {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-            "relu": "relu", "gelu_fast": "gelu_tanh"}.get(name) or _unsupported(f"activation {name!r}")
+            "relu": "relu", "gelu_fast": "gelu_tanh", "sigmoid": "sigmoid", "tanh": "tanh"}.get(name) or _unsupported(f"activation {name!r}")
 
 
 def _unsupported(what: str):
     raise ArchError(f"{what} has no archlang equivalent yet", kind="interop")
 
 
-def _attention(c, *, window=None, bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
+def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
     heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     hd = head_dim or getattr(c, "head_dim", None)
     if hd == c.hidden_size // heads:
         hd = None
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     return call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=hd, bias=bias or None,
-                window=window, softcap=softcap, scale=scale)
+                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale)
 
 
 def _decoder_fields(c, **extra) -> dict[str, Any]:
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
-              "context": c.max_position_embeddings, "dtype": "fp32",
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
               "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)) or None}
     fields.update(extra)
     return fields
@@ -139,9 +140,12 @@ def _llama_like(c, name: str) -> str:
     window = getattr(c, "sliding_window", None)
     if c.model_type == "qwen2" and not getattr(c, "use_sliding_window", False):
         window = None
+    # Qwen2 biases q, k and v; Llama's attention_bias biases the output projection too.
     bias = bool(getattr(c, "attention_bias", c.model_type == "qwen2"))
-    ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(getattr(c, "mlp_bias", False)) or None) \
-        if _act(c.hidden_act) == "silu" else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    out_bias = bool(getattr(c, "attention_bias", False))
+    mlp_bias = bool(getattr(c, "mlp_bias", False)) or None
+    ffn = call("swiglu", hidden=c.intermediate_size, bias=mlp_bias) if _act(c.hidden_act) == "silu" \
+        else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=mlp_bias)
     blocks, kinds = {}, []
     for t in layer_types:
         sliding = t == "sliding_attention" or (c.model_type == "mistral" and window)
@@ -149,7 +153,8 @@ def _llama_like(c, name: str) -> str:
         kinds.append(kind)
         if kind not in blocks:
             blocks[kind] = {"norm": call("rmsnorm", eps=eps),
-                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias),
+                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias,
+                                                       out_bias=out_bias),
                             "ffn": ffn}
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
@@ -169,7 +174,7 @@ def _moe_like(c, name: str) -> str:
                    expert=call("swiglu", hidden=c.moe_intermediate_size),
                    shared=call("swiglu", hidden=c.shared_expert_intermediate_size), shared_gate=True,
                    normalize_top_k=bool(c.norm_topk_prob))
-        attention = _attention(c, bias=True)
+        attention = _attention(c, bias=bool(c.qkv_bias))
         kinds = []
         for i in range(c.num_hidden_layers):
             sparse = i not in (c.mlp_only_layers or []) and (i + 1) % c.decoder_sparse_step == 0
@@ -204,7 +209,7 @@ def _gemma2(c, name: str) -> str:
 def _gpt2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.n_embd, "context": c.n_positions,
-              "dtype": "fp32", "tie_embeddings": True, "position": call("learned"),
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True, "position": call("learned"),
               "final_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps), "attention": call("mha", heads=c.n_head, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.n_inner or 4 * c.n_embd, act=_act(c.activation_function), bias=True)}
@@ -214,7 +219,7 @@ def _gpt2(c, name: str) -> str:
 def _bert(c, name: str) -> str:
     eps = c.layer_norm_eps
     fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
-              "context": c.max_position_embeddings, "dtype": "fp32", "type_vocab": c.type_vocab_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
               "pooler": True, "position": call("learned"), "embedding_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps, placement="post"),
              "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
@@ -274,7 +279,7 @@ def _t5(c, name: str) -> str:
         ffn = call("mlp", hidden=c.d_ff, act=_act(c.dense_act_fn), bias=False)
     norm = call("rmsnorm", eps=eps)
     fields = {"family": "encoder_decoder", "vocab": c.vocab_size, "d_model": c.d_model,
-              "context": getattr(c, "n_positions", None) or 512, "dtype": "fp32", "tie_embeddings": True,
+              "context": getattr(c, "n_positions", None) or 512, "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True,
               "logit_scale": Raw("d_model ** -0.5") if getattr(c, "scale_decoder_outputs", True) else None,
               "position": call("relative", buckets=c.relative_attention_num_buckets,
                                max_distance=c.relative_attention_max_distance),
@@ -303,20 +308,32 @@ SPEC_WRITERS: dict[str, Callable] = {
 }
 
 
-def spec_from_config(config, name: str | None = None) -> str:
-    """The .arch text of a transformers config (a PretrainedConfig or its dict)."""
-    if isinstance(config, dict):
-        import transformers
+def config_from_dict(config: dict, source: str | None = None):
+    """A transformers config from a config.json's dict, its keys' types checked first."""
+    import transformers
 
-        model_type = config.get("model_type")
-        if model_type not in SPEC_WRITERS:
-            raise ArchError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(SPEC_WRITERS))}",
-                            kind="interop")
-        config = transformers.AutoConfig.for_model(**config)
-    model_type = config.model_type
+    hf_config.check_types(config, source)
+    try:
+        return transformers.AutoConfig.for_model(**config)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # transformers' own validation
+        where = f"{source}: " if source else ""
+        raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
+
+
+def spec_from_config(config, name: str | None = None) -> str:
+    """The .arch text of a transformers config (a PretrainedConfig, its dict, or the path of a
+    config.json). Every key is mapped, known to be irrelevant, or refused (hf_config.py):
+    nothing is dropped silently."""
+    source = None
+    if isinstance(config, (str, os.PathLike)):
+        source = str(config)
+        config = hf_config.read_config(config)
+    if isinstance(config, dict):
+        config = config_from_dict(config, source)
+    model_type = getattr(config, "model_type", None)
     if model_type not in SPEC_WRITERS:
-        raise ArchError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(SPEC_WRITERS))}",
-                        kind="interop")
+        raise hf_config.unsupported_model_type(model_type, source)
+    hf_config.check_keys(config.to_dict(), source)
     return SPEC_WRITERS[model_type](config, name or model_type)
 
 
@@ -338,7 +355,10 @@ def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
 
 
 def from_hf(hf_model, *, passes: str | None = None):
-    """An archlang model equivalent to a transformers model, with its weights."""
+    """An archlang model equivalent to a transformers model, with its weights (or a Hugging Face
+    checkpoint folder's, given its path)."""
+    if isinstance(hf_model, (str, os.PathLike)):
+        return load_hf_checkpoint(hf_model, passes=passes)
     model = _build(hf_model.config, passes)
     model.load_unfused_state_dict(hf_to_archlang(hf_model), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
@@ -376,10 +396,9 @@ def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
 
 def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = None):
     """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors)."""
-    import transformers
-
     directory = Path(directory)
-    config = transformers.AutoConfig.from_pretrained(directory)
+    path = directory / "config.json"
+    config = config_from_dict(hf_config.read_config(path), str(path))
     model = _build(config, passes)
     state = to_archlang(config, _read_safetensors(directory))
     if getattr(config, "tie_word_embeddings", False):
