@@ -240,14 +240,18 @@ def check_keys(config: dict, source: str | None = None, text: str | None = None)
         rule = keys.get(name)
         shown = _shown(value)
         if rule is None:
-            raise _error(f"{model_type} config key {name!r} (= {shown}) is not known to archlang's importer", source,
-                         text, name, hint="if it does not change what the network computes, list it as irrelevant in "
-                                          "archlang/interop/hf_config.py; otherwise it needs a mapping")
+            raise _unknown(model_type, name, value, source, text)
         if rule.check is not None:
             problem = rule.check(value, config)
             if problem:
                 raise _error(f"{model_type} config key {name!r} = {shown} cannot be expressed in archlang: {problem}",
                              source, text, name)
+
+
+def _unknown(model_type: str, name: str, value: Any, source: str | None, text: str | None) -> ArchError:
+    return _error(f"{model_type} config key {name!r} (= {_shown(value)}) is not known to archlang's importer", source,
+                  text, name, hint="if it does not change what the network computes, list it as irrelevant in "
+                                   "archlang/interop/hf_config.py; otherwise it needs a mapping")
 
 
 def _shown(value: Any) -> str:
@@ -261,6 +265,8 @@ def _shown(value: Any) -> str:
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers"}
+# Older names that transformers moves to their current keys when it builds the config.
+_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
 # Values transformers accepts besides the default's type.
 _ALSO = {"mamba_dt_rank": ("auto",)}
 
@@ -307,6 +313,8 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
     keys, base = table(model_type), defaults(model_type)
     for name, value in config.items():
         rule = keys.get(name)
+        if rule is None and name not in _LEGACY:
+            raise _unknown(model_type, name, value, source, text)  # before transformers trips over it
         if rule is None or rule.how == "irrelevant" or name not in base:
             continue
         types = _expected_type(base[name])
