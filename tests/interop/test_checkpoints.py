@@ -9,6 +9,7 @@ import torch
 
 import archlang
 from archlang.interop.hf import from_hf
+from archlang.spec.errors import ArchError
 
 from ..conftest import SPECS, build_tiny
 from .test_hf_parity import CASES, hf_model
@@ -61,3 +62,17 @@ def test_from_hf_keeps_dtype():
     config = T.LlamaConfig(**CASES["llama"][2])
     hf = T.LlamaForCausalLM(config).to(torch.bfloat16)
     assert next(from_hf(hf).parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("model_case,config", [
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], num_hidden_layers=3))),  # 2-layer weights, 3-layer config
+    ("qwen2", T.LlamaConfig(**CASES["llama"][2])),  # q/k/v biases that a LlamaConfig has no place for
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], intermediate_size=40))),  # FFN widths differ
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], tie_word_embeddings=True))),  # an LM head the config ties
+])
+def test_save_hf_checkpoint_refuses_a_config_that_does_not_fit(model_case, config, tmp_path):
+    ours = from_hf(hf_model(model_case))
+    with pytest.raises(ArchError) as err:
+        archlang.save_hf_checkpoint(ours, config, tmp_path / "out")
+    assert "does not describe this model's weights" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder

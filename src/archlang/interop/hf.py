@@ -364,21 +364,63 @@ def from_hf(hf_model, *, passes: str | None = None):
     return model.to(next(hf_model.parameters()).dtype)
 
 
-def _hf_keys(config) -> set[str]:
-    """The tensor names a transformers model of this config has (built on the meta device)."""
+def _hf_shapes(config) -> dict[str, torch.Size]:
+    """The tensors of a transformers model of this config (built on the meta device), each tied
+    tensor under its first name only, as its modules hold them."""
     import transformers
 
     architectures = {"bert": "BertModel"}
     arch = architectures.get(config.model_type) or (config.architectures or [None])[0]
     cls = getattr(transformers, arch) if arch else None
-    if cls is None:
-        cls = (transformers.AutoModelForSeq2SeqLM if config.model_type == "t5" else transformers.AutoModelForCausalLM)
-        with torch.device("meta"):
-            model = cls.from_config(config)
-    else:
-        with torch.device("meta"):
+    with torch.device("meta"):
+        if cls is None:
+            auto = transformers.AutoModelForSeq2SeqLM if config.model_type == "t5" else transformers.AutoModelForCausalLM
+            model = auto.from_config(config)
+        else:
             model = cls(config)
-    return set(model.state_dict())
+    seen: set[int] = set()
+    shapes: dict[str, torch.Size] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            shapes[name] = tensor.shape
+    return shapes
+
+
+def check_weights_fit_config(state: dict[str, torch.Tensor], config) -> None:
+    """Refuse unless `state` (archlang's unfused names) is exactly the weights of a transformers
+    model of `config`: every HF tensor produced, at its shape, and every archlang tensor used."""
+    from .hf_weights import rules_for
+
+    expected = _hf_shapes(config)
+    problems: list[str] = []
+    used: set[str] = set()
+    produced: dict[str, torch.Size] = {}
+    reported: set[str] = set()
+    for rule in rules_for(config, set(expected)):
+        missing = [k for k in rule.ours if k not in state]
+        if missing:
+            reported.update(rule.theirs)
+            problems.append(f"the config has {', '.join(rule.theirs)} but the model has no {', '.join(missing)}")
+            continue
+        used.update(rule.ours)
+        try:
+            tensors = rule.to_theirs([state[k] for k in rule.ours])
+        except RuntimeError as exc:  # a split or a reshape that the shapes do not allow
+            problems.append(f"the model's {', '.join(rule.ours)} cannot form {', '.join(rule.theirs)}: {exc}")
+            continue
+        produced.update((name, t.shape) for name, t in zip(rule.theirs, tensors))
+    problems += [f"the config has {name} {tuple(shape)} but nothing in the model maps to it"
+                 for name, shape in expected.items() if name not in produced and name not in reported]
+    problems += [f"the model's {name} {tuple(state[name].shape)} has no place in this {config.model_type} config"
+                 for name in state if name not in used]
+    problems += [f"{name}: the config says {tuple(expected[name])}, the model has {tuple(shape)}"
+                 for name, shape in produced.items() if name in expected and shape != expected[name]]
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise ArchError(f"the config does not describe this model's weights ({len(problems)} differences)",
+                        notes=shown, hint="pass the config the model was imported from, or one written for its spec",
+                        kind="interop")
 
 
 def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -408,13 +450,24 @@ def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = Non
 
 
 def save_hf_checkpoint(model, config, directory: str | os.PathLike) -> None:
-    """Write config.json and model.safetensors under Hugging Face's names, for `from_pretrained`."""
+    """Write config.json and model.safetensors under Hugging Face's names, for `from_pretrained`.
+    The config must describe exactly the model's weights (else ArchError, nothing written); each
+    file appears whole or not at all (temporary file + rename)."""
     from safetensors.torch import save_file
 
+    hf_config.check_keys(config.to_dict())
+    unfused = {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}
+    check_weights_fit_config(unfused, config)
+    state = to_hf(config, unfused, set(_hf_shapes(config)))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = to_hf(config, {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}, _hf_keys(config))
-    config.save_pretrained(directory)
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / "model.safetensors")
+    tmp_weights = directory / f".model.safetensors.tmp-{os.getpid()}"
+    tmp_config = directory / f".config.json.tmp-{os.getpid()}"
+    try:
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        config.to_json_file(tmp_config, use_diff=True)
+        os.replace(tmp_weights, directory / "model.safetensors")
+        os.replace(tmp_config, directory / "config.json")
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
