@@ -76,3 +76,25 @@ def test_save_hf_checkpoint_refuses_a_config_that_does_not_fit(model_case, confi
         archlang.save_hf_checkpoint(ours, config, tmp_path / "out")
     assert "does not describe this model's weights" in str(err.value)
     assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_checkpoint_folders_that_do_not_fit_are_arch_errors(tmp_path):
+    biased = hf_model("llama-biases")
+    biased.save_pretrained(tmp_path / "ok")
+    T.LlamaConfig(**CASES["llama"][2]).save_pretrained(tmp_path / "no_bias")  # a config without the biases ...
+    (tmp_path / "no_bias" / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+    with pytest.raises(ArchError, match="do not fit its config.json"):  # ... whose weights have them
+        from_hf(tmp_path / "no_bias")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "ok" / "model.safetensors")
+    save_file({**state, "model.layers.0.self_attn.extra.weight": torch.ones(2)}, tmp_path / "ok" / "model.safetensors")
+    with pytest.raises(ArchError, match="1 Hugging Face tensors have no place"):  # none may be dropped
+        from_hf(tmp_path / "ok")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[]")
+    with pytest.raises(ArchError, match="must hold a JSON object"):
+        from_hf(tmp_path / "list")
+    (tmp_path / "ok" / "model.safetensors").unlink()
+    with pytest.raises(ArchError, match="cannot read the weights"):
+        from_hf(str(tmp_path / "ok"))

@@ -7,7 +7,6 @@ deepseek_v2, gemma2, gpt2, bert, jamba, t5.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -108,8 +107,7 @@ def _rope(c, rotary_dim: int | None = None) -> Raw:
 
 
 def _act(name: str) -> str:
-    return {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-            "relu": "relu", "gelu_fast": "gelu_tanh", "sigmoid": "sigmoid", "tanh": "tanh"}.get(name) or _unsupported(f"activation {name!r}")
+    return hf_config.ACTIVATIONS.get(name) or _unsupported(f"activation {name!r}")
 
 
 def _unsupported(what: str):
@@ -424,20 +422,28 @@ def check_weights_fit_config(state: dict[str, torch.Tensor], config) -> None:
 
 
 def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     index = directory / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    files = [directory / "model.safetensors"]
+    try:
+        if index.exists():
+            weight_map = hf_config.read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ArchError(f"{index} has no 'weight_map' object", kind="interop")
+            files = [directory / shard for shard in sorted(set(map(str, weight_map.values())))]
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(directory / shard))
+        for file in files:
+            state.update(load_file(file))
         return state
-    return load_file(directory / "model.safetensors")
+    except (OSError, SafetensorError) as exc:
+        raise ArchError(f"cannot read the weights in {directory}: {exc}", kind="interop") from None
 
 
 def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = None):
-    """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors)."""
+    """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors): every
+    config key and every tensor is mapped or the load is refused."""
     directory = Path(directory)
     path = directory / "config.json"
     config = config_from_dict(hf_config.read_config(path), str(path))
@@ -445,7 +451,12 @@ def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = Non
     state = to_archlang(config, _read_safetensors(directory))
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    model.load_unfused_state_dict(state, strict=True)
+    try:
+        model.load_unfused_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing or unexpected tensors, or shapes that differ from the config's
+        detail = str(exc).split("\n\t")
+        raise ArchError(f"the weights in {directory} do not fit its config.json", notes=detail[1:6] or detail,
+                        kind="interop") from None
     return model
 
 

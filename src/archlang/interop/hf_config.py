@@ -104,6 +104,18 @@ ROPE = checked(_rope_problem)
 
 # ----------------------------------------------------------------------------- the tables
 
+# transformers' activation names → archlang's (gelu_fast is the tanh approximation, written out).
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+ACTIVATION = checked(lambda v, c: None if v in ACTIVATIONS else
+                     f"archlang's activations are {', '.join(sorted(set(ACTIVATIONS.values())))}")
+
+
+def _t5_ffn(value: Any, config: dict) -> str | None:
+    act = str(value).removeprefix("gated-")
+    return None if act in ACTIVATIONS else f"activation {act!r} has no archlang equivalent"
+
+
 _DTYPES = {None: "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -141,9 +153,9 @@ SHARED: dict[str, Key] = {
 _LLAMA_CORE = {k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                                    "tie_word_embeddings", "head_dim")}
-_LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=DROPOUT)
+_LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=DROPOUT, hidden_act=ACTIVATION)
 _OLD_TP = irrelevant("kept for old checkpoints; transformers' modeling code no longer reads it")
-_SILU = only("silu", reason="archlang maps this family's experts with silu (swiglu) only")
+_SILU = only("silu", "swish", reason="archlang maps this family's experts with silu (swiglu) only")
 
 
 TABLES: dict[str, dict[str, Key]] = {
@@ -164,12 +176,12 @@ TABLES: dict[str, dict[str, Key]] = {
                   "max_window_layers": irrelevant("used only with use_sliding_window, which is checked"),
                   "layer_types": checked(lambda v, c: None if all(t == "full_attention" for t in v or [])
                                          else "qwen2_moe layers other than full_attention are not mapped")},
-    "gemma2": {**_LLAMA_CORE, "hidden_activation": MAPPED, "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED,
+    "gemma2": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED,
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
-    "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
-                                    "layer_norm_epsilon")},
+    "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")},
+             "activation_function": ACTIVATION,
              "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, "summary_first_dropout": DROPOUT,
              **{k: irrelevant("the sequence-summary head of GPT2DoubleHeadsModel, which the importer does not build")
                 for k in ("summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels")},
@@ -180,7 +192,8 @@ TABLES: dict[str, dict[str, Key]] = {
              "add_cross_attention": only(False, reason="gpt2 with cross-attention is not mapped"),
              "tie_word_embeddings": only(True, reason="an untied gpt2 LM head is not mapped")},
     "bert": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                                    "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")},
+                                    "max_position_embeddings", "type_vocab_size", "layer_norm_eps")},
+             "hidden_act": ACTIVATION,
              "hidden_dropout_prob": DROPOUT, "attention_probs_dropout_prob": DROPOUT, "classifier_dropout": DROPOUT,
              "is_decoder": only(False, reason="bert as a decoder is not mapped"),
              "add_cross_attention": only(False, reason="bert with cross-attention is not mapped"),
@@ -211,8 +224,9 @@ TABLES: dict[str, dict[str, Key]] = {
                                            "num_experts_per_tok", "moe_intermediate_size")}},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
-                                  "layer_norm_epsilon", "feed_forward_proj", "dense_act_fn", "is_gated_act",
+                                  "layer_norm_epsilon", "is_gated_act",
                                   "scale_decoder_outputs", "n_positions")},
+           "feed_forward_proj": checked(_t5_ffn), "dense_act_fn": ACTIVATION,
            "dropout_rate": DROPOUT, "classifier_dropout": DROPOUT,
            "is_encoder_decoder": only(True, reason="t5 is an encoder-decoder model"),
            "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
@@ -351,6 +365,21 @@ def read_config(path: str | os.PathLike) -> dict:
     """A config.json as a dict, checked: a JSON object of UTF-8 text with a supported model_type
     and values of the right types. Every problem is an ArchError naming the file (and the key, or
     the line and column of a JSON syntax error)."""
+    config, text = _read_object(path)
+    source = str(path)
+    if "model_type" not in config:
+        raise ArchError(f"{source} has no 'model_type' key", kind="interop",
+                        hint=f"a Hugging Face config names its model_type, one of: {', '.join(sorted(TABLES))}")
+    check_types(config, source, text)
+    return config
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file (a checkpoint index), every problem an ArchError naming it."""
+    return _read_object(path)[0]
+
+
+def _read_object(path: str | os.PathLike) -> tuple[dict, str]:
     source = str(path)
     try:
         data = Path(path).read_bytes()
@@ -371,10 +400,6 @@ def read_config(path: str | os.PathLike) -> dict:
     except RecursionError:
         raise ArchError(f"{source} is nested too deeply to be a Hugging Face config", kind="interop") from None
     if not isinstance(config, dict):
-        raise ArchError(f"{source} must hold a JSON object (a Hugging Face config), not a {type(config).__name__}",
+        raise ArchError(f"{source} must hold a JSON object, not a {type(config).__name__}",
                         span=Span(source, 1, 1), kind="interop")
-    if "model_type" not in config:
-        raise ArchError(f"{source} has no 'model_type' key", kind="interop",
-                        hint=f"a Hugging Face config names its model_type, one of: {', '.join(sorted(TABLES))}")
-    check_types(config, source, text)
-    return config
+    return config, text
