@@ -143,3 +143,12 @@ def test_import_hf_command_reports_bad_files_without_a_traceback(tmp_path):
         assert run.returncode == 1, run.stderr
         assert "error:" in run.stderr and "Traceback" not in run.stderr and "internal error" not in run.stderr
         assert not out.exists()
+
+
+def test_older_key_names_are_read_as_transformers_reads_them(tmp_path):
+    config = _llama(rope_theta=500000.0, torch_dtype="bfloat16", eos_token_id=[1, 2], rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16})
+    text = spec_from_config(_write(tmp_path, json.dumps(config).encode()))
+    assert "rope(theta = 500000, scaling = llama3(factor = 8" in text
+    assert "dtype = bf16\n" in text

@@ -147,6 +147,10 @@ SHARED: dict[str, Key] = {
     "decoder_start_token_id": TOKEN_ID, "tokenizer_class": TOKEN_ID, "prefix": TOKEN_ID,
     "initializer_range": INIT, "initializer_factor": INIT,
     "task_specific_params": irrelevant("generation defaults of transformers pipelines"),
+    "cache_implementation": irrelevant("how transformers stores the KV cache while generating"),
+    "output_past": irrelevant("an old name of use_cache"),
+    "gradient_checkpointing": irrelevant("recomputes activations in training: the same function"),
+    "auto_map": irrelevant("points at remote modeling code; archlang maps the native transformers class"),
     "is_encoder_decoder": only(False, reason="only t5 is an encoder-decoder model here"),
 }
 
@@ -176,7 +180,8 @@ TABLES: dict[str, dict[str, Key]] = {
                   "max_window_layers": irrelevant("used only with use_sliding_window, which is checked"),
                   "layer_types": checked(lambda v, c: None if all(t == "full_attention" for t in v or [])
                                          else "qwen2_moe layers other than full_attention are not mapped")},
-    "gemma2": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED,
+    "gemma2": {**_LLAMA_CORE, "hidden_activation": ACTIVATION,
+               "hidden_act": irrelevant("gemma2's modeling code reads hidden_activation"), "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED,
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
