@@ -152,3 +152,17 @@ def test_older_key_names_are_read_as_transformers_reads_them(tmp_path):
     text = spec_from_config(_write(tmp_path, json.dumps(config).encode()))
     assert "rope(theta = 500000, scaling = llama3(factor = 8" in text
     assert "dtype = bf16\n" in text
+
+
+@pytest.mark.parametrize("config,needle", [
+    (_llama(num_attention_heads=0), "transformers rejects"),
+    (_llama(num_key_value_heads=3), "heads (4) must be divisible by kv_heads (3)"),
+    (_llama(rms_norm_eps=-1.0), "`eps` must be greater than 0"),
+    ({"model_type": "qwen2", **SMALL, "num_hidden_layers": 10**9}, "over archlang's 4096 layers"),
+    ({"model_type": "qwen2_moe", **SMALL, "decoder_sparse_step": 0}, "does not describe a model"),
+])
+def test_values_that_make_no_valid_model_are_refused_in_the_configs_terms(config, needle):
+    """An imported spec always passes check: no spec is written that `archc check` would refuse."""
+    with pytest.raises(ArchError) as err:
+        spec_from_config(config)
+    assert needle in err.value.message

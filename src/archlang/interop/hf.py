@@ -313,7 +313,7 @@ def config_from_dict(config: dict, source: str | None = None):
     hf_config.check_types(config, source)
     try:
         return transformers.AutoConfig.for_model(**config)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # transformers' own validation
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
         where = f"{source}: " if source else ""
         raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
 
@@ -332,7 +332,27 @@ def spec_from_config(config, name: str | None = None) -> str:
     if model_type not in SPEC_WRITERS:
         raise hf_config.unsupported_model_type(model_type, source)
     hf_config.check_keys(config.to_dict(), source)
-    return SPEC_WRITERS[model_type](config, name or model_type)
+    where = f"{source}: " if source else ""
+    try:
+        text = SPEC_WRITERS[model_type](config, name or model_type)
+    except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. zero heads, a zero layer period
+        raise ArchError(f"{where}this {model_type} config does not describe a model: {exc}", kind="interop") from None
+    _check_written(text, model_type, where)
+    return text
+
+
+def _check_written(text: str, model_type: str, where: str) -> None:
+    """An imported spec always passes `archc check`: a config whose values do not make a valid
+    model (zero sizes, heads that do not divide, ...) is refused here, in the config's terms."""
+    from archlang.api import compile_spec
+    from archlang.spec.errors import ArchErrors, all_errors
+
+    try:
+        compile_spec(text, passes="")
+    except (ArchError, ArchErrors) as exc:
+        first = all_errors(exc)[0]
+        raise ArchError(f"{where}this {model_type} config does not describe a valid model: {first.message}",
+                        hint=first.hint, kind="interop") from None
 
 
 # ----------------------------------------------------------------------------- models and checkpoints

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from archlang.spec.ast import MAX_LAYERS
 from archlang.spec.errors import ArchError, Span
 
 # A check returns None when archlang expresses the value, else what it cannot express.
@@ -286,6 +287,7 @@ _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_
              "layer_types", "mlp_only_layers", "max_window_layers"}
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
+_LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
 # Values transformers accepts besides the default's type.
 _ALSO = {"mamba_dt_rank": ("auto",)}
 
@@ -341,6 +343,9 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             continue
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise _error(f"{model_type} config key {name!r} must be {_type_name(types)}, not {_shown(value)}",
+                         source, text, name)
+        if name in _LAYER_COUNTS and value > MAX_LAYERS:  # before transformers builds per-layer lists
+            raise _error(f"{model_type} config key {name!r} = {value} is over archlang's {MAX_LAYERS} layers",
                          source, text, name)
         if name == "layer_types" and not all(isinstance(t, str) for t in value):
             raise _error("config key 'layer_types' must be a list of strings", source, text, name)
