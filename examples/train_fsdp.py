@@ -44,9 +44,10 @@ def main() -> None:
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     torch.manual_seed(0)  # the same initial weights on every rank
-    # Tensor parallelism splits heads and hidden units, so keep q/k/v and gate/up unfused.
-    passes = "fold-rope,fuse-add-norm,share-constants,dce" if args.tp > 1 else None
-    model = archlang.build(SPEC, **({"passes": passes} if passes else {})).to(device)
+    # Tensor parallelism splits heads and hidden units, so keep q/k/v and gate/up unfused
+    # (shard() refuses fused projections).
+    disabled = ("fuse-qkv", "fuse-gate-up") if args.tp > 1 else ()
+    model = archlang.build(SPEC, disabled=disabled).to(device)
     dp = world // args.tp
     mesh = init_device_mesh(device, (dp, args.tp), mesh_dim_names=("dp", "tp")) if args.tp > 1 else \
         init_device_mesh(device, (world,), mesh_dim_names=("dp",))

@@ -339,11 +339,7 @@ def cmd_import_hf(args) -> int:
     from archlang.interop.hf import spec_from_config
 
     _existing_files([args.config])
-    try:
-        config = json.loads(Path(args.config).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArchError(f"{args.config} is not valid JSON: {exc.msg}", kind="interop") from None
-    text = spec_from_config(config, name=args.name)
+    text = spec_from_config(args.config, name=args.name)  # reads and checks the file: only ArchError escapes
     if args.output:
         write_atomic(Path(args.output), text, force=args.force, marker="# Imported from a Hugging Face")
         _err_console().print(f"wrote {args.output}", markup=False)

@@ -5,7 +5,10 @@ generated block carries (derived from the IR), then FSDP2 per block and for the 
     shard(model, mesh)
 
 A 1-D mesh named "dp" (or unnamed) applies FSDP2 only; one named "tp" applies tensor
-parallelism only. Generated model code never changes.
+parallelism only. Generated model code never changes. Every Linear is either sharded by the plan
+or listed as replicated with its reason (`tensor_parallel_layout`); what cannot be sharded
+exactly (fused q/k/v or gate/up projections, widths that do not split into whole heads) is
+refused, never left whole unannounced.
 """
 
 from __future__ import annotations
@@ -20,39 +23,76 @@ def _styles():
     return {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
 
 
-def tensor_parallel_plan(model: nn.Module, tp: int) -> dict[str, str]:
-    """Fully qualified module name → "colwise" | "rowwise", for every block whose plan divides
-    evenly over `tp` ranks (whole heads, whole hidden units per rank)."""
+_FUSED_REMEDY = ('build without the fusions for tensor parallelism: passes="fold-rope,fuse-add-norm,share-constants,dce" '
+                 'or disabled=("fuse-qkv", "fuse-gate-up")')
+
+
+def tensor_parallel_layout(model: nn.Module, tp: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(plan, replicated): every nn.Linear of the model, by fully qualified name, is either in the
+    plan ("colwise" | "rowwise", from the plan each generated block carries) or replicated, with
+    the reason. Refuses (ArchError) what it cannot shard exactly rather than leaving it whole
+    unannounced: a fused q/k/v or gate/up projection, or widths that do not split over `tp` ranks
+    into whole heads and whole hidden units."""
+    from archlang.spec.errors import ArchError
+
+    fusions = getattr(model, "fusions", {})
     plan: dict[str, str] = {}
-    for stack_name, stack in model.named_children():
-        if not isinstance(stack, nn.ModuleList):
+    replicated: dict[str, str] = {}
+    blocks = {f"{stack_name}.{i}": block for stack_name, stack in model.named_children()
+              if isinstance(stack, nn.ModuleList) for i, block in enumerate(stack)}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
             continue
-        for i, block in enumerate(stack):
-            for name, role in getattr(block, "tp_plan", {}).items():
-                module = getattr(block, name)
-                width = module.out_features if role == "colwise" else module.in_features
-                attn = getattr(block, "attn", None)
-                head = getattr(attn, "head_dim", 1) if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else 1
-                if width % (tp * head):
-                    plan = {k: v for k, v in plan.items() if not k.startswith(f"{stack_name}.{i}.")}
-                    break
-                plan[f"{stack_name}.{i}.{name}"] = role
-    return plan
+        owner, _, leaf = name.rpartition(".")
+        block = blocks.get(owner)
+        if block is None:
+            replicated[name] = "outside the blocks (LM head, pooler): every rank computes it whole"
+            continue
+        if leaf in fusions:
+            parts = ", ".join(p for p, _ in fusions[leaf])
+            raise ArchError(f"tensor parallelism cannot split {name}: it fuses {parts} into one projection, and an "
+                            "even split of its rows would not give each rank whole heads or hidden units of each part",
+                            hint=_FUSED_REMEDY, kind="distributed")
+        role = getattr(block, "tp_plan", {}).get(leaf)
+        if role is None:
+            replicated[name] = "the IR gives it no tensor-parallel role (MoE, MLA, SSM or position-bias projections)"
+            continue
+        width = module.out_features if role == "colwise" else module.in_features
+        attn = getattr(block, "attn", None)
+        head = getattr(attn, "head_dim", 1) if leaf in ("q_proj", "k_proj", "v_proj", "o_proj") else 1
+        if width % (tp * head):
+            unit = f"heads of {head}" if head > 1 else "hidden units"
+            raise ArchError(f"tensor parallelism cannot split {name} over {tp} ranks: its {width} "
+                            f"{'output' if role == 'colwise' else 'input'} features are not whole {unit} per rank",
+                            hint=f"use a tensor-parallel degree that divides {width // head}", kind="distributed")
+        plan[name] = role
+    return plan, replicated
+
+
+def tensor_parallel_plan(model: nn.Module, tp: int) -> dict[str, str]:
+    """Fully qualified module name → "colwise" | "rowwise" (see tensor_parallel_layout)."""
+    return tensor_parallel_layout(model, tp)[0]
 
 
 def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.Module:
-    """Apply tensor parallelism (mesh dim "tp") and FSDP2 (mesh dim "dp") in place."""
+    """Apply tensor parallelism (mesh dim "tp") and FSDP2 (mesh dim "dp") in place. Tensor
+    parallelism is refused (ArchError) where it would shard nothing or not exactly."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import parallelize_module
+
+    from archlang.spec.errors import ArchError
 
     names = mesh.mesh_dim_names or ("dp",)
     tp_mesh = mesh["tp"] if "tp" in names and len(names) > 1 else (mesh if names == ("tp",) else None)
     dp_mesh = mesh["dp"] if "dp" in names and len(names) > 1 else (mesh if names == ("dp",) else None)
     if tp_mesh is not None:
+        layout, _ = tensor_parallel_layout(model, tp_mesh.size())
+        if not layout:
+            raise ArchError("tensor parallelism would shard nothing: no block of this model has projections it can "
+                            "split (attention heads or FFN hidden units)",
+                            hint='shard it over a data-parallel mesh dimension ("dp") instead', kind="distributed")
         styles = _styles()
-        plan = {name: styles[role]() for name, role in tensor_parallel_plan(model, tp_mesh.size()).items()}
-        if plan:
-            parallelize_module(model, tp_mesh, plan)
+        parallelize_module(model, tp_mesh, {name: styles[role]() for name, role in layout.items()})
     if dp_mesh is not None:
         for _, stack in model.named_children():
             if isinstance(stack, nn.ModuleList):

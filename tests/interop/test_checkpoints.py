@@ -9,9 +9,10 @@ import torch
 
 import archlang
 from archlang.interop.hf import from_hf
+from archlang.spec.errors import ArchError
 
 from ..conftest import SPECS, build_tiny
-from .test_hf_parity import CASES
+from .test_hf_parity import CASES, hf_model
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -31,10 +32,8 @@ def _logits(model, ids, t5=False):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hf_checkpoint_round_trip(case, tmp_path):
-    config_cls, model_cls, kwargs = CASES[case]
-    config = config_cls(**kwargs)
-    config._attn_implementation = "eager"
-    hf = model_cls(config).eval()
+    model_cls = CASES[case][1]
+    hf = hf_model(case)
     ids = torch.randint(0, 97, (2, 9))
     t5 = case.startswith("t5")
     ref = _logits(hf, ids, t5)
@@ -63,3 +62,39 @@ def test_from_hf_keeps_dtype():
     config = T.LlamaConfig(**CASES["llama"][2])
     hf = T.LlamaForCausalLM(config).to(torch.bfloat16)
     assert next(from_hf(hf).parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("model_case,config", [
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], num_hidden_layers=3))),  # 2-layer weights, 3-layer config
+    ("qwen2", T.LlamaConfig(**CASES["llama"][2])),  # q/k/v biases that a LlamaConfig has no place for
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], intermediate_size=40))),  # FFN widths differ
+    ("llama", T.LlamaConfig(**dict(CASES["llama"][2], tie_word_embeddings=True))),  # an LM head the config ties
+])
+def test_save_hf_checkpoint_refuses_a_config_that_does_not_fit(model_case, config, tmp_path):
+    ours = from_hf(hf_model(model_case))
+    with pytest.raises(ArchError) as err:
+        archlang.save_hf_checkpoint(ours, config, tmp_path / "out")
+    assert "does not describe this model's weights" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_checkpoint_folders_that_do_not_fit_are_arch_errors(tmp_path):
+    biased = hf_model("llama-biases")
+    biased.save_pretrained(tmp_path / "ok")
+    T.LlamaConfig(**CASES["llama"][2]).save_pretrained(tmp_path / "no_bias")  # a config without the biases ...
+    (tmp_path / "no_bias" / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+    with pytest.raises(ArchError, match="do not fit its config.json"):  # ... whose weights have them
+        from_hf(tmp_path / "no_bias")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "ok" / "model.safetensors")
+    save_file({**state, "model.layers.0.self_attn.extra.weight": torch.ones(2)}, tmp_path / "ok" / "model.safetensors")
+    with pytest.raises(ArchError, match="1 Hugging Face tensors have no place"):  # none may be dropped
+        from_hf(tmp_path / "ok")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[]")
+    with pytest.raises(ArchError, match="must hold a JSON object"):
+        from_hf(tmp_path / "list")
+    (tmp_path / "ok" / "model.safetensors").unlink()
+    with pytest.raises(ArchError, match="cannot read the weights"):
+        from_hf(str(tmp_path / "ok"))

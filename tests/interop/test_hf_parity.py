@@ -1,5 +1,7 @@
 """Logit parity with Hugging Face transformers models holding the same (random) weights, float32,
-atol 1e-4. The HF models are tiny random configs: nothing is downloaded."""
+atol 1e-4. The HF models are tiny random configs: nothing is downloaded. Every HF weight is
+perturbed first: transformers initialises norms to 1 and biases to 0, which would hide a missing
+or misplaced tensor."""
 
 import warnings
 
@@ -19,6 +21,9 @@ CASES = {
     "llama3-scaled-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16})),
+    # biases on q/k/v/o and the FFN, a head_dim other than d_model / heads, tied embeddings
+    "llama-biases": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, attention_bias=True, mlp_bias=True, head_dim=16,
+                                                             tie_word_embeddings=True)),
     "llama-linear-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(SMALL, sliding_window=5)),
@@ -52,12 +57,38 @@ CASES = {
 }
 
 
-def _pair(case):
+@torch.no_grad()
+def perturb(hf_model, std: float = 0.1):
+    """Add N(0, std) noise to every learnable weight of an HF model (tied weights once), so no
+    norm stays at 1 and no bias at 0."""
+    gen = torch.Generator().manual_seed(0)
+    for p in hf_model.parameters():
+        p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return hf_model
+
+
+def hf_model(case):
     config_cls, model_cls, kwargs = CASES[case]
     config = config_cls(**kwargs)
     config._attn_implementation = "eager"
-    hf = model_cls(config).eval()
+    torch.manual_seed(0)
+    return perturb(model_cls(config)).eval()
+
+
+def _pair(case):
+    hf = hf_model(case)
     return hf, from_hf(hf).eval()
+
+
+def test_perturbation_touches_every_weight():
+    for case in ("llama-biases", "gemma2", "jamba", "bert", "t5-gated"):
+        config_cls, model_cls, kwargs = CASES[case]
+        torch.manual_seed(0)
+        fresh = model_cls(config_cls(**kwargs))
+        before = {k: v.clone() for k, v in fresh.named_parameters()}
+        perturb(fresh)
+        for name, p in fresh.named_parameters():
+            assert (p != before[name]).all(), f"{case}: {name} kept its initial value somewhere"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -77,7 +108,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral", "gemma2", "deepseek_v2", "t5"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

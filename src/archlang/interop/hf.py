@@ -7,7 +7,6 @@ deepseek_v2, gemma2, gpt2, bert, jamba, t5.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +15,7 @@ import torch
 
 from archlang.spec.errors import ArchError
 
+from . import hf_config
 from .hf_weights import to_archlang, to_hf
 
 
@@ -107,27 +107,26 @@ def _rope(c, rotary_dim: int | None = None) -> Raw:
 
 
 def _act(name: str) -> str:
-    return {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-            "relu": "relu", "gelu_fast": "gelu_tanh"}.get(name) or _unsupported(f"activation {name!r}")
+    return hf_config.ACTIVATIONS.get(name) or _unsupported(f"activation {name!r}")
 
 
 def _unsupported(what: str):
     raise ArchError(f"{what} has no archlang equivalent yet", kind="interop")
 
 
-def _attention(c, *, window=None, bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
+def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
     heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     hd = head_dim or getattr(c, "head_dim", None)
     if hd == c.hidden_size // heads:
         hd = None
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     return call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=hd, bias=bias or None,
-                window=window, softcap=softcap, scale=scale)
+                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale)
 
 
 def _decoder_fields(c, **extra) -> dict[str, Any]:
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
-              "context": c.max_position_embeddings, "dtype": "fp32",
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
               "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)) or None}
     fields.update(extra)
     return fields
@@ -139,9 +138,12 @@ def _llama_like(c, name: str) -> str:
     window = getattr(c, "sliding_window", None)
     if c.model_type == "qwen2" and not getattr(c, "use_sliding_window", False):
         window = None
+    # Qwen2 biases q, k and v; Llama's attention_bias biases the output projection too.
     bias = bool(getattr(c, "attention_bias", c.model_type == "qwen2"))
-    ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(getattr(c, "mlp_bias", False)) or None) \
-        if _act(c.hidden_act) == "silu" else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    out_bias = bool(getattr(c, "attention_bias", False))
+    mlp_bias = bool(getattr(c, "mlp_bias", False)) or None
+    ffn = call("swiglu", hidden=c.intermediate_size, bias=mlp_bias) if _act(c.hidden_act) == "silu" \
+        else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=mlp_bias)
     blocks, kinds = {}, []
     for t in layer_types:
         sliding = t == "sliding_attention" or (c.model_type == "mistral" and window)
@@ -149,7 +151,8 @@ def _llama_like(c, name: str) -> str:
         kinds.append(kind)
         if kind not in blocks:
             blocks[kind] = {"norm": call("rmsnorm", eps=eps),
-                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias),
+                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias,
+                                                       out_bias=out_bias),
                             "ffn": ffn}
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
@@ -169,7 +172,7 @@ def _moe_like(c, name: str) -> str:
                    expert=call("swiglu", hidden=c.moe_intermediate_size),
                    shared=call("swiglu", hidden=c.shared_expert_intermediate_size), shared_gate=True,
                    normalize_top_k=bool(c.norm_topk_prob))
-        attention = _attention(c, bias=True)
+        attention = _attention(c, bias=bool(c.qkv_bias))
         kinds = []
         for i in range(c.num_hidden_layers):
             sparse = i not in (c.mlp_only_layers or []) and (i + 1) % c.decoder_sparse_step == 0
@@ -204,7 +207,7 @@ def _gemma2(c, name: str) -> str:
 def _gpt2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.n_embd, "context": c.n_positions,
-              "dtype": "fp32", "tie_embeddings": True, "position": call("learned"),
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True, "position": call("learned"),
               "final_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps), "attention": call("mha", heads=c.n_head, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.n_inner or 4 * c.n_embd, act=_act(c.activation_function), bias=True)}
@@ -214,7 +217,7 @@ def _gpt2(c, name: str) -> str:
 def _bert(c, name: str) -> str:
     eps = c.layer_norm_eps
     fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
-              "context": c.max_position_embeddings, "dtype": "fp32", "type_vocab": c.type_vocab_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
               "pooler": True, "position": call("learned"), "embedding_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps, placement="post"),
              "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
@@ -274,7 +277,7 @@ def _t5(c, name: str) -> str:
         ffn = call("mlp", hidden=c.d_ff, act=_act(c.dense_act_fn), bias=False)
     norm = call("rmsnorm", eps=eps)
     fields = {"family": "encoder_decoder", "vocab": c.vocab_size, "d_model": c.d_model,
-              "context": getattr(c, "n_positions", None) or 512, "dtype": "fp32", "tie_embeddings": True,
+              "context": getattr(c, "n_positions", None) or 512, "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True,
               "logit_scale": Raw("d_model ** -0.5") if getattr(c, "scale_decoder_outputs", True) else None,
               "position": call("relative", buckets=c.relative_attention_num_buckets,
                                max_distance=c.relative_attention_max_distance),
@@ -303,21 +306,53 @@ SPEC_WRITERS: dict[str, Callable] = {
 }
 
 
-def spec_from_config(config, name: str | None = None) -> str:
-    """The .arch text of a transformers config (a PretrainedConfig or its dict)."""
-    if isinstance(config, dict):
-        import transformers
+def config_from_dict(config: dict, source: str | None = None):
+    """A transformers config from a config.json's dict, its keys' types checked first."""
+    import transformers
 
-        model_type = config.get("model_type")
-        if model_type not in SPEC_WRITERS:
-            raise ArchError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(SPEC_WRITERS))}",
-                            kind="interop")
-        config = transformers.AutoConfig.for_model(**config)
-    model_type = config.model_type
+    hf_config.check_types(config, source)
+    try:
+        return transformers.AutoConfig.for_model(**config)
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
+        where = f"{source}: " if source else ""
+        raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
+
+
+def spec_from_config(config, name: str | None = None) -> str:
+    """The .arch text of a transformers config (a PretrainedConfig, its dict, or the path of a
+    config.json). Every key is mapped, known to be irrelevant, or refused (hf_config.py):
+    nothing is dropped silently."""
+    source = None
+    if isinstance(config, (str, os.PathLike)):
+        source = str(config)
+        config = hf_config.read_config(config)
+    if isinstance(config, dict):
+        config = config_from_dict(config, source)
+    model_type = getattr(config, "model_type", None)
     if model_type not in SPEC_WRITERS:
-        raise ArchError(f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(SPEC_WRITERS))}",
-                        kind="interop")
-    return SPEC_WRITERS[model_type](config, name or model_type)
+        raise hf_config.unsupported_model_type(model_type, source)
+    hf_config.check_keys(config.to_dict(), source)
+    where = f"{source}: " if source else ""
+    try:
+        text = SPEC_WRITERS[model_type](config, name or model_type)
+    except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. zero heads, a zero layer period
+        raise ArchError(f"{where}this {model_type} config does not describe a model: {exc}", kind="interop") from None
+    _check_written(text, model_type, where)
+    return text
+
+
+def _check_written(text: str, model_type: str, where: str) -> None:
+    """An imported spec always passes `archc check`: a config whose values do not make a valid
+    model (zero sizes, heads that do not divide, ...) is refused here, in the config's terms."""
+    from archlang.api import compile_spec
+    from archlang.spec.errors import ArchErrors, all_errors
+
+    try:
+        compile_spec(text, passes="")
+    except (ArchError, ArchErrors) as exc:
+        first = all_errors(exc)[0]
+        raise ArchError(f"{where}this {model_type} config does not describe a valid model: {first.message}",
+                        hint=first.hint, kind="interop") from None
 
 
 # ----------------------------------------------------------------------------- models and checkpoints
@@ -338,64 +373,132 @@ def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
 
 
 def from_hf(hf_model, *, passes: str | None = None):
-    """An archlang model equivalent to a transformers model, with its weights."""
+    """An archlang model equivalent to a transformers model, with its weights (or a Hugging Face
+    checkpoint folder's, given its path)."""
+    if isinstance(hf_model, (str, os.PathLike)):
+        return load_hf_checkpoint(hf_model, passes=passes)
     model = _build(hf_model.config, passes)
     model.load_unfused_state_dict(hf_to_archlang(hf_model), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
 
 
-def _hf_keys(config) -> set[str]:
-    """The tensor names a transformers model of this config has (built on the meta device)."""
+def _hf_shapes(config) -> dict[str, torch.Size]:
+    """The tensors of a transformers model of this config (built on the meta device), each tied
+    tensor under its first name only, as its modules hold them."""
     import transformers
 
     architectures = {"bert": "BertModel"}
     arch = architectures.get(config.model_type) or (config.architectures or [None])[0]
     cls = getattr(transformers, arch) if arch else None
-    if cls is None:
-        cls = (transformers.AutoModelForSeq2SeqLM if config.model_type == "t5" else transformers.AutoModelForCausalLM)
-        with torch.device("meta"):
-            model = cls.from_config(config)
-    else:
-        with torch.device("meta"):
+    with torch.device("meta"):
+        if cls is None:
+            auto = transformers.AutoModelForSeq2SeqLM if config.model_type == "t5" else transformers.AutoModelForCausalLM
+            model = auto.from_config(config)
+        else:
             model = cls(config)
-    return set(model.state_dict())
+    seen: set[int] = set()
+    shapes: dict[str, torch.Size] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            shapes[name] = tensor.shape
+    return shapes
+
+
+def check_weights_fit_config(state: dict[str, torch.Tensor], config) -> None:
+    """Refuse unless `state` (archlang's unfused names) is exactly the weights of a transformers
+    model of `config`: every HF tensor produced, at its shape, and every archlang tensor used."""
+    from .hf_weights import rules_for
+
+    expected = _hf_shapes(config)
+    problems: list[str] = []
+    used: set[str] = set()
+    produced: dict[str, torch.Size] = {}
+    reported: set[str] = set()
+    for rule in rules_for(config, set(expected)):
+        missing = [k for k in rule.ours if k not in state]
+        if missing:
+            reported.update(rule.theirs)
+            problems.append(f"the config has {', '.join(rule.theirs)} but the model has no {', '.join(missing)}")
+            continue
+        used.update(rule.ours)
+        try:
+            tensors = rule.to_theirs([state[k] for k in rule.ours])
+        except RuntimeError as exc:  # a split or a reshape that the shapes do not allow
+            problems.append(f"the model's {', '.join(rule.ours)} cannot form {', '.join(rule.theirs)}: {exc}")
+            continue
+        produced.update((name, t.shape) for name, t in zip(rule.theirs, tensors))
+    problems += [f"the config has {name} {tuple(shape)} but nothing in the model maps to it"
+                 for name, shape in expected.items() if name not in produced and name not in reported]
+    problems += [f"the model's {name} {tuple(state[name].shape)} has no place in this {config.model_type} config"
+                 for name in state if name not in used]
+    problems += [f"{name}: the config says {tuple(expected[name])}, the model has {tuple(shape)}"
+                 for name, shape in produced.items() if name in expected and shape != expected[name]]
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise ArchError(f"the config does not describe this model's weights ({len(problems)} differences)",
+                        notes=shown, hint="pass the config the model was imported from, or one written for its spec",
+                        kind="interop")
 
 
 def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     index = directory / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    files = [directory / "model.safetensors"]
+    try:
+        if index.exists():
+            weight_map = hf_config.read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ArchError(f"{index} has no 'weight_map' object", kind="interop")
+            files = [directory / shard for shard in sorted(set(map(str, weight_map.values())))]
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(directory / shard))
+        for file in files:
+            state.update(load_file(file))
         return state
-    return load_file(directory / "model.safetensors")
+    except (OSError, SafetensorError) as exc:
+        raise ArchError(f"cannot read the weights in {directory}: {exc}", kind="interop") from None
 
 
 def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = None):
-    """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors)."""
-    import transformers
-
+    """An archlang model from a Hugging Face checkpoint folder (config.json + safetensors): every
+    config key and every tensor is mapped or the load is refused."""
     directory = Path(directory)
-    config = transformers.AutoConfig.from_pretrained(directory)
+    path = directory / "config.json"
+    config = config_from_dict(hf_config.read_config(path), str(path))
     model = _build(config, passes)
     state = to_archlang(config, _read_safetensors(directory))
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    model.load_unfused_state_dict(state, strict=True)
+    try:
+        model.load_unfused_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing or unexpected tensors, or shapes that differ from the config's
+        detail = str(exc).split("\n\t")
+        raise ArchError(f"the weights in {directory} do not fit its config.json", notes=detail[1:6] or detail,
+                        kind="interop") from None
     return model
 
 
 def save_hf_checkpoint(model, config, directory: str | os.PathLike) -> None:
-    """Write config.json and model.safetensors under Hugging Face's names, for `from_pretrained`."""
+    """Write config.json and model.safetensors under Hugging Face's names, for `from_pretrained`.
+    The config must describe exactly the model's weights (else ArchError, nothing written); each
+    file appears whole or not at all (temporary file + rename)."""
     from safetensors.torch import save_file
 
+    hf_config.check_keys(config.to_dict())
+    unfused = {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}
+    check_weights_fit_config(unfused, config)
+    state = to_hf(config, unfused, set(_hf_shapes(config)))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = to_hf(config, {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}, _hf_keys(config))
-    config.save_pretrained(directory)
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / "model.safetensors")
+    tmp_weights = directory / f".model.safetensors.tmp-{os.getpid()}"
+    tmp_config = directory / f".config.json.tmp-{os.getpid()}"
+    try:
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        config.to_json_file(tmp_config, use_diff=True)
+        os.replace(tmp_weights, directory / "model.safetensors")
+        os.replace(tmp_config, directory / "config.json")
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)

@@ -250,11 +250,23 @@ def rules_for(config, hf_keys: set[str], on_disk: bool = False) -> list[Rule]:
 
 
 def to_archlang(config, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF tensors under archlang's unfused names."""
+    """HF tensors under archlang's unfused names. An HF tensor that no rule takes is refused,
+    unless it is another name of a tensor that one does (tied weights) or a RoPE table that the
+    config determines."""
     out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
     for rule in rules_for(config, set(hf_state)):
+        used.update(rule.theirs)
         for name, tensor in zip(rule.ours, rule.to_ours([hf_state[k] for k in rule.theirs])):
             out[name] = tensor
+    storage = {(hf_state[k].data_ptr(), hf_state[k].shape) for k in used if hf_state[k].device.type != "meta"}
+    left = sorted(k for k in set(hf_state) - used if not k.endswith("rotary_emb.inv_freq")
+                  and (hf_state[k].data_ptr(), hf_state[k].shape) not in storage)
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        raise ArchError(f"{len(left)} Hugging Face tensors have no place in the archlang model of this "
+                        f"{config.model_type} config: {shown}", hint="the weights and config.json disagree, or "
+                        "these tensors are not mapped yet", kind="interop")
     return out
 
 

@@ -1,0 +1,415 @@
+"""Reading Hugging Face configs, and the one table of what the importer does with every key.
+
+Every key of a supported model type's config is either mapped (a spec writer in hf.py reads it),
+irrelevant (listed with the reason: it does not change the function the network computes), or
+checked (archlang expresses only some values: any other is refused, naming the key and its
+value). A key in none of these is refused too, so a new transformers key is noticed rather than
+dropped. tests/interop/test_hf_config.py walks every supported type's defaults against this table.
+
+Dropout probabilities (and MoE router jitter) are irrelevant by decision: they are training-time
+regularisation, the identity in eval mode, and archlang models have none; a spec describes the
+network's function, and a model fine-tuned from it trains without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from archlang.spec.ast import MAX_LAYERS
+from archlang.spec.errors import ArchError, Span
+
+# A check returns None when archlang expresses the value, else what it cannot express.
+Check = Callable[[Any, dict], "str | None"]
+
+
+@dataclass(frozen=True)
+class Key:
+    how: str  # mapped | irrelevant | checked
+    reason: str = ""
+    check: Check | None = None
+
+
+MAPPED = Key("mapped")
+
+
+def irrelevant(reason: str) -> Key:
+    return Key("irrelevant", reason)
+
+
+def only(*values: Any, reason: str) -> Key:
+    """Archlang implements this key only at these values (compared with ==; True == 1 is avoided)."""
+
+    def check(value: Any, config: dict) -> str | None:
+        if any(type(value) is type(v) and value == v for v in values):
+            return None
+        return reason
+
+    return Key("checked", reason, check)
+
+
+def checked(check: Check, reason: str = "") -> Key:
+    """Mapped, but only some values are expressible: `check` says which."""
+    return Key("checked", reason, check)
+
+
+def _same_as(other: str, reason: str) -> Key:
+    return checked(lambda v, c: None if v == c.get(other) else reason, reason)
+
+
+# ----------------------------------------------------------------------------- rope_parameters
+
+# rope_type → the keys archlang's rope(scaling = ...) expresses; partial_rotary_factor is rope(dim = ...).
+_ROPE_KEYS = {
+    "default": {"rope_type", "rope_theta", "partial_rotary_factor"},
+    "linear": {"rope_type", "rope_theta", "partial_rotary_factor", "factor"},
+    "llama3": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"},
+    "yarn": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "original_max_position_embeddings",
+             "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+}
+_ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                                   "original_max_position_embeddings"), "yarn": ("factor",)}
+
+
+def _rope_problem(value: Any, config: dict) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "rope_parameters must be an object (one RoPE setting for all layers)"
+    kind = value.get("rope_type", value.get("type", "default"))
+    if kind not in _ROPE_KEYS:
+        return f"RoPE type {kind!r} has no archlang equivalent (archlang has: {', '.join(sorted(_ROPE_KEYS))})"
+    for k, v in value.items():
+        if k in ("rope_type", "type"):
+            continue
+        if k == "truncate" and v is True or k == "attention_factor" and v is None:
+            continue  # the values archlang's YaRN computes with
+        if k not in _ROPE_KEYS[kind]:
+            return f"rope_parameters[{k!r}] = {v!r} has no archlang equivalent for RoPE type {kind!r}"
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"rope_parameters[{k!r}] must be a number, not {v!r}"
+    for k in _ROPE_REQUIRED.get(kind, ()):
+        if value.get(k) is None:
+            return f"RoPE type {kind!r} needs rope_parameters[{k!r}]"
+    if "rope_theta" not in value:
+        return "rope_parameters needs rope_theta"
+    return None
+
+
+ROPE = checked(_rope_problem)
+
+# ----------------------------------------------------------------------------- the tables
+
+# transformers' activation names → archlang's (gelu_fast is the tanh approximation, written out).
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+ACTIVATION = checked(lambda v, c: None if v in ACTIVATIONS else
+                     f"archlang's activations are {', '.join(sorted(set(ACTIVATIONS.values())))}")
+
+
+def _t5_ffn(value: Any, config: dict) -> str | None:
+    act = str(value).removeprefix("gated-")
+    return None if act in ACTIVATIONS else f"activation {act!r} has no archlang equivalent"
+
+
+_DTYPES = {None: "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def spec_dtype(value: Any) -> str:
+    """The spec's dtype for a config's `dtype` (transformers builds float32 when it is unset)."""
+    return _DTYPES[str(value).removeprefix("torch.") if value is not None else None]
+
+
+DTYPE = checked(lambda v, c: None if (str(v).removeprefix("torch.") if v is not None else None) in _DTYPES
+                else "archlang has float32, bfloat16 and float16")
+
+DROPOUT = irrelevant("dropout: training-time regularisation, the identity in eval mode; archlang models have none")
+TOKEN_ID = irrelevant("a tokenizer id: data, not architecture")
+INIT = irrelevant("initialisation of fresh weights; imported weights are loaded")
+OUTPUTS = irrelevant("what transformers' forward returns, not what it computes")
+HEAD_LABELS = irrelevant("labels of a classification head, which the importer does not build")
+NO_AUX_LOSS = only(False, reason="archlang maps the router's load-balancing loss for mixtral only")
+
+SHARED: dict[str, Key] = {
+    "model_type": MAPPED, "vocab_size": MAPPED, "dtype": DTYPE,
+    "_name_or_path": irrelevant("where the config was loaded from"),
+    "architectures": irrelevant("names transformers classes, not the architecture"),
+    "transformers_version": irrelevant("the version that wrote the file"),
+    "use_cache": irrelevant("a generation option: archlang decides caching per call"),
+    "output_attentions": OUTPUTS, "output_hidden_states": OUTPUTS, "return_dict": OUTPUTS,
+    "id2label": HEAD_LABELS, "label2id": HEAD_LABELS, "problem_type": HEAD_LABELS, "finetuning_task": HEAD_LABELS,
+    "chunk_size_feed_forward": irrelevant("computes the FFN in chunks along the sequence: the same result"),
+    "bos_token_id": TOKEN_ID, "eos_token_id": TOKEN_ID, "pad_token_id": TOKEN_ID, "sep_token_id": TOKEN_ID,
+    "decoder_start_token_id": TOKEN_ID, "tokenizer_class": TOKEN_ID, "prefix": TOKEN_ID,
+    "initializer_range": INIT, "initializer_factor": INIT,
+    "task_specific_params": irrelevant("generation defaults of transformers pipelines"),
+    "cache_implementation": irrelevant("how transformers stores the KV cache while generating"),
+    "output_past": irrelevant("an old name of use_cache"),
+    "gradient_checkpointing": irrelevant("recomputes activations in training: the same function"),
+    "auto_map": irrelevant("points at remote modeling code; archlang maps the native transformers class"),
+    "is_encoder_decoder": only(False, reason="only t5 is an encoder-decoder model here"),
+}
+
+_LLAMA_CORE = {k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                   "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                                   "tie_word_embeddings", "head_dim")}
+_LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=DROPOUT, hidden_act=ACTIVATION)
+_OLD_TP = irrelevant("kept for old checkpoints; transformers' modeling code no longer reads it")
+_SILU = only("silu", "swish", reason="archlang maps this family's experts with silu (swiglu) only")
+
+
+TABLES: dict[str, dict[str, Key]] = {
+    "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
+    "mistral": {**_LLAMA_CORE, "sliding_window": MAPPED},
+    "qwen2": {**_LLAMA_CORE, "use_sliding_window": MAPPED, "sliding_window": MAPPED, "max_window_layers": MAPPED,
+              "layer_types": MAPPED},
+    "mixtral": {**_LLAMA_CORE, "hidden_act": _SILU, "sliding_window": MAPPED, "num_experts_per_tok": MAPPED,
+                "num_local_experts": MAPPED, "output_router_logits": MAPPED, "router_aux_loss_coef": MAPPED,
+                "router_jitter_noise": irrelevant("router jitter: training-time noise, the identity in eval mode")},
+    "qwen2_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "qkv_bias": MAPPED, "decoder_sparse_step": MAPPED,
+                  "moe_intermediate_size": MAPPED, "shared_expert_intermediate_size": MAPPED,
+                  "num_experts_per_tok": MAPPED, "num_experts": MAPPED, "norm_topk_prob": MAPPED,
+                  "mlp_only_layers": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                  "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                  "use_sliding_window": only(False, reason="sliding-window layers are not mapped for qwen2_moe"),
+                  "sliding_window": irrelevant("used only with use_sliding_window, which is checked"),
+                  "max_window_layers": irrelevant("used only with use_sliding_window, which is checked"),
+                  "layer_types": checked(lambda v, c: None if all(t == "full_attention" for t in v or [])
+                                         else "qwen2_moe layers other than full_attention are not mapped")},
+    "gemma2": {**_LLAMA_CORE, "hidden_activation": ACTIVATION,
+               "hidden_act": irrelevant("gemma2's modeling code reads hidden_activation"), "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED,
+               "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
+               "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
+               "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
+    "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")},
+             "activation_function": ACTIVATION,
+             "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, "summary_first_dropout": DROPOUT,
+             **{k: irrelevant("the sequence-summary head of GPT2DoubleHeadsModel, which the importer does not build")
+                for k in ("summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels")},
+             "n_ctx": irrelevant("an old alias of n_positions that the modeling code does not read"),
+             "scale_attn_weights": only(True, reason="archlang scales scores by 1/sqrt(head_dim)"),
+             "scale_attn_by_inverse_layer_idx": only(False, reason="per-layer score scaling is not in archlang"),
+             "reorder_and_upcast_attn": only(False, reason="a float32 upcast inside attention is not in archlang"),
+             "add_cross_attention": only(False, reason="gpt2 with cross-attention is not mapped"),
+             "tie_word_embeddings": only(True, reason="an untied gpt2 LM head is not mapped")},
+    "bert": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                    "max_position_embeddings", "type_vocab_size", "layer_norm_eps")},
+             "hidden_act": ACTIVATION,
+             "hidden_dropout_prob": DROPOUT, "attention_probs_dropout_prob": DROPOUT, "classifier_dropout": DROPOUT,
+             "is_decoder": only(False, reason="bert as a decoder is not mapped"),
+             "add_cross_attention": only(False, reason="bert with cross-attention is not mapped"),
+             "position_embedding_type": only("absolute", reason="archlang's bert has learned absolute positions"),
+             "tie_word_embeddings": irrelevant("BertModel has no LM head to tie")},
+    "jamba": {**_LLAMA_CORE, "hidden_act": _SILU, "output_router_logits": NO_AUX_LOSS,
+              "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+              **{k: MAPPED for k in ("num_experts_per_tok", "num_experts", "expert_layer_period", "expert_layer_offset",
+                                     "attn_layer_period", "attn_layer_offset", "mamba_d_state", "mamba_d_conv",
+                                     "mamba_expand", "mamba_dt_rank", "mamba_conv_bias", "mamba_proj_bias")},
+              **{k: irrelevant("chooses which transformers implementation computes the same scan")
+                 for k in ("use_mamba_kernels", "use_mambapy", "use_associative_scan")}},
+    "deepseek_v2": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP,
+                    "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v2"),
+                    "mlp_bias": only(False, reason="FFN biases are not mapped for deepseek_v2"),
+                    "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query head"),
+                    "head_dim": _same_as("qk_rope_head_dim", "transformers sets it to qk_rope_head_dim"),
+                    "qk_head_dim": checked(lambda v, c: None if v == (c.get("qk_nope_head_dim") or 0)
+                                           + (c.get("qk_rope_head_dim") or 0) else
+                                           "it must be qk_nope_head_dim + qk_rope_head_dim"),
+                    "topk_method": only("greedy", reason="archlang routes greedily (top-k over all experts)"),
+                    **{k: irrelevant("used only by group_limited_greedy routing; topk_method is checked")
+                       for k in ("n_group", "topk_group")},
+                    "output_router_logits": NO_AUX_LOSS,
+                    **{k: MAPPED for k in ("first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "n_routed_experts",
+                                           "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
+                                           "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
+                                           "num_experts_per_tok", "moe_intermediate_size")}},
+    "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                                  "relative_attention_num_buckets", "relative_attention_max_distance",
+                                  "layer_norm_epsilon", "is_gated_act",
+                                  "scale_decoder_outputs", "n_positions")},
+           "feed_forward_proj": checked(_t5_ffn), "dense_act_fn": ACTIVATION,
+           "dropout_rate": DROPOUT, "classifier_dropout": DROPOUT,
+           "is_encoder_decoder": only(True, reason="t5 is an encoder-decoder model"),
+           "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
+           "tie_word_embeddings": only(True, reason="an untied t5 LM head (t5 v1.1) is not mapped")},
+}
+
+
+def table(model_type: str) -> dict[str, Key]:
+    return {**SHARED, **TABLES[model_type]}
+
+
+def unsupported_model_type(model_type: Any, source: str | None = None) -> ArchError:
+    where = f"{source}: " if source else ""
+    return ArchError(f"{where}model_type {model_type!r} is not supported", kind="interop",
+                     hint=f"supported model types: {', '.join(sorted(TABLES))}")
+
+
+def check_keys(config: dict, source: str | None = None, text: str | None = None) -> None:
+    """Refuse any key the importer would otherwise drop: unknown, or at a value archlang lacks."""
+    model_type = config.get("model_type")
+    if model_type not in TABLES:
+        raise unsupported_model_type(model_type, source)
+    keys = table(model_type)
+    for name, value in config.items():
+        rule = keys.get(name)
+        shown = _shown(value)
+        if rule is None:
+            raise _unknown(model_type, name, value, source, text)
+        if rule.check is not None:
+            problem = rule.check(value, config)
+            if problem:
+                raise _error(f"{model_type} config key {name!r} = {shown} cannot be expressed in archlang: {problem}",
+                             source, text, name)
+
+
+def _unknown(model_type: str, name: str, value: Any, source: str | None, text: str | None) -> ArchError:
+    return _error(f"{model_type} config key {name!r} (= {_shown(value)}) is not known to archlang's importer", source,
+                  text, name, hint="if it does not change what the network computes, list it as irrelevant in "
+                                   "archlang/interop/hf_config.py; otherwise it needs a mapping")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ----------------------------------------------------------------------------- reading config.json
+
+# Keys whose value may be null although their default is not (transformers fills them in).
+_NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
+             "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
+             "layer_types", "mlp_only_layers", "max_window_layers"}
+# Older names that transformers moves to their current keys when it builds the config.
+_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
+_LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
+# Values transformers accepts besides the default's type.
+_ALSO = {"mamba_dt_rank": ("auto",)}
+
+
+def _expected_type(default: Any) -> tuple[type, ...] | None:
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    if isinstance(default, str):
+        return (str,)
+    if isinstance(default, list):
+        return (list,)
+    if isinstance(default, dict):
+        return (dict,)
+    return None
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return {(bool,): "true or false", (int,): "an integer", (int, float): "a number", (str,): "a string",
+            (list,): "a list", (dict,): "an object"}[types]
+
+
+_DEFAULTS: dict[str, dict] = {}
+
+
+def defaults(model_type: str) -> dict:
+    """The config class's own defaults, as to_dict() gives them."""
+    if model_type not in _DEFAULTS:
+        import transformers
+
+        _DEFAULTS[model_type] = transformers.AutoConfig.for_model(model_type).to_dict()
+    return _DEFAULTS[model_type]
+
+
+def check_types(config: dict, source: str | None = None, text: str | None = None) -> None:
+    """Each key archlang reads has the JSON type of its default (an integer for an integer, no
+    `true` for a number, no "64" for 64), so a spec never receives a value of the wrong kind."""
+    model_type = config.get("model_type")
+    if model_type not in TABLES:
+        raise unsupported_model_type(model_type, source)
+    keys, base = table(model_type), defaults(model_type)
+    for name, value in config.items():
+        rule = keys.get(name)
+        if rule is None and name not in _LEGACY:
+            raise _unknown(model_type, name, value, source, text)  # before transformers trips over it
+        if rule is None or rule.how == "irrelevant" or name not in base:
+            continue
+        types = _expected_type(base[name])
+        if types is None or value in _ALSO.get(name, ()) or (value is None and name in _NULLABLE):
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise _error(f"{model_type} config key {name!r} must be {_type_name(types)}, not {_shown(value)}",
+                         source, text, name)
+        if name in _LAYER_COUNTS and value > MAX_LAYERS:  # before transformers builds per-layer lists
+            raise _error(f"{model_type} config key {name!r} = {value} is over archlang's {MAX_LAYERS} layers",
+                         source, text, name)
+        if name == "layer_types" and not all(isinstance(t, str) for t in value):
+            raise _error("config key 'layer_types' must be a list of strings", source, text, name)
+        if name == "mlp_only_layers" and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise _error("config key 'mlp_only_layers' must be a list of integers", source, text, name)
+
+
+def _error(message: str, source: str | None, text: str | None, key: str | None = None, hint: str | None = None):
+    span = _locate(source, text, key) if key else None
+    where = f"{source}: " if source and span is None else ""
+    return ArchError(f"{where}{message}", span=span, hint=hint, kind="interop")
+
+
+def _locate(source: str | None, text: str | None, key: str) -> Span | None:
+    """Where a top-level key is written in the JSON text (its first occurrence), for the error."""
+    if not source or not text:
+        return None
+    m = re.search(rf'"{re.escape(key)}"\s*:', text)
+    if not m:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    return Span(source, line, column, line, column + len(key) + 2)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A config.json as a dict, checked: a JSON object of UTF-8 text with a supported model_type
+    and values of the right types. Every problem is an ArchError naming the file (and the key, or
+    the line and column of a JSON syntax error)."""
+    config, text = _read_object(path)
+    source = str(path)
+    if "model_type" not in config:
+        raise ArchError(f"{source} has no 'model_type' key", kind="interop",
+                        hint=f"a Hugging Face config names its model_type, one of: {', '.join(sorted(TABLES))}")
+    check_types(config, source, text)
+    return config
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file (a checkpoint index), every problem an ArchError naming it."""
+    return _read_object(path)[0]
+
+
+def _read_object(path: str | os.PathLike) -> tuple[dict, str]:
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ArchError(f"cannot read {source}: {exc.strerror or exc}", kind="interop") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ArchError(f"{source} is not UTF-8 text (byte {data[exc.start]:#04x})", span=Span(source, line, column),
+                        hint="a Hugging Face config.json is UTF-8 JSON", kind="interop") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArchError(f"{source} is not valid JSON: {exc.msg}", span=Span(source, exc.lineno, exc.colno),
+                        kind="interop") from None
+    except RecursionError:
+        raise ArchError(f"{source} is nested too deeply to be a Hugging Face config", kind="interop") from None
+    if not isinstance(config, dict):
+        raise ArchError(f"{source} must hold a JSON object, not a {type(config).__name__}",
+                        span=Span(source, 1, 1), kind="interop")
+    return config, text
