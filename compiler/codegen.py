@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 import networkx as nx
 
+from .fold import REPRESENTS
 from .ir import NodeRef, inputs_of, ordered_nodes
 
 _SAFE_TEXT = re.compile(r"[^A-Za-z0-9_ ().,=+\-→/:*`<>\[\]]")
@@ -334,8 +335,11 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     signatures: dict[str, list] = {}
     reserved = {"Config"}
     model_class = class_name(g.graph["name"])
+    kept = g.graph.get(REPRESENTS)
     for stack, blocks in stacks.items():
         for i, block in enumerate(blocks):
+            if kept is not None and (stack, i) not in kept:
+                continue  # a folded IR (compiler/fold.py): a kept layer of this block kind stands for it
             nodes = layer_nodes[(stack, i)]
             if block in classes:
                 if _layer_signature(g, nodes) != signatures[block]:
