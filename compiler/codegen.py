@@ -353,7 +353,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
 
     model = _model_code(g, em, order, stacks, classes)
     fusions = {}
-    for n in order:
+    for n in _every_layer(g, order, layer_nodes, kept):  # a later layer's fusion of a name wins
         parts = g.nodes[n]["attrs"].get("parts")
         if g.nodes[n]["op"] == "linear" and parts:
             fusions[g.nodes[n]["name"]] = tuple((p, w) for p, w in parts)
@@ -378,6 +378,25 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     )
     compile(text, spec_name, "exec")  # never hand out source that does not parse
     return text
+
+
+def _every_layer(g, order: list[str], layer_nodes: dict[tuple[str, int], list[str]], kept) -> list[str]:
+    """The nodes in data-flow order with each layer of a folded IR repeated where every layer it
+    represents would stand, as the whole model's IR orders them."""
+    if kept is None:
+        return order
+    stand_for = {(stack, i): (stack, k) for (stack, k), members in kept.items() for i in members}
+    out: list[str] = []
+    done: set[str] = set()
+    for n in order:
+        stack = g.nodes[n]["stack"]
+        if stack is None:
+            out.append(n)
+        elif stack not in done:
+            done.add(stack)
+            for i in range(len(g.graph["stacks"][stack])):
+                out.extend(layer_nodes.get(stand_for[(stack, i)], ()))
+    return out
 
 
 def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:

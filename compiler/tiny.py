@@ -75,3 +75,27 @@ def shrink(model: A.Model) -> A.Model:
     small = A.Model.model_validate(data)  # the validators check the small model as they did the large one
     small._spans = model._spans
     return small
+
+
+def distinct_layers(layers: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One layer per block kind, in the order the stack first uses each, and the index in the
+    stack of each layer kept."""
+    first: dict[str, int] = {}
+    for i, block in enumerate(layers):
+        first.setdefault(block, i)
+    return tuple(first), tuple(first.values())
+
+
+def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
+    """The shrunk model with one layer per block kind in each stack (encoder and decoder kept
+    apart), so that building and running it costs the same at any depth; and, per stack, the
+    original index of each stand-in layer, to name a layer as the spec numbers it."""
+    small = shrink(model)
+    update, origin = {}, {}
+    for stack, field in (("layers", "layers"), ("encoder", "encoder_layers"), ("decoder", "decoder_layers")):
+        layers = getattr(small, field)
+        if layers:
+            update[field], origin[stack] = distinct_layers(layers)
+    short = small.model_copy(update=update)
+    short._spans = model._spans
+    return short, origin

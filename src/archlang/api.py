@@ -154,13 +154,14 @@ def build(spec: str | os.PathLike, *, model: str | None = None, passes: str = DE
 
 
 def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
-    """Build a small stand-in of the model (compiler/tiny.py), run a forward pass on random
-    tokens, and raise an ArchError naming the first op whose output is NaN or Inf."""
+    """Build a small stand-in of the model (compiler/tiny.py: narrow, one layer per block kind),
+    run a forward pass on random tokens, and raise an ArchError naming the first op whose output
+    is NaN or Inf."""
     import torch
 
-    from archlang.compiler.tiny import shrink
+    from archlang.compiler.tiny import stand_in
 
-    small = shrink(model_ast)
+    small, origin = stand_in(model_ast)
     g = run_pipeline(lower(small))
     module = load_source(generate(g, spec_name=small.name, version=__version__), small.name).build().eval()
     torch.manual_seed(seed)
@@ -190,12 +191,21 @@ def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
         h.remove()
     outs = out if isinstance(out, tuple) else (out,)
     if first or not all(torch.isfinite(o).all() for o in outs):
-        where = first[0] if first else "the output"
+        where = _spec_layer_numbers(first[0], origin) if first else "the output"
         module_name = where.removeprefix("the input of ")
         shown = f"the input of `{module_name}`" if where != module_name else f"`{where}`"
         raise ArchError(f"non-finite values (NaN/Inf) first appear in {shown} on a random forward pass",
                         _span_of_module(model_ast, module_name), kind="numerics",
                         hint="check scales, caps and epsilons of that component")
+
+
+def _spec_layer_numbers(where: str, origin: dict[str, tuple[int, ...]]) -> str:
+    """`layers.1.attn` of the stand-in is the layer the spec numbers origin["layers"][1]."""
+    prefix, _, name = where.rpartition("the input of ")
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] in origin and parts[1].isdigit():
+        parts[1] = str(origin[parts[0]][int(parts[1])])
+    return prefix + _ + ".".join(parts)
 
 
 _COMPONENT_OF = {"attn": "attention", "cross_attn": "cross_attention", "ssm": "ssm", "moe": "ffn"}
