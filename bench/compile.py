@@ -196,17 +196,19 @@ def scale(repeat: int, tmp: Path) -> None:
     print(f"\nslowest check or compile at the limits: {worst * 1e3:.0f} ms (target ~1 s: {'met' if worst < 1.2 else 'NOT met'})")
 
 
-def stand_ins(tmp: Path) -> None:
+def stand_ins(repeat: int) -> None:
     """`check --run`: build and run the stand-in (imports torch; run after the compiler rows)."""
     from archlang.api import check_numerics, load_model
 
-    print(f"\n{'check --run stand-in':22s}{'layers':>8s}{'build+run':>12s}")
+    print(f"\n{'check --run stand-in':22s}{'layers':>8s}{'build+run':>12s}{'x':>7s}")
     for row, small, n_small, big, n_big in SCALE:
+        times = []
         for text, n in ((small, n_small), (big, n_big)):
             model = load_model(text)
             check_numerics(model)  # warm: torch import, first kernels
-            t = _timed(lambda: check_numerics(model), 3)
-            print(f"{row:22s}{n:8d}{t * 1e3:9.0f} ms")
+            times.append(_timed(lambda: check_numerics(model), repeat))
+            ratio = f"{times[1] / times[0]:6.1f}x" if len(times) > 1 else ""
+            print(f"{row:22s}{n:8d}{times[-1] * 1e3:9.0f} ms{ratio}")
 
 
 def main() -> int:
@@ -234,8 +236,7 @@ def main() -> int:
             scale(max(1, args.repeat // 2), Path(tmp))
     print(f"torch imported by the compiler: {'torch' in sys.modules}")
     if not args.no_scale:
-        with tempfile.TemporaryDirectory() as tmp:
-            stand_ins(Path(tmp))
+        stand_ins(max(1, args.repeat // 2))
     return 0
 
 
