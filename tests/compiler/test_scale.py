@@ -176,3 +176,20 @@ def test_numerics_check_names_the_layer_as_the_spec_numbers_it(tmp_path):
     with pytest.raises(ArchError, match=r"non-finite values \(NaN/Inf\) first appear in `layers\.3\.") as info:
         check_file(path, run=True)
     assert info.value.span.line == 16  # the `late` block's attention, first used by layer 3
+
+
+def test_archc_compile_folds_unless_it_prints_the_ir(tmp_path, monkeypatch, capsys):
+    import archlang.api
+    from archlang.cli import main
+
+    folded = []
+    real_lower = archlang.api.lower
+    monkeypatch.setattr(archlang.api, "lower", lambda m, **kw: folded.append(kw.get("folded", False)) or real_lower(m, **kw))
+    spec = tmp_path / "deep.arch"
+    spec.write_text(DEEP["jamba_x64"])
+    assert main(["compile", str(spec), "-o", str(tmp_path / "a.py")]) == 0
+    assert folded == [True]
+    folded.clear()
+    assert main(["compile", str(spec), "-o", str(tmp_path / "b.py"), "--print-ir-after", "dce"]) == 0
+    assert folded == [False] and "%layers.255." in capsys.readouterr().err
+    assert (tmp_path / "a.py").read_text() == (tmp_path / "b.py").read_text()
