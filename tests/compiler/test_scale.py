@@ -193,3 +193,15 @@ def test_archc_compile_folds_unless_it_prints_the_ir(tmp_path, monkeypatch, caps
     assert main(["compile", str(spec), "-o", str(tmp_path / "b.py"), "--print-ir-after", "dce"]) == 0
     assert folded == [False] and "%layers.255." in capsys.readouterr().err
     assert (tmp_path / "a.py").read_text() == (tmp_path / "b.py").read_text()
+
+
+def test_stand_in_merges_blocks_that_shrink_alike():
+    """Blocks differing only in widths the stand-in cuts down are one stand-in layer."""
+    text = MIXED.replace("layers = layer * 3", """block wide {
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 96)
+    }
+    layers = wide + layer * 3""")
+    small, origin = stand_in(load_model(text))
+    assert small.layers == ("wide", "late", "once") and origin == {"layers": (0, 4, 6)}
