@@ -205,3 +205,15 @@ def test_stand_in_merges_blocks_that_shrink_alike():
     layers = wide + layer * 3""")
     small, origin = stand_in(load_model(text))
     assert small.layers == ("wide", "late", "once") and origin == {"layers": (0, 4, 6)}
+
+
+@pytest.mark.parametrize("passes", ["", "fuse-qkv,dce", "share-constants", "fold-rope,fuse-add-norm"])
+@pytest.mark.parametrize("name", ["mixed", "mixed_alibi"])
+def test_folded_compile_matches_with_any_pipeline(name, passes):
+    from archlang import __version__
+
+    text = DEEP[name]
+    compiled = compile_spec(text, passes=passes)
+    whole = generate(run_pipeline(lower(compiled.model), passes), spec_name="<string>", spec_text=text,
+                     passes=compiled.passes, version=__version__)
+    assert compiled.source == whole
