@@ -8,6 +8,7 @@ pattern in the AST) and numbers, booleans and enumeration words written with `re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pprint
 import re
@@ -20,6 +21,8 @@ import jinja2
 import networkx as nx
 
 from archlang.spec.names import class_name
+
+from .fold import REPRESENTS
 from .ir import NodeRef, inputs_of, ordered_nodes
 
 _SAFE_TEXT = re.compile(r"[^A-Za-z0-9_ ().,=+\-→/:*`<>\[\]]")
@@ -325,8 +328,11 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     signatures: dict[str, list] = {}
     reserved = {"Config"}
     model_class = class_name(g.graph["name"])
+    kept = g.graph.get(REPRESENTS)
     for stack, blocks in stacks.items():
         for i, block in enumerate(blocks):
+            if kept is not None and (stack, i) not in kept:
+                continue  # a folded IR (compiler/fold.py): a kept layer of this block kind stands for it
             nodes = layer_nodes[(stack, i)]
             if block in classes:
                 if _layer_signature(g, nodes) != signatures[block]:
@@ -339,20 +345,19 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         model_class += "Model"
 
     model = _model_code(g, em, order, stacks, classes)
-    fusions = {}
-    for n in order:
-        parts = g.nodes[n]["attrs"].get("parts")
-        if g.nodes[n]["op"] == "linear" and parts:
-            fusions[g.nodes[n]["name"]] = tuple((p, w) for p, w in parts)
+    fusions: dict[str, tuple] = {}
+    found: dict[int, dict[str, tuple]] = {}  # a folded layer's fusions, looked up once
+    for nodes in _every_layer(g, order, layer_nodes, kept):  # a later layer's fusion of a name wins
+        if id(nodes) not in found:
+            found[id(nodes)] = {g.nodes[n]["name"]: tuple((p, w) for p, w in g.nodes[n]["attrs"]["parts"])
+                                for n in nodes if g.nodes[n]["op"] == "linear" and g.nodes[n]["attrs"].get("parts")}
+        fusions.update(found[id(nodes)])
     config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
     softcaps = [g.nodes[n]["attrs"]["cap"] for n in order if g.nodes[n]["op"] == "softcap"]
     config["logit_softcap"] = softcaps[0] if softcaps else None
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
     layouts = {stack: _layout(blocks, classes) for stack, blocks in stacks.items()}
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath("templates", name).read_text()),
-        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
-    )
+    env = _template_env()
     code_lines = [l.code for c in classes.values() for l in c.forward] + [
         l.code for part in ("forward", "head", "encode") for l in (model.get(part) or [])]
     text = env.get_template("model.py.j2").render(
@@ -365,6 +370,34 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     )
     compile(text, spec_name, "exec")  # never hand out source that does not parse
     return text
+
+
+@functools.lru_cache(maxsize=1)
+def _template_env() -> jinja2.Environment:
+    """One environment per process, so the template is compiled once, not on every generate."""
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath("templates", name).read_text()),
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
+    )
+
+
+def _every_layer(g, order: list[str], layer_nodes: dict[tuple[str, int], list[str]], kept) -> list[list[str]]:
+    """The nodes in data-flow order, in groups (one node, or a layer), with each layer of a
+    folded IR repeated (the same list) where every layer it represents stands in the whole
+    model's IR."""
+    if kept is None:
+        return [[n] for n in order]
+    stand_for = {(stack, i): (stack, k) for (stack, k), members in kept.items() for i in members}
+    out: list[list[str]] = []
+    done: set[str] = set()
+    for n in order:
+        stack = g.nodes[n]["stack"]
+        if stack is None:
+            out.append([n])
+        elif stack not in done:
+            done.add(stack)
+            out.extend(layer_nodes.get(stand_for[(stack, i)], []) for i in range(len(g.graph["stacks"][stack])))
+    return out
 
 
 def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:

@@ -98,8 +98,10 @@ class GraphBuilder:
 
 def inputs_of(g: nx.MultiDiGraph, node: str) -> list[NodeRef]:
     """The node's inputs in argument order."""
-    edges = sorted(g.in_edges(node, data=True), key=lambda e: e[2]["port"])
-    return [NodeRef(src, data["out"]) for src, _, data in edges]
+    # read the adjacency directly: an in_edges view per call dominated passes and codegen
+    edges = [(data["port"], src, data["out"]) for src, keyed in g.pred[node].items() for data in keyed.values()]
+    edges.sort(key=lambda e: e[0])
+    return [NodeRef(src, out) for _, src, out in edges]
 
 
 def ordered_nodes(g: nx.MultiDiGraph) -> list[str]:

@@ -14,6 +14,7 @@ import networkx as nx
 
 from archlang.spec import ast as A
 
+from .fold import REPRESENTS, kept_layers
 from .ir import GraphBuilder, NodeRef
 
 
@@ -33,8 +34,9 @@ def _scaling_attrs(scaling) -> dict[str, Any] | None:
 
 
 class _Lowerer:
-    def __init__(self, model: A.Model):
+    def __init__(self, model: A.Model, keep: dict[str, dict[int, tuple[int, ...]]] | None = None):
         self.m = model
+        self.keep = keep
         self.b = GraphBuilder()
         self.d = model.d_model
         g = self.b.g
@@ -44,6 +46,8 @@ class _Lowerer:
             stacks={k: list(v) for k, v in model.stacks().items()},
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
         )
+        if keep is not None:
+            g.graph[REPRESENTS] = {(stack, i): members for stack, kept in keep.items() for i, members in kept.items()}
 
     # ------------------------------------------------------------------ helpers
     def causal(self, ctx: dict) -> bool:
@@ -154,8 +158,9 @@ class _Lowerer:
                               shape=(heads, seq, seq), params={"weight": (pos.buckets, heads)},
                               attrs={"buckets": pos.buckets, "max_distance": pos.max_distance, "heads": heads,
                                      "bidirectional": stack != "decoder"})
-        for i, block_name in enumerate(layers):
-            x = self.block(stack, i, self.m.blocks[block_name], x, seq, memory, rel)
+        indices = range(len(layers)) if self.keep is None else self.keep[stack]
+        for i in indices:
+            x = self.block(stack, i, self.m.blocks[layers[i]], x, seq, memory, rel)
         return x
 
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
@@ -400,6 +405,7 @@ def describe_component(c) -> str:
     return f"{c.kind}({', '.join(fields)})"
 
 
-def lower(model: A.Model) -> nx.MultiDiGraph:
-    """Lower a validated model into the (unfused) graph IR."""
-    return _Lowerer(model).lower()
+def lower(model: A.Model, *, folded: bool = False) -> nx.MultiDiGraph:
+    """Lower a validated model into the (unfused) graph IR. With `folded`, only the layers that
+    stand for their stack (compiler/fold.py) are lowered, under their own layer indices."""
+    return _Lowerer(model, kept_layers(model) if folded else None).lower()

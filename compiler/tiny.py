@@ -75,3 +75,29 @@ def shrink(model: A.Model) -> A.Model:
     small = A.Model.model_validate(data)  # the validators check the small model as they did the large one
     small._spans = model._spans
     return small
+
+
+def distinct_layers(layers: tuple[str, ...], kind_of=lambda block: block) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One layer per kind (`kind_of(block name)`), in the order the stack first uses each, and
+    the index in the stack of each layer kept."""
+    first: dict = {}
+    for i, block in enumerate(layers):
+        first.setdefault(kind_of(block), (block, i))
+    return tuple(b for b, _ in first.values()), tuple(i for _, i in first.values())
+
+
+def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
+    """The shrunk model with one layer per distinct shrunk block in each stack (encoder and
+    decoder kept apart; blocks that differ only in widths the stand-in cuts down compute alike),
+    so that building and running it costs the same at any depth; and, per stack, the original
+    index of each stand-in layer, to name a layer as the spec numbers it."""
+    small = shrink(model)
+    kinds = {name: repr(block.model_dump(exclude={"name"})) for name, block in small.blocks.items()}
+    update, origin = {}, {}
+    for stack, field in (("layers", "layers"), ("encoder", "encoder_layers"), ("decoder", "decoder_layers")):
+        layers = getattr(small, field)
+        if layers:
+            update[field], origin[stack] = distinct_layers(layers, kinds.__getitem__)
+    short = small.model_copy(update=update)
+    short._spans = model._spans
+    return short, origin

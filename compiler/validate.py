@@ -8,7 +8,8 @@ import networkx as nx
 
 from archlang.spec.errors import ArchError, ArchErrors
 
-from .ir import OPS, NodeRef, inputs_of
+from .fold import REPRESENTS
+from .ir import OPS, NodeRef, inputs_of, ordered_nodes
 
 # How many inputs each op takes (min, max); None is unbounded.
 _ARITY = {
@@ -29,14 +30,17 @@ def _width(g: nx.MultiDiGraph, ref) -> int | str:
 
 def validate(g: nx.MultiDiGraph) -> None:
     """Raise ArchErrors listing every problem found; return None when the IR is sound."""
-    errors: list[ArchError] = []
+    errors: list[tuple[ArchError, int]] = []
+    represents = g.graph.get(REPRESENTS, {})
 
     def fail(node: str | None, message: str, hint: str | None = None) -> None:
         span = g.nodes[node].get("span") if node is not None else None
         where = f" (at IR node {node})" if node is not None and span is None else ""
-        errors.append(ArchError(message + where, span, hint=hint, kind="ir"))
+        # a layer of a folded IR stands for several layers of the model: count the problem in each
+        layers = len(represents.get((g.nodes[node]["stack"], g.nodes[node]["layer"]), (node,))) if node is not None else 1
+        errors.append((ArchError(message + where, span, hint=hint, kind="ir"), layers))
 
-    if not nx.is_directed_acyclic_graph(g):
+    if not _edges_follow_order(g) and not nx.is_directed_acyclic_graph(g):
         cycle = nx.find_cycle(g)
         raise ArchErrors([ArchError("the IR has a cycle: " + " → ".join(e[0] for e in cycle), kind="ir")])
 
@@ -98,25 +102,41 @@ def validate(g: nx.MultiDiGraph) -> None:
             if any((not isinstance(s, int)) or s <= 0 for s in shape):
                 fail(node, f"weight of impossible shape {shape}")
     if g.graph.get("family") == "encoder_decoder":
-        enc_out = {n for n, d in g.nodes(data=True) if d["stack"] == "encoder"}
+        from_encoder = _fed_by_encoder(g)
         for node, d in g.nodes(data=True):
             if d["op"] == "attention" and d["attrs"].get("cross"):
                 srcs = {r.node for r in inputs_of(g, node)[1:3]}
                 for src in srcs:
-                    feeding = nx.ancestors(g, src) | {src}
-                    if not (feeding & enc_out):
+                    if src not in from_encoder:
                         fail(node, "cross-attention keys and values must come from the encoder")
     if errors:
         raise ArchErrors(_dedupe(errors))
 
 
-def _dedupe(errors: list[ArchError]) -> list[ArchError]:
+def _edges_follow_order(g: nx.MultiDiGraph) -> bool:
+    """Every edge runs from an earlier node to a later one: then the graph has no cycle. Lowering
+    and the passes keep this true, so the general (slower) cycle search is rarely needed."""
+    nodes = g.nodes
+    return all(nodes[u]["order"] < nodes[v]["order"] for u, v in g.edges())
+
+
+def _fed_by_encoder(g: nx.MultiDiGraph) -> set[str]:
+    """The encoder's nodes and every node computed from one of them, in one sweep in data-flow
+    order (a reachability search per cross-attention would grow with the square of the depth)."""
+    fed: set[str] = set()
+    for node in ordered_nodes(g):
+        if g.nodes[node]["stack"] == "encoder" or any(p in fed for p in g.predecessors(node)):
+            fed.add(node)
+    return fed
+
+
+def _dedupe(errors: list[tuple[ArchError, int]]) -> list[ArchError]:
     """The same problem in every layer of a stack is reported once, with a count."""
     seen: dict[tuple, ArchError] = {}
     counts: dict[tuple, int] = {}
-    for e in errors:
+    for e, layers in errors:
         key = (e.message, str(e.span))
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + layers
         seen.setdefault(key, e)
     for key, e in seen.items():
         if counts[key] > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..fold import REPRESENTS
 from ..ir import ordered_nodes
 from .base import Pass, redirect
 
@@ -34,8 +35,13 @@ class ShareConstants(Pass):
             g.remove_node(node)
             modified = True
         # Promote shared tables out of their layer, under a model-level name.
+        represents = g.graph.get(REPRESENTS, {})
         for key, node in first.items():
-            consumers = {g.nodes[dst]["layer"] for _, dst in g.out_edges(node)}
+            consumers = set()
+            for _, dst in g.out_edges(node):
+                # in a folded IR a layer's consumer stands for the same consumer in each layer it represents
+                dd = g.nodes[dst]
+                consumers.update(represents.get((dd["stack"], dd["layer"]), (dd["layer"],)))
             d = g.nodes[node]
             if d["layer"] is not None and len(consumers) > 1:
                 new_id = _unique(g, d["name"])  # tables of different widths get distinct names

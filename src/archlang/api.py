@@ -7,6 +7,7 @@ import os
 import sys
 import types
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
@@ -14,6 +15,7 @@ import networkx as nx
 from archlang import __version__
 from archlang.compiler import DEFAULT_PIPELINE, generate, lower, run_pipeline, validate
 from archlang.compiler.codegen import CodegenError
+from archlang.compiler.fold import can_fold
 from archlang.spec import ArchError, SourceMap, load_models
 from archlang.spec.ast import Model
 
@@ -48,13 +50,25 @@ def load_model(
 
 @dataclass
 class Compiled:
-    """Everything one compilation produced."""
+    """Everything one compilation produced. The IRs of every layer are built on first use: the
+    module itself is compiled from a folded IR (compiler/fold.py) whose size does not grow with
+    depth."""
 
     model: Model
-    graph: nx.MultiDiGraph  # optimized IR
-    lowered: nx.MultiDiGraph  # IR before passes
     source: str  # the generated Python module
     passes: list[str]
+    pipeline: str = DEFAULT_PIPELINE
+    disabled: tuple[str, ...] = ()
+
+    @cached_property
+    def lowered(self) -> nx.MultiDiGraph:
+        """The IR before passes."""
+        return lower(self.model)
+
+    @cached_property
+    def graph(self) -> nx.MultiDiGraph:
+        """The optimized IR."""
+        return run_pipeline(self.lowered, self.pipeline, self.disabled)
 
 
 def _spec_text(spec) -> tuple[str, str]:
@@ -76,7 +90,9 @@ def compile_spec(
 ) -> Compiled:
     """Parse, validate, lower, optimize and generate code for one model."""
     ast = load_model(spec, model=model, sources=sources, allow_outside_root=allow_outside_root)
-    lowered = lower(ast)
+    # on_step shows the IR after each pass, which must be the whole model's
+    folded = on_step is None and can_fold(ast)
+    lowered = lower(ast, folded=folded)
     validate(lowered)
     from archlang.compiler.passes import parse_pipeline
 
@@ -88,7 +104,10 @@ def compile_spec(
                           version=__version__)
     except CodegenError as exc:
         raise ArchError(f"code generation failed: {exc}", kind="codegen") from None
-    return Compiled(ast, graph, lowered, source, applied)
+    compiled = Compiled(ast, source, applied, passes, disabled)
+    if not folded:
+        compiled.lowered, compiled.graph = lowered, graph
+    return compiled
 
 
 def load_source(source: str, name: str = "archlang_model") -> types.ModuleType:
@@ -135,13 +154,14 @@ def build(spec: str | os.PathLike, *, model: str | None = None, passes: str = DE
 
 
 def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
-    """Build a small stand-in of the model (compiler/tiny.py), run a forward pass on random
-    tokens, and raise an ArchError naming the first op whose output is NaN or Inf."""
+    """Build a small stand-in of the model (compiler/tiny.py: narrow, one layer per block kind),
+    run a forward pass on random tokens, and raise an ArchError naming the first op whose output
+    is NaN or Inf."""
     import torch
 
-    from archlang.compiler.tiny import shrink
+    from archlang.compiler.tiny import stand_in
 
-    small = shrink(model_ast)
+    small, origin = stand_in(model_ast)
     g = run_pipeline(lower(small))
     module = load_source(generate(g, spec_name=small.name, version=__version__), small.name).build().eval()
     torch.manual_seed(seed)
@@ -171,12 +191,21 @@ def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
         h.remove()
     outs = out if isinstance(out, tuple) else (out,)
     if first or not all(torch.isfinite(o).all() for o in outs):
-        where = first[0] if first else "the output"
+        where = _spec_layer_numbers(first[0], origin) if first else "the output"
         module_name = where.removeprefix("the input of ")
         shown = f"the input of `{module_name}`" if where != module_name else f"`{where}`"
         raise ArchError(f"non-finite values (NaN/Inf) first appear in {shown} on a random forward pass",
                         _span_of_module(model_ast, module_name), kind="numerics",
                         hint="check scales, caps and epsilons of that component")
+
+
+def _spec_layer_numbers(where: str, origin: dict[str, tuple[int, ...]]) -> str:
+    """`layers.1.attn` of the stand-in is the layer the spec numbers origin["layers"][1]."""
+    prefix, _, name = where.rpartition("the input of ")
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] in origin and parts[1].isdigit():
+        parts[1] = str(origin[parts[0]][int(parts[1])])
+    return prefix + _ + ".".join(parts)
 
 
 _COMPONENT_OF = {"attn": "attention", "cross_attn": "cross_attention", "ssm": "ssm", "moe": "ffn"}
@@ -208,7 +237,7 @@ def check_file(path: str | os.PathLike, *, sources: SourceMap | None = None,
     forward pass of a small stand-in. Raises ArchError(s) on any problem."""
     models = load_models(Path(path), sources=sources, allow_outside_root=allow_outside_root)
     for m in models:
-        g = lower(m)
+        g = lower(m, folded=can_fold(m))
         validate(g)
         run_pipeline(g)
         if run:

@@ -180,7 +180,8 @@ def cmd_compile(args) -> int:
         if args.print_after_all or (args.print_ir_after and name in args.print_ir_after):
             sys.stderr.write(f"// ----- IR after {name}\n{dump(g)}")
 
-    compiled = _compile(args, on_step)
+    printing = args.print_after_all or args.print_ir_after
+    compiled = _compile(args, on_step if printing else None)  # without a printer, compile the folded IR
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".py")
     write_atomic(out, compiled.source, force=args.force)
     _err_console().print(f"wrote {out} ({compiled.model.name}, passes: {', '.join(compiled.passes) or 'none'})", markup=False)
