@@ -235,7 +235,15 @@ class MLA(_AttentionCommon):
     def _dims(self) -> "MLA":
         if self.rope_head_dim % 2:
             raise FieldError("rope_head_dim", f"rope_head_dim must be even, got {self.rope_head_dim}")
-        object.__setattr__(self, "head_dim", self.nope_head_dim + self.rope_head_dim)
+        derived = self.nope_head_dim + self.rope_head_dim
+        if self.head_dim is not None and self.head_dim != derived:
+            raise FieldError(
+                "head_dim",
+                f"mla's head_dim is nope_head_dim + rope_head_dim ({self.nope_head_dim} + {self.rope_head_dim} = {derived}), "
+                f"not {self.head_dim}",
+                "leave head_dim out and set nope_head_dim and rope_head_dim",
+            )
+        object.__setattr__(self, "head_dim", derived)
         return self
 
     @property

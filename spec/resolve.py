@@ -563,6 +563,10 @@ class _Builder:
 
     def value(self, expr: S.Expr, path: tuple, field_name: str, annotation: Any = None) -> Any:
         self.spans[path] = expr.span
+        if isinstance(expr, S.Name) and annotation is not None and self._is_word_of(expr.id, field_name, annotation):
+            # An enumeration word means itself, even where a block or constant has the same name
+            # (`placement = post` in a model with a block named `post`).
+            return Symbol(expr.id)
         v = self.ev.eval(expr)
         self._check_type(v, expr, field_name, annotation)
         if isinstance(v, S.Call):
@@ -572,6 +576,13 @@ class _Builder:
         if isinstance(v, list):
             return [self._plain(x, expr) for x in v]
         return v
+
+    @staticmethod
+    def _is_word_of(name: str, field_name: str, annotation: Any) -> bool:
+        allowed = VT.words(annotation)
+        if field_name == "dtype":
+            allowed |= A.DTYPE_ALIASES.keys()
+        return name in allowed
 
     def _check_type(self, v: Any, expr: S.Expr, field_name: str, annotation: Any) -> None:
         kinds = VT.accepted(annotation) if annotation is not None else None

@@ -51,6 +51,18 @@ def accepted(annotation: Any) -> frozenset[str] | None:
     return None
 
 
+def words(annotation: Any) -> frozenset[str]:
+    """The enumeration words a field accepts (`pre`, `post`, `sandwich` for a placement)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return words(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return frozenset().union(*(words(arg) for arg in get_args(annotation)))
+    if origin is Literal:
+        return frozenset(a for a in get_args(annotation) if isinstance(a, str))
+    return frozenset()
+
+
 def describe_expected(kinds: frozenset[str]) -> str:
     """`{"integer", "number", "none"}` → "a number or none"."""
     shown = [k for k in (NUMBER, INTEGER, BOOL, WORD, STRING, CALL, LIST, NONE) if k in kinds]

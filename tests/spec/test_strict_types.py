@@ -128,3 +128,36 @@ def test_kind_words_in_two_slots_have_distinct_fields():
         for kind, cls in kinds.items():
             shared.setdefault(kind, set()).add(cls)
     assert shared["linear"] == {A.LinearAttention, A.LinearScaling}
+
+
+
+HEADER = """model m {
+  vocab = 100
+  d_model = 64
+  context = 128
+"""
+
+
+def test_an_enumeration_word_means_itself_next_to_a_block_of_that_name():
+    text = HEADER + """  block post {
+    norm = rmsnorm(placement = post)
+    attention = mha(heads = 4)
+  }
+  layers = post * 2
+}
+"""
+    (model,) = load_models(source=text)
+    assert model.blocks["post"].norm.placement == "post"
+
+
+def test_mla_refuses_a_head_dim_other_than_its_parts():
+    text = HEADER + """  block a {
+    norm = rmsnorm()
+    attention = mla(heads = 4, kv_lora_rank = 16, head_dim = 999)
+  }
+  layers = a * 2
+}
+"""
+    (err,) = errors_of(text)
+    assert "nope_head_dim + rope_head_dim" in err.message
+    assert (err.span.line, err.span.column) == (7, 62)
