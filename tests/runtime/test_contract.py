@@ -1,0 +1,163 @@
+"""What every built model promises: the spec's dtype, a memory check before allocating, and a
+model whose size is what `stats` says."""
+
+import math
+import time
+
+import pytest
+import torch
+
+import archlang
+from archlang import api
+from archlang.api import build, check_numerics, load_model
+from archlang.spec import ArchError
+
+from ..conftest import EXAMPLES, SPECS
+
+TINY_LLAMA = (SPECS / "tiny_llama.arch").read_text()
+
+
+def _with(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+# ----------------------------------------------------------------------------- dtype
+
+
+def test_build_uses_the_spec_dtype():
+    bf16 = build(_with(TINY_LLAMA, "dtype = fp32", "dtype = bf16"))
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    fp32 = build(TINY_LLAMA)
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert torch.get_default_dtype() == torch.float32  # the build leaves torch's default alone
+
+
+@pytest.mark.parametrize("dtype,expected", [(torch.float16, torch.float16), ("fp32", torch.float32),
+                                            ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16)])
+def test_build_dtype_argument_overrides_the_spec(dtype, expected):
+    model = build(TINY_LLAMA, dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
+def test_bf16_model_runs_forward_on_cpu():
+    model = build(_with(TINY_LLAMA, "dtype = fp32", "dtype = bf16"))
+    logits = model(torch.randint(0, 97, (1, 5)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+@pytest.mark.parametrize("dtype", ["int8", torch.int64, "fp8"])
+def test_unknown_dtype_is_refused(dtype):
+    with pytest.raises(ArchError, match="dtype"):
+        build(TINY_LLAMA, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_build_refuses_a_model_bigger_than_available_memory(monkeypatch):
+    """Llama 3 8B in its spec's bf16 takes 15 GiB: refused at once on an 8 GiB machine."""
+    monkeypatch.setattr(api, "available_memory", lambda device: 8 << 30)
+    start = time.perf_counter()
+    with pytest.raises(ArchError) as info:
+        build(EXAMPLES / "llama3_8b.arch")
+    assert time.perf_counter() - start < 30
+    message = str(info.value)
+    assert "15.0 GiB" in message and "bfloat16" in message and "available on cpu" in message
+
+
+def test_memory_message_has_the_numbers(monkeypatch):
+    monkeypatch.setattr(api, "available_memory", lambda device: 20 << 30)
+    with pytest.raises(ArchError) as info:
+        build(EXAMPLES / "llama3_8b.arch", dtype=torch.float32)
+    err = info.value
+    assert "8,030,261,248 parameters" in err.message
+    assert "29.9 GiB" in err.message  # 8.03e9 x 4 bytes
+    assert "18.0 GiB" in err.message  # 20 GiB less the 10% margin
+    assert 'device="meta"' in err.hint and "bfloat16" in err.hint
+    assert err.kind == "limit"
+
+
+def test_explicit_max_bytes_overrides_available_memory(monkeypatch):
+    monkeypatch.setattr(api, "available_memory", lambda device: 1 << 40)
+    with pytest.raises(ArchError, match="max_bytes limit"):
+        build(TINY_LLAMA, max_bytes=1000)
+    assert build(TINY_LLAMA, max_bytes=math.inf) is not None
+    monkeypatch.setattr(api, "available_memory", lambda device: 0)
+    assert build(TINY_LLAMA, device="meta") is not None  # meta allocates nothing: no limit
+
+
+def test_buffers_count_towards_the_limit(monkeypatch):
+    """The guard measures every buffer too: a model whose parameters fit but whose buffers do
+    not is refused."""
+    from archlang.runtime import position
+
+    class BigBuffer(position.AlibiSlopes):
+        def __init__(self, heads):
+            super().__init__(heads)
+            self.register_buffer("extra", torch.empty(1 << 20), persistent=False)  # 4 MiB
+
+    monkeypatch.setattr("archlang.runtime.AlibiSlopes", BigBuffer)
+    text = _with(TINY_LLAMA, "position = rope(theta = 10000)", "position = alibi()")
+    params = sum(p.numel() * 4 for p in build(text, device="meta").parameters())
+    with pytest.raises(ArchError, match="buffers"):
+        build(text, max_bytes=params + (2 << 20))
+
+
+def test_available_memory_reads_the_machine():
+    free = api.available_memory("cpu")
+    assert free is not None and free > 0
+    assert api.available_memory("meta") is None
+
+
+# ----------------------------------------------------------------------------- constant tables
+
+
+SINUSOIDAL_16M = _with(_with(TINY_LLAMA, "context = 64", "context = 16_000_000"),
+                       "position = rope(theta = 10000)", "position = sinusoidal()")
+
+
+def test_sinusoidal_positions_hold_no_table():
+    model = build(SINUSOIDAL_16M)  # a stored (context x d_model) table would be 2 GiB
+    assert sum(b.numel() for b in model.buffers()) < 1000
+    logits = model(torch.randint(0, 97, (1, 5)))
+    assert torch.isfinite(logits).all()
+
+
+def test_sinusoidal_positions_match_the_formula():
+    from archlang.runtime import SinusoidalPositions
+
+    dim, positions = 10, torch.tensor([0, 3, 1000, 15_999_999])
+    got = SinusoidalPositions(16_000_000, dim)(positions).double()
+    pos = positions.double()[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    want = torch.zeros(4, dim, dtype=torch.float64)
+    want[:, 0::2], want[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    # float32 angles: at position 16M the error of the angle is position x 2^-24 ~ 1
+    torch.testing.assert_close(got[:3], want[:3], atol=1e-3, rtol=0)
+
+
+def test_sinusoidal_positions_follow_the_model_dtype():
+    model = build(_with(SINUSOIDAL_16M, "dtype = fp32", "dtype = bf16"))
+    assert model.pos_embed(torch.arange(3)).dtype == torch.bfloat16
+    assert model.float().pos_embed(torch.arange(3)).dtype == torch.float32
+
+
+def test_numerics_check_shrinks_relative_position_tables(monkeypatch):
+    from archlang.compiler.tiny import shrink
+
+    monkeypatch.setattr(api, "available_memory", lambda device: (1 << 30) + (128 << 20))  # 128 MiB past the margin
+    text = _with(TINY_LLAMA, "position = rope(theta = 10000)",
+                 "position = relative(buckets = 16_000_000, max_distance = 16_000_000)")
+    assert shrink(load_model(text)).position.buckets <= 32
+    check_numerics(load_model(text))  # a (16M x 4 heads) float32 bias table: 244 MiB
+
+
+def test_numerics_check_shrinks_token_type_tables(monkeypatch):
+    from archlang.compiler.tiny import shrink
+
+    monkeypatch.setattr(api, "available_memory", lambda device: (1 << 30) + (128 << 20))
+    bert = (SPECS / "tiny_bert.arch").read_text()
+    text = _with(bert, "type_vocab = 2", "type_vocab = 16_000_000")
+    assert shrink(load_model(text)).type_vocab <= 4
+    check_numerics(load_model(text))  # a (16M x d_model) table would take 4 GiB
