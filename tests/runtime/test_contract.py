@@ -161,3 +161,95 @@ def test_numerics_check_shrinks_token_type_tables(monkeypatch):
     text = _with(bert, "type_vocab = 2", "type_vocab = 16_000_000")
     assert shrink(load_model(text)).type_vocab <= 4
     check_numerics(load_model(text))  # a (16M x d_model) table would take 4 GiB
+
+
+# ----------------------------------------------------------------------------- loss, aux_loss, generate
+
+
+def _tiny(name: str):
+    return build(SPECS / f"{name}.arch", model=name)
+
+
+def test_encoder_loss_is_masked_lm_cross_entropy():
+    model = _tiny("tiny_bert")
+    ids = torch.randint(0, 97, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[:, [1, 4]] = torch.randint(0, 97, (2, 2))  # only the masked positions count
+    loss = model.loss(ids, labels)
+    hidden, _pooled = model(ids)
+    logits = hidden @ model.embed.weight.T  # the tied embedding is the MLM head
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    assert model.embed.weight.grad is not None
+
+
+def test_encoder_loss_takes_the_attention_mask_and_token_types():
+    model = _tiny("tiny_bert").eval()
+    ids, labels = torch.randint(0, 97, (2, 6)), torch.randint(0, 97, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    types = torch.tensor([[0, 0, 1, 1, 1, 1], [0] * 6])
+    hidden, _ = model(ids, attention_mask=mask, token_type_ids=types)
+    want = torch.nn.functional.cross_entropy((hidden @ model.embed.weight.T).reshape(-1, 97), labels.reshape(-1))
+    torch.testing.assert_close(model.loss(ids, labels, attention_mask=mask, token_type_ids=types), want)
+    with pytest.raises(TypeError, match="no argument memory"):
+        model.loss(ids, labels, memory=None)
+
+
+def test_encoder_decoder_loss_matches_hugging_face_t5():
+    transformers = pytest.importorskip("transformers")
+    from archlang.interop.hf import from_hf
+
+    config = transformers.T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    config._attn_implementation = "eager"
+    hf = transformers.T5ForConditionalGeneration(config).eval()
+    ours = from_hf(hf).eval()
+    ids = torch.randint(1, 97, (2, 11))
+    labels = torch.randint(1, 97, (2, 7))
+    labels[1, 5:] = -100  # padding of the shorter target
+    with torch.no_grad():
+        want = hf(input_ids=ids, labels=labels).loss
+        got = ours.loss(ids, labels)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_aux_loss_is_a_zero_tensor_for_dense_models():
+    model = build(_with(TINY_LLAMA, "dtype = fp32", "dtype = bf16"))
+    assert model.aux_loss.dtype == torch.bfloat16 and model.aux_loss.item() == 0  # before any forward
+    ids = torch.randint(0, 97, (2, 6))
+    loss = model.loss(ids[:, :-1], ids[:, 1:]) + model.aux_loss  # the generic training loop
+    assert torch.isfinite(loss)
+    assert build(TINY_LLAMA, device="meta").aux_loss.device == torch.device("meta")
+
+
+def test_encoder_cannot_generate():
+    with pytest.raises(ArchError, match="encoder model: it has no LM head and cannot generate"):
+        _tiny("tiny_bert").generate(torch.randint(0, 97, (1, 4)), 3)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_stops_at_the_context_and_keeps_the_tokens(use_cache):
+    model = _tiny("tiny_llama")  # context 64
+    prompt = torch.randint(0, 97, (2, 60))
+    with pytest.warns(UserWarning, match="stops at the model's context of 64 tokens: 4 new tokens, not 10"):
+        out = model.generate(prompt, 10, use_cache=use_cache)
+    assert out.shape == (2, 64) and torch.equal(out[:, :60], prompt)
+    assert torch.equal(out, model.generate(prompt, 4, use_cache=use_cache))
+
+
+@pytest.mark.parametrize("length", [64, 70])
+def test_prompt_at_the_context_is_refused(length):
+    with pytest.raises(ArchError, match=f"prompt has {length} tokens, already at or over the model's context of 64"):
+        _tiny("tiny_llama").generate(torch.randint(0, 97, (1, length)), 1)
+
+
+def test_encoder_decoder_generation_stops_at_the_context():
+    model = build(_with((SPECS / "tiny_t5.arch").read_text(), "context = 64", "context = 8"))
+    context = 8
+    with pytest.raises(ArchError, match="encoder input has"):
+        model.generate(torch.randint(0, 97, (1, context + 1)), 2)
+    with pytest.warns(UserWarning, match="stops at the model's context"):
+        out = model.generate(torch.randint(0, 97, (1, 5)), context + 5)
+    assert out.shape == (1, context)
