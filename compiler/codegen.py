@@ -181,8 +181,10 @@ class _Emitter:
             return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={cache_key})"
         if op == "moe":
             keys = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
-                    "shared_hidden", "shared_gate", "router", "normalize_top_k", "routed_scale", "aux_loss", "z_loss",
-                    "capacity_factor")
+                    "shared_hidden", "shared_bias", "shared_gate", "router", "normalize_top_k", "routed_scale",
+                    "aux_loss", "z_loss", "capacity_factor")
+            # the shared expert's biases are parameters of the IR node (as stats counts them)
+            a = {**a, "shared_bias": "shared_down_bias" in d["params"]}
             dim = d["shape"][-1]
             return (f"rt.MoE({dim}, {a['experts']}, {a['top_k']}, "
                     + ", ".join(f"{k}={a[k]!r}" for k in keys) + ")")

@@ -253,3 +253,66 @@ def test_encoder_decoder_generation_stops_at_the_context():
     with pytest.warns(UserWarning, match="stops at the model's context"):
         out = model.generate(torch.randint(0, 97, (1, 5)), context + 5)
     assert out.shape == (1, context)
+
+
+# ----------------------------------------------------------------------------- parameters = stats
+
+
+def _params_match_stats(spec, model=None):
+    from archlang.api import compile_spec
+    from archlang.compiler import compute_facts
+
+    stats = compute_facts(compile_spec(spec, model=model).graph).params_total
+    built = build(spec, model=model, device="meta")
+    assert sum(p.numel() for p in built.parameters()) == stats
+
+
+SHARED_MLP = _with((SPECS / "tiny_mixtral.arch").read_text(),
+                   "expert = swiglu(hidden = 24)", "expert = swiglu(hidden = 24), shared = mlp(hidden = 16)")
+
+
+def test_biased_shared_expert_is_built_and_used():
+    model = build(SHARED_MLP)
+    moe = model.layers[0].moe
+    assert moe.shared_up_bias.shape == (16,) and moe.shared_down_bias.shape == (32,)
+    _params_match_stats(SHARED_MLP)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        before = moe._shared(x)
+        moe.shared_down_bias.fill_(1.0)
+        torch.testing.assert_close(moe._shared(x), before + 1.0)
+
+
+def _all_models():
+    from ..conftest import tiny_specs
+
+    cases = [(path, name) for path, name in tiny_specs()]
+    cases += [(path, None) for path in sorted(EXAMPLES.glob("*.arch"))]
+    return cases
+
+
+@pytest.mark.parametrize("path,name", _all_models(), ids=lambda v: getattr(v, "name", v))
+def test_built_parameters_equal_stats(path, name):
+    _params_match_stats(path, name)
+
+
+@pytest.mark.parametrize("ffn", ["mlp(hidden = 16)", "mlp(hidden = 16, bias = false)", "swiglu(hidden = 16, bias = true)",
+                                 "geglu(hidden = 16)"])
+@pytest.mark.parametrize("tie", ["true", "false"])
+def test_moe_with_shared_experts_and_tied_embeddings_match_stats(ffn, tie):
+    text = _with((SPECS / "tiny_mixtral.arch").read_text(), "expert = swiglu(hidden = 24)",
+                 f"expert = {ffn}, shared = {ffn}, shared_gate = true")
+    _params_match_stats(text.replace("dtype = fp32", f"dtype = fp32\n    tie_embeddings = {tie}"))
+
+
+def test_random_specs_built_parameters_equal_stats():
+    from hypothesis import HealthCheck, given, settings
+
+    from ..strategies import valid_spec
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(valid_spec())
+    def prop(text):
+        _params_match_stats(text)
+
+    prop()
