@@ -334,8 +334,10 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     # One class per block kind, from its first layer; every other layer must match it.
     classes: dict[str, BlockClass] = {}
     signatures: dict[str, list] = {}
-    reserved = {"Config"}
-    model_class = class_name(g.graph["name"])
+    # Class names come from the spec; each must differ from every other top-level name of the
+    # module, or it would rebind it (a model named `f` compiles to class `F`, hiding
+    # torch.nn.functional from every forward).
+    taken = set(MODULE_NAMES) | {_layout_name(stack) for stack in stacks}
     for stack, blocks in stacks.items():
         for i, block in enumerate(blocks):
             nodes = layer_nodes[(stack, i)]
@@ -344,10 +346,12 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
                     raise CodegenError(f"layer {stack}.{i} differs from the other `{block}` layers")
                 continue
             classes[block] = _block_class(g, em, block, nodes, stack)
+            classes[block].name = _unique(classes[block].name, taken)  # `a_b` and `aB` both make `ABBlock`
+            taken.add(classes[block].name)
             signatures[block] = _layer_signature(g, nodes)
-            reserved.add(classes[block].name)
-    if model_class in reserved:
-        model_class += "Model"
+    model_class = class_name(g.graph["name"])
+    if model_class in taken:
+        model_class = _unique(model_class + "Model", taken)
 
     model = _model_code(g, em, order, stacks, classes)
     fusions = {}
@@ -359,7 +363,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     softcaps = [g.nodes[n]["attrs"]["cap"] for n in order if g.nodes[n]["op"] == "softcap"]
     config["logit_softcap"] = softcaps[0] if softcaps else None
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
-    layouts = {stack: _layout(blocks, classes) for stack, blocks in stacks.items()}
+    layouts = {_layout_name(stack): _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath("templates", name).read_text()),
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
@@ -374,8 +378,51 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         config=pprint.pformat(config, width=WIDTH, sort_dicts=False),
         fusions=pprint.pformat(fusions, width=WIDTH, sort_dicts=False), layouts=layouts, family=g.graph["family"],
     )
-    compile(text, spec_name, "exec")  # never hand out source that does not parse
+    _check_top_level_names(text)  # never hand out source that does not parse or rebinds a name
     return text
+
+
+# Names the template binds at the top level of every generated module, whatever the spec:
+# its imports, constants and the build() function (the layer layouts are named per stack).
+MODULE_NAMES = frozenset({"annotations", "torch", "F", "nn", "rt", "SPEC", "CONFIG", "FUSIONS", "build", "Config"})
+
+
+def _layout_name(stack: str) -> str:
+    return f"{stack.upper()}_LAYOUT"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name2`, `name3`, ... : the first that no other top-level name uses."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}{n}"
+    return candidate
+
+
+def _check_top_level_names(text: str) -> None:
+    """The generated module must parse and bind each top-level name once: a second binding
+    would silently replace what the code reads under that name."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise CodegenError(f"generated code does not parse: {exc}") from None
+    seen: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names = [a.asname or a.name.split(".")[0] for a in stmt.names]
+        elif isinstance(stmt, (ast.ClassDef, ast.FunctionDef)):
+            names = [stmt.name]
+        elif isinstance(stmt, ast.Assign):
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+        else:
+            names = []
+        for name in names:
+            if name in seen:
+                raise CodegenError(f"the generated module binds `{name}` twice")
+            seen.add(name)
 
 
 def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:
@@ -460,7 +507,7 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         if d["stack"] is not None:
             if d["stack"] not in placed:  # the layer stack, where its first op falls in the data flow
                 placed.add(d["stack"])
-                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({d['stack'].upper()}_LAYOUT))")
+                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({_layout_name(d['stack'])}))")
             continue
         mod = em.module(n, "None", '""')
         if mod is not None and d["op"] != "input":

@@ -316,3 +316,55 @@ def test_random_specs_built_parameters_equal_stats():
         _params_match_stats(text)
 
     prop()
+
+
+# ----------------------------------------------------------------------------- names from the spec
+
+
+# gelu in the FFN: the forward reads F.gelu; every import, constant and function of the module
+GPT2 = (SPECS / "tiny_gpt2.arch").read_text()
+MODULE_LEVEL = ["F", "f", "_f", "torch", "nn", "math", "rt", "SPEC", "CONFIG", "FUSIONS", "build", "annotations",
+                "Config", "spec", "config", "fusions", "layers_layout", "LAYERS_LAYOUT", "LayerBlock", "layer_block"]
+
+
+def _renamed_model(text: str, name: str) -> str:
+    return _with(text, "model tiny_gpt2 {", f"model {name} {{")
+
+
+def _same_outputs(text: str):
+    model, reference = build(text), build(GPT2)
+    model.load_state_dict(reference.state_dict())
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), atol=0, rtol=0)
+    assert model.generate(ids[:, :3], 2).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", MODULE_LEVEL)
+def test_model_names_cannot_shadow_the_generated_module(name):
+    assert "F.gelu" in archlang.compile_spec(GPT2).source
+    _same_outputs(_renamed_model(GPT2, name))
+
+
+@pytest.mark.parametrize("block", ["torch", "F", "f", "nn", "rt", "math", "Model", "build"])
+@pytest.mark.parametrize("model", ["tiny_gpt2", "F"])
+def test_block_names_cannot_shadow_the_generated_module(block, model):
+    text = _renamed_model(GPT2, model).replace("block layer {", f"block {block} {{").replace("layer * 2", f"{block} * 2")
+    assert f"block {block} {{" in text
+    _same_outputs(text)
+
+
+def test_blocks_whose_class_names_collide_stay_apart():
+    """`a_b` and `aB` both spell the class `ABBlock`; the second must not replace the first."""
+    text = GPT2.replace("block layer {", "block a_b {").replace("layers = layer * 2", "layers = [a_b, aB]")
+    text = text.replace("    }\n\n    layers", "    }\n\n    block aB extends a_b {\n        ffn = mlp(hidden = 16, act = relu)\n    }\n\n    layers")
+    source = archlang.compile_spec(text).source
+    assert "class ABBlock(" in source and "class ABBlock2(" in source
+    model = build(text)
+    assert model.layers[0].up_proj.out_features != model.layers[1].up_proj.out_features
+    assert torch.isfinite(model(torch.randint(0, 97, (1, 5)))).all()
+
+
+def test_double_underscore_names_are_refused():
+    with pytest.raises(Exception, match="may not start with `__`"):
+        load_model(_renamed_model(GPT2, "__f"))
