@@ -109,7 +109,7 @@ def load_source(source: str, name: str = "archlang_model") -> types.ModuleType:
 SAFETY_FRACTION = 0.10
 SAFETY_BYTES = 1 << 30
 
-_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+BUILD_DTYPES = ("float32", "bfloat16", "float16")  # the language's dtypes, as torch names them
 
 
 def torch_dtype(dtype):
@@ -119,15 +119,15 @@ def torch_dtype(dtype):
     from archlang.spec.ast import DTYPE_ALIASES
 
     if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        if dtype not in [getattr(torch, name) for name in BUILD_DTYPES]:
             raise ArchError(f"cannot build in dtype {dtype}: models are built in float32, bfloat16 or float16",
                             kind="usage")
         return dtype
     name = DTYPE_ALIASES.get(str(dtype), str(dtype))
-    if name not in _TORCH_DTYPES:
+    if name not in BUILD_DTYPES:
         raise ArchError(f"unknown dtype {dtype!r}", kind="usage",
                         hint="use a torch dtype or one of fp32, bf16, fp16 (float32, bfloat16, float16)")
-    return getattr(torch, _TORCH_DTYPES[name])
+    return getattr(torch, name)
 
 
 def available_memory(device) -> int | None:

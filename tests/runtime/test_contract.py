@@ -104,10 +104,12 @@ def test_buffers_count_towards_the_limit(monkeypatch):
         build(text, max_bytes=params + (2 << 20))
 
 
-def test_available_memory_reads_the_machine():
+def test_available_memory_reads_the_machine(monkeypatch):
     free = api.available_memory("cpu")
     assert free is not None and free > 0
     assert api.available_memory("meta") is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 << 30, 80 << 30))
+    assert api.available_memory("cuda:0") == 5 << 30  # free, not total, device memory
 
 
 # ----------------------------------------------------------------------------- constant tables
