@@ -175,8 +175,10 @@ class _Emitter:
             return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={cache_key})"
         if op == "moe":
             keys = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
-                    "shared_hidden", "shared_gate", "router", "normalize_top_k", "routed_scale", "aux_loss", "z_loss",
-                    "capacity_factor")
+                    "shared_hidden", "shared_bias", "shared_gate", "router", "normalize_top_k", "routed_scale",
+                    "aux_loss", "z_loss", "capacity_factor")
+            # the shared expert's biases are parameters of the IR node (as stats counts them)
+            a = {**a, "shared_bias": "shared_down_bias" in d["params"]}
             dim = d["shape"][-1]
             return (f"rt.MoE({dim}, {a['experts']}, {a['top_k']}, "
                     + ", ".join(f"{k}={a[k]!r}" for k in keys) + ")")
@@ -326,8 +328,10 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     # One class per block kind, from its first layer; every other layer must match it.
     classes: dict[str, BlockClass] = {}
     signatures: dict[str, list] = {}
-    reserved = {"Config"}
-    model_class = class_name(g.graph["name"])
+    # Class names come from the spec; each must differ from every other top-level name of the
+    # module, or it would rebind it (a model named `f` compiles to class `F`, hiding
+    # torch.nn.functional from every forward).
+    taken = set(MODULE_NAMES) | {_layout_name(stack) for stack in stacks}
     kept = g.graph.get(REPRESENTS)
     for stack, blocks in stacks.items():
         for i, block in enumerate(blocks):
@@ -339,10 +343,12 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
                     raise CodegenError(f"layer {stack}.{i} differs from the other `{block}` layers")
                 continue
             classes[block] = _block_class(g, em, block, nodes, stack)
+            classes[block].name = _unique(classes[block].name, taken)  # `a_b` and `aB` both make `ABBlock`
+            taken.add(classes[block].name)
             signatures[block] = _layer_signature(g, nodes)
-            reserved.add(classes[block].name)
-    if model_class in reserved:
-        model_class += "Model"
+    model_class = class_name(g.graph["name"])
+    if model_class in taken:
+        model_class = _unique(model_class + "Model", taken)
 
     model = _model_code(g, em, order, stacks, classes)
     fusions: dict[str, tuple] = {}
@@ -356,7 +362,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     softcaps = [g.nodes[n]["attrs"]["cap"] for n in order if g.nodes[n]["op"] == "softcap"]
     config["logit_softcap"] = softcaps[0] if softcaps else None
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
-    layouts = {stack: _layout(blocks, classes) for stack, blocks in stacks.items()}
+    layouts = {_layout_name(stack): _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = _template_env()
     code_lines = [l.code for c in classes.values() for l in c.forward] + [
         l.code for part in ("forward", "head", "encode") for l in (model.get(part) or [])]
@@ -368,7 +374,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         config=pprint.pformat(config, width=WIDTH, sort_dicts=False),
         fusions=pprint.pformat(fusions, width=WIDTH, sort_dicts=False), layouts=layouts, family=g.graph["family"],
     )
-    compile(text, spec_name, "exec")  # never hand out source that does not parse
+    _check_top_level_names(text)  # never hand out source that does not parse or rebinds a name
     return text
 
 
@@ -398,6 +404,49 @@ def _every_layer(g, order: list[str], layer_nodes: dict[tuple[str, int], list[st
             done.add(stack)
             out.extend(layer_nodes.get(stand_for[(stack, i)], []) for i in range(len(g.graph["stacks"][stack])))
     return out
+
+
+# Names the template binds at the top level of every generated module, whatever the spec:
+# its imports, constants and the build() function (the layer layouts are named per stack).
+MODULE_NAMES = frozenset({"annotations", "torch", "F", "nn", "rt", "SPEC", "CONFIG", "FUSIONS", "build", "Config"})
+
+
+def _layout_name(stack: str) -> str:
+    return f"{stack.upper()}_LAYOUT"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name2`, `name3`, ... : the first that no other top-level name uses."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}{n}"
+    return candidate
+
+
+def _check_top_level_names(text: str) -> None:
+    """The generated module must parse and bind each top-level name once: a second binding
+    would silently replace what the code reads under that name."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise CodegenError(f"generated code does not parse: {exc}") from None
+    seen: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names = [a.asname or a.name.split(".")[0] for a in stmt.names]
+        elif isinstance(stmt, (ast.ClassDef, ast.FunctionDef)):
+            names = [stmt.name]
+        elif isinstance(stmt, ast.Assign):
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+        else:
+            names = []
+        for name in names:
+            if name in seen:
+                raise CodegenError(f"the generated module binds `{name}` twice")
+            seen.add(name)
 
 
 def _layout(blocks: list[str], classes: dict[str, BlockClass]) -> str:
@@ -482,7 +531,7 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         if d["stack"] is not None:
             if d["stack"] not in placed:  # the layer stack, where its first op falls in the data flow
                 placed.add(d["stack"])
-                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({d['stack'].upper()}_LAYOUT))")
+                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({_layout_name(d['stack'])}))")
             continue
         mod = em.module(n, "None", '""')
         if mod is not None and d["op"] != "input":

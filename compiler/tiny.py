@@ -14,6 +14,8 @@ MAX_HEADS = 8
 HIDDEN = 32
 VOCAB = 128
 CONTEXT = 64
+MAX_BUCKETS = 32
+MAX_TYPE_VOCAB = 4
 
 
 def _heads(heads: int, kv_heads: int) -> tuple[int, int]:
@@ -68,8 +70,12 @@ def shrink(model: A.Model) -> A.Model:
         if position.scaling is not None and hasattr(position.scaling, "original_context"):
             position = position.model_copy(update={"scaling": position.scaling.model_copy(
                 update={"original_context": CONTEXT // 4})})
+    if isinstance(position, A.Relative):  # a learned (buckets x heads) table: cut it like the vocabulary
+        position = position.model_copy(update={"buckets": min(position.buckets, MAX_BUCKETS),
+                                               "max_distance": min(position.max_distance, CONTEXT)})
     data = model.model_dump()
-    data.update(vocab=min(model.vocab, VOCAB), d_model=d_model, context=min(model.context, CONTEXT), dtype="float32",
+    data.update(vocab=min(model.vocab, VOCAB), type_vocab=min(model.type_vocab, MAX_TYPE_VOCAB), d_model=d_model,
+                context=min(model.context, CONTEXT), dtype="float32",
                 blocks={k: v.model_dump() for k, v in blocks.items()},
                 position=position.model_dump() if position is not None else None)
     small = A.Model.model_validate(data)  # the validators check the small model as they did the large one

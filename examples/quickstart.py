@@ -25,7 +25,7 @@ model quickstart {
 """
 
 torch.manual_seed(0)
-model = archlang.build(SPEC)
+model = archlang.build(SPEC)  # in the spec's dtype (fp32 here); dtype=torch.bfloat16 would override it
 ids = torch.randint(0, 256, (2, 16))
 logits = model(ids)  # (B, T, vocab)
 print("forward:", tuple(logits.shape))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+from archlang.spec.errors import ArchError
 
 from .context import Cache
 
@@ -30,9 +34,28 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None,
              decoder_start_token_id: int = 0) -> torch.Tensor:
+    family, context = model.config["family"], model.config["context"]
+    if family == "encoder":
+        raise ArchError(f"`{model.config['name']}` is an encoder model: it has no LM head and cannot generate",
+                        kind="usage", hint="call the model for its hidden states, or build a decoder or "
+                                           "encoder-decoder model to generate")
+    enc_dec = family == "encoder_decoder"
+    prompt = input_ids.shape[1]
+    if enc_dec and prompt > context:
+        raise ArchError(f"the encoder input has {prompt} tokens, more than the model's context of {context}",
+                        kind="usage", hint=f"shorten the encoder input to at most {context} tokens")
+    if not enc_dec and prompt >= context:
+        raise ArchError(f"the prompt has {prompt} tokens, already at or over the model's context of {context}: "
+                        "no token can be generated", kind="usage",
+                        hint=f"shorten the prompt to fewer than {context} tokens")
+    # Every generated token but the last is fed back: the sequence may grow to the context.
+    room = context - (1 if enc_dec else prompt)
+    if max_new_tokens > room:
+        warnings.warn(f"generation stops at the model's context of {context} tokens: {room} new tokens, "
+                      f"not {max_new_tokens}", stacklevel=4)
+        max_new_tokens = room
     was_training = model.training
     model.eval()
-    enc_dec = model.config["family"] == "encoder_decoder"
     memory = model.encode(input_ids) if enc_dec else None
     tokens = (torch.full((input_ids.shape[0], 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
               if enc_dec else input_ids)

@@ -17,7 +17,16 @@ class ArchModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.aux_loss: torch.Tensor | None = None
+        self._aux_loss: torch.Tensor | None = None
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """The auxiliary losses (MoE load balancing, z-loss) of the last forward, weighted and
+        summed; a zero tensor where there were none, so `loss + model.aux_loss` always works."""
+        if self._aux_loss is not None:
+            return self._aux_loss
+        p = next(self.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
 
     # ------------------------------------------------------------------ forward helpers
     def make_context(self, input_ids: torch.Tensor, *, cache: Cache | None = None, stack: str = "layers",
@@ -36,7 +45,7 @@ class ArchModel(nn.Module):
     def finish(self, ctx: Context) -> None:
         if ctx.cache is not None:
             ctx.cache.offset += len(ctx.positions)
-        self.aux_loss = torch.stack(ctx.aux_losses).sum() if ctx.aux_losses else None
+        self._aux_loss = torch.stack(ctx.aux_losses).sum() if ctx.aux_losses else None
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
@@ -87,17 +96,54 @@ class ArchModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
-    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
-        """Mean next-token cross-entropy of `labels` (B, T) given `input_ids` (B, T), through the
-        fused LM head + cross-entropy: the (tokens x vocab) logits are never all in memory on
-        the kernel path. MoE auxiliary losses are added when training."""
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
+             **inputs) -> torch.Tensor:
+        """The training loss of this model's family, plus the MoE auxiliary losses when training.
+
+        - decoder: mean next-token cross-entropy of `labels` (B, T), already shifted by the
+          caller, given `input_ids` (B, T), through the fused LM head + cross-entropy: the
+          (tokens x vocab) logits are never all in memory on the kernel path.
+        - encoder: masked-LM cross-entropy of `labels` (B, T) at the same positions as
+          `input_ids` (the masked tokens; -100 elsewhere), with the final hidden states
+          projected on the token embeddings (the spec has no MLM transform, so the head is the
+          tied embedding matrix). `attention_mask` and `token_type_ids` may be given.
+        - encoder_decoder: sequence-to-sequence cross-entropy as in Hugging Face's T5:
+          `input_ids` (B, S) are the encoder's tokens, `labels` (B, T) the decoder's targets; the
+          decoder reads the labels shifted right behind `decoder_start_token_id` (default 0),
+          with -100 read as `pad_token_id` (default 0), unless `decoder_input_ids` are given.
+          `encoder_mask` may be given.
+        Positions whose label is `ignore_index` do not count."""
         from archlang.kernels.dispatch import linear_cross_entropy
 
-        hidden = self.features(input_ids)
-        weight = self.embed.weight if self.config["tie_embeddings"] else self.lm_head.weight
-        loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
-                                    ignore_index=ignore_index, softcap=self.config.get("logit_softcap"))
-        return loss + self.aux_loss if self.aux_loss is not None else loss
+        family = self.config["family"]
+        if family == "encoder_decoder":
+            loss = self._seq2seq_loss(input_ids, labels, ignore_index=ignore_index, **inputs)
+        else:
+            allowed = {"attention_mask", "token_type_ids"} if family == "encoder" else set()
+            unknown = sorted(set(inputs) - allowed)
+            if unknown:
+                raise TypeError(f"loss() of a {family} model takes no argument {', '.join(unknown)}")
+            if family == "encoder":
+                out = self(input_ids, **inputs)
+                hidden = out[0] if isinstance(out, tuple) else out
+                weight = self.embed.weight
+            else:
+                hidden = self.features(input_ids)
+                weight = self.embed.weight if self.config["tie_embeddings"] else self.lm_head.weight
+            loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
+                                        ignore_index=ignore_index, softcap=self.config.get("logit_softcap"))
+        return loss + self.aux_loss
+
+    def _seq2seq_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, ignore_index: int,
+                      decoder_input_ids: torch.Tensor | None = None, decoder_start_token_id: int = 0,
+                      pad_token_id: int = 0, encoder_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if decoder_input_ids is None:
+            decoder_input_ids = labels.new_full(labels.shape, decoder_start_token_id)
+            decoder_input_ids[:, 1:] = labels[:, :-1]
+            decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == ignore_index, pad_token_id)
+        logits = self(decoder_input_ids, input_ids, encoder_mask=encoder_mask)  # (B, T, vocab)
+        return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=ignore_index)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -106,7 +152,9 @@ class ArchModel(nn.Module):
                  use_cache: bool = True, generator: torch.Generator | None = None,
                  decoder_start_token_id: int = 0) -> torch.Tensor:
         """Greedy (temperature 0) or sampled continuation. Returns prompt + new tokens (or, for
-        encoder-decoder models, the decoder tokens including the start token)."""
+        encoder-decoder models, the decoder tokens including the start token). Generation stops,
+        with a warning, when the sequence reaches the model's context; a prompt already at the
+        context is refused. Encoder models cannot generate."""
         from .generate import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -19,7 +19,8 @@ from .context import Context
 class MoE(nn.Module):
     def __init__(self, dim: int, experts: int, top_k: int, *, expert_kind: str, expert_act: str, expert_hidden: int,
                  expert_bias: bool = False, shared_kind: str | None = None, shared_act: str | None = None,
-                 shared_hidden: int | None = None, shared_gate: bool = False, router: str = "softmax",
+                 shared_hidden: int | None = None, shared_bias: bool = False, shared_gate: bool = False,
+                 router: str = "softmax",
                  normalize_top_k: bool = True, routed_scale: float = 1.0, aux_loss: float = 0.0,
                  z_loss: float = 0.0, capacity_factor: float | None = None):
         super().__init__()
@@ -38,11 +39,16 @@ class MoE(nn.Module):
             self.experts_down_bias = nn.Parameter(torch.zeros(experts, dim))
         self.shared_glu = shared_kind is not None and shared_kind != "mlp"
         self.shared_act = shared_act
+        self.shared_up_name = "shared_gate_up" if self.shared_glu else "shared_up"
         if shared_kind is not None:
             sw = 2 * shared_hidden if self.shared_glu else shared_hidden
-            setattr(self, "shared_gate_up" if self.shared_glu else "shared_up", nn.Parameter(torch.empty(sw, dim)))
+            setattr(self, self.shared_up_name, nn.Parameter(torch.empty(sw, dim)))
             self.shared_down = nn.Parameter(torch.empty(dim, shared_hidden))
+            if shared_bias:
+                setattr(self, f"{self.shared_up_name}_bias", nn.Parameter(torch.zeros(sw)))
+                self.shared_down_bias = nn.Parameter(torch.zeros(dim))
         self.has_shared = shared_kind is not None
+        self.shared_bias = shared_kind is not None and shared_bias
         self.shared_gate = nn.Parameter(torch.empty(1, dim)) if shared_gate else None
         for p in self.parameters():
             if p.dim() > 1:
@@ -63,13 +69,14 @@ class MoE(nn.Module):
         return h + self.experts_down_bias[expert_of] if self.expert_bias else h
 
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.shared_gate_up if self.shared_glu else self.shared_up)
+        up_bias = getattr(self, f"{self.shared_up_name}_bias") if self.shared_bias else None
+        h = F.linear(x, getattr(self, self.shared_up_name), up_bias)
         if self.shared_glu:
             gate, h = h.chunk(2, dim=-1)
             h = ACTIVATIONS[self.shared_act](gate) * h
         else:
             h = ACTIVATIONS[self.shared_act](h)
-        h = F.linear(h, self.shared_down)
+        h = F.linear(h, self.shared_down, self.shared_down_bias if self.shared_bias else None)
         if self.shared_gate is not None:
             h = torch.sigmoid(F.linear(x, self.shared_gate)) * h
         return h

@@ -87,19 +87,22 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, table, heads: int, kv_heads: int, 
 
 
 class SinusoidalPositions(nn.Module):
-    """The fixed table of Vaswani et al. (2017)."""
+    """The fixed table of Vaswani et al. (2017), computed for the positions of each forward
+    rather than stored: a stored table at a long context would take context x dim memory."""
 
     def __init__(self, context: int, dim: int):
         super().__init__()
-        pos = torch.arange(context, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        table = torch.zeros(context, dim)
-        table[:, 0::2] = torch.sin(pos * div)
-        table[:, 1::2] = torch.cos(pos * div[: dim // 2])
-        self.register_buffer("table", table, persistent=False)
+        self.context, self.dim = context, dim
+        # Holds no data (zero elements): it follows .to() and tells forward the dtype and device to return.
+        self.register_buffer("anchor", torch.empty(0), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.table[positions]
+        """(T,) positions → (T, dim): sin on even channels, cos on odd ones, computed in float32."""
+        div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32, device=positions.device)
+                        * (-math.log(10000.0) / self.dim))  # (dim/2,)
+        angles = positions.float()[:, None] * div  # (T, dim/2)
+        table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[:, : self.dim]  # (T, dim)
+        return table.to(self.anchor.dtype)
 
 
 class AlibiSlopes(nn.Module):

@@ -77,8 +77,9 @@ class MoeBlock(nn.Module):
         self.ffn_norm = rt.RMSNorm(2048, eps=1e-06, unit_offset=False)
         self.moe = rt.MoE(
             2048, 64, 6, expert_kind='swiglu', expert_act='silu', expert_hidden=1408, expert_bias=False,
-            shared_kind='swiglu', shared_act='silu', shared_hidden=2816, shared_gate=False, router='softmax',
-            normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None,
+            shared_kind='swiglu', shared_act='silu', shared_hidden=2816, shared_bias=False, shared_gate=False,
+            router='softmax', normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0,
+            capacity_factor=None,
         )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:

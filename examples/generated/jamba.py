@@ -69,8 +69,9 @@ class MambaMoeBlock(nn.Module):
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-06, unit_offset=False)
         self.moe = rt.MoE(
             4096, 16, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False,
-            shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax',
-            normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0, capacity_factor=None,
+            shared_kind=None, shared_act=None, shared_hidden=None, shared_bias=False, shared_gate=False,
+            router='softmax', normalize_top_k=False, routed_scale=1.0, aux_loss=0.001, z_loss=0.0,
+            capacity_factor=None,
         )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:

@@ -42,8 +42,9 @@ class LayerBlock(nn.Module):
         self.ffn_norm = rt.RMSNorm(4096, eps=1e-05, unit_offset=False)
         self.moe = rt.MoE(
             4096, 8, 2, expert_kind='swiglu', expert_act='silu', expert_hidden=14336, expert_bias=False,
-            shared_kind=None, shared_act=None, shared_hidden=None, shared_gate=False, router='softmax',
-            normalize_top_k=True, routed_scale=1.0, aux_loss=0.02, z_loss=0.0, capacity_factor=None,
+            shared_kind=None, shared_act=None, shared_hidden=None, shared_bias=False, shared_gate=False,
+            router='softmax', normalize_top_k=True, routed_scale=1.0, aux_loss=0.02, z_loss=0.0,
+            capacity_factor=None,
         )
 
     def forward(self, x: torch.Tensor, ctx: rt.Context) -> torch.Tensor:

@@ -123,34 +123,135 @@ def load_source(source: str, name: str = "archlang_model") -> types.ModuleType:
     return module
 
 
-# Refuse to allocate more than this much for weights on a real device without being asked.
-MAX_BUILD_BYTES = 64 << 30
+# Memory the process keeps for itself beyond the model's weights and buffers: activations,
+# the allocator's slack, the interpreter. A build must leave at least this much free.
+SAFETY_FRACTION = 0.10
+SAFETY_BYTES = 1 << 30
+
+BUILD_DTYPES = ("float32", "bfloat16", "float16")  # the language's dtypes, as torch names them
+
+
+def torch_dtype(dtype):
+    """A torch dtype from a torch dtype or one of the language's names (fp32, bf16, float16, ...)."""
+    import torch
+
+    from archlang.spec.ast import DTYPE_ALIASES
+
+    if isinstance(dtype, torch.dtype):
+        if dtype not in [getattr(torch, name) for name in BUILD_DTYPES]:
+            raise ArchError(f"cannot build in dtype {dtype}: models are built in float32, bfloat16 or float16",
+                            kind="usage")
+        return dtype
+    name = DTYPE_ALIASES.get(str(dtype), str(dtype))
+    if name not in BUILD_DTYPES:
+        raise ArchError(f"unknown dtype {dtype!r}", kind="usage",
+                        hint="use a torch dtype or one of fp32, bf16, fp16 (float32, bfloat16, float16)")
+    return getattr(torch, name)
+
+
+def available_memory(device) -> int | None:
+    """Bytes a build on `device` may use now: free RAM (MemAvailable) on the CPU, free device
+    memory on CUDA, None (no limit) on the meta device or where it cannot be told."""
+    import torch
+
+    device = torch.device(device if device is not None else torch.get_default_device())
+    if device.type == "meta":
+        return None
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def build(spec: str | os.PathLike, *, model: str | None = None, passes: str = DEFAULT_PIPELINE,
-          disabled: tuple[str, ...] = (), device=None, max_bytes: int | None = MAX_BUILD_BYTES):
+          disabled: tuple[str, ...] = (), device=None, dtype=None, max_bytes: int | float | None = None):
     """Compile a spec (path or text) and return a fresh torch.nn.Module.
 
-    A model whose float32 weights exceed `max_bytes` is refused before anything is allocated;
-    build it with `device="meta"` to inspect it, or raise `max_bytes`."""
+    Parameters and buffers are created in `dtype`: by default the spec's own `dtype` (bf16 when
+    the spec says nothing), so `dtype = bf16` builds a bf16 model as a checkpoint would be
+    stored. Pass `dtype=torch.float32` (or "fp32") to train with float32 weights or to compare
+    numerics; the CPU runs every construct in bf16 too, only slower and less exactly.
+
+    Before anything is allocated, the bytes of every parameter and buffer (measured on the meta
+    device) are compared with `max_bytes`, by default the memory `device` has available now
+    (free RAM less a safety margin on the CPU, free memory on CUDA, no limit on "meta"): a
+    model that does not fit is refused with an ArchError. Build it with `device="meta"` to
+    inspect it, in a smaller dtype, or pass `max_bytes=math.inf` to try regardless."""
     import torch
 
-    from archlang.compiler import compute_facts
-
     compiled = compile_spec(spec, model=model, passes=passes, disabled=disabled)
-    params = compute_facts(compiled.graph).params_total
-    on_meta = device is not None and torch.device(device).type == "meta"
-    if max_bytes is not None and not on_meta and params * 4 > max_bytes:
-        raise ArchError(
-            f"`{compiled.model.name}` has {params:,} parameters ({params * 4 / 2**30:,.1f} GiB in float32), more than "
-            f"the {max_bytes / 2**30:,.0f} GiB build limit", kind="limit",
-            hint='build(..., device="meta") to inspect it without memory, or pass max_bytes=None',
-        )
+    dt = torch_dtype(compiled.model.dtype if dtype is None else dtype)
     module = load_source(compiled.source, compiled.model.name)
-    if device is None:
-        return module.build()
-    with torch.device(device):
-        return module.build()
+    refuse_if_too_big(module, compiled.model.name, dtype=dt, device=device, max_bytes=max_bytes)
+    with _default_dtype(dt):
+        if device is None:
+            return module.build()
+        with torch.device(device):
+            return module.build()
+
+
+def refuse_if_too_big(module: types.ModuleType, name: str, *, dtype, device=None,
+                      max_bytes: int | float | None = None) -> None:
+    """Raise an ArchError, before anything is allocated, when the model a generated module
+    builds would not fit: its parameters and buffers are measured on the meta device and
+    compared with `max_bytes`, or with what `device` has available."""
+    import torch
+
+    if device is not None and torch.device(device).type == "meta":
+        return
+    limit = max_bytes
+    if limit is None:
+        free = available_memory(device)
+        if free is None:
+            return
+        limit = max(0, free - max(SAFETY_BYTES, int(free * SAFETY_FRACTION)))
+    with _default_dtype(dtype), torch.device("meta"):
+        shell = module.build()
+    needed = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
+    if needed <= limit:
+        return
+    params = sum(p.numel() for p in shell.parameters())
+    dev = torch.device(device) if device is not None else torch.get_default_device()
+    where = "the max_bytes limit" if max_bytes is not None else f"available on {dev} (free memory less a safety margin)"
+    smaller = " or a smaller dtype (dtype=torch.bfloat16)" if dtype == torch.float32 else ""
+    raise ArchError(
+        f"`{name}` needs {_gib(needed)} for its {params:,} parameters and its buffers in "
+        f"{str(dtype).removeprefix('torch.')}, but only {_gib(limit)} is {where}", kind="limit",
+        hint=f'build(..., device="meta") to inspect it without memory{smaller}',
+    )
+
+
+class _default_dtype:
+    """torch's default dtype set for the block, so every parameter and buffer is made in it."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_default_dtype(self.saved)
 
 
 def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
@@ -163,7 +264,9 @@ def check_numerics(model_ast: Model, *, seed: int = 0) -> None:
 
     small, origin = stand_in(model_ast)
     g = run_pipeline(lower(small))
-    module = load_source(generate(g, spec_name=small.name, version=__version__), small.name).build().eval()
+    generated = load_source(generate(g, spec_name=small.name, version=__version__), small.name)
+    refuse_if_too_big(generated, small.name, dtype=torch.float32)  # what shrink() cannot cut must still fit
+    module = generated.build().eval()
     torch.manual_seed(seed)
     first: list[str] = []
 
