@@ -117,7 +117,7 @@ def test_fmt_non_utf8_is_a_located_error(tmp_path, capsys):
     spec = tmp_path / "latin1.arch"
     spec.write_bytes("model m {\n    vocab = 97  # naïve café".encode() + b"\xe9\n}\n")  # columns count characters
     code, _, err = run(capsys, "fmt", "--check", spec)
-    assert code == 1 and f"{spec}:2:28: error:" in err and "not UTF-8" in err and "hint: save the file as UTF-8" in err
+    assert code == 1 and f"{spec}:2:29: error:" in err and "not UTF-8" in err and "hint: save the file as UTF-8" in err
 
 
 def test_fmt_goes_on_after_a_bad_file(tmp_path, capsys):
