@@ -29,19 +29,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import torch  # noqa: E402
-
-from archlang.api import build, compile_spec, load_model  # noqa: E402
-from archlang.spec import ArchError, ArchErrors  # noqa: E402
-from tests.strategies import mutated, valid_spec  # noqa: E402
-
 SOURCES = [p.read_text() for p in sorted((ROOT / "examples").glob("*.arch")) + sorted((ROOT / "tests/specs").glob("*.arch"))]
 
 
 def run(name: str, strategy, cases: int, counts: dict[str, int], valid: bool = False) -> None:
+    # Imported here, not at the top: the coverage-guided child must import archlang itself,
+    # under atheris' instrumentation.
+    import torch
+    from hypothesis import HealthCheck, given, settings
+
+    from archlang.api import build, compile_spec, load_model
+    from archlang.spec import ArchError, ArchErrors
+
     @settings(max_examples=cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(strategy)
     def prop(text):
@@ -189,6 +188,10 @@ def main() -> int:
         return 0
     if args.coverage_guided:
         return guided(args.seconds, args.timeout, args.work)
+    from hypothesis import strategies as st
+
+    from tests.strategies import mutated, valid_spec
+
     counts = {"mutated": 0, "random text": 0, "valid": 0}
     start = time.perf_counter()
     run("mutated", mutated(SOURCES), args.cases, counts)
