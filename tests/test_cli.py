@@ -144,7 +144,7 @@ def test_real_runs_are_safe_for_ci(tmp_path):
     r = archc("check", "--format", "github", forged)
     (line,) = r.stdout.splitlines()
     assert r.returncode == 1 and line.startswith("::error file=")
-    assert "evil\\n%3A%3Awarning%3A%3Ainjected.arch,line=10,col=47::heads (4)" in line
+    assert "evil%0A%3A%3Awarning%3A%3Ainjected.arch,line=10,col=47::heads (4)" in line
     corpus = [p for p in sorted(CORPUS.glob("*.arch")) if p.name not in KNOWN_CRASHES["check"] | KNOWN_CRASHES["fmt"]]
     r = archc("check", *corpus)
     assert r.returncode in (1, 2) and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]

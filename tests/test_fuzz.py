@@ -133,3 +133,16 @@ def test_no_input_makes_the_cli_exit_70(tmp_path_factory, data):
     code, _ = run_cli("fmt", spec)  # in place: the file is either formatted or left as it was
     assert code in CLEAN_EXITS and (code == 1) <= (spec.read_bytes() == data)
     assert sorted(p.name for p in folder.iterdir()) in (["fuzzed.arch"], ["fuzzed.arch", "out.py"])
+
+
+@pytest.mark.slow
+def test_coverage_guided_fuzzer_runs(tmp_path):
+    pytest.importorskip("atheris")
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, root / "bench" / "fuzz.py", "--coverage-guided", "--seconds", "5", "--work", tmp_path],
+                       capture_output=True, text=True, cwd=root, timeout=300)
+    assert "inputs tried" in r.stdout and "distinct failures" in r.stdout, r.stdout + r.stderr
+    assert r.returncode in (0, 1)  # 1: it found failures, listed above

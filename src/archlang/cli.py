@@ -125,9 +125,9 @@ def _github_line(r: dict) -> str:
     """One `::error` workflow command; nothing from the user can end it or add properties."""
     props = ""
     if r["file"]:
-        props = f" file={github_property(literal(r['file']))},line={r['line']},col={r['column']}"
+        props = f" file={github_property(r['file'])},line={r['line']},col={r['column']}"
     text = r["message"] + (f" (hint: {r['hint']})" if r["hint"] else "")
-    return f"::error{props}::{github_data(literal_block(text))}"
+    return f"::error{props}::{github_data(text)}"
 
 
 def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]:
@@ -172,7 +172,7 @@ def cmd_check(args) -> int:
             print(_github_line(r))
         for s in summary:
             if s["errors_omitted"]:
-                print(f"::error file={github_property(literal(s['file']))}::{github_data(_more(s['errors_omitted'], s['file']))}")
+                print(f"::error file={github_property(s['file'])}::{github_data(_more(s['errors_omitted'], s['file']))}")
     else:
         out, err = _console(), _err_console()
         for block in rendered:

@@ -43,8 +43,9 @@ def bounded_lines(text: str, width: int) -> str:
 
 
 def github_data(text: str) -> str:
-    """The message part of a workflow command (`::error ...::DATA`)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """The message part of a workflow command (`::error ...::DATA`): GitHub's escapes for `%`, CR
+    and LF (so GitHub shows the original text), then any other control character shown escaped."""
+    return literal(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def github_property(text: str) -> str:

@@ -48,6 +48,7 @@ def test_github_commands_cannot_be_forged_by_file_names(tmp_path, capsys):
         assert re.fullmatch(r"file=[^,:]*,line=10,col=47", props), props
     assert "a%2Cline=999%2Ccol=1.arch,line=10,col=47" in out
     assert "colon%3Aname.arch" in out and "pct%250A%3A%3Aerror%3A%3Ax.arch" in out
+    assert "evil%0A%3A%3Awarning%3A%3Ainjected.arch," in out and "cr%0D%3A%3Anotice" in out and "esc\\x1b[31m.arch" in out
 
 
 def test_github_message_cannot_start_a_command(tmp_path, capsys):
