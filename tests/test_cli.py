@@ -132,3 +132,21 @@ def test_import_hf(tmp_path):
     assert archc("import-hf", config, "-o", out, "--name", "imported").returncode == 0
     assert archc("check", out).returncode == 0
     assert "attention = gqa(heads = 4, kv_heads = 2, window = 8)" in out.read_text()
+
+
+def test_real_runs_are_safe_for_ci(tmp_path):
+    """The whole process: hostile file names cannot forge GitHub commands, and every corpus
+    input that the front end no longer crashes on exits cleanly."""
+    from .test_fuzz import CORPUS, KNOWN_CRASHES
+
+    forged = tmp_path / "evil\n::warning::injected.arch"
+    forged.write_text((SPECS / "tiny_llama.arch").read_text().replace("kv_heads = 2", "kv_heads = 3"))
+    r = archc("check", "--format", "github", forged)
+    (line,) = r.stdout.splitlines()
+    assert r.returncode == 1 and line.startswith("::error file=")
+    assert "evil%0A%3A%3Awarning%3A%3Ainjected.arch,line=10,col=47::heads (4)" in line
+    corpus = [p for p in sorted(CORPUS.glob("*.arch")) if p.name not in KNOWN_CRASHES["check"] | KNOWN_CRASHES["fmt"]]
+    r = archc("check", *corpus)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
+    r = archc("stats", "--context", "-5", SPECS / "tiny_llama.arch")
+    assert r.returncode == 2 and "usage:" in r.stderr

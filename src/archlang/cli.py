@@ -1,23 +1,38 @@
 """`archc`: the command line. Each command is a thin shell over one library function.
 
-Exit codes: 0 success, 1 an invalid spec (or, for `diff` and `fmt --check`, a difference),
-2 a usage error (bad flags, missing files).
+Exit codes: 0 success, 1 an invalid spec (or, for `diff` and `fmt --check`, a difference; for
+`diff --fail-on`, a tripped guard), 2 a usage error (bad flags, missing files), 70 only for a bug
+in archc. Everything printed that came from the user (file names, spec text in messages) is shown
+literally and bounded (cli_text.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+from rich.text import Text
 
-from archlang.spec.errors import ArchError, ArchErrors, SourceMap, all_errors
+from archlang.cli_text import bounded, bounded_lines, github_data, github_property, literal, literal_block
+from archlang.spec.ast import MAX_DIM
+from archlang.spec.errors import ArchError, ArchErrors, SourceMap, Span, all_errors
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 70
+
+# One bad file must not flood a terminal or a CI log: 4,000 errors on one 150 KB line once
+# printed 900 MB. Beyond these, the output says how much was left out.
+MAX_ERRORS_PER_FILE = 50
+MAX_LINE_WIDTH = 400  # characters of one printed line (a source excerpt can be one huge line)
+MAX_MESSAGE = 2_000  # characters of one message or hint in machine formats
+MAX_SPEC_BYTES = 1_000_000  # the resolver refuses larger specs; fmt refuses them too
 
 
 class UsageError(Exception):
@@ -25,15 +40,17 @@ class UsageError(Exception):
 
 
 def _console(stream=None) -> Console:
+    """A console that never interprets text: styles come only from `Text` objects built here."""
     no_color = bool(os.environ.get("NO_COLOR"))
-    return Console(file=stream or sys.stdout, no_color=no_color, highlight=False, soft_wrap=True)
+    return Console(file=stream or sys.stdout, no_color=no_color, highlight=False, soft_wrap=True, markup=False,
+                   emoji=False)
 
 
 def _err_console() -> Console:
     return _console(sys.stderr)
 
 
-# ----------------------------------------------------------------------------- check
+# ----------------------------------------------------------------------------- errors
 
 
 def _error_record(err: ArchError) -> dict:
@@ -44,14 +61,35 @@ def _error_record(err: ArchError) -> dict:
         "column": span.column if span else None,
         "end_line": span.end_line if span else None,
         "end_column": span.end_column if span else None,
-        "message": err.message,
-        "hint": err.hint,
-        "notes": list(err.notes),
+        "message": bounded(err.message, MAX_MESSAGE),
+        "hint": bounded(err.hint, MAX_MESSAGE) if err.hint else err.hint,
+        "notes": [bounded(n, MAX_MESSAGE) for n in err.notes[:MAX_ERRORS_PER_FILE]],
         "kind": err.kind,
     }
 
 
-def _sarif(records: list[dict]) -> dict:
+def _rendered(errs: Sequence[ArchError], sources: SourceMap | None) -> str:
+    """The compiler-style text of (at most MAX_ERRORS_PER_FILE of) these errors, safe to print."""
+    blocks = [bounded_lines(literal_block(e.render(sources)), MAX_LINE_WIDTH) for e in errs[:MAX_ERRORS_PER_FILE]]
+    return "\n".join(blocks)
+
+
+def _more(omitted: int, file: object) -> str:
+    return f"and {omitted:,} more error{'s' if omitted != 1 else ''} in {literal(file)}"
+
+
+def _print_errors(exc: ArchError | ArchErrors, sources: SourceMap | None, file: object) -> None:
+    errs = all_errors(exc)
+    err = _err_console()
+    err.print(_rendered(errs, sources))
+    if len(errs) > MAX_ERRORS_PER_FILE:
+        err.print(_more(len(errs) - MAX_ERRORS_PER_FILE, file))
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def _sarif(records: list[dict], summary: list[dict]) -> dict:
     from archlang import __version__
 
     results = []
@@ -68,85 +106,190 @@ def _sarif(records: list[dict]) -> dict:
             result["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": r["file"]}, "region": region}}]
         results.append(result)
     rules = sorted({res["ruleId"] for res in results})
+    # Errors left out of `results` (past the per-file cap) are counted where a reader looks.
+    notifications = [{"level": "warning", "message": {"text": _more(s["errors_omitted"], s["file"])}}
+                     for s in summary if s["errors_omitted"]]
     return {
         "version": "2.1.0",
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "runs": [{
             "tool": {"driver": {"name": "archc", "version": __version__, "informationUri": "https://github.com/archlang/archlang",
                                 "rules": [{"id": r, "shortDescription": {"text": f"archlang {r} error"}} for r in rules]}},
+            "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
             "results": results,
         }],
     }
 
 
-def _github_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def _github_line(r: dict) -> str:
+    """One `::error` workflow command; nothing from the user can end it or add properties."""
+    props = ""
+    if r["file"]:
+        props = f" file={github_property(r['file'])},line={r['line']},col={r['column']}"
+    text = r["message"] + (f" (hint: {r['hint']})" if r["hint"] else "")
+    return f"::error{props}::{github_data(text)}"
+
+
+def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]:
+    """The models of one file, or its errors: a file that cannot be read is an error of that file."""
+    from archlang.api import check_file
+
+    sources = SourceMap()
+    if not os.path.lexists(path):
+        return [], [ArchError(f"no such file: {literal(path)}", kind="usage")], sources
+    if not path.is_file():  # reading a FIFO or a device would block or never end
+        return [], [ArchError(f"{literal(path)} is not a regular file", kind="io")], sources
+    try:
+        models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
+    except (ArchError, ArchErrors) as exc:
+        return [], all_errors(exc), sources
+    except OSError as exc:
+        return [], [ArchError(f"cannot read {literal(path)}: {exc.strerror or exc}", kind="io")], sources
+    return [m.name for m in models], [], sources
 
 
 def cmd_check(args) -> int:
-    from archlang.api import check_file
-
-    _existing_files(args.files)
     records: list[dict] = []
     summary: list[dict] = []
     rendered: list[str] = []
+    usage = False
     for file in args.files:
-        sources = SourceMap()
-        try:
-            models = check_file(file, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
-            summary.append({"file": file, "models": [m.name for m in models], "ok": True})
-        except (ArchError, ArchErrors) as exc:
-            errs = all_errors(exc)
-            records.extend(_error_record(e) for e in errs)
-            rendered.extend(e.render(sources) for e in errs)
-            summary.append({"file": file, "models": [], "ok": False})
-    out = _console()
+        models, errs, sources = _check_one(Path(file), args)
+        usage = usage or any(e.kind == "usage" for e in errs)
+        shown = errs[:MAX_ERRORS_PER_FILE]
+        omitted = len(errs) - len(shown)
+        records.extend(_error_record(e) for e in shown)
+        if errs:
+            rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
+        summary.append({"file": file, "models": models, "ok": not errs, "error_count": len(errs), "errors_omitted": omitted})
     if args.format == "json":
-        print(json.dumps({"ok": not records, "files": summary, "errors": records}, indent=2))
+        print(json.dumps({"ok": not records, "truncated": any(s["errors_omitted"] for s in summary), "files": summary,
+                          "errors": records}, indent=2))
     elif args.format == "sarif":
-        print(json.dumps(_sarif(records), indent=2))
+        print(json.dumps(_sarif(records, summary), indent=2))
     elif args.format == "github":
         for r in records:
-            loc = f"file={r['file']},line={r['line']},col={r['column']}" if r["file"] else ""
-            text = r["message"] + (f" (hint: {r['hint']})" if r["hint"] else "")
-            print(f"::error {loc}::{_github_escape(text)}")
+            print(_github_line(r))
+        for s in summary:
+            if s["errors_omitted"]:
+                print(f"::error file={github_property(s['file'])}::{github_data(_more(s['errors_omitted'], s['file']))}")
     else:
-        err = _err_console()
+        out, err = _console(), _err_console()
         for block in rendered:
-            err.print(block, markup=False)
+            err.print(block)
         for s in summary:
             if s["ok"]:
-                out.print(f"[green]ok[/green] {s['file']}: {', '.join(s['models'])}")
-        bad = sum(1 for s in summary if not s["ok"])
+                out.print(Text.assemble(("ok", "green"), f" {literal(s['file'])}: {', '.join(s['models'])}"))
+        bad = [s for s in summary if not s["ok"]]
         if bad:
-            err.print(f"[red]{len(records)} error(s) in {bad} file(s)[/red]")
+            total = sum(s["error_count"] for s in bad)
+            err.print(Text(f"{total} error(s) in {len(bad)} file(s)", style="red"))
+    if usage:
+        return EXIT_USAGE
     return EXIT_INVALID if records else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- compile
 
+# The header compiler/codegen.py writes at the top of every generated module. Its hash is of the
+# spec text (which the output does not contain), so archc recognises its own files by the whole
+# header's shape plus the `SPEC = ` line agreeing with it, not by a prefix anyone can type.
+_GENERATED_HEADER = re.compile(
+    r"# Generated by archc \S+ from (?P<spec>[^\n]*)\. Do not edit: change the spec and recompile\.\n"
+    r"# spec sha256: [0-9a-f]{64}\n"
+    r"# passes: [^\n]*\n"
+)
+_TEMP_SUFFIX = ".archc-tmp-"
 
-def write_atomic(path: Path, text: str, *, force: bool = False, marker: str = "# Generated by archc") -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file; refuse to
-    replace a file that archc did not write unless forced."""
-    if path.exists() and not force:
-        try:
-            head = path.read_text(encoding="utf-8", errors="replace")[:200]
-        except OSError:
-            head = ""
-        if not head.startswith(marker):
-            raise UsageError(f"{path} exists and was not written by archc; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.archc-tmp-{os.getpid()}")
+
+def written_by_archc(text: str) -> bool:
+    """Whether `text` is a module `archc compile` wrote (and so may be replaced without --force)."""
+    header = _GENERATED_HEADER.match(text)
+    if not header:
+        return False
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["SPEC"]
+                and isinstance(node.value, ast.Constant)):
+            return str(node.value.value) == header["spec"]
+    return False
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TEMP_SUFFIX}{os.getpid()}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporaries an earlier, killed run left beside `path`: only names of our exact
+    pattern, and only when the process that made them is gone."""
+    pattern = re.compile(re.escape(f".{path.name}{_TEMP_SUFFIX}") + r"(\d+)")
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if not match or int(match[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+            continue  # still running: its temporary is in use
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue  # alive under another user, or no such pid could exist: leave it
+        try:
+            if candidate.is_file() and not candidate.is_symlink():
+                candidate.unlink()
+        except OSError:
+            pass
+
+
+def _cannot_write(path: Path, exc: OSError) -> UsageError:
+    reason = {FileExistsError: "a parent of it is a file", NotADirectoryError: "a parent of it is a file",
+              IsADirectoryError: "it is a directory", PermissionError: "permission denied"}.get(type(exc))
+    return UsageError(f"cannot write {literal(path)}: {reason or exc.strerror or exc}")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {literal(path)}: it is a directory")
+    tmp = _temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.is_file():
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def write_atomic(path: Path, text: str, *, force: bool = False, ours=written_by_archc) -> None:
+    """Write `text` atomically; refuse to replace a file that archc did not write unless forced."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {literal(path)}: it is a directory")
+    if path.exists() and not force:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                existing = f.read(MAX_SPEC_BYTES * 10)
+        except OSError:
+            existing = ""
+        if not ours(existing):
+            raise UsageError(f"{literal(path)} exists and was not written by archc; pass --force to overwrite it")
+    replace_file(path, text.encode("utf-8"))
 
 
 def _passes_args(p) -> None:
@@ -164,8 +307,8 @@ def _compile(args, on_step=None):
 
     _existing_files([args.file])
     sources = SourceMap()
-    try:
-        return compile_spec(args.file, model=args.model, passes=args.passes, disabled=tuple(args.disable_pass),
+    try:  # a command-line argument is a path, whatever its name ends with
+        return compile_spec(Path(args.file), model=args.model, passes=args.passes, disabled=tuple(args.disable_pass),
                             sources=sources, allow_outside_root=args.allow_outside_root, on_step=on_step,
                             verify_each=getattr(args, "verify_each", False))
     except (ArchError, ArchErrors) as exc:
@@ -180,11 +323,13 @@ def cmd_compile(args) -> int:
         if args.print_after_all or (args.print_ir_after and name in args.print_ir_after):
             sys.stderr.write(f"// ----- IR after {name}\n{dump(g)}")
 
+    out = Path(args.output) if args.output else Path(args.file).with_suffix(".py")
+    if out.exists() and Path(args.file).exists() and out.samefile(args.file):
+        raise UsageError(f"the output {literal(out)} is the spec itself; choose another with -o")
     printing = args.print_after_all or args.print_ir_after
     compiled = _compile(args, on_step if printing else None)  # without a printer, compile the folded IR
-    out = Path(args.output) if args.output else Path(args.file).with_suffix(".py")
     write_atomic(out, compiled.source, force=args.force)
-    _err_console().print(f"wrote {out} ({compiled.model.name}, passes: {', '.join(compiled.passes) or 'none'})", markup=False)
+    _err_console().print(f"wrote {literal(out)} ({compiled.model.name}, passes: {', '.join(compiled.passes) or 'none'})")
     return EXIT_OK
 
 
@@ -197,6 +342,17 @@ def cmd_ir(args) -> int:
 
 
 # ----------------------------------------------------------------------------- stats
+
+
+def _dimension(text: str) -> int:
+    """An argparse type: a whole number from 1 to the language's MAX_DIM."""
+    try:
+        value = int(text) if len(text) <= 20 else None
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_DIM:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_DIM:,}, got {literal(bounded(text, 40))!r}")
+    return value
 
 
 def _human(n: int | float, unit: str = "") -> str:
@@ -212,7 +368,7 @@ def _facts(args, compiled):
     try:
         return compute_facts(compiled.graph, context=args.context, dtype=args.dtype)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(literal(exc)) from None
 
 
 def cmd_stats(args) -> int:
@@ -223,7 +379,7 @@ def cmd_stats(args) -> int:
     if args.json:
         print(json.dumps(f.to_json(), indent=2, sort_keys=True))
         return EXIT_OK
-    table = Table(title=f"{f.model}  ({f.layers} layers, context {f.context:,}, {f.dtype})", show_header=True)
+    table = Table(title=f"{literal(f.model)}  ({f.layers} layers, context {f.context:,}, {f.dtype})", show_header=True)
     table.add_column("fact")
     table.add_column("value", justify="right")
     table.add_column("", justify="right")
@@ -237,7 +393,7 @@ def cmd_stats(args) -> int:
     table.add_row("activations / token (training, est.)", f"{f.activation_bytes_per_token:,} B", _human(f.activation_bytes_per_token, "B"))
     for k, v in f.breakdown.items():
         active = f.breakdown_active.get(k, 0)
-        table.add_row(f"  {k}", f"{v:,}", f"active {_human(active)}" if active != v else "")
+        table.add_row(f"  {literal(k)}", f"{v:,}", f"active {_human(active)}" if active != v else "")
     _console().print(table)
     return EXIT_OK
 
@@ -258,7 +414,7 @@ def cmd_diff(args) -> int:
         try:
             msg = check_guard(guard, d)
         except ValueError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(literal(exc)) from None
         if msg:
             tripped.append(msg)
     if args.json:
@@ -268,27 +424,48 @@ def cmd_diff(args) -> int:
         if not d.changed:
             out.print("no architectural change")
         for c in d.changes:
-            out.print(f"[bold]{c.where}[/bold]: {c.what} {c.before} [yellow]→[/yellow] {c.after}", highlight=False)
+            out.print(Text.assemble((literal(c.where), "bold"), f": {literal(c.what)} {literal(c.before)} ",
+                                    ("→", "yellow"), f" {literal(c.after)}"))
         for note in d.notes:
-            out.print(f"note: {note}", markup=False)
+            out.print(f"note: {literal(note)}")
         if d.changed:
             from rich.table import Table
 
             table = Table(show_header=True)
-            for col in ("fact", args.a, args.b, "delta", "%"):
+            for col in ("fact", literal(args.a), literal(args.b), "delta", "%"):
                 table.add_column(col, justify="right" if col != "fact" else "left")
             for k, (a, b) in d.facts.items():
                 pct = "" if a == 0 else f"{100 * (b - a) / a:+.2f}%"
-                table.add_row(k, f"{a:,}", f"{b:,}", f"{b - a:+,}", pct)
+                table.add_row(literal(k), f"{a:,}", f"{b:,}", f"{b - a:+,}", pct)
             out.print(table)
         for msg in tripped:
-            _err_console().print(f"guard tripped: {msg}", markup=False)
-    if tripped:
-        return EXIT_INVALID
+            _err_console().print(f"guard tripped: {literal(msg)}")
+    if args.fail_on:  # a gate: changes are allowed, only a tripped guard fails
+        return EXIT_INVALID if tripped else EXIT_OK
     return EXIT_INVALID if d.changed else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- fmt
+
+
+def _read_spec_text(path: Path) -> str:
+    """The text of a spec file for `fmt`, or a located error saying why it cannot be had."""
+    shown = literal(path)
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise ArchError(f"{shown} is too large to be a spec (over {MAX_SPEC_BYTES:,} bytes)", Span(str(path), 1, 1),
+                            kind="limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArchError(f"cannot read {shown}: {exc.strerror or exc}", kind="io") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+        raise ArchError(f"{shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} cannot start or continue a character)",
+                        Span(str(path), line, column), hint="save the file as UTF-8", kind="encoding") from None
 
 
 def cmd_fmt(args) -> int:
@@ -296,44 +473,68 @@ def cmd_fmt(args) -> int:
 
     _existing_files(args.files)
     changed = []
+    failed = False
     for file in args.files:
-        text = Path(file).read_text(encoding="utf-8")
+        path = Path(file)
         sources = SourceMap()
-        sources.add(file, text)
         try:
+            text = _read_spec_text(path)
+            sources.add(file, text)
             out = format_source(text, file)
-        except ArchError as exc:
-            exc.sources = sources  # type: ignore[attr-defined]
-            raise
+        except (ArchError, ArchErrors) as exc:  # report it and go on with the other files
+            _print_errors(exc, sources, file)
+            failed = True
+            continue
         if out != text:
             changed.append(file)
             if not args.check:
-                write_atomic(Path(file), out, force=True)
+                replace_file(path, out.encode("utf-8"))
+    # Only the names: a diff of a huge file would flood the log.
     for file in changed:
-        _err_console().print(f"{'would reformat' if args.check else 'reformatted'} {file}", markup=False)
-    return EXIT_INVALID if (args.check and changed) else EXIT_OK
+        _err_console().print(f"{'would reformat' if args.check else 'reformatted'} {literal(file)}")
+    return EXIT_INVALID if failed or (args.check and changed) else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- graph
 
 
-def cmd_graph(args) -> int:
-    from archlang.compiler.picture import render
+def _missing_dependency(what: str, hint: str) -> ArchError:
+    return ArchError(f"`archc graph` needs {what}, which is not installed", hint=hint, kind="dependency")
 
-    compiled = _compile(args)
+
+def cmd_graph(args) -> int:
     out = Path(args.output)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in ("svg", "png", "dot"):
-        raise UsageError(f"cannot write a picture as .{fmt}; use .svg, .png or .dot")
-    data = render(compiled.graph if args.expand else compiled.lowered, fmt, expand=args.expand)
-    tmp = out.with_name(f".{out.name}.archc-tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    _err_console().print(f"wrote {out}", markup=False)
+        raise UsageError(f"cannot write a picture as .{literal(fmt)}; use .svg, .png or .dot")
+    try:
+        from archlang.compiler.picture import render
+    except ImportError as exc:
+        if exc.name != "pydot":
+            raise
+        raise _missing_dependency("the pydot package", "pip install 'archlang[graph]'") from None
+    if fmt != "dot" and shutil.which("dot") is None:  # .dot is text: only layout needs Graphviz
+        raise _missing_dependency("Graphviz's `dot` program to lay out .svg and .png",
+                                  "install Graphviz (apt-get install graphviz, dnf install graphviz, brew install "
+                                  "graphviz), or write .dot")
+    compiled = _compile(args)
+    try:
+        data = render(compiled.graph if args.expand else compiled.lowered, fmt, expand=args.expand)
+    except ArchError:
+        raise
+    except Exception as exc:  # pydot raises bare exceptions when `dot` fails or vanishes mid-run
+        raise ArchError(f"Graphviz could not draw the picture: {bounded(literal(exc), MAX_MESSAGE)}", kind="dependency",
+                        hint="check that Graphviz's `dot` runs, or write .dot") from None
+    replace_file(out, data)
+    _err_console().print(f"wrote {literal(out)}")
     return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- import-hf
+
+
+def _imported_spec(text: str) -> bool:
+    return text.startswith("# Imported from a Hugging Face")
 
 
 def cmd_import_hf(args) -> int:
@@ -342,8 +543,8 @@ def cmd_import_hf(args) -> int:
     _existing_files([args.config])
     text = spec_from_config(args.config, name=args.name)  # reads and checks the file: only ArchError escapes
     if args.output:
-        write_atomic(Path(args.output), text, force=args.force, marker="# Imported from a Hugging Face")
-        _err_console().print(f"wrote {args.output}", markup=False)
+        write_atomic(Path(args.output), text, force=args.force, ours=_imported_spec)
+        _err_console().print(f"wrote {literal(args.output)}")
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -355,7 +556,8 @@ def cmd_import_hf(args) -> int:
 def _existing_files(files: Sequence[str]) -> None:
     for file in files:
         if not Path(file).is_file():
-            raise UsageError(f"no such file: {file}")
+            what = "not a regular file" if os.path.lexists(file) else "no such file"
+            raise UsageError(f"{what}: {literal(file)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ir)
 
     def fact_args(p):
-        p.add_argument("--context", type=int, help="sequence length for FLOPs (default: the model's context)")
+        p.add_argument("--context", type=_dimension, help="sequence length for FLOPs (default: the model's context)")
         p.add_argument("--dtype", help="storage dtype for bytes (default: the model's dtype), e.g. bf16, fp32, fp8")
 
     p = sub.add_parser("stats", help="parameters, FLOPs, KV cache and memory of a model")
@@ -398,11 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
     _passes_args(p)
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("diff", help="semantic architecture diff (exit 1 when they differ)")
+    p = sub.add_parser("diff", help="semantic architecture diff (exit 1 when they differ; with --fail-on, exactly when a guard trips)")
     p.add_argument("a", metavar="A.arch")
     p.add_argument("b", metavar="B.arch")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--fail-on", action="append", default=[], metavar="GUARD", help="e.g. 'params_total>+5%%'")
+    p.add_argument("--fail-on", action="append", default=[], metavar="GUARD",
+                   help="e.g. 'params_total>+5%%'; exit 1 only when a guard trips, 0 otherwise")
     fact_args(p)
     _passes_args(p)
     p.set_defaults(func=cmd_diff, file=None)
@@ -440,13 +643,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        _err_console().print(f"archc {args.command}: error: {exc}", markup=False)
+        _err_console().print(f"archc {args.command}: error: {literal_block(exc)}")
         return EXIT_USAGE
     except (ArchError, ArchErrors) as exc:
         if isinstance(exc, ArchError) and exc.kind == "usage":
-            _err_console().print(f"archc {args.command}: error: {exc.message}", markup=False)
+            _err_console().print(f"archc {args.command}: error: {literal_block(bounded(exc.message, MAX_MESSAGE))}")
             return EXIT_USAGE
-        _err_console().print(exc.render(getattr(exc, "sources", None)), markup=False)
+        _print_errors(exc, getattr(exc, "sources", None), getattr(args, "file", None) or "the input")
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
@@ -456,11 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ARCHC_DEBUG"):
             raise
         _err_console().print(
-            f"archc {args.command}: internal error: {type(exc).__name__}: {exc}\n"
-            "this is a bug in archc; rerun with ARCHC_DEBUG=1 for the traceback and report it",
-            markup=False,
+            f"archc {args.command}: internal error: {type(exc).__name__}: {bounded(literal(exc), MAX_MESSAGE)}\n"
+            "this is a bug in archc; rerun with ARCHC_DEBUG=1 for the traceback and report it"
         )
-        return 70
+        return EXIT_BUG
 
 
 if __name__ == "__main__":
