@@ -136,14 +136,17 @@ def _distinct(blocks: int, repeat: int) -> str:
         attention = gqa(heads = 32, kv_heads = 8, window = {1024 + i})
         ffn = swiglu(hidden = {8192 + 64 * i})
     }}""" for i in range(blocks))
-    layers = " + ".join(f"b{i} * {repeat}" for i in range(blocks))
+    # Sums are split into `let`s of 32 terms: one expression nests at most 100 levels deep.
+    groups = [" + ".join(f"b{i} * {repeat}" for i in range(g, min(g + 32, blocks))) for g in range(0, blocks, 32)]
+    lets = "".join(f"\n    let part{k} = {group}" for k, group in enumerate(groups))
+    layers = " + ".join(f"part{k}" for k in range(len(groups)))
     return f"""
 model distinct {{
     vocab = 32000
     d_model = 4096
     context = 8k
     position = rope(theta = 500000)
-    final_norm = rmsnorm(eps = 1e-5){body}
+    final_norm = rmsnorm(eps = 1e-5){lets}{body}
     layers = {layers}
 }}
 """

@@ -157,6 +157,12 @@ def load_program(
     return program
 
 
+def read_spec(path: str | os.PathLike, display: str | None = None) -> str:
+    """The text of one spec file, on its own (as `archc fmt` reads it): the same rules as every
+    file a spec run reads."""
+    return _read(Path(path), display or str(path), None, Program(entry=display or str(path)))
+
+
 def _read(path: Path, display: str, span: Span | None, program: Program) -> str:
     """The text of one spec file: a regular file only (never a FIFO, device or socket, never
     under /proc, /sys or /dev), within the per-file and per-run byte limits."""
@@ -200,7 +206,13 @@ def _read(path: Path, display: str, span: Span | None, program: Program) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ArchError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})", span, kind="import") from None
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+        where = span or Span(display, line, column)
+        raise ArchError(f"{display} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column} "
+                        "cannot start or continue a character)", where, hint="save the file as UTF-8",
+                        kind="encoding") from None
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -560,6 +572,14 @@ class _Builder:
         self.name_spans: dict[tuple, Span] = {}
         self.errors: list[ArchError] = []
         self.bad_paths: set[tuple] = set()
+        self._span_prefixes: set[tuple] | None = None
+
+    def span_prefixes(self) -> set[tuple]:
+        """Every prefix of a path that has a span, built once: mapping thousands of errors to
+        their values stays linear."""
+        if self._span_prefixes is None:
+            self._span_prefixes = {k[:i] for k in self.spans for i in range(1, len(k) + 1)}
+        return self._span_prefixes
 
     def value(self, expr: S.Expr, path: tuple, field_name: str, annotation: Any = None) -> Any:
         self.spans[path] = expr.span
@@ -697,9 +717,7 @@ def _error_from_pydantic(err: dict, b: _Builder, file: str, model_span: Span) ->
     # Drop discriminator tags from the location: `attention.gqa.kv_heads` → `attention.kv_heads`.
     path: tuple = ()
     for part in loc:
-        if path + (part,) in b.spans or path + (part,) in b.name_spans or any(
-            k[: len(path) + 1] == path + (part,) for k in b.spans
-        ):
+        if path + (part,) in b.spans or path + (part,) in b.name_spans or path + (part,) in b.span_prefixes():
             path = path + (part,)
     where = ".".join(str(p) for p in path)
     typ = err["type"]

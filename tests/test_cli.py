@@ -136,8 +136,8 @@ def test_import_hf(tmp_path):
 
 def test_real_runs_are_safe_for_ci(tmp_path):
     """The whole process: hostile file names cannot forge GitHub commands, and every corpus
-    input that the front end no longer crashes on exits cleanly."""
-    from .test_fuzz import CORPUS, KNOWN_CRASHES
+    input exits cleanly."""
+    from .test_fuzz import CORPUS
 
     forged = tmp_path / "evil\n::warning::injected.arch"
     forged.write_text((SPECS / "tiny_llama.arch").read_text().replace("kv_heads = 2", "kv_heads = 3"))
@@ -145,8 +145,7 @@ def test_real_runs_are_safe_for_ci(tmp_path):
     (line,) = r.stdout.splitlines()
     assert r.returncode == 1 and line.startswith("::error file=")
     assert "evil%0A%3A%3Awarning%3A%3Ainjected.arch,line=10,col=47::heads (4)" in line
-    corpus = [p for p in sorted(CORPUS.glob("*.arch")) if p.name not in KNOWN_CRASHES["check"] | KNOWN_CRASHES["fmt"]]
-    r = archc("check", *corpus)
+    r = archc("check", *sorted(CORPUS.glob("*.arch")))
     assert r.returncode in (1, 2) and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
     r = archc("stats", "--context", "-5", SPECS / "tiny_llama.arch")
     assert r.returncode == 2 and "usage:" in r.stderr

@@ -71,12 +71,6 @@ def test_degenerate_inputs(text):
 # Whatever the input, `archc` exits 0, 1 or 2; 70 ("internal error") is reserved for bugs.
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
-# Inputs that still crash the front end (being fixed in spec/); `exit 70` for these is a known bug.
-KNOWN_CRASHES = {
-    "check": {"deep_unary_minus.arch", "long_sum.arch", "many_blocks.arch", "zero_power_negative.arch",
-              "import_nul_escape.arch"},
-    "fmt": {"deep_unary_minus.arch", "long_sum.arch", "many_blocks.arch"},
-}
 CLEAN_EXITS = {0, 1, 2}
 
 
@@ -93,19 +87,16 @@ def exits_cleanly(*args) -> None:
     assert "Traceback" not in output and "internal error" not in output, output[:2000]
 
 
-def corpus_cases(command: str):
-    for path in sorted(CORPUS.glob("*.arch")):
-        marks = [pytest.mark.xfail(strict=False, reason="a front-end crash being fixed in spec/")] \
-            if path.name in KNOWN_CRASHES[command] else []
-        yield pytest.param(path, id=path.name, marks=marks)
+def corpus_cases():
+    return [pytest.param(path, id=path.name) for path in sorted(CORPUS.glob("*.arch"))]
 
 
-@pytest.mark.parametrize("path", corpus_cases("check"))
+@pytest.mark.parametrize("path", corpus_cases())
 def test_corpus_check_exits_cleanly(path):
     exits_cleanly("check", path)
 
 
-@pytest.mark.parametrize("path", corpus_cases("fmt"))
+@pytest.mark.parametrize("path", corpus_cases())
 def test_corpus_fmt_check_exits_cleanly(path):
     exits_cleanly("fmt", "--check", path)
 

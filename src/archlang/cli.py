@@ -32,7 +32,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 70
 MAX_ERRORS_PER_FILE = 50
 MAX_LINE_WIDTH = 400  # characters of one printed line (a source excerpt can be one huge line)
 MAX_MESSAGE = 2_000  # characters of one message or hint in machine formats
-MAX_SPEC_BYTES = 1_000_000  # the resolver refuses larger specs; fmt refuses them too
+MAX_GENERATED_BYTES = 10_000_000  # how much of an existing output file is read to see whether archc wrote it
 
 
 class UsageError(Exception):
@@ -284,7 +284,7 @@ def write_atomic(path: Path, text: str, *, force: bool = False, ours=written_by_
     if path.exists() and not force:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                existing = f.read(MAX_SPEC_BYTES * 10)
+                existing = f.read(MAX_GENERATED_BYTES)
         except OSError:
             existing = ""
         if not ours(existing):
@@ -448,28 +448,9 @@ def cmd_diff(args) -> int:
 # ----------------------------------------------------------------------------- fmt
 
 
-def _read_spec_text(path: Path) -> str:
-    """The text of a spec file for `fmt`, or a located error saying why it cannot be had."""
-    shown = literal(path)
-    try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise ArchError(f"{shown} is too large to be a spec (over {MAX_SPEC_BYTES:,} bytes)", Span(str(path), 1, 1),
-                            kind="limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArchError(f"cannot read {shown}: {exc.strerror or exc}", kind="io") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        before = data[:exc.start]
-        line = before.count(b"\n") + 1
-        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
-        raise ArchError(f"{shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} cannot start or continue a character)",
-                        Span(str(path), line, column), hint="save the file as UTF-8", kind="encoding") from None
-
-
 def cmd_fmt(args) -> int:
     from archlang.spec.format import format_source
+    from archlang.spec.resolve import read_spec
 
     _existing_files(args.files)
     changed = []
@@ -478,7 +459,7 @@ def cmd_fmt(args) -> int:
         path = Path(file)
         sources = SourceMap()
         try:
-            text = _read_spec_text(path)
+            text = read_spec(path, literal(path))
             sources.add(file, text)
             out = format_source(text, file)
         except (ArchError, ArchErrors) as exc:  # report it and go on with the other files

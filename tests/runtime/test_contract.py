@@ -327,7 +327,7 @@ def test_random_specs_built_parameters_equal_stats():
 # gelu in the FFN: the forward reads F.gelu; every import, constant and function of the module
 GPT2 = (SPECS / "tiny_gpt2.arch").read_text()
 MODULE_LEVEL = ["F", "f", "_f", "torch", "nn", "math", "rt", "SPEC", "CONFIG", "FUSIONS", "build", "annotations",
-                "Config", "spec", "config", "fusions", "layers_layout", "LAYERS_LAYOUT", "LayerBlock", "layer_block"]
+                "Config", "spec", "config", "fusions", "layers_layout", "LAYERS_LAYOUT"]
 
 
 def _renamed_model(text: str, name: str) -> str:
@@ -357,15 +357,20 @@ def test_block_names_cannot_shadow_the_generated_module(block, model):
     _same_outputs(text)
 
 
-def test_blocks_whose_class_names_collide_stay_apart():
-    """`a_b` and `aB` both spell the class `ABBlock`; the second must not replace the first."""
+@pytest.mark.parametrize("model_name", ["LayerBlock", "layer_block"])
+def test_a_model_named_like_a_block_class_is_refused_where_it_is_named(model_name):
+    with pytest.raises(ArchError, match="would both become the class `LayerBlock`") as info:
+        load_model(_renamed_model(GPT2, model_name))
+    assert info.value.span is not None and info.value.span.line > 1
+
+
+def test_blocks_whose_class_names_collide_are_refused_at_the_second():
+    """`a_b` and `aB` both spell the class `ABBlock`: one would replace the other."""
     text = GPT2.replace("block layer {", "block a_b {").replace("layers = layer * 2", "layers = [a_b, aB]")
     text = text.replace("    }\n\n    layers", "    }\n\n    block aB extends a_b {\n        ffn = mlp(hidden = 16, act = relu)\n    }\n\n    layers")
-    source = archlang.compile_spec(text).source
-    assert "class ABBlock(" in source and "class ABBlock2(" in source
-    model = build(text)
-    assert model.layers[0].up_proj.out_features != model.layers[1].up_proj.out_features
-    assert torch.isfinite(model(torch.randint(0, 97, (1, 5)))).all()
+    with pytest.raises(ArchError, match="block `aB` and block `a_b` would both become the class `ABBlock`") as info:
+        load_model(text)
+    assert info.value.span.line == text.splitlines().index("    block aB extends a_b {") + 1
 
 
 def test_double_underscore_names_are_refused():
