@@ -137,8 +137,6 @@ def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]
     sources = SourceMap()
     if not os.path.lexists(path):
         return [], [ArchError(f"no such file: {literal(path)}", kind="usage")], sources
-    if not path.is_file():  # reading a FIFO or a device would block or never end
-        return [], [ArchError(f"{literal(path)} is not a regular file", kind="io")], sources
     try:
         models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
     except (ArchError, ArchErrors) as exc:
