@@ -24,13 +24,10 @@ from archlang.spec.names import class_name
 
 from .fold import REPRESENTS
 from .ir import NodeRef, inputs_of, ordered_nodes
+from .ops import REGISTRY, Emit, RegistryError, op_def
 
 _SAFE_TEXT = re.compile(r"[^A-Za-z0-9_ ().,=+\-→/:*`<>\[\]]")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ACT_CALL = {
-    "relu": "F.relu({})", "gelu": "F.gelu({})", "gelu_tanh": 'F.gelu({}, approximate="tanh")', "silu": "F.silu({})",
-    "sigmoid": "torch.sigmoid({})", "tanh": "torch.tanh({})",
-}
 
 
 class CodegenError(Exception):
@@ -133,130 +130,27 @@ class Scope:
 
 
 class _Emitter:
+    """Asks each node's op definition for its module and its call."""
+
     def __init__(self, g: nx.MultiDiGraph):
         self.g = g
 
-    # ------------------------------------------------------------------ modules (__init__)
+    def _op(self, node: str):
+        d = self.g.nodes[node]
+        _ident(d["name"])  # every rule writes `self.<name>`: only identifiers get there
+        try:
+            return d, op_def(d["op"])
+        except RegistryError as exc:
+            raise CodegenError(str(exc)) from None
+
     def module(self, node: str, layer_expr: str, cache_key: str) -> str | None:
-        d = self.g.nodes[node]
-        op, a = d["op"], d["attrs"]
-        if op == "embedding":
-            return None if a.get("shared_with") else f"nn.Embedding({a['vocab']}, {a['dim']})"
-        if op == "pos_embedding":
-            if a["kind"] == "learned":
-                return f"nn.Embedding({a['context']}, {a['dim']})"
-            return f"rt.SinusoidalPositions({a['context']}, {a['dim']})"
-        if op == "type_embedding":
-            return f"nn.Embedding({a['type_vocab']}, {a['dim']})"
-        if op in ("norm", "add_norm"):
-            if a["kind"] == "rmsnorm":
-                return f"rt.RMSNorm({a['dim']}, eps={a['eps']!r}, unit_offset={a['unit_offset']!r})"
-            return f"rt.LayerNorm({a['dim']}, eps={a['eps']!r}, bias={a['bias']!r})"
-        if op == "linear":
-            return f"nn.Linear({a['in_features']}, {a['out_features']}, bias={a['bias']!r})"
-        if op == "const":
-            if a["table"] == "rope":
-                return f"rt.RopeTable({a['dim']}, {a['context']}, theta={a['theta']!r}, scaling={a['scaling']!r})"
-            return f"rt.AlibiSlopes({a['heads']})"
-        if op == "rel_bias":
-            return f"rt.RelativePositionBias({a['buckets']}, {a['max_distance']}, {a['heads']}, bidirectional={a['bidirectional']!r})"
-        if op == "attention":
-            common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
-                      f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}")
-            if a["kind"] == "differential":
-                return (f"rt.DifferentialAttention({common}, layer={layer_expr}, lambda_init={a.get('lambda_init')!r}, "
-                        f"cache_key={cache_key})")
-            return f"rt.Attention({common}, cross={a['cross']!r}, cache_key={cache_key})"
-        if op == "mla_attention":
-            return (f"rt.MLAttention({a['heads']}, {a['kv_lora_rank']}, {a['rope_head_dim']}, {a['nope_head_dim']}, "
-                    f"{a['v_head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, window={a['window']!r}, "
-                    f"softcap={a['softcap']!r}, norm_eps={a['norm_eps']!r}, cache_key={cache_key})")
-        if op == "linear_attention":
-            return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={cache_key})"
-        if op == "moe":
-            keys = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
-                    "shared_hidden", "shared_bias", "shared_gate", "router", "normalize_top_k", "routed_scale",
-                    "aux_loss", "z_loss", "capacity_factor")
-            # the shared expert's biases are parameters of the IR node (as stats counts them)
-            a = {**a, "shared_bias": "shared_down_bias" in d["params"]}
-            dim = d["shape"][-1]
-            return (f"rt.MoE({dim}, {a['experts']}, {a['top_k']}, "
-                    + ", ".join(f"{k}={a[k]!r}" for k in keys) + ")")
-        if op == "ssm":
-            return (f"rt.Mamba({a['d_model']}, {a['d_inner']}, {a['d_state']}, {a['d_conv']}, {a['dt_rank']}, "
-                    f"conv_bias={a['conv_bias']!r}, bias={a['bias']!r}, inner_norms={a['inner_norms']!r}, "
-                    f"norm_eps={a['norm_eps']!r}, cache_key={cache_key})")
-        if op == "pooler":
-            return f"nn.Linear({a['dim']}, {a['dim']})"
-        if op == "lm_head":
-            return None if a["tied"] else f"nn.Linear({a['dim']}, {a['vocab']}, bias=False)"
-        return None
+        d, op = self._op(node)
+        return op.module(d, Emit(layer_expr, cache_key))
 
-    # ------------------------------------------------------------------ calls (forward)
     def call(self, node: str, args: list[str]) -> str:
-        d = self.g.nodes[node]
-        op, a, name = d["op"], d["attrs"], d["name"]
-        me = f"self.{_ident(name)}"
-        if op == "embedding":
-            table = f"self.{a['shared_with']}" if a.get("shared_with") else me
-            expr = f"{table}({args[0]})"
-            return f"{expr} * {a['scale']!r}" if a.get("scale") else expr
-        if op == "pos_embedding":
-            return f"{me}(ctx.positions)"
-        if op == "type_embedding":
-            return f"{me}(ctx.token_type_ids)"
-        if op == "add":
-            return " + ".join(args)
-        if op == "scale":
-            return f"{args[0]} * {a['factor']!r}"
-        if op == "norm":
-            return f"{me}({args[0]})"
-        if op == "add_norm":
-            return f"{me}({args[1]}, residual={args[0]})"
-        if op == "linear":
-            return f"{me}({args[0]})"
-        if op == "rope":
-            return f"rt.rope_qk({args[0]}, {args[1]}, {args[2]}, {a['heads']}, {a['kv_heads']}, {a['head_dim']})"
-        if op == "const":
-            return f"{me}(ctx.positions)"
-        if op == "attention":
-            qkv, extras = self._attention_args(node, args)
-            return f"{me}({', '.join(qkv)}, ctx=ctx{''.join(', ' + e for e in extras)})"
-        if op == "mla_attention":
-            rope = f", rope={args[2]}" if len(args) > 2 else ""
-            return f"{me}({args[0]}, {args[1]}{rope}, ctx=ctx)"
-        if op == "linear_attention":
-            return f"{me}({', '.join(args)}, ctx=ctx)"
-        if op == "activation":
-            return ACT_CALL[a["act"]].format(args[0])
-        if op == "glu":
-            if a["packed"]:
-                return f"rt.glu({args[0]}, {a['act']!r})"
-            return f"{ACT_CALL[a['act']].format(args[0])} * {args[1]}"
-        if op in ("moe", "ssm"):
-            return f"{me}({args[0]}, ctx)"
-        if op == "softcap":
-            return f"rt.softcap({args[0]}, {a['cap']!r})"
-        if op == "pooler":
-            return f"torch.tanh({me}({args[0]}[:, 0]))"
-        if op == "lm_head":
-            return f"F.linear({args[0]}, self.embed.weight)" if a["tied"] else f"{me}({args[0]})"
-        raise CodegenError(f"no code for op {op}")
-
-    def _attention_args(self, node: str, args: list[str]) -> tuple[list[str], list[str]]:
-        """Split attention inputs into q/k/v (or packed qkv) and keyword extras by producer."""
-        a = self.g.nodes[node]["attrs"]
-        n_qkv = 1 if a["packed"] else 3
-        extras = []
-        for ref, arg in zip(inputs_of(self.g, node)[n_qkv:], args[n_qkv:]):
-            src = self.g.nodes[ref.node]
-            if src["op"] == "rel_bias":
-                extras.append(f"rel_bias={arg}")
-            elif src["attrs"].get("table") == "alibi":
-                extras.append(f"alibi={arg}")
-            else:
-                extras.append(f"rope={arg}")
-        return args[:n_qkv], extras
+        d, op = self._op(node)
+        producers = [self.g.nodes[r.node] for r in inputs_of(self.g, node)]
+        return op.call(d, args, Emit("layer", "", producers))
 
 
 def _used_outputs(g: nx.MultiDiGraph, node: str) -> set[int]:
@@ -295,21 +189,14 @@ def _tp_plan(g, nodes: list[str]) -> dict[str, str]:
     plan: dict[str, str] = {}
     for n in nodes:
         d = g.nodes[n]
-        ins = inputs_of(g, n)
-        if d["op"] == "attention" and not d["attrs"]["packed"] and not d["attrs"]["cross"] \
-                and not d["attrs"]["alibi"] and not d["attrs"]["rel_bias"]:
-            projs = [r.node for r in ins[:3]]
-            if all(g.nodes[p]["op"] == "linear" for p in projs):
-                outs = [dst for _, dst in g.out_edges(n)]
-                if len(outs) == 1 and g.nodes[outs[0]]["op"] == "linear":
-                    plan.update({g.nodes[p]["name"]: "colwise" for p in projs})
-                    plan[g.nodes[outs[0]]["name"]] = "rowwise"
-        elif d["op"] in ("glu", "activation") and not d["attrs"].get("packed"):
-            projs = [r.node for r in ins]
-            outs = [dst for _, dst in g.out_edges(n)]
-            if all(g.nodes[p]["op"] == "linear" for p in projs) and len(outs) == 1 and g.nodes[outs[0]]["op"] == "linear":
-                plan.update({g.nodes[p]["name"]: "colwise" for p in projs})
-                plan[g.nodes[outs[0]]["name"]] = "rowwise"
+        if not REGISTRY[d["op"]].splits_heads(d):
+            continue
+        projs = [r.node for r in inputs_of(g, n) if REGISTRY[g.nodes[r.node]["op"]].role != "table"]
+        outs = [dst for _, dst in g.out_edges(n)]
+        if all(REGISTRY[g.nodes[p]["op"]].is_projection for p in projs) and len(outs) == 1 \
+                and REGISTRY[g.nodes[outs[0]]["op"]].is_projection:
+            plan.update({g.nodes[p]["name"]: "colwise" for p in projs})
+            plan[g.nodes[outs[0]]["name"]] = "rowwise"
     return dict(sorted(plan.items()))
 
 
@@ -356,11 +243,10 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     for nodes in _every_layer(g, order, layer_nodes, kept):  # a later layer's fusion of a name wins
         if id(nodes) not in found:
             found[id(nodes)] = {g.nodes[n]["name"]: tuple((p, w) for p, w in g.nodes[n]["attrs"]["parts"])
-                                for n in nodes if g.nodes[n]["op"] == "linear" and g.nodes[n]["attrs"].get("parts")}
+                                for n in nodes if g.nodes[n]["attrs"].get("parts")}
         fusions.update(found[id(nodes)])
     config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
-    softcaps = [g.nodes[n]["attrs"]["cap"] for n in order if g.nodes[n]["op"] == "softcap"]
-    config["logit_softcap"] = softcaps[0] if softcaps else None
+    config["logit_softcap"] = g.graph.get("logit_softcap")
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
     layouts = {_layout_name(stack): _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = _template_env()
@@ -477,9 +363,7 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
             if ref.node in node_set or ref.node in scope.external:
                 continue
             src = g.nodes[ref.node]
-            if src["op"] == "const":
-                scope.external[ref.node] = f"ctx.tables[{src['name']!r}]"
-            elif src["op"] == "rel_bias":
+            if REGISTRY[src["op"]].role == "table":  # computed once per forward by the model
                 scope.external[ref.node] = f"ctx.tables[{src['name']!r}]"
             elif src["stack"] == "encoder" or (src["stack"] is None and g.graph["family"] == "encoder_decoder"
                                                and _feeds_from_encoder(g, ref.node)):
@@ -534,7 +418,7 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                 init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({_layout_name(d['stack'])}))")
             continue
         mod = em.module(n, "None", '""')
-        if mod is not None and d["op"] != "input":
+        if mod is not None:
             init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
 
     def body(nodes: list[str], stack_names: list[str]) -> tuple[list[Line], dict[str, str]]:
@@ -549,14 +433,12 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                 done_stacks.add(stack)
                 first = [m for m in order if g.nodes[m]["stack"] == stack and g.nodes[m]["layer"] == 0]
                 ins = [r for m in first for r in inputs_of(g, m) if g.nodes[r.node]["stack"] != stack
-                       and g.nodes[r.node]["op"] not in ("const", "rel_bias") and g.nodes[r.node]["stack"] != "encoder"
+                       and not _is_table(g, r.node) and g.nodes[r.node]["stack"] != "encoder"
                        and not (enc_dec and stack == "decoder" and _feeds_from_encoder(g, r.node))]
                 var = scope.read(ins[0])
-                for t in [m for m in order if g.nodes[m]["stack"] is None and g.nodes[m]["op"] in ("const", "rel_bias")
+                for t in [m for m in order if g.nodes[m]["stack"] is None and _is_table(g, m)
                           and any(g.nodes[c]["stack"] == stack for c in g.successors(m))]:
-                    src = g.nodes[t]
-                    value = f"self.{src['name']}" if src["op"] == "rel_bias" else f"self.{src['name']}(ctx.positions)"
-                    lines.append(Line(f"ctx.tables[{src['name']!r}] = {value}"))
+                    lines.append(Line(f"ctx.tables[{g.nodes[t]['name']!r}] = {em.call(t, [])}"))
                 lines.append(Line(f"for layer in self.{stack}:"))
                 lines.append(Line(f"    {var} = layer({var}, ctx)", "(B, T, C)"))
                 last_layer = [m for m in order if g.nodes[m]["stack"] == stack
@@ -564,16 +446,17 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                 out = _stream_out(g, last_layer)
                 scope.holds[var] = (out.node, out.out)  # the stack's result, under the name it came in
                 continue
-            if n not in nodes or d["op"] in ("const", "rel_bias"):
+            role = REGISTRY[d["op"]].role
+            if n not in nodes or role == "table":
                 continue
-            if d["op"] == "input":
+            if role == "input":
                 scope.holds[d["outputs"][0]] = (n, 0)
                 continue
             args = [scope.read(r) for r in inputs_of(g, n)]
-            if d["op"] == "output":
+            if role == "output":
                 returns[d["attrs"]["role"]] = args[0]
                 continue
-            if d["op"] == "lm_head":
+            if REGISTRY[d["op"]].starts_head:
                 returns["features"] = args[0]
                 returns["head_from"] = len(lines)  # the lines from here on turn features into logits
             lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args)}", _shape(d["shape"])))
@@ -600,13 +483,18 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
 def _is_encoder_side(g, n: str) -> bool:
     """Model-level nodes computed by encode(): everything feeding the encoder stack or its output."""
     d = g.nodes[n]
-    if d["op"] == "input":
+    role = REGISTRY[d["op"]].role
+    if role == "input":
         return d["attrs"]["role"] == "encoder_tokens"
-    if d["op"] == "output":
+    if role == "output":
         return False
     succ_stacks = {g.nodes[s]["stack"] for s in nx.descendants(g, n)}
     anc_stacks = {g.nodes[a]["stack"] for a in nx.ancestors(g, n)}
-    if "decoder" in anc_stacks or any(g.nodes[a]["op"] == "input" and g.nodes[a]["attrs"]["role"] == "tokens"
+    if "decoder" in anc_stacks or any(REGISTRY[g.nodes[a]["op"]].role == "input" and g.nodes[a]["attrs"]["role"] == "tokens"
                                       for a in nx.ancestors(g, n)):
         return False
-    return "encoder" in succ_stacks or "encoder" in anc_stacks or d["op"] == "embedding" and not d["attrs"].get("shared_with")
+    return "encoder" in succ_stacks or "encoder" in anc_stacks
+
+
+def _is_table(g, node: str) -> bool:
+    return REGISTRY[g.nodes[node]["op"]].role == "table"

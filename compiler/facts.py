@@ -14,12 +14,10 @@ from typing import Any
 
 import networkx as nx
 
-from .ir import ordered_nodes, param_count
+from .ir import ordered_nodes
+from .ops import CATEGORIES, FactsContext, op_def
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
-
-# Breakdown categories, in display order.
-CATEGORIES = ("embedding", "attention", "ssm", "ffn", "moe_experts", "moe_shared", "moe_router", "norm", "head", "other")
 
 
 @dataclass
@@ -42,55 +40,6 @@ class Facts:
         return asdict(self)
 
 
-def _category(d: dict) -> str:
-    op, name = d["op"], d["name"]
-    if op in ("embedding", "pos_embedding", "type_embedding", "rel_bias"):
-        return "embedding"
-    if op in ("norm", "add_norm"):
-        return "norm"
-    if op in ("lm_head", "pooler"):
-        return "head"
-    if op == "ssm":
-        return "ssm"
-    if op in ("attention", "mla_attention", "linear_attention", "rope"):
-        return "attention"
-    if op == "linear":
-        if any(name.startswith(p) for p in ("gate", "up", "down")):
-            return "ffn"
-        return "attention"
-    return "other"
-
-
-def _moe_split(d: dict) -> tuple[dict[str, int], dict[str, int]]:
-    """(total, active) parameter counts of a MoE node, by category."""
-    a = d["attrs"]
-    total = {"moe_router": 0, "moe_experts": 0, "moe_shared": 0}
-    for name, shape in d["params"].items():
-        n = 1
-        for s in shape:
-            n *= s
-        key = "moe_router" if name == "router" else "moe_experts" if name.startswith("experts_") else "moe_shared"
-        total[key] += n
-    active = dict(total)
-    active["moe_experts"] = total["moe_experts"] // a["experts"] * a["top_k"]
-    return total, active
-
-
-def _attended(context: int, causal: bool, window: int | None) -> float:
-    """Mean number of keys a query attends to over a full sequence of `context` tokens."""
-    if not causal:
-        return float(min(window, context) if window else context)
-    if window is None or window >= context:
-        return (context + 1) / 2
-    # positions 0..w-1 see i+1 keys, the rest see w
-    return (window * (window + 1) / 2 + (context - window) * window) / context
-
-
-def _cached(tokens: int, window: int | None) -> int:
-    """How many tokens' keys and values a layer holds after `tokens` tokens."""
-    return min(tokens, window) if window else tokens
-
-
 def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str | None = None) -> Facts:
     """Facts of a (lowered or optimized) IR at a sequence length and storage dtype."""
     ctx_len = context or g.graph["context"]
@@ -105,52 +54,21 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
     kv_bytes_at_context = 0
     state_bytes = 0
     act_elems = 0
+    fctx = FactsContext(context=ctx_len, nbytes=nbytes)
     for node in ordered_nodes(g):
         d = g.nodes[node]
-        op, a = d["op"], d["attrs"]
-        if op == "moe":
-            t, act = _moe_split(d)
-            for k in t:
-                total[k] += t[k]
-                active[k] += act[k]
-            flops += 2 * (act["moe_experts"] + act["moe_shared"] + act["moe_router"])
-        else:
-            n = param_count(d)
-            cat = _category(d)
-            total[cat] += n
-            active[cat] += n  # dense weights are all active; only routed experts are not
-        if op == "linear":
-            flops += 2 * a["in_features"] * a["out_features"]
-        elif op == "lm_head":
-            flops += 2 * a["vocab"] * a["dim"]
-        elif op == "pooler":
-            pass  # once per sequence, not per token
-        elif op == "attention":
-            hd_qk, hd_v = a["head_dim"], a["head_dim"]
-            keys = _attended(ctx_len, a["causal"], a.get("window"))
-            flops += 2 * a["heads"] * (hd_qk + hd_v) * keys
-            if a["causal"] and not a.get("cross"):  # encoders and cross-attention do not grow a decode cache
-                per_token = 2 * a["kv_heads"] * a["head_dim"] * nbytes
-                kv_bytes += per_token
-                kv_bytes_at_context += per_token * _cached(ctx_len, a.get("window"))
-        elif op == "mla_attention":
-            keys = _attended(ctx_len, a["causal"], a.get("window"))
-            qk = a["nope_head_dim"] + a["rope_head_dim"]
-            flops += 2 * a["heads"] * (qk + a["v_head_dim"]) * keys
-            flops += 2 * a["kv_lora_rank"] * a["heads"] * (a["nope_head_dim"] + a["v_head_dim"])  # kv_b_proj
-            per_token = (a["kv_lora_rank"] + a["rope_head_dim"]) * nbytes
-            kv_bytes += per_token
-            kv_bytes_at_context += per_token * _cached(ctx_len, a.get("window"))
-        elif op == "linear_attention":
-            flops += 2 * 2 * a["heads"] * a["head_dim"] * a["head_dim"]
-            state_bytes += a["heads"] * a["head_dim"] * (a["head_dim"] + 1) * nbytes
-        elif op == "ssm":
-            di, n_state, r, dc, dm = a["d_inner"], a["d_state"], a["dt_rank"], a["d_conv"], a["d_model"]
-            flops += 2 * (2 * di * dm + di * (r + 2 * n_state) + r * di + dm * di)  # in, x, dt, out projections
-            flops += 2 * di * dc  # depthwise causal conv
-            flops += 2 * 3 * di * n_state  # dA*h + dB*x, and the readout C·h
-            state_bytes += (di * n_state + di * (dc - 1)) * nbytes
-        if op not in ("input", "output", "const", "rel_bias"):
+        op = op_def(d["op"])
+        t, act = op.param_split(d)
+        for k, n in t.items():
+            total[k] += n
+        for k, n in act.items():
+            active[k] += n
+        cost = op.cost(d, fctx)
+        flops += cost.flops
+        kv_bytes += cost.kv_bytes_per_token
+        kv_bytes_at_context += cost.kv_bytes_at_context
+        state_bytes += cost.state_bytes
+        if op.role == "compute":  # what a forward keeps per token: every output of every computing op
             width = d["shape"][-1] if isinstance(d["shape"][-1], int) else 0
             act_elems += width * len(d["outputs"])
     layers = sum(len(v) for v in g.graph["stacks"].values())

@@ -2,12 +2,12 @@
 pictures and code generation.
 
 Every node carries:
-  op       one of OPS (a small closed set; see the table below)
+  op       the name of an op defined in compiler/ops (its attributes, weights, rules)
   name     the module attribute it becomes in generated code (unique within its layer)
   outputs  the variable names it defines, in order (most ops define one)
   shape    the shape of its first output, symbolic in B (batch), T (target length), S (source length)
-  params   weight name → shape
-  attrs    op-specific attributes (documented in OPS)
+  params   weight name → shape, as the op's definition derives them from its attributes
+  attrs    the op's attributes, as its definition declares them (defaults filled in)
   stack    "layers", "encoder" or "decoder" for nodes inside a layer stack, else None
   layer    layer index inside the stack, else None
   block    the block kind of that layer, else None
@@ -24,31 +24,10 @@ from typing import Any, Iterable
 
 import networkx as nx
 
-OPS: dict[str, str] = {
-    "input": "token ids; attrs: role (tokens | encoder_tokens)",
-    "embedding": "token embedding table; attrs: vocab, dim, scale",
-    "pos_embedding": "absolute positions added by the caller; attrs: kind (learned | sinusoidal), context, dim",
-    "type_embedding": "token-type (segment) embeddings; attrs: type_vocab, dim",
-    "const": "a constant table computed at build time; attrs: table (rope | alibi) and its parameters",
-    "rel_bias": "T5 bucketed relative position bias shared by a stack; attrs: buckets, max_distance, heads, bidirectional",
-    "add": "element-wise sum of its inputs (residual connections, embedding sums)",
-    "scale": "multiply by a constant; attrs: factor",
-    "norm": "LayerNorm or RMSNorm over the last dim; attrs: kind, dim, eps, bias, unit_offset",
-    "add_norm": "fused residual add + norm; outputs (sum, normed); attrs as norm",
-    "linear": "y = x W^T (+ b); attrs: in_features, out_features, bias, parts (fused from)",
-    "rope": "rotary embedding of q and k; outputs (q, k); attrs: heads, kv_heads, head_dim, rotary_dim",
-    "attention": "scaled dot-product attention core; attrs: kind, heads, kv_heads, head_dim, causal, window, softcap, scale, rope, packed, cross",
-    "mla_attention": "multi-head latent attention core: caches the latent; attrs: heads, kv_lora_rank, rope_head_dim, nope_head_dim, v_head_dim",
-    "linear_attention": "causal linear attention with the elu+1 feature map; attrs: heads, head_dim",
-    "activation": "element-wise activation; attrs: act",
-    "glu": "act(gate) * up; attrs: act, hidden, packed (input holds gate and up side by side)",
-    "moe": "routed mixture of experts (router, grouped experts, shared experts); attrs: see MoE",
-    "ssm": "Mamba selective state space mixer; attrs: d_inner, d_state, d_conv, dt_rank",
-    "softcap": "cap * tanh(x / cap); attrs: cap",
-    "pooler": "tanh(dense(first token)); attrs: dim",
-    "lm_head": "projection to the vocabulary; attrs: vocab, dim, tied (share the embedding)",
-    "output": "a model output; attrs: role (logits | hidden | pooled)",
-}
+from .ops import REGISTRY, complete_attrs, op_def
+
+# op name → what it computes; each op's full definition is in compiler/ops.
+OPS: dict[str, str] = {name: op.summary for name, op in REGISTRY.items()}
 
 @dataclass(frozen=True)
 class NodeRef:
@@ -74,20 +53,20 @@ class GraphBuilder:
         name: str,
         outputs: tuple[str, ...] | str,
         shape: tuple,
-        params: dict[str, tuple[int, ...]] | None = None,
         attrs: dict[str, Any] | None = None,
         stack: str | None = None,
         layer: int | None = None,
         block: str | None = None,
         span=None,
     ) -> NodeRef:
-        if op not in OPS:
-            raise ValueError(f"unknown IR op {op!r}")
+        definition = op_def(op)
         if node_id in self.g:
             raise ValueError(f"duplicate IR node {node_id!r}")
+        attrs = complete_attrs(definition, attrs or {})
+        shape = tuple(shape)
         self.g.add_node(
             node_id, op=op, name=name, outputs=(outputs,) if isinstance(outputs, str) else tuple(outputs),
-            shape=tuple(shape), params=dict(params or {}), attrs=dict(attrs or {}), stack=stack, layer=layer,
+            shape=shape, params=definition.params(attrs, shape), attrs=attrs, stack=stack, layer=layer,
             block=block, order=self._order, span=span,
         )
         self._order += 1
@@ -115,16 +94,6 @@ def ordered_nodes(g: nx.MultiDiGraph) -> list[str]:
     if all(rank[u] < rank[v] for u, v in g.edges()):
         return nodes
     return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
-
-
-def param_count(node_data: dict) -> int:
-    total = 0
-    for shape in node_data["params"].values():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
-    return total
 
 
 def _fmt(value: Any) -> str:

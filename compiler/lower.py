@@ -18,13 +18,6 @@ from .fold import REPRESENTS, kept_layers
 from .ir import GraphBuilder, NodeRef
 
 
-def _norm_params(norm: A.Norm, dim: int) -> dict[str, tuple[int, ...]]:
-    params = {"weight": (dim,)}
-    if norm.bias:
-        params["bias"] = (dim,)
-    return params
-
-
 def _norm_attrs(norm: A.Norm, dim: int) -> dict[str, Any]:
     return {"kind": norm.kind, "dim": dim, "eps": norm.eps, "bias": bool(norm.bias), "unit_offset": norm.unit_offset}
 
@@ -43,6 +36,7 @@ class _Lowerer:
         g.graph.update(
             name=model.name, family=model.family, vocab=model.vocab, d_model=model.d_model,
             context=model.context, dtype=model.dtype, tie_embeddings=model.tie_embeddings,
+            logit_softcap=model.logit_softcap,
             stacks={k: list(v) for k, v in model.stacks().items()},
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
         )
@@ -57,16 +51,13 @@ class _Lowerer:
     def span(self, *path) -> Any:
         return self.m.span_of(*path)
     def linear(self, nid: str, x: NodeRef, in_f: int, out_f: int, bias: bool, out_var: str, seq: str, **ctx) -> NodeRef:
-        params = {"weight": (out_f, in_f)}
-        if bias:
-            params["bias"] = (out_f,)
         return self.b.node(nid, "linear", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var,
-                           shape=("B", seq, out_f), params=params,
+                           shape=("B", seq, out_f),
                            attrs={"in_features": in_f, "out_features": out_f, "bias": bias}, **ctx)
 
     def norm(self, nid: str, x: NodeRef, norm: A.Norm, out_var: str, seq: str, **ctx) -> NodeRef:
         return self.b.node(nid, "norm", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var, shape=("B", seq, self.d),
-                           params=_norm_params(norm, self.d), attrs=_norm_attrs(norm, self.d), **ctx)
+                           attrs=_norm_attrs(norm, self.d), **ctx)
 
     # ------------------------------------------------------------------ model
     def lower(self) -> nx.MultiDiGraph:
@@ -95,7 +86,7 @@ class _Lowerer:
                        shape=("B", "T", self.d), attrs={"role": "hidden"})
                 if m.pooler:
                     pooled = b.node("pooler", "pooler", [x], name="pooler", outputs="pooled", shape=("B", self.d),
-                                    params={"weight": (self.d, self.d), "bias": (self.d,)}, attrs={"dim": self.d})
+                                    attrs={"dim": self.d})
                     b.node("pooled_output", "output", [pooled], name="pooled_output", outputs="pooled",
                            shape=("B", self.d), attrs={"role": "pooled"})
             else:
@@ -105,7 +96,6 @@ class _Lowerer:
     def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
         m = self.m
         return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, self.d),
-                           params={"weight": (m.vocab, self.d)},
                            attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale})
 
     def embedding_inputs(self, x: NodeRef, seq: str, stack: str | None) -> NodeRef:
@@ -114,13 +104,12 @@ class _Lowerer:
         terms = [x]
         pos = m.position
         if isinstance(pos, (A.Learned, A.Sinusoidal)):
-            params = {"weight": (m.context, self.d)} if pos.kind == "learned" else {}
             terms.append(b.node("pos_embed", "pos_embedding", [], name="pos_embed", outputs="pos",
-                                shape=(seq, self.d), params=params,
+                                shape=(seq, self.d),
                                 attrs={"kind": pos.kind, "context": m.context, "dim": self.d}))
         if m.type_vocab:
             terms.append(b.node("type_embed", "type_embedding", [], name="type_embed", outputs="types",
-                                shape=("B", seq, self.d), params={"weight": (m.type_vocab, self.d)},
+                                shape=("B", seq, self.d),
                                 attrs={"type_vocab": m.type_vocab, "dim": self.d}))
         if len(terms) > 1:
             x = b.node("embed_sum", "add", terms, name="embed_sum", outputs="x", shape=("B", seq, self.d))
@@ -139,9 +128,8 @@ class _Lowerer:
         if m.logit_scale is not None:
             x = b.node("logit_scale", "scale", [x], name="logit_scale", outputs="x", shape=("B", seq, self.d),
                        attrs={"factor": m.logit_scale})
-        params = {} if m.tie_embeddings else {"weight": (m.vocab, self.d)}
         x = b.node("lm_head", "lm_head", [x], name="lm_head", outputs="logits", shape=("B", seq, m.vocab),
-                   params=params, attrs={"vocab": m.vocab, "dim": self.d, "tied": m.tie_embeddings})
+                   attrs={"vocab": m.vocab, "dim": self.d, "tied": m.tie_embeddings})
         if m.logit_softcap is not None:
             x = b.node("logit_softcap", "softcap", [x], name="logit_softcap", outputs="logits",
                        shape=("B", seq, m.vocab), attrs={"cap": m.logit_softcap})
@@ -155,7 +143,7 @@ class _Lowerer:
             heads = next(self.m.blocks[n].attention.heads for n in layers if self.m.blocks[n].attention is not None)
             pos = self.m.position
             rel = self.b.node(f"{stack}_rel_bias", "rel_bias", [], name=f"{stack}_rel_bias", outputs="rel_bias",
-                              shape=(heads, seq, seq), params={"weight": (pos.buckets, heads)},
+                              shape=(heads, seq, seq),
                               attrs={"buckets": pos.buckets, "max_distance": pos.max_distance, "heads": heads,
                                      "bidirectional": stack != "decoder"})
         indices = range(len(layers)) if self.keep is None else self.keep[stack]
@@ -227,13 +215,9 @@ class _Lowerer:
             "scale": att.scale if att.scale is not None else hd**-0.5,
             "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
         }
-        params: dict[str, tuple[int, ...]] = {}
         if isinstance(att, A.Differential):
-            half = hd // 2
-            params = {"lambda_q1": (half,), "lambda_k1": (half,), "lambda_q2": (half,), "lambda_k2": (half,),
-                      "subln": (hd,)}
             attrs["lambda_init"] = att.lambda_init
-            attrs["scale"] = att.scale if att.scale is not None else half**-0.5
+            attrs["scale"] = att.scale if att.scale is not None else (hd // 2)**-0.5  # per sub-head
         pos = m.position
         if kv is None and isinstance(pos, A.Rope):
             # Differential attention rotates each of a head's two q/k sub-heads on its own.
@@ -254,7 +238,7 @@ class _Lowerer:
             extra.append(rel)
             attrs["rel_bias"] = True
         a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
-                   shape=("B", seq, heads * hd), params=params, attrs=attrs, **ctx)
+                   shape=("B", seq, heads * hd), attrs=attrs, **ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
 
     def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx) -> NodeRef:
@@ -263,7 +247,6 @@ class _Lowerer:
         if att.q_lora_rank:
             q = self.linear(f"{pre}q_a_proj", h, d, att.q_lora_rank, False, "q", seq, **ctx)
             q = self.b.node(f"{pre}q_a_norm", "norm", [q], name="q_a_norm", outputs="q", shape=("B", seq, att.q_lora_rank),
-                            params={"weight": (att.q_lora_rank,)},
                             attrs={"kind": "rmsnorm", "dim": att.q_lora_rank, "eps": 1e-6, "bias": False, "unit_offset": False},
                             **ctx)
             q = self.linear(f"{pre}q_b_proj", q, att.q_lora_rank, att.heads * qk, False, "q", seq, **ctx)
@@ -284,8 +267,6 @@ class _Lowerer:
             scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
         a = b.node(f"{pre}attn", "mla_attention", inputs, name="attn", outputs="a",
                    shape=("B", seq, att.heads * att.v_head_dim),
-                   params={"kv_a_norm": (att.kv_lora_rank,),
-                           "kv_b_proj": (att.heads * (att.nope_head_dim + att.v_head_dim), att.kv_lora_rank)},
                    attrs={"heads": att.heads, "kv_lora_rank": att.kv_lora_rank, "rope_head_dim": att.rope_head_dim,
                           "nope_head_dim": att.nope_head_dim, "v_head_dim": att.v_head_dim, "causal": self.causal(ctx),
                           "scale": scale, "window": att.window, "softcap": att.softcap, "rope": rope, "norm_eps": 1e-6},
@@ -295,24 +276,7 @@ class _Lowerer:
     def mamba(self, pre: str, ssm: A.Mamba, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
         di, n, r = ssm.expand * d, ssm.d_state, ssm.dt_rank
-        params = {
-            "in_proj": (2 * di, d),
-            "conv_weight": (di, 1, ssm.d_conv),
-            "x_proj": (r + 2 * n, di),
-            "dt_proj_weight": (di, r),
-            "dt_proj_bias": (di,),
-            "A_log": (di, n),
-            "D": (di,),
-            "out_proj": (d, di),
-        }
-        if ssm.conv_bias:
-            params["conv_bias"] = (di,)
-        if ssm.bias:
-            params["in_proj_bias"] = (2 * di,)
-            params["out_proj_bias"] = (d,)
-        if ssm.inner_norms:
-            params.update(dt_norm=(r,), b_norm=(n,), c_norm=(n,))
-        return self.b.node(f"{pre}ssm", "ssm", [h], name="ssm", outputs="h", shape=("B", seq, d), params=params,
+        return self.b.node(f"{pre}ssm", "ssm", [h], name="ssm", outputs="h", shape=("B", seq, d),
                            attrs={"kind": "mamba", "d_model": d, "d_inner": di, "d_state": n, "d_conv": ssm.d_conv,
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
                                   "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
@@ -333,13 +297,7 @@ class _Lowerer:
         return self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
 
     def moe(self, pre: str, moe: A.MoE, h: NodeRef, seq: str, ctx) -> NodeRef:
-        d, e = self.d, moe.experts
-        params: dict[str, tuple[int, ...]] = {"router": (e, d)}
-        params.update(_expert_params("experts_", moe.expert, d, leading=(e,)))
-        if moe.shared is not None:
-            params.update(_expert_params("shared_", moe.shared, d, leading=()))
-            if moe.shared_gate:
-                params["shared_gate"] = (1, d)
+        e = moe.experts
         expert = moe.expert
         attrs = {
             "experts": e, "top_k": moe.top_k, "expert_kind": expert.kind, "expert_act": expert.act,
@@ -347,24 +305,13 @@ class _Lowerer:
             "shared_kind": moe.shared.kind if moe.shared else None,
             "shared_act": moe.shared.act if moe.shared else None,
             "shared_hidden": moe.shared.hidden if moe.shared else None,
+            "shared_bias": bool(moe.shared.bias) if moe.shared else False,
             "shared_gate": moe.shared_gate, "router": moe.router, "normalize_top_k": moe.normalize_top_k,
             "routed_scale": moe.routed_scale, "aux_loss": moe.aux_loss, "z_loss": moe.z_loss,
             "capacity_factor": moe.capacity_factor,
         }
-        return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, d), params=params,
+        return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),
                            attrs=attrs, **ctx)
-
-
-def _expert_params(prefix: str, ffn, d: int, leading: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    hidden = ffn.hidden
-    # GLU experts keep gate and up stacked in one tensor (gate first), as grouped kernels want.
-    up = f"{prefix}gate_up" if ffn.kind != "mlp" else f"{prefix}up"
-    width = 2 * hidden if ffn.kind != "mlp" else hidden
-    params = {up: (*leading, width, d), f"{prefix}down": (*leading, d, hidden)}
-    if ffn.bias:
-        params[f"{up}_bias"] = (*leading, width)
-        params[f"{prefix}down_bias"] = (*leading, d)
-    return params
 
 
 def _rope_table_attrs(pos: A.Rope, rot: int, context: int) -> dict[str, Any]:

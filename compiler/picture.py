@@ -14,8 +14,27 @@ import pydot
 from archlang.spec.errors import ArchError
 
 from .ir import inputs_of, ordered_nodes
+from .ops import PICTURE_GROUPS, REGISTRY
 
-_COLORS = {"attention": "#dbeafe", "ssm": "#dcfce7", "moe": "#fde68a", "ffn": "#fce7f3", "io": "#e5e7eb"}
+# A fill colour per picture group (each op definition names its group).
+_COLORS = {"io": "#e5e7eb", "embedding": "#f3f4f6", "position": "#ede9fe", "norm": "#f9fafb", "attention": "#dbeafe",
+           "ssm": "#dcfce7", "ffn": "#fce7f3", "moe": "#fde68a", "head": "#e5e7eb", "other": "#ffffff"}
+assert set(_COLORS) == set(PICTURE_GROUPS)
+# A block is coloured by the most telling group among its ops.
+_BLOCK_GROUPS = ("moe", "ssm", "attention")
+
+
+def _group(g: nx.MultiDiGraph, node: str) -> str:
+    return REGISTRY[g.nodes[node]["op"]].picture
+
+
+def _block_colors(g: nx.MultiDiGraph) -> dict[str, str]:
+    groups: dict[str, set[str]] = {}
+    for n, d in g.nodes(data=True):
+        if d["block"] is not None:
+            groups.setdefault(d["block"], set()).add(_group(g, n))
+    return {block: _COLORS[next((k for k in _BLOCK_GROUPS if k in found), "attention")]
+            for block, found in groups.items()}
 
 
 def _esc(text: str) -> str:
@@ -45,20 +64,20 @@ def collapsed_dot(g: nx.MultiDiGraph) -> pydot.Dot:
     dot.set_node_defaults(shape="box", style="rounded,filled", fontname="Helvetica", fontsize="11", fillcolor="white")
     prev = "input"
     dot.add_node(pydot.Node("input", label="tokens", fillcolor=_COLORS["io"]))
-    top = [n for n in ordered_nodes(g) if g.nodes[n]["stack"] is None and g.nodes[n]["op"] in ("embedding", "pos_embedding", "type_embedding")]
+    top = [n for n in ordered_nodes(g) if g.nodes[n]["stack"] is None and _group(g, n) == "embedding"
+           and REGISTRY[g.nodes[n]["op"]].role == "compute"]
     if top:
         dot.add_node(pydot.Node("embed", label=_esc(" + ".join(g.nodes[n]["op"].replace("_", " ") for n in top))))
         dot.add_edge(pydot.Edge(prev, "embed"))
         prev = "embed"
+    colors = _block_colors(g)
     for stack, blocks in g.graph["stacks"].items():
         cluster = pydot.Cluster(f"cluster_{stack}", label=_esc(f"{stack}: {len(blocks)} layers"), style="rounded", color="#9ca3af")
         for r, (unit, reps) in enumerate(_runs(blocks)):
             for j, block in enumerate(unit):
                 node_id = f"{stack}_{r}_{j}"
                 desc = g.graph["blocks"][block]
-                color = _COLORS["ssm"] if "mamba" in desc else _COLORS["attention"]
-                if "moe(" in desc:
-                    color = _COLORS["moe"]
+                color = colors.get(block, _COLORS["attention"])
                 label = f"{block}\\n" + "\\n".join(_esc(p) for p in desc.split(" → "))
                 if j == len(unit) - 1 and reps > 1:
                     label += f"\\n[× {reps}" + (f" (period of {len(unit)})]" if len(unit) > 1 else "]")
@@ -73,12 +92,12 @@ def collapsed_dot(g: nx.MultiDiGraph) -> pydot.Dot:
 
 def expanded_dot(g: nx.MultiDiGraph) -> pydot.Dot:
     dot = pydot.Dot(graph_type="digraph", rankdir="TB", fontname="Helvetica")
-    dot.set_node_defaults(shape="box", style="rounded", fontname="Helvetica", fontsize="10")
+    dot.set_node_defaults(shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
     ids = {n: f"n{i}" for i, n in enumerate(ordered_nodes(g))}
     for n, nid in ids.items():
         d = g.nodes[n]
         shape = "(" + ", ".join(str(s) for s in d["shape"]) + ")"
-        dot.add_node(pydot.Node(nid, label=_esc(f"{n}\\n{d['op']} {shape}")))
+        dot.add_node(pydot.Node(nid, label=_esc(f"{n}\\n{d['op']} {shape}"), fillcolor=_COLORS[_group(g, n)]))
     for n, nid in ids.items():
         for ref in inputs_of(g, n):
             dot.add_edge(pydot.Edge(ids[ref.node], nid))

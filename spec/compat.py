@@ -3,19 +3,26 @@ read by the AST validator (located refusals), the tests (every accepted cell is 
 docs (the rendered matrix).
 
 Mixers, positions and options are read off the AST's unions, so a kind added to the language
-is in the matrix at once; a combination is accepted unless this table refuses it, and an
-accepted combination must then pass the property tests that run over every cell.
+is in the matrix at once. The refusals come from the op definition that implements each mixer
+(compiler/ops): a combination is accepted unless that definition refuses it, and an accepted
+combination must then pass the property tests that run over every cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from archlang.compiler.ops import Refusal, mixer_ops
 
 from . import ast as A
 
-# The token mixers: every attention kind, then every state-space kind.
+# The token mixers: every attention kind, then every state-space kind, in the language's order;
+# each is implemented by the IR op whose definition (compiler/ops) lists it in `mixer_kinds`, and
+# that definition says which positions and options it refuses.
 ATTENTION_KINDS: tuple[str, ...] = A.SLOT_KINDS["attention"]
 MIXERS: tuple[str, ...] = ATTENTION_KINDS + A.SLOT_KINDS["ssm"]
+MIXER_OPS = mixer_ops()
+_unimplemented = set(MIXERS) ^ set(MIXER_OPS)
+if _unimplemented:  # a kind in the language with no op, or an op for a kind the language lacks
+    raise ImportError(f"mixer kinds without exactly one op definition: {sorted(_unimplemented)}")
 POSITIONS: tuple[str, ...] = ("none",) + A.SLOT_KINDS["position"]
 # The attention options: the optional fields every attention kind shares (bias, window, ...).
 OPTIONS: tuple[str, ...] = tuple(
@@ -23,60 +30,18 @@ OPTIONS: tuple[str, ...] = tuple(
 )
 # Positions applied inside the attention (the others are added to the embeddings).
 ATTENTION_POSITIONS = ("rope", "alibi", "relative")
-# The kinds that may read an encoder's output as cross-attention, and the options they refuse there.
-CROSS_ATTENTION_KINDS = ("mha", "mqa", "gqa")
+# The kinds that may read an encoder's output as cross-attention.
+CROSS_ATTENTION_KINDS = tuple(k for k in ATTENTION_KINDS if k in MIXER_OPS[k].cross_attention_kinds)
 
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a combination is not implemented, and what to write instead."""
-
-    reason: str
-    instead: str
-
-
-_NO_SCORES = "has no score matrix to add a bias to"
 _REFUSED_POSITIONS: dict[tuple[str, str], Refusal] = {
-    ("mla", "alibi"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
-                              "use position = rope(...) with mla"),
-    ("mla", "relative"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
-                                 "use position = rope(...) with mla"),
-    ("differential", "alibi"): Refusal("the Differential Transformer is defined with RoPE only",
-                                       "use position = rope(...) with differential attention"),
-    ("differential", "relative"): Refusal("the Differential Transformer is defined with RoPE only",
-                                          "use position = rope(...) with differential attention"),
-    ("linear", "rope"): Refusal("elu + 1 linear attention is defined on unrotated features",
-                                "use position = sinusoidal() or learned(), or another attention kind"),
-    ("linear", "alibi"): Refusal(f"linear attention {_NO_SCORES}",
-                                 "use position = sinusoidal() or learned(), or another attention kind"),
-    ("linear", "relative"): Refusal(f"linear attention {_NO_SCORES}",
-                                    "use position = sinusoidal() or learned(), or another attention kind"),
-}
-for _kind in A.SLOT_KINDS["ssm"]:
-    for _pos in ATTENTION_POSITIONS:
-        _REFUSED_POSITIONS[(_kind, _pos)] = Refusal(
-            f"{_pos} acts inside attention and {_kind} orders tokens by its recurrence",
-            "remove `position` (or use sinusoidal() / learned()); in a hybrid, the attention layers take it")
-
+    key: r for kind in MIXERS for key, r in MIXER_OPS[kind].refused_positions.items() if key[0] == kind}
 _REFUSED_OPTIONS: dict[tuple[str, str], Refusal] = {
-    ("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
-    ("linear", "window"): Refusal("linear attention keeps one running state over the whole past",
-                                  "remove window, or use mha/gqa with a window"),
-    ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
-    ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
-}
-
-
+    key: r for kind in MIXERS for key, r in MIXER_OPS[kind].refused_options.items() if key[0] == kind}
 # Mixers that only read the past: they cannot be the bidirectional layers of an encoder.
 _REFUSED_IN_ENCODERS: dict[str, Refusal] = {
-    kind: Refusal(f"{kind} is causal (it reads the past only), and an encoder's layers see both directions",
-                  "use attention in encoder layers; put mamba in a decoder")
-    for kind in A.SLOT_KINDS["ssm"]
-}
-
+    kind: MIXER_OPS[kind].refused_in_encoders[kind] for kind in MIXERS if kind in MIXER_OPS[kind].refused_in_encoders}
 _REFUSED_CROSS_OPTIONS: dict[str, Refusal] = {
-    "window": Refusal("a sliding window over the encoder's output is not defined", "remove window"),
-}
+    option: r for kind in CROSS_ATTENTION_KINDS for option, r in MIXER_OPS[kind].refused_cross_options.items()}
 
 
 def position_refusal(mixer: str, position: str) -> Refusal | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
+from ..ops import op_def
 from .base import Pass
 
 
@@ -31,13 +32,10 @@ class FuseGateUp(Pass):
             gd = g.nodes[gate]
             hidden = gd["attrs"]["out_features"]
             fused_id = gate.rsplit(".", 1)[0] + ".gate_up_proj" if "." in gate else "gate_up_proj"
-            params = {"weight": (2 * hidden, gd["attrs"]["in_features"])}
-            if gd["attrs"]["bias"]:
-                params["bias"] = (2 * hidden,)
-            g.add_node(fused_id, **{**gd, "name": "gate_up_proj", "outputs": ("gu",), "shape": (*gd["shape"][:-1], 2 * hidden),
-                                    "params": params,
-                                    "attrs": {**gd["attrs"], "out_features": 2 * hidden,
-                                              "parts": [("gate_proj", hidden), ("up_proj", hidden)]}})
+            attrs = {**gd["attrs"], "out_features": 2 * hidden, "parts": [("gate_proj", hidden), ("up_proj", hidden)]}
+            shape = (*gd["shape"][:-1], 2 * hidden)
+            g.add_node(fused_id, **{**gd, "name": "gate_up_proj", "outputs": ("gu",), "shape": shape,
+                                    "params": op_def("linear").params(attrs, shape), "attrs": attrs})
             g.add_edge(src_g.node, fused_id, port=0, out=src_g.out)
             g.remove_edges_from(list(g.in_edges(glu, keys=True)))
             g.add_edge(fused_id, glu, port=0, out=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import inputs_of
+from ..ops import op_def
 from .base import Pass
 
 
@@ -38,14 +39,11 @@ class FuseQKV(Pass):
             q = g.nodes[projs[0]]
             parts = [(g.nodes[p]["name"], g.nodes[p]["attrs"]["out_features"]) for p in projs]
             out_f = sum(w for _, w in parts)
-            bias = q["attrs"]["bias"]
             fused_id = projs[0].rsplit(".", 1)[0] + ".qkv_proj" if "." in projs[0] else "qkv_proj"
-            params = {"weight": (out_f, q["attrs"]["in_features"])}
-            if bias:
-                params["bias"] = (out_f,)
-            g.add_node(fused_id, **{**q, "name": "qkv_proj", "outputs": ("qkv",), "shape": (*q["shape"][:-1], out_f),
-                                    "params": params,
-                                    "attrs": {**q["attrs"], "out_features": out_f, "parts": parts}})
+            attrs = {**q["attrs"], "out_features": out_f, "parts": parts}
+            shape = (*q["shape"][:-1], out_f)
+            g.add_node(fused_id, **{**q, "name": "qkv_proj", "outputs": ("qkv",), "shape": shape,
+                                    "params": op_def("linear").params(attrs, shape), "attrs": attrs})
             g.add_edge(srcs[0].node, fused_id, port=0, out=srcs[0].out)
             extras = ins[3:]
             g.remove_edges_from(list(g.in_edges(attn, keys=True)))

@@ -31,10 +31,7 @@ RELATIVE_SCHEMES = ("none", "rope", "alibi", "relative")
 
 
 def _mixer_class(kind: str):
-    for cls in (*A.Attention.__args__[0].__args__, A.Mamba):
-        if kind in cls.model_fields["kind"].annotation.__args__:
-            return cls
-    raise KeyError(kind)
+    return {**A.SLOT_CLASSES["attention"], **A.SLOT_CLASSES["ssm"]}[kind]
 
 
 def mixer_text(kind: str, option: str | None = None) -> str:

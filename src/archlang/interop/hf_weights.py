@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from archlang.compiler.ops import op_def
 from archlang.spec.errors import ArchError
 
 
@@ -90,9 +91,14 @@ class _Rules:
         if assume or all(t in self.keys for t in theirs):
             self.rules.append(Rule(ours, theirs, kind, arg))
 
+    def op(self, op: str, ours: str, theirs: str) -> None:
+        """The weights of one op (our node `ours`) under the names its definition gives them in
+        HF's module of that op (at `theirs`); those a checkpoint lacks are skipped."""
+        for mine, hf in op_def(op).hf_params.items():
+            self.add(f"{ours}.{mine}", f"{theirs}.{hf}")
+
     def linear(self, ours: str, theirs: str) -> None:
-        for w in ("weight", "bias"):
-            self.add(f"{ours}.{w}", f"{theirs}.{w}")
+        self.op("linear", ours, theirs)
 
 
 def _llama_family(c, r: _Rules) -> None:
@@ -108,14 +114,7 @@ def _llama_family(c, r: _Rules) -> None:
         mixer_norm = "attn_norm"
         if f"{q}mamba.in_proj.weight" in r.keys:
             mixer_norm = "ssm_norm"
-            for ours, theirs in (("in_proj", "in_proj.weight"), ("conv_weight", "conv1d.weight"),
-                                 ("conv_bias", "conv1d.bias"), ("x_proj", "x_proj.weight"),
-                                 ("dt_proj_weight", "dt_proj.weight"), ("dt_proj_bias", "dt_proj.bias"),
-                                 ("A_log", "A_log"), ("D", "D"), ("out_proj", "out_proj.weight"),
-                                 ("dt_norm", "dt_layernorm.weight"), ("b_norm", "b_layernorm.weight"),
-                                 ("c_norm", "c_layernorm.weight"), ("in_proj_bias", "in_proj.bias"),
-                                 ("out_proj_bias", "out_proj.bias")):
-                r.add(f"{p}ssm.{ours}", f"{q}mamba.{theirs}")
+            r.op("ssm", f"{p}ssm", f"{q}mamba")
         r.add(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
         if t == "gemma2":
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
@@ -168,8 +167,7 @@ def _deepseek_v2(c, r: _Rules) -> None:
         r.add(f"{p}q_a_norm.weight", f"{a}q_a_layernorm.weight")
         r.add(f"{p}q_b_proj.weight", f"{a}q_b_proj.weight", "permute", q_perm)
         r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight", "permute", (1, c.kv_lora_rank, c.kv_lora_rank + rope, rope))
-        r.add(f"{p}attn.kv_a_norm", f"{a}kv_a_layernorm.weight")
-        r.add(f"{p}attn.kv_b_proj", f"{a}kv_b_proj.weight")
+        r.op("mla_attention", f"{p}attn", a.rstrip("."))
         r.add(f"{p}o_proj.weight", f"{a}o_proj.weight")
     del v
 
@@ -197,7 +195,7 @@ def _bert(c, r: _Rules) -> None:
     r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
     r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
     r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
-    r.linear("pooler", f"{pre}pooler.dense")
+    r.op("pooler", "pooler", f"{pre}pooler")
     for i in range(c.num_hidden_layers):
         p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
         for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),

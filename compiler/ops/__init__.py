@@ -1,0 +1,19 @@
+"""The IR's op definitions, one module per family of ops; importing this package registers them
+all. `REGISTRY` maps each op name to its definition, in the order the modules declare them."""
+
+from . import io, embeddings, positions, elementwise, norms, projections, attention, moe, ssm  # noqa: F401  (registers)
+from .base import (
+    CATEGORIES, PICTURE_GROUPS, REGISTRY, Attr, Cost, Emit, FactsContext, OpDef, Refusal, RegistryError, VerifyContext,
+    attr, attr_problems, complete_attrs, op_def, register,
+)
+
+__all__ = [
+    "CATEGORIES", "PICTURE_GROUPS", "REGISTRY", "Attr", "Cost", "Emit", "FactsContext", "OpDef", "Refusal",
+    "RegistryError", "VerifyContext", "attr", "attr_problems", "complete_attrs", "mixer_ops", "op_def",
+    "register",
+]
+
+
+def mixer_ops() -> dict[str, OpDef]:
+    """Spec mixer kind → the op definition that implements it."""
+    return {kind: op for op in REGISTRY.values() for kind in op.mixer_kinds}

@@ -1,0 +1,217 @@
+"""Attention cores: scaled dot-product attention (MHA, MQA, GQA, differential), DeepSeek's
+multi-head latent attention, and causal linear attention. Their projections are separate
+linears; these ops attend, keep the cache and apply the positions they take."""
+
+from __future__ import annotations
+
+from .base import Cost, OpDef, Refusal, attr, register
+
+_NO_SCORES = "has no score matrix to add a bias to"
+_LINEAR_INSTEAD = "use position = sinusoidal() or learned(), or another attention kind"
+
+
+def attended(context: int, causal: bool, window: int | None) -> float:
+    """Mean number of keys a query attends to over a full sequence of `context` tokens."""
+    if not causal:
+        return float(min(window, context) if window else context)
+    if window is None or window >= context:
+        return (context + 1) / 2
+    # positions 0..w-1 see i+1 keys, the rest see w
+    return (window * (window + 1) / 2 + (context - window) * window) / context
+
+
+def cached(tokens: int, window: int | None) -> int:
+    """How many tokens' keys and values a layer holds after `tokens` tokens."""
+    return min(tokens, window) if window else tokens
+
+
+def _window_check(node, a, ctx) -> None:
+    if a["window"] and ctx.context and a["window"] > ctx.context:
+        ctx.fail(node, f"window ({a['window']}) is longer than the context ({ctx.context})",
+                 "a window at least as long as the context is full attention: remove it")
+
+
+class _Attention(OpDef):
+    abstract = True
+    picture = "attention"
+
+    def category(self, d):
+        return "attention"
+
+
+@register
+class Attention(_Attention):
+    name = "attention"
+    summary = "scaled dot-product attention: MHA, MQA, GQA, differential"
+    attrs = {
+        "kind": attr(str, doc="mha | mqa | gqa | differential"),
+        "heads": attr(int), "kv_heads": attr(int), "head_dim": attr(int),
+        "causal": attr(bool), "window": attr(int, default=None), "softcap": attr(float, default=None),
+        "scale": attr(float),
+        "rope": attr(dict, default=None, doc="{dim}: q and k rotated inside (fold-rope); the table is an input"),
+        "packed": attr(bool, default=False, doc="one input holding q, k and v side by side (fuse-qkv)"),
+        "cross": attr(bool, default=False, doc="keys and values from the encoder"),
+        "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
+        "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
+        "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
+    }
+    arity = (1, 5)
+    mixer_kinds = ("mha", "mqa", "gqa", "differential")
+    cross_attention_kinds = ("mha", "mqa", "gqa")
+    refused_cross_options = {"window": Refusal("a sliding window over the encoder's output is not defined", "remove window")}
+    refused_positions = {
+        ("differential", "alibi"): Refusal("the Differential Transformer is defined with RoPE only",
+                                           "use position = rope(...) with differential attention"),
+        ("differential", "relative"): Refusal("the Differential Transformer is defined with RoPE only",
+                                              "use position = rope(...) with differential attention"),
+    }
+
+    def params(self, a, shape):
+        if a["kind"] != "differential":
+            return {}
+        half = a["head_dim"] // 2  # each head holds two sub-heads
+        return {"lambda_q1": (half,), "lambda_k1": (half,), "lambda_q2": (half,), "lambda_k2": (half,),
+                "subln": (a["head_dim"],)}
+
+    def verify(self, node, d, widths, ctx):
+        a = d["attrs"]
+        heads, kv, hd = a["heads"], a["kv_heads"], a["head_dim"]
+        if heads % kv:
+            ctx.fail(node, f"heads ({heads}) must be divisible by kv_heads ({kv})")
+        expected = [(heads + 2 * kv) * hd] if a["packed"] else [heads * hd, kv * hd, kv * hd]
+        got = widths[: len(expected)]
+        if got != expected:
+            ctx.fail(node, f"attention expects q/k/v widths {expected}, gets {got}")
+        _window_check(node, a, ctx)
+        rope = a["rope"]
+        if rope and (rope["dim"] % 2 or rope["dim"] > hd):
+            ctx.fail(node, f"rope rotates {rope['dim']} channels of a {hd}-wide head; it must be even and at most {hd}")
+
+    def memory_inputs(self, d):
+        return slice(1, 3) if d["attrs"]["cross"] else None
+
+    def splits_heads(self, d):
+        a = d["attrs"]
+        # whole heads per shard, unless q/k/v are packed or a position input is indexed by all heads
+        return not (a["packed"] or a["cross"] or a["alibi"] or a["rel_bias"])
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        keys = attended(ctx.context, a["causal"], a["window"])
+        cost = Cost(flops=2 * a["heads"] * (a["head_dim"] + a["head_dim"]) * keys)
+        if a["causal"] and not a["cross"]:  # encoders and cross-attention do not grow a decode cache
+            per_token = 2 * a["kv_heads"] * a["head_dim"] * ctx.nbytes
+            cost.kv_bytes_per_token = per_token
+            cost.kv_bytes_at_context = per_token * cached(ctx.context, a["window"])
+        return cost
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
+                  f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}")
+        if a["kind"] == "differential":
+            return (f"rt.DifferentialAttention({common}, layer={emit.layer}, lambda_init={a['lambda_init']!r}, "
+                    f"cache_key={emit.cache_key})")
+        return f"rt.Attention({common}, cross={a['cross']!r}, cache_key={emit.cache_key})"
+
+    def call(self, d, args, emit):
+        from . import REGISTRY
+
+        n_qkv = 1 if d["attrs"]["packed"] else 3
+        # inputs past q/k/v are position tables and biases, passed by keyword
+        extras = [f"{REGISTRY[p['op']].attention_keyword(p)}={arg}"
+                  for p, arg in zip(emit.producers[n_qkv:], args[n_qkv:])]
+        return f"self.{d['name']}({', '.join(args[:n_qkv])}, ctx=ctx{''.join(', ' + e for e in extras)})"
+
+
+@register
+class MLAttention(_Attention):
+    name = "mla_attention"
+    summary = "multi-head latent attention (DeepSeek-V2/V3): caches the compressed latent"
+    attrs = {
+        "heads": attr(int), "kv_lora_rank": attr(int), "rope_head_dim": attr(int), "nope_head_dim": attr(int),
+        "v_head_dim": attr(int), "causal": attr(bool), "scale": attr(float), "window": attr(int, default=None),
+        "softcap": attr(float, default=None), "rope": attr(bool, default=None, doc="a RoPE table input"),
+        "norm_eps": attr(float),
+    }
+    arity = (2, 3)
+    mixer_kinds = ("mla",)
+    hf_params = {"kv_a_norm": "kv_a_layernorm.weight", "kv_b_proj": "kv_b_proj.weight"}
+    refused_positions = {
+        ("mla", "alibi"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
+                                  "use position = rope(...) with mla"),
+        ("mla", "relative"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
+                                     "use position = rope(...) with mla"),
+    }
+    refused_options = {("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias")}
+
+    def params(self, a, shape):
+        return {"kv_a_norm": (a["kv_lora_rank"],),
+                "kv_b_proj": (a["heads"] * (a["nope_head_dim"] + a["v_head_dim"]), a["kv_lora_rank"])}
+
+    def verify(self, node, d, widths, ctx):
+        a = d["attrs"]
+        expected = [a["heads"] * (a["nope_head_dim"] + a["rope_head_dim"]), a["kv_lora_rank"] + a["rope_head_dim"]]
+        if widths[:2] != expected:
+            ctx.fail(node, f"latent attention expects q/kv widths {expected}, gets {widths[:2]}")
+        _window_check(node, a, ctx)
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        keys = attended(ctx.context, a["causal"], a["window"])
+        qk = a["nope_head_dim"] + a["rope_head_dim"]
+        flops = 2 * a["heads"] * (qk + a["v_head_dim"]) * keys
+        flops += 2 * a["kv_lora_rank"] * a["heads"] * (a["nope_head_dim"] + a["v_head_dim"])  # kv_b_proj
+        per_token = (a["kv_lora_rank"] + a["rope_head_dim"]) * ctx.nbytes
+        return Cost(flops=flops, kv_bytes_per_token=per_token,
+                    kv_bytes_at_context=per_token * cached(ctx.context, a["window"]))
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.MLAttention({a['heads']}, {a['kv_lora_rank']}, {a['rope_head_dim']}, {a['nope_head_dim']}, "
+                f"{a['v_head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, window={a['window']!r}, "
+                f"softcap={a['softcap']!r}, norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
+
+    def call(self, d, args, emit):
+        rope = f", rope={args[2]}" if len(args) > 2 else ""
+        return f"self.{d['name']}({args[0]}, {args[1]}{rope}, ctx=ctx)"
+
+
+@register
+class LinearAttention(_Attention):
+    name = "linear_attention"
+    summary = "causal linear attention with the elu + 1 feature map: a running state instead of a cache"
+    attrs = {"heads": attr(int), "head_dim": attr(int), "causal": attr(bool)}
+    arity = (3, 3)
+    mixer_kinds = ("linear",)
+    refused_positions = {
+        ("linear", "rope"): Refusal("elu + 1 linear attention is defined on unrotated features", _LINEAR_INSTEAD),
+        ("linear", "alibi"): Refusal(f"linear attention {_NO_SCORES}", _LINEAR_INSTEAD),
+        ("linear", "relative"): Refusal(f"linear attention {_NO_SCORES}", _LINEAR_INSTEAD),
+    }
+    refused_options = {
+        ("linear", "window"): Refusal("linear attention keeps one running state over the whole past",
+                                      "remove window, or use mha/gqa with a window"),
+        ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
+        ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
+    }
+
+    def params(self, a, shape):
+        return {}
+
+    def verify(self, node, d, widths, ctx):
+        width = d["attrs"]["heads"] * d["attrs"]["head_dim"]
+        if widths != [width] * 3:
+            ctx.fail(node, f"linear attention expects q/k/v widths {[width] * 3}, gets {widths}")
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        return Cost(flops=2 * 2 * a["heads"] * a["head_dim"] * a["head_dim"],
+                    state_bytes=a["heads"] * a["head_dim"] * (a["head_dim"] + 1) * ctx.nbytes)
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={emit.cache_key})"
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({', '.join(args)}, ctx=ctx)"

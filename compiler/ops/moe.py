@@ -1,0 +1,83 @@
+"""Routed mixture of experts: router, grouped experts and optional shared experts in one op."""
+
+from __future__ import annotations
+
+from .base import Cost, OpDef, attr, register
+
+
+def expert_params(prefix: str, kind: str, hidden: int, bias: bool, d: int, leading: tuple[int, ...]):
+    """Weights of an expert FFN (or of E stacked experts, with `leading` = (E,))."""
+    # GLU experts keep gate and up stacked in one tensor (gate first), as grouped kernels want.
+    up = f"{prefix}gate_up" if kind != "mlp" else f"{prefix}up"
+    width = 2 * hidden if kind != "mlp" else hidden
+    params = {up: (*leading, width, d), f"{prefix}down": (*leading, d, hidden)}
+    if bias:
+        params[f"{up}_bias"] = (*leading, width)
+        params[f"{prefix}down_bias"] = (*leading, d)
+    return params
+
+
+_CODEGEN_KEYS = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
+                 "shared_hidden", "shared_bias", "shared_gate", "router", "normalize_top_k", "routed_scale",
+                 "aux_loss", "z_loss", "capacity_factor")
+
+
+@register
+class MoE(OpDef):
+    name = "moe"
+    summary = "routed mixture of experts (router, grouped experts, shared experts)"
+    attrs = {
+        "experts": attr(int), "top_k": attr(int),
+        "expert_kind": attr(str, doc="mlp or a GLU kind"), "expert_act": attr(str), "expert_hidden": attr(int),
+        "expert_bias": attr(bool),
+        "shared_kind": attr(str, default=None), "shared_act": attr(str, default=None),
+        "shared_hidden": attr(int, default=None), "shared_bias": attr(bool, default=False),
+        "shared_gate": attr(bool, default=False, doc="a sigmoid gate on the shared experts' output (Qwen2-MoE)"),
+        "router": attr(str, doc="softmax | sigmoid"), "normalize_top_k": attr(bool), "routed_scale": attr(float),
+        "aux_loss": attr(float), "z_loss": attr(float), "capacity_factor": attr(float, default=None),
+    }
+    arity = (1, 1)
+    picture = "moe"
+
+    def params(self, a, shape):
+        d, e = shape[-1], a["experts"]
+        params = {"router": (e, d)}
+        params.update(expert_params("experts_", a["expert_kind"], a["expert_hidden"], a["expert_bias"], d, (e,)))
+        if a["shared_kind"] is not None:
+            params.update(expert_params("shared_", a["shared_kind"], a["shared_hidden"], a["shared_bias"], d, ()))
+            if a["shared_gate"]:
+                params["shared_gate"] = (1, d)
+        return params
+
+    def verify(self, node, d, widths, ctx):
+        a = d["attrs"]
+        if a["top_k"] > a["experts"]:
+            ctx.fail(node, f"top_k ({a['top_k']}) exceeds experts ({a['experts']})")
+
+    def category(self, d):
+        return "moe_experts"  # param_split files each weight under router, routed or shared
+
+    def param_split(self, d):
+        a = d["attrs"]
+        total = {"moe_router": 0, "moe_experts": 0, "moe_shared": 0}
+        for name, shape in d["params"].items():
+            n = 1
+            for s in shape:
+                n *= s
+            key = "moe_router" if name == "router" else "moe_experts" if name.startswith("experts_") else "moe_shared"
+            total[key] += n
+        active = dict(total)
+        active["moe_experts"] = total["moe_experts"] // a["experts"] * a["top_k"]  # only the routed-to experts
+        return total, active
+
+    def cost(self, d, ctx):
+        _, active = self.param_split(d)
+        return Cost(flops=2 * (active["moe_experts"] + active["moe_shared"] + active["moe_router"]))
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.MoE({d['shape'][-1]}, {a['experts']}, {a['top_k']}, "
+                + ", ".join(f"{k}={a[k]!r}" for k in _CODEGEN_KEYS) + ")")
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]}, ctx)"
