@@ -195,10 +195,11 @@ class _Lowerer:
 
     def attention(self, pre: str, att, h: NodeRef, seq: str, ctx, *, rel, kv: NodeRef | None, prefix: str) -> NodeRef:
         m, b, d = self.m, self.b, self.d
+        pos = m.position_of(ctx["block"])  # the block's own scheme, or the model's
         span_seq = "S" if kv is not None else seq
         kv_src = kv if kv is not None else h
         if isinstance(att, A.MLA):
-            return self.mla(pre, att, h, seq, ctx)
+            return self.mla(pre, att, h, seq, ctx, pos)
         hd, heads, kv_heads = att.head_dim, att.heads, att.kv_heads
         q = self.linear(f"{pre}{prefix}q_proj", h, d, heads * hd, att.bias, "q", seq, **ctx)
         k = self.linear(f"{pre}{prefix}k_proj", kv_src, d, kv_heads * hd, att.bias, "k", span_seq, **ctx)
@@ -218,7 +219,6 @@ class _Lowerer:
         if isinstance(att, A.Differential):
             attrs["lambda_init"] = att.lambda_init
             attrs["scale"] = att.scale if att.scale is not None else (hd // 2)**-0.5  # per sub-head
-        pos = m.position
         if kv is None and isinstance(pos, A.Rope):
             # Differential attention rotates each of a head's two q/k sub-heads on its own.
             sub = 2 if isinstance(att, A.Differential) else 1
@@ -241,7 +241,7 @@ class _Lowerer:
                    shape=("B", seq, heads * hd), attrs=attrs, **ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
 
-    def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx) -> NodeRef:
+    def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx, pos) -> NodeRef:
         m, b, d = self.m, self.b, self.d
         qk = att.nope_head_dim + att.rope_head_dim
         if att.q_lora_rank:
@@ -255,13 +255,13 @@ class _Lowerer:
         kv = self.linear(f"{pre}kv_a_proj", h, d, att.kv_lora_rank + att.rope_head_dim, False, "kv", seq, **ctx)
         inputs = [q, kv]
         rope = None
-        if isinstance(m.position, A.Rope):
+        if isinstance(pos, A.Rope):
             inputs.append(b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
                                  shape=(m.context, att.rope_head_dim),
-                                 attrs=_rope_table_attrs(m.position, att.rope_head_dim, m.context), **ctx))
+                                 attrs=_rope_table_attrs(pos, att.rope_head_dim, m.context), **ctx))
             rope = True
         scale = att.scale if att.scale is not None else qk**-0.5
-        scaling = m.position.scaling if isinstance(m.position, A.Rope) else None
+        scaling = pos.scaling if isinstance(pos, A.Rope) else None
         if isinstance(scaling, A.YarnScaling) and scaling.mscale_all_dim:
             # DeepSeek-V2 folds YaRN's attention temperature into the softmax scale
             scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
@@ -326,6 +326,8 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
     parts = [f"{block.norm.kind} ({block.norm.placement})"]
+    if block.position != "inherit":
+        parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     mixer = block.attention or block.ssm
     if mixer is not None:
         parts.append(describe_component(mixer))
@@ -336,7 +338,7 @@ def describe_block(block: A.Block) -> str:
     return " → ".join(parts)
 
 
-_SUMMARY_FIELDS = ("heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
+_SUMMARY_FIELDS = ("theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
                    "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
 
 

@@ -380,6 +380,9 @@ class Block(Node):
     ssm: Mamba | None = None
     cross_attention: Attention | None = None
     ffn: FFN | None = None
+    # This block's attention position, where it differs from the model's: its own RoPE theta
+    # and scaling (Gemma 3's local and global layers), or `none` (NoPE layers: Llama 4, SmolLM3).
+    position: Position | Literal["inherit"] | None = "inherit"
 
     @field_validator("name")
     @classmethod
@@ -476,6 +479,32 @@ class Model(Node):
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         return self
+
+    @model_validator(mode="after")
+    def _block_positions(self) -> "Model":
+        used = {name for layers in self.stacks().values() for name in layers}
+        for name, block in self.blocks.items():
+            if block.position == "inherit" or name not in used:
+                continue
+            where = ("blocks", name, "position")
+            if block.attention is None:
+                raise FieldError(where, f"block `{name}` sets a position but has no attention to apply it to",
+                                 "remove `position` from the block")
+            if isinstance(block.position, (Learned, Sinusoidal, Relative)):
+                raise FieldError(where, f"position {block.position.kind}() cannot be set per block: it is "
+                                 + ("added to the embeddings once for the whole model"
+                                    if not isinstance(block.position, Relative) else "one bias table shared by a stack"),
+                                 f"set `position = {block.position.kind}(...)` on the model")
+            if isinstance(self.position, (Learned, Sinusoidal, Relative)):
+                raise FieldError(where, f"block `{name}` overrides the model's position {self.position.kind}(), "
+                                 "which a block cannot replace",
+                                 "give the model no position or rope()/alibi(), and the blocks their own")
+        return self
+
+    def position_of(self, block: str) -> Position | None:
+        """The position scheme a block's attention applies: its own, or else the model's."""
+        own = self.blocks[block].position
+        return self.position if own == "inherit" else own
 
     @model_validator(mode="after")
     def _combinations(self) -> "Model":

@@ -60,16 +60,16 @@ def option_is_set(component, option: str) -> bool:
     return bool(getattr(component, option, None))
 
 
-def _position_text(model: A.Model) -> str:
-    return f"{model.position.kind}()" if model.position is not None else "none"
+def _position_text(position) -> str:
+    return f"{position.kind}()" if position is not None else "none"
 
 
 def check_model(model: A.Model) -> None:
     """Raise a FieldError at the first combination of this model the table refuses."""
     stacks = model.stacks()
     used = [name for layers in stacks.values() for name in dict.fromkeys(layers)]
-    position = model.position.kind if model.position is not None else "none"
-    if position == "relative":  # one bias table per stack, with a column per head
+    model_position = model.position.kind if model.position is not None else "none"
+    if model_position == "relative":  # one bias table per stack, with a column per head
         for layers in stacks.values():
             heads = {}
             for name in layers:
@@ -106,15 +106,18 @@ def check_model(model: A.Model) -> None:
             raise A.FieldError(("blocks", name, "ssm"), f"{mixer.kind} in an encoder (block `{name}`) is not supported: "
                                f"{refusal.reason}", refusal.instead)
         if mixer is not None:
+            position = model.position_of(name)
+            position = position.kind if position is not None else "none"
             refusal = position_refusal(mixer.kind, position)
             attention_elsewhere = any(
                 model.blocks[other].attention is not None
                 for layers in stacks.values() if name in layers for other in layers
             )
             if refusal is not None and (block.attention is not None or not attention_elsewhere):
-                slot = "attention" if block.attention is not None else "ssm"
-                raise A.FieldError(("blocks", name, slot),
-                                   f"position {_position_text(model)} with {mixer.kind} "
+                own = block.position != "inherit"
+                path = ("blocks", name, "position") if own else ("blocks", name, "attention" if block.attention is not None else "ssm")
+                raise A.FieldError(path,
+                                   f"position {_position_text(model.position_of(name))} with {mixer.kind} "
                                    f"(block `{name}`) is not supported: {refusal.reason}",
                                    refusal.instead)
 
