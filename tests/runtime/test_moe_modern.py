@@ -352,3 +352,16 @@ def test_refused_combinations(kw, message):
     top_k = kw.pop("top_k")
     with pytest.raises(ArchError, match=message):
         MoE(H, E, top_k, **kw)
+
+
+def test_training_step_compiles_in_one_graph_and_updates_the_bias_as_eager():
+    """The bias update and the sequence loss stay inside torch.compile(fullgraph=True)."""
+    eager, compiled = variant("deepseek_v3").train(), variant("deepseek_v3").train()
+    step = torch.compile(compiled, fullgraph=True, backend="aot_eager")
+    x = _x(2, 5)
+    for _ in range(2):
+        ctxs = [Context(positions=torch.arange(5)), Context(positions=torch.arange(5))]
+        torch.testing.assert_close(step(x, ctxs[1]), eager(x, ctxs[0]), **TOL)
+        torch.testing.assert_close(ctxs[1].aux_losses[0], ctxs[0].aux_losses[0], **TOL)
+    assert (eager.e_score_correction_bias != variant("deepseek_v3").e_score_correction_bias).any()
+    torch.testing.assert_close(compiled.e_score_correction_bias, eager.e_score_correction_bias)
