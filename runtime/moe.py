@@ -18,7 +18,6 @@ from torch import nn
 from archlang.kernels import dispatch
 from archlang.kernels.dispatch import grouped_matmul
 from archlang.kernels.reference import ACTIVATIONS
-
 from archlang.spec.errors import ArchError
 
 from .context import Context
