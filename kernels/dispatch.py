@@ -96,11 +96,16 @@ def selective_scan(u, delta, A, B, C, D, state=None):
     return reference.selective_scan(u, delta, A, B, C, D, state)
 
 
-def route(logits, top_k, *, sigmoid, normalize, scale):
-    # the routing weights need gradients in training, which the kernel does not give
-    if use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
+def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
+          group_score="top2_sum"):
+    # the routing weights need gradients in training, which the kernel does not give; nor does it
+    # know the correction bias or expert groups
+    plain = correction_bias is None and n_group == 1
+    if plain and use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
         return _kernel("router", "route")(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
-    return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
+    return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale,
+                           correction_bias=correction_bias, n_group=n_group, topk_group=topk_group,
+                           group_score=group_score)
 
 
 def grouped_matmul(x, weight, counts, expert_of):

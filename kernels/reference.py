@@ -183,11 +183,34 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     return y + u.transpose(1, 2) * D[None, :, None].float(), h
 
 
-def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float):
-    """MoE routing: (probs (N, E), weights (N, k), index (N, k)) from router logits (N, E)."""
+def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float,
+          correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
+          group_score: str = "top2_sum"):
+    """MoE routing: (probs (N, E), weights (N, k), index (N, k)) from router logits (N, E).
+
+    `correction_bias` (E,) is added to the scores for choosing experts only (DeepSeek-V3); the
+    weights stay the uncorrected scores. With `n_group` > 1 the experts form n_group equal
+    groups, each scored by the sum of its top-2 choice scores ("top2_sum", DeepSeek-V3) or its
+    best score ("max", DeepSeek-V2 group_limited_greedy); the top-k are then taken within the
+    best `topk_group` groups."""
     logits = logits.float()
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
-    weights, index = torch.topk(probs, top_k, dim=-1)
+    if correction_bias is None and n_group == 1:
+        weights, index = torch.topk(probs, top_k, dim=-1)
+    else:
+        choice = probs.detach()  # (N, E) selection is not differentiable
+        if correction_bias is not None:
+            choice = choice + correction_bias.float()
+        if n_group > 1:
+            grouped = choice.view(choice.shape[0], n_group, -1)  # (N, G, E/G)
+            if group_score == "top2_sum":
+                group = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            else:
+                group = grouped.amax(dim=-1)  # (N, G)
+            kept = torch.zeros_like(group, dtype=torch.bool).scatter_(1, group.topk(topk_group, dim=-1).indices, True)
+            choice = choice.masked_fill(~kept.repeat_interleave(grouped.shape[-1], dim=1), float("-inf"))
+        index = torch.topk(choice, top_k, dim=-1).indices
+        weights = probs.gather(1, index)
     if normalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return probs, weights * scale, index
