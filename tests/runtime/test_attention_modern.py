@@ -443,3 +443,133 @@ def test_sinks_match_hf_gpt_oss(layer):
     expected, _ = hf(x, position_embeddings=half, attention_mask=hf_mask(config, "sliding" if layer == 0 else "causal"))
     got = ours_through_hf_projections(hf, module, x, rope=(cos, sin))
     torch.testing.assert_close(got, expected, **FP32)
+
+
+# ----------------------------------------------------------------------------- RoPE: longrope, dynamic NTK
+
+SHORT, LONG = [1.0, 1.1, 1.6, 2.3], [1.2, 2.5, 4.0, 7.5]
+
+
+def longrope_pair():
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    config = hf_config("Phi3Config", max_position_embeddings=64, original_max_position_embeddings=16,
+                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": SHORT,
+                                        "long_factor": LONG, "original_max_position_embeddings": 16})
+    ours = rt.RopeTable(D, 64, theta=10000.0, scaling={"kind": "longrope", "short_factor": SHORT,
+                                                       "long_factor": LONG, "original_context": 16})
+    return Phi3RotaryEmbedding(config), ours
+
+
+def dynamic_pair():
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = hf_config("LlamaConfig", max_position_embeddings=16,
+                       rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 3.0})
+    ours = rt.RopeTable(D, 64, theta=10000.0, scaling={"kind": "dynamic", "factor": 3.0, "original_context": 16})
+    return LlamaRotaryEmbedding(config), ours
+
+
+@pytest.mark.parametrize("pair", [longrope_pair, dynamic_pair], ids=["longrope", "dynamic"])
+def test_rope_table_follows_hf_over_a_growing_sequence(pair):
+    """Prefill then one token at a time past the original context: every forward's cos/sin are
+    HF's (which recomputes the frequencies from max(position_ids) + 1 as the sequence grows)."""
+    hf, ours = pair()
+    x = torch.zeros(1, 1, D)
+    for start, stop in [(0, 12), (12, 13), (13, 16), (16, 17), (17, 18), (18, 30), (30, 31)]:
+        pos = torch.arange(start, stop)
+        cos, sin = ours(pos)
+        hf_cos, hf_sin = hf(x, pos[None])
+        torch.testing.assert_close(cos, hf_cos[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(sin, hf_sin[0], atol=1e-6, rtol=1e-5)
+
+
+def test_longrope_uses_short_factors_within_and_long_beyond_the_original_context():
+    _, ours = longrope_pair()
+    exponents = torch.arange(0, D, 2).float() / D
+    factor = math.sqrt(1 + math.log(4.0) / math.log(16))  # 64 / 16
+    for stop, ext in [(16, SHORT), (17, LONG)]:
+        cos, _ = ours(torch.arange(stop))
+        angle = (stop - 1) / (torch.tensor(ext) * 10000.0**exponents)
+        torch.testing.assert_close(cos[-1], torch.cat((angle, angle)).cos() * factor)
+
+
+def test_dynamic_ntk_base_grows_with_the_sequence():
+    _, ours = dynamic_pair()
+    torch.testing.assert_close(ours.frequencies(torch.arange(16)), ours.inv_freq)  # within: unscaled
+    base = 10000.0 * (3.0 * 40 / 16 - 2.0) ** (D / (D - 2))
+    expected = 1.0 / base ** (torch.arange(0, D, 2).float() / D)
+    torch.testing.assert_close(ours.frequencies(torch.arange(40)), expected)
+
+
+@pytest.mark.parametrize("kind", ["longrope", "dynamic"])
+def test_length_dependent_rope_cached_decode(kind):
+    """Within the original context cached decode equals the full forward. Past it, keys in the
+    cache keep the rotation of the length they were computed at, as HF's cache does, so the
+    decode matches HF's cached decode and differs from one full forward."""
+    from transformers.cache_utils import DynamicCache
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    hf_rope, table = (longrope_pair if kind == "longrope" else dynamic_pair)()
+    config = hf_config("LlamaConfig")
+    hf = LlamaAttention(config, 0).eval()
+    perturb(hf)
+    module = rt.Attention(H, KV, D, causal=True, scale=D**-0.5, cache_key="l")
+    t = 20
+    x = torch.randn(B, t, 32)
+    q, k, v = hf.q_proj(x), hf.k_proj(x), hf.v_proj(x)
+
+    def decode(stops):
+        cache, hf_cache, outs, hf_outs, start = rt.Cache(), DynamicCache(config=config), [], [], 0
+        for stop in stops:
+            pos = torch.arange(start, stop)
+            outs.append(hf.o_proj(module(q[:, start:stop], k[:, start:stop], v[:, start:stop],
+                                         ctx=context(pos, cache), rope=table(pos))))
+            cos, sin = hf_rope(x, pos[None].expand(B, -1))
+            mask = torch.zeros(B, 1, stop - start, stop).masked_fill(
+                ~(torch.arange(stop)[None] <= pos[:, None]), torch.finfo(torch.float32).min)
+            hf_outs.append(hf(x[:, start:stop], position_embeddings=(cos, sin), attention_mask=mask,
+                              past_key_values=hf_cache)[0])
+            start = stop
+        return torch.cat(outs, 1), torch.cat(hf_outs, 1)
+
+    with torch.no_grad():
+        within, _ = decode([10, 11, 12, 16])
+        full_within, _ = decode([16])
+        torch.testing.assert_close(within, full_within, **FP32)
+        past, hf_past = decode([10, 16, 17, 18, 20])
+        torch.testing.assert_close(past, hf_past, **FP32)
+        full, _ = decode([20])
+        assert not torch.allclose(past[:, 16:], full[:, 16:], atol=1e-4)
+        torch.testing.assert_close(past[:, :16], full_within, **FP32)
+
+
+@pytest.mark.parametrize("name", ["qk-rmsnorm-projection", "qk-layernorm-head", "sinks"])
+def test_packed_qkv_gives_the_same_output(name):
+    """The fuse-qkv pass hands the core one packed tensor; the features see the same q, k, v."""
+    module, t = build(name), 6
+    q, k, v = qkv(t)
+    pos = torch.arange(t)
+    packed = rt.Attention(H, KV, D, causal=True, scale=D**-0.5, packed=True, **FEATURES[name])
+    packed.load_state_dict(module.state_dict())
+    torch.testing.assert_close(packed(torch.cat((q, k, v), -1), ctx=context(pos), rope=rope_for(pos)),
+                               run(module, q, k, v, pos), **FP32)
+
+
+@pytest.mark.parametrize("name", ["chunk", "streaming"])
+def test_padding_mask_follows_the_kept_keys(name):
+    """Caches with gaps (sink tokens) or a moving start (chunks) mask padding by absolute position."""
+    module, t = build(name), 12
+    q, k, v = qkv(t)
+    mask = torch.ones(B, t, dtype=torch.long)
+    mask[0, :2] = 0  # left padding in the first row
+    full = module(q, k, v, ctx=rt.Context(positions=torch.arange(t), attention_mask=mask),
+                  rope=rope_for(torch.arange(t)))
+    cache, outs, start = rt.Cache(), [], 0
+    for stop in (5, 6, 7, 9, 10, 11, 12):
+        pos = torch.arange(start, stop)
+        outs.append(module(q[:, start:stop], k[:, start:stop], v[:, start:stop],
+                           ctx=rt.Context(positions=pos, cache=cache, attention_mask=mask[:, :stop]),
+                           rope=rope_for(pos)))
+        start = stop
+    torch.testing.assert_close(torch.cat(outs, 1)[:, 2:], full[:, 2:], **FP32)
