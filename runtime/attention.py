@@ -146,7 +146,8 @@ class Attention(nn.Module):
                                self.kv_heads * self.head_dim], dim=-1)
         if self.qk_norm is not None and self.qk_norm_scope == "projection":
             if q.shape[-1] != self.heads * self.head_dim:
-                _refuse("qk_norm_scope='projection' spans all heads: it only runs unsharded, not on a slice of the heads",
+                _refuse("qk_norm_scope='projection' spans all heads: it only runs unsharded, "
+                        "not on a slice of the heads",
                         hint="run this layer unsharded (no tensor parallelism)")
             q, k = self._normalize(q, k)
         # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.

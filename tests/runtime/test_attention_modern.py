@@ -115,9 +115,11 @@ def test_qk_norm_matches_plain_reference(kind, scope, unit_offset):
         w = getattr(module, f"{which}_norm").detach()
         if kind == "layernorm":
             b = getattr(module, f"{which}_norm_bias").detach()
-            f = lambda y: (y - y.mean(-1, keepdim=True)) / torch.sqrt(y.var(-1, unbiased=False, keepdim=True) + 1e-5) * w + b  # noqa: E731
+            def f(y):
+                return (y - y.mean(-1, keepdim=True)) / torch.sqrt(y.var(-1, unbiased=False, keepdim=True) + 1e-5) * w + b
         else:
-            f = lambda y: rms(y, w, 1e-5, unit_offset)  # noqa: E731
+            def f(y):
+                return rms(y, w, 1e-5, unit_offset)
         return heads_of(f(x), n) if scope == "projection" else f(heads_of(x, n))
 
     qh, kh = rotate(norm(q, "q", H), pos), rotate(norm(k, "k", KV), pos)
@@ -417,7 +419,7 @@ def test_llama4_temperature_tuning_nope_layer_matches_hf():
     # HF's decode reads the positions from its cache length; ours from the context: the same scales
     cache, past = rt.Cache(), DynamicCache(config=config)
     with torch.no_grad():
-        hf(x[:, :6], position_embeddings=None, attention_mask=hf_mask(config, t=6), past_key_values=past, )
+        hf(x[:, :6], position_embeddings=None, attention_mask=hf_mask(config, t=6), past_key_values=past)
     step_mask = torch.zeros(B, 1, 1, 7)
     expected_step, _ = hf(x[:, 6:7], position_embeddings=None, attention_mask=step_mask, past_key_values=past)
     q, k, v = hf.q_proj(x), hf.k_proj(x), hf.v_proj(x)
