@@ -103,6 +103,8 @@ class RopeTable(nn.Module):
     with L beyond original_context. Keys already in a cache keep the rotation they were given, so a
     cached decode that crosses original_context differs from one full forward over the same tokens
     (HF's cached generation behaves the same way); within the original context both are exact.
+    For the same reason, past the original context a full forward is not causal in the strict
+    sense: every position's rotation depends on the length of the whole forward.
     HF's dynamic module also remembers the longest L it has seen and keeps that base for shorter
     sequences that are still beyond the original context; this table is stateless and uses each
     forward's own L, which equals HF for a growing sequence (prefill then decode).

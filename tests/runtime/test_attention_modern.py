@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from archlang import runtime as rt
 from archlang.spec.errors import ArchError
@@ -575,3 +574,12 @@ def test_padding_mask_follows_the_kept_keys(name):
                            rope=rope_for(pos)))
         start = stop
     torch.testing.assert_close(torch.cat(outs, 1)[:, 2:], full[:, 2:], **FP32)
+
+
+@pytest.mark.parametrize("kind", ["longrope", "dynamic"])
+def test_length_dependent_rope_causality(kind):
+    """Within the original context a later token never changes an earlier rotation; past it the
+    whole forward's rotation follows its length (HF's too), so earlier outputs do change."""
+    _, table = (longrope_pair if kind == "longrope" else dynamic_pair)()
+    torch.testing.assert_close(table(torch.arange(16))[0][:10], table(torch.arange(10))[0])
+    assert not torch.allclose(table(torch.arange(17))[0][:10], table(torch.arange(10))[0])
