@@ -84,8 +84,8 @@ class Attention(nn.Module):
       whole q / k projection (`"projection"`: OLMo 2). Weights `q_norm`, `k_norm` (and
       `q_norm_bias`, `k_norm_bias` for layernorm); `qk_norm_unit_offset` stores w - 1 (Gemma).
       Scope "projection" spans all heads, so it only runs unsharded (not under tensor parallelism).
-      Llama 4 normalises after RoPE; the weightless "l2" norm commutes with the rotation (RoPE
-      keeps each head's sum of squares), so before is the same.
+      "l2" runs after RoPE, as Llama 4 does (the same as before it only when cos/sin carry no
+      attention factor).
     - `sinks`: a learned logit per head (parameter `sinks`, (heads,)) in every softmax denominator
       (gpt-oss).
     - `chunk`: causal attention within the query's chunk of `chunk` positions (Llama 4); the cache
@@ -153,7 +153,7 @@ class Attention(nn.Module):
         # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.
         d = self.head_dim
         q, k, v = _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
-        if self.qk_norm is not None and self.qk_norm_scope == "head":
+        if self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head":
             q, k = self._normalize(q, k)
         return q, k, v
 
@@ -180,14 +180,19 @@ class Attention(nn.Module):
         if self.cross:
             k_pos = torch.arange(k.shape[2], device=k.device)
             key_mask = ctx.memory_mask
+            if self.qk_norm == "l2":
+                q, k = self._normalize(q, k)
         else:
-            if self.temperature_tuning:
-                if rope is not None:
-                    _refuse("temperature_tuning applies to NoPE layers only (Llama 4), and this layer has RoPE")
-                q = self._temperature(q, q_pos)
             if rope is not None:
+                if self.temperature_tuning:
+                    _refuse("temperature_tuning applies to NoPE layers only (Llama 4), and this layer has RoPE")
                 cos, sin = rope
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            # Llama 4's order: RoPE, then the L2 norm, then the temperature
+            if self.qk_norm == "l2":
+                q, k = self._normalize(q, k)
+            if self.temperature_tuning:
+                q = self._temperature(q, q_pos)
             state = _append(ctx, self.cache_key, self.window, sink_tokens=self.sink_tokens, chunk=self.chunk,
                             k=k, v=v, pos=q_pos)
             k, v, k_pos = state["k"], state["v"], state["pos"]

@@ -109,8 +109,8 @@ def test_qk_norm_matches_plain_reference(kind, scope, unit_offset):
     out = module(q, k, v, ctx=context(pos), rope=rope_for(pos))
 
     def norm(x, which, n):
-        if kind == "l2":
-            return heads_of(rms(x, eps=1e-5), n) if scope == "projection" else rms(heads_of(x, n), eps=1e-5)
+        if kind == "l2":  # after RoPE, below
+            return heads_of(x, n)
         w = getattr(module, f"{which}_norm").detach()
         if kind == "layernorm":
             b = getattr(module, f"{which}_norm_bias").detach()
@@ -122,6 +122,8 @@ def test_qk_norm_matches_plain_reference(kind, scope, unit_offset):
         return heads_of(f(x), n) if scope == "projection" else f(heads_of(x, n))
 
     qh, kh = rotate(norm(q, "q", H), pos), rotate(norm(k, "k", KV), pos)
+    if kind == "l2":  # Llama 4 normalises the rotated q and k
+        qh, kh = rms(qh, eps=1e-5), rms(kh, eps=1e-5)
     expected = plain_attention(qh, kh, heads_of(v, KV), allowed_mask(t), D**-0.5)
     torch.testing.assert_close(out, expected, **FP32)
 
@@ -583,3 +585,18 @@ def test_length_dependent_rope_causality(kind):
     _, table = (longrope_pair if kind == "longrope" else dynamic_pair)()
     torch.testing.assert_close(table(torch.arange(16))[0][:10], table(torch.arange(10))[0])
     assert not torch.allclose(table(torch.arange(17))[0][:10], table(torch.arange(10))[0])
+
+
+def test_l2_qk_norm_runs_after_rope_with_an_attention_factor():
+    """Llama 4 normalises after RoPE: with a table whose cos/sin carry an attention factor
+    (longrope's sqrt(1.5) here) that differs from normalising first."""
+    _, table = longrope_pair()
+    t = 6
+    module = rt.Attention(H, KV, D, causal=True, scale=D**-0.5, qk_norm="l2", qk_norm_eps=1e-5)
+    q, k, v = qkv(t)
+    pos = torch.arange(t)
+    cos, sin = table(pos)
+    rot = lambda x: x * cos + torch.cat((-x[..., D // 2:], x[..., : D // 2]), -1) * sin  # noqa: E731
+    qh, kh = rms(rot(heads_of(q, H)), eps=1e-5), rms(rot(heads_of(k, KV)), eps=1e-5)
+    expected = plain_attention(qh, kh, heads_of(v, KV), allowed_mask(t), D**-0.5)
+    torch.testing.assert_close(module(q, k, v, ctx=context(pos), rope=(cos, sin)), expected, **FP32)
