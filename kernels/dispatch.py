@@ -77,7 +77,16 @@ def rope(x, cos, sin):
     return reference.rope(x, cos, sin)
 
 
+def _lacks_kernel(sinks=None, chunk=None, sink_tokens=0) -> bool:
+    """Whether an attention call uses a feature the Triton kernel does not implement (learned
+    sinks, chunked masks, StreamingLLM sink tokens): those always run on the reference."""
+    return sinks is not None or bool(chunk) or bool(sink_tokens)
+
+
 def attention(q, k, v, q_pos, k_pos, **kw):
+    extra = {name: kw.pop(name) for name in ("sinks", "chunk", "sink_tokens") if name in kw}
+    if _lacks_kernel(**extra):
+        return reference.attention(q, k, v, q_pos, k_pos, **kw, **extra)
     if use_triton(q):
         return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
     return reference.attention(q, k, v, q_pos, k_pos, **kw)

@@ -59,27 +59,35 @@ def glu(x, act: str):
 
 
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
-              key_mask=None):
+              key_mask=None, sinks=None, chunk=None, sink_tokens=0):
     """Scaled dot-product attention. q (B, H, T, D); k, v (B, KV, S, D) with H a multiple of KV.
 
     q_pos (T,) and k_pos (S,) are absolute positions: causal and sliding-window masks compare
     them, so the same code serves a full sequence and a cached decode step. `window` lets a
-    query see the last `window` positions including its own. `bias` (H, T, S) is added to the
-    scores (ALiBi, T5 buckets); `key_mask` (B, S) is 1 for real tokens.
+    query see the last `window` positions including its own; with `sink_tokens` = n it also sees
+    positions 0 .. n-1 (StreamingLLM). `chunk` restricts a query to keys of its own chunk,
+    floor(pos / chunk) equal (Llama 4). `bias` (H, T, S) is added to the scores (ALiBi, T5
+    buckets); `key_mask` (B, S) is 1 for real tokens. `sinks` (H,) is a learned logit per head that
+    joins every query's softmax denominator and carries no value (gpt-oss).
     """
     heads, kv_heads = q.shape[1], k.shape[1]
-    plain = softcap is None and bias is None
+    plain = softcap is None and bias is None and sinks is None
     # Without a cache the keys are the queries' own positions (the same tensor): plain causal,
     # which SDPA masks itself, so no (T, S) mask is built.
-    if plain and causal and not window and key_mask is None and k_pos is q_pos:
+    if plain and causal and not window and not chunk and key_mask is None and k_pos is q_pos:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
     mask = None  # True where attending is allowed; (T, S) or (B, 1, T, S)
-    if causal or window:
+    if causal or window or chunk:
         rel = q_pos[:, None] - k_pos[None, :]
         mask = rel >= 0 if causal else None
         if window:
             near = rel.abs() < window
+            if sink_tokens:
+                near = near | (k_pos[None, :] < sink_tokens)
             mask = near if mask is None else mask & near
+        if chunk:
+            same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
+            mask = same if mask is None else mask & same
     if key_mask is not None:
         km = key_mask[:, None, None, :].bool()
         mask = km if mask is None else mask & km
@@ -95,7 +103,12 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
         scores = scores + bias.to(scores.dtype)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if sinks is None:
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return probs @ v
+    # the sink is one more logit per head in the denominator; its column is dropped after the softmax
+    sink = sinks.float()[None, :, None, None].expand(scores.shape[0], -1, scores.shape[2], 1)
+    probs = torch.softmax(torch.cat((scores.float(), sink), dim=-1), dim=-1)[..., :-1].to(q.dtype)
     return probs @ v
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from archlang.kernels import reference
 from archlang.kernels.dispatch import attention as attend
+from archlang.spec.errors import ArchError
 
 from .context import Context
 from .position import apply_rope
@@ -26,13 +27,26 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, h*d)
 
 
-def _append(ctx: Context, key: str, window: int | None, **new: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Extend this layer's cache along the sequence, keeping at most `window` entries."""
+def _append(ctx: Context, key: str, window: int | None, *, sink_tokens: int = 0, chunk: int | None = None,
+            **new: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Extend this layer's cache along the sequence, keeping at most `window` entries (plus the
+    first `sink_tokens` positions), or with `chunk` only the entries of the newest position's chunk."""
     if ctx.cache is None:
         return new
     past = ctx.cache.get(key)
     full = {name: torch.cat((past[name], t), dim=-2 if name != "pos" else 0) if past else t for name, t in new.items()}
-    if window:
+    if sink_tokens or chunk:
+        pos = full["pos"]
+        keep = torch.ones_like(pos, dtype=torch.bool)
+        if chunk:
+            # later queries are in this chunk or a later one: earlier chunks are never seen again
+            keep = pos // chunk == pos[-1] // chunk
+        if window:
+            recent = torch.arange(len(pos), device=pos.device) >= len(pos) - window
+            keep = keep & (recent | (pos < sink_tokens))
+        index = keep.nonzero().squeeze(1)
+        ctx.cache.put(key, **{name: t.index_select(-2 if name != "pos" else 0, index) for name, t in full.items()})
+    elif window:
         ctx.cache.put(key, **{name: t[..., -window:, :] if name != "pos" else t[-window:] for name, t in full.items()})
     else:
         ctx.cache.put(key, **full)
@@ -46,24 +60,119 @@ def _key_mask(ctx: Context, k_len: int) -> torch.Tensor | None:
     return mask[:, -k_len:] if mask.shape[1] >= k_len else None
 
 
+def _key_mask_at(ctx: Context, k_pos: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask of the keys at absolute positions k_pos (a cache with gaps: sink tokens)."""
+    mask = ctx.attention_mask
+    if mask is None or mask.shape[1] <= int(k_pos.max()):
+        return None
+    return mask[:, k_pos]
+
+
+QK_NORMS = ("rmsnorm", "layernorm", "l2")
+QK_NORM_SCOPES = ("head", "projection")
+
+
+def _refuse(message: str, hint: str | None = None):
+    raise ArchError(message, hint=hint, kind="runtime")
+
+
 class Attention(nn.Module):
-    """MHA / MQA / GQA with optional sliding window, soft-capping, ALiBi or relative bias."""
+    """MHA / MQA / GQA with optional sliding window, soft-capping, ALiBi or relative bias, and:
+
+    - `qk_norm` ("rmsnorm", "layernorm", "l2"): q and k normalised before RoPE, per head over
+      head_dim (`qk_norm_scope="head"`: Qwen3, Gemma 3, Llama 4's weightless "l2") or over the
+      whole q / k projection (`"projection"`: OLMo 2). Weights `q_norm`, `k_norm` (and
+      `q_norm_bias`, `k_norm_bias` for layernorm); `qk_norm_unit_offset` stores w - 1 (Gemma).
+      Scope "projection" spans all heads, so it only runs unsharded (not under tensor parallelism).
+      "l2" runs after RoPE, as Llama 4 does (the same as before it only when cos/sin carry no
+      attention factor).
+    - `sinks`: a learned logit per head (parameter `sinks`, (heads,)) in every softmax denominator
+      (gpt-oss).
+    - `chunk`: causal attention within the query's chunk of `chunk` positions (Llama 4); the cache
+      keeps only the current chunk.
+    - `sink_tokens` (with `window`): StreamingLLM; every query also sees the first `sink_tokens`
+      positions, which the cache keeps beside the window.
+    - `temperature_tuning` (NoPE layers only, Llama 4): q scaled by
+      log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1.
+    """
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, causal: bool, scale: float,
                  window: int | None = None, softcap: float | None = None, packed: bool = False,
-                 cross: bool = False, cache_key: str = ""):
+                 cross: bool = False, cache_key: str = "", qk_norm: str | None = None, qk_norm_scope: str = "head",
+                 qk_norm_eps: float = 1e-6, qk_norm_unit_offset: bool = False, sinks: bool = False,
+                 chunk: int | None = None, sink_tokens: int = 0, temperature_tuning: bool = False,
+                 floor_scale: float = 8192.0, attn_scale: float = 0.1):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
         self.packed, self.cross, self.cache_key = packed, cross, cache_key
+        self._check_features(qk_norm, qk_norm_scope, qk_norm_unit_offset, chunk, sink_tokens, temperature_tuning,
+                             floor_scale)
+        self.qk_norm, self.qk_norm_scope, self.qk_norm_eps = qk_norm, qk_norm_scope, qk_norm_eps
+        self.qk_norm_unit_offset = qk_norm_unit_offset
+        self.chunk, self.sink_tokens = chunk, sink_tokens
+        self.temperature_tuning, self.floor_scale, self.attn_scale = temperature_tuning, floor_scale, attn_scale
+        if qk_norm in ("rmsnorm", "layernorm"):
+            q_width, k_width = (head_dim, head_dim) if qk_norm_scope == "head" else (heads * head_dim,
+                                                                                     kv_heads * head_dim)
+            fill = torch.zeros if qk_norm_unit_offset else torch.ones
+            self.q_norm, self.k_norm = nn.Parameter(fill(q_width)), nn.Parameter(fill(k_width))
+            if qk_norm == "layernorm":
+                self.q_norm_bias = nn.Parameter(torch.zeros(q_width))
+                self.k_norm_bias = nn.Parameter(torch.zeros(k_width))
+        self.sinks = nn.Parameter(torch.zeros(heads)) if sinks else None
+
+    def _check_features(self, qk_norm, scope, unit_offset, chunk, sink_tokens, temperature_tuning, floor_scale):
+        if qk_norm is not None and qk_norm not in QK_NORMS:
+            _refuse(f"unknown qk_norm {qk_norm!r}", hint=f"one of {', '.join(QK_NORMS)}")
+        if scope not in QK_NORM_SCOPES:
+            _refuse(f"unknown qk_norm_scope {scope!r}", hint=f"one of {', '.join(QK_NORM_SCOPES)}")
+        if unit_offset and qk_norm != "rmsnorm":
+            _refuse("qk_norm_unit_offset applies to qk_norm='rmsnorm' only")
+        if qk_norm == "l2" and scope != "head":
+            _refuse("qk_norm='l2' is per head (Llama 4)", hint="use qk_norm_scope='head'")
+        if chunk is not None and (chunk < 1 or not self.causal or self.window or self.cross):
+            _refuse("chunk needs causal self-attention without a sliding window",
+                    hint="chunked attention (Llama 4) replaces the window, it does not combine with it")
+        if sink_tokens and (sink_tokens < 0 or not self.window or self.cross):
+            _refuse("sink_tokens needs a sliding window on self-attention",
+                    hint="StreamingLLM keeps the first tokens beside a window")
+        if temperature_tuning and (self.cross or floor_scale <= 0):
+            _refuse("temperature_tuning needs self-attention and a positive floor_scale")
 
     def project(self, q, k, v):
         if self.packed:
             q, k, v = q.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                                self.kv_heads * self.head_dim], dim=-1)
+        if self.qk_norm is not None and self.qk_norm_scope == "projection":
+            if q.shape[-1] != self.heads * self.head_dim:
+                _refuse("qk_norm_scope='projection' spans all heads: it only runs unsharded, "
+                        "not on a slice of the heads",
+                        hint="run this layer unsharded (no tensor parallelism)")
+            q, k = self._normalize(q, k)
         # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.
         d = self.head_dim
-        return _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
+        q, k, v = _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
+        if self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head":
+            q, k = self._normalize(q, k)
+        return q, k, v
+
+    def _normalize(self, q, k):
+        """q and k normalised over their last dimension (one head, or the whole projection)."""
+        eps = self.qk_norm_eps
+        if self.qk_norm == "l2":  # Llama4TextL2Norm: x * rsqrt(mean(x^2) + eps) in float32, no weight
+            return tuple((x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+                         for x in (q, k))
+        if self.qk_norm == "layernorm":
+            return (F.layer_norm(q, (q.shape[-1],), self.q_norm, self.q_norm_bias, eps),
+                    F.layer_norm(k, (k.shape[-1],), self.k_norm, self.k_norm_bias, eps))
+        return (reference.rms_norm(q, self.q_norm, eps, self.qk_norm_unit_offset),
+                reference.rms_norm(k, self.k_norm, eps, self.qk_norm_unit_offset))
+
+    def _temperature(self, q: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Llama 4's attention temperature for NoPE layers: queries sharpen with log(position)."""
+        scales = torch.log1p(torch.floor((positions.float() + 1.0) / self.floor_scale)) * self.attn_scale + 1.0
+        return (q * scales[:, None]).to(q.dtype)  # (B, H, T, D) * (T, 1)
 
     def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
         q, k, v = self.project(q, k, v)  # (B, H, T, D), (B, KV, S, D)
@@ -71,13 +180,23 @@ class Attention(nn.Module):
         if self.cross:
             k_pos = torch.arange(k.shape[2], device=k.device)
             key_mask = ctx.memory_mask
+            if self.qk_norm == "l2":
+                q, k = self._normalize(q, k)
         else:
             if rope is not None:
+                if self.temperature_tuning:
+                    _refuse("temperature_tuning applies to NoPE layers only (Llama 4), and this layer has RoPE")
                 cos, sin = rope
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            state = _append(ctx, self.cache_key, self.window, k=k, v=v, pos=q_pos)
+            # Llama 4's order: RoPE, then the L2 norm, then the temperature
+            if self.qk_norm == "l2":
+                q, k = self._normalize(q, k)
+            if self.temperature_tuning:
+                q = self._temperature(q, q_pos)
+            state = _append(ctx, self.cache_key, self.window, sink_tokens=self.sink_tokens, chunk=self.chunk,
+                            k=k, v=v, pos=q_pos)
             k, v, k_pos = state["k"], state["v"], state["pos"]
-            key_mask = _key_mask(ctx, k.shape[2])
+            key_mask = _key_mask_at(ctx, k_pos) if self.sink_tokens or self.chunk else _key_mask(ctx, k.shape[2])
         bias = None
         if alibi is not None:
             distance = (k_pos[None, :] - q_pos[:, None]).float()
@@ -86,13 +205,29 @@ class Attention(nn.Module):
             bias = alibi[:, None, None] * distance[None]  # (H, T, S)
         if rel_bias is not None:
             bias = rel_bias(q_pos, k_pos) if bias is None else bias + rel_bias(q_pos, k_pos)
+        features = {}
+        if self.sinks is not None:
+            if self.sinks.shape[0] != q.shape[1]:
+                _refuse("attention sinks are per head: they only run unsharded, not on a slice of the heads",
+                        hint="run this layer unsharded (no tensor parallelism)")
+            features["sinks"] = self.sinks
+        if self.chunk:
+            features["chunk"] = self.chunk
+        if self.sink_tokens:
+            features["sink_tokens"] = self.sink_tokens
         out = attend(q, k, v, q_pos, k_pos, causal=self.causal and not self.cross, scale=self.scale,
-                     window=self.window, softcap=self.softcap, bias=bias, key_mask=key_mask)
+                     window=self.window, softcap=self.softcap, bias=bias, key_mask=key_mask, **features)
         return _merge(out)  # (B, T, H*D)
 
     def extra_repr(self) -> str:
-        return (f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, causal={self.causal}, "
+        text = (f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, causal={self.causal}, "
                 f"window={self.window}, softcap={self.softcap}")
+        if self.qk_norm:
+            text += f", qk_norm={self.qk_norm}, qk_norm_scope={self.qk_norm_scope}"
+        for name in ("chunk", "sink_tokens", "temperature_tuning"):
+            if getattr(self, name):
+                text += f", {name}={getattr(self, name)}"
+        return text + (", sinks=True" if self.sinks is not None else "")
 
 
 class DifferentialAttention(Attention):
@@ -107,6 +242,9 @@ class DifferentialAttention(Attention):
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, layer: int, lambda_init: float | None = None,
                  **kw):
+        modern = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning")
+        if any(kw.get(name) for name in modern):
+            _refuse(f"differential attention does not implement {', '.join(n for n in modern if kw.get(n))}")
         super().__init__(heads, kv_heads, head_dim, **kw)
         half = head_dim // 2
         # `layer` counts from 0, the paper's l - 1

@@ -1,4 +1,5 @@
-"""Position encodings: RoPE tables (with linear, NTK, YaRN and Llama 3 scaling), sinusoidal and
+"""Position encodings: RoPE tables (with linear, NTK, YaRN, Llama 3, LongRoPE and dynamic NTK
+scaling), sinusoidal and
 learned absolute positions, ALiBi slopes, and T5's bucketed relative bias."""
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ from torch import nn
 from archlang.kernels import dispatch
 
 
-def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies of the rotary embedding, and the factor cos/sin are multiplied by."""
+def rope_inv_freq(dim: int, theta: float, scaling: dict | None, *, context: int | None = None,
+                  long: bool = False) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rotary embedding, and the factor cos/sin are multiplied by.
+
+    For "longrope", `long` picks the long factors (RopeTable does, per forward); `context` is the
+    extended context, which gives the factor when the dict has none. "dynamic" gives the
+    unscaled frequencies here: its base depends on the sequence length (see `dynamic_ntk_inv_freq`).
+    """
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     inv_freq = 1.0 / (theta**exponents)
     if scaling is None:
         return inv_freq, 1.0
-    kind, factor = scaling["kind"], scaling["factor"]
+    kind = scaling["kind"]
+    if kind == "dynamic":
+        return inv_freq, 1.0
+    if kind == "longrope":
+        return _longrope(exponents, theta, scaling, context, long)
+    factor = scaling["factor"]
     if kind == "linear":
         return inv_freq / factor, 1.0
     if kind == "ntk":  # NTK-aware: stretch the base so the lowest frequency interpolates by `factor`
@@ -58,16 +70,71 @@ def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> tuple[torch.T
     raise ValueError(f"unknown rope scaling {kind!r}")
 
 
+def _longrope(exponents: torch.Tensor, theta: float, scaling: dict, context: int | None,
+              long: bool) -> tuple[torch.Tensor, float]:
+    """Phi-3's LongRoPE (HF `_compute_longrope_parameters`): a rescale factor per frequency,
+    short ones within the original context and long ones beyond it, and an attention factor
+    sqrt(1 + ln(factor) / ln(original context)) unless given."""
+    old = scaling["original_context"]
+    factor = scaling.get("factor") or (context / old if context else 1.0)
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old))
+    ext = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
+    if ext.shape != exponents.shape:
+        raise ValueError(f"longrope factors need {exponents.shape[0]} entries (rotary dim / 2), got {ext.shape[0]}")
+    return 1.0 / (ext * theta**exponents), attention_factor
+
+
+def dynamic_ntk_inv_freq(dim: int, theta: float, factor: float, original: int, seq_len: torch.Tensor) -> torch.Tensor:
+    """Dynamic NTK (HF `_compute_dynamic_ntk_parameters`): beyond the original context the base
+    grows with the sequence length, theta * (factor * L / original - (factor - 1)) ^ (dim / (dim - 2)),
+    computed in float32 from a tensor length as HF does."""
+    length = torch.clamp(seq_len, min=original)
+    base = theta * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=seq_len.device).float() / dim))
+
+
 class RopeTable(nn.Module):
-    """cos/sin of the rotary embedding for given positions: (T, dim) each, in float32."""
+    """cos/sin of the rotary embedding for given positions: (T, dim) each, in float32.
+
+    "longrope" and "dynamic" depend on the sequence length L = max(positions) + 1 of each forward,
+    as in HF: longrope uses the long factors when L > original_context, dynamic NTK grows its base
+    with L beyond original_context. Keys already in a cache keep the rotation they were given, so a
+    cached decode that crosses original_context differs from one full forward over the same tokens
+    (HF's cached generation behaves the same way); within the original context both are exact.
+    For the same reason, past the original context a full forward is not causal in the strict
+    sense: every position's rotation depends on the length of the whole forward.
+    HF's dynamic module also remembers the longest L it has seen and keeps that base for shorter
+    sequences that are still beyond the original context; this table is stateless and uses each
+    forward's own L, which equals HF for a growing sequence (prefill then decode).
+    """
 
     def __init__(self, dim: int, context: int, theta: float = 10000.0, scaling: dict | None = None):
         super().__init__()
-        inv_freq, self.attention_factor = rope_inv_freq(dim, theta, scaling)
+        inv_freq, self.attention_factor = rope_inv_freq(dim, theta, scaling, context=context)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.kind = scaling["kind"] if scaling else None
+        if self.kind == "longrope":
+            self.original_context = scaling["original_context"]
+            long_freq, _ = rope_inv_freq(dim, theta, scaling, context=context, long=True)
+            self.register_buffer("long_inv_freq", long_freq, persistent=False)
+        if self.kind == "dynamic":
+            self.dim, self.theta, self.factor = dim, theta, scaling["factor"]
+            self.original_context = scaling["original_context"]
+
+    def frequencies(self, positions: torch.Tensor) -> torch.Tensor:
+        """The inverse frequencies this forward uses (they depend on its length for longrope and dynamic)."""
+        if self.kind not in ("longrope", "dynamic"):
+            return self.inv_freq
+        seq_len = positions.max() + 1  # a tensor: no host sync, as in HF
+        if self.kind == "longrope":
+            return torch.where(seq_len > self.original_context, self.long_inv_freq, self.inv_freq)
+        grown = dynamic_ntk_inv_freq(self.dim, self.theta, self.factor, self.original_context, seq_len)
+        return torch.where(seq_len > self.original_context, grown.to(self.inv_freq.device), self.inv_freq)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, dim/2)
+        freqs = positions.float()[:, None] * self.frequencies(positions)[None, :]  # (T, dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, dim)
         return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
 
