@@ -459,7 +459,12 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
             if REGISTRY[d["op"]].starts_head:
                 returns["features"] = args[0]
                 returns["head_from"] = len(lines)  # the lines from here on turn features into logits
-            lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {em.call(n, args)}", _shape(d["shape"])))
+            expr = em.call(n, args)
+            if not enc_dec and _reads_tokens(g, n):
+                # the token embeddings, unless the caller gives them (the language model of a multimodal model)
+                returns["embed"] = expr
+                expr = f"{expr} if inputs_embeds is None else inputs_embeds"
+            lines.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
         return lines, returns
 
     if enc_dec:
@@ -474,10 +479,11 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         return {"init": init, "encode": enc_lines, "encode_return": enc_return, "forward": dec_lines,
                 "returns": returns}
     lines, returns = body(outer, list(stacks))
+    embed = returns.pop("embed")
     if "head_from" in returns:  # features() is the model up to the LM head; forward() adds the head
         cut = returns.pop("head_from")
-        return {"init": init, "forward": lines[:cut], "head": lines[cut:], "returns": returns}
-    return {"init": init, "forward": lines, "head": None, "returns": returns}
+        return {"init": init, "forward": lines[:cut], "head": lines[cut:], "returns": returns, "embed": embed}
+    return {"init": init, "forward": lines, "head": None, "returns": returns, "embed": embed}
 
 
 def _is_encoder_side(g, n: str) -> bool:
@@ -494,6 +500,12 @@ def _is_encoder_side(g, n: str) -> bool:
                                       for a in nx.ancestors(g, n)):
         return False
     return "encoder" in succ_stacks or "encoder" in anc_stacks
+
+
+def _reads_tokens(g, node: str) -> bool:
+    """Whether the node reads the token ids (the token embedding)."""
+    return any(REGISTRY[g.nodes[r.node]["op"]].role == "input" and g.nodes[r.node]["attrs"]["role"] == "tokens"
+               for r in inputs_of(g, node))
 
 
 def _is_table(g, node: str) -> bool:

@@ -29,16 +29,31 @@ class ArchModel(nn.Module):
         return torch.zeros((), device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
 
     # ------------------------------------------------------------------ forward helpers
-    def make_context(self, input_ids: torch.Tensor, *, cache: Cache | None = None, stack: str = "layers",
+    def make_context(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None, *,
+                     positions: torch.Tensor | None = None, cache: Cache | None = None, stack: str = "layers",
                      attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                      memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> Context:
-        t = input_ids.shape[1]
+        """The context of one forward. The tokens come as ids (B, T) or as embeddings (B, T, C);
+        their positions follow the cache (0.. without one) unless `positions` (T,) gives them."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give either input_ids or inputs_embeds")
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config["d_model"]):
+            raise ValueError(f"inputs_embeds must be (batch, tokens, {self.config['d_model']}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        t = tokens.shape[1]
         offset = cache.offset if cache is not None else 0
-        if offset + t > self.config["context"]:
-            raise ValueError(f"sequence of {offset + t} tokens exceeds the model's context of {self.config['context']}")
-        positions = torch.arange(offset, offset + t, device=input_ids.device)
+        end = offset + t
+        if positions is None:
+            positions = torch.arange(offset, end, device=tokens.device)
+        elif positions.shape != (t,) or positions.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"positions must be {t} integers, one per token, got {tuple(positions.shape)} {positions.dtype}")
+        elif t:
+            end = max(end, int(positions.max()) + 1)  # (read only when given: it syncs with the device)
+        if end > self.config["context"]:
+            raise ValueError(f"sequence of {end} tokens exceeds the model's context of {self.config['context']}")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         return Context(positions=positions, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids,
                        memory=memory, memory_mask=memory_mask, stack=stack)
 

@@ -72,11 +72,16 @@ class BertBase(rt.ArchModel):
         self.pooler = nn.Linear(768, 768)
         self.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings as the model computes them: what `inputs_embeds` stands in for."""
+        return self.embed(input_ids)
+
+    def forward(self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, cache: rt.Cache | None = None,
                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids)
-        x = self.embed(input_ids)  # (B, T, 768)
+        ctx = self.make_context(input_ids, inputs_embeds, positions=positions, cache=cache,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, 768)
         pos = self.pos_embed(ctx.positions)  # (T, 768)
         types = self.type_embed(ctx.token_type_ids)  # (B, T, 768)
         x = x + pos + types  # (B, T, 768)
