@@ -70,9 +70,10 @@ class _Lowerer:
             embed = self.embedding(enc_tokens, "S")
             enc = self.stack("encoder", m.encoder_layers, self.embedding_inputs(embed, "S", "encoder"), "S", memory=None)
             enc = self.final(enc, "encoder", "S")
-            b.node("decoder_embed", "embedding", [tokens], name="decoder_embed", outputs="x", shape=("B", "T", self.d),
-                   attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed"})
-            x = self.stack("decoder", m.decoder_layers, NodeRef("decoder_embed"), "T", memory=enc)
+            x = b.node("decoder_embed", "embedding", [tokens], name="decoder_embed", outputs="x", shape=("B", "T", self.d),
+                       attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed"})
+            x = self.dropout("decoder_embed_dropout", x, m.embedding_dropout, "x", "T")
+            x = self.stack("decoder", m.decoder_layers, x, "T", memory=enc)
             x = self.final(x, "decoder", "T")
             self.head(x, "T")
         else:
@@ -115,7 +116,14 @@ class _Lowerer:
             x = b.node("embed_sum", "add", terms, name="embed_sum", outputs="x", shape=("B", seq, self.d))
         if m.embedding_norm is not None:
             x = self.norm("embed_norm", x, m.embedding_norm, "x", seq)
-        return x
+        return self.dropout(f"{stack}_embed_dropout" if stack else "embed_dropout", x, m.embedding_dropout, "x", seq)
+
+    def dropout(self, nid: str, x: NodeRef, p: float, out_var: str, seq: str, **ctx) -> NodeRef:
+        """A dropout node where the spec asks for one (p > 0); the input itself otherwise."""
+        if not p:
+            return x
+        return self.b.node(nid, "dropout", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var, shape=("B", seq, self.d),
+                           attrs={"p": p}, **ctx)
 
     def final(self, x: NodeRef, stack: str | None, seq: str) -> NodeRef:
         if self.m.final_norm is None:
@@ -187,6 +195,7 @@ class _Lowerer:
         h = body(h)
         if placement == "sandwich":
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
+        h = self.dropout(f"{pre}{prefix}_dropout", h, self.m.residual_dropout, "h", seq, **ctx)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)
         if placement == "post":
@@ -215,6 +224,7 @@ class _Lowerer:
             "causal": self.causal(ctx) and kv is None, "window": att.window, "softcap": att.softcap,
             "scale": att.scale if att.scale is not None else hd**-0.5,
             "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
+            "dropout": m.attention_dropout or None,
         }
         if isinstance(att, A.Differential):
             attrs["lambda_init"] = att.lambda_init

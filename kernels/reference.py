@@ -59,7 +59,7 @@ def glu(x, act: str):
 
 
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
-              key_mask=None, sinks=None, chunk=None, sink_tokens=0):
+              key_mask=None, sinks=None, chunk=None, sink_tokens=0, dropout=0.0):
     """Scaled dot-product attention. q (B, H, T, D); k, v (B, KV, S, D) with H a multiple of KV.
 
     q_pos (T,) and k_pos (S,) are absolute positions: causal and sliding-window masks compare
@@ -68,10 +68,12 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
     positions 0 .. n-1 (StreamingLLM). `chunk` restricts a query to keys of its own chunk,
     floor(pos / chunk) equal (Llama 4). `bias` (H, T, S) is added to the scores (ALiBi, T5
     buckets); `key_mask` (B, S) is 1 for real tokens. `sinks` (H,) is a learned logit per head that
-    joins every query's softmax denominator and carries no value (gpt-oss).
+    joins every query's softmax denominator and carries no value (gpt-oss). `dropout` zeroes
+    attention probabilities with that probability (training), one draw over the (B, H, T, S)
+    probabilities after the softmax, as eager attention does.
     """
     heads, kv_heads = q.shape[1], k.shape[1]
-    plain = softcap is None and bias is None and sinks is None
+    plain = softcap is None and bias is None and sinks is None and not dropout
     # Without a cache the keys are the queries' own positions (the same tensor): plain causal,
     # which SDPA masks itself, so no (T, S) mask is built.
     if plain and causal and not window and not chunk and key_mask is None and k_pos is q_pos:
@@ -105,10 +107,12 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     if sinks is None:
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        return probs @ v
-    # the sink is one more logit per head in the denominator; its column is dropped after the softmax
-    sink = sinks.float()[None, :, None, None].expand(scores.shape[0], -1, scores.shape[2], 1)
-    probs = torch.softmax(torch.cat((scores.float(), sink), dim=-1), dim=-1)[..., :-1].to(q.dtype)
+    else:
+        # the sink is one more logit per head in the denominator; its column is dropped after the softmax
+        sink = sinks.float()[None, :, None, None].expand(scores.shape[0], -1, scores.shape[2], 1)
+        probs = torch.softmax(torch.cat((scores.float(), sink), dim=-1), dim=-1)[..., :-1].to(q.dtype)
+    if dropout:
+        probs = F.dropout(probs, dropout)
     return probs @ v
 
 

@@ -101,7 +101,7 @@ class Attention(nn.Module):
                  cross: bool = False, cache_key: str = "", qk_norm: str | None = None, qk_norm_scope: str = "head",
                  qk_norm_eps: float = 1e-6, qk_norm_unit_offset: bool = False, sinks: bool = False,
                  chunk: int | None = None, sink_tokens: int = 0, temperature_tuning: bool = False,
-                 floor_scale: float = 8192.0, attn_scale: float = 0.1):
+                 floor_scale: float = 8192.0, attn_scale: float = 0.1, dropout: float = 0.0):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
@@ -121,6 +121,7 @@ class Attention(nn.Module):
                 self.q_norm_bias = nn.Parameter(torch.zeros(q_width))
                 self.k_norm_bias = nn.Parameter(torch.zeros(k_width))
         self.sinks = nn.Parameter(torch.zeros(heads)) if sinks else None
+        self.dropout = dropout  # on the attention probabilities, in training only
 
     def _check_features(self, qk_norm, scope, unit_offset, chunk, sink_tokens, temperature_tuning, floor_scale):
         if qk_norm is not None and qk_norm not in QK_NORMS:
@@ -215,6 +216,8 @@ class Attention(nn.Module):
             features["chunk"] = self.chunk
         if self.sink_tokens:
             features["sink_tokens"] = self.sink_tokens
+        if self.dropout and self.training:
+            features["dropout"] = self.dropout
         out = attend(q, k, v, q_pos, k_pos, causal=self.causal and not self.cross, scale=self.scale,
                      window=self.window, softcap=self.softcap, bias=bias, key_mask=key_mask, **features)
         return _merge(out)  # (B, T, H*D)
@@ -242,7 +245,7 @@ class DifferentialAttention(Attention):
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, layer: int, lambda_init: float | None = None,
                  **kw):
-        modern = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning")
+        modern = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning", "dropout")
         if any(kw.get(name) for name in modern):
             _refuse(f"differential attention does not implement {', '.join(n for n in modern if kw.get(n))}")
         super().__init__(heads, kv_heads, head_dim, **kw)

@@ -24,6 +24,7 @@ Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
 Count = Annotated[int, Field(ge=0, le=MAX_DIM)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16"}
@@ -419,6 +420,11 @@ class Model(Node):
     logit_softcap: PositiveFloat | None = None
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     pooler: bool = False  # tanh pooler over the first token (BERT)
+    # Dropout probabilities, active in training only: on the embeddings, on the attention
+    # probabilities, and on each residual branch before it is added back.
+    embedding_dropout: Probability = 0.0
+    attention_dropout: Probability = 0.0
+    residual_dropout: Probability = 0.0
     blocks: dict[str, Block]
     layers: tuple[str, ...] = ()
     encoder_layers: tuple[str, ...] = ()
@@ -499,6 +505,19 @@ class Model(Node):
                 raise FieldError(where, f"block `{name}` overrides the model's position {self.position.kind}(), "
                                  "which a block cannot replace",
                                  "give the model no position or rope()/alibi(), and the blocks their own")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_dropout(self) -> "Model":
+        if not self.attention_dropout:
+            return self
+        used = {name for layers in self.stacks().values() for name in layers}
+        for name in sorted(used):
+            for slot in ("attention", "cross_attention"):
+                att = getattr(self.blocks[name], slot)
+                if att is not None and att.kind not in ("mha", "mqa", "gqa"):
+                    raise FieldError(("blocks", name, slot), f"attention_dropout is not implemented for {att.kind} "
+                                     f"attention (block `{name}`)", "use mha/mqa/gqa, or remove attention_dropout")
         return self
 
     def position_of(self, block: str) -> Position | None:

@@ -54,6 +54,7 @@ class Attention(_Attention):
         "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
         "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
         "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
+        "dropout": attr(float, default=None, doc="dropout on the attention probabilities, in training"),
     }
     arity = (1, 5)
     mixer_kinds = ("mha", "mqa", "gqa", "differential")
@@ -112,7 +113,8 @@ class Attention(_Attention):
         if a["kind"] == "differential":
             return (f"rt.DifferentialAttention({common}, layer={emit.layer}, lambda_init={a['lambda_init']!r}, "
                     f"cache_key={emit.cache_key})")
-        return f"rt.Attention({common}, cross={a['cross']!r}, cache_key={emit.cache_key})"
+        dropout = f", dropout={a['dropout']!r}" if a["dropout"] else ""
+        return f"rt.Attention({common}, cross={a['cross']!r}{dropout}, cache_key={emit.cache_key})"
 
     def call(self, d, args, emit):
         from . import REGISTRY

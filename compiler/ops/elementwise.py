@@ -101,6 +101,21 @@ class Glu(_Elementwise):
 
 
 @register
+class Dropout(_Elementwise):
+    name = "dropout"
+    summary = "zero each element with probability p and scale the rest by 1 / (1 - p), in training only"
+    attrs = {"p": attr(float)}
+    arity = (1, 1)
+
+    def verify(self, node, d, widths, ctx):
+        if not 0 < d["attrs"]["p"] < 1:
+            ctx.fail(node, f"dropout probability {d['attrs']['p']} is not in (0, 1)")
+
+    def call(self, d, args, emit):
+        return f"F.dropout({args[0]}, {d['attrs']['p']!r}, self.training)"
+
+
+@register
 class Softcap(_Elementwise):
     name = "softcap"
     summary = "cap * tanh(x / cap)"
