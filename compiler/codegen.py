@@ -415,7 +415,11 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         if d["stack"] is not None:
             if d["stack"] not in placed:  # the layer stack, where its first op falls in the data flow
                 placed.add(d["stack"])
-                init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({_layout_name(d['stack'])}))")
+                shared = _shared_classes(g, d["stack"], classes)
+                if shared:  # each use of a shared block is the one module built at its first use
+                    init.append(f"self.{d['stack']} = rt.layer_stack({_layout_name(d['stack'])}, shared={{{', '.join(shared)}}})")
+                else:
+                    init.append(f"self.{d['stack']} = nn.ModuleList(block(i) for i, block in enumerate({_layout_name(d['stack'])}))")
             continue
         mod = em.module(n, "None", '""')
         if mod is not None:
@@ -439,8 +443,12 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                 for t in [m for m in order if g.nodes[m]["stack"] is None and _is_table(g, m)
                           and any(g.nodes[c]["stack"] == stack for c in g.successors(m))]:
                     lines.append(Line(f"ctx.tables[{g.nodes[t]['name']!r}] = {em.call(t, [])}"))
-                lines.append(Line(f"for layer in self.{stack}:"))
-                lines.append(Line(f"    {var} = layer({var}, ctx)", "(B, T, C)"))
+                if _shared_classes(g, stack, classes):  # one module, several uses: a cache entry per use
+                    lines.append(Line(f"for i, layer in enumerate(self.{stack}):"))
+                    lines.append(Line(f"    {var} = layer({var}, ctx.for_layer({stack!r}, i))", "(B, T, C)"))
+                else:
+                    lines.append(Line(f"for layer in self.{stack}:"))
+                    lines.append(Line(f"    {var} = layer({var}, ctx)", "(B, T, C)"))
                 last_layer = [m for m in order if g.nodes[m]["stack"] == stack
                               and g.nodes[m]["layer"] == len(stacks[stack]) - 1]
                 out = _stream_out(g, last_layer)
@@ -500,6 +508,12 @@ def _is_encoder_side(g, n: str) -> bool:
                                       for a in nx.ancestors(g, n)):
         return False
     return "encoder" in succ_stacks or "encoder" in anc_stacks
+
+
+def _shared_classes(g, stack: str, classes: dict[str, BlockClass]) -> list[str]:
+    """The classes of the blocks of a stack whose uses share one module."""
+    shared = set(g.graph.get("shared_blocks", ()))
+    return sorted({classes[b].name for b in g.graph["stacks"][stack] if b in shared})
 
 
 def _reads_tokens(g, node: str) -> bool:

@@ -40,6 +40,19 @@ class Facts:
         return asdict(self)
 
 
+def _shared_repeats(g: nx.MultiDiGraph) -> set[tuple[str, int]]:
+    """(stack, layer) of every use of a shared block after its first in that stack."""
+    shared = set(g.graph.get("shared_blocks", ()))
+    out = set()
+    for stack, blocks in g.graph["stacks"].items():
+        seen = set()
+        for i, block in enumerate(blocks):
+            if block in shared and block in seen:
+                out.add((stack, i))
+            seen.add(block)
+    return out
+
+
 def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str | None = None) -> Facts:
     """Facts of a (lowered or optimized) IR at a sequence length and storage dtype."""
     ctx_len = context or g.graph["context"]
@@ -55,10 +68,13 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
     state_bytes = 0
     act_elems = 0
     fctx = FactsContext(context=ctx_len, nbytes=nbytes)
+    repeats = _shared_repeats(g)
     for node in ordered_nodes(g):
         d = g.nodes[node]
         op = op_def(d["op"])
         t, act = op.param_split(d)
+        if (d["stack"], d["layer"]) in repeats:  # a later use of a shared block: its weights are counted once
+            t, act = {}, {}
         for k, n in t.items():
             total[k] += n
         for k, n in act.items():

@@ -39,6 +39,7 @@ class _Lowerer:
             logit_softcap=model.logit_softcap,
             stacks={k: list(v) for k, v in model.stacks().items()},
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
+            shared_blocks=sorted(name for name, block in model.blocks.items() if block.shared),
         )
         if keep is not None:
             g.graph[REPRESENTS] = {(stack, i): members for stack, kept in keep.items() for i, members in kept.items()}
@@ -335,7 +336,7 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
-    parts = [f"{block.norm.kind} ({block.norm.placement})"]
+    parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     mixer = block.attention or block.ssm

@@ -3,7 +3,7 @@
 from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
 from .context import Cache, Context
 from .ffn import glu, softcap
-from .model import ArchModel
+from .model import ArchModel, layer_stack
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
 from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
@@ -12,5 +12,5 @@ from .ssm import Mamba
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "LayerNorm",
     "LinearAttention", "MLAttention", "Mamba", "MoE", "RMSNorm", "RelativePositionBias", "RopeTable",
-    "SinusoidalPositions", "apply_rope", "glu", "rope_qk", "softcap",
+    "SinusoidalPositions", "apply_rope", "glu", "layer_stack", "rope_qk", "softcap",
 ]

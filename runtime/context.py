@@ -3,7 +3,7 @@ encoder memory, and the auxiliary losses layers report (MoE load balancing, z-lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,27 @@ class Cache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.layers.values() for t in s.values())
 
+    def scoped(self, scope: str) -> "ScopedCache":
+        return ScopedCache(self, scope)
+
+
+class ScopedCache:
+    """A view of a cache whose keys live under `scope`: the uses of one shared layer keep
+    their state apart (the layer's own key is the same at every use)."""
+
+    def __init__(self, base: Cache, scope: str) -> None:
+        self.base, self.scope = base, scope
+
+    @property
+    def offset(self) -> int:
+        return self.base.offset
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        return self.base.get(f"{self.scope}/{key}")
+
+    def put(self, key: str, **state: torch.Tensor) -> None:
+        self.base.put(f"{self.scope}/{key}", **state)
+
 
 @dataclass
 class Context:
@@ -42,3 +63,10 @@ class Context:
     token_type_ids: torch.Tensor | None = None
     stack: str = "layers"
     aux_losses: list[torch.Tensor] = field(default_factory=list)
+
+    def for_layer(self, stack: str, index: int) -> "Context":
+        """The context of one use of a shared layer: its cache entries are its own; everything
+        else (positions, tables, the auxiliary losses list) is this context's."""
+        if self.cache is None:
+            return self
+        return replace(self, cache=self.cache.scoped(f"{stack}.{index}"))

@@ -11,6 +11,20 @@ from torch import nn
 from .context import Cache, Context
 
 
+def layer_stack(layout: list[type[nn.Module]], shared: set[type[nn.Module]]) -> nn.ModuleList:
+    """The layers of a stack, one per entry of `layout`, except that every use of a class in
+    `shared` is the module built at its first use: one set of weights, in the state dict under
+    each index it holds."""
+    first: dict[type[nn.Module], nn.Module] = {}
+    layers = []
+    for i, block in enumerate(layout):
+        if block in shared:
+            layers.append(first.setdefault(block, block(i)))
+        else:
+            layers.append(block(i))
+    return nn.ModuleList(layers)
+
+
 class ArchModel(nn.Module):
     config: dict = {}
     fusions: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -94,7 +108,31 @@ class ArchModel(nn.Module):
         return out
 
     def load_unfused_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
-        return self.load_state_dict(self.fuse_state_dict(state), strict=strict)
+        return self.load_state_dict(self._with_aliases(self.fuse_state_dict(state)), strict=strict)
+
+    def _with_aliases(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A weight of a shared block has a name per use; a checkpoint holds it under one: give
+        it every name (the same tensor loads once)."""
+        names: dict[int, list[str]] = {}
+        for name, tensor in self.state_dict(keep_vars=True).items():
+            names.setdefault(id(tensor), []).append(name)  # the same Parameter object under each name
+        out = dict(state)
+        for group in names.values():
+            given = next((n for n in group if n in state), None)
+            if given is not None:
+                for n in group:
+                    out.setdefault(n, state[given])
+        return out
+
+    def repeated_modules(self) -> list[str]:
+        """The names under which a module appears again (the later uses of a shared block)."""
+        seen: set[int] = set()
+        repeats = []
+        for name, module in self.named_modules(remove_duplicate=False):
+            if id(module) in seen and name:
+                repeats.append(name)
+            seen.add(id(module))
+        return repeats
 
     def unfuse_state_dict(self) -> dict[str, torch.Tensor]:
         """This model's weights with fused projections split back into their parts."""

@@ -384,6 +384,9 @@ class Block(Node):
     # This block's attention position, where it differs from the model's: its own RoPE theta
     # and scaling (Gemma 3's local and global layers), or `none` (NoPE layers: Llama 4, SmolLM3).
     position: Position | Literal["inherit"] | None = "inherit"
+    # Every use of this block in a stack is the same layer, with one set of weights (ALBERT;
+    # Zamba's shared attention block). Each use keeps its own inference cache.
+    shared: bool = False
 
     @field_validator("name")
     @classmethod

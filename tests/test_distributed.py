@@ -72,6 +72,7 @@ def _worker(rank: int, world: int, port: int, mode: str, spec: str, passes: str,
 @pytest.mark.parametrize("mode,spec,passes", [
     ("dp", "tiny_llama.arch", None),
     ("dp", "tiny_jamba.arch", None),
+    ("dp", "tiny_shared.arch", None),  # one shared block at three places: sharded once
     ("tp", "tiny_llama.arch", TP_PASSES),
     ("tp", "tiny_gpt2.arch", TP_PASSES),
 ])

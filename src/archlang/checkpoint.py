@@ -14,7 +14,10 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.unfuse_state_dict().items()}
+    # a shared block's weights are stored once, under its first use; loading gives them every name
+    repeats = tuple(f"{name}." for name in model.repeated_modules())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.unfuse_state_dict().items()
+             if not (repeats and k.startswith(repeats))}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(state, str(tmp), metadata={"format": "pt", "model": str(model.config.get("name", ""))})
     os.replace(tmp, path)

@@ -94,10 +94,13 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.M
         styles = _styles()
         parallelize_module(model, tp_mesh, {name: styles[role]() for name, role in layout.items()})
     if dp_mesh is not None:
+        sharded: set[int] = set()
         for _, stack in model.named_children():
             if isinstance(stack, nn.ModuleList):
                 for block in stack:
-                    fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+                    if id(block) not in sharded:  # a shared block is one module at several places
+                        sharded.add(id(block))
+                        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
         fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     return model
 
