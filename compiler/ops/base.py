@@ -185,6 +185,25 @@ class OpDef:
             raise RegistryError(f"op definition {cls.__name__} lacks {', '.join(missing)}")
 
 
+class WeightlessOp(OpDef):
+    """An op with no weights, no counted FLOPs and no module of its own (its call is an
+    expression, or it is a model input or output)."""
+
+    abstract = True
+
+    def params(self, a, shape):
+        return {}
+
+    def category(self, d):
+        return "other"
+
+    def cost(self, d, ctx):
+        return Cost()  # element-wise or bookkeeping work is not counted in FLOPs
+
+    def module(self, d, emit):
+        return None
+
+
 @dataclass
 class VerifyContext:
     """What an op's verifier may look at beyond its own node."""

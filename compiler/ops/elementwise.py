@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import WeightlessOp, attr, register
 
 # The expression of each activation the language names, around its argument.
 ACT_CALL = {
@@ -11,21 +11,9 @@ ACT_CALL = {
 }
 
 
-class _Elementwise(OpDef):
+class _Elementwise(WeightlessOp):
     abstract = True
     picture = "other"
-
-    def params(self, a, shape):
-        return {}
-
-    def category(self, d):
-        return "other"
-
-    def cost(self, d, ctx):
-        return Cost()  # element-wise work is not counted in FLOPs
-
-    def module(self, d, emit):
-        return None
 
 
 @register

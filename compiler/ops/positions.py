@@ -3,11 +3,11 @@ T5's bucketed relative bias."""
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, WeightlessOp, attr, register
 
 
 @register
-class Const(OpDef):
+class Const(WeightlessOp):
     name = "const"
     summary = "a table computed from the positions of each forward (RoPE cos/sin, ALiBi slopes)"
     attrs = {
@@ -21,15 +21,6 @@ class Const(OpDef):
     arity = (0, 0)
     role = "table"
     picture = "position"
-
-    def params(self, a, shape):
-        return {}
-
-    def category(self, d):
-        return "other"
-
-    def cost(self, d, ctx):
-        return Cost()
 
     def module(self, d, emit):
         a = d["attrs"]
@@ -76,15 +67,12 @@ class RelBias(OpDef):
 
 
 @register
-class Rope(OpDef):
+class Rope(WeightlessOp):
     name = "rope"
     summary = "rotary embedding of q and k; outputs (q, k)"
     attrs = {"heads": attr(int), "kv_heads": attr(int), "head_dim": attr(int), "rotary_dim": attr(int)}
     arity = (3, 3)
     picture = "position"
-
-    def params(self, a, shape):
-        return {}
 
     def out_width(self, d, out):
         a = d["attrs"]
@@ -98,12 +86,6 @@ class Rope(OpDef):
 
     def category(self, d):
         return "attention"
-
-    def cost(self, d, ctx):
-        return Cost()  # element-wise
-
-    def module(self, d, emit):
-        return None
 
     def call(self, d, args, emit):
         a = d["attrs"]
