@@ -10,8 +10,8 @@ from archlang.spec import ArchError, ArchErrors, SourceMap, load_models
 
 from ..conftest import SPECS
 
-TEXT = (SPECS / "tiny_gpt2.arch").read_text()
 DROPOUTS = "    embedding_dropout = 0.1\n    attention_dropout = 0.1\n    residual_dropout = 0.1\n"
+TEXT = (SPECS / "tiny_gpt2.arch").read_text().replace("    position = learned()\n", "    position = learned()\n" + DROPOUTS)
 
 
 def build(text):
