@@ -1,10 +1,11 @@
 """FlashAttention-style attention in Triton: tiled, online softmax, no T x S matrix in memory.
 
 Causal or bidirectional, masks from absolute positions (so a cached decode step works), sliding
-windows, grouped/multi-query heads read straight from the shared K/V (no repeat), soft-capping
-of the scores, and an additive bias (ALiBi, T5 buckets) given as an (H, T, S) tensor. Forward
-and backward (FlashAttention-2: the backward recomputes the scores from the saved log-sum-exp).
-The reference is `reference.attention`.
+windows (with StreamingLLM's sink tokens kept visible), chunked attention (Llama 4), grouped /
+multi-query heads read straight from the shared K/V (no repeat), soft-capping of the scores, an
+additive bias (ALiBi, T5 buckets) given as an (H, T, S) tensor, and learned per-head sink logits
+(gpt-oss) in the softmax denominator. Forward and backward (FlashAttention-2: the backward
+recomputes the scores from the saved log-sum-exp). The reference is `reference.attention`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def _tile(ptr, rows, row_stride, offs_d, row_valid, d_valid):
 
 
 @triton.jit
-def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window,
+def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens,
             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-            bias_mask):
+            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, bias_mask):
     """Masked scores of one tile, and the raw tanh used by the soft-cap's derivative."""
     s = tl.dot(q, tl.trans(k)) * scale
     t = s
@@ -45,18 +46,24 @@ def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window,
     if CAUSAL:
         allowed = allowed & (rel >= 0)
     if WINDOW:
-        allowed = allowed & (tl.abs(rel) < window)
+        near = tl.abs(rel) < window
+        if SINK_TOKENS:
+            near = near | (kpos[None, :] < sink_tokens)
+        allowed = allowed & near
+    if CHUNK:
+        allowed = allowed & ((qpos[:, None] // chunk) == (kpos[None, :] // chunk))
     s = tl.where(allowed, s, float("-inf"))
     return s, t
 
 
 @triton.jit
 def _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap, window,
-                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr):
+                     chunk, sink_tokens, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr):
     """A tile's probabilities, recomputed from the saved log-sum-exp, and the gradient of its raw
     scores (through the soft-cap): what both backward kernels need."""
-    s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
-                   m_valid[:, None] & n_valid[None, :])
+    s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens, CAUSAL, WINDOW,
+                   SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :])
     p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)  # (M, N)
     ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
     if SOFTCAP:
@@ -74,10 +81,11 @@ def _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid,
 
 
 @triton.jit
-def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
+def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS, SINKS,
          sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, sbh, sbt,
-         H, T, S, D, group, scale, softcap, window,
+         H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
          CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+         CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -90,14 +98,17 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS,
     qpos = tl.load(QPOS + offs_m, mask=m_valid, other=0)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
+    if HAS_SINKS:  # the sink is a column of the softmax with no value: it starts the running sums
+        m_i = tl.zeros((BLOCK_M,), tl.float32) + tl.load(SINKS + h).to(tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32) + 1.0
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_valid = offs_n < S
         k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
-        s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS,
-                       m_valid[:, None] & n_valid[None, :])
+        s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens, CAUSAL,
+                       WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :])
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.exp(s - m_safe[:, None])
@@ -125,8 +136,9 @@ def _query_rows(Q, DO, QPOS, LSE, DELTA, b, h, bh, sqb, sqh, sqt, T, offs_m, m_v
 @triton.jit
 def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
               sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
-              H, T, S, D, group, scale, softcap, window,
+              H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+              CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dK and dV of one key tile for one query head (summed over the group afterwards)."""
     pid_n, bh = tl.program_id(0), tl.program_id(1)
@@ -147,7 +159,7 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
                                               offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         p, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
-                                 window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)
+                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS)
         dv += tl.dot(tl.trans(p), do)
         dk += tl.dot(tl.trans(ds), q) * scale
     out_ptrs = bh * S * D + offs_n[:, None] * D + offs_d[None, :]
@@ -158,8 +170,9 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
 @triton.jit
 def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
             sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
-            H, T, S, D, group, scale, softcap, window,
+            H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -178,7 +191,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
         k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         _, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
-                                 window, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS)
+                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS)
         dq += tl.dot(ds, k) * scale
     tl.store(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], dq, mask=q_mask)
 
@@ -194,50 +207,60 @@ def _launch_args(q, k, v, bias):
 
 class FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, q_pos, k_pos, causal, scale, window, softcap, bias):
+    def forward(ctx, q, k, v, q_pos, k_pos, causal, scale, window, softcap, bias, sinks, chunk, sink_tokens):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, h, t, s, d, kv, bias_t, strides = _launch_args(q, k, v, bias)
         out = buffers.empty_like(q)
         lse = buffers.empty(b * h, t, dtype=torch.float32, device=q.device)
+        sinks_t = sinks.detach().float().contiguous() if sinks is not None else lse.new_zeros(1)
         flags = dict(CAUSAL=bool(causal), WINDOW=bool(window), SOFTCAP=softcap is not None, HAS_BIAS=bias is not None,
+                     CHUNK=bool(chunk), SINK_TOKENS=bool(sink_tokens) and bool(window), HAS_SINKS=sinks is not None,
                      BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=max(16, triton.next_power_of_2(d)))
+        positional = (scale, softcap or 1.0, window or 0, chunk or 1, sink_tokens or 0)
         _fwd[(triton.cdiv(t, BLOCK), b * h)](
-            q, k, v, out, lse, q_pos, k_pos, bias_t, *strides, out.stride(0), out.stride(1), out.stride(2),
-            bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, scale, softcap or 1.0, window or 0, **flags)
-        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, bias_t)
-        ctx.args = (scale, softcap, window, flags)
+            q, k, v, out, lse, q_pos, k_pos, bias_t, sinks_t, *strides, out.stride(0), out.stride(1), out.stride(2),
+            bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, *positional, **flags)
+        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, bias_t, sinks_t)
+        ctx.args = (positional, flags, sinks is not None)
+        ctx.sinks_dtype = sinks.dtype if sinks is not None else None
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, q_pos, k_pos, bias_t = ctx.saved_tensors
-        scale, softcap, window, flags = ctx.args
+        q, k, v, out, lse, q_pos, k_pos, bias_t, sinks_t = ctx.saved_tensors
+        positional, flags, has_sinks = ctx.args
         do = do.contiguous()
         b, h, t, s, d, kv, _, strides = _launch_args(q, k, v, None)
         delta = (do.float() * out.float()).sum(-1).reshape(b * h, t)
         dk = buffers.empty(b, h, s, d, dtype=torch.float32, device=q.device)
         dv = buffers.empty_like(dk)
         dq = buffers.empty(b, h, t, d, dtype=torch.float32, device=q.device)
-        common = (*strides, bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, scale, softcap or 1.0, window or 0)
+        common = (*strides, bias_t.stride(0), bias_t.stride(1), h, t, s, d, h // kv, *positional)
         _bwd_dkdv[(triton.cdiv(s, BLOCK), b * h)](q, k, v, do, lse, delta, q_pos, k_pos, bias_t, dk, dv, *common, **flags)
         _bwd_dq[(triton.cdiv(t, BLOCK), b * h)](q, k, v, do, lse, delta, q_pos, k_pos, bias_t, dq, *common, **flags)
+        dsinks = None
+        if has_sinks:  # the sink column's probability times (its dP, which is 0, minus delta), summed
+            p_sink = torch.exp(sinks_t[None, :, None] - lse.view(b, h, t))
+            dsinks = -(p_sink * delta.view(b, h, t)).sum((0, 2))
         # each key/value head collects the gradients of the query heads that share it
         dk = dk.view(b, kv, h // kv, s, d).sum(2).to(k.dtype)
         dv = dv.view(b, kv, h // kv, s, d).sum(2).to(v.dtype)
-        return dq.to(q.dtype), dk, dv, None, None, None, None, None, None, None
+        return (dq.to(q.dtype), dk, dv, None, None, None, None, None, None, None,
+                dsinks.to(ctx.sinks_dtype) if dsinks is not None else None, None, None)
 
 
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
-              key_mask=None):
+              key_mask=None, sinks=None, chunk=None, sink_tokens=0, dropout=0.0):
     """Same contract as `reference.attention`. Padding masks, learned biases that need a
-    gradient (it would need the full score matrix) and value widths unlike the key width
-    (differential attention's halves) go to the reference."""
+    gradient (it would need the full score matrix), value widths unlike the key width
+    (differential attention's halves) and dropout on the probabilities go to the reference."""
     from . import reference
 
-    if key_mask is not None or (bias is not None and bias.requires_grad) or v.shape[-1] != q.shape[-1]:
+    if key_mask is not None or (bias is not None and bias.requires_grad) or v.shape[-1] != q.shape[-1] or dropout:
         return reference.attention(q, k, v, q_pos, k_pos, causal=causal, scale=scale, window=window, softcap=softcap,
-                                   bias=bias, key_mask=key_mask)
+                                   bias=bias, key_mask=key_mask, sinks=sinks, chunk=chunk, sink_tokens=sink_tokens,
+                                   dropout=dropout)
     if bias is not None:
         bias = bias.expand(q.shape[1], q.shape[2], k.shape[2]).contiguous()
     return FlashAttention.apply(q, k, v, q_pos.to(torch.int32).contiguous(), k_pos.to(torch.int32).contiguous(),
-                                causal, scale, window, softcap, bias)
+                                causal, scale, window, softcap, bias, sinks, chunk, sink_tokens)

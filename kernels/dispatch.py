@@ -77,18 +77,10 @@ def rope(x, cos, sin):
     return reference.rope(x, cos, sin)
 
 
-def _lacks_kernel(sinks=None, chunk=None, sink_tokens=0, dropout=0.0) -> bool:
-    """Whether an attention call uses a feature the Triton kernel does not implement (learned
-    sinks, chunked masks, StreamingLLM sink tokens, dropout on the probabilities): those always
-    run on the reference."""
-    return sinks is not None or bool(chunk) or bool(sink_tokens) or bool(dropout)
-
-
 def attention(q, k, v, q_pos, k_pos, **kw):
-    extra = {name: kw.pop(name) for name in ("sinks", "chunk", "sink_tokens", "dropout") if name in kw}
-    if _lacks_kernel(**extra):
-        return reference.attention(q, k, v, q_pos, k_pos, **kw, **extra)
-    if use_triton(q):
+    # dropout on the probabilities needs them whole: only the reference draws it
+    if use_triton(q) and not kw.get("dropout"):
+        kw.pop("dropout", None)
         return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
     return reference.attention(q, k, v, q_pos, k_pos, **kw)
 
