@@ -51,7 +51,7 @@ def _ffn(ffn):
         experts = min(ffn.experts, 8)
         # groups of 2 experts keep group-limited routing (and its top-2 group score) meaningful
         groups = math.gcd(ffn.groups, experts // 2) if ffn.groups > 1 else 1
-        topk_groups = min(ffn.topk_groups, groups)
+        topk_groups = max(1, ffn.topk_groups * groups // ffn.groups)  # the same share of groups kept
         top_k = min(ffn.top_k, topk_groups * experts // groups)
         return ffn.model_copy(update={"experts": experts, "top_k": top_k, "expert": expert, "shared": shared,
                                       "groups": groups, "topk_groups": topk_groups})

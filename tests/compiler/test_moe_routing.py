@@ -118,3 +118,15 @@ def test_clamped_swiglu_is_not_a_dense_ffn():
     text = spec("router = softmax").replace(
         "moe(experts = 8, top_k = 2, expert = swiglu(hidden = 16), router = softmax)", "clamped_swiglu(hidden = 16)")
     assert "unknown ffn kind `clamped_swiglu`" in error(text)
+
+
+def test_the_stand_in_keeps_group_limited_routing():
+    """`archc check --run`'s small model still routes within groups, keeping the same share."""
+    from archlang.api import load_model
+    from archlang.compiler.tiny import shrink
+
+    from ..conftest import EXAMPLES
+
+    ffn = shrink(load_model(EXAMPLES / "deepseek_v3.arch")).blocks["moe"].ffn
+    assert (ffn.experts, ffn.groups, ffn.topk_groups, ffn.top_k) == (8, 4, 2, 4)
+    assert ffn.correction_bias and ffn.group_score == "top2_sum"
