@@ -60,6 +60,12 @@ CASES = {
         qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
         moe_intermediate_size=16, first_k_dense_replace=0, n_group=1, topk_group=1, norm_topk_prob=False,
         rope_interleave=False)),
+    # partial RoPE (half the head), q/k/v biases without an o bias, grouped sigmoid routing
+    "glm4_moe": (T.Glm4MoeConfig, T.Glm4MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, attention_bias=True, n_routed_experts=8, n_shared_experts=1,
+        num_experts_per_tok=3, moe_intermediate_size=16, first_k_dense_replace=1, n_group=4, topk_group=2,
+        routed_scaling_factor=1.5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5})),
     "t5": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                         num_heads=4, relative_attention_num_buckets=8,
                                                         relative_attention_max_distance=16)),
@@ -125,7 +131,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "t5"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe", "t5"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
@@ -146,6 +152,7 @@ def test_imported_spec_is_a_readable_spec():
 
 @pytest.mark.parametrize("case,knob", [
     ("deepseek_v3", "e_score_correction_bias"), ("deepseek_v3", "n_group"), ("deepseek_v2-group-limited", "n_group"),
+    ("glm4_moe", "e_score_correction_bias"), ("glm4_moe", "n_group"),
 ])
 def test_deepseek_routing_parity_is_not_vacuous(case, knob):
     """The perturbed correction bias and the expert groups change which experts these tiny

@@ -249,6 +249,16 @@ TABLES: dict[str, dict[str, Key]] = {
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
                                            "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
+    "glm4_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED,
+                 "use_qk_norm": only(False, reason="GLM-4 MoE's per-head q/k norms are not mapped"),
+                 "n_group": checked(lambda v, c: _groups_problem(c)), "topk_group": MAPPED,  # checked with n_group
+                 "output_router_logits": NO_AUX_LOSS,
+                 **{k: irrelevant("the multi-token-prediction layers are not part of the function HF computes: "
+                                  "Glm4MoeForCausalLM never builds them and drops their weights on load")
+                    for k in ("num_nextn_predict_layers", "num_mtp_layers")},
+                 **{k: MAPPED for k in ("first_k_dense_replace", "n_routed_experts", "n_shared_experts",
+                                        "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok",
+                                        "moe_intermediate_size")}},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",
@@ -272,8 +282,8 @@ def _groups_problem(config: dict) -> str | None:
     top_k = config.get("num_experts_per_tok")
     if groups > 1 and isinstance(top_k, int) and top_k > kept * (experts // groups):
         return f"num_experts_per_tok ({top_k}) exceeds the {kept * (experts // groups)} experts of the kept groups"
-    if groups > 1 and config.get("model_type") == "deepseek_v3" and experts // groups < 2:
-        return "DeepSeek-V3 scores a group by its two best experts: each group needs at least 2"
+    if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe") and experts // groups < 2:
+        return "DeepSeek-V3's routing scores a group by its two best experts: each group needs at least 2"
     return None
 
 

@@ -178,6 +178,12 @@ def _deepseek_v2(c, r: _Rules) -> None:
     del v
 
 
+def _glm4_moe(c, r: _Rules) -> None:
+    _llama_family(c, r)  # Llama's names, DeepSeek-V3's MoE
+    for i in range(c.num_hidden_layers):
+        r.add(f"layers.{i}.moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -238,7 +244,7 @@ def _t5(c, r: _Rules) -> None:
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
