@@ -311,7 +311,10 @@ class _Lowerer:
         e = moe.experts
         expert = moe.expert
         attrs = {
-            "experts": e, "top_k": moe.top_k, "expert_kind": expert.kind, "expert_act": expert.act,
+            "experts": e, "top_k": moe.top_k,
+            # gpt-oss's clamped SwiGLU has the GLU weights; its function is the expert's activation
+            "expert_kind": "swiglu" if isinstance(expert, A.ClampedSwiGLU) else expert.kind,
+            "expert_act": "swiglu_oai" if isinstance(expert, A.ClampedSwiGLU) else expert.act,
             "expert_hidden": expert.hidden, "expert_bias": expert.bias,
             "shared_kind": moe.shared.kind if moe.shared else None,
             "shared_act": moe.shared.act if moe.shared else None,
@@ -319,8 +322,13 @@ class _Lowerer:
             "shared_bias": bool(moe.shared.bias) if moe.shared else False,
             "shared_gate": moe.shared_gate, "router": moe.router, "normalize_top_k": moe.normalize_top_k,
             "routed_scale": moe.routed_scale, "aux_loss": moe.aux_loss, "z_loss": moe.z_loss,
-            "capacity_factor": moe.capacity_factor,
+            "capacity_factor": moe.capacity_factor, "router_bias": moe.router_bias,
+            "correction_bias": moe.correction_bias, "bias_update_speed": moe.bias_update_speed,
+            "seq_aux_loss": moe.seq_aux_loss, "groups": moe.groups, "topk_groups": moe.topk_groups,
+            "group_score": moe.group_score, "scale_input": moe.scale_input,
         }
+        if isinstance(expert, A.ClampedSwiGLU):
+            attrs.update(glu_limit=expert.limit, glu_alpha=expert.alpha)
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),
                            attrs=attrs, **ctx)
 

@@ -7,6 +7,8 @@ Every ratio the spec relies on is kept (heads : kv_heads, experts : top_k, windo
 
 from __future__ import annotations
 
+import math
+
 from archlang.spec import ast as A
 
 HEAD_DIM = 8
@@ -47,8 +49,12 @@ def _ffn(ffn):
         expert = ffn.expert.model_copy(update={"hidden": 16})
         shared = ffn.shared.model_copy(update={"hidden": 16 * max(1, ffn.shared_experts)}) if ffn.shared else None
         experts = min(ffn.experts, 8)
-        return ffn.model_copy(update={"experts": experts, "top_k": min(ffn.top_k, experts), "expert": expert,
-                                      "shared": shared})
+        # groups of 2 experts keep group-limited routing (and its top-2 group score) meaningful
+        groups = math.gcd(ffn.groups, experts // 2) if ffn.groups > 1 else 1
+        topk_groups = max(1, ffn.topk_groups * groups // ffn.groups)  # the same share of groups kept
+        top_k = min(ffn.top_k, topk_groups * experts // groups)
+        return ffn.model_copy(update={"experts": experts, "top_k": top_k, "expert": expert, "shared": shared,
+                                      "groups": groups, "topk_groups": topk_groups})
     return ffn.model_copy(update={"hidden": HIDDEN})
 
 

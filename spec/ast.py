@@ -314,7 +314,18 @@ class GLU(Node):
         return self
 
 
-ExpertFFN = Annotated[Union[MLP, GLU], Field(discriminator="kind")]
+class ClampedSwiGLU(Node):
+    """gpt-oss's expert: down((clamp(up) + 1) * g * sigmoid(alpha * g)) with g = min(gate, limit)
+    and up clamped to [-limit, limit]; no clamp when `limit` is none. Routed experts only."""
+
+    kind: Literal["clamped_swiglu"]
+    hidden: Dim
+    limit: PositiveFloat | None = None
+    alpha: PositiveFloat = 1.702
+    bias: bool = False
+
+
+ExpertFFN = Annotated[Union[MLP, GLU, ClampedSwiGLU], Field(discriminator="kind")]
 
 
 class MoE(Node):
@@ -334,11 +345,29 @@ class MoE(Node):
     aux_loss: NonNegFloat = 0.0  # load-balancing loss coefficient (Switch Transformer)
     z_loss: NonNegFloat = 0.0  # router z-loss coefficient (ST-MoE)
     capacity_factor: PositiveFloat | None = None  # tokens beyond capacity are dropped in training
+    router_bias: bool = False  # a learned bias on the router logits (gpt-oss)
+    # DeepSeek-V3 auxiliary-loss-free balancing: a per-expert bias added to the scores for choosing
+    # experts only, moved by `bias_update_speed` per training step against each expert's load
+    correction_bias: bool = False
+    bias_update_speed: NonNegFloat = 0.0
+    seq_aux_loss: NonNegFloat = 0.0  # DeepSeek-V3's sequence-wise balance loss coefficient
+    # group-limited routing (DeepSeek-V2/V3): top_k is taken within the best `topk_groups` of `groups`
+    groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] = 1
+    topk_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    group_score: Literal["top2_sum", "max"] | None = None  # default top2_sum when groups > 1
+    scale_input: bool = False  # the routing weight scales the expert's input, not its output (Llama 4)
 
     @model_validator(mode="after")
     def _routing(self) -> "MoE":
         if self.top_k > self.experts:
             raise FieldError("top_k", f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        self._check_balancing()
+        self._check_groups()
+        if isinstance(self.shared, ClampedSwiGLU) or (self.shared is None and self.shared_experts
+                                                      and isinstance(self.expert, ClampedSwiGLU)):
+            field = "shared" if self.shared is not None else "shared_experts"
+            raise FieldError(field, "clamped_swiglu is implemented for the routed experts only",
+                             "give the shared experts explicitly: shared = swiglu(hidden = ...)")
         if self.shared is not None and self.shared_experts == 0:
             object.__setattr__(self, "shared_experts", 1)
         if self.shared is None and self.shared_experts:
@@ -347,6 +376,40 @@ class MoE(Node):
         if self.shared_gate and self.shared is None:
             raise FieldError("shared_gate", "shared_gate needs shared experts", "add shared_experts = 1")
         return self
+
+    def _check_balancing(self) -> None:
+        if self.bias_update_speed and not self.correction_bias:
+            raise FieldError("bias_update_speed", "bias_update_speed moves the correction bias, which is off",
+                             "add correction_bias = true")
+
+    def _check_groups(self) -> None:
+        g = self.groups
+        if g == 1:
+            if self.topk_groups not in (None, 1):
+                raise FieldError("topk_groups", f"topk_groups ({self.topk_groups}) needs expert groups",
+                                 "set groups = n, which must divide experts")
+            if self.group_score is not None:
+                raise FieldError("group_score", "group_score needs expert groups", "set groups = n")
+            object.__setattr__(self, "topk_groups", 1)
+            return
+        if self.experts % g:
+            raise FieldError("groups", f"groups ({g}) must divide experts ({self.experts})")
+        if self.topk_groups is None:
+            raise FieldError("groups", f"groups = {g} needs topk_groups, the number of groups routed to",
+                             f"add topk_groups = k with 1 <= k <= {g}")
+        if self.topk_groups > g:
+            raise FieldError("topk_groups", f"topk_groups ({self.topk_groups}) exceeds groups ({g})")
+        per_group = self.experts // g
+        if self.top_k > self.topk_groups * per_group:
+            raise FieldError("top_k", f"top_k ({self.top_k}) exceeds the {self.topk_groups * per_group} experts "
+                                      f"in the topk_groups = {self.topk_groups} groups kept")
+        written = self.group_score is not None
+        if not written:
+            object.__setattr__(self, "group_score", "top2_sum")
+        if self.group_score == "top2_sum" and per_group < 2:
+            raise FieldError("group_score" if written else "groups", f"group_score = top2_sum needs at least 2 experts per group, "
+                                            f"and {self.experts} experts in {g} groups have {per_group}",
+                             "use group_score = max, or fewer groups")
 
 
 FFN = Annotated[Union[MLP, GLU, MoE], Field(discriminator="kind")]
@@ -568,7 +631,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
-    "expert": _kind_classes(MLP, GLU),
+    "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}

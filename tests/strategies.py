@@ -37,15 +37,35 @@ def ffn(draw, allow_moe: bool = True) -> str:
         return f"{kind}(hidden = {hidden})"
     experts = draw(st.integers(2, 6))
     top_k = draw(st.integers(1, experts))
-    expert = draw(ffn(allow_moe=False))
+    clamped = draw(st.booleans()) and draw(st.booleans())
+    expert = f"clamped_swiglu(hidden = {hidden}, limit = 7, bias = true)" if clamped else draw(ffn(allow_moe=False))
     extra = ""
     if draw(st.booleans()):
-        extra += f", shared_experts = {draw(st.integers(1, 2))}"
+        extra += f", shared_experts = {draw(st.integers(1, 2))}" + (", shared = swiglu(hidden = 16)" if clamped else "")
     if draw(st.booleans()):
         extra += ", router = sigmoid"
     if draw(st.booleans()):
         extra += ", aux_loss = 0.01, z_loss = 0.001"
+    extra += draw(routing(experts, top_k))
     return f"moe(experts = {experts}, top_k = {top_k}, expert = {expert}{extra})"
+
+
+@st.composite
+def routing(draw, experts: int, top_k: int) -> str:
+    """The routing variants, in combinations the language accepts."""
+    extra = ""
+    if draw(st.booleans()):
+        extra += ", router_bias = true"
+    if draw(st.booleans()):
+        extra += ", correction_bias = true, bias_update_speed = 0.01, seq_aux_loss = 0.001"
+    if draw(st.booleans()):
+        extra += ", scale_input = true"
+    if experts % 2 == 0 and draw(st.booleans()):
+        kept = draw(st.integers(1, 2))
+        if top_k <= kept * experts // 2:
+            scores = ["top2_sum", "max"] if experts >= 4 else ["max"]  # top2_sum needs 2 experts per group
+            extra += f", groups = 2, topk_groups = {kept}, group_score = {draw(st.sampled_from(scores))}"
+    return extra
 
 
 @st.composite

@@ -20,6 +20,12 @@ def expert_params(prefix: str, kind: str, hidden: int, bias: bool, d: int, leadi
 _CODEGEN_KEYS = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "shared_kind", "shared_act",
                  "shared_hidden", "shared_bias", "shared_gate", "router", "normalize_top_k", "routed_scale",
                  "aux_loss", "z_loss", "capacity_factor")
+# The routing variants, written only when on so the code of existing specs stays as it was;
+# attribute name → runtime keyword.
+_OPTIONAL_KEYS = {"router_bias": "router_bias", "correction_bias": "correction_bias",
+                  "bias_update_speed": "bias_update_speed", "seq_aux_loss": "seq_aux_loss", "groups": "n_group",
+                  "topk_groups": "topk_group", "group_score": "group_score", "scale_input": "scale_input",
+                  "glu_limit": "glu_limit", "glu_alpha": "glu_alpha"}
 
 
 @register
@@ -35,6 +41,17 @@ class MoE(OpDef):
         "shared_gate": attr(bool, default=False, doc="a sigmoid gate on the shared experts' output (Qwen2-MoE)"),
         "router": attr(str, doc="softmax | sigmoid"), "normalize_top_k": attr(bool), "routed_scale": attr(float),
         "aux_loss": attr(float), "z_loss": attr(float), "capacity_factor": attr(float, default=None),
+        "router_bias": attr(bool, default=False, doc="a learned bias on the router logits (gpt-oss)"),
+        "correction_bias": attr(bool, default=False,
+                                doc="DeepSeek-V3's selection-only score bias: a buffer, not a parameter"),
+        "bias_update_speed": attr(float, default=0.0, doc="per-step move of the correction bias against the load"),
+        "seq_aux_loss": attr(float, default=0.0, doc="DeepSeek-V3's sequence-wise balance loss coefficient"),
+        "groups": attr(int, default=1, doc="expert groups for group-limited routing"),
+        "topk_groups": attr(int, default=1, doc="groups routed to"),
+        "group_score": attr(str, default=None, doc="top2_sum | max: how a group is scored"),
+        "scale_input": attr(bool, default=False, doc="the routing weight scales the expert's input (Llama 4)"),
+        "glu_limit": attr(float, default=None, doc="clamp of gpt-oss's SwiGLU (expert_act swiglu_oai)"),
+        "glu_alpha": attr(float, default=None, doc="sigmoid slope of gpt-oss's SwiGLU"),
     }
     arity = (1, 1)
     picture = "moe"
@@ -42,6 +59,8 @@ class MoE(OpDef):
     def params(self, a, shape):
         d, e = shape[-1], a["experts"]
         params = {"router": (e, d)}
+        if a["router_bias"]:
+            params["router_bias"] = (e,)
         params.update(expert_params("experts_", a["expert_kind"], a["expert_hidden"], a["expert_bias"], d, (e,)))
         if a["shared_kind"] is not None:
             params.update(expert_params("shared_", a["shared_kind"], a["shared_hidden"], a["shared_bias"], d, ()))
@@ -64,7 +83,7 @@ class MoE(OpDef):
             n = 1
             for s in shape:
                 n *= s
-            key = "moe_router" if name == "router" else "moe_experts" if name.startswith("experts_") else "moe_shared"
+            key = "moe_router" if name.startswith("router") else "moe_experts" if name.startswith("experts_") else "moe_shared"
             total[key] += n
         active = dict(total)
         active["moe_experts"] = total["moe_experts"] // a["experts"] * a["top_k"]  # only the routed-to experts
@@ -76,8 +95,9 @@ class MoE(OpDef):
 
     def module(self, d, emit):
         a = d["attrs"]
-        return (f"rt.MoE({d['shape'][-1]}, {a['experts']}, {a['top_k']}, "
-                + ", ".join(f"{k}={a[k]!r}" for k in _CODEGEN_KEYS) + ")")
+        keywords = [f"{k}={a[k]!r}" for k in _CODEGEN_KEYS]
+        keywords += [f"{kw}={a[k]!r}" for k, kw in _OPTIONAL_KEYS.items() if a[k] != self.attrs[k].default]
+        return f"rt.MoE({d['shape'][-1]}, {a['experts']}, {a['top_k']}, " + ", ".join(keywords) + ")"
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({args[0]}, ctx)"

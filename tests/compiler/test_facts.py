@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 PUBLISHED = {
     "gpt2": 124_439_808, "llama3_8b": 8_030_261_248, "mistral_7b": 7_241_732_096, "mixtral_8x7b": 46_702_792_704,
     "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
+    "deepseek_v3": 671_026_404_352,  # without the multi-token-prediction module, as transformers builds it
 }
 
 
@@ -43,6 +44,14 @@ def hf_model(name: str):
             num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, n_shared_experts=2,
             n_routed_experts=64, num_experts_per_tok=6, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64,
             v_head_dim=128, qk_nope_head_dim=128, first_k_dense_replace=1)
+    if name == "deepseek_v3":  # deepseek-ai/DeepSeek-V3's config.json (its rope_scaling changes no count)
+        return T.DeepseekV3ForCausalLM, T.DeepseekV3Config(
+            vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+            num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_shared_experts=1,
+            n_routed_experts=256, num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+            kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128,
+            first_k_dense_replace=3, norm_topk_prob=True, max_position_embeddings=163840, rms_norm_eps=1e-6,
+            tie_word_embeddings=False, num_nextn_predict_layers=1)
     if name == "jamba":
         return T.JambaForCausalLM, T.JambaConfig()
     raise KeyError(name)
@@ -70,6 +79,8 @@ def test_active_params_count_routed_top_k_and_shared_experts():
     assert f.params_total - f.params_active == 32 * (8 - 2) * expert
     d = compute_facts(compile_spec(EXAMPLES / "deepseek_v2_lite.arch").graph)
     assert d.params_total - d.params_active == 26 * (64 - 6) * 3 * 2048 * 1408
+    v3 = compute_facts(compile_spec(EXAMPLES / "deepseek_v3.arch").graph)
+    assert v3.params_total - v3.params_active == 58 * (256 - 8) * 3 * 7168 * 2048
 
 
 def test_kv_cache_bytes():

@@ -34,6 +34,9 @@ def test_every_default_key_is_classified(model_type):
     if model_type == "deepseek_v2":  # its default num_experts_per_tok is None: the defaults are no model
         with pytest.raises(ArchError, match="top_k"):
             spec_from_config(T.AutoConfig.for_model(model_type))
+    elif model_type == "glm4_moe":  # 4096 / 96 heads floors head_dim to 42: half of it is an odd RoPE width
+        with pytest.raises(ArchError, match="rope dim must be even, got 21"):
+            spec_from_config(T.AutoConfig.for_model(model_type))
     else:
         spec_from_config(T.AutoConfig.for_model(model_type))  # the defaults themselves are expressible
 
@@ -64,7 +67,15 @@ def test_llama_values_archlang_lacks_are_refused(overrides, needle):
     ("qwen2_moe", dict(use_sliding_window=True), "use_sliding_window"),
     ("qwen2_moe", dict(output_router_logits=True), "output_router_logits"),
     ("gemma2", dict(attention_bias=True), "attention_bias"),
-    ("deepseek_v2", dict(topk_method="group_limited_greedy", n_group=2, topk_group=1), "topk_method"),
+    ("deepseek_v2", dict(topk_method="noaux_tc", n_group=2, topk_group=1), "topk_method"),
+    ("deepseek_v2", dict(topk_method="group_limited_greedy", n_group=3, topk_group=1, n_routed_experts=64,
+                         num_experts_per_tok=6), "n_group"),
+    ("deepseek_v3", dict(n_group=8, topk_group=9), "n_group"),
+    ("deepseek_v3", dict(n_group=256, topk_group=4), "n_group"),  # one expert per group: no top-2 score
+    ("deepseek_v3", dict(n_group=8, topk_group=1, num_experts_per_tok=40), "n_group"),
+    ("deepseek_v3", dict(attention_bias=True), "attention_bias"),
+    ("glm4_moe", dict(use_qk_norm=True), "use_qk_norm"),
+    ("glm4_moe", dict(n_group=3, topk_group=1), "n_group"),
     ("deepseek_v2", dict(mlp_bias=True), "mlp_bias"),
     ("t5", dict(is_decoder=True), "is_decoder"),
     ("bert", dict(is_decoder=True), "is_decoder"),

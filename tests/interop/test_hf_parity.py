@@ -46,6 +46,26 @@ CASES = {
         moe_intermediate_size=16, first_k_dense_replace=1, routed_scaling_factor=1.5,
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
                          "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32.0, "beta_slow": 1.0})),
+    "deepseek_v2-group-limited": (T.DeepseekV2Config, T.DeepseekV2ForCausalLM, dict(
+        SMALL, num_hidden_layers=2, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3,
+        moe_intermediate_size=16, topk_method="group_limited_greedy", n_group=4, topk_group=2)),
+    # MLA, sigmoid routing with the correction bias in 4 groups of 2 (2 kept), dense first layer
+    "deepseek_v3": (T.DeepseekV3Config, T.DeepseekV3ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=12, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3,
+        moe_intermediate_size=16, first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=2.5)),
+    "deepseek_v3-halves-rope": (T.DeepseekV3Config, T.DeepseekV3ForCausalLM, dict(
+        SMALL, num_hidden_layers=2, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
+        moe_intermediate_size=16, first_k_dense_replace=0, n_group=1, topk_group=1, norm_topk_prob=False,
+        rope_interleave=False)),
+    # partial RoPE (half the head), q/k/v biases without an o bias, grouped sigmoid routing
+    "glm4_moe": (T.Glm4MoeConfig, T.Glm4MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, attention_bias=True, n_routed_experts=8, n_shared_experts=1,
+        num_experts_per_tok=3, moe_intermediate_size=16, first_k_dense_replace=1, n_group=4, topk_group=2,
+        routed_scaling_factor=1.5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5})),
     "t5": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                         num_heads=4, relative_attention_num_buckets=8,
                                                         relative_attention_max_distance=16)),
@@ -64,6 +84,9 @@ def perturb(hf_model, std: float = 0.1):
     gen = torch.Generator().manual_seed(0)
     for p in hf_model.parameters():
         p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    for name, b in hf_model.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's router state, zero at init
+            b.add_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * std)
     return hf_model
 
 
@@ -108,7 +131,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe", "t5"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
@@ -125,3 +148,29 @@ def test_imported_spec_is_a_readable_spec():
     text = spec_from_config(config, name="tiny_mixtral")
     assert "ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 48))" in text
     assert "layers = layer * 2" in text
+
+
+@pytest.mark.parametrize("case,knob", [
+    ("deepseek_v3", "e_score_correction_bias"), ("deepseek_v3", "n_group"), ("deepseek_v2-group-limited", "n_group"),
+    ("glm4_moe", "e_score_correction_bias"), ("glm4_moe", "n_group"),
+])
+def test_deepseek_routing_parity_is_not_vacuous(case, knob):
+    """The perturbed correction bias and the expert groups change which experts these tiny
+    models choose, so the parity above depends on importing them right."""
+    hf, ours = _pair(case)
+    ids = torch.randint(0, 97, (2, 13))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        for layer in ours.layers:
+            moe = getattr(layer, "moe", None)
+            if moe is not None and knob == "n_group":
+                moe.n_group = 1
+            elif moe is not None:
+                moe.e_score_correction_bias.zero_()
+        assert not torch.allclose(ours(ids), ref, atol=1e-3)
+
+
+def test_deepseek_v3_spec_states_the_routing():
+    text = spec_from_config(T.DeepseekV3Config(**CASES["deepseek_v3"][2]), name="tiny_v3")
+    assert ("router = sigmoid, correction_bias = true, groups = 4, topk_groups = 2" in text
+            and "routed_scale = 2.5" in text and "layers = dense + sparse * 2" in text)

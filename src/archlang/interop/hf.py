@@ -2,7 +2,7 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, mixtral, qwen2_moe,
-deepseek_v2, gemma2, gpt2, bert, jamba, t5.
+deepseek_v2, deepseek_v3, glm4_moe, gemma2, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -246,17 +246,31 @@ def _jamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face jamba config.")
 
 
-def _deepseek_v2(c, name: str) -> str:
-    eps = c.rms_norm_eps
+def _deepseek_routing(c) -> dict[str, Any]:
+    """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
+    within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
+    uses a softmax, and groups (scored by their best expert) only with group_limited_greedy."""
+    if c.model_type == "deepseek_v3":
+        grouped = c.n_group > 1
+        return {"router": "sigmoid", "correction_bias": True, "groups": c.n_group if grouped else None,
+                "topk_groups": c.topk_group if grouped else None}
+    if c.topk_method == "group_limited_greedy":
+        return {"groups": c.n_group, "topk_groups": c.topk_group, "group_score": "max"}
     if c.topk_method != "greedy":
         _unsupported(f"DeepSeek routing {c.topk_method!r}")
+    return {}
+
+
+def _deepseek_v2(c, name: str) -> str:
+    eps = c.rms_norm_eps
     if c.attention_bias:
         _unsupported("DeepSeek attention_bias")
     mla = call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
                rope_head_dim=c.qk_rope_head_dim, nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim)
     moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
                expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
-               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None)
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+               **_deepseek_routing(c))
     kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]
     blocks = {}
     if "dense" in kinds:
@@ -265,7 +279,35 @@ def _deepseek_v2(c, name: str) -> str:
         blocks["sparse"] = {"norm": call("rmsnorm", eps=eps), "attention": mla, "ffn": moe}
     fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
     layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
-    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face deepseek_v2 config.")
+    return write_spec(name, fields, blocks, {"layers": layers}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _glm4_moe(c, name: str) -> str:
+    """GLM-4.5: GQA with partial RoPE and q/k/v biases, DeepSeek-V3's routing, dense first layers."""
+    eps = c.rms_norm_eps
+    if c.use_qk_norm:
+        _unsupported("GLM-4 MoE use_qk_norm")
+    heads, kv = c.num_attention_heads, c.num_key_value_heads
+    hd = getattr(c, "head_dim", None) or c.hidden_size // heads  # Glm4MoeAttention floors, never refuses
+    kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
+    attention = call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None,
+                     head_dim=hd if hd * heads != c.hidden_size else None, bias=bool(c.attention_bias) or None)
+    grouped = c.n_group > 1
+    moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+               router="sigmoid", correction_bias=True, groups=c.n_group if grouped else None,
+               topk_groups=c.topk_group if grouped else None)
+    kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]
+    blocks = {}
+    if "dense" in kinds:
+        blocks["dense"] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
+                           "ffn": call("swiglu", hidden=c.intermediate_size)}
+    if "sparse" in kinds:
+        blocks["sparse"] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face glm4_moe config.")
 
 
 def _t5(c, name: str) -> str:
@@ -302,7 +344,7 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "mixtral": _moe_like,
     "qwen2_moe": _moe_like, "gemma2": _gemma2, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
-    "deepseek_v2": _deepseek_v2, "t5": _t5,
+    "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
 }
 
 

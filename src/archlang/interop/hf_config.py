@@ -220,14 +220,45 @@ TABLES: dict[str, dict[str, Key]] = {
                     "qk_head_dim": checked(lambda v, c: None if v == (c.get("qk_nope_head_dim") or 0)
                                            + (c.get("qk_rope_head_dim") or 0) else
                                            "it must be qk_nope_head_dim + qk_rope_head_dim"),
-                    "topk_method": only("greedy", reason="archlang routes greedily (top-k over all experts)"),
-                    **{k: irrelevant("used only by group_limited_greedy routing; topk_method is checked")
-                       for k in ("n_group", "topk_group")},
+                    "topk_method": only("greedy", "group_limited_greedy",
+                                        reason="archlang has DeepSeek-V2's greedy and group_limited_greedy routing"),
+                    # read by group_limited_greedy only; checked then, since a spec cannot state them otherwise
+                    "n_group": checked(lambda v, c: _groups_problem(c) if c.get("topk_method") == "group_limited_greedy"
+                                       else None),
+                    "topk_group": MAPPED,  # checked with n_group
                     "output_router_logits": NO_AUX_LOSS,
                     **{k: MAPPED for k in ("first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "n_routed_experts",
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
                                            "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
+    "deepseek_v3": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP,
+                    "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v3"),
+                    "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query head"),
+                    "head_dim": _same_as("qk_rope_head_dim", "transformers sets it to qk_rope_head_dim"),
+                    "qk_head_dim": checked(lambda v, c: None if v == (c.get("qk_nope_head_dim") or 0)
+                                           + (c.get("qk_rope_head_dim") or 0) else
+                                           "it must be qk_nope_head_dim + qk_rope_head_dim"),
+                    "n_group": checked(lambda v, c: _groups_problem(c)), "topk_group": MAPPED,  # checked with n_group
+                    "output_router_logits": NO_AUX_LOSS,
+                    # chooses interleaved or half-split RoPE channels: mapped by the weight rules
+                    "rope_interleave": MAPPED,
+                    **{k: irrelevant("the multi-token-prediction module is not part of the function HF computes: "
+                                     "DeepseekV3ForCausalLM never builds it and drops its weights on load")
+                       for k in ("num_nextn_predict_layers", "num_mtp_layers")},
+                    **{k: MAPPED for k in ("first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "n_routed_experts",
+                                           "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
+                                           "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
+                                           "num_experts_per_tok", "moe_intermediate_size")}},
+    "glm4_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED,
+                 "use_qk_norm": only(False, reason="GLM-4 MoE's per-head q/k norms are not mapped"),
+                 "n_group": checked(lambda v, c: _groups_problem(c)), "topk_group": MAPPED,  # checked with n_group
+                 "output_router_logits": NO_AUX_LOSS,
+                 **{k: irrelevant("the multi-token-prediction layers are not part of the function HF computes: "
+                                  "Glm4MoeForCausalLM never builds them and drops their weights on load")
+                    for k in ("num_nextn_predict_layers", "num_mtp_layers")},
+                 **{k: MAPPED for k in ("first_k_dense_replace", "n_routed_experts", "n_shared_experts",
+                                        "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok",
+                                        "moe_intermediate_size")}},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",
@@ -238,6 +269,22 @@ TABLES: dict[str, dict[str, Key]] = {
            "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
            "tie_word_embeddings": only(True, reason="an untied t5 LM head (t5 v1.1) is not mapped")},
 }
+
+
+def _groups_problem(config: dict) -> str | None:
+    """DeepSeek's expert groups as archlang's moe(groups, topk_groups) states them (transformers
+    would fail or route differently otherwise)."""
+    groups, kept, experts = config.get("n_group"), config.get("topk_group"), config.get("n_routed_experts")
+    if not isinstance(groups, int) or not isinstance(kept, int) or groups < 1 or not 1 <= kept <= groups:
+        return f"n_group ({groups}) and topk_group ({kept}) must be integers with 1 <= topk_group <= n_group"
+    if not isinstance(experts, int) or experts % groups:
+        return f"n_group ({groups}) must divide n_routed_experts ({experts})"
+    top_k = config.get("num_experts_per_tok")
+    if groups > 1 and isinstance(top_k, int) and top_k > kept * (experts // groups):
+        return f"num_experts_per_tok ({top_k}) exceeds the {kept * (experts // groups)} experts of the kept groups"
+    if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe") and experts // groups < 2:
+        return "DeepSeek-V3's routing scores a group by its two best experts: each group needs at least 2"
+    return None
 
 
 def table(model_type: str) -> dict[str, Key]:

@@ -157,19 +157,31 @@ def _experts(c, r: _Rules, p: str, mlp: str, legacy: str) -> None:
 
 
 def _deepseek_v2(c, r: _Rules) -> None:
+    """DeepSeek-V2 and V3 (same names; V3 adds the router's correction bias)."""
     _llama_family(c, r)  # embeddings, norms, FFN and MoE share Llama's names
     heads, nope, rope, v = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+    # V2 always rotates channel pairs; V3 does unless rope_interleave is off (then halves, as archlang)
+    pairs = getattr(c, "rope_interleave", True)
     for i in range(c.num_hidden_layers):
         p, a = f"layers.{i}.", f"model.layers.{i}.self_attn."
+        r.add(f"{p}moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
         q_perm = (heads, nope, nope + rope, rope)
-        r.add(f"{p}q_proj.weight", f"{a}q_proj.weight", "permute", q_perm)
+        kind = "permute" if pairs else "same"
+        r.add(f"{p}q_proj.weight", f"{a}q_proj.weight", kind, q_perm if pairs else None)
         r.add(f"{p}q_a_proj.weight", f"{a}q_a_proj.weight")
         r.add(f"{p}q_a_norm.weight", f"{a}q_a_layernorm.weight")
-        r.add(f"{p}q_b_proj.weight", f"{a}q_b_proj.weight", "permute", q_perm)
-        r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight", "permute", (1, c.kv_lora_rank, c.kv_lora_rank + rope, rope))
+        r.add(f"{p}q_b_proj.weight", f"{a}q_b_proj.weight", kind, q_perm if pairs else None)
+        r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight", kind,
+              (1, c.kv_lora_rank, c.kv_lora_rank + rope, rope) if pairs else None)
         r.op("mla_attention", f"{p}attn", a.rstrip("."))
         r.add(f"{p}o_proj.weight", f"{a}o_proj.weight")
     del v
+
+
+def _glm4_moe(c, r: _Rules) -> None:
+    _llama_family(c, r)  # Llama's names, DeepSeek-V3's MoE
+    for i in range(c.num_hidden_layers):
+        r.add(f"layers.{i}.moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
 
 
 def _gpt2(c, r: _Rules) -> None:
@@ -232,6 +244,7 @@ def _t5(c, r: _Rules) -> None:
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
