@@ -184,13 +184,18 @@ class DeepseekV3(rt.ArchModel):
         self.lm_head = nn.Linear(7168, 129280, bias=False)
         self.reset_parameters()
 
-    def features(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings as the model computes them: what `inputs_embeds` stands in for."""
+        return self.embed(input_ids)
+
+    def features(self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
+                 positions: torch.Tensor | None = None, cache: rt.Cache | None = None,
                  attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states, before the LM head."""
-        ctx = self.make_context(input_ids, cache=cache, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids)
-        x = self.embed(input_ids)  # (B, T, 7168)
+        ctx = self.make_context(input_ids, inputs_embeds, positions=positions, cache=cache,
+                                attention_mask=attention_mask, token_type_ids=token_type_ids)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, 7168)
         ctx.tables['rope_table'] = self.rope_table(ctx.positions)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
@@ -198,11 +203,13 @@ class DeepseekV3(rt.ArchModel):
         self.finish(ctx)
         return x
 
-    def forward(self, input_ids: torch.Tensor, *, cache: rt.Cache | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, cache: rt.Cache | None = None,
                 attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits for every position, or for the last `logits_to_keep` (generation needs one)."""
-        x = self.features(input_ids, cache=cache, attention_mask=attention_mask,
+        x = self.features(input_ids, inputs_embeds=inputs_embeds, positions=positions,
+                           cache=cache, attention_mask=attention_mask,
                            token_type_ids=token_type_ids)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
