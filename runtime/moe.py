@@ -76,6 +76,15 @@ class MoE(nn.Module):
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
 
+    def _apply(self, fn, recurse=True):
+        """Casting the model (to bf16, ...) leaves the correction bias in float32, as DeepSeek-V3
+        keeps it: its small update steps would round away, and expert choice would drift."""
+        bias = self.e_score_correction_bias
+        out = super()._apply(fn, recurse)
+        if bias is not None and self.e_score_correction_bias.dtype != torch.float32:
+            self.e_score_correction_bias = nn.Buffer(bias.to(self.e_score_correction_bias.device, torch.float32))
+        return out
+
     def _experts(self, xs: torch.Tensor, expert_of: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The expert FFN on rows sorted by expert: two grouped matmuls."""
         up_name = "experts_gate_up" if self.expert_glu else "experts_up"
@@ -109,7 +118,11 @@ class MoE(nn.Module):
         return h
 
     def route(self, x: torch.Tensor):
-        logits = F.linear(x, self.router, self.router_bias).float()  # (N, E)
+        if self.e_score_correction_bias is not None:  # DeepSeek-V3 routes in float32 whatever the model's dtype
+            bias = self.router_bias.float() if self.router_bias is not None else None
+            logits = F.linear(x.float(), self.router.float(), bias)  # (N, E)
+        else:
+            logits = F.linear(x, self.router, self.router_bias).float()  # (N, E)
         probs, weights, index = dispatch.route(logits, self.top_k, sigmoid=self.router_kind == "sigmoid",
                                                normalize=self.normalize_top_k, scale=self.routed_scale,
                                                correction_bias=self.e_score_correction_bias, n_group=self.n_group,

@@ -365,3 +365,23 @@ def test_training_step_compiles_in_one_graph_and_updates_the_bias_as_eager():
         torch.testing.assert_close(ctxs[1].aux_losses[0], ctxs[0].aux_losses[0], **TOL)
     assert (eager.e_score_correction_bias != variant("deepseek_v3").e_score_correction_bias).any()
     torch.testing.assert_close(compiled.e_score_correction_bias, eager.e_score_correction_bias)
+
+
+def test_the_correction_bias_stays_float32_and_routes_in_float32():
+    """DeepSeek-V3 keeps its correction bias and router logits in float32 in a bf16 model: a
+    bf16 buffer would round its update steps away."""
+    from archlang.runtime.moe import MoE
+
+    m = MoE(16, 4, 2, expert_kind="swiglu", expert_act="silu", expert_hidden=8, router="sigmoid", correction_bias=True,
+            bias_update_speed=1e-3)
+    with torch.no_grad():
+        m.e_score_correction_bias.fill_(1.0 + 1e-3)
+    m = m.to(torch.bfloat16)
+    assert m.e_score_correction_bias.dtype == torch.float32 and m.router.dtype == torch.bfloat16
+    assert m.e_score_correction_bias[0].item() == pytest.approx(1.0 + 1e-3, abs=1e-7)
+    assert m.state_dict()["e_score_correction_bias"].dtype == torch.float32
+    x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    logits = m.route(x.reshape(-1, 16))[0]
+    expected = x.reshape(-1, 16).float() @ m.router.float().t()
+    torch.testing.assert_close(logits, expected)
+    assert m(x).dtype == torch.bfloat16
