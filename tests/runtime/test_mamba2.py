@@ -1,0 +1,265 @@
+"""Mamba-2 (SSD): the chunked algorithm and its one-step form against the recurrence written as a
+plain loop over time; the layer against Hugging Face's `Mamba2Mixer` (its PyTorch path, with every
+weight perturbed) and its cached decode; causality, cached decode = full forward, gradients,
+torch.compile, and the state bytes formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache, Mamba2Config
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+from archlang import runtime as rt
+from archlang.kernels import reference
+from archlang.spec.errors import ArchError
+
+from ..conftest import FP32
+
+D_MODEL = 16
+
+
+def recurrence(x, dt, A, B, C, state=None):
+    """h_t = exp(dt_t A_h) h_{t-1} + dt_t x_t B_t^T per head, y_t = h_t C_t, one step at a time.
+    x (B, T, H, P), dt (B, T, H), A (H,), B/C (B, T, G, N), state (B, H, P, N)."""
+    bsz, t, heads, p = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    h = torch.zeros(bsz, heads, p, n) if state is None else state.clone()
+    ys = []
+    for i in range(t):
+        new = []
+        for head in range(heads):
+            g = head // (heads // groups)
+            decay = torch.exp(dt[:, i, head] * A[head])[:, None, None]  # (B, 1, 1)
+            inp = (dt[:, i, head, None] * x[:, i, head])[:, :, None] * B[:, i, g][:, None, :]  # (B, P, N)
+            new.append(decay * h[:, head] + inp)
+        h = torch.stack(new, dim=1)
+        ys.append(torch.stack([(h[:, head] * C[:, i, head // (heads // groups), None, :]).sum(-1)  # (B, P)
+                               for head in range(heads)], dim=1))
+    return torch.stack(ys, dim=1), h
+
+
+def ssd_inputs(bsz=2, t=10, heads=4, p=3, groups=2, n=5, with_state=False):
+    torch.manual_seed(0)
+    x = torch.randn(bsz, t, heads, p)
+    dt = torch.nn.functional.softplus(torch.randn(bsz, t, heads))
+    A = -torch.rand(heads) * 2 - 0.1
+    B, C = torch.randn(bsz, t, groups, n), torch.randn(bsz, t, groups, n)
+    state = torch.randn(bsz, heads, p, n) if with_state else None
+    return x, dt, A, B, C, state
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 10, 16])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_chunked_equals_the_recurrence(chunk, with_state):
+    inputs = ssd_inputs(with_state=with_state)
+    y, h = reference.ssd_chunked(*inputs[:5], chunk, initial_state=inputs[5])
+    y_ref, h_ref = recurrence(*inputs)
+    torch.testing.assert_close(y, y_ref, **FP32)
+    torch.testing.assert_close(h, h_ref, **FP32)
+
+
+@pytest.mark.parametrize("chunk", [3, 4])
+def test_ssd_chunked_gradients_equal_the_recurrence(chunk):
+    inputs = [v.clone().requires_grad_() for v in ssd_inputs(t=7, with_state=True)]
+    weights = torch.randn(2, 7, 4, 3), torch.randn(2, 4, 3, 5)
+
+    def grads(fn):
+        for v in inputs:
+            v.grad = None
+        y, h = fn()
+        ((y * weights[0]).sum() + (h * weights[1]).sum()).backward()
+        return [v.grad.clone() for v in inputs]
+
+    got = grads(lambda: reference.ssd_chunked(*inputs[:5], chunk, initial_state=inputs[5]))
+    want = grads(lambda: recurrence(*inputs))
+    for name, g, w in zip(("x", "dt", "A", "B", "C", "state"), got, want):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, w, **FP32, msg=name)
+
+
+def test_ssd_step_is_one_step_of_the_recurrence():
+    x, dt, A, B, C, state = ssd_inputs(t=1, with_state=True)
+    y, h = reference.ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state)
+    y_ref, h_ref = recurrence(x, dt, A, B, C, state)
+    torch.testing.assert_close(y, y_ref[:, 0], **FP32)
+    torch.testing.assert_close(h, h_ref, **FP32)
+
+
+# ----------------------------------------------------------------------------- against Hugging Face
+
+HF_CASES = [  # heads, head_dim, n_groups, bias, conv_bias, dt_limit
+    (4, 8, 1, False, True, (0.0, math.inf)),
+    (8, 4, 2, True, False, (0.0, math.inf)),
+    (4, 8, 4, False, True, (0.05, 0.9)),
+]
+
+
+def hf_pair(heads, head_dim, n_groups, bias, conv_bias, dt_limit, chunk=4):
+    """A tiny Mamba2Mixer with every weight perturbed, and the same layer here with its weights."""
+    torch.manual_seed(1)
+    cfg = Mamba2Config(hidden_size=D_MODEL, expand=heads * head_dim // D_MODEL, num_heads=heads, head_dim=head_dim,
+                       n_groups=n_groups, state_size=5, conv_kernel=4, chunk_size=chunk, use_bias=bias,
+                       use_conv_bias=conv_bias, time_step_limit=dt_limit, layer_norm_epsilon=1e-5,
+                       num_hidden_layers=1, vocab_size=11)
+    hf = Mamba2Mixer(cfg, 0).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2))
+    d_inner = heads * head_dim
+    ours = rt.Mamba2(D_MODEL, d_inner, 5, 4, heads, n_groups=n_groups, chunk=chunk, conv_bias=conv_bias, bias=bias,
+                     norm_eps=1e-5, dt_limit=dt_limit)
+    mapping = {"in_proj": "in_proj.weight", "in_proj_bias": "in_proj.bias", "conv_weight": "conv1d.weight",
+               "conv_bias": "conv1d.bias", "dt_bias": "dt_bias", "A_log": "A_log", "D": "D",
+               "norm_weight": "norm.weight", "out_proj": "out_proj.weight", "out_proj_bias": "out_proj.bias"}
+    theirs = dict(hf.named_parameters())
+    ours.load_state_dict({name: theirs[mapping[name]] for name, _ in ours.named_parameters()}, strict=True)
+    assert {mapping[name] for name, _ in ours.named_parameters()} == set(theirs)
+    return hf, ours
+
+
+@pytest.mark.parametrize("case", HF_CASES)
+def test_matches_hf_mamba2_mixer(case):
+    hf, ours = hf_pair(*case)
+    x = torch.randn(2, 11, D_MODEL)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(x), **FP32)
+
+
+@pytest.mark.parametrize("case", HF_CASES[:2])
+def test_cached_decode_matches_hf(case):
+    hf, ours = hf_pair(*case)
+    x = torch.randn(2, 9, D_MODEL)
+    hf_cache, cache = DynamicCache(config=hf_cache_config(hf)), rt.Cache()
+    with torch.no_grad():
+        outs = [(ours(x[:, :6], rt.Context(positions=torch.arange(6), cache=cache)), hf(x[:, :6], cache_params=hf_cache))]
+        for i in range(6, 9):
+            outs.append((ours(x[:, i:i + 1], rt.Context(positions=torch.arange(i, i + 1), cache=cache)),
+                         hf(x[:, i:i + 1], cache_params=hf_cache)))
+    for got, want in outs:
+        torch.testing.assert_close(got, want, **FP32)
+    torch.testing.assert_close(cache.get("")["ssm"], hf_cache.get_recurrent_state(0), **FP32)
+
+
+def hf_cache_config(hf):
+    return Mamba2Config(hidden_size=hf.hidden_size, num_heads=hf.num_heads, head_dim=hf.head_dim,
+                        expand=hf.intermediate_size // hf.hidden_size, n_groups=hf.n_groups,
+                        state_size=hf.ssm_state_size, conv_kernel=hf.conv_kernel_size, num_hidden_layers=1)
+
+
+@pytest.mark.parametrize("case", HF_CASES[:2])
+def test_padding_mask_matches_hf(case):
+    hf, ours = hf_pair(*case)
+    x = torch.randn(2, 8, D_MODEL)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    with torch.no_grad():
+        got = ours(x, rt.Context(positions=torch.arange(8), attention_mask=mask))
+        torch.testing.assert_close(got, hf(x, attention_mask=mask), **FP32)
+        if ours.in_proj_bias is None:
+            # without an in_proj bias the padded row's real tokens see what they would see alone
+            torch.testing.assert_close(got[1, 3:], ours(x[1:, 3:])[0], **FP32)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def perturbed(**kw):
+    torch.manual_seed(2)
+    m = rt.Mamba2(D_MODEL, 32, 4, 4, 4, n_groups=2, chunk=4, bias=True, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2))
+    return m
+
+
+def test_causal():
+    m = perturbed()
+    x = torch.randn(2, 10, D_MODEL)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, 6:] += torch.randn(2, 4, D_MODEL)
+    torch.testing.assert_close(m(x2)[:, :6], y[:, :6])
+    assert not torch.allclose(m(x2)[:, 6:], y[:, 6:])
+
+
+@pytest.mark.parametrize("pieces", [(10,), (1,) * 10, (2, 1, 1, 6), (5, 1, 4), (3, 3, 1, 3), (7, 1, 1, 1)])
+def test_cached_decode_equals_the_full_forward(pieces):
+    m = perturbed()
+    x = torch.randn(2, sum(pieces), D_MODEL)
+    with torch.no_grad():
+        full = m(x)
+        cache, outs, start = rt.Cache(), [], 0
+        for length in pieces:
+            outs.append(m(x[:, start:start + length], rt.Context(positions=torch.arange(start, start + length),
+                                                                 cache=cache)))
+            start += length
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, **FP32)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(gated_norm=False, D_skip=False, conv_bias=False)])
+def test_gradients_reach_every_parameter(kw):
+    m = perturbed(**kw)
+    m(torch.randn(2, 7, D_MODEL)).pow(2).mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def before_out_proj(layer, x):
+    """The layer's output before out_proj (out_proj swapped for the identity)."""
+    saved = layer.out_proj, layer.out_proj_bias
+    layer.out_proj, layer.out_proj_bias = torch.nn.Parameter(torch.eye(layer.d_inner)), None
+    try:
+        return layer(x)
+    finally:
+        layer.out_proj, layer.out_proj_bias = saved
+
+
+def test_optional_parts():
+    """Without D_skip the layer is the one with D = 0; without gated_norm the group RMSNorm and its
+    weight are gone: y · silu(z) goes straight to out_proj."""
+    full, bare = perturbed(), perturbed(D_skip=False, gated_norm=False)
+    assert {n for n, _ in full.named_parameters()} - {n for n, _ in bare.named_parameters()} == {"D", "norm_weight"}
+    x = torch.randn(2, 6, D_MODEL)
+    with torch.no_grad():
+        bare.load_state_dict({n: p for n, p in full.state_dict().items() if n not in ("D", "norm_weight")})
+        full.D.zero_()
+        gated = before_out_proj(bare, x).view(2, 6, 2, 16)  # 2 groups of 16 channels
+        normed = (gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + 1e-5)).view(2, 6, 32) * full.norm_weight
+        torch.testing.assert_close(before_out_proj(full, x), normed, **FP32)
+
+
+def test_fullgraph_inference_compiles():
+    torch._dynamo.reset()
+    m = perturbed().eval()
+    x = torch.randn(2, 9, D_MODEL)
+    with torch.no_grad():
+        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), m(x))
+        cache_eager, cache_compiled = rt.Cache(), rt.Cache()
+        for start, length in ((0, 5), (5, 1)):
+            part = x[:, start:start + length]
+            want = m(part, rt.Context(positions=torch.arange(start, start + length), cache=cache_eager))
+            got = compiled(part, rt.Context(positions=torch.arange(start, start + length), cache=cache_compiled))
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_bytes_formula(dtype):
+    d_inner, d_state, d_conv, groups = 32, 4, 4, 2
+    m = perturbed().to(dtype)
+    cache = rt.Cache()
+    with torch.no_grad():
+        m(torch.randn(3, 5, D_MODEL, dtype=dtype), rt.Context(positions=torch.arange(5), cache=cache))
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    per_sequence = (d_conv - 1) * (d_inner + 2 * groups * d_state) * itemsize + 4 * d_inner * d_state
+    assert cache.nbytes() == 3 * per_sequence
+
+
+def test_bad_head_split_is_refused():
+    with pytest.raises(ArchError, match="heads"):
+        rt.Mamba2(D_MODEL, 30, 4, 4, 4)
+    with pytest.raises(ArchError, match="n_groups"):
+        rt.Mamba2(D_MODEL, 32, 4, 4, 4, n_groups=3)
