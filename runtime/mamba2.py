@@ -25,7 +25,8 @@ class Mamba2(nn.Module):
     C (G groups of N = d_state; head h reads group h // (heads / G)); dt = clamp(softplus(dt +
     dt_bias), *dt_limit); A = -exp(A_log), one scalar per head; y = SSD(x, dt, A, B, C) + D x;
     then norm(y · silu(z)), an RMSNorm over each of the G groups of d_inner / G channels with a
-    weight (`gated_norm`; without it y · silu(z)), and out_proj.
+    weight (`gated_norm`; without it y · silu(z); with `norm_before_gate`, norm(y) · silu(z), as
+    Falcon-H1 may), and out_proj.
 
     Parameters: in_proj (2·d_inner + 2·G·N + heads, d_model) [+ in_proj_bias], conv_weight
     (d_inner + 2·G·N, 1, d_conv) [+ conv_bias], dt_bias, A_log, D (heads,) [D only with
@@ -45,8 +46,8 @@ class Mamba2(nn.Module):
 
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, heads: int, *, n_groups: int = 1,
                  chunk: int = 256, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-5,
-                 gated_norm: bool = True, D_skip: bool = True, dt_limit: tuple[float, float] = (0.0, math.inf),
-                 cache_key: str = ""):
+                 gated_norm: bool = True, norm_before_gate: bool = False, D_skip: bool = True,
+                 dt_limit: tuple[float, float] = (0.0, math.inf), cache_key: str = ""):
         super().__init__()
         if d_inner % heads or heads % n_groups:
             raise ArchError(f"mamba2: heads ({heads}) must divide d_inner ({d_inner}), and n_groups ({n_groups}) "
@@ -55,6 +56,7 @@ class Mamba2(nn.Module):
         self.d_inner, self.d_state, self.d_conv, self.heads, self.n_groups = d_inner, d_state, d_conv, heads, n_groups
         self.head_dim, self.conv_dim = d_inner // heads, d_inner + 2 * n_groups * d_state
         self.chunk, self.norm_eps, self.dt_limit, self.cache_key = chunk, norm_eps, tuple(dt_limit), cache_key
+        self.norm_before_gate = norm_before_gate
         self.in_proj = nn.Parameter(torch.empty(d_inner + self.conv_dim + heads, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(d_inner + self.conv_dim + heads)) if bias else None
         self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, 1, d_conv))
@@ -105,9 +107,17 @@ class Mamba2(nn.Module):
             cache.put(self.cache_key, conv=new_conv_state, ssm=state)
         if self.D is not None:
             y = y + hidden.float() * self.D.float()[:, None]
-        y = y.reshape(bsz, t, self.d_inner) * F.silu(z.float())  # (B, T, di)
-        if self.norm_weight is not None:
-            per_group = y.view(bsz, t, groups, -1)
-            per_group = per_group * torch.rsqrt(per_group.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-            y = per_group.view(bsz, t, self.d_inner) * self.norm_weight.float()
+        y, gate = y.reshape(bsz, t, self.d_inner), F.silu(z.float())  # (B, T, di)
+        if self.norm_weight is None:
+            y = y * gate
+        elif self.norm_before_gate:
+            y = self._group_norm(y) * gate
+        else:
+            y = self._group_norm(y * gate)
         return F.linear(y.to(x.dtype), self.out_proj, self.out_proj_bias)  # (B, T, C)
+
+    def _group_norm(self, y: torch.Tensor) -> torch.Tensor:
+        """RMSNorm over each of the n_groups groups of channels, then the weight, in float32."""
+        per_group = y.view(*y.shape[:-1], self.n_groups, -1)
+        per_group = per_group * torch.rsqrt(per_group.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        return per_group.view(y.shape) * self.norm_weight.float()

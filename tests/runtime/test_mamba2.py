@@ -232,18 +232,36 @@ def test_optional_parts():
 
 
 def test_fullgraph_inference_compiles():
+    """Cached prefill (the chunked scan) and a decoding step (the one-step recurrence), each one graph."""
     torch._dynamo.reset()
     m = perturbed().eval()
-    x = torch.randn(2, 9, D_MODEL)
+    x = torch.randn(2, 6, D_MODEL)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    cache_eager, cache_compiled = rt.Cache(), rt.Cache()
     with torch.no_grad():
-        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-        torch.testing.assert_close(compiled(x), m(x))
-        cache_eager, cache_compiled = rt.Cache(), rt.Cache()
         for start, length in ((0, 5), (5, 1)):
-            part = x[:, start:start + length]
-            want = m(part, rt.Context(positions=torch.arange(start, start + length), cache=cache_eager))
-            got = compiled(part, rt.Context(positions=torch.arange(start, start + length), cache=cache_compiled))
+            part, positions = x[:, start:start + length], torch.arange(start, start + length)
+            want = m(part, rt.Context(positions=positions, cache=cache_eager))
+            got = compiled(part, rt.Context(positions=positions, cache=cache_compiled))
             torch.testing.assert_close(got, want)
+    torch.testing.assert_close(cache_compiled.get("")["ssm"], cache_eager.get("")["ssm"])
+
+
+@pytest.mark.slow
+def test_fullgraph_training_compiles():
+    """Forward and backward in one graph each, the same outputs and gradients as eager."""
+    torch._dynamo.reset()
+    m = perturbed().train()
+    x = torch.randn(2, 9, D_MODEL)
+    out = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+    ref = m(x)
+    torch.testing.assert_close(out, ref)
+    out.pow(2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    ref.pow(2).mean().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -263,3 +281,71 @@ def test_bad_head_split_is_refused():
         rt.Mamba2(D_MODEL, 30, 4, 4, 4)
     with pytest.raises(ArchError, match="n_groups"):
         rt.Mamba2(D_MODEL, 32, 4, 4, 4, n_groups=3)
+
+
+# ----------------------------------------------------------------------------- other families' Mamba-2 layers
+
+SMALL = dict(hidden_size=D_MODEL, num_hidden_layers=1, vocab_size=11, num_attention_heads=2, num_key_value_heads=2)
+MAMBA = dict(mamba_expand=2, mamba_d_state=5, mamba_d_conv=4)
+
+
+def family_mixer(family):
+    """A tiny Mamba-2 layer of `family` (4 heads of 8 channels, 2 groups, chunk 4)."""
+    import transformers as tf
+    from transformers.models.bamba import modeling_bamba
+    from transformers.models.falcon_h1 import modeling_falcon_h1
+    from transformers.models.granitemoehybrid import modeling_granitemoehybrid
+    from transformers.models.nemotron_h import modeling_nemotron_h
+    from transformers.models.zamba2 import modeling_zamba2
+
+    if family == "nemotron_h":
+        return modeling_nemotron_h.NemotronHMamba2Mixer(tf.NemotronHConfig(
+            **SMALL, mamba_num_heads=4, mamba_head_dim=8, n_groups=2, ssm_state_size=5, conv_kernel=4, chunk_size=4), 0)
+    if family == "zamba2":
+        return modeling_zamba2.Zamba2MambaMixer(tf.Zamba2Config(
+            **SMALL, **MAMBA, n_mamba_heads=4, mamba_headdim=8, mamba_ngroups=2, chunk_size=4,
+            layers_block_type=["mamba"]), 0)
+    heads = dict(mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=2, mamba_chunk_size=4)
+    if family == "bamba":
+        return modeling_bamba.BambaMixer(tf.BambaConfig(**SMALL, **MAMBA, **heads), 0)
+    if family == "granitemoehybrid":
+        return modeling_granitemoehybrid.GraniteMoeHybridMambaLayer(tf.GraniteMoeHybridConfig(**SMALL, **MAMBA, **heads), 0)
+    # Falcon-H1 with its group norm before the gate, and muP multipliers ≠ 1
+    cfg = tf.FalconH1Config(**SMALL, **MAMBA, **heads, mamba_d_ssm=32, mamba_rms_norm=family == "falcon_h1_norm",
+                            mamba_norm_before_gate=True, ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 2.0], ssm_in_multiplier=0.8)
+    mixer = modeling_falcon_h1.FalconH1Mixer(cfg, 0)
+    mixer.register_buffer("mup_vector", modeling_falcon_h1.compute_mup_vector(cfg), persistent=False)
+    return mixer
+
+
+def layer_like(hf) -> rt.Mamba2:
+    """This runtime's layer with the settings and weights of a Hugging Face Mamba-2 layer. Falcon-H1's
+    muP multipliers (ssm_in_multiplier on the input, mup_vector on each segment of in_proj's
+    output) are constants: they fold into in_proj's rows."""
+    norm = hf.norm if isinstance(getattr(hf, "norm", None), torch.nn.Module) and hasattr(hf.norm, "weight") else None
+    ours = rt.Mamba2(hf.in_proj.in_features, hf.intermediate_size, hf.ssm_state_size, hf.conv1d.kernel_size[0],
+                     hf.num_heads, n_groups=hf.n_groups, chunk=hf.chunk_size, conv_bias=hf.conv1d.bias is not None,
+                     bias=hf.in_proj.bias is not None, norm_eps=norm.variance_epsilon if norm is not None else 1e-5,
+                     gated_norm=norm is not None, norm_before_gate=getattr(norm, "norm_before_gate", False),
+                     dt_limit=hf.time_step_limit)
+    theirs = dict(hf.named_parameters())
+    in_proj = theirs["in_proj.weight"]
+    if hasattr(hf, "mup_vector"):
+        in_proj = in_proj * hf.mup_vector.view(-1, 1) * hf.ssm_in_multiplier
+    weights = {"in_proj": in_proj, "conv_weight": theirs["conv1d.weight"], "conv_bias": theirs["conv1d.bias"],
+               "dt_bias": theirs["dt_bias"], "A_log": theirs["A_log"], "D": theirs["D"], "out_proj": theirs["out_proj.weight"]}
+    if norm is not None:
+        weights["norm_weight"] = norm.weight
+    ours.load_state_dict(weights, strict=True)
+    return ours
+
+
+@pytest.mark.parametrize("family", ["nemotron_h", "zamba2", "bamba", "granitemoehybrid", "falcon_h1", "falcon_h1_norm"])
+def test_matches_other_families_mamba2_layers(family):
+    torch.manual_seed(3)
+    hf = family_mixer(family).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2))
+        x = torch.randn(2, 11, D_MODEL)
+        torch.testing.assert_close(layer_like(hf)(x), hf(x), **FP32)
