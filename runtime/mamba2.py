@@ -38,6 +38,15 @@ class Mamba2(nn.Module):
     values in the input's dtype, and the SSM state, d_inner · d_state values in float32:
         state_bytes = (d_conv - 1) · (d_inner + 2·G·N) · itemsize + 4 · d_inner · d_state.
 
+    FLOPs per decoded token (multiply-add = 2), with conv_dim = d_inner + 2·G·N:
+        2·d_model·(d_inner + conv_dim + heads) + 2·d_inner·d_model   in_proj, out_proj
+        + 2·conv_dim·d_conv                                          depthwise conv
+        + 2·d_inner·d_state                                          readout C · h
+        + 3·d_inner·d_state                                          state update exp(dt A)·h + dt·x·B
+    plus O(d_inner) elementwise work (softplus, D skip, gate, norm). A prefill in chunks of L adds
+    the quadratic form inside each chunk, about 2·L·(heads·d_state + d_inner) per token, and
+    2·d_inner·d_state per token for each chunk's state.
+
     With `ctx.attention_mask` (B, S_total), the padded tokens' inputs and conv outputs are zeroed,
     as Hugging Face does: they add nothing to the SSM state, and without an in_proj bias a
     left-padded row's real tokens see what they would see alone (with one, the conv window of the

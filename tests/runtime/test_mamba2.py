@@ -128,16 +128,18 @@ def test_matches_hf_mamba2_mixer(case):
         torch.testing.assert_close(ours(x), hf(x), **FP32)
 
 
-@pytest.mark.parametrize("case", HF_CASES[:2])
-def test_cached_decode_matches_hf(case):
+@pytest.mark.parametrize("case,pieces", [(HF_CASES[0], (6, 1, 1, 1)), (HF_CASES[1], (5, 3, 1, 2, 1))])
+def test_cached_decode_matches_hf(case, pieces):
+    """Prefill, then single tokens (HF's one-step update) and pieces (its chunked scan from a state)."""
     hf, ours = hf_pair(*case)
-    x = torch.randn(2, 9, D_MODEL)
+    x = torch.randn(2, sum(pieces), D_MODEL)
     hf_cache, cache = DynamicCache(config=hf_cache_config(hf)), rt.Cache()
+    outs, start = [], 0
     with torch.no_grad():
-        outs = [(ours(x[:, :6], rt.Context(positions=torch.arange(6), cache=cache)), hf(x[:, :6], cache_params=hf_cache))]
-        for i in range(6, 9):
-            outs.append((ours(x[:, i:i + 1], rt.Context(positions=torch.arange(i, i + 1), cache=cache)),
-                         hf(x[:, i:i + 1], cache_params=hf_cache)))
+        for length in pieces:
+            part, positions = x[:, start:start + length], torch.arange(start, start + length)
+            outs.append((ours(part, rt.Context(positions=positions, cache=cache)), hf(part, cache_params=hf_cache)))
+            start += length
     for got, want in outs:
         torch.testing.assert_close(got, want, **FP32)
     torch.testing.assert_close(cache.get("")["ssm"], hf_cache.get_recurrent_state(0), **FP32)
@@ -168,7 +170,8 @@ def test_padding_mask_matches_hf(case):
 
 def perturbed(**kw):
     torch.manual_seed(2)
-    m = rt.Mamba2(D_MODEL, 32, 4, 4, 4, n_groups=2, chunk=4, bias=True, **kw)
+    kw = dict(n_groups=2, chunk=4, bias=True) | kw
+    m = rt.Mamba2(D_MODEL, 32, 4, kw.pop("d_conv", 4), 4, **kw)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2))
@@ -185,9 +188,12 @@ def test_causal():
     assert not torch.allclose(m(x2)[:, 6:], y[:, 6:])
 
 
-@pytest.mark.parametrize("pieces", [(10,), (1,) * 10, (2, 1, 1, 6), (5, 1, 4), (3, 3, 1, 3), (7, 1, 1, 1)])
-def test_cached_decode_equals_the_full_forward(pieces):
-    m = perturbed()
+@pytest.mark.parametrize("pieces,kw", [((10,), {}), ((1,) * 10, {}), ((2, 1, 1, 6), {}), ((5, 1, 4), {}),
+                                       ((3, 3, 1, 3), dict(n_groups=4, d_conv=2)), ((7, 1, 1, 1), {}),
+                                       ((4, 1, 2, 1), dict(dt_limit=(0.05, 0.9), chunk=3)),
+                                       ((2, 1, 3), dict(d_conv=1, n_groups=1))])
+def test_cached_decode_equals_the_full_forward(pieces, kw):
+    m = perturbed(**kw)
     x = torch.randn(2, sum(pieces), D_MODEL)
     with torch.no_grad():
         full = m(x)
@@ -349,3 +355,20 @@ def test_matches_other_families_mamba2_layers(family):
             p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2))
         x = torch.randn(2, 11, D_MODEL)
         torch.testing.assert_close(layer_like(hf)(x), hf(x), **FP32)
+
+
+def test_decode_flops_formula():
+    """The matmul-like terms of the docstring's per-token FLOPs (projections, conv, readout) are what
+    PyTorch's FLOP counter sees in a decoding step; the state update is elementwise, not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d_inner, d_state, d_conv, heads, groups = 32, 4, 4, 4, 2
+    m, cache = perturbed(), rt.Cache()
+    with torch.no_grad():
+        m(torch.randn(1, 5, D_MODEL), rt.Context(positions=torch.arange(5), cache=cache))
+        with FlopCounterMode(display=False) as counter:
+            m(torch.randn(1, 1, D_MODEL), rt.Context(positions=torch.arange(5, 6), cache=cache))
+    conv_dim = d_inner + 2 * groups * d_state
+    matmul_like = (2 * D_MODEL * (d_inner + conv_dim + heads) + 2 * d_inner * D_MODEL + 2 * conv_dim * d_conv
+                   + 2 * d_inner * d_state)
+    assert counter.get_total_flops() == matmul_like
