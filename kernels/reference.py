@@ -263,6 +263,7 @@ def ssd_chunked(x, dt, A, B, C, chunk: int, initial_state=None):
     x, dt, A = x.float(), dt.float(), A.float()
     B = B.float().repeat_interleave(heads // groups, dim=2)  # (B, T, H, N)
     C = C.float().repeat_interleave(heads // groups, dim=2)
+    chunk = max(1, min(chunk, t))  # a short prefill is one chunk, not one padded to `chunk`
     pad = (-t) % chunk
     if pad:
         x, B, C = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (x, B, C))

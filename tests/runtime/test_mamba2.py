@@ -315,10 +315,12 @@ def family_mixer(family):
     if family == "bamba":
         return modeling_bamba.BambaMixer(tf.BambaConfig(**SMALL, **MAMBA, **heads), 0)
     if family == "granitemoehybrid":
-        return modeling_granitemoehybrid.GraniteMoeHybridMambaLayer(tf.GraniteMoeHybridConfig(**SMALL, **MAMBA, **heads), 0)
+        return modeling_granitemoehybrid.GraniteMoeHybridMambaLayer(
+            tf.GraniteMoeHybridConfig(**SMALL, **MAMBA, **heads), 0)
     # Falcon-H1 with its group norm before the gate, and muP multipliers ≠ 1
     cfg = tf.FalconH1Config(**SMALL, **MAMBA, **heads, mamba_d_ssm=32, mamba_rms_norm=family == "falcon_h1_norm",
-                            mamba_norm_before_gate=True, ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 2.0], ssm_in_multiplier=0.8)
+                            mamba_norm_before_gate=True, ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 2.0],
+                            ssm_in_multiplier=0.8)
     mixer = modeling_falcon_h1.FalconH1Mixer(cfg, 0)
     mixer.register_buffer("mup_vector", modeling_falcon_h1.compute_mup_vector(cfg), persistent=False)
     return mixer
@@ -339,7 +341,8 @@ def layer_like(hf) -> rt.Mamba2:
     if hasattr(hf, "mup_vector"):
         in_proj = in_proj * hf.mup_vector.view(-1, 1) * hf.ssm_in_multiplier
     weights = {"in_proj": in_proj, "conv_weight": theirs["conv1d.weight"], "conv_bias": theirs["conv1d.bias"],
-               "dt_bias": theirs["dt_bias"], "A_log": theirs["A_log"], "D": theirs["D"], "out_proj": theirs["out_proj.weight"]}
+               "dt_bias": theirs["dt_bias"], "A_log": theirs["A_log"], "D": theirs["D"],
+               "out_proj": theirs["out_proj.weight"]}
     if norm is not None:
         weights["norm_weight"] = norm.weight
     ours.load_state_dict(weights, strict=True)
