@@ -231,3 +231,76 @@ def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, s
     if normalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return probs, weights * scale, index
+
+
+def _segment_sum(a: torch.Tensor) -> torch.Tensor:
+    """(..., L) → (..., L, L): entry [i, j] is a_{j+1} + … + a_i for j ≤ i, and -inf above the
+    diagonal. Masked cumulative sums instead of differences of one cumulative sum, which lose
+    precision once the sums grow large (Mamba-2's `segsum`)."""
+    length = a.shape[-1]
+    a = a[..., None].expand(*a.shape, length)  # [..., k, j] = a_k
+    a = a.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=a.device).tril(-1), 0)
+    sums = a.cumsum(dim=-2)
+    return sums.masked_fill(~torch.ones(length, length, dtype=torch.bool, device=a.device).tril(), float("-inf"))
+
+
+def ssd_chunked(x, dt, A, B, C, chunk: int, initial_state=None):
+    """Mamba-2's state space duality (Dao & Gu 2024): y_t = C_t · h_t with
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t ⊗ B_t, one scalar decay per head.
+
+    x (B, T, H, P); dt (B, T, H), already positive; A (H,); B, C (B, T, G, N) with G dividing H
+    (head h reads group h // (H / G)); initial_state (B, H, P, N) or None.
+    Returns y (B, T, H, P) and the final state (B, H, P, N), both float32; no D skip.
+
+    Within a chunk of `chunk` steps the output is a masked, attention-like product
+    (C_l · B_s, decayed from s to l, times dt_s x_s); each chunk's contribution to the state at
+    its end is one product too; the states are then carried from chunk to chunk by their total
+    decays, and each chunk reads the state it starts from through C. The last chunk is padded
+    with dt = 0 steps, which neither decay nor feed the state.
+    """
+    bsz, t, heads, p = x.shape
+    groups = B.shape[2]
+    x, dt, A = x.float(), dt.float(), A.float()
+    B = B.float().repeat_interleave(heads // groups, dim=2)  # (B, T, H, N)
+    C = C.float().repeat_interleave(heads // groups, dim=2)
+    chunk = max(1, min(chunk, t))  # a short prefill is one chunk, not one padded to `chunk`
+    pad = (-t) % chunk
+    if pad:
+        x, B, C = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))
+    n_chunks = (t + pad) // chunk
+    x = (x * dt[..., None]).view(bsz, n_chunks, chunk, heads, p)  # (B, c, L, H, P) the input dt_s x_s
+    B = B.view(bsz, n_chunks, chunk, heads, -1)  # (B, c, L, H, N)
+    C = C.view(bsz, n_chunks, chunk, heads, -1)
+    log_decay = (dt * A).view(bsz, n_chunks, chunk, heads).permute(0, 3, 1, 2)  # (B, H, c, L)
+    cum = log_decay.cumsum(dim=-1)  # (B, H, c, L)
+
+    # 1. within each chunk: the quadratic, attention-like form
+    mask = torch.exp(_segment_sum(log_decay))  # (B, H, c, L, S) decay from s to l, 0 for s > l
+    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * mask
+    y_within = torch.einsum("bhcls,bcshp->bclhp", scores, x)
+    # 2. each chunk's own inputs, decayed to its end
+    to_end = torch.exp(cum[..., -1:] - cum)  # (B, H, c, L)
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, x)  # (B, c, H, P, N)
+    # 3. the states between chunks: entry z is the state at the start of chunk z, the last the final state
+    h0 = chunk_states.new_zeros(chunk_states[:, 0].shape) if initial_state is None else initial_state.float()
+    chunk_states = torch.cat((h0[:, None], chunk_states), dim=1)  # (B, c+1, H, P, N)
+    carry = torch.exp(_segment_sum(F.pad(cum[..., -1], (1, 0))))  # (B, H, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", carry, chunk_states)  # (B, c+1, H, P, N)
+    # 4. each chunk reads the state it starts from, decayed to each step
+    y_carried = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states[:, :-1], torch.exp(cum))
+    y = (y_within + y_carried).reshape(bsz, n_chunks * chunk, heads, p)[:, :t]
+    return y, states[:, -1]
+
+
+def ssd_step(x, dt, A, B, C, state=None):
+    """One step of `ssd_chunked`'s recurrence, for decoding: x (B, H, P), dt (B, H), A (H,),
+    B, C (B, G, N), state (B, H, P, N) or None. Returns y (B, H, P) and the new state, float32."""
+    heads, groups = x.shape[1], B.shape[1]
+    B = B.float().repeat_interleave(heads // groups, dim=1)  # (B, H, N)
+    C = C.float().repeat_interleave(heads // groups, dim=1)
+    dt = dt.float()
+    drive = (dt[..., None] * x.float())[..., None] * B[:, :, None, :]  # (B, H, P, N)
+    if state is not None:
+        drive = drive + torch.exp(dt * A.float())[..., None, None] * state.float()
+    return torch.einsum("bhpn,bhn->bhp", drive, C), drive

@@ -3,6 +3,7 @@
 from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
 from .context import Cache, Context
 from .ffn import glu, softcap
+from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm
@@ -11,6 +12,6 @@ from .ssm import Mamba
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "LayerNorm",
-    "LinearAttention", "MLAttention", "Mamba", "MoE", "RMSNorm", "RelativePositionBias", "RopeTable",
+    "LinearAttention", "MLAttention", "Mamba", "Mamba2", "MoE", "RMSNorm", "RelativePositionBias", "RopeTable",
     "SinusoidalPositions", "apply_rope", "glu", "layer_stack", "rope_qk", "softcap",
 ]
