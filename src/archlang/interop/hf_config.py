@@ -224,9 +224,10 @@ TABLES: dict[str, dict[str, Key]] = {
                     **{k: irrelevant("used only by group_limited_greedy routing; topk_method is checked")
                        for k in ("n_group", "topk_group")},
                     "output_router_logits": NO_AUX_LOSS,
+                    "norm_topk_prob": irrelevant("transformers' deepseek_v2 never renormalises the top-k weights"),
                     **{k: MAPPED for k in ("first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "n_routed_experts",
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
-                                           "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
+                                           "routed_scaling_factor", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",

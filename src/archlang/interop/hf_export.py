@@ -394,7 +394,7 @@ def _deepseek_v2(m: A.Model) -> dict:
         moe = m.blocks[moe_kind].ffn
         expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
         config.update(n_routed_experts=moe.experts, num_experts_per_tok=moe.top_k, moe_intermediate_size=expert_hidden,
-                      n_shared_experts=moe.shared_experts or None, norm_topk_prob=moe.normalize_top_k,
+                      n_shared_experts=moe.shared_experts or None, norm_topk_prob=False,
                       routed_scaling_factor=moe.routed_scale)
         config.setdefault("intermediate_size", expert_hidden)
     return config
