@@ -367,3 +367,16 @@ def test_cli_refusal_is_located_and_writes_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "archlang", "export-hf", str(SPECS / "tiny_llama.arch"), "-o",
                         str(tmp_path / "o"), "--weights", "x", "--random-seed", "1"], capture_output=True, text=True)
     assert r.returncode == 2  # one source of weights
+
+
+def test_a_sliding_window_on_some_layers_is_refused_at_the_window_for_llama():
+    text = _llama().replace("layers = layer * 2", "block local extends layer {\n        attention.window = 4\n    }\n"
+                                                    "    layers = [layer, local]")
+    err = _refusal(text, "llama")
+    assert err.message == "a llama config cannot express this spec: a sliding window (llama has none)"
+    assert err.span.line == 13
+    err = _refusal(text)  # qwen2 has per-layer windows, but biases q, k and v
+    assert "the closest, mistral, lacks: a sliding window on some layers only" in err.message
+    assert err.span.line == 13
+    biased = text.replace("kv_heads = 2)", "kv_heads = 2, bias = true)")
+    assert export_config(load_model(biased)).model_type == "qwen2"

@@ -103,7 +103,7 @@ def _model_extras(m: A.Model, allowed: set[str]) -> None:
     for field, off in (("embedding_norm", None), ("embedding_scale", None), ("logit_softcap", None),
                        ("logit_scale", None), ("pooler", False), ("type_vocab", 0)):
         if field not in allowed:
-            _need(getattr(m, field) == off, (field,), f"`{field}`")
+            _need(getattr(m, field) == off, (field,), f"`{field}` (this family has none)")
 
 
 def _positions_inherit(m: A.Model, blocks: list[str]) -> None:
@@ -173,7 +173,8 @@ def _llama_like(m: A.Model, model_type: str) -> dict:
     _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
           f"{norm.kind}(placement = {norm.placement}{', unit_offset' if norm.unit_offset else ''}): "
           f"{model_type} has pre-norm RMSNorm")
-    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",), "a final norm unlike the blocks' norm")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
     ffn = _same(m, kinds, "ffn", "FFNs")
     hidden, act, mlp_bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
     attentions = [m.blocks[k].attention for k in kinds]
@@ -192,8 +193,9 @@ def _llama_like(m: A.Model, model_type: str) -> dict:
     window_set = {w for w in windows.values() if w is not None}
     _need(len(window_set) <= 1, ("blocks", kinds[-1], "attention", "window"), "sliding windows of different widths")
     window = window_set.pop() if window_set else None
+    windowed = next((k for k in kinds if windows[k] is not None), kinds[0])
     if model_type == "llama":
-        _need(window is None, ("blocks", kinds[0], "attention", "window"), "a sliding window (llama has none)")
+        _need(window is None, ("blocks", windowed, "attention", "window"), "a sliding window (llama has none)")
         _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
               "a bias on q, k, v but not on the output, or the reverse (llama's attention_bias sets both)")
         config.update(attention_bias=a.bias, mlp_bias=mlp_bias)
@@ -201,7 +203,7 @@ def _llama_like(m: A.Model, model_type: str) -> dict:
         _need(not mlp_bias, ("blocks", kinds[0], "ffn", "bias"), f"FFN biases ({model_type} has none)")
     if model_type == "mistral":
         _need(not a.bias and not a.out_bias, ("blocks", kinds[0], "attention", "bias"), "attention biases")
-        _need(all(windows[k] == window for k in kinds), ("blocks", kinds[0], "attention", "window"),
+        _need(all(windows[k] == window for k in kinds), ("blocks", windowed, "attention", "window"),
               "a sliding window on some layers only (mistral's window is on every layer)")
         config["sliding_window"] = window
     if model_type == "qwen2":
