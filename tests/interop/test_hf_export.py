@@ -380,3 +380,13 @@ def test_a_sliding_window_on_some_layers_is_refused_at_the_window_for_llama():
     assert err.span.line == 13
     biased = text.replace("kv_heads = 2)", "kv_heads = 2, bias = true)")
     assert export_config(load_model(biased)).model_type == "qwen2"
+
+
+def test_a_bf16_spec_exports_bf16_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    text = _llama()  # no dtype: the language's default, bf16
+    export_hf(text, tmp_path / "hf", seed=0)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(tmp_path / "hf" / "model.safetensors").values()} == {torch.bfloat16}
+    assert next(T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
