@@ -390,3 +390,9 @@ def test_a_bf16_spec_exports_bf16_weights(tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
     assert {t.dtype for t in load_file(tmp_path / "hf" / "model.safetensors").values()} == {torch.bfloat16}
     assert next(T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
+
+
+def test_a_gemma2_score_scale_it_cannot_write_is_refused():
+    text = (SPECS / "tiny_gemma2.arch").read_text().replace("softcap = 50)", "softcap = 50, scale = 10)")
+    err = _refusal(text, "gemma2")
+    assert "query_pre_attn_scalar" in err.message and err.span.line == 14

@@ -273,7 +273,7 @@ def _gemma2(m: A.Model) -> dict:
     heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
     scale = a.scale if a.scale is not None else a.head_dim**-0.5
     scalar = round(scale**-2)
-    _need(math.isclose(scalar**-0.5, scale, rel_tol=1e-9), ("blocks", kinds[0], "attention", "scale"),
+    _need(scalar >= 1 and math.isclose(scalar**-0.5, scale, rel_tol=1e-9), ("blocks", kinds[0], "attention", "scale"),
           "gemma2 writes the score scale as query_pre_attn_scalar ** -0.5 with a whole query_pre_attn_scalar")
     windows = [m.blocks[k].attention.window if m.blocks[k].attention else None for k in layers]
     window_set = {w for w in windows if w is not None}
