@@ -529,6 +529,25 @@ def cmd_import_hf(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- export-hf
+
+
+def cmd_export_hf(args) -> int:
+    from archlang.interop.hf_export import export_hf
+
+    _existing_files([args.file] + ([args.weights] if args.weights else []))
+    sources = SourceMap()
+    sources.add(args.file, Path(args.file).read_text(encoding="utf-8", errors="replace"))
+    try:
+        model_type = export_hf(Path(args.file), args.output, model=args.model, model_type=args.model_type,
+                               weights=args.weights, seed=args.random_seed, force=args.force)
+    except (ArchError, ArchErrors) as exc:
+        exc.sources = sources  # type: ignore[attr-defined]
+        raise
+    _err_console().print(f"wrote {literal(args.output)} ({model_type}: config.json, model.safetensors)")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -607,6 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the spec (default: the model_type)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_import_hf)
+
+    p = sub.add_parser("export-hf", help="write a Hugging Face checkpoint folder (config.json + model.safetensors) of a spec")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--model", help="which model of the file (when it declares several)")
+    p.add_argument("--model-type", help="the Hugging Face model_type to write (default: the first family that fits)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights", metavar="FILE.safetensors", help="an archlang checkpoint (archlang.save) of the spec")
+    weights.add_argument("--random-seed", type=int, default=0, metavar="N", help="random weights from this seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace a folder that is not empty")
+    p.set_defaults(func=cmd_export_hf)
     return parser
 
 

@@ -268,7 +268,9 @@ def _deepseek_v2(c, name: str) -> str:
     mla = call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
                rope_head_dim=c.qk_rope_head_dim, nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim)
     moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
-               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
+               # transformers' DeepSeek-V2 never renormalises the top-k weights, whatever norm_topk_prob says
+               expert=call("swiglu", hidden=c.moe_intermediate_size),
+               normalize_top_k=bool(c.norm_topk_prob) if c.model_type == "deepseek_v3" else False,
                routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
                **_deepseek_routing(c))
     kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]

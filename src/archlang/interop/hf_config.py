@@ -227,9 +227,10 @@ TABLES: dict[str, dict[str, Key]] = {
                                        else None),
                     "topk_group": MAPPED,  # checked with n_group
                     "output_router_logits": NO_AUX_LOSS,
+                    "norm_topk_prob": irrelevant("transformers' deepseek_v2 never renormalises the top-k weights"),
                     **{k: MAPPED for k in ("first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "n_routed_experts",
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
-                                           "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
+                                           "routed_scaling_factor", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
     "deepseek_v3": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP,
                     "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v3"),

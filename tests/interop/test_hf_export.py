@@ -1,0 +1,398 @@
+"""Export to Hugging Face: a spec → config.json + model.safetensors that transformers'
+from_pretrained loads and that computes the same logits (float32, atol 1e-4) as the archlang
+model with the same weights. Every archlang weight is perturbed first, so no norm stays at 1 and
+no bias at 0. Tiny sizes; nothing is downloaded."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import archlang
+from archlang.api import build, load_model
+from archlang.interop.hf import spec_from_config
+from archlang.interop.hf_export import EXPORTERS, _ir_text, export_config, export_hf
+from archlang.spec.errors import ArchError
+
+from ..conftest import SPECS
+
+T = pytest.importorskip("transformers")
+warnings.filterwarnings("ignore")
+
+HEAD = "vocab = 97\n    d_model = 32\n    context = 64\n    dtype = fp32"
+
+CASES = {
+    "llama": (SPECS / "tiny_llama.arch", "llama"),
+    "llama-biases-tied-partial-heads": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 500000, scaling = llama3(factor = 8, original_context = 16))
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true)
+        ffn = geglu(hidden = 48, act = gelu_tanh, bias = true)
+    }}
+    layers = layer * 2
+}}""", "llama"),
+    "llama-linear-rope": ("tiny_rope_linear", "llama"),
+    "mistral": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, window = 5)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "mistral"),
+    "qwen2-some-sliding": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16))
+    final_norm = rmsnorm(eps = 1e-6)
+    block full {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true)
+        ffn = swiglu(hidden = 48)
+    }}
+    block sliding extends full {{
+        attention.window = 4
+    }}
+    layers = [full, sliding] * 2
+}}""", "qwen2"),
+    "mixtral": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), aux_loss = 0.02)
+    }}
+    layers = layer * 2
+}}""", "mixtral"),
+    "qwen2_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block dense {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true)
+        ffn = swiglu(hidden = 40)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared = swiglu(hidden = 24),
+                  shared_gate = true, normalize_top_k = false)
+    }}
+    layers = [dense, sparse, sparse]
+}}""", "qwen2_moe"),
+    "gemma2": (SPECS / "tiny_gemma2.arch", "gemma2"),
+    "gpt2": (SPECS / "tiny_gpt2.arch", "gpt2"),
+    "bert": (SPECS / "tiny_bert.arch", "bert"),
+    "jamba": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba(d_state = 8, d_conv = 4, expand = 2, dt_rank = 4, inner_norms = true)
+        ffn = swiglu(hidden = 48)
+    }}
+    block attn_moe {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 48), normalize_top_k = false)
+    }}
+    layers = [mamba, attn_moe] * 2
+}}""", "jamba"),
+    "deepseek_v2": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16, mscale = 0.707,
+                                                 mscale_all_dim = 0.707))
+    final_norm = rmsnorm(eps = 1e-6)
+    block dense {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mla(heads = 4, kv_lora_rank = 16, q_lora_rank = 12, rope_head_dim = 8, nope_head_dim = 8,
+                        v_head_dim = 8)
+        ffn = swiglu(hidden = 48)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 4, top_k = 2, shared_experts = 2, expert = swiglu(hidden = 16), routed_scale = 1.5,
+                  normalize_top_k = false)
+    }}
+    layers = dense + sparse * 2
+}}""", "deepseek_v2"),
+    "t5": (SPECS / "tiny_t5.arch", "t5"),
+    "t5-gated": (f"""model m {{
+    family = encoder_decoder
+    {HEAD}
+    tie_embeddings = true
+    logit_scale = d_model ** -0.5
+    position = relative(buckets = 8, max_distance = 16)
+    final_norm = rmsnorm(eps = 1e-6)
+    block encoder {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mha(heads = 4, head_dim = 8, scale = 1)
+        ffn = geglu(hidden = 48, act = gelu_tanh)
+    }}
+    block decoder extends encoder {{
+        cross_attention = mha(heads = 4, head_dim = 8, scale = 1)
+    }}
+    encoder_layers = encoder * 2
+    decoder_layers = decoder * 3
+}}""", "t5"),
+}
+
+
+def _spec(case):
+    spec = CASES[case][0]
+    if isinstance(spec, str) and "\n" not in spec:  # a model of tiny_positions.arch
+        return SPECS / "tiny_positions.arch", spec
+    return spec, None
+
+
+@torch.no_grad()
+def perturb(model, std: float = 0.1):
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return model
+
+
+def _logits(model, ids, kind):
+    with torch.no_grad():
+        if kind == "t5":
+            dec = ids[:, :5]
+            if isinstance(model, torch.nn.Module) and hasattr(model, "get_encoder"):
+                return model(input_ids=ids, decoder_input_ids=dec).logits
+            return model(dec, ids)
+        out = model(ids)
+    if kind == "bert":
+        return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
+    return getattr(out, "logits", out)
+
+
+def test_every_exporter_has_a_case():
+    assert {model_type for _, model_type in CASES.values()} == set(EXPORTERS)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_round_trips_the_config(case):
+    """The chosen family's config imports back to a spec with the same IR (and the same
+    dtype and context), independently of the check export makes itself."""
+    spec, name = _spec(case)
+    m = load_model(spec, model=name)
+    config = export_config(m)
+    assert config.model_type == CASES[case][1]
+    back = load_model(spec_from_config(config, name="back"))
+    assert _ir_text(back) == _ir_text(m)
+    assert (back.dtype, back.context, back.family) == (m.dtype, m.context, m.family)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tmp_path):
+    spec, name = _spec(case)
+    kind = CASES[case][1]
+    torch.manual_seed(0)
+    ours = perturb(build(spec, model=name, passes="")).eval()
+    archlang.save(ours, tmp_path / "w.safetensors")
+    assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
+    auto = {"bert": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+    theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    ids = torch.randint(0, 97, (2, 11))
+    got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)
+    torch.testing.assert_close(ref, got, atol=1e-4, rtol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert not list(tmp_path.glob(".*"))  # no temporary left beside it
+
+
+def test_random_weights_are_reproducible(tmp_path):
+    from safetensors.torch import load_file
+
+    for run, seed in (("a", 3), ("b", 3), ("c", 4)):
+        export_hf(SPECS / "tiny_llama.arch", tmp_path / run, seed=seed)
+    a, b, c = (load_file(tmp_path / run / "model.safetensors") for run in "abc")
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_deepseek_v2_top_k_weights_are_never_renormalised():
+    """transformers' deepseek_v2 ignores norm_topk_prob: importing it as normalize_top_k gave
+    other logits than transformers'; exporting writes it false, and a spec that renormalises is
+    refused."""
+    from archlang.interop.hf import from_hf
+
+    from .test_hf_parity import CASES as PARITY, perturb as perturb_hf
+
+    config_cls, model_cls, kwargs = PARITY["deepseek_v2"]
+    config = config_cls(**kwargs, norm_topk_prob=True)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = perturb_hf(model_cls(config)).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(from_hf(hf).eval()(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+    text, _ = CASES["deepseek_v2"]
+    err = _refusal(text.replace("normalize_top_k = false", "normalize_top_k = true"))
+    assert "`sparse.ffn.normalize_top_k` = true (the deepseek_v2 config gives false)" in err.message
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _refusal(text, model_type=None):
+    with pytest.raises(ArchError) as err:
+        export_config(load_model(text), model_type)
+    return err.value
+
+
+LLAMA = """model m {
+    vocab = 97
+    d_model = 32
+    context = 64
+    position = rope()
+    final_norm = rmsnorm()
+    block layer {
+        norm = rmsnorm()
+        attention = ATTENTION
+        ffn = FFN
+    }
+    layers = layer * 2
+}"""
+
+
+def _llama(attention="gqa(heads = 4, kv_heads = 2)", ffn="swiglu(hidden = 48)"):
+    return LLAMA.replace("ATTENTION", attention).replace("FFN", ffn)
+
+
+def test_a_feature_no_family_has_is_refused_at_its_value():
+    err = _refusal(_llama(attention="differential(heads = 4)"))
+    assert err.message == "differential attention has no Hugging Face equivalent"
+    assert (err.span.line, err.span.column) == (9, 21)
+    assert "export supports: llama" in err.hint
+
+
+def test_the_closest_family_names_the_value_it_cannot_express():
+    # softcapped attention scores: only gemma2 has them, and gemma2 needs other norms
+    err = _refusal(_llama(attention="gqa(heads = 4, kv_heads = 2, softcap = 30)"))
+    assert err.message.startswith("no Hugging Face family expresses this spec")
+    assert "attention soft-capping" in err.message
+    assert (err.span.line, err.span.column) == (9, 60)
+    assert any(n.startswith("gemma2: ") for n in err.notes) and len(err.notes) == len(EXPORTERS)
+
+
+def test_a_value_lost_on_the_round_trip_is_refused_at_its_value():
+    # a mixtral in every respect except its router z-loss, which no config holds
+    text = _llama(ffn="moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), z_loss = 0.001)")
+    err = _refusal(text)
+    assert "`layer.ffn.z_loss` = 0.001 (the mixtral config gives 0.0)" in err.message
+    assert (err.span.line, err.span.column) == (10, 82)
+
+
+def test_a_forced_model_type_gives_its_own_reason():
+    err = _refusal(_llama(), "gpt2")
+    assert err.message == "a gpt2 config cannot express this spec: gpt2 has learned positions: position = learned()"
+    assert err.span.line == 5
+    assert _refusal(_llama(), "bogus").kind == "usage"
+
+
+def test_a_forced_model_type_that_fits_is_used():
+    # mistral without a window is a llama without biases: both fit, the forced one is written
+    assert export_config(load_model(_llama()), "mistral").model_type == "mistral"
+    assert export_config(load_model(_llama())).model_type == "llama"
+
+
+def test_partial_rope_is_refused_for_llama():
+    err = _refusal(_llama().replace("rope()", "rope(dim = 4)"), "llama")
+    assert "partial RoPE" in err.message
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _archc(*args, capsys):
+    """The command in-process (its exit code and stderr); the real process is run once below."""
+    from archlang.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_writes_a_folder_and_replaces_one_only_when_forced(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _archc("export-hf", SPECS / "tiny_gpt2.arch", "-o", out, "--random-seed", "1", capsys=capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", out, capsys=capsys)
+    assert code == 2 and "not empty" in err
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", out, "--force", capsys=capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", out / "config.json", capsys=capsys)
+    assert code == 2 and "it is a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+
+
+def test_cli_weights_that_do_not_fit_write_nothing(tmp_path, capsys):
+    archlang.save(build(SPECS / "tiny_gpt2.arch", passes=""), tmp_path / "gpt2.safetensors")
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", tmp_path / "out", "--weights",
+                       tmp_path / "gpt2.safetensors", capsys=capsys)
+    assert code == 1 and "do not fit the spec of `tiny_llama`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2.safetensors"]
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", tmp_path / "out", "--weights",
+                       tmp_path / "junk.safetensors", capsys=capsys)
+    assert code == 1 and "cannot read the weights" in err
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", tmp_path / "out", "--weights",
+                       tmp_path / "missing", capsys=capsys)
+    assert code == 2 and "no such file" in err
+    code, err = _archc("export-hf", SPECS / "tiny_llama.arch", "-o", tmp_path / "out", "--model-type", "bogus",
+                       capsys=capsys)
+    assert code == 2 and "cannot export to model_type 'bogus'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2.safetensors", "junk.safetensors"]
+
+
+def test_cli_refusal_is_located_and_writes_nothing(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "archlang", "export-hf", str(SPECS / "tiny_exotic.arch"), "-o",
+                        str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "tiny_exotic.arch:14:21: error: differential attention has no Hugging Face equivalent" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = subprocess.run([sys.executable, "-m", "archlang", "export-hf", str(SPECS / "tiny_llama.arch"), "-o",
+                        str(tmp_path / "o"), "--weights", "x", "--random-seed", "1"], capture_output=True, text=True)
+    assert r.returncode == 2  # one source of weights
+
+
+def test_a_sliding_window_on_some_layers_is_refused_at_the_window_for_llama():
+    text = _llama().replace("layers = layer * 2", "block local extends layer {\n        attention.window = 4\n    }\n"
+                                                    "    layers = [layer, local]")
+    err = _refusal(text, "llama")
+    assert err.message == "a llama config cannot express this spec: a sliding window (llama has none)"
+    assert err.span.line == 13
+    err = _refusal(text)  # qwen2 has per-layer windows, but biases q, k and v
+    assert "the closest, mistral, lacks: a sliding window on some layers only" in err.message
+    assert err.span.line == 13
+    biased = text.replace("kv_heads = 2)", "kv_heads = 2, bias = true)")
+    assert export_config(load_model(biased)).model_type == "qwen2"
+
+
+def test_a_bf16_spec_exports_bf16_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    text = _llama()  # no dtype: the language's default, bf16
+    export_hf(text, tmp_path / "hf", seed=0)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in load_file(tmp_path / "hf" / "model.safetensors").values()} == {torch.bfloat16}
+    assert next(T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
+
+
+def test_a_gemma2_score_scale_it_cannot_write_is_refused():
+    text = (SPECS / "tiny_gemma2.arch").read_text().replace("softcap = 50)", "softcap = 50, scale = 10)")
+    err = _refusal(text, "gemma2")
+    assert "query_pre_attn_scalar" in err.message and err.span.line == 14
