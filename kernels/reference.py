@@ -313,3 +313,70 @@ def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, 
         s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v_i
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s
+
+
+def generalized_delta_recurrent(q, k, v, log_decay, a, b, state=None, scale=1.0):
+    """The diagonal-plus-low-rank recurrence of RWKV-7 one token at a time, per head:
+
+        S_t = diag(exp(log_decay_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,    o_t = S_t^T (scale · q_t)
+
+    q, k, a, b, log_decay (B, H, T, dk); v (B, H, T, dv); state (B, H, dk, dv). RWKV-7 writes its
+    state transposed, wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t, with a = -κ̂ and
+    b = κ̂ ⊙ (its in-context learning rate). Returns (o in v's dtype, the final state in float32 at least)."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    acc = torch.promote_types(v.dtype, torch.float32)
+    q, k, v, a, b = q.to(acc) * scale, k.to(acc), v.to(acc), a.to(acc), b.to(acc)
+    decay = log_decay.to(acc).exp()
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(t):
+        read = torch.einsum("bhkv,bhk->bhv", s, a[:, :, i])  # a_t^T S_{t-1}
+        s = s * decay[:, :, i, :, None] + b[:, :, i, :, None] * read[:, :, None] + k[:, :, i, :, None] * v[:, :, i, None]
+        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, i]))
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s
+
+
+def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, chunk=64):
+    """`generalized_delta_recurrent`, `chunk` tokens at a time. Within a chunk the reads
+    u_t = S_{t-1}^T a_t solve a unit lower-triangular system, (I - A_ab) U = (a ⊙ Γ_{t-1}) S_0 + A_ak V,
+    with A_xy[t, j] = Σ_d x_td y_jd exp(c_{t-1,d} - c_{j,d}) for j < t (c the in-chunk cumulative
+    log decay); outputs and the next state are then sums over k v^T and b u^T. Every exponent is a
+    decay from a later to an earlier position, <= 0: stable for any gates."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    acc = torch.promote_types(v.dtype, torch.float32)
+    pad = (chunk - t % chunk) % chunk
+    # padding tokens carry no update (k = b = 0) and no decay: the final state is unchanged
+    q, k, v, a, b, g = (F.pad(x.to(acc), (0, 0, 0, pad)) for x in (q * scale, k, v, a, b, log_decay))
+    n = (t + pad) // chunk
+    q, k, v, a, b, g = (x.view(bsz, heads, n, chunk, -1) for x in (q, k, v, a, b, g))  # (B, H, N, L, d)
+    c = g.cumsum(dim=3)  # inclusive: the decay from the chunk's start through position t
+    c_before = c - g  # exclusive: through position t - 1
+    rows = torch.arange(chunk, device=q.device)
+    upto = (rows[:, None] >= rows[None, :])[..., None]  # (L, L, 1) j <= t
+    before = (rows[:, None] > rows[None, :])[..., None]  # j < t
+    inclusive = (c[:, :, :, :, None] - c[:, :, :, None]).masked_fill(~upto, float("-inf")).exp()  # (B, H, N, L, L, dk)
+    exclusive = (c_before[:, :, :, :, None] - c[:, :, :, None]).masked_fill(~before, float("-inf")).exp()
+
+    def pairs(x, y, decay):
+        return torch.einsum("bhntd,bhnjd,bhntjd->bhntj", x, y, decay)  # (B, H, N, L, L)
+
+    system = -pairs(a, b, exclusive)  # I - A_ab, its unit diagonal implied by the solve
+    solve = lambda rhs: torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)  # noqa: E731
+    reads_state = solve(a * c_before.exp())  # U = reads_state @ S_0 + reads_values
+    reads_values = solve(pairs(a, k, exclusive) @ v)
+    attn_k, attn_b = pairs(q, k, inclusive), pairs(q, b, inclusive)
+    q_old = q * c.exp()
+    last = c[:, :, :, -1:]  # (B, H, N, 1, dk)
+    k_end, b_end = k * (last - c).exp(), b * (last - c).exp()
+    chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, dk, 1)
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(n):
+        u = reads_state[:, :, i] @ s + reads_values[:, :, i]  # (B, H, L, dv)
+        outs.append(q_old[:, :, i] @ s + attn_k[:, :, i] @ v[:, :, i] + attn_b[:, :, i] @ u)
+        s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v[:, :, i] + b_end[:, :, i].transpose(-1, -2) @ u
+    o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s

@@ -3,7 +3,7 @@
 from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
 from .context import Cache, Context
 from .ffn import glu, softcap
-from .gated_linear import GLA, GatedDeltaNet, Retention
+from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .model import ArchModel, layer_stack
 from .moe import MoE
 from .norm import LayerNorm, RMSNorm

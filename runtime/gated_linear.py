@@ -199,3 +199,51 @@ class GatedDeltaNet(_GatedLinear):
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state, conv=window[:, :, -(self.conv_size - 1):])
         return self._finish(o, gate)
+
+
+class RWKV7(_GatedLinear):
+    """RWKV-7 "Goose" time mixing's core (Peng et al. 2025): the generalised delta rule
+    S_t = diag(w_t) S_{t-1} + b_t (a_t^T S_{t-1}) + k̃_t v_t^T with a = -κ̂, b = κ̂ ⊙ a_rate, read by the
+    receptance r unscaled, then a GroupNorm per head, the bonus (r ⊙ k̃ ⊙ r_k summed per head) · v, and
+    × gate.
+
+    Inputs, all (B, T, heads * head_dim) after token shift and the projections (the v-residual
+    mixing too): r, w_logits (w0 + the decay LoRA; log w = -e^-0.5 · sigmoid), k, v, a_logits
+    (a0 + the in-context-rate LoRA; a_rate = sigmoid), gate (the output LoRA's result, applied as is).
+    κ̂ = normalise(k ⊙ k_k) per head and k̃ = k ⊙ (1 + (a_rate - 1) ⊙ k_a) are made here from the
+    layer's own k_k, k_a."""
+
+    def __init__(self, heads: int, head_dim: int, *, chunk: int = 64, form: str = "auto", norm_eps: float = 64e-5,
+                 cache_key: str = ""):
+        super().__init__(heads, head_dim, head_dim, chunk=chunk, form=form, cache_key=cache_key,
+                         output_gate=False, norm_affine=False, norm_eps=norm_eps)
+        width = heads * head_dim
+        self.k_k = nn.Parameter(torch.full((width,), 0.85))
+        self.k_a = nn.Parameter(torch.ones(width))
+        self.r_k = nn.Parameter(torch.zeros(heads, head_dim))
+        self.norm_weight = nn.Parameter(torch.ones(width))
+        self.norm_bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, r, w_logits, k, v, a_logits, gate, *, ctx: Context | None = None) -> torch.Tensor:
+        bsz, t, width = r.shape
+        a_rate = torch.sigmoid(a_logits)
+        kk = F.normalize(_heads(k * self.k_k, self.heads), dim=-1)  # κ̂ (B, H, T, d)
+        k = k * (1 + (a_rate - 1) * self.k_a)  # k̃
+        r_h, k_h, v_h = (_heads(x, self.heads) for x in (r, k, v))  # (B, H, T, d)
+        log_decay = -math.exp(-0.5) * torch.sigmoid(_heads(w_logits, self.heads).float())  # (B, H, T, d)
+        a, b = -kk, kk * _heads(a_rate, self.heads)
+        mask = _padding(ctx, t)
+        if mask is not None:  # a padding token neither decays nor writes the state
+            k_h, b, log_decay = k_h * mask, b * mask, log_decay * mask
+        past = self._past(ctx)
+        state = past["state"] if past else None
+        if self.form == "recurrent" or (self.form == "auto" and t == 1):
+            o, state = reference.generalized_delta_recurrent(r_h, k_h, v_h, log_decay, a, b, state)
+        else:
+            o, state = reference.generalized_delta_chunked(r_h, k_h, v_h, log_decay, a, b, state, chunk=self.chunk)
+        if ctx is not None and ctx.cache is not None:
+            ctx.cache.put(self.cache_key, state=state)
+        o = F.group_norm(_merge(o).reshape(bsz * t, width), self.heads, self.norm_weight, self.norm_bias,
+                         self.norm_eps).view(bsz, t, width)
+        bonus = (r_h * k_h * self.r_k[:, None]).sum(-1, keepdim=True) * v_h  # (B, H, T, d)
+        return (o + _merge(bonus)) * gate

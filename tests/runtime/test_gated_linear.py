@@ -55,6 +55,52 @@ def naive_gated_delta(q, k, v, log_alpha, beta, state):
     return torch.stack(out, dim=2)
 
 
+def naive_rwkv7(r, k, v, log_w, a, b, state):
+    """RWKV-7's kernel in its own layout, the state wkv (dv x dk): wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t,
+    y_t = wkv_t r_t."""
+    wkv, out = state.transpose(-1, -2).clone(), []
+    for i in range(r.shape[2]):
+        sa = wkv @ a[:, :, i, :, None]  # (B, H, dv, 1)
+        wkv = wkv * log_w[:, :, i, None, :].exp() + sa * b[:, :, i, None, :] + v[:, :, i, :, None] * k[:, :, i, None, :]
+        out.append((wkv @ r[:, :, i, :, None])[..., 0])
+    return torch.stack(out, dim=2)
+
+
+def _rwkv7_inputs(t=T, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r, k = (torch.randn(B, HEADS, t, DK, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, HEADS, t, DV, generator=g, dtype=dtype)
+    log_w = -0.6065 * torch.sigmoid(torch.randn(B, HEADS, t, DK, generator=g, dtype=dtype) * 2)
+    kappa = F.normalize(torch.randn(B, HEADS, t, DK, generator=g, dtype=dtype), dim=-1)
+    rate = torch.rand(B, HEADS, t, DK, generator=g, dtype=dtype)
+    state = torch.randn(B, HEADS, DK, DV, generator=g, dtype=dtype) * 0.5
+    return r, k, v, log_w, -kappa, kappa * rate, state
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 64])
+def test_generalized_delta_chunked_equals_recurrent_equals_rwkv7_forward_and_gradients(chunk):
+    inputs = [x.requires_grad_() for x in _rwkv7_inputs()]
+    expected = naive_rwkv7(*inputs)
+    weight = torch.randn_like(expected)
+    want = torch.autograd.grad((expected * weight).sum(), inputs)
+    results = [reference.generalized_delta_chunked(*inputs, chunk=chunk), reference.generalized_delta_recurrent(*inputs)]
+    for out, _ in results:
+        torch.testing.assert_close(out, expected, **TOL64)
+        for got, ref in zip(torch.autograd.grad((out * weight).sum(), inputs), want):
+            torch.testing.assert_close(got, ref, **TOL64)
+    torch.testing.assert_close(results[0][1], results[1][1], **TOL64)
+
+
+def test_generalized_delta_with_strong_decays_stays_finite():
+    r, k, v, log_w, a, b, state = _rwkv7_inputs(t=40)
+    log_w = log_w * 300
+    out, final = reference.generalized_delta_chunked(r, k, v, log_w, a, b, state, chunk=16)
+    ref, ref_final = reference.generalized_delta_recurrent(r, k, v, log_w, a, b, state)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, **TOL64)
+    torch.testing.assert_close(final, ref_final, **TOL64)
+
+
 def _inputs(kind, t=T, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(B, HEADS, t, DK, generator=g, dtype=dtype) for _ in range(2))
@@ -124,6 +170,7 @@ def test_delta_rule_with_a_decay_per_key_dimension_is_refused():
 # --- the modules -------------------------------------------------------------------------------
 
 KH, VH = 1, 3  # Gated DeltaNet: one key head serving three value heads
+MODULES = (*KINDS, "rwkv7")
 
 
 def _module(kind, **kw):
@@ -132,6 +179,12 @@ def _module(kind, **kw):
         return rt.Retention(HEADS, DK, DV, output_gate=True, **kw)
     if kind == "gla":
         return rt.GLA(HEADS, DK, DV, **kw)
+    if kind == "rwkv7":
+        module = rt.RWKV7(HEADS, DK, **kw)
+        with torch.no_grad():  # away from the initial values (r_k = 0 would hide the bonus term)
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+        return module
     module = rt.GatedDeltaNet(KH, VH, DK, DV, conv_size=4, **kw)
     with torch.no_grad():
         module.norm_weight.uniform_(0.5, 1.5)
@@ -146,6 +199,8 @@ def _module_inputs(kind, t, seed=2):
         return (rand(HEADS * DK), rand(HEADS * DK), rand(HEADS * DV)), {"gate": rand(HEADS * DV)}
     if kind == "gla":
         return (rand(HEADS * DK), rand(HEADS * DK), rand(HEADS * DV), rand(HEADS * DK) * 3), {"gate": rand(HEADS * DV)}
+    if kind == "rwkv7":
+        return tuple(rand(HEADS * DK) for _ in range(6)), {}
     return (rand(KH * DK), rand(KH * DK), rand(VH * DV), rand(VH), rand(VH), rand(VH * DV)), {}
 
 
@@ -157,7 +212,7 @@ def _slice(args, kw, lo, hi):
     return tuple(x[:, lo:hi] for x in args), {n: x[:, lo:hi] for n, x in kw.items()}
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_cached_decode_equals_the_full_forward(kind):
     module = _module(kind, chunk=4).eval()
     args, kw = _module_inputs(kind, T)
@@ -172,14 +227,14 @@ def test_cached_decode_equals_the_full_forward(kind):
     torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL32)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_chunked_and_recurrent_forms_of_the_module_agree(kind):
     args, kw = _module_inputs(kind, T)
     outs = [_module(kind, chunk=3, form=form)(*args, **kw) for form in ("chunked", "recurrent")]
     torch.testing.assert_close(outs[0], outs[1], **TOL32)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_outputs_are_causal(kind):
     module = _module(kind, chunk=4)
     args, kw = _module_inputs(kind, T)
@@ -193,7 +248,7 @@ def test_outputs_are_causal(kind):
     assert not torch.allclose(after[:, 7:], before[:, 7:])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_gradients_reach_every_parameter_and_input(kind):
     module = _module(kind, chunk=4)
     args, kw = _module_inputs(kind, T)
@@ -205,7 +260,7 @@ def test_gradients_reach_every_parameter_and_input(kind):
         assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_left_padding_leaves_each_sequence_as_it_is_alone(kind):
     module = _module(kind, chunk=4).eval()
     args, kw = _module_inputs(kind, T)
@@ -219,7 +274,7 @@ def test_left_padding_leaves_each_sequence_as_it_is_alone(kind):
     torch.testing.assert_close(padded[:1, pad:], alone, **TOL32)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_bytes_formula_matches_the_cache(kind, dtype):
     module = _module(kind).to(dtype)
@@ -229,10 +284,11 @@ def test_state_bytes_formula_matches_the_cache(kind, dtype):
     with torch.no_grad():
         module(*args, **kw, ctx=_ctx(5, cache))
     conv = (2 * KH * DK + VH * DV) * 3 * dtype.itemsize if kind == "delta" else 0
-    assert cache.nbytes() == B * module.state_bytes(dtype) == B * (HEADS * DK * DV * 4 + conv)
+    dv = DK if kind == "rwkv7" else DV
+    assert cache.nbytes() == B * module.state_bytes(dtype) == B * (HEADS * DK * dv * 4 + conv)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODULES)
 def test_fullgraph_compile_in_inference(kind):
     module = _module(kind, chunk=4).eval()
     args, kw = _module_inputs(kind, 9)
