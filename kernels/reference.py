@@ -332,7 +332,8 @@ def generalized_delta_recurrent(q, k, v, log_decay, a, b, state=None, scale=1.0)
     outs = []
     for i in range(t):
         read = torch.einsum("bhkv,bhk->bhv", s, a[:, :, i])  # a_t^T S_{t-1}
-        s = s * decay[:, :, i, :, None] + b[:, :, i, :, None] * read[:, :, None] + k[:, :, i, :, None] * v[:, :, i, None]
+        s = s * decay[:, :, i, :, None] + b[:, :, i, :, None] * read[:, :, None]
+        s = s + k[:, :, i, :, None] * v[:, :, i, None]
         outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, i]))
     o = torch.stack(outs, dim=2) if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s
@@ -377,6 +378,7 @@ def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, c
     for i in range(n):
         u = reads_state[:, :, i] @ s + reads_values[:, :, i]  # (B, H, L, dv)
         outs.append(q_old[:, :, i] @ s + attn_k[:, :, i] @ v[:, :, i] + attn_b[:, :, i] @ u)
-        s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v[:, :, i] + b_end[:, :, i].transpose(-1, -2) @ u
+        s = (s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v[:, :, i]
+             + b_end[:, :, i].transpose(-1, -2) @ u)
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s

@@ -8,7 +8,13 @@ Projections live outside, as for `LinearAttention`: the modules take q, k, v (B,
 and their gate inputs, and return (B, T, heads * dv) before the output projection. Gated DeltaNet
 keeps its short causal conv and its gate parameters (A_log, dt_bias) inside: the published layer
 convolves the projected q/k/v and derives decay and β from them in one piece, and its cache holds the
-conv window beside the state."""
+conv window beside the state.
+
+Cost per token and head (dk x dv state; FLOPs counting a multiply-add as 2), recurrent step:
+Retention, GLA 5·dk·dv; Gated DeltaNet 7·dk·dv; RWKV-7 9·dk·dv. Chunked (chunk L):
+2·L·(dk + dv) + 4·dk·dv, plus 2·L·dk for the pairwise decays of GLA and RWKV-7, plus for the
+delta rules 2·L·dk (the k k^T system), L·(dk + dv) (the triangular solve) and 2·dk·dv (the state read).
+State bytes per sequence: heads·dk·dv·4 (float32), plus Gated DeltaNet's conv window."""
 
 from __future__ import annotations
 
@@ -171,7 +177,8 @@ class GatedDeltaNet(_GatedLinear):
         self.dt_bias = nn.Parameter(torch.ones(value_heads))
 
     def state_bytes(self, dtype: torch.dtype = torch.float32) -> int:
-        """Cache bytes per sequence: value_heads · key_dim · value_dim · 4 + conv_dim · (conv_size - 1) · itemsize."""
+        """Cache bytes per sequence: value_heads · key_dim · value_dim · 4
+        + conv_dim · (conv_size - 1) · itemsize."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         return super().state_bytes() + self.conv_dim * (self.conv_size - 1) * itemsize
 

@@ -56,8 +56,8 @@ def naive_gated_delta(q, k, v, log_alpha, beta, state):
 
 
 def naive_rwkv7(r, k, v, log_w, a, b, state):
-    """RWKV-7's kernel in its own layout, the state wkv (dv x dk): wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t,
-    y_t = wkv_t r_t."""
+    """RWKV-7's kernel in its own layout, the state wkv (dv x dk):
+    wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t, y_t = wkv_t r_t."""
     wkv, out = state.transpose(-1, -2).clone(), []
     for i in range(r.shape[2]):
         sa = wkv @ a[:, :, i, :, None]  # (B, H, dv, 1)
@@ -83,7 +83,8 @@ def test_generalized_delta_chunked_equals_recurrent_equals_rwkv7_forward_and_gra
     expected = naive_rwkv7(*inputs)
     weight = torch.randn_like(expected)
     want = torch.autograd.grad((expected * weight).sum(), inputs)
-    results = [reference.generalized_delta_chunked(*inputs, chunk=chunk), reference.generalized_delta_recurrent(*inputs)]
+    results = [reference.generalized_delta_chunked(*inputs, chunk=chunk),
+               reference.generalized_delta_recurrent(*inputs)]
     for out, _ in results:
         torch.testing.assert_close(out, expected, **TOL64)
         for got, ref in zip(torch.autograd.grad((out * weight).sum(), inputs), want):
@@ -358,3 +359,13 @@ def test_matches_the_whole_hf_qwen3_next_gated_deltanet_layer():
         cache = Cache()  # prefill then decode through our cache: still HF's full forward
         steps = [run(x[:, :9], _ctx(9, cache))] + [run(x[:, i:i + 1], _ctx(1, cache, i)) for i in range(9, 13)]
     torch.testing.assert_close(torch.cat(steps, dim=1), expected, **TOL32)
+
+
+def test_misuse_is_refused_with_a_clear_error():
+    with pytest.raises(ArchError, match="form must be one of"):
+        rt.GLA(HEADS, DK, DV, form="parallel")
+    with pytest.raises(ArchError, match="multiple of key_heads"):
+        rt.GatedDeltaNet(2, 3, DK, DV)
+    args, _ = _module_inputs("gla", 4)
+    with pytest.raises(ArchError, match="needs `gate`"):
+        rt.GLA(HEADS, DK, DV)(*args)
