@@ -330,14 +330,18 @@ def hf_projections(layer):
     return dict(q=q, k=k, v=v, z=z, b=b, a=a)
 
 
-def test_matches_the_whole_hf_qwen3_next_gated_deltanet_layer():
-    config = qwen3_next.Qwen3NextConfig(
-        hidden_size=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
-        linear_value_head_dim=6, linear_conv_kernel_dim=4, num_hidden_layers=1, layer_types=["linear_attention"],
-        rms_norm_eps=1e-6)
+HF_CONFIG = dict(hidden_size=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                 linear_value_head_dim=6, linear_conv_kernel_dim=4, num_hidden_layers=1,
+                 layer_types=["linear_attention"], rms_norm_eps=1e-6)
+
+
+def hf_layer_and_ours():
+    """A Qwen3NextGatedDeltaNet with every weight moved off its initial value, and the runtime layer
+    with the same weights: a function (x, ctx) -> the layer's output, out_proj included."""
     torch.manual_seed(3)
+    config = qwen3_next.Qwen3NextConfig(**HF_CONFIG)
     layer = qwen3_next.Qwen3NextGatedDeltaNet(config, 0).eval()
-    with torch.no_grad():  # every weight away from its initial value
+    with torch.no_grad():
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     ours = rt.GatedDeltaNet(2, 4, 8, 6, conv_size=4, chunk=5, norm_eps=1e-6).eval()
@@ -347,12 +351,17 @@ def test_matches_the_whole_hf_qwen3_next_gated_deltanet_layer():
         ours.dt_bias.copy_(layer.dt_bias)
         ours.norm_weight.copy_(layer.norm.weight)
     w = hf_projections(layer)
-    x = torch.randn(B, 13, 32)
 
     def run(x, ctx):
         p = {n: F.linear(x, wt) for n, wt in w.items()}
         return F.linear(ours(p["q"], p["k"], p["v"], p["a"], p["b"], p["z"], ctx=ctx), layer.out_proj.weight)
 
+    return config, layer, run
+
+
+def test_matches_the_whole_hf_qwen3_next_gated_deltanet_layer():
+    _, layer, run = hf_layer_and_ours()
+    x = torch.randn(B, 13, 32)
     with torch.no_grad():
         expected = layer(x)
         torch.testing.assert_close(run(x, None), expected, **TOL32)
@@ -369,3 +378,21 @@ def test_misuse_is_refused_with_a_clear_error():
     args, _ = _module_inputs("gla", 4)
     with pytest.raises(ArchError, match="needs `gate`"):
         rt.GLA(HEADS, DK, DV)(*args)
+
+
+def test_cache_entries_map_onto_hf_linear_attention_cache():
+    """HF keeps the last conv_size conv inputs, the runtime conv_size - 1; the states are the same
+    (B, value_heads, key_dim, value_dim) tensor. A prefill in one continues in the other."""
+    from transformers import DynamicCache
+
+    config, layer, run = hf_layer_and_ours()
+    x = torch.randn(B, 9, 32)
+    with torch.no_grad():
+        hf_cache, cache = DynamicCache(config=config), Cache()
+        layer(x[:, :8], cache_params=hf_cache)
+        run(x[:, :8], _ctx(8, cache))
+        torch.testing.assert_close(cache.get("")["state"], hf_cache.get_recurrent_state(0), **TOL32)
+        torch.testing.assert_close(cache.get("")["conv"], hf_cache.get_conv_state(0)[..., 1:], **TOL32)
+        from_hf = Cache()
+        from_hf.put("", state=hf_cache.get_recurrent_state(0).clone(), conv=hf_cache.get_conv_state(0)[..., 1:].clone())
+        torch.testing.assert_close(run(x[:, 8:], _ctx(1, from_hf, 8)), layer(x[:, 8:], cache_params=hf_cache), **TOL32)
