@@ -290,10 +290,12 @@ def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, 
     c = g.view(bsz, heads, n, chunk, -1) if per_dim else g.view(bsz, heads, n, chunk, 1)  # (B, H, N, L, dk or 1)
     c = c.cumsum(dim=3)  # log of the decay from the chunk's start to each position
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    if per_dim:
-        pair = (c[:, :, :, :, None] - c[:, :, :, None]).masked_fill(future[..., None], float("-inf")).exp()
-        attn = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, pair)  # (B, H, N, L, L)
-    else:
+
+    def intra(i):  # chunk i's causal scores; per key dimension, one (L, L, dk) decay at a time, not N of them
+        pair = (c[:, :, i, :, None] - c[:, :, i, None]).masked_fill(future[..., None], float("-inf")).exp()
+        return torch.einsum("bhid,bhjd,bhijd->bhij", q[:, :, i], k[:, :, i], pair)  # (B, H, L, L)
+
+    if not per_dim:
         pair = (c - c.transpose(-1, -2)).masked_fill(future, float("-inf")).exp()  # (B, H, N, L, L)
         attn = (q @ k.transpose(-1, -2)) * pair
     last = c[:, :, :, -1:]  # (B, H, N, 1, dk or 1)
@@ -309,7 +311,7 @@ def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, 
     outs = []
     for i in range(n):
         v_i = v[:, :, i] if beta is None else v[:, :, i] - k_read[:, :, i] @ s  # the delta: what S does not predict
-        outs.append(q_old[:, :, i] @ s + attn[:, :, i] @ v_i)
+        outs.append(q_old[:, :, i] @ s + (intra(i) if per_dim else attn[:, :, i]) @ v_i)
         s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v_i
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s
@@ -358,27 +360,25 @@ def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, c
     rows = torch.arange(chunk, device=q.device)
     upto = (rows[:, None] >= rows[None, :])[..., None]  # (L, L, 1) j <= t
     before = (rows[:, None] > rows[None, :])[..., None]  # j < t
-    inclusive = (c[:, :, :, :, None] - c[:, :, :, None]).masked_fill(~upto, float("-inf")).exp()  # (B, H, N, L, L, dk)
-    exclusive = (c_before[:, :, :, :, None] - c[:, :, :, None]).masked_fill(~before, float("-inf")).exp()
 
     def pairs(x, y, decay):
-        return torch.einsum("bhntd,bhnjd,bhntjd->bhntj", x, y, decay)  # (B, H, N, L, L)
+        return torch.einsum("bhtd,bhjd,bhtjd->bhtj", x, y, decay)  # (B, H, L, L)
 
-    system = -pairs(a, b, exclusive)  # I - A_ab, its unit diagonal implied by the solve
-    solve = lambda rhs: torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)  # noqa: E731
-    reads_state = solve(a * c_before.exp())  # U = reads_state @ S_0 + reads_values
-    reads_values = solve(pairs(a, k, exclusive) @ v)
-    attn_k, attn_b = pairs(q, k, inclusive), pairs(q, b, inclusive)
     q_old = q * c.exp()
     last = c[:, :, :, -1:]  # (B, H, N, 1, dk)
     k_end, b_end = k * (last - c).exp(), b * (last - c).exp()
     chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, dk, 1)
     s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
     outs = []
-    for i in range(n):
-        u = reads_state[:, :, i] @ s + reads_values[:, :, i]  # (B, H, L, dv)
-        outs.append(q_old[:, :, i] @ s + attn_k[:, :, i] @ v[:, :, i] + attn_b[:, :, i] @ u)
-        s = (s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v[:, :, i]
+    for i in range(n):  # the (L, L, dk) pairwise decays are built one chunk at a time
+        qi, ki, vi, ai, bi, ci = q[:, :, i], k[:, :, i], v[:, :, i], a[:, :, i], b[:, :, i], c[:, :, i]
+        inclusive = (ci[:, :, :, None] - ci[:, :, None]).masked_fill(~upto, float("-inf")).exp()  # (B, H, L, L, dk)
+        exclusive = (c_before[:, :, i, :, None] - ci[:, :, None]).masked_fill(~before, float("-inf")).exp()
+        system = -pairs(ai, bi, exclusive)  # I - A_ab, its unit diagonal implied by the solve
+        rhs = (ai * c_before[:, :, i].exp()) @ s + pairs(ai, ki, exclusive) @ vi  # u = S_{t-1}^T a_t, solved
+        u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)  # (B, H, L, dv)
+        outs.append(q_old[:, :, i] @ s + pairs(qi, ki, inclusive) @ vi + pairs(qi, bi, inclusive) @ u)
+        s = (s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ vi
              + b_end[:, :, i].transpose(-1, -2) @ u)
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s
