@@ -304,3 +304,154 @@ def ssd_step(x, dt, A, B, C, state=None):
     if state is not None:
         drive = drive + torch.exp(dt * A.float())[..., None, None] * state.float()
     return torch.einsum("bhpn,bhn->bhp", drive, C), drive
+
+
+def gated_linear_recurrent(q, k, v, log_decay, beta=None, state=None, scale=None):
+    """The gated linear recurrence one token at a time (the decoding form), per head:
+
+        S_t = exp(log_decay_t) ⊙ S_{t-1} + update_t,    o_t = S_t^T (scale · q_t)
+
+    with update_t = k_t v_t^T, or with `beta` the delta rule
+    update_t = β_t k_t (v_t - S'^T k_t)^T where S' is the decayed S_{t-1}.
+    q, k (B, H, T, dk); v (B, H, T, dv); log_decay (B, H, T) one decay per head or (B, H, T, dk)
+    one per key dimension; beta (B, H, T); state (B, H, dk, dv). Returns (o (B, H, T, dv) in v's
+    dtype, the final state in float32, or float64 for float64 inputs). `scale` defaults to dk^-0.5."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    scale = dk ** -0.5 if scale is None else scale
+    acc = torch.promote_types(v.dtype, torch.float32)  # the state accumulates in float32 at least
+    q, k, v, decay = q.to(acc) * scale, k.to(acc), v.to(acc), log_decay.to(acc).exp()
+    decay = decay[..., None] if decay.dim() == 4 else decay[..., None, None]  # broadcasts over dv
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(t):
+        s = s * decay[:, :, i]
+        if beta is None:
+            update = v[:, :, i]
+        else:
+            update = beta[:, :, i, None].to(acc) * (v[:, :, i] - torch.einsum("bhkv,bhk->bhv", s, k[:, :, i]))
+        s = s + k[:, :, i, :, None] * update[:, :, None, :]
+        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, i]))
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s
+
+
+def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, chunk=64):
+    """The same recurrence as `gated_linear_recurrent`, `chunk` tokens at a time (the training and
+    prefill form): within a chunk, attention weighted by the pairwise decays; across chunks, the state.
+
+    Decays stay in log space and are only exponentiated as differences c_i - c_j with i >= j
+    (or c_i - c_start, c_end - c_j), all <= 0, so nothing overflows however strong the gates.
+    One decay per key dimension costs an (L, L, dk) pairwise tensor per chunk. The delta rule
+    (with `beta`) needs one decay per head: the chunk's updates are folded by the UT transform
+    (a unit lower-triangular solve), as in Gated DeltaNet (Yang et al. 2025)."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    per_dim = log_decay.dim() == 4
+    if beta is not None and per_dim:
+        from archlang.spec.errors import ArchError  # kernels import nothing from spec at module load
+
+        raise ArchError("the chunked delta rule takes one decay per head, not one per key dimension")
+    scale = dk ** -0.5 if scale is None else scale
+    acc = torch.promote_types(v.dtype, torch.float32)  # the state accumulates in float32 at least
+    pad = (chunk - t % chunk) % chunk
+    # padding tokens carry no update (k = 0) and no decay (log 1 = 0): the final state is unchanged
+    q, k, v = (F.pad(x.to(acc), (0, 0, 0, pad)) for x in (q, k, v))
+    g = F.pad(log_decay.to(acc), (0, 0, 0, pad) if per_dim else (0, pad))
+    n = (t + pad) // chunk
+    q, k, v = (x.view(bsz, heads, n, chunk, -1) for x in (q * scale, k, v))  # (B, H, N, L, d)
+    c = g.view(bsz, heads, n, chunk, -1) if per_dim else g.view(bsz, heads, n, chunk, 1)  # (B, H, N, L, dk or 1)
+    c = c.cumsum(dim=3)  # log of the decay from the chunk's start to each position
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
+
+    def intra(i):  # chunk i's causal scores; per key dimension, one (L, L, dk) decay at a time, not N of them
+        pair = (c[:, :, i, :, None] - c[:, :, i, None]).masked_fill(future[..., None], float("-inf")).exp()
+        return torch.einsum("bhid,bhjd,bhijd->bhij", q[:, :, i], k[:, :, i], pair)  # (B, H, L, L)
+
+    if not per_dim:
+        pair = (c - c.transpose(-1, -2)).masked_fill(future, float("-inf")).exp()  # (B, H, N, L, L)
+        attn = (q @ k.transpose(-1, -2)) * pair
+    last = c[:, :, :, -1:]  # (B, H, N, 1, dk or 1)
+    q_old = q * c.exp()  # reads the state left by the previous chunks, decayed to position i
+    k_end = k * (last - c).exp()  # writes position j's update, decayed to the chunk's end
+    chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, dk or 1, 1)
+    if beta is not None:
+        b = F.pad(beta.to(acc), (0, pad)).view(bsz, heads, n, chunk, 1)
+        system = (b * k) @ k.transpose(-1, -2) * pair  # unit diagonal implied by the solve
+        v = torch.linalg.solve_triangular(system, b * v, upper=False, unitriangular=True)
+        k_read = torch.linalg.solve_triangular(system, b * k * c.exp(), upper=False, unitriangular=True)
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(n):
+        v_i = v[:, :, i] if beta is None else v[:, :, i] - k_read[:, :, i] @ s  # the delta: what S does not predict
+        outs.append(q_old[:, :, i] @ s + (intra(i) if per_dim else attn[:, :, i]) @ v_i)
+        s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v_i
+    o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s
+
+
+def generalized_delta_recurrent(q, k, v, log_decay, a, b, state=None, scale=1.0):
+    """The diagonal-plus-low-rank recurrence of RWKV-7 one token at a time, per head:
+
+        S_t = diag(exp(log_decay_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,    o_t = S_t^T (scale · q_t)
+
+    q, k, a, b, log_decay (B, H, T, dk); v (B, H, T, dv); state (B, H, dk, dv). RWKV-7 writes its
+    state transposed, wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) + v_t^T k_t, with a = -κ̂ and
+    b = κ̂ ⊙ (its in-context learning rate). Returns (o in v's dtype, the final state in float32 at least)."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    acc = torch.promote_types(v.dtype, torch.float32)
+    q, k, v, a, b = q.to(acc) * scale, k.to(acc), v.to(acc), a.to(acc), b.to(acc)
+    decay = log_decay.to(acc).exp()
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(t):
+        read = torch.einsum("bhkv,bhk->bhv", s, a[:, :, i])  # a_t^T S_{t-1}
+        s = s * decay[:, :, i, :, None] + b[:, :, i, :, None] * read[:, :, None]
+        s = s + k[:, :, i, :, None] * v[:, :, i, None]
+        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, i]))
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s
+
+
+def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, chunk=64):
+    """`generalized_delta_recurrent`, `chunk` tokens at a time. Within a chunk the reads
+    u_t = S_{t-1}^T a_t solve a unit lower-triangular system, (I - A_ab) U = (a ⊙ Γ_{t-1}) S_0 + A_ak V,
+    with A_xy[t, j] = Σ_d x_td y_jd exp(c_{t-1,d} - c_{j,d}) for j < t (c the in-chunk cumulative
+    log decay); outputs and the next state are then sums over k v^T and b u^T. Every exponent is a
+    decay from a later to an earlier position, <= 0: stable for any gates."""
+    bsz, heads, t, dk = q.shape
+    dv, out_dtype = v.shape[-1], v.dtype
+    acc = torch.promote_types(v.dtype, torch.float32)
+    pad = (chunk - t % chunk) % chunk
+    # padding tokens carry no update (k = b = 0) and no decay: the final state is unchanged
+    q, k, v, a, b, g = (F.pad(x.to(acc), (0, 0, 0, pad)) for x in (q * scale, k, v, a, b, log_decay))
+    n = (t + pad) // chunk
+    q, k, v, a, b, g = (x.view(bsz, heads, n, chunk, -1) for x in (q, k, v, a, b, g))  # (B, H, N, L, d)
+    c = g.cumsum(dim=3)  # inclusive: the decay from the chunk's start through position t
+    c_before = c - g  # exclusive: through position t - 1
+    rows = torch.arange(chunk, device=q.device)
+    upto = (rows[:, None] >= rows[None, :])[..., None]  # (L, L, 1) j <= t
+    before = (rows[:, None] > rows[None, :])[..., None]  # j < t
+
+    def pairs(x, y, decay):
+        return torch.einsum("bhtd,bhjd,bhtjd->bhtj", x, y, decay)  # (B, H, L, L)
+
+    q_old = q * c.exp()
+    last = c[:, :, :, -1:]  # (B, H, N, 1, dk)
+    k_end, b_end = k * (last - c).exp(), b * (last - c).exp()
+    chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, dk, 1)
+    s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
+    outs = []
+    for i in range(n):  # the (L, L, dk) pairwise decays are built one chunk at a time
+        qi, ki, vi, ai, bi, ci = q[:, :, i], k[:, :, i], v[:, :, i], a[:, :, i], b[:, :, i], c[:, :, i]
+        inclusive = (ci[:, :, :, None] - ci[:, :, None]).masked_fill(~upto, float("-inf")).exp()  # (B, H, L, L, dk)
+        exclusive = (c_before[:, :, i, :, None] - ci[:, :, None]).masked_fill(~before, float("-inf")).exp()
+        system = -pairs(ai, bi, exclusive)  # I - A_ab, its unit diagonal implied by the solve
+        rhs = (ai * c_before[:, :, i].exp()) @ s + pairs(ai, ki, exclusive) @ vi  # u = S_{t-1}^T a_t, solved
+        u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)  # (B, H, L, dv)
+        outs.append(q_old[:, :, i] @ s + pairs(qi, ki, inclusive) @ vi + pairs(qi, bi, inclusive) @ u)
+        s = (s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ vi
+             + b_end[:, :, i].transpose(-1, -2) @ u)
+    o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
+    return o.to(out_dtype), s

@@ -3,6 +3,7 @@
 from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
 from .context import Cache, Context
 from .ffn import glu, softcap
+from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
@@ -11,7 +12,7 @@ from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPo
 from .ssm import Mamba
 
 __all__ = [
-    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "LayerNorm",
-    "LinearAttention", "MLAttention", "Mamba", "Mamba2", "MoE", "RMSNorm", "RelativePositionBias", "RopeTable",
-    "SinusoidalPositions", "apply_rope", "glu", "layer_stack", "rope_qk", "softcap",
+    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "GLA", "GatedDeltaNet",
+    "LayerNorm", "LinearAttention", "MLAttention", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias",
+    "Retention", "RopeTable", "SinusoidalPositions", "apply_rope", "glu", "layer_stack", "rope_qk", "softcap",
 ]
