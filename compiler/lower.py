@@ -216,6 +216,7 @@ class _Lowerer:
             "scale": att.scale if att.scale is not None else hd**-0.5,
             "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
         }
+        attrs.update(_modern_attrs(att))
         if isinstance(att, A.Differential):
             attrs["lambda_init"] = att.lambda_init
             attrs["scale"] = att.scale if att.scale is not None else (hd // 2)**-0.5  # per sub-head
@@ -225,10 +226,17 @@ class _Lowerer:
             rot = pos.dim or hd // sub
             table = b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
                            shape=(m.context, rot), attrs=_rope_table_attrs(pos, rot, m.context), **ctx)
-            q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"), shape=("B", seq, heads * hd),
-                       attrs={"heads": heads * sub, "kv_heads": kv_heads * sub, "head_dim": hd // sub,
-                              "rotary_dim": rot}, **ctx)
-            k = NodeRef(q.node, 1)
+            if att.qk_norm is not None and att.qk_norm.kind != "l2":
+                # q and k are normalised before they are rotated, so the attention core rotates them
+                # itself after its norm (the form fold-rope gives): a rope op in front would rotate first.
+                extra.append(table)
+                attrs["rope"] = {"dim": rot}
+            else:
+                q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"),
+                           shape=("B", seq, heads * hd),
+                           attrs={"heads": heads * sub, "kv_heads": kv_heads * sub, "head_dim": hd // sub,
+                                  "rotary_dim": rot}, **ctx)
+                k = NodeRef(q.node, 1)
         elif kv is None and isinstance(pos, A.Alibi):
             table = b.node(f"{pre}alibi_slopes", "const", [], name="alibi_slopes", outputs="alibi",
                            shape=(heads,), attrs={"table": "alibi", "heads": heads}, **ctx)
@@ -312,6 +320,16 @@ class _Lowerer:
         }
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),
                            attrs=attrs, **ctx)
+
+
+def _modern_attrs(att) -> dict[str, Any]:
+    """The attention options of 2024–2026 models, as the attention op's attributes."""
+    # options that are off are left out (None), so IR dumps without them stay as they were
+    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
+    attrs["qk_norm"] = att.qk_norm.model_dump() if att.qk_norm is not None else None
+    attrs["temperature"] = ({"floor_scale": att.floor_scale or 8192.0, "attn_scale": att.attn_scale or 0.1}
+                            if att.temperature_tuning else None)
+    return attrs
 
 
 def _rope_table_attrs(pos: A.Rope, rot: int, context: int) -> dict[str, Any]:
