@@ -180,12 +180,13 @@ class _Lowerer:
         return {**ctx, "span": self.span("blocks", blk.name, component)}
 
     def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
-        """One residual branch, with its norm placed pre, post, or on both sides (sandwich)."""
+        """One residual branch, with its norm placed pre, post, on both sides (sandwich) or on the
+        branch's output (output)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
         h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx) if placement in ("pre", "sandwich") else x
         h = body(h)
-        if placement == "sandwich":
+        if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)

@@ -62,7 +62,9 @@ class Norm(Node):
     eps: PositiveFloat = 1e-5
     bias: bool | None = None  # layernorm default true; rmsnorm has none
     unit_offset: bool = False  # weight stored as w - 1 and applied as (1 + w), as in Gemma
-    placement: Literal["pre", "post", "sandwich"] = "pre"
+    # pre: norm → sublayer → add; post: sublayer → add → norm; sandwich: norm → sublayer → norm → add;
+    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only)
+    placement: Literal["pre", "post", "sandwich", "output"] = "pre"
 
     @model_validator(mode="after")
     def _bias(self) -> "Norm":

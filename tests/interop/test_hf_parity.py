@@ -28,6 +28,10 @@ CASES = {
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(SMALL, sliding_window=5)),
     "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, SMALL),
+    "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(SMALL, head_dim=16)),
+    "qwen3-sliding-biases": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, use_sliding_window=True, sliding_window=5, max_window_layers=1, attention_bias=True)),
+    "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, SMALL),
     "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(SMALL, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(SMALL, num_experts=4, num_experts_per_tok=2,
                                                                  moe_intermediate_size=16, shared_expert_intermediate_size=24)),
@@ -108,7 +112,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

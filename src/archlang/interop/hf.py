@@ -1,8 +1,8 @@
 """Hugging Face transformers ⇄ archlang: a spec from an HF config, and HF weights under
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
-Verified by logit parity tests (tests/interop): llama, mistral, qwen2, mixtral, qwen2_moe,
-deepseek_v2, gemma2, gpt2, bert, jamba, t5.
+Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, mixtral,
+qwen2_moe, deepseek_v2, gemma2, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -114,14 +114,15 @@ def _unsupported(what: str):
     raise ArchError(f"{what} has no archlang equivalent yet", kind="interop")
 
 
-def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
+def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None,
+               qk_norm=None) -> Raw:
     heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     hd = head_dim or getattr(c, "head_dim", None)
     if hd == c.hidden_size // heads:
         hd = None
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     return call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=hd, bias=bias or None,
-                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale)
+                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale, qk_norm=qk_norm)
 
 
 def _decoder_fields(c, **extra) -> dict[str, Any]:
@@ -136,8 +137,11 @@ def _llama_like(c, name: str) -> str:
     eps = c.rms_norm_eps
     layer_types = getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers
     window = getattr(c, "sliding_window", None)
-    if c.model_type == "qwen2" and not getattr(c, "use_sliding_window", False):
+    if c.model_type in ("qwen2", "qwen3") and not getattr(c, "use_sliding_window", False):
         window = None
+    # Qwen3 normalises each q/k head before RoPE; OLMo 2 the whole q and k projections.
+    qk_norm = {"qwen3": call("rmsnorm", eps=eps), "olmo2": call("rmsnorm", eps=eps, scope="projection")}.get(c.model_type)
+    norm = call("rmsnorm", eps=eps, placement="output" if c.model_type == "olmo2" else None)
     # Qwen2 biases q, k and v; Llama's attention_bias biases the output projection too.
     bias = bool(getattr(c, "attention_bias", c.model_type == "qwen2"))
     out_bias = bool(getattr(c, "attention_bias", False))
@@ -150,9 +154,9 @@ def _llama_like(c, name: str) -> str:
         kind = "sliding" if sliding and window else "layer"
         kinds.append(kind)
         if kind not in blocks:
-            blocks[kind] = {"norm": call("rmsnorm", eps=eps),
+            blocks[kind] = {"norm": norm,
                             "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias,
-                                                       out_bias=out_bias),
+                                                    out_bias=out_bias, qk_norm=qk_norm),
                             "ffn": ffn}
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
@@ -300,7 +304,8 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 
 
 SPEC_WRITERS: dict[str, Callable] = {
-    "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "mixtral": _moe_like,
+    "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
+    "mixtral": _moe_like,
     "qwen2_moe": _moe_like, "gemma2": _gemma2, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
     "deepseek_v2": _deepseek_v2, "t5": _t5,
 }
