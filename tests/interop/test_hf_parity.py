@@ -36,6 +36,12 @@ CASES = {
     "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(SMALL, num_experts=4, num_experts_per_tok=2,
                                                                  moe_intermediate_size=16, shared_expert_intermediate_size=24)),
     "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(SMALL, head_dim=8, sliding_window=5, query_pre_attn_scalar=8)),
+    # local and global layers with their own RoPE (the global one scaled), QK-norm with a unit offset
+    "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=8, sliding_window=5, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
     "jamba": (T.JambaConfig, T.JambaForCausalLM, dict(SMALL, num_hidden_layers=4, num_experts=4, attn_layer_period=2,
                                                       attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
@@ -112,7 +118,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

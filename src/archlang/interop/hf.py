@@ -2,7 +2,7 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, mixtral,
-qwen2_moe, deepseek_v2, gemma2, gpt2, bert, jamba, t5.
+qwen2_moe, deepseek_v2, gemma2, gemma3_text, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def _layout(kinds: list[str]) -> str:
     return "[" + ", ".join(kinds) + "]"
 
 
-def _rope(c, rotary_dim: int | None = None) -> Raw:
-    params = dict(getattr(c, "rope_parameters", None) or {})
+def _rope(c, rotary_dim: int | None = None, params: dict | None = None) -> Raw:
+    """The rope() of a config; `params` for one layer type's entry of rope_parameters (Gemma 3)."""
+    params = dict(params if params is not None else getattr(c, "rope_parameters", None) or {})
     theta = params.get("rope_theta", getattr(c, "rope_theta", 10000.0))
     kind = params.get("rope_type", "default")
     scaling = None
@@ -208,6 +209,27 @@ def _gemma2(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face gemma2 config.")
 
 
+def _gemma3(c, name: str) -> str:
+    """Gemma 3: Gemma 2's sandwich norms and scale, QK-norm with a unit offset instead of
+    soft-capping, and a RoPE per layer type (the sliding layers' own base, the full layers' scaled)."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_activation))
+    qk_norm = call("rmsnorm", eps=eps, unit_offset=True)
+    ropes = c.rope_parameters
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, "attention": _attention(
+            c, window=c.sliding_window if kind == "sliding" else None, softcap=c.attn_logit_softcapping,
+            scale=c.query_pre_attn_scalar**-0.5, head_dim=c.head_dim, qk_norm=qk_norm), "ffn": ffn,
+            "position": _rope(c, params=ropes[t])})
+    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, logit_softcap=c.final_logit_softcapping,
+                             final_norm=call("rmsnorm", eps=eps, unit_offset=True))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face gemma3_text config.")
+
+
 def _gpt2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.n_embd, "context": c.n_positions,
@@ -306,7 +328,7 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "mixtral": _moe_like,
-    "qwen2_moe": _moe_like, "gemma2": _gemma2, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
+    "qwen2_moe": _moe_like, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
     "deepseek_v2": _deepseek_v2, "t5": _t5,
 }
 

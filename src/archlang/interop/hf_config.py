@@ -103,6 +103,20 @@ def _rope_problem(value: Any, config: dict) -> str | None:
 
 ROPE = checked(_rope_problem)
 
+
+def _rope_per_layer_type(value: Any, config: dict) -> str | None:
+    """Gemma 3: one RoPE setting per layer type, each checked as a whole rope_parameters."""
+    if not isinstance(value, dict):
+        return "rope_parameters must map each layer type to its RoPE setting"
+    types = set(config.get("layer_types") or ())
+    if set(value) != types:
+        return f"rope_parameters must have one entry per layer type ({', '.join(sorted(types))})"
+    for layer_type, params in value.items():
+        problem = _rope_problem(params, config)
+        if problem:
+            return f"{layer_type}: {problem}"
+    return None
+
 # ----------------------------------------------------------------------------- the tables
 
 # transformers' activation names → archlang's (gelu_fast is the tanh approximation, written out).
@@ -189,6 +203,13 @@ TABLES: dict[str, dict[str, Key]] = {
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
+    "gemma3_text": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "rope_parameters": checked(_rope_per_layer_type),
+                    "hidden_act": irrelevant("gemma3's modeling code reads hidden_activation"),
+                    "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED, "layer_types": MAPPED,
+                    "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
+                    "_sliding_window_pattern": irrelevant("an older spelling of layer_types, which is read"),
+                    "attention_bias": only(False, reason="attention biases are not mapped for gemma3_text"),
+                    "use_bidirectional_attention": only(None, False, reason="archlang's gemma3 attention is causal")},
     "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")},
              "activation_function": ACTIVATION,
              "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, "summary_first_dropout": DROPOUT,

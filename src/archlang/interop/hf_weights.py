@@ -121,7 +121,7 @@ def _llama_family(c, r: _Rules) -> None:
         if t == "olmo2":  # norms on the branches' outputs only
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
             r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
-        elif t == "gemma2":
+        elif t in ("gemma2", "gemma3_text"):
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
             r.add(f"{p}ffn_norm.weight", f"{q}pre_feedforward_layernorm.weight")
             r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
@@ -236,7 +236,8 @@ def _t5(c, r: _Rules) -> None:
 
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
-    "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
+    "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
+    "gemma3_text": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
