@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from archlang.interop.hf import from_hf, spec_from_config
+from archlang.spec import ArchError
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -32,6 +33,11 @@ CASES = {
     "qwen3-sliding-biases": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(
         SMALL, num_hidden_layers=3, use_sliding_window=True, sliding_window=5, max_window_layers=1, attention_bias=True)),
     "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, SMALL),
+    # every fourth layer without RoPE (NoPE)
+    "smollm3": (T.SmolLM3Config, T.SmolLM3ForCausalLM, dict(SMALL, num_hidden_layers=4, attention_bias=True,
+                                                                   pad_token_id=0)),
+    "smollm3-nope-pattern": (T.SmolLM3Config, T.SmolLM3ForCausalLM, dict(SMALL, num_hidden_layers=3,
+                                                                         no_rope_layers=[0, 1, 0], pad_token_id=0)),
     "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(SMALL, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(SMALL, num_experts=4, num_experts_per_tok=2,
                                                                  moe_intermediate_size=16, shared_expert_intermediate_size=24)),
@@ -118,7 +124,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text", "smollm3"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
@@ -135,3 +141,13 @@ def test_imported_spec_is_a_readable_spec():
     text = spec_from_config(config, name="tiny_mixtral")
     assert "ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 48))" in text
     assert "layers = layer * 2" in text
+
+
+def test_smollm3_nope_layers_are_blocks_without_position():
+    text = spec_from_config(T.SmolLM3Config(**CASES["smollm3-nope-pattern"][2]), name="tiny_smollm3")
+    assert "position = none" in text and "layers = [layer_nope, layer, layer_nope]" in text
+    short = dict(CASES["smollm3-nope-pattern"][2], no_rope_layers=[0, 1], model_type="smollm3")
+    with pytest.raises(ArchError, match="transformers rejects"):  # it indexes past the list
+        spec_from_config(short)
+    with pytest.raises(ArchError, match="one entry per layer"):
+        spec_from_config(dict(short, layer_types=["full_attention"] * 3))

@@ -1,7 +1,7 @@
 """Hugging Face transformers ⇄ archlang: a spec from an HF config, and HF weights under
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
-Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, mixtral,
+Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, mixtral,
 qwen2_moe, deepseek_v2, gemma2, gemma3_text, gpt2, bert, jamba, t5.
 """
 
@@ -138,7 +138,7 @@ def _llama_like(c, name: str) -> str:
     eps = c.rms_norm_eps
     layer_types = getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers
     window = getattr(c, "sliding_window", None)
-    if c.model_type in ("qwen2", "qwen3") and not getattr(c, "use_sliding_window", False):
+    if c.model_type in ("qwen2", "qwen3", "smollm3") and not getattr(c, "use_sliding_window", False):
         window = None
     # Qwen3 normalises each q/k head before RoPE; OLMo 2 the whole q and k projections.
     qk_norm = {"qwen3": call("rmsnorm", eps=eps), "olmo2": call("rmsnorm", eps=eps, scope="projection")}.get(c.model_type)
@@ -149,16 +149,18 @@ def _llama_like(c, name: str) -> str:
     mlp_bias = bool(getattr(c, "mlp_bias", False)) or None
     ffn = call("swiglu", hidden=c.intermediate_size, bias=mlp_bias) if _act(c.hidden_act) == "silu" \
         else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=mlp_bias)
+    # SmolLM3: no_rope_layers[i] = 0 makes layer i a NoPE layer
+    uses_rope = getattr(c, "no_rope_layers", None) or [1] * len(layer_types)
     blocks, kinds = {}, []
-    for t in layer_types:
+    for t, rope in zip(layer_types, uses_rope):
         sliding = t == "sliding_attention" or (c.model_type == "mistral" and window)
-        kind = "sliding" if sliding and window else "layer"
+        kind = ("sliding" if sliding and window else "layer") + ("" if rope else "_nope")
         kinds.append(kind)
         if kind not in blocks:
             blocks[kind] = {"norm": norm,
-                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias,
-                                                    out_bias=out_bias, qk_norm=qk_norm),
-                            "ffn": ffn}
+                            "attention": _attention(c, window=window if kind.startswith("sliding") else None,
+                                                    bias=bias, out_bias=out_bias, qk_norm=qk_norm),
+                            "ffn": ffn, "position": None if rope else Raw("none")}
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
@@ -327,6 +329,7 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
+    "smollm3": _llama_like,
     "mixtral": _moe_like,
     "qwen2_moe": _moe_like, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
     "deepseek_v2": _deepseek_v2, "t5": _t5,
@@ -340,7 +343,7 @@ def config_from_dict(config: dict, source: str | None = None):
     hf_config.check_types(config, source)
     try:
         return transformers.AutoConfig.for_model(**config)
-    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
+    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
         where = f"{source}: " if source else ""
         raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
 

@@ -185,6 +185,11 @@ TABLES: dict[str, dict[str, Key]] = {
     "qwen3": {**_LLAMA_CORE, "attention_bias": MAPPED, "use_sliding_window": MAPPED, "sliding_window": MAPPED,
               "max_window_layers": MAPPED, "layer_types": MAPPED},
     "olmo2": {**_LLAMA_CORE, "attention_bias": MAPPED, "pretraining_tp": _OLD_TP},
+    "smollm3": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "use_sliding_window": MAPPED,
+                "sliding_window": MAPPED, "layer_types": MAPPED,
+                "no_rope_layers": checked(lambda v, c: None if v is None or len(v) == c.get("num_hidden_layers") else
+                                          "it needs one entry per layer (num_hidden_layers)"),
+                "no_rope_layer_interval": irrelevant("used only to fill no_rope_layers, which is read")},
     "mixtral": {**_LLAMA_CORE, "hidden_act": _SILU, "sliding_window": MAPPED, "num_experts_per_tok": MAPPED,
                 "num_local_experts": MAPPED, "output_router_logits": MAPPED, "router_aux_loss_coef": MAPPED,
                 "router_jitter_noise": irrelevant("router jitter: training-time noise, the identity in eval mode")},
@@ -308,7 +313,7 @@ def _shown(value: Any) -> str:
 # Keys whose value may be null although their default is not (transformers fills them in).
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
-             "layer_types", "mlp_only_layers", "max_window_layers"}
+             "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers"}
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
@@ -375,6 +380,8 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             raise _error("config key 'layer_types' must be a list of strings", source, text, name)
         if name == "mlp_only_layers" and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
             raise _error("config key 'mlp_only_layers' must be a list of integers", source, text, name)
+        if name == "no_rope_layers" and not all(type(i) is int and i in (0, 1) for i in value):
+            raise _error("config key 'no_rope_layers' must be a list of 0 (NoPE) and 1 (RoPE)", source, text, name)
 
 
 def _error(message: str, source: str | None, text: str | None, key: str | None = None, hint: str | None = None):

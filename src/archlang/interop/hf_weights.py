@@ -237,7 +237,7 @@ def _t5(c, r: _Rules) -> None:
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
-    "gemma3_text": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
+    "gemma3_text": _llama_family, "smollm3": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
