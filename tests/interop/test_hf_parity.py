@@ -27,6 +27,20 @@ CASES = {
                                                              tie_word_embeddings=True)),
     "llama-linear-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    # dynamic NTK grows its base only past max_position_embeddings, which is the spec's context: within it
+    # this proves the mapping (the growth itself is proven against HF's rotary module in tests/runtime)
+    "llama-dynamic-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
+    # LongRoPE with fused qkv and gate_up projections: within the original context (short factors) ...
+    "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(SMALL, original_max_position_embeddings=32, pad_token_id=0,
+                                                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                                    "short_factor": [1.0, 1.25, 1.5, 2.0],
+                                                                    "long_factor": [1.0, 2.0, 4.0, 8.0]})),
+    # ... and past it (long factors, and the attention factor of factor = 64 / 8)
+    "phi3-long": (T.Phi3Config, T.Phi3ForCausalLM, dict(SMALL, original_max_position_embeddings=8, pad_token_id=0,
+                                                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                                         "short_factor": [1.0, 1.25, 1.5, 2.0],
+                                                                         "long_factor": [1.0, 2.0, 4.0, 8.0]})),
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(SMALL, sliding_window=5)),
     "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, SMALL),
     "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(SMALL, head_dim=16)),
@@ -124,7 +138,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text", "smollm3"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -1,7 +1,7 @@
 """Hugging Face transformers ⇄ archlang: a spec from an HF config, and HF weights under
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
-Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, mixtral,
+Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, gemma2, gemma3_text, gpt2, bert, jamba, t5.
 """
 
@@ -95,6 +95,16 @@ def _rope(c, rotary_dim: int | None = None, params: dict | None = None) -> Raw:
                        original_context=int(params.get("original_max_position_embeddings") or c.max_position_embeddings),
                        beta_fast=float(params.get("beta_fast") or 32), beta_slow=float(params.get("beta_slow") or 1),
                        mscale=float(params.get("mscale") or 1), mscale_all_dim=float(params.get("mscale_all_dim") or 0))
+    elif kind == "longrope":  # Phi-3; the factor defaults to context / original_context in both
+        scaling = call("longrope", short_factor=Raw(_numbers(params["short_factor"])),
+                       long_factor=Raw(_numbers(params["long_factor"])),
+                       original_context=int(params.get("original_max_position_embeddings")
+                                            or getattr(c, "original_max_position_embeddings", None)
+                                            or c.max_position_embeddings),
+                       factor=float(params["factor"]) if params.get("factor") is not None else None,
+                       attention_factor=float(params["attention_factor"]) if params.get("attention_factor") else None)
+    elif kind == "dynamic":  # transformers grows the base past max_position_embeddings
+        scaling = call("dynamic", factor=float(params["factor"]), original_context=int(c.max_position_embeddings))
     elif kind != "default":
         raise ArchError(f"RoPE scaling {kind!r} has no archlang equivalent yet", kind="interop")
     partial = getattr(c, "partial_rotary_factor", None) or params.get("partial_rotary_factor")
@@ -105,6 +115,10 @@ def _rope(c, rotary_dim: int | None = None, params: dict | None = None) -> Raw:
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         dim = int(hd * partial)
     return call("rope", theta=float(theta), dim=dim, scaling=scaling)
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(_value(float(v)) if not isinstance(v, int) else str(v) for v in values) + "]"
 
 
 def _act(name: str) -> str:
@@ -153,7 +167,7 @@ def _llama_like(c, name: str) -> str:
     uses_rope = getattr(c, "no_rope_layers", None) or [1] * len(layer_types)
     blocks, kinds = {}, []
     for t, rope in zip(layer_types, uses_rope):
-        sliding = t == "sliding_attention" or (c.model_type == "mistral" and window)
+        sliding = t == "sliding_attention" or (c.model_type in ("mistral", "phi3") and window)
         kind = ("sliding" if sliding and window else "layer") + ("" if rope else "_nope")
         kinds.append(kind)
         if kind not in blocks:
@@ -329,7 +343,7 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
-    "smollm3": _llama_like,
+    "smollm3": _llama_like, "phi3": _llama_like,
     "mixtral": _moe_like,
     "qwen2_moe": _moe_like, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
     "deepseek_v2": _deepseek_v2, "t5": _t5,

@@ -71,9 +71,14 @@ _ROPE_KEYS = {
                "original_max_position_embeddings"},
     "yarn": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "original_max_position_embeddings",
              "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+    "longrope": {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor", "factor",
+                 "attention_factor", "original_max_position_embeddings"},
+    "dynamic": {"rope_type", "rope_theta", "partial_rotary_factor", "factor"},
 }
+_ROPE_LISTS = {"short_factor", "long_factor"}
 _ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                                   "original_max_position_embeddings"), "yarn": ("factor",)}
+                                                   "original_max_position_embeddings"), "yarn": ("factor",),
+                  "longrope": ("short_factor", "long_factor"), "dynamic": ("factor",)}
 
 
 def _rope_problem(value: Any, config: dict) -> str | None:
@@ -91,6 +96,10 @@ def _rope_problem(value: Any, config: dict) -> str | None:
             continue  # the values archlang's YaRN computes with
         if k not in _ROPE_KEYS[kind]:
             return f"rope_parameters[{k!r}] = {v!r} has no archlang equivalent for RoPE type {kind!r}"
+        if k in _ROPE_LISTS:
+            if not isinstance(v, list) or not v or not all(type(x) in (int, float) and x > 0 for x in v):
+                return f"rope_parameters[{k!r}] must be a list of positive numbers"
+            continue
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return f"rope_parameters[{k!r}] must be a number, not {v!r}"
     for k in _ROPE_REQUIRED.get(kind, ()):
@@ -208,6 +217,8 @@ TABLES: dict[str, dict[str, Key]] = {
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
+    "phi3": {**_LLAMA_CORE, "sliding_window": MAPPED, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT,
+             "original_max_position_embeddings": MAPPED},
     "gemma3_text": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "rope_parameters": checked(_rope_per_layer_type),
                     "hidden_act": irrelevant("gemma3's modeling code reads hidden_activation"),
                     "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED, "layer_types": MAPPED,

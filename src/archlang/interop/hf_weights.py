@@ -111,6 +111,13 @@ def _llama_family(c, r: _Rules) -> None:
         p, q = f"layers.{i}.", f"model.layers.{i}."
         for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
             r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        if t == "phi3":  # q, k, v stacked in one projection, gate and up in another
+            hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+            sizes = [c.num_attention_heads * hd, c.num_key_value_heads * hd, c.num_key_value_heads * hd]
+            r.add([f"{p}q_proj.weight", f"{p}k_proj.weight", f"{p}v_proj.weight"], f"{q}self_attn.qkv_proj.weight",
+                  "split", (sizes, False))
+            r.add([f"{p}gate_proj.weight", f"{p}up_proj.weight"], f"{q}mlp.gate_up_proj.weight", "split",
+                  ([c.intermediate_size] * 2, False))
         for n in ("q_norm", "k_norm"):  # QK-norm (Qwen3, OLMo 2, Gemma 3): weights of the attention core
             r.add(f"{p}attn.{n}", f"{q}self_attn.{n}.weight")
         mixer_norm = "attn_norm"
@@ -237,7 +244,8 @@ def _t5(c, r: _Rules) -> None:
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
-    "gemma3_text": _llama_family, "smollm3": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
+    "gemma3_text": _llama_family, "smollm3": _llama_family,
+    "phi3": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
