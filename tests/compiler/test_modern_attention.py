@@ -134,3 +134,17 @@ def test_weighted_qk_norm_rotates_inside_the_attention():
     assert "rope" not in ops
     (model,) = load_models(source=spec("gqa(heads = 4, kv_heads = 2, qk_norm = l2())"))
     assert "rope" in [d["op"] for _, d in lower(model).nodes(data=True)]
+
+
+def test_the_docs_example_compiles_and_runs():
+    from archlang.api import load_source
+
+    from ..conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    text = next(block for block in docs.split("```") if "model modern_attention" in block)
+    compiled = compile_spec(text.replace("d_model = 512", "d_model = 64").replace("head_dim = 128", "head_dim = 8")
+                            .replace("hidden = 1536", "hidden = 32").replace("vocab = 1000", "vocab = 61"))
+    model = load_source(compiled.source, "modern_attention").build().eval()
+    with torch.no_grad():
+        assert model(torch.randint(0, 61, (1, 9))).shape == (1, 9, 61)

@@ -138,7 +138,7 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
