@@ -577,6 +577,11 @@ class Model(Node):
                                  "give the model no position or rope()/alibi(), and the blocks their own")
         return self
 
+    def position_of(self, block: str) -> Position | None:
+        """The position scheme a block's attention applies: its own, or else the model's."""
+        own = self.blocks[block].position
+        return self.position if own == "inherit" else own
+
     @model_validator(mode="after")
     def _attention_in_context(self) -> "Model":
         """The attention options that depend on where the block sits: its stack and position."""
@@ -605,11 +610,6 @@ class Model(Node):
                                  f"temperature_tuning is for NoPE layers (Llama 4), and block `{name}` applies "
                                  f"{position.kind}()", f"give block `{name}` position = none, or remove temperature_tuning")
         return self
-
-    def position_of(self, block: str) -> Position | None:
-        """The position scheme a block's attention applies: its own, or else the model's."""
-        own = self.blocks[block].position
-        return self.position if own == "inherit" else own
 
     @model_validator(mode="after")
     def _combinations(self) -> "Model":

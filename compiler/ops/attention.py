@@ -73,15 +73,15 @@ class Attention(_Attention):
         "rope": attr(dict, default=None, doc="{dim}: q and k rotated inside (fold-rope); the table is an input"),
         "packed": attr(bool, default=False, doc="one input holding q, k and v side by side (fuse-qkv)"),
         "cross": attr(bool, default=False, doc="keys and values from the encoder"),
-        "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
-        "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
-        "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
         "qk_norm": attr(dict, default=None, doc="{kind, eps, unit_offset, scope}: q and k normalised (rmsnorm, "
                         "layernorm: before RoPE; l2: after)"),
         "sinks": attr(bool, default=None, doc="a learned logit per head in the softmax denominator"),
         "chunk": attr(int, default=None, doc="attend within chunks of this many positions"),
         "sink_tokens": attr(int, default=None, doc="with a window: the first positions stay visible and cached"),
         "temperature": attr(dict, default=None, doc="{floor_scale, attn_scale}: Llama 4's NoPE query scaling"),
+        "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
+        "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
+        "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
     }
     arity = (1, 5)
     mixer_kinds = ("mha", "mqa", "gqa", "differential")
@@ -157,11 +157,11 @@ class Attention(_Attention):
     def module(self, d, emit):
         a = d["attrs"]
         common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
-                  f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}")
+                  f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}{_modern_keywords(a)}")
         if a["kind"] == "differential":
             return (f"rt.DifferentialAttention({common}, layer={emit.layer}, lambda_init={a['lambda_init']!r}, "
                     f"cache_key={emit.cache_key})")
-        return f"rt.Attention({common}, cross={a['cross']!r}{_modern_keywords(a)}, cache_key={emit.cache_key})"
+        return f"rt.Attention({common}, cross={a['cross']!r}, cache_key={emit.cache_key})"
 
     def call(self, d, args, emit):
         from . import REGISTRY
