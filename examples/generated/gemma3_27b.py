@@ -38,7 +38,7 @@ class LocalBlock(nn.Module):
         self.qkv_proj = nn.Linear(5376, 8192, bias=False)
         self.attn = rt.Attention(
             32, 16, 128, causal=True, scale=0.07715167498104596, window=1024, softcap=None, packed=True,
-            cross=False, qk_norm='rmsnorm', qk_norm_eps=1e-06, qk_norm_unit_offset=True,
+            qk_norm='rmsnorm', qk_norm_eps=1e-06, qk_norm_unit_offset=True, cross=False,
             cache_key=f"layers.{layer}",
         )
         self.o_proj = nn.Linear(4096, 5376, bias=False)
@@ -75,7 +75,7 @@ class FullBlock(nn.Module):
         self.qkv_proj = nn.Linear(5376, 8192, bias=False)
         self.attn = rt.Attention(
             32, 16, 128, causal=True, scale=0.07715167498104596, window=None, softcap=None, packed=True,
-            cross=False, qk_norm='rmsnorm', qk_norm_eps=1e-06, qk_norm_unit_offset=True,
+            qk_norm='rmsnorm', qk_norm_eps=1e-06, qk_norm_unit_offset=True, cross=False,
             cache_key=f"layers.{layer}",
         )
         self.o_proj = nn.Linear(4096, 5376, bias=False)

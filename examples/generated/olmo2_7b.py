@@ -35,7 +35,7 @@ class LayerBlock(nn.Module):
         self.qkv_proj = nn.Linear(4096, 12288, bias=False)
         self.attn = rt.Attention(
             32, 32, 128, causal=True, scale=0.08838834764831845, window=None, softcap=None, packed=True,
-            cross=False, qk_norm='rmsnorm', qk_norm_scope='projection', qk_norm_eps=1e-06,
+            qk_norm='rmsnorm', qk_norm_scope='projection', qk_norm_eps=1e-06, cross=False,
             cache_key=f"layers.{layer}",
         )
         self.o_proj = nn.Linear(4096, 4096, bias=False)
