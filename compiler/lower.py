@@ -189,12 +189,13 @@ class _Lowerer:
         return {**ctx, "span": self.span("blocks", blk.name, component)}
 
     def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
-        """One residual branch, with its norm placed pre, post, or on both sides (sandwich)."""
+        """One residual branch, with its norm placed pre, post, on both sides (sandwich) or on the
+        branch's output (output)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
         h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx) if placement in ("pre", "sandwich") else x
         h = body(h)
-        if placement == "sandwich":
+        if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
         h = self.dropout(f"{pre}{prefix}_dropout", h, self.m.residual_dropout, "h", seq, **ctx)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
@@ -227,6 +228,7 @@ class _Lowerer:
             "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
             "dropout": m.attention_dropout or None,
         }
+        attrs.update(_modern_attrs(att))
         if isinstance(att, A.Differential):
             attrs["lambda_init"] = att.lambda_init
             attrs["scale"] = att.scale if att.scale is not None else (hd // 2)**-0.5  # per sub-head
@@ -236,10 +238,17 @@ class _Lowerer:
             rot = pos.dim or hd // sub
             table = b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
                            shape=(m.context, rot), attrs=_rope_table_attrs(pos, rot, m.context), **ctx)
-            q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"), shape=("B", seq, heads * hd),
-                       attrs={"heads": heads * sub, "kv_heads": kv_heads * sub, "head_dim": hd // sub,
-                              "rotary_dim": rot}, **ctx)
-            k = NodeRef(q.node, 1)
+            if att.qk_norm is not None and att.qk_norm.kind != "l2":
+                # q and k are normalised before they are rotated, so the attention core rotates them
+                # itself after its norm (the form fold-rope gives): a rope op in front would rotate first.
+                extra.append(table)
+                attrs["rope"] = {"dim": rot}
+            else:
+                q = b.node(f"{pre}rope", "rope", [q, k, table], name="rope", outputs=("q", "k"),
+                           shape=("B", seq, heads * hd),
+                           attrs={"heads": heads * sub, "kv_heads": kv_heads * sub, "head_dim": hd // sub,
+                                  "rotary_dim": rot}, **ctx)
+                k = NodeRef(q.node, 1)
         elif kv is None and isinstance(pos, A.Alibi):
             table = b.node(f"{pre}alibi_slopes", "const", [], name="alibi_slopes", outputs="alibi",
                            shape=(heads,), attrs={"table": "alibi", "heads": heads}, **ctx)
@@ -331,6 +340,16 @@ class _Lowerer:
             attrs.update(glu_limit=expert.limit, glu_alpha=expert.alpha)
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),
                            attrs=attrs, **ctx)
+
+
+def _modern_attrs(att) -> dict[str, Any]:
+    """The attention options of 2024–2026 models, as the attention op's attributes."""
+    # options that are off are left out (None), so IR dumps without them stay as they were
+    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
+    attrs["qk_norm"] = att.qk_norm.model_dump() if att.qk_norm is not None else None
+    attrs["temperature"] = ({"floor_scale": att.floor_scale or 8192.0, "attn_scale": att.attn_scale or 0.1}
+                            if att.temperature_tuning else None)
+    return attrs
 
 
 def _rope_table_attrs(pos: A.Rope, rot: int, context: int) -> dict[str, Any]:

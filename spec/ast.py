@@ -63,7 +63,9 @@ class Norm(Node):
     eps: PositiveFloat = 1e-5
     bias: bool | None = None  # layernorm default true; rmsnorm has none
     unit_offset: bool = False  # weight stored as w - 1 and applied as (1 + w), as in Gemma
-    placement: Literal["pre", "post", "sandwich"] = "pre"
+    # pre: norm → sublayer → add; post: sublayer → add → norm; sandwich: norm → sublayer → norm → add;
+    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only)
+    placement: Literal["pre", "post", "sandwich", "output"] = "pre"
 
     @model_validator(mode="after")
     def _bias(self) -> "Norm":
@@ -119,7 +121,41 @@ class Llama3Scaling(Node):
         return self
 
 
-RopeScaling = Annotated[Union[LinearScaling, NTKScaling, YarnScaling, Llama3Scaling], Field(discriminator="kind")]
+# Written as numbers, never coerced from true/false.
+FactorList = Annotated[tuple[Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)], ...], Field(min_length=1)]
+
+
+class LongRopeScaling(Node):
+    """LongRoPE (Phi-3): one factor per rotated frequency, `short_factor` within the original
+    context and `long_factor` beyond it, and an attention factor on cos/sin (default
+    sqrt(1 + ln(factor) / ln(original_context)), factor = context / original_context)."""
+
+    kind: Literal["longrope"]
+    short_factor: FactorList
+    long_factor: FactorList
+    original_context: Dim
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
+    attention_factor: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "LongRopeScaling":
+        if len(self.short_factor) != len(self.long_factor):
+            raise FieldError("long_factor", f"long_factor has {len(self.long_factor)} values and short_factor "
+                             f"{len(self.short_factor)}", "give one factor per rotated frequency (rotated dim / 2) in each")
+        return self
+
+
+class DynamicScaling(Node):
+    """Dynamic NTK: past `original_context` tokens the base is stretched by the current length,
+    theta * (factor * len / original_context - (factor - 1)) ** (d / (d - 2))."""
+
+    kind: Literal["dynamic"]
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    original_context: Dim
+
+
+RopeScaling = Annotated[Union[LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling],
+                        Field(discriminator="kind")]
 
 
 class Rope(Node):
@@ -170,6 +206,25 @@ Position = Annotated[Union[Rope, Sinusoidal, Learned, Alibi, Relative], Field(di
 # ----------------------------------------------------------------------------- attention
 
 
+class QKNorm(Node):
+    """`qk_norm = rmsnorm(eps = 1e-6)`: q and k normalised before RoPE, per head (Qwen3, Gemma 3)
+    or, with `scope = projection`, over the whole q / k projection (OLMo 2); `l2()` is Llama 4's
+    weightless norm, applied after RoPE. layernorm has a bias; `unit_offset` stores w - 1 (Gemma)."""
+
+    kind: Literal["rmsnorm", "layernorm", "l2"]
+    eps: PositiveFloat = 1e-6
+    unit_offset: bool = False
+    scope: Literal["head", "projection"] = "head"
+
+    @model_validator(mode="after")
+    def _variants(self) -> "QKNorm":
+        if self.unit_offset and self.kind != "rmsnorm":
+            raise FieldError("unit_offset", f"unit_offset is for rmsnorm, not {self.kind}")
+        if self.kind == "l2" and self.scope != "head":
+            raise FieldError("scope", "l2() normalises each head (Llama 4)", "remove scope")
+        return self
+
+
 class _AttentionCommon(Node):
     heads: Dim
     head_dim: Dim  # filled from d_model / heads when not written
@@ -178,6 +233,27 @@ class _AttentionCommon(Node):
     window: Dim | None = None  # sliding window: each token sees the last `window` tokens
     softcap: PositiveFloat | None = None  # tanh soft-capping of the scores (Gemma 2)
     scale: PositiveFloat | None = None  # score scale; default 1 / sqrt(head_dim)
+    qk_norm: QKNorm | None = None
+    sinks: bool = False  # a learned logit per head in every softmax denominator (gpt-oss)
+    chunk: Dim | None = None  # attention within chunks of `chunk` positions (Llama 4)
+    sink_tokens: Count = 0  # with a window: the first tokens stay visible (StreamingLLM)
+    # Llama 4's NoPE layers: q scaled by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
+    temperature_tuning: bool = False
+    floor_scale: PositiveFloat | None = None  # default 8192
+    attn_scale: PositiveFloat | None = None  # default 0.1
+
+    @model_validator(mode="after")
+    def _modern_options(self):
+        if self.chunk is not None and self.window is not None:
+            raise FieldError("chunk", "chunk and window are two different ways to bound attention",
+                             "chunked attention (Llama 4) replaces the window: keep one of them")
+        if self.sink_tokens and self.window is None:
+            raise FieldError("sink_tokens", "sink_tokens keeps the first tokens beside a sliding window",
+                             "add window = ..., or remove sink_tokens")
+        for name in ("floor_scale", "attn_scale"):
+            if getattr(self, name) is not None and not self.temperature_tuning:
+                raise FieldError(name, f"{name} tunes temperature_tuning", "add temperature_tuning = true")
+        return self
 
 
 class MHA(_AttentionCommon):
@@ -592,6 +668,35 @@ class Model(Node):
         return self.position if own == "inherit" else own
 
     @model_validator(mode="after")
+    def _attention_in_context(self) -> "Model":
+        """The attention options that depend on where the block sits: its stack and position."""
+        stacks = self.stacks()
+        for name in dict.fromkeys(n for layers in stacks.values() for n in layers):
+            att = self.blocks[name].attention
+            if att is None:
+                continue
+            where = ("blocks", name, "attention")
+            in_encoder = self.family == "encoder" or name in stacks.get("encoder", ())
+            if att.chunk is not None and in_encoder:
+                raise FieldError(where + ("chunk",), f"chunk bounds causal attention, and block `{name}` is in an "
+                                 "encoder, which attends both ways", "remove chunk")
+            position = self.position_of(name)
+            scaling = position.scaling if isinstance(position, Rope) else None
+            if isinstance(scaling, LongRopeScaling) and not isinstance(att, MLA):
+                rotated = position.dim or (att.head_dim // 2 if isinstance(att, Differential) else att.head_dim)
+                if len(scaling.short_factor) != rotated // 2:
+                    own = self.blocks[name].position != "inherit"
+                    raise FieldError(("blocks", name, "position") if own else ("position",),
+                                     f"longrope has {len(scaling.short_factor)} factors, and block `{name}` rotates "
+                                     f"{rotated} channels per head: it needs {rotated // 2}",
+                                     "give one factor per rotated frequency (rotated channels / 2)")
+            if att.temperature_tuning and position is not None:
+                raise FieldError(where + ("temperature_tuning",),
+                                 f"temperature_tuning is for NoPE layers (Llama 4), and block `{name}` applies "
+                                 f"{position.kind}()", f"give block `{name}` position = none, or remove temperature_tuning")
+        return self
+
+    @model_validator(mode="after")
     def _combinations(self) -> "Model":
         from .compat import check_model  # compat reads this module's unions
 
@@ -628,7 +733,8 @@ def _kind_classes(*classes) -> dict[str, type[Node]]:
 SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "norm": _kind_classes(Norm),
     "position": _kind_classes(Rope, Sinusoidal, Learned, Alibi, Relative),
-    "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling),
+    "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling),
+    "qk_norm": _kind_classes(QKNorm),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
@@ -639,7 +745,7 @@ SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in 
 # Which slot a field of a call or block belongs to.
 FIELD_SLOT = {
     "norm": "norm", "final_norm": "norm", "embedding_norm": "norm",
-    "position": "position", "scaling": "scaling",
+    "position": "position", "scaling": "scaling", "qk_norm": "qk_norm",
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm",
 }

@@ -10,19 +10,41 @@ _NO_SCORES = "has no score matrix to add a bias to"
 _LINEAR_INSTEAD = "use position = sinusoidal() or learned(), or another attention kind"
 
 
-def attended(context: int, causal: bool, window: int | None) -> float:
+def attended(context: int, causal: bool, window: int | None, chunk: int | None = None, sink_tokens: int = 0) -> float:
     """Mean number of keys a query attends to over a full sequence of `context` tokens."""
     if not causal:
-        return float(min(window, context) if window else context)
+        keys = float(min(window, context) if window else context)
+        return min(keys + sink_tokens, float(context))
+    if chunk is not None and chunk < context:
+        # a query sees the keys of its own chunk up to itself: 1 .. chunk, then again
+        full, rest = divmod(context, chunk)
+        return (full * chunk * (chunk + 1) / 2 + rest * (rest + 1) / 2) / context
     if window is None or window >= context:
         return (context + 1) / 2
     # positions 0..w-1 see i+1 keys, the rest see w
-    return (window * (window + 1) / 2 + (context - window) * window) / context
+    keys = window * (window + 1) / 2 + (context - window) * window
+    if sink_tokens:
+        # query i also sees min(sink_tokens, i - window + 1) first positions that left its window
+        past = context - window
+        keys += past * (past + 1) / 2 if past <= sink_tokens else \
+            sink_tokens * (sink_tokens + 1) / 2 + (past - sink_tokens) * sink_tokens
+    return keys / context
 
 
-def cached(tokens: int, window: int | None) -> int:
-    """How many tokens' keys and values a layer holds after `tokens` tokens."""
-    return min(tokens, window) if window else tokens
+def cached(tokens: int, window: int | None, chunk: int | None = None, sink_tokens: int = 0) -> int:
+    """How many tokens' keys and values a layer holds after `tokens` tokens: at most the window
+    (and the first `sink_tokens`), or at most one chunk."""
+    if chunk:
+        return min(tokens, chunk)
+    return min(tokens, window + sink_tokens) if window else tokens
+
+
+# The options of the 2024–2026 attention layers, which the softmax cores of mha/mqa/gqa implement.
+MODERN_OPTIONS = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning", "floor_scale", "attn_scale")
+
+
+def _refuse_modern(kind: str, reason: str) -> dict[tuple[str, str], Refusal]:
+    return {(kind, option): Refusal(reason, f"remove {option}, or use mha/gqa") for option in MODERN_OPTIONS}
 
 
 def _window_check(node, a, ctx) -> None:
@@ -51,6 +73,12 @@ class Attention(_Attention):
         "rope": attr(dict, default=None, doc="{dim}: q and k rotated inside (fold-rope); the table is an input"),
         "packed": attr(bool, default=False, doc="one input holding q, k and v side by side (fuse-qkv)"),
         "cross": attr(bool, default=False, doc="keys and values from the encoder"),
+        "qk_norm": attr(dict, default=None, doc="{kind, eps, unit_offset, scope}: q and k normalised (rmsnorm, "
+                        "layernorm: before RoPE; l2: after)"),
+        "sinks": attr(bool, default=None, doc="a learned logit per head in the softmax denominator"),
+        "chunk": attr(int, default=None, doc="attend within chunks of this many positions"),
+        "sink_tokens": attr(int, default=None, doc="with a window: the first positions stay visible and cached"),
+        "temperature": attr(dict, default=None, doc="{floor_scale, attn_scale}: Llama 4's NoPE query scaling"),
         "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
         "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
         "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
@@ -59,7 +87,14 @@ class Attention(_Attention):
     arity = (1, 5)
     mixer_kinds = ("mha", "mqa", "gqa", "differential")
     cross_attention_kinds = ("mha", "mqa", "gqa")
-    refused_cross_options = {"window": Refusal("a sliding window over the encoder's output is not defined", "remove window")}
+    refused_cross_options = {
+        "window": Refusal("a sliding window over the encoder's output is not defined", "remove window"),
+        "chunk": Refusal("chunks bound causal self-attention; the encoder's output is read whole", "remove chunk"),
+        "temperature_tuning": Refusal("Llama 4 tunes the temperature of causal NoPE self-attention",
+                                      "remove temperature_tuning"),
+    }
+    refused_options = _refuse_modern("differential", "the Differential Transformer's two softmax maps are defined "
+                                                     "without these 2024–2026 options")
     refused_positions = {
         ("differential", "alibi"): Refusal("the Differential Transformer is defined with RoPE only",
                                            "use position = rope(...) with differential attention"),
@@ -69,7 +104,19 @@ class Attention(_Attention):
 
     def params(self, a, shape):
         if a["kind"] != "differential":
-            return {}
+            out = {}
+            norm = a["qk_norm"]
+            if norm and norm["kind"] != "l2":
+                per_head = norm["scope"] == "head"
+                widths = {"q": a["head_dim"] if per_head else a["heads"] * a["head_dim"],
+                          "k": a["head_dim"] if per_head else a["kv_heads"] * a["head_dim"]}
+                for x, width in widths.items():
+                    out[f"{x}_norm"] = (width,)
+                    if norm["kind"] == "layernorm":
+                        out[f"{x}_norm_bias"] = (width,)
+            if a["sinks"]:
+                out["sinks"] = (a["heads"],)
+            return out
         half = a["head_dim"] // 2  # each head holds two sub-heads
         return {"lambda_q1": (half,), "lambda_k1": (half,), "lambda_q2": (half,), "lambda_k2": (half,),
                 "subln": (a["head_dim"],)}
@@ -94,22 +141,24 @@ class Attention(_Attention):
     def splits_heads(self, d):
         a = d["attrs"]
         # whole heads per shard, unless q/k/v are packed or a position input is indexed by all heads
-        return not (a["packed"] or a["cross"] or a["alibi"] or a["rel_bias"])
+        # nor where a weight spans all heads: a projection-wide q/k norm, one sink per head
+        whole = (a["qk_norm"] or {}).get("scope") == "projection" or a["sinks"]
+        return not (a["packed"] or a["cross"] or a["alibi"] or a["rel_bias"] or whole)
 
     def cost(self, d, ctx):
         a = d["attrs"]
-        keys = attended(ctx.context, a["causal"], a["window"])
+        keys = attended(ctx.context, a["causal"], a["window"], a["chunk"], a["sink_tokens"] or 0)
         cost = Cost(flops=2 * a["heads"] * (a["head_dim"] + a["head_dim"]) * keys)
         if a["causal"] and not a["cross"]:  # encoders and cross-attention do not grow a decode cache
             per_token = 2 * a["kv_heads"] * a["head_dim"] * ctx.nbytes
             cost.kv_bytes_per_token = per_token
-            cost.kv_bytes_at_context = per_token * cached(ctx.context, a["window"])
+            cost.kv_bytes_at_context = per_token * cached(ctx.context, a["window"], a["chunk"], a["sink_tokens"] or 0)
         return cost
 
     def module(self, d, emit):
         a = d["attrs"]
         common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
-                  f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}")
+                  f"window={a['window']!r}, softcap={a['softcap']!r}, packed={a['packed']!r}{_modern_keywords(a)}")
         if a["kind"] == "differential":
             return (f"rt.DifferentialAttention({common}, layer={emit.layer}, lambda_init={a['lambda_init']!r}, "
                     f"cache_key={emit.cache_key})")
@@ -124,6 +173,29 @@ class Attention(_Attention):
         extras = [f"{REGISTRY[p['op']].attention_keyword(p)}={arg}"
                   for p, arg in zip(emit.producers[n_qkv:], args[n_qkv:])]
         return f"self.{d['name']}({', '.join(args[:n_qkv])}, ctx=ctx{''.join(', ' + e for e in extras)})"
+
+
+def _modern_keywords(a) -> str:
+    """The runtime keywords of the options that are set (none: the line stays as it was)."""
+    words = []
+    norm = a["qk_norm"]
+    if norm:
+        words.append(f"qk_norm={norm['kind']!r}")
+        if norm["scope"] != "head":
+            words.append(f"qk_norm_scope={norm['scope']!r}")
+        words.append(f"qk_norm_eps={norm['eps']!r}")
+        if norm["unit_offset"]:
+            words.append("qk_norm_unit_offset=True")
+    if a["sinks"]:
+        words.append("sinks=True")
+    if a["chunk"]:
+        words.append(f"chunk={a['chunk']!r}")
+    if a["sink_tokens"]:
+        words.append(f"sink_tokens={a['sink_tokens']!r}")
+    if a["temperature"]:
+        t = a["temperature"]
+        words.append(f"temperature_tuning=True, floor_scale={t['floor_scale']!r}, attn_scale={t['attn_scale']!r}")
+    return "".join(", " + w for w in words)
 
 
 @register
@@ -145,7 +217,9 @@ class MLAttention(_Attention):
         ("mla", "relative"): Refusal("DeepSeek's latent attention takes its position from the shared rotary key",
                                      "use position = rope(...) with mla"),
     }
-    refused_options = {("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias")}
+    refused_options = {("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
+                       **_refuse_modern("mla", "DeepSeek's latent attention rebuilds its keys from a cached latent "
+                                               "and defines none of these options")}
 
     def params(self, a, shape):
         return {"kv_a_norm": (a["kv_lora_rank"],),
@@ -196,6 +270,7 @@ class LinearAttention(_Attention):
                                       "remove window, or use mha/gqa with a window"),
         ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
         ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
+        **_refuse_modern("linear", "linear attention has no softmax, cache or positions for these options to act on"),
     }
 
     def params(self, a, shape):

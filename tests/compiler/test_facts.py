@@ -54,6 +54,18 @@ def hf_model(name: str):
             tie_word_embeddings=False, num_nextn_predict_layers=1)
     if name == "jamba":
         return T.JambaForCausalLM, T.JambaConfig()
+    if name == "gemma3_27b":  # google/gemma-3-27b-it's text_config
+        return T.Gemma3ForCausalLM, T.Gemma3TextConfig(
+            vocab_size=262208, hidden_size=5376, intermediate_size=21504, num_hidden_layers=62, num_attention_heads=32,
+            num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=168, sliding_window=1024,
+            max_position_embeddings=131072, rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}})
+    if name == "olmo2_7b":  # allenai/OLMo-2-1124-7B
+        return T.Olmo2ForCausalLM, T.Olmo2Config(
+            vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
     raise KeyError(name)
 
 

@@ -48,7 +48,10 @@ def _llama(**overrides):
 @pytest.mark.parametrize("overrides,needle", [
     (dict(hidden_act="quick_gelu"), "quick_gelu"),
     (dict(some_new_switch=3), "'some_new_switch' (= 3)"),
-    (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}), "'dynamic'"),
+    (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0, "attention_factor": 2.0}),
+     "'dynamic'"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, True],
+                           "long_factor": [1.0, 2.0]}), "short_factor"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "attention_factor": 2.0,
                            "original_max_position_embeddings": 16}), "attention_factor"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "truncate": False,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from archlang.interop.hf import from_hf, spec_from_config
+from archlang.spec import ArchError
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -26,12 +27,41 @@ CASES = {
                                                              tie_word_embeddings=True)),
     "llama-linear-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    # dynamic NTK grows its base only past max_position_embeddings, which is the spec's context: within it
+    # this proves the mapping (the growth itself is proven against HF's rotary module in tests/runtime)
+    "llama-dynamic-rope": (T.LlamaConfig, T.LlamaForCausalLM, dict(SMALL, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
+    # LongRoPE with fused qkv and gate_up projections: within the original context (short factors) ...
+    "phi3": (T.Phi3Config, T.Phi3ForCausalLM, dict(SMALL, original_max_position_embeddings=32, pad_token_id=0,
+                                                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                                    "short_factor": [1.0, 1.25, 1.5, 2.0],
+                                                                    "long_factor": [1.0, 2.0, 4.0, 8.0]})),
+    # ... and past it (long factors, and the attention factor of factor = 64 / 8)
+    "phi3-long": (T.Phi3Config, T.Phi3ForCausalLM, dict(SMALL, original_max_position_embeddings=8, pad_token_id=0,
+                                                        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                                         "short_factor": [1.0, 1.25, 1.5, 2.0],
+                                                                         "long_factor": [1.0, 2.0, 4.0, 8.0]})),
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(SMALL, sliding_window=5)),
     "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, SMALL),
+    "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(SMALL, head_dim=16)),
+    "qwen3-sliding-biases": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, use_sliding_window=True, sliding_window=5, max_window_layers=1, attention_bias=True)),
+    "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, SMALL),
+    # every fourth layer without RoPE (NoPE)
+    "smollm3": (T.SmolLM3Config, T.SmolLM3ForCausalLM, dict(SMALL, num_hidden_layers=4, attention_bias=True,
+                                                                   pad_token_id=0)),
+    "smollm3-nope-pattern": (T.SmolLM3Config, T.SmolLM3ForCausalLM, dict(SMALL, num_hidden_layers=3,
+                                                                         no_rope_layers=[0, 1, 0], pad_token_id=0)),
     "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(SMALL, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(SMALL, num_experts=4, num_experts_per_tok=2,
                                                                  moe_intermediate_size=16, shared_expert_intermediate_size=24)),
     "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(SMALL, head_dim=8, sliding_window=5, query_pre_attn_scalar=8)),
+    # local and global layers with their own RoPE (the global one scaled), QK-norm with a unit offset
+    "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=8, sliding_window=5, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, dict(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
     "jamba": (T.JambaConfig, T.JambaForCausalLM, dict(SMALL, num_hidden_layers=4, num_experts=4, attn_layer_period=2,
                                                       attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
@@ -131,7 +161,8 @@ def test_logits_match(case):
         torch.testing.assert_close(got, ref.logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe", "t5"])
+@pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
+                                  "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
@@ -174,3 +205,13 @@ def test_deepseek_v3_spec_states_the_routing():
     text = spec_from_config(T.DeepseekV3Config(**CASES["deepseek_v3"][2]), name="tiny_v3")
     assert ("router = sigmoid, correction_bias = true, groups = 4, topk_groups = 2" in text
             and "routed_scale = 2.5" in text and "layers = dense + sparse * 2" in text)
+
+
+def test_smollm3_nope_layers_are_blocks_without_position():
+    text = spec_from_config(T.SmolLM3Config(**CASES["smollm3-nope-pattern"][2]), name="tiny_smollm3")
+    assert "position = none" in text and "layers = [layer_nope, layer, layer_nope]" in text
+    short = dict(CASES["smollm3-nope-pattern"][2], no_rope_layers=[0, 1], model_type="smollm3")
+    with pytest.raises(ArchError, match="transformers rejects"):  # it indexes past the list
+        spec_from_config(short)
+    with pytest.raises(ArchError, match="one entry per layer"):
+        spec_from_config(dict(short, layer_types=["full_attention"] * 3))

@@ -10,6 +10,7 @@ property below). Tiny decoders: d_model 32, 2 layers, T ≤ 12.
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -25,7 +26,17 @@ VOCAB, T = 61, 12
 # required argument of a new kind fails here, on purpose, until it gets a tiny value.
 TINY_ARGS = {"heads": 4, "kv_heads": 2, "kv_lora_rank": 8, "rope_head_dim": 4, "nope_head_dim": 8,
              "v_head_dim": 8, "d_state": 4, "expand": 2}
-OPTION_VALUES = {"bias": "true", "out_bias": "true", "window": "4", "softcap": "2.0", "scale": "0.3"}
+OPTION_VALUES = {"bias": "true", "out_bias": "true", "window": "4", "softcap": "2.0", "scale": "0.3",
+                 "qk_norm": "rmsnorm(eps = 1e-6)", "sinks": "true", "chunk": "4", "sink_tokens": "2, window = 4",
+                 # a small floor_scale, so that the temperature moves within T = 12 positions
+                 "temperature_tuning": "true, floor_scale = 4", "floor_scale": "4, temperature_tuning = true",
+                 "attn_scale": "0.5, temperature_tuning = true, floor_scale = 3"}
+# Options that need a position of their own: temperature tuning is for NoPE layers.
+OPTION_POSITIONS = {"temperature_tuning": "none", "floor_scale": "none", "attn_scale": "none"}
+# Options that read absolute positions (the first tokens, the query's position): shifting moves them.
+ABSOLUTE_OPTIONS = ("sink_tokens", "temperature_tuning", "floor_scale", "attn_scale")
+# Options that bound what the cache holds, like a window.
+BOUNDED_CACHE_OPTIONS = ("window", "chunk", "sink_tokens")
 # Schemes that depend on distances only: shifting every position changes nothing.
 RELATIVE_SCHEMES = ("none", "rope", "alibi", "relative")
 
@@ -59,15 +70,16 @@ def _accepted(mixer, position, option=None) -> bool:
 
 POSITION_CELLS = [(m, p, None) for m in compat.MIXERS for p in compat.POSITIONS if _accepted(m, p)]
 # Every accepted option of every attention kind, with RoPE where the kind takes it ...
-OPTION_CELLS = [(m, "rope" if _accepted(m, "rope") else "none", o) for m in compat.ATTENTION_KINDS
-                for o in compat.OPTIONS if _accepted(m, "none", o)]
+OPTION_CELLS = [(m, OPTION_POSITIONS.get(o, "rope" if _accepted(m, "rope") else "none"), o)
+                for m in compat.ATTENTION_KINDS for o in compat.OPTIONS if _accepted(m, "none", o)]
 # ... of which the fast path runs one per option, each option on a different kind in turn.
 _KINDS = compat.ATTENTION_KINDS
 FAST_OPTION_CELLS = [next(c for k in _KINDS[i % len(_KINDS):] + _KINDS for c in OPTION_CELLS if c[:1] == (k,)
                           and c[2] == o) for i, o in enumerate(compat.OPTIONS)]
 # The slow path runs the whole cross-product.
 EXHAUSTIVE = [(m, p, o) for m in compat.ATTENTION_KINDS for p in compat.POSITIONS for o in compat.OPTIONS
-              if _accepted(m, p, o) and (m, p, o) not in FAST_OPTION_CELLS]
+              if _accepted(m, p, o) and (m, p, o) not in FAST_OPTION_CELLS
+              and OPTION_POSITIONS.get(o, p) == p]
 CELLS = POSITION_CELLS + FAST_OPTION_CELLS + [pytest.param(*c, marks=pytest.mark.slow) for c in EXHAUSTIVE]
 
 
@@ -153,7 +165,7 @@ def _check_cache_bytes(model, compiled, option):
                    for name, t in state.items() if name != "pos")
         facts = compute_facts(compiled.graph, context=tokens, dtype="float32")
         assert held == facts.kv_cache_bytes_at_context + facts.ssm_state_bytes_per_sequence, tokens
-        if option != "window":
+        if option not in BOUNDED_CACHE_OPTIONS:
             assert facts.kv_cache_bytes_at_context == tokens * facts.kv_cache_bytes_per_token
 
 
@@ -165,7 +177,7 @@ def test_accepted_cell_keeps_the_contract(mixer, position, option):
     ids = _ids()
     _check_causal(model, ids)
     full = _check_cache(model, ids)
-    if position in RELATIVE_SCHEMES:
+    if position in RELATIVE_SCHEMES and option not in ABSOLUTE_OPTIONS:
         _check_shift(model, ids, full)
     _check_cache_bytes(model, compiled, option)
     _check_gradients(model, ids)
@@ -207,7 +219,9 @@ def test_every_refused_cell_gives_a_located_error(mixer, position, option):
     err = errors[0]
     mixer_line = next(i for i, line in enumerate(text.splitlines(), 1) if f"{mixer}(" in line)
     assert err.span is not None and err.span.line == mixer_line and err.span.column > 1
-    assert mixer in err.message and (option or position) in err.message
+    # an option written with the options it needs (sink_tokens with a window) may be refused for those
+    written = [option, *re.findall(r"(\w+) =", OPTION_VALUES[option])] if option else [position]
+    assert mixer in err.message and any(w in err.message for w in written)
     assert err.hint
 
 

@@ -1,8 +1,8 @@
 """Hugging Face transformers ⇄ archlang: a spec from an HF config, and HF weights under
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
-Verified by logit parity tests (tests/interop): llama, mistral, qwen2, mixtral, qwen2_moe,
-deepseek_v2, deepseek_v3, glm4_moe, gemma2, gpt2, bert, jamba, t5.
+Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
+qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def _layout(kinds: list[str]) -> str:
     return "[" + ", ".join(kinds) + "]"
 
 
-def _rope(c, rotary_dim: int | None = None) -> Raw:
-    params = dict(getattr(c, "rope_parameters", None) or {})
+def _rope(c, rotary_dim: int | None = None, params: dict | None = None) -> Raw:
+    """The rope() of a config; `params` for one layer type's entry of rope_parameters (Gemma 3)."""
+    params = dict(params if params is not None else getattr(c, "rope_parameters", None) or {})
     theta = params.get("rope_theta", getattr(c, "rope_theta", 10000.0))
     kind = params.get("rope_type", "default")
     scaling = None
@@ -94,6 +95,16 @@ def _rope(c, rotary_dim: int | None = None) -> Raw:
                        original_context=int(params.get("original_max_position_embeddings") or c.max_position_embeddings),
                        beta_fast=float(params.get("beta_fast") or 32), beta_slow=float(params.get("beta_slow") or 1),
                        mscale=float(params.get("mscale") or 1), mscale_all_dim=float(params.get("mscale_all_dim") or 0))
+    elif kind == "longrope":  # Phi-3; the factor defaults to context / original_context in both
+        scaling = call("longrope", short_factor=Raw(_numbers(params["short_factor"])),
+                       long_factor=Raw(_numbers(params["long_factor"])),
+                       original_context=int(params.get("original_max_position_embeddings")
+                                            or getattr(c, "original_max_position_embeddings", None)
+                                            or c.max_position_embeddings),
+                       factor=float(params["factor"]) if params.get("factor") is not None else None,
+                       attention_factor=float(params["attention_factor"]) if params.get("attention_factor") else None)
+    elif kind == "dynamic":  # transformers grows the base past max_position_embeddings
+        scaling = call("dynamic", factor=float(params["factor"]), original_context=int(c.max_position_embeddings))
     elif kind != "default":
         raise ArchError(f"RoPE scaling {kind!r} has no archlang equivalent yet", kind="interop")
     partial = getattr(c, "partial_rotary_factor", None) or params.get("partial_rotary_factor")
@@ -106,6 +117,10 @@ def _rope(c, rotary_dim: int | None = None) -> Raw:
     return call("rope", theta=float(theta), dim=dim, scaling=scaling)
 
 
+def _numbers(values) -> str:
+    return "[" + ", ".join(_value(float(v)) if not isinstance(v, int) else str(v) for v in values) + "]"
+
+
 def _act(name: str) -> str:
     return hf_config.ACTIVATIONS.get(name) or _unsupported(f"activation {name!r}")
 
@@ -114,14 +129,15 @@ def _unsupported(what: str):
     raise ArchError(f"{what} has no archlang equivalent yet", kind="interop")
 
 
-def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None) -> Raw:
+def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None,
+               qk_norm=None) -> Raw:
     heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     hd = head_dim or getattr(c, "head_dim", None)
     if hd == c.hidden_size // heads:
         hd = None
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     return call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=hd, bias=bias or None,
-                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale)
+                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale, qk_norm=qk_norm)
 
 
 def _decoder_fields(c, **extra) -> dict[str, Any]:
@@ -136,24 +152,29 @@ def _llama_like(c, name: str) -> str:
     eps = c.rms_norm_eps
     layer_types = getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers
     window = getattr(c, "sliding_window", None)
-    if c.model_type == "qwen2" and not getattr(c, "use_sliding_window", False):
+    if c.model_type in ("qwen2", "qwen3", "smollm3") and not getattr(c, "use_sliding_window", False):
         window = None
+    # Qwen3 normalises each q/k head before RoPE; OLMo 2 the whole q and k projections.
+    qk_norm = {"qwen3": call("rmsnorm", eps=eps), "olmo2": call("rmsnorm", eps=eps, scope="projection")}.get(c.model_type)
+    norm = call("rmsnorm", eps=eps, placement="output" if c.model_type == "olmo2" else None)
     # Qwen2 biases q, k and v; Llama's attention_bias biases the output projection too.
     bias = bool(getattr(c, "attention_bias", c.model_type == "qwen2"))
     out_bias = bool(getattr(c, "attention_bias", False))
     mlp_bias = bool(getattr(c, "mlp_bias", False)) or None
     ffn = call("swiglu", hidden=c.intermediate_size, bias=mlp_bias) if _act(c.hidden_act) == "silu" \
         else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=mlp_bias)
+    # SmolLM3: no_rope_layers[i] = 0 makes layer i a NoPE layer
+    uses_rope = getattr(c, "no_rope_layers", None) or [1] * len(layer_types)
     blocks, kinds = {}, []
-    for t in layer_types:
-        sliding = t == "sliding_attention" or (c.model_type == "mistral" and window)
-        kind = "sliding" if sliding and window else "layer"
+    for t, rope in zip(layer_types, uses_rope):
+        sliding = t == "sliding_attention" or (c.model_type in ("mistral", "phi3") and window)
+        kind = ("sliding" if sliding and window else "layer") + ("" if rope else "_nope")
         kinds.append(kind)
         if kind not in blocks:
-            blocks[kind] = {"norm": call("rmsnorm", eps=eps),
-                            "attention": _attention(c, window=window if kind == "sliding" else None, bias=bias,
-                                                       out_bias=out_bias),
-                            "ffn": ffn}
+            blocks[kind] = {"norm": norm,
+                            "attention": _attention(c, window=window if kind.startswith("sliding") else None,
+                                                    bias=bias, out_bias=out_bias, qk_norm=qk_norm),
+                            "ffn": ffn, "position": None if rope else Raw("none")}
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
@@ -202,6 +223,27 @@ def _gemma2(c, name: str) -> str:
     fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, logit_softcap=c.final_logit_softcapping,
                              position=_rope(c), final_norm=call("rmsnorm", eps=eps, unit_offset=True))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face gemma2 config.")
+
+
+def _gemma3(c, name: str) -> str:
+    """Gemma 3: Gemma 2's sandwich norms and scale, QK-norm with a unit offset instead of
+    soft-capping, and a RoPE per layer type (the sliding layers' own base, the full layers' scaled)."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_activation))
+    qk_norm = call("rmsnorm", eps=eps, unit_offset=True)
+    ropes = c.rope_parameters
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, "attention": _attention(
+            c, window=c.sliding_window if kind == "sliding" else None, softcap=c.attn_logit_softcapping,
+            scale=c.query_pre_attn_scalar**-0.5, head_dim=c.head_dim, qk_norm=qk_norm), "ffn": ffn,
+            "position": _rope(c, params=ropes[t])})
+    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, logit_softcap=c.final_logit_softcapping,
+                             final_norm=call("rmsnorm", eps=eps, unit_offset=True))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face gemma3_text config.")
 
 
 def _gpt2(c, name: str) -> str:
@@ -344,9 +386,10 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 
 
 SPEC_WRITERS: dict[str, Callable] = {
-    "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "mixtral": _moe_like,
-    "qwen2_moe": _moe_like, "gemma2": _gemma2, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba,
-    "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
+    "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
+    "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
+    "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
 }
 
 
@@ -357,7 +400,7 @@ def config_from_dict(config: dict, source: str | None = None):
     hf_config.check_types(config, source)
     try:
         return transformers.AutoConfig.for_model(**config)
-    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
+    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
         where = f"{source}: " if source else ""
         raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
 

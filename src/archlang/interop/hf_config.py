@@ -71,9 +71,14 @@ _ROPE_KEYS = {
                "original_max_position_embeddings"},
     "yarn": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "original_max_position_embeddings",
              "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+    "longrope": {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor", "factor",
+                 "attention_factor", "original_max_position_embeddings"},
+    "dynamic": {"rope_type", "rope_theta", "partial_rotary_factor", "factor"},
 }
+_ROPE_LISTS = {"short_factor", "long_factor"}
 _ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                                   "original_max_position_embeddings"), "yarn": ("factor",)}
+                                                   "original_max_position_embeddings"), "yarn": ("factor",),
+                  "longrope": ("short_factor", "long_factor"), "dynamic": ("factor",)}
 
 
 def _rope_problem(value: Any, config: dict) -> str | None:
@@ -91,6 +96,10 @@ def _rope_problem(value: Any, config: dict) -> str | None:
             continue  # the values archlang's YaRN computes with
         if k not in _ROPE_KEYS[kind]:
             return f"rope_parameters[{k!r}] = {v!r} has no archlang equivalent for RoPE type {kind!r}"
+        if k in _ROPE_LISTS:
+            if not isinstance(v, list) or not v or not all(type(x) in (int, float) and x > 0 for x in v):
+                return f"rope_parameters[{k!r}] must be a list of positive numbers"
+            continue
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return f"rope_parameters[{k!r}] must be a number, not {v!r}"
     for k in _ROPE_REQUIRED.get(kind, ()):
@@ -102,6 +111,20 @@ def _rope_problem(value: Any, config: dict) -> str | None:
 
 
 ROPE = checked(_rope_problem)
+
+
+def _rope_per_layer_type(value: Any, config: dict) -> str | None:
+    """Gemma 3: one RoPE setting per layer type, each checked as a whole rope_parameters."""
+    if not isinstance(value, dict):
+        return "rope_parameters must map each layer type to its RoPE setting"
+    types = set(config.get("layer_types") or ())
+    if set(value) != types:
+        return f"rope_parameters must have one entry per layer type ({', '.join(sorted(types))})"
+    for layer_type, params in value.items():
+        problem = _rope_problem(params, config)
+        if problem:
+            return f"{layer_type}: {problem}"
+    return None
 
 # ----------------------------------------------------------------------------- the tables
 
@@ -168,6 +191,14 @@ TABLES: dict[str, dict[str, Key]] = {
     "mistral": {**_LLAMA_CORE, "sliding_window": MAPPED},
     "qwen2": {**_LLAMA_CORE, "use_sliding_window": MAPPED, "sliding_window": MAPPED, "max_window_layers": MAPPED,
               "layer_types": MAPPED},
+    "qwen3": {**_LLAMA_CORE, "attention_bias": MAPPED, "use_sliding_window": MAPPED, "sliding_window": MAPPED,
+              "max_window_layers": MAPPED, "layer_types": MAPPED},
+    "olmo2": {**_LLAMA_CORE, "attention_bias": MAPPED, "pretraining_tp": _OLD_TP},
+    "smollm3": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "use_sliding_window": MAPPED,
+                "sliding_window": MAPPED, "layer_types": MAPPED,
+                "no_rope_layers": checked(lambda v, c: None if v is None or len(v) == c.get("num_hidden_layers") else
+                                          "it needs one entry per layer (num_hidden_layers)"),
+                "no_rope_layer_interval": irrelevant("used only to fill no_rope_layers, which is read")},
     "mixtral": {**_LLAMA_CORE, "hidden_act": _SILU, "sliding_window": MAPPED, "num_experts_per_tok": MAPPED,
                 "num_local_experts": MAPPED, "output_router_logits": MAPPED, "router_aux_loss_coef": MAPPED,
                 "router_jitter_noise": irrelevant("router jitter: training-time noise, the identity in eval mode")},
@@ -186,6 +217,15 @@ TABLES: dict[str, dict[str, Key]] = {
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
+    "phi3": {**_LLAMA_CORE, "sliding_window": MAPPED, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT,
+             "original_max_position_embeddings": MAPPED},
+    "gemma3_text": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "rope_parameters": checked(_rope_per_layer_type),
+                    "hidden_act": irrelevant("gemma3's modeling code reads hidden_activation"),
+                    "query_pre_attn_scalar": MAPPED, "sliding_window": MAPPED, "layer_types": MAPPED,
+                    "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
+                    "_sliding_window_pattern": irrelevant("an older spelling of layer_types, which is read"),
+                    "attention_bias": only(False, reason="attention biases are not mapped for gemma3_text"),
+                    "use_bidirectional_attention": only(None, False, reason="archlang's gemma3 attention is causal")},
     "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")},
              "activation_function": ACTIVATION,
              "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, "summary_first_dropout": DROPOUT,
@@ -332,7 +372,7 @@ def _shown(value: Any) -> str:
 # Keys whose value may be null although their default is not (transformers fills them in).
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
-             "layer_types", "mlp_only_layers", "max_window_layers"}
+             "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers"}
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
@@ -399,6 +439,8 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             raise _error("config key 'layer_types' must be a list of strings", source, text, name)
         if name == "mlp_only_layers" and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
             raise _error("config key 'mlp_only_layers' must be a list of integers", source, text, name)
+        if name == "no_rope_layers" and not all(type(i) is int and i in (0, 1) for i in value):
+            raise _error("config key 'no_rope_layers' must be a list of 0 (NoPE) and 1 (RoPE)", source, text, name)
 
 
 def _error(message: str, source: str | None, text: str | None, key: str | None = None, hint: str | None = None):

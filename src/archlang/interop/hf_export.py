@@ -404,7 +404,7 @@ def _deepseek_v2(m: A.Model) -> dict:
 
 def _t5(m: A.Model) -> dict:
     _need(m.family == "encoder_decoder", ("family",), f"family = {m.family} (t5 is an encoder_decoder)")
-    enc, dec = list(dict.fromkeys(m.encoder_layers)), list(dict.fromkeys(m.decoder_layers))
+    enc = list(dict.fromkeys(m.encoder_layers))
     _need(isinstance(m.position, A.Relative), ("position",), "t5 has relative position buckets: position = relative(...)")
     b = m.blocks[enc[0]]
     a = b.attention

@@ -111,12 +111,24 @@ def _llama_family(c, r: _Rules) -> None:
         p, q = f"layers.{i}.", f"model.layers.{i}."
         for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
             r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        if t == "phi3":  # q, k, v stacked in one projection, gate and up in another
+            hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+            sizes = [c.num_attention_heads * hd, c.num_key_value_heads * hd, c.num_key_value_heads * hd]
+            r.add([f"{p}q_proj.weight", f"{p}k_proj.weight", f"{p}v_proj.weight"], f"{q}self_attn.qkv_proj.weight",
+                  "split", (sizes, False))
+            r.add([f"{p}gate_proj.weight", f"{p}up_proj.weight"], f"{q}mlp.gate_up_proj.weight", "split",
+                  ([c.intermediate_size] * 2, False))
+        for n in ("q_norm", "k_norm"):  # QK-norm (Qwen3, OLMo 2, Gemma 3): weights of the attention core
+            r.add(f"{p}attn.{n}", f"{q}self_attn.{n}.weight")
         mixer_norm = "attn_norm"
         if f"{q}mamba.in_proj.weight" in r.keys:
             mixer_norm = "ssm_norm"
             r.op("ssm", f"{p}ssm", f"{q}mamba")
         r.add(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
-        if t == "gemma2":
+        if t == "olmo2":  # norms on the branches' outputs only
+            r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
+            r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
+        elif t in ("gemma2", "gemma3_text"):
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
             r.add(f"{p}ffn_norm.weight", f"{q}pre_feedforward_layernorm.weight")
             r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
@@ -243,8 +255,9 @@ def _t5(c, r: _Rules) -> None:
 
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
-    "qwen2_moe": _llama_family, "gemma2": _llama_family, "jamba": _llama_family, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
+    "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
+    "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
+    "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 }
 
