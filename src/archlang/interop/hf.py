@@ -198,14 +198,21 @@ def _moe_like(c, name: str) -> str:
         for i in range(c.num_hidden_layers):
             sparse = i not in (c.mlp_only_layers or []) and (i + 1) % c.decoder_sparse_step == 0
             kinds.append("moe_layer" if sparse else "dense_layer")
-        blocks = {}
-        if "dense_layer" in kinds:
-            blocks["dense_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
-                                     "ffn": call("swiglu", hidden=c.intermediate_size)}
-        if "moe_layer" in kinds:
-            blocks["moe_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+        blocks = _dense_and_moe_blocks(kinds, "dense_layer", "moe_layer", eps, attention, c.intermediate_size, moe)
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
+                          moe: Raw) -> dict[str, dict[str, Any]]:
+    """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
+    kinds its layer list uses."""
+    blocks = {}
+    if dense in kinds:
+        blocks[dense] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": call("swiglu", hidden=hidden)}
+    if sparse in kinds:
+        blocks[sparse] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+    return blocks
 
 
 def _gemma2(c, name: str) -> str:
@@ -316,11 +323,7 @@ def _deepseek_v2(c, name: str) -> str:
                routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
                **_deepseek_routing(c))
     kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]
-    blocks = {}
-    if "dense" in kinds:
-        blocks["dense"] = {"norm": call("rmsnorm", eps=eps), "attention": mla, "ffn": call("swiglu", hidden=c.intermediate_size)}
-    if "sparse" in kinds:
-        blocks["sparse"] = {"norm": call("rmsnorm", eps=eps), "attention": mla, "ffn": moe}
+    blocks = _dense_and_moe_blocks(kinds, "dense", "sparse", eps, mla, c.intermediate_size, moe)
     fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
     layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
     return write_spec(name, fields, blocks, {"layers": layers}, f"Imported from a Hugging Face {c.model_type} config.")
@@ -343,12 +346,7 @@ def _glm4_moe(c, name: str) -> str:
                router="sigmoid", correction_bias=True, groups=c.n_group if grouped else None,
                topk_groups=c.topk_group if grouped else None)
     kinds = ["dense" if i < c.first_k_dense_replace else "sparse" for i in range(c.num_hidden_layers)]
-    blocks = {}
-    if "dense" in kinds:
-        blocks["dense"] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
-                           "ffn": call("swiglu", hidden=c.intermediate_size)}
-    if "sparse" in kinds:
-        blocks["sparse"] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+    blocks = _dense_and_moe_blocks(kinds, "dense", "sparse", eps, attention, c.intermediate_size, moe)
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
     return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face glm4_moe config.")
