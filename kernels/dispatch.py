@@ -100,14 +100,11 @@ def selective_scan(u, delta, A, B, C, D, state=None):
 
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
           group_score="top2_sum"):
-    # the routing weights need gradients in training, which the kernel does not give; nor does it
-    # know the correction bias or expert groups
-    plain = correction_bias is None and n_group == 1
-    if plain and use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
-        return _kernel("router", "route")(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
-    return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale,
-                           correction_bias=correction_bias, n_group=n_group, topk_group=topk_group,
-                           group_score=group_score)
+    kw = dict(sigmoid=sigmoid, normalize=normalize, scale=scale, correction_bias=correction_bias, n_group=n_group,
+              topk_group=topk_group, group_score=group_score)
+    if use_triton(logits):
+        return _kernel("router", "route")(logits, top_k, **kw)
+    return reference.route(logits, top_k, **kw)
 
 
 def grouped_matmul(x, weight, counts, expert_of):
