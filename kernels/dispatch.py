@@ -77,6 +77,13 @@ def rope(x, cos, sin):
     return reference.rope(x, cos, sin)
 
 
+def norm_rope(x, weight, eps, cos, sin, unit_offset=False):
+    """RoPE of a per-head RMSNorm (QK-norm), fused on the kernels."""
+    if use_triton(x):
+        return _kernel("norm_rope", "norm_rope")(x, weight, eps, cos, sin, unit_offset)
+    return reference.rope(reference.rms_norm(x, weight, eps, unit_offset), cos, sin)
+
+
 def attention(q, k, v, q_pos, k_pos, **kw):
     # dropout on the probabilities needs them whole: only the reference draws it
     if use_triton(q) and not kw.get("dropout"):
