@@ -55,9 +55,11 @@ def main() -> int:
         return 0
     from archlang.kernels import attention as attn_k
     from archlang.kernels import glu as glu_k
+    from archlang.kernels import norm_rope as norm_rope_k
     from archlang.kernels import reference as ref
     from archlang.kernels import rms_norm as rms_k
     from archlang.kernels import rope as rope_k
+    from archlang.kernels import router as router_k
     from archlang.runtime.position import RopeTable
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -74,11 +76,19 @@ def main() -> int:
     k = torch.randn(8, 8, 4096, 128, device="cuda", dtype=dtype)
     cos, sin = RopeTable(128, 4096)(torch.arange(4096, device="cuda"))
     pos = torch.arange(4096, device="cuda")
+    head_w = torch.ones(128, device="cuda", dtype=dtype)
+    logits = torch.randn(65536, 256, device="cuda")  # DeepSeek-V3: 256 experts in 8 groups, 8 chosen
+    bias = torch.randn(256, device="cuda") * 0.01
+    v3 = dict(sigmoid=True, normalize=True, scale=2.5, correction_bias=bias, n_group=8, topk_group=4)
     cases = [
         ("rms_norm (+residual)", lambda: rms_k.rms_norm(x, w, 1e-6, False, r), lambda: ref.rms_norm(x, w, 1e-6, False, r),
          4 * x.numel() * size, None),
         ("glu (silu)", lambda: glu_k.glu(x, "silu"), lambda: ref.glu(x, "silu"), 1.5 * x.numel() * size, None),
         ("rope", lambda: rope_k.rope(q, cos, sin), lambda: ref.rope(q, cos, sin), 2 * q.numel() * size, None),
+        ("qk-norm + rope (fused)", lambda: norm_rope_k.norm_rope(q, head_w, 1e-6, cos, sin),
+         lambda: ref.rope(ref.rms_norm(q, head_w, 1e-6), cos, sin), 2 * q.numel() * size, None),
+        ("router (deepseek-v3)", lambda: router_k.route(logits, 8, **v3), lambda: ref.route(logits, 8, **v3),
+         2 * logits.numel() * 4, None),
         ("attention fwd (causal, gqa)",
          lambda: attn_k.attention(q, k, k, pos, pos, causal=True, scale=128 ** -0.5),
          lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True),

@@ -77,6 +77,13 @@ def rope(x, cos, sin):
     return reference.rope(x, cos, sin)
 
 
+def norm_rope(x, weight, eps, cos, sin, unit_offset=False):
+    """RoPE of a per-head RMSNorm (QK-norm), fused on the kernels."""
+    if use_triton(x):
+        return _kernel("norm_rope", "norm_rope")(x, weight, eps, cos, sin, unit_offset)
+    return reference.rope(reference.rms_norm(x, weight, eps, unit_offset), cos, sin)
+
+
 def attention(q, k, v, q_pos, k_pos, **kw):
     # dropout on the probabilities needs them whole: only the reference draws it
     if use_triton(q) and not kw.get("dropout"):
@@ -100,14 +107,11 @@ def selective_scan(u, delta, A, B, C, D, state=None):
 
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
           group_score="top2_sum"):
-    # the routing weights need gradients in training, which the kernel does not give; nor does it
-    # know the correction bias or expert groups
-    plain = correction_bias is None and n_group == 1
-    if plain and use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
-        return _kernel("router", "route")(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
-    return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale,
-                           correction_bias=correction_bias, n_group=n_group, topk_group=topk_group,
-                           group_score=group_score)
+    kw = dict(sigmoid=sigmoid, normalize=normalize, scale=scale, correction_bias=correction_bias, n_group=n_group,
+              topk_group=topk_group, group_score=group_score)
+    if use_triton(logits):
+        return _kernel("router", "route")(logits, top_k, **kw)
+    return reference.route(logits, top_k, **kw)
 
 
 def grouped_matmul(x, weight, counts, expert_of):

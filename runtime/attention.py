@@ -11,6 +11,7 @@ from torch import nn
 
 from archlang.kernels import reference
 from archlang.kernels.dispatch import attention as attend
+from archlang.kernels.dispatch import norm_rope
 from archlang.spec.errors import ArchError
 
 from .context import Context
@@ -141,7 +142,9 @@ class Attention(nn.Module):
         if temperature_tuning and (self.cross or floor_scale <= 0):
             _refuse("temperature_tuning needs self-attention and a positive floor_scale")
 
-    def project(self, q, k, v):
+    def project(self, q, k, v, head_norm: bool = True):
+        """q (B, H, T, D), k and v (B, KV, S, D) from the projections; `head_norm=False` leaves a
+        per-head RMS QK-norm to the caller, which fuses it with RoPE."""
         if self.packed:
             q, k, v = q.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                                self.kv_heads * self.head_dim], dim=-1)
@@ -154,7 +157,7 @@ class Attention(nn.Module):
         # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.
         d = self.head_dim
         q, k, v = _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
-        if self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head":
+        if self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head" and head_norm:
             q, k = self._normalize(q, k)
         return q, k, v
 
@@ -176,7 +179,10 @@ class Attention(nn.Module):
         return (q * scales[:, None]).to(q.dtype)  # (B, H, T, D) * (T, 1)
 
     def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
-        q, k, v = self.project(q, k, v)  # (B, H, T, D), (B, KV, S, D)
+        # a per-head RMS QK-norm and RoPE run as one kernel
+        norm_with_rope = (rope is not None and not self.cross and self.qk_norm == "rmsnorm"
+                          and self.qk_norm_scope == "head")
+        q, k, v = self.project(q, k, v, head_norm=not norm_with_rope)  # (B, H, T, D), (B, KV, S, D)
         q_pos = ctx.positions
         if self.cross:
             k_pos = torch.arange(k.shape[2], device=k.device)
@@ -188,7 +194,11 @@ class Attention(nn.Module):
                 if self.temperature_tuning:
                     _refuse("temperature_tuning applies to NoPE layers only (Llama 4), and this layer has RoPE")
                 cos, sin = rope
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+                if norm_with_rope:
+                    eps, offset = self.qk_norm_eps, self.qk_norm_unit_offset
+                    q, k = norm_rope(q, self.q_norm, eps, cos, sin, offset), norm_rope(k, self.k_norm, eps, cos, sin, offset)
+                else:
+                    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             # Llama 4's order: RoPE, then the L2 norm, then the temperature
             if self.qk_norm == "l2":
                 q, k = self._normalize(q, k)

@@ -1,11 +1,14 @@
-"""The router seam: the Triton router serves plain top-k routing only; a correction bias or expert
-groups go to the reference even when the kernels are forced; and every modern MoE variant computes
-the same outputs and gradients with its experts on the kernels as on the references."""
+"""The router seam: the Triton router does every routing the references do — plain top-k, the
+correction bias that moves the choice but not the weights (DeepSeek-V3), and group-limited top-k
+(V3's top-2-sum and V2's max group scores) — in inference and, with the weights gathered again
+from differentiable scores, in training; and every modern MoE variant computes the same outputs
+and gradients with its experts on the kernels as on the references."""
 
 import pytest
 import torch
 
 from archlang.kernels import dispatch, reference
+from archlang.kernels.router import route
 from archlang.runtime.moe import MoE
 
 from .conftest import DEVICE
@@ -23,26 +26,88 @@ def _calls(monkeypatch):
     return calls
 
 
-def test_plain_routing_uses_the_kernel(monkeypatch):
+ROUTINGS = {
+    "plain": (8, 3, dict()),
+    "bias": (8, 3, dict(correction_bias=True)),
+    "v3-groups": (16, 4, dict(correction_bias=True, n_group=4, topk_group=2)),
+    "v3-uneven": (12, 3, dict(correction_bias=True, n_group=3, topk_group=2)),  # 3 groups of 4: padded tiles
+    "v2-greedy": (12, 3, dict(n_group=6, topk_group=2, group_score="max")),
+    "one-group-kept": (8, 2, dict(n_group=4, topk_group=1)),
+}
+
+
+def _inputs(experts, kw, n=37):
+    g = torch.Generator().manual_seed(experts)
+    logits = torch.randn(n, experts, generator=g).to(DEVICE)
+    kw = dict(kw)
+    if kw.pop("correction_bias", False):
+        # of the scores' size, so the bias changes which experts win
+        kw["correction_bias"] = (torch.randn(experts, generator=g) * 0.3).to(DEVICE)
+    return logits, kw
+
+
+@pytest.mark.parametrize("sigmoid", [True, False], ids=["sigmoid", "softmax"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalized", "raw"])
+@pytest.mark.parametrize("name", sorted(ROUTINGS))
+def test_kernel_routes_as_the_reference(name, sigmoid, normalize):
+    experts, k, kw = ROUTINGS[name]
+    logits, kw = _inputs(experts, kw)
+    with torch.no_grad():
+        got = route(logits, k, sigmoid=sigmoid, normalize=normalize, scale=2.5, **kw)
+    ref = reference.route(logits, k, sigmoid=sigmoid, normalize=normalize, scale=2.5, **kw)
+    assert torch.equal(got[2], ref[2])
+    torch.testing.assert_close(got[0], ref[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], atol=1e-6, rtol=1e-5)
+
+
+def test_the_bias_and_the_groups_change_the_choice():
+    """Not vacuous: each feature chooses other experts than plain top-k on these inputs."""
+    for name in ("bias", "v3-groups", "v2-greedy"):
+        experts, k, kw = ROUTINGS[name]
+        logits, kw = _inputs(experts, kw)
+        plain = route(logits, k, sigmoid=True, normalize=True, scale=1.0)[2]
+        assert not torch.equal(route(logits, k, sigmoid=True, normalize=True, scale=1.0, **kw)[2], plain), name
+
+
+def test_chosen_experts_lie_in_the_kept_groups():
+    experts, k, kw = ROUTINGS["one-group-kept"]
+    logits, kw = _inputs(experts, kw)
+    index = route(logits, k, sigmoid=True, normalize=True, scale=1.0, **kw)[2]
+    assert torch.equal(index[:, 0] // 2, index[:, 1] // 2)  # both from the one group kept
+
+
+@pytest.mark.parametrize("name", ["plain", "v3-groups"])
+def test_training_gradients_equal_the_references(name):
+    experts, k, kw = ROUTINGS[name]
+    logits, kw = _inputs(experts, kw)
+    upstream = torch.randn(logits.shape[0], k, device=DEVICE)
+    grads = []
+    for fn in (route, reference.route):
+        z = logits.clone().requires_grad_()
+        probs, weights, _ = fn(z, k, sigmoid=True, normalize=True, scale=2.5, **kw)
+        ((weights * upstream).sum() + probs.pow(2).sum()).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_refuses_impossible_groupings():
+    logits = torch.randn(3, 8, device=DEVICE)
+    for kw in (dict(n_group=3), dict(n_group=4, topk_group=5), dict(n_group=4, topk_group=1, group_score="mean")):
+        with pytest.raises(ValueError):
+            route(logits, 2, sigmoid=True, normalize=True, scale=1.0, **kw)
+    with pytest.raises(ValueError):  # 3 experts wanted from one kept group of 2
+        route(logits, 3, sigmoid=True, normalize=True, scale=1.0, n_group=4, topk_group=1)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("name", ["plain", "v3-groups"])
+def test_dispatch_takes_the_kernel(monkeypatch, name, training):
     calls = _calls(monkeypatch)
-    logits = torch.randn(21, 8, device=DEVICE)
-    with dispatch.force("triton"), torch.no_grad():
-        dispatch.route(logits, 2, sigmoid=True, normalize=True, scale=1.0)
+    experts, k, kw = ROUTINGS[name]
+    logits, kw = _inputs(experts, kw)
+    with dispatch.force("triton"), torch.set_grad_enabled(training):
+        dispatch.route(logits.requires_grad_(training), k, sigmoid=True, normalize=True, scale=1.0, **kw)
     assert ("router", "route") in calls
-
-
-@pytest.mark.parametrize("kw", [dict(correction_bias=torch.randn(8)), dict(n_group=4, topk_group=2),
-                                dict(n_group=2, topk_group=1, group_score="max")])
-def test_bias_and_groups_never_take_the_kernel(monkeypatch, kw):
-    calls = _calls(monkeypatch)
-    logits = torch.randn(21, 8, device=DEVICE)
-    kw = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kw.items()}
-    with dispatch.force("triton"), torch.no_grad():
-        got = dispatch.route(logits, 3, sigmoid=True, normalize=True, scale=2.5, **kw)
-    ref = reference.route(logits, 3, sigmoid=True, normalize=True, scale=2.5, **kw)
-    assert ("router", "route") not in calls
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a, b)
 
 
 VARIANTS = [
