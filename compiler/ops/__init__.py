@@ -3,14 +3,14 @@ all. `REGISTRY` maps each op name to its definition, in the order the modules de
 
 from . import io, embeddings, positions, elementwise, norms, projections, attention, moe, ssm  # noqa: F401  (registers)
 from .base import (
-    CATEGORIES, PICTURE_GROUPS, REGISTRY, Attr, Cost, Emit, FactsContext, OpDef, Refusal, RegistryError, VerifyContext,
-    WeightlessOp,
+    CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
+    RegistryError, Saved, VerifyContext, WeightlessOp,
     attr, attr_problems, complete_attrs, op_def, register,
 )
 
 __all__ = [
-    "CATEGORIES", "PICTURE_GROUPS", "REGISTRY", "Attr", "Cost", "Emit", "FactsContext", "OpDef", "Refusal",
-    "RegistryError", "VerifyContext", "WeightlessOp", "attr", "attr_problems", "complete_attrs", "mixer_ops", "op_def",
+    "CATEGORIES", "PICTURE_GROUPS", "REGISTRY", "ActivationContext", "Attr", "Cost", "Emit", "FactsContext", "OpDef", "Refusal",
+    "RegistryError", "Saved", "VerifyContext", "WeightlessOp", "attr", "attr_problems", "complete_attrs", "mixer_ops", "op_def",
     "register",
 ]
 

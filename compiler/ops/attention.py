@@ -4,7 +4,7 @@ linears; these ops attend, keep the cache and apply the positions they take."""
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, Refusal, attr, register
+from .base import Cost, OpDef, Refusal, Saved, attr, register
 
 _NO_SCORES = "has no score matrix to add a bias to"
 _LINEAR_INSTEAD = "use position = sinusoidal() or learned(), or another attention kind"
@@ -59,6 +59,19 @@ class _Attention(OpDef):
 
     def category(self, d):
         return "attention"
+
+
+def _core_saved(maps: int, ctx, dropout: float | None, private: float = 0.0) -> Saved:
+    """An attention core keeps q, k and v (its inputs) for backward, and then either its `maps`
+    probability maps (per token, one row of T scores each: eager attention materialises the
+    whole T × T matrix whatever the mask), with a mask and the dropped copy under dropout, or
+    (recomputing them: FlashAttention, selective recomputation) its output and one float32
+    log-sum-exp per map."""
+    if ctx.keep_probabilities:
+        scores = maps * ctx.seq
+        kept = scores * ctx.nbytes + (scores * (1 + ctx.nbytes) if dropout else 0)
+        return Saved(private_bytes=private + kept)
+    return Saved(outputs=(0,), private_bytes=private + 4 * maps)
 
 
 @register
@@ -155,6 +168,11 @@ class Attention(_Attention):
             cost.kv_bytes_at_context = per_token * cached(ctx.context, a["window"], a["chunk"], a["sink_tokens"] or 0)
         return cost
 
+    def saved(self, d, ctx):
+        a = d["attrs"]
+        maps = a["heads"] * (2 if a["kind"] == "differential" else 1)  # two softmax maps per differential head
+        return _core_saved(maps, ctx, a["dropout"])
+
     def module(self, d, emit):
         a = d["attrs"]
         common = (f"{a['heads']}, {a['kv_heads']}, {a['head_dim']}, causal={a['causal']!r}, scale={a['scale']!r}, "
@@ -241,6 +259,12 @@ class MLAttention(_Attention):
         per_token = (a["kv_lora_rank"] + a["rope_head_dim"]) * ctx.nbytes
         return Cost(flops=flops, kv_bytes_per_token=per_token,
                     kv_bytes_at_context=per_token * cached(ctx.context, a["window"]))
+
+    def saved(self, d, ctx):
+        # beside its inputs (queries and the latent), the keys and values it expands from the latent
+        a = d["attrs"]
+        expanded = a["heads"] * (a["nope_head_dim"] + a["rope_head_dim"] + a["v_head_dim"]) * ctx.nbytes
+        return _core_saved(a["heads"], ctx, None, private=expanded)
 
     def module(self, d, emit):
         a = d["attrs"]

@@ -82,6 +82,29 @@ class FactsContext:
     nbytes: int  # bytes per element of the storage dtype
 
 
+@dataclass(frozen=True)
+class ActivationContext:
+    """What an op's saved activations depend on beyond its node: the sequence length, the bytes
+    of one activation element, and whether attention cores keep their probabilities for backward
+    (eager attention, no recomputation) or recompute them (selective recomputation, which is
+    what FlashAttention does)."""
+
+    seq: int
+    nbytes: int
+    keep_probabilities: bool
+
+
+@dataclass(frozen=True)
+class Saved:
+    """The tensors an op keeps from its forward for its backward, per token: which of its inputs
+    and outputs (tensors other ops may keep too, so they are counted once), and the bytes of
+    tensors only it holds (attention probabilities, dropout masks, expert intermediates)."""
+
+    inputs: tuple[int, ...] | None = None  # None: every input
+    outputs: tuple[int, ...] = ()
+    private_bytes: float = 0.0
+
+
 @dataclass
 class Emit:
     """What code generation hands an op's rules: the expression of its layer index and cache key
@@ -162,6 +185,11 @@ class OpDef:
 
     def cost(self, d: dict, ctx: FactsContext) -> Cost:
         raise NotImplementedError
+
+    def saved(self, d: dict, ctx: ActivationContext) -> Saved:
+        """What backward needs from this op's forward (training memory). By default its inputs,
+        as a matmul keeps its input and an activation or norm its argument."""
+        return Saved()
 
     # ------------------------------------------------------------------ code generation
     def module(self, d: dict, emit: Emit) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import WeightlessOp, attr, register
+from .base import Saved, WeightlessOp, attr, register
 
 # The expression of each activation the language names, around its argument.
 ACT_CALL = {
@@ -27,6 +27,9 @@ class Add(_Elementwise):
         if len({w for w in widths if isinstance(w, int)}) > 1:
             ctx.fail(node, f"residual add of different widths {widths}")
 
+    def saved(self, d, ctx):
+        return Saved(inputs=())  # a sum's gradient is its output's
+
     def call(self, d, args, emit):
         return " + ".join(args)
 
@@ -37,6 +40,9 @@ class Scale(_Elementwise):
     summary = "multiply by a constant"
     attrs = {"factor": attr(float)}
     arity = (1, 1)
+
+    def saved(self, d, ctx):
+        return Saved(inputs=())  # a constant factor needs nothing from forward
 
     def call(self, d, args, emit):
         return f"{args[0]} * {d['attrs']['factor']!r}"
@@ -81,6 +87,12 @@ class Glu(_Elementwise):
     def splits_heads(self, d):
         return not d["attrs"]["packed"]  # a packed input holds gate and up halves: a shard would split them
 
+    def saved(self, d, ctx):
+        # Packed, the GLU kernel keeps its input and recomputes act(gate); unpacked, the product
+        # also keeps act(gate).
+        a = d["attrs"]
+        return Saved() if a["packed"] else Saved(private_bytes=a["hidden"] * ctx.nbytes)
+
     def call(self, d, args, emit):
         a = d["attrs"]
         if a["packed"]:
@@ -98,6 +110,9 @@ class Dropout(_Elementwise):
     def verify(self, node, d, widths, ctx):
         if not 0 < d["attrs"]["p"] < 1:
             ctx.fail(node, f"dropout probability {d['attrs']['p']} is not in (0, 1)")
+
+    def saved(self, d, ctx):
+        return Saved(inputs=(), private_bytes=d["shape"][-1])  # its mask, one byte per element
 
     def call(self, d, args, emit):
         return f"F.dropout({args[0]}, {d['attrs']['p']!r}, self.training)"

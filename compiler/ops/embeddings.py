@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, Saved, attr, register
 
 
 class _Embedding(OpDef):
@@ -11,6 +11,9 @@ class _Embedding(OpDef):
 
     def category(self, d):
         return "embedding"
+
+    def saved(self, d, ctx):
+        return Saved(inputs=())  # only the token ids, which are not activations
 
     def cost(self, d, ctx):
         return Cost()  # a table lookup: no multiply-accumulates

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, Saved, attr, register
 
 
 def expert_params(prefix: str, kind: str, hidden: int, bias: bool, d: int, leading: tuple[int, ...]):
@@ -92,6 +92,21 @@ class MoE(OpDef):
     def cost(self, d, ctx):
         _, active = self.param_split(d)
         return Cost(flops=2 * (active["moe_experts"] + active["moe_shared"] + active["moe_router"]))
+
+    def saved(self, d, ctx):
+        """Beside its input: the router's float32 probabilities, and for each of the top_k routed
+        copies of a token its gathered input, the expert's intermediates (GLU: gate and up, then
+        their product; MLP: the pre-activation and the activation) and its output (which the
+        weighted sum's backward reads); the shared experts' intermediates likewise."""
+        a = d["attrs"]
+        width = d["shape"][-1]
+
+        def inner(kind, hidden):
+            return 3 * hidden if kind != "mlp" else 2 * hidden
+
+        per_copy = 2 * width + inner(a["expert_kind"], a["expert_hidden"])
+        shared = inner(a["shared_kind"], a["shared_hidden"]) if a["shared_kind"] is not None else 0
+        return Saved(private_bytes=4 * a["experts"] + (a["top_k"] * per_copy + shared) * ctx.nbytes)
 
     def module(self, d, emit):
         a = d["attrs"]

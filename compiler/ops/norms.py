@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, Saved, attr, register
 
 
 @register
@@ -47,6 +47,9 @@ class AddNorm(Norm):
     name = "add_norm"
     summary = "fused residual add + norm; inputs (residual, branch), outputs (sum, normed)"
     arity = (2, 2)
+
+    def saved(self, d, ctx):
+        return Saved(inputs=(), outputs=(0,))  # the sum, which the norm's backward reads
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({args[1]}, residual={args[0]})"

@@ -3,7 +3,7 @@ T5's bucketed relative bias."""
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, WeightlessOp, attr, register
+from .base import Cost, OpDef, Saved, WeightlessOp, attr, register
 
 
 @register
@@ -86,6 +86,9 @@ class Rope(WeightlessOp):
 
     def category(self, d):
         return "attention"
+
+    def saved(self, d, ctx):
+        return Saved(inputs=())  # a rotation by constant tables: its backward needs only them
 
     def call(self, d, args, emit):
         a = d["attrs"]

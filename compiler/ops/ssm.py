@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, Refusal, attr, register
+from .base import Cost, OpDef, Refusal, Saved, attr, register
 
 _ATTENTION_POSITIONS = ("rope", "alibi", "relative")
 
@@ -57,6 +57,13 @@ class Mamba(OpDef):
 
     def category(self, d):
         return "ssm"
+
+    def saved(self, d, ctx):
+        """Beside its input: the in-projection's x and z halves, the convolved x, the
+        x-projection's dt, B and C, the expanded dt, and the gated scan output that the
+        out-projection reads; the scan's states are recomputed in backward."""
+        a = d["attrs"]
+        return Saved(private_bytes=(5 * a["d_inner"] + a["dt_rank"] + 2 * a["d_state"]) * ctx.nbytes)
 
     def cost(self, d, ctx):
         a = d["attrs"]

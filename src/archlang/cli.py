@@ -396,6 +396,66 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- estimate
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB"
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:,.3f} ms" if s < 1 else f"{s:,.3f} s"
+
+
+def cmd_estimate(args) -> int:
+    from rich.table import Table
+
+    from archlang.estimate import HARDWARE, Setup, estimate, load_hardware_file
+
+    known = dict(HARDWARE)
+    if args.hardware_file:
+        _existing_files([args.hardware_file])
+        known.update(load_hardware_file(args.hardware_file))
+    if args.hardware not in known:
+        raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
+    compiled = _compile(args)
+    setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp,
+                  seq=args.seq, batch=args.batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu,
+                  bandwidth_utilisation=args.bandwidth_utilisation)
+    e = estimate(compiled.graph, setup)
+    if args.json:
+        print(json.dumps(e.to_json(), indent=2, sort_keys=True))
+        return EXIT_OK
+    par = e.parallel
+    title = (f"{literal(e.model)} on {e.gpus} x {e.hardware}  (dp {par['dp']}, tp {par['tp']}, pp {par['pp']}, "
+             f"ep {par['ep']}{', fsdp' if par['fsdp'] else ''}; {e.batch} x {e.seq:,} tokens, {e.dtype})")
+    tr, inf = e.training, e.inference
+    table = Table(title=title, show_header=True)
+    table.add_column("training (per device)")
+    table.add_column("", justify="right")
+    table.add_column("inference (per device)")
+    table.add_column("", justify="right")
+    rows = [
+        ("weights", _gb(tr["weights_bytes"]), "weights", _gb(inf["weights_bytes"])),
+        ("gradients", _gb(tr["gradients_bytes"]), "KV cache + state", _gb(inf["cache_bytes"])),
+        ("optimizer states", _gb(tr["optimizer_bytes"]), "", ""),
+        (f"activations ({e.recompute} recompute)", _gb(tr["activations_bytes"]), "", ""),
+        ("total", _gb(tr["total_bytes"]), "total", _gb(inf["total_bytes"])),
+        ("fits", "yes" if tr["fits"] else "NO", "fits", "yes" if inf["fits"] else "NO"),
+        ("step time", _seconds(tr["step_seconds"]), "prefill", _seconds(inf["prefill_seconds"])),
+        ("tokens / s (all devices)", f"{tr['tokens_per_second']:,.0f}", "decode step", _seconds(inf["decode_step_seconds"])),
+        ("bound by", tr["bound"], "decode tokens / s", f"{inf['decode_tokens_per_second']:,.0f}"),
+        ("hardware FLOPs utilisation", f"{tr['hardware_utilisation']:.2f}", "bound by", inf["bound"]),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    for a in e.assumptions:
+        console.print(f"  assumes {literal(a)}", highlight=False)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- diff
 
 
@@ -558,6 +618,12 @@ def _existing_files(files: Sequence[str]) -> None:
             raise UsageError(f"{what}: {literal(file)}")
 
 
+def _hardware_names():
+    from archlang.estimate.hardware import HARDWARE
+
+    return HARDWARE
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archlang import __version__
 
@@ -597,6 +663,33 @@ def build_parser() -> argparse.ArgumentParser:
     fact_args(p)
     _passes_args(p)
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("estimate", help="memory per device and time for training and inference on given hardware",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="hardware: " + ", ".join(sorted(_hardware_names())) + ". Add one with --hardware-file "
+                              "FILE.toml:\n  [hardware.NAME]\n  description = \"...\"\n  memory_gb = 96\n"
+                              "  bandwidth_tb_s = 4.0\n  tflops = { bf16 = 800, fp8 = 1600, fp32 = 60 }  # dense\n"
+                              "  source = \"...\"")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--hardware", default="h100", help="accelerator (default h100)")
+    p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
+    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree (within the data-parallel ranks)")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states (ZeRO-3)")
+    p.add_argument("--seq", type=_dimension, help="tokens per sequence (default: the model's context)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per data-parallel rank, and "
+                                                        "sequences decoded together (default 1)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp8", "fp32"], help="compute dtype (default: the model's)")
+    p.add_argument("--recompute", choices=["none", "selective", "full"], default="selective",
+                   help="activation recomputation (default selective: the attention core, as FlashAttention does)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
+    p.add_argument("--bandwidth-utilisation", type=float, default=0.8,
+                   help="fraction of peak memory bandwidth assumed when decoding (default 0.8)")
+    p.add_argument("--json", action="store_true")
+    _passes_args(p)
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("diff", help="semantic architecture diff (exit 1 when they differ; with --fail-on, exactly when a guard trips)")
     p.add_argument("a", metavar="A.arch")
