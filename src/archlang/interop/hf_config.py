@@ -498,12 +498,27 @@ def read_config(path: str | os.PathLike) -> dict:
     and values of the right types. Every problem is an ArchError naming the file (and the key, or
     the line and column of a JSON syntax error)."""
     config, text = _read_object(path)
+    config = _special_floats(config)
     source = str(path)
     if "model_type" not in config:
         raise ArchError(f"{source} has no 'model_type' key", kind="interop",
                         hint=f"a Hugging Face config names its model_type, one of: {', '.join(sorted(TABLES))}")
     check_types(config, source, text)
     return config
+
+
+# transformers writes the floats JSON lacks as {"__float__": "Infinity"} (Mamba-2's time_step_limit).
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOAT_TAGS:
+            return _FLOAT_TAGS[value["__float__"]]
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def read_json(path: str | os.PathLike) -> dict:
