@@ -171,6 +171,8 @@ class _Lowerer:
             def mixer(h: NodeRef) -> NodeRef:
                 if blk.attention is not None:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
+                if isinstance(blk.ssm, A.Mamba2):
+                    return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -300,6 +302,16 @@ class _Lowerer:
                            attrs={"kind": "mamba", "d_model": d, "d_inner": di, "d_state": n, "d_conv": ssm.d_conv,
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
                                   "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        return self.b.node(f"{pre}ssm", "mamba2", [h], name="ssm", outputs="h", shape=("B", seq, d),
+                           attrs={"d_model": d, "d_inner": ssm.heads * ssm.head_dim, "d_state": ssm.d_state,
+                                  "d_conv": ssm.d_conv, "heads": ssm.heads, "groups": ssm.groups, "chunk": ssm.chunk,
+                                  "conv_bias": ssm.conv_bias, "bias": ssm.bias, "gated_norm": ssm.gated_norm,
+                                  "norm_before_gate": ssm.norm_before_gate, "norm_eps": ssm.norm_eps,
+                                  "d_skip": ssm.d_skip,
+                                  "dt_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else None}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

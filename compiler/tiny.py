@@ -58,6 +58,14 @@ def _ffn(ffn):
     return ffn.model_copy(update={"hidden": HIDDEN})
 
 
+def _mamba2(ssm: A.Mamba2, d_model: int) -> A.Mamba2:
+    """Heads of HEAD_DIM channels filling expand · d_model, as many groups as still divide them,
+    and chunks short enough that a prefill of the context crosses several."""
+    heads = ssm.expand * d_model // HEAD_DIM
+    return ssm.model_copy(update={"d_state": min(ssm.d_state, 8), "heads": heads, "head_dim": HEAD_DIM,
+                                  "groups": math.gcd(ssm.groups, heads), "chunk": min(ssm.chunk, CONTEXT // 4)})
+
+
 def shrink(model: A.Model) -> A.Model:
     d_model = 64
     blocks = {}
@@ -67,7 +75,9 @@ def shrink(model: A.Model) -> A.Model:
             update["attention"] = _attention(block.attention, d_model)
         if block.cross_attention is not None:
             update["cross_attention"] = _attention(block.cross_attention, d_model)
-        if block.ssm is not None:
+        if isinstance(block.ssm, A.Mamba2):
+            update["ssm"] = _mamba2(block.ssm, d_model)
+        elif block.ssm is not None:
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)
     position = model.position

@@ -508,6 +508,46 @@ class Mamba(Node):
     norm_eps: PositiveFloat = 1e-6
 
 
+class Mamba2(Node):
+    """Mamba-2's multi-head state space layer (Dao & Gu 2024), laid out as Hugging Face's
+    Mamba2Mixer. d_inner = expand · d_model = heads · head_dim: write `heads` or `head_dim` (or
+    neither: head_dim = 64), the resolver fills in the other. B and C come in `groups` groups, each
+    read by heads / groups heads. `dt_limit = [lo, hi]` clamps the step after its softplus (none:
+    unclamped, Hugging Face's (0, inf))."""
+
+    kind: Literal["mamba2"]
+    d_state: Dim = 128
+    d_conv: Annotated[int, Field(gt=0, le=64)] = 4
+    expand: Annotated[int, Field(gt=0, le=64)] = 2
+    heads: Dim  # filled from expand · d_model / head_dim when not written
+    head_dim: Dim  # filled from expand · d_model / heads (64 when neither is written)
+    groups: Dim = 1
+    chunk: Dim = 256  # the SSD algorithm's chunk length in prefill: the same function at any value
+    conv_bias: bool = True
+    bias: bool = False  # on the in/out projections
+    gated_norm: bool = True  # a grouped RMSNorm (with a weight) on the gated output; else y · silu(z)
+    norm_before_gate: bool = False  # norm(y) · silu(z) rather than norm(y · silu(z))
+    norm_eps: PositiveFloat = 1e-5
+    d_skip: bool = True  # the per-head skip D · x
+    dt_limit: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], PositiveFloat] | None = None
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "Mamba2":
+        if self.heads % self.groups:
+            raise FieldError("groups", f"groups ({self.groups}) must divide heads ({self.heads})",
+                             "each group of B and C is read by heads / groups heads")
+        if self.dt_limit is not None and self.dt_limit[0] >= self.dt_limit[1]:
+            raise FieldError("dt_limit", f"dt_limit = [{self.dt_limit[0]}, {self.dt_limit[1]}] is empty",
+                             "write [lo, hi] with lo < hi, or remove it (no clamp)")
+        if self.norm_before_gate and not self.gated_norm:
+            raise FieldError("norm_before_gate", "norm_before_gate places the gated norm, which is off",
+                             "remove norm_before_gate, or set gated_norm = true")
+        return self
+
+
+SSM = Annotated[Union[Mamba, Mamba2], Field(discriminator="kind")]
+
+
 # ----------------------------------------------------------------------------- blocks and model
 
 
@@ -517,7 +557,7 @@ class Block(Node):
     name: str
     norm: Norm
     attention: Attention | None = None
-    ssm: Mamba | None = None
+    ssm: SSM | None = None
     cross_attention: Attention | None = None
     ffn: FFN | None = None
     # This block's attention position, where it differs from the model's: its own RoPE theta
@@ -718,6 +758,10 @@ def default_head_dim(d_model: int, heads: int) -> int | None:
     return d_model // heads if heads and d_model % heads == 0 else None
 
 
+# Mamba-2's head width when a spec writes neither heads nor head_dim (Hugging Face's and mamba_ssm's default).
+MAMBA2_HEAD_DIM = 64
+
+
 def default_dt_rank(d_model: int) -> int:
     return math.ceil(d_model / 16)
 
@@ -738,7 +782,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba),
+    "ssm": _kind_classes(Mamba, Mamba2),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 

@@ -705,8 +705,42 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
                         continue
                     att["head_dim"] = hd
         ssm = block.get("ssm")
-        if isinstance(ssm, dict) and "dt_rank" not in ssm:
+        if isinstance(ssm, dict) and ssm.get("kind") == "mamba2":
+            _fill_mamba2_heads(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
+
+
+def _fill_mamba2_heads(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
+    """Mamba-2's heads and head_dim, whose product is d_inner = expand · d_model: the one not
+    written follows from the other (head_dim = 64 when neither is)."""
+    def number(key, default=None):
+        v = ssm.get(key, default)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    expand, heads, head_dim = number("expand", 2), number("heads"), number("head_dim")
+    if expand is None or ("heads" in ssm and heads is None) or ("head_dim" in ssm and head_dim is None):
+        return  # the field's own check reports the bad value
+    d_inner = expand * d_model
+    if heads is None:
+        head_dim = head_dim or A.MAMBA2_HEAD_DIM
+        where, wrong = "head_dim" if "head_dim" in ssm else "expand", d_inner % head_dim
+    elif head_dim is None:
+        where, wrong = "heads", d_inner % heads
+    else:
+        where, wrong = "heads", heads * head_dim != d_inner
+    if wrong:
+        written = f"heads ({heads}) × head_dim ({head_dim}) is not" if heads and "head_dim" in ssm else \
+            f"{'heads' if heads else 'head_dim'} ({heads or head_dim}) does not divide"
+        b.bad_paths.update({path + ("heads",), path + ("head_dim",)})
+        b.errors.append(ArchError(
+            f"mamba2: {written} d_inner = expand ({expand}) × d_model ({d_model}) = {d_inner}",
+            b.spans.get(path + (where,)) or b.spans.get(path),
+            hint="heads × head_dim must equal expand × d_model: write one of them (or neither: head_dim = 64)",
+            kind="semantic"))
+        return
+    ssm.setdefault("heads", d_inner // head_dim if heads is None else heads)
+    ssm.setdefault("head_dim", d_inner // heads if head_dim is None else head_dim)
 
 
 def _error_from_pydantic(err: dict, b: _Builder, file: str, model_span: Span) -> ArchError:

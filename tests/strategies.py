@@ -101,6 +101,8 @@ def valid_spec(draw) -> str:
         mixer = ""
         if family == "decoder" and draw(st.integers(0, 4)) == 0:
             mixer = f"ssm = mamba(d_state = {draw(st.sampled_from([4, 8]))}, expand = 2)"
+            if draw(st.booleans()):
+                mixer = f"ssm = mamba2(d_state = {draw(st.sampled_from([4, 8]))}, heads = 4, groups = 2, chunk = 4)"
         else:
             att = draw(attention(d_model))
             if family == "encoder" and att.startswith(("linear", "mla")):

@@ -66,6 +66,10 @@ def hf_model(name: str):
             vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
             num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
             rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    if name == "mamba2_2_7b":  # state-spaces/mamba2-2.7b in transformers' terms
+        return T.Mamba2ForCausalLM, T.Mamba2Config(
+            vocab_size=50288, hidden_size=2560, num_hidden_layers=64, num_heads=80, head_dim=64, state_size=128,
+            n_groups=1, expand=2, conv_kernel=4, tie_word_embeddings=True)
     raise KeyError(name)
 
 

@@ -144,6 +144,25 @@ CASES = {
     encoder_layers = encoder * 2
     decoder_layers = decoder * 3
 }}""", "t5"),
+    "mamba2": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 8, groups = 2, chunk = 4, bias = true, dt_limit = [0.001, 0.5])
+    }}
+    layers = mamba * 2
+}}""", "mamba2"),
+    "mamba2-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba2(d_state = 16, head_dim = 16, conv_bias = false, norm_eps = 1e-6)
+    }}
+    layers = mamba * 3
+}}""", "mamba2"),
 }
 
 

@@ -104,6 +104,14 @@ CASES = {
                                                               feed_forward_proj="gated-gelu")),
     "bert": (T.BertConfig, T.BertModel, dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, max_position_embeddings=64)),
+    # two groups of B and C, biases on the projections, dt clamped, chunks shorter than the prompt
+    "mamba2": (T.Mamba2Config, T.Mamba2ForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, state_size=8, n_groups=2,
+        chunk_size=4, use_bias=True, time_step_limit=(0.001, 0.5), pad_token_id=0)),
+    # one group, no conv bias, tied embeddings, another head width, no clamp
+    "mamba2-tied": (T.Mamba2Config, T.Mamba2ForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, num_heads=4, head_dim=16, state_size=16, n_groups=1,
+        chunk_size=8, use_conv_bias=False, tie_word_embeddings=True, layer_norm_epsilon=1e-6, pad_token_id=0)),
 }
 
 
@@ -134,7 +142,7 @@ def _pair(case):
 
 
 def test_perturbation_touches_every_weight():
-    for case in ("llama-biases", "gemma2", "jamba", "bert", "t5-gated"):
+    for case in ("llama-biases", "gemma2", "jamba", "bert", "t5-gated", "mamba2"):
         config_cls, model_cls, kwargs = CASES[case]
         torch.manual_seed(0)
         fresh = model_cls(config_cls(**kwargs))
@@ -162,7 +170,8 @@ def test_logits_match(case):
 
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
-                                  "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long"])
+                                  "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long", "mamba2",
+                                  "mamba2-tied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

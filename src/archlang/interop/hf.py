@@ -2,7 +2,7 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
-qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5.
+qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2.
 """
 
 from __future__ import annotations
@@ -295,6 +295,27 @@ def _jamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face jamba config.")
 
 
+# Mamba-2 has no context limit and its config no max_position_embeddings; the spec needs one.
+# Export writes the spec's context there (transformers keeps the key and reads nothing from it).
+MAMBA2_CONTEXT = 1 << 20
+
+
+def _mamba2(c, name: str) -> str:
+    eps = c.layer_norm_epsilon
+    low, high = (float(x) for x in c.time_step_limit)
+    ssm = call("mamba2", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, heads=c.num_heads,
+               head_dim=c.head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
+               bias=bool(c.use_bias) or None, norm_eps=eps,
+               dt_limit=None if (low, high) == (0.0, float("inf")) else Raw(_numbers([low, high])))
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
+              "final_norm": call("rmsnorm", eps=eps)}
+    blocks = {"mamba": {"norm": call("rmsnorm", eps=eps), "ssm": ssm}}
+    return write_spec(name, fields, blocks, {"layers": f"mamba * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face mamba2 config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -387,7 +408,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2,
 }
 
 

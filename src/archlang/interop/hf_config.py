@@ -309,7 +309,39 @@ TABLES: dict[str, dict[str, Key]] = {
            "is_encoder_decoder": only(True, reason="t5 is an encoder-decoder model"),
            "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
            "tie_word_embeddings": only(True, reason="an untied t5 LM head (t5 v1.1) is not mapped")},
+    "mamba2": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "state_size",
+                                      "expand", "conv_kernel", "n_groups", "use_bias", "use_conv_bias", "chunk_size",
+                                      "layer_norm_epsilon", "tie_word_embeddings")},
+               # not read by transformers' Mamba2: export writes the spec's context there, import reads it back
+               "max_position_embeddings": MAPPED,
+               "hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after the conv"),
+               "time_step_limit": checked(lambda v, c: _dt_limit_problem(v)),
+               # By decision: a float32 residual stream changes the rounding of 16-bit runs only; the
+               # function is the same, and in float32 (where parity is proven) it is the identity.
+               "residual_in_fp32": irrelevant("rounding of 16-bit runs only (the residual sum kept in float32); "
+                                              "archlang adds residuals in the model's dtype"),
+               "time_step_rank": irrelevant("transformers' Mamba2 reads no weight or step from it: dt comes "
+                                            "from in_proj"),
+               **{k: INIT for k in ("rescale_prenorm_residual", "time_step_min", "time_step_max", "time_step_floor",
+                                    "time_step_init_scheme", "time_step_scale")},
+               # keys that transformers 4.44 wrote (Mamba-Codestral's config has them) and never read: its
+               # Mamba2 always gates before the grouped RMSNorm (mamba_ssm's norm_before_gate = False)
+               "rms_norm": irrelevant("never read: transformers' Mamba2 always applies the gated RMSNorm"),
+               "norm_before_gate": irrelevant("never read: transformers' Mamba2 always gates before its norm")},
 }
+
+
+def _dt_limit_problem(value: Any) -> str | None:
+    """(0, inf) is no clamp; archlang's dt_limit = [lo, hi] needs a finite, non-empty range."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            type(x) in (int, float) for x in value):
+        return "time_step_limit must be two numbers, [low, high]"
+    low, high = (float(x) for x in value)
+    if (low, high) == (0.0, float("inf")):
+        return None
+    if not 0 <= low < high < float("inf"):
+        return "archlang's dt_limit is a finite range [low, high] with 0 <= low < high (or none: (0, inf))"
+    return None
 
 
 def _groups_problem(config: dict) -> str | None:
@@ -466,12 +498,27 @@ def read_config(path: str | os.PathLike) -> dict:
     and values of the right types. Every problem is an ArchError naming the file (and the key, or
     the line and column of a JSON syntax error)."""
     config, text = _read_object(path)
+    config = _special_floats(config)
     source = str(path)
     if "model_type" not in config:
         raise ArchError(f"{source} has no 'model_type' key", kind="interop",
                         hint=f"a Hugging Face config names its model_type, one of: {', '.join(sorted(TABLES))}")
     check_types(config, source, text)
     return config
+
+
+# transformers writes the floats JSON lacks as {"__float__": "Infinity"} (Mamba-2's time_step_limit).
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOAT_TAGS:
+            return _FLOAT_TAGS[value["__float__"]]
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def read_json(path: str | os.PathLike) -> dict:

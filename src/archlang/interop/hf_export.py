@@ -426,11 +426,38 @@ def _t5(m: A.Model) -> dict:
             "feed_forward_proj": proj, "is_encoder_decoder": True, "tie_word_embeddings": True,
             "scale_decoder_outputs": m.logit_scale is not None, "n_positions": m.context, "dtype": _dtype(m)}
 
+def _mamba2(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _need(m.position is None, ("position",), "a position scheme (mamba2 has none)")
+    for k in kinds:
+        block = m.blocks[k]
+        _need(isinstance(block.ssm, A.Mamba2), ("blocks", k, "attention" if block.attention else "ssm"),
+              f"block `{k}` is not a mamba2 layer (this family has mamba2 layers only)")
+        _need(block.ffn is None, ("blocks", k, "ffn"), "an FFN (mamba2's layers are a norm and the mixer)")
+    ssm = _same(m, kinds, "ssm", "mamba2 layers")
+    norm = _same(m, kinds, "norm", "norms")
+    path = ("blocks", kinds[0], "ssm")
+    _need(ssm.gated_norm, path + ("gated_norm",), "gated_norm = false (transformers' Mamba2 always has it)")
+    _need(not ssm.norm_before_gate, path + ("norm_before_gate",), "norm_before_gate (transformers' Mamba2 gates first)")
+    _need(ssm.d_skip, path + ("d_skip",), "d_skip = false (transformers' Mamba2 always has D)")
+    _need(ssm.norm_eps == norm.eps, path + ("norm_eps",), "a gated-norm eps other than the layers' norm eps "
+                                                           "(mamba2 has one layer_norm_epsilon)")
+    return {"model_type": "mamba2", "vocab_size": m.vocab, "hidden_size": m.d_model, "num_hidden_layers": len(layers),
+            "num_heads": ssm.heads, "head_dim": ssm.head_dim, "state_size": ssm.d_state, "expand": ssm.expand,
+            "conv_kernel": ssm.d_conv, "n_groups": ssm.groups, "chunk_size": ssm.chunk, "use_bias": ssm.bias,
+            "use_conv_bias": ssm.conv_bias, "layer_norm_epsilon": norm.eps, "hidden_act": "silu",
+            "time_step_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else [0.0, math.inf],
+            # archlang adds residuals in the model's dtype, as transformers does with this off
+            "residual_in_fp32": False, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "max_position_embeddings": m.context, **_token_ids(m, 0)}
+
 
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
-    "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
+    "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "mamba2": _mamba2,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -439,7 +466,7 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
-    "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
+    "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "mamba2": "Mamba2ForCausalLM",
 }
 
 

@@ -253,12 +253,23 @@ def _t5(c, r: _Rules) -> None:
             r.add(f"{p}ffn_norm.weight", f"{q}{ff}.layer_norm.weight")
 
 
+def _mamba2(c, r: _Rules) -> None:
+    r.add("embed.weight", "backbone.embeddings.weight")
+    r.add("final_norm.weight", "backbone.norm_f.weight")
+    if not getattr(c, "tie_word_embeddings", False):
+        r.add("lm_head.weight", "lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"backbone.layers.{i}."
+        r.add(f"{p}ssm_norm.weight", f"{q}norm.weight")
+        r.op("mamba2", f"{p}ssm", f"{q}mixer")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
-    "gpt2": _gpt2, "bert": _bert, "t5": _t5,
+    "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2,
 }
 
 
