@@ -156,6 +156,14 @@ class Mamba2(OpDef):
     def category(self, d):
         return "ssm"
 
+    def saved(self, d, ctx):
+        """Beside its input: the in-projection's output (z, xBC and dt), the convolved xBC, the
+        scan's output y and the gated, normalised product the out-projection reads; the chunked
+        scan's states are recomputed in backward, as the fused SSD kernels do."""
+        a = d["attrs"]
+        di, conv = a["d_inner"], self.conv_dim(a)
+        return Saved(private_bytes=((di + conv + a["heads"]) + conv + 2 * di) * ctx.nbytes)
+
     def cost(self, d, ctx):
         a = d["attrs"]
         dm, di, n, conv = a["d_model"], a["d_inner"], a["d_state"], self.conv_dim(a)
