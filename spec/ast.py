@@ -707,6 +707,13 @@ class Model(Node):
         if self.logit_scale is not None:
             raise FieldError("mtp", "mtp with logit_scale is not implemented: the modules' head applies no scale",
                              "remove logit_scale or mtp")
+        if isinstance(self.position, (Learned, Sinusoidal, Relative)):
+            raise FieldError("mtp", f"mtp with position {self.position.kind}() is not implemented: the modules read "
+                             "bare token embeddings and apply no position table or bias of their own",
+                             "use rope() or alibi(), which the modules' attention applies")
+        if self.embedding_norm is not None:
+            raise FieldError("mtp", "mtp with embedding_norm is not implemented: the modules read the token "
+                             "embeddings before any norm", "remove embedding_norm or mtp")
         if mtp.depth >= self.context:
             raise FieldError(("mtp", "depth"), f"mtp depth {mtp.depth} leaves no position with a target in a context "
                              f"of {self.context}")

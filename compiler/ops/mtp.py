@@ -22,8 +22,10 @@ class MTPInput(OpDef):
     arity = (2, 2)  # (previous depth's hidden state, token embeddings)
     picture = "other"
     # DeepSeek-V3's checkpoint holds module k under model.layers.{num_hidden_layers + k - 1}.
-    hf_params = {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
-                 "head_norm.weight": "shared_head.norm.weight"}
+    # (Its layer's weights sit beside these, its embedding and head are the model's.)
+    hf_params = {"enorm.weight": "enorm.weight", "enorm.bias": "enorm.bias", "hnorm.weight": "hnorm.weight",
+                 "hnorm.bias": "hnorm.bias", "eh_proj.weight": "eh_proj.weight",
+                 "head_norm.weight": "shared_head.norm.weight", "head_norm.bias": "shared_head.norm.bias"}
 
     def params(self, a, shape):
         d = a["d_model"]
