@@ -396,7 +396,7 @@ def describe_block(block: A.Block) -> str:
     return " → ".join(parts)
 
 
-_SUMMARY_FIELDS = ("theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
+_SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
                    "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
 
 
