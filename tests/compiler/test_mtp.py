@@ -1,12 +1,16 @@
 """Facts of multi-token prediction: DeepSeek-V3 with its MTP module counts what its checkpoint's
 layer 61 holds, and the module stays out of the forward's FLOPs and cache."""
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from archlang.api import compile_spec
 from archlang.compiler.facts import compute_facts
 
-from ..conftest import EXAMPLES
+from ..conftest import EXAMPLES, ROOT, SPECS
 from .test_facts import hf_model
 
 
@@ -28,3 +32,12 @@ def test_deepseek_v3_mtp_counts_one_moe_layer_its_projection_and_norms(tmp_path)
     assert facts.params_total == plain.params_total + module
     assert facts.flops_per_token == plain.flops_per_token
     assert facts.kv_cache_bytes_at_context == plain.kv_cache_bytes_at_context
+
+
+def test_stats_shows_how_mtp_is_counted():
+    r = subprocess.run([sys.executable, "-m", "archlang", "stats", str(SPECS / "tiny_mtp.arch")], capture_output=True,
+                       text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "120"})
+    facts = compute_facts(compile_spec(SPECS / "tiny_mtp.arch").graph)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if "mtp params" in l)
+    assert "training only" in line and f"{facts.params_mtp:,}" in line
