@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from archlang.api import compile_spec
@@ -14,6 +15,7 @@ from ..conftest import EXAMPLES, ROOT, SPECS
 from .test_facts import hf_model
 
 
+@pytest.mark.slow
 def test_deepseek_v3_mtp_counts_one_moe_layer_its_projection_and_norms(tmp_path):
     text = (EXAMPLES / "deepseek_v3.arch").read_text()
     spec = tmp_path / "dsv3_mtp.arch"

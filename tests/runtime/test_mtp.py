@@ -2,6 +2,7 @@
 PyTorch re-expression of the paper's equations, gradients, causality, the main model left
 unchanged, parameter counts and checkpoints."""
 
+import functools
 import math
 
 import pytest
@@ -33,8 +34,13 @@ model ref_mtp {
 """
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_of(text):
+    return compile_spec(text)
+
+
 def build(text, seed=0):
-    compiled = compile_spec(text)
+    compiled = compiled_of(text)
     model = load_source(compiled.source, "m").build().eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
