@@ -234,17 +234,11 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
             taken.add(classes[block].name)
             signatures[block] = _layer_signature(g, nodes)
     mtp = g.graph.get("mtp")
-    if mtp is not None:  # each MTP module's layer is an instance of its block's class
-        block = mtp["block"]
+    if mtp is not None:  # each MTP module's layer is an instance of its block's class (a block of the stack)
         for i in range(mtp["depth"]):
             nodes = [n for n in layer_nodes[("mtp", i)] if g.nodes[n]["op"] not in ("mtp", "output")]
-            if block not in classes:  # a block used by the MTP modules only
-                classes[block] = _block_class(g, em, block, nodes, "mtp")
-                classes[block].name = _unique(classes[block].name, taken)
-                taken.add(classes[block].name)
-                signatures[block] = _layer_signature(g, nodes)
-            elif _layer_signature(g, nodes) != signatures[block]:
-                raise CodegenError(f"mtp layer {i} differs from the other `{block}` layers")
+            if _layer_signature(g, nodes) != signatures[mtp["block"]]:
+                raise CodegenError(f"mtp layer {i} differs from the other `{mtp['block']}` layers")
     model_class = class_name(g.graph["name"])
     if model_class in taken:
         model_class = _unique(model_class + "Model", taken)

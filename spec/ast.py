@@ -694,6 +694,10 @@ class Model(Node):
         if mtp.block not in self.blocks:
             raise FieldError(("mtp", "block"), f"unknown block `{mtp.block}` in mtp",
                              "name one of the model's blocks: " + ", ".join(f"`{b}`" for b in self.blocks))
+        if mtp.block not in self.layers:
+            raise FieldError(("mtp", "block"), f"mtp's block `{mtp.block}` is not used in `layers`; an mtp module is "
+                             "a layer of the model's own stack (DeepSeek-V3's has the layout of its MoE layers)",
+                             "give mtp one of the blocks in `layers`")
         block = self.blocks[mtp.block]
         if block.mixer is None:
             raise FieldError(("mtp", "block"), f"mtp's block `{mtp.block}` has no token mixer (attention or ssm), "

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 # Kinds of value, as the resolver sees them.
 INTEGER, NUMBER, BOOL, WORD, STRING, NONE, CALL, LIST = "integer", "number", "bool", "word", "string", "none", "call", "list"
 
-LAYERS = "a layer stack"
+LAYERS = "a layer stack"  # what a block's name evaluates to (the resolver's kind of a LayerList)
 
 
 class BlockName(str):

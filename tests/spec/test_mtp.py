@@ -31,7 +31,7 @@ def line_of(text, needle):
     ("mtp = mtp(block = dense, loss_weight = -1)", "`loss_weight` must be greater than or equal to 0"),
     ("mtp = mtp(block = dense, foo = 1)", "unknown argument `foo` for mtp"),
     ("mtp = mtp()", "missing required argument `block`"),
-    ("mtp = mtp(block = ffn_only)\n    block ffn_only { norm = rmsnorm()\n ffn = swiglu(hidden = 8) }", "no token mixer"),
+    ("mtp = mtp(block = unused)\n    block unused extends dense { ffn = swiglu(hidden = 8) }", "is not used in `layers`"),
     ("mtp = mtp(block = dense)\n    embedding_norm = rmsnorm()", "embedding_norm is not implemented"),
     ("mtp = mtp(block = dense)\n    logit_scale = 0.5", "logit_scale is not implemented"),
 ])
@@ -43,6 +43,9 @@ def test_errors_point_at_the_mtp_line(replacement, message):
 
 
 @pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace(MTP_LINE, "mtp = mtp(block = ffn_only)\n    block ffn_only {\n        norm = rmsnorm()\n"
+                         "        ffn = swiglu(hidden = 8)\n    }").replace("layers = dense + sparse * 2",
+                                                                         "layers = dense + ffn_only"), "no token mixer"),
     (lambda t: t.replace("    final_norm = rmsnorm(eps = 1e-6)\n", ""), "has no final_norm"),
     (lambda t: t.replace("position = rope(theta = 10000)", "position = learned()"), "position learned() is not implemented"),
     (lambda t: t.replace("block sparse extends dense {", "block sparse extends dense {\n        shared = true"), "is shared"),
