@@ -143,9 +143,9 @@ class _Emitter:
         except RegistryError as exc:
             raise CodegenError(str(exc)) from None
 
-    def module(self, node: str, layer_expr: str, cache_key: str) -> str | None:
+    def module(self, node: str, layer_expr: str, cache_key: str, block: str = "") -> str | None:
         d, op = self._op(node)
-        return op.module(d, Emit(layer_expr, cache_key))
+        return op.module(d, Emit(layer_expr, cache_key, block=block))
 
     def call(self, node: str, args: list[str]) -> str:
         d, op = self._op(node)
@@ -233,6 +233,12 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
             classes[block].name = _unique(classes[block].name, taken)  # `a_b` and `aB` both make `ABBlock`
             taken.add(classes[block].name)
             signatures[block] = _layer_signature(g, nodes)
+    mtp = g.graph.get("mtp")
+    if mtp is not None:  # each MTP module's layer is an instance of its block's class (a block of the stack)
+        for i in range(mtp["depth"]):
+            nodes = [n for n in layer_nodes[("mtp", i)] if g.nodes[n]["op"] not in ("mtp", "output")]
+            if _layer_signature(g, nodes) != signatures[mtp["block"]]:
+                raise CodegenError(f"mtp layer {i} differs from the other `{mtp['block']}` layers")
     model_class = class_name(g.graph["name"])
     if model_class in taken:
         model_class = _unique(model_class + "Model", taken)
@@ -248,6 +254,8 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
     config["logit_softcap"] = g.graph.get("logit_softcap")
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
+    if mtp is not None:
+        config["mtp"] = dict(mtp)
     layouts = {_layout_name(stack): _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = _template_env()
     code_lines = [l.code for c in classes.values() for l in c.forward] + [
@@ -259,6 +267,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         classes=list(classes.values()), model_class=model_class, model=model,
         config=pprint.pformat(config, width=WIDTH, sort_dicts=False),
         fusions=pprint.pformat(fusions, width=WIDTH, sort_dicts=False), layouts=layouts, family=g.graph["family"],
+        mtp=model.get("mtp"),
     )
     _check_top_level_names(text)  # never hand out source that does not parse or rebinds a name
     return text
@@ -284,7 +293,7 @@ def _every_layer(g, order: list[str], layer_nodes: dict[tuple[str, int], list[st
     done: set[str] = set()
     for n in order:
         stack = g.nodes[n]["stack"]
-        if stack is None:
+        if stack is None or stack not in g.graph["stacks"]:  # model-level, or the MTP modules (never folded)
             out.append([n])
         elif stack not in done:
             done.add(stack)
@@ -410,8 +419,14 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
     enc_dec = g.graph["family"] == "encoder_decoder"
     init: list[str] = []
     placed: set[str] = set()
+    mtp_modules: list[str] = []
     for n in order:
         d = g.nodes[n]
+        if d["stack"] == "mtp":
+            if d["op"] == "mtp":  # one module per depth, built around a layer of its block's class
+                layer = f"{classes[d['attrs']['block']].name}({sum(len(v) for v in stacks.values()) + d['layer']})"
+                mtp_modules.append(em.module(n, "None", '""', block=layer) + ",")
+            continue
         if d["stack"] is not None:
             if d["stack"] not in placed:  # the layer stack, where its first op falls in the data flow
                 placed.add(d["stack"])
@@ -424,6 +439,10 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         mod = em.module(n, "None", '""')
         if mod is not None:
             init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
+    if mtp_modules:  # the MTP modules' layers sit after the stack's: layer indices (and cache keys) stay distinct
+        init.append("self.mtp = nn.ModuleList([")
+        init.extend(line for module in mtp_modules for line in wrap_call("    " + module, indent=8))
+        init.append("])")
 
     def body(nodes: list[str], stack_names: list[str]) -> tuple[list[Line], dict[str, str]]:
         scope = Scope(g, set(nodes) | {n for s in stack_names for n in order if g.nodes[n]["stack"] == s})
@@ -453,6 +472,8 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                               and g.nodes[m]["layer"] == len(stacks[stack]) - 1]
                 out = _stream_out(g, last_layer)
                 scope.holds[var] = (out.node, out.out)  # the stack's result, under the name it came in
+                returns["stack_end"] = len(lines)
+                returns["stack_var"] = var
                 continue
             role = REGISTRY[d["op"]].role
             if n not in nodes or role == "table":
@@ -483,14 +504,25 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
         enc_out = [m for m in enc_nodes if enc_last in nx.ancestors(g, m) or m == enc_last]
         enc_return = g.nodes[enc_out[-1]]["outputs"][-1] if enc_out else "x"
         dec_lines, returns = body(dec_nodes, ["decoder"])
-        returns.pop("head_from", None)
+        for key in ("head_from", "stack_end", "stack_var"):
+            returns.pop(key, None)
         return {"init": init, "encode": enc_lines, "encode_return": enc_return, "forward": dec_lines,
                 "returns": returns}
     lines, returns = body(outer, list(stacks))
     embed = returns.pop("embed")
+    stack_end, stack_var = returns.pop("stack_end"), returns.pop("stack_var")
     if "head_from" in returns:  # features() is the model up to the LM head; forward() adds the head
         cut = returns.pop("head_from")
-        return {"init": init, "forward": lines[:cut], "head": lines[cut:], "returns": returns, "embed": embed}
+        code = {"init": init, "forward": lines[:cut], "head": lines[cut:], "returns": returns, "embed": embed}
+        if mtp_modules:
+            tables = [Line(f"ctx.tables[{g.nodes[t]['name']!r}] = {em.call(t, [])}") for t in order
+                      if g.nodes[t]["stack"] is None and _is_table(g, t)
+                      and any(g.nodes[c]["stack"] == "mtp" for c in g.successors(t))]
+            given = f"{embed} if inputs_embeds is None else inputs_embeds"  # mtp_features reads token ids only
+            trunk = [Line(l.code.replace(given, embed), l.comment) for l in lines[:stack_end]]
+            code["mtp"] = {"trunk": trunk, "after_trunk": lines[stack_end:cut], "var": stack_var,
+                           "tables": tables, "width": g.graph["d_model"]}
+        return code
     return {"init": init, "forward": lines, "head": None, "returns": returns, "embed": embed}
 
 

@@ -35,6 +35,10 @@ class Facts:
     layers: int
     breakdown: dict[str, int] = field(default_factory=dict)
     breakdown_active: dict[str, int] = field(default_factory=dict)
+    # The multi-token prediction modules' own weights (their embedding and output head are the
+    # model's): part of params_total and, as they train with every token, of params_active and
+    # the training activations; a forward runs without them, so its FLOPs and cache leave them out.
+    params_mtp: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +73,7 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
     act_elems = 0
     fctx = FactsContext(context=ctx_len, nbytes=nbytes)
     repeats = _shared_repeats(g)
+    params_mtp = 0
     for node in ordered_nodes(g):
         d = g.nodes[node]
         op = op_def(d["op"])
@@ -79,11 +84,14 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
             total[k] += n
         for k, n in act.items():
             active[k] += n
-        cost = op.cost(d, fctx)
-        flops += cost.flops
-        kv_bytes += cost.kv_bytes_per_token
-        kv_bytes_at_context += cost.kv_bytes_at_context
-        state_bytes += cost.state_bytes
+        if d["stack"] == "mtp":  # trained beside the model; a forward (and its cache) runs without them
+            params_mtp += sum(t.values())
+        else:
+            cost = op.cost(d, fctx)
+            flops += cost.flops
+            kv_bytes += cost.kv_bytes_per_token
+            kv_bytes_at_context += cost.kv_bytes_at_context
+            state_bytes += cost.state_bytes
         if op.role == "compute":  # what a forward keeps per token: every output of every computing op
             width = d["shape"][-1] if isinstance(d["shape"][-1], int) else 0
             act_elems += width * len(d["outputs"])
@@ -96,4 +104,5 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
         ssm_state_bytes_per_sequence=int(state_bytes), activation_bytes_per_token=int(act_elems * nbytes),
         layers=layers,
         breakdown={k: v for k, v in total.items() if v}, breakdown_active={k: v for k, v in active.items() if v},
+        params_mtp=params_mtp,
     )

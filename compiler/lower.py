@@ -80,8 +80,9 @@ class _Lowerer:
         else:
             tokens = b.node("input_ids", "input", name="input_ids", outputs="input_ids", shape=("B", "T"),
                             attrs={"role": "tokens"})
-            x = self.embedding_inputs(self.embedding(tokens, "T"), "T", None)
-            x = self.stack("layers", m.layers, x, "T", memory=None)
+            embed = self.embedding(tokens, "T")
+            x = self.embedding_inputs(embed, "T", None)
+            x = trunk = self.stack("layers", m.layers, x, "T", memory=None)
             x = self.final(x, None, "T")
             if m.family == "encoder":
                 b.node("hidden_states", "output", [x], name="hidden_states", outputs="hidden_states",
@@ -93,7 +94,26 @@ class _Lowerer:
                            shape=("B", self.d), attrs={"role": "pooled"})
             else:
                 self.head(x, "T")
+                if m.mtp is not None:
+                    self.mtp(trunk, embed)
         return b.g
+
+    def mtp(self, h: NodeRef, embed: NodeRef) -> None:
+        """The multi-token prediction modules, in the `mtp` stack: module k (layer k - 1) reads the
+        previous depth's hidden state (depth 0: the last layer's output, before the final norm)
+        and the token embeddings k positions ahead, then runs one layer of its block."""
+        m, mtp = self.m, self.m.mtp
+        blk, norm = m.blocks[mtp.block], m.final_norm
+        self.b.g.graph["mtp"] = {"depth": mtp.depth, "block": mtp.block, "loss_weight": mtp.loss_weight}
+        for i in range(mtp.depth):
+            ctx = {"stack": "mtp", "layer": i, "block": blk.name, "span": self.span("mtp")}
+            x = self.b.node(f"mtp.{i}.input", "mtp", [h, embed], name="mtp_input", outputs="x", shape=("B", "T", self.d),
+                            attrs={"index": i + 1, "d_model": self.d, "norm": norm.kind, "eps": norm.eps,
+                                   "bias": bool(norm.bias), "unit_offset": norm.unit_offset, "block": blk.name}, **ctx)
+            h = self.block("mtp", i, blk, x, "T", None, None)
+            # its hidden states are a result of training (through head_norm and the shared head)
+            self.b.node(f"mtp.{i}.output", "output", [h], name="mtp_hidden", outputs="h", shape=("B", "T", self.d),
+                        attrs={"role": "mtp_hidden"}, **ctx)
 
     def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
         m = self.m
@@ -388,7 +408,7 @@ def describe_block(block: A.Block) -> str:
     return " → ".join(parts)
 
 
-_SUMMARY_FIELDS = ("theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
+_SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
                    "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
 
 

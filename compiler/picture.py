@@ -87,6 +87,11 @@ def collapsed_dot(g: nx.MultiDiGraph) -> pydot.Dot:
         dot.add_subgraph(cluster)
     dot.add_node(pydot.Node("output", label="logits" if g.graph["family"] != "encoder" else "hidden states", fillcolor=_COLORS["io"]))
     dot.add_edge(pydot.Edge(prev, "output"))
+    mtp = g.graph.get("mtp")
+    if mtp is not None:  # read off the last layer in training only, so drawn aside
+        label = "multi-token prediction\\n" + _esc(f"{mtp['depth']} × {mtp['block']} (training)")
+        dot.add_node(pydot.Node("mtp", label=label, fillcolor=_COLORS["head"]))
+        dot.add_edge(pydot.Edge(prev, "mtp", style="dashed"))
     return dot
 
 

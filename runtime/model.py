@@ -176,6 +176,10 @@ class ArchModel(nn.Module):
             unknown = sorted(set(inputs) - allowed)
             if unknown:
                 raise TypeError(f"loss() of a {family} model takes no argument {', '.join(unknown)}")
+            if self.config.get("mtp"):  # the next-token loss and the MTP modules', from one pass
+                from .mtp import mtp_loss
+
+                return mtp_loss(self, input_ids, labels, ignore_index=ignore_index)
             if family == "encoder":
                 out = self(input_ids, **inputs)
                 hidden = out[0] if isinstance(out, tuple) else out

@@ -15,6 +15,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .value_types import BlockName
+
 # Bounds that keep hostile specs from allocating absurd amounts of memory downstream.
 MAX_DIM = 1 << 24  # widths, vocabularies, context lengths
 MAX_LAYERS = 4096
@@ -548,6 +550,23 @@ class Mamba2(Node):
 SSM = Annotated[Union[Mamba, Mamba2], Field(discriminator="kind")]
 
 
+# ----------------------------------------------------------------------------- multi-token prediction
+
+
+class MTP(Node):
+    """`mtp(depth = 1, block = moe, loss_weight = 0.3)`: DeepSeek-V3's multi-token prediction
+    (§2.2). Module k of `depth` combines the previous depth's hidden state (depth 0: the last
+    layer's output, before the final norm) with the embedding of the token k ahead,
+    eh_proj([norm(Emb(t_{i+k})); norm(h_i)]), runs one layer of `block` (its own weights per
+    depth) and predicts token i+k+1 through its own final norm and the shared output head.
+    Training adds loss_weight / depth times the sum of the modules' cross-entropies."""
+
+    kind: Literal["mtp"]
+    depth: Annotated[int, Field(ge=1, le=16)] = 1
+    block: BlockName
+    loss_weight: NonNegFloat = 0.3
+
+
 # ----------------------------------------------------------------------------- blocks and model
 
 
@@ -611,6 +630,7 @@ class Model(Node):
     layers: tuple[str, ...] = ()
     encoder_layers: tuple[str, ...] = ()
     decoder_layers: tuple[str, ...] = ()
+    mtp: MTP | None = None  # multi-token prediction modules, trained beside the next-token head
     # Where each value was written: ("blocks", "layer", "attention", "heads") → Span. Set by
     # the resolver so that checks after the AST (IR validation) can point at the source.
     _spans: dict = PrivateAttr(default_factory=dict)
@@ -702,6 +722,47 @@ class Model(Node):
                                      f"attention (block `{name}`)", "use mha/mqa/gqa, or remove attention_dropout")
         return self
 
+    @model_validator(mode="after")
+    def _mtp(self) -> "Model":
+        """Multi-token prediction is implemented for decoders whose head the modules can share."""
+        mtp = self.mtp
+        if mtp is None:
+            return self
+        if self.family != "decoder":
+            raise FieldError("mtp", f"mtp predicts further tokens of a decoder's sequence; a {self.family} model "
+                             "has no causal next-token head to extend", "remove mtp, or use family = decoder")
+        if mtp.block not in self.blocks:
+            raise FieldError(("mtp", "block"), f"unknown block `{mtp.block}` in mtp",
+                             "name one of the model's blocks: " + ", ".join(f"`{b}`" for b in self.blocks))
+        if mtp.block not in self.layers:
+            raise FieldError(("mtp", "block"), f"mtp's block `{mtp.block}` is not used in `layers`; an mtp module is "
+                             "a layer of the model's own stack (DeepSeek-V3's has the layout of its MoE layers)",
+                             "give mtp one of the blocks in `layers`")
+        block = self.blocks[mtp.block]
+        if block.mixer is None:
+            raise FieldError(("mtp", "block"), f"mtp's block `{mtp.block}` has no token mixer (attention or ssm), "
+                             "so its modules could not read earlier positions", "give mtp a block with attention")
+        if block.shared:
+            raise FieldError(("mtp", "block"), f"block `{mtp.block}` is shared (one set of weights for all its uses), "
+                             "and each mtp depth has its own weights", "give mtp a block that is not shared")
+        if self.final_norm is None:
+            raise FieldError("mtp", "mtp normalises with the model's final norm (its enorm, hnorm and each module's "
+                             "head norm), and this model has no final_norm", "set final_norm = rmsnorm(...)")
+        if self.logit_scale is not None:
+            raise FieldError("mtp", "mtp with logit_scale is not implemented: the modules' head applies no scale",
+                             "remove logit_scale or mtp")
+        if isinstance(self.position, (Learned, Sinusoidal, Relative)):
+            raise FieldError("mtp", f"mtp with position {self.position.kind}() is not implemented: the modules read "
+                             "bare token embeddings and apply no position table or bias of their own",
+                             "use rope() or alibi(), which the modules' attention applies")
+        if self.embedding_norm is not None:
+            raise FieldError("mtp", "mtp with embedding_norm is not implemented: the modules read the token "
+                             "embeddings before any norm", "remove embedding_norm or mtp")
+        if mtp.depth >= self.context:
+            raise FieldError(("mtp", "depth"), f"mtp depth {mtp.depth} leaves no position with a target in a context "
+                             f"of {self.context}")
+        return self
+
     def position_of(self, block: str) -> Position | None:
         """The position scheme a block's attention applies: its own, or else the model's."""
         own = self.blocks[block].position
@@ -783,6 +844,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2),
+    "mtp": _kind_classes(MTP),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -791,7 +853,7 @@ FIELD_SLOT = {
     "norm": "norm", "final_norm": "norm", "embedding_norm": "norm",
     "position": "position", "scaling": "scaling", "qk_norm": "qk_norm",
     "attention": "attention", "cross_attention": "attention",
-    "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm",
+    "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

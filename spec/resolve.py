@@ -809,8 +809,15 @@ def _drop_knock_on(errors: list[tuple[tuple, str, ArchError]]) -> list[ArchError
 
 
 def _strip_tags(loc) -> tuple:
-    kinds = {k for ks in A.SLOT_KINDS.values() for k in ks}
-    return tuple(p for p in loc if p not in kinds)
+    """Drop the discriminator tags pydantic puts after a slot's field (`attention.gqa.heads`); a
+    field named as a kind (`mtp = mtp(...)`) is kept, as the tag is only what follows a slot."""
+    out: list = []
+    for p in loc:
+        slot = A.FIELD_SLOT.get(str(out[-1])) if out else None
+        if slot is not None and p in A.SLOT_KINDS[slot]:
+            continue
+        out.append(p)
+    return tuple(out)
 
 
 def _kind_at(b: _Builder, path: tuple) -> str | None:

@@ -15,9 +15,30 @@ from pydantic import BaseModel
 # Kinds of value, as the resolver sees them.
 INTEGER, NUMBER, BOOL, WORD, STRING, NONE, CALL, LIST = "integer", "number", "bool", "word", "string", "none", "call", "list"
 
+LAYERS = "a layer stack"  # what a block's name evaluates to (the resolver's kind of a LayerList)
+
+
+class BlockName(str):
+    """The type of a field that names one of the model's blocks (mtp's `block`). Written as a
+    bare name (`block = moe`), it evaluates to a one-layer stack, which this type unwraps."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+
+        def one_block(v):
+            if isinstance(v, (list, tuple)):
+                if len(v) != 1:
+                    raise ValueError(f"this names one block, found a stack of {len(v)} layers")
+                return v[0]
+            return v
+
+        return core_schema.no_info_before_validator_function(one_block, core_schema.str_schema())
+
+
 _ARTICLE = {
     INTEGER: "an integer", NUMBER: "a number", BOOL: "true or false", WORD: "a word", STRING: "a string",
-    NONE: "none", CALL: "a call", LIST: "a list",
+    NONE: "none", CALL: "a call", LIST: "a list", LAYERS: "a block name",
 }
 
 
@@ -38,6 +59,8 @@ def accepted(annotation: Any) -> frozenset[str] | None:
         return frozenset({WORD})
     if annotation is type(None):
         return frozenset({NONE})
+    if annotation is BlockName:
+        return frozenset({LAYERS})
     if annotation is bool:
         return frozenset({BOOL})
     if annotation is int:
@@ -67,7 +90,7 @@ def words(annotation: Any) -> frozenset[str]:
 
 def describe_expected(kinds: frozenset[str]) -> str:
     """`{"integer", "number", "none"}` → "a number or none"."""
-    shown = [k for k in (NUMBER, INTEGER, BOOL, WORD, STRING, CALL, LIST, NONE) if k in kinds]
+    shown = [k for k in (NUMBER, INTEGER, BOOL, WORD, STRING, CALL, LIST, LAYERS, NONE) if k in kinds]
     if NUMBER in kinds:
         shown.remove(INTEGER)
     words = [_ARTICLE[k] for k in shown]

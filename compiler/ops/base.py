@@ -113,6 +113,7 @@ class Emit:
     layer: str
     cache_key: str
     producers: list[dict] = field(default_factory=list)
+    block: str = ""  # an MTP module's Transformer layer: the expression that builds it
 
 
 class OpDef:

@@ -383,6 +383,8 @@ def cmd_stats(args) -> int:
     table.add_column("", justify="right")
     table.add_row("parameters (total)", f"{f.params_total:,}", _human(f.params_total))
     table.add_row("parameters (active / token)", f"{f.params_active:,}", _human(f.params_active))
+    if f.params_mtp:
+        table.add_row("  of which mtp params (training only)", f"{f.params_mtp:,}", _human(f.params_mtp))
     table.add_row("FLOPs / token (forward)", f"{f.flops_per_token:,}", _human(f.flops_per_token, "FLOP"))
     table.add_row("KV cache / token", f"{f.kv_cache_bytes_per_token:,} B", _human(f.kv_cache_bytes_per_token, "B"))
     table.add_row(f"KV cache at {f.context:,} tokens", f"{f.kv_cache_bytes_at_context:,} B", _human(f.kv_cache_bytes_at_context, "B"))

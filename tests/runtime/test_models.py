@@ -20,8 +20,11 @@ def _forward(model, ids):
 @pytest.mark.parametrize("path,name", tiny_specs(), ids=lambda v: getattr(v, "name", v))
 def test_backward_reaches_every_weight(path, name, passes):
     model = build_tiny(path, name, passes).train()
-    out = _forward(model, torch.randint(0, 97, (2, 9)))
+    ids = torch.randint(0, 97, (2, 9))
+    out = _forward(model, ids)
     loss = out.float().pow(2).mean() + model.aux_loss
+    if model.config.get("mtp"):  # the multi-token prediction modules train beside the forward
+        loss = loss + sum(logits.float().pow(2).mean() for logits in model.mtp_logits(ids))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
