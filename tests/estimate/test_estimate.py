@@ -207,3 +207,14 @@ def test_cli_refusals_exit_2_without_a_traceback(args, words):
     r = archc("estimate", "examples/llama3_8b.arch", *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_multi_token_prediction_is_trained_but_not_served():
+    from ..conftest import SPECS
+
+    g = compile_spec(SPECS / "tiny_mtp.arch").graph
+    f = compute_facts(g)
+    assert f.params_mtp > 0
+    e = estimate(g, Setup(H100, dtype="fp32"))
+    assert e.training["weights_bytes"] == 4 * f.params_total
+    assert e.inference["weights_bytes"] == 4 * (f.params_total - f.params_mtp)

@@ -106,18 +106,23 @@ def _numel(shape) -> int:
     return n
 
 
-def _weights(g: nx.MultiDiGraph) -> tuple[int, int, list[tuple[int, int, int]]]:
+def _weights(g: nx.MultiDiGraph, *, training: bool) -> tuple[float, float, list[tuple[int, int, int]]]:
     """(dense parameters, routed-expert parameters, [(experts, top_k, routed params)] per MoE
-    use), counting a shared block's weights once."""
+    use), counting a shared block's weights once. Multi-token-prediction modules are trained
+    beside the model and take no part in inference: only training counts them."""
     facts = compute_facts(g)
-    routed = []
+    routed, mtp_routed = [], 0
     for node in ordered_nodes(g):
         d = g.nodes[node]
         if d["op"] == "moe":
             n = sum(_numel(s) for k, s in d["params"].items() if k.startswith("experts_"))
             routed.append((d["attrs"]["experts"], d["attrs"]["top_k"], n))
+            mtp_routed += n if d["stack"] == "mtp" else 0
     total_routed = facts.breakdown.get("moe_experts", 0)
-    return facts.params_total - total_routed, total_routed, routed
+    dense = facts.params_total - total_routed
+    if training:
+        return dense, total_routed, routed
+    return dense - (facts.params_mtp - mtp_routed), total_routed - mtp_routed, routed
 
 
 def _decode_weight_reads(g: nx.MultiDiGraph, batch: int) -> float:
@@ -127,7 +132,7 @@ def _decode_weight_reads(g: nx.MultiDiGraph, batch: int) -> float:
     n = 0.0
     for node in ordered_nodes(g):
         d = g.nodes[node]
-        if op_def(d["op"]).role != "compute":
+        if op_def(d["op"]).role != "compute" or d["stack"] == "mtp":
             continue
         for name, shape in d["params"].items():
             size = _numel(shape)
@@ -157,7 +162,7 @@ def estimate(g: nx.MultiDiGraph, setup: Setup) -> Estimate:
     if dtype not in DTYPES:
         raise ArchError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(DTYPES)}", kind="usage")
     nbytes = DTYPE_BYTES[dtype]
-    dense, routed, moes = _weights(g)
+    dense, routed, moes = _weights(g, training=True)
     _check(setup, [e for e, _, _ in moes])
     t, p, e, dp = setup.tp, setup.pp, setup.ep, setup.dp
     hw = setup.hardware
@@ -196,7 +201,8 @@ def estimate(g: nx.MultiDiGraph, setup: Setup) -> Estimate:
     )
 
     # --- inference memory per device and time
-    weights_i = (dense / (t * p) + routed / (t * p * e)) * nbytes
+    dense_i, routed_i, _ = _weights(g, training=False)
+    weights_i = (dense_i / (t * p) + routed_i / (t * p * e)) * nbytes
     cache_i = (facts.kv_cache_bytes_at_context + facts.ssm_state_bytes_per_sequence) * setup.batch / (t * p)
     inf_total = weights_i + cache_i
     inf_fits = inf_total <= hw.memory_bytes
