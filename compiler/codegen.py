@@ -179,6 +179,8 @@ class BlockClass:
     forward: list[Line]
     returns: str
     tp_plan: dict[str, str]
+    # Mixture-of-Depths: forward() is this call, and the ops above run in routed()
+    router_call: str | None = None
 
 
 def _tp_plan(g, nodes: list[str]) -> dict[str, str]:
@@ -385,20 +387,31 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
     init, forward = [], []
     tp_plan = _tp_plan(g, nodes)
     layer_expr, cache_key = "layer", f'f"{stack}.{{layer}}"'
+    router = next((n for n in nodes if REGISTRY[g.nodes[n]["op"]].wraps_layer), None)
+    router_call = None
+    if router is not None:  # built first: it decides which tokens the layer's other ops see
+        init.extend(wrap_call(f"self.{_ident(g.nodes[router]['name'])} = {em.module(router, layer_expr, cache_key)}",
+                              indent=8))
+        router_call = em.call(router, ["x", "_"])
     for n in nodes:
+        if n == router:
+            continue
         d = g.nodes[n]
         mod = em.module(n, layer_expr, cache_key)
         if mod is not None:
             init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
         args = [scope.read(r) for r in inputs_of(g, n)]
         expr = em.call(n, args)
-        forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(d["shape"])))
-    # The block returns the value that the next layer (or the model) reads.
-    out = _stream_out(g, nodes)
+        # routed() sees one sequence's chosen tokens: (1, k, ...) where the layer has (B, T, ...)
+        shape = tuple({"B": 1, "T": "k"}.get(s, s) for s in d["shape"]) if router else d["shape"]
+        forward.append(Line(f"{scope.write(n, _used_outputs(g, n))} = {expr}", _shape(shape)))
+    # The block returns the value that the next layer (or the model) reads; a routed block's
+    # body returns what the router mixes back in.
+    out = _stream_out(g, nodes) if router is None else inputs_of(g, router)[1]
     returns = scope.read(out)
     title = class_name(block, "Block")
     doc = "\n    ".join(textwrap.wrap(_safe_text(f"Block `{block}`: {g.graph['blocks'][block]}."), WIDTH - 7))
-    return BlockClass(title, block, doc, init, forward, returns, tp_plan)
+    return BlockClass(title, block, doc, init, forward, returns, tp_plan, router_call)
 
 
 def _stream_out(g, nodes: list[str]) -> NodeRef:

@@ -57,6 +57,14 @@ def _shared_repeats(g: nx.MultiDiGraph) -> set[tuple[str, int]]:
     return out
 
 
+def _routed_capacity(g: nx.MultiDiGraph) -> dict[tuple[str, int], float]:
+    """(stack, layer) → the fraction of tokens that run it, for the depth-routed layers. Their
+    KV-cache bytes are not scaled: in causal routing the predictor, not the capacity, decides
+    how many tokens a layer caches, so the unrouted figure is the bound."""
+    return {(d["stack"], d["layer"]): d["attrs"]["capacity"] for _, d in g.nodes(data=True)
+            if op_def(d["op"]).wraps_layer}
+
+
 def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str | None = None) -> Facts:
     """Facts of a (lowered or optimized) IR at a sequence length and storage dtype."""
     ctx_len = context or g.graph["context"]
@@ -74,6 +82,7 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
     fctx = FactsContext(context=ctx_len, nbytes=nbytes)
     repeats = _shared_repeats(g)
     params_mtp = 0
+    routed = _routed_capacity(g)
     for node in ordered_nodes(g):
         d = g.nodes[node]
         op = op_def(d["op"])
@@ -88,7 +97,8 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
             params_mtp += sum(t.values())
         else:
             cost = op.cost(d, fctx)
-            flops += cost.flops
+            # Mixture-of-Depths: the ops of a routed layer run on its capacity fraction of the tokens
+            flops += cost.flops * (routed.get((d["stack"], d["layer"]), 1.0) if not op.wraps_layer else 1.0)
             kv_bytes += cost.kv_bytes_per_token
             kv_bytes_at_context += cost.kv_bytes_at_context
             state_bytes += cost.state_bytes

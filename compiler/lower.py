@@ -183,6 +183,7 @@ class _Lowerer:
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
         ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
         pre = f"{stack}.{i}."
+        layer_input = x
         if blk.attention is not None or blk.ssm is not None:
             prefix = "attn" if blk.attention is not None else "ssm"
 
@@ -204,7 +205,33 @@ class _Lowerer:
         if blk.ffn is not None:
             ffn_ctx = self.at(ctx, blk, "ffn")
             x = self.sublayer(pre, "ffn", blk, x, seq, ctx, lambda h: self.ffn(pre, blk.ffn, h, seq, ffn_ctx))
+        if blk.route is not None:
+            x = self.depth_router(pre, blk.route, layer_input, x, seq, self.at(ctx, blk, "route"))
         return x
+
+    def depth_router(self, pre: str, route: A.DepthRouter, x_in: NodeRef, x_out: NodeRef, seq: str, ctx) -> NodeRef:
+        hidden = (route.predictor_hidden or max(self.d // 8, 1)) if route.predictor else None
+        return self.b.node(f"{pre}route", "depth_router", [x_in, x_out], name="route", outputs="x",
+                           shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "capacity": route.capacity, "predictor_hidden": hidden,
+                                  "aux_loss": route.aux_loss}, **ctx)
+
+    def targets(self, ctx, target: str) -> bool:
+        lora = self.m.blocks[ctx["block"]].lora
+        return lora is not None and target in lora.targets
+
+    def adapted(self, pre: str, target: str, h: NodeRef, y: NodeRef, in_f: int, out_f: int, seq: str, ctx) -> NodeRef:
+        """The projection output `y`, plus its per-use low-rank adapter where the block's lora
+        targets it (Zamba2); `y` itself otherwise."""
+        if not self.targets(ctx, target):
+            return y
+        blk = self.m.blocks[ctx["block"]]
+        var = self.b.g.nodes[y.node]["outputs"][y.out]
+        uses = [i for i, name in enumerate(self.m.stacks()[ctx["stack"]]) if name == blk.name]
+        return self.b.node(f"{pre}{target}_lora", "lora", [h, y], name=f"{target}_lora", outputs=var,
+                           shape=("B", seq, out_f),
+                           attrs={"in_features": in_f, "out_features": out_f, "rank": blk.lora.rank, "uses": uses},
+                           **{**ctx, "span": self.span("blocks", blk.name, "lora")})
 
     def at(self, ctx: dict, blk: A.Block, component: str) -> dict:
         """The node context for a component, pointing at where the spec wrote it."""
@@ -237,6 +264,10 @@ class _Lowerer:
         q = self.linear(f"{pre}{prefix}q_proj", h, d, heads * hd, att.bias, "q", seq, **ctx)
         k = self.linear(f"{pre}{prefix}k_proj", kv_src, d, kv_heads * hd, att.bias, "k", span_seq, **ctx)
         v = self.linear(f"{pre}{prefix}v_proj", kv_src, d, kv_heads * hd, att.bias, "v", span_seq, **ctx)
+        if kv is None:
+            q = self.adapted(pre, "q", h, q, d, heads * hd, seq, ctx)
+            k = self.adapted(pre, "k", h, k, d, kv_heads * hd, seq, ctx)
+            v = self.adapted(pre, "v", h, v, d, kv_heads * hd, seq, ctx)
         if isinstance(att, A.LinearAttention):
             a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
                        shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx)},
@@ -281,6 +312,9 @@ class _Lowerer:
             attrs["rel_bias"] = True
         a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
                    shape=("B", seq, heads * hd), attrs=attrs, **ctx)
+        if kv is None and self.targets(ctx, "o"):  # the adapter reads the attention's output: keep it
+            out = self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "o", seq, **ctx)
+            return self.adapted(pre, "o", a, out, heads * hd, d, seq, ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
 
     def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx, pos) -> NodeRef:
@@ -341,12 +375,24 @@ class _Lowerer:
             u = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
             u = self.b.node(f"{pre}act", "activation", [u], name="act", outputs="u", shape=("B", seq, ffn.hidden),
                             attrs={"act": ffn.act}, **ctx)
-            return self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
-        gate = self.linear(f"{pre}gate_proj", h, d, ffn.hidden, ffn.bias, "g", seq, **ctx)
-        up = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
-        u = self.b.node(f"{pre}glu", "glu", [gate, up], name="glu", outputs="u", shape=("B", seq, ffn.hidden),
-                        attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": False}, **ctx)
-        return self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
+            down = self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
+            return self.adapted(pre, "down", u, down, ffn.hidden, d, seq, ctx)
+        if self.targets(ctx, "gate_up"):
+            # Zamba2's adapter spans gate and up together: lower them as the one projection it adapts
+            gu = self.b.node(f"{pre}gate_up_proj", "linear", [h], name="gate_up_proj", outputs="gu",
+                             shape=("B", seq, 2 * ffn.hidden),
+                             attrs={"in_features": d, "out_features": 2 * ffn.hidden, "bias": ffn.bias,
+                                    "parts": [("gate_proj", ffn.hidden), ("up_proj", ffn.hidden)]}, **ctx)
+            gu = self.adapted(pre, "gate_up", h, gu, d, 2 * ffn.hidden, seq, ctx)
+            u = self.b.node(f"{pre}glu", "glu", [gu], name="glu", outputs="u", shape=("B", seq, ffn.hidden),
+                            attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": True}, **ctx)
+        else:
+            gate = self.linear(f"{pre}gate_proj", h, d, ffn.hidden, ffn.bias, "g", seq, **ctx)
+            up = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
+            u = self.b.node(f"{pre}glu", "glu", [gate, up], name="glu", outputs="u", shape=("B", seq, ffn.hidden),
+                            attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": False}, **ctx)
+        down = self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
+        return self.adapted(pre, "down", u, down, ffn.hidden, d, seq, ctx)
 
     def moe(self, pre: str, moe: A.MoE, h: NodeRef, seq: str, ctx) -> NodeRef:
         e = moe.experts
@@ -405,6 +451,10 @@ def describe_block(block: A.Block) -> str:
         parts.append("cross " + describe_component(block.cross_attention))
     if block.ffn is not None:
         parts.append(describe_component(block.ffn))
+    if block.route is not None:
+        parts.append(f"depth-routed (capacity {block.route.capacity!r})")
+    if block.lora is not None:
+        parts.append(f"lora per use (rank {block.lora.rank}: {', '.join(block.lora.targets)})")
     return " → ".join(parts)
 
 

@@ -2,8 +2,10 @@
 
 from .attention import Attention, DifferentialAttention, LinearAttention, MLAttention
 from .context import Cache, Context
+from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
+from .lora import LoRA
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
@@ -13,7 +15,8 @@ from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPo
 from .ssm import Mamba
 
 __all__ = [
-    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "GLA", "GatedDeltaNet",
-    "LayerNorm", "LinearAttention", "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias",
-    "Retention", "RopeTable", "SinusoidalPositions", "add_aux_losses", "apply_rope", "glu", "layer_stack", "mtp_context", "rope_qk", "softcap",
+    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
+    "GatedDeltaNet", "LayerNorm", "LinearAttention", "LoRA", "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE",
+    "RMSNorm", "RWKV7", "RelativePositionBias", "Retention", "RopeTable", "SinusoidalPositions", "add_aux_losses",
+    "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk", "set_depth_routing", "softcap",
 ]

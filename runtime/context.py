@@ -63,10 +63,11 @@ class Context:
     token_type_ids: torch.Tensor | None = None
     stack: str = "layers"
     aux_losses: list[torch.Tensor] = field(default_factory=list)
+    layer: int | None = None  # the index in its stack of the shared layer being run (per-use adapters read it)
 
     def for_layer(self, stack: str, index: int) -> "Context":
-        """The context of one use of a shared layer: its cache entries are its own; everything
-        else (positions, tables, the auxiliary losses list) is this context's."""
-        if self.cache is None:
-            return self
-        return replace(self, cache=self.cache.scoped(f"{stack}.{index}"))
+        """The context of one use of a shared layer: its cache entries are its own, and `layer`
+        says which use it is; everything else (positions, tables, the auxiliary losses list) is
+        this context's."""
+        return replace(self, cache=self.cache.scoped(f"{stack}.{index}") if self.cache is not None else None,
+                       layer=index)

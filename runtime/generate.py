@@ -9,6 +9,7 @@ import torch
 from archlang.spec.errors import ArchError
 
 from .context import Cache
+from .depth_router import depth_routing
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -62,6 +63,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
     cache = Cache() if use_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_input = tokens
+    # depth-routed blocks choose token by token (causal routing), with or without the cache
+    routing = depth_routing(model, "causal")
+    routing.__enter__()
     try:
         for _ in range(max_new_tokens):
             feed = step_input if use_cache else tokens
@@ -76,5 +80,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
             if eos_token_id is not None and bool(finished.all()):
                 break
     finally:
+        routing.__exit__(None, None, None)
         model.train(was_training)
     return tokens

@@ -567,6 +567,53 @@ class MTP(Node):
     loss_weight: NonNegFloat = 0.3
 
 
+# ----------------------------------------------------------------------------- per-block add-ons
+
+
+class DepthRouter(Node):
+    """Mixture-of-Depths (Raposo et al. 2024): a router scores each token, r = w . x; the top
+    ceil(capacity * T) tokens of each sequence run the block, the others skip it, and a chosen
+    token's change is scaled by r. Top-k over a sequence is not causal, so a predictor (a small
+    MLP on the detached block input, trained with BCE on top-k membership) decides in causal
+    routing (generation); with `predictor = false` the router's sign decides, and the BCE trains
+    the router's logits instead (the paper's two alternatives)."""
+
+    kind: Literal["depth_router"]
+    capacity: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.125
+    predictor: bool = True
+    predictor_hidden: Dim | None = None  # default: d_model / 8 (at least 1)
+    aux_loss: NonNegFloat = 0.01  # weight of the BCE that teaches the causal decision top-k membership
+
+    @model_validator(mode="after")
+    def _hidden(self) -> "DepthRouter":
+        if self.predictor_hidden is not None and not self.predictor:
+            raise FieldError("predictor_hidden", "predictor_hidden sizes the predictor, which is off",
+                             "add predictor = true, or remove predictor_hidden")
+        return self
+
+
+# The projections a LoRA adapter may attach to, and the spec's word for each (Zamba2 adapts q, k,
+# v and the fused gate/up projection of its shared block).
+LORA_TARGETS = ("q", "k", "v", "o", "gate_up", "down")
+
+
+class LoRA(Node):
+    """Per-use low-rank adapters on a shared block's projections (Zamba2): every use of the block
+    adds its own B A x (A: rank x in, B: out x rank) to each target projection's output."""
+
+    kind: Literal["lora"]
+    rank: Dim
+    targets: Annotated[tuple[Literal["q", "k", "v", "o", "gate_up", "down"], ...], Field(min_length=1)]
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({t for t in v if v.count(t) > 1})
+        if repeated:
+            raise ValueError(f"lora target {', '.join(repeated)} is listed twice")
+        return v
+
+
 # ----------------------------------------------------------------------------- blocks and model
 
 
@@ -585,11 +632,53 @@ class Block(Node):
     # Every use of this block in a stack is the same layer, with one set of weights (ALBERT;
     # Zamba's shared attention block). Each use keeps its own inference cache.
     shared: bool = False
+    # Mixture-of-Depths: only the tokens the router picks run this block.
+    route: DepthRouter | None = None
+    # Zamba2: low-rank adapters of each use of a shared block.
+    lora: LoRA | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_identifier(v, "block")
+
+    @model_validator(mode="after")
+    def _add_ons(self) -> "Block":
+        if self.route is not None:
+            if self.shared:
+                raise FieldError("route", "a depth-routed block cannot be shared",
+                                 "remove `shared = true` or `route`: each use would need its own router and caches")
+            if self.cross_attention is not None:
+                raise FieldError("route", "depth routing of a block with cross_attention is not implemented",
+                                 "route the decoder's self-attention blocks only, or remove `route`")
+            if self.ssm is not None:
+                raise FieldError("route", "depth routing is implemented for attention and FFN blocks, not ssm",
+                                 "remove `route` from this block")
+            if isinstance(self.ffn, MoE):
+                raise FieldError("route", "depth routing of a block with a moe FFN is not implemented "
+                                 "(its balancing losses would be taken per sequence)",
+                                 "use a dense FFN in the routed block, or remove `route`")
+        if self.lora is not None:
+            if not self.shared:
+                raise FieldError("lora", "lora adapters are per use of a shared block",
+                                 "add `shared = true`, or remove `lora`")
+            self._check_lora_targets()
+        return self
+
+    def _check_lora_targets(self) -> None:
+        for target in self.lora.targets:
+            if target in ("q", "k", "v", "o"):
+                if self.attention is None or self.attention.kind not in ("mha", "mqa", "gqa"):
+                    have = f"{self.attention.kind} attention" if self.attention is not None else "no attention"
+                    raise FieldError(("lora", "targets"), f"lora target `{target}` adapts an mha/mqa/gqa projection, "
+                                     f"and block `{self.name}` has {have}", "remove it from targets")
+            elif target == "gate_up":
+                if not isinstance(self.ffn, GLU):
+                    raise FieldError(("lora", "targets"), "lora target `gate_up` adapts the gate and up projections "
+                                     "of a swiglu/geglu FFN", "remove it from targets, or use `down`")
+            elif target == "down" and not isinstance(self.ffn, (MLP, GLU)):
+                raise FieldError(("lora", "targets"), "lora target `down` adapts a dense FFN's down projection",
+                                 "remove it from targets")
 
     @model_validator(mode="after")
     def _mixer(self) -> "Block":
@@ -686,6 +775,14 @@ class Model(Node):
             raise FieldError("pooler", "pooler is for encoder models")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
+        for name in dict.fromkeys(n for layers in self.stacks().values() for n in layers):
+            block = self.blocks[name]
+            if block.route is not None and self.family != "decoder":
+                raise FieldError(("blocks", name, "route"), f"depth routing is implemented for decoder models, "
+                                 f"not {self.family}", "remove `route`")
+            if block.lora is not None and self.family == "encoder_decoder":
+                raise FieldError(("blocks", name, "lora"), "lora adapters are implemented for one-stack models "
+                                 "(decoder or encoder)", "remove `lora`")
         return self
 
     @model_validator(mode="after")
@@ -845,6 +942,8 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2),
     "mtp": _kind_classes(MTP),
+    "route": _kind_classes(DepthRouter),
+    "lora": _kind_classes(LoRA),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -854,6 +953,7 @@ FIELD_SLOT = {
     "position": "position", "scaling": "scaling", "qk_norm": "qk_norm",
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
+    "route": "route", "lora": "lora",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

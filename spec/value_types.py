@@ -69,8 +69,8 @@ def accepted(annotation: Any) -> frozenset[str] | None:
         return frozenset({INTEGER, NUMBER})
     if annotation is str:
         return frozenset({STRING})
-    if origin in (tuple, list) and NUMBER in (accepted(get_args(annotation)[0]) or ()):
-        return frozenset({LIST})  # a list of numbers (longrope's factors); pydantic checks the items
+    if origin in (tuple, list) and {NUMBER, WORD} & (accepted(get_args(annotation)[0]) or set()):
+        return frozenset({LIST})  # a list of numbers (longrope's factors) or words (lora's targets)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return frozenset({CALL})
     return None

@@ -132,6 +132,9 @@ class OpDef:
     is_projection: ClassVar[bool] = False
     # The op that turns features into logits: features() stops before it, forward() goes on.
     starts_head: ClassVar[bool] = False
+    # The op that runs the other ops of its layer on a subset of the tokens (Mixture-of-Depths):
+    # code generation puts the layer's body in a method `routed` that the op's module calls.
+    wraps_layer: ClassVar[bool] = False
     # Parameter names in Hugging Face's module of the same op (ours → theirs), where they are
     # fixed by the op rather than by the model family; None where each family names them.
     hf_params: ClassVar[dict[str, str] | None] = None

@@ -4,7 +4,7 @@ overfits, and cached generation gives the tokens of full recomputation."""
 import pytest
 import torch
 
-from archlang.runtime import Cache
+from archlang.runtime import Cache, depth_routing
 
 from ..conftest import SPECS, build_tiny, tiny_specs
 
@@ -73,7 +73,8 @@ def test_cached_logits_match(path, name):
     model = build_tiny(path, name).eval()
     ids = torch.randint(0, 97, (2, 14))
     enc_dec = model.config["family"] == "encoder_decoder"
-    with torch.no_grad():
+    # depth-routed blocks: the full forward routes token by token, as decoding must
+    with torch.no_grad(), depth_routing(model, "causal"):
         memory = model.encode(ids) if enc_dec else None
         full = model(ids, memory=memory) if enc_dec else model(ids)
         cache = Cache()
