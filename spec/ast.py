@@ -103,6 +103,8 @@ class YarnScaling(Node):
     beta_slow: PositiveFloat = 1.0
     mscale: NonNegFloat = 1.0
     mscale_all_dim: NonNegFloat = 0.0
+    # the ramp's bounds rounded outwards to whole dimensions (the paper, DeepSeek); gpt-oss keeps them exact
+    truncate: bool = True
 
 
 class Llama3Scaling(Node):

@@ -125,6 +125,8 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None) -> dict:
     elif isinstance(s, A.YarnScaling):
         params.update(rope_type="yarn", factor=s.factor, original_max_position_embeddings=s.original_context,
                       beta_fast=s.beta_fast, beta_slow=s.beta_slow, mscale=s.mscale, mscale_all_dim=s.mscale_all_dim)
+        if not s.truncate:
+            params["truncate"] = False
     elif s is not None:
         raise Unfit(path + ("scaling",), f"RoPE scaling {s.kind}")
     return params
