@@ -101,7 +101,8 @@ CASES = {
     "gpt_oss": (T.GptOssConfig, T.GptOssForCausalLM, dict(
         SMALL, num_hidden_layers=3, head_dim=16, sliding_window=4, num_local_experts=4, num_experts_per_tok=2,
         intermediate_size=24, swiglu_limit=0.05, swiglu_alpha=1.5,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
+        # a base and betas whose ramp bounds (0.42, 1.63) are not whole: truncation would move them
+        rope_parameters={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0, "beta_fast": 2.0,
                          "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
     # chunked RoPE layers with the L2 QK-norm, a NoPE layer with temperature tuning (a floor scale that acts
     # within the sequence), dense layers between MoE layers (intermediate_size_mlp), biases, llama3 RoPE

@@ -313,6 +313,10 @@ TABLES: dict[str, dict[str, Key]] = {
                 "swiglu_alpha": checked(lambda v, c: _positive(v, "the experts' sigmoid slope")),
                 "output_router_logits": NO_AUX_LOSS,
                 "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                # keys of the original implementation that openai/gpt-oss-* config.json files still carry
+                "experts_per_token": irrelevant("the original implementation's num_experts_per_tok, which is read"),
+                "initial_context_length": irrelevant("the original implementation's pre-training context; "
+                                                     "transformers reads rope_parameters instead"),
                 # published checkpoints store the experts in MXFP4; transformers then runs other arithmetic
                 "quantization_config": only(None, reason="quantized weights are not mapped: use a dequantized "
                                             "(bf16) checkpoint and remove quantization_config")},
