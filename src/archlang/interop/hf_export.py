@@ -454,23 +454,25 @@ def _plain_attention(a, path: tuple, model_type: str, allowed: set[str]) -> None
 def _gpt_oss(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
+    # what sets gpt-oss apart is checked first, so that it is not the closest family of every spec
+    a = m.blocks[kinds[0]].attention
+    _need(a is not None and a.sinks, ("blocks", kinds[0], "attention"), "attention without sinks (gpt-oss has sinks = true)")
+    moe = m.blocks[kinds[0]].ffn
+    _need(isinstance(moe, A.MoE) and isinstance(moe.expert, A.ClampedSwiGLU), ("blocks", kinds[0], "ffn"),
+          "gpt-oss's FFN is moe(expert = clamped_swiglu(...))")
     _model_extras(m, set())
     _positions_inherit(m, kinds)
     norm = _pre_rmsnorm(m, kinds, "gpt_oss")
-    a = m.blocks[kinds[0]].attention
     heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
     for k in kinds:
         path = ("blocks", k, "attention")
         _need(m.blocks[k].attention is not None and m.blocks[k].attention.model_copy(update={"window": None})
               == a.model_copy(update={"window": None}), path, "blocks whose attentions differ other than in their window")
         _plain_attention(m.blocks[k].attention, path, "gpt_oss", {"sinks", "window"})
-    _need(a.sinks, ("blocks", kinds[0], "attention", "sinks"), "attention without sinks (gpt-oss has sinks = true)")
     windows = {m.blocks[k].attention.window for k in kinds} - {None}
     _need(len(windows) <= 1, ("layers",), "sliding windows of different widths")
-    moe = _same(m, kinds, "ffn", "FFNs")
+    _same(m, kinds, "ffn", "FFNs")
     path = ("blocks", kinds[0], "ffn")
-    _need(isinstance(moe, A.MoE) and isinstance(moe.expert, A.ClampedSwiGLU), path,
-          "gpt-oss's FFN is moe(expert = clamped_swiglu(...))")
     e = moe.expert
     _need(e.limit is not None and e.bias, path + ("expert",), "gpt-oss's experts clamp and have biases: "
           "clamped_swiglu(hidden, limit = ..., bias = true)")
