@@ -23,7 +23,12 @@ def _norm_attrs(norm: A.Norm, dim: int) -> dict[str, Any]:
 
 
 def _scaling_attrs(scaling) -> dict[str, Any] | None:
-    return scaling.model_dump() if scaling is not None else None
+    if scaling is None:
+        return None
+    attrs = scaling.model_dump()
+    if attrs.get("truncate") is True:  # YaRN's default: left out, so the IR of existing specs is unchanged
+        del attrs["truncate"]
+    return attrs
 
 
 class _Lowerer:

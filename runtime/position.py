@@ -51,8 +51,10 @@ def rope_inv_freq(dim: int, theta: float, scaling: dict | None, *, context: int 
         def correction_dim(rotations: float) -> float:
             return (dim * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(theta))
 
-        low = max(math.floor(correction_dim(scaling["beta_fast"])), 0)
-        high = min(math.ceil(correction_dim(scaling["beta_slow"])), dim - 1)
+        low, high = correction_dim(scaling["beta_fast"]), correction_dim(scaling["beta_slow"])
+        if scaling.get("truncate", True):  # whole dimensions; gpt-oss keeps the exact bounds
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
         if low == high:
             high += 0.001
         ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)

@@ -105,6 +105,8 @@ class YarnScaling(Node):
     beta_slow: PositiveFloat = 1.0
     mscale: NonNegFloat = 1.0
     mscale_all_dim: NonNegFloat = 0.0
+    # the ramp's bounds rounded outwards to whole dimensions (the paper, DeepSeek); gpt-oss keeps them exact
+    truncate: bool = True
 
 
 class Llama3Scaling(Node):
@@ -118,8 +120,9 @@ class Llama3Scaling(Node):
 
     @model_validator(mode="after")
     def _order(self) -> "Llama3Scaling":
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise FieldError("high_freq_factor", "high_freq_factor must be greater than low_freq_factor")
+        # equal factors leave no band between the two wavelengths: a step (Llama 4 Scout), as in transformers
+        if self.high_freq_factor < self.low_freq_factor:
+            raise FieldError("high_freq_factor", "high_freq_factor must not be below low_freq_factor")
         return self
 
 

@@ -70,6 +70,20 @@ def hf_model(name: str):
         return T.Mamba2ForCausalLM, T.Mamba2Config(
             vocab_size=50288, hidden_size=2560, num_hidden_layers=64, num_heads=80, head_dim=64, state_size=128,
             n_groups=1, expand=2, conv_kernel=4, tie_word_embeddings=True)
+    if name == "gpt_oss_20b":  # openai/gpt-oss-20b's config.json
+        return T.GptOssForCausalLM, T.GptOssConfig(
+            vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+            num_key_value_heads=8, head_dim=64, sliding_window=128, num_local_experts=32, num_experts_per_tok=4,
+            max_position_embeddings=131072, rope_parameters={
+                "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 4096, "rope_theta": 150000.0})
+    if name == "llama4_scout":  # meta-llama/Llama-4-Scout-17B-16E-Instruct's text_config
+        return T.Llama4ForCausalLM, T.Llama4TextConfig(
+            vocab_size=202048, hidden_size=5120, intermediate_size=8192, intermediate_size_mlp=16384,
+            num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, head_dim=128, num_local_experts=16,
+            num_experts_per_tok=1, interleave_moe_layer_step=1, max_position_embeddings=10485760,
+            rope_parameters={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                             "original_max_position_embeddings": 8192, "rope_theta": 500000.0})
     raise KeyError(name)
 
 

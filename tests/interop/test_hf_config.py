@@ -54,7 +54,7 @@ def _llama(**overrides):
                            "long_factor": [1.0, 2.0]}), "short_factor"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "attention_factor": 2.0,
                            "original_max_position_embeddings": 16}), "attention_factor"),
-    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "truncate": False,
+    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "truncate": "no",
                            "original_max_position_embeddings": 16}), "truncate"),
     (dict(dtype="float64"), "'dtype' = \"float64\""),
 ])

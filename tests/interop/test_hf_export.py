@@ -126,6 +126,47 @@ CASES = {
     layers = dense + sparse * 2
 }}""", "deepseek_v2"),
     "t5": (SPECS / "tiny_t5.arch", "t5"),
+    # sinks, biases, a window on some layers, YaRN without truncation, clamped experts with biases
+    "gpt_oss": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16, truncate = false))
+    final_norm = rmsnorm(eps = 1e-5)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true, window = 4, sinks = true)
+        ffn = moe(experts = 4, top_k = 2, expert = clamped_swiglu(hidden = 24, limit = 0.05, bias = true),
+                  router_bias = true)
+    }}
+    block full extends sliding {{
+        attention.window = none
+    }}
+    layers = [sliding, full, sliding]
+}}""", "gpt_oss"),
+    # chunked RoPE layers with the L2 QK-norm, a tuned NoPE layer, dense layers between MoE layers
+    "llama4_text": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 500000, scaling = llama3(factor = 8, original_context = 16))
+    final_norm = rmsnorm(eps = 1e-5)
+    block chunked {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true, qk_norm = l2(eps = 1e-5),
+                        chunk = 4)
+        ffn = swiglu(hidden = 40)
+    }}
+    block chunked_moe extends chunked {{
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), shared = swiglu(hidden = 24), router = sigmoid,
+                  normalize_top_k = false, scale_input = true)
+    }}
+    block nope_moe extends chunked_moe {{
+        attention.qk_norm = none
+        attention.chunk = none
+        attention.temperature_tuning = true
+        attention.floor_scale = 3
+        attention.attn_scale = 0.5
+        position = none
+    }}
+    layers = [chunked, chunked_moe, chunked, nope_moe]
+}}""", "llama4_text"),
     "t5-gated": (f"""model m {{
     family = encoder_decoder
     {HEAD}

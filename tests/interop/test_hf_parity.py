@@ -96,6 +96,27 @@ CASES = {
         num_experts_per_tok=3, moe_intermediate_size=16, first_k_dense_replace=1, n_group=4, topk_group=2,
         routed_scaling_factor=1.5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                     "partial_rotary_factor": 0.5})),
+    # sinks, q/k/v/o biases, a head_dim other than d_model / heads, sliding and full layers, YaRN without
+    # truncation, clamped-SwiGLU experts (a clamp small enough to act) with biases, a biased router
+    "gpt_oss": (T.GptOssConfig, T.GptOssForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, sliding_window=4, num_local_experts=4, num_experts_per_tok=2,
+        intermediate_size=24, swiglu_limit=0.05, swiglu_alpha=1.5,
+        # a base and betas whose ramp bounds (0.42, 1.63) are not whole: truncation would move them
+        rope_parameters={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0, "beta_fast": 2.0,
+                         "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
+    # chunked RoPE layers with the L2 QK-norm, a NoPE layer with temperature tuning (a floor scale that acts
+    # within the sequence), dense layers between MoE layers (intermediate_size_mlp), biases, llama3 RoPE
+    "llama4_text": (T.Llama4TextConfig, T.Llama4ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, head_dim=16, intermediate_size=24, intermediate_size_mlp=40, num_local_experts=4,
+        num_experts_per_tok=2, interleave_moe_layer_step=2, attention_chunk_size=4, attention_bias=True,
+        floor_scale=3, attn_scale=0.5, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    # Scout's shape: every layer MoE with top-1 routing, no QK-norm nor temperature tuning, NoPE every other layer
+    "llama4_text-top1-plain": (T.Llama4TextConfig, T.Llama4ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, head_dim=8, intermediate_size=24, intermediate_size_mlp=40, num_local_experts=4,
+        num_experts_per_tok=1, no_rope_layer_interval=2, attention_chunk_size=5, use_qk_norm=False,
+        attn_temperature_tuning=False)),
     "t5": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                         num_heads=4, relative_attention_num_buckets=8,
                                                         relative_attention_max_distance=16)),
@@ -171,7 +192,7 @@ def test_logits_match(case):
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long", "mamba2",
-                                  "mamba2-tied"])
+                                  "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

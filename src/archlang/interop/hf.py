@@ -2,7 +2,8 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
-qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2.
+qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
+llama4_text.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _rope(c, rotary_dim: int | None = None, params: dict | None = None) -> Raw:
         scaling = call("yarn", factor=float(params["factor"]),
                        original_context=int(params.get("original_max_position_embeddings") or c.max_position_embeddings),
                        beta_fast=float(params.get("beta_fast") or 32), beta_slow=float(params.get("beta_slow") or 1),
-                       mscale=float(params.get("mscale") or 1), mscale_all_dim=float(params.get("mscale_all_dim") or 0))
+                       mscale=float(params.get("mscale") or 1), mscale_all_dim=float(params.get("mscale_all_dim") or 0),
+                       truncate=False if params.get("truncate") is False else None)
     elif kind == "longrope":  # Phi-3; the factor defaults to context / original_context in both
         scaling = call("longrope", short_factor=Raw(_numbers(params["short_factor"])),
                        long_factor=Raw(_numbers(params["long_factor"])),
@@ -130,14 +132,14 @@ def _unsupported(what: str):
 
 
 def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scale=None, head_dim=None,
-               qk_norm=None) -> Raw:
+               qk_norm=None, **options) -> Raw:
     heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     hd = head_dim or getattr(c, "head_dim", None)
     if hd == c.hidden_size // heads:
         hd = None
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     return call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=hd, bias=bias or None,
-                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale, qk_norm=qk_norm)
+                out_bias=out_bias or None, window=window, softcap=softcap, scale=scale, qk_norm=qk_norm, **options)
 
 
 def _decoder_fields(c, **extra) -> dict[str, Any]:
@@ -373,6 +375,54 @@ def _glm4_moe(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face glm4_moe config.")
 
 
+def _gpt_oss(c, name: str) -> str:
+    """gpt-oss: GQA with biases and a learned sink logit per head, sliding and full layers,
+    YaRN without truncation, and clamped-SwiGLU experts with biases behind a biased router."""
+    eps = c.rms_norm_eps
+    moe = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+               expert=call("clamped_swiglu", hidden=c.intermediate_size, limit=float(c.swiglu_limit),
+                           alpha=float(c.swiglu_alpha), bias=True), router_bias=True)
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps), "attention": _attention(
+            c, window=c.sliding_window if kind == "sliding" else None, bias=bool(c.attention_bias),
+            out_bias=bool(c.attention_bias), head_dim=c.head_dim, sinks=True), "ffn": moe})
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face gpt_oss config.")
+
+
+def _llama4_text(c, name: str) -> str:
+    """Llama 4's text model: RoPE layers with chunked attention and a weightless L2 QK-norm after
+    RoPE (interleaved RoPE pairs become halves by a permutation in the weight rules), NoPE layers
+    with full attention and temperature tuning, and sigmoid top-k experts that scale their input
+    beside a shared expert, interleaved with dense layers (intermediate_size_mlp)."""
+    eps = c.rms_norm_eps
+    moe = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.intermediate_size), shared=call("swiglu", hidden=c.intermediate_size),
+               router="sigmoid", normalize_top_k=False, scale_input=True)
+    dense = call("swiglu", hidden=c.intermediate_size_mlp)
+    moe_layers = set(c.moe_layers)
+    blocks, kinds = {}, []
+    for i, (t, rope) in enumerate(zip(c.layer_types, c.no_rope_layers)):
+        chunked = t == "chunked_attention"
+        kind = ("chunked" if chunked else "full") + ("" if rope else "_nope") + ("" if i in moe_layers else "_dense")
+        kinds.append(kind)
+        if kind in blocks:
+            continue
+        tuned = bool(c.attn_temperature_tuning) and not rope
+        attention = _attention(c, bias=bool(c.attention_bias), out_bias=bool(c.attention_bias), head_dim=c.head_dim,
+                               qk_norm=call("l2", eps=eps) if c.use_qk_norm and rope else None,
+                               chunk=c.attention_chunk_size if chunked else None, temperature_tuning=tuned or None,
+                               floor_scale=float(c.floor_scale) if tuned else None,
+                               attn_scale=float(c.attn_scale) if tuned else None)
+        blocks[kind] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
+                        "ffn": moe if i in moe_layers else dense, "position": None if rope else Raw("none")}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face llama4_text config.")
+
+
 def _t5(c, name: str) -> str:
     eps = c.layer_norm_epsilon
     attention = call("mha", heads=c.num_heads, head_dim=c.d_kv, scale=1)
@@ -408,18 +458,21 @@ SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss,
+    "llama4_text": _llama4_text,
 }
 
 
 def config_from_dict(config: dict, source: str | None = None):
     """A transformers config from a config.json's dict, its keys' types checked first."""
     import transformers
+    from huggingface_hub.errors import StrictDataclassError
 
     hf_config.check_types(config, source)
     try:
         return transformers.AutoConfig.for_model(**config)
-    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
+    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError,
+            StrictDataclassError) as exc:  # transformers' own checks (its config classes are strict dataclasses)
         where = f"{source}: " if source else ""
         raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
 

@@ -70,7 +70,7 @@ _ROPE_KEYS = {
     "llama3": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings"},
     "yarn": {"rope_type", "rope_theta", "partial_rotary_factor", "factor", "original_max_position_embeddings",
-             "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+             "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
     "longrope": {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor", "factor",
                  "attention_factor", "original_max_position_embeddings"},
     "dynamic": {"rope_type", "rope_theta", "partial_rotary_factor", "factor"},
@@ -96,6 +96,10 @@ def _rope_problem(value: Any, config: dict) -> str | None:
             continue  # the values archlang's YaRN computes with
         if k not in _ROPE_KEYS[kind]:
             return f"rope_parameters[{k!r}] = {v!r} has no archlang equivalent for RoPE type {kind!r}"
+        if k == "truncate":  # yarn(truncate = ...)
+            if not isinstance(v, bool):
+                return f"rope_parameters['truncate'] must be true or false, not {v!r}"
+            continue
         if k in _ROPE_LISTS:
             if not isinstance(v, list) or not v or not all(type(x) in (int, float) and x > 0 for x in v):
                 return f"rope_parameters[{k!r}] must be a list of positive numbers"
@@ -300,6 +304,43 @@ TABLES: dict[str, dict[str, Key]] = {
                  **{k: MAPPED for k in ("first_k_dense_replace", "n_routed_experts", "n_shared_experts",
                                         "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok",
                                         "moe_intermediate_size")}},
+    "gpt_oss": {**_LLAMA_CORE, "attention_bias": MAPPED, "num_local_experts": MAPPED, "num_experts_per_tok": MAPPED,
+                "hidden_act": irrelevant("gpt-oss's experts compute the clamped SwiGLU whatever hidden_act says"),
+                "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("sliding_attention", "full_attention"))),
+                "sliding_window": checked(lambda v, c: None if v is not None or "sliding_attention" not in
+                                          (c.get("layer_types") or ()) else "sliding layers need a sliding_window"),
+                "swiglu_limit": checked(lambda v, c: _positive(v, "the experts' clamp")),
+                "swiglu_alpha": checked(lambda v, c: _positive(v, "the experts' sigmoid slope")),
+                "output_router_logits": NO_AUX_LOSS,
+                "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                # keys of the original implementation that openai/gpt-oss-* config.json files still carry
+                "experts_per_token": irrelevant("the original implementation's num_experts_per_tok, which is read"),
+                "initial_context_length": irrelevant("the original implementation's pre-training context; "
+                                                     "transformers reads rope_parameters instead"),
+                # published checkpoints store the experts in MXFP4; transformers then runs other arithmetic
+                "quantization_config": only(None, reason="quantized weights are not mapped: use a dequantized "
+                                            "(bf16) checkpoint and remove quantization_config")},
+    "llama4_text": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "use_qk_norm": MAPPED,
+                    "intermediate_size_mlp": MAPPED, "num_local_experts": MAPPED, "num_experts_per_tok": MAPPED,
+                    "moe_layers": checked(lambda v, c: None if all(type(i) is int for i in v or ()) else
+                                          "it must be a list of layer indices"),
+                    "interleave_moe_layer_step": irrelevant("used only to fill moe_layers, which is read"),
+                    "no_rope_layers": checked(lambda v, c: None if v is not None and len(v) == c.get("num_hidden_layers")
+                                              else "it needs one entry per layer (num_hidden_layers)"),
+                    "no_rope_layer_interval": irrelevant("used only to fill no_rope_layers, which is read"),
+                    "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("chunked_attention", "full_attention"))),
+                    "attention_chunk_size": checked(lambda v, c: None if v is not None or "chunked_attention" not in
+                                                    (c.get("layer_types") or ()) else
+                                                    "chunked layers need an attention_chunk_size"),
+                    "attn_temperature_tuning": MAPPED,
+                    "floor_scale": checked(lambda v, c: _positive(v, "temperature tuning's floor scale")
+                                           if c.get("attn_temperature_tuning") else None),
+                    "attn_scale": checked(lambda v, c: _positive(v, "temperature tuning's scale")
+                                          if c.get("attn_temperature_tuning") else None),
+                    "output_router_logits": NO_AUX_LOSS,
+                    "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                    "router_jitter_noise": irrelevant("Llama 4's router adds no jitter: transformers never reads it"),
+                    "for_llm_compressor": irrelevant("a flag for quantisation tooling; the modeling code never reads it")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",
@@ -358,6 +399,18 @@ def _groups_problem(config: dict) -> str | None:
     if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe") and experts // groups < 2:
         return "DeepSeek-V3's routing scores a group by its two best experts: each group needs at least 2"
     return None
+
+
+def _layer_types_problem(value: Any, config: dict, known: tuple[str, ...]) -> str | None:
+    if value is None or len(value) != config.get("num_hidden_layers"):
+        return "it needs one entry per layer (num_hidden_layers)"
+    unknown = sorted(set(value) - set(known))
+    return f"layer type {unknown[0]!r} is not mapped (this family has {', '.join(known)})" if unknown else None
+
+
+def _positive(value: Any, what: str) -> str | None:
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else \
+        f"{what} must be a positive number"
 
 
 def table(model_type: str) -> dict[str, Key]:

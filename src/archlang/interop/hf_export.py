@@ -125,6 +125,8 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None) -> dict:
     elif isinstance(s, A.YarnScaling):
         params.update(rope_type="yarn", factor=s.factor, original_max_position_embeddings=s.original_context,
                       beta_fast=s.beta_fast, beta_slow=s.beta_slow, mscale=s.mscale, mscale_all_dim=s.mscale_all_dim)
+        if not s.truncate:
+            params["truncate"] = False
     elif s is not None:
         raise Unfit(path + ("scaling",), f"RoPE scaling {s.kind}")
     return params
@@ -454,10 +456,136 @@ def _mamba2(m: A.Model) -> dict:
             "max_position_embeddings": m.context, **_token_ids(m, 0)}
 
 
+def _pre_rmsnorm(m: A.Model, kinds: list[str], model_type: str) -> A.Norm:
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          f"{norm.kind}(placement = {norm.placement}): {model_type} has pre-norm RMSNorm")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    return norm
+
+
+def _plain_attention(a, path: tuple, model_type: str, allowed: set[str]) -> None:
+    """Options of the attention a family lacks (those outside `allowed`) are off, its biases
+    are on q, k, v and the output together, and the score scale is the default."""
+    _need(a.bias == a.out_bias, path + ("out_bias",),
+          f"a bias on q, k, v but not on the output, or the reverse ({model_type}'s attention_bias sets both)")
+    _need(a.softcap is None, path + ("softcap",), "attention soft-capping")
+    _need(_default_scale(a), path + ("scale",), "an attention scale other than 1/sqrt(head_dim)")
+    for option, off in (("qk_norm", None), ("sinks", False), ("chunk", None), ("sink_tokens", 0),
+                        ("temperature_tuning", False), ("window", None)):
+        if option not in allowed:
+            _need(getattr(a, option) == off, path + (option,), f"attention `{option}` ({model_type} has none)")
+
+
+def _gpt_oss(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    # what sets gpt-oss apart is checked first, so that it is not the closest family of every spec
+    a = m.blocks[kinds[0]].attention
+    _need(a is not None and a.sinks, ("blocks", kinds[0], "attention"), "attention without sinks (gpt-oss has sinks = true)")
+    moe = m.blocks[kinds[0]].ffn
+    _need(isinstance(moe, A.MoE) and isinstance(moe.expert, A.ClampedSwiGLU), ("blocks", kinds[0], "ffn"),
+          "gpt-oss's FFN is moe(expert = clamped_swiglu(...))")
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _pre_rmsnorm(m, kinds, "gpt_oss")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    for k in kinds:
+        path = ("blocks", k, "attention")
+        _need(m.blocks[k].attention is not None and m.blocks[k].attention.model_copy(update={"window": None})
+              == a.model_copy(update={"window": None}), path, "blocks whose attentions differ other than in their window")
+        _plain_attention(m.blocks[k].attention, path, "gpt_oss", {"sinks", "window"})
+    windows = {m.blocks[k].attention.window for k in kinds} - {None}
+    _need(len(windows) <= 1, ("layers",), "sliding windows of different widths")
+    _same(m, kinds, "ffn", "FFNs")
+    path = ("blocks", kinds[0], "ffn")
+    e = moe.expert
+    _need(e.limit is not None and e.bias, path + ("expert",), "gpt-oss's experts clamp and have biases: "
+          "clamped_swiglu(hidden, limit = ..., bias = true)")
+    _need(moe.router_bias, path + ("router_bias",), "a router without bias (gpt-oss's has one)")
+    return {"model_type": "gpt_oss", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": e.hidden,
+            "num_hidden_layers": len(layers), **heads, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim), "attention_bias": a.bias,
+            # a config without sliding layers still needs a width: transformers builds the mask regardless
+            "sliding_window": windows.pop() if windows else 128,
+            "layer_types": ["sliding_attention" if m.blocks[k].attention.window else "full_attention" for k in layers],
+            "num_local_experts": moe.experts, "num_experts_per_tok": moe.top_k, "swiglu_limit": e.limit,
+            "swiglu_alpha": e.alpha}
+
+
+def _llama4_text(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    norm = _pre_rmsnorm(m, kinds, "llama4_text")
+    nope = {k: m.blocks[k].position is None for k in kinds}
+    for k in kinds:
+        _need(m.blocks[k].position in ("inherit", None), ("blocks", k, "position"),
+              "a per-block RoPE (llama4_text has one RoPE, and NoPE layers: position = none)")
+    rope_kinds = [k for k in kinds if not nope[k]]
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    plain = a.model_copy(update={f: None for f in ("qk_norm", "chunk", "floor_scale", "attn_scale")} |
+                         {"temperature_tuning": False})
+    for k in kinds:
+        b = m.blocks[k].attention
+        path = ("blocks", k, "attention")
+        _need(b is not None and b.model_copy(update={f: None for f in ("qk_norm", "chunk", "floor_scale", "attn_scale")}
+                                             | {"temperature_tuning": False}) == plain, path,
+              "blocks whose attentions differ other than in QK-norm, chunk and temperature tuning")
+        _plain_attention(b, path, "llama4_text", {"qk_norm", "chunk", "temperature_tuning"})
+        if nope[k]:
+            _need(b.qk_norm is None, path + ("qk_norm",), "a QK-norm on a NoPE layer (llama4_text normalises RoPE layers only)")
+        else:
+            _need(b.qk_norm == m.blocks[rope_kinds[0]].attention.qk_norm, path + ("qk_norm",),
+                  "RoPE layers that differ in their QK-norm")
+    qk = m.blocks[rope_kinds[0]].attention.qk_norm if rope_kinds else None
+    _need(qk is None or (qk.kind == "l2" and qk.eps == norm.eps), ("blocks", rope_kinds[0] if rope_kinds else kinds[0],
+                                                                    "attention", "qk_norm"),
+          f"llama4_text's QK-norm is l2(eps = rms_norm_eps = {norm.eps})")
+    chunks = {m.blocks[k].attention.chunk for k in kinds} - {None}
+    _need(len(chunks) <= 1, ("layers",), "chunks of different sizes")
+    tuning = {(b.temperature_tuning, b.floor_scale or 8192.0, b.attn_scale or 0.1)
+              for b in (m.blocks[k].attention for k in kinds if nope[k])}
+    _need(len(tuning) <= 1, ("layers",), "NoPE layers that differ in their temperature tuning")
+    tuned, floor_scale, attn_scale = tuning.pop() if tuning else (False, 8192.0, 0.1)
+    _need(float(floor_scale).is_integer(), ("layers",), "a floor_scale that is not a whole number")
+    sparse = [i for i, k in enumerate(layers) if isinstance(m.blocks[k].ffn, A.MoE)]
+    dense = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    config = {"model_type": "llama4_text", "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "num_hidden_layers": len(layers), **heads, "hidden_act": "silu", "max_position_embeddings": m.context,
+              "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+              "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim), "attention_bias": a.bias,
+              "use_qk_norm": qk is not None, "attention_chunk_size": chunks.pop() if chunks else 8192,
+              "layer_types": ["chunked_attention" if m.blocks[k].attention.chunk else "full_attention" for k in layers],
+              "no_rope_layers": [0 if nope[k] else 1 for k in layers], "attn_temperature_tuning": tuned,
+              "floor_scale": int(floor_scale), "attn_scale": attn_scale, "moe_layers": sparse}
+    if dense:
+        ffn = _same(m, dense, "ffn", "dense FFNs")
+        config["intermediate_size_mlp"], act, bias = _glu(ffn, ("blocks", dense[0], "ffn"))
+        _need(act == "silu" and not bias, ("blocks", dense[0], "ffn"), "llama4_text's FFN is swiglu without bias")
+    if sparse:
+        moe_kinds = [k for k in kinds if isinstance(m.blocks[k].ffn, A.MoE)]
+        moe = _same(m, moe_kinds, "ffn", "MoE FFNs")
+        path = ("blocks", moe_kinds[0], "ffn")
+        hidden, act, bias = _glu(moe.expert, path + ("expert",), "expert")
+        _need(act == "silu" and not bias, path + ("expert",), "llama4_text's experts are swiglu without bias")
+        _need(moe.shared == A.GLU(kind="swiglu", hidden=hidden) and not moe.shared_gate, path + ("shared",),
+              f"llama4_text has one shared expert as wide as a routed one: shared = swiglu(hidden = {hidden})")
+        config.update(intermediate_size=hidden, num_local_experts=moe.experts, num_experts_per_tok=moe.top_k)
+        config.setdefault("intermediate_size_mlp", hidden)
+    else:
+        config["intermediate_size"] = config["intermediate_size_mlp"]
+    return config
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "mamba2": _mamba2,
+    "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -467,6 +595,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "mamba2": "Mamba2ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM", "llama4_text": "Llama4ForCausalLM",
 }
 
 

@@ -41,6 +41,11 @@ class Rule:
         if self.kind == "stack_glu":  # gate_0..gate_E-1, up_0..up_E-1 → (E, 2h, d)
             e = len(t) // 2
             return [torch.cat((torch.stack(t[:e]), torch.stack(t[e:])), dim=1)]
+        if self.kind == "experts_t":  # (E, in, out), input-major → (E, out, in)
+            return [t[0].transpose(1, 2).contiguous()]
+        if self.kind == "deinterleave":  # gate, up alternating along the last dim → gate then up; arg: also experts_t
+            w = torch.cat((t[0][..., 0::2], t[0][..., 1::2]), dim=-1)
+            return [w.transpose(1, 2).contiguous() if self.arg else w]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,6 +66,12 @@ class Rule:
         if self.kind == "stack_glu":
             gate, up = t[0].chunk(2, dim=1)
             return [x.contiguous() for x in (*gate.unbind(0), *up.unbind(0))]
+        if self.kind == "experts_t":
+            return [t[0].transpose(1, 2).contiguous()]
+        if self.kind == "deinterleave":
+            w = t[0].transpose(1, 2) if self.arg else t[0]
+            gate, up = w.chunk(2, dim=-1)
+            return [torch.stack((gate, up), dim=-1).flatten(-2).contiguous()]
         raise AssertionError(self.kind)
 
 
@@ -196,6 +207,63 @@ def _glm4_moe(c, r: _Rules) -> None:
         r.add(f"layers.{i}.moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
 
 
+def _attention_and_norms(c, r: _Rules, i: int, ffn: str, pairs: bool = False) -> tuple[str, str]:
+    """Llama's names for one layer's attention projections (with their biases) and its two
+    norms; the FFN's module is `ffn` (mlp, feed_forward). `pairs`: HF rotates channel pairs
+    (2i, 2i+1) of each head and archlang halves, so q and k rows are permuted per head, which
+    changes neither q·k nor a per-head norm."""
+    p, q = f"layers.{i}.", f"model.layers.{i}."
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}.get(n)
+        if pairs and heads:
+            for t in ("weight", "bias"):
+                r.add(f"{p}{n}.{t}", f"{q}self_attn.{n}.{t}", "permute", (heads, 0, c.head_dim, c.head_dim))
+        else:
+            r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+    r.add(f"{p}attn_norm.weight", f"{q}input_layernorm.weight")
+    r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+    return p, f"{q}{ffn}."
+
+
+def _embeddings_and_head(c, r: _Rules) -> None:
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+
+
+def _gpt_oss(c, r: _Rules) -> None:
+    """gpt-oss keeps its experts input-major, (E, d, 2h) and (E, h, d), with gate and up
+    interleaved along 2h (gate = [..., 0::2]), in its modules and its bf16 checkpoints alike."""
+    _embeddings_and_head(c, r)
+    for i in range(c.num_hidden_layers):
+        p, mlp = _attention_and_norms(c, r, i, "mlp")
+        r.add(f"{p}attn.sinks", f"model.layers.{i}.self_attn.sinks")
+        r.add(f"{p}moe.router", f"{mlp}router.weight")
+        r.add(f"{p}moe.router_bias", f"{mlp}router.bias")
+        r.add(f"{p}moe.experts_gate_up", f"{mlp}experts.gate_up_proj", "deinterleave", True)
+        r.add(f"{p}moe.experts_gate_up_bias", f"{mlp}experts.gate_up_proj_bias", "deinterleave", False)
+        r.add(f"{p}moe.experts_down", f"{mlp}experts.down_proj", "experts_t")
+        r.add(f"{p}moe.experts_down_bias", f"{mlp}experts.down_proj_bias")
+
+
+def _llama4_text(c, r: _Rules) -> None:
+    """Llama 4: interleaved RoPE pairs (q and k permuted to halves, the weightless L2 norm is
+    per head), experts input-major, (E, d, 2h) and (E, h, d), gate then up."""
+    _embeddings_and_head(c, r)
+    for i in range(c.num_hidden_layers):
+        p, ffn = _attention_and_norms(c, r, i, "feed_forward", pairs=True)
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{ffn}{n}")
+        r.add(f"{p}moe.router", f"{ffn}router.weight")
+        r.add(f"{p}moe.experts_gate_up", f"{ffn}experts.gate_up_proj", "experts_t")
+        r.add(f"{p}moe.experts_down", f"{ffn}experts.down_proj", "experts_t")
+        shared = f"{ffn}shared_expert."
+        r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat",
+              [c.intermediate_size, c.intermediate_size])
+        r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -269,7 +337,7 @@ _FAMILIES = {
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
-    "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2,
+    "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
 }
 
 
