@@ -663,9 +663,34 @@ def _config(model_type: str, values: dict):
     return config
 
 
+_DROPOUTS = ("embedding_dropout", "attention_dropout", "residual_dropout")
+
+
+def _dropout_keys(m: A.Model, model_type: str) -> dict:
+    """The family's dropout keys (hf_config's dropout_into / no_dropout) for the spec's dropouts:
+    each mapped key the value of the fields it sets, which must agree; zero for a key the family
+    applies where archlang has no dropout. A spec dropout that no key of the family sets is refused."""
+    from .hf_config import table
+
+    values, carried = {}, set()
+    for key, rule in table(model_type).items():
+        if not rule.dropout:
+            continue
+        p = getattr(m, rule.fields[0]) if rule.fields else 0.0
+        for field in rule.fields[1:]:
+            _need(getattr(m, field) == p, (field,), f"`{field}` = {getattr(m, field)} and `{rule.fields[0]}` = {p} "
+                                                    f"differ ({model_type}'s {key} sets both)")
+        values[key] = p
+        carried.update(rule.fields)
+    for field in _DROPOUTS:
+        _need(field in carried or not getattr(m, field), (field,), f"`{field}` ({model_type} has no such dropout)")
+    return values
+
+
 def _try(m: A.Model, model_type: str):
     _check_expressible(m)
     values = EXPORTERS[model_type](m)
+    values.update(_dropout_keys(m, model_type))
     try:
         config = _config(model_type, values)
     except ArchError as exc:
