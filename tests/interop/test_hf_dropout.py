@@ -152,3 +152,14 @@ def test_exported_dropouts_train_like_the_spec(tmp_path):
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
     got, expected = _train_outputs(theirs, ours, ids, 7)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_mapped_dropout_a_spec_writer_forgets_is_refused(monkeypatch):
+    """A spec writer that leaves the dropout fields out (a new family's, say) cannot drop a
+    mapped key silently: the written spec is compared with the config."""
+    from archlang.interop import hf
+
+    monkeypatch.setattr(hf, "_dropouts", lambda c: {})
+    with pytest.raises(ArchError, match="'attention_dropout' = 0.2 did not reach the spec's `attention_dropout`"):
+        spec_from_config(T.LlamaConfig(**CASES["llama"][2], attention_dropout=0.2))
+    spec_from_config(T.LlamaConfig(**CASES["llama"][2]))
