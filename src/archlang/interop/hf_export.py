@@ -133,7 +133,8 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None, partial: bool
     elif isinstance(s, A.LongRopeScaling):
         params.update(rope_type="longrope", short_factor=list(s.short_factor), long_factor=list(s.long_factor),
                       original_max_position_embeddings=s.original_context)
-        params.update({k: v for k, v in (("factor", s.factor), ("attention_factor", s.attention_factor)) if v is not None})
+        optional = {"factor": s.factor, "attention_factor": s.attention_factor}
+        params.update({k: v for k, v in optional.items() if v is not None})
     elif s is not None:
         raise Unfit(path + ("scaling",), f"RoPE scaling {s.kind}")
     return params
@@ -327,7 +328,8 @@ def _gemma2(m: A.Model, model_type: str = "gemma2") -> dict:
     if model_type == "gemma2":
         _positions_inherit(m, kinds)
     _need(m.embedding_scale is not None and math.isclose(m.embedding_scale, m.d_model**0.5, rel_tol=1e-12),
-          ("embedding_scale",), f"{model_type} scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
+          ("embedding_scale",),
+          f"{model_type} scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
     norm = _same(m, kinds, "norm", "norms")
     ffn = _same(m, kinds, "ffn", "FFNs")
     hidden, act, _ = _glu(ffn, ("blocks", kinds[0], "ffn"))
