@@ -548,7 +548,7 @@ def test_the_family_chosen_for_a_llama_like_spec_is_the_natural_one(edit, model_
     ("qwen3-sliding-biases", "olmo2", "olmo2 has RMSNorm on each branch's output (placement = output)", 9),
     ("qwen3-sliding-biases", "phi3", "QK-norm (phi3 has none)", 11),
     ("qwen3-sliding-biases", "smollm3", "QK-norm (smollm3 has none)", 11),
-    ("phi3-longrope", "llama", "partial RoPE (rope dim below head_dim)", 7),
+    ("phi3-longrope", "llama", "partial RoPE (rope dim below head_dim)", 6),
     ("olmo2", "llama", "llama has pre-norm RMSNorm", 10),
     ("gemma2", "gemma3_text", "gemma3 normalises q and k per head: qk_norm = rmsnorm(eps = 1e-06, unit_offset = true)",
      14),
