@@ -39,6 +39,19 @@ CASES = {
     layers = layer * 2
 }}""", "llama"),
     "llama-linear-rope": ("tiny_rope_linear", "llama"),
+    # LongRoPE with its factor and attention factor written: transformers' llama computes it as phi3 does
+    "llama-longrope": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = longrope(short_factor = [1, 1.25, 1, 1], long_factor = [1, 4, 2, 2],
+                                                      original_context = 8, factor = 8, attention_factor = 1.2))
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "llama"),
     "mistral": (f"""model m {{
     {HEAD}
     position = rope(theta = 10000)
