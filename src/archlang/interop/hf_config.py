@@ -156,7 +156,6 @@ DTYPE = checked(lambda v, c: None if (str(v).removeprefix("torch.") if v is not 
                 else "archlang has float32, bfloat16 and float16")
 
 
-
 def dropout_into(*fields: str) -> Key:
     """A dropout probability this family applies exactly where archlang's model `fields` do."""
     return Key("mapped", fields=fields, dropout=True)
