@@ -34,6 +34,10 @@ def test_every_default_key_is_classified(model_type):
     if model_type == "deepseek_v2":  # its default num_experts_per_tok is None: the defaults are no model
         with pytest.raises(ArchError, match="top_k"):
             spec_from_config(T.AutoConfig.for_model(model_type))
+    elif model_type == "t5":  # t5 drops inside its FFNs and after its final norm, where archlang has no dropout
+        with pytest.raises(ArchError, match="'dropout_rate' = 0.1"):
+            spec_from_config(T.AutoConfig.for_model(model_type))
+        spec_from_config(T.AutoConfig.for_model(model_type, dropout_rate=0.0))
     elif model_type == "glm4_moe":  # 4096 / 96 heads floors head_dim to 42: half of it is an odd RoPE width
         with pytest.raises(ArchError, match="rope dim must be even, got 21"):
             spec_from_config(T.AutoConfig.for_model(model_type))
@@ -80,7 +84,12 @@ def test_llama_values_archlang_lacks_are_refused(overrides, needle):
     ("glm4_moe", dict(use_qk_norm=True), "use_qk_norm"),
     ("glm4_moe", dict(n_group=3, topk_group=1), "n_group"),
     ("deepseek_v2", dict(mlp_bias=True), "mlp_bias"),
-    ("t5", dict(is_decoder=True), "is_decoder"),
+    ("t5", dict(is_decoder=True, dropout_rate=0.0), "is_decoder"),
+    # dropouts at places archlang has none: inside t5's FFNs, on MLA's probabilities; Mixtral's router jitter
+    ("t5", dict(dropout_rate=0.1), "dropout_rate"),
+    ("deepseek_v2", dict(attention_dropout=0.1, num_experts_per_tok=2), "attention_dropout"),
+    ("deepseek_v3", dict(attention_dropout=0.1), "attention_dropout"),
+    ("mixtral", dict(router_jitter_noise=0.01), "router_jitter_noise"),
     ("bert", dict(is_decoder=True), "is_decoder"),
 ])
 def test_other_families_refuse_what_they_do_not_map(model_type, overrides, key):

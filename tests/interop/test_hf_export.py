@@ -39,6 +39,19 @@ CASES = {
     layers = layer * 2
 }}""", "llama"),
     "llama-linear-rope": ("tiny_rope_linear", "llama"),
+    # LongRoPE with its factor and attention factor written: transformers' llama computes it as phi3 does
+    "llama-longrope": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = longrope(short_factor = [1, 1.25, 1, 1], long_factor = [1, 4, 2, 2],
+                                                      original_context = 8, factor = 8, attention_factor = 1.2))
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "llama"),
     "mistral": (f"""model m {{
     {HEAD}
     position = rope(theta = 10000)
@@ -50,6 +63,30 @@ CASES = {
     }}
     layers = layer * 2
 }}""", "mistral"),
+    "mistral-head-dim-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, window = 5)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "mistral"),
+    "qwen2-head-dim-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mqa(heads = 4, head_dim = 12, bias = true)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "qwen2"),
     "qwen2-some-sliding": (f"""model m {{
     {HEAD}
     position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16))
@@ -204,6 +241,121 @@ CASES = {
     }}
     layers = mamba * 3
 }}""", "mamba2"),
+    # QK-norm per head, q/k/v/o biases, a head_dim override, sliding windows on the later layers
+    "qwen3-sliding-biases": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block full {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true,
+                        qk_norm = rmsnorm(eps = 1e-6))
+        ffn = swiglu(hidden = 48)
+    }}
+    block sliding extends full {{
+        attention.window = 4
+    }}
+    layers = [full, sliding, sliding]
+}}""", "qwen3"),
+    # norms on each branch's output, QK-norm over the whole projections, biases
+    "olmo2": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 500000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6, placement = output)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true,
+                        qk_norm = rmsnorm(eps = 1e-6, scope = projection))
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "olmo2"),
+    # local and global layers, each with its own RoPE (the global one scaled), QK-norm with a unit offset
+    "gemma3_text": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = d_model ** 0.5
+    logit_softcap = 30
+    final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true, placement = sandwich)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 8, window = 5, scale = 0.25,
+                        qk_norm = rmsnorm(eps = 1e-6, unit_offset = true))
+        ffn = geglu(hidden = 48, act = gelu_tanh)
+        position = rope(theta = 10000)
+    }}
+    block full extends sliding {{
+        attention.window = none
+        position = rope(theta = 1000000, scaling = linear(factor = 2))
+    }}
+    layers = [sliding, sliding, full] * 2
+}}""", "gemma3_text"),
+    # NoPE layers, a sliding window on some layers, q/k/v/o and FFN biases
+    "smollm3-nope-sliding-biases": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 2000000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true)
+        ffn = swiglu(hidden = 48, bias = true)
+    }}
+    block nope extends layer {{
+        position = none
+    }}
+    block sliding extends layer {{
+        attention.window = 4
+    }}
+    layers = [layer, nope, sliding, nope]
+}}""", "smollm3"),
+    # LongRoPE (short and long factors, the original context), partial RoPE, a window on every layer
+    "phi3-longrope": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, dim = 4, scaling = longrope(short_factor = [1, 1.25], long_factor = [1, 4],
+                                                              original_context = 8))
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, window = 6)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = layer * 2
+}}""", "phi3"),
+    # sigmoid routing with the correction bias in 4 groups of 2, routed scaling, a dense first layer, YaRN
+    "deepseek_v3": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16, mscale = 1, mscale_all_dim = 1))
+    final_norm = rmsnorm(eps = 1e-6)
+    block dense {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mla(heads = 4, kv_lora_rank = 16, q_lora_rank = 12, rope_head_dim = 8, nope_head_dim = 8,
+                        v_head_dim = 8)
+        ffn = swiglu(hidden = 48)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 8, top_k = 3, shared_experts = 1, expert = swiglu(hidden = 16), routed_scale = 2.5,
+                  router = sigmoid, correction_bias = true, groups = 4, topk_groups = 2)
+    }}
+    layers = dense + sparse * 2
+}}""", "deepseek_v3"),
+    # partial RoPE, q/k/v biases without an o bias, grouped sigmoid routing, a dense first layer
+    "glm4_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, dim = 8)
+    final_norm = rmsnorm(eps = 1e-5)
+    block dense {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true)
+        ffn = swiglu(hidden = 48)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 8, top_k = 3, shared_experts = 1, expert = swiglu(hidden = 16), routed_scale = 1.5,
+                  router = sigmoid, correction_bias = true, groups = 4, topk_groups = 2)
+    }}
+    layers = dense + sparse * 2
+}}""", "glm4_moe"),
 }
 
 
@@ -219,6 +371,9 @@ def perturb(model, std: float = 0.1):
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():
         p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's router state, zero at init
+            b.add_(torch.randn(b.shape, generator=gen, dtype=b.dtype) * std)
     return model
 
 
@@ -435,11 +590,55 @@ def test_a_sliding_window_on_some_layers_is_refused_at_the_window_for_llama():
     err = _refusal(text, "llama")
     assert err.message == "a llama config cannot express this spec: a sliding window (llama has none)"
     assert err.span.line == 13
-    err = _refusal(text)  # qwen2 has per-layer windows, but biases q, k and v
-    assert "the closest, mistral, lacks: a sliding window on some layers only" in err.message
+    err = _refusal(text, "mistral")
+    assert err.message.endswith("a sliding window on some layers only (mistral's window is on every layer)")
     assert err.span.line == 13
+    # qwen2 has per-layer windows but biases q, k and v; smollm3 has them with optional biases
+    assert export_config(load_model(text)).model_type == "smollm3"
     biased = text.replace("kv_heads = 2)", "kv_heads = 2, bias = true)")
     assert export_config(load_model(biased)).model_type == "qwen2"
+
+
+@pytest.mark.parametrize("edit,model_type", [
+    ({}, "llama"),  # also a valid mistral, smollm3 and phi3: the first in EXPORTERS' order
+    ({"kv_heads = 2)": "kv_heads = 2, qk_norm = rmsnorm(eps = 1e-5))", "rmsnorm()": "rmsnorm(eps = 1e-5)"}, "qwen3"),
+    ({"kv_heads = 2)": "kv_heads = 2, qk_norm = rmsnorm(eps = 1e-5, scope = projection))",
+      "norm = rmsnorm()": "norm = rmsnorm(eps = 1e-5, placement = output)", "final_norm = rmsnorm(eps = 1e-5, "
+      "placement = output)": "final_norm = rmsnorm(eps = 1e-5)"}, "olmo2"),
+    ({"layers = layer * 2": "block nope extends layer {\n        position = none\n    }\n    layers = [layer, nope]"},
+     "smollm3"),
+    ({"rope()": "rope(dim = 4)"}, "phi3"),  # partial RoPE on a llama: phi3's partial_rotary_factor
+])
+def test_the_family_chosen_for_a_llama_like_spec_is_the_natural_one(edit, model_type):
+    text = _llama()
+    for old, new in edit.items():
+        text = text.replace(old, new)
+    assert export_config(load_model(text)).model_type == model_type
+
+
+@pytest.mark.parametrize("case,model_type,needle,line", [
+    ("llama", "qwen3", "qwen3 normalises q and k with the blocks' norm: qk_norm = rmsnorm(eps = 1e-05)", 10),
+    ("qwen3-sliding-biases", "olmo2", "olmo2 has RMSNorm on each branch's output (placement = output)", 9),
+    ("qwen3-sliding-biases", "phi3", "QK-norm (phi3 has none)", 11),
+    ("qwen3-sliding-biases", "smollm3", "QK-norm (smollm3 has none)", 11),
+    ("phi3-longrope", "llama", "partial RoPE (rope dim below head_dim)", 6),
+    ("olmo2", "llama", "llama has pre-norm RMSNorm", 10),
+    ("gemma2", "gemma3_text", "gemma3 normalises q and k per head: qk_norm = rmsnorm(eps = 1e-06, unit_offset = true)",
+     14),
+    ("gemma3_text", "gemma2", "a per-block position", 15),
+    ("smollm3-nope-sliding-biases", "qwen3", "a per-block position", 15),
+    ("deepseek_v2", "deepseek_v3", "router = sigmoid, correction_bias = true", 16),
+    ("deepseek_v3", "deepseek_v2", "deepseek_v2 routes with softmax scores and no correction bias", 15),
+    ("glm4_moe", "qwen2", "blocks differ in their FFNs", 14),
+    ("mixtral", "glm4_moe", "router = sigmoid, correction_bias = true", 11),
+])
+def test_a_forced_family_names_the_feature_it_lacks(case, model_type, needle, line):
+    spec, name = _spec(case)
+    with pytest.raises(ArchError) as err:
+        export_config(load_model(spec, model=name), model_type)
+    assert err.value.message.startswith(f"a {model_type} config cannot express this spec: ")
+    assert needle in err.value.message
+    assert err.value.span is not None and err.value.span.line == line
 
 
 def test_a_bf16_spec_exports_bf16_weights(tmp_path):

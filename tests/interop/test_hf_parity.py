@@ -119,10 +119,10 @@ CASES = {
         attn_temperature_tuning=False)),
     "t5": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                         num_heads=4, relative_attention_num_buckets=8,
-                                                        relative_attention_max_distance=16)),
+                                                        relative_attention_max_distance=16, dropout_rate=0.0)),
     "t5-gated": (T.T5Config, T.T5ForConditionalGeneration, dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                               num_decoder_layers=3, num_heads=4,
-                                                              feed_forward_proj="gated-gelu")),
+                                                              feed_forward_proj="gated-gelu", dropout_rate=0.0)),
     "bert": (T.BertConfig, T.BertModel, dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, max_position_embeddings=64)),
     # two groups of B and C, biases on the projections, dt clamped, chunks shorter than the prompt

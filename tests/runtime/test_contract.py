@@ -204,7 +204,7 @@ def test_encoder_decoder_loss_matches_hugging_face_t5():
 
     config = transformers.T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
                                    relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                                   decoder_start_token_id=0, pad_token_id=0)
+                                   decoder_start_token_id=0, pad_token_id=0, dropout_rate=0.0)
     config._attn_implementation = "eager"
     hf = transformers.T5ForConditionalGeneration(config).eval()
     ours = from_hf(hf).eval()

@@ -145,9 +145,20 @@ def _attention(c, *, window=None, bias=False, out_bias=False, softcap=None, scal
 def _decoder_fields(c, **extra) -> dict[str, Any]:
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
-              "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)) or None}
+              "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)) or None, **_dropouts(c)}
     fields.update(extra)
     return fields
+
+
+def _dropouts(c) -> dict[str, float]:
+    """The model's dropout fields that the config's dropout keys set (hf_config.dropout_into),
+    where they are not zero."""
+    fields: dict[str, float] = {}
+    for key, rule in hf_config.table(c.model_type).items():
+        p = getattr(c, key, None) if rule.fields else None
+        fields.update((field, float(p)) for field in rule.fields if p)
+    order = ("embedding_dropout", "attention_dropout", "residual_dropout")
+    return {field: fields[field] for field in order if field in fields}
 
 
 def _llama_like(c, name: str) -> str:
@@ -258,8 +269,8 @@ def _gemma3(c, name: str) -> str:
 def _gpt2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.n_embd, "context": c.n_positions,
-              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True, "position": call("learned"),
-              "final_norm": call("layernorm", eps=eps)}
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": True, **_dropouts(c),
+              "position": call("learned"), "final_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps), "attention": call("mha", heads=c.n_head, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.n_inner or 4 * c.n_embd, act=_act(c.activation_function), bias=True)}
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.n_layer}"}, "Imported from a Hugging Face gpt2 config.")
@@ -269,7 +280,8 @@ def _bert(c, name: str) -> str:
     eps = c.layer_norm_eps
     fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
-              "pooler": True, "position": call("learned"), "embedding_norm": call("layernorm", eps=eps)}
+              "pooler": True, **_dropouts(c), "position": call("learned"),
+              "embedding_norm": call("layernorm", eps=eps)}
     block = {"norm": call("layernorm", eps=eps, placement="post"),
              "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
@@ -496,22 +508,34 @@ def spec_from_config(config, name: str | None = None) -> str:
         text = SPEC_WRITERS[model_type](config, name or model_type)
     except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. zero heads, a zero layer period
         raise ArchError(f"{where}this {model_type} config does not describe a model: {exc}", kind="interop") from None
-    _check_written(text, model_type, where)
+    model = _check_written(text, model_type, where)
+    _check_dropouts(model, config, where)
     return text
 
 
-def _check_written(text: str, model_type: str, where: str) -> None:
+def _check_written(text: str, model_type: str, where: str):
     """An imported spec always passes `archc check`: a config whose values do not make a valid
     model (zero sizes, heads that do not divide, ...) is refused here, in the config's terms."""
     from archlang.api import compile_spec
     from archlang.spec.errors import ArchErrors, all_errors
 
     try:
-        compile_spec(text, passes="")
+        return compile_spec(text, passes="").model
     except (ArchError, ArchErrors) as exc:
         first = all_errors(exc)[0]
         raise ArchError(f"{where}this {model_type} config does not describe a valid model: {first.message}",
                         hint=first.hint, kind="interop") from None
+
+
+def _check_dropouts(model, config, where: str) -> None:
+    """Every mapped dropout key reached the spec: a spec writer that forgets _dropouts would
+    otherwise drop one silently."""
+    for key, rule in hf_config.table(config.model_type).items():
+        for field in rule.fields:
+            p = float(getattr(config, key, None) or 0)
+            if getattr(model, field) != p:
+                raise ArchError(f"{where}{config.model_type} config key {key!r} = {p} did not reach the spec's "
+                                f"`{field}` ({getattr(model, field)})", kind="interop")
 
 
 # ----------------------------------------------------------------------------- models and checkpoints

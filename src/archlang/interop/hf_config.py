@@ -6,9 +6,11 @@ checked (archlang expresses only some values: any other is refused, naming the k
 value). A key in none of these is refused too, so a new transformers key is noticed rather than
 dropped. tests/interop/test_hf_config.py walks every supported type's defaults against this table.
 
-Dropout probabilities (and MoE router jitter) are irrelevant by decision: they are training-time
-regularisation, the identity in eval mode, and archlang models have none; a spec describes the
-network's function, and a model fine-tuned from it trains without them.
+Dropout keys are mapped to the model's embedding_dropout / attention_dropout / residual_dropout
+where the family drops exactly the tensors archlang does (the embeddings, the attention
+probabilities, each residual branch before it is added back), so a model trains as it does in
+transformers. Where a family drops something archlang does not (inside the FFN, after the final
+norm, MLA's probabilities), a non-zero value is refused; zero is the identity everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Key:
     how: str  # mapped | irrelevant | checked
     reason: str = ""
     check: Check | None = None
+    fields: tuple[str, ...] = ()  # the model fields a mapped dropout key sets
+    dropout: bool = False  # a dropout probability: mapped to `fields`, or refused unless zero when there are none
 
 
 MAPPED = Key("mapped")
@@ -155,7 +159,21 @@ def spec_dtype(value: Any) -> str:
 DTYPE = checked(lambda v, c: None if (str(v).removeprefix("torch.") if v is not None else None) in _DTYPES
                 else "archlang has float32, bfloat16 and float16")
 
-DROPOUT = irrelevant("dropout: training-time regularisation, the identity in eval mode; archlang models have none")
+
+def dropout_into(*fields: str) -> Key:
+    """A dropout probability this family applies exactly where archlang's model `fields` do."""
+    return Key("mapped", fields=fields, dropout=True)
+
+
+def no_dropout(reason: str) -> Key:
+    """A dropout this family applies where archlang has none: only 0 (or unset) is expressible."""
+    return Key("checked", reason, lambda v, c: None if not v else reason, dropout=True)
+
+
+# A dropout the importer has not placed: refused unless zero, so training never silently differs.
+DROPOUT = no_dropout("archlang has no dropout at the place this family applies it")
+HEAD_DROPOUT = irrelevant("dropout of a classification or summary head, which the importer does not build")
+ATTENTION_DROPOUT = dropout_into("attention_dropout")  # on the softmax probabilities, in training
 TOKEN_ID = irrelevant("a tokenizer id: data, not architecture")
 INIT = irrelevant("initialisation of fresh weights; imported weights are loaded")
 OUTPUTS = irrelevant("what transformers' forward returns, not what it computes")
@@ -185,7 +203,8 @@ SHARED: dict[str, Key] = {
 _LLAMA_CORE = {k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                                    "tie_word_embeddings", "head_dim")}
-_LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=DROPOUT, hidden_act=ACTIVATION)
+_LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=ATTENTION_DROPOUT, hidden_act=ACTIVATION)
+_MLA_DROPOUT = no_dropout("archlang's MLA attention has no dropout on its probabilities")
 _OLD_TP = irrelevant("kept for old checkpoints; transformers' modeling code no longer reads it")
 _SILU = only("silu", "swish", reason="archlang maps this family's experts with silu (swiglu) only")
 
@@ -205,7 +224,8 @@ TABLES: dict[str, dict[str, Key]] = {
                 "no_rope_layer_interval": irrelevant("used only to fill no_rope_layers, which is read")},
     "mixtral": {**_LLAMA_CORE, "hidden_act": _SILU, "sliding_window": MAPPED, "num_experts_per_tok": MAPPED,
                 "num_local_experts": MAPPED, "output_router_logits": MAPPED, "router_aux_loss_coef": MAPPED,
-                "router_jitter_noise": irrelevant("router jitter: training-time noise, the identity in eval mode")},
+                "router_jitter_noise": only(0.0, 0, reason="router jitter (training-time noise on the router input) "
+                                                             "is not in archlang")},
     "qwen2_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "qkv_bias": MAPPED, "decoder_sparse_step": MAPPED,
                   "moe_intermediate_size": MAPPED, "shared_expert_intermediate_size": MAPPED,
                   "num_experts_per_tok": MAPPED, "num_experts": MAPPED, "norm_topk_prob": MAPPED,
@@ -221,7 +241,8 @@ TABLES: dict[str, dict[str, Key]] = {
                "layer_types": MAPPED, "final_logit_softcapping": MAPPED, "attn_logit_softcapping": MAPPED,
                "attention_bias": only(False, reason="attention biases are not mapped for gemma2"),
                "use_bidirectional_attention": only(None, False, reason="archlang's gemma2 attention is causal")},
-    "phi3": {**_LLAMA_CORE, "sliding_window": MAPPED, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT,
+    "phi3": {**_LLAMA_CORE, "sliding_window": MAPPED, "resid_pdrop": dropout_into("residual_dropout"),
+             "embd_pdrop": irrelevant("Phi-3's modeling code never reads it: its embeddings are not dropped"),
              "original_max_position_embeddings": MAPPED},
     "gemma3_text": {**_LLAMA_CORE, "hidden_activation": ACTIVATION, "rope_parameters": checked(_rope_per_layer_type),
                     "hidden_act": irrelevant("gemma3's modeling code reads hidden_activation"),
@@ -232,7 +253,8 @@ TABLES: dict[str, dict[str, Key]] = {
                     "use_bidirectional_attention": only(None, False, reason="archlang's gemma3 attention is causal")},
     "gpt2": {**{k: MAPPED for k in ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")},
              "activation_function": ACTIVATION,
-             "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, "summary_first_dropout": DROPOUT,
+             "resid_pdrop": dropout_into("residual_dropout"), "embd_pdrop": dropout_into("embedding_dropout"),
+             "attn_pdrop": ATTENTION_DROPOUT, "summary_first_dropout": HEAD_DROPOUT,
              **{k: irrelevant("the sequence-summary head of GPT2DoubleHeadsModel, which the importer does not build")
                 for k in ("summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels")},
              "n_ctx": irrelevant("an old alias of n_positions that the modeling code does not read"),
@@ -244,7 +266,9 @@ TABLES: dict[str, dict[str, Key]] = {
     "bert": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                     "max_position_embeddings", "type_vocab_size", "layer_norm_eps")},
              "hidden_act": ACTIVATION,
-             "hidden_dropout_prob": DROPOUT, "attention_probs_dropout_prob": DROPOUT, "classifier_dropout": DROPOUT,
+             # BERT drops the normalised embeddings and each sublayer's output before its residual add
+             "hidden_dropout_prob": dropout_into("embedding_dropout", "residual_dropout"),
+             "attention_probs_dropout_prob": ATTENTION_DROPOUT, "classifier_dropout": HEAD_DROPOUT,
              "is_decoder": only(False, reason="bert as a decoder is not mapped"),
              "add_cross_attention": only(False, reason="bert with cross-attention is not mapped"),
              "position_embedding_type": only("absolute", reason="archlang's bert has learned absolute positions"),
@@ -256,7 +280,7 @@ TABLES: dict[str, dict[str, Key]] = {
                                      "mamba_expand", "mamba_dt_rank", "mamba_conv_bias", "mamba_proj_bias")},
               **{k: irrelevant("chooses which transformers implementation computes the same scan")
                  for k in ("use_mamba_kernels", "use_mambapy", "use_associative_scan")}},
-    "deepseek_v2": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP,
+    "deepseek_v2": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP, "attention_dropout": _MLA_DROPOUT,
                     "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v2"),
                     "mlp_bias": only(False, reason="FFN biases are not mapped for deepseek_v2"),
                     "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query head"),
@@ -276,7 +300,7 @@ TABLES: dict[str, dict[str, Key]] = {
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
                                            "routed_scaling_factor", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
-    "deepseek_v3": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP,
+    "deepseek_v3": {**_LLAMA_CORE, "hidden_act": _SILU, "pretraining_tp": _OLD_TP, "attention_dropout": _MLA_DROPOUT,
                     "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v3"),
                     "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query head"),
                     "head_dim": _same_as("qk_rope_head_dim", "transformers sets it to qk_rope_head_dim"),
@@ -346,7 +370,9 @@ TABLES: dict[str, dict[str, Key]] = {
                                   "layer_norm_epsilon", "is_gated_act",
                                   "scale_decoder_outputs", "n_positions")},
            "feed_forward_proj": checked(_t5_ffn), "dense_act_fn": ACTIVATION,
-           "dropout_rate": DROPOUT, "classifier_dropout": DROPOUT,
+           "dropout_rate": no_dropout("t5 also drops inside each FFN (after the activation) and after the final "
+                                      "norm, where archlang has no dropout"),
+           "classifier_dropout": HEAD_DROPOUT,
            "is_encoder_decoder": only(True, reason="t5 is an encoder-decoder model"),
            "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
            "tie_word_embeddings": only(True, reason="an untied t5 LM head (t5 v1.1) is not mapped")},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,11 +112,15 @@ def _positions_inherit(m: A.Model, blocks: list[str]) -> None:
         _need(m.blocks[b].position == "inherit", ("blocks", b, "position"), "a per-block position")
 
 
-def _rope_parameters(rope: Any, path: tuple, head_dim: int | None) -> dict:
+def _rope_parameters(rope: Any, path: tuple, head_dim: int | None, partial: bool = False) -> dict:
+    """rope_parameters of a rope(); `partial`: the family rotates a fraction of each head
+    (partial_rotary_factor), else a rope dim below head_dim is refused."""
     _need(isinstance(rope, A.Rope), path, f"position {getattr(rope, 'kind', 'none')}: this family uses RoPE")
-    if head_dim is not None:
+    if head_dim is not None and not partial:
         _need(rope.dim in (None, head_dim), path + ("dim",), "partial RoPE (rope dim below head_dim)")
     params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(rope.theta)}
+    if partial:
+        params["partial_rotary_factor"] = (rope.dim or head_dim) / head_dim
     s = rope.scaling
     if isinstance(s, A.LinearScaling):
         params.update(rope_type="linear", factor=s.factor)
@@ -127,6 +132,11 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None) -> dict:
                       beta_fast=s.beta_fast, beta_slow=s.beta_slow, mscale=s.mscale, mscale_all_dim=s.mscale_all_dim)
         if not s.truncate:
             params["truncate"] = False
+    elif isinstance(s, A.LongRopeScaling):
+        params.update(rope_type="longrope", short_factor=list(s.short_factor), long_factor=list(s.long_factor),
+                      original_max_position_embeddings=s.original_context)
+        optional = {"factor": s.factor, "attention_factor": s.attention_factor}
+        params.update({k: v for k, v in optional.items() if v is not None})
     elif s is not None:
         raise Unfit(path + ("scaling",), f"RoPE scaling {s.kind}")
     return params
@@ -165,16 +175,48 @@ def _glu(ffn, path: tuple, what: str = "ffn") -> tuple[int, str, bool]:
 # ----------------------------------------------------------------------------- exporters
 
 
+@dataclass(frozen=True)
+class _LlamaLike:
+    """What a llama-like family fixes and what its config chooses."""
+
+    placement: str = "pre"  # where its RMSNorms sit
+    qk_norm: str | None = None  # the scope of its QK-norm (rmsnorm, the blocks' eps), or None: it has none
+    attention_bias: str = "none"  # none | both (attention_bias biases q, k, v and o) | qkv (always, o never)
+    mlp_bias: bool = False  # an mlp_bias key
+    windows: str | None = None  # None | all (one sliding_window on every layer) | per_layer (layer_types)
+    nope: bool = False  # layers without RoPE (no_rope_layers)
+    partial_rope: bool = False  # rope_parameters' partial_rotary_factor
+
+
+_LLAMA_LIKE = {
+    "llama": _LlamaLike(attention_bias="both", mlp_bias=True),
+    "mistral": _LlamaLike(windows="all"),
+    "qwen2": _LlamaLike(attention_bias="qkv", windows="per_layer"),
+    "qwen3": _LlamaLike(qk_norm="head", attention_bias="both", windows="per_layer"),
+    "olmo2": _LlamaLike(placement="output", qk_norm="projection", attention_bias="both"),
+    "smollm3": _LlamaLike(attention_bias="both", mlp_bias=True, windows="per_layer", nope=True),
+    "phi3": _LlamaLike(windows="all", partial_rope=True),
+}
+_PLACEMENTS = {"pre": "pre-norm RMSNorm", "output": "RMSNorm on each branch's output (placement = output)"}
+
+
 def _llama_like(m: A.Model, model_type: str) -> dict:
+    family = _LLAMA_LIKE[model_type]
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
     _model_extras(m, set())
-    _positions_inherit(m, kinds)
+    if family.nope:
+        for k in kinds:
+            _need(m.blocks[k].position in ("inherit", None), ("blocks", k, "position"),
+                  "a per-block position other than none (NoPE)")
+    else:
+        _positions_inherit(m, kinds)
     norm = _same(m, kinds, "norm", "norms")
     b0 = m.blocks[kinds[0]]
-    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+    _need(norm.kind == "rmsnorm" and norm.placement == family.placement and not norm.unit_offset,
+          ("blocks", kinds[0], "norm"),
           f"{norm.kind}(placement = {norm.placement}{', unit_offset' if norm.unit_offset else ''}): "
-          f"{model_type} has pre-norm RMSNorm")
+          f"{model_type} has {_PLACEMENTS[family.placement]}")
     _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
           f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
     ffn = _same(m, kinds, "ffn", "FFNs")
@@ -188,31 +230,50 @@ def _llama_like(m: A.Model, model_type: str) -> dict:
     a = b0.attention
     _need(a.softcap is None, ("blocks", kinds[0], "attention", "softcap"), "attention soft-capping")
     _need(_default_scale(a), ("blocks", kinds[0], "attention", "scale"), "an attention scale other than 1/sqrt(head_dim)")
+    if family.qk_norm is None:
+        _need(a.qk_norm is None, ("blocks", kinds[0], "attention", "qk_norm"), f"QK-norm ({model_type} has none)")
+    else:
+        scope = ", scope = projection" if family.qk_norm == "projection" else ""
+        _need(a.qk_norm == A.QKNorm(kind="rmsnorm", eps=norm.eps, scope=family.qk_norm),
+              ("blocks", kinds[0], "attention", "qk_norm"),
+              f"{model_type} normalises q and k with the blocks' norm: qk_norm = rmsnorm(eps = {norm.eps}{scope})")
+    rope = _rope_parameters(m.position, ("position",), a.head_dim, partial=family.partial_rope)
     config = {"model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
               "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
               "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
-              "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim)}
+              "rope_parameters": rope}
     window_set = {w for w in windows.values() if w is not None}
     _need(len(window_set) <= 1, ("blocks", kinds[-1], "attention", "window"), "sliding windows of different widths")
     window = window_set.pop() if window_set else None
     windowed = next((k for k in kinds if windows[k] is not None), kinds[0])
-    if model_type == "llama":
-        _need(window is None, ("blocks", windowed, "attention", "window"), "a sliding window (llama has none)")
+    if family.windows is None:
+        _need(window is None, ("blocks", windowed, "attention", "window"), f"a sliding window ({model_type} has none)")
+    if family.attention_bias == "both":
         _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
-              "a bias on q, k, v but not on the output, or the reverse (llama's attention_bias sets both)")
-        config.update(attention_bias=a.bias, mlp_bias=mlp_bias)
+              f"a bias on q, k, v but not on the output, or the reverse ({model_type}'s attention_bias sets both)")
+        config["attention_bias"] = a.bias
+    if family.mlp_bias:
+        config["mlp_bias"] = mlp_bias
     else:
         _need(not mlp_bias, ("blocks", kinds[0], "ffn", "bias"), f"FFN biases ({model_type} has none)")
-    if model_type == "mistral":
+    if family.attention_bias == "none":
         _need(not a.bias and not a.out_bias, ("blocks", kinds[0], "attention", "bias"), "attention biases")
+    if family.windows == "all":
         _need(all(windows[k] == window for k in kinds), ("blocks", windowed, "attention", "window"),
-              "a sliding window on some layers only (mistral's window is on every layer)")
+              f"a sliding window on some layers only ({model_type}'s window is on every layer)")
         config["sliding_window"] = window
-    if model_type == "qwen2":
+    if family.attention_bias == "qkv":
         _need(a.bias and not a.out_bias, ("blocks", kinds[0], "attention", "bias"),
-              "qwen2 biases q, k and v and not the output: bias = true, out_bias = false")
+              f"{model_type} biases q, k and v and not the output: bias = true, out_bias = false")
+    if family.windows == "per_layer":
         config.update(use_sliding_window=window is not None, sliding_window=window,
                       layer_types=["sliding_attention" if windows[k] else "full_attention" for k in layers])
+    if family.nope:
+        config["no_rope_layers"] = [int(m.position_of(k) is not None) for k in layers]
+    if model_type in ("smollm3", "phi3"):
+        config["pad_token_id"] = None  # their default padding ids lie past a small vocabulary
+    if model_type == "phi3" and rope["rope_type"] == "longrope":
+        config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
     return config
 
 
@@ -261,13 +322,16 @@ def _qwen2_moe(m: A.Model) -> dict:
     return config
 
 
-def _gemma2(m: A.Model) -> dict:
+def _gemma2(m: A.Model, model_type: str = "gemma2") -> dict:
+    """Gemma 2, and Gemma 3 (gemma3_text): its QK-norm with a unit offset, and a RoPE per layer type."""
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
     _model_extras(m, {"embedding_scale", "logit_softcap"})
-    _positions_inherit(m, kinds)
+    if model_type == "gemma2":
+        _positions_inherit(m, kinds)
     _need(m.embedding_scale is not None and math.isclose(m.embedding_scale, m.d_model**0.5, rel_tol=1e-12),
-          ("embedding_scale",), "gemma2 scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
+          ("embedding_scale",),
+          f"{model_type} scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
     norm = _same(m, kinds, "norm", "norms")
     ffn = _same(m, kinds, "ffn", "FFNs")
     hidden, act, _ = _glu(ffn, ("blocks", kinds[0], "ffn"))
@@ -276,15 +340,26 @@ def _gemma2(m: A.Model) -> dict:
     scale = a.scale if a.scale is not None else a.head_dim**-0.5
     scalar = round(scale**-2)
     _need(scalar >= 1 and math.isclose(scalar**-0.5, scale, rel_tol=1e-9), ("blocks", kinds[0], "attention", "scale"),
-          "gemma2 writes the score scale as query_pre_attn_scalar ** -0.5 with a whole query_pre_attn_scalar")
+          f"{model_type} writes the score scale as query_pre_attn_scalar ** -0.5 with a whole query_pre_attn_scalar")
     windows = [m.blocks[k].attention.window if m.blocks[k].attention else None for k in layers]
     window_set = {w for w in windows if w is not None}
     _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
-    return {"model_type": "gemma2", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+    if model_type == "gemma2":
+        rope = _rope_parameters(m.position, ("position",), a.head_dim)
+    else:
+        _need(a.qk_norm == A.QKNorm(kind="rmsnorm", eps=norm.eps, unit_offset=True),
+              ("blocks", kinds[0], "attention", "qk_norm"),
+              f"gemma3 normalises q and k per head: qk_norm = rmsnorm(eps = {norm.eps}, unit_offset = true)")
+        rope = {}  # one RoPE per layer type: every sliding layer shares one, every full layer another
+        for k, w in zip(layers, windows):
+            layer_type = "sliding_attention" if w else "full_attention"
+            params = _rope_parameters(m.position_of(k), ("blocks", k, "position"), a.head_dim)
+            _need(rope.setdefault(layer_type, params) == params, ("blocks", k, "position"),
+                  f"{layer_type.split('_')[0]} layers with different RoPE (gemma3 has one per layer type)")
+    return {"model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
             "num_hidden_layers": len(layers), **heads, "hidden_activation": act, "max_position_embeddings": m.context,
             "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
-            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
-            "query_pre_attn_scalar": scalar, "attn_logit_softcapping": a.softcap,
+            "rope_parameters": rope, "query_pre_attn_scalar": scalar, "attn_logit_softcapping": a.softcap,
             "final_logit_softcapping": m.logit_softcap, "sliding_window": window_set.pop() if window_set else None,
             "layer_types": ["sliding_attention" if w else "full_attention" for w in windows]}
 
@@ -370,7 +445,8 @@ def _jamba(m: A.Model) -> dict:
             "mamba_dt_rank": ssm.dt_rank, "mamba_conv_bias": ssm.conv_bias, "mamba_proj_bias": ssm.bias}
 
 
-def _deepseek_v2(m: A.Model) -> dict:
+def _deepseek_v2(m: A.Model, model_type: str = "deepseek_v2") -> dict:
+    """DeepSeek-V2 (softmax routing), and DeepSeek-V3 (sigmoid routing with the correction bias)."""
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
     _model_extras(m, set())
@@ -378,11 +454,11 @@ def _deepseek_v2(m: A.Model) -> dict:
     sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
     first_sparse = sparse.index(True) if any(sparse) else len(layers)
     _need(all(sparse[first_sparse:]), ("layers",), "dense layers after the first expert layer "
-          "(deepseek_v2 has first_k_dense_replace dense layers, then expert layers)")
+          f"({model_type} has first_k_dense_replace dense layers, then expert layers)")
     a = _same(m, kinds, "attention", "attentions")
-    _need(a is not None and a.kind == "mla", ("blocks", kinds[0], "attention"), "deepseek_v2 has mla attention")
+    _need(a is not None and a.kind == "mla", ("blocks", kinds[0], "attention"), f"{model_type} has mla attention")
     norm = m.blocks[kinds[0]].norm
-    config = {"model_type": "deepseek_v2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+    config = {"model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model,
               "num_hidden_layers": len(layers), "num_attention_heads": a.heads, "num_key_value_heads": a.heads,
               "hidden_act": "silu", "max_position_embeddings": m.context, "rms_norm_eps": norm.eps,
               "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
@@ -401,7 +477,58 @@ def _deepseek_v2(m: A.Model) -> dict:
                       n_shared_experts=moe.shared_experts or None, norm_topk_prob=False,
                       routed_scaling_factor=moe.routed_scale)
         config.setdefault("intermediate_size", expert_hidden)
+        if model_type == "deepseek_v3":
+            config.update(_sigmoid_routing(moe, ("blocks", moe_kind, "ffn")))
+        else:
+            _need(moe.router == "softmax" and not moe.correction_bias, ("blocks", moe_kind, "ffn"),
+                  "deepseek_v2 routes with softmax scores and no correction bias")
+        if model_type == "deepseek_v2" and moe.groups > 1:
+            _need(moe.group_score == "max", ("blocks", moe_kind, "ffn", "group_score"),
+                  "deepseek_v2 scores a group by its best expert: group_score = max")
+            config.update(topk_method="group_limited_greedy", n_group=moe.groups, topk_group=moe.topk_groups)
     return config
+
+
+def _sigmoid_routing(moe: A.MoE, path: tuple) -> dict:
+    """DeepSeek-V3's routing (and GLM-4 MoE's): sigmoid scores, the correction bias, expert groups
+    scored by the sum of their two best experts."""
+    _need(moe.router == "sigmoid" and moe.correction_bias, path,
+          "this family routes with sigmoid scores and a correction bias: router = sigmoid, correction_bias = true")
+    _need(moe.groups == 1 or moe.group_score == "top2_sum", path + ("group_score",),
+          "this family scores a group by the sum of its two best experts: group_score = top2_sum")
+    return {"n_group": moe.groups, "topk_group": moe.topk_groups, "norm_topk_prob": moe.normalize_top_k,
+            "routed_scaling_factor": moe.routed_scale}
+
+
+def _glm4_moe(m: A.Model) -> dict:
+    """GLM-4.5: GQA with partial RoPE and q/k/v biases, DeepSeek-V3's routing, dense first layers."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    first_sparse = sparse.index(True) if any(sparse) else len(layers)
+    _need(any(sparse) and all(sparse[first_sparse:]), ("layers",), "dense layers after the first expert layer, or "
+          "none (glm4_moe has first_k_dense_replace dense layers, then expert layers)")
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "glm4_moe has pre-norm RMSNorm")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(not a.out_bias, ("blocks", kinds[0], "attention", "out_bias"), "glm4_moe biases q, k and v, never the output")
+    moe_kind = layers[first_sparse]
+    moe = m.blocks[moe_kind].ffn
+    expert_hidden, act, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    hidden = expert_hidden
+    if first_sparse:
+        hidden, _, _ = _glu(m.blocks[layers[0]].ffn, ("blocks", layers[0], "ffn"))
+    return {"model_type": "glm4_moe", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim, partial=True),
+            "attention_bias": a.bias, "use_qk_norm": False, "first_k_dense_replace": first_sparse,
+            "n_routed_experts": moe.experts, "num_experts_per_tok": moe.top_k, "moe_intermediate_size": expert_hidden,
+            "n_shared_experts": moe.shared_experts, **_sigmoid_routing(moe, ("blocks", moe_kind, "ffn"))}
 
 
 def _t5(m: A.Model) -> dict:
@@ -585,7 +712,11 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "mamba2": _mamba2,
-    "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
+    # 2024-2026 families; a spec two families express goes to the first (a plain llama to llama)
+    "qwen3": lambda m: _llama_like(m, "qwen3"), "olmo2": lambda m: _llama_like(m, "olmo2"),
+    "gemma3_text": lambda m: _gemma2(m, "gemma3_text"), "smollm3": lambda m: _llama_like(m, "smollm3"),
+    "phi3": lambda m: _llama_like(m, "phi3"), "deepseek_v3": lambda m: _deepseek_v2(m, "deepseek_v3"),
+    "glm4_moe": _glm4_moe, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -595,7 +726,9 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "mamba2": "Mamba2ForCausalLM",
-    "gpt_oss": "GptOssForCausalLM", "llama4_text": "Llama4ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+    "glm4_moe": "Glm4MoeForCausalLM", "gpt_oss": "GptOssForCausalLM", "llama4_text": "Llama4ForCausalLM",
 }
 
 
@@ -680,15 +813,40 @@ def _config(model_type: str, values: dict):
     from .hf import config_from_dict
 
     nullable = ("q_lora_rank", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
-                "bos_token_id", "eos_token_id")
+                "bos_token_id", "eos_token_id", "pad_token_id")
     values = {k: v for k, v in values.items() if v is not None or k in nullable}
     config = config_from_dict({**values, "architectures": [ARCHITECTURES[model_type]]})
     return config
 
 
+_DROPOUTS = ("embedding_dropout", "attention_dropout", "residual_dropout")
+
+
+def _dropout_keys(m: A.Model, model_type: str) -> dict:
+    """The family's dropout keys (hf_config's dropout_into / no_dropout) for the spec's dropouts:
+    each mapped key the value of the fields it sets, which must agree; zero for a key the family
+    applies where archlang has no dropout. A spec dropout that no key of the family sets is refused."""
+    from .hf_config import table
+
+    values, carried = {}, set()
+    for key, rule in table(model_type).items():
+        if not rule.dropout:
+            continue
+        p = getattr(m, rule.fields[0]) if rule.fields else 0.0
+        for field in rule.fields[1:]:
+            _need(getattr(m, field) == p, (field,), f"`{field}` = {getattr(m, field)} and `{rule.fields[0]}` = {p} "
+                                                    f"differ ({model_type}'s {key} sets both)")
+        values[key] = p
+        carried.update(rule.fields)
+    for field in _DROPOUTS:
+        _need(field in carried or not getattr(m, field), (field,), f"`{field}` ({model_type} has no such dropout)")
+    return values
+
+
 def _try(m: A.Model, model_type: str):
     _check_expressible(m)
     values = EXPORTERS[model_type](m)
+    values.update(_dropout_keys(m, model_type))
     try:
         config = _config(model_type, values)
     except ArchError as exc:
