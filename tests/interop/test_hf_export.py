@@ -144,6 +144,21 @@ CASES = {
     encoder_layers = encoder * 2
     decoder_layers = decoder * 3
 }}""", "t5"),
+    "qwen3_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block sparse {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true, window = 6,
+                        qk_norm = rmsnorm(eps = 1e-6))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16))
+    }}
+    block dense extends sparse {{
+        ffn = swiglu(hidden = 40)
+    }}
+    layers = [sparse, dense, sparse]
+}}""", "qwen3_moe"),
 }
 
 

@@ -104,6 +104,14 @@ CASES = {
                                                               feed_forward_proj="gated-gelu")),
     "bert": (T.BertConfig, T.BertModel, dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, max_position_embeddings=64)),
+    # per-head QK-norm, a dense layer among the expert layers, renormalised top-k, head_dim != d_model / heads
+    "qwen3_moe": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        norm_topk_prob=True, mlp_only_layers=[1])),
+    # every second layer an expert layer (decoder_sparse_step), all biases, a window on every layer
+    "qwen3_moe-sliding-step": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        decoder_sparse_step=2, attention_bias=True, use_sliding_window=True, sliding_window=5)),
 }
 
 

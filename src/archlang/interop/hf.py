@@ -203,6 +203,23 @@ def _moe_like(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
 
+def _qwen3_moe(c, name: str) -> str:
+    """Qwen3 attention (per-head QK-norm before RoPE; a sliding window on every layer when
+    use_sliding_window) with routed experts only; mlp_only_layers and decoder_sparse_step pick
+    the dense layers."""
+    eps = c.rms_norm_eps
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob))
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, window=c.sliding_window if c.use_sliding_window else None, bias=bias, out_bias=bias,
+                           qk_norm=call("rmsnorm", eps=eps))
+    kinds = ["moe_layer" if i not in c.mlp_only_layers and c.num_experts > 0 and (i + 1) % c.decoder_sparse_step == 0
+             else "dense_layer" for i in range(c.num_hidden_layers)]
+    blocks = _dense_and_moe_blocks(kinds, "dense_layer", "moe_layer", eps, attention, c.intermediate_size, moe)
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face qwen3_moe config.")
+
+
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
                           moe: Raw) -> dict[str, dict[str, Any]]:
     """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
@@ -388,6 +405,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
+    "qwen3_moe": _qwen3_moe,
 }
 
 

@@ -300,6 +300,14 @@ TABLES: dict[str, dict[str, Key]] = {
                  **{k: MAPPED for k in ("first_k_dense_replace", "n_routed_experts", "n_shared_experts",
                                         "routed_scaling_factor", "norm_topk_prob", "num_experts_per_tok",
                                         "moe_intermediate_size")}},
+    "qwen3_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "use_sliding_window": MAPPED,
+                  "sliding_window": MAPPED, "decoder_sparse_step": MAPPED, "moe_intermediate_size": MAPPED,
+                  "num_experts_per_tok": MAPPED, "num_local_experts": MAPPED, "norm_topk_prob": MAPPED,
+                  "mlp_only_layers": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                  "num_experts": MAPPED,  # config.json's name of num_local_experts (an attribute_map alias)
+                  "max_window_layers": irrelevant("published configs carry it, but transformers' qwen3_moe never "
+                                                  "reads it: use_sliding_window puts the window on every layer"),
+                  "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",

@@ -259,6 +259,38 @@ def _qwen2_moe(m: A.Model) -> dict:
     return config
 
 
+def _qwen3_moe(m: A.Model) -> dict:
+    """Qwen3's attention (per-head RMSNorm on q and k, one window for every layer or none) with
+    routed experts; dense layers anywhere are mlp_only_layers."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    _need(any(sparse), ("layers",), "no mixture-of-experts layer")
+    moe_kind = layers[sparse.index(True)]
+    moe = m.blocks[moe_kind].ffn
+    expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    _need(moe.shared is None and not moe.shared_experts, ("blocks", moe_kind, "ffn", "shared"),
+          "shared experts (qwen3_moe has routed experts only)")
+    dense_kinds = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    hidden = m.blocks[dense_kinds[0]].ffn.hidden if dense_kinds and isinstance(m.blocks[dense_kinds[0]].ffn, A.GLU) \
+        else expert_hidden
+    a = m.blocks[moe_kind].attention
+    _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
+    _need(a.qk_norm is not None, ("blocks", moe_kind, "attention"), "qwen3_moe normalises q and k: qk_norm = rmsnorm(...)")
+    # Every layer as the dense model the family is built around (mistral: one window for all), then the rest.
+    plain = {"qk_norm": None, "bias": False, "out_bias": False}
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden),
+                                          "attention": m.blocks[k].attention.model_copy(update=plain)}) for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    window = config.pop("sliding_window")
+    config.update(model_type="qwen3_moe", attention_bias=a.bias, use_sliding_window=window is not None,
+                  sliding_window=window, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                  moe_intermediate_size=expert_hidden, norm_topk_prob=moe.normalize_top_k, decoder_sparse_step=1,
+                  mlp_only_layers=[i for i, s in enumerate(sparse) if not s], intermediate_size=hidden)
+    return config
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -431,6 +463,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
+    "qwen3_moe": _qwen3_moe,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -440,6 +473,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
 
 

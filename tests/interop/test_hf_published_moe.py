@@ -1,0 +1,70 @@
+"""The imported specs of well-known checkpoints have exactly HF's parameter count (models built on
+the meta device from the published hyper-parameters, written out here: nothing is downloaded),
+cached greedy generation equals transformers' for the tiny parity cases of these families, and
+config values archlang cannot compute are refused by name."""
+
+import warnings
+
+import pytest
+import torch
+
+from archlang.api import compile_spec
+from archlang.compiler import compute_facts
+from archlang.interop.hf import spec_from_config
+from archlang.spec.errors import ArchError
+
+from .test_hf_parity import CASES, SMALL, _pair
+
+T = pytest.importorskip("transformers")
+warnings.filterwarnings("ignore")
+
+# model_type → (CausalLM class, the published config.json's architecture keys)
+PUBLISHED = {
+    "Qwen/Qwen3-30B-A3B": ("Qwen3MoeForCausalLM", dict(
+        model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+        moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
+        max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
+        use_sliding_window=False, sliding_window=None, max_window_layers=48, attention_bias=False,
+        torch_dtype="bfloat16")),
+}
+
+
+def _hf_count(name: str) -> int:
+    cls_name, values = PUBLISHED[name]
+    values = dict(values)
+    config = T.AutoConfig.for_model(**values)
+    with torch.device("meta"):
+        model = getattr(T, cls_name)(config)
+    return sum(p.numel() for p in model.parameters())  # tied weights once
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_params_total_of_the_imported_spec_equals_transformers(name):
+    spec = spec_from_config(dict(PUBLISHED[name][1]), name="published")
+    facts = compute_facts(compile_spec(spec, passes="").graph)
+    assert facts.params_total == _hf_count(name)
+
+
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe",))
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES)
+def test_greedy_generation_matches(case):
+    hf, ours = _pair(case)
+    prompt = torch.randint(1, 97, (1, 6))
+    with torch.no_grad():
+        ref = hf.generate(prompt, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
+                          eos_token_id=None)
+    got = ours.generate(prompt, 10)
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("model_type,overrides,key", [
+    ("qwen3_moe", dict(output_router_logits=True), "output_router_logits"),
+    ("qwen3_moe", dict(hidden_act="gelu"), "hidden_act"),
+])
+def test_values_archlang_lacks_are_refused_by_name(model_type, overrides, key):
+    with pytest.raises(ArchError) as err:
+        spec_from_config({"model_type": model_type, **SMALL, **overrides})
+    assert f"'{key}'" in err.value.message
