@@ -159,6 +159,17 @@ CASES = {
     }}
     layers = [sparse, dense, sparse]
 }}""", "qwen3_moe"),
+    "olmoe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, qk_norm = rmsnorm(eps = 1e-5, scope = projection))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), normalize_top_k = false)
+    }}
+    layers = layer * 2
+}}""", "olmoe"),
 }
 
 

@@ -112,6 +112,11 @@ CASES = {
     "qwen3_moe-sliding-step": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
         SMALL, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
         decoder_sparse_step=2, attention_bias=True, use_sliding_window=True, sliding_window=5)),
+    # QK-norm over the whole projections (k's narrower: GQA), biases, renormalised top-k
+    "olmoe": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(
+        SMALL, num_experts=4, num_experts_per_tok=2, attention_bias=True, norm_topk_prob=True, pad_token_id=0)),
+    "olmoe-plain": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(
+        SMALL, num_hidden_layers=1, num_key_value_heads=4, num_experts=4, num_experts_per_tok=3, pad_token_id=0)),
 }
 
 

@@ -27,6 +27,12 @@ PUBLISHED = {
         max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
         use_sliding_window=False, sliding_window=None, max_window_layers=48, attention_bias=False,
         torch_dtype="bfloat16")),
+    "allenai/OLMoE-1B-7B-0924": ("OlmoeForCausalLM", dict(
+        model_type="olmoe", vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+        num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8, norm_topk_prob=False,
+        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, clip_qkv=None, attention_bias=False,
+        tie_word_embeddings=False, output_router_logits=False, router_aux_loss_coef=0.01, pad_token_id=1,
+        eos_token_id=50279, torch_dtype="bfloat16")),
 }
 
 
@@ -46,7 +52,7 @@ def test_params_total_of_the_imported_spec_equals_transformers(name):
     assert facts.params_total == _hf_count(name)
 
 
-FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe",))
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe"))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
@@ -63,6 +69,8 @@ def test_greedy_generation_matches(case):
 @pytest.mark.parametrize("model_type,overrides,key", [
     ("qwen3_moe", dict(output_router_logits=True), "output_router_logits"),
     ("qwen3_moe", dict(hidden_act="gelu"), "hidden_act"),
+    ("olmoe", dict(clip_qkv=8.0), "clip_qkv"),
+    ("olmoe", dict(head_dim=16), "head_dim"),
 ])
 def test_values_archlang_lacks_are_refused_by_name(model_type, overrides, key):
     with pytest.raises(ArchError) as err:

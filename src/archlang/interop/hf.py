@@ -220,6 +220,20 @@ def _qwen3_moe(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face qwen3_moe config.")
 
 
+def _olmoe(c, name: str) -> str:
+    """OLMoE: pre-norm (unlike OLMo 2) with OLMo 2's QK-norm over the whole q and k projections,
+    and routed SwiGLU experts in every layer."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, bias=bias, out_bias=bias, qk_norm=call("rmsnorm", eps=eps, scope="projection"))
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.intermediate_size), normalize_top_k=bool(c.norm_topk_prob))
+    blocks = {"layer": {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face olmoe config.")
+
+
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
                           moe: Raw) -> dict[str, dict[str, Any]]:
     """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
@@ -405,7 +419,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
-    "qwen3_moe": _qwen3_moe,
+    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe,
 }
 
 

@@ -308,6 +308,13 @@ TABLES: dict[str, dict[str, Key]] = {
                   "max_window_layers": irrelevant("published configs carry it, but transformers' qwen3_moe never "
                                                   "reads it: use_sliding_window puts the window on every layer"),
                   "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
+    "olmoe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "num_experts_per_tok": MAPPED,
+              "num_experts": MAPPED, "norm_topk_prob": MAPPED, "output_router_logits": NO_AUX_LOSS,
+              "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+              "clip_qkv": only(None, reason="archlang does not clamp q, k and v"),
+              # OlmoeAttention sizes its q/k norms by hidden_size // heads, whatever head_dim says
+              "head_dim": checked(lambda v, c: None if v is None or v * c.get("num_attention_heads", 0)
+                                  == c.get("hidden_size") else "olmoe's QK-norms need head_dim = hidden_size / heads")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",

@@ -291,6 +291,28 @@ def _qwen3_moe(m: A.Model) -> dict:
     return config
 
 
+def _olmoe(m: A.Model) -> dict:
+    """Pre-norm, QK-norm over the whole q and k projections, routed experts in every layer."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _need(len(kinds) == 1, ("layers",), "more than one kind of layer (olmoe's layers are all alike)")
+    b = m.blocks[kinds[0]]
+    moe = b.ffn
+    _need(isinstance(moe, A.MoE), ("blocks", kinds[0], "ffn"), "a dense FFN (olmoe's FFN is a mixture of experts)")
+    hidden, _, _ = _glu(moe.expert, ("blocks", kinds[0], "ffn", "expert"), "expert")
+    a = b.attention
+    _need(a is not None and a.qk_norm is not None, ("blocks", kinds[0], "attention"),
+          "olmoe normalises q and k: qk_norm = rmsnorm(scope = projection)")
+    plain = {"qk_norm": None, "bias": False, "out_bias": False}
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        kinds[0]: b.model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden), "attention": a.model_copy(update=plain)})}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", kinds[0], "attention", "window"), "a sliding window")
+    config.update(model_type="olmoe", attention_bias=a.bias, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                  norm_topk_prob=moe.normalize_top_k, pad_token_id=None, eos_token_id=None)
+    return config
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -463,7 +485,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
-    "qwen3_moe": _qwen3_moe,
+    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -473,7 +495,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
 }
 
 
