@@ -170,6 +170,22 @@ CASES = {
     }}
     layers = layer * 2
 }}""", "olmoe"),
+    "olmo3": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-6)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-6, placement = output)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true, window = 5,
+                        qk_norm = rmsnorm(eps = 1e-6, scope = projection))
+        ffn = swiglu(hidden = 48)
+        position = rope(theta = 10000)
+    }}
+    block full extends sliding {{
+        attention.window = none
+        position = rope(theta = 500000, scaling = yarn(factor = 4, original_context = 16))
+    }}
+    layers = [sliding, sliding, full]
+}}""", "olmo3"),
 }
 
 

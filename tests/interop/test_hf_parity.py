@@ -117,6 +117,16 @@ CASES = {
         SMALL, num_experts=4, num_experts_per_tok=2, attention_bias=True, norm_topk_prob=True, pad_token_id=0)),
     "olmoe-plain": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(
         SMALL, num_hidden_layers=1, num_key_value_heads=4, num_experts=4, num_experts_per_tok=3, pad_token_id=0)),
+    # sliding and full layers with their own RoPE (YaRN on the full ones), biases, GQA
+    "olmo3": (T.Olmo3Config, T.Olmo3ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, sliding_window=5, attention_bias=True, pad_token_id=0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
+                                            "original_max_position_embeddings": 16,
+                                            "beta_fast": 32.0, "beta_slow": 1.0}})),
+    "olmo3-default-pattern": (T.Olmo3Config, T.Olmo3ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, num_key_value_heads=4, sliding_window=4, pad_token_id=0)),
 }
 
 

@@ -33,6 +33,14 @@ PUBLISHED = {
         max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, clip_qkv=None, attention_bias=False,
         tie_word_embeddings=False, output_router_logits=False, router_aux_loss_coef=0.01, pad_token_id=1,
         eos_token_id=50279, torch_dtype="bfloat16")),
+    # its YaRN on the full layers changes no count (and its explicit attention_factor is refused today)
+    "allenai/Olmo-3-1025-7B": ("Olmo3ForCausalLM", dict(
+        model_type="olmo3", vocab_size=100278, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=65536, rms_norm_eps=1e-6,
+        rope_theta=500000.0, sliding_window=4096, attention_bias=False, tie_word_embeddings=False,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3 + ["full_attention"]
+        + (["sliding_attention"] * 3 + ["full_attention"]) * 6, pad_token_id=100277, eos_token_id=100257,
+        torch_dtype="bfloat16")),
 }
 
 
@@ -52,7 +60,7 @@ def test_params_total_of_the_imported_spec_equals_transformers(name):
     assert facts.params_total == _hf_count(name)
 
 
-FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe"))
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3"))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
@@ -71,6 +79,9 @@ def test_greedy_generation_matches(case):
     ("qwen3_moe", dict(hidden_act="gelu"), "hidden_act"),
     ("olmoe", dict(clip_qkv=8.0), "clip_qkv"),
     ("olmoe", dict(head_dim=16), "head_dim"),
+    ("olmo3", dict(layer_types=["sliding_attention", "chunked_attention"]), "layer_types"),
+    ("olmo3", dict(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                    "full_attention": {"rope_type": "su", "rope_theta": 1e4}}), "rope_parameters"),
 ])
 def test_values_archlang_lacks_are_refused_by_name(model_type, overrides, key):
     with pytest.raises(ArchError) as err:

@@ -315,6 +315,11 @@ TABLES: dict[str, dict[str, Key]] = {
               # OlmoeAttention sizes its q/k norms by hidden_size // heads, whatever head_dim says
               "head_dim": checked(lambda v, c: None if v is None or v * c.get("num_attention_heads", 0)
                                   == c.get("hidden_size") else "olmoe's QK-norms need head_dim = hidden_size / heads")},
+    "olmo3": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "sliding_window": MAPPED,
+              "rope_parameters": checked(lambda v, c: _rope_per_layer_type(
+                  v, {"layer_types": ["sliding_attention", "full_attention"]})),
+              "layer_types": checked(lambda v, c: None if v is None or set(v) <= {"sliding_attention", "full_attention"}
+                                     else "olmo3 layers are sliding_attention or full_attention")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",

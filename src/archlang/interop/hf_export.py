@@ -313,6 +313,41 @@ def _olmoe(m: A.Model) -> dict:
     return config
 
 
+def _olmo3(m: A.Model) -> dict:
+    """OLMo 2's blocks with sliding and full layers (layer_types), a RoPE per layer type."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "olmo3 normalises each branch's output: rmsnorm(placement = output)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    for k in kinds:
+        other = m.blocks[k].attention
+        _need(other is not None and other.model_copy(update={"window": None}) == a.model_copy(update={"window": None}),
+              ("blocks", k, "attention"), "blocks whose attentions differ other than in their window")
+    windows = {k: m.blocks[k].attention.window for k in kinds}
+    window_set = {w for w in windows.values() if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    types = {k: "sliding_attention" if windows[k] else "full_attention" for k in kinds}
+    ropes: dict[str, dict] = {}
+    for k in kinds:
+        path = ("blocks", k, "position") if m.blocks[k].position != "inherit" else ("position",)
+        rope = _rope_parameters(m.position_of(k), path, a.head_dim)
+        _need(ropes.setdefault(types[k], rope) == rope, path, "layers of one type (sliding or full) with different RoPE")
+    for t in ("sliding_attention", "full_attention"):  # a type no layer has still needs a setting
+        ropes.setdefault(t, next(iter(ropes.values())))
+    return {"model_type": "olmo3", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "attention_bias": a.bias, "rope_parameters": ropes, "sliding_window": window_set.pop() if window_set else None,
+            "layer_types": [types[k] for k in layers], "pad_token_id": None, "eos_token_id": None}
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -485,7 +520,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
-    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe,
+    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -495,7 +530,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
-    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
 }
 
 
