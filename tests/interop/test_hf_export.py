@@ -186,6 +186,21 @@ CASES = {
     }}
     layers = [sliding, sliding, full]
 }}""", "olmo3"),
+    "exaone4": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-5, placement = output)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, window = 5, qk_norm = rmsnorm(eps = 1e-5))
+        ffn = swiglu(hidden = 48)
+    }}
+    block nope extends sliding {{
+        attention.window = none
+        position = none
+    }}
+    layers = [sliding, sliding, nope] * 2
+}}""", "exaone4"),
 }
 
 

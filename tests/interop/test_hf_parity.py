@@ -127,6 +127,13 @@ CASES = {
                                             "beta_fast": 32.0, "beta_slow": 1.0}})),
     "olmo3-default-pattern": (T.Olmo3Config, T.Olmo3ForCausalLM, dict(
         SMALL, num_hidden_layers=4, num_key_value_heads=4, sliding_window=4, pad_token_id=0)),
+    # sliding layers with RoPE, a global NoPE layer (sliding_window_pattern), per-head QK-norm, output norms
+    "exaone4": (T.Exaone4Config, T.Exaone4ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, sliding_window=5, sliding_window_pattern=3, bos_token_id=None,
+        eos_token_id=None)),
+    # no window: RoPE on every layer
+    "exaone4-no-window": (T.Exaone4Config, T.Exaone4ForCausalLM, dict(
+        SMALL, sliding_window=None, layer_types=["full_attention"] * 2, bos_token_id=None, eos_token_id=None)),
 }
 
 

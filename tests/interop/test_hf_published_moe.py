@@ -41,6 +41,14 @@ PUBLISHED = {
         layer_types=["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3 + ["full_attention"]
         + (["sliding_attention"] * 3 + ["full_attention"]) * 6, pad_token_id=100277, eos_token_id=100257,
         torch_dtype="bfloat16")),
+    "LGAI-EXAONE/EXAONE-4.0-32B": ("Exaone4ForCausalLM", dict(
+        model_type="exaone4", vocab_size=102400, hidden_size=5120, intermediate_size=27392, num_hidden_layers=64,
+        num_attention_heads=40, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern="LLLG",
+        layer_types=(["sliding_attention"] * 3 + ["full_attention"]) * 16, tie_word_embeddings=False,
+        rope_theta=1000000.0, rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=1, eos_token_id=361, pad_token_id=0, torch_dtype="bfloat16")),
 }
 
 
@@ -60,7 +68,7 @@ def test_params_total_of_the_imported_spec_equals_transformers(name):
     assert facts.params_total == _hf_count(name)
 
 
-FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3"))
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3", "exaone4"))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
@@ -80,6 +88,7 @@ def test_greedy_generation_matches(case):
     ("olmoe", dict(clip_qkv=8.0), "clip_qkv"),
     ("olmoe", dict(head_dim=16), "head_dim"),
     ("olmo3", dict(layer_types=["sliding_attention", "chunked_attention"]), "layer_types"),
+    ("exaone4", dict(sliding_window=None, layer_types=["sliding_attention", "full_attention"]), "layer_types"),
     ("olmo3", dict(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                                     "full_attention": {"rope_type": "su", "rope_theta": 1e4}}), "rope_parameters"),
 ])

@@ -255,6 +255,28 @@ def _olmo3(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face olmo3 config.")
 
 
+def _exaone4(c, name: str) -> str:
+    """EXAONE 4: norms on the branch outputs (as OLMo 2), per-head QK-norm, and sliding layers
+    with RoPE beside global layers without it (NoPE) when a window is set; RoPE everywhere else."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, placement="output")
+    qk_norm = call("rmsnorm", eps=eps)
+    ffn = call("swiglu", hidden=c.intermediate_size) if _act(c.hidden_act) == "silu" \
+        else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    # a window as long as the context masks nothing there (transformers' defaults: 4096 over 2048)
+    window = c.sliding_window if c.sliding_window and c.sliding_window < c.max_position_embeddings else None
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        nope = kind == "full" and c.sliding_window is not None  # transformers' test, on the config's window
+        blocks.setdefault(kind, {"norm": norm, "attention": _attention(
+            c, window=window if kind == "sliding" else None, qk_norm=qk_norm), "ffn": ffn,
+            "position": Raw("none") if nope else None})
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face exaone4 config.")
+
+
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
                           moe: Raw) -> dict[str, dict[str, Any]]:
     """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
@@ -440,7 +462,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
-    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
+    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
 }
 
 

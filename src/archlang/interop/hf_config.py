@@ -320,6 +320,12 @@ TABLES: dict[str, dict[str, Key]] = {
                   v, {"layer_types": ["sliding_attention", "full_attention"]})),
               "layer_types": checked(lambda v, c: None if v is None or set(v) <= {"sliding_attention", "full_attention"}
                                      else "olmo3 layers are sliding_attention or full_attention")},
+    "exaone4": {**_LLAMA_CORE, "sliding_window": MAPPED,
+                "sliding_window_pattern": irrelevant("used only to fill layer_types, which is read"),
+                "layer_types": checked(lambda v, c: None if v is None or set(v) <= {"full_attention"} or
+                                       set(v) <= {"sliding_attention", "full_attention"} and c.get("sliding_window")
+                                       else "exaone4 layers are full_attention, or sliding_attention with a "
+                                            "sliding_window")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",

@@ -348,6 +348,46 @@ def _olmo3(m: A.Model) -> dict:
             "layer_types": [types[k] for k in layers], "pad_token_id": None, "eos_token_id": None}
 
 
+def _exaone4(m: A.Model) -> dict:
+    """Output norms, per-head QK-norm, sliding layers with RoPE and global layers without it
+    (or, with no window, RoPE on every layer)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "exaone4 normalises each branch's output: rmsnorm(placement = output)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    for k in kinds:
+        other = m.blocks[k].attention
+        _need(other is not None and other.model_copy(update={"window": None}) == a.model_copy(update={"window": None}),
+              ("blocks", k, "attention"), "blocks whose attentions differ other than in their window")
+    windows = {k: m.blocks[k].attention.window for k in kinds}
+    window_set = {w for w in windows.values() if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    rope = None
+    for k in kinds:
+        path = ("blocks", k, "position") if m.blocks[k].position != "inherit" else ("position",)
+        pos = m.position_of(k)
+        if window_set and not windows[k]:
+            _need(pos is None, path, "a global layer with positions (exaone4's global layers are NoPE)")
+            continue
+        params = _rope_parameters(pos, path, a.head_dim)
+        _need(rope in (None, params), path, "layers with different RoPE")
+        rope = params
+    return {"model_type": "exaone4", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "rope_parameters": rope or {"rope_type": "default", "rope_theta": 10000.0},
+            "sliding_window": window_set.pop() if window_set else None,
+            "layer_types": ["sliding_attention" if windows[k] else "full_attention" for k in layers],
+            "bos_token_id": None, "eos_token_id": None}
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -521,6 +561,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
+    "exaone4": _exaone4,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -531,6 +572,7 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
+    "exaone4": "Exaone4ForCausalLM",
 }
 
 

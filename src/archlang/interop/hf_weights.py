@@ -125,7 +125,7 @@ def _llama_family(c, r: _Rules) -> None:
             mixer_norm = "ssm_norm"
             r.op("ssm", f"{p}ssm", f"{q}mamba")
         r.add(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
-        if t in ("olmo2", "olmo3"):  # norms on the branches' outputs only
+        if t in ("olmo2", "olmo3", "exaone4"):  # norms on the branches' outputs only
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
             r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
         elif t in ("gemma2", "gemma3_text"):
@@ -260,6 +260,7 @@ _FAMILIES = {
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
     "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
+    "exaone4": _llama_family,
 }
 
 
