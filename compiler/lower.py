@@ -336,6 +336,8 @@ class _Lowerer:
             "seq_aux_loss": moe.seq_aux_loss, "groups": moe.groups, "topk_groups": moe.topk_groups,
             "group_score": moe.group_score, "scale_input": moe.scale_input,
         }
+        if moe.normalize_min:
+            attrs["normalize_min"] = moe.normalize_min
         if isinstance(expert, A.ClampedSwiGLU):
             attrs.update(glu_limit=expert.limit, glu_alpha=expert.alpha)
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),

@@ -99,15 +99,15 @@ def selective_scan(u, delta, A, B, C, D, state=None):
 
 
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
-          group_score="top2_sum"):
+          group_score="top2_sum", normalize_min=0.0):
     # the routing weights need gradients in training, which the kernel does not give; nor does it
     # know the correction bias or expert groups
-    plain = correction_bias is None and n_group == 1
+    plain = correction_bias is None and n_group == 1 and not normalize_min
     if plain and use_triton(logits) and not (torch.is_grad_enabled() and logits.requires_grad):
         return _kernel("router", "route")(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale)
     return reference.route(logits, top_k, sigmoid=sigmoid, normalize=normalize, scale=scale,
                            correction_bias=correction_bias, n_group=n_group, topk_group=topk_group,
-                           group_score=group_score)
+                           group_score=group_score, normalize_min=normalize_min)
 
 
 def grouped_matmul(x, weight, counts, expert_of):

@@ -417,6 +417,7 @@ class MoE(Node):
     shared_gate: bool = False
     router: Literal["softmax", "sigmoid"] = "softmax"
     normalize_top_k: bool = True  # renormalise the chosen k weights to sum to 1
+    normalize_min: NonNegFloat = 0.0  # divide by max(sum, normalize_min) (ERNIE 4.5's moe_norm_min); 0: off
     routed_scale: PositiveFloat = 1.0
     aux_loss: NonNegFloat = 0.0  # load-balancing loss coefficient (Switch Transformer)
     z_loss: NonNegFloat = 0.0  # router z-loss coefficient (ST-MoE)
@@ -439,6 +440,9 @@ class MoE(Node):
             raise FieldError("top_k", f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         self._check_balancing()
         self._check_groups()
+        if self.normalize_min and not self.normalize_top_k:
+            raise FieldError("normalize_min", "normalize_min bounds the renormalisation, which is off",
+                             "add normalize_top_k = true, or remove normalize_min")
         if isinstance(self.shared, ClampedSwiGLU) or (self.shared is None and self.shared_experts
                                                       and isinstance(self.expert, ClampedSwiGLU)):
             field = "shared" if self.shared is not None else "shared_experts"
