@@ -201,6 +201,21 @@ CASES = {
     }}
     layers = [sliding, sliding, nope] * 2
 }}""", "exaone4"),
+    "ernie4_5_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 500000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block dense {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 40)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared_experts = 2, correction_bias = true,
+                  normalize_min = 0.5)
+    }}
+    layers = [dense, sparse, dense, sparse, dense]
+}}""", "ernie4_5_moe"),
 }
 
 

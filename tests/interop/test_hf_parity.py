@@ -134,6 +134,15 @@ CASES = {
     # no window: RoPE on every layer
     "exaone4-no-window": (T.Exaone4Config, T.Exaone4ForCausalLM, dict(
         SMALL, sliding_window=None, layer_types=["full_attention"] * 2, bos_token_id=None, eos_token_id=None)),
+    # pair-rotating RoPE, correction bias with a floor that acts, 2 shared experts, expert layers every
+    # second layer from 1 to 3 (dense 0, 2 and 4)
+    "ernie4_5_moe": (T.Ernie4_5_MoeConfig, T.Ernie4_5_MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=5, moe_num_experts=4, moe_k=2, moe_intermediate_size=16, moe_num_shared_experts=2,
+        moe_layer_start_index=1, moe_layer_end_index=3, moe_layer_interval=2, moe_norm_min=0.5,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=None, eos_token_id=None)),
+    "ernie4_5_moe-tied": (T.Ernie4_5_MoeConfig, T.Ernie4_5_MoeForCausalLM, dict(
+        SMALL, moe_num_experts=4, moe_k=3, moe_intermediate_size=16, moe_num_shared_experts=0,
+        moe_layer_start_index=0, pad_token_id=0, bos_token_id=None, eos_token_id=None)),
 }
 
 

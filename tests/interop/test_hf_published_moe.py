@@ -49,6 +49,13 @@ PUBLISHED = {
         rope_theta=1000000.0, rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         bos_token_id=1, eos_token_id=361, pad_token_id=0, torch_dtype="bfloat16")),
+    "baidu/ERNIE-4.5-21B-A3B-PT": ("Ernie4_5_MoeForCausalLM", dict(
+        model_type="ernie4_5_moe", vocab_size=103424, hidden_size=2560, intermediate_size=12288, num_hidden_layers=28,
+        num_attention_heads=20, num_key_value_heads=4, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_theta=500000.0, tie_word_embeddings=True, use_bias=False, moe_num_experts=64, moe_k=6,
+        moe_intermediate_size=1536, moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_end_index=27,
+        moe_layer_interval=1, moe_norm_min=1e-12, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        torch_dtype="bfloat16")),
 }
 
 
@@ -58,7 +65,9 @@ def _hf_count(name: str) -> int:
     config = T.AutoConfig.for_model(**values)
     with torch.device("meta"):
         model = getattr(T, cls_name)(config)
-    return sum(p.numel() for p in model.parameters())  # tied weights once
+    # Tied weights once. ERNIE 4.5 keeps its router's correction bias as a frozen nn.Parameter
+    # (DeepSeek-V3 the same state as a buffer): state, not a weight, which archlang never counts.
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -68,7 +77,7 @@ def test_params_total_of_the_imported_spec_equals_transformers(name):
     assert facts.params_total == _hf_count(name)
 
 
-FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3", "exaone4"))
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3", "exaone4", "ernie4_5_moe"))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
@@ -89,6 +98,8 @@ def test_greedy_generation_matches(case):
     ("olmoe", dict(head_dim=16), "head_dim"),
     ("olmo3", dict(layer_types=["sliding_attention", "chunked_attention"]), "layer_types"),
     ("exaone4", dict(sliding_window=None, layer_types=["sliding_attention", "full_attention"]), "layer_types"),
+    ("ernie4_5_moe", dict(use_bias=True), "use_bias"),
+    ("ernie4_5_moe", dict(output_router_logits=True), "output_router_logits"),
     ("olmo3", dict(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                                     "full_attention": {"rope_type": "su", "rope_theta": 1e4}}), "rope_parameters"),
 ])
@@ -96,3 +107,20 @@ def test_values_archlang_lacks_are_refused_by_name(model_type, overrides, key):
     with pytest.raises(ArchError) as err:
         spec_from_config({"model_type": model_type, **SMALL, **overrides})
     assert f"'{key}'" in err.value.message
+
+
+@pytest.mark.parametrize("knob", ["correction_bias", "normalize_min"])
+def test_ernie_routing_parity_is_not_vacuous(knob):
+    """The perturbed correction bias and the floor on the weights' sum change the tiny model's
+    logits, so its parity depends on importing both."""
+    hf, ours = _pair("ernie4_5_moe")
+    ids = torch.randint(0, 97, (2, 13))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        for layer in ours.layers:
+            moe = getattr(layer, "moe", None)
+            if moe is not None and knob == "normalize_min":
+                moe.normalize_min = 0.0
+            elif moe is not None:
+                moe.e_score_correction_bias.zero_()
+        assert not torch.allclose(ours(ids), ref, atol=1e-3)

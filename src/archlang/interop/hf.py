@@ -277,6 +277,31 @@ def _exaone4(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face exaone4 config.")
 
 
+def _ernie4_5_moe(c, name: str) -> str:
+    """ERNIE 4.5 MoE: softmax routing that chooses with a correction bias (moe_statics) and divides
+    the chosen weights by max(sum, moe_norm_min), shared experts beside the routed ones, expert
+    layers every moe_layer_interval within [start, end]. Its RoPE rotates channel pairs: the
+    weight rules permute q and k. (use_bias, which biases the LM head too, is refused.)"""
+    eps = c.rms_norm_eps
+    attention = _attention(c)
+    shared = c.moe_num_shared_experts
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.moe_intermediate_size),
+               shared=call("swiglu", hidden=c.moe_intermediate_size * shared) if shared else None,
+               correction_bias=True, normalize_min=float(c.moe_norm_min) if c.moe_norm_min else None)
+    kinds = ["moe_layer" if (i + 1) % c.moe_layer_interval == 0 and c.moe_layer_start_index <= i
+             <= c.moe_layer_end_index else "dense_layer" for i in range(c.num_hidden_layers)]
+    blocks = {}
+    if "dense_layer" in kinds:
+        blocks["dense_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
+                                 "ffn": call("swiglu", hidden=c.intermediate_size)}
+    if "moe_layer" in kinds:
+        blocks["moe_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face ernie4_5_moe config.")
+
+
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
                           moe: Raw) -> dict[str, dict[str, Any]]:
     """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
@@ -463,6 +488,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
+    "ernie4_5_moe": _ernie4_5_moe,
 }
 
 

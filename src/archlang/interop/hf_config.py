@@ -326,6 +326,14 @@ TABLES: dict[str, dict[str, Key]] = {
                                        set(v) <= {"sliding_attention", "full_attention"} and c.get("sliding_window")
                                        else "exaone4 layers are full_attention, or sliding_attention with a "
                                             "sliding_window")},
+    "ernie4_5_moe": {**_LLAMA_CORE, "hidden_act": _SILU,
+                     "use_bias": only(False, reason="use_bias also biases the LM head, which archlang lacks"), "output_router_logits": NO_AUX_LOSS,
+                     "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                     # config.json's names of moe_num_experts and moe_k (attribute_map aliases)
+                     "num_experts": MAPPED, "num_experts_per_tok": MAPPED,
+                     **{k: MAPPED for k in ("moe_intermediate_size", "moe_k", "moe_num_experts",
+                                            "moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index",
+                                            "moe_layer_interval", "moe_norm_min")}},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",

@@ -388,6 +388,44 @@ def _exaone4(m: A.Model) -> dict:
             "bos_token_id": None, "eos_token_id": None}
 
 
+def _ernie4_5_moe(m: A.Model) -> dict:
+    """Llama-like layers, expert layers every moe_layer_interval between a first and a last one;
+    softmax routing with a correction bias and renormalised weights (floored by moe_norm_min)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    sparse = [i for i, k in enumerate(layers) if isinstance(m.blocks[k].ffn, A.MoE)]
+    _need(bool(sparse), ("layers",), "no mixture-of-experts layer")
+    start, end = sparse[0], sparse[-1]
+    interval = next((n for n in range(1, len(layers) + 1) if sparse == [i for i in range(start, end + 1)
+                                                                     if (i + 1) % n == 0]), None)
+    _need(interval is not None, ("layers",), "expert layers that are not every n-th layer between a first and "
+          "a last one (moe_layer_interval, moe_layer_start_index, moe_layer_end_index)")
+    moe_kind = layers[start]
+    moe = m.blocks[moe_kind].ffn
+    expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    _need(moe.correction_bias and moe.normalize_top_k, ("blocks", moe_kind, "ffn"),
+          "ernie4_5_moe chooses with a correction bias and renormalises: correction_bias = true")
+    shared = 0
+    if moe.shared is not None:
+        shared_hidden, _, _ = _glu(moe.shared, ("blocks", moe_kind, "ffn", "shared"), "shared expert")
+        _need(shared_hidden % expert_hidden == 0, ("blocks", moe_kind, "ffn", "shared"),
+              "shared experts whose width is not a multiple of the experts'")
+        shared = shared_hidden // expert_hidden
+    dense_kinds = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    hidden = m.blocks[dense_kinds[0]].ffn.hidden if dense_kinds and isinstance(m.blocks[dense_kinds[0]].ffn, A.GLU) \
+        else expert_hidden
+    _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden)}) for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
+    config.update(model_type="ernie4_5_moe", intermediate_size=hidden, moe_num_experts=moe.experts, moe_k=moe.top_k,
+                  moe_intermediate_size=expert_hidden, moe_num_shared_experts=shared, moe_layer_start_index=start,
+                  moe_layer_end_index=end, moe_layer_interval=interval, moe_norm_min=moe.normalize_min,
+                  use_bias=False, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return config
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -561,7 +599,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
-    "exaone4": _exaone4,
+    "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -572,7 +610,7 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
-    "exaone4": "Exaone4ForCausalLM",
+    "exaone4": "Exaone4ForCausalLM", "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
 }
 
 

@@ -41,6 +41,8 @@ class Rule:
         if self.kind == "stack_glu":  # gate_0..gate_E-1, up_0..up_E-1 → (E, 2h, d)
             e = len(t) // 2
             return [torch.cat((torch.stack(t[:e]), torch.stack(t[e:])), dim=1)]
+        if self.kind == "reshape":  # HF's tensor of shape `arg` → ours, flat
+            return [t[0].reshape(-1)]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,6 +63,8 @@ class Rule:
         if self.kind == "stack_glu":
             gate, up = t[0].chunk(2, dim=1)
             return [x.contiguous() for x in (*gate.unbind(0), *up.unbind(0))]
+        if self.kind == "reshape":
+            return [t[0].reshape(self.arg)]
         raise AssertionError(self.kind)
 
 
@@ -143,7 +147,8 @@ def _llama_family(c, r: _Rules) -> None:
         _experts(c, r, p, mlp, f"{q}block_sparse_moe." if t == "mixtral" else mlp)
         shared = f"{mlp}shared_expert." if t == "qwen2_moe" else f"{mlp}shared_experts."
         if f"{shared}gate_proj.weight" in r.keys:
-            hidden = c.shared_expert_intermediate_size if t == "qwen2_moe" else c.moe_intermediate_size * c.n_shared_experts
+            hidden = c.shared_expert_intermediate_size if t == "qwen2_moe" else c.moe_intermediate_size * (
+                c.moe_num_shared_experts if t == "ernie4_5_moe" else c.n_shared_experts)
             r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
             r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
         r.add(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
@@ -194,6 +199,21 @@ def _glm4_moe(c, r: _Rules) -> None:
     _llama_family(c, r)  # Llama's names, DeepSeek-V3's MoE
     for i in range(c.num_hidden_layers):
         r.add(f"layers.{i}.moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
+
+
+def _ernie4_5_moe(c, r: _Rules) -> None:
+    """Llama's names; the correction bias is a (1, E) tensor; q and k are permuted so that
+    archlang's half-split RoPE computes ERNIE's rotation of channel pairs (2i, 2i+1)."""
+    _llama_family(c, r)
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    pairs = {f"layers.{i}.{n}.weight" for i in range(c.num_hidden_layers) for n in ("q_proj", "k_proj")}
+    r.rules = [x for x in r.rules if x.ours[0] not in pairs]
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        for n, heads in (("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads)):
+            r.add(f"{p}{n}.weight", f"{q}self_attn.{n}.weight", "permute", (heads, 0, hd, hd))
+        r.add(f"{p}moe.e_score_correction_bias", f"{q}mlp.gate.moe_statics.e_score_correction_bias", "reshape",
+              (1, c.num_experts))
 
 
 def _gpt2(c, r: _Rules) -> None:
@@ -260,7 +280,7 @@ _FAMILIES = {
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
     "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
-    "exaone4": _llama_family,
+    "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe,
 }
 
 
