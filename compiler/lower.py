@@ -348,7 +348,9 @@ def _modern_attrs(att) -> dict[str, Any]:
     """The attention options of 2024–2026 models, as the attention op's attributes."""
     # options that are off are left out (None), so IR dumps without them stay as they were
     attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
-    attrs["qk_norm"] = att.qk_norm.model_dump() if att.qk_norm is not None else None
+    # after_rope only when on, so the IR of norms before RoPE stays as it was
+    attrs["qk_norm"] = (att.qk_norm.model_dump(exclude=set() if att.qk_norm.after_rope else {"after_rope"})
+                        if att.qk_norm is not None else None)
     attrs["temperature"] = ({"floor_scale": att.floor_scale or 8192.0, "attn_scale": att.attn_scale or 0.1}
                             if att.temperature_tuning else None)
     return attrs

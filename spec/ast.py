@@ -209,12 +209,14 @@ Position = Annotated[Union[Rope, Sinusoidal, Learned, Alibi, Relative], Field(di
 class QKNorm(Node):
     """`qk_norm = rmsnorm(eps = 1e-6)`: q and k normalised before RoPE, per head (Qwen3, Gemma 3)
     or, with `scope = projection`, over the whole q / k projection (OLMo 2); `l2()` is Llama 4's
-    weightless norm, applied after RoPE. layernorm has a bias; `unit_offset` stores w - 1 (Gemma)."""
+    weightless norm, applied after RoPE. layernorm has a bias; `unit_offset` stores w - 1 (Gemma).
+    `after_rope = true` normalises each head after RoPE instead (Hunyuan)."""
 
     kind: Literal["rmsnorm", "layernorm", "l2"]
     eps: PositiveFloat = 1e-6
     unit_offset: bool = False
     scope: Literal["head", "projection"] = "head"
+    after_rope: bool = False
 
     @model_validator(mode="after")
     def _variants(self) -> "QKNorm":
@@ -222,6 +224,11 @@ class QKNorm(Node):
             raise FieldError("unit_offset", f"unit_offset is for rmsnorm, not {self.kind}")
         if self.kind == "l2" and self.scope != "head":
             raise FieldError("scope", "l2() normalises each head (Llama 4)", "remove scope")
+        if self.after_rope and self.kind == "l2":
+            raise FieldError("after_rope", "l2() always runs after RoPE", "remove after_rope")
+        if self.after_rope and self.scope != "head":
+            raise FieldError("after_rope", "after_rope normalises each rotated head: it needs scope = head",
+                             "remove scope, or after_rope")
         return self
 
 
