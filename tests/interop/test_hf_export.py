@@ -216,6 +216,21 @@ CASES = {
     }}
     layers = [dense, sparse, dense, sparse, dense]
 }}""", "ernie4_5_moe"),
+    "hunyuan_v1_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = ntk(factor = 50))
+    final_norm = rmsnorm(eps = 1e-5)
+    block top2 {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true,
+                        qk_norm = rmsnorm(eps = 1e-5, after_rope = true))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), shared = swiglu(hidden = 24))
+    }}
+    block top1 extends top2 {{
+        ffn.top_k = 1
+    }}
+    layers = [top2, top1, top2]
+}}""", "hunyuan_v1_moe"),
 }
 
 

@@ -143,6 +143,14 @@ CASES = {
     "ernie4_5_moe-tied": (T.Ernie4_5_MoeConfig, T.Ernie4_5_MoeForCausalLM, dict(
         SMALL, moe_num_experts=4, moe_k=3, moe_intermediate_size=16, moe_num_shared_experts=0,
         moe_layer_start_index=0, pad_token_id=0, bos_token_id=None, eos_token_id=None)),
+    # QK-norm after RoPE, a top-k per layer, biases, the NTK-alpha RoPE of Hunyuan's checkpoints
+    "hunyuan_v1_moe": (T.HunYuanMoEV1Config, T.HunYuanMoEV1ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, num_experts=4, moe_topk=[2, 1, 2], attention_bias=True,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 100.0, "factor": 1.0},
+        pad_token_id=0, bos_token_id=None, eos_token_id=None, eod_token_id=None, sep_token_id=None)),
+    "hunyuan_v1_moe-plain": (T.HunYuanMoEV1Config, T.HunYuanMoEV1ForCausalLM, dict(
+        SMALL, head_dim=8, num_experts=3, moe_topk=2, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+        eod_token_id=None, sep_token_id=None)),
 }
 
 

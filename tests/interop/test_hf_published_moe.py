@@ -56,6 +56,14 @@ PUBLISHED = {
         moe_intermediate_size=1536, moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_end_index=27,
         moe_layer_interval=1, moe_norm_min=1e-12, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         torch_dtype="bfloat16")),
+    # the keys of tencent/Hunyuan-A13B-Instruct's config.json that transformers' hunyuan_v1_moe reads
+    "tencent/Hunyuan-A13B-Instruct": ("HunYuanMoEV1ForCausalLM", dict(
+        model_type="hunyuan_v1_moe", vocab_size=128167, hidden_size=4096, intermediate_size=3072, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, num_experts=64, moe_topk=8,
+        max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=False,
+        rope_scaling={"type": "dynamic", "alpha": 1000.0, "factor": 1.0, "beta_fast": 32, "beta_slow": 1,
+                      "mscale": 1.0, "mscale_all_dim": 1.0},
+        rope_theta=10000.0, torch_dtype="bfloat16")),
 }
 
 
@@ -77,7 +85,8 @@ def test_params_total_of_the_imported_spec_equals_transformers(name):
     assert facts.params_total == _hf_count(name)
 
 
-FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3", "exaone4", "ernie4_5_moe"))
+FAMILY_CASES = sorted(c for c in CASES if c.split("-")[0] in ("qwen3_moe", "olmoe", "olmo3", "exaone4", "ernie4_5_moe",
+                                                                  "hunyuan_v1_moe"))
 
 
 @pytest.mark.parametrize("case", FAMILY_CASES)
@@ -100,6 +109,11 @@ def test_greedy_generation_matches(case):
     ("exaone4", dict(sliding_window=None, layer_types=["sliding_attention", "full_attention"]), "layer_types"),
     ("ernie4_5_moe", dict(use_bias=True), "use_bias"),
     ("ernie4_5_moe", dict(output_router_logits=True), "output_router_logits"),
+    ("hunyuan_v1_moe", dict(head_dim=8, num_experts=[4, 4], moe_topk=2), "num_experts"),
+    ("hunyuan_v1_moe", dict(head_dim=8, num_experts=4, moe_topk=[2, 1, 2]), "moe_topk"),
+    ("hunyuan_v1_moe", dict(head_dim=8, num_experts=4, moe_topk=2, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 1e4, "alpha": 10.0, "factor": 1.0, "high_freq_factor": 4.0}),
+     "rope_parameters"),
     ("olmo3", dict(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                                     "full_attention": {"rope_type": "su", "rope_theta": 1e4}}), "rope_parameters"),
 ])

@@ -302,6 +302,29 @@ def _ernie4_5_moe(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face ernie4_5_moe config.")
 
 
+def _hunyuan_v1_moe(c, name: str) -> str:
+    """Hunyuan MoE: per-head RMSNorm on q and k after RoPE, routed experts beside an always-on
+    shared MLP in every layer, a top-k per layer (moe_topk as a list); its fixed NTK `alpha`
+    RoPE is archlang's ntk(factor = alpha)."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, bias=bias, out_bias=bias, qk_norm=call("rmsnorm", eps=eps, after_rope=True))
+    params = c.rope_parameters or {}
+    position = _rope(c)
+    if params.get("rope_type") == "dynamic" and params.get("alpha"):  # transformers' ntk_alpha
+        position = call("rope", theta=float(params["rope_theta"]), scaling=call("ntk", factor=float(params["alpha"])))
+    top_ks = c.moe_topk if isinstance(c.moe_topk, list) else [c.moe_topk] * c.num_hidden_layers
+    blocks, kinds = {}, []
+    for k in top_ks:
+        kind = "layer" if len(set(top_ks)) == 1 else f"layer_top{k}"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": call(
+            "moe", experts=c.num_experts, top_k=k, expert=call("swiglu", hidden=c.intermediate_size),
+            shared=call("swiglu", hidden=c.intermediate_size))})
+    fields = _decoder_fields(c, position=position, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face hunyuan_v1_moe config.")
+
+
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
                           moe: Raw) -> dict[str, dict[str, Any]]:
     """The two block kinds of a model that mixes dense SwiGLU layers and MoE layers, for the
@@ -488,7 +511,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
-    "ernie4_5_moe": _ernie4_5_moe,
+    "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 

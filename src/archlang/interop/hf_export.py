@@ -39,7 +39,6 @@ _NO_HF_EQUIVALENT: dict[tuple[str, str], str] = {
     ("attention", "linear"): "linear attention has no Hugging Face equivalent",
     ("position", "sinusoidal"): "fixed sinusoidal positions have no Hugging Face equivalent among the exported families",
     ("position", "alibi"): "ALiBi positions have no Hugging Face equivalent among the exported families",
-    ("scaling", "ntk"): "NTK-aware RoPE scaling has no Hugging Face equivalent among the exported families",
 }
 
 
@@ -426,6 +425,45 @@ def _ernie4_5_moe(m: A.Model) -> dict:
     return config
 
 
+def _hunyuan_v1_moe(m: A.Model) -> dict:
+    """Per-head QK-norm after RoPE, routed experts and a shared MLP of the experts' width in every
+    layer, one top-k per layer; NTK RoPE is the checkpoints' `dynamic` with an `alpha`."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    moes = {k: m.blocks[k].ffn for k in kinds}
+    for k, moe in moes.items():
+        _need(isinstance(moe, A.MoE), ("blocks", k, "ffn"), "a dense FFN (hunyuan_v1_moe's FFNs are experts)")
+    moe_kind = kinds[0]
+    moe = moes[moe_kind]
+    hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    for k in kinds:  # blocks may differ in their top-k only
+        _need(moes[k].model_copy(update={"top_k": moe.top_k}) == moe, ("blocks", k, "ffn"),
+              "expert layers that differ other than in top_k")
+    a = m.blocks[moe_kind].attention
+    _need(a is not None and a.qk_norm is not None, ("blocks", moe_kind, "attention"),
+          "hunyuan_v1_moe normalises q and k after RoPE: qk_norm = rmsnorm(after_rope = true)")
+    rope = m.position
+    scaling = getattr(rope, "scaling", None)
+    plain = rope.model_copy(update={"scaling": None}) if isinstance(scaling, A.NTKScaling) else rope
+    # every layer as the dense model the family is built around (NTK aside), then the rest
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks", "position"}), "position": plain.model_dump(),
+                                    "blocks": {k: m.blocks[k].model_copy(update={
+                                        "ffn": A.GLU(kind="swiglu", hidden=hidden),
+                                        "attention": m.blocks[k].attention.model_copy(
+                                            update={"qk_norm": None, "bias": False, "out_bias": False})})
+                                        for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
+    if isinstance(scaling, A.NTKScaling):  # transformers wants the factor its ntk_alpha then ignores
+        config["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": float(rope.theta), "alpha": scaling.factor,
+                                     "factor": 1.0}
+    top_ks = [moes[k].top_k for k in layers]
+    config.update(model_type="hunyuan_v1_moe", attention_bias=a.bias, num_experts=moe.experts,
+                  moe_topk=top_ks[0] if len(set(top_ks)) == 1 else top_ks, head_dim=a.head_dim,
+                  pad_token_id=None, bos_token_id=None, eos_token_id=None, eod_token_id=None, sep_token_id=None)
+    return config
+
+
 def _gemma2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -599,7 +637,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
-    "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe,
+    "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -611,6 +649,7 @@ ARCHITECTURES = {
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
     "exaone4": "Exaone4ForCausalLM", "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
+    "hunyuan_v1_moe": "HunYuanMoEV1ForCausalLM",
 }
 
 

@@ -216,6 +216,20 @@ def _ernie4_5_moe(c, r: _Rules) -> None:
               (1, c.num_experts))
 
 
+def _hunyuan_v1_moe(c, r: _Rules) -> None:
+    """Llama's names, with Hunyuan's QK-norm, router and shared MLP names."""
+    _llama_family(c, r)
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        r.add(f"{p}attn.q_norm", f"{q}self_attn.query_layernorm.weight")
+        r.add(f"{p}attn.k_norm", f"{q}self_attn.key_layernorm.weight")
+        r.add(f"{p}moe.router", f"{q}mlp.gate.wg.weight")
+        shared = f"{q}mlp.shared_mlp."
+        r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat",
+              [c.intermediate_size] * 2)
+        r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -280,7 +294,7 @@ _FAMILIES = {
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5,
     "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
-    "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe,
+    "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 
