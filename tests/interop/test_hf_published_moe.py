@@ -138,3 +138,31 @@ def test_ernie_routing_parity_is_not_vacuous(knob):
             elif moe is not None:
                 moe.e_score_correction_bias.zero_()
         assert not torch.allclose(ours(ids), ref, atol=1e-3)
+
+
+def test_ernie_export_carries_the_correction_bias(tmp_path):
+    """The correction bias is a buffer, which the export tests' perturbation leaves at zero: here it
+    is not, and transformers' model loaded from the exported folder routes as archlang's does."""
+    import archlang
+    from archlang.api import build
+    from archlang.interop.hf_export import export_hf
+
+    from .test_hf_export import CASES as EXPORT, perturb as perturb_ours
+
+    text = EXPORT["ernie4_5_moe"][0]
+    torch.manual_seed(0)
+    ours = perturb_ours(build(text, passes="")).eval()
+    with torch.no_grad():
+        for layer in ours.layers:
+            if getattr(layer, "moe", None) is not None:
+                layer.moe.e_score_correction_bias.normal_(0, 0.5)
+    archlang.save(ours, tmp_path / "w.safetensors")
+    export_hf(text, tmp_path / "hf", weights=tmp_path / "w.safetensors")
+    theirs = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+        for name, p in theirs.named_parameters():
+            if name.endswith("e_score_correction_bias"):
+                p.zero_()
+        assert not torch.allclose(theirs(ids).logits, ours(ids), atol=1e-3)  # the bias mattered

@@ -212,8 +212,12 @@ def _ernie4_5_moe(c, r: _Rules) -> None:
         p, q = f"layers.{i}.", f"model.layers.{i}."
         for n, heads in (("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads)):
             r.add(f"{p}{n}.weight", f"{q}self_attn.{n}.weight", "permute", (heads, 0, hd, hd))
-        r.add(f"{p}moe.e_score_correction_bias", f"{q}mlp.gate.moe_statics.e_score_correction_bias", "reshape",
-              (1, c.num_experts))
+        # the module holds it under the router (gate); checkpoint files beside it
+        module, disk = f"{q}mlp.gate.moe_statics.e_score_correction_bias", f"{q}mlp.moe_statics.e_score_correction_bias"
+        if not r.on_disk:
+            r.add(f"{p}moe.e_score_correction_bias", module, "reshape", (1, c.num_experts))
+        has_moe = f"{q}mlp.gate.weight" in r.keys
+        r.add(f"{p}moe.e_score_correction_bias", disk, "reshape", (1, c.num_experts), assume=r.on_disk and has_moe)
 
 
 def _hunyuan_v1_moe(c, r: _Rules) -> None:
