@@ -419,6 +419,8 @@ class _Lowerer:
             "seq_aux_loss": moe.seq_aux_loss, "groups": moe.groups, "topk_groups": moe.topk_groups,
             "group_score": moe.group_score, "scale_input": moe.scale_input,
         }
+        if moe.normalize_min:
+            attrs["normalize_min"] = moe.normalize_min
         if isinstance(expert, A.ClampedSwiGLU):
             attrs.update(glu_limit=expert.limit, glu_alpha=expert.alpha)
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),
@@ -429,7 +431,9 @@ def _modern_attrs(att) -> dict[str, Any]:
     """The attention options of 2024–2026 models, as the attention op's attributes."""
     # options that are off are left out (None), so IR dumps without them stay as they were
     attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
-    attrs["qk_norm"] = att.qk_norm.model_dump() if att.qk_norm is not None else None
+    # after_rope only when on, so the IR of norms before RoPE stays as it was
+    attrs["qk_norm"] = (att.qk_norm.model_dump(exclude=set() if att.qk_norm.after_rope else {"after_rope"})
+                        if att.qk_norm is not None else None)
     attrs["temperature"] = ({"floor_scale": att.floor_scale or 8192.0, "attn_scale": att.attn_scale or 0.1}
                             if att.temperature_tuning else None)
     return attrs

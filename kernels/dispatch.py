@@ -106,9 +106,9 @@ def selective_scan(u, delta, A, B, C, D, state=None):
 
 
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
-          group_score="top2_sum"):
+          group_score="top2_sum", normalize_min=0.0):
     kw = dict(sigmoid=sigmoid, normalize=normalize, scale=scale, correction_bias=correction_bias, n_group=n_group,
-              topk_group=topk_group, group_score=group_score)
+              topk_group=topk_group, group_score=group_score, normalize_min=normalize_min)
     if use_triton(logits):
         return _kernel("router", "route")(logits, top_k, **kw)
     return reference.route(logits, top_k, **kw)

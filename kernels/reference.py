@@ -202,14 +202,15 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
 
 def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float,
           correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
-          group_score: str = "top2_sum"):
+          group_score: str = "top2_sum", normalize_min: float = 0.0):
     """MoE routing: (probs (N, E), weights (N, k), index (N, k)) from router logits (N, E).
 
     `correction_bias` (E,) is added to the scores for choosing experts only (DeepSeek-V3); the
     weights stay the uncorrected scores. With `n_group` > 1 the experts form n_group equal
     groups, each scored by the sum of its top-2 choice scores ("top2_sum", DeepSeek-V3) or its
     best score ("max", DeepSeek-V2 group_limited_greedy); the top-k are then taken within the
-    best `topk_group` groups."""
+    best `topk_group` groups. `normalize_min` > 0 floors the sum the weights are divided by
+    (ERNIE 4.5's moe_norm_min)."""
     logits = logits.float()
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=-1)
     if correction_bias is None and n_group == 1:
@@ -229,7 +230,8 @@ def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, s
         index = torch.topk(choice, top_k, dim=-1).indices
         weights = probs.gather(1, index)
     if normalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+        total = weights.sum(dim=-1, keepdim=True)
+        weights = weights / (total.clamp(min=normalize_min) if normalize_min else total)
     return probs, weights * scale, index
 
 

@@ -28,7 +28,7 @@ def _argmax_first(values, ids, BIG: tl.constexpr):
 
 
 @triton.jit
-def _route(LOGITS, BIAS, PROBS, WEIGHTS, INDEX, E, S, G, K, KG, scale,
+def _route(LOGITS, BIAS, PROBS, WEIGHTS, INDEX, E, S, G, K, KG, scale, norm_min,
            SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr,
            TOP2_SUM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
@@ -81,14 +81,14 @@ def _route(LOGITS, BIAS, PROBS, WEIGHTS, INDEX, E, S, G, K, KG, scale,
         remaining = tl.where(experts == idx, float("-inf"), remaining)
     kmask = ks < K
     if NORMALIZE:
-        chosen_w = chosen_w / tl.sum(tl.where(kmask, chosen_w, 0.0), axis=0)
+        chosen_w = chosen_w / tl.maximum(tl.sum(tl.where(kmask, chosen_w, 0.0), axis=0), norm_min)
     tl.store(WEIGHTS + row * K + ks, chosen_w * scale, mask=kmask)
     tl.store(INDEX + row * K + ks, chosen_i, mask=kmask)
 
 
 def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, scale: float,
           correction_bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
-          group_score: str = "top2_sum"):
+          group_score: str = "top2_sum", normalize_min: float = 0.0):
     """(probs (N, E), weights (N, k), index (N, k)) for router logits (N, E), float32; the
     keywords as `reference.route`. When the logits need gradients, the kernel makes the choice
     (which has none) and the weights are gathered again from differentiable scores."""
@@ -99,7 +99,8 @@ def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, s
         probs = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), dim=-1)
         weights = probs.gather(1, index)
         if normalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            total = weights.sum(dim=-1, keepdim=True)
+            weights = weights / (total.clamp(min=normalize_min) if normalize_min else total)
         return probs, weights * scale, index
     logits = logits.float().contiguous()
     n, e = logits.shape
@@ -114,7 +115,7 @@ def route(logits: torch.Tensor, top_k: int, *, sigmoid: bool, normalize: bool, s
     weights = buffers.empty(n, top_k, dtype=torch.float32, device=logits.device)
     index = torch.empty(n, top_k, dtype=torch.int32, device=logits.device)
     bias = correction_bias.float().contiguous() if correction_bias is not None else logits
-    _route[(n,)](logits, bias, probs, weights, index, e, per_group, n_group, top_k, topk_group, scale,
+    _route[(n,)](logits, bias, probs, weights, index, e, per_group, n_group, top_k, topk_group, scale, normalize_min,
                  SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=correction_bias is not None, GROUPED=n_group > 1,
                  TOP2_SUM=group_score == "top2_sum", BLOCK_G=triton.next_power_of_2(n_group),
                  BLOCK_S=triton.next_power_of_2(per_group), BLOCK_K=triton.next_power_of_2(top_k))

@@ -86,7 +86,7 @@ class Attention(nn.Module):
       `q_norm_bias`, `k_norm_bias` for layernorm); `qk_norm_unit_offset` stores w - 1 (Gemma).
       Scope "projection" spans all heads, so it only runs unsharded (not under tensor parallelism).
       "l2" runs after RoPE, as Llama 4 does (the same as before it only when cos/sin carry no
-      attention factor).
+      attention factor); `qk_norm_after_rope` puts a per-head rmsnorm / layernorm there too (Hunyuan).
     - `sinks`: a learned logit per head (parameter `sinks`, (heads,)) in every softmax denominator
       (gpt-oss).
     - `chunk`: causal attention within the query's chunk of `chunk` positions (Llama 4); the cache
@@ -102,7 +102,8 @@ class Attention(nn.Module):
                  cross: bool = False, cache_key: str = "", qk_norm: str | None = None, qk_norm_scope: str = "head",
                  qk_norm_eps: float = 1e-6, qk_norm_unit_offset: bool = False, sinks: bool = False,
                  chunk: int | None = None, sink_tokens: int = 0, temperature_tuning: bool = False,
-                 floor_scale: float = 8192.0, attn_scale: float = 0.1, dropout: float = 0.0):
+                 floor_scale: float = 8192.0, attn_scale: float = 0.1, dropout: float = 0.0,
+                 qk_norm_after_rope: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
@@ -111,6 +112,10 @@ class Attention(nn.Module):
                              floor_scale)
         self.qk_norm, self.qk_norm_scope, self.qk_norm_eps = qk_norm, qk_norm_scope, qk_norm_eps
         self.qk_norm_unit_offset = qk_norm_unit_offset
+        if qk_norm_after_rope and (qk_norm not in ("rmsnorm", "layernorm") or qk_norm_scope != "head"):
+            _refuse("qk_norm_after_rope applies to a per-head rmsnorm or layernorm (l2 always runs after RoPE)")
+        # l2 is Llama 4's norm after RoPE; the others run there when asked (Hunyuan)
+        self.norm_after_rope = qk_norm == "l2" or qk_norm_after_rope
         self.chunk, self.sink_tokens = chunk, sink_tokens
         self.temperature_tuning, self.floor_scale, self.attn_scale = temperature_tuning, floor_scale, attn_scale
         if qk_norm in ("rmsnorm", "layernorm"):
@@ -157,7 +162,8 @@ class Attention(nn.Module):
         # Head counts follow the tensors: under tensor parallelism each rank holds a slice of heads.
         d = self.head_dim
         q, k, v = _heads(q, q.shape[-1] // d, d), _heads(k, k.shape[-1] // d, d), _heads(v, v.shape[-1] // d, d)
-        if self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head" and head_norm:
+        if (self.qk_norm in ("rmsnorm", "layernorm") and self.qk_norm_scope == "head" and head_norm
+                and not self.norm_after_rope):
             q, k = self._normalize(q, k)
         return q, k, v
 
@@ -187,7 +193,7 @@ class Attention(nn.Module):
         if self.cross:
             k_pos = torch.arange(k.shape[2], device=k.device)
             key_mask = ctx.memory_mask
-            if self.qk_norm == "l2":
+            if self.norm_after_rope:
                 q, k = self._normalize(q, k)
         else:
             if rope is not None:
@@ -200,7 +206,7 @@ class Attention(nn.Module):
                 else:
                     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             # Llama 4's order: RoPE, then the L2 norm, then the temperature
-            if self.qk_norm == "l2":
+            if self.norm_after_rope:
                 q, k = self._normalize(q, k)
             if self.temperature_tuning:
                 q = self._temperature(q, q_pos)

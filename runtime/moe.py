@@ -34,7 +34,7 @@ class MoE(nn.Module):
                  z_loss: float = 0.0, capacity_factor: float | None = None, router_bias: bool = False,
                  correction_bias: bool = False, bias_update_speed: float = 0.0, seq_aux_loss: float = 0.0,
                  n_group: int = 1, topk_group: int = 1, group_score: str = "top2_sum", scale_input: bool = False,
-                 glu_limit: float | None = None, glu_alpha: float = 1.702):
+                 glu_limit: float | None = None, glu_alpha: float = 1.702, normalize_min: float = 0.0):
         super().__init__()
         _check(experts, top_k, expert_kind=expert_kind, expert_act=expert_act, shared_act=shared_act,
                correction_bias=correction_bias, bias_update_speed=bias_update_speed, seq_aux_loss=seq_aux_loss,
@@ -43,6 +43,7 @@ class MoE(nn.Module):
         self.experts, self.top_k, self.router_kind = experts, top_k, router
         self.expert_glu, self.expert_act = expert_kind != "mlp", expert_act
         self.normalize_top_k, self.routed_scale = normalize_top_k, routed_scale
+        self.normalize_min = normalize_min  # ERNIE 4.5 divides by max(sum of the top-k weights, this)
         self.aux_coef, self.z_coef, self.capacity_factor = aux_loss, z_loss, capacity_factor
         width = 2 * expert_hidden if self.expert_glu else expert_hidden
         self.router = nn.Parameter(torch.empty(experts, dim))
@@ -126,7 +127,8 @@ class MoE(nn.Module):
         probs, weights, index = dispatch.route(logits, self.top_k, sigmoid=self.router_kind == "sigmoid",
                                                normalize=self.normalize_top_k, scale=self.routed_scale,
                                                correction_bias=self.e_score_correction_bias, n_group=self.n_group,
-                                               topk_group=self.topk_group, group_score=self.group_score)
+                                               topk_group=self.topk_group, group_score=self.group_score,
+                                               normalize_min=self.normalize_min)
         return logits, probs, weights, index  # weights, index: (N, k)
 
     def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:

@@ -214,12 +214,14 @@ Position = Annotated[Union[Rope, Sinusoidal, Learned, Alibi, Relative], Field(di
 class QKNorm(Node):
     """`qk_norm = rmsnorm(eps = 1e-6)`: q and k normalised before RoPE, per head (Qwen3, Gemma 3)
     or, with `scope = projection`, over the whole q / k projection (OLMo 2); `l2()` is Llama 4's
-    weightless norm, applied after RoPE. layernorm has a bias; `unit_offset` stores w - 1 (Gemma)."""
+    weightless norm, applied after RoPE. layernorm has a bias; `unit_offset` stores w - 1 (Gemma).
+    `after_rope = true` normalises each head after RoPE instead (Hunyuan)."""
 
     kind: Literal["rmsnorm", "layernorm", "l2"]
     eps: PositiveFloat = 1e-6
     unit_offset: bool = False
     scope: Literal["head", "projection"] = "head"
+    after_rope: bool = False
 
     @model_validator(mode="after")
     def _variants(self) -> "QKNorm":
@@ -227,6 +229,11 @@ class QKNorm(Node):
             raise FieldError("unit_offset", f"unit_offset is for rmsnorm, not {self.kind}")
         if self.kind == "l2" and self.scope != "head":
             raise FieldError("scope", "l2() normalises each head (Llama 4)", "remove scope")
+        if self.after_rope and self.kind == "l2":
+            raise FieldError("after_rope", "l2() always runs after RoPE", "remove after_rope")
+        if self.after_rope and self.scope != "head":
+            raise FieldError("after_rope", "after_rope normalises each rotated head: it needs scope = head",
+                             "remove scope, or after_rope")
         return self
 
 
@@ -422,6 +429,7 @@ class MoE(Node):
     shared_gate: bool = False
     router: Literal["softmax", "sigmoid"] = "softmax"
     normalize_top_k: bool = True  # renormalise the chosen k weights to sum to 1
+    normalize_min: NonNegFloat = 0.0  # divide by max(sum, normalize_min) (ERNIE 4.5's moe_norm_min); 0: off
     routed_scale: PositiveFloat = 1.0
     aux_loss: NonNegFloat = 0.0  # load-balancing loss coefficient (Switch Transformer)
     z_loss: NonNegFloat = 0.0  # router z-loss coefficient (ST-MoE)
@@ -444,6 +452,9 @@ class MoE(Node):
             raise FieldError("top_k", f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
         self._check_balancing()
         self._check_groups()
+        if self.normalize_min and not self.normalize_top_k:
+            raise FieldError("normalize_min", "normalize_min bounds the renormalisation, which is off",
+                             "add normalize_top_k = true, or remove normalize_min")
         if isinstance(self.shared, ClampedSwiGLU) or (self.shared is None and self.shared_experts
                                                       and isinstance(self.expert, ClampedSwiGLU)):
             field = "shared" if self.shared is not None else "shared_experts"

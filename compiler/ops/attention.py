@@ -86,8 +86,8 @@ class Attention(_Attention):
         "rope": attr(dict, default=None, doc="{dim}: q and k rotated inside (fold-rope); the table is an input"),
         "packed": attr(bool, default=False, doc="one input holding q, k and v side by side (fuse-qkv)"),
         "cross": attr(bool, default=False, doc="keys and values from the encoder"),
-        "qk_norm": attr(dict, default=None, doc="{kind, eps, unit_offset, scope}: q and k normalised (rmsnorm, "
-                        "layernorm: before RoPE; l2: after)"),
+        "qk_norm": attr(dict, default=None, doc="{kind, eps, unit_offset, scope[, after_rope]}: q and k normalised "
+                        "(rmsnorm, layernorm: before RoPE unless after_rope; l2: after)"),
         "sinks": attr(bool, default=None, doc="a learned logit per head in the softmax denominator"),
         "chunk": attr(int, default=None, doc="attend within chunks of this many positions"),
         "sink_tokens": attr(int, default=None, doc="with a window: the first positions stay visible and cached"),
@@ -204,6 +204,8 @@ def _modern_keywords(a) -> str:
         words.append(f"qk_norm_eps={norm['eps']!r}")
         if norm["unit_offset"]:
             words.append("qk_norm_unit_offset=True")
+        if norm.get("after_rope"):
+            words.append("qk_norm_after_rope=True")
     if a["sinks"]:
         words.append("sinks=True")
     if a["chunk"]:

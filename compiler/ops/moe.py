@@ -25,7 +25,7 @@ _CODEGEN_KEYS = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "s
 _OPTIONAL_KEYS = {"router_bias": "router_bias", "correction_bias": "correction_bias",
                   "bias_update_speed": "bias_update_speed", "seq_aux_loss": "seq_aux_loss", "groups": "n_group",
                   "topk_groups": "topk_group", "group_score": "group_score", "scale_input": "scale_input",
-                  "glu_limit": "glu_limit", "glu_alpha": "glu_alpha"}
+                  "glu_limit": "glu_limit", "glu_alpha": "glu_alpha", "normalize_min": "normalize_min"}
 
 
 @register
@@ -52,6 +52,7 @@ class MoE(OpDef):
         "scale_input": attr(bool, default=False, doc="the routing weight scales the expert's input (Llama 4)"),
         "glu_limit": attr(float, default=None, doc="clamp of gpt-oss's SwiGLU (expert_act swiglu_oai)"),
         "glu_alpha": attr(float, default=None, doc="sigmoid slope of gpt-oss's SwiGLU"),
+        "normalize_min": attr(float, default=0.0, doc="floor of the top-k weights' sum when renormalising (ERNIE 4.5)"),
     }
     arity = (1, 1)
     picture = "moe"

@@ -84,6 +84,12 @@ def hf_model(name: str):
             num_experts_per_tok=1, interleave_moe_layer_step=1, max_position_embeddings=10485760,
             rope_parameters={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
                              "original_max_position_embeddings": 8192, "rope_theta": 500000.0})
+    if name == "qwen3_30b_a3b":  # Qwen/Qwen3-30B-A3B's config.json
+        return T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(
+            vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=48,
+            num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+            norm_topk_prob=True, max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
     raise KeyError(name)
 
 

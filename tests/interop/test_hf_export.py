@@ -222,6 +222,93 @@ CASES = {
     encoder_layers = encoder * 2
     decoder_layers = decoder * 3
 }}""", "t5"),
+    "qwen3_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block sparse {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true, window = 6,
+                        qk_norm = rmsnorm(eps = 1e-6))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16))
+    }}
+    block dense extends sparse {{
+        ffn = swiglu(hidden = 40)
+    }}
+    layers = [sparse, dense, sparse]
+}}""", "qwen3_moe"),
+    "olmoe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, qk_norm = rmsnorm(eps = 1e-5, scope = projection))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), normalize_top_k = false)
+    }}
+    layers = layer * 2
+}}""", "olmoe"),
+    "olmo3": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-6)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-6, placement = output)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true, window = 5,
+                        qk_norm = rmsnorm(eps = 1e-6, scope = projection))
+        ffn = swiglu(hidden = 48)
+        position = rope(theta = 10000)
+    }}
+    block full extends sliding {{
+        attention.window = none
+        position = rope(theta = 500000, scaling = yarn(factor = 4, original_context = 16))
+    }}
+    layers = [sliding, sliding, full]
+}}""", "olmo3"),
+    "exaone4": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block sliding {{
+        norm = rmsnorm(eps = 1e-5, placement = output)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, window = 5, qk_norm = rmsnorm(eps = 1e-5))
+        ffn = swiglu(hidden = 48)
+    }}
+    block nope extends sliding {{
+        attention.window = none
+        position = none
+    }}
+    layers = [sliding, sliding, nope] * 2
+}}""", "exaone4"),
+    "ernie4_5_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 500000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block dense {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 40)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared_experts = 2, correction_bias = true,
+                  normalize_min = 0.5)
+    }}
+    layers = [dense, sparse, dense, sparse, dense]
+}}""", "ernie4_5_moe"),
+    "hunyuan_v1_moe": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = ntk(factor = 50))
+    final_norm = rmsnorm(eps = 1e-5)
+    block top2 {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true,
+                        qk_norm = rmsnorm(eps = 1e-5, after_rope = true))
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24), shared = swiglu(hidden = 24))
+    }}
+    block top1 extends top2 {{
+        ffn.top_k = 1
+    }}
+    layers = [top2, top1, top2]
+}}""", "hunyuan_v1_moe"),
     "mamba2": (f"""model m {{
     {HEAD}
     final_norm = rmsnorm(eps = 1e-5)

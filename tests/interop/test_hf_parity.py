@@ -133,6 +133,53 @@ CASES = {
     "mamba2-tied": (T.Mamba2Config, T.Mamba2ForCausalLM, dict(
         vocab_size=97, hidden_size=32, num_hidden_layers=3, num_heads=4, head_dim=16, state_size=16, n_groups=1,
         chunk_size=8, use_conv_bias=False, tie_word_embeddings=True, layer_norm_epsilon=1e-6, pad_token_id=0)),
+    # per-head QK-norm, a dense layer among the expert layers, renormalised top-k, head_dim != d_model / heads
+    "qwen3_moe": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        norm_topk_prob=True, mlp_only_layers=[1])),
+    # every second layer an expert layer (decoder_sparse_step), all biases, a window on every layer
+    "qwen3_moe-sliding-step": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        decoder_sparse_step=2, attention_bias=True, use_sliding_window=True, sliding_window=5)),
+    # QK-norm over the whole projections (k's narrower: GQA), biases, renormalised top-k
+    "olmoe": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(
+        SMALL, num_experts=4, num_experts_per_tok=2, attention_bias=True, norm_topk_prob=True, pad_token_id=0)),
+    "olmoe-plain": (T.OlmoeConfig, T.OlmoeForCausalLM, dict(
+        SMALL, num_hidden_layers=1, num_key_value_heads=4, num_experts=4, num_experts_per_tok=3, pad_token_id=0)),
+    # sliding and full layers with their own RoPE (YaRN on the full ones), biases, GQA
+    "olmo3": (T.Olmo3Config, T.Olmo3ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, sliding_window=5, attention_bias=True, pad_token_id=0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
+                                            "original_max_position_embeddings": 16,
+                                            "beta_fast": 32.0, "beta_slow": 1.0}})),
+    "olmo3-default-pattern": (T.Olmo3Config, T.Olmo3ForCausalLM, dict(
+        SMALL, num_hidden_layers=4, num_key_value_heads=4, sliding_window=4, pad_token_id=0)),
+    # sliding layers with RoPE, a global NoPE layer (sliding_window_pattern), per-head QK-norm, output norms
+    "exaone4": (T.Exaone4Config, T.Exaone4ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, sliding_window=5, sliding_window_pattern=3, bos_token_id=None,
+        eos_token_id=None)),
+    # no window: RoPE on every layer
+    "exaone4-no-window": (T.Exaone4Config, T.Exaone4ForCausalLM, dict(
+        SMALL, sliding_window=None, layer_types=["full_attention"] * 2, bos_token_id=None, eos_token_id=None)),
+    # pair-rotating RoPE, correction bias with a floor that acts, 2 shared experts, expert layers every
+    # second layer from 1 to 3 (dense 0, 2 and 4)
+    "ernie4_5_moe": (T.Ernie4_5_MoeConfig, T.Ernie4_5_MoeForCausalLM, dict(
+        SMALL, num_hidden_layers=5, moe_num_experts=4, moe_k=2, moe_intermediate_size=16, moe_num_shared_experts=2,
+        moe_layer_start_index=1, moe_layer_end_index=3, moe_layer_interval=2, moe_norm_min=0.5,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=None, eos_token_id=None)),
+    "ernie4_5_moe-tied": (T.Ernie4_5_MoeConfig, T.Ernie4_5_MoeForCausalLM, dict(
+        SMALL, moe_num_experts=4, moe_k=3, moe_intermediate_size=16, moe_num_shared_experts=0,
+        moe_layer_start_index=0, pad_token_id=0, bos_token_id=None, eos_token_id=None)),
+    # QK-norm after RoPE, a top-k per layer, biases, the NTK-alpha RoPE of Hunyuan's checkpoints
+    "hunyuan_v1_moe": (T.HunYuanMoEV1Config, T.HunYuanMoEV1ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=16, num_experts=4, moe_topk=[2, 1, 2], attention_bias=True,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 100.0, "factor": 1.0},
+        pad_token_id=0, bos_token_id=None, eos_token_id=None, eod_token_id=None, sep_token_id=None)),
+    "hunyuan_v1_moe-plain": (T.HunYuanMoEV1Config, T.HunYuanMoEV1ForCausalLM, dict(
+        SMALL, head_dim=8, num_experts=3, moe_topk=2, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+        eod_token_id=None, sep_token_id=None)),
 }
 
 

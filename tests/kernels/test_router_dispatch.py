@@ -33,6 +33,7 @@ ROUTINGS = {
     "v3-uneven": (12, 3, dict(correction_bias=True, n_group=3, topk_group=2)),  # 3 groups of 4: padded tiles
     "v2-greedy": (12, 3, dict(n_group=6, topk_group=2, group_score="max")),
     "one-group-kept": (8, 2, dict(n_group=4, topk_group=1)),
+    "floored-sum": (8, 3, dict(correction_bias=True, normalize_min=0.9)),  # ERNIE's moe_norm_min, large enough to act
 }
 
 
@@ -76,7 +77,7 @@ def test_chosen_experts_lie_in_the_kept_groups():
     assert torch.equal(index[:, 0] // 2, index[:, 1] // 2)  # both from the one group kept
 
 
-@pytest.mark.parametrize("name", ["plain", "v3-groups"])
+@pytest.mark.parametrize("name", ["plain", "v3-groups", "floored-sum"])
 def test_training_gradients_equal_the_references(name):
     experts, k, kw = ROUTINGS[name]
     logits, kw = _inputs(experts, kw)

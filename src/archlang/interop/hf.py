@@ -3,7 +3,7 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
-llama4_text.
+llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe.
 """
 
 from __future__ import annotations
@@ -214,6 +214,128 @@ def _moe_like(c, name: str) -> str:
         blocks = _dense_and_moe_blocks(kinds, "dense_layer", "moe_layer", eps, attention, c.intermediate_size, moe)
     fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _qwen3_moe(c, name: str) -> str:
+    """Qwen3 attention (per-head QK-norm before RoPE; a sliding window on every layer when
+    use_sliding_window) with routed experts only; mlp_only_layers and decoder_sparse_step pick
+    the dense layers."""
+    eps = c.rms_norm_eps
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob))
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, window=c.sliding_window if c.use_sliding_window else None, bias=bias, out_bias=bias,
+                           qk_norm=call("rmsnorm", eps=eps))
+    kinds = ["moe_layer" if i not in c.mlp_only_layers and c.num_experts > 0 and (i + 1) % c.decoder_sparse_step == 0
+             else "dense_layer" for i in range(c.num_hidden_layers)]
+    blocks = _dense_and_moe_blocks(kinds, "dense_layer", "moe_layer", eps, attention, c.intermediate_size, moe)
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face qwen3_moe config.")
+
+
+def _olmoe(c, name: str) -> str:
+    """OLMoE: pre-norm (unlike OLMo 2) with OLMo 2's QK-norm over the whole q and k projections,
+    and routed SwiGLU experts in every layer."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, bias=bias, out_bias=bias, qk_norm=call("rmsnorm", eps=eps, scope="projection"))
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.intermediate_size), normalize_top_k=bool(c.norm_topk_prob))
+    blocks = {"layer": {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face olmoe config.")
+
+
+def _olmo3(c, name: str) -> str:
+    """OLMo 3: OLMo 2's blocks (norms on the branch outputs, QK-norm over the whole projections)
+    with sliding and full layers (layer_types), each type with its own RoPE."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, placement="output")
+    qk_norm = call("rmsnorm", eps=eps, scope="projection")
+    bias = bool(c.attention_bias) or None
+    ffn = call("swiglu", hidden=c.intermediate_size)
+    # a window as long as the context masks nothing there (transformers' defaults: 4096 over 2048)
+    window = c.sliding_window if c.sliding_window and c.sliding_window < c.max_position_embeddings else None
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, "attention": _attention(
+            c, window=window if kind == "sliding" else None, bias=bias, out_bias=bias, qk_norm=qk_norm),
+            "ffn": ffn, "position": _rope(c, params=c.rope_parameters[t])})
+    fields = _decoder_fields(c, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face olmo3 config.")
+
+
+def _exaone4(c, name: str) -> str:
+    """EXAONE 4: norms on the branch outputs (as OLMo 2), per-head QK-norm, and sliding layers
+    with RoPE beside global layers without it (NoPE) when a window is set; RoPE everywhere else."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, placement="output")
+    qk_norm = call("rmsnorm", eps=eps)
+    ffn = call("swiglu", hidden=c.intermediate_size) if _act(c.hidden_act) == "silu" \
+        else call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    # a window as long as the context masks nothing there (transformers' defaults: 4096 over 2048)
+    window = c.sliding_window if c.sliding_window and c.sliding_window < c.max_position_embeddings else None
+    blocks, kinds = {}, []
+    for t in c.layer_types:
+        kind = "sliding" if t == "sliding_attention" else "full"
+        kinds.append(kind)
+        nope = kind == "full" and c.sliding_window is not None  # transformers' test, on the config's window
+        blocks.setdefault(kind, {"norm": norm, "attention": _attention(
+            c, window=window if kind == "sliding" else None, qk_norm=qk_norm), "ffn": ffn,
+            "position": Raw("none") if nope else None})
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face exaone4 config.")
+
+
+def _ernie4_5_moe(c, name: str) -> str:
+    """ERNIE 4.5 MoE: softmax routing that chooses with a correction bias (moe_statics) and divides
+    the chosen weights by max(sum, moe_norm_min), shared experts beside the routed ones, expert
+    layers every moe_layer_interval within [start, end]. Its RoPE rotates channel pairs: the
+    weight rules permute q and k. (use_bias, which biases the LM head too, is refused.)"""
+    eps = c.rms_norm_eps
+    attention = _attention(c)
+    shared = c.moe_num_shared_experts
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.moe_intermediate_size),
+               shared=call("swiglu", hidden=c.moe_intermediate_size * shared) if shared else None,
+               correction_bias=True, normalize_min=float(c.moe_norm_min) if c.moe_norm_min else None)
+    kinds = ["moe_layer" if (i + 1) % c.moe_layer_interval == 0 and c.moe_layer_start_index <= i
+             <= c.moe_layer_end_index else "dense_layer" for i in range(c.num_hidden_layers)]
+    blocks = {}
+    if "dense_layer" in kinds:
+        blocks["dense_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention,
+                                 "ffn": call("swiglu", hidden=c.intermediate_size)}
+    if "moe_layer" in kinds:
+        blocks["moe_layer"] = {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": moe}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face ernie4_5_moe config.")
+
+
+def _hunyuan_v1_moe(c, name: str) -> str:
+    """Hunyuan MoE: per-head RMSNorm on q and k after RoPE, routed experts beside an always-on
+    shared MLP in every layer, a top-k per layer (moe_topk as a list); its fixed NTK `alpha`
+    RoPE is archlang's ntk(factor = alpha)."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias) or None
+    attention = _attention(c, bias=bias, out_bias=bias, qk_norm=call("rmsnorm", eps=eps, after_rope=True))
+    params = c.rope_parameters or {}
+    position = _rope(c)
+    if params.get("rope_type") == "dynamic" and params.get("alpha"):  # transformers' ntk_alpha
+        position = call("rope", theta=float(params["rope_theta"]), scaling=call("ntk", factor=float(params["alpha"])))
+    top_ks = c.moe_topk if isinstance(c.moe_topk, list) else [c.moe_topk] * c.num_hidden_layers
+    blocks, kinds = {}, []
+    for k in top_ks:
+        kind = "layer" if len(set(top_ks)) == 1 else f"layer_top{k}"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps), "attention": attention, "ffn": call(
+            "moe", experts=c.num_experts, top_k=k, expert=call("swiglu", hidden=c.intermediate_size),
+            shared=call("swiglu", hidden=c.intermediate_size))})
+    fields = _decoder_fields(c, position=position, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face hunyuan_v1_moe config.")
 
 
 def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float, attention: Raw, hidden: int,
@@ -471,7 +593,8 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss,
-    "llama4_text": _llama4_text,
+    "llama4_text": _llama4_text, "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
+    "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 

@@ -365,6 +365,53 @@ TABLES: dict[str, dict[str, Key]] = {
                     "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
                     "router_jitter_noise": irrelevant("Llama 4's router adds no jitter: transformers never reads it"),
                     "for_llm_compressor": irrelevant("a flag for quantisation tooling; the modeling code never reads it")},
+    "qwen3_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "use_sliding_window": MAPPED,
+                  "sliding_window": MAPPED, "decoder_sparse_step": MAPPED, "moe_intermediate_size": MAPPED,
+                  "num_experts_per_tok": MAPPED, "num_local_experts": MAPPED, "norm_topk_prob": MAPPED,
+                  "mlp_only_layers": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                  "num_experts": MAPPED,  # config.json's name of num_local_experts (an attribute_map alias)
+                  "max_window_layers": irrelevant("published configs carry it, but transformers' qwen3_moe never "
+                                                  "reads it: use_sliding_window puts the window on every layer"),
+                  "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
+    "olmoe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "num_experts_per_tok": MAPPED,
+              "num_experts": MAPPED, "norm_topk_prob": MAPPED, "output_router_logits": NO_AUX_LOSS,
+              "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+              "clip_qkv": only(None, reason="archlang does not clamp q, k and v"),
+              # OlmoeAttention sizes its q/k norms by hidden_size // heads, whatever head_dim says
+              "head_dim": checked(lambda v, c: None if v is None or v * c.get("num_attention_heads", 0)
+                                  == c.get("hidden_size") else "olmoe's QK-norms need head_dim = hidden_size / heads")},
+    "olmo3": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "sliding_window": MAPPED,
+              "rope_parameters": checked(lambda v, c: _rope_per_layer_type(
+                  v, {"layer_types": ["sliding_attention", "full_attention"]})),
+              "layer_types": checked(lambda v, c: None if v is None or set(v) <= {"sliding_attention", "full_attention"}
+                                     else "olmo3 layers are sliding_attention or full_attention")},
+    "exaone4": {**_LLAMA_CORE, "sliding_window": MAPPED,
+                "sliding_window_pattern": irrelevant("used only to fill layer_types, which is read"),
+                "layer_types": checked(lambda v, c: None if v is None or set(v) <= {"full_attention"} or
+                                       set(v) <= {"sliding_attention", "full_attention"} and c.get("sliding_window")
+                                       else "exaone4 layers are full_attention, or sliding_attention with a "
+                                            "sliding_window")},
+    "ernie4_5_moe": {**_LLAMA_CORE, "hidden_act": _SILU,
+                     "use_bias": only(False, reason="use_bias also biases the LM head, which archlang lacks"), "output_router_logits": NO_AUX_LOSS,
+                     "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                     # config.json's names of moe_num_experts and moe_k (attribute_map aliases)
+                     "num_experts": MAPPED, "num_experts_per_tok": MAPPED,
+                     **{k: MAPPED for k in ("moe_intermediate_size", "moe_k", "moe_num_experts",
+                                            "moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index",
+                                            "moe_layer_interval", "moe_norm_min")}},
+    "hunyuan_v1_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "pretraining_tp": _OLD_TP,
+                       "eod_token_id": TOKEN_ID, "output_router_logits": NO_AUX_LOSS,
+                       "rope_parameters": checked(lambda v, c: _hunyuan_rope_problem(v, c)),
+                       # HunYuanMoEV1Attention computes head_dim ** -0.5: transformers builds no model without it
+                       "head_dim": checked(lambda v, c: None if isinstance(v, int) else
+                                           "transformers' hunyuan_v1_moe needs head_dim (it builds no model without)"),
+                       # the experts' stack takes one count for all layers; the router one top-k per layer
+                       "num_experts": checked(lambda v, c: None if type(v) is int else
+                                              "one expert count for every layer (transformers' experts take one)"),
+                       "num_local_experts": MAPPED, "num_experts_per_tok": MAPPED,  # attribute_map aliases
+                       "moe_topk": checked(lambda v, c: None if type(v) is int or isinstance(v, list) and
+                                           len(v) == c.get("num_hidden_layers") and all(type(k) is int for k in v)
+                                           else "an integer, or one integer per layer (num_hidden_layers)")},
     "t5": {**{k: MAPPED for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                                   "relative_attention_num_buckets", "relative_attention_max_distance",
                                   "layer_norm_epsilon", "is_gated_act",
@@ -409,6 +456,25 @@ def _dt_limit_problem(value: Any) -> str | None:
     if not 0 <= low < high < float("inf"):
         return "archlang's dt_limit is a finite range [low, high] with 0 <= low < high (or none: (0, inf))"
     return None
+
+
+def _hunyuan_rope_problem(value: Any, config: dict) -> str | None:
+    """Hunyuan's checkpoints label a fixed NTK base stretch `dynamic` with an `alpha`, which
+    transformers computes as ntk_alpha, ignoring the type's other keys; anything else is a
+    rope_parameters like any other."""
+    if isinstance(value, dict) and value.get("rope_type", value.get("type")) == "dynamic" and value.get("alpha"):
+        alpha = value["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 1:
+            return f"rope_parameters['alpha'] must be a number >= 1, not {alpha!r}"
+        unread = {"rope_type", "type", "rope_theta", "alpha", "factor", "beta_fast", "beta_slow", "mscale",
+                  "mscale_all_dim", "original_max_position_embeddings", "partial_rotary_factor"}
+        extra = sorted(set(value) - unread)
+        if extra:
+            return f"rope_parameters[{extra[0]!r}] has no archlang equivalent with an NTK alpha"
+        if value.get("partial_rotary_factor") not in (None, 1, 1.0):
+            return "partial RoPE with an NTK alpha is not mapped"
+        return None
+    return _rope_problem(value, config)
 
 
 def _groups_problem(config: dict) -> str | None:
@@ -489,6 +555,8 @@ _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scalin
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
 # Values transformers accepts besides the default's type.
 _ALSO = {"mamba_dt_rank": ("auto",)}
+# Integer keys that may also be one value per layer.
+_PER_LAYER = {"moe_topk"}
 
 
 def _expected_type(default: Any) -> tuple[type, ...] | None:
@@ -539,6 +607,8 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             continue
         types = _expected_type(base[name])
         if types is None or value in _ALSO.get(name, ()) or (value is None and name in _NULLABLE):
+            continue
+        if name in _PER_LAYER and isinstance(value, list):  # its table's check reads the entries
             continue
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise _error(f"{model_type} config key {name!r} must be {_type_name(types)}, not {_shown(value)}",

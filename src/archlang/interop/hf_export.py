@@ -40,7 +40,6 @@ _NO_HF_EQUIVALENT: dict[tuple[str, str], str] = {
     ("attention", "linear"): "linear attention has no Hugging Face equivalent",
     ("position", "sinusoidal"): "fixed sinusoidal positions have no Hugging Face equivalent among the exported families",
     ("position", "alibi"): "ALiBi positions have no Hugging Face equivalent among the exported families",
-    ("scaling", "ntk"): "NTK-aware RoPE scaling has no Hugging Face equivalent among the exported families",
 }
 
 
@@ -319,6 +318,212 @@ def _qwen2_moe(m: A.Model) -> dict:
                   moe_intermediate_size=expert_hidden, shared_expert_intermediate_size=shared_hidden,
                   norm_topk_prob=moe.normalize_top_k, decoder_sparse_step=1,
                   mlp_only_layers=[i for i, s in enumerate(sparse) if not s], intermediate_size=hidden)
+    return config
+
+
+def _qwen3_moe(m: A.Model) -> dict:
+    """Qwen3's attention (per-head RMSNorm on q and k, one window for every layer or none) with
+    routed experts; dense layers anywhere are mlp_only_layers."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    _need(any(sparse), ("layers",), "no mixture-of-experts layer")
+    moe_kind = layers[sparse.index(True)]
+    moe = m.blocks[moe_kind].ffn
+    expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    _need(moe.shared is None and not moe.shared_experts, ("blocks", moe_kind, "ffn", "shared"),
+          "shared experts (qwen3_moe has routed experts only)")
+    dense_kinds = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    hidden = m.blocks[dense_kinds[0]].ffn.hidden if dense_kinds and isinstance(m.blocks[dense_kinds[0]].ffn, A.GLU) \
+        else expert_hidden
+    a = m.blocks[moe_kind].attention
+    _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
+    _need(a.qk_norm is not None, ("blocks", moe_kind, "attention"), "qwen3_moe normalises q and k: qk_norm = rmsnorm(...)")
+    # Every layer as the dense model the family is built around (mistral: one window for all), then the rest.
+    plain = {"qk_norm": None, "bias": False, "out_bias": False}
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden),
+                                          "attention": m.blocks[k].attention.model_copy(update=plain)}) for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    window = config.pop("sliding_window")
+    config.update(model_type="qwen3_moe", attention_bias=a.bias, use_sliding_window=window is not None,
+                  sliding_window=window, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                  moe_intermediate_size=expert_hidden, norm_topk_prob=moe.normalize_top_k, decoder_sparse_step=1,
+                  mlp_only_layers=[i for i, s in enumerate(sparse) if not s], intermediate_size=hidden)
+    return config
+
+
+def _olmoe(m: A.Model) -> dict:
+    """Pre-norm, QK-norm over the whole q and k projections, routed experts in every layer."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _need(len(kinds) == 1, ("layers",), "more than one kind of layer (olmoe's layers are all alike)")
+    b = m.blocks[kinds[0]]
+    moe = b.ffn
+    _need(isinstance(moe, A.MoE), ("blocks", kinds[0], "ffn"), "a dense FFN (olmoe's FFN is a mixture of experts)")
+    hidden, _, _ = _glu(moe.expert, ("blocks", kinds[0], "ffn", "expert"), "expert")
+    a = b.attention
+    _need(a is not None and a.qk_norm is not None, ("blocks", kinds[0], "attention"),
+          "olmoe normalises q and k: qk_norm = rmsnorm(scope = projection)")
+    plain = {"qk_norm": None, "bias": False, "out_bias": False}
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        kinds[0]: b.model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden), "attention": a.model_copy(update=plain)})}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", kinds[0], "attention", "window"), "a sliding window")
+    config.update(model_type="olmoe", attention_bias=a.bias, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                  norm_topk_prob=moe.normalize_top_k, pad_token_id=None, eos_token_id=None)
+    return config
+
+
+def _olmo3(m: A.Model) -> dict:
+    """OLMo 2's blocks with sliding and full layers (layer_types), a RoPE per layer type."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "olmo3 normalises each branch's output: rmsnorm(placement = output)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    for k in kinds:
+        other = m.blocks[k].attention
+        _need(other is not None and other.model_copy(update={"window": None}) == a.model_copy(update={"window": None}),
+              ("blocks", k, "attention"), "blocks whose attentions differ other than in their window")
+    windows = {k: m.blocks[k].attention.window for k in kinds}
+    window_set = {w for w in windows.values() if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    types = {k: "sliding_attention" if windows[k] else "full_attention" for k in kinds}
+    ropes: dict[str, dict] = {}
+    for k in kinds:
+        path = ("blocks", k, "position") if m.blocks[k].position != "inherit" else ("position",)
+        rope = _rope_parameters(m.position_of(k), path, a.head_dim)
+        _need(ropes.setdefault(types[k], rope) == rope, path, "layers of one type (sliding or full) with different RoPE")
+    for t in ("sliding_attention", "full_attention"):  # a type no layer has still needs a setting
+        ropes.setdefault(t, next(iter(ropes.values())))
+    return {"model_type": "olmo3", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "attention_bias": a.bias, "rope_parameters": ropes, "sliding_window": window_set.pop() if window_set else None,
+            "layer_types": [types[k] for k in layers], "pad_token_id": None, "eos_token_id": None}
+
+
+def _exaone4(m: A.Model) -> dict:
+    """Output norms, per-head QK-norm, sliding layers with RoPE and global layers without it
+    (or, with no window, RoPE on every layer)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "exaone4 normalises each branch's output: rmsnorm(placement = output)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    for k in kinds:
+        other = m.blocks[k].attention
+        _need(other is not None and other.model_copy(update={"window": None}) == a.model_copy(update={"window": None}),
+              ("blocks", k, "attention"), "blocks whose attentions differ other than in their window")
+    windows = {k: m.blocks[k].attention.window for k in kinds}
+    window_set = {w for w in windows.values() if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    rope = None
+    for k in kinds:
+        path = ("blocks", k, "position") if m.blocks[k].position != "inherit" else ("position",)
+        pos = m.position_of(k)
+        if window_set and not windows[k]:
+            _need(pos is None, path, "a global layer with positions (exaone4's global layers are NoPE)")
+            continue
+        params = _rope_parameters(pos, path, a.head_dim)
+        _need(rope in (None, params), path, "layers with different RoPE")
+        rope = params
+    return {"model_type": "exaone4", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "rope_parameters": rope or {"rope_type": "default", "rope_theta": 10000.0},
+            "sliding_window": window_set.pop() if window_set else None,
+            "layer_types": ["sliding_attention" if windows[k] else "full_attention" for k in layers],
+            "bos_token_id": None, "eos_token_id": None}
+
+
+def _ernie4_5_moe(m: A.Model) -> dict:
+    """Llama-like layers, expert layers every moe_layer_interval between a first and a last one;
+    softmax routing with a correction bias and renormalised weights (floored by moe_norm_min)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    sparse = [i for i, k in enumerate(layers) if isinstance(m.blocks[k].ffn, A.MoE)]
+    _need(bool(sparse), ("layers",), "no mixture-of-experts layer")
+    start, end = sparse[0], sparse[-1]
+    interval = next((n for n in range(1, len(layers) + 1) if sparse == [i for i in range(start, end + 1)
+                                                                     if (i + 1) % n == 0]), None)
+    _need(interval is not None, ("layers",), "expert layers that are not every n-th layer between a first and "
+          "a last one (moe_layer_interval, moe_layer_start_index, moe_layer_end_index)")
+    moe_kind = layers[start]
+    moe = m.blocks[moe_kind].ffn
+    expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    _need(moe.correction_bias and moe.normalize_top_k, ("blocks", moe_kind, "ffn"),
+          "ernie4_5_moe chooses with a correction bias and renormalises: correction_bias = true")
+    shared = 0
+    if moe.shared is not None:
+        shared_hidden, _, _ = _glu(moe.shared, ("blocks", moe_kind, "ffn", "shared"), "shared expert")
+        _need(shared_hidden % expert_hidden == 0, ("blocks", moe_kind, "ffn", "shared"),
+              "shared experts whose width is not a multiple of the experts'")
+        shared = shared_hidden // expert_hidden
+    dense_kinds = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    hidden = m.blocks[dense_kinds[0]].ffn.hidden if dense_kinds and isinstance(m.blocks[dense_kinds[0]].ffn, A.GLU) \
+        else expert_hidden
+    _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
+        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden)}) for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
+    config.update(model_type="ernie4_5_moe", intermediate_size=hidden, moe_num_experts=moe.experts, moe_k=moe.top_k,
+                  moe_intermediate_size=expert_hidden, moe_num_shared_experts=shared, moe_layer_start_index=start,
+                  moe_layer_end_index=end, moe_layer_interval=interval, moe_norm_min=moe.normalize_min,
+                  use_bias=False, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return config
+
+
+def _hunyuan_v1_moe(m: A.Model) -> dict:
+    """Per-head QK-norm after RoPE, routed experts and a shared MLP of the experts' width in every
+    layer, one top-k per layer; NTK RoPE is the checkpoints' `dynamic` with an `alpha`."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    moes = {k: m.blocks[k].ffn for k in kinds}
+    for k, moe in moes.items():
+        _need(isinstance(moe, A.MoE), ("blocks", k, "ffn"), "a dense FFN (hunyuan_v1_moe's FFNs are experts)")
+    moe_kind = kinds[0]
+    moe = moes[moe_kind]
+    hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+    for k in kinds:  # blocks may differ in their top-k only
+        _need(moes[k].model_copy(update={"top_k": moe.top_k}) == moe, ("blocks", k, "ffn"),
+              "expert layers that differ other than in top_k")
+    a = m.blocks[moe_kind].attention
+    _need(a is not None and a.qk_norm is not None, ("blocks", moe_kind, "attention"),
+          "hunyuan_v1_moe normalises q and k after RoPE: qk_norm = rmsnorm(after_rope = true)")
+    rope = m.position
+    scaling = getattr(rope, "scaling", None)
+    plain = rope.model_copy(update={"scaling": None}) if isinstance(scaling, A.NTKScaling) else rope
+    # every layer as the dense model the family is built around (NTK aside), then the rest
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks", "position"}), "position": plain.model_dump(),
+                                    "blocks": {k: m.blocks[k].model_copy(update={
+                                        "ffn": A.GLU(kind="swiglu", hidden=hidden),
+                                        "attention": m.blocks[k].attention.model_copy(
+                                            update={"qk_norm": None, "bias": False, "out_bias": False})})
+                                        for k in kinds}})
+    config = _llama_like(dense, "mistral")
+    _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
+    if isinstance(scaling, A.NTKScaling):  # transformers wants the factor its ntk_alpha then ignores
+        config["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": float(rope.theta), "alpha": scaling.factor,
+                                     "factor": 1.0}
+    top_ks = [moes[k].top_k for k in layers]
+    config.update(model_type="hunyuan_v1_moe", attention_bias=a.bias, num_experts=moe.experts,
+                  moe_topk=top_ks[0] if len(set(top_ks)) == 1 else top_ks, head_dim=a.head_dim,
+                  pad_token_id=None, bos_token_id=None, eos_token_id=None, eod_token_id=None, sep_token_id=None)
     return config
 
 
@@ -717,6 +922,8 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "gemma3_text": lambda m: _gemma2(m, "gemma3_text"), "smollm3": lambda m: _llama_like(m, "smollm3"),
     "phi3": lambda m: _llama_like(m, "phi3"), "deepseek_v3": lambda m: _deepseek_v2(m, "deepseek_v3"),
     "glm4_moe": _glm4_moe, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
+    "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
+    "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -729,6 +936,9 @@ ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
     "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
     "glm4_moe": "Glm4MoeForCausalLM", "gpt_oss": "GptOssForCausalLM", "llama4_text": "Llama4ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
+    "exaone4": "Exaone4ForCausalLM", "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
+    "hunyuan_v1_moe": "HunYuanMoEV1ForCausalLM",
 }
 
 

@@ -46,6 +46,8 @@ class Rule:
         if self.kind == "deinterleave":  # gate, up alternating along the last dim → gate then up; arg: also experts_t
             w = torch.cat((t[0][..., 0::2], t[0][..., 1::2]), dim=-1)
             return [w.transpose(1, 2).contiguous() if self.arg else w]
+        if self.kind == "reshape":  # HF's tensor of shape `arg` → ours, flat
+            return [t[0].reshape(-1)]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -72,6 +74,8 @@ class Rule:
             w = t[0].transpose(1, 2) if self.arg else t[0]
             gate, up = w.chunk(2, dim=-1)
             return [torch.stack((gate, up), dim=-1).flatten(-2).contiguous()]
+        if self.kind == "reshape":
+            return [t[0].reshape(self.arg)]
         raise AssertionError(self.kind)
 
 
@@ -136,7 +140,7 @@ def _llama_family(c, r: _Rules) -> None:
             mixer_norm = "ssm_norm"
             r.op("ssm", f"{p}ssm", f"{q}mamba")
         r.add(f"{p}{mixer_norm}.weight", f"{q}input_layernorm.weight")
-        if t == "olmo2":  # norms on the branches' outputs only
+        if t in ("olmo2", "olmo3", "exaone4"):  # norms on the branches' outputs only
             r.add(f"{p}attn_post_norm.weight", f"{q}post_attention_layernorm.weight")
             r.add(f"{p}ffn_post_norm.weight", f"{q}post_feedforward_layernorm.weight")
         elif t in ("gemma2", "gemma3_text"):
@@ -154,7 +158,8 @@ def _llama_family(c, r: _Rules) -> None:
         _experts(c, r, p, mlp, f"{q}block_sparse_moe." if t == "mixtral" else mlp)
         shared = f"{mlp}shared_expert." if t == "qwen2_moe" else f"{mlp}shared_experts."
         if f"{shared}gate_proj.weight" in r.keys:
-            hidden = c.shared_expert_intermediate_size if t == "qwen2_moe" else c.moe_intermediate_size * c.n_shared_experts
+            hidden = c.shared_expert_intermediate_size if t == "qwen2_moe" else c.moe_intermediate_size * (
+                c.moe_num_shared_experts if t == "ernie4_5_moe" else c.n_shared_experts)
             r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
             r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
         r.add(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
@@ -261,6 +266,38 @@ def _llama4_text(c, r: _Rules) -> None:
         shared = f"{ffn}shared_expert."
         r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat",
               [c.intermediate_size, c.intermediate_size])
+
+
+def _ernie4_5_moe(c, r: _Rules) -> None:
+    """Llama's names; the correction bias is a (1, E) tensor; q and k are permuted so that
+    archlang's half-split RoPE computes ERNIE's rotation of channel pairs (2i, 2i+1)."""
+    _llama_family(c, r)
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    pairs = {f"layers.{i}.{n}.weight" for i in range(c.num_hidden_layers) for n in ("q_proj", "k_proj")}
+    r.rules = [x for x in r.rules if x.ours[0] not in pairs]
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        for n, heads in (("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads)):
+            r.add(f"{p}{n}.weight", f"{q}self_attn.{n}.weight", "permute", (heads, 0, hd, hd))
+        # the module holds it under the router (gate); checkpoint files beside it
+        module, disk = f"{q}mlp.gate.moe_statics.e_score_correction_bias", f"{q}mlp.moe_statics.e_score_correction_bias"
+        if not r.on_disk:
+            r.add(f"{p}moe.e_score_correction_bias", module, "reshape", (1, c.num_experts))
+        has_moe = f"{q}mlp.gate.weight" in r.keys
+        r.add(f"{p}moe.e_score_correction_bias", disk, "reshape", (1, c.num_experts), assume=r.on_disk and has_moe)
+
+
+def _hunyuan_v1_moe(c, r: _Rules) -> None:
+    """Llama's names, with Hunyuan's QK-norm, router and shared MLP names."""
+    _llama_family(c, r)
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        r.add(f"{p}attn.q_norm", f"{q}self_attn.query_layernorm.weight")
+        r.add(f"{p}attn.k_norm", f"{q}self_attn.key_layernorm.weight")
+        r.add(f"{p}moe.router", f"{q}mlp.gate.wg.weight")
+        shared = f"{q}mlp.shared_mlp."
+        r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat",
+              [c.intermediate_size] * 2)
         r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
 
 
@@ -338,6 +375,8 @@ _FAMILIES = {
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
+    "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
+    "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
 }
 
 
