@@ -185,9 +185,9 @@ class Attention(nn.Module):
         return (q * scales[:, None]).to(q.dtype)  # (B, H, T, D) * (T, 1)
 
     def forward(self, q, k=None, v=None, *, ctx: Context, rope=None, alibi=None, rel_bias=None) -> torch.Tensor:
-        # a per-head RMS QK-norm and RoPE run as one kernel
+        # a per-head RMS QK-norm before RoPE and RoPE run as one kernel
         norm_with_rope = (rope is not None and not self.cross and self.qk_norm == "rmsnorm"
-                          and self.qk_norm_scope == "head")
+                          and self.qk_norm_scope == "head" and not self.norm_after_rope)
         q, k, v = self.project(q, k, v, head_norm=not norm_with_rope)  # (B, H, T, D), (B, KV, S, D)
         q_pos = ctx.positions
         if self.cross:
