@@ -163,6 +163,8 @@ class _Lowerer:
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
         ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
         pre = f"{stack}.{i}."
+        if blk.parallel:
+            return self.parallel_block(pre, blk, x, seq, ctx, rel)
         if blk.attention is not None or blk.ssm is not None:
             prefix = "attn" if blk.attention is not None else "ssm"
 
@@ -184,6 +186,25 @@ class _Lowerer:
             x = self.sublayer(pre, "ffn", blk, x, seq, ctx, lambda h: self.ffn(pre, blk.ffn, h, seq, ffn_ctx))
         return x
 
+    def parallel_block(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
+        """x + attn(norm1(x)) + ffn(norm2(x)): both branches read the block's input, each behind
+        its own (pre) norm, and one add sums the three."""
+        norm_ctx = self.at(ctx, blk, "norm")
+        h = self.norm(f"{pre}attn_norm", x, blk.norm, "h", seq, **norm_ctx)
+        a = self.attention(pre, blk.attention, h, seq, self.at(ctx, blk, "attention"), rel=rel, kv=None, prefix="")
+        a = self.branch_out(f"{pre}attn", a, "a", seq, ctx)
+        h = self.norm(f"{pre}ffn_norm", x, blk.norm, "h", seq, **norm_ctx)
+        f = self.branch_out(f"{pre}ffn", self.ffn(pre, blk.ffn, h, seq, self.at(ctx, blk, "ffn")), "h", seq, ctx)
+        return self.b.node(f"{pre}parallel_residual", "add", [x, a, f], name="parallel_residual", outputs="x",
+                           shape=("B", seq, self.d), **ctx)
+
+    def branch_out(self, nid: str, h: NodeRef, out_var: str, seq: str, ctx) -> NodeRef:
+        """A residual branch's output as it is added back: scaled (Granite), then dropped out."""
+        if self.m.residual_scale is not None:
+            h = self.b.node(f"{nid}_residual_scale", "scale", [h], name=f"{nid.rsplit('.', 1)[-1]}_residual_scale",
+                            outputs=out_var, shape=("B", seq, self.d), attrs={"factor": self.m.residual_scale}, **ctx)
+        return self.dropout(f"{nid}_dropout", h, self.m.residual_dropout, out_var, seq, **ctx)
+
     def at(self, ctx: dict, blk: A.Block, component: str) -> dict:
         """The node context for a component, pointing at where the spec wrote it."""
         return {**ctx, "span": self.span("blocks", blk.name, component)}
@@ -197,7 +218,7 @@ class _Lowerer:
         h = body(h)
         if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
-        h = self.dropout(f"{pre}{prefix}_dropout", h, self.m.residual_dropout, "h", seq, **ctx)
+        h = self.branch_out(f"{pre}{prefix}", h, "h", seq, ctx)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)
         if placement == "post":
@@ -364,6 +385,8 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
+    if block.parallel:
+        parts.append("parallel")
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     mixer = block.attention or block.ssm

@@ -526,6 +526,9 @@ class Block(Node):
     # Every use of this block in a stack is the same layer, with one set of weights (ALBERT;
     # Zamba's shared attention block). Each use keeps its own inference cache.
     shared: bool = False
+    # Attention and FFN side by side on the same input, each behind its own norm:
+    # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX, PaLM, Falcon).
+    parallel: bool = False
 
     @field_validator("name")
     @classmethod
@@ -539,7 +542,22 @@ class Block(Node):
                              "put the ssm in a block of its own and interleave the blocks in `layers`")
         if self.attention is None and self.ssm is None and self.ffn is None:
             raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
+        if self.parallel:
+            self._check_parallel()
         return self
+
+    def _check_parallel(self) -> None:
+        if self.attention is None or self.ffn is None:
+            raise FieldError("parallel", f"a parallel block runs attention and ffn side by side, and block "
+                             f"`{self.name}` lacks {'an attention' if self.attention is None else 'an ffn'}",
+                             "give it both, or remove `parallel`")
+        if self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), f"a parallel block normalises the input of each branch: "
+                             f"placement = {self.norm.placement} is not implemented with `parallel`",
+                             "use placement = pre, or remove `parallel`")
+        if self.cross_attention is not None:
+            raise FieldError("cross_attention", "a parallel block has no cross_attention: its order relative to "
+                             "the two parallel branches is not defined", "remove `parallel` or `cross_attention`")
 
     @property
     def mixer(self):
@@ -561,6 +579,7 @@ class Model(Node):
     type_vocab: Count = 0  # token-type (segment) embeddings (BERT)
     logit_softcap: PositiveFloat | None = None
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
+    residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
