@@ -144,6 +144,19 @@ CASES = {
     encoder_layers = encoder * 2
     decoder_layers = decoder * 3
 }}""", "t5"),
+    "gemma": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = d_model ** 0.5
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true)
+        attention = mqa(heads = 4, head_dim = 16, bias = true, out_bias = true)
+        ffn = geglu(hidden = 48, act = gelu_tanh)
+    }}
+    layers = layer * 2
+}}""", "gemma"),
 }
 
 

@@ -104,6 +104,10 @@ CASES = {
                                                               feed_forward_proj="gated-gelu")),
     "bert": (T.BertConfig, T.BertModel, dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, max_position_embeddings=64)),
+    # Gemma 1: a head_dim other than d_model / heads, biases on q/k/v/o; and multi-query attention (2B)
+    "gemma": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, head_dim=16, attention_bias=True)),
+    "gemma-mqa": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, num_key_value_heads=1, head_dim=8,
+                                                          tie_word_embeddings=False)),
 }
 
 
@@ -162,7 +166,8 @@ def test_logits_match(case):
 
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
-                                  "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long"])
+                                  "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long",
+                                  "gemma", "gemma-mqa"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -215,6 +215,20 @@ def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float,
     return blocks
 
 
+def _gemma(c, name: str) -> str:
+    """Gemma 1: GeGLU, RMSNorm with a unit offset (pre-norm only), embeddings scaled by
+    sqrt(hidden_size), a head_dim of its own."""
+    eps = c.rms_norm_eps
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    bias = bool(c.attention_bias)
+    block = {"norm": call("rmsnorm", eps=eps, unit_offset=True),
+             "attention": _attention(c, bias=bias, out_bias=bias, head_dim=c.head_dim), "ffn": ffn}
+    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, position=_rope(c),
+                             final_norm=call("rmsnorm", eps=eps, unit_offset=True))
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face gemma config.")
+
+
 def _gemma2(c, name: str) -> str:
     eps = c.rms_norm_eps
     norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
@@ -387,7 +401,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "gemma": _gemma,
 }
 
 

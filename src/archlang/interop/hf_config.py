@@ -309,6 +309,10 @@ TABLES: dict[str, dict[str, Key]] = {
            "is_encoder_decoder": only(True, reason="t5 is an encoder-decoder model"),
            "is_decoder": only(False, reason="a decoder-only t5 stack is not mapped"),
            "tie_word_embeddings": only(True, reason="an untied t5 LM head (t5 v1.1) is not mapped")},
+    "gemma": {**_LLAMA_CORE, "attention_bias": MAPPED,
+              "hidden_activation": irrelevant("an older key that transformers' gemma no longer reads: it reads "
+                                              "hidden_act (and takes its legacy 'gelu' as the tanh approximation)"),
+              "use_bidirectional_attention": only(None, False, reason="archlang's gemma attention is causal")},
 }
 
 

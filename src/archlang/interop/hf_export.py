@@ -287,6 +287,31 @@ def _gemma2(m: A.Model) -> dict:
             "layer_types": ["sliding_attention" if w else "full_attention" for w in windows]}
 
 
+def _gemma(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale"})
+    _positions_inherit(m, kinds)
+    _need(m.embedding_scale is not None and math.isclose(m.embedding_scale, m.d_model**0.5, rel_tol=1e-12),
+          ("embedding_scale",), "gemma scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "gemma has pre-norm RMSNorm with a unit offset: rmsnorm(unit_offset = true)")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' norm")
+    hidden, act, mlp_bias = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    _need(not mlp_bias, ("blocks", kinds[0], "ffn", "bias"), "FFN biases (gemma has none)")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          "a bias on q, k, v but not on the output, or the reverse (gemma's attention_bias sets both)")
+    _need(a.window is None and a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (gemma has none)")
+    return {"model_type": "gemma", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "attention_bias": a.bias, "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim)}
+
+
 def _gpt2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -430,7 +455,7 @@ def _t5(m: A.Model) -> dict:
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
-    "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5,
+    "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "gemma": _gemma,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -439,7 +464,7 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
-    "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration",
+    "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "gemma": "GemmaForCausalLM",
 }
 
 

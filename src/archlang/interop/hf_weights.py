@@ -258,7 +258,7 @@ _FAMILIES = {
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
-    "gpt2": _gpt2, "bert": _bert, "t5": _t5,
+    "gpt2": _gpt2, "bert": _bert, "t5": _t5, "gemma": _llama_family,
 }
 
 
