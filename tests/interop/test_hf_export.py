@@ -157,6 +157,21 @@ CASES = {
     }}
     layers = layer * 2
 }}""", "gemma"),
+    "starcoder2": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_dropout = 0.1
+    residual_dropout = 0.05
+    attention_dropout = 0.1
+    position = rope(theta = 100000)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true, window = 5)
+        ffn = mlp(hidden = 48, act = gelu_tanh, bias = true)
+    }}
+    layers = layer * 2
+}}""", "starcoder2"),
 }
 
 

@@ -108,6 +108,12 @@ CASES = {
     "gemma": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, head_dim=16, attention_bias=True)),
     "gemma-mqa": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, num_key_value_heads=1, head_dim=8,
                                                           tie_word_embeddings=False)),
+    # LayerNorm with biases, every projection biased, a sliding window on all layers, dropout (off in eval)
+    "starcoder2": (T.Starcoder2Config, T.Starcoder2ForCausalLM, dict(
+        SMALL, sliding_window=5, residual_dropout=0.1, embedding_dropout=0.1, attention_dropout=0.1,
+        bos_token_id=0, eos_token_id=0)),
+    "starcoder2-no-bias-untied": (T.Starcoder2Config, T.Starcoder2ForCausalLM, dict(
+        SMALL, use_bias=False, tie_word_embeddings=False, hidden_act="gelu", bos_token_id=0, eos_token_id=0)),
 }
 
 
@@ -167,7 +173,7 @@ def test_logits_match(case):
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long",
-                                  "gemma", "gemma-mqa"])
+                                  "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -22,6 +22,14 @@ PUBLISHED = {
         "intermediate_size": 24576, "max_position_embeddings": 8192, "num_attention_heads": 16,
         "num_hidden_layers": 28, "num_key_value_heads": 16, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
         "torch_dtype": "bfloat16", "vocab_size": 256000},
+    "bigcode/starcoder2-7b": {
+        "model_type": "starcoder2", "architectures": ["Starcoder2ForCausalLM"], "attention_dropout": 0.1,
+        "residual_dropout": 0.1, "embedding_dropout": 0.1, "bos_token_id": 0, "eos_token_id": 0,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_size": 4608, "initializer_range": 0.018042,
+        "intermediate_size": 18432, "layer_norm_epsilon": 1e-05, "max_position_embeddings": 16384,
+        "mlp_type": "default", "norm_epsilon": 1e-05, "norm_type": "layer_norm", "num_attention_heads": 36,
+        "num_hidden_layers": 32, "num_key_value_heads": 4, "rope_theta": 1000000, "sliding_window": 4096,
+        "torch_dtype": "bfloat16", "use_bias": True, "use_cache": True, "vocab_size": 49152},
 }
 
 

@@ -229,6 +229,20 @@ def _gemma(c, name: str) -> str:
                       "Imported from a Hugging Face gemma config.")
 
 
+def _starcoder2(c, name: str) -> str:
+    """StarCoder2: LayerNorm with biases, a GELU MLP, use_bias on every projection, one sliding
+    window for all layers, and dropout where archlang's model fields put it."""
+    eps, bias = c.norm_epsilon, bool(c.use_bias)
+    block = {"norm": call("layernorm", eps=eps),
+             "attention": _attention(c, window=c.sliding_window, bias=bias, out_bias=bias),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=bias)}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
+                             embedding_dropout=c.embedding_dropout or None, attention_dropout=c.attention_dropout or None,
+                             residual_dropout=c.residual_dropout or None)
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face starcoder2 config.")
+
+
 def _gemma2(c, name: str) -> str:
     eps = c.rms_norm_eps
     norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
@@ -402,6 +416,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "gemma": _gemma,
+    "starcoder2": _starcoder2,
 }
 
 

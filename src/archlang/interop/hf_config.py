@@ -313,6 +313,17 @@ TABLES: dict[str, dict[str, Key]] = {
               "hidden_activation": irrelevant("an older key that transformers' gemma no longer reads: it reads "
                                               "hidden_act (and takes its legacy 'gelu' as the tanh approximation)"),
               "use_bidirectional_attention": only(None, False, reason="archlang's gemma attention is causal")},
+    # Starcoder2 drops out the embeddings, the attention probabilities and each residual branch
+    # before its add: where archlang's model fields do, so they are mapped, not dropped.
+    "starcoder2": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                                          "norm_epsilon", "tie_word_embeddings", "sliding_window", "use_bias",
+                                          "attention_dropout", "residual_dropout", "embedding_dropout")},
+                   "hidden_act": ACTIVATION, "rope_parameters": ROPE,
+                   # written by the original training code into the published configs; transformers'
+                   # starcoder2 reads none of them (it always builds LayerNorm and the c_fc/c_proj MLP)
+                   **{k: irrelevant("not read by transformers' starcoder2, which computes the same without it")
+                      for k in ("layer_norm_epsilon", "mlp_type", "norm_type")}},
 }
 
 

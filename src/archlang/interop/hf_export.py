@@ -312,6 +312,33 @@ def _gemma(m: A.Model) -> dict:
             "attention_bias": a.bias, "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim)}
 
 
+def _starcoder2(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "layernorm" and norm.placement == "pre" and norm.bias is not False,
+          ("blocks", kinds[0], "norm"), "starcoder2 has pre-norm LayerNorm with biases")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' layernorm")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(ffn, 'kind', 'none')} (starcoder2 has mlp)")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias == ffn.bias, ("blocks", kinds[0], "attention", "bias"),
+          "biases on some projections only (starcoder2's use_bias sets q, k, v, o and the MLP's together)")
+    _need(a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "soft-capping or a score scale other than 1/sqrt(head_dim) (starcoder2 has none)")
+    return {"model_type": "starcoder2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "intermediate_size": ffn.hidden, "num_hidden_layers": len(layers),
+            **{k: v for k, v in heads.items() if k != "head_dim"}, "hidden_act": HF_ACTIVATIONS[ffn.act],
+            "max_position_embeddings": m.context, "norm_epsilon": norm.eps, "tie_word_embeddings": m.tie_embeddings,
+            "dtype": _dtype(m), "use_bias": a.bias, "sliding_window": a.window,
+            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
+            "embedding_dropout": m.embedding_dropout, "attention_dropout": m.attention_dropout,
+            "residual_dropout": m.residual_dropout, **_token_ids(m, 0)}
+
+
 def _gpt2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -456,6 +483,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "gemma": _gemma,
+    "starcoder2": _starcoder2,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -465,6 +493,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "gemma": "GemmaForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
 }
 
 

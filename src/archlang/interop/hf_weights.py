@@ -196,6 +196,20 @@ def _glm4_moe(c, r: _Rules) -> None:
         r.add(f"layers.{i}.moe.e_score_correction_bias", f"model.layers.{i}.mlp.gate.e_score_correction_bias")
 
 
+def _starcoder2(c, r: _Rules) -> None:
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.linear("final_norm", "model.norm")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        for ours, theirs in (("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
+                             ("v_proj", "self_attn.v_proj"), ("o_proj", "self_attn.o_proj"),
+                             ("up_proj", "mlp.c_fc"), ("down_proj", "mlp.c_proj"),
+                             ("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -259,6 +273,7 @@ _FAMILIES = {
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "gemma": _llama_family,
+    "starcoder2": _starcoder2,
 }
 
 
