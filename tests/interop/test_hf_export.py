@@ -172,6 +172,35 @@ CASES = {
     }}
     layers = layer * 2
 }}""", "starcoder2"),
+    "granite": (f"""model m {{
+    {HEAD}
+    embedding_scale = 12
+    residual_scale = 0.22
+    logit_scale = 1 / 3
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, scale = 0.0078125, bias = true, out_bias = true)
+        ffn = swiglu(hidden = 48, bias = true)
+    }}
+    layers = layer * 2
+}}""", "granite"),
+    "granitemoe": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = 12
+    residual_scale = 0.22
+    logit_scale = 0.125
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, scale = 0.125)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16))
+    }}
+    layers = layer * 2
+}}""", "granitemoe"),
 }
 
 

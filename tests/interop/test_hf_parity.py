@@ -114,6 +114,16 @@ CASES = {
         bos_token_id=0, eos_token_id=0)),
     "starcoder2-no-bias-untied": (T.Starcoder2Config, T.Starcoder2ForCausalLM, dict(
         SMALL, use_bias=False, tie_word_embeddings=False, hidden_act="gelu", bos_token_id=0, eos_token_id=0)),
+    # every multiplier away from 1 (logits divided by 8), biases on the attention and the FFN
+    "granite": (T.GraniteConfig, T.GraniteForCausalLM, dict(
+        SMALL, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
+        logits_scaling=8.0, attention_bias=True, mlp_bias=True)),
+    "granite-tied": (T.GraniteConfig, T.GraniteForCausalLM, dict(
+        SMALL, embedding_multiplier=3.5, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=3.0,
+        tie_word_embeddings=True)),
+    "granitemoe": (T.GraniteMoeConfig, T.GraniteMoeForCausalLM, dict(
+        SMALL, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
+        residual_multiplier=0.22, attention_multiplier=0.125, logits_scaling=6.0, attention_bias=True)),
 }
 
 
@@ -173,7 +183,8 @@ def test_logits_match(case):
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long",
-                                  "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied"])
+                                  "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
+                                  "granite", "granite-tied", "granitemoe"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

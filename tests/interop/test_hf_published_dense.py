@@ -30,6 +30,23 @@ PUBLISHED = {
         "mlp_type": "default", "norm_epsilon": 1e-05, "norm_type": "layer_norm", "num_attention_heads": 36,
         "num_hidden_layers": 32, "num_key_value_heads": 4, "rope_theta": 1000000, "sliding_window": 4096,
         "torch_dtype": "bfloat16", "use_bias": True, "use_cache": True, "vocab_size": 49152},
+    "ibm-granite/granite-3.0-8b-base": {
+        "model_type": "granite", "architectures": ["GraniteForCausalLM"], "attention_bias": False,
+        "attention_dropout": 0.1, "attention_multiplier": 0.0078125, "bos_token_id": 0, "embedding_multiplier": 12.0,
+        "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+        "intermediate_size": 12800, "logits_scaling": 16.0, "max_position_embeddings": 4096, "mlp_bias": False,
+        "num_attention_heads": 32, "num_hidden_layers": 40, "num_key_value_heads": 8, "pad_token_id": 0,
+        "residual_multiplier": 0.22, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 49155},
+    "ibm-granite/granite-3.0-1b-a400m-base": {
+        "model_type": "granitemoe", "architectures": ["GraniteMoeForCausalLM"], "attention_bias": False,
+        "attention_dropout": 0.1, "attention_multiplier": 0.015625, "bos_token_id": 0, "embedding_multiplier": 12.0,
+        "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 1024, "initializer_range": 0.02,
+        "intermediate_size": 512, "logits_scaling": 6.0, "max_position_embeddings": 4096, "num_attention_heads": 16,
+        "num_experts_per_tok": 8, "num_hidden_layers": 24, "num_key_value_heads": 8, "num_local_experts": 32,
+        "output_router_logits": False, "pad_token_id": 0, "residual_multiplier": 0.22, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 10000, "router_aux_loss_coef": 0.0, "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 49155},
 }
 
 
@@ -46,3 +63,32 @@ def test_params_total_equals_the_transformers_count(checkpoint):
     config = config_from_dict(dict(PUBLISHED[checkpoint]))
     facts = compute_facts(compile_spec(spec_from_config(config, name="published")).graph)
     assert facts.params_total == hf_param_count(config)
+
+
+def test_granite_spec_states_its_multipliers():
+    from archlang.interop.hf import config_from_dict
+
+    text = spec_from_config(config_from_dict(dict(PUBLISHED["ibm-granite/granite-3.0-8b-base"])), name="granite")
+    for line in ("embedding_scale = 12", "residual_scale = 0.22", "logit_scale = 0.0625", "scale = 0.0078125"):
+        assert line in text, text
+
+
+# A value each family has that archlang cannot compute exactly is refused, naming the key.
+REFUSED = [
+    ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ("starcoder2", {"hidden_act": "gelu_10"}, "hidden_act"),
+    ("starcoder2", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 10000.0}}, "rope_parameters"),
+    ("granite", {"residual_multiplier": -0.5}, "residual_multiplier"),
+    ("granite", {"logits_scaling": 0.0}, "logits_scaling"),
+    ("granitemoe", {"output_router_logits": True}, "output_router_logits"),
+]
+
+
+@pytest.mark.parametrize("model_type,overrides,key", REFUSED)
+def test_values_archlang_cannot_compute_are_refused_by_name(model_type, overrides, key):
+    from archlang.spec import ArchError
+
+    config = {"model_type": model_type, "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, **overrides}
+    with pytest.raises(ArchError, match=key):
+        spec_from_config(config)

@@ -243,6 +243,34 @@ def _starcoder2(c, name: str) -> str:
                       "Imported from a Hugging Face starcoder2 config.")
 
 
+def _granite(c, name: str) -> str:
+    """Granite (and GraniteMoe, whose FFN is a mixture of experts): Llama with four multipliers,
+    on the embeddings, on every residual branch, as the attention's score scale, and dividing
+    the logits (archlang multiplies the final hidden state by the reciprocal, which the head,
+    having no bias, turns into the same logits)."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias)
+    act = _act(c.hidden_act)
+    glu = "swiglu" if act == "silu" else "geglu"
+    if c.model_type == "granitemoe":
+        ffn = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+                   expert=call(glu, hidden=c.intermediate_size, act=None if glu == "swiglu" else act))
+    else:
+        ffn = call(glu, hidden=c.intermediate_size, act=None if glu == "swiglu" else act, bias=bool(c.mlp_bias) or None)
+    block = {"norm": call("rmsnorm", eps=eps),
+             "attention": _attention(c, bias=bias, out_bias=bias, scale=float(c.attention_multiplier)), "ffn": ffn}
+
+    def factor(v: float) -> float | None:
+        return None if v == 1 else float(v)
+
+    fields = _decoder_fields(c, embedding_scale=factor(c.embedding_multiplier),
+                             residual_scale=factor(c.residual_multiplier),
+                             logit_scale=factor(1 / c.logits_scaling), position=_rope(c),
+                             final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      f"Imported from a Hugging Face {c.model_type} config.")
+
+
 def _gemma2(c, name: str) -> str:
     eps = c.rms_norm_eps
     norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
@@ -416,7 +444,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "gemma": _gemma,
-    "starcoder2": _starcoder2,
+    "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite,
 }
 
 

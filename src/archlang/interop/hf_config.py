@@ -185,6 +185,12 @@ _LLAMA_CORE.update(rope_parameters=ROPE, attention_dropout=DROPOUT, hidden_act=A
 _OLD_TP = irrelevant("kept for old checkpoints; transformers' modeling code no longer reads it")
 _SILU = only("silu", "swish", reason="archlang maps this family's experts with silu (swiglu) only")
 
+# Granite's scales are spec values that must be positive (archlang scales, it never flips a sign).
+_GRANITE_MULTIPLIERS = {k: checked(lambda v, c: None if isinstance(v, (int, float)) and v > 0 else
+                                   "archlang expresses positive multipliers only")
+                        for k in ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                                  "logits_scaling")}
+
 
 TABLES: dict[str, dict[str, Key]] = {
     "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
@@ -324,6 +330,10 @@ TABLES: dict[str, dict[str, Key]] = {
                    # starcoder2 reads none of them (it always builds LayerNorm and the c_fc/c_proj MLP)
                    **{k: irrelevant("not read by transformers' starcoder2, which computes the same without it")
                       for k in ("layer_norm_epsilon", "mlp_type", "norm_type")}},
+    "granite": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, **_GRANITE_MULTIPLIERS},
+    "granitemoe": {**_LLAMA_CORE, "attention_bias": MAPPED, **_GRANITE_MULTIPLIERS, "num_local_experts": MAPPED,
+                   "num_experts_per_tok": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                   "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
 }
 
 

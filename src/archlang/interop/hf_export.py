@@ -101,7 +101,7 @@ def _same(m: A.Model, blocks: list[str], field: str, what: str) -> Any:
 def _model_extras(m: A.Model, allowed: set[str]) -> None:
     """Model-level features outside `allowed` that a family lacks."""
     for field, off in (("embedding_norm", None), ("embedding_scale", None), ("logit_softcap", None),
-                       ("logit_scale", None), ("pooler", False), ("type_vocab", 0)):
+                       ("logit_scale", None), ("pooler", False), ("type_vocab", 0), ("residual_scale", None)):
         if field not in allowed:
             _need(getattr(m, field) == off, (field,), f"`{field}` (this family has none)")
 
@@ -339,6 +339,54 @@ def _starcoder2(m: A.Model) -> dict:
             "residual_dropout": m.residual_dropout, **_token_ids(m, 0)}
 
 
+def _granite(m: A.Model, model_type: str) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale", "logit_scale", "residual_scale"})
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          f"{model_type} has pre-norm RMSNorm")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' rmsnorm")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    path = ("blocks", kinds[0], "ffn")
+    config: dict[str, Any] = {}
+    if model_type == "granitemoe":
+        _need(isinstance(ffn, A.MoE), path, "a dense FFN (granitemoe's FFN is a mixture of experts)")
+        _need(ffn.shared is None and not ffn.shared_experts, path + ("shared",), "shared experts (granitemoe has none)")
+        _need(ffn.router == "softmax" and ffn.normalize_top_k, path + ("router",),
+              "granitemoe takes the softmax of the top-k router logits: router = softmax, normalize_top_k = true")
+        hidden, act, bias = _glu(ffn.expert, path + ("expert",), "expert")
+        _need(not bias, path + ("expert", "bias"), "expert biases (granitemoe has none)")
+        config.update(num_local_experts=ffn.experts, num_experts_per_tok=ffn.top_k)
+    else:
+        hidden, act, bias = _glu(ffn, path)
+        config["mlp_bias"] = bias
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          f"a bias on q, k, v but not on the output, or the reverse ({model_type}'s attention_bias sets both)")
+    _need(a.window is None and a.softcap is None, ("blocks", kinds[0], "attention"),
+          f"a sliding window or soft-capping ({model_type} has neither)")
+    _need(a.head_dim * a.heads == m.d_model, ("blocks", kinds[0], "attention", "head_dim"),
+          f"a head_dim other than d_model / heads ({model_type} derives it)")
+    # HF divides the logits by logits_scaling; the spec multiplies by its reciprocal: exact both ways
+    logit_scale = m.logit_scale if m.logit_scale is not None else 1.0
+    logits_scaling = 1 / logit_scale
+    _need(1 / logits_scaling == logit_scale, ("logit_scale",),
+          f"a logit_scale whose reciprocal does not convert back exactly ({model_type} divides by logits_scaling)")
+    config.update({
+        "model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+        "num_hidden_layers": len(layers), **{k: v for k, v in heads.items() if k != "head_dim"}, "hidden_act": act,
+        "max_position_embeddings": m.context, "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings,
+        "dtype": _dtype(m), "attention_bias": a.bias,
+        "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
+        "embedding_multiplier": m.embedding_scale or 1.0, "residual_multiplier": m.residual_scale or 1.0,
+        "attention_multiplier": a.scale if a.scale is not None else a.head_dim**-0.5,
+        "logits_scaling": logits_scaling})
+    return config
+
+
 def _gpt2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -483,7 +531,8 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "gemma": _gemma,
-    "starcoder2": _starcoder2,
+    "starcoder2": _starcoder2, "granite": lambda m: _granite(m, "granite"),
+    "granitemoe": lambda m: _granite(m, "granitemoe"),
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -493,7 +542,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "gemma": "GemmaForCausalLM",
-    "starcoder2": "Starcoder2ForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM", "granite": "GraniteForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
 }
 
 

@@ -210,6 +210,19 @@ def _starcoder2(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}{theirs}")
 
 
+def _granitemoe(c, r: _Rules) -> None:
+    """Llama's names, and experts stacked as HF's modules hold them (gate and up halves in one
+    (E, 2I, D) tensor, as archlang's); checkpoint files name them input_linear / output_linear."""
+    _llama_family(c, r)
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.moe.", f"model.layers.{i}.block_sparse_moe."
+        for ours, module, disk in (("router", "router.weight", "router.layer.weight"),
+                                   ("experts_gate_up", "experts.gate_up_proj", "input_linear.weight"),
+                                   ("experts_down", "experts.down_proj", "output_linear.weight")):
+            r.add(f"{p}{ours}", f"{q}{module}")
+            r.add(f"{p}{ours}", f"{q}{disk}")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -273,7 +286,7 @@ _FAMILIES = {
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "gemma": _llama_family,
-    "starcoder2": _starcoder2,
+    "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
 }
 
 
