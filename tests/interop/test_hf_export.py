@@ -201,6 +201,32 @@ CASES = {
     }}
     layers = layer * 2
 }}""", "granitemoe"),
+    "gpt_neox": (f"""model m {{
+    {HEAD}
+    embedding_dropout = 0.1
+    residual_dropout = 0.1
+    position = rope(theta = 10000, dim = 4)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = mha(heads = 4, bias = true, out_bias = true)
+        ffn = mlp(hidden = 48, act = gelu)
+        parallel = true
+    }}
+    layers = layer * 2
+}}""", "gpt_neox"),
+    "gpt_neox-sequential": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 10000)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = mha(heads = 4)
+        ffn = mlp(hidden = 48, act = gelu_tanh)
+    }}
+    layers = layer * 2
+}}""", "gpt_neox"),
 }
 
 

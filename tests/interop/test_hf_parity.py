@@ -124,6 +124,17 @@ CASES = {
     "granitemoe": (T.GraniteMoeConfig, T.GraniteMoeForCausalLM, dict(
         SMALL, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
         residual_multiplier=0.22, attention_multiplier=0.125, logits_scaling=6.0, attention_bias=True)),
+    # parallel residual, a quarter of each head rotated, the fused per-head query_key_value
+    "gpt_neox": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, hidden_dropout=0.1, attention_dropout=0.1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    "gpt_neox-sequential-tied": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, use_parallel_residual=False, tie_word_embeddings=True, hidden_act="gelu_new")),
+    "gpt_neox-no-attention-bias": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, attention_bias=False)),
 }
 
 
@@ -184,7 +195,7 @@ def test_logits_match(case):
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long",
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
-                                  "granite", "granite-tied", "granitemoe"])
+                                  "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

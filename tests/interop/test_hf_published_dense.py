@@ -47,6 +47,12 @@ PUBLISHED = {
         "output_router_logits": False, "pad_token_id": 0, "residual_multiplier": 0.22, "rms_norm_eps": 1e-06,
         "rope_scaling": None, "rope_theta": 10000, "router_aux_loss_coef": 0.0, "tie_word_embeddings": True,
         "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 49155},
+    "EleutherAI/pythia-1.4b": {
+        "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+        "hidden_act": "gelu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+        "layer_norm_eps": 1e-05, "max_position_embeddings": 2048, "num_attention_heads": 16,
+        "num_hidden_layers": 24, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+        "torch_dtype": "float16", "use_cache": True, "use_parallel_residual": True, "vocab_size": 50304},
 }
 
 
@@ -81,6 +87,8 @@ REFUSED = [
     ("granite", {"residual_multiplier": -0.5}, "residual_multiplier"),
     ("granite", {"logits_scaling": 0.0}, "logits_scaling"),
     ("granitemoe", {"output_router_logits": True}, "output_router_logits"),
+    ("gpt_neox", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 10000.0}}, "rope_parameters"),
+    ("gpt_neox", {"hidden_act": "quick_gelu"}, "hidden_act"),
 ]
 
 
@@ -89,6 +97,31 @@ def test_values_archlang_cannot_compute_are_refused_by_name(model_type, override
     from archlang.spec import ArchError
 
     config = {"model_type": model_type, "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, **overrides}
+              "num_hidden_layers": 2, "num_attention_heads": 4, **overrides}
+    if model_type != "gpt_neox":  # multi-head attention only
+        config["num_key_value_heads"] = 2
     with pytest.raises(ArchError, match=key):
         spec_from_config(config)
+
+
+def test_pythia_spec_is_parallel_with_a_quarter_of_each_head_rotated():
+    from archlang.interop.hf import config_from_dict
+
+    text = spec_from_config(config_from_dict(dict(PUBLISHED["EleutherAI/pythia-1.4b"])), name="pythia")
+    assert "parallel = true" in text and "position = rope(theta = 10000, dim = 32)" in text, text
+
+
+def test_gpt_neox_query_key_value_split_is_exact_and_reversible():
+    """Rows of query_key_value are [q_h, k_h, v_h] per head; the rule takes them apart and puts
+    them back bit for bit, for the weight and the bias."""
+    from archlang.interop.hf_weights import Rule
+
+    heads, head_dim, d = 4, 3, 5
+    rule = Rule(("q", "k", "v"), ("qkv",), "qkv_per_head", heads)
+    for shape in ((3 * heads * head_dim, d), (3 * heads * head_dim,)):
+        fused = torch.randn(shape)
+        q, k, v = rule.to_ours([fused])
+        per_head = fused.reshape(heads, 3, head_dim, *shape[1:])
+        assert torch.equal(q.reshape(heads, head_dim, *shape[1:]), per_head[:, 0])
+        assert torch.equal(v.reshape(heads, head_dim, *shape[1:]), per_head[:, 2])
+        assert torch.equal(rule.to_theirs([q, k, v])[0], fused)

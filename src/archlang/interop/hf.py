@@ -271,6 +271,22 @@ def _granite(c, name: str) -> str:
                       f"Imported from a Hugging Face {c.model_type} config.")
 
 
+def _gpt_neox(c, name: str) -> str:
+    """GPT-NeoX (Pythia): LayerNorm, partial RoPE, a GELU MLP with biases, and with
+    use_parallel_residual the attention and the MLP side by side on each layer's input.
+    hidden_dropout drops out the embeddings and each branch before its add, as the model's
+    embedding_dropout and residual_dropout do."""
+    eps, bias = c.layer_norm_eps, bool(c.attention_bias)
+    block = {"norm": call("layernorm", eps=eps), "attention": _attention(c, bias=bias, out_bias=bias),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True),
+             "parallel": True if c.use_parallel_residual else None}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
+                             embedding_dropout=c.hidden_dropout or None, attention_dropout=c.attention_dropout or None,
+                             residual_dropout=c.hidden_dropout or None)
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face gpt_neox config.")
+
+
 def _gemma2(c, name: str) -> str:
     eps = c.rms_norm_eps
     norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
@@ -445,6 +461,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "gemma": _gemma,
     "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite,
+    "gpt_neox": _gpt_neox,
 }
 
 

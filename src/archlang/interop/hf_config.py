@@ -334,6 +334,14 @@ TABLES: dict[str, dict[str, Key]] = {
     "granitemoe": {**_LLAMA_CORE, "attention_bias": MAPPED, **_GRANITE_MULTIPLIERS, "num_local_experts": MAPPED,
                    "num_experts_per_tok": MAPPED, "output_router_logits": NO_AUX_LOSS,
                    "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
+    "gpt_neox": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "max_position_embeddings", "layer_norm_eps",
+                                        "tie_word_embeddings", "attention_bias", "use_parallel_residual",
+                                        "attention_dropout", "hidden_dropout")},
+                 "hidden_act": ACTIVATION, "rope_parameters": ROPE,
+                 "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
+                                                  "does not build"),
+                 "is_decoder": irrelevant("transformers' gpt_neox does not read it: the model is causal either way")},
 }
 
 
@@ -399,7 +407,8 @@ _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers"}
 # Older names that transformers moves to their current keys when it builds the config.
-_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
+_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters",
+           "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
 # Values transformers accepts besides the default's type.
 _ALSO = {"mamba_dt_rank": ("auto",)}

@@ -387,6 +387,40 @@ def _granite(m: A.Model, model_type: str) -> dict:
     return config
 
 
+def _gpt_neox(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "layernorm" and norm.placement == "pre" and norm.bias is not False,
+          ("blocks", kinds[0], "norm"), "gpt_neox has pre-norm LayerNorm with biases")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' layernorm")
+    parallel = _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(ffn, A.MLP) and ffn.bias, ("blocks", kinds[0], "ffn"), "gpt_neox has an mlp with biases")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"), kinds=("mha",))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          "a bias on q, k, v but not on the output, or the reverse (gpt_neox's attention_bias sets both)")
+    _need(a.window is None and a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (gpt_neox has none)")
+    _need(a.head_dim * a.heads == m.d_model, ("blocks", kinds[0], "attention", "head_dim"),
+          "a head_dim other than d_model / heads (gpt_neox derives it)")
+    rope = _rope_parameters(m.position, ("position",), None)
+    rotated = m.position.dim or a.head_dim
+    factor = rotated / a.head_dim
+    _need(int(a.head_dim * factor) == rotated, ("position", "dim"), "a rope dim that rotary_pct cannot state exactly")
+    _need(m.embedding_dropout == m.residual_dropout, ("embedding_dropout",),
+          "embedding and residual dropout that differ (gpt_neox's hidden_dropout sets both)")
+    return {"model_type": "gpt_neox", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": ffn.hidden,
+            "num_hidden_layers": len(layers), "num_attention_heads": heads["num_attention_heads"],
+            "hidden_act": HF_ACTIVATIONS[ffn.act], "max_position_embeddings": m.context, "layer_norm_eps": norm.eps,
+            "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "attention_bias": a.bias,
+            "use_parallel_residual": parallel, "rope_parameters": {**rope, "partial_rotary_factor": factor},
+            "hidden_dropout": m.residual_dropout, "attention_dropout": m.attention_dropout, **_token_ids(m, 0)}
+
+
 def _gpt2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -532,7 +566,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
     "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "gemma": _gemma,
     "starcoder2": _starcoder2, "granite": lambda m: _granite(m, "granite"),
-    "granitemoe": lambda m: _granite(m, "granitemoe"),
+    "granitemoe": lambda m: _granite(m, "granitemoe"), "gpt_neox": _gpt_neox,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -543,6 +577,7 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "gemma": "GemmaForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM", "granite": "GraniteForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
 }
 
 

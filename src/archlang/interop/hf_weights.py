@@ -41,6 +41,9 @@ class Rule:
         if self.kind == "stack_glu":  # gate_0..gate_E-1, up_0..up_E-1 → (E, 2h, d)
             e = len(t) // 2
             return [torch.cat((torch.stack(t[:e]), torch.stack(t[e:])), dim=1)]
+        if self.kind == "qkv_per_head":  # rows [q_h, k_h, v_h] for each head h (GPT-NeoX) → q, k, v
+            w = t[0].reshape(self.arg, 3, -1, *t[0].shape[1:])
+            return [w[:, j].reshape(-1, *t[0].shape[1:]).contiguous() for j in range(3)]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,6 +64,10 @@ class Rule:
         if self.kind == "stack_glu":
             gate, up = t[0].chunk(2, dim=1)
             return [x.contiguous() for x in (*gate.unbind(0), *up.unbind(0))]
+        if self.kind == "qkv_per_head":
+            rest = t[0].shape[1:]
+            w = torch.stack([x.reshape(self.arg, -1, *rest) for x in t], dim=1)
+            return [w.reshape(-1, *rest).contiguous()]
         raise AssertionError(self.kind)
 
 
@@ -223,6 +230,24 @@ def _granitemoe(c, r: _Rules) -> None:
             r.add(f"{p}{ours}", f"{q}{disk}")
 
 
+def _gpt_neox(c, r: _Rules) -> None:
+    r.add("embed.weight", "gpt_neox.embed_in.weight")
+    r.linear("final_norm", "gpt_neox.final_layer_norm")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+        r.add("lm_head.weight", "embed_out.weight")  # the name in checkpoint files
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"gpt_neox.layers.{i}."
+        # query_key_value interleaves the heads: its rows are [q_0, k_0, v_0, q_1, k_1, v_1, ...]
+        for part in ("weight", "bias"):
+            r.add([f"{p}q_proj.{part}", f"{p}k_proj.{part}", f"{p}v_proj.{part}"],
+                  f"{q}attention.query_key_value.{part}", "qkv_per_head", c.num_attention_heads)
+        for ours, theirs in (("o_proj", "attention.dense"), ("up_proj", "mlp.dense_h_to_4h"),
+                             ("down_proj", "mlp.dense_4h_to_h"), ("attn_norm", "input_layernorm"),
+                             ("ffn_norm", "post_attention_layernorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -287,6 +312,7 @@ _FAMILIES = {
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "gemma": _llama_family,
     "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
+    "gpt_neox": _gpt_neox,
 }
 
 
