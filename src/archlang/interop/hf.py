@@ -2,7 +2,8 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
-qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5.
+qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, gemma, starcoder2,
+granite, granitemoe, gpt_neox.
 """
 
 from __future__ import annotations
