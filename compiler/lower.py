@@ -72,7 +72,8 @@ class _Lowerer:
             enc = self.stack("encoder", m.encoder_layers, self.embedding_inputs(embed, "S", "encoder"), "S", memory=None)
             enc = self.final(enc, "encoder", "S")
             x = b.node("decoder_embed", "embedding", [tokens], name="decoder_embed", outputs="x", shape=("B", "T", self.d),
-                       attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed"})
+                       attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed",
+                              "scale_in_dtype": m.embedding_scale_in_dtype or None})
             x = self.dropout("decoder_embed_dropout", x, m.embedding_dropout, "x", "T")
             x = self.stack("decoder", m.decoder_layers, x, "T", memory=enc)
             x = self.final(x, "decoder", "T")
@@ -98,7 +99,8 @@ class _Lowerer:
     def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
         m = self.m
         return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, self.d),
-                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale})
+                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale,
+                                  "scale_in_dtype": m.embedding_scale_in_dtype or None})
 
     def embedding_inputs(self, x: NodeRef, seq: str, stack: str | None) -> NodeRef:
         """Absolute positions, token types and the embedding norm, in the order BERT applies them."""

@@ -576,6 +576,9 @@ class Model(Node):
     final_norm: Norm | None = None
     embedding_norm: Norm | None = None  # a norm right after the embeddings (BERT)
     embedding_scale: PositiveFloat | None = None  # multiply embeddings, e.g. sqrt(d_model) (Gemma)
+    # Round embedding_scale to the model's dtype before multiplying, as Gemma does (in bf16,
+    # sqrt(3072) becomes 55.5); otherwise the product is taken at float32 precision (Granite).
+    embedding_scale_in_dtype: bool = False
     type_vocab: Count = 0  # token-type (segment) embeddings (BERT)
     logit_softcap: PositiveFloat | None = None
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
@@ -645,6 +648,13 @@ class Model(Node):
             raise FieldError("pooler", "pooler is for encoder models")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_scale(self) -> "Model":
+        if self.embedding_scale_in_dtype and self.embedding_scale is None:
+            raise FieldError("embedding_scale_in_dtype", "embedding_scale_in_dtype rounds embedding_scale, "
+                             "and the model has none", "set embedding_scale, or remove embedding_scale_in_dtype")
         return self
 
     @model_validator(mode="after")

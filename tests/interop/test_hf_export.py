@@ -148,6 +148,7 @@ CASES = {
     {HEAD}
     tie_embeddings = true
     embedding_scale = d_model ** 0.5
+    embedding_scale_in_dtype = true
     position = rope(theta = 10000)
     final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
     block layer {{

@@ -125,3 +125,22 @@ def test_gpt_neox_query_key_value_split_is_exact_and_reversible():
         assert torch.equal(q.reshape(heads, head_dim, *shape[1:]), per_head[:, 0])
         assert torch.equal(v.reshape(heads, head_dim, *shape[1:]), per_head[:, 2])
         assert torch.equal(rule.to_theirs([q, k, v])[0], fused)
+
+
+def test_gemma_rounds_its_embedding_scale_to_the_dtype_as_transformers_does():
+    """In bf16 transformers multiplies by sqrt(d_model) rounded to bf16 (sqrt(32) = 5.65625):
+    the imported model's embeddings are HF's bit for bit, and would not be unrounded."""
+    from archlang.interop.hf import from_hf
+
+    config = T.GemmaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    hf = T.GemmaForCausalLM(config).to(torch.bfloat16).eval()
+    ours = from_hf(hf).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        ref = hf(ids, output_hidden_states=True).hidden_states[0]
+        got = ours.embed_tokens(ids)
+        unrounded = ours.embed.weight[ids] * 32**0.5
+    assert got.dtype == torch.bfloat16 and torch.equal(got, ref)
+    assert not torch.equal(unrounded, ref)

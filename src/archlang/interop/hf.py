@@ -224,8 +224,9 @@ def _gemma(c, name: str) -> str:
     bias = bool(c.attention_bias)
     block = {"norm": call("rmsnorm", eps=eps, unit_offset=True),
              "attention": _attention(c, bias=bias, out_bias=bias, head_dim=c.head_dim), "ffn": ffn}
-    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, position=_rope(c),
-                             final_norm=call("rmsnorm", eps=eps, unit_offset=True))
+    # transformers rounds the normaliser to the activations' dtype before it multiplies
+    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, embedding_scale_in_dtype=True,
+                             position=_rope(c), final_norm=call("rmsnorm", eps=eps, unit_offset=True))
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face gemma config.")
 

@@ -294,6 +294,8 @@ def _gemma(m: A.Model) -> dict:
     _positions_inherit(m, kinds)
     _need(m.embedding_scale is not None and math.isclose(m.embedding_scale, m.d_model**0.5, rel_tol=1e-12),
           ("embedding_scale",), "gemma scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
+    _need(m.embedding_scale_in_dtype, ("embedding_scale",),
+          "gemma rounds its embedding scale to the model's dtype: embedding_scale_in_dtype = true")
     norm = _same(m, kinds, "norm", "norms")
     _need(norm.kind == "rmsnorm" and norm.placement == "pre" and norm.unit_offset, ("blocks", kinds[0], "norm"),
           "gemma has pre-norm RMSNorm with a unit offset: rmsnorm(unit_offset = true)")
@@ -343,6 +345,8 @@ def _granite(m: A.Model, model_type: str) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
     _model_extras(m, {"embedding_scale", "logit_scale", "residual_scale"})
+    _need(not m.embedding_scale_in_dtype, ("embedding_scale_in_dtype",),
+          f"{model_type} multiplies by embedding_multiplier unrounded: embedding_scale_in_dtype = false")
     _positions_inherit(m, kinds)
     norm = _same(m, kinds, "norm", "norms")
     _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
