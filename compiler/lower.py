@@ -387,10 +387,11 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
-    if block.parallel:
-        parts.append("parallel")
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
+    if block.parallel:  # a validated parallel block has both branches and nothing else
+        parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ffn)})")
+        return " → ".join(parts)
     mixer = block.attention or block.ssm
     if mixer is not None:
         parts.append(describe_component(mixer))
