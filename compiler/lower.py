@@ -77,7 +77,8 @@ class _Lowerer:
             enc = self.stack("encoder", m.encoder_layers, self.embedding_inputs(embed, "S", "encoder"), "S", memory=None)
             enc = self.final(enc, "encoder", "S")
             x = b.node("decoder_embed", "embedding", [tokens], name="decoder_embed", outputs="x", shape=("B", "T", self.d),
-                       attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed"})
+                       attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale, "shared_with": "embed",
+                              "scale_in_dtype": m.embedding_scale_in_dtype or None})
             x = self.dropout("decoder_embed_dropout", x, m.embedding_dropout, "x", "T")
             x = self.stack("decoder", m.decoder_layers, x, "T", memory=enc)
             x = self.final(x, "decoder", "T")
@@ -123,7 +124,8 @@ class _Lowerer:
     def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
         m = self.m
         return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, self.d),
-                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale})
+                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale,
+                                  "scale_in_dtype": m.embedding_scale_in_dtype or None})
 
     def embedding_inputs(self, x: NodeRef, seq: str, stack: str | None) -> NodeRef:
         """Absolute positions, token types and the embedding norm, in the order BERT applies them."""
@@ -189,6 +191,8 @@ class _Lowerer:
         ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
         pre = f"{stack}.{i}."
         layer_input = x
+        if blk.parallel:  # route and lora are refused on parallel blocks (spec/ast.py)
+            return self.parallel_block(pre, blk, x, seq, ctx, rel)
         if blk.attention is not None or blk.ssm is not None:
             prefix = "attn" if blk.attention is not None else "ssm"
 
@@ -238,6 +242,25 @@ class _Lowerer:
                            attrs={"in_features": in_f, "out_features": out_f, "rank": blk.lora.rank, "uses": uses},
                            **{**ctx, "span": self.span("blocks", blk.name, "lora")})
 
+    def parallel_block(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
+        """x + attn(norm1(x)) + ffn(norm2(x)): both branches read the block's input, each behind
+        its own (pre) norm, and one add sums the three."""
+        norm_ctx = self.at(ctx, blk, "norm")
+        h = self.norm(f"{pre}attn_norm", x, blk.norm, "h", seq, **norm_ctx)
+        a = self.attention(pre, blk.attention, h, seq, self.at(ctx, blk, "attention"), rel=rel, kv=None, prefix="")
+        a = self.branch_out(f"{pre}attn", a, "a", seq, ctx)
+        h = self.norm(f"{pre}ffn_norm", x, blk.norm, "h", seq, **norm_ctx)
+        f = self.branch_out(f"{pre}ffn", self.ffn(pre, blk.ffn, h, seq, self.at(ctx, blk, "ffn")), "h", seq, ctx)
+        return self.b.node(f"{pre}parallel_residual", "add", [x, a, f], name="parallel_residual", outputs="x",
+                           shape=("B", seq, self.d), **ctx)
+
+    def branch_out(self, nid: str, h: NodeRef, out_var: str, seq: str, ctx) -> NodeRef:
+        """A residual branch's output as it is added back: scaled (Granite), then dropped out."""
+        if self.m.residual_scale is not None:
+            h = self.b.node(f"{nid}_residual_scale", "scale", [h], name=f"{nid.rsplit('.', 1)[-1]}_residual_scale",
+                            outputs=out_var, shape=("B", seq, self.d), attrs={"factor": self.m.residual_scale}, **ctx)
+        return self.dropout(f"{nid}_dropout", h, self.m.residual_dropout, out_var, seq, **ctx)
+
     def at(self, ctx: dict, blk: A.Block, component: str) -> dict:
         """The node context for a component, pointing at where the spec wrote it."""
         return {**ctx, "span": self.span("blocks", blk.name, component)}
@@ -251,7 +274,7 @@ class _Lowerer:
         h = body(h)
         if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
-        h = self.dropout(f"{pre}{prefix}_dropout", h, self.m.residual_dropout, "h", seq, **ctx)
+        h = self.branch_out(f"{pre}{prefix}", h, "h", seq, ctx)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)
         if placement == "post":
@@ -453,6 +476,9 @@ def describe_block(block: A.Block) -> str:
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
+    if block.parallel:  # a validated parallel block has both branches and nothing else
+        parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ffn)})")
+        return " → ".join(parts)
     mixer = block.attention or block.ssm
     if mixer is not None:
         parts.append(describe_component(mixer))

@@ -650,6 +650,9 @@ class Block(Node):
     route: DepthRouter | None = None
     # Zamba2: low-rank adapters of each use of a shared block.
     lora: LoRA | None = None
+    # Attention and FFN side by side on the same input, each behind its own norm:
+    # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX, PaLM, Falcon).
+    parallel: bool = False
 
     @field_validator("name")
     @classmethod
@@ -701,7 +704,26 @@ class Block(Node):
                              "put the ssm in a block of its own and interleave the blocks in `layers`")
         if self.attention is None and self.ssm is None and self.ffn is None:
             raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
+        if self.parallel:
+            self._check_parallel()
         return self
+
+    def _check_parallel(self) -> None:
+        if self.attention is None or self.ffn is None:
+            raise FieldError("parallel", f"a parallel block runs attention and ffn side by side, and block "
+                             f"`{self.name}` lacks {'an attention' if self.attention is None else 'an ffn'}",
+                             "give it both, or remove `parallel`")
+        if self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), f"a parallel block normalises the input of each branch: "
+                             f"placement = {self.norm.placement} is not implemented with `parallel`",
+                             "use placement = pre, or remove `parallel`")
+        if self.cross_attention is not None:
+            raise FieldError("cross_attention", "a parallel block has no cross_attention: its order relative to "
+                             "the two parallel branches is not defined", "remove `parallel` or `cross_attention`")
+        for field in ("route", "lora"):
+            if getattr(self, field) is not None:
+                raise FieldError(field, f"`{field}` is not implemented on a parallel block",
+                                 f"remove `parallel` or `{field}`")
 
     @property
     def mixer(self):
@@ -720,9 +742,13 @@ class Model(Node):
     final_norm: Norm | None = None
     embedding_norm: Norm | None = None  # a norm right after the embeddings (BERT)
     embedding_scale: PositiveFloat | None = None  # multiply embeddings, e.g. sqrt(d_model) (Gemma)
+    # Round embedding_scale to the model's dtype before multiplying, as Gemma does (in bf16,
+    # sqrt(3072) becomes 55.5); otherwise the product is taken at float32 precision (Granite).
+    embedding_scale_in_dtype: bool = False
     type_vocab: Count = 0  # token-type (segment) embeddings (BERT)
     logit_softcap: PositiveFloat | None = None
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
+    residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
@@ -797,6 +823,13 @@ class Model(Node):
             if block.lora is not None and self.family == "encoder_decoder":
                 raise FieldError(("blocks", name, "lora"), "lora adapters are implemented for one-stack models "
                                  "(decoder or encoder)", "remove `lora`")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_scale(self) -> "Model":
+        if self.embedding_scale_in_dtype and self.embedding_scale is None:
+            raise FieldError("embedding_scale_in_dtype", "embedding_scale_in_dtype rounds embedding_scale, "
+                             "and the model has none", "set embedding_scale, or remove embedding_scale_in_dtype")
         return self
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ class Embedding(_Embedding):
         "vocab": attr(int), "dim": attr(int),
         "scale": attr(float, default=None, doc="multiply the embeddings (Gemma: sqrt(d_model))"),
         "shared_with": attr(str, default=None, doc="read another embedding's table (a decoder's shared input embedding)"),
+        "scale_in_dtype": attr(bool, default=None, doc="round the scale to the table's dtype first (Gemma)"),
     }
     arity = (1, 1)
     hf_params = {"weight": "weight"}
@@ -42,6 +43,8 @@ class Embedding(_Embedding):
         a = d["attrs"]
         table = f"self.{a['shared_with']}" if a["shared_with"] else f"self.{d['name']}"
         expr = f"{table}({args[0]})"
+        if a["scale"] and a["scale_in_dtype"]:  # as HF Gemma's torch.tensor(normalizer, dtype=...)
+            return f"{expr} * torch.tensor({a['scale']!r}, dtype={table}.weight.dtype)"
         return f"{expr} * {a['scale']!r}" if a["scale"] else expr
 
 

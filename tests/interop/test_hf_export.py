@@ -222,6 +222,90 @@ CASES = {
     encoder_layers = encoder * 2
     decoder_layers = decoder * 3
 }}""", "t5"),
+    "gemma": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = d_model ** 0.5
+    embedding_scale_in_dtype = true
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true)
+        attention = mqa(heads = 4, head_dim = 16, bias = true, out_bias = true)
+        ffn = geglu(hidden = 48, act = gelu_tanh)
+    }}
+    layers = layer * 2
+}}""", "gemma"),
+    "starcoder2": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_dropout = 0.1
+    residual_dropout = 0.05
+    attention_dropout = 0.1
+    position = rope(theta = 100000)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true, window = 5)
+        ffn = mlp(hidden = 48, act = gelu_tanh, bias = true)
+    }}
+    layers = layer * 2
+}}""", "starcoder2"),
+    "granite": (f"""model m {{
+    {HEAD}
+    embedding_scale = 12
+    residual_scale = 0.22
+    logit_scale = 1 / 3
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, scale = 0.0078125, bias = true, out_bias = true)
+        ffn = swiglu(hidden = 48, bias = true)
+    }}
+    layers = layer * 2
+}}""", "granite"),
+    "granitemoe": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = 12
+    residual_scale = 0.22
+    logit_scale = 0.125
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, scale = 0.125)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16))
+    }}
+    layers = layer * 2
+}}""", "granitemoe"),
+    "gpt_neox": (f"""model m {{
+    {HEAD}
+    embedding_dropout = 0.1
+    residual_dropout = 0.1
+    position = rope(theta = 10000, dim = 4)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = mha(heads = 4, bias = true, out_bias = true)
+        ffn = mlp(hidden = 48, act = gelu)
+        parallel = true
+    }}
+    layers = layer * 2
+}}""", "gpt_neox"),
+    "gpt_neox-sequential": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 10000)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        attention = mha(heads = 4)
+        ffn = mlp(hidden = 48, act = gelu_tanh)
+    }}
+    layers = layer * 2
+}}""", "gpt_neox"),
     "qwen3_moe": (f"""model m {{
     {HEAD}
     position = rope(theta = 1000000)

@@ -180,6 +180,37 @@ CASES = {
     "hunyuan_v1_moe-plain": (T.HunYuanMoEV1Config, T.HunYuanMoEV1ForCausalLM, dict(
         SMALL, head_dim=8, num_experts=3, moe_topk=2, pad_token_id=0, bos_token_id=None, eos_token_id=None,
         eod_token_id=None, sep_token_id=None)),
+    # Gemma 1: a head_dim other than d_model / heads, biases on q/k/v/o; and multi-query attention (2B)
+    "gemma": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, head_dim=16, attention_bias=True)),
+    "gemma-mqa": (T.GemmaConfig, T.GemmaForCausalLM, dict(SMALL, num_key_value_heads=1, head_dim=8,
+                                                          tie_word_embeddings=False)),
+    # LayerNorm with biases, every projection biased, a sliding window on all layers, dropout (off in eval)
+    "starcoder2": (T.Starcoder2Config, T.Starcoder2ForCausalLM, dict(
+        SMALL, sliding_window=5, residual_dropout=0.1, embedding_dropout=0.1, attention_dropout=0.1,
+        bos_token_id=0, eos_token_id=0)),
+    "starcoder2-no-bias-untied": (T.Starcoder2Config, T.Starcoder2ForCausalLM, dict(
+        SMALL, use_bias=False, tie_word_embeddings=False, hidden_act="gelu", bos_token_id=0, eos_token_id=0)),
+    # every multiplier away from 1 (logits divided by 8), biases on the attention and the FFN
+    "granite": (T.GraniteConfig, T.GraniteForCausalLM, dict(
+        SMALL, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
+        logits_scaling=8.0, attention_bias=True, mlp_bias=True)),
+    "granite-tied": (T.GraniteConfig, T.GraniteForCausalLM, dict(
+        SMALL, embedding_multiplier=3.5, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=3.0,
+        tie_word_embeddings=True)),
+    "granitemoe": (T.GraniteMoeConfig, T.GraniteMoeForCausalLM, dict(
+        SMALL, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
+        residual_multiplier=0.22, attention_multiplier=0.125, logits_scaling=6.0, attention_bias=True)),
+    # parallel residual, a quarter of each head rotated, the fused per-head query_key_value
+    "gpt_neox": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, hidden_dropout=0.1, attention_dropout=0.1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    "gpt_neox-sequential-tied": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, use_parallel_residual=False, tie_word_embeddings=True, hidden_act="gelu_new")),
+    "gpt_neox-no-attention-bias": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, attention_bias=False)),
 }
 
 
@@ -239,7 +270,9 @@ def test_logits_match(case):
 
 @pytest.mark.parametrize("case", ["llama", "llama-biases", "mistral", "gemma2", "deepseek_v2", "deepseek_v3", "glm4_moe",
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long", "mamba2",
-                                  "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain"])
+                                  "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain",
+                                  "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
+                                  "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -3,7 +3,8 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
-llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe.
+llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
+granitemoe, gpt_neox.
 """
 
 from __future__ import annotations
@@ -350,6 +351,79 @@ def _dense_and_moe_blocks(kinds: list[str], dense: str, sparse: str, eps: float,
     return blocks
 
 
+def _gemma(c, name: str) -> str:
+    """Gemma 1: GeGLU, RMSNorm with a unit offset (pre-norm only), embeddings scaled by
+    sqrt(hidden_size), a head_dim of its own."""
+    eps = c.rms_norm_eps
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_act))
+    bias = bool(c.attention_bias)
+    block = {"norm": call("rmsnorm", eps=eps, unit_offset=True),
+             "attention": _attention(c, bias=bias, out_bias=bias, head_dim=c.head_dim), "ffn": ffn}
+    # transformers rounds the normaliser to the activations' dtype before it multiplies
+    fields = _decoder_fields(c, embedding_scale=float(c.hidden_size) ** 0.5, embedding_scale_in_dtype=True,
+                             position=_rope(c), final_norm=call("rmsnorm", eps=eps, unit_offset=True))
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face gemma config.")
+
+
+def _starcoder2(c, name: str) -> str:
+    """StarCoder2: LayerNorm with biases, a GELU MLP, use_bias on every projection, one sliding
+    window for all layers, and dropout where archlang's model fields put it."""
+    eps, bias = c.norm_epsilon, bool(c.use_bias)
+    block = {"norm": call("layernorm", eps=eps),
+             "attention": _attention(c, window=c.sliding_window, bias=bias, out_bias=bias),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=bias)}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
+                             embedding_dropout=c.embedding_dropout or None, attention_dropout=c.attention_dropout or None,
+                             residual_dropout=c.residual_dropout or None)
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face starcoder2 config.")
+
+
+def _granite(c, name: str) -> str:
+    """Granite (and GraniteMoe, whose FFN is a mixture of experts): Llama with four multipliers,
+    on the embeddings, on every residual branch, as the attention's score scale, and dividing
+    the logits (archlang multiplies the final hidden state by the reciprocal, which the head,
+    having no bias, turns into the same logits)."""
+    eps = c.rms_norm_eps
+    bias = bool(c.attention_bias)
+    act = _act(c.hidden_act)
+    glu = "swiglu" if act == "silu" else "geglu"
+    if c.model_type == "granitemoe":
+        ffn = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+                   expert=call(glu, hidden=c.intermediate_size, act=None if glu == "swiglu" else act))
+    else:
+        ffn = call(glu, hidden=c.intermediate_size, act=None if glu == "swiglu" else act, bias=bool(c.mlp_bias) or None)
+    block = {"norm": call("rmsnorm", eps=eps),
+             "attention": _attention(c, bias=bias, out_bias=bias, scale=float(c.attention_multiplier)), "ffn": ffn}
+
+    def factor(v: float) -> float | None:
+        return None if v == 1 else float(v)
+
+    fields = _decoder_fields(c, embedding_scale=factor(c.embedding_multiplier),
+                             residual_scale=factor(c.residual_multiplier),
+                             logit_scale=factor(1 / c.logits_scaling), position=_rope(c),
+                             final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _gpt_neox(c, name: str) -> str:
+    """GPT-NeoX (Pythia): LayerNorm, partial RoPE, a GELU MLP with biases, and with
+    use_parallel_residual the attention and the MLP side by side on each layer's input.
+    hidden_dropout drops out the embeddings and each branch before its add, as the model's
+    embedding_dropout and residual_dropout do."""
+    eps, bias = c.layer_norm_eps, bool(c.attention_bias)
+    block = {"norm": call("layernorm", eps=eps), "attention": _attention(c, bias=bias, out_bias=bias),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True),
+             "parallel": True if c.use_parallel_residual else None}
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
+                             embedding_dropout=c.hidden_dropout or None, attention_dropout=c.attention_dropout or None,
+                             residual_dropout=c.hidden_dropout or None)
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face gpt_neox config.")
+
+
 def _gemma2(c, name: str) -> str:
     eps = c.rms_norm_eps
     norm = call("rmsnorm", eps=eps, unit_offset=True, placement="sandwich")
@@ -595,6 +669,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss,
     "llama4_text": _llama4_text, "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
     "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
+    "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
 }
 
 

@@ -208,6 +208,12 @@ _MLA_DROPOUT = no_dropout("archlang's MLA attention has no dropout on its probab
 _OLD_TP = irrelevant("kept for old checkpoints; transformers' modeling code no longer reads it")
 _SILU = only("silu", "swish", reason="archlang maps this family's experts with silu (swiglu) only")
 
+# Granite's scales are spec values that must be positive (archlang scales, it never flips a sign).
+_GRANITE_MULTIPLIERS = {k: checked(lambda v, c: None if isinstance(v, (int, float)) and v > 0 else
+                                   "archlang expresses positive multipliers only")
+                        for k in ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                                  "logits_scaling")}
+
 
 TABLES: dict[str, dict[str, Key]] = {
     "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
@@ -442,6 +448,33 @@ TABLES: dict[str, dict[str, Key]] = {
                # Mamba2 always gates before the grouped RMSNorm (mamba_ssm's norm_before_gate = False)
                "rms_norm": irrelevant("never read: transformers' Mamba2 always applies the gated RMSNorm"),
                "norm_before_gate": irrelevant("never read: transformers' Mamba2 always gates before its norm")},
+    "gemma": {**_LLAMA_CORE, "attention_bias": MAPPED,
+              "hidden_activation": irrelevant("an older key that transformers' gemma no longer reads: it reads "
+                                              "hidden_act (and takes its legacy 'gelu' as the tanh approximation)"),
+              "use_bidirectional_attention": only(None, False, reason="archlang's gemma attention is causal")},
+    # Starcoder2 drops out the embeddings, the attention probabilities and each residual branch
+    # before its add: where archlang's model fields do, so they are mapped, not dropped.
+    "starcoder2": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                                          "norm_epsilon", "tie_word_embeddings", "sliding_window", "use_bias",
+                                          "attention_dropout", "residual_dropout", "embedding_dropout")},
+                   "hidden_act": ACTIVATION, "rope_parameters": ROPE,
+                   # written by the original training code into the published configs; transformers'
+                   # starcoder2 reads none of them (it always builds LayerNorm and the c_fc/c_proj MLP)
+                   **{k: irrelevant("not read by transformers' starcoder2, which computes the same without it")
+                      for k in ("layer_norm_epsilon", "mlp_type", "norm_type")}},
+    "granite": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, **_GRANITE_MULTIPLIERS},
+    "granitemoe": {**_LLAMA_CORE, "attention_bias": MAPPED, **_GRANITE_MULTIPLIERS, "num_local_experts": MAPPED,
+                   "num_experts_per_tok": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                   "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
+    "gpt_neox": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "max_position_embeddings", "layer_norm_eps",
+                                        "tie_word_embeddings", "attention_bias", "use_parallel_residual",
+                                        "attention_dropout", "hidden_dropout")},
+                 "hidden_act": ACTIVATION, "rope_parameters": ROPE,
+                 "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
+                                                  "does not build"),
+                 "is_decoder": irrelevant("transformers' gpt_neox does not read it: the model is causal either way")},
 }
 
 
@@ -551,7 +584,8 @@ _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers"}
 # Older names that transformers moves to their current keys when it builds the config.
-_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters"}
+_LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters",
+           "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
 # Values transformers accepts besides the default's type.
 _ALSO = {"mamba_dt_rank": ("auto",)}

@@ -101,7 +101,7 @@ def _same(m: A.Model, blocks: list[str], field: str, what: str) -> Any:
 def _model_extras(m: A.Model, allowed: set[str]) -> None:
     """Model-level features outside `allowed` that a family lacks."""
     for field, off in (("embedding_norm", None), ("embedding_scale", None), ("logit_softcap", None),
-                       ("logit_scale", None), ("pooler", False), ("type_vocab", 0)):
+                       ("logit_scale", None), ("pooler", False), ("type_vocab", 0), ("residual_scale", None)):
         if field not in allowed:
             _need(getattr(m, field) == off, (field,), f"`{field}` (this family has none)")
 
@@ -569,6 +569,144 @@ def _gemma2(m: A.Model, model_type: str = "gemma2") -> dict:
             "layer_types": ["sliding_attention" if w else "full_attention" for w in windows]}
 
 
+def _gemma(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale"})
+    _positions_inherit(m, kinds)
+    _need(m.embedding_scale is not None and math.isclose(m.embedding_scale, m.d_model**0.5, rel_tol=1e-12),
+          ("embedding_scale",), "gemma scales the embeddings by sqrt(d_model): embedding_scale = d_model ** 0.5")
+    _need(m.embedding_scale_in_dtype, ("embedding_scale",),
+          "gemma rounds its embedding scale to the model's dtype: embedding_scale_in_dtype = true")
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "gemma has pre-norm RMSNorm with a unit offset: rmsnorm(unit_offset = true)")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' norm")
+    hidden, act, mlp_bias = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
+    _need(not mlp_bias, ("blocks", kinds[0], "ffn", "bias"), "FFN biases (gemma has none)")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          "a bias on q, k, v but not on the output, or the reverse (gemma's attention_bias sets both)")
+    _need(a.window is None and a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (gemma has none)")
+    return {"model_type": "gemma", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+            "num_hidden_layers": len(layers), **heads, "hidden_act": act, "max_position_embeddings": m.context,
+            "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            "attention_bias": a.bias, "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim)}
+
+
+def _starcoder2(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "layernorm" and norm.placement == "pre" and norm.bias is not False,
+          ("blocks", kinds[0], "norm"), "starcoder2 has pre-norm LayerNorm with biases")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' layernorm")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(ffn, 'kind', 'none')} (starcoder2 has mlp)")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias == ffn.bias, ("blocks", kinds[0], "attention", "bias"),
+          "biases on some projections only (starcoder2's use_bias sets q, k, v, o and the MLP's together)")
+    _need(a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "soft-capping or a score scale other than 1/sqrt(head_dim) (starcoder2 has none)")
+    return {"model_type": "starcoder2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "intermediate_size": ffn.hidden, "num_hidden_layers": len(layers),
+            **{k: v for k, v in heads.items() if k != "head_dim"}, "hidden_act": HF_ACTIVATIONS[ffn.act],
+            "max_position_embeddings": m.context, "norm_epsilon": norm.eps, "tie_word_embeddings": m.tie_embeddings,
+            "dtype": _dtype(m), "use_bias": a.bias, "sliding_window": a.window,
+            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
+            "embedding_dropout": m.embedding_dropout, "attention_dropout": m.attention_dropout,
+            "residual_dropout": m.residual_dropout, **_token_ids(m, 0)}
+
+
+def _granite(m: A.Model, model_type: str) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale", "logit_scale", "residual_scale"})
+    _need(not m.embedding_scale_in_dtype, ("embedding_scale_in_dtype",),
+          f"{model_type} multiplies by embedding_multiplier unrounded: embedding_scale_in_dtype = false")
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          f"{model_type} has pre-norm RMSNorm")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' rmsnorm")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    path = ("blocks", kinds[0], "ffn")
+    config: dict[str, Any] = {}
+    if model_type == "granitemoe":
+        _need(isinstance(ffn, A.MoE), path, "a dense FFN (granitemoe's FFN is a mixture of experts)")
+        _need(ffn.shared is None and not ffn.shared_experts, path + ("shared",), "shared experts (granitemoe has none)")
+        _need(ffn.router == "softmax" and ffn.normalize_top_k, path + ("router",),
+              "granitemoe takes the softmax of the top-k router logits: router = softmax, normalize_top_k = true")
+        hidden, act, bias = _glu(ffn.expert, path + ("expert",), "expert")
+        _need(not bias, path + ("expert", "bias"), "expert biases (granitemoe has none)")
+        config.update(num_local_experts=ffn.experts, num_experts_per_tok=ffn.top_k)
+    else:
+        hidden, act, bias = _glu(ffn, path)
+        config["mlp_bias"] = bias
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          f"a bias on q, k, v but not on the output, or the reverse ({model_type}'s attention_bias sets both)")
+    _need(a.window is None and a.softcap is None, ("blocks", kinds[0], "attention"),
+          f"a sliding window or soft-capping ({model_type} has neither)")
+    _need(a.head_dim * a.heads == m.d_model, ("blocks", kinds[0], "attention", "head_dim"),
+          f"a head_dim other than d_model / heads ({model_type} derives it)")
+    # HF divides the logits by logits_scaling; the spec multiplies by its reciprocal: exact both ways
+    logit_scale = m.logit_scale if m.logit_scale is not None else 1.0
+    logits_scaling = 1 / logit_scale
+    _need(1 / logits_scaling == logit_scale, ("logit_scale",),
+          f"a logit_scale whose reciprocal does not convert back exactly ({model_type} divides by logits_scaling)")
+    config.update({
+        "model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+        "num_hidden_layers": len(layers), **{k: v for k, v in heads.items() if k != "head_dim"}, "hidden_act": act,
+        "max_position_embeddings": m.context, "rms_norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings,
+        "dtype": _dtype(m), "attention_bias": a.bias,
+        "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
+        "embedding_multiplier": m.embedding_scale or 1.0, "residual_multiplier": m.residual_scale or 1.0,
+        "attention_multiplier": a.scale if a.scale is not None else a.head_dim**-0.5,
+        "logits_scaling": logits_scaling})
+    return config
+
+
+def _gpt_neox(m: A.Model) -> dict:
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "layernorm" and norm.placement == "pre" and norm.bias is not False,
+          ("blocks", kinds[0], "norm"), "gpt_neox has pre-norm LayerNorm with biases")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' layernorm")
+    parallel = _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(ffn, A.MLP) and ffn.bias, ("blocks", kinds[0], "ffn"), "gpt_neox has an mlp with biases")
+    a = _same(m, kinds, "attention", "attentions")
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"), kinds=("mha",))
+    _need(a.bias == a.out_bias, ("blocks", kinds[0], "attention", "out_bias"),
+          "a bias on q, k, v but not on the output, or the reverse (gpt_neox's attention_bias sets both)")
+    _need(a.window is None and a.softcap is None and _default_scale(a), ("blocks", kinds[0], "attention"),
+          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (gpt_neox has none)")
+    _need(a.head_dim * a.heads == m.d_model, ("blocks", kinds[0], "attention", "head_dim"),
+          "a head_dim other than d_model / heads (gpt_neox derives it)")
+    rope = _rope_parameters(m.position, ("position",), None)
+    rotated = m.position.dim or a.head_dim
+    factor = rotated / a.head_dim
+    _need(int(a.head_dim * factor) == rotated, ("position", "dim"), "a rope dim that rotary_pct cannot state exactly")
+    _need(m.embedding_dropout == m.residual_dropout, ("embedding_dropout",),
+          "embedding and residual dropout that differ (gpt_neox's hidden_dropout sets both)")
+    return {"model_type": "gpt_neox", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": ffn.hidden,
+            "num_hidden_layers": len(layers), "num_attention_heads": heads["num_attention_heads"],
+            "hidden_act": HF_ACTIVATIONS[ffn.act], "max_position_embeddings": m.context, "layer_norm_eps": norm.eps,
+            "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "attention_bias": a.bias,
+            "use_parallel_residual": parallel, "rope_parameters": {**rope, "partial_rotary_factor": factor},
+            "hidden_dropout": m.residual_dropout, "attention_dropout": m.attention_dropout, **_token_ids(m, 0)}
+
+
 def _gpt2(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -924,6 +1062,8 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "glm4_moe": _glm4_moe, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
     "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3,
     "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
+    "gemma": _gemma, "starcoder2": _starcoder2, "granite": lambda m: _granite(m, "granite"),
+    "granitemoe": lambda m: _granite(m, "granitemoe"), "gpt_neox": _gpt_neox,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -939,6 +1079,8 @@ ARCHITECTURES = {
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM", "olmo3": "Olmo3ForCausalLM",
     "exaone4": "Exaone4ForCausalLM", "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
     "hunyuan_v1_moe": "HunYuanMoEV1ForCausalLM",
+    "gemma": "GemmaForCausalLM", "starcoder2": "Starcoder2ForCausalLM", "granite": "GraniteForCausalLM",
+    "granitemoe": "GraniteMoeForCausalLM", "gpt_neox": "GPTNeoXForCausalLM",
 }
 
 

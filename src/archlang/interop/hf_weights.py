@@ -48,6 +48,9 @@ class Rule:
             return [w.transpose(1, 2).contiguous() if self.arg else w]
         if self.kind == "reshape":  # HF's tensor of shape `arg` → ours, flat
             return [t[0].reshape(-1)]
+        if self.kind == "qkv_per_head":  # rows [q_h, k_h, v_h] for each head h (GPT-NeoX) → q, k, v
+            w = t[0].reshape(self.arg, 3, -1, *t[0].shape[1:])
+            return [w[:, j].reshape(-1, *t[0].shape[1:]).contiguous() for j in range(3)]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -76,6 +79,10 @@ class Rule:
             return [torch.stack((gate, up), dim=-1).flatten(-2).contiguous()]
         if self.kind == "reshape":
             return [t[0].reshape(self.arg)]
+        if self.kind == "qkv_per_head":
+            rest = t[0].shape[1:]
+            w = torch.stack([x.reshape(self.arg, -1, *rest) for x in t], dim=1)
+            return [w.reshape(-1, *rest).contiguous()]
         raise AssertionError(self.kind)
 
 
@@ -301,6 +308,51 @@ def _hunyuan_v1_moe(c, r: _Rules) -> None:
         r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
 
 
+def _starcoder2(c, r: _Rules) -> None:
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.linear("final_norm", "model.norm")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        for ours, theirs in (("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
+                             ("v_proj", "self_attn.v_proj"), ("o_proj", "self_attn.o_proj"),
+                             ("up_proj", "mlp.c_fc"), ("down_proj", "mlp.c_proj"),
+                             ("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
+def _granitemoe(c, r: _Rules) -> None:
+    """Llama's names, and experts stacked as HF's modules hold them (gate and up halves in one
+    (E, 2I, D) tensor, as archlang's); checkpoint files name them input_linear / output_linear."""
+    _llama_family(c, r)
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.moe.", f"model.layers.{i}.block_sparse_moe."
+        for ours, module, disk in (("router", "router.weight", "router.layer.weight"),
+                                   ("experts_gate_up", "experts.gate_up_proj", "input_linear.weight"),
+                                   ("experts_down", "experts.down_proj", "output_linear.weight")):
+            r.add(f"{p}{ours}", f"{q}{module}")
+            r.add(f"{p}{ours}", f"{q}{disk}")
+
+
+def _gpt_neox(c, r: _Rules) -> None:
+    r.add("embed.weight", "gpt_neox.embed_in.weight")
+    r.linear("final_norm", "gpt_neox.final_layer_norm")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+        r.add("lm_head.weight", "embed_out.weight")  # the name in checkpoint files
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"gpt_neox.layers.{i}."
+        # query_key_value interleaves the heads: its rows are [q_0, k_0, v_0, q_1, k_1, v_1, ...]
+        for part in ("weight", "bias"):
+            r.add([f"{p}q_proj.{part}", f"{p}k_proj.{part}", f"{p}v_proj.{part}"],
+                  f"{q}attention.query_key_value.{part}", "qkv_per_head", c.num_attention_heads)
+        for ours, theirs in (("o_proj", "attention.dense"), ("up_proj", "mlp.dense_h_to_4h"),
+                             ("down_proj", "mlp.dense_4h_to_h"), ("attn_norm", "input_layernorm"),
+                             ("ffn_norm", "post_attention_layernorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
 def _gpt2(c, r: _Rules) -> None:
     r.add("embed.weight", "transformer.wte.weight")
     r.add("pos_embed.weight", "transformer.wpe.weight")
@@ -377,6 +429,8 @@ _FAMILIES = {
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
     "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
     "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
+    "gemma": _llama_family, "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
+    "gpt_neox": _gpt_neox,
 }
 
 
