@@ -4,6 +4,7 @@ from .attention import Attention, DifferentialAttention, LinearAttention, MLAtte
 from .context import Cache, Context
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
+from .indexer import LightningIndexer
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
@@ -13,6 +14,6 @@ from .ssm import Mamba
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DifferentialAttention", "GLA", "GatedDeltaNet",
-    "LayerNorm", "LinearAttention", "MLAttention", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias",
+    "LayerNorm", "LightningIndexer", "LinearAttention", "MLAttention", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias",
     "Retention", "RopeTable", "SinusoidalPositions", "apply_rope", "glu", "layer_stack", "rope_qk", "softcap",
 ]

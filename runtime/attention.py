@@ -302,7 +302,8 @@ class MLAttention(nn.Module):
         self.kv_b_proj = nn.Parameter(torch.empty(heads * (nope_head_dim + v_head_dim), kv_lora_rank))
         nn.init.normal_(self.kv_b_proj, std=0.02)
 
-    def forward(self, q, kv, rope=None, *, ctx: Context) -> torch.Tensor:
+    def forward(self, q, kv, rope=None, *, ctx: Context, keep=None) -> torch.Tensor:
+        """`keep` (B, T, S), from a lightning indexer: the keys each query may attend (DeepSeek-V3.2)."""
         b, t, _ = q.shape
         q = _heads(q, self.heads, self.nope_head_dim + self.rope_head_dim)
         q_nope, q_pe = q.split([self.nope_head_dim, self.rope_head_dim], dim=-1)
@@ -319,8 +320,9 @@ class MLAttention(nn.Module):
         k_nope, v = kv_full.transpose(1, 2).split([self.nope_head_dim, self.v_head_dim], dim=-1)
         k = torch.cat((k_nope, k_pe.expand(b, self.heads, s, self.rope_head_dim)), dim=-1)
         q = torch.cat((q_nope, q_pe), dim=-1)
+        sparse = {"allow": keep} if keep is not None else {}
         out = attend(q, k, v, ctx.positions, k_pos, causal=self.causal, scale=self.scale, window=self.window,
-                     softcap=self.softcap, key_mask=_key_mask(ctx, s))
+                     softcap=self.softcap, key_mask=_key_mask(ctx, s), **sparse)
         return _merge(out)  # (B, T, H*v_head_dim)
 
 

@@ -296,6 +296,17 @@ class GQA(_AttentionCommon):
         return self
 
 
+class Indexer(Node):
+    """DeepSeek-V3.2's lightning indexer (DeepSeek Sparse Attention): `heads` small ReLU heads of
+    `head_dim` channels score every visible key for each query, from the query latent and the
+    hidden state; the latent attention then attends only to the `top_k` best-scored keys."""
+
+    kind: Literal["indexer"]
+    heads: Dim = 64
+    head_dim: Dim = 128
+    top_k: Dim = 2048
+
+
 class MLA(_AttentionCommon):
     """Multi-head latent attention (DeepSeek-V2): K and V are rebuilt from a cached latent of
     `kv_lora_rank` channels; a `rope_head_dim`-wide rotary key is shared by all heads."""
@@ -307,11 +318,13 @@ class MLA(_AttentionCommon):
     nope_head_dim: Dim = 128
     v_head_dim: Dim = 128
     head_dim: Dim | None = None  # derived: nope_head_dim + rope_head_dim
+    indexer: Indexer | None = None  # DeepSeek-V3.2: attend to the indexer's top_k keys only
 
     @model_validator(mode="after")
     def _dims(self) -> "MLA":
         if self.rope_head_dim % 2:
             raise FieldError("rope_head_dim", f"rope_head_dim must be even, got {self.rope_head_dim}")
+        self._check_indexer()
         derived = self.nope_head_dim + self.rope_head_dim
         if self.head_dim is not None and self.head_dim != derived:
             raise FieldError(
@@ -322,6 +335,21 @@ class MLA(_AttentionCommon):
             )
         object.__setattr__(self, "head_dim", derived)
         return self
+
+    def _check_indexer(self) -> None:
+        ix = self.indexer
+        if ix is None:
+            return
+        if self.q_lora_rank is None:
+            raise FieldError("indexer", "the lightning indexer reads the query latent, and this mla has none",
+                             "add q_lora_rank = ... (DeepSeek-V3.2 uses 1536)")
+        if self.window is not None:
+            raise FieldError("indexer", "the lightning indexer chooses among all past keys; a sliding window "
+                             "over them is not defined", "remove window")
+        if ix.head_dim < self.rope_head_dim:
+            raise FieldError("indexer", f"the indexer's head_dim ({ix.head_dim}) is narrower than the "
+                             f"{self.rope_head_dim} channels its RoPE rotates",
+                             f"use an indexer head_dim of at least rope_head_dim ({self.rope_head_dim})")
 
     @property
     def kv_heads(self) -> int:
@@ -735,6 +763,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "position": _kind_classes(Rope, Sinusoidal, Learned, Alibi, Relative),
     "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling),
     "qk_norm": _kind_classes(QKNorm),
+    "indexer": _kind_classes(Indexer),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
@@ -746,6 +775,7 @@ SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in 
 FIELD_SLOT = {
     "norm": "norm", "final_norm": "norm", "embedding_norm": "norm",
     "position": "position", "scaling": "scaling", "qk_norm": "qk_norm",
+    "indexer": "indexer",
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm",
 }

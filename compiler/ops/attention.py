@@ -207,8 +207,9 @@ class MLAttention(_Attention):
         "v_head_dim": attr(int), "causal": attr(bool), "scale": attr(float), "window": attr(int, default=None),
         "softcap": attr(float, default=None), "rope": attr(bool, default=None, doc="a RoPE table input"),
         "norm_eps": attr(float),
+        "top_k": attr(int, default=None, doc="attend to the keys a lightning indexer input keeps (its top_k)"),
     }
-    arity = (2, 3)
+    arity = (2, 4)
     mixer_kinds = ("mla",)
     hf_params = {"kv_a_norm": "kv_a_layernorm.weight", "kv_b_proj": "kv_b_proj.weight"}
     refused_positions = {
@@ -234,7 +235,8 @@ class MLAttention(_Attention):
 
     def cost(self, d, ctx):
         a = d["attrs"]
-        keys = attended(ctx.context, a["causal"], a["window"])
+        # an indexer's top_k bounds the keys a query attends as a window of top_k would
+        keys = attended(ctx.context, a["causal"], a["window"] or a["top_k"])
         qk = a["nope_head_dim"] + a["rope_head_dim"]
         flops = 2 * a["heads"] * (qk + a["v_head_dim"]) * keys
         flops += 2 * a["kv_lora_rank"] * a["heads"] * (a["nope_head_dim"] + a["v_head_dim"])  # kv_b_proj
@@ -249,8 +251,12 @@ class MLAttention(_Attention):
                 f"softcap={a['softcap']!r}, norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
 
     def call(self, d, args, emit):
-        rope = f", rope={args[2]}" if len(args) > 2 else ""
-        return f"self.{d['name']}({args[0]}, {args[1]}{rope}, ctx=ctx)"
+        from . import REGISTRY
+
+        # inputs past q and kv (the RoPE table, the indexer's keep mask) are passed by keyword
+        extras = "".join(f", {REGISTRY[p['op']].attention_keyword(p)}={arg}"
+                         for p, arg in zip(emit.producers[2:], args[2:]))
+        return f"self.{d['name']}({args[0]}, {args[1]}{extras}, ctx=ctx)"
 
 
 @register
