@@ -2,7 +2,7 @@
 archlang's names. Each supported family has one spec writer and one weight-name table.
 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
-qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5.
+qwen2_moe, deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5.
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
     uses a softmax, and groups (scored by their best expert) only with group_limited_greedy."""
-    if c.model_type == "deepseek_v3":
+    if c.model_type in ("deepseek_v3", "deepseek_v32"):
         grouped = c.n_group > 1
         return {"router": "sigmoid", "correction_bias": True, "groups": c.n_group if grouped else None,
                 "topk_groups": c.topk_group if grouped else None}
@@ -327,6 +327,25 @@ def _deepseek_v2(c, name: str) -> str:
     fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
     layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
     return write_spec(name, fields, blocks, {"layers": layers}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _deepseek_v32(c, name: str) -> str:
+    """DeepSeek-V3.2: DeepSeek-V3 whose latent attention attends only to the index_topk keys its
+    lightning indexer scores best (DeepSeek Sparse Attention); dense and MoE layers by mlp_layer_types."""
+    eps = c.rms_norm_eps
+    indexer = call("indexer", heads=c.index_n_heads, head_dim=c.index_head_dim, top_k=c.index_topk)
+    mla = call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
+               rope_head_dim=c.qk_rope_head_dim, nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim,
+               indexer=indexer)
+    moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+               **_deepseek_routing(c))
+    kinds = list(c.mlp_layer_types)  # "dense" | "sparse", one per layer
+    blocks = _dense_and_moe_blocks(kinds, "dense", "sparse", eps, mla, c.intermediate_size, moe)
+    fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face deepseek_v32 config.")
 
 
 def _glm4_moe(c, name: str) -> str:
@@ -387,7 +406,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
     "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
-    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5,
+    "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "deepseek_v32": _deepseek_v32,
 }
 
 

@@ -190,6 +190,13 @@ def _deepseek_v2(c, r: _Rules) -> None:
     del v
 
 
+def _deepseek_v32(c, r: _Rules) -> None:
+    """DeepSeek-V3's names, and each layer's lightning indexer (half-split RoPE: no permutation)."""
+    _deepseek_v2(c, r)
+    for i in range(c.num_hidden_layers):
+        r.op("lightning_indexer", f"layers.{i}.indexer", f"model.layers.{i}.self_attn.indexer")
+
+
 def _glm4_moe(c, r: _Rules) -> None:
     _llama_family(c, r)  # Llama's names, DeepSeek-V3's MoE
     for i in range(c.num_hidden_layers):
@@ -258,7 +265,7 @@ _FAMILIES = {
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
-    "gpt2": _gpt2, "bert": _bert, "t5": _t5,
+    "gpt2": _gpt2, "bert": _bert, "t5": _t5, "deepseek_v32": _deepseek_v32,
 }
 
 
