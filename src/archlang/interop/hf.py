@@ -413,11 +413,13 @@ SPEC_WRITERS: dict[str, Callable] = {
 def config_from_dict(config: dict, source: str | None = None):
     """A transformers config from a config.json's dict, its keys' types checked first."""
     import transformers
+    from huggingface_hub.errors import StrictDataclassError  # strict config classes' field types
 
     hf_config.check_types(config, source)
     try:
         return transformers.AutoConfig.for_model(**config)
-    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:  # transformers' own checks
+    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError,
+            StrictDataclassError) as exc:  # transformers' own checks
         where = f"{source}: " if source else ""
         raise ArchError(f"{where}transformers rejects this {config['model_type']} config: {exc}", kind="interop") from None
 
