@@ -360,7 +360,8 @@ class _Lowerer:
 def _modern_attrs(att) -> dict[str, Any]:
     """The attention options of 2024–2026 models, as the attention op's attributes."""
     # options that are off are left out (None), so IR dumps without them stay as they were
-    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
+    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None,
+                             "dilation": att.dilation, "global_tokens": att.global_tokens or None}
     attrs["qk_norm"] = att.qk_norm.model_dump() if att.qk_norm is not None else None
     attrs["temperature"] = ({"floor_scale": att.floor_scale or 8192.0, "attn_scale": att.attn_scale or 0.1}
                             if att.temperature_tuning else None)

@@ -237,6 +237,10 @@ class _AttentionCommon(Node):
     sinks: bool = False  # a learned logit per head in every softmax denominator (gpt-oss)
     chunk: Dim | None = None  # attention within chunks of `chunk` positions (Llama 4)
     sink_tokens: Count = 0  # with a window: the first tokens stay visible (StreamingLLM)
+    # Longformer's masks beside the window: every dilation-th of the last window * dilation
+    # positions, and global tokens (the first positions see and are seen by every position)
+    dilation: Dim | None = None
+    global_tokens: Count = 0
     # Llama 4's NoPE layers: q scaled by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
     temperature_tuning: bool = False
     floor_scale: PositiveFloat | None = None  # default 8192
@@ -250,6 +254,16 @@ class _AttentionCommon(Node):
         if self.sink_tokens and self.window is None:
             raise FieldError("sink_tokens", "sink_tokens keeps the first tokens beside a sliding window",
                              "add window = ..., or remove sink_tokens")
+        if self.dilation is not None and self.window is None:
+            raise FieldError("dilation", "dilation spreads a sliding window over every dilation-th position",
+                             "add window = ..., or remove dilation")
+        if self.global_tokens and self.window is None:
+            raise FieldError("global_tokens", "global tokens are seen beside a sliding window; without one every "
+                             "position already sees every other", "add window = ..., or remove global_tokens")
+        if self.global_tokens and self.sink_tokens:
+            raise FieldError("global_tokens", "global tokens are already visible to every position, as sink_tokens "
+                             "would make them", "keep global_tokens, or sink_tokens (which does not widen what "
+                             "the first tokens see)")
         for name in ("floor_scale", "attn_scale"):
             if getattr(self, name) is not None and not self.temperature_tuning:
                 raise FieldError(name, f"{name} tunes temperature_tuning", "add temperature_tuning = true")
