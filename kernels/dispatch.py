@@ -77,16 +77,12 @@ def rope(x, cos, sin):
     return reference.rope(x, cos, sin)
 
 
-# Masks the FlashAttention kernel does not build: they run on the reference.
-_REFERENCE_ONLY_MASKS = ("allow", "dilation", "global_tokens")
-
-
 def attention(q, k, v, q_pos, k_pos, **kw):
     # dropout on the probabilities needs them whole: only the reference draws it
+    # (nor does the kernel build a sparse selection `allow`, a dilated window or global tokens)
     masks = kw.get("allow") is not None or (kw.get("dilation") or 1) > 1 or bool(kw.get("global_tokens"))
     if use_triton(q) and not kw.get("dropout") and not masks:
-        kw.pop("dropout", None)
-        for name in _REFERENCE_ONLY_MASKS:
+        for name in ("dropout", "allow", "dilation", "global_tokens"):
             kw.pop(name, None)
         return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
     return reference.attention(q, k, v, q_pos, k_pos, **kw)
