@@ -23,7 +23,9 @@ def test_backward_reaches_every_weight(path, name, passes):
     out = _forward(model, torch.randint(0, 97, (2, 9)))
     loss = out.float().pow(2).mean() + model.aux_loss
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    # a lightning indexer's choice of keys is discrete: no gradient reaches its weights (as in HF)
+    missing = [n for n, p in model.named_parameters() if (p.grad is None and ".indexer." not in n)
+               or (p.grad is not None and not torch.isfinite(p.grad).all())]
     assert not missing
     assert torch.isfinite(out).all()
 
