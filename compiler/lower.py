@@ -348,11 +348,14 @@ class _Lowerer:
     def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx, pos) -> NodeRef:
         m, b, d = self.m, self.b, self.d
         qk = att.nope_head_dim + att.rope_head_dim
+        q_latent = None
         if att.q_lora_rank:
             q = self.linear(f"{pre}q_a_proj", h, d, att.q_lora_rank, False, "q", seq, **ctx)
-            q = self.b.node(f"{pre}q_a_norm", "norm", [q], name="q_a_norm", outputs="q", shape=("B", seq, att.q_lora_rank),
-                            attrs={"kind": "rmsnorm", "dim": att.q_lora_rank, "eps": 1e-6, "bias": False, "unit_offset": False},
-                            **ctx)
+            # the indexer reads the latent after q_b_proj has run: it keeps a name of its own
+            q = q_latent = self.b.node(f"{pre}q_a_norm", "norm", [q], name="q_a_norm",
+                                       outputs="q_latent" if att.indexer else "q", shape=("B", seq, att.q_lora_rank),
+                                       attrs={"kind": "rmsnorm", "dim": att.q_lora_rank, "eps": 1e-6, "bias": False,
+                                              "unit_offset": False}, **ctx)
             q = self.linear(f"{pre}q_b_proj", q, att.q_lora_rank, att.heads * qk, False, "q", seq, **ctx)
         else:
             q = self.linear(f"{pre}q_proj", h, d, att.heads * qk, False, "q", seq, **ctx)
@@ -364,6 +367,8 @@ class _Lowerer:
                                  shape=(m.context, att.rope_head_dim),
                                  attrs=_rope_table_attrs(pos, att.rope_head_dim, m.context), **ctx))
             rope = True
+        if att.indexer is not None:
+            inputs.append(self.indexer(pre, att, h, q_latent, inputs[2:], seq, ctx))
         scale = att.scale if att.scale is not None else qk**-0.5
         scaling = pos.scaling if isinstance(pos, A.Rope) else None
         if isinstance(scaling, A.YarnScaling) and scaling.mscale_all_dim:
@@ -373,9 +378,19 @@ class _Lowerer:
                    shape=("B", seq, att.heads * att.v_head_dim),
                    attrs={"heads": att.heads, "kv_lora_rank": att.kv_lora_rank, "rope_head_dim": att.rope_head_dim,
                           "nope_head_dim": att.nope_head_dim, "v_head_dim": att.v_head_dim, "causal": self.causal(ctx),
-                          "scale": scale, "window": att.window, "softcap": att.softcap, "rope": rope, "norm_eps": 1e-6},
+                          "scale": scale, "window": att.window, "softcap": att.softcap, "rope": rope, "norm_eps": 1e-6,
+                          **({"top_k": att.indexer.top_k} if att.indexer else {})},
                    **ctx)
         return self.linear(f"{pre}o_proj", a, att.heads * att.v_head_dim, d, att.out_bias, "a", seq, **ctx)
+
+    def indexer(self, pre: str, att: A.MLA, h: NodeRef, q_latent: NodeRef, rope: list[NodeRef], seq: str, ctx) -> NodeRef:
+        """DeepSeek-V3.2's lightning indexer: the mask of the keys each query's attention keeps."""
+        ix = att.indexer
+        return self.b.node(f"{pre}indexer", "lightning_indexer", [h, q_latent, *rope], name="indexer", outputs="keep",
+                           shape=("B", seq, "S"),
+                           attrs={"heads": ix.heads, "head_dim": ix.head_dim, "top_k": ix.top_k, "d_model": self.d,
+                                  "q_lora_rank": att.q_lora_rank, "causal": self.causal(ctx),
+                                  "rope_dim": att.rope_head_dim if rope else None, "norm_eps": 1e-6}, **ctx)
 
     def mamba(self, pre: str, ssm: A.Mamba, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
@@ -453,7 +468,8 @@ class _Lowerer:
 def _modern_attrs(att) -> dict[str, Any]:
     """The attention options of 2024–2026 models, as the attention op's attributes."""
     # options that are off are left out (None), so IR dumps without them stay as they were
-    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None}
+    attrs: dict[str, Any] = {"sinks": att.sinks or None, "chunk": att.chunk, "sink_tokens": att.sink_tokens or None,
+                             "dilation": att.dilation, "global_tokens": att.global_tokens or None}
     # after_rope only when on, so the IR of norms before RoPE stays as it was
     attrs["qk_norm"] = (att.qk_norm.model_dump(exclude=set() if att.qk_norm.after_rope else {"after_rope"})
                         if att.qk_norm is not None else None)

@@ -86,8 +86,11 @@ def norm_rope(x, weight, eps, cos, sin, unit_offset=False):
 
 def attention(q, k, v, q_pos, k_pos, **kw):
     # dropout on the probabilities needs them whole: only the reference draws it
-    if use_triton(q) and not kw.get("dropout"):
-        kw.pop("dropout", None)
+    # (nor does the kernel build a sparse selection `allow`, a dilated window or global tokens)
+    masks = kw.get("allow") is not None or (kw.get("dilation") or 1) > 1 or bool(kw.get("global_tokens"))
+    if use_triton(q) and not kw.get("dropout") and not masks:
+        for name in ("dropout", "allow", "dilation", "global_tokens"):
+            kw.pop(name, None)
         return _kernel("attention", "attention")(q, k, v, q_pos, k_pos, **kw)
     return reference.attention(q, k, v, q_pos, k_pos, **kw)
 

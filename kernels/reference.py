@@ -59,7 +59,8 @@ def glu(x, act: str):
 
 
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
-              key_mask=None, sinks=None, chunk=None, sink_tokens=0, dropout=0.0):
+              key_mask=None, sinks=None, chunk=None, sink_tokens=0, dropout=0.0, dilation=1, global_tokens=0,
+              allow=None):
     """Scaled dot-product attention. q (B, H, T, D); k, v (B, KV, S, D) with H a multiple of KV.
 
     q_pos (T,) and k_pos (S,) are absolute positions: causal and sliding-window masks compare
@@ -71,21 +72,31 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
     joins every query's softmax denominator and carries no value (gpt-oss). `dropout` zeroes
     attention probabilities with that probability (training), one draw over the (B, H, T, S)
     probabilities after the softmax, as eager attention does.
+
+    `dilation` = d spreads the window (Longformer): a query sees every d-th position of the last
+    window * d, its own included. `global_tokens` = n (with a window): positions 0 .. n-1 see
+    every position and are seen by every position, within causality. `allow` (B, T, S) is a
+    boolean mask of the keys each query may attend beside the others (a sparse selection, e.g.
+    DeepSeek-V3.2's indexer).
     """
     heads, kv_heads = q.shape[1], k.shape[1]
     plain = softcap is None and bias is None and sinks is None and not dropout
     # Without a cache the keys are the queries' own positions (the same tensor): plain causal,
     # which SDPA masks itself, so no (T, S) mask is built.
-    if plain and causal and not window and not chunk and key_mask is None and k_pos is q_pos:
+    if plain and causal and not window and not chunk and key_mask is None and allow is None and k_pos is q_pos:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
     mask = None  # True where attending is allowed; (T, S) or (B, 1, T, S)
     if causal or window or chunk:
         rel = q_pos[:, None] - k_pos[None, :]
         mask = rel >= 0 if causal else None
         if window:
-            near = rel.abs() < window
+            near = rel.abs() < window * dilation
+            if dilation > 1:
+                near = near & (rel.abs() % dilation == 0)
             if sink_tokens:
                 near = near | (k_pos[None, :] < sink_tokens)
+            if global_tokens:
+                near = near | (k_pos[None, :] < global_tokens) | (q_pos[:, None] < global_tokens)
             mask = near if mask is None else mask & near
         if chunk:
             same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
@@ -93,6 +104,8 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
     if key_mask is not None:
         km = key_mask[:, None, None, :].bool()
         mask = km if mask is None else mask & km
+    if allow is not None:
+        mask = allow[:, None] if mask is None else mask & allow[:, None]
     if plain:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     if heads != kv_heads:

@@ -95,6 +95,10 @@ class Attention(nn.Module):
       positions, which the cache keeps beside the window.
     - `temperature_tuning` (NoPE layers only, Llama 4): q scaled by
       log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1.
+    - `dilation` (with `window`, Longformer): a query sees every dilation-th position of the last
+      window * dilation, its own included; the cache keeps the (window - 1) * dilation + 1 latest.
+    - `global_tokens` (with `window`, Longformer / BigBird): the first positions see and are seen
+      by every position (within causality in a decoder); the cache keeps them beside the window.
     """
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, causal: bool, scale: float,
@@ -103,7 +107,7 @@ class Attention(nn.Module):
                  qk_norm_eps: float = 1e-6, qk_norm_unit_offset: bool = False, sinks: bool = False,
                  chunk: int | None = None, sink_tokens: int = 0, temperature_tuning: bool = False,
                  floor_scale: float = 8192.0, attn_scale: float = 0.1, dropout: float = 0.0,
-                 qk_norm_after_rope: bool = False):
+                 qk_norm_after_rope: bool = False, dilation: int | None = None, global_tokens: int = 0):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.scale, self.window, self.softcap = causal, scale, window, softcap
@@ -128,6 +132,12 @@ class Attention(nn.Module):
                 self.k_norm_bias = nn.Parameter(torch.zeros(k_width))
         self.sinks = nn.Parameter(torch.zeros(heads)) if sinks else None
         self.dropout = dropout  # on the attention probabilities, in training only
+        if (dilation is not None and dilation < 1) or global_tokens < 0:
+            _refuse("dilation must be at least 1 and global_tokens at least 0")
+        if (dilation or global_tokens) and (not window or cross):
+            _refuse("dilation and global_tokens need a sliding window on self-attention",
+                    hint="Longformer's masks widen a window; without one every position sees every other")
+        self.dilation, self.global_tokens = dilation or 1, global_tokens
 
     def _check_features(self, qk_norm, scope, unit_offset, chunk, sink_tokens, temperature_tuning, floor_scale):
         if qk_norm is not None and qk_norm not in QK_NORMS:
@@ -210,10 +220,12 @@ class Attention(nn.Module):
                 q, k = self._normalize(q, k)
             if self.temperature_tuning:
                 q = self._temperature(q, q_pos)
-            state = _append(ctx, self.cache_key, self.window, sink_tokens=self.sink_tokens, chunk=self.chunk,
-                            k=k, v=v, pos=q_pos)
+            # a dilated window still needs its (window - 1) * dilation + 1 latest positions; global tokens stay
+            span = (self.window - 1) * self.dilation + 1 if self.window else None
+            first = self.sink_tokens or self.global_tokens
+            state = _append(ctx, self.cache_key, span, sink_tokens=first, chunk=self.chunk, k=k, v=v, pos=q_pos)
             k, v, k_pos = state["k"], state["v"], state["pos"]
-            key_mask = _key_mask_at(ctx, k_pos) if self.sink_tokens or self.chunk else _key_mask(ctx, k.shape[2])
+            key_mask = _key_mask_at(ctx, k_pos) if first or self.chunk else _key_mask(ctx, k.shape[2])
         bias = None
         if alibi is not None:
             distance = (k_pos[None, :] - q_pos[:, None]).float()
@@ -234,6 +246,10 @@ class Attention(nn.Module):
             features["sink_tokens"] = self.sink_tokens
         if self.dropout and self.training:
             features["dropout"] = self.dropout
+        if self.dilation > 1:
+            features["dilation"] = self.dilation
+        if self.global_tokens:
+            features["global_tokens"] = self.global_tokens
         out = attend(q, k, v, q_pos, k_pos, causal=self.causal and not self.cross, scale=self.scale,
                      window=self.window, softcap=self.softcap, bias=bias, key_mask=key_mask, **features)
         return _merge(out)  # (B, T, H*D)
@@ -243,7 +259,7 @@ class Attention(nn.Module):
                 f"window={self.window}, softcap={self.softcap}")
         if self.qk_norm:
             text += f", qk_norm={self.qk_norm}, qk_norm_scope={self.qk_norm_scope}"
-        for name in ("chunk", "sink_tokens", "temperature_tuning"):
+        for name in ("chunk", "sink_tokens", "temperature_tuning", "global_tokens"):
             if getattr(self, name):
                 text += f", {name}={getattr(self, name)}"
         return text + (", sinks=True" if self.sinks is not None else "")
@@ -261,7 +277,8 @@ class DifferentialAttention(Attention):
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, layer: int, lambda_init: float | None = None,
                  **kw):
-        modern = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning", "dropout")
+        modern = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning", "dropout", "dilation",
+                  "global_tokens")
         if any(kw.get(name) for name in modern):
             _refuse(f"differential attention does not implement {', '.join(n for n in modern if kw.get(n))}")
         super().__init__(heads, kv_heads, head_dim, **kw)
@@ -318,7 +335,8 @@ class MLAttention(nn.Module):
         self.kv_b_proj = nn.Parameter(torch.empty(heads * (nope_head_dim + v_head_dim), kv_lora_rank))
         nn.init.normal_(self.kv_b_proj, std=0.02)
 
-    def forward(self, q, kv, rope=None, *, ctx: Context) -> torch.Tensor:
+    def forward(self, q, kv, rope=None, *, ctx: Context, keep=None) -> torch.Tensor:
+        """`keep` (B, T, S), from a lightning indexer: the keys each query may attend (DeepSeek-V3.2)."""
         b, t, _ = q.shape
         q = _heads(q, self.heads, self.nope_head_dim + self.rope_head_dim)
         q_nope, q_pe = q.split([self.nope_head_dim, self.rope_head_dim], dim=-1)
@@ -335,8 +353,9 @@ class MLAttention(nn.Module):
         k_nope, v = kv_full.transpose(1, 2).split([self.nope_head_dim, self.v_head_dim], dim=-1)
         k = torch.cat((k_nope, k_pe.expand(b, self.heads, s, self.rope_head_dim)), dim=-1)
         q = torch.cat((q_nope, q_pe), dim=-1)
+        sparse = {"allow": keep} if keep is not None else {}
         out = attend(q, k, v, ctx.positions, k_pos, causal=self.causal, scale=self.scale, window=self.window,
-                     softcap=self.softcap, key_mask=_key_mask(ctx, s))
+                     softcap=self.softcap, key_mask=_key_mask(ctx, s), **sparse)
         return _merge(out)  # (B, T, H*v_head_dim)
 
 

@@ -249,6 +249,10 @@ class _AttentionCommon(Node):
     sinks: bool = False  # a learned logit per head in every softmax denominator (gpt-oss)
     chunk: Dim | None = None  # attention within chunks of `chunk` positions (Llama 4)
     sink_tokens: Count = 0  # with a window: the first tokens stay visible (StreamingLLM)
+    # Longformer's masks beside the window: every dilation-th of the last window * dilation
+    # positions, and global tokens (the first positions see and are seen by every position)
+    dilation: Dim | None = None
+    global_tokens: Count = 0
     # Llama 4's NoPE layers: q scaled by 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
     temperature_tuning: bool = False
     floor_scale: PositiveFloat | None = None  # default 8192
@@ -262,6 +266,16 @@ class _AttentionCommon(Node):
         if self.sink_tokens and self.window is None:
             raise FieldError("sink_tokens", "sink_tokens keeps the first tokens beside a sliding window",
                              "add window = ..., or remove sink_tokens")
+        if self.dilation is not None and self.window is None:
+            raise FieldError("dilation", "dilation spreads a sliding window over every dilation-th position",
+                             "add window = ..., or remove dilation")
+        if self.global_tokens and self.window is None:
+            raise FieldError("global_tokens", "global tokens are seen beside a sliding window; without one every "
+                             "position already sees every other", "add window = ..., or remove global_tokens")
+        if self.global_tokens and self.sink_tokens:
+            raise FieldError("global_tokens", "global tokens are already visible to every position, as sink_tokens "
+                             "would make them", "keep global_tokens, or sink_tokens (which does not widen what "
+                             "the first tokens see)")
         for name in ("floor_scale", "attn_scale"):
             if getattr(self, name) is not None and not self.temperature_tuning:
                 raise FieldError(name, f"{name} tunes temperature_tuning", "add temperature_tuning = true")
@@ -308,6 +322,17 @@ class GQA(_AttentionCommon):
         return self
 
 
+class Indexer(Node):
+    """DeepSeek-V3.2's lightning indexer (DeepSeek Sparse Attention): `heads` small ReLU heads of
+    `head_dim` channels score every visible key for each query, from the query latent and the
+    hidden state; the latent attention then attends only to the `top_k` best-scored keys."""
+
+    kind: Literal["indexer"]
+    heads: Dim = 64
+    head_dim: Dim = 128
+    top_k: Dim = 2048
+
+
 class MLA(_AttentionCommon):
     """Multi-head latent attention (DeepSeek-V2): K and V are rebuilt from a cached latent of
     `kv_lora_rank` channels; a `rope_head_dim`-wide rotary key is shared by all heads."""
@@ -319,11 +344,13 @@ class MLA(_AttentionCommon):
     nope_head_dim: Dim = 128
     v_head_dim: Dim = 128
     head_dim: Dim | None = None  # derived: nope_head_dim + rope_head_dim
+    indexer: Indexer | None = None  # DeepSeek-V3.2: attend to the indexer's top_k keys only
 
     @model_validator(mode="after")
     def _dims(self) -> "MLA":
         if self.rope_head_dim % 2:
             raise FieldError("rope_head_dim", f"rope_head_dim must be even, got {self.rope_head_dim}")
+        self._check_indexer()
         derived = self.nope_head_dim + self.rope_head_dim
         if self.head_dim is not None and self.head_dim != derived:
             raise FieldError(
@@ -334,6 +361,21 @@ class MLA(_AttentionCommon):
             )
         object.__setattr__(self, "head_dim", derived)
         return self
+
+    def _check_indexer(self) -> None:
+        ix = self.indexer
+        if ix is None:
+            return
+        if self.q_lora_rank is None:
+            raise FieldError("indexer", "the lightning indexer reads the query latent, and this mla has none",
+                             "add q_lora_rank = ... (DeepSeek-V3.2 uses 1536)")
+        if self.window is not None:
+            raise FieldError("indexer", "the lightning indexer chooses among all past keys; a sliding window "
+                             "over them is not defined", "remove window")
+        if ix.head_dim < self.rope_head_dim:
+            raise FieldError("indexer", f"the indexer's head_dim ({ix.head_dim}) is narrower than the "
+                             f"{self.rope_head_dim} channels its RoPE rotates",
+                             f"use an indexer head_dim of at least rope_head_dim ({self.rope_head_dim})")
 
     @property
     def kv_heads(self) -> int:
@@ -984,6 +1026,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "position": _kind_classes(Rope, Sinusoidal, Learned, Alibi, Relative),
     "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling),
     "qk_norm": _kind_classes(QKNorm),
+    "indexer": _kind_classes(Indexer),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
@@ -998,6 +1041,7 @@ SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in 
 FIELD_SLOT = {
     "norm": "norm", "final_norm": "norm", "embedding_norm": "norm",
     "position": "position", "scaling": "scaling", "qk_norm": "qk_norm",
+    "indexer": "indexer",
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
     "route": "route", "lora": "lora",

@@ -1,7 +1,7 @@
 """The IR's op definitions, one module per family of ops; importing this package registers them
 all. `REGISTRY` maps each op name to its definition, in the order the modules declare them."""
 
-from . import io, embeddings, positions, elementwise, norms, projections, attention, moe, ssm, mtp, routing, adapters  # noqa: F401  (registers)
+from . import io, embeddings, positions, elementwise, norms, projections, attention, sparse, moe, ssm, mtp, routing, adapters  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

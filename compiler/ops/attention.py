@@ -10,8 +10,11 @@ _NO_SCORES = "has no score matrix to add a bias to"
 _LINEAR_INSTEAD = "use position = sinusoidal() or learned(), or another attention kind"
 
 
-def attended(context: int, causal: bool, window: int | None, chunk: int | None = None, sink_tokens: int = 0) -> float:
+def attended(context: int, causal: bool, window: int | None, chunk: int | None = None, sink_tokens: int = 0,
+             dilation: int | None = None, global_tokens: int = 0) -> float:
     """Mean number of keys a query attends to over a full sequence of `context` tokens."""
+    if (dilation or 1) > 1 or global_tokens:
+        return _attended_dilated(context, causal, window, dilation or 1, global_tokens)
     if not causal:
         keys = float(min(window, context) if window else context)
         return min(keys + sink_tokens, float(context))
@@ -31,6 +34,29 @@ def attended(context: int, causal: bool, window: int | None, chunk: int | None =
     return keys / context
 
 
+def _dilated_window_keys(length: int, window: int, dilation: int) -> float:
+    """Sum over causal queries t = 0 .. length-1 of min(window, t // dilation + 1): the positions
+    t, t - d, ... a dilated window holds."""
+    full = min(length, window * dilation)
+    q, r = divmod(full, dilation)
+    return dilation * q * (q + 1) / 2 + r * (q + 1) + (length - full) * window
+
+
+def _attended_dilated(context: int, causal: bool, window: int, dilation: int, global_tokens: int) -> float:
+    """attended() for a dilated window with `global_tokens` (Longformer's masks)."""
+    n = min(global_tokens, context)
+    if not causal:  # interior queries: 2 * window - 1 window keys plus the global ones; global queries see all
+        keys = min(2 * window - 1 + n, context)
+        return (n * context + (context - n) * keys) / context
+    # query i < n sees its i + 1 keys; query i >= n the n global keys and the window keys of i - n
+    return (n * (n + 1) / 2 + n * (context - n) + _dilated_window_keys(context - n, window, dilation)) / context
+
+
+def cache_span(window: int | None, dilation: int | None) -> int | None:
+    """How many of the latest positions a (dilated) window still needs: (window - 1) * dilation + 1."""
+    return (window - 1) * (dilation or 1) + 1 if window else None
+
+
 def cached(tokens: int, window: int | None, chunk: int | None = None, sink_tokens: int = 0) -> int:
     """How many tokens' keys and values a layer holds after `tokens` tokens: at most the window
     (and the first `sink_tokens`), or at most one chunk."""
@@ -41,6 +67,12 @@ def cached(tokens: int, window: int | None, chunk: int | None = None, sink_token
 
 # The options of the 2024–2026 attention layers, which the softmax cores of mha/mqa/gqa implement.
 MODERN_OPTIONS = ("qk_norm", "sinks", "chunk", "sink_tokens", "temperature_tuning", "floor_scale", "attn_scale")
+# Longformer's masks beside the sliding window, which the softmax cores of mha/mqa/gqa implement.
+MASK_OPTIONS = ("dilation", "global_tokens")
+
+
+def _refuse_masks(kind: str, reason: str) -> dict[tuple[str, str], Refusal]:
+    return {(kind, option): Refusal(reason, f"remove {option}, or use mha/gqa") for option in MASK_OPTIONS}
 
 
 def _refuse_modern(kind: str, reason: str) -> dict[tuple[str, str], Refusal]:
@@ -92,6 +124,8 @@ class Attention(_Attention):
         "chunk": attr(int, default=None, doc="attend within chunks of this many positions"),
         "sink_tokens": attr(int, default=None, doc="with a window: the first positions stay visible and cached"),
         "temperature": attr(dict, default=None, doc="{floor_scale, attn_scale}: Llama 4's NoPE query scaling"),
+        "dilation": attr(int, default=None, doc="with a window: every dilation-th position of window * dilation"),
+        "global_tokens": attr(int, default=None, doc="with a window: the first positions see and are seen by all"),
         "alibi": attr(bool, default=False, doc="an ALiBi slopes input"),
         "rel_bias": attr(bool, default=False, doc="a relative position bias input"),
         "lambda_init": attr(float, default=None, doc="differential: λ's initial value (None: by depth)"),
@@ -105,9 +139,13 @@ class Attention(_Attention):
         "chunk": Refusal("chunks bound causal self-attention; the encoder's output is read whole", "remove chunk"),
         "temperature_tuning": Refusal("Llama 4 tunes the temperature of causal NoPE self-attention",
                                       "remove temperature_tuning"),
+        **{option: Refusal("masks beside a sliding window bound self-attention; the encoder's output is read whole",
+                           f"remove {option}") for option in MASK_OPTIONS},
     }
-    refused_options = _refuse_modern("differential", "the Differential Transformer's two softmax maps are defined "
-                                                     "without these 2024–2026 options")
+    refused_options = {**_refuse_modern("differential", "the Differential Transformer's two softmax maps are defined "
+                                                        "without these 2024–2026 options"),
+                       **_refuse_masks("differential", "the Differential Transformer is defined with plain "
+                                                       "sliding windows only")}
     refused_positions = {
         ("differential", "alibi"): Refusal("the Differential Transformer is defined with RoPE only",
                                            "use position = rope(...) with differential attention"),
@@ -144,6 +182,10 @@ class Attention(_Attention):
         if got != expected:
             ctx.fail(node, f"attention expects q/k/v widths {expected}, gets {got}")
         _window_check(node, a, ctx)
+        if a["window"] and a["dilation"] and ctx.context and cache_span(a["window"], a["dilation"]) > ctx.context:
+            ctx.fail(node, f"a window of {a['window']} dilated {a['dilation']} times spans "
+                           f"{cache_span(a['window'], a['dilation'])} positions, more than the context ({ctx.context})",
+                     "a narrower window or a smaller dilation")
         rope = a["rope"]
         if rope and (rope["dim"] % 2 or rope["dim"] > hd):
             ctx.fail(node, f"rope rotates {rope['dim']} channels of a {hd}-wide head; it must be even and at most {hd}")
@@ -160,12 +202,16 @@ class Attention(_Attention):
 
     def cost(self, d, ctx):
         a = d["attrs"]
-        keys = attended(ctx.context, a["causal"], a["window"], a["chunk"], a["sink_tokens"] or 0)
+        keys = attended(ctx.context, a["causal"], a["window"], a["chunk"], a["sink_tokens"] or 0, a["dilation"],
+                        a["global_tokens"] or 0)
         cost = Cost(flops=2 * a["heads"] * (a["head_dim"] + a["head_dim"]) * keys)
         if a["causal"] and not a["cross"]:  # encoders and cross-attention do not grow a decode cache
             per_token = 2 * a["kv_heads"] * a["head_dim"] * ctx.nbytes
             cost.kv_bytes_per_token = per_token
-            cost.kv_bytes_at_context = per_token * cached(ctx.context, a["window"], a["chunk"], a["sink_tokens"] or 0)
+            # a dilated window keeps the positions it spans; global tokens stay, as sink tokens do
+            kept_first = (a["sink_tokens"] or 0) + (a["global_tokens"] or 0)
+            cost.kv_bytes_at_context = per_token * cached(ctx.context, cache_span(a["window"], a["dilation"]),
+                                                          a["chunk"], kept_first)
         return cost
 
     def saved(self, d, ctx):
@@ -215,6 +261,10 @@ def _modern_keywords(a) -> str:
     if a["temperature"]:
         t = a["temperature"]
         words.append(f"temperature_tuning=True, floor_scale={t['floor_scale']!r}, attn_scale={t['attn_scale']!r}")
+    if a["dilation"]:
+        words.append(f"dilation={a['dilation']!r}")
+    if a["global_tokens"]:
+        words.append(f"global_tokens={a['global_tokens']!r}")
     return "".join(", " + w for w in words)
 
 
@@ -227,8 +277,9 @@ class MLAttention(_Attention):
         "v_head_dim": attr(int), "causal": attr(bool), "scale": attr(float), "window": attr(int, default=None),
         "softcap": attr(float, default=None), "rope": attr(bool, default=None, doc="a RoPE table input"),
         "norm_eps": attr(float),
+        "top_k": attr(int, default=None, doc="attend to the keys a lightning indexer input keeps (its top_k)"),
     }
-    arity = (2, 3)
+    arity = (2, 4)
     mixer_kinds = ("mla",)
     hf_params = {"kv_a_norm": "kv_a_layernorm.weight", "kv_b_proj": "kv_b_proj.weight"}
     refused_positions = {
@@ -239,7 +290,8 @@ class MLAttention(_Attention):
     }
     refused_options = {("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
                        **_refuse_modern("mla", "DeepSeek's latent attention rebuilds its keys from a cached latent "
-                                               "and defines none of these options")}
+                                               "and defines none of these options"),
+                       **_refuse_masks("mla", "DeepSeek's latent attention is defined with plain sliding windows only")}
 
     def params(self, a, shape):
         return {"kv_a_norm": (a["kv_lora_rank"],),
@@ -254,7 +306,8 @@ class MLAttention(_Attention):
 
     def cost(self, d, ctx):
         a = d["attrs"]
-        keys = attended(ctx.context, a["causal"], a["window"])
+        # an indexer's top_k bounds the keys a query attends as a window of top_k would
+        keys = attended(ctx.context, a["causal"], a["window"] or a["top_k"])
         qk = a["nope_head_dim"] + a["rope_head_dim"]
         flops = 2 * a["heads"] * (qk + a["v_head_dim"]) * keys
         flops += 2 * a["kv_lora_rank"] * a["heads"] * (a["nope_head_dim"] + a["v_head_dim"])  # kv_b_proj
@@ -275,8 +328,12 @@ class MLAttention(_Attention):
                 f"softcap={a['softcap']!r}, norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
 
     def call(self, d, args, emit):
-        rope = f", rope={args[2]}" if len(args) > 2 else ""
-        return f"self.{d['name']}({args[0]}, {args[1]}{rope}, ctx=ctx)"
+        from . import REGISTRY
+
+        # inputs past q and kv (the RoPE table, the indexer's keep mask) are passed by keyword
+        extras = "".join(f", {REGISTRY[p['op']].attention_keyword(p)}={arg}"
+                         for p, arg in zip(emit.producers[2:], args[2:]))
+        return f"self.{d['name']}({args[0]}, {args[1]}{extras}, ctx=ctx)"
 
 
 @register
@@ -297,6 +354,7 @@ class LinearAttention(_Attention):
         ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
         ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
         **_refuse_modern("linear", "linear attention has no softmax, cache or positions for these options to act on"),
+        **_refuse_masks("linear", "linear attention keeps one running state over the whole past, with no mask"),
     }
 
     def params(self, a, shape):

@@ -162,6 +162,23 @@ CASES = {
     }}
     layers = dense + sparse * 2
 }}""", "deepseek_v2"),
+    "deepseek_v32": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, scaling = yarn(factor = 4, original_context = 16, mscale = 1,
+                                                 mscale_all_dim = 1))
+    final_norm = rmsnorm(eps = 1e-6)
+    block dense {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mla(heads = 4, kv_lora_rank = 16, q_lora_rank = 12, rope_head_dim = 8, nope_head_dim = 8,
+                        v_head_dim = 8, indexer = indexer(heads = 4, head_dim = 16, top_k = 3))
+        ffn = swiglu(hidden = 48)
+    }}
+    block sparse extends dense {{
+        ffn = moe(experts = 8, top_k = 3, shared_experts = 1, expert = swiglu(hidden = 16), routed_scale = 2.5,
+                  router = sigmoid, correction_bias = true, groups = 4, topk_groups = 2)
+    }}
+    layers = sparse + dense + sparse
+}}""", "deepseek_v32"),
     "t5": (SPECS / "tiny_t5.arch", "t5"),
     # sinks, biases, a window on some layers, YaRN without truncation, clamped experts with biases
     "gpt_oss": (f"""model m {{

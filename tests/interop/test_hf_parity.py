@@ -211,6 +211,22 @@ CASES = {
     "gpt_neox-no-attention-bias": (T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(
         vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=64, attention_bias=False)),
+    # DeepSeek-V3.2: the indexer keeps 4 of up to 16 keys (sparse from the 5th token on), its head
+    # wider than the rotated part; YaRN with mscale_all_dim (the softmax scale), grouped routing
+    "deepseek_v32": (T.DeepseekV32Config, T.DeepseekV32ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=12, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3,
+        moe_intermediate_size=16, first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+        index_topk=4, index_n_heads=8, index_head_dim=16, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0})),
+    # an MoE layer first, then dense, then MoE (mlp_layer_types); top-k at least the length: dense
+    # attention; the indexer head as wide as the rotated part; ungrouped, unnormalised routing
+    "deepseek_v32-pattern": (T.DeepseekV32Config, T.DeepseekV32ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=12, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
+        moe_intermediate_size=16, mlp_layer_types=["sparse", "dense", "sparse"], n_group=1, topk_group=1,
+        norm_topk_prob=False, index_topk=64, index_n_heads=4, index_head_dim=8)),
 }
 
 
@@ -272,7 +288,8 @@ def test_logits_match(case):
                                   "t5", "qwen3", "olmo2", "gemma3_text", "smollm3", "phi3", "phi3-long", "mamba2",
                                   "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain",
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
-                                  "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied"])
+                                  "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
+                                  "deepseek_v32"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

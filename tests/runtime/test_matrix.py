@@ -30,13 +30,14 @@ OPTION_VALUES = {"bias": "true", "out_bias": "true", "window": "4", "softcap": "
                  "qk_norm": "rmsnorm(eps = 1e-6)", "sinks": "true", "chunk": "4", "sink_tokens": "2, window = 4",
                  # a small floor_scale, so that the temperature moves within T = 12 positions
                  "temperature_tuning": "true, floor_scale = 4", "floor_scale": "4, temperature_tuning = true",
-                 "attn_scale": "0.5, temperature_tuning = true, floor_scale = 3"}
+                 "attn_scale": "0.5, temperature_tuning = true, floor_scale = 3",
+                 "dilation": "2, window = 3", "global_tokens": "2, window = 3"}
 # Options that need a position of their own: temperature tuning is for NoPE layers.
 OPTION_POSITIONS = {"temperature_tuning": "none", "floor_scale": "none", "attn_scale": "none"}
 # Options that read absolute positions (the first tokens, the query's position): shifting moves them.
-ABSOLUTE_OPTIONS = ("sink_tokens", "temperature_tuning", "floor_scale", "attn_scale")
+ABSOLUTE_OPTIONS = ("sink_tokens", "temperature_tuning", "floor_scale", "attn_scale", "global_tokens")
 # Options that bound what the cache holds, like a window.
-BOUNDED_CACHE_OPTIONS = ("window", "chunk", "sink_tokens")
+BOUNDED_CACHE_OPTIONS = ("window", "chunk", "sink_tokens", "dilation", "global_tokens")
 # Schemes that depend on distances only: shifting every position changes nothing.
 RELATIVE_SCHEMES = ("none", "rope", "alibi", "relative")
 

@@ -26,7 +26,9 @@ def test_backward_reaches_every_weight(path, name, passes):
     if model.config.get("mtp"):  # the multi-token prediction modules train beside the forward
         loss = loss + sum(logits.float().pow(2).mean() for logits in model.mtp_logits(ids))
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    # a lightning indexer's choice of keys is discrete: no gradient reaches its weights (as in HF)
+    missing = [n for n, p in model.named_parameters() if (p.grad is None and ".indexer." not in n)
+               or (p.grad is not None and not torch.isfinite(p.grad).all())]
     assert not missing
     assert torch.isfinite(out).all()
 

@@ -4,7 +4,7 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
-granitemoe, gpt_neox.
+granitemoe, gpt_neox, deepseek_v32.
 """
 
 from __future__ import annotations
@@ -530,7 +530,7 @@ def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
     uses a softmax, and groups (scored by their best expert) only with group_limited_greedy."""
-    if c.model_type == "deepseek_v3":
+    if c.model_type in ("deepseek_v3", "deepseek_v32"):
         grouped = c.n_group > 1
         return {"router": "sigmoid", "correction_bias": True, "groups": c.n_group if grouped else None,
                 "topk_groups": c.topk_group if grouped else None}
@@ -558,6 +558,25 @@ def _deepseek_v2(c, name: str) -> str:
     fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
     layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
     return write_spec(name, fields, blocks, {"layers": layers}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _deepseek_v32(c, name: str) -> str:
+    """DeepSeek-V3.2: DeepSeek-V3 whose latent attention attends only to the index_topk keys its
+    lightning indexer scores best (DeepSeek Sparse Attention); dense and MoE layers by mlp_layer_types."""
+    eps = c.rms_norm_eps
+    indexer = call("indexer", heads=c.index_n_heads, head_dim=c.index_head_dim, top_k=c.index_topk)
+    mla = call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
+               rope_head_dim=c.qk_rope_head_dim, nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim,
+               indexer=indexer)
+    moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok, shared_experts=c.n_shared_experts or None,
+               expert=call("swiglu", hidden=c.moe_intermediate_size), normalize_top_k=bool(c.norm_topk_prob),
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+               **_deepseek_routing(c))
+    kinds = list(c.mlp_layer_types)  # "dense" | "sparse", one per layer
+    blocks = _dense_and_moe_blocks(kinds, "dense", "sparse", eps, mla, c.intermediate_size, moe)
+    fields = _decoder_fields(c, position=_rope(c, rotary_dim=c.qk_rope_head_dim), final_norm=call("rmsnorm", eps=eps))
+    layers = " + ".join(_layout([k]) if n == 1 else f"{k} * {n}" for k, n in _runs(kinds))
+    return write_spec(name, fields, blocks, {"layers": layers}, "Imported from a Hugging Face deepseek_v32 config.")
 
 
 def _glm4_moe(c, name: str) -> str:
@@ -670,13 +689,14 @@ SPEC_WRITERS: dict[str, Callable] = {
     "llama4_text": _llama4_text, "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
     "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
+    "deepseek_v32": _deepseek_v32,
 }
 
 
 def config_from_dict(config: dict, source: str | None = None):
     """A transformers config from a config.json's dict, its keys' types checked first."""
     import transformers
-    from huggingface_hub.errors import StrictDataclassError
+    from huggingface_hub.errors import StrictDataclassError  # strict config classes' field types
 
     hf_config.check_types(config, source)
     try:

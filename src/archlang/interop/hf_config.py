@@ -324,6 +324,38 @@ TABLES: dict[str, dict[str, Key]] = {
                                            "n_shared_experts", "qk_nope_head_dim", "qk_rope_head_dim",
                                            "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
                                            "num_experts_per_tok", "moe_intermediate_size")}},
+    "deepseek_v32": {**_LLAMA_CORE, "hidden_act": _SILU,
+                     "attention_bias": only(False, reason="attention biases are not mapped for deepseek_v32"),
+                     "mlp_bias": irrelevant("DeepseekV32MLP builds its linears without a bias whatever it says"),
+                     "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query head"),
+                     "head_dim": _same_as("qk_rope_head_dim", "transformers sets it to qk_rope_head_dim"),
+                     "qk_head_dim": checked(lambda v, c: None if v == (c.get("qk_nope_head_dim") or 0)
+                                            + (c.get("qk_rope_head_dim") or 0) else
+                                            "it must be qk_nope_head_dim + qk_rope_head_dim"),
+                     "q_lora_rank": checked(lambda v, c: None if v else "the lightning indexer reads the query "
+                                            "latent, so DeepSeek-V3.2 needs a q_lora_rank"),
+                     "n_group": checked(lambda v, c: _groups_problem(c)), "topk_group": MAPPED,  # checked with n_group
+                     "output_router_logits": NO_AUX_LOSS,
+                     "mlp_layer_types": checked(lambda v, c: None if isinstance(v, list) and len(v) == c.get(
+                         "num_hidden_layers") and all(t in ("dense", "sparse") for t in v) else
+                         "it needs one of dense / sparse per layer (num_hidden_layers)"),
+                     "first_k_dense_replace": irrelevant("used only to fill mlp_layer_types, which is read"),
+                     # keys of DeepSeek's own config.json that the config class does not define
+                     "num_nextn_predict_layers": irrelevant(
+                         "the multi-token-prediction module is not part of the function HF computes: "
+                         "DeepseekV32ForCausalLM never builds it and drops its weights on load"),
+                     "ep_size": irrelevant("the expert-parallel degree: where experts run, not what they compute"),
+                     "moe_layer_freq": only(1, reason="transformers' deepseek_v32 places experts by mlp_layer_types "
+                                                      "only, which is every layer after the dense ones"),
+                     "scoring_func": only("sigmoid", reason="transformers' deepseek_v32 scores experts with a sigmoid"),
+                     "topk_method": only("noaux_tc", reason="transformers' deepseek_v32 routes by noaux_tc "
+                                                            "(correction bias, grouped top-k)"),
+                     "layer_types": checked(lambda v, c: None if v is None or all(t == "indexed_attention" for t in v)
+                                            else "every deepseek_v32 layer is indexed_attention"),
+                     **{k: MAPPED for k in ("kv_lora_rank", "n_routed_experts", "n_shared_experts", "qk_nope_head_dim",
+                                            "qk_rope_head_dim", "routed_scaling_factor", "norm_topk_prob", "v_head_dim",
+                                            "num_experts_per_tok", "moe_intermediate_size", "index_topk",
+                                            "index_head_dim", "index_n_heads")}},
     "glm4_moe": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED,
                  "use_qk_norm": only(False, reason="GLM-4 MoE's per-head q/k norms are not mapped"),
                  "n_group": checked(lambda v, c: _groups_problem(c)), "topk_group": MAPPED,  # checked with n_group
@@ -521,7 +553,7 @@ def _groups_problem(config: dict) -> str | None:
     top_k = config.get("num_experts_per_tok")
     if groups > 1 and isinstance(top_k, int) and top_k > kept * (experts // groups):
         return f"num_experts_per_tok ({top_k}) exceeds the {kept * (experts // groups)} experts of the kept groups"
-    if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe") and experts // groups < 2:
+    if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe", "deepseek_v32") and experts // groups < 2:
         return "DeepSeek-V3's routing scores a group by its two best experts: each group needs at least 2"
     return None
 

@@ -874,6 +874,44 @@ def _glm4_moe(m: A.Model) -> dict:
             "n_shared_experts": moe.shared_experts, **_sigmoid_routing(moe, ("blocks", moe_kind, "ffn"))}
 
 
+def _deepseek_v32(m: A.Model) -> dict:
+    """DeepSeek-V3.2: latent attention with a lightning indexer in every layer, DeepSeek-V3's
+    sigmoid routing (correction bias, expert groups), dense and MoE layers in any order."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    a = _same(m, kinds, "attention", "attentions")
+    _need(a is not None and a.kind == "mla" and a.indexer is not None, ("blocks", kinds[0], "attention"),
+          "deepseek_v32 has mla attention with an indexer")
+    ix = a.indexer
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    config = {"model_type": "deepseek_v32", "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "num_hidden_layers": len(layers), "num_attention_heads": a.heads, "num_key_value_heads": a.heads,
+              "hidden_act": "silu", "max_position_embeddings": m.context, "rms_norm_eps": m.blocks[kinds[0]].norm.eps,
+              "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+              "rope_parameters": _rope_parameters(m.position, ("position",), None),
+              "kv_lora_rank": a.kv_lora_rank, "q_lora_rank": a.q_lora_rank, "qk_rope_head_dim": a.rope_head_dim,
+              "qk_nope_head_dim": a.nope_head_dim, "v_head_dim": a.v_head_dim, "head_dim": a.rope_head_dim,
+              "index_topk": ix.top_k, "index_head_dim": ix.head_dim, "index_n_heads": ix.heads,
+              "mlp_layer_types": ["sparse" if s else "dense" for s in sparse],
+              "first_k_dense_replace": sparse.index(True) if any(sparse) else len(layers)}
+    if not all(sparse):
+        dense_kind = layers[sparse.index(False)]
+        config["intermediate_size"], _, _ = _glu(m.blocks[dense_kind].ffn, ("blocks", dense_kind, "ffn"))
+    if any(sparse):
+        moe_kind = layers[sparse.index(True)]
+        moe = m.blocks[moe_kind].ffn
+        expert_hidden, _, _ = _glu(moe.expert, ("blocks", moe_kind, "ffn", "expert"), "expert")
+        _need(moe.router == "sigmoid" and moe.correction_bias, ("blocks", moe_kind, "ffn", "router"),
+              "deepseek_v32 routes by sigmoid scores with a correction bias")
+        config.update(n_routed_experts=moe.experts, num_experts_per_tok=moe.top_k, moe_intermediate_size=expert_hidden,
+                      n_shared_experts=moe.shared_experts, norm_topk_prob=moe.normalize_top_k,
+                      routed_scaling_factor=moe.routed_scale, n_group=moe.groups, topk_group=moe.topk_groups)
+        config.setdefault("intermediate_size", expert_hidden)
+    return config
+
+
 def _t5(m: A.Model) -> dict:
     _need(m.family == "encoder_decoder", ("family",), f"family = {m.family} (t5 is an encoder_decoder)")
     enc = list(dict.fromkeys(m.encoder_layers))
@@ -1064,6 +1102,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "exaone4": _exaone4, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": lambda m: _granite(m, "granite"),
     "granitemoe": lambda m: _granite(m, "granitemoe"), "gpt_neox": _gpt_neox,
+    "deepseek_v32": _deepseek_v32,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1081,6 +1120,7 @@ ARCHITECTURES = {
     "hunyuan_v1_moe": "HunYuanMoEV1ForCausalLM",
     "gemma": "GemmaForCausalLM", "starcoder2": "Starcoder2ForCausalLM", "granite": "GraniteForCausalLM",
     "granitemoe": "GraniteMoeForCausalLM", "gpt_neox": "GPTNeoXForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",
 }
 
 

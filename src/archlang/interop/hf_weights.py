@@ -213,6 +213,13 @@ def _deepseek_v2(c, r: _Rules) -> None:
     del v
 
 
+def _deepseek_v32(c, r: _Rules) -> None:
+    """DeepSeek-V3's names, and each layer's lightning indexer (half-split RoPE: no permutation)."""
+    _deepseek_v2(c, r)
+    for i in range(c.num_hidden_layers):
+        r.op("lightning_indexer", f"layers.{i}.indexer", f"model.layers.{i}.self_attn.indexer")
+
+
 def _glm4_moe(c, r: _Rules) -> None:
     _llama_family(c, r)  # Llama's names, DeepSeek-V3's MoE
     for i in range(c.num_hidden_layers):
@@ -431,6 +438,7 @@ _FAMILIES = {
     "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _llama_family, "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
     "gpt_neox": _gpt_neox,
+    "deepseek_v32": _deepseek_v32,
 }
 
 
