@@ -74,7 +74,7 @@ def main() -> int:
     w = torch.ones(cols, device="cuda", dtype=dtype)
     q = torch.randn(8, 32, 4096, 128, device="cuda", dtype=dtype)
     k = torch.randn(8, 8, 4096, 128, device="cuda", dtype=dtype)
-    cos, sin = RopeTable(128, 4096)(torch.arange(4096, device="cuda"))
+    cos, sin = RopeTable(128, 4096).cuda()(torch.arange(4096, device="cuda"))
     pos = torch.arange(4096, device="cuda")
     head_w = torch.ones(128, device="cuda", dtype=dtype)
     logits = torch.randn(65536, 256, device="cuda")  # DeepSeek-V3: 256 experts in 8 groups, 8 chosen

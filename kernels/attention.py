@@ -32,9 +32,9 @@ def _tile(ptr, rows, row_stride, offs_d, row_valid, d_valid):
 @triton.jit
 def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens,
             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, bias_mask):
+            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, bias_mask, DOT: tl.constexpr):
     """Masked scores of one tile, and the raw tanh used by the soft-cap's derivative."""
-    s = tl.dot(q, tl.trans(k)) * scale
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * scale
     t = s
     if SOFTCAP:
         t = 2.0 / (1.0 + tl.exp(-2.0 * s / softcap)) - 1.0  # tanh(s / softcap)
@@ -59,13 +59,13 @@ def _scores(q, k, qpos, kpos, k_valid, bias_ptrs, scale, softcap, window, chunk,
 @triton.jit
 def _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap, window,
                      chunk, sink_tokens, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, DOT: tl.constexpr):
     """A tile's probabilities, recomputed from the saved log-sum-exp, and the gradient of its raw
     scores (through the soft-cap): what both backward kernels need."""
     s, t = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens, CAUSAL, WINDOW,
-                   SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :])
+                   SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :], DOT)
     p = tl.where(m_valid[:, None], tl.exp(s - lse[:, None]), 0.0)  # (M, N)
-    ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+    ds = p * (tl.dot(do, tl.trans(v), input_precision=DOT) - delta[:, None])
     if SOFTCAP:
         ds = ds * (1.0 - t * t)
     return p, ds
@@ -85,7 +85,7 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS, SINKS,
          sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot, sbh, sbt,
          H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
          CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-         CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
+         CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr, DOT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -108,13 +108,13 @@ def _fwd(Q, K, V, O, LSE, QPOS, KPOS, BIAS, SINKS,
         k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         s, _ = _scores(q, k, qpos, kpos, n_valid, bias_ptrs, scale, softcap, window, chunk, sink_tokens, CAUSAL,
-                       WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :])
+                       WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, m_valid[:, None] & n_valid[None, :], DOT)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, v)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -138,7 +138,7 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
               sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
               H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-              CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
+              CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr, DOT: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dK and dV of one key tile for one query head (summed over the group afterwards)."""
     pid_n, bh = tl.program_id(0), tl.program_id(1)
@@ -159,9 +159,9 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DK, DV,
                                               offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         p, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
-                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS)
-        dv += tl.dot(tl.trans(p), do)
-        dk += tl.dot(tl.trans(ds), q) * scale
+                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, DOT)
+        dv += tl.dot(tl.trans(p), do, input_precision=DOT)
+        dk += tl.dot(tl.trans(ds), q, input_precision=DOT) * scale
     out_ptrs = bh * S * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out_ptrs, dk, mask=kv_mask)
     tl.store(DV + out_ptrs, dv, mask=kv_mask)
@@ -172,7 +172,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
             sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sbh, sbt,
             H, T, S, D, group, scale, softcap, window, chunk, sink_tokens,
             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr,
+            CHUNK: tl.constexpr, SINK_TOKENS: tl.constexpr, HAS_SINKS: tl.constexpr, DOT: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -191,9 +191,15 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, BIAS, DQ,
         k, v, kpos = _key_rows(K, V, KPOS, b, kvh, skb, skh, sks, svb, svh, svs, offs_n, n_valid, offs_d, d_valid)
         bias_ptrs = BIAS + h * sbh + offs_m[:, None] * sbt + offs_n[None, :]
         _, ds = _probs_and_grads(q, k, v, do, lse, delta, qpos, kpos, m_valid, n_valid, bias_ptrs, scale, softcap,
-                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS)
-        dq += tl.dot(ds, k) * scale
+                                 window, chunk, sink_tokens, CAUSAL, WINDOW, SOFTCAP, HAS_BIAS, CHUNK, SINK_TOKENS, DOT)
+        dq += tl.dot(ds, k, input_precision=DOT) * scale
     tl.store(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], dq, mask=q_mask)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Tiles are float32: with float32 inputs the products run in full precision ("ieee"), since
+    TF32 tensor cores would round them to 10 mantissa bits; 16-bit inputs are exact in TF32."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _launch_args(q, k, v, bias):
@@ -215,7 +221,7 @@ class FlashAttention(torch.autograd.Function):
         sinks_t = sinks.detach().float().contiguous() if sinks is not None else lse.new_zeros(1)
         flags = dict(CAUSAL=bool(causal), WINDOW=bool(window), SOFTCAP=softcap is not None, HAS_BIAS=bias is not None,
                      CHUNK=bool(chunk), SINK_TOKENS=bool(sink_tokens) and bool(window), HAS_SINKS=sinks is not None,
-                     BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=max(16, triton.next_power_of_2(d)))
+                     DOT=dot_precision(q.dtype), BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=max(16, triton.next_power_of_2(d)))
         positional = (scale, softcap or 1.0, window or 0, chunk or 1, sink_tokens or 0)
         _fwd[(triton.cdiv(t, BLOCK), b * h)](
             q, k, v, out, lse, q_pos, k_pos, bias_t, sinks_t, *strides, out.stride(0), out.stride(1), out.stride(2),

@@ -11,11 +11,12 @@ import triton
 import triton.language as tl
 
 from . import buffers
+from .attention import dot_precision
 
 
 @triton.jit
 def _gmm(X, W, Y, OFFS, K, N, sw_e, sw_n, sw_k,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
     """Y[rows of e] = X[rows of e] @ W[e]^T, W[e] read through strides (so W or W^T)."""
     e, pid_m, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(OFFS + e)
@@ -29,13 +30,13 @@ def _gmm(X, W, Y, OFFS, K, N, sw_e, sw_n, sw_k,
             x = tl.load(X + rows[:, None] * K + ks[None, :], mask=(rows[:, None] < end) & (ks[None, :] < K), other=0.0)
             w = tl.load(W + e * sw_e + cols[None, :] * sw_n + ks[:, None] * sw_k,
                         mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)
-            acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision=DOT)
         tl.store(Y + rows[:, None] * N + cols[None, :], acc, mask=(rows[:, None] < end) & (cols[None, :] < N))
 
 
 @triton.jit
 def _gmm_wgrad(DY, X, DW, OFFS, K, N, max_rows,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
     """DW[e] = DY[rows of e]^T @ X[rows of e]: (N, K) per expert."""
     e, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(OFFS + e)
@@ -48,7 +49,7 @@ def _gmm_wgrad(DY, X, DW, OFFS, K, N, max_rows,
         mrow = rows < end
         dy = tl.load(DY + rows[:, None] * N + ns[None, :], mask=mrow[:, None] & (ns[None, :] < N), other=0.0)
         x = tl.load(X + rows[:, None] * K + ks[None, :], mask=mrow[:, None] & (ks[None, :] < K), other=0.0)
-        acc += tl.dot(tl.trans(dy.to(tl.float32)), x.to(tl.float32))
+        acc += tl.dot(tl.trans(dy.to(tl.float32)), x.to(tl.float32), input_precision=DOT)
     tl.store(DW + e * N * K + ns[:, None] * K + ks[None, :], acc, mask=(ns[:, None] < N) & (ks[None, :] < K))
 
 
@@ -67,7 +68,8 @@ def _forward(x, weight, offs, max_rows, transpose: bool):
         strides = (weight.stride(0), weight.stride(1), weight.stride(2))
     y = buffers.empty(x.shape[0], n, dtype=torch.float32, device=x.device)
     grid = (experts, max(1, triton.cdiv(max_rows, BLOCK)), triton.cdiv(n, BLOCK))
-    _gmm[grid](x, weight, y, offs, k, n, *strides, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_K=BLOCK)
+    _gmm[grid](x, weight, y, offs, k, n, *strides, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_K=BLOCK,
+               DOT=dot_precision(x.dtype))
     return y
 
 
@@ -90,7 +92,7 @@ class GroupedMatmul(torch.autograd.Function):
         experts, n, k = weight.shape
         dw = buffers.empty(experts, n, k, dtype=torch.float32, device=x.device)
         _gmm_wgrad[(experts, triton.cdiv(n, BLOCK), triton.cdiv(k, BLOCK))](
-            dy, x, dw, offs, k, n, ctx.max_rows, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_K=BLOCK)
+            dy, x, dw, offs, k, n, ctx.max_rows, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_K=BLOCK, DOT=dot_precision(x.dtype))
         return dx, dw.to(weight.dtype), None
 
 

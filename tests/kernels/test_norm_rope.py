@@ -19,7 +19,7 @@ def test_norm_rope_matches_norm_then_rope(d, rot, unit_offset, dtype):
     g = torch.Generator().manual_seed(d + rot)
     x = (torch.randn(2, 3, 11, d, generator=g) * 3).to(DEVICE, dtype)
     w = (1 + 0.5 * torch.randn(d, generator=g)).to(DEVICE, dtype)
-    cos, sin = RopeTable(rot, 64)(torch.arange(5, 16, device=DEVICE))
+    cos, sin = RopeTable(rot, 64).to(DEVICE)(torch.arange(5, 16, device=DEVICE))
     # the truth in float32 from the same (rounded) inputs: in bfloat16 the kernel rounds once, at
     # its output, where the two reference ops round twice
     (xa, wa), (xb, wb) = (x.clone().requires_grad_(), w.clone().requires_grad_()), \
@@ -69,7 +69,7 @@ def test_attention_with_per_head_rms_qk_norm_uses_the_fused_kernel(monkeypatch):
     b, t = 2, 7
     q = torch.randn(b, t, 32, device=DEVICE)
     k, v = torch.randn(b, t, 16, device=DEVICE), torch.randn(b, t, 16, device=DEVICE)
-    rope = RopeTable(8, 64)(torch.arange(t, device=DEVICE))
+    rope = RopeTable(8, 64).to(DEVICE)(torch.arange(t, device=DEVICE))
     out = {}
     for mode in ("reference", "triton"):
         with dispatch.force(mode):

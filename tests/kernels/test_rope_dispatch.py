@@ -16,7 +16,7 @@ from .conftest import DEVICE, TOL, assert_model_matches_on_kernels
                                            "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0}])
 def test_rope_matches_reference(d, rot, scaling):
     x = torch.randn(2, 3, 11, d, device=DEVICE)
-    cos, sin = RopeTable(rot, 64, scaling=scaling)(torch.arange(5, 16, device=DEVICE))
+    cos, sin = RopeTable(rot, 64, scaling=scaling).to(DEVICE)(torch.arange(5, 16, device=DEVICE))
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = rope(a, cos, sin), reference.rope(b, cos, sin)
     torch.testing.assert_close(ya, yb, **TOL[torch.float32])

@@ -280,6 +280,7 @@ def _llama4_text(c, r: _Rules) -> None:
         shared = f"{ffn}shared_expert."
         r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat",
               [c.intermediate_size, c.intermediate_size])
+        r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
 
 
 def _ernie4_5_moe(c, r: _Rules) -> None:
