@@ -26,8 +26,8 @@ def assert_model_matches_on_kernels(spec: str, name: str, *, grads: bool = True)
 
     from ..conftest import SPECS, build_tiny
 
-    model = build_tiny(SPECS / spec, name)
-    ids = torch.randint(0, 97, (2, 9))
+    model = build_tiny(SPECS / spec, name).to(DEVICE)
+    ids = torch.randint(0, 97, (2, 9), device=DEVICE)
     results = {}
     for mode in ("reference", "triton"):
         model.zero_grad()

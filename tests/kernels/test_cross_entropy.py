@@ -36,8 +36,8 @@ def test_model_loss_equals_cross_entropy_of_logits(spec, name, mode):
 
     from ..conftest import SPECS, build_tiny
 
-    model = build_tiny(SPECS / spec, name)
-    ids = torch.randint(0, 97, (2, 12))
+    model = build_tiny(SPECS / spec, name).to(DEVICE)
+    ids = torch.randint(0, 97, (2, 12), device=DEVICE)
     labels = torch.roll(ids, -1, dims=1)
     labels[:, -1] = -100
     ref = torch.nn.functional.cross_entropy(model(ids).reshape(-1, 97), labels.reshape(-1))
