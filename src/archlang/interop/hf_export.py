@@ -375,14 +375,16 @@ def _olmoe(m: A.Model) -> dict:
     return config
 
 
-def _olmo3(m: A.Model) -> dict:
-    """OLMo 2's blocks with sliding and full layers (layer_types), a RoPE per layer type."""
+def _output_norm_layers(m: A.Model, family: str):
+    """What OLMo 3 and EXAONE 4 share: output norms, one FFN and one attention for every layer but
+    its window, one window width. Returns (layers, kinds, norm, hidden, act, attention, head
+    counts, each kind's window, the set of windows)."""
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
     _model_extras(m, set())
     norm = _same(m, kinds, "norm", "norms")
     _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
-          "olmo3 normalises each branch's output: rmsnorm(placement = output)")
+          f"{family} normalises each branch's output: rmsnorm(placement = output)")
     _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
           f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
     hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
@@ -395,6 +397,12 @@ def _olmo3(m: A.Model) -> dict:
     windows = {k: m.blocks[k].attention.window for k in kinds}
     window_set = {w for w in windows.values() if w is not None}
     _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    return layers, kinds, norm, hidden, act, a, heads, windows, window_set
+
+
+def _olmo3(m: A.Model) -> dict:
+    """OLMo 2's blocks with sliding and full layers (layer_types), a RoPE per layer type."""
+    layers, kinds, norm, hidden, act, a, heads, windows, window_set = _output_norm_layers(m, "olmo3")
     types = {k: "sliding_attention" if windows[k] else "full_attention" for k in kinds}
     ropes: dict[str, dict] = {}
     for k in kinds:
@@ -413,24 +421,7 @@ def _olmo3(m: A.Model) -> dict:
 def _exaone4(m: A.Model) -> dict:
     """Output norms, per-head QK-norm, sliding layers with RoPE and global layers without it
     (or, with no window, RoPE on every layer)."""
-    layers = _layers(m)
-    kinds = list(dict.fromkeys(layers))
-    _model_extras(m, set())
-    norm = _same(m, kinds, "norm", "norms")
-    _need(norm.kind == "rmsnorm" and norm.placement == "output" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
-          "exaone4 normalises each branch's output: rmsnorm(placement = output)")
-    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
-          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
-    hidden, act, _ = _glu(_same(m, kinds, "ffn", "FFNs"), ("blocks", kinds[0], "ffn"))
-    a = m.blocks[kinds[0]].attention
-    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"))
-    for k in kinds:
-        other = m.blocks[k].attention
-        _need(other is not None and other.model_copy(update={"window": None}) == a.model_copy(update={"window": None}),
-              ("blocks", k, "attention"), "blocks whose attentions differ other than in their window")
-    windows = {k: m.blocks[k].attention.window for k in kinds}
-    window_set = {w for w in windows.values() if w is not None}
-    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    layers, kinds, norm, hidden, act, a, heads, windows, window_set = _output_norm_layers(m, "exaone4")
     rope = None
     for k in kinds:
         path = ("blocks", k, "position") if m.blocks[k].position != "inherit" else ("position",)
