@@ -60,6 +60,7 @@ def test_a_dropout_archlang_does_not_place_is_refused_unless_zero(case, key):
     with pytest.raises(ArchError) as err:
         spec_from_config(config_cls(**dict(kwargs, **{key: 0.1})))
     assert f"{key!r} = 0.1 cannot be expressed" in err.value.message
+    assert f"set {key!r} to 0" in err.value.hint  # the way to import it for inference
     spec_from_config(config_cls(**dict(kwargs, **{key: 0.0})))
 
 

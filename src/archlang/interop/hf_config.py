@@ -594,8 +594,10 @@ def check_keys(config: dict, source: str | None = None, text: str | None = None)
         if rule.check is not None:
             problem = rule.check(value, config)
             if problem:
+                hint = (f"dropout acts in training only: set {name!r} to 0 in the config to import the model "
+                        "without it (the same function in inference)") if rule.dropout else None
                 raise _error(f"{model_type} config key {name!r} = {shown} cannot be expressed in archlang: {problem}",
-                             source, text, name)
+                             source, text, name, hint=hint)
 
 
 def _unknown(model_type: str, name: str, value: Any, source: str | None, text: str | None) -> ArchError:
