@@ -142,7 +142,8 @@ KNOBS = {
     "sinks": ("gpt_oss", lambda m: [x.sinks.data.fill_(-1e4) for x in _modules(m, "Attention")]),
     "window": ("gpt_oss", lambda m: [setattr(x, "window", None) for x in _modules(m, "Attention")]),
     "chunk": ("llama4_text", lambda m: [setattr(x, "chunk", None) for x in _modules(m, "Attention")]),
-    "l2 qk-norm": ("llama4_text", lambda m: [setattr(x, "qk_norm", None) for x in _modules(m, "Attention")]),
+    "l2 qk-norm": ("llama4_text", lambda m: [(setattr(x, "qk_norm", None), setattr(x, "norm_after_rope", False))
+                                             for x in _modules(m, "Attention")]),
     "temperature tuning": ("llama4_text", lambda m: [setattr(x, "temperature_tuning", False)
                                                      for x in _modules(m, "Attention")]),
     "input scaling": ("llama4_text", lambda m: [setattr(x, "scale_input", False) for x in _modules(m, "MoE")]),

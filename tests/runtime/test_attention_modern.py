@@ -601,3 +601,5 @@ def test_l2_qk_norm_runs_after_rope_with_an_attention_factor():
     qh, kh = rms(rot(heads_of(q, H)), eps=1e-5), rms(rot(heads_of(k, KV)), eps=1e-5)
     expected = plain_attention(qh, kh, heads_of(v, KV), allowed_mask(t), D**-0.5)
     torch.testing.assert_close(module(q, k, v, ctx=context(pos), rope=(cos, sin)), expected, **FP32)
+
+

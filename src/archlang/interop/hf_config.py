@@ -488,8 +488,8 @@ TABLES: dict[str, dict[str, Key]] = {
     # before its add: where archlang's model fields do, so they are mapped, not dropped.
     "starcoder2": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                           "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-                                          "norm_epsilon", "tie_word_embeddings", "sliding_window", "use_bias",
-                                          "attention_dropout", "residual_dropout", "embedding_dropout")},
+                                          "norm_epsilon", "tie_word_embeddings", "sliding_window", "use_bias")},
+                   **{k: dropout_into(k) for k in ("attention_dropout", "residual_dropout", "embedding_dropout")},
                    "hidden_act": ACTIVATION, "rope_parameters": ROPE,
                    # written by the original training code into the published configs; transformers'
                    # starcoder2 reads none of them (it always builds LayerNorm and the c_fc/c_proj MLP)
@@ -501,8 +501,9 @@ TABLES: dict[str, dict[str, Key]] = {
                    "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked")},
     "gpt_neox": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                         "num_attention_heads", "max_position_embeddings", "layer_norm_eps",
-                                        "tie_word_embeddings", "attention_bias", "use_parallel_residual",
-                                        "attention_dropout", "hidden_dropout")},
+                                        "tie_word_embeddings", "attention_bias", "use_parallel_residual")},
+                 "attention_dropout": ATTENTION_DROPOUT,
+                 "hidden_dropout": dropout_into("residual_dropout", "embedding_dropout"),
                  "hidden_act": ACTIVATION, "rope_parameters": ROPE,
                  "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
                                                   "does not build"),
