@@ -437,6 +437,8 @@ def test_sinks_match_hf_gpt_oss(layer):
     config = hf_config("GptOssConfig", num_hidden_layers=2, sliding_window=3,
                        layer_types=["sliding_attention", "full_attention"])
     hf = GptOssAttention(config, layer).eval()
+    with torch.no_grad():  # a module built outside a model keeps torch.empty's sinks: whatever memory held
+        hf.sinks.normal_()
     perturb(hf, 1.0)  # the sinks too
     module = rt.Attention(H, KV, D, causal=True, scale=D**-0.5, window=hf.sliding_window, sinks=True)
     with torch.no_grad():
