@@ -378,9 +378,9 @@ def cmd_stats(args) -> int:
         print(json.dumps(f.to_json(), indent=2, sort_keys=True))
         return EXIT_OK
     table = Table(title=f"{literal(f.model)}  ({f.layers} layers, context {f.context:,}, {f.dtype})", show_header=True)
-    table.add_column("fact")
-    table.add_column("value", justify="right")
-    table.add_column("", justify="right")
+    table.add_column("fact", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_column("", justify="right", overflow="fold")
     table.add_row("parameters (total)", f"{f.params_total:,}", _human(f.params_total))
     table.add_row("parameters (active / token)", f"{f.params_active:,}", _human(f.params_active))
     if f.params_mtp:
@@ -433,10 +433,10 @@ def cmd_estimate(args) -> int:
              f"ep {par['ep']}{', fsdp' if par['fsdp'] else ''}; {e.batch} x {e.seq:,} tokens, {e.dtype})")
     tr, inf = e.training, e.inference
     table = Table(title=title, show_header=True)
-    table.add_column("training (per device)")
-    table.add_column("", justify="right")
-    table.add_column("inference (per device)")
-    table.add_column("", justify="right")
+    table.add_column("training (per device)", overflow="fold")
+    table.add_column("", justify="right", overflow="fold")
+    table.add_column("inference (per device)", overflow="fold")
+    table.add_column("", justify="right", overflow="fold")
     rows = [
         ("weights", _gb(tr["weights_bytes"]), "weights", _gb(inf["weights_bytes"])),
         ("gradients", _gb(tr["gradients_bytes"]), "KV cache + state", _gb(inf["cache_bytes"])),
@@ -491,9 +491,9 @@ def cmd_diff(args) -> int:
         if d.changed:
             from rich.table import Table
 
-            table = Table(show_header=True)
+            table = Table(show_header=True)  # cells fold: a narrow log wraps a number, never cuts it
             for col in ("fact", literal(args.a), literal(args.b), "delta", "%"):
-                table.add_column(col, justify="right" if col != "fact" else "left")
+                table.add_column(col, justify="right" if col != "fact" else "left", overflow="fold")
             for k, (a, b) in d.facts.items():
                 pct = "" if a == 0 else f"{100 * (b - a) / a:+.2f}%"
                 table.add_row(literal(k), f"{a:,}", f"{b:,}", f"{b - a:+,}", pct)

@@ -146,3 +146,17 @@ def test_diff_fail_on_gates_only_on_guards(capsys):
     code, out, _ = run(capsys, "diff", a, b, "--json", "--fail-on", "params_total>+1000%")
     assert code == 0 and json.loads(out)["guards_tripped"] == []
     assert run(capsys, "diff", a, a, "--fail-on", "params_total>+5%")[0] == 0
+
+
+@pytest.mark.parametrize("args", [
+    ("diff", EXAMPLES / "deepseek_v3.arch", EXAMPLES / "llama4_scout.arch"),
+    ("stats", EXAMPLES / "deepseek_v3.arch"),
+    ("estimate", EXAMPLES / "deepseek_v3.arch", "--gpus", "64", "--ep", "8", "--fsdp"),
+])
+def test_an_80_column_log_wraps_numbers_and_never_cuts_them(capsys, monkeypatch, args):
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run(capsys, *args)
+    assert "…" not in out
+    if args[0] == "diff":  # 671,026,404,352 parameters, folded over two lines of its cell
+        cells = [line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 6]
+        assert "671,026,404,352" in "".join(cells)
