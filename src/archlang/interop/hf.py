@@ -368,14 +368,12 @@ def _gemma(c, name: str) -> str:
 
 def _starcoder2(c, name: str) -> str:
     """StarCoder2: LayerNorm with biases, a GELU MLP, use_bias on every projection, one sliding
-    window for all layers, and dropout where archlang's model fields put it."""
+    window for all layers (its dropout keys map through hf_config's table)."""
     eps, bias = c.norm_epsilon, bool(c.use_bias)
     block = {"norm": call("layernorm", eps=eps),
              "attention": _attention(c, window=c.sliding_window, bias=bias, out_bias=bias),
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=bias)}
-    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
-                             embedding_dropout=c.embedding_dropout or None, attention_dropout=c.attention_dropout or None,
-                             residual_dropout=c.residual_dropout or None)
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps))
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face starcoder2 config.")
 
@@ -410,16 +408,12 @@ def _granite(c, name: str) -> str:
 
 def _gpt_neox(c, name: str) -> str:
     """GPT-NeoX (Pythia): LayerNorm, partial RoPE, a GELU MLP with biases, and with
-    use_parallel_residual the attention and the MLP side by side on each layer's input.
-    hidden_dropout drops out the embeddings and each branch before its add, as the model's
-    embedding_dropout and residual_dropout do."""
+    use_parallel_residual the attention and the MLP side by side on each layer's input."""
     eps, bias = c.layer_norm_eps, bool(c.attention_bias)
     block = {"norm": call("layernorm", eps=eps), "attention": _attention(c, bias=bias, out_bias=bias),
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True),
              "parallel": True if c.use_parallel_residual else None}
-    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps),
-                             embedding_dropout=c.hidden_dropout or None, attention_dropout=c.attention_dropout or None,
-                             residual_dropout=c.hidden_dropout or None)
+    fields = _decoder_fields(c, position=_rope(c), final_norm=call("layernorm", eps=eps))
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face gpt_neox config.")
 

@@ -609,9 +609,7 @@ def _starcoder2(m: A.Model) -> dict:
             **{k: v for k, v in heads.items() if k != "head_dim"}, "hidden_act": HF_ACTIVATIONS[ffn.act],
             "max_position_embeddings": m.context, "norm_epsilon": norm.eps, "tie_word_embeddings": m.tie_embeddings,
             "dtype": _dtype(m), "use_bias": a.bias, "sliding_window": a.window,
-            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
-            "embedding_dropout": m.embedding_dropout, "attention_dropout": m.attention_dropout,
-            "residual_dropout": m.residual_dropout, **_token_ids(m, 0)}
+            "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim), **_token_ids(m, 0)}
 
 
 def _granite(m: A.Model, model_type: str) -> dict:
@@ -688,14 +686,12 @@ def _gpt_neox(m: A.Model) -> dict:
     rotated = m.position.dim or a.head_dim
     factor = rotated / a.head_dim
     _need(int(a.head_dim * factor) == rotated, ("position", "dim"), "a rope dim that rotary_pct cannot state exactly")
-    _need(m.embedding_dropout == m.residual_dropout, ("embedding_dropout",),
-          "embedding and residual dropout that differ (gpt_neox's hidden_dropout sets both)")
     return {"model_type": "gpt_neox", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": ffn.hidden,
             "num_hidden_layers": len(layers), "num_attention_heads": heads["num_attention_heads"],
             "hidden_act": HF_ACTIVATIONS[ffn.act], "max_position_embeddings": m.context, "layer_norm_eps": norm.eps,
             "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "attention_bias": a.bias,
             "use_parallel_residual": parallel, "rope_parameters": {**rope, "partial_rotary_factor": factor},
-            "hidden_dropout": m.residual_dropout, "attention_dropout": m.attention_dropout, **_token_ids(m, 0)}
+            **_token_ids(m, 0)}
 
 
 def _gpt2(m: A.Model) -> dict:
