@@ -276,6 +276,17 @@ def _llama_like(m: A.Model, model_type: str) -> dict:
     return config
 
 
+def _as_mistral(m: A.Model, kinds, hidden: int, attention=None, **model_update) -> dict:
+    """The mistral config of `m` with each block kind's FFN a dense SwiGLU of `hidden` and, where
+    given, its attention replaced by `attention(kind)`: the dense model an MoE family is built
+    around, whose keys the family's exporter then completes or overrides."""
+    blocks = {k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden),
+                                              **({"attention": attention(k)} if attention else {})}) for k in kinds}
+    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks", *model_update}),
+                                    **{k: v.model_dump() for k, v in model_update.items()}, "blocks": blocks})
+    return _llama_like(dense, "mistral")
+
+
 def _mixtral(m: A.Model) -> dict:
     layers = _layers(m)
     kinds = list(dict.fromkeys(layers))
@@ -284,9 +295,7 @@ def _mixtral(m: A.Model) -> dict:
     moe = b.ffn
     _need(isinstance(moe, A.MoE), ("blocks", kinds[0], "ffn"), "a dense FFN (mixtral's FFN is a mixture of experts)")
     hidden, act, bias = _glu(moe.expert, ("blocks", kinds[0], "ffn", "expert"), "expert")
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
-        kinds[0]: b.model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden)})}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden)
     config.update(model_type="mixtral", num_local_experts=moe.experts, num_experts_per_tok=moe.top_k,
                   output_router_logits=moe.aux_loss > 0, router_aux_loss_coef=moe.aux_loss or 0.001)
     return config
@@ -309,10 +318,7 @@ def _qwen2_moe(m: A.Model) -> dict:
     a = m.blocks[moe_kind].attention
     _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
     # Every layer as the dense llama-like model the family is built around, then the experts.
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
-        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden),
-                                          "attention": a.model_copy(update={"bias": False})}) for k in kinds}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden, lambda k: a.model_copy(update={"bias": False}))
     del config["sliding_window"]
     config.update(model_type="qwen2_moe", qkv_bias=a.bias, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
                   moe_intermediate_size=expert_hidden, shared_expert_intermediate_size=shared_hidden,
@@ -341,10 +347,7 @@ def _qwen3_moe(m: A.Model) -> dict:
     _need(a.qk_norm is not None, ("blocks", moe_kind, "attention"), "qwen3_moe normalises q and k: qk_norm = rmsnorm(...)")
     # Every layer as the dense model the family is built around (mistral: one window for all), then the rest.
     plain = {"qk_norm": None, "bias": False, "out_bias": False}
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
-        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden),
-                                          "attention": m.blocks[k].attention.model_copy(update=plain)}) for k in kinds}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden, lambda k: m.blocks[k].attention.model_copy(update=plain))
     window = config.pop("sliding_window")
     config.update(model_type="qwen3_moe", attention_bias=a.bias, use_sliding_window=window is not None,
                   sliding_window=window, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
@@ -366,9 +369,7 @@ def _olmoe(m: A.Model) -> dict:
     _need(a is not None and a.qk_norm is not None, ("blocks", kinds[0], "attention"),
           "olmoe normalises q and k: qk_norm = rmsnorm(scope = projection)")
     plain = {"qk_norm": None, "bias": False, "out_bias": False}
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
-        kinds[0]: b.model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden), "attention": a.model_copy(update=plain)})}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden, lambda k: a.model_copy(update=plain))
     _need(config.pop("sliding_window") is None, ("blocks", kinds[0], "attention", "window"), "a sliding window")
     config.update(model_type="olmoe", attention_bias=a.bias, num_experts=moe.experts, num_experts_per_tok=moe.top_k,
                   norm_topk_prob=moe.normalize_top_k, pad_token_id=None, eos_token_id=None)
@@ -468,9 +469,7 @@ def _ernie4_5_moe(m: A.Model) -> dict:
     hidden = m.blocks[dense_kinds[0]].ffn.hidden if dense_kinds and isinstance(m.blocks[dense_kinds[0]].ffn, A.GLU) \
         else expert_hidden
     _need(all(m.blocks[k].attention is not None for k in kinds), ("layers",), "layers without attention")
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks"}), "blocks": {
-        k: m.blocks[k].model_copy(update={"ffn": A.GLU(kind="swiglu", hidden=hidden)}) for k in kinds}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden)
     _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
     config.update(model_type="ernie4_5_moe", intermediate_size=hidden, moe_num_experts=moe.experts, moe_k=moe.top_k,
                   moe_intermediate_size=expert_hidden, moe_num_shared_experts=shared, moe_layer_start_index=start,
@@ -500,13 +499,8 @@ def _hunyuan_v1_moe(m: A.Model) -> dict:
     scaling = getattr(rope, "scaling", None)
     plain = rope.model_copy(update={"scaling": None}) if isinstance(scaling, A.NTKScaling) else rope
     # every layer as the dense model the family is built around (NTK aside), then the rest
-    dense = A.Model.model_validate({**m.model_dump(exclude={"blocks", "position"}), "position": plain.model_dump(),
-                                    "blocks": {k: m.blocks[k].model_copy(update={
-                                        "ffn": A.GLU(kind="swiglu", hidden=hidden),
-                                        "attention": m.blocks[k].attention.model_copy(
-                                            update={"qk_norm": None, "bias": False, "out_bias": False})})
-                                        for k in kinds}})
-    config = _llama_like(dense, "mistral")
+    config = _as_mistral(m, kinds, hidden, lambda k: m.blocks[k].attention.model_copy(
+        update={"qk_norm": None, "bias": False, "out_bias": False}), position=plain)
     _need(config.pop("sliding_window") is None, ("blocks", moe_kind, "attention", "window"), "a sliding window")
     if isinstance(scaling, A.NTKScaling):  # transformers wants the factor its ntk_alpha then ignores
         config["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": float(rope.theta), "alpha": scaling.factor,
