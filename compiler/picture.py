@@ -1,4 +1,6 @@
-"""Pictures of an architecture, through Graphviz (pydot builds the graph, `dot` lays it out).
+"""Pictures of an architecture: what both renderers draw (colours, repeated runs), and the
+Graphviz rendering (pydot builds the graph, `dot` lays it out). The native SVG renderer, which
+needs neither, is compiler/svg.py.
 
 The default picture collapses the layer stack into runs of repeated blocks (Jamba's eight-layer
 period is drawn once, "× 4") with each block kind's components listed; `expand` draws every
@@ -9,7 +11,6 @@ from __future__ import annotations
 import shutil
 
 import networkx as nx
-import pydot
 
 from archlang.spec.errors import ArchError
 
@@ -17,23 +18,23 @@ from .ir import inputs_of, ordered_nodes
 from .ops import PICTURE_GROUPS, REGISTRY
 
 # A fill colour per picture group (each op definition names its group).
-_COLORS = {"io": "#e5e7eb", "embedding": "#f3f4f6", "position": "#ede9fe", "norm": "#f9fafb", "attention": "#dbeafe",
+COLORS = {"io": "#e5e7eb", "embedding": "#f3f4f6", "position": "#ede9fe", "norm": "#f9fafb", "attention": "#dbeafe",
            "ssm": "#dcfce7", "ffn": "#fce7f3", "moe": "#fde68a", "head": "#e5e7eb", "other": "#ffffff"}
-assert set(_COLORS) == set(PICTURE_GROUPS)
+assert set(COLORS) == set(PICTURE_GROUPS)
 # A block is coloured by the most telling group among its ops.
 _BLOCK_GROUPS = ("moe", "ssm", "attention")
 
 
-def _group(g: nx.MultiDiGraph, node: str) -> str:
+def group_of(g: nx.MultiDiGraph, node: str) -> str:
     return REGISTRY[g.nodes[node]["op"]].picture
 
 
-def _block_colors(g: nx.MultiDiGraph) -> dict[str, str]:
+def block_colors(g: nx.MultiDiGraph) -> dict[str, str]:
     groups: dict[str, set[str]] = {}
     for n, d in g.nodes(data=True):
         if d["block"] is not None:
-            groups.setdefault(d["block"], set()).add(_group(g, n))
-    return {block: _COLORS[next((k for k in _BLOCK_GROUPS if k in found), "attention")]
+            groups.setdefault(d["block"], set()).add(group_of(g, n))
+    return {block: COLORS[next((k for k in _BLOCK_GROUPS if k in found), "attention")]
             for block, found in groups.items()}
 
 
@@ -41,7 +42,7 @@ def _esc(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _runs(blocks: list[str]) -> list[tuple[list[str], int]]:
+def runs(blocks: list[str]) -> list[tuple[list[str], int]]:
     """Compress a layer list into (period, repeats) runs: [a,b,a,b,c] → [([a,b],2), ([c],1)]."""
     out, i = [], 0
     while i < len(blocks):
@@ -58,26 +59,28 @@ def _runs(blocks: list[str]) -> list[tuple[list[str], int]]:
     return out
 
 
-def collapsed_dot(g: nx.MultiDiGraph) -> pydot.Dot:
+def collapsed_dot(g: nx.MultiDiGraph):
+    import pydot
+
     dot = pydot.Dot(graph_type="digraph", rankdir="TB", fontname="Helvetica", label=_esc(f"{g.graph['name']} ({g.graph['family']})"),
                     labelloc="t", fontsize="18")
     dot.set_node_defaults(shape="box", style="rounded,filled", fontname="Helvetica", fontsize="11", fillcolor="white")
     prev = "input"
-    dot.add_node(pydot.Node("input", label="tokens", fillcolor=_COLORS["io"]))
-    top = [n for n in ordered_nodes(g) if g.nodes[n]["stack"] is None and _group(g, n) == "embedding"
+    dot.add_node(pydot.Node("input", label="tokens", fillcolor=COLORS["io"]))
+    top = [n for n in ordered_nodes(g) if g.nodes[n]["stack"] is None and group_of(g, n) == "embedding"
            and REGISTRY[g.nodes[n]["op"]].role == "compute"]
     if top:
         dot.add_node(pydot.Node("embed", label=_esc(" + ".join(g.nodes[n]["op"].replace("_", " ") for n in top))))
         dot.add_edge(pydot.Edge(prev, "embed"))
         prev = "embed"
-    colors = _block_colors(g)
+    colors = block_colors(g)
     for stack, blocks in g.graph["stacks"].items():
         cluster = pydot.Cluster(f"cluster_{stack}", label=_esc(f"{stack}: {len(blocks)} layers"), style="rounded", color="#9ca3af")
-        for r, (unit, reps) in enumerate(_runs(blocks)):
+        for r, (unit, reps) in enumerate(runs(blocks)):
             for j, block in enumerate(unit):
                 node_id = f"{stack}_{r}_{j}"
                 desc = g.graph["blocks"][block]
-                color = colors.get(block, _COLORS["attention"])
+                color = colors.get(block, COLORS["attention"])
                 label = f"{block}\\n" + "\\n".join(_esc(p) for p in desc.split(" → "))
                 if j == len(unit) - 1 and reps > 1:
                     label += f"\\n[× {reps}" + (f" (period of {len(unit)})]" if len(unit) > 1 else "]")
@@ -85,24 +88,26 @@ def collapsed_dot(g: nx.MultiDiGraph) -> pydot.Dot:
                 dot.add_edge(pydot.Edge(prev, node_id))
                 prev = node_id
         dot.add_subgraph(cluster)
-    dot.add_node(pydot.Node("output", label="logits" if g.graph["family"] != "encoder" else "hidden states", fillcolor=_COLORS["io"]))
+    dot.add_node(pydot.Node("output", label="logits" if g.graph["family"] != "encoder" else "hidden states", fillcolor=COLORS["io"]))
     dot.add_edge(pydot.Edge(prev, "output"))
     mtp = g.graph.get("mtp")
     if mtp is not None:  # read off the last layer in training only, so drawn aside
         label = "multi-token prediction\\n" + _esc(f"{mtp['depth']} × {mtp['block']} (training)")
-        dot.add_node(pydot.Node("mtp", label=label, fillcolor=_COLORS["head"]))
+        dot.add_node(pydot.Node("mtp", label=label, fillcolor=COLORS["head"]))
         dot.add_edge(pydot.Edge(prev, "mtp", style="dashed"))
     return dot
 
 
-def expanded_dot(g: nx.MultiDiGraph) -> pydot.Dot:
+def expanded_dot(g: nx.MultiDiGraph):
+    import pydot
+
     dot = pydot.Dot(graph_type="digraph", rankdir="TB", fontname="Helvetica")
     dot.set_node_defaults(shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
     ids = {n: f"n{i}" for i, n in enumerate(ordered_nodes(g))}
     for n, nid in ids.items():
         d = g.nodes[n]
         shape = "(" + ", ".join(str(s) for s in d["shape"]) + ")"
-        dot.add_node(pydot.Node(nid, label=_esc(f"{n}\\n{d['op']} {shape}"), fillcolor=_COLORS[_group(g, n)]))
+        dot.add_node(pydot.Node(nid, label=_esc(f"{n}\\n{d['op']} {shape}"), fillcolor=COLORS[group_of(g, n)]))
     for n, nid in ids.items():
         for ref in inputs_of(g, n):
             dot.add_edge(pydot.Edge(ids[ref.node], nid))

@@ -548,24 +548,44 @@ def cmd_graph(args) -> int:
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in ("svg", "png", "dot"):
         raise UsageError(f"cannot write a picture as .{literal(fmt)}; use .svg, .png or .dot")
-    try:
-        from archlang.compiler.picture import render
-    except ImportError as exc:
-        if exc.name != "pydot":
-            raise
-        raise _missing_dependency("the pydot package", "pip install 'archlang[graph]'") from None
-    if fmt != "dot" and shutil.which("dot") is None:  # .dot is text: only layout needs Graphviz
-        raise _missing_dependency("Graphviz's `dot` program to lay out .svg and .png",
-                                  "install Graphviz (apt-get install graphviz, dnf install graphviz, brew install "
-                                  "graphviz), or write .dot")
+    engine = "dot" if fmt == "dot" else args.engine  # .dot is Graphviz's own language
+    if engine == "dot":
+        try:
+            import pydot  # noqa: F401
+        except ImportError:
+            raise _missing_dependency("the pydot package", "pip install 'archlang[graph]'") from None
+        if fmt != "dot" and shutil.which("dot") is None:  # .dot is text: only layout needs Graphviz
+            raise _missing_dependency("Graphviz's `dot` program to lay out .svg and .png with --engine dot",
+                                      "install Graphviz (apt-get install graphviz, dnf install graphviz, brew install "
+                                      "graphviz), or leave out --engine dot to draw natively")
+    elif fmt == "png":
+        try:
+            import resvg_py
+        except ImportError:
+            raise _missing_dependency("the resvg-py package to turn the picture into a PNG",
+                                      "pip install 'archlang[png]', or write .svg") from None
     compiled = _compile(args)
-    try:
-        data = render(compiled.graph if args.expand else compiled.lowered, fmt, expand=args.expand)
-    except ArchError:
-        raise
-    except Exception as exc:  # pydot raises bare exceptions when `dot` fails or vanishes mid-run
-        raise ArchError(f"Graphviz could not draw the picture: {bounded(literal(exc), MAX_MESSAGE)}", kind="dependency",
-                        hint="check that Graphviz's `dot` runs, or write .dot") from None
+    graph = compiled.graph if args.expand else compiled.lowered
+    if engine == "native":
+        from archlang.compiler.svg import render as render_svg
+
+        data = render_svg(graph, expand=args.expand).encode()
+        if fmt == "png":
+            try:
+                data = bytes(resvg_py.svg_to_bytes(svg_string=data.decode()))
+            except Exception as exc:  # the renderer reports its own failures as bare exceptions
+                raise ArchError(f"resvg could not draw the PNG: {bounded(literal(exc), MAX_MESSAGE)}",
+                                kind="dependency", hint="write .svg instead") from None
+    else:
+        from archlang.compiler.picture import render
+
+        try:
+            data = render(graph, fmt, expand=args.expand)
+        except ArchError:
+            raise
+        except Exception as exc:  # pydot raises bare exceptions when `dot` fails or vanishes mid-run
+            raise ArchError(f"Graphviz could not draw the picture: {bounded(literal(exc), MAX_MESSAGE)}",
+                            kind="dependency", hint="check that Graphviz's `dot` runs, or write .dot") from None
     replace_file(out, data)
     _err_console().print(f"wrote {literal(out)}")
     return EXIT_OK
@@ -712,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--expand", action="store_true", help="draw every op of the optimized IR")
+    p.add_argument("--engine", choices=("native", "dot"), default="native",
+                   help="lay out the picture natively (the default: no system packages) or with Graphviz's dot")
     _passes_args(p)
     p.set_defaults(func=cmd_graph)
 

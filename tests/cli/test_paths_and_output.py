@@ -149,8 +149,10 @@ def test_graph_without_pydot(tmp_path, capsys, monkeypatch):
 def test_graph_without_graphviz(tmp_path, capsys, monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(cli.shutil, "which", lambda name, *a, **k: None if name == "dot" else real_which(name, *a, **k))
-    code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.svg")
+    code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.svg", "--engine", "dot")
     assert code == 1 and "Graphviz" in err and "apt-get install graphviz" in err
+    code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.svg")  # drawn natively
+    assert code == 0 and (tmp_path / "m.svg").read_text().startswith("<svg")
     code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.dot")
     assert code == 0 and (tmp_path / "m.dot").read_text().startswith("digraph")
 
@@ -164,7 +166,7 @@ def test_graph_when_dot_fails(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(cli.shutil, "which", lambda name, *a, **k: "/usr/bin/dot")
     monkeypatch.setattr(pydot.Dot, "create", fail)
-    code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.png")
+    code, _, err = run(capsys, "graph", SPECS / "tiny_llama.arch", "-o", tmp_path / "m.png", "--engine", "dot")
     assert code == 1 and "Graphviz could not draw" in err and not (tmp_path / "m.png").exists()
 
 
