@@ -128,7 +128,7 @@ def diff_models(a: A.Model, b: A.Model, facts_a: Facts | None = None, facts_b: F
             d.changes.append(Change(f"{prefix}{label} {_ranges(idx)}", comp, ca, cb))
     if facts_a and facts_b:
         for k in ("params_total", "params_active", "flops_per_token", "kv_cache_bytes_per_token",
-                  "kv_cache_bytes_at_context", "ssm_state_bytes_per_sequence"):
+                  "kv_cache_bytes_at_context", "ssm_state_bytes_per_sequence", "weight_bytes"):
             d.facts[k] = (getattr(facts_a, k), getattr(facts_b, k))
     return d
 

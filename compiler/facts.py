@@ -39,6 +39,10 @@ class Facts:
     # model's): part of params_total and, as they train with every token, of params_active and
     # the training activations; a forward runs without them, so its FLOPs and cache leave them out.
     params_mtp: int = 0
+    # The weights stored in the facts' dtype, and what one sequence's inference cache holds after
+    # `context` tokens (KV cache plus recurrent state): the two numbers that decide whether it fits.
+    weight_bytes: int = 0
+    cache_bytes_at_context: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,4 +119,6 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
         layers=layers,
         breakdown={k: v for k, v in total.items() if v}, breakdown_active={k: v for k, v in active.items() if v},
         params_mtp=params_mtp,
+        weight_bytes=sum(total.values()) * nbytes,
+        cache_bytes_at_context=int(kv_bytes_at_context) + int(state_bytes),
     )

@@ -385,11 +385,15 @@ def cmd_stats(args) -> int:
     table.add_row("parameters (active / token)", f"{f.params_active:,}", _human(f.params_active))
     if f.params_mtp:
         table.add_row("  of which mtp params (training only)", f"{f.params_mtp:,}", _human(f.params_mtp))
+    table.add_row(f"weights ({f.dtype})", f"{f.weight_bytes:,} B", _human(f.weight_bytes, "B"))
     table.add_row("FLOPs / token (forward)", f"{f.flops_per_token:,}", _human(f.flops_per_token, "FLOP"))
     table.add_row("KV cache / token", f"{f.kv_cache_bytes_per_token:,} B", _human(f.kv_cache_bytes_per_token, "B"))
     table.add_row(f"KV cache at {f.context:,} tokens", f"{f.kv_cache_bytes_at_context:,} B", _human(f.kv_cache_bytes_at_context, "B"))
     if f.ssm_state_bytes_per_sequence:
         table.add_row("recurrent state / sequence", f"{f.ssm_state_bytes_per_sequence:,} B", _human(f.ssm_state_bytes_per_sequence, "B"))
+    if f.ssm_state_bytes_per_sequence and f.kv_cache_bytes_at_context:
+        table.add_row(f"cache / sequence at {f.context:,} tokens", f"{f.cache_bytes_at_context:,} B",
+                      _human(f.cache_bytes_at_context, "B"))
     table.add_row("activations / token (training, est.)", f"{f.activation_bytes_per_token:,} B", _human(f.activation_bytes_per_token, "B"))
     for k, v in f.breakdown.items():
         active = f.breakdown_active.get(k, 0)
