@@ -338,7 +338,16 @@ def check_file(path: str | os.PathLike, *, sources: SourceMap | None = None,
                allow_outside_root: bool = False, run: bool = False) -> list[Model]:
     """Parse, validate and lower every model of a file; with `run`, also look for NaN/Inf in a
     forward pass of a small stand-in. Raises ArchError(s) on any problem."""
-    models = load_models(Path(path), sources=sources, allow_outside_root=allow_outside_root)
+    return _check(load_models(Path(path), sources=sources, allow_outside_root=allow_outside_root), run)
+
+
+def check_source(text: str, *, name: str = "<stdin>", sources: SourceMap | None = None, run: bool = False) -> list[Model]:
+    """`check_file` for spec text that is not in a file (`archc check -`): its imports resolve
+    from the current folder."""
+    return _check(load_models(source=text, name=name, root=Path.cwd(), sources=sources), run)
+
+
+def _check(models: list[Model], run: bool) -> list[Model]:
     for m in models:
         g = lower(m, folded=can_fold(m))
         validate(g)

@@ -132,9 +132,15 @@ def _github_line(r: dict) -> str:
 
 def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]:
     """The models of one file, or its errors: a file that cannot be read is an error of that file."""
-    from archlang.api import check_file
+    from archlang.api import check_file, check_source
 
     sources = SourceMap()
+    if str(path) == STDIN:
+        try:
+            models = check_source(_read_stdin(), name=STDIN_NAME, sources=sources, run=args.run)
+        except (ArchError, ArchErrors) as exc:
+            return [], all_errors(exc), sources
+        return [m.name for m in models], [], sources
     if not os.path.lexists(path):
         return [], [ArchError(f"no such file: {literal(path)}", kind="usage")], sources
     try:
@@ -159,7 +165,7 @@ def cmd_check(args) -> int:
         records.extend(_error_record(e) for e in shown)
         if errs:
             rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
-        summary.append({"file": file, "models": models, "ok": not errs, "error_count": len(errs), "errors_omitted": omitted})
+        summary.append({"file": STDIN_NAME if file == STDIN else file, "models": models, "ok": not errs, "error_count": len(errs), "errors_omitted": omitted})
     if args.format == "json":
         print(json.dumps({"ok": not records, "truncated": any(s["errors_omitted"] for s in summary), "files": summary,
                           "errors": records}, indent=2))
@@ -512,10 +518,50 @@ def cmd_diff(args) -> int:
 # ----------------------------------------------------------------------------- fmt
 
 
+def _read_stdin() -> str:
+    """Spec text piped in (`archc fmt -`, `archc check -`), held to the size limit of a spec file."""
+    from archlang.spec.resolve import MAX_FILE_BYTES
+
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ArchError(f"{STDIN_NAME} is too large: more than {MAX_FILE_BYTES:,} bytes", kind="io",
+                        hint="a spec file is at most 1 MB; split it with `import`")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArchError(f"{STDIN_NAME} is not UTF-8 text (byte {exc.start})", kind="io",
+                        hint="save the spec as UTF-8") from None
+
+
+def _fmt_stdin(args) -> int:
+    """`archc fmt -`: the formatted spec on standard output (with --check, only the exit code)."""
+    from archlang.spec.format import format_source
+
+    sources = SourceMap()
+    try:
+        text = _read_stdin()
+        sources.add(STDIN_NAME, text)
+        out = format_source(text, STDIN_NAME)
+    except (ArchError, ArchErrors) as exc:
+        _print_errors(exc, sources, STDIN_NAME)
+        return EXIT_INVALID
+    if args.check:
+        if out != text:
+            _err_console().print(f"would reformat {STDIN_NAME}")
+            return EXIT_INVALID
+        return EXIT_OK
+    sys.stdout.write(out)
+    return EXIT_OK
+
+
 def cmd_fmt(args) -> int:
     from archlang.spec.format import format_source
     from archlang.spec.resolve import read_spec
 
+    if STDIN in args.files:
+        if len(args.files) > 1:
+            raise UsageError("`-` (standard input) cannot be formatted together with files")
+        return _fmt_stdin(args)
     _existing_files(args.files)
     changed = []
     failed = False
@@ -637,6 +683,9 @@ def cmd_export_hf(args) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+STDIN, STDIN_NAME = "-", "<stdin>"
+
+
 def _existing_files(files: Sequence[str]) -> None:
     for file in files:
         if not Path(file).is_file():
@@ -658,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("check", help="parse and validate specs (exit 0 valid, 1 invalid)")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="spec files; - reads one from standard input")
     p.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
     p.add_argument("--run", action="store_true",
                    help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
@@ -728,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diff, file=None)
 
     p = sub.add_parser("fmt", help="format specs canonically")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="spec files, rewritten in place; - formats standard input to standard output")
     p.add_argument("--check", action="store_true", help="exit 1 if a file would change; write nothing")
     p.set_defaults(func=cmd_fmt)
 

@@ -4,6 +4,7 @@ option into a clear error (exit 1 or 2), never a crash (exit 70)."""
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -193,3 +194,29 @@ def test_check_a_fifo_does_not_hang(tmp_path, capsys):
     code, out, err = run(capsys, "check", fifo, SPECS / "tiny_llama.arch")
     assert code in (1, 2) and "pipe.arch" in err and "ok " in out
     assert run(capsys, "fmt", "--check", fifo)[0] == 2
+
+
+MESSY = "model m{vocab=97 d_model=32 context=64\nblock b{norm=rmsnorm() ffn=mlp(hidden=8)} layers=b*2}\n"
+
+
+def _piped(args, text: bytes):
+    return subprocess.run([sys.executable, "-m", "archlang", *args], input=text, capture_output=True)
+
+
+def test_fmt_reads_standard_input():
+    r = _piped(["fmt", "-"], MESSY.encode())
+    assert r.returncode == 0 and r.stdout.decode().startswith("model m {\n    vocab = 97\n")
+    assert _piped(["fmt", "--check", "-"], MESSY.encode()).returncode == 1
+    assert _piped(["fmt", "--check", "-"], r.stdout).returncode == 0  # formatted text is a fixed point
+    bad = _piped(["fmt", "-"], b"model m{")
+    assert bad.returncode == 1 and b"<stdin>:1:9: error" in bad.stderr and not bad.stdout
+    assert b"not UTF-8" in _piped(["fmt", "-"], b"\xff\xfe").stderr
+    assert _piped(["fmt", "-", "x.arch"], MESSY.encode()).returncode == 2
+
+
+def test_check_reads_standard_input():
+    r = _piped(["check", "-"], MESSY.encode())
+    assert r.returncode == 0 and b"<stdin>: m" in r.stdout
+    bad = MESSY.replace("ffn=", "attention=gqa(heads=4, kv_heads=3) ffn=")
+    r = _piped(["check", "--format", "github", "-"], bad.encode())
+    assert r.returncode == 1 and r.stdout.startswith(b"::error file=<stdin>,line=2,")
