@@ -714,6 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("completion", help="print the shell completion script (bash, zsh or fish)",
+                       description="Print the completion script for a shell. Load it from the shell's start-up file: "
+                                   "bash: eval \"$(archc completion bash)\"; zsh: eval \"$(archc completion zsh)\"; "
+                                   "fish: archc completion fish | source")
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
+    p.set_defaults(func=cmd_completion)
+
     p = sub.add_parser("compile", help="generate the PyTorch module of a spec")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", help="output .py (default: FILE with .py)")
@@ -746,7 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  bandwidth_tb_s = 4.0\n  tflops = { bf16 = 800, fp8 = 1600, fp32 = 60 }  # dense\n"
                               "  source = \"...\"")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--hardware", default="h100", help="accelerator (default h100)")
+    hardware = p.add_argument("--hardware", default="h100", help="accelerator (default h100)")
+    # not `choices`: a --hardware-file adds names; completion offers the built-in ones
+    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
     p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
     p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
@@ -811,8 +820,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion: the script `archc completion SHELL` prints calls archc back with
+    _ARGCOMPLETE set, and argcomplete answers from the parser (commands, options, choices, files)
+    and exits."""
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+
+
+def cmd_completion(args) -> int:
+    import argcomplete
+
+    sys.stdout.write(argcomplete.shellcode(["archc"], shell=args.shell))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if argv is None:
+        _complete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
