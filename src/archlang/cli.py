@@ -515,6 +515,35 @@ def cmd_diff(args) -> int:
     return EXIT_INVALID if d.changed else EXIT_OK
 
 
+# ----------------------------------------------------------------------------- report
+
+
+def cmd_report(args) -> int:
+    from argparse import Namespace
+
+    from archlang import __version__
+    from archlang.compiler.diff import diff_models
+    from archlang.compiler.svg import render as render_svg
+    from archlang.estimate import Setup, estimate
+    from archlang.report import Report, render
+
+    known = _hardware_names()
+    if args.hardware not in known:
+        raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
+    out = Path(args.output)
+    compiled = _compile(args)
+    facts = _facts(args, compiled)
+    setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp)
+    report = Report(spec=args.file, model=compiled.model.name, family=compiled.model.family, version=__version__,
+                    picture_svg=render_svg(compiled.lowered), facts=facts, estimate=estimate(compiled.graph, setup))
+    if args.base:
+        base = _compile(Namespace(**{**vars(args), "file": args.base}))
+        report.base, report.diff = args.base, diff_models(base.model, compiled.model, _facts(args, base), facts)
+    replace_file(out, render(report).encode("utf-8"))
+    _err_console().print(f"wrote {literal(out)}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- fmt
 
 
@@ -713,6 +742,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: picture, facts, estimate, diff against a base")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("base", nargs="?", metavar="BASE", help="a spec to diff against (the base branch's)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML")
+    hardware = p.add_argument("--hardware", default="h100", help="accelerator of the estimate (default h100)")
+    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
+    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states over data-parallel ranks")
+    p.add_argument("--context", type=int, help="sequence length of the facts (default: the spec's context)")
+    p.add_argument("--dtype", help="storage dtype of the facts (default: the spec's)")
+    _passes_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("completion", help="print the shell completion script (bash, zsh or fish)",
                        description="Print the completion script for a shell. Load it from the shell's start-up file: "
