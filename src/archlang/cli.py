@@ -759,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     _passes_args(p)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("lsp", help="run the language server on standard input and output (for editors)")
+    p.set_defaults(func=cmd_lsp)
+
     p = sub.add_parser("completion", help="print the shell completion script (bash, zsh or fish)",
                        description="Print the completion script for a shell. Load it from the shell's start-up file: "
                                    "bash: eval \"$(archc completion bash)\"; zsh: eval \"$(archc completion zsh)\"; "
@@ -873,6 +876,18 @@ def _complete(parser: argparse.ArgumentParser) -> None:
         import argcomplete
 
         argcomplete.autocomplete(parser)
+
+
+def cmd_lsp(args) -> int:
+    try:
+        from archlang.lsp.server import serve
+    except ImportError as exc:
+        if exc.name not in ("pygls", "lsprotocol") and not str(exc.name or "").startswith(("pygls.", "lsprotocol.")):
+            raise
+        raise ArchError("`archc lsp` needs the pygls package, which is not installed",
+                        hint="pip install 'archlang[lsp]'", kind="dependency") from None
+    serve()
+    return EXIT_OK
 
 
 def cmd_completion(args) -> int:
