@@ -743,32 +743,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("report", help="one self-contained HTML page: picture, facts, estimate, diff against a base")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("base", nargs="?", metavar="BASE", help="a spec to diff against (the base branch's)")
-    p.add_argument("-o", "--output", required=True, metavar="HTML")
-    hardware = p.add_argument("--hardware", default="h100", help="accelerator of the estimate (default h100)")
-    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
-    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree")
-    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states over data-parallel ranks")
-    p.add_argument("--context", type=int, help="sequence length of the facts (default: the spec's context)")
-    p.add_argument("--dtype", help="storage dtype of the facts (default: the spec's)")
-    _passes_args(p)
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("lsp", help="run the language server on standard input and output (for editors)")
-    p.set_defaults(func=cmd_lsp)
-
-    p = sub.add_parser("completion", help="print the shell completion script (bash, zsh or fish)",
-                       description="Print the completion script for a shell. Load it from the shell's start-up file: "
-                                   "bash: eval \"$(archc completion bash)\"; zsh: eval \"$(archc completion zsh)\"; "
-                                   "fish: archc completion fish | source")
-    p.add_argument("shell", choices=("bash", "zsh", "fish"))
-    p.set_defaults(func=cmd_completion)
-
     p = sub.add_parser("compile", help="generate the PyTorch module of a spec")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", help="output .py (default: FILE with .py)")
@@ -865,6 +839,32 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--random-seed", type=int, default=0, metavar="N", help="random weights from this seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace a folder that is not empty")
     p.set_defaults(func=cmd_export_hf)
+    p = sub.add_parser("report", help="one self-contained HTML page: picture, facts, estimate, diff against a base")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("base", nargs="?", metavar="BASE", help="a spec to diff against (the base branch's)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML")
+    hardware = p.add_argument("--hardware", default="h100", help="accelerator of the estimate (default h100)")
+    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
+    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states over data-parallel ranks")
+    p.add_argument("--context", type=int, help="sequence length of the facts (default: the spec's context)")
+    p.add_argument("--dtype", help="storage dtype of the facts (default: the spec's)")
+    _passes_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("lsp", help="run the language server on standard input and output (for editors)")
+    p.set_defaults(func=cmd_lsp)
+
+    p = sub.add_parser("completion", help="print the shell completion script (bash, zsh or fish)",
+                       description="Print the completion script for a shell. Load it from the shell's start-up file: "
+                                   "bash: eval \"$(archc completion bash)\"; zsh: eval \"$(archc completion zsh)\"; "
+                                   "fish: archc completion fish | source")
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
+    p.set_defaults(func=cmd_completion)
+
     return parser
 
 
