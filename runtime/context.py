@@ -30,6 +30,39 @@ class Cache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.layers.values() for t in s.values())
 
+    def snapshot(self) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+        """The cache as it is now, to roll back to. Cheap: layers replace their entries, never
+        write into them, so the snapshot holds references, not copies."""
+        return dict(self.layers), self.offset
+
+    def rollback(self, snapshot: tuple[dict[str, dict[str, torch.Tensor]], int], keep: int) -> bool:
+        """Forget all but the first `keep` tokens fed since `snapshot` (rejected draft tokens).
+
+        An attention entry that grew by exactly those tokens (nothing evicted from a window) is
+        cut back in place. Recurrent states (Mamba, linear attention) cannot be cut; nor can a
+        window that evicted entries. Then the whole cache returns to the snapshot and False says
+        that the caller must feed the kept tokens again."""
+        layers, offset = snapshot
+        fed = self.offset - offset
+        if not 0 <= keep <= fed:
+            raise ValueError(f"cannot keep {keep} of the {fed} tokens fed since the snapshot")
+        cut: dict[str, dict[str, torch.Tensor]] = {}
+        for key, entry in self.layers.items():
+            before = layers.get(key)
+            if before is not None and entry is before:
+                cut[key] = entry  # untouched since the snapshot
+                continue
+            pos = entry.get("pos")
+            had = len(before["pos"]) if before is not None and "pos" in before else 0
+            if pos is None or (before is not None and "pos" not in before) or len(pos) != had + fed or any(
+                    name != "pos" and t.shape[-2] != len(pos) for name, t in entry.items()):
+                self.layers, self.offset = dict(layers), offset
+                return False
+            n = had + keep
+            cut[key] = {name: (t[:n] if name == "pos" else t[..., :n, :]) for name, t in entry.items()}
+        self.layers, self.offset = cut, offset + keep
+        return True
+
     def scoped(self, scope: str) -> "ScopedCache":
         return ScopedCache(self, scope)
 

@@ -204,16 +204,27 @@ class ArchModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
                  use_cache: bool = True, generator: torch.Generator | None = None,
-                 decoder_start_token_id: int = 0) -> torch.Tensor:
+                 decoder_start_token_id: int = 0, max_length: int | None = None, streamer=None,
+                 draft=None, draft_tokens: int = 4, stats: dict | None = None) -> torch.Tensor:
         """Greedy (temperature 0) or sampled continuation. Returns prompt + new tokens (or, for
         encoder-decoder models, the decoder tokens including the start token). Generation stops,
         with a warning, when the sequence reaches the model's context; a prompt already at the
-        context is refused. Encoder models cannot generate."""
+        context is refused. Encoder models cannot generate.
+
+        - `max_new_tokens` and/or `max_length` (tokens in all) bound the length.
+        - `eos_token_id`, one id or several: a row stops at any of them (then repeats the first).
+        - `streamer(tokens)` is called with each step's new tokens (B,) as they are made.
+        - `draft`: speculative decoding (one sequence), with another compiled model of the same
+          vocabulary or `draft = k`, this model's first k layers; `draft_tokens` proposals per
+          step. Greedy output equals plain greedy decoding; sampling follows this model's
+          distribution exactly. A dict passed as `stats` receives the acceptance rate and the
+          tokens made per forward of this model."""
         from .generate import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
-                        decoder_start_token_id=decoder_start_token_id)
+                        decoder_start_token_id=decoder_start_token_id, max_length=max_length, streamer=streamer,
+                        draft=draft, draft_tokens=draft_tokens, stats=stats)
