@@ -89,8 +89,9 @@ def _print_errors(exc: ArchError | ArchErrors, sources: SourceMap | None, file: 
 # ----------------------------------------------------------------------------- check
 
 
-def _sarif(records: list[dict], summary: list[dict]) -> dict:
+def _sarif(records: list[dict], summary: list[dict], warnings=(), level: str = "warning") -> dict:
     from archlang import __version__
+    from archlang.lint.report import sarif_result, sarif_rule
 
     results = []
     for r in records:
@@ -105,7 +106,9 @@ def _sarif(records: list[dict], summary: list[dict]) -> dict:
                 region.update(endLine=r["end_line"], endColumn=r["end_column"])
             result["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": r["file"]}, "region": region}}]
         results.append(result)
-    rules = sorted({res["ruleId"] for res in results})
+    rules = [{"id": r, "shortDescription": {"text": f"archlang {r} error"}} for r in sorted({res["ruleId"] for res in results})]
+    rules += [sarif_rule(code) for code in sorted({f.code for f in warnings})]
+    results += [sarif_result(f, level=level) for f in warnings]
     # Errors left out of `results` (past the per-file cap) are counted where a reader looks.
     notifications = [{"level": "warning", "message": {"text": _more(s["errors_omitted"], s["file"])}}
                      for s in summary if s["errors_omitted"]]
@@ -114,7 +117,7 @@ def _sarif(records: list[dict], summary: list[dict]) -> dict:
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "runs": [{
             "tool": {"driver": {"name": "archc", "version": __version__, "informationUri": "https://github.com/archlang/archlang",
-                                "rules": [{"id": r, "shortDescription": {"text": f"archlang {r} error"}} for r in rules]}},
+                                "rules": rules}},
             "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
             "results": results,
         }],
@@ -130,7 +133,7 @@ def _github_line(r: dict) -> str:
     return f"::error{props}::{github_data(text)}"
 
 
-def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]:
+def _check_one(path: Path, args) -> tuple[list, list[ArchError], SourceMap]:
     """The models of one file, or its errors: a file that cannot be read is an error of that file."""
     from archlang.api import check_file
 
@@ -138,53 +141,141 @@ def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]
     if not os.path.lexists(path):
         return [], [ArchError(f"no such file: {literal(path)}", kind="usage")], sources
     try:
-        models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
+        models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root,
+                            run=getattr(args, "run", False))
     except (ArchError, ArchErrors) as exc:
         return [], all_errors(exc), sources
     except OSError as exc:
         return [], [ArchError(f"cannot read {literal(path)}: {exc.strerror or exc}", kind="io")], sources
-    return [m.name for m in models], [], sources
+    return models, [], sources
+
+
+def _lint_one(path: Path, models, sources: SourceMap, args):
+    """The lint findings on a file's models, under its project's settings and the command line's."""
+    from archlang.lint import lint_models, load_config
+
+    config = load_config(path).overridden(tensor_parallel=getattr(args, "tp", None), expert_parallel=getattr(args, "ep", None),
+                                          hardware=getattr(args, "hardware", None), ignore=getattr(args, "ignore", ()))
+    return lint_models(models, config, sources).findings
+
+
+class _Run:
+    """What checking (and linting) a list of files produced, ready for any output format."""
+
+    def __init__(self, files, args, *, lint: bool):
+        self.records: list[dict] = []
+        self.summary: list[dict] = []
+        self.rendered: list[str] = []
+        self.findings: list = []  # shown, at most MAX_ERRORS_PER_FILE per file
+        self.sources: dict[str, SourceMap] = {}
+        self.usage = False
+        for file in files:
+            models, errs, sources = _check_one(Path(file), args)
+            self.usage = self.usage or any(e.kind == "usage" for e in errs)
+            shown = errs[:MAX_ERRORS_PER_FILE]
+            omitted = len(errs) - len(shown)
+            self.records.extend(_error_record(e) for e in shown)
+            if errs:
+                self.rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
+            findings = _lint_one(Path(file), models, sources, args) if lint and models else []
+            self.findings += findings[:MAX_ERRORS_PER_FILE]
+            self.sources[file] = sources
+            self.summary.append({"file": file, "models": [m.name for m in models], "ok": not errs, "error_count": len(errs),
+                                 "errors_omitted": omitted, "warning_count": len(findings),
+                                 "warnings_omitted": max(0, len(findings) - MAX_ERRORS_PER_FILE)})
+
+    def omitted_lines(self, level: str) -> list[tuple[str, str]]:
+        """(file, text) of what the per-file caps left out."""
+        out = []
+        for s in self.summary:
+            if s["errors_omitted"]:
+                out.append((s["file"], _more(s["errors_omitted"], s["file"])))
+            if s["warnings_omitted"]:
+                n = s["warnings_omitted"]
+                out.append((s["file"], f"and {n:,} more finding{'s' if n != 1 else ''} in {literal(s['file'])}"))
+        return out
+
+    def print(self, fmt: str, *, level: str = "warning", ok_lines: bool = True) -> None:
+        from archlang.lint.report import finding_json, github_line, render_text
+
+        if fmt == "json":
+            print(json.dumps({"ok": not self.records and not (level == "error" and self.findings),
+                              "truncated": any(s["errors_omitted"] or s["warnings_omitted"] for s in self.summary),
+                              "files": self.summary, "errors": self.records,
+                              "warnings": [finding_json(f) for f in self.findings]}, indent=2))
+        elif fmt == "sarif":
+            sarif = _sarif(self.records, self.summary, self.findings, level)
+            notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+            notes += [{"level": "warning", "message": {"text": text}} for _, text in self.omitted_lines(level)
+                      if "finding" in text]
+            print(json.dumps(sarif, indent=2))
+        elif fmt == "github":
+            for r in self.records:
+                print(_github_line(r))
+            for f in self.findings:
+                print(github_line(f, level=level))
+            for file, text in self.omitted_lines(level):
+                print(f"::{'error' if 'error' in text else level} file={github_property(file)}::{github_data(text)}")
+        else:
+            out, err = _console(), _err_console()
+            for block in self.rendered:
+                err.print(block)
+            for f in self.findings:
+                err.print(bounded_lines(literal_block(render_text(f, self.sources.get(_finding_file(f, self.summary)),
+                                                                  level=level)), MAX_LINE_WIDTH))
+            for _, text in self.omitted_lines(level):
+                if "finding" in text:
+                    err.print(text)
+            if ok_lines:
+                for s in self.summary:
+                    if s["ok"]:
+                        out.print(Text.assemble(("ok", "green"), f" {literal(s['file'])}: {', '.join(s['models'])}"))
+            bad = [s for s in self.summary if not s["ok"]]
+            if bad:
+                total = sum(s["error_count"] for s in bad)
+                err.print(Text(f"{total} error(s) in {len(bad)} file(s)", style="red"))
+            warned = [s for s in self.summary if s["warning_count"]]
+            if warned:
+                total = sum(s["warning_count"] for s in warned)
+                err.print(Text(f"{total} finding(s) in {len(warned)} file(s)", style="yellow"))
+
+
+def _finding_file(finding, summary) -> str | None:
+    """The file argument whose run read the finding's source (an import's span names the import)."""
+    return next((s["file"] for s in summary if finding.model in s["models"]), None)
 
 
 def cmd_check(args) -> int:
-    records: list[dict] = []
-    summary: list[dict] = []
-    rendered: list[str] = []
-    usage = False
-    for file in args.files:
-        models, errs, sources = _check_one(Path(file), args)
-        usage = usage or any(e.kind == "usage" for e in errs)
-        shown = errs[:MAX_ERRORS_PER_FILE]
-        omitted = len(errs) - len(shown)
-        records.extend(_error_record(e) for e in shown)
-        if errs:
-            rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
-        summary.append({"file": file, "models": models, "ok": not errs, "error_count": len(errs), "errors_omitted": omitted})
-    if args.format == "json":
-        print(json.dumps({"ok": not records, "truncated": any(s["errors_omitted"] for s in summary), "files": summary,
-                          "errors": records}, indent=2))
-    elif args.format == "sarif":
-        print(json.dumps(_sarif(records, summary), indent=2))
-    elif args.format == "github":
-        for r in records:
-            print(_github_line(r))
-        for s in summary:
-            if s["errors_omitted"]:
-                print(f"::error file={github_property(s['file'])}::{github_data(_more(s['errors_omitted'], s['file']))}")
-    else:
-        out, err = _console(), _err_console()
-        for block in rendered:
-            err.print(block)
-        for s in summary:
-            if s["ok"]:
-                out.print(Text.assemble(("ok", "green"), f" {literal(s['file'])}: {', '.join(s['models'])}"))
-        bad = [s for s in summary if not s["ok"]]
-        if bad:
-            total = sum(s["error_count"] for s in bad)
-            err.print(Text(f"{total} error(s) in {len(bad)} file(s)", style="red"))
-    if usage:
+    run = _Run(args.files, args, lint=True)
+    run.print(args.format, level="error" if args.strict else "warning")
+    if run.usage:
         return EXIT_USAGE
-    return EXIT_INVALID if records else EXIT_OK
+    return EXIT_INVALID if run.records or (args.strict and run.findings) else EXIT_OK
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+def cmd_lint(args) -> int:
+    from archlang.lint.report import rules_json, rules_markdown, rules_text
+
+    if args.list_rules:
+        if args.files:
+            raise UsageError("--list-rules takes no files")
+        listing = {"text": rules_text, "markdown": rules_markdown, "json": lambda: json.dumps(rules_json(), indent=2)}
+        if args.format not in listing:
+            raise UsageError(f"--list-rules prints text, json or markdown, not {args.format}")
+        sys.stdout.write(listing[args.format]().rstrip("\n") + "\n")
+        return EXIT_OK
+    if not args.files:
+        raise UsageError("give one or more spec files, or --list-rules")
+    if args.format == "markdown":
+        raise UsageError("markdown is for --list-rules; findings print as text, github, sarif or json")
+    run = _Run(args.files, args, lint=True)
+    run.print(args.format, ok_lines=False)
+    if run.usage or run.records:  # a spec that does not check is not linted: exit 2, as a usage error does
+        return EXIT_USAGE
+    return EXIT_INVALID if run.findings else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- compile
@@ -639,7 +730,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="store_true",
                    help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
+    p.add_argument("--strict", "--warnings-as-errors", dest="strict", action="store_true",
+                   help="exit 1 on lint findings too (they are warnings otherwise; see archc lint)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("lint", help="design-review findings with stable codes (exit 0 none, 1 findings, 2 usage or "
+                                    "invalid spec)", description="Rules: `archc lint --list-rules`, docs/lint.md. "
+                       "Settings: [tool.archc] in the nearest pyproject.toml; these options override it.")
+    p.add_argument("files", nargs="*", metavar="SPEC")
+    p.add_argument("--format", choices=["text", "github", "sarif", "json", "markdown"], default="text")
+    p.add_argument("--list-rules", action="store_true", help="print every rule: code, title, why, fix")
+    p.add_argument("--tp", type=int, help="intended tensor-parallel degree (overrides tensor_parallel)")
+    p.add_argument("--ep", type=int, help="intended expert-parallel degree (overrides expert_parallel)")
+    p.add_argument("--hardware", help="accelerator for ARC116 (overrides hardware; default h100)")
+    p.add_argument("--ignore", action="append", default=[], metavar="CODE", help="a rule not to report (adds to ignore)")
+    p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
+    p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("compile", help="generate the PyTorch module of a spec")
     p.add_argument("file", metavar="FILE")
