@@ -167,7 +167,7 @@ class _Run:
         self.summary: list[dict] = []
         self.rendered: list[str] = []
         self.findings: list = []  # shown, at most MAX_ERRORS_PER_FILE per file
-        self.sources: dict[str, SourceMap] = {}
+        self.finding_sources: list[SourceMap] = []  # the texts each finding's file run read
         self.usage = False
         for file in files:
             models, errs, sources = _check_one(Path(file), args)
@@ -179,7 +179,7 @@ class _Run:
                 self.rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
             findings = _lint_one(Path(file), models, sources, args) if lint and models else []
             self.findings += findings[:MAX_ERRORS_PER_FILE]
-            self.sources[file] = sources
+            self.finding_sources += [sources] * len(findings[:MAX_ERRORS_PER_FILE])
             self.summary.append({"file": file, "models": [m.name for m in models], "ok": not errs, "error_count": len(errs),
                                  "errors_omitted": omitted, "warning_count": len(findings),
                                  "warnings_omitted": max(0, len(findings) - MAX_ERRORS_PER_FILE)})
@@ -195,11 +195,11 @@ class _Run:
                 out.append((s["file"], f"and {n:,} more finding{'s' if n != 1 else ''} in {literal(s['file'])}"))
         return out
 
-    def print(self, fmt: str, *, level: str = "warning", ok_lines: bool = True) -> None:
+    def print(self, fmt: str, *, level: str = "warning", ok_lines: bool = True, findings_fail: bool = False) -> None:
         from archlang.lint.report import finding_json, github_line, render_text
 
         if fmt == "json":
-            print(json.dumps({"ok": not self.records and not (level == "error" and self.findings),
+            print(json.dumps({"ok": not self.records and not (findings_fail and self.findings),
                               "truncated": any(s["errors_omitted"] or s["warnings_omitted"] for s in self.summary),
                               "files": self.summary, "errors": self.records,
                               "warnings": [finding_json(f) for f in self.findings]}, indent=2))
@@ -220,9 +220,8 @@ class _Run:
             out, err = _console(), _err_console()
             for block in self.rendered:
                 err.print(block)
-            for f in self.findings:
-                err.print(bounded_lines(literal_block(render_text(f, self.sources.get(_finding_file(f, self.summary)),
-                                                                  level=level)), MAX_LINE_WIDTH))
+            for f, sources in zip(self.findings, self.finding_sources):
+                err.print(bounded_lines(literal_block(render_text(f, sources, level=level)), MAX_LINE_WIDTH))
             for _, text in self.omitted_lines(level):
                 if "finding" in text:
                     err.print(text)
@@ -240,14 +239,9 @@ class _Run:
                 err.print(Text(f"{total} finding(s) in {len(warned)} file(s)", style="yellow"))
 
 
-def _finding_file(finding, summary) -> str | None:
-    """The file argument whose run read the finding's source (an import's span names the import)."""
-    return next((s["file"] for s in summary if finding.model in s["models"]), None)
-
-
 def cmd_check(args) -> int:
     run = _Run(args.files, args, lint=True)
-    run.print(args.format, level="error" if args.strict else "warning")
+    run.print(args.format, level="error" if args.strict else "warning", findings_fail=args.strict)
     if run.usage:
         return EXIT_USAGE
     return EXIT_INVALID if run.records or (args.strict and run.findings) else EXIT_OK
@@ -272,7 +266,7 @@ def cmd_lint(args) -> int:
     if args.format == "markdown":
         raise UsageError("markdown is for --list-rules; findings print as text, github, sarif or json")
     run = _Run(args.files, args, lint=True)
-    run.print(args.format, ok_lines=False)
+    run.print(args.format, ok_lines=False, findings_fail=True)
     if run.usage or run.records:  # a spec that does not check is not linted: exit 2, as a usage error does
         return EXIT_USAGE
     return EXIT_INVALID if run.findings else EXIT_OK
