@@ -203,6 +203,10 @@ class _Run:
                               "truncated": any(s["errors_omitted"] or s["warnings_omitted"] for s in self.summary),
                               "files": self.summary, "errors": self.records,
                               "warnings": [finding_json(f) for f in self.findings]}, indent=2))
+        elif fmt == "markdown":
+            from archlang.lint.markdown import check_summary
+
+            sys.stdout.write(check_summary(self.summary, self.records, self.findings, strict=findings_fail))
         elif fmt == "sarif":
             sarif = _sarif(self.records, self.summary, self.findings, level)
             notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
@@ -385,11 +389,11 @@ def _passes_args(p) -> None:
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
 
 
-def _compile(args, on_step=None):
+def _compile(args, on_step=None, sources: SourceMap | None = None):
     from archlang.api import compile_spec
 
     _existing_files([args.file])
-    sources = SourceMap()
+    sources = sources if sources is not None else SourceMap()
     try:  # a command-line argument is a path, whatever its name ends with
         return compile_spec(Path(args.file), model=args.model, passes=args.passes, disabled=tuple(args.disable_pass),
                             sources=sources, allow_outside_root=args.allow_outside_root, on_step=on_step,
@@ -551,8 +555,9 @@ def cmd_diff(args) -> int:
 
     from archlang.compiler.diff import check_guard, diff_models
 
-    ca = _compile(Namespace(**{**vars(args), "file": args.a}))
-    cb = _compile(Namespace(**{**vars(args), "file": args.b}))
+    sources_a, sources_b = SourceMap(), SourceMap()
+    ca = _compile(Namespace(**{**vars(args), "file": args.a}), sources=sources_a)
+    cb = _compile(Namespace(**{**vars(args), "file": args.b}), sources=sources_b)
     d = diff_models(ca.model, cb.model, _facts(args, ca), _facts(args, cb))
     tripped = []
     for guard in args.fail_on:
@@ -562,8 +567,14 @@ def cmd_diff(args) -> int:
             raise UsageError(literal(exc)) from None
         if msg:
             tripped.append(msg)
-    if args.json:
+    if args.json or args.format == "json":
         print(json.dumps({**d.to_json(), "guards_tripped": tripped}, indent=2, sort_keys=True))
+    elif args.format == "markdown":  # a pull-request comment, with the lint findings the change adds
+        from archlang.lint.markdown import diff_comment
+
+        findings_a = _lint_one(Path(args.a), [ca.model], sources_a, args)
+        findings_b = _lint_one(Path(args.b), [cb.model], sources_b, args)
+        sys.stdout.write(diff_comment(args.a, args.b, d, findings_a, findings_b, tripped))
     else:
         out = _console()
         if not d.changed:
@@ -720,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and validate specs (exit 0 valid, 1 invalid)")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
+    p.add_argument("--format", choices=["text", "json", "github", "sarif", "markdown"], default="text",
+                   help="markdown: a GitHub step summary (>> $GITHUB_STEP_SUMMARY)")
     p.add_argument("--run", action="store_true",
                    help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
@@ -796,7 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="semantic architecture diff (exit 1 when they differ; with --fail-on, exactly when a guard trips)")
     p.add_argument("a", metavar="A.arch")
     p.add_argument("b", metavar="B.arch")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text",
+                   help="markdown: a pull-request comment with the facts and the lint findings the change adds")
     p.add_argument("--fail-on", action="append", default=[], metavar="GUARD",
                    help="e.g. 'params_total>+5%%'; exit 1 only when a guard trips, 0 otherwise")
     fact_args(p)

@@ -121,6 +121,15 @@ archc check --strict model.arch                # findings make check fail too
 change its exit code only with `--strict` (or its alias `--warnings-as-errors`), which makes
 any finding exit 1.
 
+## Pull requests
+
+`archc diff BASE.arch HEAD.arch --format markdown` writes a pull-request comment: the
+architectural changes, the facts before and after with their deltas, and the lint findings the
+change adds and resolves (a finding is the same in both when its rule and message are).
+`archc check --format markdown specs/*.arch >> "$GITHUB_STEP_SUMMARY"` writes a step summary: one
+row per file, then its errors and findings. Both escape everything that comes from a spec or a
+file name.
+
 ## Settings
 
 Settings come from the `[tool.archc]` table of the nearest `pyproject.toml` above the spec that
