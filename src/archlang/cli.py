@@ -150,19 +150,19 @@ def _check_one(path: Path, args) -> tuple[list, list[ArchError], SourceMap]:
     return models, [], sources
 
 
-def _lint_one(path: Path, models, sources: SourceMap, args):
+def _lint_one(path: Path, models, sources: SourceMap, args, *, whole_ir: bool = True):
     """The lint findings on a file's models, under its project's settings and the command line's."""
     from archlang.lint import lint_models, load_config
 
     config = load_config(path).overridden(tensor_parallel=getattr(args, "tp", None), expert_parallel=getattr(args, "ep", None),
                                           hardware=getattr(args, "hardware", None), ignore=getattr(args, "ignore", ()))
-    return lint_models(models, config, sources).findings
+    return lint_models(models, config, sources, whole_ir=whole_ir).findings
 
 
 class _Run:
     """What checking (and linting) a list of files produced, ready for any output format."""
 
-    def __init__(self, files, args, *, lint: bool):
+    def __init__(self, files, args, *, whole_ir: bool):
         self.records: list[dict] = []
         self.summary: list[dict] = []
         self.rendered: list[str] = []
@@ -177,7 +177,7 @@ class _Run:
             self.records.extend(_error_record(e) for e in shown)
             if errs:
                 self.rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
-            findings = _lint_one(Path(file), models, sources, args) if lint and models else []
+            findings = _lint_one(Path(file), models, sources, args, whole_ir=whole_ir) if models else []
             self.findings += findings[:MAX_ERRORS_PER_FILE]
             self.finding_sources += [sources] * len(findings[:MAX_ERRORS_PER_FILE])
             self.summary.append({"file": file, "models": [m.name for m in models], "ok": not errs, "error_count": len(errs),
@@ -244,7 +244,7 @@ class _Run:
 
 
 def cmd_check(args) -> int:
-    run = _Run(args.files, args, lint=True)
+    run = _Run(args.files, args, whole_ir=False)  # check's work grows with block kinds, not depth
     run.print(args.format, level="error" if args.strict else "warning", findings_fail=args.strict)
     if run.usage:
         return EXIT_USAGE
@@ -269,7 +269,7 @@ def cmd_lint(args) -> int:
         raise UsageError("give one or more spec files, or --list-rules")
     if args.format == "markdown":
         raise UsageError("markdown is for --list-rules; findings print as text, github, sarif or json")
-    run = _Run(args.files, args, lint=True)
+    run = _Run(args.files, args, whole_ir=True)
     run.print(args.format, ok_lines=False, findings_fail=True)
     if run.usage or run.records:  # a spec that does not check is not linted: exit 2, as a usage error does
         return EXIT_USAGE

@@ -184,3 +184,16 @@ def test_findings_per_file_are_capped(capsys, tmp_path):
     code, out, _ = run(capsys, "lint", "--format", "json", spec)
     data = json.loads(out)
     assert len(data["warnings"]) == 50 and data["truncated"] and data["files"][0]["warning_count"] == 60
+
+
+def test_check_leaves_the_whole_ir_rules_to_lint(capsys, tmp_path):
+    """check's work grows with the number of block kinds, not depth: ARC116 (which lowers every
+    layer) runs in `archc lint` only."""
+    big = tmp_path / "big.arch"
+    big.write_text(spec_text(d_model="16384", ffn="swiglu(hidden = 65536)", attention="gqa(heads = 128, kv_heads = 8)",
+                             layers="layer * 20"))
+    _, out, _ = run(capsys, "check", "--format", "json", big)
+    assert json.loads(out)["warnings"] == []
+    _, out, _ = run(capsys, "lint", "--format", "json", big)
+    assert [w["code"] for w in json.loads(out)["warnings"]] == ["ARC116"]
+    assert [c for c, r in RULES.items() if r.whole_ir] == ["ARC116"]

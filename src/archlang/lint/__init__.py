@@ -47,11 +47,14 @@ def suppressed_inline(span: Span | None, code: str, sources: SourceMap | None) -
     return above is not None and above.lstrip().startswith("#") and code in _inline_codes(above)
 
 
-def lint_model(model: Model, config: LintConfig) -> list[Finding]:
-    """Every rule's findings on one model, in rule order, one per rule and source location."""
+def lint_model(model: Model, config: LintConfig, *, whole_ir: bool = True) -> list[Finding]:
+    """Every rule's findings on one model, in rule order, one per rule and source location;
+    without `whole_ir`, less the rules that build the IR of every layer."""
     subject = _rules.Subject(model, config)
     findings, seen = [], set()
     for code, r in RULES.items():
+        if r.whole_ir and not whole_ir:
+            continue
         for hit in r.check(subject):
             span = model.span_of(*hit.path)
             key = (code, span.file, span.line, span.column) if span else (code, hit.message)
@@ -62,11 +65,12 @@ def lint_model(model: Model, config: LintConfig) -> list[Finding]:
     return findings
 
 
-def lint_models(models: Sequence[Model], config: LintConfig, sources: SourceMap | None = None) -> LintResult:
+def lint_models(models: Sequence[Model], config: LintConfig, sources: SourceMap | None = None, *,
+                whole_ir: bool = True) -> LintResult:
     """The findings on the models of one file, less those its settings or comments suppress."""
     result, seen = LintResult(), set()
     for model in models:
-        for f in lint_model(model, config):
+        for f in lint_model(model, config, whole_ir=whole_ir):
             key = (f.code, f.span.file, f.span.line, f.span.column) if f.span else (f.code, f.model, f.message)
             if key in seen:  # a model extending another in the same file shares its values
                 continue

@@ -30,6 +30,9 @@ class Rule:
     why: str
     fix: str
     check: Callable[..., Iterator[Hit]] = field(compare=False, repr=False)
+    # Builds the IR of every layer, whose cost grows with depth: `archc lint` runs it, `archc
+    # check` (whose work grows only with the number of block kinds) does not.
+    whole_ir: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,12 @@ class Finding:
 RULES: dict[str, Rule] = {}
 
 
-def rule(code: str, name: str, title: str, *, why: str, fix: str):
+def rule(code: str, name: str, title: str, *, why: str, fix: str, whole_ir: bool = False):
     """Register a rule function under a stable code (never reused once published)."""
     assert CODE.fullmatch(code) and code not in RULES, code
 
     def register(check):
-        RULES[code] = Rule(code, name, title, " ".join(why.split()), " ".join(fix.split()), check)
+        RULES[code] = Rule(code, name, title, " ".join(why.split()), " ".join(fix.split()), check, whole_ir)
         return check
 
     return register

@@ -75,13 +75,15 @@ def rules_json() -> list[dict]:
 
 
 def rules_text() -> str:
-    return "\n\n".join(f"{r.code}  {r.name}: {r.title}\n  why: {r.why}\n  fix: {r.fix}" for r in RULES.values())
+    return "\n\n".join(f"{r.code}  {r.name}: {r.title}{' (archc lint only, not check)' if r.whole_ir else ''}"
+                       f"\n  why: {r.why}\n  fix: {r.fix}" for r in RULES.values())
 
 
 def rules_markdown() -> str:
     """docs/lint.md: written by `archc lint --list-rules --format markdown`, kept current by a test."""
-    out = [_DOC_HEAD, "| code | name | title |", "|---|---|---|"]
-    out += [f"| [{r.code}](#{r.code.lower()}) | `{r.name}` | {r.title} |" for r in RULES.values()]
+    out = [_DOC_HEAD, "| code | name | title | in `check` |", "|---|---|---|---|"]
+    out += [f"| [{r.code}](#{r.code.lower()}) | `{r.name}` | {r.title} | {'no' if r.whole_ir else 'yes'} |"
+            for r in RULES.values()]
     for r in RULES.values():
         out += ["", f"### {r.code}", "", f"**{r.title}** (`{r.name}`)", "", f"*Why.* {r.why}", "", f"*Fix.* {r.fix}"]
     return "\n".join(out) + "\n"
@@ -97,7 +99,9 @@ _DOC_HEAD = """\
 compiles and runs exactly, but wastes tensor cores, cannot be sharded as intended, or behaves
 badly at long context. Each finding names a rule by a stable code, points at the value it is
 about (file:line:column), and says why it matters and how to fix it. `archc check` runs the same
-rules and prints their findings as warnings.
+rules, except those that build the IR of every layer (the table says which: their cost grows
+with depth, and check's grows only with the number of block kinds), and prints their findings
+as warnings.
 
 ```
 archc lint examples/*.arch                     # text: file:line:col: warning[ARC102]: ...

@@ -426,7 +426,7 @@ def attention_unfused(s: Subject) -> Iterator[Hit]:
       memory at the configured degrees, the model cannot be served as configured. The figure is
       `archc estimate`'s inference memory at batch 1.""",
       fix="""Raise tensor_parallel (or expert_parallel) in [tool.archc], pick hardware with more memory,
-      or quantize; `archc estimate` shows the breakdown.""")
+      or quantize; `archc estimate` shows the breakdown.""", whole_ir=True)
 def does_not_fit(s: Subject) -> Iterator[Hit]:
     from archlang.estimate import HARDWARE, Setup, estimate
     from archlang.spec.errors import ArchError
