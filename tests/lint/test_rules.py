@@ -148,3 +148,32 @@ def test_examples_get_exactly_their_documented_findings():
         result = lint_models(load_models(path, sources=sources), LintConfig(), sources)
         got[path.name] = sorted(f.code for f in result.findings)
     assert got == EXAMPLE_FINDINGS
+
+
+@pytest.mark.parametrize("settings", [{}, dict(tensor_parallel=8, expert_parallel=4, hardware="cpu")])
+def test_every_tiny_spec_lints_without_failing(settings):
+    from ..conftest import SPECS
+
+    for path in sorted(SPECS.glob("*.arch")):
+        sources = SourceMap()
+        result = lint_models(load_models(path, sources=sources), LintConfig(**settings), sources)
+        assert all(f.span is not None and f.span.file == str(path) for f in result.findings), path
+
+
+def test_random_valid_specs_lint_with_located_findings(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    from ..strategies import valid_spec
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(valid_spec())
+    def check(text):
+        path = tmp_path / "r.arch"
+        path.write_text(text)
+        sources = SourceMap()
+        models = load_models(path, sources=sources)
+        for config in (LintConfig(), LintConfig(tensor_parallel=8, expert_parallel=4)):
+            for f in lint_models(models, config, sources).findings:
+                assert f.code in RULES and f.span is not None and sources.line(f.span) is not None
+
+    check()
