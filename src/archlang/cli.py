@@ -184,14 +184,14 @@ class _Run:
                                  "errors_omitted": omitted, "warning_count": len(findings),
                                  "warnings_omitted": max(0, len(findings) - MAX_ERRORS_PER_FILE)})
 
-    def omitted_lines(self, level: str) -> list[tuple[str, str]]:
-        """(file, text) of what the per-file caps left out."""
+    def omitted(self, kind: str) -> list[tuple[str, str]]:
+        """(file, text) of the errors (kind "errors") or findings ("warnings") the per-file caps left out."""
         out = []
         for s in self.summary:
-            if s["errors_omitted"]:
-                out.append((s["file"], _more(s["errors_omitted"], s["file"])))
-            if s["warnings_omitted"]:
-                n = s["warnings_omitted"]
+            n = s[f"{kind}_omitted"]
+            if n and kind == "errors":
+                out.append((s["file"], _more(n, s["file"])))
+            elif n:
                 out.append((s["file"], f"and {n:,} more finding{'s' if n != 1 else ''} in {literal(s['file'])}"))
         return out
 
@@ -210,25 +210,24 @@ class _Run:
         elif fmt == "sarif":
             sarif = _sarif(self.records, self.summary, self.findings, level)
             notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
-            notes += [{"level": "warning", "message": {"text": text}} for _, text in self.omitted_lines(level)
-                      if "finding" in text]
+            notes += [{"level": "warning", "message": {"text": text}} for _, text in self.omitted("warnings")]
             print(json.dumps(sarif, indent=2))
         elif fmt == "github":
             for r in self.records:
                 print(_github_line(r))
             for f in self.findings:
                 print(github_line(f, level=level))
-            for file, text in self.omitted_lines(level):
-                print(f"::{'error' if 'error' in text else level} file={github_property(file)}::{github_data(text)}")
+            for kind, command in (("errors", "error"), ("warnings", level)):
+                for file, text in self.omitted(kind):
+                    print(f"::{command} file={github_property(file)}::{github_data(text)}")
         else:
             out, err = _console(), _err_console()
             for block in self.rendered:
                 err.print(block)
             for f, sources in zip(self.findings, self.finding_sources):
                 err.print(bounded_lines(literal_block(render_text(f, sources, level=level)), MAX_LINE_WIDTH))
-            for _, text in self.omitted_lines(level):
-                if "finding" in text:
-                    err.print(text)
+            for _, text in self.omitted("warnings"):
+                err.print(text)
             if ok_lines:
                 for s in self.summary:
                     if s["ok"]:

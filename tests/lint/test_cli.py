@@ -146,7 +146,7 @@ def test_list_rules(capsys):
     code, out, _ = run(capsys, "lint", "--list-rules")
     assert code == 0 and all(f"{c}  {r.name}: {r.title}" in out for c, r in RULES.items())
     code, out, _ = run(capsys, "lint", "--list-rules", "--format", "json")
-    assert [r["code"] for r in json.loads(out)] == list(RULES)
+    assert [r["code"] for r in json.loads(out)] == sorted(RULES)
 
 
 def test_docs_are_current():
@@ -197,3 +197,14 @@ def test_check_leaves_the_whole_ir_rules_to_lint(capsys, tmp_path):
     _, out, _ = run(capsys, "lint", "--format", "json", big)
     assert [w["code"] for w in json.loads(out)["warnings"]] == ["ARC116"]
     assert [c for c, r in RULES.items() if r.whole_ir] == ["ARC116"]
+
+
+def test_capped_findings_of_a_file_named_error_stay_warnings(capsys, tmp_path):
+    blocks = " ".join(f"block b{i} {{ norm = rmsnorm(eps = 1e-5) attention = gqa(heads = 8, kv_heads = 8, head_dim = {36 + 8 * i}) }}"
+                      for i in range(55))
+    spec = tmp_path / "error.arch"
+    spec.write_text(f"model m {{ vocab = 1024 d_model = 256 context = 64 {blocks} layers = [{', '.join(f'b{i}' for i in range(55))}] }}\n")
+    code, out, _ = run(capsys, "lint", "--format", "github", spec)
+    lines = out.splitlines()
+    assert code == 1 and len(lines) == 51 and all(line.startswith("::warning ") for line in lines)
+    assert "and 5 more findings in" in lines[-1]

@@ -70,21 +70,25 @@ def finding_json(f: Finding) -> dict:
 # ----------------------------------------------------------------------------- the registry
 
 
+def _rules():
+    return sorted(RULES.values(), key=lambda r: r.code)
+
+
 def rules_json() -> list[dict]:
-    return [{"code": r.code, "name": r.name, "title": r.title, "why": r.why, "fix": r.fix} for r in RULES.values()]
+    return [{"code": r.code, "name": r.name, "title": r.title, "why": r.why, "fix": r.fix} for r in _rules()]
 
 
 def rules_text() -> str:
     return "\n\n".join(f"{r.code}  {r.name}: {r.title}{' (archc lint only, not check)' if r.whole_ir else ''}"
-                       f"\n  why: {r.why}\n  fix: {r.fix}" for r in RULES.values())
+                       f"\n  why: {r.why}\n  fix: {r.fix}" for r in _rules())
 
 
 def rules_markdown() -> str:
     """docs/lint.md: written by `archc lint --list-rules --format markdown`, kept current by a test."""
     out = [_DOC_HEAD, "| code | name | title | in `check` |", "|---|---|---|---|"]
     out += [f"| [{r.code}](#{r.code.lower()}) | `{r.name}` | {r.title} | {'no' if r.whole_ir else 'yes'} |"
-            for r in RULES.values()]
-    for r in RULES.values():
+            for r in _rules()]
+    for r in _rules():
         out += ["", f"### {r.code}", "", f"**{r.title}** (`{r.name}`)", "", f"*Why.* {r.why}", "", f"*Fix.* {r.fix}"]
     return "\n".join(out) + "\n"
 
