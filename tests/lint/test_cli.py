@@ -208,3 +208,9 @@ def test_capped_findings_of_a_file_named_error_stay_warnings(capsys, tmp_path):
     lines = out.splitlines()
     assert code == 1 and len(lines) == 51 and all(line.startswith("::warning ") for line in lines)
     assert "and 5 more findings in" in lines[-1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests" / "fuzz_corpus").glob("*.arch")), ids=lambda p: p.name)
+def test_lint_exits_cleanly_on_the_fuzz_corpus(capsys, path):
+    code, _, _ = run(capsys, "lint", path)  # run() asserts: no traceback, no internal error
+    assert code in (0, 1, 2)
