@@ -177,10 +177,13 @@ class _Run:
             self.records.extend(_error_record(e) for e in shown)
             if errs:
                 self.rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
+            # a loader that gives only the models' names has nothing to lint: its file is checked alone
+            names = [m if isinstance(m, str) else m.name for m in models]
+            models = [m for m in models if not isinstance(m, str)]
             findings = _lint_one(Path(file), models, sources, args, whole_ir=whole_ir) if models else []
             self.findings += findings[:MAX_ERRORS_PER_FILE]
             self.finding_sources += [sources] * len(findings[:MAX_ERRORS_PER_FILE])
-            self.summary.append({"file": file, "models": [m.name for m in models], "ok": not errs, "error_count": len(errs),
+            self.summary.append({"file": file, "models": names, "ok": not errs, "error_count": len(errs),
                                  "errors_omitted": omitted, "warning_count": len(findings),
                                  "warnings_omitted": max(0, len(findings) - MAX_ERRORS_PER_FILE)})
 
