@@ -89,8 +89,9 @@ def _print_errors(exc: ArchError | ArchErrors, sources: SourceMap | None, file: 
 # ----------------------------------------------------------------------------- check
 
 
-def _sarif(records: list[dict], summary: list[dict]) -> dict:
+def _sarif(records: list[dict], summary: list[dict], warnings=(), level: str = "warning") -> dict:
     from archlang import __version__
+    from archlang.lint.report import sarif_result, sarif_rule
 
     results = []
     for r in records:
@@ -105,7 +106,9 @@ def _sarif(records: list[dict], summary: list[dict]) -> dict:
                 region.update(endLine=r["end_line"], endColumn=r["end_column"])
             result["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": r["file"]}, "region": region}}]
         results.append(result)
-    rules = sorted({res["ruleId"] for res in results})
+    rules = [{"id": r, "shortDescription": {"text": f"archlang {r} error"}} for r in sorted({res["ruleId"] for res in results})]
+    rules += [sarif_rule(code) for code in sorted({f.code for f in warnings})]
+    results += [sarif_result(f, level=level) for f in warnings]
     # Errors left out of `results` (past the per-file cap) are counted where a reader looks.
     notifications = [{"level": "warning", "message": {"text": _more(s["errors_omitted"], s["file"])}}
                      for s in summary if s["errors_omitted"]]
@@ -114,7 +117,7 @@ def _sarif(records: list[dict], summary: list[dict]) -> dict:
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "runs": [{
             "tool": {"driver": {"name": "archc", "version": __version__, "informationUri": "https://github.com/archlang/archlang",
-                                "rules": [{"id": r, "shortDescription": {"text": f"archlang {r} error"}} for r in rules]}},
+                                "rules": rules}},
             "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
             "results": results,
         }],
@@ -130,67 +133,155 @@ def _github_line(r: dict) -> str:
     return f"::error{props}::{github_data(text)}"
 
 
-def _check_one(path: Path, args) -> tuple[list[str], list[ArchError], SourceMap]:
+def _check_one(path: Path, args) -> tuple[list, list[ArchError], SourceMap]:
     """The models of one file, or its errors: a file that cannot be read is an error of that file."""
     from archlang.api import check_file, check_source
 
     sources = SourceMap()
     if str(path) == STDIN:
         try:
-            models = check_source(_read_stdin(), name=STDIN_NAME, sources=sources, run=args.run)
+            models = check_source(_read_stdin(), name=STDIN_NAME, sources=sources, run=getattr(args, "run", False))
         except (ArchError, ArchErrors) as exc:
             return [], all_errors(exc), sources
-        return [m.name for m in models], [], sources
+        return models, [], sources
     if not os.path.lexists(path):
         return [], [ArchError(f"no such file: {literal(path)}", kind="usage")], sources
     try:
-        models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root, run=args.run)
+        models = check_file(path, sources=sources, allow_outside_root=args.allow_outside_root,
+                            run=getattr(args, "run", False))
     except (ArchError, ArchErrors) as exc:
         return [], all_errors(exc), sources
     except OSError as exc:
         return [], [ArchError(f"cannot read {literal(path)}: {exc.strerror or exc}", kind="io")], sources
-    return [m.name for m in models], [], sources
+    return models, [], sources
+
+
+def _lint_one(path: Path, models, sources: SourceMap, args, *, whole_ir: bool = True):
+    """The lint findings on a file's models, under its project's settings and the command line's."""
+    from archlang.lint import lint_models, load_config
+
+    config = load_config(path).overridden(tensor_parallel=getattr(args, "tp", None), expert_parallel=getattr(args, "ep", None),
+                                          hardware=getattr(args, "hardware", None), ignore=getattr(args, "ignore", ()))
+    return lint_models(models, config, sources, whole_ir=whole_ir).findings
+
+
+class _Run:
+    """What checking (and linting) a list of files produced, ready for any output format."""
+
+    def __init__(self, files, args, *, whole_ir: bool):
+        self.records: list[dict] = []
+        self.summary: list[dict] = []
+        self.rendered: list[str] = []
+        self.findings: list = []  # shown, at most MAX_ERRORS_PER_FILE per file
+        self.finding_sources: list[SourceMap] = []  # the texts each finding's file run read
+        self.usage = False
+        for file in files:
+            models, errs, sources = _check_one(Path(file), args)
+            self.usage = self.usage or any(e.kind == "usage" for e in errs)
+            shown = errs[:MAX_ERRORS_PER_FILE]
+            omitted = len(errs) - len(shown)
+            self.records.extend(_error_record(e) for e in shown)
+            if errs:
+                self.rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
+            # a loader that gives only the models' names has nothing to lint: its file is checked alone
+            names = [m if isinstance(m, str) else m.name for m in models]
+            models = [m for m in models if not isinstance(m, str)]
+            findings = _lint_one(Path(file), models, sources, args, whole_ir=whole_ir) if models else []
+            self.findings += findings[:MAX_ERRORS_PER_FILE]
+            self.finding_sources += [sources] * len(findings[:MAX_ERRORS_PER_FILE])
+            self.summary.append({"file": STDIN_NAME if file == STDIN else file, "models": names, "ok": not errs, "error_count": len(errs),
+                                 "errors_omitted": omitted, "warning_count": len(findings),
+                                 "warnings_omitted": max(0, len(findings) - MAX_ERRORS_PER_FILE)})
+
+    def omitted(self, kind: str) -> list[tuple[str, str]]:
+        """(file, text) of the errors (kind "errors") or findings ("warnings") the per-file caps left out."""
+        out = []
+        for s in self.summary:
+            n = s[f"{kind}_omitted"]
+            if n and kind == "errors":
+                out.append((s["file"], _more(n, s["file"])))
+            elif n:
+                out.append((s["file"], f"and {n:,} more finding{'s' if n != 1 else ''} in {literal(s['file'])}"))
+        return out
+
+    def print(self, fmt: str, *, level: str = "warning", ok_lines: bool = True, findings_fail: bool = False) -> None:
+        from archlang.lint.report import finding_json, github_line, render_text
+
+        if fmt == "json":
+            print(json.dumps({"ok": not self.records and not (findings_fail and self.findings),
+                              "truncated": any(s["errors_omitted"] or s["warnings_omitted"] for s in self.summary),
+                              "files": self.summary, "errors": self.records,
+                              "warnings": [finding_json(f) for f in self.findings]}, indent=2))
+        elif fmt == "markdown":
+            from archlang.lint.markdown import check_summary
+
+            sys.stdout.write(check_summary(self.summary, self.records, self.findings, strict=findings_fail))
+        elif fmt == "sarif":
+            sarif = _sarif(self.records, self.summary, self.findings, level)
+            notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+            notes += [{"level": "warning", "message": {"text": text}} for _, text in self.omitted("warnings")]
+            print(json.dumps(sarif, indent=2))
+        elif fmt == "github":
+            for r in self.records:
+                print(_github_line(r))
+            for f in self.findings:
+                print(github_line(f, level=level))
+            for kind, command in (("errors", "error"), ("warnings", level)):
+                for file, text in self.omitted(kind):
+                    print(f"::{command} file={github_property(file)}::{github_data(text)}")
+        else:
+            out, err = _console(), _err_console()
+            for block in self.rendered:
+                err.print(block)
+            for f, sources in zip(self.findings, self.finding_sources):
+                err.print(bounded_lines(literal_block(render_text(f, sources, level=level)), MAX_LINE_WIDTH))
+            for _, text in self.omitted("warnings"):
+                err.print(text)
+            if ok_lines:
+                for s in self.summary:
+                    if s["ok"]:
+                        out.print(Text.assemble(("ok", "green"), f" {literal(s['file'])}: {', '.join(s['models'])}"))
+            bad = [s for s in self.summary if not s["ok"]]
+            if bad:
+                total = sum(s["error_count"] for s in bad)
+                err.print(Text(f"{total} error(s) in {len(bad)} file(s)", style="red"))
+            warned = [s for s in self.summary if s["warning_count"]]
+            if warned:
+                total = sum(s["warning_count"] for s in warned)
+                err.print(Text(f"{total} finding(s) in {len(warned)} file(s)", style="yellow"))
 
 
 def cmd_check(args) -> int:
-    records: list[dict] = []
-    summary: list[dict] = []
-    rendered: list[str] = []
-    usage = False
-    for file in args.files:
-        models, errs, sources = _check_one(Path(file), args)
-        usage = usage or any(e.kind == "usage" for e in errs)
-        shown = errs[:MAX_ERRORS_PER_FILE]
-        omitted = len(errs) - len(shown)
-        records.extend(_error_record(e) for e in shown)
-        if errs:
-            rendered.append(_rendered(shown, sources) + (f"\n{_more(omitted, file)}" if omitted else ""))
-        summary.append({"file": STDIN_NAME if file == STDIN else file, "models": models, "ok": not errs, "error_count": len(errs), "errors_omitted": omitted})
-    if args.format == "json":
-        print(json.dumps({"ok": not records, "truncated": any(s["errors_omitted"] for s in summary), "files": summary,
-                          "errors": records}, indent=2))
-    elif args.format == "sarif":
-        print(json.dumps(_sarif(records, summary), indent=2))
-    elif args.format == "github":
-        for r in records:
-            print(_github_line(r))
-        for s in summary:
-            if s["errors_omitted"]:
-                print(f"::error file={github_property(s['file'])}::{github_data(_more(s['errors_omitted'], s['file']))}")
-    else:
-        out, err = _console(), _err_console()
-        for block in rendered:
-            err.print(block)
-        for s in summary:
-            if s["ok"]:
-                out.print(Text.assemble(("ok", "green"), f" {literal(s['file'])}: {', '.join(s['models'])}"))
-        bad = [s for s in summary if not s["ok"]]
-        if bad:
-            total = sum(s["error_count"] for s in bad)
-            err.print(Text(f"{total} error(s) in {len(bad)} file(s)", style="red"))
-    if usage:
+    run = _Run(args.files, args, whole_ir=False)  # check's work grows with block kinds, not depth
+    run.print(args.format, level="error" if args.strict else "warning", findings_fail=args.strict)
+    if run.usage:
         return EXIT_USAGE
-    return EXIT_INVALID if records else EXIT_OK
+    return EXIT_INVALID if run.records or (args.strict and run.findings) else EXIT_OK
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+def cmd_lint(args) -> int:
+    from archlang.lint.report import rules_json, rules_markdown, rules_text
+
+    if args.list_rules:
+        if args.files:
+            raise UsageError("--list-rules takes no files")
+        listing = {"text": rules_text, "markdown": rules_markdown, "json": lambda: json.dumps(rules_json(), indent=2)}
+        if args.format not in listing:
+            raise UsageError(f"--list-rules prints text, json or markdown, not {args.format}")
+        sys.stdout.write(listing[args.format]().rstrip("\n") + "\n")
+        return EXIT_OK
+    if not args.files:
+        raise UsageError("give one or more spec files, or --list-rules")
+    if args.format == "markdown":
+        raise UsageError("markdown is for --list-rules; findings print as text, github, sarif or json")
+    run = _Run(args.files, args, whole_ir=True)
+    run.print(args.format, ok_lines=False, findings_fail=True)
+    if run.usage or run.records:  # a spec that does not check is not linted: exit 2, as a usage error does
+        return EXIT_USAGE
+    return EXIT_INVALID if run.findings else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- compile
@@ -306,11 +397,11 @@ def _passes_args(p) -> None:
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
 
 
-def _compile(args, on_step=None):
+def _compile(args, on_step=None, sources: SourceMap | None = None):
     from archlang.api import compile_spec
 
     _existing_files([args.file])
-    sources = SourceMap()
+    sources = sources if sources is not None else SourceMap()
     try:  # a command-line argument is a path, whatever its name ends with
         return compile_spec(Path(args.file), model=args.model, passes=args.passes, disabled=tuple(args.disable_pass),
                             sources=sources, allow_outside_root=args.allow_outside_root, on_step=on_step,
@@ -476,8 +567,9 @@ def cmd_diff(args) -> int:
 
     from archlang.compiler.diff import check_guard, diff_models
 
-    ca = _compile(Namespace(**{**vars(args), "file": args.a}))
-    cb = _compile(Namespace(**{**vars(args), "file": args.b}))
+    sources_a, sources_b = SourceMap(), SourceMap()
+    ca = _compile(Namespace(**{**vars(args), "file": args.a}), sources=sources_a)
+    cb = _compile(Namespace(**{**vars(args), "file": args.b}), sources=sources_b)
     d = diff_models(ca.model, cb.model, _facts(args, ca), _facts(args, cb))
     tripped = []
     for guard in args.fail_on:
@@ -487,8 +579,14 @@ def cmd_diff(args) -> int:
             raise UsageError(literal(exc)) from None
         if msg:
             tripped.append(msg)
-    if args.json:
+    if args.json or args.format == "json":
         print(json.dumps({**d.to_json(), "guards_tripped": tripped}, indent=2, sort_keys=True))
+    elif args.format == "markdown":  # a pull-request comment, with the lint findings the change adds
+        from archlang.lint.markdown import diff_comment
+
+        findings_a = _lint_one(Path(args.a), [ca.model], sources_a, args)
+        findings_b = _lint_one(Path(args.b), [cb.model], sources_b, args)
+        sys.stdout.write(diff_comment(args.a, args.b, d, findings_a, findings_b, tripped))
     else:
         out = _console()
         if not d.changed:
@@ -737,11 +835,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and validate specs (exit 0 valid, 1 invalid)")
     p.add_argument("files", nargs="+", metavar="FILE", help="spec files; - reads one from standard input")
-    p.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
+    p.add_argument("--format", choices=["text", "json", "github", "sarif", "markdown"], default="text",
+                   help="markdown: a GitHub step summary (>> $GITHUB_STEP_SUMMARY)")
     p.add_argument("--run", action="store_true",
                    help="also run a small stand-in of each model on random input and report the first op giving NaN/Inf")
     p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
+    p.add_argument("--strict", "--warnings-as-errors", dest="strict", action="store_true",
+                   help="exit 1 on lint findings too (they are warnings otherwise; see archc lint)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("lint", help="design-review findings with stable codes (exit 0 none, 1 findings, 2 usage or "
+                                    "invalid spec)", description="Rules: `archc lint --list-rules`, docs/lint.md. "
+                       "Settings: [tool.archc] in the nearest pyproject.toml; these options override it.")
+    p.add_argument("files", nargs="*", metavar="SPEC")
+    p.add_argument("--format", choices=["text", "github", "sarif", "json", "markdown"], default="text")
+    p.add_argument("--list-rules", action="store_true", help="print every rule: code, title, why, fix")
+    p.add_argument("--tp", type=int, help="intended tensor-parallel degree (overrides tensor_parallel)")
+    p.add_argument("--ep", type=int, help="intended expert-parallel degree (overrides expert_parallel)")
+    p.add_argument("--hardware", help="accelerator for ARC116 (overrides hardware; default h100)")
+    p.add_argument("--ignore", action="append", default=[], metavar="CODE", help="a rule not to report (adds to ignore)")
+    p.add_argument("--allow-outside-root", action="store_true", help="let imports leave the spec's folder")
+    p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("compile", help="generate the PyTorch module of a spec")
     p.add_argument("file", metavar="FILE")
@@ -800,7 +914,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="semantic architecture diff (exit 1 when they differ; with --fail-on, exactly when a guard trips)")
     p.add_argument("a", metavar="A.arch")
     p.add_argument("b", metavar="B.arch")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text",
+                   help="markdown: a pull-request comment with the facts and the lint findings the change adds")
     p.add_argument("--fail-on", action="append", default=[], metavar="GUARD",
                    help="e.g. 'params_total>+5%%'; exit 1 only when a guard trips, 0 otherwise")
     fact_args(p)
