@@ -629,11 +629,13 @@ def cmd_report(args) -> int:
     if args.hardware not in known:
         raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
     out = Path(args.output)
-    compiled = _compile(args)
+    sources = SourceMap()  # the spec's text, where inline `# archc: ignore[...]` comments are read
+    compiled = _compile(args, sources=sources)
     facts = _facts(args, compiled)
     setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp)
     report = Report(spec=args.file, model=compiled.model.name, family=compiled.model.family, version=__version__,
                     picture_svg=render_svg(compiled.lowered), facts=facts, estimate=estimate(compiled.graph, setup))
+    report.findings = _lint_one(Path(args.file), [compiled.model], sources, Namespace(hardware=args.hardware))
     if args.base:
         base = _compile(Namespace(**{**vars(args), "file": args.base}))
         report.base, report.diff = args.base, diff_models(base.model, compiled.model, _facts(args, base), facts)

@@ -29,6 +29,7 @@ def test_report_holds_picture_facts_estimate_and_diff(tmp_path):
     assert "vocab <code>32000</code> → <code>151936</code>" in page  # the semantic diff
     assert "-16,170,670,080" in page  # params delta
     assert "memory capacity" in page and "decode tokens / s" in page  # the estimate
+    assert "<code>ARC114</code>" in page  # its lint findings (no load balancing)
     # self-contained: nothing is fetched and nothing runs
     assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
     assert page == _report(tmp_path, EXAMPLES / "qwen3_30b_a3b.arch", EXAMPLES / "mixtral_8x7b.arch")

@@ -18,8 +18,13 @@ def _position(text: str, needle: str, nth: int = 0, offset: int = 0) -> tuple[in
     return text.count("\n", 0, at), at - (text.rfind("\n", 0, at) + 1)
 
 
-def test_a_valid_spec_has_no_diagnostics():
-    assert analysis.diagnostics(JAMBA.read_text(), JAMBA) == []
+def test_a_valid_spec_has_only_its_lint_findings_as_warnings():
+    llama = EXAMPLES / "llama3_8b.arch"
+    assert analysis.diagnostics(llama.read_text(), llama) == []
+    text = llama.read_text().replace("vocab = 128256", "vocab = 128257")
+    (d,) = analysis.diagnostics(text, llama)
+    assert (d.severity, d.code, d.range.line) == ("warning", "ARC102", _position(text, "vocab = 128257")[0])
+    assert "fix:" in d.message
 
 
 def test_errors_are_located_with_their_hint(tmp_path):

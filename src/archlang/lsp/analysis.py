@@ -60,18 +60,26 @@ def _name_range(span: Span, name: str) -> Range:
 
 
 def diagnostics(text: str, path: str | os.PathLike) -> list[Diagnostic]:
-    """Every error `archc check` reports for this text, as if it were saved at `path`: imports
-    resolve from its folder. An error inside an imported file is shown on the import."""
+    """Every error `archc check` reports for this text, as if it were saved at `path` (imports
+    resolve from its folder; an error inside an imported file is shown on the import), or, when
+    it has none, the lint findings `check` shows, as warnings under the project's [tool.archc]."""
     from archlang.api import _check
+    from archlang.lint import lint_models, load_config
     from archlang.spec.resolve import load_models
 
     path = Path(path)
     sources = SourceMap()
     try:
-        _check(load_models(source=text, name=str(path), root=path.parent, sources=sources), run=False)
+        models = _check(load_models(source=text, name=str(path), root=path.parent, sources=sources), run=False)
     except (ArchError, ArchErrors) as exc:
         return [_diagnostic(e, str(path), text) for e in all_errors(exc)]
-    return []
+    try:
+        config = load_config(path)
+    except ArchError as exc:  # a broken [tool.archc]: say so on the first line
+        return [Diagnostic(Range(0, 0, 0, 1), exc.message, severity="warning", code=exc.kind)]
+    found = lint_models(models, config, sources, whole_ir=False).findings
+    return [Diagnostic(_range(f.span if f.span is not None and f.span.file == str(path) else None),
+                       f"{f.message}\nwhy: {f.why}\nfix: {f.fix}", severity="warning", code=f.code) for f in found]
 
 
 def _diagnostic(e: ArchError, file: str, text: str) -> Diagnostic:

@@ -1,5 +1,5 @@
 """`archc report`: one self-contained HTML page for reviewing a design — its picture, its facts,
-the training and inference estimate, and the semantic diff against a base spec. No scripts, no
+the training and inference estimate, its lint findings, and the semantic diff against a base spec. No scripts, no
 fonts, no network: the page opens from a CI artifact or an e-mail the same way.
 
 Everything that comes from a spec reaches the page through Jinja's autoescaping; the picture is
@@ -8,7 +8,7 @@ the native SVG of `compiler/svg.py`, which escapes its own text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jinja2
 
@@ -30,6 +30,7 @@ class Report:
     estimate: Estimate
     base: str | None = None
     diff: Diff | None = None
+    findings: list = field(default_factory=list)  # archc lint's, on this spec
 
 
 def _gb(n: float) -> str:
