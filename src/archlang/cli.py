@@ -50,6 +50,17 @@ def _err_console() -> Console:
     return _console(sys.stderr)
 
 
+def _progress(items: Sequence, description: str):
+    """The items, with a progress bar on standard error while it is a terminal and the work is
+    long enough to want one; nothing at all in pipes and CI logs. The bar erases itself."""
+    console = _err_console()
+    if len(items) < 3 or not console.is_terminal:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, console=console, transient=True)
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -175,7 +186,7 @@ class _Run:
         self.findings: list = []  # shown, at most MAX_ERRORS_PER_FILE per file
         self.finding_sources: list[SourceMap] = []  # the texts each finding's file run read
         self.usage = False
-        for file in files:
+        for file in _progress(files, "checking" if not getattr(args, "run", False) else "checking and running"):
             models, errs, sources = _check_one(Path(file), args)
             self.usage = self.usage or any(e.kind == "usage" for e in errs)
             shown = errs[:MAX_ERRORS_PER_FILE]

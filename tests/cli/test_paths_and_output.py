@@ -220,3 +220,12 @@ def test_check_reads_standard_input():
     bad = MESSY.replace("ffn=", "attention=gqa(heads=4, kv_heads=3) ffn=")
     r = _piped(["check", "--format", "github", "-"], bad.encode())
     assert r.returncode == 1 and r.stdout.startswith(b"::error file=<stdin>,line=2,")
+
+
+def test_progress_only_on_a_terminal(monkeypatch):
+    files = [str(SPECS / "tiny_llama.arch")] * 4
+    assert cli._progress(files, "checking") is files  # not a terminal (pytest captures stderr)
+    monkeypatch.setattr(cli.Console, "is_terminal", property(lambda self: True))
+    shown = cli._progress(files, "checking")
+    assert shown is not files and list(shown) == files  # a bar, then the same items
+    assert cli._progress(files[:2], "checking") == files[:2]  # too short to want one
