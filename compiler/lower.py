@@ -398,7 +398,8 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "ssm", [h], name="ssm", outputs="h", shape=("B", seq, d),
                            attrs={"kind": "mamba", "d_model": d, "d_inner": di, "d_state": n, "d_conv": ssm.d_conv,
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
-                                  "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
+                                  "inner_norms": bool(ssm.inner_norms), "norm_eps": ssm.norm_eps,
+                                  "weightless_norms": True if ssm.inner_norms == "weightless" else None}, **ctx)
 
     def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

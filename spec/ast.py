@@ -562,7 +562,8 @@ class Mamba(Node):
     dt_rank: Dim  # filled from ceil(d_model / 16) when not written
     conv_bias: bool = True
     bias: bool = False  # on the in/out projections
-    inner_norms: bool = False  # RMSNorm on dt, B and C (Jamba)
+    # RMSNorm on dt, B and C: true with a weight each (Jamba), weightless without (Falcon-Mamba)
+    inner_norms: bool | Literal["weightless"] = False
     norm_eps: PositiveFloat = 1e-6
 
 
