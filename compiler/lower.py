@@ -298,7 +298,10 @@ class _Lowerer:
             v = self.adapted(pre, "v", h, v, d, kv_heads * hd, seq, ctx)
         if isinstance(att, A.LinearAttention):
             a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
-                       shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx)},
+                       shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx),
+                                                            "kv_heads": kv_heads if kv_heads != heads else None,
+                                                            "feature_map": att.feature_map
+                                                            if att.feature_map != "elu_plus_one" else None},
                        **ctx)
             return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
         extra: list[NodeRef] = []
