@@ -119,3 +119,37 @@ def test_what_each_family_lacks_is_refused_on_export_at_its_value(model_type, ar
 def test_a_weightless_mamba_exports_as_falcon_mamba_and_a_plain_one_as_mamba():
     assert export_config(load_model(BASE.replace("SSM", "inner_norms = weightless"))).model_type == "falcon_mamba"
     assert export_config(load_model(BASE.replace("SSM", "d_state = 8"))).model_type == "mamba"
+
+
+JAMBA = """model m {
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba(d_state = 8, dt_rank = 4, inner_norms = NORMS)
+        ffn = swiglu(hidden = 48)
+    }
+    block attn {
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+    }
+    layers = [mamba, attn] * 2
+}
+"""
+
+
+@pytest.mark.parametrize("norms", ["weightless", "false"])
+def test_jamba_takes_only_weighted_inner_norms(norms):
+    """Jamba's inner norms have weights: a hybrid with weightless ones (or none) is refused at
+    the value, by the round trip that every export makes."""
+    assert export_config(load_model(JAMBA.replace("NORMS", "true"))).model_type == "jamba"
+    text = JAMBA.replace("NORMS", norms)
+    with pytest.raises(ArchError) as info:
+        export_config(load_model(text))
+    err = info.value
+    line = text.splitlines()[err.span.line - 1]
+    assert line[:err.span.column - 1].endswith("inner_norms = "), (err, line)
