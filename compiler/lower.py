@@ -298,7 +298,10 @@ class _Lowerer:
             v = self.adapted(pre, "v", h, v, d, kv_heads * hd, seq, ctx)
         if isinstance(att, A.LinearAttention):
             a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
-                       shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx)},
+                       shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx),
+                                                            "kv_heads": kv_heads if kv_heads != heads else None,
+                                                            "feature_map": att.feature_map
+                                                            if att.feature_map != "elu_plus_one" else None},
                        **ctx)
             return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
         extra: list[NodeRef] = []
@@ -398,7 +401,8 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "ssm", [h], name="ssm", outputs="h", shape=("B", seq, d),
                            attrs={"kind": "mamba", "d_model": d, "d_inner": di, "d_state": n, "d_conv": ssm.d_conv,
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
-                                  "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
+                                  "inner_norms": bool(ssm.inner_norms), "norm_eps": ssm.norm_eps,
+                                  "weightless_norms": True if ssm.inner_norms == "weightless" else None}, **ctx)
 
     def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

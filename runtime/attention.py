@@ -360,20 +360,34 @@ class MLAttention(nn.Module):
 
 
 class LinearAttention(nn.Module):
-    """Causal linear attention with the elu + 1 feature map; the cache is a (D x D) state per head."""
+    """Linear attention: out_t = Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s / (Σ_{s≤t} φ(q_t)·φ(k_s) + 1e-6), with φ
+    elu + 1, relu or the identity; the cache is a (D x D) state and a D normaliser per key/value
+    head, which heads / kv_heads query heads read."""
 
-    def __init__(self, heads: int, head_dim: int, *, causal: bool, cache_key: str = ""):
+    FEATURE_MAPS = {"elu_plus_one": lambda x: F.elu(x) + 1, "relu": F.relu, "identity": lambda x: x}
+
+    def __init__(self, heads: int, head_dim: int, *, causal: bool, kv_heads: int | None = None,
+                 feature_map: str = "elu_plus_one", cache_key: str = ""):
         super().__init__()
         self.heads, self.head_dim, self.causal, self.cache_key = heads, head_dim, causal, cache_key
+        self.kv_heads = kv_heads or heads
+        if heads % self.kv_heads or feature_map not in self.FEATURE_MAPS:
+            raise ValueError(f"LinearAttention: kv_heads {self.kv_heads} must divide heads {heads}; "
+                             f"feature_map one of {sorted(self.FEATURE_MAPS)}")
+        self.phi = self.FEATURE_MAPS[feature_map]
 
     def forward(self, q, k, v, *, ctx: Context) -> torch.Tensor:
-        q, k, v = (_heads(x, self.heads, self.head_dim) for x in (q, k, v))
-        q, k = F.elu(q) + 1, F.elu(k) + 1
+        q = _heads(q, self.heads, self.head_dim)  # (B, H, T, D)
+        k, v = (_heads(x, self.kv_heads, self.head_dim) for x in (k, v))  # (B, Hkv, S, D)
+        bsz, _, t, _ = q.shape
+        q = self.phi(q).reshape(bsz, self.kv_heads, self.heads // self.kv_heads, t, self.head_dim)  # (B, Hkv, G, T, D)
+        k = self.phi(k)
         if not self.causal:
             kv = torch.einsum("bhsd,bhse->bhde", k, v)
             z = k.sum(dim=2)
-            out = torch.einsum("bhtd,bhde->bhte", q, kv) / (torch.einsum("bhtd,bhd->bht", q, z)[..., None] + 1e-6)
-            return _merge(out)
+            num = torch.einsum("bhgtd,bhde->bhgte", q, kv)
+            den = torch.einsum("bhgtd,bhd->bhgt", q, z)[..., None] + 1e-6
+            return _merge((num / den).flatten(1, 2))
         past = ctx.cache.get(self.cache_key) if ctx.cache is not None else None
         kv = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(dim=2)  # running state per position
         z = k.cumsum(dim=2)
@@ -382,6 +396,7 @@ class LinearAttention(nn.Module):
             z = z + past["norm"][:, :, None]
         if ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=kv[:, :, -1], norm=z[:, :, -1])
-        num = torch.einsum("bhtd,bhtde->bhte", q, kv)
-        den = (q * z).sum(-1, keepdim=True) + 1e-6
+        num = torch.einsum("bhgtd,bhtde->bhgte", q, kv)
+        den = torch.einsum("bhgtd,bhtd->bhgt", q, z)[..., None] + 1e-6
+        num, den = num.flatten(1, 2), den.flatten(1, 2)
         return _merge(num / den)

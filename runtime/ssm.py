@@ -18,9 +18,15 @@ def _softplus(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z > 20, z, torch.log1p(torch.exp(z.clamp(max=20))))
 
 
+def _weightless_rms_norm(z: torch.Tensor, eps: float) -> torch.Tensor:
+    h = z.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(z.dtype)
+
+
 class Mamba(nn.Module):
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, dt_rank: int, *, conv_bias: bool = True,
-                 bias: bool = False, inner_norms: bool = False, norm_eps: float = 1e-6, cache_key: str = "", **_):
+                 bias: bool = False, inner_norms: bool = False, norm_eps: float = 1e-6, weightless_norms: bool = False,
+                 cache_key: str = "", **_):
         super().__init__()
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
         self.norm_eps, self.cache_key = norm_eps, cache_key
@@ -35,11 +41,11 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Parameter(torch.empty(d_model, d_inner))
         self.out_proj_bias = nn.Parameter(torch.zeros(d_model)) if bias else None
-        if inner_norms:
+        if inner_norms and not weightless_norms:  # Falcon-Mamba's norms have no weight
             self.dt_norm = nn.Parameter(torch.ones(dt_rank))
             self.b_norm = nn.Parameter(torch.ones(d_state))
             self.c_norm = nn.Parameter(torch.ones(d_state))
-        self.inner_norms = inner_norms
+        self.inner_norms, self.weightless_norms = inner_norms, weightless_norms
         for p in (self.in_proj, self.conv_weight, self.x_proj, self.dt_proj_weight, self.out_proj):
             nn.init.normal_(p, std=0.02)
 
@@ -54,7 +60,9 @@ class Mamba(nn.Module):
         hidden = F.silu(conv[:, :, -t:])  # (B, di, T)
         params = F.linear(hidden.transpose(1, 2), self.x_proj)  # (B, T, r + 2N)
         dt, b, c = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        if self.inner_norms:
+        if self.inner_norms and self.weightless_norms:
+            dt, b, c = (_weightless_rms_norm(z, self.norm_eps) for z in (dt, b, c))
+        elif self.inner_norms:
             dt = reference.rms_norm(dt, self.dt_norm, self.norm_eps)
             b = reference.rms_norm(b, self.b_norm, self.norm_eps)
             c = reference.rms_norm(c, self.c_norm, self.norm_eps)

@@ -402,14 +402,22 @@ class Differential(_AttentionCommon):
 
 
 class LinearAttention(_AttentionCommon):
-    """Linear attention (Katharopoulos et al. 2020) with the elu + 1 feature map: O(T) time,
-    a (head_dim x head_dim) state per head instead of a KV cache."""
+    """Linear attention (Katharopoulos et al. 2020): O(T) time, a (head_dim x head_dim) state per
+    key/value head instead of a KV cache. The feature map φ is elu + 1 (the paper's), relu or the
+    identity; each query head reads the state of its group's key/value head, as in gqa."""
 
     kind: Literal["linear"]
+    kv_heads: Dim | None = None  # default: heads
+    feature_map: Literal["elu_plus_one", "relu", "identity"] = "elu_plus_one"
 
-    @property
-    def kv_heads(self) -> int:
-        return self.heads
+    @model_validator(mode="after")
+    def _groups(self) -> "LinearAttention":
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)
+        if self.heads % self.kv_heads:
+            raise FieldError("kv_heads", f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})",
+                             "each key/value head serves heads / kv_heads query heads")
+        return self
 
 
 Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention], Field(discriminator="kind")]
@@ -562,7 +570,8 @@ class Mamba(Node):
     dt_rank: Dim  # filled from ceil(d_model / 16) when not written
     conv_bias: bool = True
     bias: bool = False  # on the in/out projections
-    inner_norms: bool = False  # RMSNorm on dt, B and C (Jamba)
+    # RMSNorm on dt, B and C: true with a weight each (Jamba), weightless without (Falcon-Mamba)
+    inner_norms: bool | Literal["weightless"] = False
     norm_eps: PositiveFloat = 1e-6
 
 

@@ -339,12 +339,15 @@ class MLAttention(_Attention):
 @register
 class LinearAttention(_Attention):
     name = "linear_attention"
-    summary = "causal linear attention with the elu + 1 feature map: a running state instead of a cache"
-    attrs = {"heads": attr(int), "head_dim": attr(int), "causal": attr(bool)}
+    summary = "linear attention with a feature map (elu + 1, relu, identity): a running state instead of a cache"
+    attrs = {"heads": attr(int), "head_dim": attr(int), "causal": attr(bool),
+             "kv_heads": attr(int, default=None, doc="key/value heads, each read by heads / kv_heads query heads; "
+                                                     "None: heads"),
+             "feature_map": attr(str, default=None, doc="relu | identity; None: elu + 1")}
     arity = (3, 3)
     mixer_kinds = ("linear",)
     refused_positions = {
-        ("linear", "rope"): Refusal("elu + 1 linear attention is defined on unrotated features", _LINEAR_INSTEAD),
+        ("linear", "rope"): Refusal("linear attention is defined on unrotated features", _LINEAR_INSTEAD),
         ("linear", "alibi"): Refusal(f"linear attention {_NO_SCORES}", _LINEAR_INSTEAD),
         ("linear", "relative"): Refusal(f"linear attention {_NO_SCORES}", _LINEAR_INSTEAD),
     }
@@ -352,7 +355,7 @@ class LinearAttention(_Attention):
         ("linear", "window"): Refusal("linear attention keeps one running state over the whole past",
                                       "remove window, or use mha/gqa with a window"),
         ("linear", "softcap"): Refusal("linear attention has no scores to cap", "remove softcap"),
-        ("linear", "scale"): Refusal("linear attention's elu + 1 feature map has no score scale", "remove scale"),
+        ("linear", "scale"): Refusal("linear attention's feature maps have no score scale", "remove scale"),
         **_refuse_modern("linear", "linear attention has no softmax, cache or positions for these options to act on"),
         **_refuse_masks("linear", "linear attention keeps one running state over the whole past, with no mask"),
     }
@@ -360,19 +363,33 @@ class LinearAttention(_Attention):
     def params(self, a, shape):
         return {}
 
+    @staticmethod
+    def kv_heads(a) -> int:
+        return a["kv_heads"] if a["kv_heads"] is not None else a["heads"]
+
     def verify(self, node, d, widths, ctx):
-        width = d["attrs"]["heads"] * d["attrs"]["head_dim"]
-        if widths != [width] * 3:
-            ctx.fail(node, f"linear attention expects q/k/v widths {[width] * 3}, gets {widths}")
+        a = d["attrs"]
+        q_width, kv_width = a["heads"] * a["head_dim"], self.kv_heads(a) * a["head_dim"]
+        if widths != [q_width, kv_width, kv_width]:
+            ctx.fail(node, f"linear attention expects q/k/v widths {[q_width, kv_width, kv_width]}, gets {widths}")
+        if a["heads"] % self.kv_heads(a):
+            ctx.fail(node, f"linear attention: kv_heads ({self.kv_heads(a)}) must divide heads ({a['heads']})")
+        if a["feature_map"] not in (None, "relu", "identity"):
+            ctx.fail(node, f"linear attention: unknown feature map {a['feature_map']!r}")
 
     def cost(self, d, ctx):
+        """The state update φ(k)ᵀv per key/value head and the readout φ(q)·S per query head
+        (the normaliser's vectors are counted in the state, not the FLOPs)."""
         a = d["attrs"]
-        return Cost(flops=2 * 2 * a["heads"] * a["head_dim"] * a["head_dim"],
-                    state_bytes=a["heads"] * a["head_dim"] * (a["head_dim"] + 1) * ctx.nbytes)
+        hd, kv = a["head_dim"], self.kv_heads(a)
+        return Cost(flops=2 * (kv + a["heads"]) * hd * hd, state_bytes=kv * hd * (hd + 1) * ctx.nbytes)
 
     def module(self, d, emit):
         a = d["attrs"]
-        return f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}, cache_key={emit.cache_key})"
+        extra = f", kv_heads={a['kv_heads']}" if a["kv_heads"] is not None else ""
+        extra += f", feature_map={a['feature_map']!r}" if a["feature_map"] is not None else ""
+        return (f"rt.LinearAttention({a['heads']}, {a['head_dim']}, causal={a['causal']!r}{extra}, "
+                f"cache_key={emit.cache_key})")
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({', '.join(args)}, ctx=ctx)"

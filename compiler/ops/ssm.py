@@ -15,6 +15,7 @@ class Mamba(OpDef):
         "kind": attr(str, doc="mamba"), "d_model": attr(int), "d_inner": attr(int), "d_state": attr(int),
         "d_conv": attr(int), "dt_rank": attr(int), "conv_bias": attr(bool), "bias": attr(bool),
         "inner_norms": attr(bool, doc="RMSNorm on dt, B and C (Jamba)"), "norm_eps": attr(float),
+        "weightless_norms": attr(bool, default=None, doc="the inner norms have no weight (Falcon-Mamba)"),
     }
     arity = (1, 1)
     picture = "ssm"
@@ -47,7 +48,7 @@ class Mamba(OpDef):
         if a["bias"]:
             params["in_proj_bias"] = (2 * di,)
             params["out_proj_bias"] = (d,)
-        if a["inner_norms"]:
+        if a["inner_norms"] and not a["weightless_norms"]:
             params.update(dt_norm=(r,), b_norm=(n,), c_norm=(n,))
         return params
 
@@ -77,7 +78,8 @@ class Mamba(OpDef):
         a = d["attrs"]
         return (f"rt.Mamba({a['d_model']}, {a['d_inner']}, {a['d_state']}, {a['d_conv']}, {a['dt_rank']}, "
                 f"conv_bias={a['conv_bias']!r}, bias={a['bias']!r}, inner_norms={a['inner_norms']!r}, "
-                f"norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
+                f"norm_eps={a['norm_eps']!r}{', weightless_norms=True' if a['weightless_norms'] else ''}, "
+                f"cache_key={emit.cache_key})")
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({args[0]}, ctx)"

@@ -431,6 +431,26 @@ CASES = {
     }}
     layers = mamba * 3
 }}""", "mamba2"),
+    # Mamba-1: biases, a dt rank and width of its own, no conv bias; Falcon-Mamba: weightless inner norms
+    "mamba": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba(d_state = 8, expand = 3, dt_rank = 3, conv_bias = false, bias = true)
+    }}
+    layers = mamba * 2
+}}""", "mamba"),
+    "falcon_mamba-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba(d_state = 4, d_conv = 3, inner_norms = weightless, norm_eps = 0.05)
+    }}
+    layers = mamba * 3
+}}""", "falcon_mamba"),
     # QK-norm per head, q/k/v/o biases, a head_dim override, sliding windows on the later layers
     "qwen3-sliding-biases": (f"""model m {{
     {HEAD}

@@ -227,6 +227,19 @@ CASES = {
         qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
         moe_intermediate_size=16, mlp_layer_types=["sparse", "dense", "sparse"], n_group=1, topk_group=1,
         norm_topk_prob=False, index_topk=64, index_n_heads=4, index_head_dim=8)),
+    # Mamba-1: biases on the projections, a dt rank other than ceil(d / 16), a width written as
+    # intermediate_size (3 · d: it replaces expand), untied; then no conv bias and tied embeddings
+    "mamba": (T.MambaConfig, T.MambaForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=8, time_step_rank=3, intermediate_size=96,
+        use_bias=True, tie_word_embeddings=False, layer_norm_epsilon=1e-6)),
+    "mamba-tied": (T.MambaConfig, T.MambaForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, state_size=16, conv_kernel=3, use_conv_bias=False)),
+    # Falcon-Mamba: weightless RMSNorms on dt, B and C with an eps large enough to act
+    "falcon_mamba": (T.FalconMambaConfig, T.FalconMambaForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=8, time_step_rank=4, mixer_rms_eps=0.05,
+        use_bias=True, tie_word_embeddings=False)),
+    "falcon_mamba-tied": (T.FalconMambaConfig, T.FalconMambaForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4, expand=16, intermediate_size=64)),
 }
 
 
@@ -289,7 +302,7 @@ def test_logits_match(case):
                                   "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain",
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
-                                  "deepseek_v32"])
+                                  "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -229,7 +229,10 @@ def reference_mamba(m: rt.Mamba, x):
     if m.inner_norms:
         def rms(h, w):
             return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + m.norm_eps) * w
-        dt, b, c = rms(dt, m.dt_norm), rms(b, m.b_norm), rms(c, m.c_norm)
+        if m.weightless_norms:  # Falcon-Mamba
+            dt, b, c = rms(dt, 1.0), rms(b, 1.0), rms(c, 1.0)
+        else:
+            dt, b, c = rms(dt, m.dt_norm), rms(b, m.b_norm), rms(c, m.c_norm)
     delta = F.softplus(dt @ m.dt_proj_weight.T + m.dt_proj_bias)  # (B, T, di)
     A = -torch.exp(m.A_log)  # (di, N)
     h = torch.zeros(x.shape[0], m.d_inner, m.d_state)
@@ -241,10 +244,11 @@ def reference_mamba(m: rt.Mamba, x):
     return y @ m.out_proj.T + (m.out_proj_bias if m.out_proj_bias is not None else 0)
 
 
-@pytest.mark.parametrize("inner_norms,bias", [(False, False), (True, True)])
-def test_mamba_matches_reference(inner_norms, bias):
+@pytest.mark.parametrize("inner_norms,bias,weightless", [(False, False, False), (True, True, False), (True, False, True)])
+def test_mamba_matches_reference(inner_norms, bias, weightless):
     d_model = 16
-    m = rt.Mamba(d_model, 32, 4, 4, 2, conv_bias=True, bias=bias, inner_norms=inner_norms)
+    m = rt.Mamba(d_model, 32, 4, 4, 2, conv_bias=True, bias=bias, inner_norms=inner_norms, weightless_norms=weightless,
+                 norm_eps=0.05)
     with torch.no_grad():
         for name, p in m.named_parameters():
             p.add_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.1))

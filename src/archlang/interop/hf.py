@@ -4,7 +4,7 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
-granitemoe, gpt_neox, deepseek_v32.
+granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba.
 """
 
 from __future__ import annotations
@@ -520,6 +520,25 @@ def _mamba2(c, name: str) -> str:
                       "Imported from a Hugging Face mamba2 config.")
 
 
+def _mamba(c, name: str) -> str:
+    """Mamba-1 (mamba) and Falcon-Mamba (falcon_mamba: weightless RMSNorms on dt, B and C); like
+    Mamba-2, no context limit of its own."""
+    eps = c.layer_norm_epsilon
+    falcon = c.model_type == "falcon_mamba"
+    # transformers sizes the mixer by intermediate_size (which replaces expand · hidden_size when written)
+    ssm = call("mamba", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.intermediate_size // c.hidden_size,
+               dt_rank=int(c.time_step_rank),
+               conv_bias=bool(c.use_conv_bias), bias=bool(c.use_bias) or None,
+               inner_norms=Raw("weightless") if falcon else None, norm_eps=float(c.mixer_rms_eps) if falcon else None)
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
+              "final_norm": call("rmsnorm", eps=eps)}
+    blocks = {"mamba": {"norm": call("rmsnorm", eps=eps), "ssm": ssm}}
+    return write_spec(name, fields, blocks, {"layers": f"mamba * {c.num_hidden_layers}"},
+                      f"Imported from a Hugging Face {c.model_type} config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -684,6 +703,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
+    "mamba": _mamba, "falcon_mamba": _mamba,
 }
 
 

@@ -215,6 +215,40 @@ _GRANITE_MULTIPLIERS = {k: checked(lambda v, c: None if isinstance(v, (int, floa
                                   "logits_scaling")}
 
 
+def _mamba1_width_problem(value: Any, config: dict) -> str | None:
+    """transformers' Mamba computes intermediate_size from expand, but a value written in the
+    config replaces it (tiiuae/falcon-mamba-7b writes expand 16 beside intermediate_size 8192);
+    archlang's mamba is expand · d_model wide, so the width must be a multiple of hidden_size."""
+    hidden = config.get("hidden_size", 768)
+    if value is None or isinstance(value, int) and value > 0 and value % hidden == 0:
+        return None
+    return f"archlang's mamba is a whole multiple (expand) of hidden_size ({hidden}) wide"
+
+
+# Mamba-1 and Falcon-Mamba (which adds mixer_rms_eps, its weightless inner norms' eps).
+_MAMBA1: dict[str, Key] = {
+    **{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "state_size", "conv_kernel", "use_bias",
+                           "use_conv_bias", "layer_norm_epsilon", "tie_word_embeddings", "time_step_rank")},
+    "expand": irrelevant("read only to compute intermediate_size, which is mapped"),
+    # not read by transformers' Mamba: export writes the spec's context there, import reads it back
+    "max_position_embeddings": MAPPED,
+    "intermediate_size": checked(_mamba1_width_problem),
+    "hidden_act": only("silu", "swish", reason="archlang's mamba applies silu after the conv and on the gate"),
+    "use_mambapy": irrelevant("which training fallback scan transformers runs without CUDA kernels: the same "
+                              "function"),
+    "use_associative_scan": irrelevant("a parallel form of the same scan under torch.compile: the same function"),
+    **{k: INIT for k in ("rescale_prenorm_residual", "time_step_min", "time_step_max", "time_step_floor",
+                         "time_step_init_scheme", "time_step_scale")},
+    # keys mamba_ssm's configs carry (state-spaces/mamba-2.8b-hf has them) and transformers never reads
+    "n_layer": irrelevant("mamba_ssm's name for num_hidden_layers; transformers reads num_hidden_layers"),
+    "rms_norm": irrelevant("never read: transformers' Mamba always uses RMSNorm"),
+    "fused_add_norm": irrelevant("a kernel fusion of the residual add and the norm: the same function"),
+    # By decision, as for mamba2: a float32 residual stream changes the rounding of 16-bit runs
+    # only; in float32 (where parity is proven) it is the identity.
+    "residual_in_fp32": irrelevant("rounding of 16-bit runs only (the residual sum kept in float32); "
+                                   "archlang adds residuals in the model's dtype"),
+}
+
 TABLES: dict[str, dict[str, Key]] = {
     "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
     "mistral": {**_LLAMA_CORE, "sliding_window": MAPPED},
@@ -508,6 +542,9 @@ TABLES: dict[str, dict[str, Key]] = {
                  "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
                                                   "does not build"),
                  "is_decoder": irrelevant("transformers' gpt_neox does not read it: the model is causal either way")},
+    "mamba": dict(_MAMBA1),
+    "falcon_mamba": {**_MAMBA1, "mixer_rms_eps": MAPPED,
+                     "use_falcon_mambapy": irrelevant("the old name of use_mambapy: the same function")},
 }
 
 
@@ -623,7 +660,7 @@ _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scalin
            "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX
 _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"}
 # Values transformers accepts besides the default's type.
-_ALSO = {"mamba_dt_rank": ("auto",)}
+_ALSO = {"mamba_dt_rank": ("auto",), "time_step_rank": ("auto",)}
 # Integer keys that may also be one value per layer.
 _PER_LAYER = {"moe_topk"}
 

@@ -945,6 +945,43 @@ def _mamba2(m: A.Model) -> dict:
             "max_position_embeddings": m.context, **_token_ids(m, 0)}
 
 
+def _mamba1(m: A.Model, model_type: str) -> dict:
+    """Mamba-1 (mamba) and Falcon-Mamba (falcon_mamba: weightless norms on dt, B and C)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _need(m.position is None, ("position",), f"a position scheme ({model_type} has none)")
+    for k in kinds:
+        block = m.blocks[k]
+        _need(isinstance(block.ssm, A.Mamba), ("blocks", k, "attention" if block.attention else "ssm"),
+              f"block `{k}` is not a mamba layer (this family has mamba layers only)")
+        _need(block.ffn is None, ("blocks", k, "ffn"), f"an FFN ({model_type}'s layers are a norm and the mixer)")
+    ssm = _same(m, kinds, "ssm", "mamba layers")
+    norm = _pre_rmsnorm(m, kinds, model_type)
+    path = ("blocks", kinds[0], "ssm")
+    falcon = model_type == "falcon_mamba"
+    written = {True: "true", False: "false"}.get(ssm.inner_norms, ssm.inner_norms)
+    if falcon:
+        _need(ssm.inner_norms == "weightless", path + ("inner_norms",),
+              f"inner_norms = {written} (falcon_mamba's norms on dt, B and C are weightless)")
+    else:
+        _need(ssm.inner_norms is False, path + ("inner_norms",),
+              f"inner_norms = {written} (transformers' Mamba has no norms on dt, B and C)")
+        _need(ssm.norm_eps == A.Mamba.model_fields["norm_eps"].default, path + ("norm_eps",),
+              "a norm_eps without inner norms (mamba has no norm for it)")
+    config = {"model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "num_hidden_layers": len(layers), "state_size": ssm.d_state, "expand": ssm.expand,
+              "intermediate_size": ssm.expand * m.d_model, "conv_kernel": ssm.d_conv, "time_step_rank": ssm.dt_rank,
+              "use_bias": ssm.bias, "use_conv_bias": ssm.conv_bias, "layer_norm_epsilon": norm.eps,
+              "hidden_act": "silu",
+              # archlang adds residuals in the model's dtype, as transformers does with this off
+              "residual_in_fp32": False, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+              "max_position_embeddings": m.context, **_token_ids(m, 0)}
+    if falcon:
+        config["mixer_rms_eps"] = ssm.norm_eps
+    return config
+
+
 def _pre_rmsnorm(m: A.Model, kinds: list[str], model_type: str) -> A.Norm:
     norm = _same(m, kinds, "norm", "norms")
     _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
@@ -1084,6 +1121,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": lambda m: _granite(m, "granite"),
     "granitemoe": lambda m: _granite(m, "granitemoe"), "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
+    "mamba": lambda m: _mamba1(m, "mamba"), "falcon_mamba": lambda m: _mamba1(m, "falcon_mamba"),
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1102,6 +1140,7 @@ ARCHITECTURES = {
     "gemma": "GemmaForCausalLM", "starcoder2": "Starcoder2ForCausalLM", "granite": "GraniteForCausalLM",
     "granitemoe": "GraniteMoeForCausalLM", "gpt_neox": "GPTNeoXForCausalLM",
     "deepseek_v32": "DeepseekV32ForCausalLM",
+    "mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM",
 }
 
 

@@ -429,6 +429,22 @@ def _mamba2(c, r: _Rules) -> None:
         r.op("mamba2", f"{p}ssm", f"{q}mixer")
 
 
+def _mamba1(c, r: _Rules) -> None:
+    """Mamba-1 and Falcon-Mamba: Mamba-2's layout with the Mamba mixer. Falcon-Mamba's inner norms
+    hold only non-persistent buffers of ones, never read: they map to nothing."""
+    r.add("embed.weight", "backbone.embeddings.weight")
+    r.add("final_norm.weight", "backbone.norm_f.weight")
+    if not getattr(c, "tie_word_embeddings", False):
+        r.add("lm_head.weight", "lm_head.weight")
+    inner_norms = ("dt_norm", "b_norm", "c_norm")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"backbone.layers.{i}."
+        r.add(f"{p}ssm_norm.weight", f"{q}norm.weight")
+        for mine, hf in op_def("ssm").hf_params.items():
+            if mine not in inner_norms:
+                r.add(f"{p}ssm.{mine}", f"{q}mixer.{hf}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -440,6 +456,7 @@ _FAMILIES = {
     "gemma": _llama_family, "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
     "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
+    "mamba": _mamba1, "falcon_mamba": _mamba1,
 }
 
 
