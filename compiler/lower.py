@@ -203,6 +203,8 @@ class _Lowerer:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
                 if isinstance(blk.ssm, A.Mamba2):
                     return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.GatedDeltaNet):
+                    return self.gated_deltanet(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -400,6 +402,13 @@ class _Lowerer:
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
                                   "inner_norms": ssm.inner_norms, "norm_eps": ssm.norm_eps}, **ctx)
 
+    def gated_deltanet(self, pre: str, ssm: A.GatedDeltaNet, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        return self.b.node(f"{pre}ssm", "gated_deltanet", [h], name="ssm", outputs="h", shape=("B", seq, d),
+                           attrs={"d_model": d, "key_heads": ssm.key_heads, "value_heads": ssm.value_heads,
+                                  "key_dim": ssm.key_dim, "value_dim": ssm.value_dim, "conv_size": ssm.conv_size,
+                                  "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
+
     def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
         return self.b.node(f"{pre}ssm", "mamba2", [h], name="ssm", outputs="h", shape=("B", seq, d),
@@ -510,7 +519,8 @@ def describe_block(block: A.Block) -> str:
 
 
 _SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
-                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
+                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank",
+                   "key_heads", "value_heads", "key_dim", "value_dim")
 
 
 def describe_component(c) -> str:

@@ -603,7 +603,36 @@ class Mamba2(Node):
         return self
 
 
-SSM = Annotated[Union[Mamba, Mamba2], Field(discriminator="kind")]
+class GatedDeltaNet(Node):
+    """Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with
+    Delta Rule"; Qwen3-Next's linear attention): per value head a (key_dim x value_dim) state
+    S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T read by q_t, after a short causal conv of
+    q, k and v, L2-normalised q and k (each key head serves value_heads / key_heads value heads) and
+    a gated RMSNorm per head. No positions: it orders tokens by its recurrence. key_dim defaults to
+    d_model / key_heads, value_heads to key_heads, value_dim to key_dim."""
+
+    kind: Literal["gated_deltanet"]
+    key_heads: Dim
+    value_heads: Dim | None = None  # default: key_heads
+    key_dim: Dim  # filled from d_model / key_heads when not written
+    value_dim: Dim | None = None  # default: key_dim
+    conv_size: Annotated[int, Field(gt=0, le=64)] = 4  # taps of the causal depthwise conv on q, k, v
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+    norm_eps: PositiveFloat = 1e-6  # the gated output RMSNorm's epsilon
+
+    @model_validator(mode="after")
+    def _heads(self) -> "GatedDeltaNet":
+        if self.value_heads is None:
+            object.__setattr__(self, "value_heads", self.key_heads)
+        if self.value_dim is None:
+            object.__setattr__(self, "value_dim", self.key_dim)
+        if self.value_heads % self.key_heads:
+            raise FieldError("value_heads", f"value_heads ({self.value_heads}) must be a multiple of key_heads "
+                             f"({self.key_heads})", "each key head serves value_heads / key_heads value heads")
+        return self
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1030,7 +1059,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),
