@@ -302,6 +302,7 @@ class _Lowerer:
             a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
                        shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx)},
                        **ctx)
+            a = self.output_gate(pre, prefix, att, h, a, seq, ctx)
             return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
         extra: list[NodeRef] = []
         attrs: dict[str, Any] = {
@@ -342,10 +343,20 @@ class _Lowerer:
             attrs["rel_bias"] = True
         a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
                    shape=("B", seq, heads * hd), attrs=attrs, **ctx)
+        a = self.output_gate(pre, prefix, att, h, a, seq, ctx)
         if kv is None and self.targets(ctx, "o"):  # the adapter reads the attention's output: keep it
             out = self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "o", seq, **ctx)
             return self.adapted(pre, "o", a, out, heads * hd, d, seq, ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
+
+    def output_gate(self, pre: str, prefix: str, att, h: NodeRef, a: NodeRef, seq: str, ctx) -> NodeRef:
+        """Qwen3-Next's gated attention: a · sigmoid(attn_gate_proj(h)), each head by its own gate."""
+        if not att.output_gate:
+            return a
+        width = att.heads * att.head_dim
+        g = self.linear(f"{pre}{prefix}attn_gate_proj", h, self.d, width, att.bias, "g", seq, **ctx)
+        return self.b.node(f"{pre}{prefix}attn_gate", "glu", [g, a], name=f"{prefix}attn_gate", outputs="a",
+                           shape=("B", seq, width), attrs={"act": "sigmoid", "hidden": width, "packed": False}, **ctx)
 
     def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx, pos) -> NodeRef:
         m, b, d = self.m, self.b, self.d

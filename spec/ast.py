@@ -257,6 +257,8 @@ class _AttentionCommon(Node):
     temperature_tuning: bool = False
     floor_scale: PositiveFloat | None = None  # default 8192
     attn_scale: PositiveFloat | None = None  # default 0.1
+    # Qwen3-Next: each head's output times sigmoid of its own projection of the input, before o_proj
+    output_gate: bool = False
 
     @model_validator(mode="after")
     def _modern_options(self):

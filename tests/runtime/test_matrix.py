@@ -31,7 +31,7 @@ OPTION_VALUES = {"bias": "true", "out_bias": "true", "window": "4", "softcap": "
                  # a small floor_scale, so that the temperature moves within T = 12 positions
                  "temperature_tuning": "true, floor_scale = 4", "floor_scale": "4, temperature_tuning = true",
                  "attn_scale": "0.5, temperature_tuning = true, floor_scale = 3",
-                 "dilation": "2, window = 3", "global_tokens": "2, window = 3"}
+                 "dilation": "2, window = 3", "global_tokens": "2, window = 3", "output_gate": "true"}
 # Options that need a position of their own: temperature tuning is for NoPE layers.
 OPTION_POSITIONS = {"temperature_tuning": "none", "floor_scale": "none", "attn_scale": "none"}
 # Options that read absolute positions (the first tokens, the query's position): shifting moves them.
