@@ -508,6 +508,15 @@ TABLES: dict[str, dict[str, Key]] = {
                  "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
                                                   "does not build"),
                  "is_decoder": irrelevant("transformers' gpt_neox does not read it: the model is causal either way")},
+    "qwen3_next": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "decoder_sparse_step": MAPPED,
+                   "moe_intermediate_size": MAPPED, "shared_expert_intermediate_size": MAPPED,
+                   "num_experts_per_tok": MAPPED, "num_experts": MAPPED, "norm_topk_prob": MAPPED,
+                   "mlp_only_layers": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                   "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                   **{k: MAPPED for k in ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                                          "linear_num_key_heads", "linear_num_value_heads")},
+                   "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
+                                                                                  "full_attention")))},
 }
 
 
