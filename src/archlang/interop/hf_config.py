@@ -516,7 +516,11 @@ TABLES: dict[str, dict[str, Key]] = {
                    **{k: MAPPED for k in ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
                                           "linear_num_key_heads", "linear_num_value_heads")},
                    "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
-                                                                                  "full_attention")))},
+                                                                                  "full_attention"))),
+                   "full_attention_interval": irrelevant("used only to fill layer_types, which is read"),
+                   "partial_rotary_factor": irrelevant("transformers moves it into rope_parameters, which is read"),
+                   "use_sliding_window": irrelevant("published configs carry it, but transformers' qwen3_next has "
+                                                    "no sliding window and never reads it")},
 }
 
 
