@@ -205,6 +205,8 @@ class _Lowerer:
                     return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.GatedDeltaNet):
                     return self.gated_deltanet(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, (A.GLA, A.Retention)):
+                    return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -419,6 +421,16 @@ class _Lowerer:
                            attrs={"d_model": d, "key_heads": ssm.key_heads, "value_heads": ssm.value_heads,
                                   "key_dim": ssm.key_dim, "value_dim": ssm.value_dim, "conv_size": ssm.conv_size,
                                   "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def gated_linear(self, pre: str, ssm: A.GLA | A.Retention, h: NodeRef, seq: str, ctx) -> NodeRef:
+        attrs = {"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim, "value_dim": ssm.value_dim,
+                 "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}
+        if isinstance(ssm, A.GLA):
+            attrs.update(gate_rank=ssm.gate_rank, gate_logit_normalizer=ssm.gate_logit_normalizer)
+        else:
+            attrs.update(output_gate=ssm.output_gate)
+        return self.b.node(f"{pre}ssm", ssm.kind, [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs=attrs, **ctx)
 
     def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -634,7 +634,47 @@ class GatedDeltaNet(Node):
         return self
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet], Field(discriminator="kind")]
+class _LinearHeads(Node):
+    """The head shape of gla and retention: `heads` heads with a (key_dim x value_dim) state each;
+    key_dim defaults to d_model / heads, value_dim to key_dim."""
+
+    heads: Dim
+    key_dim: Dim  # filled from d_model / heads when not written
+    value_dim: Dim | None = None  # default: key_dim
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+
+    @model_validator(mode="after")
+    def _value_dim(self):
+        if self.value_dim is None:
+            object.__setattr__(self, "value_dim", self.key_dim)
+        return self
+
+
+class GLA(_LinearHeads):
+    """Gated linear attention (Yang, Wang, Shen, Panda & Kim 2024, "Gated Linear Attention
+    Transformers with Hardware-Efficient Training"), laid out as flash-linear-attention's layer: a
+    decay per key channel from a low-rank gate projection, α = sigmoid(gk)^(1/gate_logit_normalizer);
+    q scaled by key_dim^-0.5; each head's output RMS-normalised (a weight) and gated by swish of its
+    own projection."""
+
+    kind: Literal["gla"]
+    gate_rank: Dim = 16  # the low-rank decay projection's inner width
+    gate_logit_normalizer: PositiveFloat = 16.0
+    norm_eps: PositiveFloat = 1e-5
+
+
+class Retention(_LinearHeads):
+    """RetNet's multi-scale retention (Sun et al. 2023, "Retentive Network: A Successor to Transformer
+    for Large Language Models") without xPos: a fixed decay γ_h = 1 - 2^(-5-h) per head, q scaled by
+    key_dim^-0.5; with `output_gate` (RetNet's) each head is RMS-normalised (no weight) and gated
+    by swish of its own projection."""
+
+    kind: Literal["retention"]
+    output_gate: bool = True
+    norm_eps: PositiveFloat = 1e-6
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1061,7 +1101,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

@@ -709,20 +709,23 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             _fill_mamba2_heads(ssm, d_model, ("blocks", block_name, "ssm"), b)
         elif isinstance(ssm, dict) and ssm.get("kind") == "gated_deltanet":
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and ssm.get("kind") in ("gla", "retention"):
+            _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads")
         elif isinstance(ssm, dict) and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
 
 
-def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
-    """Gated DeltaNet's key_dim, when not written: d_model / key_heads, as attention's head_dim."""
-    heads = ssm.get("key_heads")
+def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads") -> None:
+    """The gated linear mixers' key_dim, when not written: d_model / key_heads (gla and retention:
+    / heads), as attention's head_dim."""
+    heads = ssm.get(heads_field)
     if "key_dim" in ssm or not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
         return  # written, or the field's own check reports the bad value
     if d_model % heads:
         b.bad_paths.add(path + ("key_dim",))
-        b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by key_heads ({heads}) to derive key_dim",
-                                  b.spans.get(path + ("key_heads",)) or b.spans.get(path),
-                                  hint="set key_dim explicitly, or pick key_heads dividing d_model", kind="semantic"))
+        b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by {heads_field} ({heads}) to derive key_dim",
+                                  b.spans.get(path + (heads_field,)) or b.spans.get(path),
+                                  hint=f"set key_dim explicitly, or pick {heads_field} dividing d_model", kind="semantic"))
         return
     ssm["key_dim"] = d_model // heads
 

@@ -1,7 +1,9 @@
 """Gated linear-attention mixers: a fixed-size state per head that decays and is written at every
-token (runtime/gated_linear.py, runtime/linear_mixers.py). Gated DeltaNet for now."""
+token (runtime/gated_linear.py, runtime/linear_mixers.py): Gated DeltaNet, GLA and retention."""
 
 from __future__ import annotations
+
+import math
 
 from .base import Cost, OpDef, Refusal, Saved, attr, register
 
@@ -98,3 +100,131 @@ class GatedDeltaNet(OpDef):
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({args[0]}, ctx)"
+
+
+def _refusals(kind: str) -> dict:
+    """What the recurrent mixers of this module refuse: positions that act inside softmax attention
+    (in a hybrid the model's position goes to its attention layers), and encoder stacks."""
+    return {
+        "refused_positions": {
+            (kind, pos): Refusal(f"{pos} acts inside softmax attention and {kind} orders tokens by its recurrence",
+                                 "remove `position` (or use sinusoidal() / learned()); in a hybrid, the attention "
+                                 "layers take it")
+            for pos in _ATTENTION_POSITIONS
+        },
+        "refused_in_encoders": {
+            kind: Refusal(f"{kind} is causal (it reads the past only), and an encoder's layers see both directions",
+                          f"use attention in encoder layers; put {kind} in a decoder"),
+        },
+    }
+
+
+class _GatedLinearHeads(OpDef):
+    """gla and retention: `heads` heads of a (key_dim x value_dim) state, their q/k/v (and gate)
+    projections inside. FLOPs per token: the projections, and 5·key_dim·value_dim per head for the
+    recurrent step (decay, write, read; runtime/gated_linear.py). State per sequence: heads ·
+    key_dim · value_dim values in float32."""
+
+    abstract = True
+    arity = (1, 1)
+    picture = "ssm"
+    hf_params = None  # no Hugging Face family uses these layers
+
+    def verify(self, node, d, widths, ctx):
+        if widths and widths[0] != d["attrs"]["d_model"]:
+            ctx.fail(node, f"{self.name} over {d['attrs']['d_model']} channels applied to width {widths[0]}")
+
+    def category(self, d):
+        return "ssm"
+
+    def saved(self, d, ctx):
+        """Beside its input: the projections' outputs, the recurrence's output and the gated,
+        normalised product the out-projection reads; the chunked states are recomputed."""
+        return Saved(private_bytes=(sum(self.projections(d["attrs"]).values()) + 2 * self.values(d["attrs"]))
+                     * ctx.nbytes)
+
+    @staticmethod
+    def values(a) -> int:
+        return a["heads"] * a["value_dim"]
+
+    def projections(self, a) -> dict[str, int]:
+        """The projections of the input: name → output width."""
+        raise NotImplementedError
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        flops = 2 * sum(math.prod(s) for s in self.params(a, d["shape"]).values() if len(s) == 2)  # the matmuls
+        flops += 5 * a["key_dim"] * a["value_dim"] * a["heads"]  # the recurrent step per head
+        return Cost(flops=flops, state_bytes=a["heads"] * a["key_dim"] * a["value_dim"] * 4)  # float32
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]}, ctx)"
+
+
+@register
+class GLA(_GatedLinearHeads):
+    """Gated linear attention (`rt.GLALayer`): q, k, v, g projections, the low-rank decay projection
+    gk_down → gk_up (with a bias), the decay recurrence per key channel, the weighted RMSNorm per
+    head × swish(g), out_proj."""
+
+    name = "gla"
+    summary = "gated linear attention (projections, low-rank decay gate, recurrence, gated norm)"
+    attrs = {
+        "d_model": attr(int), "heads": attr(int), "key_dim": attr(int), "value_dim": attr(int), "chunk": attr(int),
+        "norm_eps": attr(float), "gate_rank": attr(int), "gate_logit_normalizer": attr(float),
+    }
+    mixer_kinds = ("gla",)
+    refused_positions = _refusals("gla")["refused_positions"]
+    refused_in_encoders = _refusals("gla")["refused_in_encoders"]
+
+    def projections(self, a):
+        keys, values = a["heads"] * a["key_dim"], self.values(a)
+        return {"q_proj": keys, "k_proj": keys, "v_proj": values, "g_proj": values, "gk_down": a["gate_rank"]}
+
+    def params(self, a, shape):
+        d, keys = a["d_model"], a["heads"] * a["key_dim"]
+        params = {name: (width, d) for name, width in self.projections(a).items()}
+        params.update(gk_up=(keys, a["gate_rank"]), gk_up_bias=(keys,), norm_weight=(a["value_dim"],),
+                      out_proj=(d, self.values(a)))
+        return params
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.GLALayer({a['d_model']}, {a['heads']}, {a['key_dim']}, {a['value_dim']}, "
+                f"gate_rank={a['gate_rank']}, gate_logit_normalizer={a['gate_logit_normalizer']!r}, "
+                f"chunk={a['chunk']}, norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
+
+
+@register
+class Retention(_GatedLinearHeads):
+    """Multi-scale retention (`rt.RetentionLayer`): q, k, v (and g) projections, the fixed-decay
+    recurrence per head, with output_gate the RMSNorm per head (no weight) × swish(g), out_proj."""
+
+    name = "retention"
+    summary = "multi-scale retention (projections, fixed decay per head, optional gated norm)"
+    attrs = {
+        "d_model": attr(int), "heads": attr(int), "key_dim": attr(int), "value_dim": attr(int), "chunk": attr(int),
+        "norm_eps": attr(float), "output_gate": attr(bool),
+    }
+    mixer_kinds = ("retention",)
+    refused_positions = _refusals("retention")["refused_positions"]
+    refused_in_encoders = _refusals("retention")["refused_in_encoders"]
+
+    def projections(self, a):
+        keys, values = a["heads"] * a["key_dim"], self.values(a)
+        widths = {"q_proj": keys, "k_proj": keys, "v_proj": values}
+        if a["output_gate"]:
+            widths["g_proj"] = values
+        return widths
+
+    def params(self, a, shape):
+        d = a["d_model"]
+        params = {name: (width, d) for name, width in self.projections(a).items()}
+        params["out_proj"] = (d, self.values(a))
+        return params
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.RetentionLayer({a['d_model']}, {a['heads']}, {a['key_dim']}, {a['value_dim']}, "
+                f"output_gate={a['output_gate']!r}, chunk={a['chunk']}, norm_eps={a['norm_eps']!r}, "
+                f"cache_key={emit.cache_key})")
