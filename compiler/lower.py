@@ -203,6 +203,10 @@ class _Lowerer:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
                 if isinstance(blk.ssm, A.Mamba2):
                     return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.GatedDeltaNet):
+                    return self.gated_deltanet(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, (A.GLA, A.Retention)):
+                    return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -303,6 +307,7 @@ class _Lowerer:
                                                             "feature_map": att.feature_map
                                                             if att.feature_map != "elu_plus_one" else None},
                        **ctx)
+            a = self.output_gate(pre, prefix, att, h, a, seq, ctx)
             return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
         extra: list[NodeRef] = []
         attrs: dict[str, Any] = {
@@ -343,10 +348,20 @@ class _Lowerer:
             attrs["rel_bias"] = True
         a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
                    shape=("B", seq, heads * hd), attrs=attrs, **ctx)
+        a = self.output_gate(pre, prefix, att, h, a, seq, ctx)
         if kv is None and self.targets(ctx, "o"):  # the adapter reads the attention's output: keep it
             out = self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "o", seq, **ctx)
             return self.adapted(pre, "o", a, out, heads * hd, d, seq, ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, heads * hd, d, att.out_bias, "a", seq, **ctx)
+
+    def output_gate(self, pre: str, prefix: str, att, h: NodeRef, a: NodeRef, seq: str, ctx) -> NodeRef:
+        """Qwen3-Next's gated attention: a · sigmoid(attn_gate_proj(h)), each head by its own gate."""
+        if not att.output_gate:
+            return a
+        width = att.heads * att.head_dim
+        g = self.linear(f"{pre}{prefix}attn_gate_proj", h, self.d, width, att.bias, "g", seq, **ctx)
+        return self.b.node(f"{pre}{prefix}attn_gate", "glu", [g, a], name=f"{prefix}attn_gate", outputs="a",
+                           shape=("B", seq, width), attrs={"act": "sigmoid", "hidden": width, "packed": False}, **ctx)
 
     def mla(self, pre: str, att: A.MLA, h: NodeRef, seq: str, ctx, pos) -> NodeRef:
         m, b, d = self.m, self.b, self.d
@@ -403,6 +418,23 @@ class _Lowerer:
                                   "dt_rank": r, "conv_bias": ssm.conv_bias, "bias": ssm.bias,
                                   "inner_norms": bool(ssm.inner_norms), "norm_eps": ssm.norm_eps,
                                   "weightless_norms": True if ssm.inner_norms == "weightless" else None}, **ctx)
+
+    def gated_deltanet(self, pre: str, ssm: A.GatedDeltaNet, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        return self.b.node(f"{pre}ssm", "gated_deltanet", [h], name="ssm", outputs="h", shape=("B", seq, d),
+                           attrs={"d_model": d, "key_heads": ssm.key_heads, "value_heads": ssm.value_heads,
+                                  "key_dim": ssm.key_dim, "value_dim": ssm.value_dim, "conv_size": ssm.conv_size,
+                                  "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def gated_linear(self, pre: str, ssm: A.GLA | A.Retention, h: NodeRef, seq: str, ctx) -> NodeRef:
+        attrs = {"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim, "value_dim": ssm.value_dim,
+                 "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}
+        if isinstance(ssm, A.GLA):
+            attrs.update(gate_rank=ssm.gate_rank, gate_logit_normalizer=ssm.gate_logit_normalizer)
+        else:
+            attrs.update(output_gate=ssm.output_gate)
+        return self.b.node(f"{pre}ssm", ssm.kind, [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs=attrs, **ctx)
 
     def mamba2(self, pre: str, ssm: A.Mamba2, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
@@ -514,7 +546,8 @@ def describe_block(block: A.Block) -> str:
 
 
 _SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
-                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
+                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank",
+                   "key_heads", "value_heads", "key_dim", "value_dim")
 
 
 def describe_component(c) -> str:

@@ -66,6 +66,19 @@ def _mamba2(ssm: A.Mamba2, d_model: int) -> A.Mamba2:
                                   "groups": math.gcd(ssm.groups, heads), "chunk": min(ssm.chunk, CONTEXT // 4)})
 
 
+def _linear_mixer(ssm):
+    """Gated DeltaNet, GLA and retention with 16-wide keys and values, two key heads (keeping up to
+    two value heads per key head), and chunks short enough that a prefill crosses several."""
+    update = {"key_dim": 16, "value_dim": 16, "chunk": min(ssm.chunk, CONTEXT // 4)}
+    if isinstance(ssm, A.GatedDeltaNet):
+        update.update(key_heads=2, value_heads=2 * min(ssm.value_heads // ssm.key_heads, 2))
+    else:
+        update["heads"] = min(ssm.heads, 4)
+    if isinstance(ssm, A.GLA):
+        update["gate_rank"] = min(ssm.gate_rank, 8)
+    return ssm.model_copy(update=update)
+
+
 def shrink(model: A.Model) -> A.Model:
     d_model = 64
     blocks = {}
@@ -77,6 +90,8 @@ def shrink(model: A.Model) -> A.Model:
             update["cross_attention"] = _attention(block.cross_attention, d_model)
         if isinstance(block.ssm, A.Mamba2):
             update["ssm"] = _mamba2(block.ssm, d_model)
+        elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention)):
+            update["ssm"] = _linear_mixer(block.ssm)
         elif block.ssm is not None:
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)

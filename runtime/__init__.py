@@ -6,6 +6,7 @@ from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .indexer import LightningIndexer
+from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
 from .lora import LoRA
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
@@ -16,9 +17,9 @@ from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPo
 from .ssm import Mamba
 
 __all__ = [
-    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
-    "GatedDeltaNet", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA", "MLAttention", "MTPModule", "Mamba",
-    "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention", "RopeTable", "SinusoidalPositions",
+    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA", "GLALayer",
+    "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA", "MLAttention", "MTPModule", "Mamba",
+    "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention", "RetentionLayer", "RopeTable", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

@@ -257,6 +257,8 @@ class _AttentionCommon(Node):
     temperature_tuning: bool = False
     floor_scale: PositiveFloat | None = None  # default 8192
     attn_scale: PositiveFloat | None = None  # default 0.1
+    # Qwen3-Next: each head's output times sigmoid of its own projection of the input, before o_proj
+    output_gate: bool = False
 
     @model_validator(mode="after")
     def _modern_options(self):
@@ -612,7 +614,76 @@ class Mamba2(Node):
         return self
 
 
-SSM = Annotated[Union[Mamba, Mamba2], Field(discriminator="kind")]
+class GatedDeltaNet(Node):
+    """Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with
+    Delta Rule"; Qwen3-Next's linear attention): per value head a (key_dim x value_dim) state
+    S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T read by q_t, after a short causal conv of
+    q, k and v, L2-normalised q and k (each key head serves value_heads / key_heads value heads) and
+    a gated RMSNorm per head. No positions: it orders tokens by its recurrence. key_dim defaults to
+    d_model / key_heads, value_heads to key_heads, value_dim to key_dim."""
+
+    kind: Literal["gated_deltanet"]
+    key_heads: Dim
+    value_heads: Dim | None = None  # default: key_heads
+    key_dim: Dim  # filled from d_model / key_heads when not written
+    value_dim: Dim | None = None  # default: key_dim
+    conv_size: Annotated[int, Field(gt=0, le=64)] = 4  # taps of the causal depthwise conv on q, k, v
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+    norm_eps: PositiveFloat = 1e-6  # the gated output RMSNorm's epsilon
+
+    @model_validator(mode="after")
+    def _heads(self) -> "GatedDeltaNet":
+        if self.value_heads is None:
+            object.__setattr__(self, "value_heads", self.key_heads)
+        if self.value_dim is None:
+            object.__setattr__(self, "value_dim", self.key_dim)
+        if self.value_heads % self.key_heads:
+            raise FieldError("value_heads", f"value_heads ({self.value_heads}) must be a multiple of key_heads "
+                             f"({self.key_heads})", "each key head serves value_heads / key_heads value heads")
+        return self
+
+
+class _LinearHeads(Node):
+    """The head shape of gla and retention: `heads` heads with a (key_dim x value_dim) state each;
+    key_dim defaults to d_model / heads, value_dim to key_dim."""
+
+    heads: Dim
+    key_dim: Dim  # filled from d_model / heads when not written
+    value_dim: Dim | None = None  # default: key_dim
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+
+    @model_validator(mode="after")
+    def _value_dim(self):
+        if self.value_dim is None:
+            object.__setattr__(self, "value_dim", self.key_dim)
+        return self
+
+
+class GLA(_LinearHeads):
+    """Gated linear attention (Yang, Wang, Shen, Panda & Kim 2024, "Gated Linear Attention
+    Transformers with Hardware-Efficient Training"), laid out as flash-linear-attention's layer: a
+    decay per key channel from a low-rank gate projection, α = sigmoid(gk)^(1/gate_logit_normalizer);
+    q scaled by key_dim^-0.5; each head's output RMS-normalised (a weight) and gated by swish of its
+    own projection."""
+
+    kind: Literal["gla"]
+    gate_rank: Dim = 16  # the low-rank decay projection's inner width
+    gate_logit_normalizer: PositiveFloat = 16.0
+    norm_eps: PositiveFloat = 1e-5
+
+
+class Retention(_LinearHeads):
+    """RetNet's multi-scale retention (Sun et al. 2023, "Retentive Network: A Successor to Transformer
+    for Large Language Models") without xPos: a fixed decay γ_h = 1 - 2^(-5-h) per head, q scaled by
+    key_dim^-0.5; with `output_gate` (RetNet's) each head is RMS-normalised (no weight) and gated
+    by swish of its own projection."""
+
+    kind: Literal["retention"]
+    output_gate: bool = True
+    norm_eps: PositiveFloat = 1e-6
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1039,7 +1110,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

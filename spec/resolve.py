@@ -684,7 +684,7 @@ class _Builder:
 
 
 def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
-    """Defaults that depend on the model: attention head_dim, Mamba dt_rank."""
+    """Defaults that depend on the model: attention head_dim, Mamba dt_rank, Gated DeltaNet key_dim."""
     if not isinstance(d_model, int):
         return
     for block_name, block in data.get("blocks", {}).items():
@@ -707,8 +707,27 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
         ssm = block.get("ssm")
         if isinstance(ssm, dict) and ssm.get("kind") == "mamba2":
             _fill_mamba2_heads(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and ssm.get("kind") == "gated_deltanet":
+            _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and ssm.get("kind") in ("gla", "retention"):
+            _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads")
         elif isinstance(ssm, dict) and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
+
+
+def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads") -> None:
+    """The gated linear mixers' key_dim, when not written: d_model / key_heads (gla and retention:
+    / heads), as attention's head_dim."""
+    heads = ssm.get(heads_field)
+    if "key_dim" in ssm or not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
+        return  # written, or the field's own check reports the bad value
+    if d_model % heads:
+        b.bad_paths.add(path + ("key_dim",))
+        b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by {heads_field} ({heads}) to derive key_dim",
+                                  b.spans.get(path + (heads_field,)) or b.spans.get(path),
+                                  hint=f"set key_dim explicitly, or pick {heads_field} dividing d_model", kind="semantic"))
+        return
+    ssm["key_dim"] = d_model // heads
 
 
 def _fill_mamba2_heads(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
@@ -836,7 +855,7 @@ def _allowed_fields(slot: str | None, kind: str) -> list[str]:
     return [f for f in cls.model_fields if f != "kind"] if cls else []
 
 
-_DERIVED = ("head_dim", "dt_rank")  # filled from d_model by _fill_defaults
+_DERIVED = ("head_dim", "dt_rank", "key_dim")  # filled from d_model by _fill_defaults
 
 
 def _is_knock_on(loc: tuple, typ: str, is_field_error: bool, bad: set[tuple]) -> bool:

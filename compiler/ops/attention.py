@@ -289,6 +289,8 @@ class MLAttention(_Attention):
                                      "use position = rope(...) with mla"),
     }
     refused_options = {("mla", "bias"): Refusal("DeepSeek's latent attention projections have no bias", "remove bias"),
+                       ("mla", "output_gate"): Refusal("DeepSeek's latent attention defines no output gate",
+                                                       "remove output_gate, or use mha/gqa"),
                        **_refuse_modern("mla", "DeepSeek's latent attention rebuilds its keys from a cached latent "
                                                "and defines none of these options"),
                        **_refuse_masks("mla", "DeepSeek's latent attention is defined with plain sliding windows only")}

@@ -566,6 +566,26 @@ CASES = {
     }}
     layers = dense + sparse * 2
 }}""", "glm4_moe"),
+    # Gated DeltaNet layers around a gated attention layer (QK-norm, partial RoPE, biases),
+    # zero-centred norms, MoE with a gated shared expert and one dense layer
+    "qwen3_next": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000, dim = 4)
+    final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
+    block linear_attention {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true)
+        ssm = gated_deltanet(key_heads = 2, value_heads = 4, key_dim = 8, value_dim = 12, conv_size = 3)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared = swiglu(hidden = 24),
+                  shared_gate = true)
+    }}
+    block linear_attention_dense extends linear_attention {{ ffn = swiglu(hidden = 48) }}
+    block full_attention extends linear_attention {{
+        ssm = none
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, bias = true, out_bias = true, output_gate = true,
+                        qk_norm = rmsnorm(eps = 1e-6, unit_offset = true))
+    }}
+    layers = [linear_attention, linear_attention_dense, linear_attention, full_attention]
+}}""", "qwen3_next"),
 }
 
 

@@ -240,6 +240,21 @@ CASES = {
         use_bias=True, tie_word_embeddings=False)),
     "falcon_mamba-tied": (T.FalconMambaConfig, T.FalconMambaForCausalLM, dict(
         vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4, expand=16, intermediate_size=64)),
+    # Qwen3-Next: three Gated DeltaNet layers (two value heads per key head) and a gated attention
+    # layer (QK-norm, a quarter of each head rotated, biases), MoE with a gated shared expert, the
+    # second layer dense (mlp_only_layers); 13 tokens run the chunked form over chunks of 64
+    "qwen3_next": (T.Qwen3NextConfig, T.Qwen3NextForCausalLM, dict(
+        SMALL, num_hidden_layers=4, head_dim=16, attention_bias=True, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=12, linear_conv_kernel_dim=3,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+        mlp_only_layers=[1])),
+    # attention first, one value head per key head, MoE on every second layer, unnormalised top-k, tied
+    "qwen3_next-pattern": (T.Qwen3NextConfig, T.Qwen3NextForCausalLM, dict(
+        SMALL, num_hidden_layers=3, head_dim=8, layer_types=["full_attention", "linear_attention", "linear_attention"],
+        linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+        decoder_sparse_step=2, norm_topk_prob=False, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.5})),
 }
 
 

@@ -24,14 +24,14 @@ VOCAB, T = 61, 12
 
 # Tiny values for the arguments a mixer needs (or would default too large); an unknown
 # required argument of a new kind fails here, on purpose, until it gets a tiny value.
-TINY_ARGS = {"heads": 4, "kv_heads": 2, "kv_lora_rank": 8, "rope_head_dim": 4, "nope_head_dim": 8,
+TINY_ARGS = {"heads": 4, "kv_heads": 2, "key_heads": 2, "kv_lora_rank": 8, "rope_head_dim": 4, "nope_head_dim": 8,
              "v_head_dim": 8, "d_state": 4, "expand": 2}
 OPTION_VALUES = {"bias": "true", "out_bias": "true", "window": "4", "softcap": "2.0", "scale": "0.3",
                  "qk_norm": "rmsnorm(eps = 1e-6)", "sinks": "true", "chunk": "4", "sink_tokens": "2, window = 4",
                  # a small floor_scale, so that the temperature moves within T = 12 positions
                  "temperature_tuning": "true, floor_scale = 4", "floor_scale": "4, temperature_tuning = true",
                  "attn_scale": "0.5, temperature_tuning = true, floor_scale = 3",
-                 "dilation": "2, window = 3", "global_tokens": "2, window = 3"}
+                 "dilation": "2, window = 3", "global_tokens": "2, window = 3", "output_gate": "true"}
 # Options that need a position of their own: temperature tuning is for NoPE layers.
 OPTION_POSITIONS = {"temperature_tuning": "none", "floor_scale": "none", "attn_scale": "none"}
 # Options that read absolute positions (the first tokens, the query's position): shifting moves them.
@@ -49,7 +49,7 @@ def _mixer_class(kind: str):
 def mixer_text(kind: str, option: str | None = None) -> str:
     cls = _mixer_class(kind)
     args = [f"{name} = {TINY_ARGS[name]}" for name, info in cls.model_fields.items()
-            if name in TINY_ARGS or (info.is_required() and name not in ("kind", "head_dim", "dt_rank"))]
+            if name in TINY_ARGS or (info.is_required() and name not in ("kind", "head_dim", "dt_rank", "key_dim"))]
     if option is not None:
         args.append(f"{option} = {OPTION_VALUES[option]}")
     slot = "attention" if kind in compat.ATTENTION_KINDS else "ssm"

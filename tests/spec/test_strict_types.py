@@ -109,7 +109,7 @@ def test_every_field_kind_is_derived_from_the_ast():
 @pytest.mark.parametrize("old,new,hint", [
     ("attention = gqa(heads = 8, kv_heads = 2)", "attention = linear(heads = 8, factor = 2)",
      "linear takes: heads, head_dim, bias, out_bias, window, softcap, scale, qk_norm, sinks, chunk, sink_tokens, dilation, "
-     "global_tokens, temperature_tuning, floor_scale, attn_scale, kv_heads, feature_map"),
+     "global_tokens, temperature_tuning, floor_scale, attn_scale, output_gate, kv_heads, feature_map"),
     ("ffn = swiglu(hidden = 4 * d_model)", "ffn = mlp(hidden = 8, experts = 2)", "mlp takes: hidden, act, bias"),
 ])
 def test_allowed_arguments_come_from_the_slot(old, new, hint):

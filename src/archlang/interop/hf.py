@@ -4,7 +4,7 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
-granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba.
+granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next.
 """
 
 from __future__ import annotations
@@ -499,6 +499,35 @@ def _jamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face jamba config.")
 
 
+def _qwen3_next(c, name: str) -> str:
+    """Qwen3-Next: Gated DeltaNet layers (layer type linear_attention) between gated full-attention
+    layers (an output gate per head, QK-norm, partial RoPE), zero-centred RMSNorms (weights applied
+    as 1 + w: unit_offset), and Qwen2-MoE's experts with a gated shared expert; mlp_only_layers and
+    decoder_sparse_step pick the dense layers."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, unit_offset=True)
+    bias = bool(c.attention_bias) or None
+    mixers = {"full_attention": {"attention": _attention(c, bias=bias, out_bias=bias, output_gate=True,
+                                                         qk_norm=call("rmsnorm", eps=eps, unit_offset=True))},
+              "linear_attention": {"ssm": call("gated_deltanet", key_heads=c.linear_num_key_heads,
+                                               value_heads=c.linear_num_value_heads, key_dim=c.linear_key_head_dim,
+                                               value_dim=c.linear_value_head_dim, conv_size=c.linear_conv_kernel_dim,
+                                               norm_eps=eps)}}
+    moe = call("moe", experts=c.num_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.moe_intermediate_size),
+               shared=call("swiglu", hidden=c.shared_expert_intermediate_size), shared_gate=True,
+               normalize_top_k=bool(c.norm_topk_prob))
+    dense = call("swiglu", hidden=c.intermediate_size)
+    blocks, kinds = {}, []
+    for i, t in enumerate(c.layer_types):
+        sparse = i not in (c.mlp_only_layers or []) and c.num_experts > 0 and (i + 1) % c.decoder_sparse_step == 0
+        kind = t + ("" if sparse else "_dense")
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, **mixers[t], "ffn": moe if sparse else dense})
+    fields = _decoder_fields(c, position=_rope(c), final_norm=norm)
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face qwen3_next config.")
+
+
 # Mamba-2 has no context limit and its config no max_position_embeddings; the spec needs one.
 # Export writes the spec's context there (transformers keeps the key and reads nothing from it).
 MAMBA2_CONTEXT = 1 << 20
@@ -704,6 +733,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
     "mamba": _mamba, "falcon_mamba": _mamba,
+    "qwen3_next": _qwen3_next,
 }
 
 

@@ -545,6 +545,19 @@ TABLES: dict[str, dict[str, Key]] = {
     "mamba": dict(_MAMBA1),
     "falcon_mamba": {**_MAMBA1, "mixer_rms_eps": MAPPED,
                      "use_falcon_mambapy": irrelevant("the old name of use_mambapy: the same function")},
+    "qwen3_next": {**_LLAMA_CORE, "hidden_act": _SILU, "attention_bias": MAPPED, "decoder_sparse_step": MAPPED,
+                   "moe_intermediate_size": MAPPED, "shared_expert_intermediate_size": MAPPED,
+                   "num_experts_per_tok": MAPPED, "num_experts": MAPPED, "norm_topk_prob": MAPPED,
+                   "mlp_only_layers": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                   "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                   **{k: MAPPED for k in ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                                          "linear_num_key_heads", "linear_num_value_heads")},
+                   "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
+                                                                                  "full_attention"))),
+                   "full_attention_interval": irrelevant("used only to fill layer_types, which is read"),
+                   "partial_rotary_factor": irrelevant("transformers moves it into rope_parameters, which is read"),
+                   "use_sliding_window": irrelevant("published configs carry it, but transformers' qwen3_next has "
+                                                    "no sliding window and never reads it")},
 }
 
 

@@ -356,6 +356,55 @@ def _qwen3_moe(m: A.Model) -> dict:
     return config
 
 
+def _qwen3_next(m: A.Model) -> dict:
+    """Gated DeltaNet layers and gated attention layers (layer_types), zero-centred RMSNorms, and
+    Qwen2-MoE's experts with a gated shared expert; dense layers are mlp_only_layers. What the
+    checks below leave open (QK-norm, biases, other options) the round trip compares."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "qwen3_next's norms are zero-centred pre-norm RMSNorms: rmsnorm(unit_offset = true)")
+    full = [k for k in kinds if m.blocks[k].attention is not None]
+    linear = [k for k in kinds if isinstance(m.blocks[k].ssm, A.GatedDeltaNet)]
+    for k in kinds:
+        _need(k in full or k in linear, ("blocks", k), "a block whose mixer is neither attention nor gated_deltanet")
+        _need(m.blocks[k].ffn is not None, ("blocks", k, "ffn"), "a block without an FFN")
+    config: dict[str, Any] = {}
+    if full:
+        a = _same(m, full, "attention", "attentions")
+        config.update(_attention_kv(m, a, ("blocks", full[0], "attention")), attention_bias=a.bias,
+                      rope_parameters=_rope_parameters(m.position, ("position",), a.head_dim, partial=True))
+        _need(a.output_gate, ("blocks", full[0], "attention"), "qwen3_next gates its attention: output_gate = true")
+    if linear:
+        s = _same(m, linear, "ssm", "gated_deltanet layers")
+        config.update(linear_num_key_heads=s.key_heads, linear_num_value_heads=s.value_heads,
+                      linear_key_head_dim=s.key_dim, linear_value_head_dim=s.value_dim,
+                      linear_conv_kernel_dim=s.conv_size)
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    dense = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    if dense:
+        config["intermediate_size"], _, _ = _glu(_same(m, dense, "ffn", "dense FFNs"), ("blocks", dense[0], "ffn"))
+    if any(sparse):
+        moe_kinds = [k for k in kinds if isinstance(m.blocks[k].ffn, A.MoE)]
+        moe = _same(m, moe_kinds, "ffn", "mixtures of experts")
+        path = ("blocks", moe_kinds[0], "ffn")
+        _need(moe.shared is not None and moe.shared_gate, path + ("shared",),
+              "qwen3_next has one shared expert behind a sigmoid gate: shared = swiglu(...), shared_gate = true")
+        expert_hidden, _, _ = _glu(moe.expert, path + ("expert",), "expert")
+        shared_hidden, _, _ = _glu(moe.shared, path + ("shared",), "shared expert")
+        config.update(num_experts=moe.experts, num_experts_per_tok=moe.top_k, moe_intermediate_size=expert_hidden,
+                      shared_expert_intermediate_size=shared_hidden, norm_topk_prob=moe.normalize_top_k)
+    config.update(model_type="qwen3_next", vocab_size=m.vocab, hidden_size=m.d_model, num_hidden_layers=len(layers),
+                  hidden_act="silu", max_position_embeddings=m.context, rms_norm_eps=norm.eps,
+                  tie_word_embeddings=m.tie_embeddings, dtype=_dtype(m), decoder_sparse_step=1,
+                  mlp_only_layers=[i for i, s in enumerate(sparse) if not s],
+                  layer_types=["full_attention" if k in full else "linear_attention" for k in layers])
+    return config
+
+
 def _olmoe(m: A.Model) -> dict:
     """Pre-norm, QK-norm over the whole q and k projections, routed experts in every layer."""
     layers = _layers(m)
@@ -1122,6 +1171,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "granitemoe": lambda m: _granite(m, "granitemoe"), "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
     "mamba": lambda m: _mamba1(m, "mamba"), "falcon_mamba": lambda m: _mamba1(m, "falcon_mamba"),
+    "qwen3_next": _qwen3_next,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1141,6 +1191,7 @@ ARCHITECTURES = {
     "granitemoe": "GraniteMoeForCausalLM", "gpt_neox": "GPTNeoXForCausalLM",
     "deepseek_v32": "DeepseekV32ForCausalLM",
     "mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM",
 }
 
 

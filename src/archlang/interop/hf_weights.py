@@ -51,6 +51,10 @@ class Rule:
         if self.kind == "qkv_per_head":  # rows [q_h, k_h, v_h] for each head h (GPT-NeoX) → q, k, v
             w = t[0].reshape(self.arg, 3, -1, *t[0].shape[1:])
             return [w[:, j].reshape(-1, *t[0].shape[1:]).contiguous() for j in range(3)]
+        if self.kind == "per_head":  # arg (groups, sizes): rows [part_0, part_1, ...] for each group → parts
+            groups, sizes = self.arg
+            w = t[0].reshape(groups, sum(sizes), *t[0].shape[1:])
+            return [x.reshape(-1, *t[0].shape[1:]).contiguous() for x in w.split(sizes, dim=1)]
         raise AssertionError(self.kind)
 
     def to_theirs(self, t: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -82,6 +86,11 @@ class Rule:
         if self.kind == "qkv_per_head":
             rest = t[0].shape[1:]
             w = torch.stack([x.reshape(self.arg, -1, *rest) for x in t], dim=1)
+            return [w.reshape(-1, *rest).contiguous()]
+        if self.kind == "per_head":
+            groups, sizes = self.arg
+            rest = t[0].shape[1:]
+            w = torch.cat([x.reshape(groups, size, *rest) for x, size in zip(t, sizes)], dim=1)
             return [w.reshape(-1, *rest).contiguous()]
         raise AssertionError(self.kind)
 
@@ -443,6 +452,45 @@ def _mamba1(c, r: _Rules) -> None:
         for mine, hf in op_def("ssm").hf_params.items():
             if mine not in inner_norms:
                 r.add(f"{p}ssm.{mine}", f"{q}mixer.{hf}")
+def _qwen3_next(c, r: _Rules) -> None:
+    """Qwen3-Next: Llama's embeddings and norms; the full-attention layers' q_proj holds each head's
+    query and output gate side by side; the linear-attention layers' in_proj_qkvz and in_proj_ba
+    hold q, k, v, z and b, a side by side for each key head; Qwen2-MoE's experts and gated shared
+    expert."""
+    _embeddings_and_head(c, r)
+    hd, heads = c.head_dim, c.num_attention_heads
+    kh, group = c.linear_num_key_heads, c.linear_num_value_heads // c.linear_num_key_heads
+    dk, dv = c.linear_key_head_dim, c.linear_value_head_dim
+    for i, kind in enumerate(c.layer_types):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        if kind == "linear_attention":
+            a = f"{q}linear_attn."
+            r.add([f"{p}ssm.{n}" for n in ("q_proj", "k_proj", "v_proj", "z_proj")], f"{a}in_proj_qkvz.weight",
+                  "per_head", (kh, [dk, dk, group * dv, group * dv]))
+            r.add([f"{p}ssm.b_proj", f"{p}ssm.a_proj"], f"{a}in_proj_ba.weight", "per_head", (kh, [group, group]))
+            for ours, theirs in (("conv_weight", "conv1d.weight"), ("A_log", "A_log"), ("dt_bias", "dt_bias"),
+                                 ("norm_weight", "norm.weight"), ("out_proj", "out_proj.weight")):
+                r.add(f"{p}ssm.{ours}", f"{a}{theirs}")
+            r.add(f"{p}ssm_norm.weight", f"{q}input_layernorm.weight")
+        else:
+            a = f"{q}self_attn."
+            for t in ("weight", "bias"):
+                r.add([f"{p}q_proj.{t}", f"{p}attn_gate_proj.{t}"], f"{a}q_proj.{t}", "per_head", (heads, [hd, hd]))
+            for n in ("k_proj", "v_proj", "o_proj"):
+                r.linear(f"{p}{n}", f"{a}{n}")
+            for n in ("q_norm", "k_norm"):
+                r.add(f"{p}attn.{n}", f"{a}{n}.weight")
+            r.add(f"{p}attn_norm.weight", f"{q}input_layernorm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+        mlp = f"{q}mlp."
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{mlp}{n}")
+        r.add(f"{p}moe.router", f"{mlp}gate.weight")
+        _experts(c, r, p, mlp, mlp)
+        shared, hidden = f"{mlp}shared_expert.", c.shared_expert_intermediate_size
+        r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
+        r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
+        r.add(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
 
 
 _FAMILIES = {
@@ -457,6 +505,7 @@ _FAMILIES = {
     "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
     "mamba": _mamba1, "falcon_mamba": _mamba1,
+    "qwen3_next": _qwen3_next,
 }
 
 
