@@ -137,6 +137,7 @@ EXAMPLE_FINDINGS = {
     "mixtral_8x7b.arch": ["ARC116"],  # 46.7B parameters in bf16
     "olmo2_7b.arch": [],
     "qwen3_30b_a3b.arch": ["ARC114"],  # no aux loss in the spec
+    "qwen3_next_80b_a3b.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 80B parameters in bf16
     "t5_small.arch": ["ARC115"],  # the learned relative bias needs the reference in training
 }
 

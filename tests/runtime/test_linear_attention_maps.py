@@ -140,11 +140,12 @@ SETTINGS = {
 }
 
 
-def test_linear_attention_honours_only_the_projection_biases():
+def test_linear_attention_honours_only_the_projections_options():
     """A shared attention option added to the language is refused for linear attention until
-    its runtime implements it (and this test says so)."""
+    its runtime implements it (and this test says so). The projection biases and the output
+    gate (a projection and a sigmoid lowered around any attention core) are honoured."""
     accepted = {o for o in compat.OPTIONS if compat.option_refusal("linear", o) is None}
-    assert accepted == {"bias", "out_bias"}
+    assert accepted == {"bias", "out_bias", "output_gate"}
     assert set(SETTINGS) == set(compat.OPTIONS) - accepted
 
 
