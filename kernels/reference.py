@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import scan_autograd
+
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -180,6 +182,8 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     over it, one fused multiply-add per step, and the readout C_t · h_t is one batched product
     per chunk. Memory stays at a few chunks of (B, L, N, di) instead of the whole sequence; on
     a CPU the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
+    With autograd the scan is `scan_autograd.SelectiveScan`, whose backward recomputes each
+    chunk's states from its start (only the chunk boundaries' states are kept).
     """
     bsz, di, t = u.shape
     # Internally the state is (B, N, di) and chunks are (B, L, N, di): every broadcast product
@@ -188,25 +192,28 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     u, delta = u.float().transpose(1, 2).contiguous(), delta.float().transpose(1, 2).contiguous()  # (B, T, di)
     A = A.float().t().contiguous()  # (N, di)
     B, C = B.float().contiguous(), C.float().contiguous()
-    # Without autograd the states overwrite the chunk's inputs in place; with it, each step
-    # makes a new tensor (in-place writes would invalidate what the backward saved).
-    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h)))
-    ys = []
-    for start in range(0, t, chunk):
-        dt = delta[:, start:start + chunk, None, :]  # (B, L, 1, di)
-        decay = torch.exp(dt * A)  # (B, L, N, di)
-        drive = (dt * u[:, start:start + chunk, None, :]) * B[:, start:start + chunk, :, None]  # (B, L, N, di)
-        if in_place:
-            for i in range(dt.shape[1]):
-                h = drive[:, i].addcmul_(decay[:, i], h)
-            states = drive
-        else:
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h))):
+        # Without autograd the states overwrite the chunk's inputs in place.
+        ys = []
+        for start in range(0, t, chunk):
+            states, h = scan_autograd.run_chunk_in_place(*scan_autograd.chunk_inputs(u, delta, A, B, start, chunk), h)
+            ys.append(scan_autograd.readout(states, C, start, chunk))  # (B, di, L)
+    elif not torch.compiler.is_compiling():
+        # Training: the same in-place forward, and a backward that recomputes each chunk's states
+        # from the state at its start and runs the adjoint recurrence (kernels/scan_autograd.py).
+        y, h = scan_autograd.SelectiveScan.apply(u, delta, A, B, C, h if state is not None else None, chunk)
+        ys = [y]
+    else:
+        # Under torch.compile autograd records each step: a new tensor per step, since in-place
+        # writes would invalidate what the backward saved.
+        ys = []
+        for start in range(0, t, chunk):
+            decay, drive = scan_autograd.chunk_inputs(u, delta, A, B, start, chunk)
             steps = []
-            for i in range(dt.shape[1]):
+            for i in range(drive.shape[1]):
                 h = torch.addcmul(drive[:, i], decay[:, i], h)
                 steps.append(h)
-            states = torch.stack(steps, dim=1)
-        ys.append(torch.einsum("blnd,bln->bdl", states, C[:, start:start + chunk]))  # (B, di, L)
+            ys.append(scan_autograd.readout(torch.stack(steps, dim=1), C, start, chunk))
     y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
     # the final state back in (B, di, N), as its own tensor (not a view into a chunk's buffer)
     h = h.transpose(1, 2).clone(memory_format=torch.contiguous_format)
