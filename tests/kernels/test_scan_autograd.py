@@ -1,7 +1,8 @@
 """The selective scan's hand-written backward (kernels/scan_autograd.py) against autograd through
 the recurrence written one step at a time: float64 gradcheck at tiny sizes, float32 gradients of
 every input at ragged sizes, with and without an initial state, chunks that do not divide T; and
-what the reference runs with autograd, without it, and under torch.compile."""
+what the reference runs with autograd, without it, and under torch.compile. And the gated linear
+family's blocked scores with one decay per key dimension against the pairwise form they replace."""
 
 import pytest
 import torch
@@ -121,3 +122,34 @@ def test_compiled_scan_uses_the_plain_loop_and_agrees():
     _, want = _grads(lambda *x: reference.selective_scan(*x, chunk=4), inputs)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _dense_decayed_scores(x, y, cx, cy, strict):
+    """Every pair's decay built whole: the (L, L, dk) form the blocked one replaces."""
+    length = x.shape[-2]
+    rows = torch.arange(length)
+    keep = (rows[:, None] > rows[None, :]) if strict else (rows[:, None] >= rows[None, :])
+    pair = (cx[..., :, None, :] - cy[..., None, :, :]).masked_fill(~keep[..., None], float("-inf")).exp()
+    return torch.einsum("...td,...jd,...tjd->...tj", x, y, pair)
+
+
+@pytest.mark.parametrize("length,sub", [(13, 4), (16, 4), (3, 4), (9, 1), (10, 16)])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("gate", [0.3, 60.0], ids=["mild", "strong"])
+def test_blocked_decayed_scores_equal_the_pairwise_form(length, sub, strict, gate):
+    """Values and gradients in float64; with strong gates (e^-60 per step) nothing overflows."""
+    g = torch.Generator().manual_seed(length)
+    x, y = (torch.randn(2, 3, length, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    log_decay = -torch.rand(2, 3, length, 5, generator=g, dtype=torch.float64) * gate
+    log_decay.requires_grad_()
+    cy = log_decay.cumsum(-2)
+    cx = cy - log_decay if strict else cy
+    got, = reference._decayed_scores(x, (y,), cx, cy, strict=strict, sub=sub)
+    want = _dense_decayed_scores(x, y, cx, cy, strict)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * weight).sum(), (x, y, log_decay))
+    for a, b in zip(grads, torch.autograd.grad((want * weight).sum(), (x, y, log_decay))):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
