@@ -20,7 +20,7 @@ def chunk_inputs(u, delta, A, B, start: int, chunk: int):
     """The discretised decays a_t = exp(delta_t A) and inputs b_t = delta_t u_t B_t of one chunk,
     each (B, L, N, di)."""
     dt = delta[:, start:start + chunk, None, :]  # (B, L, 1, di)
-    decay = torch.exp(dt * A)
+    decay = (dt * A).exp_()
     drive = (dt * u[:, start:start + chunk, None, :]) * B[:, start:start + chunk, :, None]
     return decay, drive
 
@@ -104,12 +104,13 @@ class SelectiveScan(torch.autograd.Function):
             for i in range(g.shape[1] - 2, -1, -1):
                 g[:, i].addcmul_(decay[:, i + 1], g[:, i + 1])
             # s_t = g_t ⊙ a_t ⊙ h_{t-1}; before the last factor, its first step is what goes on to the chunk before
-            s = g * decay
+            # (written over the decays, and s ⊙ A over the states: neither is read again)
+            s = decay.mul_(g)
             carry = s[:, 0].clone()
             s[:, 0].mul_(h_start)
             s[:, 1:].mul_(states[:, :-1])
             g_b = (B_c[:, :, None, :] @ g).squeeze(2)  # Σ_n g_t B_t, (B, L, di)
-            ddelta[:, start:end] = (s * A).sum(2).addcmul_(u_c, g_b)
+            ddelta[:, start:end] = torch.mul(s, A, out=states).sum(2).addcmul_(u_c, g_b)
             du[:, start:end] = dt * g_b
             dA += s.mul_(dt[:, :, None]).sum((0, 1))
             dB[:, start:end] = (g @ (dt * u_c)[..., None]).squeeze(-1)
