@@ -14,6 +14,7 @@ gives float32; the tests give float64).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def chunk_inputs(u, delta, A, B, start: int, chunk: int):
@@ -81,6 +82,7 @@ class SelectiveScan(torch.autograd.Function):
         return y, h
 
     @staticmethod
+    @once_differentiable  # the backward runs in place on its own buffers: no graph of it is kept
     def backward(ctx, dy, dh_last):
         u, delta, A, B, C, *starts = ctx.saved_tensors
         chunk, t = ctx.chunk, u.shape[1]

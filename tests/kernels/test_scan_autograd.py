@@ -107,6 +107,15 @@ def _walk(root):
         stack.extend(next_fn for next_fn, _ in node.next_functions)
 
 
+def test_a_second_derivative_is_refused_not_wrong():
+    """The backward writes in place into its own buffers, so it is not differentiable itself."""
+    inputs = [x.requires_grad_() for x in _inputs(1, 4, 2, 6)]
+    y, _ = reference.selective_scan(*inputs, chunk=4)
+    du, = torch.autograd.grad(y.pow(2).sum(), inputs[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        du.sum().backward()
+
+
 def test_compiled_scan_uses_the_plain_loop_and_agrees():
     """Under torch.compile(fullgraph=True) the reference records the steps (dynamo does not trace
     the Function's Python backward); inference and training agree with eager's Function."""
