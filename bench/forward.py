@@ -182,7 +182,7 @@ def training_steps(quick: bool, rounds: int) -> None:
     import torch.nn.functional as F
 
     models, vocab = training_models(quick)
-    shapes = [(1, 32), (2, 64)] if quick else [(4, 512), (1, 2048)]
+    shapes = [(1, 16)] if quick else [(4, 512), (1, 2048)]
     print(f"\ntraining step (forward + backward), {len(models)} models of about the same size:")
     print("  " + "   ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M params"
                             for name, m in models.items()))
@@ -219,7 +219,7 @@ def gated_linear_forms(quick: bool, rounds: int) -> None:
 
     from archlang.kernels import reference as R
 
-    b, heads, t, dk = 1, 4, (128 if quick else 2048), (16 if quick else 64)
+    b, heads, t, dk = 1, 4, (24 if quick else 2048), (8 if quick else 64)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, heads, t, dk, generator=g) for _ in range(3))
     k = F.normalize(k, dim=-1)
