@@ -1,12 +1,18 @@
 """Forward and generation speed of archlang models against the Hugging Face transformers models
 people would use instead, with the same config and weights, on the CPU.
 
-    python bench/forward.py [--quick] [--rounds 7]
+    python bench/forward.py [--quick] [--rounds 7] [--scans-only]
 
 For each family (a Llama-like dense model, a Mixtral-like MoE, a Jamba-like Mamba/attention
 hybrid) and batch x sequence size it prints forward tokens/s of archlang, HF sdpa and HF eager,
 measured alternately in one run (the machine is noisy, so compare the ratios), then cached
 greedy generation tokens/s, and the peak RSS growth of one forward of each.
+
+Then one training step (forward, cross-entropy, backward) of archlang models of about the same
+size: a Mamba-1 stack, a Mamba-2 stack and a Llama-like dense stack, timed alternately, each as a
+ratio to the dense model's step; and the gated linear family's chunked form (training and prefill)
+against its step-by-step recurrence (decoding) over 2,048 tokens, forward and forward+backward.
+`--scans-only` runs just these two.
 
 The `ceiling` column bounds what any implementation with the same weights can reach against HF
 eager on this machine: HF eager's wall time divided by the time it spends in the linear layers'
@@ -130,12 +136,142 @@ def rss_one(family: str, impl: str, b: int, t: int, quick: bool) -> float:
     return _status_mib("VmHWM") - before
 
 
+TRAINING_SPEC = """
+model {name} {{
+    vocab = {vocab}
+    d_model = {d}
+    context = 4096
+    dtype = fp32
+    final_norm = rmsnorm(eps = 1e-5)
+{position}
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+{body}
+    }}
+
+    layers = layer * {layers}
+}}
+"""
+
+
+def training_models(quick: bool):
+    """Three stacks of about the same parameter count at one width: a Mamba block (expand 2) has
+    about 6.5·d² parameters, a dense layer (attention 4·d², SwiGLU 8·d²) about 12·d², so the
+    SSM stacks have twice the dense model's layers, as in the Mamba papers' comparisons."""
+    from archlang.api import build
+
+    d, vocab, layers = (64, 256, 2) if quick else (256, 4096, 4)
+    bodies = {
+        "mamba-1": ("", "        ssm = mamba(d_state = 16, d_conv = 4, expand = 2)", 2 * layers),
+        "mamba-2": ("", "        ssm = mamba2(d_state = 64, d_conv = 4, expand = 2, head_dim = 64)", 2 * layers),
+        "dense": ("    position = rope(theta = 10000)\n",
+                  f"        attention = gqa(heads = {d // 32}, kv_heads = {d // 32})\n"
+                  f"        ffn = swiglu(hidden = {8 * d // 3})", layers),
+    }
+    models = {}
+    for family, (position, body, n) in bodies.items():
+        spec = TRAINING_SPEC.format(name=family.replace("-", "_"), vocab=vocab, d=d, position=position, body=body,
+                                    layers=n)
+        torch.manual_seed(0)
+        models[family] = build(spec, dtype=torch.float32).train()
+    return models, vocab
+
+
+def training_steps(quick: bool, rounds: int) -> None:
+    """Forward + backward of each model, alternately, as ratios to the dense model's step."""
+    import torch.nn.functional as F
+
+    models, vocab = training_models(quick)
+    shapes = [(1, 16)] if quick else [(4, 512), (1, 2048)]
+    print(f"\ntraining step (forward + backward), {len(models)} models of about the same size:")
+    print("  " + "   ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M params"
+                            for name, m in models.items()))
+    print(f"{'model':10s} {'B x T':>8s} {'step ms':>9s} {'tok/s':>9s} {'vs dense':>9s}")
+    worst = {}
+    for b, t in shapes:
+        ids = torch.randint(0, vocab, (b, t))
+
+        def step(model):
+            model.zero_grad(set_to_none=True)
+            logits = model(ids)
+            F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten()).backward()
+
+        runs = {name: (lambda m=m: step(m)) for name, m in models.items()}
+        times = {k: [] for k in runs}
+        for run in runs.values():  # warm-up
+            run()
+        for _ in range(rounds):
+            for name, run in runs.items():
+                times[name].append(timed(run))
+        for name in runs:
+            ratio = statistics.median(x / y for x, y in zip(times[name], times["dense"]))
+            worst[name] = max(worst.get(name, 0.0), ratio)
+            median = statistics.median(times[name])
+            print(f"{name:10s} {b:>3d} x{t:<4d} {median * 1e3:9.1f} {b * t / median:9,.0f} {ratio:8.2f}x")
+    print("slowest step vs dense: " + ", ".join(f"{name} {r:.2f}x" for name, r in worst.items() if name != "dense")
+          + " (target: within 3x)")
+
+
+def gated_linear_forms(quick: bool, rounds: int) -> None:
+    """Chunked vs step-by-step recurrent form of each gated linear scan, one sequence, 4 heads of
+    64 x 64, alternately: forward, then forward + backward."""
+    import torch.nn.functional as F
+
+    from archlang.kernels import reference as R
+
+    b, heads, t, dk = 1, 4, (24 if quick else 2048), (8 if quick else 64)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, heads, t, dk, generator=g) for _ in range(3))
+    k = F.normalize(k, dim=-1)
+    per_head, per_dim = -torch.rand(b, heads, t, generator=g) * 0.1, -torch.rand(b, heads, t, dk, generator=g) * 0.1
+    beta = torch.rand(b, heads, t, generator=g)
+    a = -F.normalize(torch.randn(b, heads, t, dk, generator=g), dim=-1)
+    kappa = -a * torch.rand(b, heads, t, dk, generator=g)
+    cases = {  # name: (chunked, recurrent), each a function of the leaves
+        "retention": lambda f: f[0](q, k, v, per_head),
+        "GLA": lambda f: f[0](q, k, v, per_dim),
+        "gated deltanet": lambda f: f[0](q, k, v, per_head, beta),
+        "RWKV-7": lambda f: f[1](q, k, v, per_dim, a, kappa),
+    }
+    forms = {"chunked": (R.gated_linear_chunked, R.generalized_delta_chunked),
+             "recurrent": (R.gated_linear_recurrent, R.generalized_delta_recurrent)}
+    leaves = (q, k, v, per_head, per_dim, beta, a, kappa)
+    print(f"\ngated linear scans over {t} tokens ({heads} heads of {dk} x {dk}), chunked vs recurrent:")
+    print(f"{'scan':16s} {'pass':>8s} {'chunked ms':>11s} {'recurrent ms':>13s} {'chunked x':>10s}")
+    worst = float("inf")
+    for name, case in cases.items():
+        for grad in (False, True):
+            for x in leaves:
+                x.requires_grad_(grad)
+
+            def run(fns, case=case, grad=grad):
+                if not grad:
+                    with torch.no_grad():
+                        return case(fns)
+                out, state = case(fns)
+                (out.sum() + state.sum()).backward()
+
+            times = {form: [] for form in forms}
+            for fns in forms.values():  # warm-up
+                run(fns)
+            for _ in range(rounds):
+                for form, fns in forms.items():
+                    times[form].append(timed(lambda fns=fns: run(fns)))
+            ratio = statistics.median(r / c for c, r in zip(times["chunked"], times["recurrent"]))
+            worst = min(worst, ratio)
+            print(f"{name:16s} {'fwd+bwd' if grad else 'fwd':>8s} {statistics.median(times['chunked']) * 1e3:11.1f} "
+                  f"{statistics.median(times['recurrent']) * 1e3:13.1f} {ratio:9.2f}x")
+    print(f"slowest chunked vs recurrent: {worst:.2f}x faster (target: at least 2x at 2,048 tokens)")
+
+
 def main() -> int:
     from archlang.interop.hf import from_hf
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs this)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--scans-only", action="store_true",
+                        help="only the training steps of the SSM models and the gated linear forms")
     parser.add_argument("--rss", nargs=4, metavar=("FAMILY", "IMPL", "B", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss:
@@ -146,6 +282,10 @@ def main() -> int:
     shapes = [(1, 32), (2, 64)] if args.quick else [(1, 128), (4, 128), (1, 512), (1, 2048)]
     rounds = 2 if args.quick else args.rounds
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if args.scans_only:
+        training_steps(args.quick, rounds)
+        gated_linear_forms(args.quick, rounds)
+        return 0
     print(f"{'family':14s} {'B x T':>8s} {'archlang tok/s':>15s} {'HF sdpa':>10s} {'HF eager':>10s} {'vs sdpa':>8s} "
           f"{'vs eager':>9s} {'ceiling':>8s}")
     summary = []
@@ -198,6 +338,8 @@ def main() -> int:
                   for impl in ("archlang", "sdpa")}
         print(f"  {family:14s} archlang {growth['archlang']:7.1f}   HF sdpa {growth['sdpa']:7.1f}   "
               f"ratio {growth['archlang'] / max(growth['sdpa'], 1e-9):.2f}")
+    training_steps(args.quick, rounds)
+    gated_linear_forms(args.quick, rounds)
     worst = min(summary, key=lambda s: s[2])
     worst_eager = min(summary, key=lambda s: s[3])
     print(f"\nworst ratio vs HF sdpa: {worst[2]:.2f}x ({worst[0]} {worst[1]}); "

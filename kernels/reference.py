@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import scan_autograd
+
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -180,6 +182,8 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     over it, one fused multiply-add per step, and the readout C_t · h_t is one batched product
     per chunk. Memory stays at a few chunks of (B, L, N, di) instead of the whole sequence; on
     a CPU the short sequential loop beats log-depth parallel scans, which do log(L) times the work.
+    With autograd the scan is `scan_autograd.SelectiveScan`, whose backward recomputes each
+    chunk's states from its start (only the chunk boundaries' states are kept).
     """
     bsz, di, t = u.shape
     # Internally the state is (B, N, di) and chunks are (B, L, N, di): every broadcast product
@@ -188,25 +192,28 @@ def selective_scan(u, delta, A, B, C, D, state=None, chunk: int = CHUNK):
     u, delta = u.float().transpose(1, 2).contiguous(), delta.float().transpose(1, 2).contiguous()  # (B, T, di)
     A = A.float().t().contiguous()  # (N, di)
     B, C = B.float().contiguous(), C.float().contiguous()
-    # Without autograd the states overwrite the chunk's inputs in place; with it, each step
-    # makes a new tensor (in-place writes would invalidate what the backward saved).
-    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h)))
-    ys = []
-    for start in range(0, t, chunk):
-        dt = delta[:, start:start + chunk, None, :]  # (B, L, 1, di)
-        decay = torch.exp(dt * A)  # (B, L, N, di)
-        drive = (dt * u[:, start:start + chunk, None, :]) * B[:, start:start + chunk, :, None]  # (B, L, N, di)
-        if in_place:
-            for i in range(dt.shape[1]):
-                h = drive[:, i].addcmul_(decay[:, i], h)
-            states = drive
-        else:
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h))):
+        # Without autograd the states overwrite the chunk's inputs in place.
+        ys = []
+        for start in range(0, t, chunk):
+            states, h = scan_autograd.run_chunk_in_place(*scan_autograd.chunk_inputs(u, delta, A, B, start, chunk), h)
+            ys.append(scan_autograd.readout(states, C, start, chunk))  # (B, di, L)
+    elif not torch.compiler.is_compiling():
+        # Training: the same in-place forward, and a backward that recomputes each chunk's states
+        # from the state at its start and runs the adjoint recurrence (kernels/scan_autograd.py).
+        y, h = scan_autograd.SelectiveScan.apply(u, delta, A, B, C, h if state is not None else None, chunk)
+        ys = [y]
+    else:
+        # Under torch.compile autograd records each step: a new tensor per step, since in-place
+        # writes would invalidate what the backward saved.
+        ys = []
+        for start in range(0, t, chunk):
+            decay, drive = scan_autograd.chunk_inputs(u, delta, A, B, start, chunk)
             steps = []
-            for i in range(dt.shape[1]):
+            for i in range(drive.shape[1]):
                 h = torch.addcmul(drive[:, i], decay[:, i], h)
                 steps.append(h)
-            states = torch.stack(steps, dim=1)
-        ys.append(torch.einsum("blnd,bln->bdl", states, C[:, start:start + chunk]))  # (B, di, L)
+            ys.append(scan_autograd.readout(torch.stack(steps, dim=1), C, start, chunk))
     y = torch.cat(ys, dim=2) if ys else u.new_zeros(bsz, di, 0)
     # the final state back in (B, di, N), as its own tensor (not a view into a chunk's buffer)
     h = h.transpose(1, 2).clone(memory_format=torch.contiguous_format)
@@ -351,13 +358,53 @@ def gated_linear_recurrent(q, k, v, log_decay, beta=None, state=None, scale=None
     return o.to(out_dtype), s
 
 
+# Diagonal blocks of the per-dimension decayed scores: the pairwise work is L·SUB·dk per chunk and
+# the factored one about L²·dk / (2·SUB) exponentials, least near SUB = sqrt(L / 2); 4 measured
+# fastest at L = 64 on a CPU (bench/README.md).
+SUB_BLOCK = 4
+
+
+def _decayed_scores(x, ys, cx, cy, *, strict: bool, sub: int = SUB_BLOCK):
+    """Causal scores with one decay per key dimension, for each y in `ys`: (..., L, L) with entry
+    [t, j] = Σ_d x_td y_jd exp(cx_td - cy_jd) for j <= t (j < t if `strict`), 0 elsewhere.
+
+    x, each y, cx, cy (..., L, dk); cy is a cumulative log decay (non-increasing along L) and cx is
+    cy itself or cy one step earlier, so every exponent of a kept entry is <= 0. Blocks of `sub`
+    positions on the diagonal take the pairwise (sub, sub, dk) decays; below them the decay from
+    j to t factors through r = cy at the position just before t's block, as
+    exp(cx_t - r) · exp(r - cy_j) with both exponents <= 0, so the block is one matmul
+    (GLA's secondary chunking, Yang et al. 2024). This costs L·sub·dk elementwise work per
+    chunk instead of L·L·dk, with nothing that can overflow.
+    """
+    length = x.shape[-2]
+    outs = [x.new_zeros(*x.shape[:-1], length) for _ in ys]
+    rows = torch.arange(min(sub, length), device=x.device)
+    keep = (rows[:, None] > rows[None, :]) if strict else (rows[:, None] >= rows[None, :])
+    for lo in range(0, length, sub):
+        hi = min(lo + sub, length)
+        size = hi - lo
+        x_blk, cx_blk = x[..., lo:hi, :], cx[..., lo:hi, :]
+        pair = (cx_blk[..., :, None, :] - cy[..., None, lo:hi, :])  # (..., s, s, dk)
+        pair = pair.masked_fill(~keep[:size, :size, None], float("-inf")).exp()
+        if lo:
+            ref = cy[..., lo - 1:lo, :]  # (..., 1, dk) the log decay just before this block
+            x_read = x_blk * (cx_blk - ref).exp()
+            before = (ref - cy[..., :lo, :]).exp()  # (..., lo, dk) from each earlier j to the reference
+        for out, y in zip(outs, ys):
+            out[..., lo:hi, lo:hi] = torch.einsum("...td,...jd,...tjd->...tj", x_blk, y[..., lo:hi, :], pair)
+            if lo:
+                out[..., lo:hi, :lo] = x_read @ (y[..., :lo, :] * before).transpose(-1, -2)
+    return outs
+
+
 def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, chunk=64):
     """The same recurrence as `gated_linear_recurrent`, `chunk` tokens at a time (the training and
     prefill form): within a chunk, attention weighted by the pairwise decays; across chunks, the state.
 
     Decays stay in log space and are only exponentiated as differences c_i - c_j with i >= j
     (or c_i - c_start, c_end - c_j), all <= 0, so nothing overflows however strong the gates.
-    One decay per key dimension costs an (L, L, dk) pairwise tensor per chunk. The delta rule
+    One decay per key dimension takes `_decayed_scores` (pairwise decays within small blocks,
+    matmuls between them). The delta rule
     (with `beta`) needs one decay per head: the chunk's updates are folded by the UT transform
     (a unit lower-triangular solve), as in Gated DeltaNet (Yang et al. 2025)."""
     bsz, heads, t, dk = q.shape
@@ -379,11 +426,9 @@ def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, 
     c = c.cumsum(dim=3)  # log of the decay from the chunk's start to each position
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
 
-    def intra(i):  # chunk i's causal scores; per key dimension, one (L, L, dk) decay at a time, not N of them
-        pair = (c[:, :, i, :, None] - c[:, :, i, None]).masked_fill(future[..., None], float("-inf")).exp()
-        return torch.einsum("bhid,bhjd,bhijd->bhij", q[:, :, i], k[:, :, i], pair)  # (B, H, L, L)
-
-    if not per_dim:
+    if per_dim:
+        attn, = _decayed_scores(q, (k,), c, c, strict=False)  # (B, H, N, L, L)
+    else:
         pair = (c - c.transpose(-1, -2)).masked_fill(future, float("-inf")).exp()  # (B, H, N, L, L)
         attn = (q @ k.transpose(-1, -2)) * pair
     last = c[:, :, :, -1:]  # (B, H, N, 1, dk or 1)
@@ -399,7 +444,7 @@ def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, 
     outs = []
     for i in range(n):
         v_i = v[:, :, i] if beta is None else v[:, :, i] - k_read[:, :, i] @ s  # the delta: what S does not predict
-        outs.append(q_old[:, :, i] @ s + (intra(i) if per_dim else attn[:, :, i]) @ v_i)
+        outs.append(q_old[:, :, i] @ s + attn[:, :, i] @ v_i)
         s = s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ v_i
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
     return o.to(out_dtype), s
@@ -434,7 +479,8 @@ def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, c
     u_t = S_{t-1}^T a_t solve a unit lower-triangular system, (I - A_ab) U = (a ⊙ Γ_{t-1}) S_0 + A_ak V,
     with A_xy[t, j] = Σ_d x_td y_jd exp(c_{t-1,d} - c_{j,d}) for j < t (c the in-chunk cumulative
     log decay); outputs and the next state are then sums over k v^T and b u^T. Every exponent is a
-    decay from a later to an earlier position, <= 0: stable for any gates."""
+    decay from a later to an earlier position, <= 0: stable for any gates. The score matrices come
+    from `_decayed_scores`, for all chunks at once."""
     bsz, heads, t, dk = q.shape
     dv, out_dtype = v.shape[-1], v.dtype
     acc = torch.promote_types(v.dtype, torch.float32)
@@ -445,27 +491,21 @@ def generalized_delta_chunked(q, k, v, log_decay, a, b, state=None, scale=1.0, c
     q, k, v, a, b, g = (x.view(bsz, heads, n, chunk, -1) for x in (q, k, v, a, b, g))  # (B, H, N, L, d)
     c = g.cumsum(dim=3)  # inclusive: the decay from the chunk's start through position t
     c_before = c - g  # exclusive: through position t - 1
-    rows = torch.arange(chunk, device=q.device)
-    upto = (rows[:, None] >= rows[None, :])[..., None]  # (L, L, 1) j <= t
-    before = (rows[:, None] > rows[None, :])[..., None]  # j < t
-
-    def pairs(x, y, decay):
-        return torch.einsum("bhtd,bhjd,bhtjd->bhtj", x, y, decay)  # (B, H, L, L)
-
+    # the four within-chunk score matrices of every chunk, (B, H, N, L, L) each
+    a_b, a_k = _decayed_scores(a, (b, k), c_before, c, strict=True)  # j < t, decayed from j to t - 1
+    q_k, q_b = _decayed_scores(q, (k, b), c, c, strict=False)  # j <= t, decayed from j to t
     q_old = q * c.exp()
     last = c[:, :, :, -1:]  # (B, H, N, 1, dk)
     k_end, b_end = k * (last - c).exp(), b * (last - c).exp()
     chunk_decay = last.exp().transpose(-1, -2)  # (B, H, N, dk, 1)
     s = state.to(acc) if state is not None else q.new_zeros(bsz, heads, dk, dv)
     outs = []
-    for i in range(n):  # the (L, L, dk) pairwise decays are built one chunk at a time
-        qi, ki, vi, ai, bi, ci = q[:, :, i], k[:, :, i], v[:, :, i], a[:, :, i], b[:, :, i], c[:, :, i]
-        inclusive = (ci[:, :, :, None] - ci[:, :, None]).masked_fill(~upto, float("-inf")).exp()  # (B, H, L, L, dk)
-        exclusive = (c_before[:, :, i, :, None] - ci[:, :, None]).masked_fill(~before, float("-inf")).exp()
-        system = -pairs(ai, bi, exclusive)  # I - A_ab, its unit diagonal implied by the solve
-        rhs = (ai * c_before[:, :, i].exp()) @ s + pairs(ai, ki, exclusive) @ vi  # u = S_{t-1}^T a_t, solved
-        u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)  # (B, H, L, dv)
-        outs.append(q_old[:, :, i] @ s + pairs(qi, ki, inclusive) @ vi + pairs(qi, bi, inclusive) @ u)
+    for i in range(n):
+        vi = v[:, :, i]
+        rhs = (a[:, :, i] * c_before[:, :, i].exp()) @ s + a_k[:, :, i] @ vi  # u = S_{t-1}^T a_t, solved
+        # I - A_ab, its unit diagonal implied by the solve
+        u = torch.linalg.solve_triangular(-a_b[:, :, i], rhs, upper=False, unitriangular=True)  # (B, H, L, dv)
+        outs.append(q_old[:, :, i] @ s + q_k[:, :, i] @ vi + q_b[:, :, i] @ u)
         s = (s * chunk_decay[:, :, i] + k_end[:, :, i].transpose(-1, -2) @ vi
              + b_end[:, :, i].transpose(-1, -2) @ u)
     o = torch.cat(outs, dim=2)[:, :, :t] if outs else v.new_zeros(bsz, heads, 0, dv)
