@@ -138,7 +138,8 @@ def _rope_per_layer_type(value: Any, config: dict) -> str | None:
 
 # transformers' activation names → archlang's (gelu_fast is the tanh approximation, written out).
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+               "relu2": "relu2"}
 ACTIVATION = checked(lambda v, c: None if v in ACTIVATIONS else
                      f"archlang's activations are {', '.join(sorted(set(ACTIVATIONS.values())))}")
 

@@ -143,7 +143,7 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None, partial: bool
 
 # transformers' name of each archlang activation (hf_config.ACTIVATIONS maps them back).
 HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
-                  "sigmoid": "sigmoid", "tanh": "tanh"}
+                  "sigmoid": "sigmoid", "tanh": "tanh", "relu2": "relu2"}
 
 
 def _token_ids(m: A.Model, default: int) -> dict:
@@ -935,8 +935,11 @@ def _mamba2(m: A.Model) -> dict:
     _need(ssm.d_skip, path + ("d_skip",), "d_skip = false (transformers' Mamba2 always has D)")
     _need(ssm.norm_eps == norm.eps, path + ("norm_eps",), "a gated-norm eps other than the layers' norm eps "
                                                            "(mamba2 has one layer_norm_epsilon)")
+    _need(ssm.heads * ssm.head_dim % m.d_model == 0, path + ("heads",),
+          "a d_inner (heads × head_dim) that is not a multiple of d_model (transformers' Mamba2 has expand · d_model)")
     return {"model_type": "mamba2", "vocab_size": m.vocab, "hidden_size": m.d_model, "num_hidden_layers": len(layers),
-            "num_heads": ssm.heads, "head_dim": ssm.head_dim, "state_size": ssm.d_state, "expand": ssm.expand,
+            "num_heads": ssm.heads, "head_dim": ssm.head_dim, "state_size": ssm.d_state,
+            "expand": ssm.heads * ssm.head_dim // m.d_model,
             "conv_kernel": ssm.d_conv, "n_groups": ssm.groups, "chunk_size": ssm.chunk, "use_bias": ssm.bias,
             "use_conv_bias": ssm.conv_bias, "layer_norm_epsilon": norm.eps, "hidden_act": "silu",
             "time_step_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else [0.0, math.inf],
