@@ -227,6 +227,18 @@ CASES = {
         qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
         moe_intermediate_size=16, mlp_layer_types=["sparse", "dense", "sparse"], n_group=1, topk_group=1,
         norm_topk_prob=False, index_topk=64, index_n_heads=4, index_head_dim=8)),
+    # Mamba-2, attention (no positions) and relu² MLP blocks; d_inner = 6 · 8 is no multiple of d_model,
+    # two groups, a conv bias, chunks shorter than the prompt, dt clamped below at time_step_min
+    "nemotron_h": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, head_dim=16, layers_block_type=["linear_attention", "mlp", "full_attention", "linear_attention", "mlp"],
+        ssm_state_size=8, mamba_num_heads=6, mamba_head_dim=8, n_groups=2, chunk_size=4, time_step_min=0.05)),
+    # biases on the mixer's projections and the MLP, no conv bias, tie_word_embeddings (which ties nothing), MQA,
+    # a SiLU MLP
+    "nemotron_h-biases-tied": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, num_key_value_heads=1, head_dim=8, layers_block_type=["full_attention", "linear_attention", "mlp"],
+        ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=8, use_bias=True,
+        mlp_bias=True, use_conv_bias=False, tie_word_embeddings=True, mlp_hidden_act="silu",
+        pad_token_id=0)),
 }
 
 

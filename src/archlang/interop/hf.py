@@ -520,6 +520,33 @@ def _mamba2(c, name: str) -> str:
                       "Imported from a Hugging Face mamba2 config.")
 
 
+def _nemotron_h(c, name: str) -> str:
+    """Nemotron-H: blocks of one sublayer each behind its own RMSNorm, a Mamba-2 mixer (d_inner =
+    mamba_num_heads · mamba_head_dim, dt clamped below at time_step_min only), attention without
+    positions or biases, or a non-gated MLP (relu² by default); layers_block_type says which."""
+    eps = c.layer_norm_epsilon
+    norm = call("rmsnorm", eps=eps)
+    low = float(c.time_step_min)
+    # transformers' mixer clamps dt to [time_step_min, inf) and never reads time_step_limit or expand
+    ssm = call("mamba2", d_state=c.ssm_state_size, d_conv=c.conv_kernel, heads=c.mamba_num_heads,
+               head_dim=c.mamba_head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
+               bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=Raw(f"[{_value(low)}, none]") if low else None)
+    sublayers = {
+        "linear_attention": ("mamba", {"ssm": ssm}),
+        "full_attention": ("attention", {"attention": _attention(c, head_dim=c.head_dim)}),
+        "mlp": ("mlp", {"ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.mlp_hidden_act),
+                                    bias=bool(c.mlp_bias))}),
+    }
+    blocks, kinds = {}, []
+    for t in c.layers_block_type:
+        kind, sublayer = sublayers[t]
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, **sublayer})
+    # transformers' NemotronHForCausalLM ties nothing (_tied_weights_keys is empty), whatever the config says
+    fields = _decoder_fields(c, final_norm=norm, tie_embeddings=None)
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face nemotron_h config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -684,6 +711,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
+    "nemotron_h": _nemotron_h,
 }
 
 

@@ -509,6 +509,35 @@ TABLES: dict[str, dict[str, Key]] = {
                  "classifier_dropout": irrelevant("the dropout of a classification head, which the importer "
                                                   "does not build"),
                  "is_decoder": irrelevant("transformers' gpt_neox does not read it: the model is causal either way")},
+    "nemotron_h": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                          "num_key_value_heads", "head_dim", "max_position_embeddings",
+                                          "mlp_bias", "ssm_state_size", "mamba_num_heads",
+                                          "mamba_head_dim", "n_groups", "conv_kernel", "use_conv_bias", "chunk_size",
+                                          "use_bias", "layer_norm_epsilon")},
+                   "layers_block_type": checked(lambda v, c: _layer_types_problem(
+                       v, dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "full_attention", "mlp"))),
+                   "mlp_hidden_act": ACTIVATION, "attention_dropout": ATTENTION_DROPOUT,
+                   "mamba_hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after the conv"),
+                   # the mixer clamps dt below at time_step_min (mapped), above at nothing
+                   "time_step_min": checked(lambda v, c: _positive(v, "time_step_min") if v else None),
+                   **{k: irrelevant("never read by transformers' nemotron_h modeling code")
+                      for k in ("attention_bias", "sliding_window", "mamba_proj_bias", "hidden_dropout",
+                                "residual_in_fp32", "mamba_ssm_cache_dtype", "use_mamba_kernels")},
+                   "expand": irrelevant("never read: the mixer's d_inner is mamba_num_heads · mamba_head_dim"),
+                   "tie_word_embeddings": irrelevant("transformers' NemotronHForCausalLM ties nothing (its "
+                                                     "_tied_weights_keys is empty): the LM head is its own tensor"),
+                   "time_step_limit": irrelevant("never read: the mixer clamps dt to [time_step_min, inf)"),
+                   **{k: INIT for k in ("time_step_max", "time_step_floor", "rescale_prenorm_residual")},
+                   "num_logits_to_keep": OUTPUTS,
+                   # the multi-token-prediction layers are not built by transformers (their weights are skipped)
+                   "num_nextn_predict_layers": irrelevant("transformers builds no MTP layers (it skips their weights)"),
+                   "mtp_layers_block_type": irrelevant("transformers builds no MTP layers (it skips their weights)"),
+                   # read only by "moe" layers, which layers_block_type refuses
+                   **{k: irrelevant("read only by moe layers, which layers_block_type refuses")
+                      for k in ("n_routed_experts", "n_shared_experts", "moe_intermediate_size",
+                                "moe_shared_expert_intermediate_size", "moe_latent_size", "moe_shared_expert_overlap",
+                                "num_experts_per_tok", "routed_scaling_factor", "n_group", "topk_group",
+                                "norm_topk_prob", "output_router_logits")}},
 }
 
 

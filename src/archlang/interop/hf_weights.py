@@ -429,6 +429,21 @@ def _mamba2(c, r: _Rules) -> None:
         r.op("mamba2", f"{p}ssm", f"{q}mixer")
 
 
+def _nemotron_h(c, r: _Rules) -> None:
+    """One sublayer per block, each transformers module named `mixer` whatever it is."""
+    r.add("embed.weight", "model.embeddings.weight")
+    r.add("final_norm.weight", "model.norm_f.weight")
+    r.add("lm_head.weight", "lm_head.weight")  # never tied, whatever tie_word_embeddings says
+    norms = {"linear_attention": "ssm_norm", "full_attention": "attn_norm", "mlp": "ffn_norm"}
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        r.add(f"{p}{norms.get(kind, 'norm')}.weight", f"{q}norm.weight")
+        if kind == "linear_attention":
+            r.op("mamba2", f"{p}ssm", f"{q}mixer")
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}mixer.{n}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -440,6 +455,7 @@ _FAMILIES = {
     "gemma": _llama_family, "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
     "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
+    "nemotron_h": _nemotron_h,
 }
 
 
