@@ -239,6 +239,17 @@ CASES = {
         ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=8, use_bias=True,
         mlp_bias=True, use_conv_bias=False, tie_word_embeddings=True, mlp_hidden_act="silu",
         pad_token_id=0)),
+    # Mamba-2 and attention layers with their own SwiGLU FFN, partial RoPE on the attention layers
+    # only, two groups of B and C, dt clamped, chunks shorter than the prompt
+    "bamba": (T.BambaConfig, T.BambaForCausalLM, dict(
+        SMALL, num_hidden_layers=4, attn_layer_indices=[1, 3], mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8,
+        mamba_n_groups=2, mamba_chunk_size=4, time_step_limit=(0.001, 0.5), pad_token_id=0)),
+    # every bias (attention, FFN, the mixer's projections), no conv bias, tied embeddings, full RoPE
+    "bamba-biases-tied": (T.BambaConfig, T.BambaForCausalLM, dict(
+        SMALL, num_hidden_layers=3, attn_layer_indices=[0], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16,
+        mamba_n_groups=1, mamba_chunk_size=8, mamba_proj_bias=True, mamba_conv_bias=False, attention_bias=True,
+        mlp_bias=True, tie_word_embeddings=True, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 1.0})),
 }
 
 

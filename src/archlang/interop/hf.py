@@ -547,6 +547,34 @@ def _nemotron_h(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face nemotron_h config.")
 
 
+def _mamba2_dt_limit(limit) -> Raw | None:
+    """A config's time_step_limit as mamba2's dt_limit: (0, inf) clamps nothing."""
+    low, high = (float(x) for x in limit)
+    return None if (low, high) == (0.0, float("inf")) else Raw(_numbers([low, high]))
+
+
+def _bamba(c, name: str) -> str:
+    """Bamba (and Granite 4.0's GraniteMoeHybrid): Mamba-2 layers and attention layers, each
+    followed by its own FFN; RoPE (partial in Bamba) acts on the attention layers only, so it is
+    theirs, not the model's."""
+    eps = c.rms_norm_eps
+    ssm = call("mamba2", d_state=c.mamba_d_state, d_conv=c.mamba_d_conv, expand=c.mamba_expand,
+               heads=c.mamba_n_heads, head_dim=c.mamba_d_head, groups=c.mamba_n_groups, chunk=c.mamba_chunk_size,
+               conv_bias=bool(c.mamba_conv_bias), bias=bool(c.mamba_proj_bias) or None, norm_eps=eps,
+               dt_limit=_mamba2_dt_limit(c.time_step_limit))
+    bias = bool(c.attention_bias) or None
+    attention = {"attention": _attention(c, bias=bias, out_bias=bias), "position": _rope(c)}
+    ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None)
+    blocks, kinds = {}, []
+    for t in c.layers_block_type:
+        kind = "attention" if t == "full_attention" else "mamba"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps),
+                                 **({"ssm": ssm} if kind == "mamba" else attention), "ffn": ffn})
+    fields = _decoder_fields(c, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -712,6 +740,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "gemma": _gemma, "starcoder2": _starcoder2, "granite": _granite, "granitemoe": _granite, "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
     "nemotron_h": _nemotron_h,
+    "bamba": _bamba,
 }
 
 

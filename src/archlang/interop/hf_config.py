@@ -216,6 +216,16 @@ _GRANITE_MULTIPLIERS = {k: checked(lambda v, c: None if isinstance(v, (int, floa
                                   "logits_scaling")}
 
 
+# Bamba's and GraniteMoeHybrid's shared keys: Llama's attention and SwiGLU, Mamba-2's mixer (one
+# hidden_act for the FFN and the mixer's conv, which archlang runs with silu).
+_BAMBA_CORE = {**_LLAMA_CORE, "hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after "
+                                                  "the conv, and this family's FFN and conv share hidden_act"),
+               "attention_bias": MAPPED, "mlp_bias": MAPPED,
+               **{k: MAPPED for k in ("mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_d_conv", "mamba_expand",
+                                      "mamba_n_groups", "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias")},
+               "time_step_limit": checked(lambda v, c: _dt_limit_problem(v)),
+               "num_logits_to_keep": OUTPUTS}
+
 TABLES: dict[str, dict[str, Key]] = {
     "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
     "mistral": {**_LLAMA_CORE, "sliding_window": MAPPED},
@@ -538,6 +548,9 @@ TABLES: dict[str, dict[str, Key]] = {
                                 "moe_shared_expert_intermediate_size", "moe_latent_size", "moe_shared_expert_overlap",
                                 "num_experts_per_tok", "routed_scaling_factor", "n_group", "topk_group",
                                 "norm_topk_prob", "output_router_logits")}},
+    "bamba": {**_BAMBA_CORE, "attn_layer_indices": MAPPED,
+              "z_loss_coefficient": only(0.0, 0, reason="archlang's loss has no z-loss term (logsumexp² of the "
+                                                         "logits)")},
 }
 
 

@@ -444,6 +444,26 @@ def _nemotron_h(c, r: _Rules) -> None:
             r.linear(f"{p}{n}", f"{q}mixer.{n}")
 
 
+def _bamba(c, r: _Rules) -> None:
+    """Bamba and GraniteMoeHybrid: a Mamba-2 (`mamba`) or attention (`self_attn`) layer, then
+    the FFN (Bamba's `feed_forward`; Granite's `shared_mlp`, beside its experts)."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_layernorm.weight" if c.model_type == "bamba" else "model.norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        mamba = kind in ("linear_attention", "mamba")
+        r.add(f"{p}{'ssm_norm' if mamba else 'attn_norm'}.weight", f"{q}input_layernorm.weight")
+        if mamba:
+            r.op("mamba2", f"{p}ssm", f"{q}mamba")
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        r.add(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}feed_forward.{n}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -456,6 +476,7 @@ _FAMILIES = {
     "gpt_neox": _gpt_neox,
     "deepseek_v32": _deepseek_v32,
     "nemotron_h": _nemotron_h,
+    "bamba": _bamba,
 }
 
 
