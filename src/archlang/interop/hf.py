@@ -563,15 +563,32 @@ def _bamba(c, name: str) -> str:
                conv_bias=bool(c.mamba_conv_bias), bias=bool(c.mamba_proj_bias) or None, norm_eps=eps,
                dt_limit=_mamba2_dt_limit(c.time_step_limit))
     bias = bool(c.attention_bias) or None
-    attention = {"attention": _attention(c, bias=bias, out_bias=bias), "position": _rope(c)}
-    ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None)
+    granite = c.model_type == "granitemoehybrid"
+    scale = float(c.attention_multiplier) if granite else None
+    position = _rope(c) if not granite or c.position_embedding_type == "rope" else None
+    attention = {"attention": _attention(c, bias=bias, out_bias=bias, scale=scale), "position": position}
+    if not granite:
+        ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None)
+    elif c.num_local_experts:  # routed experts beside an always-on shared MLP, added without a gate
+        ffn = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+                   expert=call("swiglu", hidden=c.intermediate_size),
+                   shared=call("swiglu", hidden=c.shared_intermediate_size))
+    else:  # no experts: the shared MLP alone
+        ffn = call("swiglu", hidden=c.shared_intermediate_size)
     blocks, kinds = {}, []
     for t in c.layers_block_type:
         kind = "attention" if t == "full_attention" else "mamba"
         kinds.append(kind)
         blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps),
                                  **({"ssm": ssm} if kind == "mamba" else attention), "ffn": ffn})
-    fields = _decoder_fields(c, final_norm=call("rmsnorm", eps=eps))
+    scales = {}
+    if granite:  # Granite's multipliers, as _granite writes them
+        def factor(v: float) -> float | None:
+            return None if v == 1 else float(v)
+
+        scales = dict(embedding_scale=factor(c.embedding_multiplier), residual_scale=factor(c.residual_multiplier),
+                      logit_scale=factor(1 / c.logits_scaling))
+    fields = _decoder_fields(c, **scales, final_norm=call("rmsnorm", eps=eps))
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
 
@@ -741,6 +758,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "deepseek_v32": _deepseek_v32,
     "nemotron_h": _nemotron_h,
     "bamba": _bamba,
+    "granitemoehybrid": _bamba,
 }
 
 

@@ -551,6 +551,18 @@ TABLES: dict[str, dict[str, Key]] = {
     "bamba": {**_BAMBA_CORE, "attn_layer_indices": MAPPED,
               "z_loss_coefficient": only(0.0, 0, reason="archlang's loss has no z-loss term (logsumexp² of the "
                                                          "logits)")},
+    "granitemoehybrid": {**_BAMBA_CORE, **_GRANITE_MULTIPLIERS, "num_local_experts": MAPPED,
+                         "num_experts_per_tok": MAPPED, "shared_intermediate_size": MAPPED,
+                         "output_router_logits": NO_AUX_LOSS,
+                         "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                         # transformers renames mamba / attention to linear_attention / full_attention; any other
+                         # name would silently become an attention layer there
+                         "layer_types": checked(lambda v, c: _layer_types_problem(
+                             [{"mamba": "linear_attention", "attention": "full_attention"}.get(t, t) for t in v or ()]
+                             if v is not None else None, c, ("linear_attention", "full_attention"))),
+                         # transformers builds RoPE only for "rope"; "nope" (Granite 4.0) and none build none
+                         "position_embedding_type": only(None, "rope", "nope", reason="transformers' "
+                                                         "granitemoehybrid knows rope and no position only")},
 }
 
 

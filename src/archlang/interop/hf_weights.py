@@ -462,6 +462,28 @@ def _bamba(c, r: _Rules) -> None:
         r.add(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
         for n in ("gate_proj", "up_proj", "down_proj"):
             r.linear(f"{p}{n}", f"{q}feed_forward.{n}")
+        if c.model_type == "granitemoehybrid":
+            _granite_hybrid_ffn(c, r, p, q)
+
+
+def _granite_hybrid_ffn(c, r: _Rules, p: str, q: str) -> None:
+    """The shared MLP's [gate; up] input_linear is the MoE's shared_gate_up as it is, or the dense
+    FFN's gate and up split; the experts as GraniteMoe's (module and checkpoint-file names)."""
+    r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+    mlp = f"{q}shared_mlp."
+    if c.num_local_experts:
+        r.add(f"{p}moe.shared_gate_up", f"{mlp}input_linear.weight")
+        r.add(f"{p}moe.shared_down", f"{mlp}output_linear.weight")
+    else:
+        r.add([f"{p}gate_proj.weight", f"{p}up_proj.weight"], f"{mlp}input_linear.weight", "split",
+              ([c.shared_intermediate_size] * 2, False))
+        r.add(f"{p}down_proj.weight", f"{mlp}output_linear.weight")
+    moe = f"{q}block_sparse_moe."
+    for ours, module, disk in (("router", "router.weight", "router.layer.weight"),
+                               ("experts_gate_up", "experts.gate_up_proj", "input_linear.weight"),
+                               ("experts_down", "experts.down_proj", "output_linear.weight")):
+        r.add(f"{p}moe.{ours}", f"{moe}{module}")
+        r.add(f"{p}moe.{ours}", f"{moe}{disk}")
 
 
 _FAMILIES = {
@@ -477,6 +499,7 @@ _FAMILIES = {
     "deepseek_v32": _deepseek_v32,
     "nemotron_h": _nemotron_h,
     "bamba": _bamba,
+    "granitemoehybrid": _bamba,
 }
 
 
