@@ -526,6 +526,16 @@ TABLES: dict[str, dict[str, Key]] = {
                                           "use_bias", "layer_norm_epsilon")},
                    "layers_block_type": checked(lambda v, c: _layer_types_problem(
                        v, dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "full_attention", "mlp"))),
+                   # config.json's older spellings, which transformers reads into the keys above
+                   "hybrid_override_pattern": irrelevant("used only to fill layers_block_type, which is read"),
+                   "mtp_hybrid_override_pattern": irrelevant("used only to fill mtp_layers_block_type"),
+                   "num_hidden_layers": irrelevant("transformers ignores it: the layers are layers_block_type's"),
+                   **{old: irrelevant(f"an older name of {new}, which transformers reads it into")
+                      for old, new in (("mamba_n_groups", "n_groups"), ("mamba_d_conv", "conv_kernel"),
+                                       ("mamba_expand", "expand"), ("mamba_dt_min", "time_step_min"),
+                                       ("mamba_dt_max", "time_step_max"), ("mamba_dt_limit", "time_step_limit"),
+                                       ("mamba_dt_init_floor", "time_step_floor"),
+                                       ("mamba_conv_bias", "use_conv_bias"), ("mamba_chunk_size", "chunk_size"))},
                    "mlp_hidden_act": ACTIVATION, "attention_dropout": ATTENTION_DROPOUT,
                    "mamba_hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after the conv"),
                    # the mixer clamps dt below at time_step_min (mapped), above at nothing
