@@ -506,11 +506,9 @@ MAMBA2_CONTEXT = 1 << 20
 
 def _mamba2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
-    low, high = (float(x) for x in c.time_step_limit)
     ssm = call("mamba2", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, heads=c.num_heads,
                head_dim=c.head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
-               bias=bool(c.use_bias) or None, norm_eps=eps,
-               dt_limit=None if (low, high) == (0.0, float("inf")) else Raw(_numbers([low, high])))
+               bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=_mamba2_dt_limit(c.time_step_limit))
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
               "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
@@ -548,9 +546,11 @@ def _nemotron_h(c, name: str) -> str:
 
 
 def _mamba2_dt_limit(limit) -> Raw | None:
-    """A config's time_step_limit as mamba2's dt_limit: (0, inf) clamps nothing."""
+    """A config's time_step_limit as mamba2's dt_limit: (0, inf) clamps nothing, (lo, inf) below only."""
     low, high = (float(x) for x in limit)
-    return None if (low, high) == (0.0, float("inf")) else Raw(_numbers([low, high]))
+    if high == float("inf"):
+        return None if low == 0 else Raw(f"[{_value(low)}, none]")
+    return Raw(_numbers([low, high]))
 
 
 def _bamba(c, name: str) -> str:

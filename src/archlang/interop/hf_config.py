@@ -577,15 +577,14 @@ TABLES: dict[str, dict[str, Key]] = {
 
 
 def _dt_limit_problem(value: Any) -> str | None:
-    """(0, inf) is no clamp; archlang's dt_limit = [lo, hi] needs a finite, non-empty range."""
+    """(0, inf) is no clamp, (lo, inf) archlang's dt_limit = [lo, none]; else [lo, hi] needs a
+    non-empty range."""
     if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
             type(x) in (int, float) for x in value):
         return "time_step_limit must be two numbers, [low, high]"
     low, high = (float(x) for x in value)
-    if (low, high) == (0.0, float("inf")):
-        return None
-    if not 0 <= low < high < float("inf"):
-        return "archlang's dt_limit is a finite range [low, high] with 0 <= low < high (or none: (0, inf))"
+    if not (0 <= low < high and low < float("inf")):
+        return "archlang's dt_limit is a range [low, high] with 0 <= low < high (high may be inf)"
     return None
 
 
