@@ -566,6 +566,27 @@ CASES = {
     }}
     layers = [mamba, mlp, attention, mlp, mamba]
 }}""", "nemotron_h"),
+    # Nemotron 3's mixture layers: grouped sigmoid routing with a correction bias over relu² experts, a
+    # shared relu² MLP
+    "nemotron_h-moe": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 4, head_dim = 16, chunk = 4, dt_limit = [0.01, none])
+    }}
+    block moe {{
+        norm = rmsnorm(eps = 1e-5)
+        ffn = moe(experts = 8, top_k = 3, expert = mlp(hidden = 16, act = relu2, bias = false),
+                  shared = mlp(hidden = 24, act = relu2, bias = false), router = sigmoid, correction_bias = true,
+                  groups = 4, topk_groups = 2, routed_scale = 2.5)
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = mqa(heads = 4)
+    }}
+    layers = [mamba, moe, attention, moe]
+}}""", "nemotron_h"),
     # Mamba-2 and attention layers each with the SwiGLU FFN, partial RoPE on the attention layers only
     "bamba": (f"""model m {{
     {HEAD}

@@ -239,6 +239,13 @@ CASES = {
         ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=8, use_bias=True,
         mlp_bias=True, use_conv_bias=False, tie_word_embeddings=True, mlp_hidden_act="silu",
         pad_token_id=0)),
+    # Nemotron 3's mixture layers: DeepSeek-V3 routing (sigmoid, correction bias, two of four groups, a
+    # routed scale) over relu² experts, a relu² shared MLP with biases
+    "nemotron_h-moe": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, head_dim=8, layers_block_type=["linear_attention", "moe", "full_attention", "moe"], ssm_state_size=8,
+        mamba_num_heads=4, mamba_head_dim=16, n_groups=2, chunk_size=4, n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=16, moe_shared_expert_intermediate_size=24, n_group=4, topk_group=2,
+        routed_scaling_factor=2.5, norm_topk_prob=True, mlp_bias=True)),
     # Mamba-2 and attention layers with their own SwiGLU FFN, partial RoPE on the attention layers
     # only, two groups of B and C, dt clamped, chunks shorter than the prompt
     "bamba": (T.BambaConfig, T.BambaForCausalLM, dict(

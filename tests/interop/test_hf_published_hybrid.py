@@ -16,7 +16,9 @@ import torch
 
 from archlang.api import compile_spec
 from archlang.compiler.facts import compute_facts
+from archlang.api import load_model
 from archlang.interop.hf import from_hf, spec_from_config
+from archlang.interop.hf_export import export_config
 from archlang.spec.errors import ArchError
 
 from .test_hf_parity import CASES, _pair, perturb
@@ -80,7 +82,8 @@ def test_published_configs_import_with_transformers_parameter_count(published, l
     assert low < facts.params_total < high, facts.params_total
 
 
-@pytest.mark.parametrize("case", ["nemotron_h", "nemotron_h-biases-tied", "bamba-biases-tied", "granitemoehybrid"])
+@pytest.mark.parametrize("case", ["nemotron_h", "nemotron_h-biases-tied", "nemotron_h-moe", "bamba-biases-tied",
+                                  "granitemoehybrid"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
@@ -132,7 +135,7 @@ def test_nemotron_h_d_inner_is_heads_times_head_dim():
 
 
 @pytest.mark.parametrize("model_type,changes,key", [
-    ("nemotron_h", dict(layers_block_type=["linear_attention", "moe"]), "layers_block_type"),
+    ("nemotron_h", dict(layers_block_type=["linear_attention", "moe"], moe_latent_size=64), "moe_latent_size"),
     ("nemotron_h", dict(mamba_hidden_act="gelu"), "mamba_hidden_act"),
     ("nemotron_h", dict(mlp_hidden_act="quick_gelu"), "mlp_hidden_act"),
     ("bamba", dict(z_loss_coefficient=0.1), "z_loss_coefficient"),
@@ -151,3 +154,24 @@ def test_values_archlang_cannot_compute_are_refused_naming_the_key(model_type, c
     with pytest.raises(ArchError) as info:
         spec_from_config(config)
     assert repr(key) in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("model_type", ["nemotron_h", "bamba", "granitemoehybrid"])
+def test_export_refuses_a_hybrid_without_attention(model_type):
+    """transformers' hybrid cache needs an attention layer: without one its first cached
+    forward fails, so the checkpoint is not written."""
+    ffn = "" if model_type == "nemotron_h" else "ffn = swiglu(hidden = 48)"
+    spec = f"""model m {{
+    vocab = 97
+    d_model = 32
+    context = 64
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 4, head_dim = 16, expand = 2, chunk = 4, dt_limit = [0.01, none])
+        {ffn}
+    }}
+    layers = mamba * 2
+}}"""
+    with pytest.raises(ArchError, match="no attention layer"):
+        export_config(load_model(spec), model_type)

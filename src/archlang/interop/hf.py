@@ -521,7 +521,8 @@ def _mamba2(c, name: str) -> str:
 def _nemotron_h(c, name: str) -> str:
     """Nemotron-H: blocks of one sublayer each behind its own RMSNorm, a Mamba-2 mixer (d_inner =
     mamba_num_heads · mamba_head_dim, dt clamped below at time_step_min only), attention without
-    positions or biases, or a non-gated MLP (relu² by default); layers_block_type says which."""
+    positions or biases, a non-gated MLP (relu² by default), or a mixture of such MLPs (Nemotron 3);
+    layers_block_type says which."""
     eps = c.layer_norm_epsilon
     norm = call("rmsnorm", eps=eps)
     low = float(c.time_step_min)
@@ -529,11 +530,21 @@ def _nemotron_h(c, name: str) -> str:
     ssm = call("mamba2", d_state=c.ssm_state_size, d_conv=c.conv_kernel, heads=c.mamba_num_heads,
                head_dim=c.mamba_head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
                bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=Raw(f"[{_value(low)}, none]") if low else None)
+    if "moe" in c.layers_block_type:  # DeepSeek-V3's routing over relu² experts, beside a relu² shared MLP
+        act, grouped = _act(c.mlp_hidden_act), c.n_group > 1
+        moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok,
+                   expert=call("mlp", hidden=c.moe_intermediate_size, act=act, bias=False),
+                   shared=call("mlp", hidden=c.moe_shared_expert_intermediate_size, act=act, bias=bool(c.mlp_bias)),
+                   normalize_top_k=bool(c.norm_topk_prob),
+                   routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+                   router="sigmoid", correction_bias=True, groups=c.n_group if grouped else None,
+                   topk_groups=c.topk_group if grouped else None)
     sublayers = {
         "linear_attention": ("mamba", {"ssm": ssm}),
         "full_attention": ("attention", {"attention": _attention(c, head_dim=c.head_dim)}),
         "mlp": ("mlp", {"ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.mlp_hidden_act),
                                     bias=bool(c.mlp_bias))}),
+        "moe": ("moe", {"ffn": moe if "moe" in c.layers_block_type else None}),
     }
     blocks, kinds = {}, []
     for t in c.layers_block_type:

@@ -525,7 +525,8 @@ TABLES: dict[str, dict[str, Key]] = {
                                           "mamba_head_dim", "n_groups", "conv_kernel", "use_conv_bias", "chunk_size",
                                           "use_bias", "layer_norm_epsilon")},
                    "layers_block_type": checked(lambda v, c: _layer_types_problem(
-                       v, dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "full_attention", "mlp"))),
+                       v, dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "full_attention", "mlp",
+                                                                    "moe"))),
                    # config.json's older spellings, which transformers reads into the keys above
                    "hybrid_override_pattern": irrelevant("used only to fill layers_block_type, which is read"),
                    "mtp_hybrid_override_pattern": irrelevant("used only to fill mtp_layers_block_type"),
@@ -552,12 +553,18 @@ TABLES: dict[str, dict[str, Key]] = {
                    # the multi-token-prediction layers are not built by transformers (their weights are skipped)
                    "num_nextn_predict_layers": irrelevant("transformers builds no MTP layers (it skips their weights)"),
                    "mtp_layers_block_type": irrelevant("transformers builds no MTP layers (it skips their weights)"),
-                   # read only by "moe" layers, which layers_block_type refuses
-                   **{k: irrelevant("read only by moe layers, which layers_block_type refuses")
-                      for k in ("n_routed_experts", "n_shared_experts", "moe_intermediate_size",
-                                "moe_shared_expert_intermediate_size", "moe_latent_size", "moe_shared_expert_overlap",
-                                "num_experts_per_tok", "routed_scaling_factor", "n_group", "topk_group",
-                                "norm_topk_prob", "output_router_logits")}},
+                   # the moe layers: DeepSeek-V3's routing, relu² experts, one shared MLP
+                   **{k: MAPPED for k in ("n_routed_experts", "moe_intermediate_size", "num_experts_per_tok",
+                                          "moe_shared_expert_intermediate_size", "routed_scaling_factor",
+                                          "norm_topk_prob", "topk_group")},
+                   "num_local_experts": MAPPED,  # an attribute_map alias of n_routed_experts
+                   "n_group": checked(lambda v, c: _groups_problem(c) if "moe" in (c.get("layers_block_type") or ())
+                                      else None),
+                   "moe_latent_size": only(None, reason="the experts' latent down/up projections are not mapped"),
+                   "output_router_logits": NO_AUX_LOSS,
+                   **{k: irrelevant("never read by transformers' nemotron_h modeling code (one shared MLP of "
+                                    "moe_shared_expert_intermediate_size, added to the experts' sum)")
+                      for k in ("n_shared_experts", "moe_shared_expert_overlap")}},
     "bamba": {**_BAMBA_CORE, "attn_layer_indices": MAPPED,
               "z_loss_coefficient": only(0.0, 0, reason="archlang's loss has no z-loss term (logsumexp² of the "
                                                          "logits)")},

@@ -975,6 +975,11 @@ def _one_kind(m: A.Model, kinds: list[str], test, what: str) -> str | None:
     return found[0] if found else None
 
 
+# transformers' hybrid caches ask their attention layers for the sequence length: a model without
+# one fails in its first cached forward (generate's default), so such a checkpoint is not written.
+_NO_ATTENTION = "no attention layer (transformers' {} cannot run with its cache without one)"
+
+
 def _nemotron_h(m: A.Model) -> dict:
     """Blocks of one sublayer each: a Mamba-2 mixer, attention without positions, or an MLP."""
     layers = _layers(m)
@@ -990,7 +995,8 @@ def _nemotron_h(m: A.Model) -> dict:
         _need(len(parts) == 1 and b.cross_attention is None, ("blocks", k),
               f"block `{k}` has {' and '.join(parts) or 'nothing'} (nemotron_h's blocks have one sublayer each)")
         _need(b.position in ("inherit", None), ("blocks", k, "position"), "a per-block position (nemotron_h has none)")
-        types[k] = {"ssm": "linear_attention", "attention": "full_attention", "ffn": "mlp"}[parts[0]]
+        types[k] = {"ssm": "linear_attention", "attention": "full_attention",
+                    "ffn": "moe" if isinstance(b.ffn, A.MoE) else "mlp"}[parts[0]]
     config: dict[str, Any] = {}
     mamba = _one_kind(m, kinds, lambda b: b.ssm is not None, "mamba2")
     if mamba:
@@ -1003,16 +1009,31 @@ def _nemotron_h(m: A.Model) -> dict:
                       n_groups=ssm.groups, conv_kernel=ssm.d_conv, chunk_size=ssm.chunk, use_conv_bias=ssm.conv_bias,
                       use_bias=ssm.bias, time_step_min=ssm.dt_limit[0], mamba_hidden_act="silu")
     attention = _one_kind(m, kinds, lambda b: b.attention is not None, "attention")
+    _need(attention is not None, ("layers",), _NO_ATTENTION.format("nemotron_h"))
     if attention:
         a, path = m.blocks[attention].attention, ("blocks", attention, "attention")
         config.update(_attention_kv(m, a, path))
         _plain_attention(a, path, "nemotron_h", set())
         _need(not a.bias, path + ("bias",), "attention biases (nemotron_h has none)")
-    mlp = _one_kind(m, kinds, lambda b: b.ffn is not None, "mlp")
+    mlp = _one_kind(m, kinds, lambda b: b.ffn is not None and not isinstance(b.ffn, A.MoE), "mlp")
     if mlp:
         ffn, path = m.blocks[mlp].ffn, ("blocks", mlp, "ffn")
         _need(isinstance(ffn, A.MLP), path, f"ffn {ffn.kind} (nemotron_h's MLP is up, act, down)")
         config.update(intermediate_size=ffn.hidden, mlp_hidden_act=HF_ACTIVATIONS[ffn.act], mlp_bias=ffn.bias)
+    moe_kind = _one_kind(m, kinds, lambda b: isinstance(b.ffn, A.MoE), "moe")
+    if moe_kind:
+        moe, path = m.blocks[moe_kind].ffn, ("blocks", moe_kind, "ffn")
+        _need(isinstance(moe.expert, A.MLP) and not moe.expert.bias, path + ("expert",),
+              "experts other than bias-free MLPs (nemotron_h's experts are up, act, down)")
+        _need(isinstance(moe.shared, A.MLP) and not moe.shared_gate and moe.shared.act == moe.expert.act,
+              path + ("shared",), "no ungated shared MLP of the experts' activation (nemotron_h has one)")
+        act = HF_ACTIVATIONS[moe.expert.act]
+        _need(config.get("mlp_hidden_act", act) == act and config.get("mlp_bias", moe.shared.bias) == moe.shared.bias,
+              path + ("shared",), "an MLP activation or bias that differs between the MLP and MoE layers "
+                                  "(nemotron_h has one mlp_hidden_act and mlp_bias)")
+        config.update(_sigmoid_routing(moe, path), n_routed_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                      moe_intermediate_size=moe.expert.hidden, moe_shared_expert_intermediate_size=moe.shared.hidden,
+                      mlp_hidden_act=act, mlp_bias=moe.shared.bias)
     return {"model_type": "nemotron_h", "vocab_size": m.vocab, "hidden_size": m.d_model,
             "layers_block_type": [types[k] for k in layers], **config, "layer_norm_epsilon": norm.eps,
             "max_position_embeddings": m.context, "tie_word_embeddings": False, "dtype": _dtype(m),
@@ -1029,6 +1050,7 @@ def _bamba(m: A.Model, model_type: str = "bamba") -> dict:
     norm = _pre_rmsnorm(m, kinds, model_type)
     mamba = _one_kind(m, kinds, lambda b: b.ssm is not None, "mamba2")
     attention = _one_kind(m, kinds, lambda b: b.attention is not None, "attention")
+    _need(attention is not None, ("layers",), _NO_ATTENTION.format(model_type))
     for k in kinds:
         _need((m.blocks[k].ssm is None) != (m.blocks[k].attention is None) and m.blocks[k].cross_attention is None,
               ("blocks", k), f"block `{k}` is not one mixer and an FFN")

@@ -430,18 +430,38 @@ def _mamba2(c, r: _Rules) -> None:
 
 
 def _nemotron_h(c, r: _Rules) -> None:
-    """One sublayer per block, each transformers module named `mixer` whatever it is."""
-    r.add("embed.weight", "model.embeddings.weight")
-    r.add("final_norm.weight", "model.norm_f.weight")
+    """One sublayer per block, each transformers module named `mixer` whatever it is. NVIDIA's
+    checkpoint files name the model `backbone` and keep one tensor per expert; transformers'
+    modules name it `model` and stack the experts (E, I, D) and (E, D, I), as archlang does."""
+    for prefix in ("model.", "backbone."):  # backbone.*: names in the published checkpoint files
+        _nemotron_h_names(c, r, prefix)
     r.add("lm_head.weight", "lm_head.weight")  # never tied, whatever tie_word_embeddings says
-    norms = {"linear_attention": "ssm_norm", "full_attention": "attn_norm", "mlp": "ffn_norm"}
+
+
+def _nemotron_h_names(c, r: _Rules, prefix: str) -> None:
+    r.add("embed.weight", f"{prefix}embeddings.weight")
+    r.add("final_norm.weight", f"{prefix}norm_f.weight")
+    norms = {"linear_attention": "ssm_norm", "full_attention": "attn_norm", "mlp": "ffn_norm", "moe": "ffn_norm"}
     for i, kind in enumerate(c.layers_block_type):
-        p, q = f"layers.{i}.", f"model.layers.{i}."
+        p, q = f"layers.{i}.", f"{prefix}layers.{i}."
         r.add(f"{p}{norms.get(kind, 'norm')}.weight", f"{q}norm.weight")
         if kind == "linear_attention":
             r.op("mamba2", f"{p}ssm", f"{q}mixer")
         for n in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"):
             r.linear(f"{p}{n}", f"{q}mixer.{n}")
+        if kind != "moe":
+            continue
+        m = f"{q}mixer."
+        r.add(f"{p}moe.router", f"{m}gate.weight")
+        r.add(f"{p}moe.e_score_correction_bias", f"{m}gate.e_score_correction_bias")
+        for n in ("up", "down"):
+            r.add(f"{p}moe.experts_{n}", f"{m}experts.{n}_proj")
+            per = [f"{m}experts.{j}.{n}_proj.weight" for j in range(c.n_routed_experts)]
+            if per[0] in r.keys:
+                r.add(f"{p}moe.experts_{n}", per, "stack")
+            r.add(f"{p}moe.shared_{n}", f"{m}shared_experts.{n}_proj.weight")
+        r.add(f"{p}moe.shared_up_bias", f"{m}shared_experts.up_proj.bias")
+        r.add(f"{p}moe.shared_down_bias", f"{m}shared_experts.down_proj.bias")
 
 
 def _bamba(c, r: _Rules) -> None:
