@@ -263,13 +263,14 @@ CASES = {
         mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=4, num_local_experts=4, num_experts_per_tok=2,
         shared_intermediate_size=24, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3,
         logits_scaling=2.0, position_embedding_type="nope", pad_token_id=0)),
-    # no experts (the shared MLP alone), RoPE, attention biases, the mixer's biases, dt clamped, tied embeddings
+    # no experts (the shared MLP alone), RoPE over whole heads (a partial_rotary_factor transformers' granite
+    # never reads), attention biases, the mixer's biases, dt clamped, tied embeddings
     "granitemoehybrid-dense-rope": (T.GraniteMoeHybridConfig, T.GraniteMoeHybridForCausalLM, dict(
         SMALL, num_hidden_layers=3, layer_types=["attention", "mamba", "attention"], mamba_n_heads=4, mamba_d_head=16,
         mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=8, num_local_experts=0, shared_intermediate_size=40,
         mamba_proj_bias=True, mamba_conv_bias=False, attention_bias=True, time_step_limit=(0.001, 0.5),
         position_embedding_type="rope", embedding_multiplier=2.0, logits_scaling=0.5, tie_word_embeddings=True,
-        pad_token_id=0)),
+        pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.5})),
 }
 
 

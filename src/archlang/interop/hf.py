@@ -576,7 +576,10 @@ def _bamba(c, name: str) -> str:
     bias = bool(c.attention_bias) or None
     granite = c.model_type == "granitemoehybrid"
     scale = float(c.attention_multiplier) if granite else None
-    position = _rope(c) if not granite or c.position_embedding_type == "rope" else None
+    position = _rope(c)
+    if granite:  # Granite's rotary embedding turns whole heads: it never reads partial_rotary_factor
+        params = {k: v for k, v in (c.rope_parameters or {}).items() if k != "partial_rotary_factor"}
+        position = _rope(c, params=params) if c.position_embedding_type == "rope" else None
     attention = {"attention": _attention(c, bias=bias, out_bias=bias, scale=scale), "position": position}
     if not granite:
         ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None)
