@@ -953,7 +953,7 @@ def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = Non
     config = config_from_dict(hf_config.read_config(path), str(path))
     model = _build(config, passes)
     state = to_archlang(config, _read_safetensors(directory))
-    if getattr(config, "tie_word_embeddings", False):
+    if model.config["tie_embeddings"]:  # the head is the embedding (nemotron_h never ties, whatever its config says)
         state.pop("lm_head.weight", None)
     try:
         model.load_unfused_state_dict(state, strict=True)
