@@ -175,3 +175,28 @@ def test_export_refuses_a_hybrid_without_attention(model_type):
 }}"""
     with pytest.raises(ArchError, match="no attention layer"):
         export_config(load_model(spec), model_type)
+
+
+def test_nemotron_h_loads_nvidia_checkpoint_names(tmp_path):
+    """NVIDIA's checkpoint files name the model `backbone` and keep one tensor per expert
+    (transformers renames and stacks them on load): archlang reads them as they are."""
+    from safetensors.torch import save_file
+
+    from archlang.interop.hf import load_hf_checkpoint
+
+    hf = _pair("nemotron_h-moe")[0]
+    state = {}
+    for name, tensor in hf.state_dict().items():
+        name = name.replace("model.", "backbone.", 1)
+        if ".experts." in name and name.endswith(("up_proj", "down_proj")):
+            for j, expert in enumerate(tensor.unbind(0)):
+                state[name.replace(".experts.", f".experts.{j}.") + ".weight"] = expert.contiguous()
+        else:
+            state[name] = tensor.contiguous()
+    assert "backbone.layers.1.mixer.experts.7.down_proj.weight" in state
+    hf.config.to_json_file(tmp_path / "config.json")
+    save_file(state, tmp_path / "model.safetensors")
+    ours = load_hf_checkpoint(tmp_path).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
