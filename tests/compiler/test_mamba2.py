@@ -74,6 +74,7 @@ def test_dt_limit_without_upper_bound():
     ("head_dim = 48", "head_dim", "head_dim (48) does not divide d_inner"),
     ("heads = 4, head_dim = 8, expand = 2", "heads", "heads (4) × head_dim (8) is not d_inner"),
     ("expand = 3", "expand", "head_dim (64) does not divide d_inner"),
+    ("expand = none, heads = 4", "expand", "they are not both written"),
     ("heads = 8, groups = 3", "groups", "groups (3) must divide heads (8)"),
     ("dt_limit = [0.5, 0.1]", "dt_limit", "is empty"),
     ("gated_norm = false, norm_before_gate = true", "norm_before_gate", "gated norm, which is off"),
