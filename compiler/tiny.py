@@ -61,7 +61,7 @@ def _ffn(ffn):
 def _mamba2(ssm: A.Mamba2, d_model: int) -> A.Mamba2:
     """Heads of HEAD_DIM channels filling expand · d_model, as many groups as still divide them,
     and chunks short enough that a prefill of the context crosses several."""
-    heads = ssm.expand * d_model // HEAD_DIM
+    heads = (ssm.expand or 2) * d_model // HEAD_DIM  # expand none: heads and head_dim are written, both replaced
     return ssm.model_copy(update={"d_state": min(ssm.d_state, 8), "heads": heads, "head_dim": HEAD_DIM,
                                   "groups": math.gcd(ssm.groups, heads), "chunk": min(ssm.chunk, CONTEXT // 4)})
 

@@ -27,7 +27,7 @@ Count = Annotated[int, Field(ge=0, le=MAX_DIM)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2"]  # relu2: relu(x)² (Primer)
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16"}
 
@@ -580,14 +580,17 @@ class Mamba(Node):
 class Mamba2(Node):
     """Mamba-2's multi-head state space layer (Dao & Gu 2024), laid out as Hugging Face's
     Mamba2Mixer. d_inner = expand · d_model = heads · head_dim: write `heads` or `head_dim` (or
-    neither: head_dim = 64), the resolver fills in the other. B and C come in `groups` groups, each
-    read by heads / groups heads. `dt_limit = [lo, hi]` clamps the step after its softplus (none:
-    unclamped, Hugging Face's (0, inf))."""
+    neither: head_dim = 64), the resolver fills in the other. Writing both `heads` and `head_dim`
+    (and no `expand`) fixes d_inner = heads · head_dim on its own, as Nemotron-H's mixer does
+    (expand is then none). B and C come in `groups` groups, each read by heads / groups heads.
+    `dt_limit = [lo, hi]` clamps the step after its softplus (none: unclamped, Hugging Face's
+    (0, inf)); `[lo, none]` bounds it below only."""
 
     kind: Literal["mamba2"]
     d_state: Dim = 128
     d_conv: Annotated[int, Field(gt=0, le=64)] = 4
-    expand: Annotated[int, Field(gt=0, le=64)] = 2
+    # d_inner / d_model; none where heads and head_dim are both written and fix d_inner alone
+    expand: Annotated[int, Field(gt=0, le=64)] | None = 2
     heads: Dim  # filled from expand · d_model / head_dim when not written
     head_dim: Dim  # filled from expand · d_model / heads (64 when neither is written)
     groups: Dim = 1
@@ -598,14 +601,14 @@ class Mamba2(Node):
     norm_before_gate: bool = False  # norm(y) · silu(z) rather than norm(y · silu(z))
     norm_eps: PositiveFloat = 1e-5
     d_skip: bool = True  # the per-head skip D · x
-    dt_limit: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], PositiveFloat] | None = None
+    dt_limit: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], PositiveFloat | None] | None = None
 
     @model_validator(mode="after")
     def _shapes(self) -> "Mamba2":
         if self.heads % self.groups:
             raise FieldError("groups", f"groups ({self.groups}) must divide heads ({self.heads})",
                              "each group of B and C is read by heads / groups heads")
-        if self.dt_limit is not None and self.dt_limit[0] >= self.dt_limit[1]:
+        if self.dt_limit is not None and self.dt_limit[1] is not None and self.dt_limit[0] >= self.dt_limit[1]:
             raise FieldError("dt_limit", f"dt_limit = [{self.dt_limit[0]}, {self.dt_limit[1]}] is empty",
                              "write [lo, hi] with lo < hi, or remove it (no clamp)")
         if self.norm_before_gate and not self.gated_norm:

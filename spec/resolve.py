@@ -732,10 +732,22 @@ def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field
 
 def _fill_mamba2_heads(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
     """Mamba-2's heads and head_dim, whose product is d_inner = expand · d_model: the one not
-    written follows from the other (head_dim = 64 when neither is)."""
+    written follows from the other (head_dim = 64 when neither is). Both written and no expand:
+    they fix d_inner alone, and expand is none."""
     def number(key, default=None):
         v = ssm.get(key, default)
         return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    if ssm.get("expand") is None and "heads" in ssm and "head_dim" in ssm:
+        ssm["expand"] = None
+        return  # the fields' own checks report a bad heads or head_dim
+    if "expand" in ssm and ssm["expand"] is None:
+        b.bad_paths.update({path + ("heads",), path + ("head_dim",)})
+        b.errors.append(ArchError(
+            "mamba2: expand = none leaves d_inner to heads × head_dim, and they are not both written",
+            b.spans.get(path + ("expand",)) or b.spans.get(path),
+            hint="write both heads and head_dim, or an integer expand", kind="semantic"))
+        return
 
     expand, heads, head_dim = number("expand", 2), number("heads"), number("head_dim")
     if expand is None or ("heads" in ssm and heads is None) or ("head_dim" in ssm and head_dim is None):

@@ -7,7 +7,7 @@ from .base import Saved, WeightlessOp, attr, register
 # The expression of each activation the language names, around its argument.
 ACT_CALL = {
     "relu": "F.relu({})", "gelu": "F.gelu({})", "gelu_tanh": 'F.gelu({}, approximate="tanh")', "silu": "F.silu({})",
-    "sigmoid": "torch.sigmoid({})", "tanh": "torch.tanh({})",
+    "sigmoid": "torch.sigmoid({})", "tanh": "torch.tanh({})", "relu2": "F.relu({}).square()",
 }
 
 

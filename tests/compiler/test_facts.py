@@ -98,6 +98,13 @@ def hf_model(name: str):
             num_experts_per_tok=10, moe_intermediate_size=512, shared_expert_intermediate_size=512,
             norm_topk_prob=True, max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
             rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25})
+    if name == "nemotron_h_8b":  # nvidia/Nemotron-H-8B-Base-8K's config.json
+        return T.NemotronHForCausalLM, T.NemotronHConfig(
+            vocab_size=131072, hidden_size=4096, intermediate_size=21504, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=128, max_position_embeddings=8192, mlp_hidden_act="relu2",
+            ssm_state_size=128, mamba_num_heads=128, mamba_head_dim=64, n_groups=8, conv_kernel=4, chunk_size=128,
+            time_step_min=0.001, layer_norm_epsilon=1e-5, tie_word_embeddings=False,
+            hybrid_override_pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
     raise KeyError(name)
 
 

@@ -51,11 +51,30 @@ def test_heads_and_head_dim_follow_from_each_other(args, heads, head_dim):
     assert (ssm.heads, ssm.head_dim) == (heads, head_dim)
 
 
+@pytest.mark.parametrize("args,d_inner", [
+    ("heads = 3, head_dim = 8", 24),  # d_inner 24 is no multiple of d_model 32 (Nemotron-H-4B's 7168 of 3072)
+    ("heads = 4, head_dim = 16", 64),
+])
+def test_heads_and_head_dim_without_expand_fix_d_inner(args, d_inner):
+    ssm = ssm_of(args)
+    assert ssm.expand is None
+    text = BASE.replace("SSM", args)
+    (node,) = [d for _, d in compile_spec(text, passes="").graph.nodes(data=True) if d.get("op") == "mamba2"][:1]
+    assert node["attrs"]["d_inner"] == d_inner
+    assert compute_facts(compile_spec(text, passes="").graph).params_total > 0
+
+
+def test_dt_limit_without_upper_bound():
+    ssm = ssm_of("dt_limit = [0.001, none]")
+    assert ssm.dt_limit == (0.001, None)
+
+
 @pytest.mark.parametrize("args,field,message", [
     ("heads = 5", "heads", "heads (5) does not divide d_inner"),
     ("head_dim = 48", "head_dim", "head_dim (48) does not divide d_inner"),
-    ("heads = 4, head_dim = 8", "heads", "heads (4) × head_dim (8) is not d_inner"),
+    ("heads = 4, head_dim = 8, expand = 2", "heads", "heads (4) × head_dim (8) is not d_inner"),
     ("expand = 3", "expand", "head_dim (64) does not divide d_inner"),
+    ("expand = none, heads = 4", "expand", "they are not both written"),
     ("heads = 8, groups = 3", "groups", "groups (3) must divide heads (8)"),
     ("dt_limit = [0.5, 0.1]", "dt_limit", "is empty"),
     ("gated_norm = false, norm_before_gate = true", "norm_before_gate", "gated norm, which is off"),

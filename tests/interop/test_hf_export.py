@@ -586,6 +586,102 @@ CASES = {
     }}
     layers = [linear_attention, linear_attention_dense, linear_attention, full_attention]
 }}""", "qwen3_next"),
+    # one sublayer per block: Mamba-2 with d_inner = 6 · 8 (no multiple of d_model) and dt clamped below,
+    # attention without positions, a relu² MLP with biases
+    "nemotron_h": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 6, head_dim = 8, groups = 2, chunk = 4, bias = true,
+                     dt_limit = [0.001, none])
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16)
+    }}
+    block mlp {{
+        norm = rmsnorm(eps = 1e-5)
+        ffn = mlp(hidden = 48, act = relu2, bias = true)
+    }}
+    layers = [mamba, mlp, attention, mlp, mamba]
+}}""", "nemotron_h"),
+    # Nemotron 3's mixture layers: grouped sigmoid routing with a correction bias over relu² experts, a
+    # shared relu² MLP
+    "nemotron_h-moe": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 4, head_dim = 16, chunk = 4, dt_limit = [0.01, none])
+    }}
+    block moe {{
+        norm = rmsnorm(eps = 1e-5)
+        ffn = moe(experts = 8, top_k = 3, expert = mlp(hidden = 16, act = relu2, bias = false),
+                  shared = mlp(hidden = 24, act = relu2, bias = false), router = sigmoid, correction_bias = true,
+                  groups = 4, topk_groups = 2, routed_scale = 2.5)
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = mqa(heads = 4)
+    }}
+    layers = [mamba, moe, attention, moe]
+}}""", "nemotron_h"),
+    # Mamba-2 and attention layers each with the SwiGLU FFN, partial RoPE on the attention layers only
+    "bamba": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 8, groups = 2, chunk = 4, dt_limit = [0.001, 0.5])
+        ffn = swiglu(hidden = 48)
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        position = rope(theta = 10000, dim = 4)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = [mamba, attention, mamba]
+}}""", "bamba"),
+    # Granite's multipliers, experts beside an ungated shared MLP, attention without positions
+    "granitemoehybrid": (f"""model m {{
+    {HEAD}
+    embedding_scale = 3
+    residual_scale = 0.5
+    logit_scale = 0.5
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba2(d_state = 16, head_dim = 16, chunk = 8, conv_bias = false, bias = true, norm_eps = 1e-6)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared = swiglu(hidden = 24))
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = gqa(heads = 4, kv_heads = 2, scale = 0.3)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 16), shared = swiglu(hidden = 24))
+    }}
+    layers = [mamba, attention, mamba]
+}}""", "granitemoehybrid"),
+    # Granite 4.0 without experts (the shared MLP alone), RoPE on the attention layers, tied embeddings
+    "granitemoehybrid-dense-rope": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = 2
+    final_norm = rmsnorm(eps = 1e-5)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 8, groups = 2, chunk = 4)
+        ffn = swiglu(hidden = 40)
+    }}
+    block attention {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true)
+        position = rope(theta = 1000)
+        ffn = swiglu(hidden = 40)
+    }}
+    layers = [attention, mamba, attention]
+}}""", "granitemoehybrid"),
 }
 
 

@@ -255,6 +255,50 @@ CASES = {
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
         decoder_sparse_step=2, norm_topk_prob=False, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.5})),
+    # Mamba-2, attention (no positions) and relu² MLP blocks; d_inner = 6 · 8 is no multiple of d_model,
+    # two groups, a conv bias, chunks shorter than the prompt, dt clamped below at time_step_min
+    "nemotron_h": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, head_dim=16, layers_block_type=["linear_attention", "mlp", "full_attention", "linear_attention", "mlp"],
+        ssm_state_size=8, mamba_num_heads=6, mamba_head_dim=8, n_groups=2, chunk_size=4, time_step_min=0.05)),
+    # biases on the mixer's projections and the MLP, no conv bias, tie_word_embeddings (which ties nothing), MQA,
+    # a SiLU MLP
+    "nemotron_h-biases-tied": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, num_key_value_heads=1, head_dim=8, layers_block_type=["full_attention", "linear_attention", "mlp"],
+        ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=8, use_bias=True,
+        mlp_bias=True, use_conv_bias=False, tie_word_embeddings=True, mlp_hidden_act="silu",
+        pad_token_id=0)),
+    # Nemotron 3's mixture layers: DeepSeek-V3 routing (sigmoid, correction bias, two of four groups, a
+    # routed scale) over relu² experts, a relu² shared MLP with biases
+    "nemotron_h-moe": (T.NemotronHConfig, T.NemotronHForCausalLM, dict(
+        SMALL, head_dim=8, layers_block_type=["linear_attention", "moe", "full_attention", "moe"], ssm_state_size=8,
+        mamba_num_heads=4, mamba_head_dim=16, n_groups=2, chunk_size=4, n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=16, moe_shared_expert_intermediate_size=24, n_group=4, topk_group=2,
+        routed_scaling_factor=2.5, norm_topk_prob=True, mlp_bias=True)),
+    # Mamba-2 and attention layers with their own SwiGLU FFN, partial RoPE on the attention layers
+    # only, two groups of B and C, dt clamped, chunks shorter than the prompt
+    "bamba": (T.BambaConfig, T.BambaForCausalLM, dict(
+        SMALL, num_hidden_layers=4, attn_layer_indices=[1, 3], mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8,
+        mamba_n_groups=2, mamba_chunk_size=4, time_step_limit=(0.001, 0.5), pad_token_id=0)),
+    # every bias (attention, FFN, the mixer's projections), no conv bias, tied embeddings, full RoPE
+    "bamba-biases-tied": (T.BambaConfig, T.BambaForCausalLM, dict(
+        SMALL, num_hidden_layers=3, attn_layer_indices=[0], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16,
+        mamba_n_groups=1, mamba_chunk_size=8, mamba_proj_bias=True, mamba_conv_bias=False, attention_bias=True,
+        mlp_bias=True, tie_word_embeddings=True, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 1.0})),
+    # Granite 4.0: Granite's four multipliers, experts beside a shared MLP, no positions (Granite 4.0's "nope")
+    "granitemoehybrid": (T.GraniteMoeHybridConfig, T.GraniteMoeHybridForCausalLM, dict(
+        SMALL, num_hidden_layers=3, layer_types=["mamba", "attention", "mamba"], mamba_n_heads=8, mamba_d_head=8,
+        mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=4, num_local_experts=4, num_experts_per_tok=2,
+        shared_intermediate_size=24, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3,
+        logits_scaling=2.0, position_embedding_type="nope", pad_token_id=0)),
+    # no experts (the shared MLP alone), RoPE over whole heads (a partial_rotary_factor transformers' granite
+    # never reads), attention biases, the mixer's biases, dt clamped, tied embeddings
+    "granitemoehybrid-dense-rope": (T.GraniteMoeHybridConfig, T.GraniteMoeHybridForCausalLM, dict(
+        SMALL, num_hidden_layers=3, layer_types=["attention", "mamba", "attention"], mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=8, num_local_experts=0, shared_intermediate_size=40,
+        mamba_proj_bias=True, mamba_conv_bias=False, attention_bias=True, time_step_limit=(0.001, 0.5),
+        position_embedding_type="rope", embedding_multiplier=2.0, logits_scaling=0.5, tie_word_embeddings=True,
+        pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.5})),
 }
 
 

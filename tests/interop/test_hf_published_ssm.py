@@ -69,14 +69,19 @@ SMALL = dict(model_type="mamba2", vocab_size=97, hidden_size=32, num_hidden_laye
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("time_step_limit", [0.01, math.inf], "finite range"),
-    ("time_step_limit", [0.5, 0.1], "finite range"),
+    ("time_step_limit", [0.5, 0.1], "0 <= low < high"),
+    ("time_step_limit", [-0.1, math.inf], "0 <= low < high"),
     ("hidden_act", "gelu", "silu"),
 ])
 def test_values_archlang_cannot_compute_are_refused_naming_the_key(key, value, words):
     with pytest.raises(ArchError) as info:
         spec_from_config(dict(SMALL, **{key: value}))
     assert repr(key) in info.value.message and words in info.value.message
+
+
+def test_a_clamp_open_above_imports_as_a_dt_limit_without_upper_end():
+    text = spec_from_config(dict(SMALL, time_step_limit=[0.01, math.inf]))
+    assert "dt_limit = [0.01, none]" in text
 
 
 def test_a_finite_time_step_limit_is_the_spec_dt_limit():

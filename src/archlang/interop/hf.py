@@ -4,7 +4,8 @@ archlang's names. Each supported family has one spec writer and one weight-name 
 Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, olmo2, smollm3, phi3, mixtral,
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
-granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next.
+granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
+granitemoehybrid.
 """
 
 from __future__ import annotations
@@ -535,11 +536,9 @@ MAMBA2_CONTEXT = 1 << 20
 
 def _mamba2(c, name: str) -> str:
     eps = c.layer_norm_epsilon
-    low, high = (float(x) for x in c.time_step_limit)
     ssm = call("mamba2", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, heads=c.num_heads,
                head_dim=c.head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
-               bias=bool(c.use_bias) or None, norm_eps=eps,
-               dt_limit=None if (low, high) == (0.0, float("inf")) else Raw(_numbers([low, high])))
+               bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=_mamba2_dt_limit(c.time_step_limit))
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
               "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
@@ -566,6 +565,94 @@ def _mamba(c, name: str) -> str:
     blocks = {"mamba": {"norm": call("rmsnorm", eps=eps), "ssm": ssm}}
     return write_spec(name, fields, blocks, {"layers": f"mamba * {c.num_hidden_layers}"},
                       f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _nemotron_h(c, name: str) -> str:
+    """Nemotron-H: blocks of one sublayer each behind its own RMSNorm, a Mamba-2 mixer (d_inner =
+    mamba_num_heads · mamba_head_dim, dt clamped below at time_step_min only), attention without
+    positions or biases, a non-gated MLP (relu² by default), or a mixture of such MLPs (Nemotron 3);
+    layers_block_type says which."""
+    eps = c.layer_norm_epsilon
+    norm = call("rmsnorm", eps=eps)
+    low = float(c.time_step_min)
+    # transformers' mixer clamps dt to [time_step_min, inf) and never reads time_step_limit or expand
+    ssm = call("mamba2", d_state=c.ssm_state_size, d_conv=c.conv_kernel, heads=c.mamba_num_heads,
+               head_dim=c.mamba_head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
+               bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=Raw(f"[{_value(low)}, none]") if low else None)
+    if "moe" in c.layers_block_type:  # DeepSeek-V3's routing over relu² experts, beside a relu² shared MLP
+        act, grouped = _act(c.mlp_hidden_act), c.n_group > 1
+        moe = call("moe", experts=c.n_routed_experts, top_k=c.num_experts_per_tok,
+                   expert=call("mlp", hidden=c.moe_intermediate_size, act=act, bias=False),
+                   shared=call("mlp", hidden=c.moe_shared_expert_intermediate_size, act=act, bias=bool(c.mlp_bias)),
+                   normalize_top_k=bool(c.norm_topk_prob),
+                   routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+                   router="sigmoid", correction_bias=True, groups=c.n_group if grouped else None,
+                   topk_groups=c.topk_group if grouped else None)
+    sublayers = {
+        "linear_attention": ("mamba", {"ssm": ssm}),
+        "full_attention": ("attention", {"attention": _attention(c, head_dim=c.head_dim)}),
+        "mlp": ("mlp", {"ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.mlp_hidden_act),
+                                    bias=bool(c.mlp_bias))}),
+        "moe": ("moe", {"ffn": moe if "moe" in c.layers_block_type else None}),
+    }
+    blocks, kinds = {}, []
+    for t in c.layers_block_type:
+        kind, sublayer = sublayers[t]
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": norm, **sublayer})
+    # transformers' NemotronHForCausalLM ties nothing (_tied_weights_keys is empty), whatever the config says
+    fields = _decoder_fields(c, final_norm=norm, tie_embeddings=None)
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face nemotron_h config.")
+
+
+def _mamba2_dt_limit(limit) -> Raw | None:
+    """A config's time_step_limit as mamba2's dt_limit: (0, inf) clamps nothing, (lo, inf) below only."""
+    low, high = (float(x) for x in limit)
+    if high == float("inf"):
+        return None if low == 0 else Raw(f"[{_value(low)}, none]")
+    return Raw(_numbers([low, high]))
+
+
+def _bamba(c, name: str) -> str:
+    """Bamba (and Granite 4.0's GraniteMoeHybrid): Mamba-2 layers and attention layers, each
+    followed by its own FFN; RoPE (partial in Bamba) acts on the attention layers only, so it is
+    theirs, not the model's."""
+    eps = c.rms_norm_eps
+    ssm = call("mamba2", d_state=c.mamba_d_state, d_conv=c.mamba_d_conv, expand=c.mamba_expand,
+               heads=c.mamba_n_heads, head_dim=c.mamba_d_head, groups=c.mamba_n_groups, chunk=c.mamba_chunk_size,
+               conv_bias=bool(c.mamba_conv_bias), bias=bool(c.mamba_proj_bias) or None, norm_eps=eps,
+               dt_limit=_mamba2_dt_limit(c.time_step_limit))
+    bias = bool(c.attention_bias) or None
+    granite = c.model_type == "granitemoehybrid"
+    scale = float(c.attention_multiplier) if granite else None
+    position = _rope(c)
+    if granite:  # Granite's rotary embedding turns whole heads: it never reads partial_rotary_factor
+        params = {k: v for k, v in (c.rope_parameters or {}).items() if k != "partial_rotary_factor"}
+        position = _rope(c, params=params) if c.position_embedding_type == "rope" else None
+    attention = {"attention": _attention(c, bias=bias, out_bias=bias, scale=scale), "position": position}
+    if not granite:
+        ffn = call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None)
+    elif c.num_local_experts:  # routed experts beside an always-on shared MLP, added without a gate
+        ffn = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+                   expert=call("swiglu", hidden=c.intermediate_size),
+                   shared=call("swiglu", hidden=c.shared_intermediate_size))
+    else:  # no experts: the shared MLP alone
+        ffn = call("swiglu", hidden=c.shared_intermediate_size)
+    blocks, kinds = {}, []
+    for t in c.layers_block_type:
+        kind = "attention" if t == "full_attention" else "mamba"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps),
+                                 **({"ssm": ssm} if kind == "mamba" else attention), "ffn": ffn})
+    scales = {}
+    if granite:  # Granite's multipliers, as _granite writes them
+        def factor(v: float) -> float | None:
+            return None if v == 1 else float(v)
+
+        scales = dict(embedding_scale=factor(c.embedding_multiplier), residual_scale=factor(c.residual_multiplier),
+                      logit_scale=factor(1 / c.logits_scaling))
+    fields = _decoder_fields(c, **scales, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
 
 def _deepseek_routing(c) -> dict[str, Any]:
@@ -734,6 +821,9 @@ SPEC_WRITERS: dict[str, Callable] = {
     "deepseek_v32": _deepseek_v32,
     "mamba": _mamba, "falcon_mamba": _mamba,
     "qwen3_next": _qwen3_next,
+    "nemotron_h": _nemotron_h,
+    "bamba": _bamba,
+    "granitemoehybrid": _bamba,
 }
 
 
@@ -914,7 +1004,7 @@ def load_hf_checkpoint(directory: str | os.PathLike, *, passes: str | None = Non
     config = config_from_dict(hf_config.read_config(path), str(path))
     model = _build(config, passes)
     state = to_archlang(config, _read_safetensors(directory))
-    if getattr(config, "tie_word_embeddings", False):
+    if model.config["tie_embeddings"]:  # the head is the embedding (nemotron_h never ties, whatever its config says)
         state.pop("lm_head.weight", None)
     try:
         model.load_unfused_state_dict(state, strict=True)

@@ -138,7 +138,8 @@ def _rope_per_layer_type(value: Any, config: dict) -> str | None:
 
 # transformers' activation names → archlang's (gelu_fast is the tanh approximation, written out).
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+               "gelu_fast": "gelu_tanh", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+               "relu2": "relu2"}
 ACTIVATION = checked(lambda v, c: None if v in ACTIVATIONS else
                      f"archlang's activations are {', '.join(sorted(set(ACTIVATIONS.values())))}")
 
@@ -248,6 +249,17 @@ _MAMBA1: dict[str, Key] = {
     "residual_in_fp32": irrelevant("rounding of 16-bit runs only (the residual sum kept in float32); "
                                    "archlang adds residuals in the model's dtype"),
 }
+
+
+# Bamba's and GraniteMoeHybrid's shared keys: Llama's attention and SwiGLU, Mamba-2's mixer (one
+# hidden_act for the FFN and the mixer's conv, which archlang runs with silu).
+_BAMBA_CORE = {**_LLAMA_CORE, "hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after "
+                                                  "the conv, and this family's FFN and conv share hidden_act"),
+               "attention_bias": MAPPED, "mlp_bias": MAPPED,
+               **{k: MAPPED for k in ("mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_d_conv", "mamba_expand",
+                                      "mamba_n_groups", "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias")},
+               "time_step_limit": checked(lambda v, c: _dt_limit_problem(v)),
+               "num_logits_to_keep": OUTPUTS}
 
 TABLES: dict[str, dict[str, Key]] = {
     "llama": {**_LLAMA_CORE, "attention_bias": MAPPED, "mlp_bias": MAPPED, "pretraining_tp": _OLD_TP},
@@ -558,19 +570,79 @@ TABLES: dict[str, dict[str, Key]] = {
                    "partial_rotary_factor": irrelevant("transformers moves it into rope_parameters, which is read"),
                    "use_sliding_window": irrelevant("published configs carry it, but transformers' qwen3_next has "
                                                     "no sliding window and never reads it")},
+    "nemotron_h": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                          "num_key_value_heads", "head_dim", "max_position_embeddings",
+                                          "mlp_bias", "ssm_state_size", "mamba_num_heads",
+                                          "mamba_head_dim", "n_groups", "conv_kernel", "use_conv_bias", "chunk_size",
+                                          "use_bias", "layer_norm_epsilon")},
+                   "layers_block_type": checked(lambda v, c: _layer_types_problem(
+                       v, dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "full_attention", "mlp",
+                                                                    "moe"))),
+                   # config.json's older spellings, which transformers reads into the keys above
+                   "hybrid_override_pattern": irrelevant("used only to fill layers_block_type, which is read"),
+                   "mtp_hybrid_override_pattern": irrelevant("used only to fill mtp_layers_block_type"),
+                   "num_hidden_layers": irrelevant("transformers ignores it: the layers are layers_block_type's"),
+                   **{old: irrelevant(f"an older name of {new}, which transformers reads it into")
+                      for old, new in (("mamba_n_groups", "n_groups"), ("mamba_d_conv", "conv_kernel"),
+                                       ("mamba_expand", "expand"), ("mamba_dt_min", "time_step_min"),
+                                       ("mamba_dt_max", "time_step_max"), ("mamba_dt_limit", "time_step_limit"),
+                                       ("mamba_dt_init_floor", "time_step_floor"),
+                                       ("mamba_conv_bias", "use_conv_bias"), ("mamba_chunk_size", "chunk_size"))},
+                   "mlp_hidden_act": ACTIVATION, "attention_dropout": ATTENTION_DROPOUT,
+                   "mamba_hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after the conv"),
+                   # the mixer clamps dt below at time_step_min (mapped), above at nothing
+                   "time_step_min": checked(lambda v, c: _positive(v, "time_step_min") if v else None),
+                   **{k: irrelevant("never read by transformers' nemotron_h modeling code")
+                      for k in ("attention_bias", "sliding_window", "mamba_proj_bias", "hidden_dropout",
+                                "residual_in_fp32", "mamba_ssm_cache_dtype", "use_mamba_kernels")},
+                   "expand": irrelevant("never read: the mixer's d_inner is mamba_num_heads · mamba_head_dim"),
+                   "tie_word_embeddings": irrelevant("transformers' NemotronHForCausalLM ties nothing (its "
+                                                     "_tied_weights_keys is empty): the LM head is its own tensor"),
+                   "time_step_limit": irrelevant("never read: the mixer clamps dt to [time_step_min, inf)"),
+                   **{k: INIT for k in ("time_step_max", "time_step_floor", "rescale_prenorm_residual")},
+                   "num_logits_to_keep": OUTPUTS,
+                   # the multi-token-prediction layers are not built by transformers (their weights are skipped)
+                   "num_nextn_predict_layers": irrelevant("transformers builds no MTP layers (it skips their weights)"),
+                   "mtp_layers_block_type": irrelevant("transformers builds no MTP layers (it skips their weights)"),
+                   # the moe layers: DeepSeek-V3's routing, relu² experts, one shared MLP
+                   **{k: MAPPED for k in ("n_routed_experts", "moe_intermediate_size", "num_experts_per_tok",
+                                          "moe_shared_expert_intermediate_size", "routed_scaling_factor",
+                                          "norm_topk_prob", "topk_group")},
+                   "num_local_experts": MAPPED,  # an attribute_map alias of n_routed_experts
+                   "n_group": checked(lambda v, c: _groups_problem(c) if "moe" in (c.get("layers_block_type") or ())
+                                      else None),
+                   "moe_latent_size": only(None, reason="the experts' latent down/up projections are not mapped"),
+                   "output_router_logits": NO_AUX_LOSS,
+                   **{k: irrelevant("never read by transformers' nemotron_h modeling code (one shared MLP of "
+                                    "moe_shared_expert_intermediate_size, added to the experts' sum)")
+                      for k in ("n_shared_experts", "moe_shared_expert_overlap")}},
+    "bamba": {**_BAMBA_CORE, "attn_layer_indices": MAPPED,
+              "z_loss_coefficient": only(0.0, 0, reason="archlang's loss has no z-loss term (logsumexp² of the "
+                                                         "logits)")},
+    "granitemoehybrid": {**_BAMBA_CORE, **_GRANITE_MULTIPLIERS, "num_local_experts": MAPPED,
+                         "num_experts_per_tok": MAPPED, "shared_intermediate_size": MAPPED,
+                         "output_router_logits": NO_AUX_LOSS,
+                         "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                         # transformers renames mamba / attention to linear_attention / full_attention; any other
+                         # name would silently become an attention layer there
+                         "layer_types": checked(lambda v, c: _layer_types_problem(
+                             [{"mamba": "linear_attention", "attention": "full_attention"}.get(t, t) for t in v or ()]
+                             if v is not None else None, c, ("linear_attention", "full_attention"))),
+                         # transformers builds RoPE only for "rope"; "nope" (Granite 4.0) and none build none
+                         "position_embedding_type": only(None, "rope", "nope", reason="transformers' "
+                                                         "granitemoehybrid knows rope and no position only")},
 }
 
 
 def _dt_limit_problem(value: Any) -> str | None:
-    """(0, inf) is no clamp; archlang's dt_limit = [lo, hi] needs a finite, non-empty range."""
+    """(0, inf) is no clamp, (lo, inf) archlang's dt_limit = [lo, none]; else [lo, hi] needs a
+    non-empty range."""
     if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
             type(x) in (int, float) for x in value):
         return "time_step_limit must be two numbers, [low, high]"
     low, high = (float(x) for x in value)
-    if (low, high) == (0.0, float("inf")):
-        return None
-    if not 0 <= low < high < float("inf"):
-        return "archlang's dt_limit is a finite range [low, high] with 0 <= low < high (or none: (0, inf))"
+    if not (0 <= low < high and low < float("inf")):
+        return "archlang's dt_limit is a range [low, high] with 0 <= low < high (high may be inf)"
     return None
 
 

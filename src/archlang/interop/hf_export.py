@@ -143,7 +143,7 @@ def _rope_parameters(rope: Any, path: tuple, head_dim: int | None, partial: bool
 
 # transformers' name of each archlang activation (hf_config.ACTIVATIONS maps them back).
 HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
-                  "sigmoid": "sigmoid", "tanh": "tanh"}
+                  "sigmoid": "sigmoid", "tanh": "tanh", "relu2": "relu2"}
 
 
 def _token_ids(m: A.Model, default: int) -> dict:
@@ -793,6 +793,7 @@ def _jamba(m: A.Model) -> dict:
     ssm_kind = next((k for k in kinds if m.blocks[k].ssm is not None), None)
     _need(ssm_kind is not None, ("layers",), "no mamba layer")
     ssm = _same(m, [k for k in kinds if m.blocks[k].ssm is not None], "ssm", "mamba layers")
+    _need(isinstance(ssm, A.Mamba), ("blocks", ssm_kind, "ssm"), f"{ssm.kind} layers (jamba's are mamba)")
     attn_kind = next(k for k in kinds if m.blocks[k].attention is not None)
     heads = _attention_kv(m, m.blocks[attn_kind].attention, ("blocks", attn_kind, "attention"))
     dense_kind = next((k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)), None)
@@ -984,11 +985,14 @@ def _mamba2(m: A.Model) -> dict:
     _need(ssm.d_skip, path + ("d_skip",), "d_skip = false (transformers' Mamba2 always has D)")
     _need(ssm.norm_eps == norm.eps, path + ("norm_eps",), "a gated-norm eps other than the layers' norm eps "
                                                            "(mamba2 has one layer_norm_epsilon)")
+    _need(ssm.heads * ssm.head_dim % m.d_model == 0, path + ("heads",),
+          "a d_inner (heads × head_dim) that is not a multiple of d_model (transformers' Mamba2 has expand · d_model)")
     return {"model_type": "mamba2", "vocab_size": m.vocab, "hidden_size": m.d_model, "num_hidden_layers": len(layers),
-            "num_heads": ssm.heads, "head_dim": ssm.head_dim, "state_size": ssm.d_state, "expand": ssm.expand,
+            "num_heads": ssm.heads, "head_dim": ssm.head_dim, "state_size": ssm.d_state,
+            "expand": ssm.heads * ssm.head_dim // m.d_model,
             "conv_kernel": ssm.d_conv, "n_groups": ssm.groups, "chunk_size": ssm.chunk, "use_bias": ssm.bias,
             "use_conv_bias": ssm.conv_bias, "layer_norm_epsilon": norm.eps, "hidden_act": "silu",
-            "time_step_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else [0.0, math.inf],
+            "time_step_limit": _time_step_limit(ssm.dt_limit),
             # archlang adds residuals in the model's dtype, as transformers does with this off
             "residual_in_fp32": False, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
             "max_position_embeddings": m.context, **_token_ids(m, 0)}
@@ -1029,6 +1033,179 @@ def _mamba1(m: A.Model, model_type: str) -> dict:
     if falcon:
         config["mixer_rms_eps"] = ssm.norm_eps
     return config
+
+
+def _time_step_limit(dt_limit) -> list[float]:
+    """A mamba2 dt_limit as transformers' time_step_limit: none is (0, inf), an open upper end inf."""
+    if dt_limit is None:
+        return [0.0, math.inf]
+    return [dt_limit[0], math.inf if dt_limit[1] is None else dt_limit[1]]
+
+
+def _hf_mamba2_mixer(ssm: A.Mamba2, norm: A.Norm, path: tuple, model_type: str) -> None:
+    """What every transformers Mamba-2 mixer fixes: the gated norm after the gate, D, one eps."""
+    _need(ssm.gated_norm, path + ("gated_norm",), f"gated_norm = false ({model_type}'s mixer always has it)")
+    _need(not ssm.norm_before_gate, path + ("norm_before_gate",), f"norm_before_gate ({model_type}'s mixer gates first)")
+    _need(ssm.d_skip, path + ("d_skip",), f"d_skip = false ({model_type}'s mixer always has D)")
+    _need(ssm.norm_eps == norm.eps, path + ("norm_eps",),
+          f"a gated-norm eps other than the layers' norm eps ({model_type} has one for both)")
+
+
+def _one_kind(m: A.Model, kinds: list[str], test, what: str) -> str | None:
+    """The one block kind of `kinds` that passes `test` (the blocks of a kind share every setting
+    in these families), or None when there is none."""
+    found = [k for k in kinds if test(m.blocks[k])]
+    for k in found[1:]:
+        _need(m.blocks[k].model_copy(update={"name": found[0]}) == m.blocks[found[0]], ("blocks", k),
+              f"two kinds of {what} blocks that differ (this family sets them once for all layers)")
+    return found[0] if found else None
+
+
+# transformers' hybrid caches ask their attention layers for the sequence length: a model without
+# one fails in its first cached forward (generate's default), so such a checkpoint is not written.
+_NO_ATTENTION = "no attention layer (transformers' {} cannot run with its cache without one)"
+
+
+def _nemotron_h(m: A.Model) -> dict:
+    """Blocks of one sublayer each: a Mamba-2 mixer, attention without positions, or an MLP."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _need(m.position is None, ("position",), "a position scheme (nemotron_h's attention has none)")
+    _need(not m.tie_embeddings, ("tie_embeddings",), "tied embeddings (nemotron_h's LM head is never tied)")
+    norm = _pre_rmsnorm(m, kinds, "nemotron_h")
+    types = {}
+    for k in kinds:
+        b = m.blocks[k]
+        parts = [slot for slot in ("ssm", "attention", "ffn") if getattr(b, slot) is not None]
+        _need(len(parts) == 1 and b.cross_attention is None, ("blocks", k),
+              f"block `{k}` has {' and '.join(parts) or 'nothing'} (nemotron_h's blocks have one sublayer each)")
+        _need(b.position in ("inherit", None), ("blocks", k, "position"), "a per-block position (nemotron_h has none)")
+        types[k] = {"ssm": "linear_attention", "attention": "full_attention",
+                    "ffn": "moe" if isinstance(b.ffn, A.MoE) else "mlp"}[parts[0]]
+    config: dict[str, Any] = {}
+    mamba = _one_kind(m, kinds, lambda b: b.ssm is not None, "mamba2")
+    if mamba:
+        ssm, path = m.blocks[mamba].ssm, ("blocks", mamba, "ssm")
+        _need(isinstance(ssm, A.Mamba2), path, "a mamba (v1) layer (nemotron_h's are mamba2)")
+        _hf_mamba2_mixer(ssm, norm, path, "nemotron_h")
+        _need(ssm.dt_limit is not None and ssm.dt_limit[1] is None, path + ("dt_limit",),
+              "a dt clamp other than [lo, none] with lo > 0 (nemotron_h clamps dt below at time_step_min only)")
+        config.update(ssm_state_size=ssm.d_state, mamba_num_heads=ssm.heads, mamba_head_dim=ssm.head_dim,
+                      n_groups=ssm.groups, conv_kernel=ssm.d_conv, chunk_size=ssm.chunk, use_conv_bias=ssm.conv_bias,
+                      use_bias=ssm.bias, time_step_min=ssm.dt_limit[0], mamba_hidden_act="silu")
+    attention = _one_kind(m, kinds, lambda b: b.attention is not None, "attention")
+    _need(attention is not None, ("layers",), _NO_ATTENTION.format("nemotron_h"))
+    if attention:
+        a, path = m.blocks[attention].attention, ("blocks", attention, "attention")
+        config.update(_attention_kv(m, a, path))
+        _plain_attention(a, path, "nemotron_h", set())
+        _need(not a.bias, path + ("bias",), "attention biases (nemotron_h has none)")
+    mlp = _one_kind(m, kinds, lambda b: b.ffn is not None and not isinstance(b.ffn, A.MoE), "mlp")
+    if mlp:
+        ffn, path = m.blocks[mlp].ffn, ("blocks", mlp, "ffn")
+        _need(isinstance(ffn, A.MLP), path, f"ffn {ffn.kind} (nemotron_h's MLP is up, act, down)")
+        config.update(intermediate_size=ffn.hidden, mlp_hidden_act=HF_ACTIVATIONS[ffn.act], mlp_bias=ffn.bias)
+    moe_kind = _one_kind(m, kinds, lambda b: isinstance(b.ffn, A.MoE), "moe")
+    if moe_kind:
+        moe, path = m.blocks[moe_kind].ffn, ("blocks", moe_kind, "ffn")
+        _need(isinstance(moe.expert, A.MLP) and not moe.expert.bias, path + ("expert",),
+              "experts other than bias-free MLPs (nemotron_h's experts are up, act, down)")
+        _need(isinstance(moe.shared, A.MLP) and not moe.shared_gate and moe.shared.act == moe.expert.act,
+              path + ("shared",), "no ungated shared MLP of the experts' activation (nemotron_h has one)")
+        act = HF_ACTIVATIONS[moe.expert.act]
+        _need(config.get("mlp_hidden_act", act) == act and config.get("mlp_bias", moe.shared.bias) == moe.shared.bias,
+              path + ("shared",), "an MLP activation or bias that differs between the MLP and MoE layers "
+                                  "(nemotron_h has one mlp_hidden_act and mlp_bias)")
+        config.update(_sigmoid_routing(moe, path), n_routed_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                      moe_intermediate_size=moe.expert.hidden, moe_shared_expert_intermediate_size=moe.shared.hidden,
+                      mlp_hidden_act=act, mlp_bias=moe.shared.bias)
+    return {"model_type": "nemotron_h", "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "layers_block_type": [types[k] for k in layers], **config, "layer_norm_epsilon": norm.eps,
+            "max_position_embeddings": m.context, "tie_word_embeddings": False, "dtype": _dtype(m),
+            **_token_ids(m, 0)}
+
+
+def _bamba(m: A.Model, model_type: str = "bamba") -> dict:
+    """Mamba-2 layers and attention layers, each with the one FFN; RoPE on the attention layers."""
+    granite = model_type == "granitemoehybrid"
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale", "logit_scale", "residual_scale"} if granite else set())
+    _need(m.position is None, ("position",), f"a model-wide position ({model_type}'s is its attention layers' own)")
+    norm = _pre_rmsnorm(m, kinds, model_type)
+    mamba = _one_kind(m, kinds, lambda b: b.ssm is not None, "mamba2")
+    attention = _one_kind(m, kinds, lambda b: b.attention is not None, "attention")
+    _need(attention is not None, ("layers",), _NO_ATTENTION.format(model_type))
+    for k in kinds:
+        _need((m.blocks[k].ssm is None) != (m.blocks[k].attention is None) and m.blocks[k].cross_attention is None,
+              ("blocks", k), f"block `{k}` is not one mixer and an FFN")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    config: dict[str, Any] = {}
+    if mamba:
+        ssm, path = m.blocks[mamba].ssm, ("blocks", mamba, "ssm")
+        _need(isinstance(ssm, A.Mamba2), path, f"a mamba (v1) layer ({model_type}'s are mamba2)")
+        _hf_mamba2_mixer(ssm, norm, path, model_type)
+        _need(ssm.expand is not None, path + ("expand",),
+              f"d_inner set by heads × head_dim alone ({model_type}'s is mamba_expand · d_model)")
+        _need(m.blocks[mamba].position in ("inherit", None), ("blocks", mamba, "position"), "a position on mamba2 layers")
+        config.update(mamba_n_heads=ssm.heads, mamba_d_head=ssm.head_dim, mamba_d_state=ssm.d_state,
+                      mamba_n_groups=ssm.groups, mamba_expand=ssm.expand, mamba_d_conv=ssm.d_conv,
+                      mamba_chunk_size=ssm.chunk, mamba_conv_bias=ssm.conv_bias, mamba_proj_bias=ssm.bias,
+                      time_step_limit=_time_step_limit(ssm.dt_limit))
+    if attention:
+        a, path = m.blocks[attention].attention, ("blocks", attention, "attention")
+        heads = _attention_kv(m, a, path)
+        # Granite's attention_multiplier is any score scale
+        _plain_attention(a.model_copy(update={"scale": None}) if granite else a, path, model_type, set())
+        _need(a.head_dim * a.heads == m.d_model, path + ("head_dim",), f"a head_dim other than d_model / heads "
+                                                                       f"({model_type} derives it)")
+        config.update({k: v for k, v in heads.items() if k != "head_dim"}, attention_bias=a.bias)
+        position = m.blocks[attention].position
+        if granite:
+            config["attention_multiplier"] = a.scale if a.scale is not None else a.head_dim**-0.5
+            if position not in ("inherit", None):
+                config.update(position_embedding_type="rope",
+                              rope_parameters=_rope_parameters(position, ("blocks", attention, "position"), a.head_dim))
+        else:
+            config["rope_parameters"] = _rope_parameters(position, ("blocks", attention, "position"), a.head_dim,
+                                                         partial=True)
+    path = ("blocks", kinds[0], "ffn")
+    if not granite:
+        hidden, act, bias = _glu(ffn, path)
+        config.update(intermediate_size=hidden, mlp_bias=bias)
+    elif isinstance(ffn, A.MoE):
+        _need(ffn.shared is not None and not ffn.shared_gate, path + ("shared",),
+              "experts without granitemoehybrid's one ungated shared MLP (shared = swiglu(...))")
+        _need(ffn.router == "softmax" and ffn.normalize_top_k, path + ("router",), "granitemoehybrid takes the "
+              "softmax of the top-k router logits: router = softmax, normalize_top_k = true")
+        hidden, act, bias = _glu(ffn.expert, path + ("expert",), "expert")
+        shared, shared_act, shared_bias = _glu(ffn.shared, path + ("shared",), "shared")
+        _need(not bias and not shared_bias and shared_act == act, path, "FFN biases, or a shared MLP whose "
+              "activation differs (granitemoehybrid has one hidden_act and no FFN bias)")
+        config.update(intermediate_size=hidden, shared_intermediate_size=shared, num_local_experts=ffn.experts,
+                      num_experts_per_tok=ffn.top_k)
+    else:
+        shared, act, bias = _glu(ffn, path)
+        _need(not bias, path + ("bias",), "FFN biases (granitemoehybrid has none)")
+        config.update(shared_intermediate_size=shared, num_local_experts=0)
+    _need(act == "silu", path, f"an FFN activation other than silu ({model_type}'s hidden_act is also the mixer's)")
+    if granite:
+        _need(not m.embedding_scale_in_dtype, ("embedding_scale_in_dtype",),
+              "granitemoehybrid multiplies by embedding_multiplier unrounded: embedding_scale_in_dtype = false")
+        logit_scale = m.logit_scale if m.logit_scale is not None else 1.0
+        _need(1 / (1 / logit_scale) == logit_scale, ("logit_scale",),
+              "a logit_scale whose reciprocal does not convert back exactly (granitemoehybrid divides by it)")
+        config.update(embedding_multiplier=m.embedding_scale or 1.0, residual_multiplier=m.residual_scale or 1.0,
+                      logits_scaling=1 / logit_scale,
+                      layer_types=["linear_attention" if m.blocks[k].ssm is not None else "full_attention"
+                                   for k in layers])
+    else:
+        config["attn_layer_indices"] = [i for i, k in enumerate(layers) if m.blocks[k].attention is not None]
+    return {"model_type": model_type, "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "num_hidden_layers": len(layers), **config, "hidden_act": "silu", "rms_norm_eps": norm.eps,
+            "max_position_embeddings": m.context, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            **_token_ids(m, 0)}
 
 
 def _pre_rmsnorm(m: A.Model, kinds: list[str], model_type: str) -> A.Norm:
@@ -1172,6 +1349,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "deepseek_v32": _deepseek_v32,
     "mamba": lambda m: _mamba1(m, "mamba"), "falcon_mamba": lambda m: _mamba1(m, "falcon_mamba"),
     "qwen3_next": _qwen3_next,
+    "nemotron_h": _nemotron_h, "bamba": _bamba, "granitemoehybrid": lambda m: _bamba(m, "granitemoehybrid"),
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1192,6 +1370,8 @@ ARCHITECTURES = {
     "deepseek_v32": "DeepseekV32ForCausalLM",
     "mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM",
     "qwen3_next": "Qwen3NextForCausalLM",
+    "nemotron_h": "NemotronHForCausalLM", "bamba": "BambaForCausalLM",
+    "granitemoehybrid": "GraniteMoeHybridForCausalLM",
 }
 
 

@@ -452,6 +452,8 @@ def _mamba1(c, r: _Rules) -> None:
         for mine, hf in op_def("ssm").hf_params.items():
             if mine not in inner_norms:
                 r.add(f"{p}ssm.{mine}", f"{q}mixer.{hf}")
+
+
 def _qwen3_next(c, r: _Rules) -> None:
     """Qwen3-Next: Llama's embeddings and norms; the full-attention layers' q_proj holds each head's
     query and output gate side by side; the linear-attention layers' in_proj_qkvz and in_proj_ba
@@ -493,6 +495,83 @@ def _qwen3_next(c, r: _Rules) -> None:
         r.add(f"{p}moe.shared_gate", f"{mlp}shared_expert_gate.weight")
 
 
+def _nemotron_h(c, r: _Rules) -> None:
+    """One sublayer per block, each transformers module named `mixer` whatever it is. NVIDIA's
+    checkpoint files name the model `backbone` and keep one tensor per expert; transformers'
+    modules name it `model` and stack the experts (E, I, D) and (E, D, I), as archlang does."""
+    for prefix in ("model.", "backbone."):  # backbone.*: names in the published checkpoint files
+        _nemotron_h_names(c, r, prefix)
+    r.add("lm_head.weight", "lm_head.weight")  # never tied, whatever tie_word_embeddings says
+
+
+def _nemotron_h_names(c, r: _Rules, prefix: str) -> None:
+    r.add("embed.weight", f"{prefix}embeddings.weight")
+    r.add("final_norm.weight", f"{prefix}norm_f.weight")
+    norms = {"linear_attention": "ssm_norm", "full_attention": "attn_norm", "mlp": "ffn_norm", "moe": "ffn_norm"}
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"{prefix}layers.{i}."
+        r.add(f"{p}{norms.get(kind, 'norm')}.weight", f"{q}norm.weight")
+        if kind == "linear_attention":
+            r.op("mamba2", f"{p}ssm", f"{q}mixer")
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}mixer.{n}")
+        if kind != "moe":
+            continue
+        m = f"{q}mixer."
+        r.add(f"{p}moe.router", f"{m}gate.weight")
+        r.add(f"{p}moe.e_score_correction_bias", f"{m}gate.e_score_correction_bias")
+        for n in ("up", "down"):
+            r.add(f"{p}moe.experts_{n}", f"{m}experts.{n}_proj")
+            per = [f"{m}experts.{j}.{n}_proj.weight" for j in range(c.n_routed_experts)]
+            if per[0] in r.keys:
+                r.add(f"{p}moe.experts_{n}", per, "stack")
+            r.add(f"{p}moe.shared_{n}", f"{m}shared_experts.{n}_proj.weight")
+        r.add(f"{p}moe.shared_up_bias", f"{m}shared_experts.up_proj.bias")
+        r.add(f"{p}moe.shared_down_bias", f"{m}shared_experts.down_proj.bias")
+
+
+def _bamba(c, r: _Rules) -> None:
+    """Bamba and GraniteMoeHybrid: a Mamba-2 (`mamba`) or attention (`self_attn`) layer, then
+    the FFN (Bamba's `feed_forward`; Granite's `shared_mlp`, beside its experts)."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_layernorm.weight" if c.model_type == "bamba" else "model.norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        mamba = kind in ("linear_attention", "mamba")
+        r.add(f"{p}{'ssm_norm' if mamba else 'attn_norm'}.weight", f"{q}input_layernorm.weight")
+        if mamba:
+            r.op("mamba2", f"{p}ssm", f"{q}mamba")
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        r.add(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}feed_forward.{n}")
+        if c.model_type == "granitemoehybrid":
+            _granite_hybrid_ffn(c, r, p, q)
+
+
+def _granite_hybrid_ffn(c, r: _Rules, p: str, q: str) -> None:
+    """The shared MLP's [gate; up] input_linear is the MoE's shared_gate_up as it is, or the dense
+    FFN's gate and up split; the experts as GraniteMoe's (module and checkpoint-file names)."""
+    r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+    mlp = f"{q}shared_mlp."
+    if c.num_local_experts:
+        r.add(f"{p}moe.shared_gate_up", f"{mlp}input_linear.weight")
+        r.add(f"{p}moe.shared_down", f"{mlp}output_linear.weight")
+    else:
+        r.add([f"{p}gate_proj.weight", f"{p}up_proj.weight"], f"{mlp}input_linear.weight", "split",
+              ([c.shared_intermediate_size] * 2, False))
+        r.add(f"{p}down_proj.weight", f"{mlp}output_linear.weight")
+    moe = f"{q}block_sparse_moe."
+    for ours, module, disk in (("router", "router.weight", "router.layer.weight"),
+                               ("experts_gate_up", "experts.gate_up_proj", "input_linear.weight"),
+                               ("experts_down", "experts.down_proj", "output_linear.weight")):
+        r.add(f"{p}moe.{ours}", f"{moe}{module}")
+        r.add(f"{p}moe.{ours}", f"{moe}{disk}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -506,6 +585,9 @@ _FAMILIES = {
     "deepseek_v32": _deepseek_v32,
     "mamba": _mamba1, "falcon_mamba": _mamba1,
     "qwen3_next": _qwen3_next,
+    "nemotron_h": _nemotron_h,
+    "bamba": _bamba,
+    "granitemoehybrid": _bamba,
 }
 
 
