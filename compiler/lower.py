@@ -203,6 +203,8 @@ class _Lowerer:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
                 if isinstance(blk.ssm, A.Mamba2):
                     return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.ShortConv):
+                    return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -409,6 +411,11 @@ class _Lowerer:
                                   "norm_before_gate": ssm.norm_before_gate, "norm_eps": ssm.norm_eps,
                                   "d_skip": ssm.d_skip,
                                   "dt_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else None}, **ctx)
+
+    def short_conv(self, pre: str, ssm: A.ShortConv, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "short_conv", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "kernel": ssm.kernel, "bias": ssm.bias,
+                                  "conv_bias": ssm.conv_bias}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -77,7 +77,7 @@ def shrink(model: A.Model) -> A.Model:
             update["cross_attention"] = _attention(block.cross_attention, d_model)
         if isinstance(block.ssm, A.Mamba2):
             update["ssm"] = _mamba2(block.ssm, d_model)
-        elif block.ssm is not None:
+        elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)
     position = model.position

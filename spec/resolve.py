@@ -707,7 +707,7 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
         ssm = block.get("ssm")
         if isinstance(ssm, dict) and ssm.get("kind") == "mamba2":
             _fill_mamba2_heads(ssm, d_model, ("blocks", block_name, "ssm"), b)
-        elif isinstance(ssm, dict) and "dt_rank" not in ssm:
+        elif isinstance(ssm, dict) and ssm.get("kind") == "mamba" and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
 
 
