@@ -227,6 +227,17 @@ CASES = {
         qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2,
         moe_intermediate_size=16, mlp_layer_types=["sparse", "dense", "sparse"], n_group=1, topk_group=1,
         norm_topk_prob=False, index_topk=64, index_n_heads=4, index_head_dim=8)),
+    # short-conv and attention layers (layer_types), tied embeddings, the FFN width derived as
+    # transformers does: int(2 · 50 / 3) = 33, int(1.5 · 33) = 49, rounded up to 16: 64
+    "lfm2": (T.Lfm2Config, T.Lfm2ForCausalLM, dict(
+        SMALL, intermediate_size=50, num_hidden_layers=4, layer_types=["conv", "full_attention", "conv", "conv"],
+        block_ffn_dim_multiplier=1.5, block_multiple_of=16, pad_token_id=0)),
+    # conv_bias (on in_proj, the conv and out_proj), a 4-tap conv, untied, the FFN width as written,
+    # the attention layers given by full_attn_idxs
+    "lfm2-bias-untied": (T.Lfm2Config, T.Lfm2ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, full_attn_idxs=[0], conv_bias=True, conv_L_cache=4, tie_word_embeddings=False,
+        block_auto_adjust_ff_dim=False, norm_eps=1e-6, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
 }
 
 
@@ -289,7 +300,8 @@ def test_logits_match(case):
                                   "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain",
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
-                                  "deepseek_v32"])
+                                  "deepseek_v32",
+                                  "lfm2", "lfm2-bias-untied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
