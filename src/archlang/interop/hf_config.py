@@ -512,7 +512,7 @@ TABLES: dict[str, dict[str, Key]] = {
                                     "num_key_value_heads", "max_position_embeddings", "norm_eps", "tie_word_embeddings",
                                     "conv_bias", "conv_L_cache", "block_multiple_of", "block_auto_adjust_ff_dim")},
              "rope_parameters": ROPE,
-             "block_ffn_dim_multiplier": checked(lambda v, c: None if v is None else _positive(v, "it")),
+             "block_ffn_dim_multiplier": checked(lambda v, c: _positive(v, "it")),
              # transformers builds a conv layer for "conv" and attention for any other type, and masks
              # only "full_attention" and "conv" layers
              "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("conv", "full_attention"))),
