@@ -130,3 +130,16 @@ def test_hybrid_gradients_reach_every_parameter():
     bad = [n for n, p in model.named_parameters()
            if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
     assert not bad
+
+
+@pytest.mark.slow
+def test_hybrid_fullgraph_inference_compiles():
+    """The generated hybrid, cached prefill then one decoding step, each one graph, equal to eager."""
+    torch._dynamo.reset()
+    model = _hybrid()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(3))
+    eager_cache, compiled_cache = Cache(), Cache()
+    with torch.no_grad():
+        for part in (ids[:, :6], ids[:, 6:]):
+            torch.testing.assert_close(compiled(part, cache=compiled_cache), model(part, cache=eager_cache))
