@@ -517,7 +517,7 @@ def describe_block(block: A.Block) -> str:
 
 
 _SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
-                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank")
+                   "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank", "kernel")
 
 
 def describe_component(c) -> str:

@@ -27,7 +27,7 @@ FUSIONS = {'gate_up_proj': (('gate_proj', 8192), ('up_proj', 8192)),
 
 
 class ConvBlock(nn.Module):
-    """Block `conv`: rmsnorm (pre) → short_conv() → swiglu(hidden=8192)."""
+    """Block `conv`: rmsnorm (pre) → short_conv(kernel=3) → swiglu(hidden=8192)."""
 
     tp_plan = {}
 
