@@ -207,6 +207,8 @@ class _Lowerer:
                     return self.gated_deltanet(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, (A.GLA, A.Retention)):
                     return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.ShortConv):
+                    return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -446,6 +448,11 @@ class _Lowerer:
                                   "d_skip": ssm.d_skip,
                                   "dt_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else None}, **ctx)
 
+    def short_conv(self, pre: str, ssm: A.ShortConv, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "short_conv", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "kernel": ssm.kernel, "bias": ssm.bias,
+                                  "conv_bias": ssm.conv_bias}, **ctx)
+
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
         if isinstance(ffn, A.MoE):
@@ -547,7 +554,7 @@ def describe_block(block: A.Block) -> str:
 
 _SUMMARY_FIELDS = ("depth", "block", "theta", "heads", "kv_heads", "head_dim", "kv_lora_rank", "q_lora_rank", "window", "softcap", "hidden",
                    "experts", "top_k", "shared_experts", "d_state", "d_conv", "expand", "dt_rank",
-                   "key_heads", "value_heads", "key_dim", "value_dim")
+                   "key_heads", "value_heads", "key_dim", "value_dim", "kernel")
 
 
 def describe_component(c) -> str:

@@ -92,7 +92,7 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = _mamba2(block.ssm, d_model)
         elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention)):
             update["ssm"] = _linear_mixer(block.ssm)
-        elif block.ssm is not None:
+        elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)
     position = model.position

@@ -686,7 +686,19 @@ class Retention(_LinearHeads):
     norm_eps: PositiveFloat = 1e-6
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention], Field(discriminator="kind")]
+class ShortConv(Node):
+    """LFM2's gated short convolution (Liquid AI 2025; the short causal convolutions of H3 and
+    Hyena): in_proj d → 3d gives B, C and x; y = C ⊙ conv(B ⊙ x), a causal depthwise conv of
+    `kernel` taps; out_proj. It reads no positions: the conv orders the tokens. `bias` is on the
+    in/out projections, `conv_bias` on the conv (LFM2's one conv_bias flag sets both)."""
+
+    kind: Literal["short_conv"]
+    kernel: Annotated[int, Field(gt=0, le=64)] = 3
+    bias: bool = False
+    conv_bias: bool = False
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1113,7 +1125,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

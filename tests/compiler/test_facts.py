@@ -16,6 +16,7 @@ PUBLISHED = {
     "gpt2": 124_439_808, "llama3_8b": 8_030_261_248, "mistral_7b": 7_241_732_096, "mixtral_8x7b": 46_702_792_704,
     "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
     "deepseek_v3": 671_026_404_352,  # without the multi-token-prediction module, as transformers builds it
+    "lfm2_1_2b": 1_170_340_608,
 }
 
 
@@ -105,6 +106,13 @@ def hf_model(name: str):
             ssm_state_size=128, mamba_num_heads=128, mamba_head_dim=64, n_groups=8, conv_kernel=4, chunk_size=128,
             time_step_min=0.001, layer_norm_epsilon=1e-5, tie_word_embeddings=False,
             hybrid_override_pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
+    if name == "lfm2_1_2b":  # LiquidAI/LFM2-1.2B's config.json (block_ff_dim is intermediate_size)
+        return T.Lfm2ForCausalLM, T.Lfm2Config(
+            vocab_size=65536, hidden_size=2048, intermediate_size=12288, num_hidden_layers=16, num_attention_heads=32,
+            num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14], conv_L_cache=3, conv_bias=False,
+            block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
+            max_position_embeddings=128000, norm_eps=1e-5, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
     raise KeyError(name)
 
 

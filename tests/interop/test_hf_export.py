@@ -682,6 +682,41 @@ CASES = {
     }}
     layers = [attention, mamba, attention]
 }}""", "granitemoehybrid"),
+    # short-conv (with biases) and QK-normed GQA layers, tied embeddings
+    "lfm2": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 1000000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block conv {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = short_conv(kernel = 3, bias = true, conv_bias = true)
+        ffn = swiglu(hidden = 48)
+    }}
+    block attn {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2, qk_norm = rmsnorm(eps = 1e-5))
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = [conv, conv, attn, conv]
+}}""", "lfm2"),
+    # an attention layer first, an untied head, a 2-tap conv without biases
+    "lfm2-untied": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block attn {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mha(heads = 4, qk_norm = rmsnorm(eps = 1e-6))
+        ffn = swiglu(hidden = 40)
+    }}
+    block conv {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = short_conv(kernel = 2)
+        ffn = swiglu(hidden = 40)
+    }}
+    layers = [attn, conv, conv]
+}}""", "lfm2"),
 }
 
 

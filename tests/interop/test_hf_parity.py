@@ -299,6 +299,17 @@ CASES = {
         mamba_proj_bias=True, mamba_conv_bias=False, attention_bias=True, time_step_limit=(0.001, 0.5),
         position_embedding_type="rope", embedding_multiplier=2.0, logits_scaling=0.5, tie_word_embeddings=True,
         pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.5})),
+    # short-conv and attention layers (layer_types), tied embeddings, the FFN width derived as
+    # transformers does: int(2 · 50 / 3) = 33, int(1.5 · 33) = 49, rounded up to 16: 64
+    "lfm2": (T.Lfm2Config, T.Lfm2ForCausalLM, dict(
+        SMALL, intermediate_size=50, num_hidden_layers=4, layer_types=["conv", "full_attention", "conv", "conv"],
+        block_ffn_dim_multiplier=1.5, block_multiple_of=16, pad_token_id=0)),
+    # conv_bias (on in_proj, the conv and out_proj), a 4-tap conv, untied, the FFN width as written,
+    # the attention layers given by full_attn_idxs
+    "lfm2-bias-untied": (T.Lfm2Config, T.Lfm2ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, full_attn_idxs=[0], conv_bias=True, conv_L_cache=4, tie_word_embeddings=False,
+        block_auto_adjust_ff_dim=False, norm_eps=1e-6, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
 }
 
 
@@ -362,6 +373,8 @@ def test_logits_match(case):
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
                                   "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied"])
+                                  "deepseek_v32",
+                                  "lfm2", "lfm2-bias-untied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -5,7 +5,7 @@ Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, ol
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
-granitemoehybrid.
+granitemoehybrid, lfm2.
 """
 
 from __future__ import annotations
@@ -655,6 +655,36 @@ def _bamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
 
+def lfm2_ffn_width(c) -> int:
+    """Lfm2MLP's width, computed as transformers does: with block_auto_adjust_ff_dim, two thirds of
+    intermediate_size (floored), then, with a block_ffn_dim_multiplier, times it (floored) and
+    rounded up to a multiple of block_multiple_of; without it, intermediate_size itself."""
+    width = c.intermediate_size
+    if c.block_auto_adjust_ff_dim:
+        width = int(2 * width / 3)
+        if c.block_ffn_dim_multiplier is not None:
+            width = int(c.block_ffn_dim_multiplier * width)
+            width = c.block_multiple_of * ((width + c.block_multiple_of - 1) // c.block_multiple_of)
+    return width
+
+
+def _lfm2(c, name: str) -> str:
+    """LFM2: gated short-convolution layers and GQA layers with per-head QK-norm (layer_types),
+    each followed by a SwiGLU FFN of the width transformers derives; RMSNorms throughout (the
+    one HF calls embedding_norm is the final norm, after the last layer)."""
+    eps = c.norm_eps
+    norm = call("rmsnorm", eps=eps)
+    ffn = call("swiglu", hidden=lfm2_ffn_width(c))
+    bias = bool(c.conv_bias) or None  # LFM2's one flag biases in_proj, the conv and out_proj
+    mixers = {"conv": {"ssm": call("short_conv", kernel=c.conv_L_cache, bias=bias, conv_bias=bias)},
+              "attn": {"attention": _attention(c, qk_norm=call("rmsnorm", eps=eps))}}
+    kinds = ["conv" if t == "conv" else "attn" for t in c.layer_types]
+    blocks = {k: {"norm": norm, **mixers[k], "ffn": ffn} for k in dict.fromkeys(kinds)}
+    # RoPE acts in the attention layers only; a model of conv layers alone has no position
+    fields = _decoder_fields(c, position=_rope(c) if "attn" in kinds else None, final_norm=norm)
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face lfm2 config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -824,6 +854,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "nemotron_h": _nemotron_h,
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
+    "lfm2": _lfm2,
 }
 
 

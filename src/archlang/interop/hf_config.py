@@ -631,6 +631,21 @@ TABLES: dict[str, dict[str, Key]] = {
                          # transformers builds RoPE only for "rope"; "nope" (Granite 4.0) and none build none
                          "position_embedding_type": only(None, "rope", "nope", reason="transformers' "
                                                          "granitemoehybrid knows rope and no position only")},
+    "lfm2": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                    "num_key_value_heads", "max_position_embeddings", "norm_eps", "tie_word_embeddings",
+                                    "conv_bias", "conv_L_cache", "block_multiple_of", "block_auto_adjust_ff_dim")},
+             "rope_parameters": ROPE,
+             "block_ffn_dim_multiplier": checked(lambda v, c: _positive(v, "it")),
+             # transformers builds a conv layer for "conv" and attention for any other type, and masks
+             # only "full_attention" and "conv" layers
+             "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("conv", "full_attention"))),
+             "full_attn_idxs": irrelevant("read only to fill layer_types when it is absent; layer_types is read"),
+             # written into the published configs by Liquid AI's training code; transformers' lfm2
+             # reads none of them (its layers take hidden_size, intermediate_size and norm_eps)
+             **{k: irrelevant("not read by transformers' lfm2: it computes the same without it")
+                for k in ("block_dim", "block_norm_eps", "block_use_swiglu", "block_use_xavier_init",
+                          "block_mlp_init_scale", "block_out_init_scale", "conv_dim", "conv_dim_out",
+                          "conv_use_xavier_init", "num_heads", "theta", "use_pos_enc")}},
 }
 
 

@@ -1333,6 +1333,54 @@ def _llama4_text(m: A.Model) -> dict:
     return config
 
 
+def _lfm2(m: A.Model) -> dict:
+    """LFM2: short-conv and GQA layers (layer_types), pre-norm RMSNorms of one eps, per-head
+    QK-norm with it, one SwiGLU width written as is (block_auto_adjust_ff_dim off, so transformers
+    takes intermediate_size unchanged)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          f"{norm.kind}(placement = {norm.placement}): lfm2 has pre-norm RMSNorm")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than the blocks' rmsnorm(eps = {norm.eps})")
+    _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    hidden, act, bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
+    _need(act == "silu" and not bias, ("blocks", kinds[0], "ffn"), "lfm2's FFN is swiglu without biases")
+    convs = [k for k in kinds if m.blocks[k].attention is None]
+    attns = [k for k in kinds if m.blocks[k].attention is not None]
+    for k in convs:
+        _need(isinstance(m.blocks[k].ssm, A.ShortConv), ("blocks", k, "ssm"),
+              f"block `{k}` has neither short_conv nor attention (lfm2 has these layers only)")
+    # transformers' lfm2 reads the sequence length off an attention layer's cache: it runs no model without one
+    _need(bool(attns), ("layers",), "no attention layer (transformers' lfm2 cannot run a model of conv layers only)")
+    a = _same(m, attns, "attention", "attentions")
+    path = ("blocks", attns[0], "attention")
+    heads = _attention_kv(m, a, path)
+    _need(a.head_dim * a.heads == m.d_model, path + ("head_dim",), "a head_dim other than d_model / heads (lfm2 derives it)")
+    _need(not a.bias and not a.out_bias, path + ("bias",), "attention biases (lfm2 has none)")
+    _need(a.window is None and a.softcap is None and _default_scale(a), path,
+          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (lfm2 has none)")
+    _need(a.qk_norm == A.QKNorm(kind="rmsnorm", eps=norm.eps), path + ("qk_norm",),
+          f"lfm2 normalises each q and k head with the blocks' norm: qk_norm = rmsnorm(eps = {norm.eps})")
+    config = {"model_type": "lfm2", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+              "block_auto_adjust_ff_dim": False, "num_hidden_layers": len(layers),
+              "num_attention_heads": heads["num_attention_heads"], "num_key_value_heads": heads["num_key_value_heads"],
+              "max_position_embeddings": m.context, "norm_eps": norm.eps, "tie_word_embeddings": m.tie_embeddings,
+              "dtype": _dtype(m), "rope_parameters": _rope_parameters(m.position, ("position",), a.head_dim),
+              "layer_types": ["conv" if m.blocks[k].attention is None else "full_attention" for k in layers],
+              "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    if convs:
+        conv = _same(m, convs, "ssm", "short convolutions")
+        _need(conv.bias == conv.conv_bias, ("blocks", convs[0], "ssm", "conv_bias"),
+              "a bias on the projections but not on the conv, or the reverse (lfm2's conv_bias sets both)")
+        config.update(conv_L_cache=conv.kernel, conv_bias=conv.bias)
+    return config
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1350,6 +1398,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "mamba": lambda m: _mamba1(m, "mamba"), "falcon_mamba": lambda m: _mamba1(m, "falcon_mamba"),
     "qwen3_next": _qwen3_next,
     "nemotron_h": _nemotron_h, "bamba": _bamba, "granitemoehybrid": lambda m: _bamba(m, "granitemoehybrid"),
+    "lfm2": _lfm2,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1372,6 +1421,7 @@ ARCHITECTURES = {
     "qwen3_next": "Qwen3NextForCausalLM",
     "nemotron_h": "NemotronHForCausalLM", "bamba": "BambaForCausalLM",
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+    "lfm2": "Lfm2ForCausalLM",
 }
 
 

@@ -572,6 +572,31 @@ def _granite_hybrid_ffn(c, r: _Rules, p: str, q: str) -> None:
         r.add(f"{p}moe.{ours}", f"{moe}{disk}")
 
 
+def _lfm2(c, r: _Rules) -> None:
+    """LFM2: `operator_norm` before each mixer (a short conv or attention), `ffn_norm` before the
+    SwiGLU (w1 gate, w3 up, w2 down); the attention's output is `out_proj` and its per-head
+    QK-norms `q_layernorm` / `k_layernorm`; the final norm is `embedding_norm`."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.embedding_norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i, t in enumerate(c.layer_types):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        if t == "conv":
+            r.op("short_conv", f"{p}ssm", f"{q}conv")
+            r.add(f"{p}ssm_norm.weight", f"{q}operator_norm.weight")
+        else:
+            for n in ("q_proj", "k_proj", "v_proj"):
+                r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+            r.linear(f"{p}o_proj", f"{q}self_attn.out_proj")
+            r.add(f"{p}attn.q_norm", f"{q}self_attn.q_layernorm.weight")
+            r.add(f"{p}attn.k_norm", f"{q}self_attn.k_layernorm.weight")
+            r.add(f"{p}attn_norm.weight", f"{q}operator_norm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}ffn_norm.weight")
+        for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+            r.linear(f"{p}{ours}", f"{q}feed_forward.{theirs}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -588,6 +613,7 @@ _FAMILIES = {
     "nemotron_h": _nemotron_h,
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
+    "lfm2": _lfm2,
 }
 
 
