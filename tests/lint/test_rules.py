@@ -131,10 +131,12 @@ EXAMPLE_FINDINGS = {
     "gpt_oss_20b.arch": ["ARC103", "ARC104", "ARC114"],  # d_model and experts 2,880 wide; no aux loss in the spec
     "jamba.arch": ["ARC116"],  # 52B parameters in bf16
     "llama3_8b.arch": [],
+    "lfm2_1_2b.arch": [],
     "llama4_scout.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 109B parameters and a 10M-token cache
     "mamba2_2_7b.arch": ["ARC102"],  # vocab 50,288 (a multiple of 16 only)
     "mistral_7b.arch": [],
     "mixtral_8x7b.arch": ["ARC116"],  # 46.7B parameters in bf16
+    "nemotron_h_8b.arch": [],
     "olmo2_7b.arch": [],
     "qwen3_30b_a3b.arch": ["ARC114"],  # no aux loss in the spec
     "qwen3_next_80b_a3b.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 80B parameters in bf16
