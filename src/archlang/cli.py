@@ -839,6 +839,18 @@ def _hardware_names():
     return HARDWARE
 
 
+def _hardware_args(p) -> None:
+    """The accelerator and parallelism options `estimate` and `report` share."""
+    hardware = p.add_argument("--hardware", default="h100", help="accelerator (default h100)")
+    # not `choices`: a --hardware-file adds names; completion offers the built-in ones
+    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
+    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree (within the data-parallel ranks)")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states (ZeRO-3)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archlang import __version__
 
@@ -902,15 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  bandwidth_tb_s = 4.0\n  tflops = { bf16 = 800, fp8 = 1600, fp32 = 60 }  # dense\n"
                               "  source = \"...\"")
     p.add_argument("file", metavar="FILE")
-    hardware = p.add_argument("--hardware", default="h100", help="accelerator (default h100)")
-    # not `choices`: a --hardware-file adds names; completion offers the built-in ones
-    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
+    _hardware_args(p)
     p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
-    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree (within the data-parallel ranks)")
-    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states (ZeRO-3)")
     p.add_argument("--seq", type=_dimension, help="tokens per sequence (default: the model's context)")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per data-parallel rank, and "
                                                         "sequences decoded together (default 1)")
@@ -972,13 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("base", nargs="?", metavar="BASE", help="a spec to diff against (the base branch's)")
     p.add_argument("-o", "--output", required=True, metavar="HTML")
-    hardware = p.add_argument("--hardware", default="h100", help="accelerator of the estimate (default h100)")
-    hardware.completer = lambda **_: sorted(_hardware_names())  # type: ignore[attr-defined]
-    p.add_argument("--gpus", type=int, default=1, help="devices in all (default 1)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree")
-    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and optimizer states over data-parallel ranks")
+    _hardware_args(p)
     p.add_argument("--context", type=int, help="sequence length of the facts (default: the spec's context)")
     p.add_argument("--dtype", help="storage dtype of the facts (default: the spec's)")
     _passes_args(p)

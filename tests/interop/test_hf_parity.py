@@ -372,8 +372,7 @@ def test_logits_match(case):
                                   "mamba2-tied", "gpt_oss", "llama4_text", "llama4_text-top1-plain",
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
-                                  "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied"])
-                                  "deepseek_v32",
+                                  "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied",
                                   "lfm2", "lfm2-bias-untied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)

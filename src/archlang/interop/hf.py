@@ -539,25 +539,13 @@ def _mamba2(c, name: str) -> str:
     ssm = call("mamba2", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.expand, heads=c.num_heads,
                head_dim=c.head_dim, groups=c.n_groups, chunk=c.chunk_size, conv_bias=bool(c.use_conv_bias),
                bias=bool(c.use_bias) or None, norm_eps=eps, dt_limit=_mamba2_dt_limit(c.time_step_limit))
-    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
-              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
-              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
-              "final_norm": call("rmsnorm", eps=eps)}
-    blocks = {"mamba": {"norm": call("rmsnorm", eps=eps), "ssm": ssm}}
-    return write_spec(name, fields, blocks, {"layers": f"mamba * {c.num_hidden_layers}"},
-                      "Imported from a Hugging Face mamba2 config.")
+    return _ssm_only(c, name, ssm)
 
 
-def _mamba(c, name: str) -> str:
-    """Mamba-1 (mamba) and Falcon-Mamba (falcon_mamba: weightless RMSNorms on dt, B and C); like
-    Mamba-2, no context limit of its own."""
+def _ssm_only(c, name: str, ssm) -> str:
+    """A stack of one mixer behind an RMSNorm (Mamba's backbone layout); like Mamba-2, no context
+    limit of its own."""
     eps = c.layer_norm_epsilon
-    falcon = c.model_type == "falcon_mamba"
-    # transformers sizes the mixer by intermediate_size (which replaces expand · hidden_size when written)
-    ssm = call("mamba", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.intermediate_size // c.hidden_size,
-               dt_rank=int(c.time_step_rank),
-               conv_bias=bool(c.use_conv_bias), bias=bool(c.use_bias) or None,
-               inner_norms=Raw("weightless") if falcon else None, norm_eps=float(c.mixer_rms_eps) if falcon else None)
     fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
               "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
@@ -565,6 +553,17 @@ def _mamba(c, name: str) -> str:
     blocks = {"mamba": {"norm": call("rmsnorm", eps=eps), "ssm": ssm}}
     return write_spec(name, fields, blocks, {"layers": f"mamba * {c.num_hidden_layers}"},
                       f"Imported from a Hugging Face {c.model_type} config.")
+
+
+def _mamba(c, name: str) -> str:
+    """Mamba-1 (mamba) and Falcon-Mamba (falcon_mamba: weightless RMSNorms on dt, B and C)."""
+    falcon = c.model_type == "falcon_mamba"
+    # transformers sizes the mixer by intermediate_size (which replaces expand · hidden_size when written)
+    ssm = call("mamba", d_state=c.state_size, d_conv=c.conv_kernel, expand=c.intermediate_size // c.hidden_size,
+               dt_rank=int(c.time_step_rank),
+               conv_bias=bool(c.use_conv_bias), bias=bool(c.use_bias) or None,
+               inner_norms=Raw("weightless") if falcon else None, norm_eps=float(c.mixer_rms_eps) if falcon else None)
+    return _ssm_only(c, name, ssm)
 
 
 def _nemotron_h(c, name: str) -> str:
