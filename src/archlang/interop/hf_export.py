@@ -1362,8 +1362,9 @@ def _lfm2(m: A.Model) -> dict:
     heads = _attention_kv(m, a, path)
     _need(a.head_dim * a.heads == m.d_model, path + ("head_dim",), "a head_dim other than d_model / heads (lfm2 derives it)")
     _need(not a.bias and not a.out_bias, path + ("bias",), "attention biases (lfm2 has none)")
-    _need(a.window is None and a.softcap is None and _default_scale(a), path,
-          "a sliding window, soft-capping or a score scale other than 1/sqrt(head_dim) (lfm2 has none)")
+    _need(a.window is None, path + ("window",), "a sliding window (lfm2 has none)")
+    _need(a.softcap is None, path + ("softcap",), "attention soft-capping")
+    _need(_default_scale(a), path + ("scale",), "a score scale other than 1/sqrt(head_dim) (lfm2 has none)")
     _need(a.qk_norm == A.QKNorm(kind="rmsnorm", eps=norm.eps), path + ("qk_norm",),
           f"lfm2 normalises each q and k head with the blocks' norm: qk_norm = rmsnorm(eps = {norm.eps})")
     config = {"model_type": "lfm2", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
