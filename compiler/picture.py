@@ -29,13 +29,17 @@ def group_of(g: nx.MultiDiGraph, node: str) -> str:
     return REGISTRY[g.nodes[node]["op"]].picture
 
 
-def block_colors(g: nx.MultiDiGraph) -> dict[str, str]:
+def block_groups(g: nx.MultiDiGraph) -> dict[str, str]:
+    """Each block's picture group: the most telling among its ops' (moe, then ssm, then attention)."""
     groups: dict[str, set[str]] = {}
     for n, d in g.nodes(data=True):
         if d["block"] is not None:
             groups.setdefault(d["block"], set()).add(group_of(g, n))
-    return {block: COLORS[next((k for k in _BLOCK_GROUPS if k in found), "attention")]
-            for block, found in groups.items()}
+    return {block: next((k for k in _BLOCK_GROUPS if k in found), "attention") for block, found in groups.items()}
+
+
+def block_colors(g: nx.MultiDiGraph) -> dict[str, str]:
+    return {block: COLORS[group] for block, group in block_groups(g).items()}
 
 
 def _esc(text: str) -> str:

@@ -20,7 +20,7 @@ import networkx as nx
 
 from .ir import inputs_of, ordered_nodes
 from .ops import REGISTRY
-from .picture import COLORS, block_colors, group_of, runs
+from .picture import COLORS, block_groups, group_of, runs
 
 FONT = 12  # px
 CHAR = 0.6 * FONT  # the advance of one monospace glyph
@@ -100,7 +100,7 @@ def collapsed(g: nx.MultiDiGraph) -> Picture:
     pic = Picture(f"{g.graph['name']} ({g.graph['family']})",
                   f"d_model {g.graph['d_model']:,} · vocab {g.graph['vocab']:,} · context {g.graph['context']:,}")
     item: dict[str, int] = {}  # IR node → the box it is drawn in
-    colors = block_colors(g)
+    groups = block_groups(g)
     layer_nodes: dict[tuple[str, int], list[str]] = {}
     for n in ordered_nodes(g):
         d = g.nodes[n]
@@ -134,8 +134,9 @@ def collapsed(g: nx.MultiDiGraph) -> Picture:
                 note = None
                 if j == len(unit) - 1 and reps > 1:
                     note = f"× {reps}" + (f" (period of {len(unit)})" if len(unit) > 1 else "")
-                pic.boxes.append(Box(lines, colors.get(block, COLORS["attention"]), note=note, frame=stack))
-                _legend(pic, next((k for k, c in COLORS.items() if c == pic.boxes[-1].fill), "attention"))
+                group = groups.get(block, "attention")
+                pic.boxes.append(Box(lines, COLORS[group], note=note, frame=stack))
+                _legend(pic, group)
             for r in range(reps):  # every layer of the run is drawn by its unit's boxes
                 for j in range(len(unit)):
                     for m in layer_nodes.get((stack, layer + r * len(unit) + j), []):
@@ -240,7 +241,7 @@ def draw(pic: Picture) -> str:
     out.append(f"<title>{escape(pic.title)}</title>")
     out.append('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
                f'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="{STROKE}"/></marker></defs>')
-    out.append(f'<rect width="100%" height="100%" fill="#ffffff"/>')
+    out.append('<rect width="100%" height="100%" fill="#ffffff"/>')
     out.append(f'<text x="16" y="{16 + FONT}" font-size="{FONT + 4}" font-weight="bold">{escape(pic.title)}</text>')
     out.append(f'<text x="16" y="{16 + FONT + LINE + 2}" fill="#4b5563">{escape(pic.subtitle)}</text>')
     for name, (top, bottom) in frame_spans.items():

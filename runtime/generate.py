@@ -3,6 +3,7 @@ per-row stop tokens, a token callback for streaming, and speculative decoding (s
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, Sequence
 
@@ -129,16 +130,14 @@ def _speculative(model, input_ids, max_new_tokens, *, draft, draft_tokens, tempe
         raise ArchError("draft must be a compiled model or a number of the model's own leading layers", kind="usage")
     probs = None if temperature <= 0 else (lambda logits: distribution(logits, temperature, top_k, top_p))
     modes = [(m, m.training) for m in (model, draft)]
-    routings = [depth_routing(m, "causal") for m in (model, draft)]
-    for m, _ in modes:
-        m.eval()
-    for r in routings:
-        r.__enter__()
-    try:
-        return speculative_decode(model, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens,
-                                  distribution=probs, generator=generator, stop=stop, streamer=streamer, stats=stats)
-    finally:
-        for r in reversed(routings):
-            r.__exit__(None, None, None)
-        for m, training in modes:
-            m.train(training)
+    with contextlib.ExitStack() as stack:
+        for m, _ in modes:
+            m.eval()
+            stack.enter_context(depth_routing(m, "causal"))
+        try:
+            return speculative_decode(model, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens,
+                                      distribution=probs, generator=generator, stop=stop, streamer=streamer,
+                                      stats=stats)
+        finally:
+            for m, training in modes:
+                m.train(training)

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from archlang.cli_text import bounded, bounded_lines, github_data, github_property, literal, literal_block
 from archlang.spec.ast import MAX_DIM
-from archlang.spec.errors import ArchError, ArchErrors, SourceMap, Span, all_errors
+from archlang.spec.errors import ArchError, ArchErrors, SourceMap, all_errors
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 70
 

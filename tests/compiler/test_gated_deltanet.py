@@ -13,6 +13,7 @@ from archlang.spec import ArchError, ArchErrors, load_models
 from archlang.spec.format import format_source
 
 from ..conftest import ROOT
+from .hybrids import assert_causal, assert_gradients_reach_every_parameter, perturbed_model
 
 SPEC = ROOT / "tests" / "specs" / "tiny_gated_deltanet.arch"
 
@@ -127,14 +128,7 @@ def test_archc_stats_reports_the_state_bytes():
 
 
 def _hybrid(seed=0):
-    compiled = compile_spec(SPEC.read_text())
-    model = load_source(compiled.source, "m").build().eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(noise * 0.2) if p.dim() >= 2 else p.add_(noise * 0.1)
-    return model
+    return perturbed_model(SPEC, seed)
 
 
 def test_hybrid_cached_decoding_equals_the_full_forward():
@@ -154,22 +148,8 @@ def test_hybrid_cached_decoding_equals_the_full_forward():
 
 
 def test_hybrid_is_causal():
-    model = _hybrid()
-    ids = torch.randint(0, 97, (1, 14), generator=torch.Generator().manual_seed(3))
-    changed = ids.clone()
-    changed[0, 9:] = (changed[0, 9:] + 1) % 97
-    with torch.no_grad():
-        a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, :9], b[:, :9], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(a[:, 9:], b[:, 9:])
+    assert_causal(_hybrid(), length=14, cut=9)
 
 
 def test_hybrid_gradients_reach_every_parameter():
-    model = _hybrid()
-    model.train()
-    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
-    logits = model(ids)
-    (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
-    bad = [n for n, p in model.named_parameters()
-           if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
-    assert not bad
+    assert_gradients_reach_every_parameter(_hybrid())

@@ -14,6 +14,7 @@ from archlang.spec import ArchError, ArchErrors, load_models
 from archlang.spec.format import format_source
 
 from ..conftest import ROOT
+from .hybrids import assert_gradients_reach_every_parameter, perturbed_model
 
 SPEC = ROOT / "tests" / "specs" / "tiny_lfm2.arch"
 
@@ -101,14 +102,7 @@ def test_parameters_flops_and_state_bytes_match_the_runtime_module():
 
 
 def _hybrid(seed=0):
-    compiled = compile_spec(SPEC.read_text())
-    model = load_source(compiled.source, "m").build().eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(noise * 0.2) if p.dim() >= 2 else p.add_(noise * 0.1)
-    return model
+    return perturbed_model(SPEC, seed)
 
 
 def test_hybrid_cached_decoding_equals_the_full_forward():
@@ -122,14 +116,7 @@ def test_hybrid_cached_decoding_equals_the_full_forward():
 
 
 def test_hybrid_gradients_reach_every_parameter():
-    model = _hybrid()
-    model.train()
-    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
-    logits = model(ids)
-    (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
-    bad = [n for n, p in model.named_parameters()
-           if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
-    assert not bad
+    assert_gradients_reach_every_parameter(_hybrid())
 
 
 @pytest.mark.slow
