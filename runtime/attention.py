@@ -101,6 +101,11 @@ class Attention(nn.Module):
       by every position (within causality in a decoder); the cache keeps them beside the window.
     """
 
+    def left_padding_exact(self) -> bool:
+        """Whether a left-padded row attends as its unpadded self (runtime/padding.py): the padded
+        keys are masked, and only these features read absolute positions."""
+        return not (self.chunk or self.sink_tokens or self.global_tokens or self.temperature_tuning)
+
     def __init__(self, heads: int, kv_heads: int, head_dim: int, *, causal: bool, scale: float,
                  window: int | None = None, softcap: float | None = None, packed: bool = False,
                  cross: bool = False, cache_key: str = "", qk_norm: str | None = None, qk_norm_scope: str = "head",
@@ -322,6 +327,7 @@ class DifferentialAttention(Attention):
 class MLAttention(nn.Module):
     """Multi-head latent attention (DeepSeek-V2). The cache holds the normalised latent and the
     shared rotary key: kv_lora_rank + rope_head_dim numbers per token, for all heads together."""
+    left_padding_exact = True  # padded keys are masked; positions enter through RoPE only
 
     def __init__(self, heads: int, kv_lora_rank: int, rope_head_dim: int, nope_head_dim: int, v_head_dim: int, *,
                  causal: bool, scale: float, window: int | None = None, softcap: float | None = None,
@@ -364,6 +370,8 @@ class LinearAttention(nn.Module):
     elu + 1, relu or the identity; the cache is a (D x D) state and a D normaliser per key/value
     head, which heads / kv_heads query heads read."""
 
+    left_padding_exact = True  # padded keys add nothing to the state or the normaliser
+
     FEATURE_MAPS = {"elu_plus_one": lambda x: F.elu(x) + 1, "relu": F.relu, "identity": lambda x: x}
 
     def __init__(self, heads: int, head_dim: int, *, causal: bool, kv_heads: int | None = None,
@@ -382,6 +390,8 @@ class LinearAttention(nn.Module):
         bsz, _, t, _ = q.shape
         q = self.phi(q).reshape(bsz, self.kv_heads, self.heads // self.kv_heads, t, self.head_dim)  # (B, Hkv, G, T, D)
         k = self.phi(k)
+        if ctx.attention_mask is not None:  # a padded key adds nothing to the state or the normaliser
+            k = k * ctx.attention_mask[:, None, -k.shape[2]:, None].to(k.dtype)
         if not self.causal:
             kv = torch.einsum("bhsd,bhse->bhde", k, v)
             z = k.sum(dim=2)

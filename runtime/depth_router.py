@@ -40,6 +40,7 @@ def routed_count(capacity: float, tokens: int) -> int:
 
 
 class DepthRouter(nn.Module):
+    left_padding_exact = False  # it refuses a padding mask; each row routes alone
     def __init__(self, d_model: int, *, capacity: float, predictor_hidden: int | None = None,
                  aux_loss: float = 0.0):
         super().__init__()

@@ -100,6 +100,7 @@ class Retention(_GatedLinear):
     update k_t v_t^T, q scaled by dk^-0.5. Positions (xPos / rotary) are the caller's: q and k come
     in rotated or not. With `output_gate` the heads are RMS-normalised (without weight, as
     torchscale's group norm) and gated by swish(gate), gate (B, T, heads * value_dim)."""
+    left_padding_exact = True  # a padded token neither decays nor writes the state
 
     def __init__(self, heads: int, key_dim: int, value_dim: int, *, chunk: int = 64, form: str = "auto",
                  output_gate: bool = False, norm_eps: float = 1e-6, cache_key: str = ""):
@@ -128,6 +129,7 @@ class GLA(_GatedLinear):
     dk^-0.5. `gate_logits` (B, T, heads * key_dim) is the output of the (low-rank) gate projection.
     With `output_gate` (the published layer) each head is RMS-normalised with a weight and gated
     by swish(gate) (B, T, heads * value_dim)."""
+    left_padding_exact = True  # a padded token neither decays nor writes the state
 
     def __init__(self, heads: int, key_dim: int, value_dim: int, *, gate_logit_normalizer: float = 16.0,
                  chunk: int = 64, form: str = "auto", output_gate: bool = True, norm_eps: float = 1e-5,
@@ -162,6 +164,7 @@ class GatedDeltaNet(_GatedLinear):
 
     Cache per sequence: state value_heads · key_dim · value_dim · 4 bytes (float32) plus the conv window
     (2 · key_heads · key_dim + value_heads · value_dim) · (conv_size - 1) · itemsize bytes (the input dtype)."""
+    left_padding_exact = True  # a padded token neither decays nor writes the state
 
     def __init__(self, key_heads: int, value_heads: int, key_dim: int, value_dim: int, *, conv_size: int = 4,
                  chunk: int = 64, form: str = "auto", norm_eps: float = 1e-6, cache_key: str = ""):
@@ -219,6 +222,7 @@ class RWKV7(_GatedLinear):
     (a0 + the in-context-rate LoRA; a_rate = sigmoid), gate (the output LoRA's result, applied as is).
     κ̂ = normalise(k ⊙ k_k) per head and k̃ = k ⊙ (1 + (a_rate - 1) ⊙ k_a) are made here from the
     layer's own k_k, k_a."""
+    left_padding_exact = True  # a padded token neither decays nor writes the state
 
     def __init__(self, heads: int, head_dim: int, *, chunk: int = 64, form: str = "auto", norm_eps: float = 64e-5,
                  cache_key: str = ""):

@@ -4,19 +4,21 @@ per-row stop tokens, a token callback for streaming, and speculative decoding (s
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from archlang.spec.errors import ArchError
 
+from . import padding
 from .context import Cache
 from .depth_router import depth_routing
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> torch.Tensor:
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token from (B, V) logits."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -39,19 +41,52 @@ def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, to
     return torch.softmax(logits, dim=-1)
 
 
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None,
-             decoder_start_token_id: int = 0, max_length: int | None = None,
-             streamer: Callable[[torch.Tensor], None] | None = None, draft=None, draft_tokens: int = 4,
-             stats: dict | None = None) -> torch.Tensor:
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, streamer=None,
+             **options) -> torch.Tensor:
+    """Prompt + new tokens, (B, T + n): `stream`'s steps collected; `streamer(tokens)` sees each
+    step's (B,) tokens as they come. Options as in `stream`."""
+    steps = stream(model, input_ids, max_new_tokens, **options)
+    made = []
+    for step in steps:
+        made.append(step)
+        if streamer is not None:
+            streamer(step)
+    start = steps.start
+    return torch.cat([start] + [t[:, None] for t in made], dim=1) if made else start
+
+
+class Steps:
+    """An iterator over the tokens a generation makes: each step's (B,) tensor, one per row. `start`
+    holds what they follow: the prompt (the decoder start token for encoder-decoder models)."""
+
+    def __init__(self, start: torch.Tensor, steps: Iterator[torch.Tensor]):
+        self.start, self._steps = start, steps
+
+    def __iter__(self) -> "Steps":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._steps)
+
+
+def stream(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+           pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None, use_cache: bool = True,
+           generator: torch.Generator | None = None, decoder_start_token_id: int = 0, max_length: int | None = None,
+           draft=None, draft_tokens: int = 4, stats: dict | None = None) -> Steps:
+    """The tokens of a generation as they are made: an iterator of (B,) tensors, one per step. Every
+    check runs here, before any forward, so a refused request raises before iteration starts.
+
+    `attention_mask` (B, T) marks real prompt tokens with 1: a decoder's prompts are padded on the
+    left (runtime/padding.py), an encoder-decoder's encoder input anywhere. A row that has made a
+    stop token goes on with `pad_token_id` (default: its first stop token)."""
     family, context = model.config["family"], model.config["context"]
-    max_new_tokens = _budget(input_ids, max_new_tokens, max_length, family == "encoder_decoder")
+    enc_dec = family == "encoder_decoder"
+    max_new_tokens = _budget(input_ids, max_new_tokens, max_length, enc_dec)
     if family == "encoder":
         raise ArchError(f"`{model.config['name']}` is an encoder model: it has no LM head and cannot generate",
                         kind="usage", hint="call the model for its hidden states, or build a decoder or "
                                            "encoder-decoder model to generate")
-    enc_dec = family == "encoder_decoder"
     prompt = input_ids.shape[1]
     if enc_dec and prompt > context:
         raise ArchError(f"the encoder input has {prompt} tokens, more than the model's context of {context}",
@@ -64,46 +99,128 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, 
     room = context - (1 if enc_dec else prompt)
     if max_new_tokens > room:
         warnings.warn(f"generation stops at the model's context of {context} tokens: {room} new tokens, "
-                      f"not {max_new_tokens}", stacklevel=4)
+                      f"not {max_new_tokens}", stacklevel=5)
         max_new_tokens = room
     stop = None
     if eos_token_id is not None:
         stop = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                             dtype=torch.long, device=input_ids.device)
+    fill = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else None)
+    if enc_dec:
+        mask = _encoder_mask(attention_mask, input_ids)
+    else:
+        mask = padding.left_padding(attention_mask, input_ids)
+    pick = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     if draft is not None:
-        return _speculative(model, input_ids, max_new_tokens, draft=draft, draft_tokens=draft_tokens,
+        return _speculative(model, input_ids, mask, max_new_tokens, draft=draft, draft_tokens=draft_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stop=stop,
-                            streamer=streamer, stats=stats)
+                            stats=stats)
+    if enc_dec:
+        start = torch.full((input_ids.shape[0], 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+        forward = _EncoderDecoder(model, input_ids, start, mask, use_cache)
+    elif mask is not None and padding.rows_must_run_alone(model):
+        start, forward = input_ids, _RowsAlone(model, input_ids, mask, use_cache)
+    else:
+        start, forward = input_ids, _Batched(model, input_ids, mask, use_cache)
+    return Steps(start, _decode(model, forward, pick, max_new_tokens, stop, fill))
+
+
+def _decode(model, forward, pick, max_new_tokens: int, stop: torch.Tensor | None, fill: int | None):
     was_training = model.training
     model.eval()
-    memory = model.encode(input_ids) if enc_dec else None
-    tokens = (torch.full((input_ids.shape[0], 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
-              if enc_dec else input_ids)
-    cache = Cache() if use_cache else None
-    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    step_input = tokens
+    finished = torch.zeros(forward.rows, dtype=torch.bool, device=forward.device)
     # depth-routed blocks choose token by token (causal routing), with or without the cache
-    routing = depth_routing(model, "causal")
-    routing.__enter__()
-    try:
-        for _ in range(max_new_tokens):
-            feed = step_input if use_cache else tokens
-            # only the last position's logits are needed (a prompt's others would cost T x vocab)
-            logits = model(feed, memory=memory, cache=cache) if enc_dec else model(feed, cache=cache, logits_to_keep=1)
-            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            if stop is not None:  # a finished row repeats its stop token; the others go on
-                nxt = torch.where(finished, stop[0], nxt)
-                finished |= torch.isin(nxt, stop)
-            tokens = torch.cat((tokens, nxt[:, None]), dim=1)
-            if streamer is not None:
-                streamer(nxt)
-            step_input = nxt[:, None]
-            if stop is not None and bool(finished.all()):
-                break
-    finally:
-        routing.__exit__(None, None, None)
-        model.train(was_training)
-    return tokens
+    # (grad mode is set per step: a generator's `with` would hold it for its consumer too)
+    with depth_routing(model, "causal"):
+        try:
+            for _ in range(max_new_tokens):
+                with torch.no_grad():
+                    nxt = pick(forward.next_logits(finished))
+                if stop is not None:  # a finished row goes on with the fill token; the others decode
+                    nxt = torch.where(finished, fill, nxt)
+                    finished |= torch.isin(nxt, stop)
+                forward.append(nxt)
+                yield nxt
+                if stop is not None and bool(finished.all()):
+                    break
+        finally:
+            model.train(was_training)
+
+
+class _Batched:
+    """All rows in one forward: the cache holds the batch; a padding mask grows with the tokens."""
+
+    def __init__(self, model, input_ids: torch.Tensor, mask: torch.Tensor | None, use_cache: bool):
+        self.model, self.tokens, self.mask = model, input_ids, mask
+        self.cache = Cache() if use_cache else None
+        self.feed = input_ids
+        self.rows, self.device = input_ids.shape[0], input_ids.device
+
+    def next_logits(self, finished: torch.Tensor) -> torch.Tensor:
+        feed = self.feed if self.cache is not None else self.tokens
+        # only the last position's logits are needed (a prompt's others would cost T x vocab)
+        return self.model(feed, cache=self.cache, attention_mask=self.mask, logits_to_keep=1)[:, -1]
+
+    def append(self, nxt: torch.Tensor) -> None:
+        self.tokens = torch.cat((self.tokens, nxt[:, None]), dim=1)
+        self.feed = nxt[:, None]
+        if self.mask is not None:
+            self.mask = torch.cat((self.mask, self.mask.new_ones(self.rows, 1)), dim=1)
+
+
+class _RowsAlone:
+    """Each row in a forward of its own, unpadded, with its own cache: for models whose result
+    depends on absolute positions (runtime/padding.py). A finished row is not run again."""
+
+    def __init__(self, model, input_ids: torch.Tensor, mask: torch.Tensor, use_cache: bool):
+        pads = (mask == 0).sum(dim=1).tolist()
+        self.rows_ = [_Batched(model, input_ids[b:b + 1, pad:], None, use_cache) for b, pad in enumerate(pads)]
+        self.rows, self.device = input_ids.shape[0], input_ids.device
+        self.last: list[torch.Tensor | None] = [None] * self.rows
+
+    def next_logits(self, finished: torch.Tensor) -> torch.Tensor:
+        for b, row in enumerate(self.rows_):
+            if self.last[b] is None or not bool(finished[b]):
+                self.last[b] = row.next_logits(finished[b:b + 1])[0]
+        return torch.stack(self.last)
+
+    def append(self, nxt: torch.Tensor) -> None:
+        for b, row in enumerate(self.rows_):
+            row.append(nxt[b:b + 1])
+
+
+class _EncoderDecoder:
+    """The encoder runs once; the decoder reads its output (and the encoder input's padding mask)."""
+
+    def __init__(self, model, input_ids: torch.Tensor, start: torch.Tensor, mask: torch.Tensor | None,
+                 use_cache: bool):
+        self.model, self.mask = model, mask
+        with torch.no_grad():
+            self.memory = model.encode(input_ids, mask)
+        self.decoder = _Batched(model, start, None, use_cache)
+        self.rows, self.device = start.shape[0], start.device
+
+    def next_logits(self, finished: torch.Tensor) -> torch.Tensor:
+        d = self.decoder
+        feed = d.feed if d.cache is not None else d.tokens
+        return self.model(feed, memory=self.memory, encoder_mask=self.mask, cache=d.cache)[:, -1]
+
+    def append(self, nxt: torch.Tensor) -> None:
+        self.decoder.append(nxt)
+
+
+def _encoder_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The encoder input's padding mask, anywhere in the row: 0/1, the input's shape, a token per row."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ArchError(f"attention_mask has shape {tuple(attention_mask.shape)}, the encoder input "
+                        f"{tuple(input_ids.shape)}", kind="usage", hint="give one 0/1 entry per input token")
+    mask = attention_mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()) or bool((mask.sum(dim=1) == 0).any()):
+        raise ArchError("attention_mask must hold 0 and 1 only, with a real token in every row", kind="usage",
+                        hint="mark real tokens with 1 and padding with 0")
+    return None if bool(mask.all()) else mask
 
 
 def _budget(input_ids: torch.Tensor, max_new_tokens: int | None, max_length: int | None, enc_dec: bool) -> int:
@@ -120,24 +237,31 @@ def _budget(input_ids: torch.Tensor, max_new_tokens: int | None, max_length: int
     return budget
 
 
-def _speculative(model, input_ids, max_new_tokens, *, draft, draft_tokens, temperature, top_k, top_p, generator,
-                 stop, streamer, stats):
-    from .speculative import self_draft, speculative_decode
+def _speculative(model, input_ids, mask, max_new_tokens, *, draft, draft_tokens, temperature, top_k, top_p,
+                 generator, stop, stats) -> Steps:
+    from .speculative import check_speculative, self_draft, speculative_tokens
 
     if isinstance(draft, int) and not isinstance(draft, bool):
         draft = self_draft(model, draft)
     elif not hasattr(draft, "config") or not callable(draft):
         raise ArchError("draft must be a compiled model or a number of the model's own leading layers", kind="usage")
+    check_speculative(model, draft, input_ids, draft_tokens)
+    # one row: its padding is dropped, and the prompt given back as it came
+    prompt = input_ids if mask is None else input_ids[:, int((mask == 0).sum()):]
     probs = None if temperature <= 0 else (lambda logits: distribution(logits, temperature, top_k, top_p))
-    modes = [(m, m.training) for m in (model, draft)]
-    with contextlib.ExitStack() as stack:
-        for m, _ in modes:
-            m.eval()
-            stack.enter_context(depth_routing(m, "causal"))
-        try:
-            return speculative_decode(model, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens,
-                                      distribution=probs, generator=generator, stop=stop, streamer=streamer,
-                                      stats=stats)
-        finally:
-            for m, training in modes:
-                m.train(training)
+
+    def steps():
+        modes = [(m, m.training) for m in (model, draft)]
+        with contextlib.ExitStack() as stack:
+            for m, _ in modes:
+                m.eval()
+                stack.enter_context(depth_routing(m, "causal"))
+            try:
+                for token in speculative_tokens(model, draft, prompt, max_new_tokens, draft_tokens=draft_tokens,
+                                                distribution=probs, generator=generator, stop=stop, stats=stats):
+                    yield torch.tensor([token], device=input_ids.device)
+            finally:
+                for m, training in modes:
+                    m.train(training)
+
+    return Steps(input_ids, steps())

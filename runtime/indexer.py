@@ -22,6 +22,7 @@ class LightningIndexer(nn.Module):
     the scores here are taken in float32. The choice is discrete, so no gradient flows through
     it (HF's indexer runs under no_grad too): the indexer's weights are trained by their own loss.
     """
+    left_padding_exact = True  # padded keys are never selected
 
     def __init__(self, heads: int, head_dim: int, top_k: int, d_model: int, q_lora_rank: int, *, causal: bool,
                  rope_dim: int | None = None, norm_eps: float = 1e-6, cache_key: str = ""):

@@ -47,11 +47,12 @@ class Mamba2(nn.Module):
     the quadratic form inside each chunk, about 2·L·(heads·d_state + d_inner) per token, and
     2·d_inner·d_state per token for each chunk's state.
 
-    With `ctx.attention_mask` (B, S_total), the padded tokens' inputs and conv outputs are zeroed,
-    as Hugging Face does: they add nothing to the SSM state, and without an in_proj bias a
-    left-padded row's real tokens see what they would see alone (with one, the conv window of the
-    first real tokens still reads the bias at the padded positions, in Hugging Face too).
+    With `ctx.attention_mask` (B, S_total), the padded tokens' conv inputs and outputs are zeroed:
+    they add nothing to the SSM state, and a left-padded row's real tokens see what they would see
+    alone. Hugging Face zeroes the layer's input instead of the conv's, which is the same without
+    an in_proj bias; with one, its first real tokens read the bias at the padded positions.
     """
+    left_padding_exact = True  # a padded token enters the conv as zero and leaves the state as it was
 
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, heads: int, *, n_groups: int = 1,
                  chunk: int = 256, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-5,
@@ -89,8 +90,9 @@ class Mamba2(nn.Module):
         mask = None
         if ctx is not None and ctx.attention_mask is not None:
             mask = ctx.attention_mask[:, -t:, None].to(x.dtype)  # (B, T, 1) this call's tokens
-            x = x * mask
         z, xbc, dt = F.linear(x, self.in_proj, self.in_proj_bias).split([self.d_inner, self.conv_dim, heads], dim=-1)
+        if mask is not None:  # a padded token enters the conv as the zeros before the sequence's start
+            xbc = xbc * mask
         conv_in = xbc.transpose(1, 2)  # (B, conv_dim, T)
         if past is not None:
             conv_in = torch.cat((past["conv"], conv_in), dim=2)

@@ -206,6 +206,7 @@ class ArchModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
+                 pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
                  use_cache: bool = True, generator: torch.Generator | None = None,
                  decoder_start_token_id: int = 0, max_length: int | None = None, streamer=None,
                  draft=None, draft_tokens: int = 4, stats: dict | None = None) -> torch.Tensor:
@@ -215,8 +216,13 @@ class ArchModel(nn.Module):
         context is refused. Encoder models cannot generate.
 
         - `max_new_tokens` and/or `max_length` (tokens in all) bound the length.
-        - `eos_token_id`, one id or several: a row stops at any of them (then repeats the first).
-        - `streamer(tokens)` is called with each step's new tokens (B,) as they are made.
+        - `eos_token_id`, one id or several: a row stops at any of them, then repeats
+          `pad_token_id` (default: the first stop id).
+        - `attention_mask` (B, T): prompts of different lengths, padded on the left (for an
+          encoder-decoder model: the encoder input's padding, anywhere). Padding never changes a
+          row's tokens: each row equals its unpadded run (runtime/padding.py).
+        - `streamer(tokens)` is called with each step's new tokens (B,) as they are made; `stream`
+          gives them as an iterator instead.
         - `draft`: speculative decoding (one sequence), with another compiled model of the same
           vocabulary or `draft = k`, this model's first k layers; `draft_tokens` proposals per
           step. Greedy output equals plain greedy decoding; sampling follows this model's
@@ -225,6 +231,15 @@ class ArchModel(nn.Module):
         from .generate import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        eos_token_id=eos_token_id, use_cache=use_cache, generator=generator,
-                        decoder_start_token_id=decoder_start_token_id, max_length=max_length, streamer=streamer,
-                        draft=draft, draft_tokens=draft_tokens, stats=stats)
+                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, attention_mask=attention_mask,
+                        use_cache=use_cache, generator=generator, decoder_start_token_id=decoder_start_token_id,
+                        max_length=max_length, streamer=streamer, draft=draft, draft_tokens=draft_tokens,
+                        stats=stats)
+
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int | None = None, **options):
+        """The tokens `generate` would make, as an iterator of (B,) tensors, one per step (several
+        steps per forward with a draft); `.start` holds the prompt they follow. Takes generate's
+        options but `streamer`. Every check runs at the call, before any forward."""
+        from .generate import stream
+
+        return stream(self, input_ids, max_new_tokens, **options)

@@ -125,6 +125,11 @@ class RopeTable(nn.Module):
             self.dim, self.theta, self.factor = dim, theta, scaling["factor"]
             self.original_context = scaling["original_context"]
 
+    def left_padding_exact(self) -> bool:
+        """Whether shifting a row's positions keeps its result: not when the table depends on the
+        forward's length (runtime/padding.py)."""
+        return self.kind not in ("longrope", "dynamic")
+
     def frequencies(self, positions: torch.Tensor) -> torch.Tensor:
         """The inverse frequencies this forward uses (they depend on its length for longrope and dynamic)."""
         if self.kind not in ("longrope", "dynamic"):
@@ -155,9 +160,17 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, table, heads: int, kv_heads: int, 
     return q.transpose(1, 2).reshape(b, t, -1), k.transpose(1, 2).reshape(b, t, -1)
 
 
+class LearnedPositions(nn.Embedding):
+    """A learned embedding per absolute position (GPT-2, BERT), read at ctx.positions."""
+
+    left_padding_exact = False  # a left-padded row's tokens sit at other positions than unpadded
+
+
 class SinusoidalPositions(nn.Module):
     """The fixed table of Vaswani et al. (2017), computed for the positions of each forward
     rather than stored: a stored table at a long context would take context x dim memory."""
+
+    left_padding_exact = False  # absolute: see LearnedPositions
 
     def __init__(self, context: int, dim: int):
         super().__init__()

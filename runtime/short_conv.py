@@ -33,6 +33,7 @@ class ShortConv(nn.Module):
     would see alone, biases or not (Hugging Face zeroes the layer's input instead, which is the
     same without an in_proj bias).
     """
+    left_padding_exact = True  # a padded token enters the conv as zero
 
     def __init__(self, d_model: int, kernel: int, *, bias: bool = False, conv_bias: bool = False,
                  cache_key: str = ""):

@@ -18,6 +18,7 @@ accept different numbers of tokens.
 from __future__ import annotations
 
 import copy
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -67,21 +68,37 @@ def accept_or_correct(p: torch.Tensor, q: torch.Tensor, token: int, generator: t
     return False, int(torch.multinomial(residual, 1, generator=generator).squeeze(-1))
 
 
+@torch.no_grad()
 def _forward(model: nn.Module, tokens: torch.Tensor, cache: Cache, keep: int) -> torch.Tensor:
     return model(tokens, cache=cache, logits_to_keep=keep)[0].float()  # (keep, V)
 
 
-def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
-                       draft_tokens: int, distribution, generator: torch.Generator | None,
-                       stop: torch.Tensor | None, streamer=None, stats: dict | None = None) -> torch.Tensor:
-    """Prompt + up to max_new_tokens tokens of `target`. `distribution(logits)` gives the
-    processed probabilities (None: greedy); `stop` holds the end-of-sequence ids."""
+def check_speculative(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, draft_tokens: int) -> None:
+    """Refuse, before any forward, what speculative decoding does not do."""
     _check_draft(target, draft)
     if input_ids.shape[0] != 1:
         raise ArchError(f"speculative decoding takes one sequence at a time, got a batch of {input_ids.shape[0]}",
                         kind="usage", hint="generate the rows one by one, or without draft=")
     if draft_tokens < 1:
         raise ArchError("draft_tokens must be at least 1", kind="usage")
+
+
+def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
+                       draft_tokens: int, distribution, generator: torch.Generator | None,
+                       stop: torch.Tensor | None, stats: dict | None = None) -> torch.Tensor:
+    """Prompt + up to max_new_tokens tokens of `target` (one row). `distribution(logits)` gives
+    the processed probabilities (None: greedy); `stop` holds the end-of-sequence ids."""
+    check_speculative(target, draft, input_ids, draft_tokens)
+    made = list(speculative_tokens(target, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens,
+                                   distribution=distribution, generator=generator, stop=stop, stats=stats))
+    return torch.tensor([input_ids[0].tolist() + made], dtype=input_ids.dtype, device=input_ids.device)
+
+
+def speculative_tokens(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
+                       draft_tokens: int, distribution, generator: torch.Generator | None,
+                       stop: torch.Tensor | None, stats: dict | None = None) -> Iterator[int]:
+    """The tokens speculative decoding makes, one at a time as they are settled (several per
+    target forward); `stats` is filled when the generation ends."""
     greedy = distribution is None
 
     def pick(probs_or_logits: torch.Tensor) -> torch.Tensor:
@@ -100,13 +117,12 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: torch.Ten
     target_forwards += 1
     pending = input_ids[0].tolist()  # tokens the draft's cache has not seen
 
-    def emit(token: int) -> bool:
+    def ends(token: int) -> bool:
         made.append(token)
-        if streamer is not None:
-            streamer(torch.tensor([token], device=input_ids.device))
         return (stop is not None and token in stop.tolist()) or len(made) >= max_new_tokens
 
-    done = emit(nxt)
+    done = ends(nxt)
+    yield nxt
     while not done:
         # the check feeds nxt and k drafts after the prompt + len(made) - 1 tokens already fed
         k = min(draft_tokens, max_new_tokens - len(made), target.config["context"] - prompt - len(made))
@@ -152,15 +168,16 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: torch.Ten
             _forward(draft, torch.tensor([(pending + kept)[:seen]], device=input_ids.device), d_cache, 1)
         pending = (pending + kept)[seen:]
         for token in drafted[:n]:
-            if emit(token):
-                done = True
+            done = ends(token)
+            yield token
+            if done:
                 break
         if done:
             break
         nxt = bonus
-        done = emit(nxt)
+        done = ends(nxt)
+        yield nxt
     if stats is not None:
         stats.update(target_forwards=target_forwards, draft_tokens_proposed=proposed, draft_tokens_accepted=accepted,
                      acceptance_rate=accepted / proposed if proposed else 0.0,
                      tokens_per_target_forward=len(made) / target_forwards)
-    return torch.tensor([input_ids[0].tolist() + made], dtype=input_ids.dtype, device=input_ids.device)

@@ -24,6 +24,7 @@ def _weightless_rms_norm(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Mamba(nn.Module):
+    left_padding_exact = True  # a padded token enters the conv as zero and writes nothing to the state
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, dt_rank: int, *, conv_bias: bool = True,
                  bias: bool = False, inner_norms: bool = False, norm_eps: float = 1e-6, weightless_norms: bool = False,
                  cache_key: str = "", **_):
@@ -53,11 +54,17 @@ class Mamba(nn.Module):
         bsz, t, _ = x.shape
         past = ctx.cache.get(self.cache_key) if ctx is not None and ctx.cache is not None else None
         hidden, gate = F.linear(x, self.in_proj, self.in_proj_bias).transpose(1, 2).chunk(2, dim=1)  # (B, di, T) each
+        mask = None
+        if ctx is not None and ctx.attention_mask is not None:  # as HF: padded tokens enter the conv as zeros
+            mask = ctx.attention_mask[:, None, -t:].to(hidden.dtype)  # (B, 1, T)
+            hidden = hidden * mask
         conv_in = hidden if past is None else torch.cat((past["conv"], hidden), dim=2)
         pad = self.d_conv - 1 if past is None else 0
         conv = F.conv1d(F.pad(conv_in, (pad, 0)), self.conv_weight, self.conv_bias, groups=self.d_inner)
         new_conv_state = F.pad(conv_in, (max(0, self.d_conv - 1 - conv_in.shape[2]), 0))[:, :, -(self.d_conv - 1):]
         hidden = F.silu(conv[:, :, -t:])  # (B, di, T)
+        if mask is not None:  # ... and leave it as zeros: B x = 0 writes nothing to the state
+            hidden = hidden * mask
         params = F.linear(hidden.transpose(1, 2), self.x_proj)  # (B, T, r + 2N)
         dt, b, c = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms and self.weightless_norms:

@@ -62,7 +62,7 @@ class PosEmbedding(_Embedding):
     def module(self, d, emit):
         a = d["attrs"]
         if a["kind"] == "learned":
-            return f"nn.Embedding({a['context']}, {a['dim']})"
+            return f"rt.LearnedPositions({a['context']}, {a['dim']})"
         return f"rt.SinusoidalPositions({a['context']}, {a['dim']})"
 
     def call(self, d, args, emit):

@@ -67,7 +67,7 @@ class BertBase(rt.ArchModel):
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(30522, 768)
-        self.pos_embed = nn.Embedding(512, 768)
+        self.pos_embed = rt.LearnedPositions(512, 768)
         self.type_embed = nn.Embedding(2, 768)
         self.embed_norm = rt.LayerNorm(768, eps=1e-12, bias=True)
         self.layers = nn.ModuleList(block(i) for i, block in enumerate(LAYERS_LAYOUT))

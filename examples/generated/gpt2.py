@@ -68,7 +68,7 @@ class Gpt2(rt.ArchModel):
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(50257, 768)
-        self.pos_embed = nn.Embedding(1024, 768)
+        self.pos_embed = rt.LearnedPositions(1024, 768)
         self.layers = nn.ModuleList(block(i) for i, block in enumerate(LAYERS_LAYOUT))
         self.final_norm = rt.LayerNorm(768, eps=1e-05, bias=True)
         self.reset_parameters()

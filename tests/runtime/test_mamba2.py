@@ -152,17 +152,21 @@ def hf_cache_config(hf):
 
 
 @pytest.mark.parametrize("case", HF_CASES[:2])
-def test_padding_mask_matches_hf(case):
+def test_padding_mask_leaves_a_row_as_it_is_alone(case):
     hf, ours = hf_pair(*case)
     x = torch.randn(2, 8, D_MODEL)
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[1, :3] = 0  # left padding
     with torch.no_grad():
         got = ours(x, rt.Context(positions=torch.arange(8), attention_mask=mask))
-        torch.testing.assert_close(got, hf(x, attention_mask=mask), **FP32)
-        if ours.in_proj_bias is None:
-            # without an in_proj bias the padded row's real tokens see what they would see alone
-            torch.testing.assert_close(got[1, 3:], ours(x[1:, 3:])[0], **FP32)
+        # the padded row's real tokens see what they would see alone, in_proj bias or not
+        torch.testing.assert_close(got[1, 3:], ours(x[1:, 3:])[0], **FP32)
+        torch.testing.assert_close(got[0], ours(x[:1])[0], **FP32)
+        want = hf(x, attention_mask=mask)
+        if ours.in_proj_bias is None:  # HF zeroes the layer input, not the conv's: the same without a bias
+            torch.testing.assert_close(got[:, 3:], want[:, 3:], **FP32)
+        else:  # with one, HF's first real tokens read the bias at the padded positions
+            assert not torch.allclose(got[1, 3:], want[1, 3:], **FP32)
 
 
 # ----------------------------------------------------------------------------- properties
