@@ -25,6 +25,13 @@ def test_forward_benchmark_runs():
     assert "worst ratio vs HF sdpa" in r.stdout and "jamba-like" in r.stdout
 
 
+def test_generation_benchmark_runs():
+    pytest.importorskip("transformers")
+    r = run(ROOT / "bench" / "generate.py", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "of limit" in r.stdout and "mixtral-like" in r.stdout and "self k=4" in r.stdout
+
+
 def test_kernel_benchmark_explains_itself_without_a_gpu():
     r = run(ROOT / "bench" / "kernels.py")
     assert r.returncode == 0, r.stderr
