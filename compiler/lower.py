@@ -502,6 +502,8 @@ class _Lowerer:
         }
         if moe.normalize_min:
             attrs["normalize_min"] = moe.normalize_min
+        if moe.router == "hash":
+            attrs["vocab"] = self.m.vocab  # the fixed token → expert table has a row per token id
         if isinstance(expert, A.ClampedSwiGLU):
             attrs.update(glu_limit=expert.limit, glu_alpha=expert.alpha)
         return self.b.node(f"{pre}moe", "moe", [h], name="moe", outputs="h", shape=("B", seq, self.d),

@@ -94,6 +94,7 @@ class Context:
     memory_mask: torch.Tensor | None = None  # (B, S) 1 for real encoder tokens
     attention_mask: torch.Tensor | None = None  # (B, S_total) 1 for real tokens, 0 for padding
     token_type_ids: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None  # (B, T) this forward's token ids; None for inputs_embeds
     stack: str = "layers"
     aux_losses: list[torch.Tensor] = field(default_factory=list)
     layer: int | None = None  # the index in its stack of the shared layer being run (per-use adapters read it)

@@ -103,7 +103,8 @@ class DepthRouter(nn.Module):
         return replace(ctx, positions=ctx.positions.index_select(0, index), tables=tables,
                        cache=ScopedCache(ctx.cache, f"route{b}") if ctx.cache is not None else None,
                        token_type_ids=(ctx.token_type_ids[b:b + 1].index_select(1, index)
-                                       if ctx.token_type_ids is not None else None))
+                                       if ctx.token_type_ids is not None else None),
+                       input_ids=ctx.input_ids[b:b + 1].index_select(1, index) if ctx.input_ids is not None else None)
 
     def extra_repr(self) -> str:
         return (f"capacity={self.capacity}, predictor={self.predictor is not None}, aux_loss={self.aux_loss}, "

@@ -69,7 +69,7 @@ class ArchModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         return Context(positions=positions, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                       memory=memory, memory_mask=memory_mask, stack=stack)
+                       memory=memory, memory_mask=memory_mask, stack=stack, input_ids=input_ids)
 
     def finish(self, ctx: Context) -> None:
         if ctx.cache is not None:

@@ -23,6 +23,7 @@ from archlang.spec.errors import ArchError
 from .context import Context
 
 GROUP_SCORES = ("top2_sum", "max")
+ROUTERS = ("softmax", "sigmoid", "hash", "expert_choice")
 
 
 class MoE(nn.Module):
@@ -34,7 +35,8 @@ class MoE(nn.Module):
                  z_loss: float = 0.0, capacity_factor: float | None = None, router_bias: bool = False,
                  correction_bias: bool = False, bias_update_speed: float = 0.0, seq_aux_loss: float = 0.0,
                  n_group: int = 1, topk_group: int = 1, group_score: str = "top2_sum", scale_input: bool = False,
-                 glu_limit: float | None = None, glu_alpha: float = 1.702, normalize_min: float = 0.0):
+                 glu_limit: float | None = None, glu_alpha: float = 1.702, normalize_min: float = 0.0,
+                 vocab: int | None = None):
         super().__init__()
         _check(experts, top_k, expert_kind=expert_kind, expert_act=expert_act, shared_act=shared_act,
                correction_bias=correction_bias, bias_update_speed=bias_update_speed, seq_aux_loss=seq_aux_loss,
@@ -46,7 +48,18 @@ class MoE(nn.Module):
         self.normalize_min = normalize_min  # ERNIE 4.5 divides by max(sum of the top-k weights, this)
         self.aux_coef, self.z_coef, self.capacity_factor = aux_loss, z_loss, capacity_factor
         width = 2 * expert_hidden if self.expert_glu else expert_hidden
-        self.router = nn.Parameter(torch.empty(experts, dim))
+        if router not in ROUTERS:
+            raise ArchError(f"unknown router {router!r}", hint=f"one of {', '.join(ROUTERS)}")
+        if router == "hash":
+            if vocab is None or top_k != 1:
+                raise ArchError("hash routing needs the vocabulary size and top_k = 1")
+            # Hash Layers' balanced random hash: a fixed permutation of the ids, dealt out to the
+            # experts in turn; a persistent buffer, so a checkpoint carries the map it was trained with
+            order = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))
+            self.hash_table = nn.Buffer(torch.empty(vocab, dtype=torch.long).index_put_(
+                (order,), torch.arange(vocab) % experts))
+        else:
+            self.router = nn.Parameter(torch.empty(experts, dim))
         self.router_bias = nn.Parameter(torch.zeros(experts)) if router_bias else None
         # a buffer, as in HF: saved with the model, moved by .to(), never given a gradient
         self.e_score_correction_bias = nn.Buffer(torch.zeros(experts)) if correction_bias else None
@@ -132,10 +145,20 @@ class MoE(nn.Module):
         return logits, probs, weights, index  # weights, index: (N, k)
 
     def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        if self.router_kind == "expert_choice":
+            return self._expert_choice(x, ctx)
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, C)
         n, k, e = x.shape[0], self.top_k, self.experts
-        logits, probs, weights, index = self.route(x)
+        if self.router_kind == "hash":
+            if ctx is None or ctx.input_ids is None:
+                raise ArchError("hash routing reads each token's id, and this forward has none (inputs_embeds)",
+                                kind="usage", hint="call the model with input_ids")
+            index = self.hash_table[ctx.input_ids.reshape(-1)][:, None]  # (N, 1)
+            logits = probs = None
+            weights = torch.full(index.shape, self.routed_scale, dtype=torch.float32, device=x.device)
+        else:
+            logits, probs, weights, index = self.route(x)
         # Sort the N*k (token, expert) pairs by expert: each expert's tokens become one group.
         flat = index.reshape(-1)
         order = torch.argsort(flat, stable=True)
@@ -165,12 +188,43 @@ class MoE(nn.Module):
             real = _real_tokens(shape, ctx, x.device)  # (B, T) bool
         if self.training and self.bias_update_speed:
             self._update_correction_bias(index, real)
-        if ctx is not None and self.training and (self.aux_coef or self.z_coef or self.seq_aux_coef):
+        if ctx is not None and self.training and logits is not None and (self.aux_coef or self.z_coef
+                                                                          or self.seq_aux_coef):
             total = self.losses(logits, probs, index)
             if self.seq_aux_coef:
                 total = total + self.seq_aux_coef * self.sequence_balance_loss(probs, index, real)
             ctx.aux_losses.append(total)
         return out.reshape(shape)
+
+    def _expert_choice(self, x: torch.Tensor, ctx: Context | None) -> torch.Tensor:
+        """Expert-choice routing (Zhou et al. 2022): per sequence, each expert takes the
+        c = ceil(T · top_k / E) tokens with its highest softmax scores and weighs its output by
+        that score; a token's output sums the experts that took it (none, one or several)."""
+        if x.dim() != 3:
+            raise ArchError("expert-choice routing ranks the tokens of each sequence: it needs (B, T, C) input")
+        if ctx is not None and (ctx.attention_mask is not None or ctx.cache is not None):
+            raise ArchError("expert-choice routing ranks the tokens of the whole sequence, and each expert's "
+                            "share depends on its length: padding or a cache would change what it takes",
+                            kind="usage", hint="give sequences without padding, one length per batch")
+        bsz, t, c_dim = x.shape
+        e = self.experts
+        logits = F.linear(x, self.router, self.router_bias).float()  # (B, T, E)
+        probs = torch.softmax(logits, dim=-1)
+        capacity = min(t, math.ceil(t * self.top_k / e))
+        gates, picked = torch.topk(probs.transpose(1, 2), capacity, dim=-1)  # (B, E, c): each expert's tokens
+        # (token, expert) pairs grouped by expert, as the grouped matmuls want them
+        token = (picked + torch.arange(bsz, device=x.device)[:, None, None] * t).transpose(0, 1).reshape(-1)
+        w = (gates * self.routed_scale).transpose(0, 1).reshape(-1).to(x.dtype)
+        counts = torch.full((e,), bsz * capacity, dtype=torch.long, device=x.device)
+        expert_of = torch.arange(e, device=x.device).repeat_interleave(bsz * capacity)
+        flat = x.reshape(-1, c_dim)
+        rows = self._experts(flat[token], expert_of, counts) * w[:, None]
+        out = flat.new_zeros(flat.shape).index_add_(0, token, rows)
+        if self.has_shared:
+            out = out + self._shared(flat)
+        if ctx is not None and self.training and self.z_coef:
+            ctx.aux_losses.append(self.z_coef * torch.logsumexp(logits, dim=-1).pow(2).mean())
+        return out.reshape(x.shape)
 
     @torch.no_grad()
     def _update_correction_bias(self, index: torch.Tensor, real: torch.Tensor) -> None:

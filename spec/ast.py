@@ -470,7 +470,13 @@ ExpertFFN = Annotated[Union[MLP, GLU, ClampedSwiGLU], Field(discriminator="kind"
 
 class MoE(Node):
     """A mixture of experts replacing the FFN: a router picks `top_k` of `experts` per token;
-    `shared_experts` always run (DeepSeek), optionally behind a sigmoid gate (Qwen2-MoE)."""
+    `shared_experts` always run (DeepSeek), optionally behind a sigmoid gate (Qwen2-MoE).
+
+    Two routers choose differently: `hash` sends each token id to one fixed expert (Hash Layers,
+    Roller et al. 2021; no router weights, weight 1); `expert_choice` lets each expert take its
+    top ceil(T · top_k / experts) tokens of each sequence by softmax score (Zhou et al. 2022), so
+    a token sees as many experts as top_k on average; it reads the whole sequence, so it is
+    refused where attention is causal."""
 
     kind: Literal["moe"]
     experts: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
@@ -479,7 +485,7 @@ class MoE(Node):
     shared_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
     shared: ExpertFFN | None = None  # the shared experts as one FFN; default: expert widened
     shared_gate: bool = False
-    router: Literal["softmax", "sigmoid"] = "softmax"
+    router: Literal["softmax", "sigmoid", "hash", "expert_choice"] = "softmax"
     normalize_top_k: bool = True  # renormalise the chosen k weights to sum to 1
     normalize_min: NonNegFloat = 0.0  # divide by max(sum, normalize_min) (ERNIE 4.5's moe_norm_min); 0: off
     routed_scale: PositiveFloat = 1.0
@@ -502,6 +508,7 @@ class MoE(Node):
     def _routing(self) -> "MoE":
         if self.top_k > self.experts:
             raise FieldError("top_k", f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        self._check_router_kind()
         self._check_balancing()
         self._check_groups()
         if self.normalize_min and not self.normalize_top_k:
@@ -520,6 +527,26 @@ class MoE(Node):
         if self.shared_gate and self.shared is None:
             raise FieldError("shared_gate", "shared_gate needs shared experts", "add shared_experts = 1")
         return self
+
+    # What each router that is not a learned top-k takes: the options of token-choice routing
+    # (its logits, its renormalisation, its balancing and capacity) mean nothing to it.
+    _TOKEN_CHOICE_ONLY = ("normalize_min", "capacity_factor", "router_bias", "correction_bias", "bias_update_speed",
+                          "seq_aux_loss", "groups", "topk_groups", "group_score", "scale_input", "aux_loss")
+
+    def _check_router_kind(self) -> None:
+        if self.router not in ("hash", "expert_choice"):
+            return
+        written = self.model_fields_set
+        refused = list(self._TOKEN_CHOICE_ONLY) + ["normalize_top_k"] + (["z_loss"] if self.router == "hash" else [])
+        for field in refused:
+            if field in written:
+                raise FieldError(field, f"{field} is an option of token-choice routing (softmax or sigmoid), "
+                                 f"and router = {self.router}",
+                                 "remove it" + (": hash routing has no router logits" if self.router == "hash"
+                                                else ": each expert takes its top tokens, no renormalising"))
+        if self.router == "hash" and self.top_k != 1:
+            raise FieldError("top_k", f"hash routing sends each token to one expert, got top_k = {self.top_k}",
+                             "use top_k = 1")
 
     def _check_balancing(self) -> None:
         if self.bias_update_speed and not self.correction_bias:
@@ -952,8 +979,15 @@ class Model(Node):
             raise FieldError("pooler", "pooler is for encoder models")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
-        for name in dict.fromkeys(n for layers in self.stacks().values() for n in layers):
+        stacks = self.stacks()
+        for name in dict.fromkeys(n for layers in stacks.values() for n in layers):
             block = self.blocks[name]
+            in_encoder = self.family == "encoder" or name in stacks.get("encoder", ())
+            if isinstance(block.ffn, MoE) and block.ffn.router == "expert_choice" and not in_encoder:
+                raise FieldError(("blocks", name, "ffn", "router"), f"expert_choice routing ranks the tokens of the "
+                                 f"whole sequence, and block `{name}` is causal: a token's output would depend on "
+                                 "later tokens, and generation could not decide it", "use expert_choice in encoder "
+                                 "blocks, or router = softmax here")
             if block.route is not None and self.family != "decoder":
                 raise FieldError(("blocks", name, "route"), f"depth routing is implemented for decoder models, "
                                  f"not {self.family}", "remove `route`")
@@ -1023,6 +1057,10 @@ class Model(Node):
         if block.mixer is None:
             raise FieldError(("mtp", "block"), f"mtp's block `{mtp.block}` has no token mixer (attention or ssm), "
                              "so its modules could not read earlier positions", "give mtp a block with attention")
+        if isinstance(block.ffn, MoE) and block.ffn.router == "hash":
+            raise FieldError(("mtp", "block"), f"block `{mtp.block}` routes by token id, and an mtp module's input "
+                             "mixes two tokens (its position's and the one k ahead)", "give mtp a block without "
+                             "router = hash")
         if block.shared:
             raise FieldError(("mtp", "block"), f"block `{mtp.block}` is shared (one set of weights for all its uses), "
                              "and each mtp depth has its own weights", "give mtp a block that is not shared")

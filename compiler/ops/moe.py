@@ -25,7 +25,8 @@ _CODEGEN_KEYS = ("expert_kind", "expert_act", "expert_hidden", "expert_bias", "s
 _OPTIONAL_KEYS = {"router_bias": "router_bias", "correction_bias": "correction_bias",
                   "bias_update_speed": "bias_update_speed", "seq_aux_loss": "seq_aux_loss", "groups": "n_group",
                   "topk_groups": "topk_group", "group_score": "group_score", "scale_input": "scale_input",
-                  "glu_limit": "glu_limit", "glu_alpha": "glu_alpha", "normalize_min": "normalize_min"}
+                  "glu_limit": "glu_limit", "glu_alpha": "glu_alpha", "normalize_min": "normalize_min",
+                  "vocab": "vocab"}
 
 
 @register
@@ -39,7 +40,7 @@ class MoE(OpDef):
         "shared_kind": attr(str, default=None), "shared_act": attr(str, default=None),
         "shared_hidden": attr(int, default=None), "shared_bias": attr(bool, default=False),
         "shared_gate": attr(bool, default=False, doc="a sigmoid gate on the shared experts' output (Qwen2-MoE)"),
-        "router": attr(str, doc="softmax | sigmoid"), "normalize_top_k": attr(bool), "routed_scale": attr(float),
+        "router": attr(str, doc="softmax | sigmoid | hash | expert_choice"), "normalize_top_k": attr(bool), "routed_scale": attr(float),
         "aux_loss": attr(float), "z_loss": attr(float), "capacity_factor": attr(float, default=None),
         "router_bias": attr(bool, default=False, doc="a learned bias on the router logits (gpt-oss)"),
         "correction_bias": attr(bool, default=False,
@@ -53,13 +54,14 @@ class MoE(OpDef):
         "glu_limit": attr(float, default=None, doc="clamp of gpt-oss's SwiGLU (expert_act swiglu_oai)"),
         "glu_alpha": attr(float, default=None, doc="sigmoid slope of gpt-oss's SwiGLU"),
         "normalize_min": attr(float, default=0.0, doc="floor of the top-k weights' sum when renormalising (ERNIE 4.5)"),
+        "vocab": attr(int, default=None, doc="hash routing: the token ids its fixed expert table covers"),
     }
     arity = (1, 1)
     picture = "moe"
 
     def params(self, a, shape):
         d, e = shape[-1], a["experts"]
-        params = {"router": (e, d)}
+        params = {} if a["router"] == "hash" else {"router": (e, d)}  # hash routing learns no router
         if a["router_bias"]:
             params["router_bias"] = (e,)
         params.update(expert_params("experts_", a["expert_kind"], a["expert_hidden"], a["expert_bias"], d, (e,)))

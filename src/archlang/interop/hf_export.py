@@ -67,6 +67,9 @@ def _check_expressible(m: A.Model) -> None:
             a = getattr(m.blocks[b], slot)
             if a is not None:
                 refuse("attention", a.kind, ("blocks", b, slot))
+        ffn = m.blocks[b].ffn
+        if isinstance(ffn, A.MoE) and ffn.router in ("hash", "expert_choice"):
+            raise Unfit(("blocks", b, "ffn", "router"), f"router = {ffn.router}: no transformers MoE routes so")
 
 
 # ----------------------------------------------------------------------------- helpers for exporters

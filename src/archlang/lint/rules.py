@@ -339,6 +339,8 @@ def rope_scaling_short(s: Subject) -> Iterator[Hit]:
       fix="""Use more, smaller experts (fine-grained experts, as DeepSeek-MoE) or a smaller top_k.""")
 def moe_top_k_dense(s: Subject) -> Iterator[Hit]:
     for name, moe in s.moes():
+        if moe.router == "hash":
+            continue
         if moe.top_k > moe.experts / 2:
             yield Hit(("blocks", name, "ffn", "top_k"),
                       f"top_k {moe.top_k} of block `{name}` routes each token to more than half of its "
@@ -369,11 +371,14 @@ def moe_capacity(s: Subject) -> Iterator[Hit]:
       why="""Without an auxiliary balance loss (aux_loss, seq_aux_loss) or DeepSeek-V3's bias updates
       (bias_update_speed), nothing stops a router from sending most tokens to a few experts in
       training: the rest never learn and, under expert parallelism, one rank does the work of
-      many. (A spec used only for inference loses nothing; the finding is about training it.)""",
+      many. (A spec used only for inference loses nothing; the finding is about training it.)
+      Hash and expert-choice routers balance by construction and are not reported.""",
       fix="""Set aux_loss (Switch Transformer: 0.01; Mixtral: 0.02), or correction_bias = true with a
       bias_update_speed (DeepSeek-V3: 0.001).""")
 def moe_unbalanced(s: Subject) -> Iterator[Hit]:
     for name, moe in s.moes():
+        if moe.router in ("hash", "expert_choice"):
+            continue  # a balanced fixed map; every expert takes the same number of tokens
         if moe.experts > 1 and not (moe.aux_loss or moe.seq_aux_loss or moe.bias_update_speed):
             yield Hit(("blocks", name, "ffn"), f"the MoE of block `{name}` has no load balancing in training")
 
