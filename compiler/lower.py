@@ -46,6 +46,9 @@ class _Lowerer:
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
             shared_blocks=sorted(name for name, block in model.blocks.items() if block.shared),
         )
+        if model.head is not None:  # an encoder's task head: what forward returns and loss() trains
+            g.graph["head"] = ({"kind": "mlm"} if isinstance(model.head, A.MLMHead)
+                               else {"kind": "classifier", "labels": model.head.labels})
         if keep is not None:
             g.graph[REPRESENTS] = {(stack, i): members for stack, kept in keep.items() for i, members in kept.items()}
 
@@ -98,11 +101,34 @@ class _Lowerer:
                                     attrs={"dim": self.d})
                     b.node("pooled_output", "output", [pooled], name="pooled_output", outputs="pooled",
                            shape=("B", self.d), attrs={"role": "pooled"})
+                if m.head is not None:
+                    self.encoder_head(x, pooled if m.pooler else None)
             else:
                 self.head(x, "T")
                 if m.mtp is not None:
                     self.mtp(trunk, embed)
         return b.g
+
+    def encoder_head(self, x: NodeRef, pooled: NodeRef | None) -> None:
+        """An encoder's task head: masked-LM scores per token, or label scores per sequence."""
+        m, b, head = self.m, self.b, self.m.head
+        span = {"span": self.span("head")}
+        if isinstance(head, A.MLMHead):
+            logits = b.node("mlm_head", "mlm_head", [x], name="mlm_head", outputs="logits",
+                            shape=("B", "T", m.vocab), attrs={
+                                "vocab": m.vocab, "dim": self.d, "act": head.act, "norm": head.norm.kind,
+                                "eps": head.norm.eps, "norm_bias": bool(head.norm.bias), "tied": m.tie_embeddings,
+                                "bias": head.bias}, **span)
+            b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T", m.vocab),
+                   attrs={"role": "logits"})
+            return
+        if head.dropout:
+            pooled = b.node("classifier_dropout", "dropout", [pooled], name="classifier_dropout", outputs="pooled",
+                            shape=("B", self.d), attrs={"p": head.dropout})
+        scores = b.node("classifier", "classifier", [pooled], name="classifier", outputs="logits",
+                        shape=("B", head.labels), attrs={"dim": self.d, "labels": head.labels}, **span)
+        b.node("logits", "output", [scores], name="logits", outputs="logits", shape=("B", head.labels),
+               attrs={"role": "logits"})
 
     def mtp(self, h: NodeRef, embed: NodeRef) -> None:
         """The multi-token prediction modules, in the `mtp` stack: module k (layer k - 1) reads the

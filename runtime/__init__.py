@@ -11,6 +11,7 @@ from .lora import LoRA
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
+from .heads import MLMHead
 from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import (AlibiSlopes, LearnedPositions, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope,
@@ -21,7 +22,7 @@ from .ssm import Mamba
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LearnedPositions", "LightningIndexer",
-    "LinearAttention", "LoRA",
+    "LinearAttention", "LoRA", "MLMHead",
     "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
     "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",

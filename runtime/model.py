@@ -180,6 +180,9 @@ class ArchModel(nn.Module):
                 from .mtp import mtp_loss
 
                 return mtp_loss(self, input_ids, labels, ignore_index=ignore_index)
+            head = self.config.get("head")
+            if family == "encoder" and head is not None:
+                return self._head_loss(head, self(input_ids, **inputs), labels, ignore_index) + self.aux_loss
             if family == "encoder":
                 out = self(input_ids, **inputs)
                 hidden = out[0] if isinstance(out, tuple) else out
@@ -190,6 +193,19 @@ class ArchModel(nn.Module):
             loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
                                         ignore_index=ignore_index, softcap=self.config.get("logit_softcap"))
         return loss + self.aux_loss
+
+    @staticmethod
+    def _head_loss(head: dict, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        """An encoder head's loss, as Hugging Face's heads take it: masked-LM cross-entropy over the
+        labelled positions; a classifier's cross-entropy over labels (B,), or with one label the
+        mean squared error (regression)."""
+        if head["kind"] == "classifier" and head["labels"] == 1:
+            return nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
+        if head["kind"] == "classifier" and labels.shape != logits.shape[:1]:
+            raise ValueError(f"a classifier's labels are one per sequence, {tuple(logits.shape[:1])}, "
+                             f"got {tuple(labels.shape)}")
+        return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=ignore_index)
 
     def _seq2seq_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, *, ignore_index: int,
                       decoder_input_ids: torch.Tensor | None = None, decoder_start_token_id: int = 0,

@@ -894,6 +894,39 @@ class Block(Node):
         return self.attention if self.attention is not None else self.ssm
 
 
+# ----------------------------------------------------------------------------- encoder heads
+
+
+class MLMHead(Node):
+    """`head = mlm(act = gelu, norm = layernorm(eps = 1e-12))`: BERT's masked-LM head. Each token's
+    final state goes through dense(d → d), the activation and the norm, then onto the vocabulary
+    (the embedding table when `tie_embeddings`, else its own) plus a bias per token id."""
+
+    kind: Literal["mlm"]
+    act: Activation = "gelu"
+    norm: Norm = Norm(kind="layernorm", eps=1e-12)
+    bias: bool = True  # the output bias per token id
+
+    @model_validator(mode="after")
+    def _placement(self) -> "MLMHead":
+        if self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), "the head's norm follows its dense layer; it has no placement",
+                             "remove placement")
+        return self
+
+
+class ClassifierHead(Node):
+    """`head = classifier(labels = 2, dropout = 0.1)`: sequence classification on the pooled first
+    token (BERT's): dropout, then a linear layer to `labels` scores. `labels = 1` is regression."""
+
+    kind: Literal["classifier"]
+    labels: Annotated[int, Field(gt=0, le=MAX_DIM)]
+    dropout: Probability = 0.0
+
+
+EncoderHead = Annotated[Union[MLMHead, ClassifierHead], Field(discriminator="kind")]
+
+
 class Model(Node):
     name: str
     family: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
@@ -914,6 +947,7 @@ class Model(Node):
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
+    head: EncoderHead | None = None  # an encoder's task head: mlm(...) or classifier(...)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
     embedding_dropout: Probability = 0.0
@@ -977,6 +1011,12 @@ class Model(Node):
                     raise FieldError(field, f"decoder block `{name}` needs cross_attention to read the encoder")
         if self.pooler and self.family != "encoder":
             raise FieldError("pooler", "pooler is for encoder models")
+        if self.head is not None and self.family != "encoder":
+            raise FieldError("head", f"head = {self.head.kind}(...) is an encoder's task head, and this model is a "
+                             f"{self.family}", "remove head: a decoder's head is its LM head")
+        if isinstance(self.head, ClassifierHead) and not self.pooler:
+            raise FieldError(("head", "kind"), "classifier reads the pooled first token, and the model has no pooler",
+                             "add pooler = true")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         stacks = self.stacks()
@@ -1167,6 +1207,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),
+    "head": _kind_classes(MLMHead, ClassifierHead),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1177,7 +1218,7 @@ FIELD_SLOT = {
     "indexer": "indexer",
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
-    "route": "route", "lora": "lora",
+    "route": "route", "lora": "lora", "head": "head",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

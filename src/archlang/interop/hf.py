@@ -10,6 +10,7 @@ granitemoehybrid, lfm2.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -467,12 +468,36 @@ def _gpt2(c, name: str) -> str:
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.n_layer}"}, "Imported from a Hugging Face gpt2 config.")
 
 
+# The BERT classes the importer builds, by the head each puts on the encoder.
+BERT_HEADS = {"BertModel": None, "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"}
+
+
+def bert_head(c) -> str | None:
+    """The head of the BERT class `config.architectures` names (BertModel when it names none)."""
+    arch = (getattr(c, "architectures", None) or ["BertModel"])[0]
+    if arch not in BERT_HEADS:
+        raise ArchError(f"bert architectures = {arch}: archlang builds {', '.join(BERT_HEADS)}", kind="interop",
+                        hint="load the checkpoint as one of these classes")
+    return BERT_HEADS[arch]
+
+
 def _bert(c, name: str) -> str:
     eps = c.layer_norm_eps
+    head = bert_head(c)
     fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
               "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
-              "pooler": True, **_dropouts(c), "position": call("learned"),
+              "pooler": head != "mlm", **_dropouts(c), "position": call("learned"),
               "embedding_norm": call("layernorm", eps=eps)}
+    if head == "mlm":  # BertForMaskedLM: no pooler; the prediction head, tied to the embeddings
+        if not c.tie_word_embeddings:
+            raise ArchError("bert tie_word_embeddings = false: its masked-LM head then keeps two output biases, "
+                            "one of them unused, which archlang does not map", kind="interop",
+                            hint="import the tied model (tie_word_embeddings = true)")
+        fields["tie_embeddings"] = True
+        fields["head"] = call("mlm", act=_act(c.hidden_act), norm=call("layernorm", eps=eps))
+    elif head == "classifier":
+        dropout = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        fields["head"] = call("classifier", labels=c.num_labels, dropout=dropout or None)
     block = {"norm": call("layernorm", eps=eps, placement="post"),
              "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
@@ -932,9 +957,9 @@ def _build(config, passes: str | None):
     return load_source(compiled.source, compiled.model.name).build()
 
 
-def hf_to_archlang(hf_model) -> dict[str, torch.Tensor]:
+def hf_to_archlang(hf_model, config=None) -> dict[str, torch.Tensor]:
     """A transformers model's weights under archlang's unfused names."""
-    return to_archlang(hf_model.config, hf_model.state_dict())
+    return to_archlang(config or hf_model.config, hf_model.state_dict())
 
 
 def from_hf(hf_model, *, passes: str | None = None):
@@ -942,8 +967,12 @@ def from_hf(hf_model, *, passes: str | None = None):
     checkpoint folder's, given its path)."""
     if isinstance(hf_model, (str, os.PathLike)):
         return load_hf_checkpoint(hf_model, passes=passes)
-    model = _build(hf_model.config, passes)
-    model.load_unfused_state_dict(hf_to_archlang(hf_model), strict=True)
+    config = hf_model.config
+    if config.model_type == "bert" and not config.architectures:  # the head follows the class
+        config = copy.deepcopy(config)
+        config.architectures = [type(hf_model).__name__]
+    model = _build(config, passes)
+    model.load_unfused_state_dict(hf_to_archlang(hf_model, config), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
 
 
@@ -952,8 +981,10 @@ def _hf_shapes(config) -> dict[str, torch.Size]:
     tensor under its first name only, as its modules hold them."""
     import transformers
 
-    architectures = {"bert": "BertModel"}
-    arch = architectures.get(config.model_type) or (config.architectures or [None])[0]
+    if config.model_type == "bert":
+        arch = (config.architectures or ["BertModel"])[0]
+    else:
+        arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch) if arch else None
     with torch.device("meta"):
         if cls is None:

@@ -320,11 +320,16 @@ TABLES: dict[str, dict[str, Key]] = {
              "hidden_act": ACTIVATION,
              # BERT drops the normalised embeddings and each sublayer's output before its residual add
              "hidden_dropout_prob": dropout_into("embedding_dropout", "residual_dropout"),
-             "attention_probs_dropout_prob": ATTENTION_DROPOUT, "classifier_dropout": HEAD_DROPOUT,
+             "attention_probs_dropout_prob": ATTENTION_DROPOUT,
+             # the head follows the class: BertModel (none), BertForMaskedLM (mlm), BertForSequenceClassification
+             "architectures": MAPPED, "classifier_dropout": MAPPED, "num_labels": MAPPED,
+             "problem_type": only(None, "single_label_classification", "regression",
+                                  reason="archlang's classifier loss is single-label cross-entropy or, with one "
+                                         "label, regression"),
              "is_decoder": only(False, reason="bert as a decoder is not mapped"),
              "add_cross_attention": only(False, reason="bert with cross-attention is not mapped"),
              "position_embedding_type": only("absolute", reason="archlang's bert has learned absolute positions"),
-             "tie_word_embeddings": irrelevant("BertModel has no LM head to tie")},
+             "tie_word_embeddings": MAPPED},
     "jamba": {**_LLAMA_CORE, "hidden_act": _SILU, "output_router_logits": NO_AUX_LOSS,
               "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
               **{k: MAPPED for k in ("num_experts_per_tok", "num_experts", "expert_layer_period", "expert_layer_offset",

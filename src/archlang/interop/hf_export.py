@@ -764,11 +764,34 @@ def _bert(m: A.Model) -> dict:
     _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(b.ffn, 'kind', 'none')} (bert has mlp)")
     _attention_kv(m, b.attention, ("blocks", kinds[0], "attention"), kinds=("mha",))
     eps = m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
+    head = _bert_head(m, b, eps)
     return {"model_type": "bert", "vocab_size": m.vocab, "hidden_size": m.d_model,
             "num_hidden_layers": len(m.layers), "num_attention_heads": b.attention.heads,
             "intermediate_size": b.ffn.hidden, "hidden_act": HF_ACTIVATIONS[b.ffn.act],
             "max_position_embeddings": m.context, "type_vocab_size": m.type_vocab, "layer_norm_eps": eps,
-            "dtype": _dtype(m)}
+            "dtype": _dtype(m), **head}
+
+
+def _bert_head(m: A.Model, b: A.Block, eps: float) -> dict:
+    """The BERT class of the spec's head, and its settings: BertModel (a pooler, no head),
+    BertForMaskedLM (no pooler; the prediction head, in the FFN's activation and the model's eps)
+    or BertForSequenceClassification (the pooler and a classifier)."""
+    head = m.head
+    _need(m.pooler == (not isinstance(head, A.MLMHead)), ("pooler",),
+          "bert's masked-LM model has no pooler, and its other models one" if isinstance(head, A.MLMHead)
+          else "no pooler (BertModel and BertForSequenceClassification have one)")
+    if head is None:
+        return {"architectures": ["BertModel"]}
+    if isinstance(head, A.MLMHead):
+        _need(head.act == b.ffn.act, ("head", "act"), f"head act {head.act}: bert's head uses the FFN's, {b.ffn.act}")
+        _need(head.norm.kind == "layernorm" and head.norm.eps == eps and head.norm.bias, ("head", "norm"),
+              f"head norm {head.norm.kind}(eps = {head.norm.eps}): bert's is layernorm with the model's eps, {eps}")
+        _need(head.bias, ("head", "bias"), "a head without its output bias (bert's has one)")
+        _need(m.tie_embeddings, ("tie_embeddings",), "an untied head (bert's untied head keeps a second, unused "
+              "output bias)")
+        return {"architectures": ["BertForMaskedLM"], "tie_word_embeddings": True}
+    return {"architectures": ["BertForSequenceClassification"], "num_labels": head.labels,
+            "classifier_dropout": head.dropout}
 
 
 def _period(flags: list[bool]) -> tuple[int, int] | None:
@@ -1512,7 +1535,7 @@ def _config(model_type: str, values: dict):
     nullable = ("q_lora_rank", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
                 "bos_token_id", "eos_token_id", "pad_token_id")
     values = {k: v for k, v in values.items() if v is not None or k in nullable}
-    config = config_from_dict({**values, "architectures": [ARCHITECTURES[model_type]]})
+    config = config_from_dict({"architectures": [ARCHITECTURES[model_type]], **values})
     return config
 
 

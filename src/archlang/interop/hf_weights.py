@@ -394,6 +394,10 @@ def _bert(c, r: _Rules) -> None:
     r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
     r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
     r.op("pooler", "pooler", f"{pre}pooler")
+    for mine, hf in op_def("mlm_head").hf_params.items():  # BertForMaskedLM's prediction head (tied)
+        if mine != "decoder_weight":  # the embedding table itself
+            r.add(f"mlm_head.{mine}", f"cls.predictions.{hf}")
+    r.op("classifier", "classifier", "classifier")  # BertForSequenceClassification
     for i in range(c.num_hidden_layers):
         p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
         for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),

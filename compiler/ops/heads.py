@@ -1,0 +1,78 @@
+"""Encoder task heads: BERT's masked-LM head and the sequence classifier on the pooled token."""
+
+from __future__ import annotations
+
+from .base import Cost, OpDef, attr, register
+
+
+@register
+class MLMHead(OpDef):
+    name = "mlm_head"
+    summary = "dense(d → d), activation, norm, then onto the vocabulary (+ a bias per token id)"
+    attrs = {"vocab": attr(int), "dim": attr(int), "act": attr(str), "norm": attr(str, doc="layernorm | rmsnorm"),
+             "eps": attr(float), "norm_bias": attr(bool), "tied": attr(bool, doc="the decoder is the embedding table"),
+             "bias": attr(bool, doc="an output bias per token id")}
+    arity = (1, 1)
+    picture = "head"
+    hf_params = {"dense_weight": "transform.dense.weight", "dense_bias": "transform.dense.bias",
+                 "norm_weight": "transform.LayerNorm.weight", "norm_bias": "transform.LayerNorm.bias",
+                 "decoder_weight": "decoder.weight", "bias": "bias"}
+
+    def params(self, a, shape):
+        d = a["dim"]
+        params = {"dense_weight": (d, d), "dense_bias": (d,), "norm_weight": (d,)}
+        if a["norm_bias"]:
+            params["norm_bias"] = (d,)
+        if not a["tied"]:
+            params["decoder_weight"] = (a["vocab"], d)
+        if a["bias"]:
+            params["bias"] = (a["vocab"],)
+        return params
+
+    def verify(self, node, d, widths, ctx):
+        a = d["attrs"]
+        if a["tied"]:
+            emb = ctx.g.nodes.get("embed")
+            if emb is None or tuple(emb["params"].get("weight", ())) != (a["vocab"], a["dim"]):
+                ctx.fail(node, "a tied head needs an embedding table of the same shape")
+
+    def category(self, d):
+        return "head"
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        return Cost(flops=2 * a["dim"] * a["dim"] + 2 * a["vocab"] * a["dim"])
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.MLMHead({a['dim']}, {a['vocab']}, act={a['act']!r}, norm={a['norm']!r}, eps={a['eps']!r}, "
+                f"norm_bias={a['norm_bias']!r}, tied={a['tied']!r}, bias={a['bias']!r})")
+
+    def call(self, d, args, emit):
+        table = ", self.embed.weight" if d["attrs"]["tied"] else ""
+        return f"self.{d['name']}({args[0]}{table})"
+
+
+@register
+class Classifier(OpDef):
+    name = "classifier"
+    summary = "scores of each label from the pooled first token"
+    attrs = {"dim": attr(int), "labels": attr(int)}
+    arity = (1, 1)
+    picture = "head"
+    hf_params = {"weight": "weight", "bias": "bias"}
+
+    def params(self, a, shape):
+        return {"weight": (a["labels"], a["dim"]), "bias": (a["labels"],)}
+
+    def category(self, d):
+        return "head"
+
+    def cost(self, d, ctx):
+        return Cost()  # once per sequence, not per token
+
+    def module(self, d, emit):
+        return f"nn.Linear({d['attrs']['dim']}, {d['attrs']['labels']})"
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]})"

@@ -1,0 +1,37 @@
+"""Encoder task heads (the compiler's `mlm_head` op): BERT's masked-LM prediction head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlang.kernels import dispatch
+from archlang.kernels.reference import ACTIVATIONS
+
+
+class MLMHead(nn.Module):
+    """logits = norm(act(dense(x))) · Wᵀ + b, W the embedding table when tied (passed in), else
+    the head's own `decoder_weight` (Hugging Face's BertLMPredictionHead)."""
+
+    def __init__(self, dim: int, vocab: int, *, act: str, norm: str = "layernorm", eps: float = 1e-12,
+                 norm_bias: bool = True, tied: bool = True, bias: bool = True):
+        super().__init__()
+        self.act, self.norm_kind, self.eps, self.tied = act, norm, eps, tied
+        self.dense_weight = nn.Parameter(torch.empty(dim, dim))
+        self.dense_bias = nn.Parameter(torch.zeros(dim))
+        self.norm_weight = nn.Parameter(torch.ones(dim))
+        self.norm_bias = nn.Parameter(torch.zeros(dim)) if norm == "layernorm" and norm_bias else None
+        self.decoder_weight = None if tied else nn.Parameter(torch.empty(vocab, dim))
+        self.bias = nn.Parameter(torch.zeros(vocab)) if bias else None
+        for p in (self.dense_weight, self.decoder_weight):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        h = ACTIVATIONS[self.act](F.linear(x, self.dense_weight, self.dense_bias))
+        if self.norm_kind == "rmsnorm":
+            h = dispatch.rms_norm(h, self.norm_weight, self.eps, False, None)
+        else:
+            h = dispatch.layer_norm(h, self.norm_weight, self.norm_bias, self.eps, None)
+        return F.linear(h, table if self.tied else self.decoder_weight, self.bias)  # (B, T, vocab)
