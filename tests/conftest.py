@@ -1,4 +1,6 @@
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,33 @@ import torch
 # before anything (torch.compile included) first imports triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+
+def _hf_torch_paths_without_fla() -> None:
+    """transformers replaces some torch paths (Qwen3-Next's and Kimi Linear's delta rules) with
+    flash-linear-attention's Triton kernels whenever `fla` imports, whatever the device, and those
+    kernels fail on CPU tensors. The tests use fla's naive PyTorch references as an independent
+    check, so fla is installed: import those modeling modules with fla hidden, so that they keep
+    their torch paths, then let the tests import fla."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "fla" or name.startswith("fla.")}
+    sys.modules["fla"] = None  # `import fla` raises ImportError
+    try:
+        for family in ("qwen3_next", "kimi_linear"):
+            try:
+                importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+            except ImportError:  # pragma: no cover  (an older transformers)
+                pass
+    finally:
+        del sys.modules["fla"]
+        sys.modules.update(saved)
+
+
+_hf_torch_paths_without_fla()
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "tests" / "specs"
