@@ -260,6 +260,8 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
         config["mtp"] = dict(mtp)
     if g.graph.get("head"):
         config["head"] = dict(g.graph["head"])
+    if g.graph.get("embedding_dim"):
+        config["embedding_dim"] = g.graph["embedding_dim"]
     layouts = {_layout_name(stack): _layout(blocks, classes) for stack, blocks in stacks.items()}
     env = _template_env()
     code_lines = [l.code for c in classes.values() for l in c.forward] + [

@@ -46,6 +46,8 @@ class _Lowerer:
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
             shared_blocks=sorted(name for name, block in model.blocks.items() if block.shared),
         )
+        if model.embedding_dim is not None:  # what inputs_embeds must be: the narrow tables' width
+            g.graph["embedding_dim"] = model.embedding_dim
         if model.head is not None:  # an encoder's task head: what forward returns and loss() trains
             g.graph["head"] = ({"kind": "mlm"} if isinstance(model.head, A.MLMHead)
                                else {"kind": "classifier", "labels": model.head.labels})
@@ -118,7 +120,7 @@ class _Lowerer:
                             shape=("B", "T", m.vocab), attrs={
                                 "vocab": m.vocab, "dim": self.d, "act": head.act, "norm": head.norm.kind,
                                 "eps": head.norm.eps, "norm_bias": bool(head.norm.bias), "tied": m.tie_embeddings,
-                                "bias": head.bias}, **span)
+                                "bias": head.bias, "width": m.embedding_dim}, **span)
             b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T", m.vocab),
                    attrs={"role": "logits"})
             return
@@ -149,28 +151,37 @@ class _Lowerer:
 
     def embedding(self, tokens: NodeRef, seq: str) -> NodeRef:
         m = self.m
-        return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, self.d),
-                           attrs={"vocab": m.vocab, "dim": self.d, "scale": m.embedding_scale,
+        width = m.embedding_dim or self.d
+        return self.b.node("embed", "embedding", [tokens], name="embed", outputs="x", shape=("B", seq, width),
+                           attrs={"vocab": m.vocab, "dim": width, "scale": m.embedding_scale,
                                   "scale_in_dtype": m.embedding_scale_in_dtype or None})
 
     def embedding_inputs(self, x: NodeRef, seq: str, stack: str | None) -> NodeRef:
         """Absolute positions, token types and the embedding norm, in the order BERT applies them."""
         m, b = self.m, self.b
+        width = m.embedding_dim or self.d  # ALBERT's tables are narrower than the model
         terms = [x]
         pos = m.position
         if isinstance(pos, (A.Learned, A.Sinusoidal)):
             terms.append(b.node("pos_embed", "pos_embedding", [], name="pos_embed", outputs="pos",
-                                shape=(seq, self.d),
-                                attrs={"kind": pos.kind, "context": m.context, "dim": self.d}))
+                                shape=(seq, width),
+                                attrs={"kind": pos.kind, "context": m.context, "dim": width}))
         if m.type_vocab:
             terms.append(b.node("type_embed", "type_embedding", [], name="type_embed", outputs="types",
-                                shape=("B", seq, self.d),
-                                attrs={"type_vocab": m.type_vocab, "dim": self.d}))
+                                shape=("B", seq, width),
+                                attrs={"type_vocab": m.type_vocab, "dim": width}))
         if len(terms) > 1:
-            x = b.node("embed_sum", "add", terms, name="embed_sum", outputs="x", shape=("B", seq, self.d))
+            x = b.node("embed_sum", "add", terms, name="embed_sum", outputs="x", shape=("B", seq, width))
         if m.embedding_norm is not None:
-            x = self.norm("embed_norm", x, m.embedding_norm, "x", seq)
-        return self.dropout(f"{stack}_embed_dropout" if stack else "embed_dropout", x, m.embedding_dropout, "x", seq)
+            x = b.node("embed_norm", "norm", [x], name="embed_norm", outputs="x", shape=("B", seq, width),
+                       attrs=_norm_attrs(m.embedding_norm, width))
+        name = f"{stack}_embed_dropout" if stack else "embed_dropout"
+        if m.embedding_dropout:
+            x = b.node(name, "dropout", [x], name=name, outputs="x", shape=("B", seq, width),
+                       attrs={"p": m.embedding_dropout})
+        if m.embedding_dim is not None:  # ALBERT's embedding_hidden_mapping_in
+            x = self.linear("embed_proj", x, width, self.d, True, "x", seq)
+        return x
 
     def dropout(self, nid: str, x: NodeRef, p: float, out_var: str, seq: str, **ctx) -> NodeRef:
         """A dropout node where the spec asks for one (p > 0); the input itself otherwise."""

@@ -15,14 +15,15 @@ class MLMHead(nn.Module):
     the head's own `decoder_weight` (Hugging Face's BertLMPredictionHead)."""
 
     def __init__(self, dim: int, vocab: int, *, act: str, norm: str = "layernorm", eps: float = 1e-12,
-                 norm_bias: bool = True, tied: bool = True, bias: bool = True):
+                 norm_bias: bool = True, tied: bool = True, bias: bool = True, width: int | None = None):
         super().__init__()
         self.act, self.norm_kind, self.eps, self.tied = act, norm, eps, tied
-        self.dense_weight = nn.Parameter(torch.empty(dim, dim))
-        self.dense_bias = nn.Parameter(torch.zeros(dim))
-        self.norm_weight = nn.Parameter(torch.ones(dim))
-        self.norm_bias = nn.Parameter(torch.zeros(dim)) if norm == "layernorm" and norm_bias else None
-        self.decoder_weight = None if tied else nn.Parameter(torch.empty(vocab, dim))
+        width = width or dim  # ALBERT's head maps back to its narrower embedding width
+        self.dense_weight = nn.Parameter(torch.empty(width, dim))
+        self.dense_bias = nn.Parameter(torch.zeros(width))
+        self.norm_weight = nn.Parameter(torch.ones(width))
+        self.norm_bias = nn.Parameter(torch.zeros(width)) if norm == "layernorm" and norm_bias else None
+        self.decoder_weight = None if tied else nn.Parameter(torch.empty(vocab, width))
         self.bias = nn.Parameter(torch.zeros(vocab)) if bias else None
         for p in (self.dense_weight, self.decoder_weight):
             if p is not None:

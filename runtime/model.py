@@ -52,8 +52,9 @@ class ArchModel(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give either input_ids or inputs_embeds")
         tokens = input_ids if input_ids is not None else inputs_embeds
-        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config["d_model"]):
-            raise ValueError(f"inputs_embeds must be (batch, tokens, {self.config['d_model']}), "
+        width = self.config.get("embedding_dim", self.config["d_model"])
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width):
+            raise ValueError(f"inputs_embeds must be (batch, tokens, {width}), "
                              f"got {tuple(inputs_embeds.shape)}")
         t = tokens.shape[1]
         offset = cache.offset if cache is not None else 0

@@ -943,6 +943,8 @@ class Model(Node):
     # sqrt(3072) becomes 55.5); otherwise the product is taken at float32 precision (Granite).
     embedding_scale_in_dtype: bool = False
     type_vocab: Count = 0  # token-type (segment) embeddings (BERT)
+    # ALBERT's factorised embeddings: tables of this width, projected to d_model after their norm
+    embedding_dim: Dim | None = None
     logit_softcap: PositiveFloat | None = None
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
@@ -1011,6 +1013,9 @@ class Model(Node):
                     raise FieldError(field, f"decoder block `{name}` needs cross_attention to read the encoder")
         if self.pooler and self.family != "encoder":
             raise FieldError("pooler", "pooler is for encoder models")
+        if self.embedding_dim is not None and self.family != "encoder":
+            raise FieldError("embedding_dim", "factorised embeddings are implemented for encoders (ALBERT)",
+                             "remove embedding_dim")
         if self.head is not None and self.family != "encoder":
             raise FieldError("head", f"head = {self.head.kind}(...) is an encoder's task head, and this model is a "
                              f"{self.family}", "remove head: a decoder's head is its LM head")

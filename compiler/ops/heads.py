@@ -11,7 +11,9 @@ class MLMHead(OpDef):
     summary = "dense(d → d), activation, norm, then onto the vocabulary (+ a bias per token id)"
     attrs = {"vocab": attr(int), "dim": attr(int), "act": attr(str), "norm": attr(str, doc="layernorm | rmsnorm"),
              "eps": attr(float), "norm_bias": attr(bool), "tied": attr(bool, doc="the decoder is the embedding table"),
-             "bias": attr(bool, doc="an output bias per token id")}
+             "bias": attr(bool, doc="an output bias per token id"),
+             "width": attr(int, default=None, doc="the dense layer's output: the embedding width (ALBERT); "
+                                                 "default dim")}
     arity = (1, 1)
     picture = "head"
     hf_params = {"dense_weight": "transform.dense.weight", "dense_bias": "transform.dense.bias",
@@ -19,12 +21,12 @@ class MLMHead(OpDef):
                  "decoder_weight": "decoder.weight", "bias": "bias"}
 
     def params(self, a, shape):
-        d = a["dim"]
-        params = {"dense_weight": (d, d), "dense_bias": (d,), "norm_weight": (d,)}
+        d, w = a["dim"], a["width"] or a["dim"]
+        params = {"dense_weight": (w, d), "dense_bias": (w,), "norm_weight": (w,)}
         if a["norm_bias"]:
-            params["norm_bias"] = (d,)
+            params["norm_bias"] = (w,)
         if not a["tied"]:
-            params["decoder_weight"] = (a["vocab"], d)
+            params["decoder_weight"] = (a["vocab"], w)
         if a["bias"]:
             params["bias"] = (a["vocab"],)
         return params
@@ -33,7 +35,7 @@ class MLMHead(OpDef):
         a = d["attrs"]
         if a["tied"]:
             emb = ctx.g.nodes.get("embed")
-            if emb is None or tuple(emb["params"].get("weight", ())) != (a["vocab"], a["dim"]):
+            if emb is None or tuple(emb["params"].get("weight", ())) != (a["vocab"], a["width"] or a["dim"]):
                 ctx.fail(node, "a tied head needs an embedding table of the same shape")
 
     def category(self, d):
@@ -41,12 +43,14 @@ class MLMHead(OpDef):
 
     def cost(self, d, ctx):
         a = d["attrs"]
-        return Cost(flops=2 * a["dim"] * a["dim"] + 2 * a["vocab"] * a["dim"])
+        w = a["width"] or a["dim"]
+        return Cost(flops=2 * a["dim"] * w + 2 * a["vocab"] * w)
 
     def module(self, d, emit):
         a = d["attrs"]
         return (f"rt.MLMHead({a['dim']}, {a['vocab']}, act={a['act']!r}, norm={a['norm']!r}, eps={a['eps']!r}, "
-                f"norm_bias={a['norm_bias']!r}, tied={a['tied']!r}, bias={a['bias']!r})")
+                f"norm_bias={a['norm_bias']!r}, tied={a['tied']!r}, bias={a['bias']!r}"
+                + (f", width={a['width']!r})" if a["width"] else ")"))
 
     def call(self, d, args, emit):
         table = ", self.embed.weight" if d["attrs"]["tied"] else ""

@@ -29,6 +29,8 @@ class Linear(OpDef):
             ctx.fail(node, f"projection expects width {d['attrs']['in_features']}, its input has {widths[0]}")
 
     def category(self, d):
+        if d["name"] == "embed_proj":  # ALBERT's projection of its narrow embeddings
+            return "embedding"
         return "ffn" if d["name"].startswith(_FFN_PREFIXES) else "attention"
 
     def cost(self, d, ctx):

@@ -468,17 +468,28 @@ def _gpt2(c, name: str) -> str:
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.n_layer}"}, "Imported from a Hugging Face gpt2 config.")
 
 
-# The BERT classes the importer builds, by the head each puts on the encoder.
-BERT_HEADS = {"BertModel": None, "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"}
+# The encoder classes the importer builds, by the head each puts on the encoder (the first is the
+# class of a config that names none).
+ENCODER_HEADS = {
+    "bert": {"BertModel": None, "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"},
+    "albert": {"AlbertModel": None, "AlbertForMaskedLM": "mlm", "AlbertForSequenceClassification": "classifier"},
+}
+
+
+def encoder_class(c) -> str:
+    """The transformers class of an encoder config: the one `architectures` names, refused unless
+    the importer builds it."""
+    classes = ENCODER_HEADS[c.model_type]
+    arch = (getattr(c, "architectures", None) or [next(iter(classes))])[0]
+    if arch not in classes:
+        raise ArchError(f"{c.model_type} architectures = {arch}: archlang builds {', '.join(classes)}",
+                        kind="interop", hint="load the checkpoint as one of these classes")
+    return arch
 
 
 def bert_head(c) -> str | None:
-    """The head of the BERT class `config.architectures` names (BertModel when it names none)."""
-    arch = (getattr(c, "architectures", None) or ["BertModel"])[0]
-    if arch not in BERT_HEADS:
-        raise ArchError(f"bert architectures = {arch}: archlang builds {', '.join(BERT_HEADS)}", kind="interop",
-                        hint="load the checkpoint as one of these classes")
-    return BERT_HEADS[arch]
+    """The head of the encoder class `config.architectures` names (the base model when none)."""
+    return ENCODER_HEADS[c.model_type][encoder_class(c)]
 
 
 def _bert(c, name: str) -> str:
@@ -488,20 +499,47 @@ def _bert(c, name: str) -> str:
               "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
               "pooler": head != "mlm", **_dropouts(c), "position": call("learned"),
               "embedding_norm": call("layernorm", eps=eps)}
-    if head == "mlm":  # BertForMaskedLM: no pooler; the prediction head, tied to the embeddings
-        if not c.tie_word_embeddings:
-            raise ArchError("bert tie_word_embeddings = false: its masked-LM head then keeps two output biases, "
-                            "one of them unused, which archlang does not map", kind="interop",
-                            hint="import the tied model (tie_word_embeddings = true)")
-        fields["tie_embeddings"] = True
-        fields["head"] = call("mlm", act=_act(c.hidden_act), norm=call("layernorm", eps=eps))
-    elif head == "classifier":
-        dropout = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        fields["head"] = call("classifier", labels=c.num_labels, dropout=dropout or None)
+    _encoder_head(c, fields, head, eps, c.classifier_dropout)
     block = {"norm": call("layernorm", eps=eps, placement="post"),
              "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"}, "Imported from a Hugging Face bert config.")
+
+
+def _encoder_head(c, fields: dict[str, Any], head: str | None, eps: float, classifier_dropout) -> None:
+    """The head fields of a BERT-like encoder: the masked-LM head (no pooler; tied to the
+    embeddings) or the classifier on the pooled token."""
+    if head == "mlm":
+        if not c.tie_word_embeddings:
+            raise ArchError(f"{c.model_type} tie_word_embeddings = false: its masked-LM head then keeps two output "
+                            "biases, one of them unused, which archlang does not map", kind="interop",
+                            hint="import the tied model (tie_word_embeddings = true)")
+        fields["tie_embeddings"] = True
+        fields["head"] = call("mlm", act=_act(c.hidden_act), norm=call("layernorm", eps=eps))
+    elif head == "classifier":
+        dropout = classifier_dropout if classifier_dropout is not None else c.hidden_dropout_prob
+        fields["head"] = call("classifier", labels=c.num_labels, dropout=dropout or None)
+
+
+def _albert(c, name: str) -> str:
+    """ALBERT: BERT's post-norm layer, one set of weights for every layer (a shared block), and
+    embeddings of width embedding_size projected to hidden_size after their norm."""
+    if c.num_hidden_groups != 1 or c.inner_group_num != 1:
+        key = "num_hidden_groups" if c.num_hidden_groups != 1 else "inner_group_num"
+        raise ArchError(f"albert {key} = {getattr(c, key)}: archlang maps one group of one shared layer",
+                        kind="interop", hint=f"set {key} = 1")
+    eps = c.layer_norm_eps
+    head = bert_head(c)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
+              "embedding_dim": c.embedding_size, "pooler": head != "mlm", **_dropouts(c), "position": call("learned"),
+              "embedding_norm": call("layernorm", eps=eps)}
+    _encoder_head(c, fields, head, eps, c.classifier_dropout_prob)
+    block = {"shared": True, "norm": call("layernorm", eps=eps, placement="post"),
+             "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face albert config.")
 
 
 def _jamba(c, name: str) -> str:
@@ -867,7 +905,7 @@ def _runs(kinds: list[str]) -> list[tuple[str, int]]:
 SPEC_WRITERS: dict[str, Callable] = {
     "llama": _llama_like, "mistral": _llama_like, "qwen2": _llama_like, "qwen3": _llama_like, "olmo2": _llama_like,
     "smollm3": _llama_like, "phi3": _llama_like, "mixtral": _moe_like, "qwen2_moe": _moe_like, "gemma2": _gemma2,
-    "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
+    "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "albert": _albert, "jamba": _jamba, "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss,
     "llama4_text": _llama4_text, "qwen3_moe": _qwen3_moe, "olmoe": _olmoe, "olmo3": _olmo3, "exaone4": _exaone4,
     "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
@@ -968,7 +1006,7 @@ def from_hf(hf_model, *, passes: str | None = None):
     if isinstance(hf_model, (str, os.PathLike)):
         return load_hf_checkpoint(hf_model, passes=passes)
     config = hf_model.config
-    if config.model_type == "bert" and not config.architectures:  # the head follows the class
+    if config.model_type in ENCODER_HEADS and not config.architectures:  # the head follows the class
         config = copy.deepcopy(config)
         config.architectures = [type(hf_model).__name__]
     model = _build(config, passes)
@@ -981,8 +1019,8 @@ def _hf_shapes(config) -> dict[str, torch.Size]:
     tensor under its first name only, as its modules hold them."""
     import transformers
 
-    if config.model_type == "bert":
-        arch = (config.architectures or ["BertModel"])[0]
+    if config.model_type in ENCODER_HEADS:
+        arch = encoder_class(config)
     else:
         arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch) if arch else None
@@ -1083,7 +1121,9 @@ def save_hf_checkpoint(model, config, directory: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     hf_config.check_keys(config.to_dict())
-    unfused = {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items()}
+    # a shared block's weights once, under its first use's names (a checkpoint holds one copy)
+    repeats = tuple(f"{name}." for name in model.repeated_modules())
+    unfused = {k: v.detach().cpu() for k, v in model.unfuse_state_dict().items() if not k.startswith(repeats)}
     check_weights_fit_config(unfused, config)
     state = to_hf(config, unfused, set(_hf_shapes(config)))
     directory = Path(directory)

@@ -761,6 +761,8 @@ def _bert(m: A.Model) -> dict:
     kinds = list(dict.fromkeys(m.layers))
     b = m.blocks[kinds[0]]
     _need(m.type_vocab > 0, ("type_vocab",), "no token-type embeddings (bert always has them)")
+    _need(m.embedding_dim is None, ("embedding_dim",), "factorised embeddings (albert's, not bert's)")
+    _need(not b.shared, ("blocks", kinds[0], "shared"), "one set of weights for every layer (albert's, not bert's)")
     _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(b.ffn, 'kind', 'none')} (bert has mlp)")
     _attention_kv(m, b.attention, ("blocks", kinds[0], "attention"), kinds=("mha",))
     eps = m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
@@ -772,16 +774,38 @@ def _bert(m: A.Model) -> dict:
             "dtype": _dtype(m), **head}
 
 
-def _bert_head(m: A.Model, b: A.Block, eps: float) -> dict:
+def _albert(m: A.Model) -> dict:
+    _need(m.family == "encoder", ("family",), f"family = {m.family} (albert is an encoder)")
+    kinds = list(dict.fromkeys(m.layers))
+    _need(len(kinds) == 1, ("layers",), "more than one block (albert repeats one shared layer)")
+    b = m.blocks[kinds[0]]
+    _need(b.shared or len(m.layers) == 1, ("blocks", kinds[0], "shared"),
+          "layers with weights of their own (albert's share one set)")
+    _need(m.embedding_dim is not None, ("embedding_dim",), "no embedding_dim (albert factorises its embeddings)")
+    _need(m.type_vocab > 0, ("type_vocab",), "no token-type embeddings (albert always has them)")
+    _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(b.ffn, 'kind', 'none')} (albert has mlp)")
+    _attention_kv(m, b.attention, ("blocks", kinds[0], "attention"), kinds=("mha",))
+    eps = m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
+    head = _bert_head(m, b, eps, "Albert")
+    if "classifier_dropout" in head:
+        head["classifier_dropout_prob"] = head.pop("classifier_dropout")
+    return {"model_type": "albert", "vocab_size": m.vocab, "hidden_size": m.d_model, "embedding_size": m.embedding_dim,
+            "num_hidden_layers": len(m.layers), "num_hidden_groups": 1, "inner_group_num": 1,
+            "num_attention_heads": b.attention.heads, "intermediate_size": b.ffn.hidden,
+            "hidden_act": HF_ACTIVATIONS[b.ffn.act], "max_position_embeddings": m.context,
+            "type_vocab_size": m.type_vocab, "layer_norm_eps": eps, "dtype": _dtype(m), **head}
+
+
+def _bert_head(m: A.Model, b: A.Block, eps: float, prefix: str = "Bert") -> dict:
     """The BERT class of the spec's head, and its settings: BertModel (a pooler, no head),
     BertForMaskedLM (no pooler; the prediction head, in the FFN's activation and the model's eps)
     or BertForSequenceClassification (the pooler and a classifier)."""
     head = m.head
     _need(m.pooler == (not isinstance(head, A.MLMHead)), ("pooler",),
-          "bert's masked-LM model has no pooler, and its other models one" if isinstance(head, A.MLMHead)
-          else "no pooler (BertModel and BertForSequenceClassification have one)")
+          f"{prefix}ForMaskedLM has no pooler, and the other classes one" if isinstance(head, A.MLMHead)
+          else f"no pooler ({prefix}Model and {prefix}ForSequenceClassification have one)")
     if head is None:
-        return {"architectures": ["BertModel"]}
+        return {"architectures": [f"{prefix}Model"]}
     if isinstance(head, A.MLMHead):
         _need(head.act == b.ffn.act, ("head", "act"), f"head act {head.act}: bert's head uses the FFN's, {b.ffn.act}")
         _need(head.norm.kind == "layernorm" and head.norm.eps == eps and head.norm.bias, ("head", "norm"),
@@ -789,8 +813,8 @@ def _bert_head(m: A.Model, b: A.Block, eps: float) -> dict:
         _need(head.bias, ("head", "bias"), "a head without its output bias (bert's has one)")
         _need(m.tie_embeddings, ("tie_embeddings",), "an untied head (bert's untied head keeps a second, unused "
               "output bias)")
-        return {"architectures": ["BertForMaskedLM"], "tie_word_embeddings": True}
-    return {"architectures": ["BertForSequenceClassification"], "num_labels": head.labels,
+        return {"architectures": [f"{prefix}ForMaskedLM"], "tie_word_embeddings": True}
+    return {"architectures": [f"{prefix}ForSequenceClassification"], "num_labels": head.labels,
             "classifier_dropout": head.dropout}
 
 
@@ -1411,7 +1435,7 @@ def _lfm2(m: A.Model) -> dict:
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
-    "gpt2": _gpt2, "bert": _bert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "mamba2": _mamba2,
+    "gpt2": _gpt2, "bert": _bert, "albert": _albert, "jamba": _jamba, "deepseek_v2": _deepseek_v2, "t5": _t5, "mamba2": _mamba2,
     # 2024-2026 families; a spec two families express goes to the first (a plain llama to llama)
     "qwen3": lambda m: _llama_like(m, "qwen3"), "olmo2": lambda m: _llama_like(m, "olmo2"),
     "gemma3_text": lambda m: _gemma2(m, "gemma3_text"), "smollm3": lambda m: _llama_like(m, "smollm3"),
@@ -1433,7 +1457,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "gemma2": "Gemma2ForCausalLM",
-    "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "jamba": "JambaForCausalLM",
+    "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "albert": "AlbertModel", "jamba": "JambaForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "t5": "T5ForConditionalGeneration", "mamba2": "Mamba2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
     "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",

@@ -407,6 +407,26 @@ def _bert(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}{theirs}")
 
 
+def _albert(c, r: _Rules) -> None:
+    pre = "albert." if any(k.startswith("albert.") for k in r.keys) else ""
+    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
+    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
+    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    r.linear("embed_proj", f"{pre}encoder.embedding_hidden_mapping_in")
+    r.linear("pooler", f"{pre}pooler")
+    # the one shared layer: every use reads these weights (its other names are aliases)
+    q = f"{pre}encoder.albert_layer_groups.0.albert_layers.0."
+    for ours, theirs in (("q_proj", "attention.query"), ("k_proj", "attention.key"), ("v_proj", "attention.value"),
+                         ("o_proj", "attention.dense"), ("attn_norm", "attention.LayerNorm"), ("up_proj", "ffn"),
+                         ("down_proj", "ffn_output"), ("ffn_norm", "full_layer_layer_norm")):
+        r.linear(f"layers.0.{ours}", f"{q}{theirs}")
+    for mine, theirs in (("dense_weight", "dense.weight"), ("dense_bias", "dense.bias"),
+                         ("norm_weight", "LayerNorm.weight"), ("norm_bias", "LayerNorm.bias"), ("bias", "bias")):
+        r.add(f"mlm_head.{mine}", f"predictions.{theirs}")  # AlbertForMaskedLM (its decoder: the embeddings)
+    r.op("classifier", "classifier", "classifier")
+
+
 def _t5(c, r: _Rules) -> None:
     r.add("embed.weight", "shared.weight")
     for stack in ("encoder", "decoder"):
@@ -607,6 +627,7 @@ _FAMILIES = {
     "gemma3_text": _llama_family, "smollm3": _llama_family, "phi3": _llama_family, "jamba": _llama_family,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v2, "glm4_moe": _glm4_moe,
     "gpt2": _gpt2, "bert": _bert, "t5": _t5, "mamba2": _mamba2, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text,
+    "albert": _albert,
     "qwen3_moe": _llama_family, "olmoe": _llama_family, "olmo3": _llama_family,
     "exaone4": _llama_family, "ernie4_5_moe": _ernie4_5_moe, "hunyuan_v1_moe": _hunyuan_v1_moe,
     "gemma": _llama_family, "starcoder2": _starcoder2, "granite": _llama_family, "granitemoe": _granitemoe,
