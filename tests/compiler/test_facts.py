@@ -36,6 +36,10 @@ def hf_model(name: str):
                                                    num_attention_heads=8, num_key_value_heads=4, head_dim=256)
     if name == "bert_base":
         return T.BertModel, T.BertConfig()
+    if name == "albert_base":  # albert/albert-base-v2, with its masked-LM head
+        return T.AlbertForMaskedLM, T.AlbertConfig(vocab_size=30000, embedding_size=128, hidden_size=768,
+                                                   num_hidden_layers=12, num_attention_heads=12,
+                                                   intermediate_size=3072, hidden_act="gelu_new")
     if name == "t5_small":
         return T.T5ForConditionalGeneration, T.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
                                                         num_layers=6, num_heads=8)
