@@ -698,7 +698,28 @@ class ShortConv(Node):
     conv_bias: bool = False
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv], Field(discriminator="kind")]
+class MLSTM(Node):
+    """xLSTM's matrix-memory mLSTM layer (Beck et al. 2024; xLSTM-7B, Hugging Face's xLSTMLayer):
+    q, k (heads · key_dim), v and an output gate (heads · value_dim); per head an exponential
+    input gate and a sigmoid forget gate, each pre-activation soft-capped by gate_softcap ·
+    tanh(x / gate_softcap) (none: uncapped); the stabilised matrix memory C_t = f_t C_{t-1} +
+    i_t k_t v_t^T with its normaliser n and max-state m, read as C^T q / (max(|n·q|, exp(-m)) +
+    denominator_eps); a LayerNorm per head (norm_eps, one weight over all heads); × sigmoid(output
+    gate); out_proj. No positions: it orders tokens by its recurrence. key_dim defaults to
+    d_model / (2 · heads) and value_dim to d_model / heads (xLSTM-7B's qk_dim_factor 0.5 and
+    v_dim_factor 1)."""
+
+    kind: Literal["mlstm"]
+    heads: Dim
+    key_dim: Dim  # filled from d_model / (2 · heads) when not written
+    value_dim: Dim | None = None  # filled from d_model / heads when not written
+    gate_softcap: PositiveFloat | None = 15.0
+    norm_eps: PositiveFloat = 1e-6
+    denominator_eps: PositiveFloat = 1e-6
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1125,7 +1146,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),
