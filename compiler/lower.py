@@ -211,6 +211,8 @@ class _Lowerer:
                     return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.MLSTM):
                     return self.mlstm(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.SLSTM):
+                    return self.slstm(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -461,6 +463,11 @@ class _Lowerer:
                                   "value_dim": ssm.value_dim, "gate_softcap": ssm.gate_softcap,
                                   "norm_eps": ssm.norm_eps, "denominator_eps": ssm.denominator_eps,
                                   "chunk": ssm.chunk}, **ctx)
+
+    def slstm(self, pre: str, ssm: A.SLSTM, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "slstm", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "conv_size": ssm.conv_size,
+                                  "norm_eps": ssm.norm_eps}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -94,6 +94,8 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = _linear_mixer(block.ssm)
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
+        elif isinstance(block.ssm, A.SLSTM):  # heads that still divide the narrower d_model
+            update["ssm"] = block.ssm.model_copy(update={"heads": math.gcd(block.ssm.heads, d_model)})
         blocks[name] = block.model_copy(update=update)
     position = model.position
     if isinstance(position, A.Rope):

@@ -16,13 +16,13 @@ from .norm import LayerNorm, RMSNorm
 from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
 from .short_conv import ShortConv
 from .ssm import Mamba
-from .xlstm import MLSTMLayer
+from .xlstm import MLSTMLayer, SLSTMLayer
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA",
     "MLAttention", "MLSTMLayer", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
-    "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
+    "RetentionLayer", "RopeTable", "SLSTMLayer", "ShortConv", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

@@ -192,3 +192,119 @@ class MLSTMLayer(nn.Module):
         h = F.layer_norm(h, (self.value_dim,), eps=self.norm_eps).to(x.dtype).reshape(bsz, t, -1)  # per head
         h = h * self.norm_weight * torch.sigmoid(o)  # (B, T, H·dv)
         return F.linear(h, self.out_proj)  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- sLSTM
+
+
+def slstm_recurrent(pre, recurrent, bias, heads: int, state=None):
+    """The sLSTM cell one token at a time (Beck et al. 2024, eqs. 8-17; the recurrence is its only
+    form: h_{t-1} enters every gate, so no parallel or chunked form exists).
+
+    pre (B, T, 4, D): the gates' input terms [i, f, z, o] (W x_t); recurrent (4, heads, dh, dh): the
+    block-diagonal recurrent weights, gate g of head j reading h_{t-1}[j] as h @ recurrent[g, j];
+    bias (4, D); state (c, n, m, h) each (B, D), or None for zeros. Per channel:
+
+        ĩ, f̃, z̃, õ = pre_t + R h_{t-1} + b
+        m_t = max(log σ(f̃) + m_{t-1}, ĩ)                      (the stabiliser)
+        c_t = e^(log σ(f̃) + m_{t-1} - m_t) c_{t-1} + e^(ĩ - m_t) tanh(z̃)
+        n_t = e^(log σ(f̃) + m_{t-1} - m_t) n_{t-1} + e^(ĩ - m_t)
+        h_t = σ(õ) c_t / n_t
+
+    m scales c and n alike, so h does not depend on it. Returns (h (B, T, D) in pre's dtype, the
+    final state in float32 at least)."""
+    bsz, t, _, d = pre.shape
+    acc = torch.promote_types(pre.dtype, torch.float32)
+    dh = d // heads
+    if state is None:
+        c, n, m, h = (pre.new_zeros(bsz, d, dtype=acc) for _ in range(4))
+    else:
+        c, n, m, h = (s.to(acc) for s in state)
+    r, b = recurrent.to(acc), bias.to(acc)
+    outs = []
+    for s in range(t):
+        rec = torch.einsum("bjd,gjde->bgje", h.view(bsz, heads, dh), r).reshape(bsz, 4, d)  # (B, 4, D)
+        i, f, z, o = (pre[:, s].to(acc) + rec + b).unbind(1)  # (B, D) each
+        log_f = F.logsigmoid(f) + m
+        m_new = torch.maximum(log_f, i)
+        f_act, i_act = torch.exp(log_f - m_new), torch.exp(i - m_new)
+        c = f_act * c + i_act * torch.tanh(z)
+        n = f_act * n + i_act
+        m = m_new
+        h = torch.sigmoid(o) * c / n
+        outs.append(h)
+    y = torch.stack(outs, dim=1) if outs else pre.new_zeros(bsz, 0, d, dtype=acc)
+    return y.to(pre.dtype), (c, n, m, h)
+
+
+class SLSTMLayer(nn.Module):
+    """xLSTM's sLSTM layer (Beck et al. 2024, the scalar-memory cell with exponential gating and
+    block-diagonal recurrent weights), x (B, T, d_model) → (B, T, d_model), laid out as the xlstm
+    package's sLSTMLayer: a causal depthwise conv of `conv_size` taps (with a bias; 0: none) and
+    swish feeds the input and forget gates, x itself the cell input z and the output gate; the
+    gates' input weights in_proj (4 · d_model, d_model) rows [i; f; z; o] (the paper's W, dense),
+    recurrent (4, heads, d_model / heads, d_model / heads) (R, one block per head and gate), bias
+    (4 · d_model); the cell (`slstm_recurrent`); a LayerNorm per head (in float32, `norm_eps`, no
+    affine of its own) then one weight over d_model (norm_weight).
+
+    The cell is recurrent only (h_{t-1} enters every gate): prefill and decoding both run it token
+    by token. The cache holds c, n, m and h per channel in float32 and the conv window, so a cached
+    decode equals the full forward. A padding token leaves the state as it was and enters the conv
+    as zero."""
+
+    def __init__(self, d_model: int, heads: int, *, conv_size: int = 4, norm_eps: float = 1e-6, cache_key: str = ""):
+        super().__init__()
+        if d_model % heads:
+            raise ArchError(f"slstm: heads ({heads}) must divide d_model ({d_model})")
+        self.d_model, self.heads, self.conv_size = d_model, heads, conv_size
+        self.norm_eps, self.cache_key = norm_eps, cache_key
+        dh = d_model // heads
+        if conv_size:
+            self.conv_weight = nn.Parameter(torch.empty(d_model, 1, conv_size))
+            self.conv_bias = nn.Parameter(torch.zeros(d_model))
+            nn.init.kaiming_uniform_(self.conv_weight, a=5 ** 0.5)  # nn.Conv1d's default
+        else:
+            self.conv_weight = self.conv_bias = None
+        self.in_proj = nn.Parameter(torch.empty(4 * d_model, d_model))
+        self.recurrent = nn.Parameter(torch.zeros(4, heads, dh, dh))
+        self.bias = nn.Parameter(torch.zeros(4 * d_model))
+        self.norm_weight = nn.Parameter(torch.ones(d_model))
+        nn.init.normal_(self.in_proj, std=0.02)
+
+    def state_bytes(self, dtype: torch.dtype = torch.float32) -> int:
+        """Cache bytes per sequence: 4 · d_model · 4 (c, n, m, h in float32) plus the conv window
+        (conv_size - 1) · d_model · itemsize."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 16 * self.d_model + max(self.conv_size - 1, 0) * self.d_model * itemsize
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        bsz, t, d = x.shape
+        cache = ctx.cache if ctx is not None else None
+        past = cache.get(self.cache_key) if cache is not None else None
+        real = ctx.attention_mask[:, -t:].to(x.dtype) if ctx is not None and ctx.attention_mask is not None else None
+        entry = {}
+        gate_in = x
+        if self.conv_size:
+            u = (x if real is None else x * real[..., None]).transpose(1, 2)  # (B, D, T); padding enters as zero
+            window = F.pad(u, (self.conv_size - 1, 0)) if past is None else torch.cat((past["conv"], u), dim=2)
+            gate_in = F.silu(F.conv1d(window, self.conv_weight, self.conv_bias, groups=d)).transpose(1, 2)
+            entry["conv"] = window[:, :, window.shape[2] - (self.conv_size - 1):]
+        w_if, w_zo = self.in_proj.split(2 * d, dim=0)
+        pre = torch.cat((F.linear(gate_in, w_if), F.linear(x, w_zo)), dim=-1).view(bsz, t, 4, d)  # (B, T, 4, D)
+        state = (past["c"], past["n"], past["m"], past["h"]) if past is not None else None
+        if real is None:
+            y, (c, n, m, h) = slstm_recurrent(pre, self.recurrent, self.bias.view(4, d), self.heads, state)
+        else:  # token by token: a padding token keeps the state it found
+            if state is None:
+                state = tuple(x.new_zeros(bsz, d, dtype=torch.promote_types(x.dtype, torch.float32)) for _ in range(4))
+            outs = []
+            for s in range(t):
+                y_s, new = slstm_recurrent(pre[:, s:s + 1], self.recurrent, self.bias.view(4, d), self.heads, state)
+                keep = real[:, s, None] > 0  # (B, 1)
+                state = tuple(torch.where(keep, a, b) for a, b in zip(new, state))
+                outs.append(y_s)
+            y, (c, n, m, h) = torch.cat(outs, dim=1), state
+        if cache is not None:
+            cache.put(self.cache_key, c=c, n=n, m=m, h=h, **entry)
+        y = F.layer_norm(y.float().view(bsz, t, self.heads, -1), (d // self.heads,), eps=self.norm_eps)  # per head
+        return y.reshape(bsz, t, d).to(x.dtype) * self.norm_weight  # (B, T, D)

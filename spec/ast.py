@@ -719,7 +719,22 @@ class MLSTM(Node):
     chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM], Field(discriminator="kind")]
+class SLSTM(Node):
+    """xLSTM's scalar-memory sLSTM layer (Beck et al. 2024), as the xlstm package's sLSTMLayer: a
+    causal conv of `conv_size` taps (0: none) and swish feed the input and forget gates; per
+    channel c_t = f_t c_{t-1} + i_t tanh(z_t), n_t = f_t n_{t-1} + i_t, h_t = σ(o_t) c_t / n_t with
+    exponential input gates, sigmoid forget gates, the max-state stabiliser, and every gate reading
+    h_{t-1} through recurrent weights that are block-diagonal per head; a LayerNorm per head. It
+    has no parallel form: the recurrence is the form, in prefill as in decoding."""
+
+    kind: Literal["slstm"]
+    heads: Dim
+    conv_size: Annotated[int, Field(ge=0, le=64)] = 4
+    norm_eps: PositiveFloat = 1e-6
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM],
+                Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1146,7 +1161,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

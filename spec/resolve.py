@@ -716,6 +716,14 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
         elif isinstance(ssm, dict) and ssm.get("kind") == "mlstm":
             _fill_mlstm_dims(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and ssm.get("kind") == "slstm":
+            heads = ssm.get("heads")
+            if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 and d_model % heads:
+                path = ("blocks", block_name, "ssm", "heads")
+                b.bad_paths.add(path)
+                b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by heads ({heads}): each slstm "
+                                          "head owns d_model / heads channels", b.spans.get(path),
+                                          hint="pick heads dividing d_model", kind="semantic"))
 
 
 def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads") -> None:

@@ -2,7 +2,10 @@
 state); both equal the paper's unstabilised equations written out, and Hugging Face's native
 kernels (mlstm_recurrent_sequence_native, mlstm_chunkwise_native_autograd); the layer equals
 Hugging Face's xLSTMLayer with every weight perturbed (soft-capped or not); cached decode = full
-forward; left padding; causality; gradients; the state bytes formula."""
+forward; left padding; causality; gradients; the state bytes formula. The sLSTM cell equals the
+paper's equations written out (stabilised or not), its recurrence is block-diagonal per head, and
+the layer equals a written-out conv + cell + head norm; cached decode = full forward, padding,
+causality, gradients."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from transformers import xLSTMConfig
 from transformers.models.xlstm import modeling_xlstm as hf_xlstm
 
 from archlang import runtime as rt
+from archlang.runtime import xlstm as rt_xlstm
 from archlang.runtime.xlstm import mlstm_chunked, mlstm_recurrent
 
 from ..conftest import FP32
@@ -249,3 +253,147 @@ def test_gate_softcap_is_tanh_capping():
     g = ours._gate(x, ours.igate_proj, ours.igate_bias)
     assert g.abs().max() <= 2.0
     torch.testing.assert_close(g, (2.0 * torch.tanh(F.linear(x, ours.igate_proj, ours.igate_bias) / 2.0)).transpose(1, 2))
+
+
+# ----------------------------------------------------------------------------- sLSTM
+
+def slstm_paper(x_gates, r_full, bias, stabilised=True):
+    """Beck et al. 2024, eqs. 8-17, per token with one dense (D x D) block-diagonal R per gate:
+    z = tanh(z̃), i = exp(ĩ), f = σ(f̃), o = σ(õ), c_t = f c + i z, n_t = f n + i, h = o c / n;
+    stabilised (eqs. 15-17) with m_t = max(log f + m_{t-1}, log i), i' = exp(ĩ - m_t),
+    f' = exp(log f + m_{t-1} - m_t). x_gates (B, T, 4, D); r_full (4, D, D); bias (4, D)."""
+    bsz, t, _, d = x_gates.shape
+    c, n, m, h = (torch.zeros(bsz, d, dtype=x_gates.dtype) for _ in range(4))
+    outs = []
+    for s in range(t):
+        raw = x_gates[:, s] + torch.einsum("bd,gde->bge", h, r_full) + bias
+        it, ft, zt, ot = raw.unbind(1)
+        if stabilised:
+            m_new = torch.maximum(torch.log(torch.sigmoid(ft)) + m, it)
+            i_gate, f_gate = torch.exp(it - m_new), torch.exp(torch.log(torch.sigmoid(ft)) + m - m_new)
+            m = m_new
+        else:
+            i_gate, f_gate = torch.exp(it), torch.sigmoid(ft)
+        c = f_gate * c + i_gate * torch.tanh(zt)
+        n = f_gate * n + i_gate
+        h = torch.sigmoid(ot) * c / n
+        outs.append(h)
+    return torch.stack(outs, dim=1)
+
+
+def _block_diagonal(recurrent):
+    """(4, heads, dh, dh) blocks → (4, D, D), gate g's h @ R[g] reading each head's own channels."""
+    return torch.stack([torch.block_diag(*recurrent[g]) for g in range(recurrent.shape[0])])
+
+
+@pytest.mark.parametrize("gate_scale,stabilised", [(1.0, False), (1.0, True), (8.0, True)])
+def test_slstm_cell_is_the_papers_equations(gate_scale, stabilised):
+    g = torch.Generator().manual_seed(4)
+    heads, dh = 3, 4
+    pre = torch.randn(2, 9, 4, heads * dh, generator=g, dtype=torch.float64) * gate_scale
+    recurrent = torch.randn(4, heads, dh, dh, generator=g, dtype=torch.float64) * 0.5
+    bias = torch.randn(4, heads * dh, generator=g, dtype=torch.float64)
+    got, _ = rt_xlstm.slstm_recurrent(pre, recurrent, bias, heads)
+    torch.testing.assert_close(got, slstm_paper(pre, _block_diagonal(recurrent), bias, stabilised), **F64)
+
+
+def test_slstm_recurrent_weights_are_block_diagonal_per_head():
+    """A head's gates read only its own channels of h_{t-1}: moving head 1's inputs (and so its
+    past outputs) changes nothing in head 0."""
+    g = torch.Generator().manual_seed(5)
+    heads, dh = 2, 3
+    pre = torch.randn(1, 4, 4, heads * dh, generator=g, dtype=torch.float64)
+    recurrent = torch.randn(4, heads, dh, dh, generator=g, dtype=torch.float64)
+    bias = torch.zeros(4, heads * dh, dtype=torch.float64)
+    base, _ = rt_xlstm.slstm_recurrent(pre, recurrent, bias, heads)
+    moved = pre.clone()
+    moved[:, :, :, dh:] += 1.0  # only head 1's inputs
+    other, _ = rt_xlstm.slstm_recurrent(moved, recurrent, bias, heads)
+    torch.testing.assert_close(other[..., :dh], base[..., :dh], **F64)
+    assert not torch.allclose(other[..., dh:], base[..., dh:])
+
+
+def slstm_layer(conv_size=4, seed=6, d=12, heads=3):
+    torch.manual_seed(seed)
+    m = rt.SLSTMLayer(d, heads, conv_size=conv_size, norm_eps=1e-5)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return m
+
+
+def slstm_layer_reference(m: rt.SLSTMLayer, x):
+    """The layer written out: swish(causal conv(x)) (a plain loop over taps) feeds ĩ and f̃, x feeds
+    z̃ and õ; the paper's stabilised cell; LayerNorm per head; × norm_weight."""
+    d, k = m.d_model, m.conv_size
+    if k:
+        conv = []
+        for s in range(x.shape[1]):
+            acc = m.conv_bias.clone().expand(x.shape[0], d)
+            for j in range(min(k, s + 1)):
+                acc = acc + m.conv_weight[:, 0, k - 1 - j] * x[:, s - j]
+            conv.append(F.silu(acc))
+        xc = torch.stack(conv, dim=1)
+    else:
+        xc = x
+    w = m.in_proj.view(4, d, d)
+    pre = torch.stack([xc @ w[0].T, xc @ w[1].T, x @ w[2].T, x @ w[3].T], dim=2)
+    h = slstm_paper(pre, _block_diagonal(m.recurrent), m.bias.view(4, d))
+    h = h.view(*h.shape[:2], m.heads, -1)
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + m.norm_eps)
+    return h.reshape(*x.shape) * m.norm_weight
+
+
+@pytest.mark.parametrize("conv_size", [4, 1, 0])
+def test_slstm_layer_matches_the_written_out_layer(conv_size):
+    m = slstm_layer(conv_size)
+    x = torch.randn(2, 7, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), slstm_layer_reference(m, x), **FP32)
+
+
+@pytest.mark.parametrize("pieces,conv_size", [((8,), 4), ((1,) * 8, 4), ((3, 1, 4), 2), ((5, 3), 0)])
+def test_slstm_cached_decode_equals_the_full_forward(pieces, conv_size):
+    m = slstm_layer(conv_size)
+    x = torch.randn(2, sum(pieces), 12)
+    with torch.no_grad():
+        full = m(x)
+        cache, outs, start = rt.Cache(), [], 0
+        for length in pieces:
+            outs.append(m(x[:, start:start + length], rt.Context(positions=torch.arange(start, start + length),
+                                                                 cache=cache)))
+            start += length
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, **FP32)
+    itemsize = 4
+    assert cache.nbytes() == 2 * m.state_bytes() == 2 * (16 * 12 + max(conv_size - 1, 0) * 12 * itemsize)
+
+
+def test_slstm_left_padding_does_not_leak():
+    m = slstm_layer()
+    x = torch.randn(2, 8, 12)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        got = m(x, rt.Context(positions=torch.arange(8), attention_mask=mask))
+        torch.testing.assert_close(got[1, 3:], m(x[1:, 3:])[0], **FP32)
+        torch.testing.assert_close(got[0], m(x[:1])[0], **FP32)
+
+
+def test_slstm_causal_and_gradients():
+    m = slstm_layer()
+    x = torch.randn(2, 9, 12, requires_grad=True)
+    y = m(x)
+    x2 = x.detach().clone()
+    x2[:, 5:] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(m(x2)[:, :5], y[:, :5].detach())
+    y.pow(2).mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_slstm_heads_must_divide_d_model():
+    from archlang.spec.errors import ArchError
+
+    with pytest.raises(ArchError, match="must divide d_model"):
+        rt.SLSTMLayer(10, 3)
