@@ -213,6 +213,8 @@ class _Lowerer:
                     return self.mlstm(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.SLSTM):
                     return self.slstm(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.S4D):
+                    return self.s4d(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -468,6 +470,10 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "slstm", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "heads": ssm.heads, "conv_size": ssm.conv_size,
                                   "norm_eps": ssm.norm_eps}, **ctx)
+
+    def s4d(self, pre: str, ssm: A.S4D, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "s4d", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "state": ssm.state}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -14,6 +14,7 @@ from .moe import MoE
 from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
+from .s4 import S4D
 from .short_conv import ShortConv
 from .ssm import Mamba
 from .xlstm import MLSTMLayer, SLSTMLayer
@@ -22,7 +23,7 @@ __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA",
     "MLAttention", "MLSTMLayer", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
-    "RetentionLayer", "RopeTable", "SLSTMLayer", "ShortConv", "SinusoidalPositions",
+    "RetentionLayer", "RopeTable", "S4D", "SLSTMLayer", "ShortConv", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

@@ -733,7 +733,24 @@ class SLSTM(Node):
     norm_eps: PositiveFloat = 1e-6
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM],
+class S4D(Node):
+    """S4D, the diagonal state space layer (Gu, Gupta, Goel & Ré 2022): per channel `state / 2`
+    complex modes, A = -exp(log_A_real) + i·A_imag, B, C, a step dt, zero-order hold; y = 2·Re(C x)
+    + D u, GELU, then a GLU output projection. The convolution form in prefill, the recurrence in
+    decoding: the same linear map."""
+
+    kind: Literal["s4d"]
+    state: Dim = 64
+
+    @model_validator(mode="after")
+    def _even(self) -> "S4D":
+        if self.state % 2:
+            raise FieldError("state", f"state ({self.state}) must be even",
+                             "S4D keeps state / 2 complex modes and their conjugates")
+        return self
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D],
                 Field(discriminator="kind")]
 
 
@@ -1161,7 +1178,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

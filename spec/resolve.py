@@ -753,8 +753,9 @@ def _fill_mlstm_dims(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
         if width is None or width % heads:
             b.bad_paths.add(path + (field,))
             share = "d_model / 2" if field == "key_dim" else "d_model"
-            b.errors.append(ArchError(f"{share} (d_model = {d_model}) must be divisible by heads ({heads}) to derive "
-                                      f"{field}", b.spans.get(path + ("heads",)) or b.spans.get(path),
+            b.errors.append(ArchError(f"{field} defaults to {share} / heads, and {share} (d_model = {d_model}) "
+                                      f"does not split into {heads} heads", b.spans.get(path + ("heads",))
+                                      or b.spans.get(path),
                                       hint=f"set {field} explicitly, or pick heads dividing {share}", kind="semantic"))
             continue
         ssm[field] = width // heads

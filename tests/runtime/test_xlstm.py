@@ -397,3 +397,21 @@ def test_slstm_heads_must_divide_d_model():
 
     with pytest.raises(ArchError, match="must divide d_model"):
         rt.SLSTMLayer(10, 3)
+
+
+# ----------------------------------------------------------------------------- spec-level errors
+
+@pytest.mark.parametrize("ssm,words", [
+    ("slstm(heads = 3)", "must be divisible by heads (3)"),
+    ("mlstm(heads = 3, value_dim = 8)", "key_dim defaults to d_model / 2 / heads, and d_model / 2 (d_model = 32) does not"),
+    ("mlstm(heads = 3, key_dim = 4)", "value_dim defaults to d_model / heads"),
+])
+def test_widths_that_heads_cannot_split_are_located_errors(ssm, words):
+    from archlang.api import load_model
+    from archlang.spec.errors import ArchError
+
+    text = (f"model m {{\n    vocab = 97\n    d_model = 32\n    context = 64\n    block b {{\n        norm = rmsnorm()\n"
+            f"        ssm = {ssm}\n    }}\n    layers = b\n}}\n")
+    with pytest.raises(ArchError) as err:
+        load_model(text)
+    assert words in str(err.value) and err.value.span is not None and err.value.span.line == 7
