@@ -64,7 +64,8 @@ def test_xlstm_7b_parameter_count_and_state(tmp_path, weight_mode):
 def test_ffn_width_is_the_one_transformers_builds(hidden, factor, multiple):
     values = dict(model_type="xlstm", vocab_size=97, hidden_size=hidden, num_heads=2, num_hidden_layers=1,
                   ffn_proj_factor=factor, ffn_round_up_to_multiple_of=multiple)
-    want = T.models.xlstm.modeling_xlstm.xLSTMFeedForward(_config(values)).up_proj_dim
+    with torch.device("meta"):
+        want = T.models.xlstm.modeling_xlstm.xLSTMFeedForward(_config(values)).up_proj_dim
     assert f"ffn = swiglu(hidden = {want})" in spec_from_config(values)
 
 
@@ -87,14 +88,21 @@ def fused_model(monkeypatch, tie=False):
     return model
 
 
-def test_fused_weights_match_logits_and_greedy_decoding(monkeypatch):
+def test_fused_weights_match_logits(monkeypatch):
     hf = fused_model(monkeypatch)
     assert "backbone.blocks.0.mlstm_layer.qkv_opreact.weight" in dict(hf.named_parameters())
     ours = from_hf(hf).eval()
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
-        prompt = torch.randint(1, 97, (1, 6))
+
+
+@pytest.mark.slow
+def test_fused_weights_match_greedy_decoding(monkeypatch):
+    hf = fused_model(monkeypatch)
+    ours = from_hf(hf).eval()
+    prompt = torch.randint(1, 97, (1, 6))
+    with torch.no_grad():
         ref = hf.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
                           eos_token_id=None)
     assert torch.equal(ours.generate(prompt, 8), ref)
