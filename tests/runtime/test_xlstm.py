@@ -1,6 +1,6 @@
 """xLSTM's mLSTM: the chunked form equals the recurrent form (float64, any chunk length, from a
 state); both equal the paper's unstabilised equations written out, and Hugging Face's native
-kernels (mlstm_recurrent_sequence_native, mlstm_chunkwise_native_autograd); the layer equals
+kernels (the step, sequence and chunkwise ones); the layer equals
 Hugging Face's xLSTMLayer with every weight perturbed (soft-capped or not); cached decode = full
 forward; left padding; causality; gradients; the state bytes formula. The sLSTM cell equals the
 paper's equations written out (stabilised or not), its recurrence is block-diagonal per head, and
@@ -85,6 +85,18 @@ def test_recurrent_form_equals_hugging_faces_sequence_kernel():
     h_hf, (c_hf, n_hf, m_hf) = hf_xlstm.mlstm_recurrent_sequence_native(q, k, v, i, f, return_last_states=True,
                                                                          eps=1e-6)
     torch.testing.assert_close(h, h_hf, **FP32)
+    torch.testing.assert_close(c, c_hf, **FP32)
+    torch.testing.assert_close(n, n_hf, **FP32)
+    torch.testing.assert_close(m, m_hf.squeeze(-1), **FP32)
+
+
+def test_one_recurrent_step_equals_hugging_faces_step_kernel():
+    q, k, v, i, f = cell_inputs(t=6, dtype=torch.float32)
+    _, state = mlstm_recurrent(q[:, :, :5], k[:, :, :5], v[:, :, :5], i[..., :5], f[..., :5])
+    h, (c, n, m) = mlstm_recurrent(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], i[..., 5:], f[..., 5:], state)
+    h_hf, (c_hf, n_hf, m_hf) = hf_xlstm.mlstm_recurrent_step_native(
+        q[:, :, 5], k[:, :, 5], v[:, :, 5], i[..., 5:], f[..., 5:], state[0], state[1], state[2][..., None], eps=1e-6)
+    torch.testing.assert_close(h[:, :, 0], h_hf, **FP32)
     torch.testing.assert_close(c, c_hf, **FP32)
     torch.testing.assert_close(n, n_hf, **FP32)
     torch.testing.assert_close(m, m_hf.squeeze(-1), **FP32)
