@@ -179,3 +179,14 @@ def test_exported_widths_come_back_exactly():
     config = export_config(load_model(text), "xlstm")
     assert int(96 * config.qk_dim_factor) == 64 and int(96 * config.v_dim_factor) == 128
     assert "ffn = swiglu(hidden = 70)" in spec_from_config(config)
+
+
+@pytest.mark.parametrize("ssm,words", [("slstm(heads = 4)", "the sLSTM has no Hugging Face equivalent"),
+                                       ("s4d(state = 8)", "S4D has no Hugging Face equivalent")])
+def test_mixers_without_a_family_are_refused_by_name(ssm, words):
+    text = (f"model m {{\n    vocab = 97\n    d_model = 32\n    context = 64\n    final_norm = rmsnorm()\n"
+            f"    block b {{\n        norm = rmsnorm()\n        ssm = {ssm}\n        ffn = swiglu(hidden = 64)\n"
+            f"    }}\n    layers = b * 2\n}}\n")
+    with pytest.raises(ArchError) as err:
+        export_config(load_model(text))
+    assert words in str(err.value) and err.value.span.line == 8

@@ -40,6 +40,8 @@ _NO_HF_EQUIVALENT: dict[tuple[str, str], str] = {
     ("attention", "linear"): "linear attention has no Hugging Face equivalent",
     ("position", "sinusoidal"): "fixed sinusoidal positions have no Hugging Face equivalent among the exported families",
     ("position", "alibi"): "ALiBi positions have no Hugging Face equivalent among the exported families",
+    ("ssm", "slstm"): "the sLSTM has no Hugging Face equivalent (transformers' xlstm has mLSTM layers only)",
+    ("ssm", "s4d"): "S4D has no Hugging Face equivalent",
 }
 
 
@@ -67,6 +69,8 @@ def _check_expressible(m: A.Model) -> None:
             a = getattr(m.blocks[b], slot)
             if a is not None:
                 refuse("attention", a.kind, ("blocks", b, slot))
+        if m.blocks[b].ssm is not None:
+            refuse("ssm", m.blocks[b].ssm.kind, ("blocks", b, "ssm"))
 
 
 # ----------------------------------------------------------------------------- helpers for exporters
