@@ -246,6 +246,12 @@ class _Lowerer:
                     return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.ShortConv):
                     return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.MLSTM):
+                    return self.mlstm(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.SLSTM):
+                    return self.slstm(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.S4D):
+                    return self.s4d(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -489,6 +495,22 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "short_conv", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "kernel": ssm.kernel, "bias": ssm.bias,
                                   "conv_bias": ssm.conv_bias}, **ctx)
+
+    def mlstm(self, pre: str, ssm: A.MLSTM, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "mlstm", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim,
+                                  "value_dim": ssm.value_dim, "gate_softcap": ssm.gate_softcap,
+                                  "norm_eps": ssm.norm_eps, "denominator_eps": ssm.denominator_eps,
+                                  "chunk": ssm.chunk}, **ctx)
+
+    def slstm(self, pre: str, ssm: A.SLSTM, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "slstm", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "conv_size": ssm.conv_size,
+                                  "norm_eps": ssm.norm_eps}, **ctx)
+
+    def s4d(self, pre: str, ssm: A.S4D, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "s4d", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "state": ssm.state}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -67,7 +67,7 @@ def _mamba2(ssm: A.Mamba2, d_model: int) -> A.Mamba2:
 
 
 def _linear_mixer(ssm):
-    """Gated DeltaNet, GLA and retention with 16-wide keys and values, two key heads (keeping up to
+    """Gated DeltaNet, GLA, retention and mlstm with 16-wide keys and values, two key heads (keeping up to
     two value heads per key head), and chunks short enough that a prefill crosses several."""
     update = {"key_dim": 16, "value_dim": 16, "chunk": min(ssm.chunk, CONTEXT // 4)}
     if isinstance(ssm, A.GatedDeltaNet):
@@ -90,10 +90,12 @@ def shrink(model: A.Model) -> A.Model:
             update["cross_attention"] = _attention(block.cross_attention, d_model)
         if isinstance(block.ssm, A.Mamba2):
             update["ssm"] = _mamba2(block.ssm, d_model)
-        elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention)):
+        elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention, A.MLSTM)):
             update["ssm"] = _linear_mixer(block.ssm)
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
+        elif isinstance(block.ssm, A.SLSTM):  # heads that still divide the narrower d_model
+            update["ssm"] = block.ssm.model_copy(update={"heads": math.gcd(block.ssm.heads, d_model)})
         blocks[name] = block.model_copy(update=update)
     position = model.position
     if isinstance(position, A.Rope):

@@ -5,26 +5,28 @@ from .context import Cache, Context
 from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
+from .heads import MLMHead
 from .indexer import LightningIndexer
 from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
 from .lora import LoRA
 from .mamba2 import Mamba2
 from .model import ArchModel, layer_stack
 from .moe import MoE
-from .heads import MLMHead
 from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import (AlibiSlopes, LearnedPositions, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope,
                        rope_qk)
+from .s4 import S4D
 from .short_conv import ShortConv
 from .ssm import Mamba
+from .xlstm import MLSTMLayer, SLSTMLayer
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LearnedPositions", "LightningIndexer",
-    "LinearAttention", "LoRA", "MLMHead",
-    "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
-    "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
+    "LinearAttention", "LoRA", "MLAttention", "MLMHead", "MLSTMLayer", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm",
+    "RWKV7", "RelativePositionBias", "Retention", "RetentionLayer", "RopeTable", "S4D", "SLSTMLayer", "ShortConv",
+    "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

@@ -725,7 +725,60 @@ class ShortConv(Node):
     conv_bias: bool = False
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv], Field(discriminator="kind")]
+class MLSTM(Node):
+    """xLSTM's matrix-memory mLSTM layer (Beck et al. 2024; xLSTM-7B, Hugging Face's xLSTMLayer):
+    q, k (heads · key_dim), v and an output gate (heads · value_dim); per head an exponential
+    input gate and a sigmoid forget gate, each pre-activation soft-capped by gate_softcap ·
+    tanh(x / gate_softcap) (none: uncapped); the stabilised matrix memory C_t = f_t C_{t-1} +
+    i_t k_t v_t^T with its normaliser n and max-state m, read as C^T q / (max(|n·q|, exp(-m)) +
+    denominator_eps); a LayerNorm per head (norm_eps, one weight over all heads); × sigmoid(output
+    gate); out_proj. No positions: it orders tokens by its recurrence. key_dim defaults to
+    d_model / (2 · heads) and value_dim to d_model / heads (xLSTM-7B's qk_dim_factor 0.5 and
+    v_dim_factor 1)."""
+
+    kind: Literal["mlstm"]
+    heads: Dim
+    key_dim: Dim  # filled from d_model / (2 · heads) when not written
+    value_dim: Dim | None = None  # filled from d_model / heads when not written
+    gate_softcap: PositiveFloat | None = 15.0
+    norm_eps: PositiveFloat = 1e-6
+    denominator_eps: PositiveFloat = 1e-6
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+
+
+class SLSTM(Node):
+    """xLSTM's scalar-memory sLSTM layer (Beck et al. 2024), as the xlstm package's sLSTMLayer: a
+    causal conv of `conv_size` taps (0: none) and swish feed the input and forget gates; per
+    channel c_t = f_t c_{t-1} + i_t tanh(z_t), n_t = f_t n_{t-1} + i_t, h_t = σ(o_t) c_t / n_t with
+    exponential input gates, sigmoid forget gates, the max-state stabiliser, and every gate reading
+    h_{t-1} through recurrent weights that are block-diagonal per head; a LayerNorm per head. It
+    has no parallel form: the recurrence is the form, in prefill as in decoding."""
+
+    kind: Literal["slstm"]
+    heads: Dim
+    conv_size: Annotated[int, Field(ge=0, le=64)] = 4
+    norm_eps: PositiveFloat = 1e-6
+
+
+class S4D(Node):
+    """S4D, the diagonal state space layer (Gu, Gupta, Goel & Ré 2022): per channel `state / 2`
+    complex modes, A = -exp(log_A_real) + i·A_imag, B, C, a step dt, zero-order hold; y = 2·Re(C x)
+    + D u, GELU, then a GLU output projection. The convolution form in prefill, the recurrence in
+    decoding: the same linear map."""
+
+    kind: Literal["s4d"]
+    state: Dim = 64
+
+    @model_validator(mode="after")
+    def _even(self) -> "S4D":
+        if self.state % 2:
+            raise FieldError("state", f"state ({self.state}) must be even",
+                             "S4D keeps state / 2 complex modes and their conjugates")
+        return self
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D],
+                Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1208,7 +1261,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

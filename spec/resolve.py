@@ -684,7 +684,8 @@ class _Builder:
 
 
 def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
-    """Defaults that depend on the model: attention head_dim, Mamba dt_rank, Gated DeltaNet key_dim."""
+    """Defaults that depend on the model: attention head_dim, Mamba dt_rank, Gated DeltaNet key_dim,
+    mlstm key_dim and value_dim."""
     if not isinstance(d_model, int):
         return
     for block_name, block in data.get("blocks", {}).items():
@@ -713,6 +714,16 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads")
         elif isinstance(ssm, dict) and ssm.get("kind") == "mamba" and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
+        elif isinstance(ssm, dict) and ssm.get("kind") == "mlstm":
+            _fill_mlstm_dims(ssm, d_model, ("blocks", block_name, "ssm"), b)
+        elif isinstance(ssm, dict) and ssm.get("kind") == "slstm":
+            heads = ssm.get("heads")
+            if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 and d_model % heads:
+                path = ("blocks", block_name, "ssm", "heads")
+                b.bad_paths.add(path)
+                b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by heads ({heads}): each slstm "
+                                          "head owns d_model / heads channels", b.spans.get(path),
+                                          hint="pick heads dividing d_model", kind="semantic"))
 
 
 def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads") -> None:
@@ -728,6 +739,26 @@ def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field
                                   hint=f"set key_dim explicitly, or pick {heads_field} dividing d_model", kind="semantic"))
         return
     ssm["key_dim"] = d_model // heads
+
+
+def _fill_mlstm_dims(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:
+    """mlstm's key_dim and value_dim, when not written: d_model / (2 · heads) and d_model / heads
+    (xLSTM-7B's qk_dim_factor 0.5 and v_dim_factor 1)."""
+    heads = ssm.get("heads")
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
+        return  # the field's own check reports the bad value
+    for field, width in (("key_dim", d_model // 2 if d_model % 2 == 0 else None), ("value_dim", d_model)):
+        if field in ssm:
+            continue
+        if width is None or width % heads:
+            b.bad_paths.add(path + (field,))
+            share = "d_model / 2" if field == "key_dim" else "d_model"
+            b.errors.append(ArchError(f"{field} defaults to {share} / heads, and {share} (d_model = {d_model}) "
+                                      f"does not split into {heads} heads", b.spans.get(path + ("heads",))
+                                      or b.spans.get(path),
+                                      hint=f"set {field} explicitly, or pick heads dividing {share}", kind="semantic"))
+            continue
+        ssm[field] = width // heads
 
 
 def _fill_mamba2_heads(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:

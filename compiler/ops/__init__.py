@@ -5,6 +5,8 @@ from . import io, embeddings, positions, elementwise, norms, projections, attent
 from . import linear_mixers  # noqa: F401  (registers)
 from . import conv  # noqa: F401  (registers)
 from . import heads  # noqa: F401  (registers)
+from . import xlstm  # noqa: F401  (registers)
+from . import s4  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -117,6 +117,11 @@ def hf_model(name: str):
             block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
             max_position_embeddings=128000, norm_eps=1e-5, tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    if name == "xlstm_7b":  # NX-AI/xLSTM-7b's config.json (transformers' xLSTMConfig defaults are its values)
+        return T.xLSTMForCausalLM, T.xLSTMConfig(
+            vocab_size=50304, hidden_size=4096, num_hidden_layers=32, num_heads=8, qk_dim_factor=0.5, v_dim_factor=1.0,
+            ffn_proj_factor=2.667, ffn_round_up_to_multiple_of=64, gate_soft_cap=15.0, output_logit_soft_cap=30.0,
+            norm_eps=1e-6, eps=1e-6, chunk_size=64, tie_word_embeddings=False)
     raise KeyError(name)
 
 

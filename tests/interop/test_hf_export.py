@@ -717,6 +717,22 @@ CASES = {
     }}
     layers = [attn, conv, conv]
 }}""", "lfm2"),
+    # xLSTM: mLSTM blocks, soft-capped gates and logits, widths of 64 (transformers' cache rounds to 64)
+    "xlstm": ("""model m {
+    vocab = 97
+    d_model = 64
+    context = 64
+    dtype = fp32
+    logit_softcap = 3
+    final_norm = rmsnorm(eps = 1e-5)
+    block mlstm {
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mlstm(heads = 2, key_dim = 32, value_dim = 64, gate_softcap = 4, norm_eps = 1e-5,
+                    denominator_eps = 1e-4, chunk = 4)
+        ffn = swiglu(hidden = 100)
+    }
+    layers = mlstm * 3
+}""", "xlstm"),
 }
 
 

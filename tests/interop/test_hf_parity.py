@@ -310,6 +310,16 @@ CASES = {
         SMALL, num_hidden_layers=3, full_attn_idxs=[0], conv_bias=True, conv_L_cache=4, tie_word_embeddings=False,
         block_auto_adjust_ff_dim=False, norm_eps=1e-6, pad_token_id=0,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    # mLSTM blocks (weight_mode single): 13 tokens run the chunkwise kernel on 12, the recurrent one on 1;
+    # the FFN width 128 · 1.3 rounded up to 64: 192; gates and logits soft-capped
+    "xlstm": (T.xLSTMConfig, T.xLSTMForCausalLM, dict(
+        vocab_size=97, hidden_size=128, num_heads=2, num_hidden_layers=2, chunk_size=4, ffn_proj_factor=1.3,
+        pad_token_id=0)),
+    # value heads wider than d_model / heads, caps that bite, eps and norm_eps of their own (weight_mode
+    # fused: tests/interop/test_hf_published_xlstm.py, as transformers cannot initialise it)
+    "xlstm-capped": (T.xLSTMConfig, T.xLSTMForCausalLM, dict(
+        vocab_size=97, hidden_size=128, num_heads=4, num_hidden_layers=3, chunk_size=8, v_dim_factor=1.5, ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=32, gate_soft_cap=4.0,
+        output_logit_soft_cap=2.0, eps=1e-5, norm_eps=1e-5, pad_token_id=0)),
 }
 
 
@@ -373,7 +383,7 @@ def test_logits_match(case):
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
                                   "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied",
-                                  "lfm2", "lfm2-bias-untied"])
+                                  "lfm2", "lfm2-bias-untied", "xlstm", "xlstm-capped"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

@@ -5,7 +5,7 @@ Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, ol
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, albert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
-granitemoehybrid, lfm2. The encoders (bert, albert) come with the head of the class the config's
+granitemoehybrid, lfm2, xlstm. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -748,6 +748,37 @@ def _lfm2(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face lfm2 config.")
 
 
+def xlstm_widths(c) -> tuple[int, int, int]:
+    """(key_dim, value_dim, FFN width) as transformers' xLSTMLayer and xLSTMFeedForward compute
+    them: q/k width int(hidden_size · qk_dim_factor) and v width int(hidden_size · v_dim_factor),
+    split over num_heads; the FFN hidden_size · ffn_proj_factor rounded up to a multiple of
+    ffn_round_up_to_multiple_of (in float, as transformers rounds it)."""
+    qk, v = int(c.hidden_size * c.qk_dim_factor), int(c.hidden_size * c.v_dim_factor)
+    step = c.ffn_round_up_to_multiple_of
+    ffn = int(((c.hidden_size * c.ffn_proj_factor + step - 1) // step) * step)
+    return qk // c.num_heads, v // c.num_heads, ffn
+
+
+def _xlstm(c, name: str) -> str:
+    """xLSTM (xLSTM-7B): pre-norm blocks of an mLSTM layer and a SwiGLU FFN, RMSNorms of norm_eps
+    throughout (the out_norm is the final norm), logits soft-capped by output_logit_soft_cap. No
+    context limit of its own, as Mamba (export writes the spec's there). weight_mode only lays the
+    weights out (interop/hf_weights.py)."""
+    eps = c.norm_eps
+    key_dim, value_dim, hidden = xlstm_widths(c)
+    cap = Raw("none") if c.gate_soft_cap is None else float(c.gate_soft_cap)
+    ssm = call("mlstm", heads=c.num_heads, key_dim=key_dim, value_dim=value_dim, gate_softcap=cap,
+               norm_eps=eps, denominator_eps=float(c.eps), chunk=c.chunk_size)
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
+              "dtype": hf_config.spec_dtype(c.dtype),
+              "logit_softcap": float(c.output_logit_soft_cap) if c.output_logit_soft_cap is not None else None,
+              "final_norm": call("rmsnorm", eps=eps)}
+    blocks = {"mlstm": {"norm": call("rmsnorm", eps=eps), "ssm": ssm, "ffn": call("swiglu", hidden=hidden)}}
+    return write_spec(name, fields, blocks, {"layers": f"mlstm * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face xlstm config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -918,6 +949,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
+    "xlstm": _xlstm,
 }
 
 

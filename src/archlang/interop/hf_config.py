@@ -663,7 +663,51 @@ TABLES: dict[str, dict[str, Key]] = {
                 for k in ("block_dim", "block_norm_eps", "block_use_swiglu", "block_use_xavier_init",
                           "block_mlp_init_scale", "block_out_init_scale", "conv_dim", "conv_dim_out",
                           "conv_use_xavier_init", "num_heads", "theta", "use_pos_enc")}},
+    "xlstm": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_heads", "norm_eps", "eps",
+                                     "chunk_size", "ffn_proj_factor", "ffn_round_up_to_multiple_of")},
+              # not read by transformers' xlstm: export writes the spec's context there, import reads it back
+              "max_position_embeddings": MAPPED,
+              "qk_dim_factor": checked(lambda v, c: _xlstm_width_problem(v, c, "qk_dim_factor")),
+              "v_dim_factor": checked(lambda v, c: _xlstm_width_problem(v, c, "v_dim_factor")),
+              "gate_soft_cap": checked(lambda v, c: None if v is None else _positive(v, "gate_soft_cap")),
+              "output_logit_soft_cap": checked(lambda v, c: None if v is None else _positive(v, "it")),
+              "weight_mode": only("single", "fused", reason="transformers' xlstm lays its weights out single or "
+                                                            "fused only"),
+              "embedding_dim": _same_as("hidden_size", "the embeddings must be hidden_size wide (the blocks read "
+                                                       "hidden_size)"),
+              "num_blocks": _same_as("num_hidden_layers", "xLSTMModel builds num_blocks blocks and its cache "
+                                                          "num_hidden_layers states: they must agree"),
+              "tie_word_embeddings": irrelevant("transformers' xLSTMForCausalLM ties nothing (it has no "
+                                                "_tied_weights_keys): the LM head is its own tensor"),
+              "add_out_norm": irrelevant("never read: transformers' xLSTMModel always applies its out_norm"),
+              "use_bias": only(False, reason="xLSTM's use_bias also puts biases on its RMSNorms, which archlang's "
+                                             "rmsnorm has not"),
+              "norm_reduction_force_float32": only(True, reason="archlang's norms reduce in float32; a reduction "
+                                                               "in a 16-bit input dtype rounds differently"),
+              "inference_state_dtype": only("float32", reason="archlang keeps the mLSTM state (C, n, m) in float32"),
+              "autocast_kernel_dtype": irrelevant("never read by transformers' native mLSTM kernels"),
+              "mode": irrelevant("train, train_with_padding and inference run one function (chunked, padded, or "
+                                 "chunked then recurrent); archlang picks its form per call"),
+              **{k: irrelevant("names the kernel of one form; every form computes the same function (transformers "
+                               "runs its native ones)")
+                 for k in ("chunkwise_kernel", "sequence_kernel", "step_kernel")},
+              "return_last_states": irrelevant("whether the kernels hand back the state: a caching option"),
+              "max_inference_chunksize": irrelevant("splits long inputs into pieces that carry the state: the same "
+                                                    "function")},
 }
+
+
+def _xlstm_width_problem(value: Any, config: dict, key: str) -> str | None:
+    """transformers' xLSTMLayer takes int(hidden_size · factor) channels and splits them over num_heads."""
+    hidden, heads = config.get("hidden_size"), config.get("num_heads")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return f"{key} must be a positive number"
+    if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
+        return None  # their own checks report them
+    width = int(hidden * value)
+    if width == 0 or width % heads:
+        return f"int(hidden_size · {key}) = {width} is not a positive multiple of num_heads ({heads})"
+    return None
 
 
 def _dt_limit_problem(value: Any) -> str | None:

@@ -40,6 +40,8 @@ _NO_HF_EQUIVALENT: dict[tuple[str, str], str] = {
     ("attention", "linear"): "linear attention has no Hugging Face equivalent",
     ("position", "sinusoidal"): "fixed sinusoidal positions have no Hugging Face equivalent among the exported families",
     ("position", "alibi"): "ALiBi positions have no Hugging Face equivalent among the exported families",
+    ("ssm", "slstm"): "the sLSTM has no Hugging Face equivalent (transformers' xlstm has mLSTM layers only)",
+    ("ssm", "s4d"): "S4D has no Hugging Face equivalent",
 }
 
 
@@ -70,6 +72,8 @@ def _check_expressible(m: A.Model) -> None:
         ffn = m.blocks[b].ffn
         if isinstance(ffn, A.MoE) and ffn.router in ("hash", "expert_choice"):
             raise Unfit(("blocks", b, "ffn", "router"), f"router = {ffn.router}: no transformers MoE routes so")
+        if m.blocks[b].ssm is not None:
+            refuse("ssm", m.blocks[b].ssm.kind, ("blocks", b, "ssm"))
 
 
 # ----------------------------------------------------------------------------- helpers for exporters
@@ -1432,6 +1436,54 @@ def _lfm2(m: A.Model) -> dict:
     return config
 
 
+def _factor_for(width: int, d_model: int) -> float:
+    """A factor f with int(d_model · f) = width, as transformers' xLSTM derives its widths (the FFN's
+    too, rounded up to a multiple of 1): width / d_model where float arithmetic gives width back,
+    else half a unit more."""
+    for f in (width / d_model, (width + 0.5) / d_model):
+        if int(d_model * f) == width:
+            return f
+    return width / d_model  # unreachable in practice; the round trip would report the width
+
+
+def _xlstm(m: A.Model) -> dict:
+    """xLSTM: one kind of block (pre-norm RMSNorm, mlstm, SwiGLU without biases), the final norm
+    and the mLSTM's head norm of one eps, soft-capped gates and logits (transformers always caps
+    both), widths that transformers' cache sizes alike (multiples of 64), an untied head."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"logit_softcap"})
+    _need(m.position is None, ("position",), "a position scheme (xlstm has none)")
+    for k in kinds:
+        block = m.blocks[k]
+        _need(isinstance(block.ssm, A.MLSTM), ("blocks", k, "attention" if block.attention else "ssm"),
+              f"block `{k}` is not an mlstm layer (this family has mlstm layers only)")
+    norm = _pre_rmsnorm(m, kinds, "xlstm")
+    _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ssm = _same(m, kinds, "ssm", "mlstm layers")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    hidden, act, bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
+    _need(act == "silu" and not bias, ("blocks", kinds[0], "ffn"), "xlstm's FFN is swiglu without biases")
+    path = ("blocks", kinds[0], "ssm")
+    _need(ssm.norm_eps == norm.eps, path + ("norm_eps",), "a head-norm eps other than the blocks' norm eps "
+                                                          "(xlstm has one norm_eps)")
+    _need(ssm.gate_softcap is not None, path + ("gate_softcap",), "uncapped gates (transformers' xlstm caps them)")
+    _need(m.logit_softcap is not None, ("logit_softcap",), "uncapped logits (transformers' xlstm caps them)")
+    _need(not m.tie_embeddings, ("tie_embeddings",), "tied embeddings (transformers' xlstm ties nothing)")
+    keys, values = ssm.heads * ssm.key_dim, ssm.heads * ssm.value_dim
+    for field, width in (("key_dim", keys), ("value_dim", values)):
+        _need(width % 64 == 0, path + (field,), f"heads · {field} = {width}, not a multiple of 64 (transformers' "
+                                                "xlstm sizes its cache by the width rounded up to 64)")
+    return {"model_type": "xlstm", "vocab_size": m.vocab, "hidden_size": m.d_model, "embedding_dim": m.d_model,
+            "num_hidden_layers": len(layers), "num_blocks": len(layers), "num_heads": ssm.heads,
+            "qk_dim_factor": _factor_for(keys, m.d_model), "v_dim_factor": _factor_for(values, m.d_model),
+            "ffn_proj_factor": _factor_for(hidden, m.d_model), "ffn_round_up_to_multiple_of": 1,
+            "gate_soft_cap": ssm.gate_softcap, "output_logit_soft_cap": m.logit_softcap, "norm_eps": norm.eps,
+            "eps": ssm.denominator_eps, "chunk_size": ssm.chunk, "weight_mode": "single", "use_bias": False,
+            "tie_word_embeddings": False, "dtype": _dtype(m), "max_position_embeddings": m.context,
+            "pad_token_id": None, **_token_ids(m, 0)}
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1450,6 +1502,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "qwen3_next": _qwen3_next,
     "nemotron_h": _nemotron_h, "bamba": _bamba, "granitemoehybrid": lambda m: _bamba(m, "granitemoehybrid"),
     "lfm2": _lfm2,
+    "xlstm": _xlstm,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1473,6 +1526,7 @@ ARCHITECTURES = {
     "nemotron_h": "NemotronHForCausalLM", "bamba": "BambaForCausalLM",
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
+    "xlstm": "xLSTMForCausalLM",
 }
 
 

@@ -621,6 +621,45 @@ def _lfm2(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}feed_forward.{theirs}")
 
 
+def _xlstm(c, r: _Rules) -> None:
+    """xLSTM: `backbone.blocks.{i}` hold norm_mlstm, the mlstm_layer and norm_ffn, then the FFN
+    (proj_up_gate is the silu'd half, proj_up the other, proj_down); the final norm is out_norm.
+    weight_mode "fused" stacks q, k, v and the output gate in qkv_opreact, the input and forget
+    gates in ifgate_preact (weight and bias) and the FFN's halves in proj_up_gate_z."""
+    r.add("embed.weight", "backbone.embeddings.weight")
+    r.add("final_norm.weight", "backbone.out_norm.weight")
+    r.add("lm_head.weight", "lm_head.weight")
+    key_dim, value_dim, hidden = _xlstm_widths(c)
+    keys, values, heads = c.num_heads * key_dim, c.num_heads * value_dim, c.num_heads
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"backbone.blocks.{i}."
+        r.add(f"{p}ssm_norm.weight", f"{q}norm_mlstm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}norm_ffn.weight")
+        r.add(f"{p}down_proj.weight", f"{q}ffn.proj_down.weight")
+        m = f"{q}mlstm_layer."
+        if c.weight_mode == "fused":
+            ours = [f"{p}ssm.{n}" for n in ("q_proj", "k_proj", "v_proj", "ogate_proj")]
+            r.add(ours, f"{m}qkv_opreact.weight", "split", ([keys, keys, values, values], False))
+            r.add([f"{p}ssm.igate_proj", f"{p}ssm.fgate_proj"], f"{m}ifgate_preact.weight", "split",
+                  ([heads, heads], False))
+            r.add([f"{p}ssm.igate_bias", f"{p}ssm.fgate_bias"], f"{m}ifgate_preact.bias", "split",
+                  ([heads, heads], False))
+            for n in ("norm_weight", "out_proj"):
+                r.add(f"{p}ssm.{n}", f"{m}{op_def('mlstm').hf_params[n]}")
+            r.add([f"{p}gate_proj.weight", f"{p}up_proj.weight"], f"{q}ffn.proj_up_gate_z.weight", "split",
+                  ([hidden, hidden], False))
+        else:
+            r.op("mlstm", f"{p}ssm", m.rstrip("."))
+            r.add(f"{p}gate_proj.weight", f"{q}ffn.proj_up_gate.weight")
+            r.add(f"{p}up_proj.weight", f"{q}ffn.proj_up.weight")
+
+
+def _xlstm_widths(c) -> tuple[int, int, int]:
+    from .hf import xlstm_widths  # the spec writer's rule, so names and shapes never disagree
+
+    return xlstm_widths(c)
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -639,6 +678,7 @@ _FAMILIES = {
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
+    "xlstm": _xlstm,
 }
 
 
