@@ -18,7 +18,7 @@ class MLMHead(OpDef):
     picture = "head"
     hf_params = {"dense_weight": "transform.dense.weight", "dense_bias": "transform.dense.bias",
                  "norm_weight": "transform.LayerNorm.weight", "norm_bias": "transform.LayerNorm.bias",
-                 "decoder_weight": "decoder.weight", "bias": "bias"}
+                 "bias": "bias"}  # BERT's tied head: its decoder is the embedding table
 
     def params(self, a, shape):
         d, w = a["dim"], a["width"] or a["dim"]
