@@ -108,6 +108,12 @@ def selective_scan(u, delta, A, B, C, D, state=None):
     return reference.selective_scan(u, delta, A, B, C, D, state)
 
 
+def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
+    if use_triton(x):
+        return _kernel("ssd", "ssd_chunked")(x, dt, A, B, C, chunk, initial_state)
+    return reference.ssd_chunked(x, dt, A, B, C, chunk, initial_state)
+
+
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
           group_score="top2_sum", normalize_min=0.0):
     kw = dict(sigmoid=sigmoid, normalize=normalize, scale=scale, correction_bias=correction_bias, n_group=n_group,
