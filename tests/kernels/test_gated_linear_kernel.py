@@ -1,0 +1,102 @@
+"""The Triton gated linear scan without the delta rule (kernels/gated_linear.py) against the
+reference `reference.gated_linear_chunked`: output, final state and the gradient of every input
+(q, k, v, the log gates, the initial state), float32, one gate per head (retention) and one per
+key dimension (GLA), with and without an initial state, over one chunk or several, dv over one
+column block; strong gates that would overflow a factored exp(c_i) exp(-c_j); FLA's naive chunked
+simple-GLA as an independent reference; dispatch's choice; a GLA model on the kernels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archlang.kernels import dispatch, reference
+from archlang.kernels.gated_linear import gated_linear_chunked
+
+from .conftest import DEVICE, assert_model_matches_on_kernels
+
+
+def _inputs(b, heads, t, dk, dv, per_dim, with_state, gate_scale=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, heads, t, dk, generator=g)
+    k = F.normalize(torch.randn(b, heads, t, dk, generator=g), dim=-1)
+    v = torch.randn(b, heads, t, dv, generator=g)
+    gate_shape = (b, heads, t, dk) if per_dim else (b, heads, t)
+    log_decay = -torch.rand(*gate_shape, generator=g) * gate_scale
+    state = torch.randn(b, heads, dk, dv, generator=g) if with_state else None
+    return [x.to(DEVICE) if x is not None else None for x in (q, k, v, log_decay, state)]
+
+
+def _close(actual, expected, name):
+    """float32 at atol 1e-4 relative to the reference's largest entry and rtol 1e-4 (the gates'
+    gradients sum many products)."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, atol=1e-4 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def _check(b, heads, t, dk, dv, per_dim, with_state, **kw):
+    inputs = _inputs(b, heads, t, dk, dv, per_dim, with_state, **kw)
+    kernel = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    ref = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    q, k, v, g, s = kernel
+    o_k, s_k = gated_linear_chunked(q, k, v, g, None, s)
+    q, k, v, g, s = ref
+    o_r, s_r = reference.gated_linear_chunked(q, k, v, g, None, s, chunk=16)
+    _close(o_k, o_r, "o")
+    _close(s_k, s_r, "final state")
+    gen = torch.Generator().manual_seed(1)
+    go, gs = torch.randn(o_r.shape, generator=gen).to(DEVICE), torch.randn(s_r.shape, generator=gen).to(DEVICE)
+    torch.autograd.backward((o_k, s_k), (go, gs))
+    torch.autograd.backward((o_r, s_r), (go, gs))
+    for name, a, r in zip(("q", "k", "v", "log_decay", "initial state"), kernel, ref):
+        if a is not None:
+            assert a.grad is not None and a.grad.dtype == a.dtype, name
+            _close(a.grad, r.grad, f"d{name}")
+
+
+@pytest.mark.parametrize("b,heads,t,dk,dv,per_dim,with_state", [
+    (2, 2, 21, 5, 6, False, True),  # one gate per head, one chunk, ragged
+    (1, 2, 37, 5, 6, True, True),  # one gate per key dimension: 3 chunks of 16, the last ragged
+    (1, 1, 20, 6, 70, True, False),  # dv over two column blocks (partial sums of dq, dk, the gates)
+])
+def test_gated_linear_kernel_matches_reference(b, heads, t, dk, dv, per_dim, with_state):
+    _check(b, heads, t, dk, dv, per_dim, with_state)
+
+
+def test_gated_linear_kernel_strong_gates():
+    """Gates down to -20 per step: exp(-c_j) alone would overflow float32 within a chunk."""
+    _check(1, 1, 24, 4, 4, True, True, gate_scale=20.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_dim", [False, True])
+def test_gated_linear_kernel_at_model_sizes(per_dim):
+    _check(1, 4, 150, 32, 32, per_dim, True)  # 3 chunks of 64 or 10 of 16, the last ragged
+
+
+def test_gated_linear_kernel_matches_fla_naive():
+    """FLA's naive chunked simple GLA (one gate per head), an independent implementation."""
+    naive = pytest.importorskip("fla.ops.simple_gla.naive")
+    q, k, v, g, s = _inputs(1, 2, 21, 5, 6, False, True, seed=4)
+    o, state = gated_linear_chunked(q, k, v, g, None, s)
+    bthd = (lambda x: x.transpose(1, 2))  # FLA takes (B, T, H, ...)
+    o_fla, state_fla = naive.naive_chunk_simple_gla(bthd(q), bthd(k), bthd(v), bthd(g), initial_state=s,
+                                                    output_final_state=True, chunk_size=16)
+    _close(o, o_fla.transpose(1, 2), "o")
+    _close(state, state_fla, "final state")
+
+
+def test_dispatch_sends_the_delta_rule_and_float64_to_the_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr("archlang.kernels.gated_linear.gated_linear_chunked", lambda *a: calls.append("kernel") or a)
+    q, k, v, g, _ = _inputs(1, 1, 4, 2, 2, False, False)
+    beta = torch.rand(1, 1, 4, device=DEVICE)
+    with dispatch.force("triton"):
+        dispatch.gated_linear_chunked(q, k, v, g)
+        assert calls == ["kernel"]
+        dispatch.gated_linear_chunked(q, k, v, g, beta)
+        dispatch.gated_linear_chunked(q.double(), k.double(), v.double(), g.double())
+    assert calls == ["kernel"]
+
+
+def test_gla_model_on_kernels():
+    assert_model_matches_on_kernels("tiny_gla_retention.arch", "tiny_gla_retention")
