@@ -98,5 +98,13 @@ def test_dispatch_sends_the_delta_rule_and_float64_to_the_reference(monkeypatch)
     assert calls == ["kernel"]
 
 
-def test_gla_model_on_kernels():
+def test_gla_model_on_kernels(monkeypatch):
+    """GLA and retention layers reach the kernel through the dispatcher (counted), and the model's
+    outputs and every parameter's gradient match those on the references."""
+    from archlang.kernels import gated_linear
+
+    calls = []
+    kernel = gated_linear.gated_linear_chunked
+    monkeypatch.setattr(gated_linear, "gated_linear_chunked", lambda *a: calls.append(1) or kernel(*a))
     assert_model_matches_on_kernels("tiny_gla_retention.arch", "tiny_gla_retention")
+    assert len(calls) == 4  # two GLA and two retention layers, once each on the kernels
