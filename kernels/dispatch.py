@@ -115,9 +115,9 @@ def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
 
 
 def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, chunk=64):
-    # the kernel has no delta rule and computes in float32: the reference keeps float64 in float64
-    if use_triton(q) and beta is None and v.dtype != torch.float64:
-        return _kernel("gated_linear", "gated_linear_chunked")(q, k, v, log_decay, None, state, scale, chunk)
+    # the kernel computes in float32: the reference keeps float64 in float64
+    if use_triton(q) and v.dtype != torch.float64:
+        return _kernel("gated_linear", "gated_linear_chunked")(q, k, v, log_decay, beta, state, scale, chunk)
     return reference.gated_linear_chunked(q, k, v, log_decay, beta, state, scale, chunk)
 
 

@@ -1,7 +1,7 @@
 """The gated linear-attention family: per head a (dk x dv) state S_t = decay_t ⊙ S_{t-1} + update_t
 read as o_t = S_t^T q_t. Retention, GLA and Gated DeltaNet differ only in decay and update. Long
-inputs run the chunked form (`kernels/reference.py: gated_linear_chunked`, or on CUDA without the
-delta rule the Triton kernel `kernels/gated_linear.py`, through `kernels/dispatch.py`), single tokens the
+inputs run the chunked form (`kernels/reference.py: gated_linear_chunked`, or on CUDA the Triton
+kernel `kernels/gated_linear.py`, through `kernels/dispatch.py`), single tokens the
 recurrent step; both leave the same cache entry (the state in float32, plus the conv window), so a
 cached decode equals the full forward.
 
