@@ -119,6 +119,21 @@ def test_dispatch_sends_float64_to_the_reference(monkeypatch):
     assert calls == ["kernel", "kernel"]
 
 
+def test_runtime_chunked_form_reaches_the_kernel(monkeypatch):
+    """The runtime's chunked form goes through the dispatcher (the model tests below do this
+    whole, slowly, in the interpreter); its single-token step stays on the recurrence."""
+    from archlang.runtime.gated_linear import _scan
+
+    calls = []
+    monkeypatch.setattr("archlang.kernels.gated_linear.gated_linear_chunked", lambda *a: calls.append(1) or a[:2])
+    q, k, v, g, beta, _ = _inputs(1, 1, 5, 2, 2, False, False, delta=True)
+    with dispatch.force("triton"):
+        _scan("auto", 4, q, k, v, g, beta, None)
+        _scan("auto", 4, q[:, :, :1], k[:, :, :1], v[:, :, :1], g[:, :, :1], beta[:, :, :1], None)
+    assert calls == [1]
+
+
+@pytest.mark.slow
 def test_gla_model_on_kernels(monkeypatch):
     """GLA and retention layers reach the kernel through the dispatcher (counted), and the model's
     outputs and every parameter's gradient match those on the references."""
@@ -131,6 +146,7 @@ def test_gla_model_on_kernels(monkeypatch):
     assert len(calls) == 4  # two GLA and two retention layers, once each on the kernels
 
 
+@pytest.mark.slow
 def test_gated_deltanet_model_on_kernels(monkeypatch):
     """The delta rule's layers reach the kernel through the dispatcher (counted); outputs and every
     parameter's gradient match the references."""
