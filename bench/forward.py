@@ -13,7 +13,7 @@ size: a Mamba-1 stack, a Mamba-2 stack and a Llama-like dense stack, timed alter
 ratio to the dense model's step; and the gated linear family's chunked form (training and prefill)
 against its step-by-step recurrence (decoding) over 2,048 tokens, forward and forward+backward.
 `--scans-only` runs just these two. Last, the SSM kernels: Mamba-2's chunked SSD and the gated
-linear scan (no delta rule), PyTorch reference vs Triton kernel, where a CUDA GPU exists (on the CPU
+linear scan (retention, GLA, Gated DeltaNet), PyTorch reference vs Triton kernel, where a CUDA GPU exists (on the CPU
 the kernel rows say skipped).
 
 The `ceiling` column bounds what any implementation with the same weights can reach against HF
@@ -280,12 +280,14 @@ def ssm_kernels(quick: bool, rounds: int) -> None:
     b, t = (1, 32) if quick else (2, 2048)
     heads, p, n, dk = (2, 8, 8, 8) if quick else (16, 64, 64, 64)
     x, dt = torch.randn(b, t, heads, p, generator=g), torch.rand(b, t, heads, generator=g) * 0.1
-    A, B, C = -torch.rand(heads, generator=g) - 0.5, torch.randn(b, t, 1, n, generator=g), torch.randn(b, t, 1, n, generator=g)
+    A = -torch.rand(heads, generator=g) - 0.5
+    B, C = torch.randn(b, t, 1, n, generator=g), torch.randn(b, t, 1, n, generator=g)
     q, k, v = (torch.randn(b, heads, t, dk, generator=g) for _ in range(3))
     k = F.normalize(k, dim=-1)
     per_head, per_dim = -torch.rand(b, heads, t, generator=g) * 0.1, -torch.rand(b, heads, t, dk, generator=g) * 0.1
-    leaves = [y.to(device) for y in (x, dt, A, B, C, q, k, v, per_head, per_dim)]
-    x, dt, A, B, C, q, k, v, per_head, per_dim = leaves
+    beta = torch.rand(b, heads, t, generator=g)
+    leaves = [y.to(device) for y in (x, dt, A, B, C, q, k, v, per_head, per_dim, beta)]
+    x, dt, A, B, C, q, k, v, per_head, per_dim, beta = leaves
 
     def kernel(module, name):
         from importlib import import_module
@@ -297,6 +299,8 @@ def ssm_kernels(quick: bool, rounds: int) -> None:
         "retention": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"),
                       lambda f: f(q, k, v, per_head)),
         "GLA": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"), lambda f: f(q, k, v, per_dim)),
+        "gated deltanet": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"),
+                           lambda f: f(q, k, v, per_head, beta)),
     }
 
     def clock(fn) -> float:
@@ -309,7 +313,7 @@ def ssm_kernels(quick: bool, rounds: int) -> None:
         return time.perf_counter() - start
 
     print(f"\nSSM kernels over {t} tokens, batch {b}, {heads} heads, on {device}: reference vs Triton kernel")
-    print(f"{'scan':14s} {'pass':>8s} {'reference ms':>13s} {'kernel ms':>10s} {'kernel x':>9s}")
+    print(f"{'scan':16s} {'pass':>8s} {'reference ms':>13s} {'kernel ms':>10s} {'kernel x':>9s}")
     for name, (ref_fn, (module, fn_name), call) in cases.items():
         impls = {"reference": ref_fn}
         if cuda:
@@ -337,7 +341,7 @@ def ssm_kernels(quick: bool, rounds: int) -> None:
                 kernel_cols = f"{statistics.median(times['kernel']) * 1e3:10.2f} {ratio:8.2f}x"
             else:
                 kernel_cols = f"{'skipped':>10s} {'(no GPU)':>9s}"
-            print(f"{name:14s} {'fwd+bwd' if grad else 'fwd':>8s} {ref_ms:13.2f} {kernel_cols}")
+            print(f"{name:16s} {'fwd+bwd' if grad else 'fwd':>8s} {ref_ms:13.2f} {kernel_cols}")
     for leaf in leaves:
         leaf.requires_grad_(False)
 

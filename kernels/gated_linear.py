@@ -258,10 +258,12 @@ def _delta_bwd(Q, K, V, G, BETA, STATES, DO, DSLAST, DQ_P, DK_P, DV, DG_P, DBETA
         dscores = tl.where(causal, tl.dot(do, tl.trans(values), input_precision="ieee"), 0.0)
         written = tl.dot(values, tl.trans(dstate), input_precision="ieee")  # (L, BLOCK_K) S̄ n_j
         du = -tl.dot(dvalues, tl.trans(state), input_precision="ieee")
-        dq = tl.dot(dscores * pair, k, input_precision="ieee") + read * tl.dot(do, tl.trans(state), input_precision="ieee")
+        dq = tl.dot(dscores * pair, k, input_precision="ieee")
+        dq += read * tl.dot(do, tl.trans(state), input_precision="ieee")
         dk = tl.dot(tl.trans(dscores * pair), q, input_precision="ieee") + to_end * written
         # through the solve
-        dinv = tl.dot(dvalues, tl.trans(b_v), input_precision="ieee") + tl.dot(du, tl.trans(b_k), input_precision="ieee")
+        dinv = tl.dot(dvalues, tl.trans(b_v), input_precision="ieee")
+        dinv += tl.dot(du, tl.trans(b_k), input_precision="ieee")
         db_v = tl.dot(tl.trans(inverse), dvalues, input_precision="ieee")
         db_k = tl.dot(tl.trans(inverse), du, input_precision="ieee")
         dsystem = -tl.dot(tl.dot(tl.trans(inverse), dinv, input_precision="ieee"), tl.trans(inverse),

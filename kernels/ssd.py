@@ -105,7 +105,6 @@ def _bwd(X, DT, A, B, C, STATES, DY, DHLAST, DX, DDT_P, DLOG_P, DB_P, DC_P, DH0,
     pid_bh, pid_p = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     head_group = h // (H // G)
-    n_pblocks = tl.num_programs(1)
     offs_l = tl.arange(0, BLOCK_L)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
