@@ -12,7 +12,9 @@ Then one training step (forward, cross-entropy, backward) of archlang models of 
 size: a Mamba-1 stack, a Mamba-2 stack and a Llama-like dense stack, timed alternately, each as a
 ratio to the dense model's step; and the gated linear family's chunked form (training and prefill)
 against its step-by-step recurrence (decoding) over 2,048 tokens, forward and forward+backward.
-`--scans-only` runs just these two.
+`--scans-only` runs just these two. Last, the SSM kernels: Mamba-2's chunked SSD and the gated
+linear scan (retention, GLA, Gated DeltaNet), PyTorch reference vs Triton kernel, where a CUDA GPU exists (on the CPU
+the kernel rows say skipped).
 
 The `ceiling` column bounds what any implementation with the same weights can reach against HF
 eager on this machine: HF eager's wall time divided by the time it spends in the linear layers'
@@ -264,6 +266,86 @@ def gated_linear_forms(quick: bool, rounds: int) -> None:
     print(f"slowest chunked vs recurrent: {worst:.2f}x faster (target: at least 2x at 2,048 tokens)")
 
 
+def ssm_kernels(quick: bool, rounds: int) -> None:
+    """The PyTorch reference of each SSM scan against its Triton kernel, alternately, forward then
+    forward + backward, on the GPU when there is one. Without one the kernels run only in Triton's
+    interpreter (for tests, not for timing): the reference rows print, the kernel rows say skipped."""
+    import torch.nn.functional as F
+
+    from archlang.kernels import reference as R
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    g = torch.Generator().manual_seed(0)
+    b, t = (1, 32) if quick else (2, 2048)
+    heads, p, n, dk = (2, 8, 8, 8) if quick else (16, 64, 64, 64)
+    x, dt = torch.randn(b, t, heads, p, generator=g), torch.rand(b, t, heads, generator=g) * 0.1
+    A = -torch.rand(heads, generator=g) - 0.5
+    B, C = torch.randn(b, t, 1, n, generator=g), torch.randn(b, t, 1, n, generator=g)
+    q, k, v = (torch.randn(b, heads, t, dk, generator=g) for _ in range(3))
+    k = F.normalize(k, dim=-1)
+    per_head, per_dim = -torch.rand(b, heads, t, generator=g) * 0.1, -torch.rand(b, heads, t, dk, generator=g) * 0.1
+    beta = torch.rand(b, heads, t, generator=g)
+    leaves = [y.to(device) for y in (x, dt, A, B, C, q, k, v, per_head, per_dim, beta)]
+    x, dt, A, B, C, q, k, v, per_head, per_dim, beta = leaves
+
+    def kernel(module, name):
+        from importlib import import_module
+
+        return getattr(import_module(f"archlang.kernels.{module}"), name)
+
+    cases = {  # name: (reference, kernel module and function, the call)
+        "mamba-2 SSD": (R.ssd_chunked, ("ssd", "ssd_chunked"), lambda f: f(x, dt, A, B, C, 64)),
+        "retention": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"),
+                      lambda f: f(q, k, v, per_head)),
+        "GLA": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"), lambda f: f(q, k, v, per_dim)),
+        "gated deltanet": (R.gated_linear_chunked, ("gated_linear", "gated_linear_chunked"),
+                           lambda f: f(q, k, v, per_head, beta)),
+    }
+
+    def clock(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    print(f"\nSSM kernels over {t} tokens, batch {b}, {heads} heads, on {device}: reference vs Triton kernel")
+    print(f"{'scan':16s} {'pass':>8s} {'reference ms':>13s} {'kernel ms':>10s} {'kernel x':>9s}")
+    for name, (ref_fn, (module, fn_name), call) in cases.items():
+        impls = {"reference": ref_fn}
+        if cuda:
+            impls["kernel"] = kernel(module, fn_name)
+        for grad in (False, True):
+            for leaf in leaves:
+                leaf.requires_grad_(grad)
+
+            def run(fn, call=call, grad=grad):
+                if not grad:
+                    with torch.no_grad():
+                        return call(fn)
+                out, state = call(fn)
+                (out.sum() + state.sum()).backward()
+
+            times = {impl: [] for impl in impls}
+            for fn in impls.values():  # warm-up (and the kernels' compilation)
+                run(fn)
+            for _ in range(rounds):
+                for impl, fn in impls.items():
+                    times[impl].append(clock(lambda fn=fn: run(fn)))
+            ref_ms = statistics.median(times["reference"]) * 1e3
+            if cuda:
+                ratio = statistics.median(r / k for r, k in zip(times["reference"], times["kernel"]))
+                kernel_cols = f"{statistics.median(times['kernel']) * 1e3:10.2f} {ratio:8.2f}x"
+            else:
+                kernel_cols = f"{'skipped':>10s} {'(no GPU)':>9s}"
+            print(f"{name:16s} {'fwd+bwd' if grad else 'fwd':>8s} {ref_ms:13.2f} {kernel_cols}")
+    for leaf in leaves:
+        leaf.requires_grad_(False)
+
+
 def main() -> int:
     from archlang.interop.hf import from_hf
 
@@ -271,7 +353,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs this)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--scans-only", action="store_true",
-                        help="only the training steps of the SSM models and the gated linear forms")
+                        help="only the training steps of the SSM models, the gated linear forms and the SSM kernels")
     parser.add_argument("--rss", nargs=4, metavar=("FAMILY", "IMPL", "B", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss:
@@ -285,6 +367,7 @@ def main() -> int:
     if args.scans_only:
         training_steps(args.quick, rounds)
         gated_linear_forms(args.quick, rounds)
+        ssm_kernels(args.quick, rounds)
         return 0
     print(f"{'family':14s} {'B x T':>8s} {'archlang tok/s':>15s} {'HF sdpa':>10s} {'HF eager':>10s} {'vs sdpa':>8s} "
           f"{'vs eager':>9s} {'ceiling':>8s}")
@@ -340,6 +423,7 @@ def main() -> int:
               f"ratio {growth['archlang'] / max(growth['sdpa'], 1e-9):.2f}")
     training_steps(args.quick, rounds)
     gated_linear_forms(args.quick, rounds)
+    ssm_kernels(args.quick, rounds)
     worst = min(summary, key=lambda s: s[2])
     worst_eager = min(summary, key=lambda s: s[3])
     print(f"\nworst ratio vs HF sdpa: {worst[2]:.2f}x ({worst[0]} {worst[1]}); "

@@ -108,6 +108,19 @@ def selective_scan(u, delta, A, B, C, D, state=None):
     return reference.selective_scan(u, delta, A, B, C, D, state)
 
 
+def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
+    if use_triton(x):
+        return _kernel("ssd", "ssd_chunked")(x, dt, A, B, C, chunk, initial_state)
+    return reference.ssd_chunked(x, dt, A, B, C, chunk, initial_state)
+
+
+def gated_linear_chunked(q, k, v, log_decay, beta=None, state=None, scale=None, chunk=64):
+    # the kernel computes in float32: the reference keeps float64 in float64
+    if use_triton(q) and v.dtype != torch.float64:
+        return _kernel("gated_linear", "gated_linear_chunked")(q, k, v, log_decay, beta, state, scale, chunk)
+    return reference.gated_linear_chunked(q, k, v, log_decay, beta, state, scale, chunk)
+
+
 def route(logits, top_k, *, sigmoid, normalize, scale, correction_bias=None, n_group=1, topk_group=1,
           group_score="top2_sum", normalize_min=0.0):
     kw = dict(sigmoid=sigmoid, normalize=normalize, scale=scale, correction_bias=correction_bias, n_group=n_group,

@@ -1,6 +1,7 @@
 """The gated linear-attention family: per head a (dk x dv) state S_t = decay_t ⊙ S_{t-1} + update_t
 read as o_t = S_t^T q_t. Retention, GLA and Gated DeltaNet differ only in decay and update. Long
-inputs run the chunked form (`kernels/reference.py: gated_linear_chunked`), single tokens the
+inputs run the chunked form (`kernels/reference.py: gated_linear_chunked`, or on CUDA the Triton
+kernel `kernels/gated_linear.py`, through `kernels/dispatch.py`), single tokens the
 recurrent step; both leave the same cache entry (the state in float32, plus the conv window), so a
 cached decode equals the full forward.
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlang.kernels import reference
+from archlang.kernels import dispatch, reference
 from archlang.spec.errors import ArchError
 
 from .context import Context
@@ -53,7 +54,7 @@ def _scan(form: str, chunk: int, q, k, v, log_decay, beta, state):
     """The chunked form for prefill and training, the recurrent step for decoding (or as forced)."""
     if form == "recurrent" or (form == "auto" and q.shape[2] == 1):
         return reference.gated_linear_recurrent(q, k, v, log_decay, beta, state)
-    return reference.gated_linear_chunked(q, k, v, log_decay, beta, state, chunk=chunk)
+    return dispatch.gated_linear_chunked(q, k, v, log_decay, beta, state, chunk=chunk)
 
 
 def _gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

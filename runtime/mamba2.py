@@ -1,5 +1,6 @@
-"""Mamba-2's multi-head state space layer (Dao & Gu 2024, "state space duality"), in plain PyTorch:
-the chunked SSD algorithm (`kernels/reference.py: ssd_chunked`) over a sequence, its one-step
+"""Mamba-2's multi-head state space layer (Dao & Gu 2024, "state space duality"): the chunked SSD
+algorithm over a sequence (through `kernels/dispatch.py`: the Triton kernel `kernels/ssd.py` on
+CUDA, `kernels/reference.py: ssd_chunked` elsewhere), its one-step
 recurrence (`ssd_step`) when decoding. The cache keeps the conv window and the SSM state."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlang.kernels import reference
+from archlang.kernels import dispatch, reference
 from archlang.spec.errors import ArchError
 
 from .context import Context
@@ -112,8 +113,8 @@ class Mamba2(nn.Module):
                                           past["ssm"])
             y = y[:, None]  # (B, 1, H, P)
         else:
-            y, state = reference.ssd_chunked(hidden, dt, A, b.view(bsz, t, groups, n), c.view(bsz, t, groups, n),
-                                             self.chunk, past["ssm"] if past is not None else None)
+            y, state = dispatch.ssd_chunked(hidden, dt, A, b.view(bsz, t, groups, n), c.view(bsz, t, groups, n),
+                                            self.chunk, past["ssm"] if past is not None else None)
         if cache is not None:
             cache.put(self.cache_key, conv=new_conv_state, ssm=state)
         if self.D is not None:
