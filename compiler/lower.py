@@ -209,6 +209,8 @@ class _Lowerer:
                     return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.ShortConv):
                     return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.RWKV4):
+                    return self.rwkv4(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -453,10 +455,17 @@ class _Lowerer:
                            attrs={"d_model": self.d, "kernel": ssm.kernel, "bias": ssm.bias,
                                   "conv_bias": ssm.conv_bias}, **ctx)
 
+    def rwkv4(self, pre: str, ssm: A.RWKV4, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "rwkv4", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "dim": ssm.dim or self.d}, **ctx)
+
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
         if isinstance(ffn, A.MoE):
             return self.moe(pre, ffn, h, seq, ctx)
+        if isinstance(ffn, A.RWKVChannelMix):
+            return self.b.node(f"{pre}channel_mix", "rwkv_channel_mix", [h], name="channel_mix", outputs="h",
+                               shape=("B", seq, d), attrs={"d_model": d, "hidden": ffn.hidden}, **ctx)
         if isinstance(ffn, A.MLP):
             u = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
             u = self.b.node(f"{pre}act", "activation", [u], name="act", outputs="u", shape=("B", seq, ffn.hidden),

@@ -556,7 +556,17 @@ class MoE(Node):
                              "use group_score = max, or fewer groups")
 
 
-FFN = Annotated[Union[MLP, GLU, MoE], Field(discriminator="kind")]
+class RWKVChannelMix(Node):
+    """RWKV's channel mixing (Peng et al. 2023, "RWKV: Reinventing RNNs for the Transformer Era";
+    Hugging Face's RwkvFeedForward) in place of an FFN: with the token shift x' (the previous token's
+    input, zero before the first), k = lerp(x', x, μ_k), r = lerp(x', x, μ_r);
+    sigmoid(receptance(r)) ⊙ value(relu(key(k))²). `hidden` is the key projection's width."""
+
+    kind: Literal["rwkv_channel_mix"]
+    hidden: Dim
+
+
+FFN = Annotated[Union[MLP, GLU, MoE, RWKVChannelMix], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- state space
@@ -698,7 +708,19 @@ class ShortConv(Node):
     conv_bias: bool = False
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv], Field(discriminator="kind")]
+class RWKV4(Node):
+    """RWKV-4's time mixing (Peng et al. 2023; Hugging Face's RwkvSelfAttention): with the token
+    shift x' (the previous token's input, zero before the first), k, v, r are projections of
+    lerp(x', x, μ) with their own μ each; per channel the WKV recurrence with decay w = -exp(time_decay)
+    and the current token's bonus u = time_first,
+    wkv_t = (Σ_{i<t} e^{(t-1-i)w + k_i} v_i + e^{u + k_t} v_t) / (Σ_{i<t} e^{(t-1-i)w + k_i} + e^{u + k_t}),
+    then output(sigmoid(r) ⊙ wkv). `dim` is the width of k, v and r (default d_model)."""
+
+    kind: Literal["rwkv4"]
+    dim: Dim | None = None  # default: d_model
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RWKV4], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -807,6 +829,10 @@ class Block(Node):
                                  "route the decoder's self-attention blocks only, or remove `route`")
             if self.ssm is not None:
                 raise FieldError("route", "depth routing is implemented for attention and FFN blocks, not ssm",
+                                 "remove `route` from this block")
+            if isinstance(self.ffn, RWKVChannelMix):
+                raise FieldError("route", "depth routing of a block with rwkv_channel_mix is not implemented: its "
+                                 "token shift reads the previous token, which routing may skip",
                                  "remove `route` from this block")
             if isinstance(self.ffn, MoE):
                 raise FieldError("route", "depth routing of a block with a moe FFN is not implemented "
@@ -1123,9 +1149,9 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "qk_norm": _kind_classes(QKNorm),
     "indexer": _kind_classes(Indexer),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
-    "ffn": _kind_classes(MLP, GLU, MoE),
+    "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RWKV4),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

@@ -646,6 +646,12 @@ TABLES: dict[str, dict[str, Key]] = {
                 for k in ("block_dim", "block_norm_eps", "block_use_swiglu", "block_use_xavier_init",
                           "block_mlp_init_scale", "block_out_init_scale", "conv_dim", "conv_dim_out",
                           "conv_use_xavier_init", "num_heads", "theta", "use_pos_enc")}},
+    "rwkv": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "attention_hidden_size", "intermediate_size",
+                                    "layer_norm_epsilon", "tie_word_embeddings", "context_length")},
+             # inference halves the hidden state every rescale_every layers: folded into the norms' eps
+             # exactly (hf.rwkv_rescale_groups)
+             "rescale_every": checked(lambda v, c: None if isinstance(v, int) and not isinstance(v, bool) else
+                                      "rescale_every must be an integer (<= 0: no rescaling)")},
 }
 
 
