@@ -310,6 +310,19 @@ CASES = {
         SMALL, num_hidden_layers=3, full_attn_idxs=[0], conv_bias=True, conv_L_cache=4, tie_word_embeddings=False,
         block_auto_adjust_ff_dim=False, norm_eps=1e-6, pad_token_id=0,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    # RWKV-4 without rescaling, untied
+    "rwkv": (T.RwkvConfig, T.RwkvForCausalLM, dict(vocab_size=97, hidden_size=32, num_hidden_layers=3,
+                                                    intermediate_size=48, context_length=64, rescale_every=0)),
+    # rescale_every = 2 over 5 layers: inference halves the hidden state twice, which archlang matches
+    # exactly with the norms' eps times 4 per halving; tied embeddings, a layer_norm_epsilon that is
+    # not ln_out's 1e-5
+    "rwkv-rescaled-tied": (T.RwkvConfig, T.RwkvForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=5, intermediate_size=40, context_length=64,
+        rescale_every=2, tie_word_embeddings=True, layer_norm_epsilon=1e-3)),
+    # a time mixing narrower than hidden_size (transformers then runs only without its cache)
+    "rwkv-narrow": (T.RwkvConfig, T.RwkvForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=48,
+        context_length=64, rescale_every=1, layer_norm_epsilon=1e-6, use_cache=False)),
 }
 
 

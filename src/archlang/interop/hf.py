@@ -600,7 +600,8 @@ def _rwkv(c, name: str) -> str:
     if final_group:
         comment += (f" rescale_every = {c.rescale_every}: transformers halves the hidden state after every "
                     f"{c.rescale_every} layers at inference, which the norms see as eps · 4^k after k halvings.")
-    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, comment)
+    runs = [f"{kind} * {kinds.count(kind)}" if kinds.count(kind) > 1 else kind for kind in dict.fromkeys(kinds)]
+    return write_spec(name, fields, blocks, {"layers": " + ".join(runs)}, comment)
 
 
 def _nemotron_h(c, name: str) -> str:
