@@ -14,7 +14,7 @@ from .moe import MoE
 from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
-from .rwkv import RWKV4TimeMix, RWKVChannelMix
+from .rwkv import RWKV4TimeMix, RWKV7ChannelMix, RWKV7TimeMix, RWKVChannelMix
 from .short_conv import ShortConv
 from .ssm import Mamba
 
@@ -23,7 +23,7 @@ __all__ = [
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA",
     "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
     "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
-    "RWKV4TimeMix", "RWKVChannelMix",
+    "RWKV4TimeMix", "RWKV7ChannelMix", "RWKV7TimeMix", "RWKVChannelMix",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

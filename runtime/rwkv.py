@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archlang.spec.errors import ArchError
+
 from .context import Context
+from .gated_linear import RWKV7
 
 # The running maximum's value before the first token: e^{m} is 0 in float32 and m + w stays finite.
 _EMPTY_MAX = -1e38
@@ -75,22 +78,39 @@ def _lerp(x: torch.Tensor, shifted: torch.Tensor, mix: torch.Tensor) -> torch.Te
     return x * mix + shifted * (1 - mix)
 
 
+def _past(ctx: Context | None, key: str) -> dict | None:
+    return ctx.cache.get(key) if ctx is not None and ctx.cache is not None else None
+
+
+def _token_shift(x: torch.Tensor, ctx: Context | None, past: dict | None):
+    """(x, x', real tokens): the padded tokens zeroed first (a left-padded row's first real token
+    then sees zeros, as at a sequence's start), x' each token's predecessor's input."""
+    real = _real_tokens(ctx, x.shape[1])
+    if real is not None:
+        x = x.masked_fill(~real[..., None], 0)
+    return x, _shifted(x, past["shift"] if past else None), real
+
+
+def _keep_shift(ctx: Context | None, key: str, x: torch.Tensor, shifted: torch.Tensor, real, **state) -> None:
+    """Cache the last real input of this forward (and the mixer's other state) under `key`."""
+    if ctx is None or ctx.cache is None:
+        return
+    last = x[:, -1] if real is None else torch.where(real[:, -1:], x[:, -1], shifted[:, -1])
+    ctx.cache.put(key, shift=last, **state)
+
+
 class _TokenShift(nn.Module):
-    """What both mixers share: the padded tokens zeroed before the shift (a left-padded row's first
-    real token sees zeros, as at a sequence's start) and the last input kept in the cache."""
+    """What RWKV-4's two mixers share: the cache key of their token shift."""
 
     def __init__(self, cache_key: str):
         super().__init__()
         self.cache_key = cache_key
 
     def _shift(self, x: torch.Tensor, ctx: Context | None, past: dict | None):
-        real = _real_tokens(ctx, x.shape[1])
-        if real is not None:
-            x = x.masked_fill(~real[..., None], 0)
-        return x, _shifted(x, past["shift"] if past else None), real
+        return _token_shift(x, ctx, past)
 
     def _past(self, ctx: Context | None) -> dict | None:
-        return ctx.cache.get(self.cache_key) if ctx is not None and ctx.cache is not None else None
+        return _past(ctx, self.cache_key)
 
 
 class RWKV4TimeMix(_TokenShift):
@@ -129,9 +149,7 @@ class RWKV4TimeMix(_TokenShift):
         r = torch.sigmoid(F.linear(_lerp(x, shifted, self.time_mix_receptance), self.receptance))
         state = (past["num"], past["den"], past["max"]) if past else None
         wkv, (num, den, top) = wkv4(self.time_decay, self.time_first, k, v, state, real)
-        if ctx is not None and ctx.cache is not None:
-            last = x[:, -1] if real is None else torch.where(real[:, -1:], x[:, -1], shifted[:, -1])
-            ctx.cache.put(self.cache_key, shift=last, num=num, den=den, max=top)
+        _keep_shift(ctx, self.cache_key, x, shifted, real, num=num, den=den, max=top)
         return F.linear(r * wkv, self.output)  # (B, T, d_model)
 
 
@@ -164,7 +182,92 @@ class RWKVChannelMix(_TokenShift):
         x, shifted, real = self._shift(x, ctx, past)
         k = torch.square(torch.relu(F.linear(_lerp(x, shifted, self.time_mix_key), self.key)))  # (B, T, hidden)
         r = torch.sigmoid(F.linear(_lerp(x, shifted, self.time_mix_receptance), self.receptance))
-        if ctx is not None and ctx.cache is not None:
-            last = x[:, -1] if real is None else torch.where(real[:, -1:], x[:, -1], shifted[:, -1])
-            ctx.cache.put(self.cache_key, shift=last)
+        _keep_shift(ctx, self.cache_key, x, shifted, real)
         return r * F.linear(k, self.value)  # (B, T, d_model)
+
+
+# Where the first RWKV-7 layer leaves its value for the value-residual layers after it (ctx.tables
+# lives for one forward; every use of a layer sees the same dict).
+V_FIRST = "rwkv7_v_first"
+
+
+class RWKV7TimeMix(RWKV7):
+    """RWKV-7's time mixing, laid out as flash-linear-attention's RWKV7Attention (one parameter per
+    tensor; its (1, 1, d) lerp weights flat here). x (B, T, d_model) → (B, T, d_model):
+
+    with δ = x' - x, six lerps x_◦ = x + δ ⊙ μ_◦ (◦ = r, w, k, v, a, g); r, k, v = r_proj, k_proj, v_proj
+    of theirs; the decay logits w0 + w2(tanh(w1 x_w)), the in-context rate logits a0 + a2(a1 x_a), the
+    gate g2(sigmoid(g1 x_g)); with `value_rank` (the value residual) v ← lerp(v, v_first,
+    sigmoid(v0 + v2(v1 x_v))) with v_first the stack's first layer's v; without it this layer's v
+    is left for the layers after it. The core (`RWKV7`: κ̂, k̃, the generalised delta rule, the group
+    norm with eps head_dim · norm_eps, the bonus, the gate), then o_proj.
+
+    Cache per sequence: the core's state (heads · head_dim² float32) under the layer's key, and the
+    last input (d_model, the input's dtype) under key + "/shift"."""
+
+    def __init__(self, d_model: int, heads: int, *, decay_rank: int, a_rank: int, value_rank: int | None,
+                 gate_rank: int, norm_eps: float = 1e-5, chunk: int = 64, form: str = "auto", cache_key: str = ""):
+        head_dim = d_model // heads
+        super().__init__(heads, head_dim, chunk=chunk, form=form, norm_eps=head_dim * norm_eps, cache_key=cache_key)
+        self.d_model, self.value_rank = d_model, value_rank
+        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+            setattr(self, name, nn.Parameter(torch.full((d_model,), 0.5)))
+        for name in ("r_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, name, nn.Parameter(torch.empty(d_model, d_model)))
+        ranks = {"w": decay_rank, "a": a_rank, "v": value_rank, "g": gate_rank}
+        for name, rank in ranks.items():
+            if rank is None:
+                continue
+            setattr(self, f"{name}1", nn.Parameter(torch.empty(rank, d_model)))
+            setattr(self, f"{name}2", nn.Parameter(torch.zeros(d_model, rank)))
+            if name != "g":
+                setattr(self, f"{name}0", nn.Parameter(torch.zeros(d_model)))
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and name[1:] != "2":
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        shift_key = f"{self.cache_key}/shift"
+        x, shifted, real = _token_shift(x, ctx, _past(ctx, shift_key))
+        delta = shifted - x
+        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, delta, mu) for mu in
+                                  (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        r, k, v = F.linear(xr, self.r_proj), F.linear(xk, self.k_proj), F.linear(xv, self.v_proj)  # (B, T, d)
+        w_logits = F.linear(torch.tanh(F.linear(xw, self.w1)), self.w2, self.w0)
+        a_logits = F.linear(F.linear(xa, self.a1), self.a2, self.a0)
+        gate = F.linear(torch.sigmoid(F.linear(xg, self.g1)), self.g2)
+        if self.value_rank is None:
+            if ctx is not None:
+                ctx.tables[V_FIRST] = v
+        else:
+            v_first = ctx.tables.get(V_FIRST) if ctx is not None else None
+            if v_first is None:
+                raise ArchError("an RWKV-7 layer with a value residual runs after the stack's first RWKV-7 layer, "
+                                "which leaves its value in ctx.tables; none was left in this forward")
+            v = torch.lerp(v, v_first, torch.sigmoid(F.linear(F.linear(xv, self.v1), self.v2, self.v0)))
+        if real is not None:  # a padding token writes nothing into the state
+            v = v * real[..., None]
+        o = super().forward(r, w_logits, k, v, a_logits, gate, ctx=ctx)  # (B, T, d)
+        _keep_shift(ctx, shift_key, x, shifted, real)
+        return F.linear(o, self.o_proj)  # (B, T, d_model)
+
+
+class RWKV7ChannelMix(nn.Module):
+    """RWKV-7's channel mixing, flash-linear-attention's RWKV7FeedForward: x (B, T, d_model) →
+    value(relu(key(x + (x' - x) ⊙ x_k))²), no biases. Parameters: x_k (d_model,), key (hidden, d_model),
+    value (d_model, hidden). Cache: the last input (d_model), under the layer's key + "/channel_mix"."""
+
+    def __init__(self, d_model: int, hidden: int, *, cache_key: str = ""):
+        super().__init__()
+        self.cache_key = f"{cache_key}/channel_mix"
+        self.x_k = nn.Parameter(torch.full((d_model,), 0.5))
+        self.key = nn.Parameter(torch.empty(hidden, d_model))
+        self.value = nn.Parameter(torch.empty(d_model, hidden))
+        for p in (self.key, self.value):
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        x, shifted, real = _token_shift(x, ctx, _past(ctx, self.cache_key))
+        k = torch.square(torch.relu(F.linear(x.addcmul(shifted - x, self.x_k), self.key)))  # (B, T, hidden)
+        _keep_shift(ctx, self.cache_key, x, shifted, real)
+        return F.linear(k, self.value)  # (B, T, d_model)
