@@ -1,13 +1,15 @@
-"""RWKV-4's time mixing and RWKV's channel mixing, as generated code builds them (Peng et al. 2023,
-"RWKV: Reinventing RNNs for the Transformer Era"; laid out as Hugging Face's RwkvSelfAttention and
-RwkvFeedForward, one parameter per HF tensor). Both read the previous token's input (the token
-shift); the cache keeps it, and the time mixing's WKV state, so a cached decode equals the full
-forward.
+"""RWKV's mixers, as generated code builds them. RWKV-4's time mixing and RWKV's channel mixing
+(Peng et al. 2023, "RWKV: Reinventing RNNs for the Transformer Era"; laid out as Hugging Face's
+RwkvSelfAttention and RwkvFeedForward, one parameter per HF tensor); RWKV-7's time mixing and
+channel mixing (Peng et al. 2025; laid out as flash-linear-attention's RWKV7Attention and
+RWKV7FeedForward) around the generalised delta rule core of runtime/gated_linear.py. All read the
+previous token's input (the token shift); the cache keeps it, and each recurrence's state, so a
+cached decode equals the full forward.
 
-The WKV recurrence runs in the numerically stable form of the reference implementation (and of
-Hugging Face's CPU path): numerator and denominator are kept scaled by e^{-m} with m their running
-maximum exponent, so no exponential overflows. It is a loop over tokens, differentiated by autograd
-through the loop; there is no chunked form yet."""
+RWKV-4's WKV recurrence runs in the numerically stable form of the reference implementation (and
+of Hugging Face's CPU path): numerator and denominator are kept scaled by e^{-m} with m their
+running maximum exponent, so no exponential overflows. It is a loop over tokens, differentiated by
+autograd through the loop; there is no chunked form yet."""
 
 from __future__ import annotations
 

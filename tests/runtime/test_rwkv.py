@@ -5,7 +5,10 @@ contract: cached decoding = the full forward, causality, left padding, gradients
 parameter, and `archc stats`' state bytes = what the cache holds.
 
 flash-linear-attention's rwkv4 is a Triton kernel only (no CPU reference), so the independent
-references here are the formula and transformers' modules."""
+references here are the formula and transformers' modules. RWKV-7's layer is compared with
+flash-linear-attention's RWKV7Attention re-expressed in plain PyTorch (its forward needs a GPU), on
+its own tensors where `fla.layers` is installed, and its channel mixing with fla-core's torch
+reference."""
 
 from __future__ import annotations
 
@@ -193,3 +196,202 @@ def test_params_and_flops_of_the_ops(compiled):
     flops_layers = (2 * (8 * d * 32 + 11 * 32) + 8 * d * 16 + 11 * 16
                     + 2 * (4 * d * 64 + 2 * d * d) + (4 * d * 48 + 2 * d * d))
     assert facts.flops_per_token == flops_layers + 2 * d * 97  # the head
+
+
+# --- RWKV-7 -------------------------------------------------------------------------------------
+
+SPEC7 = SPECS / "tiny_rwkv7.arch"
+# flash-linear-attention's RWKV7Attention tensor → ours (its lerp weights are (1, 1, d), ours (d,))
+FLA_RWKV7_NAMES = {
+    **{f"x_{n}": f"x_{n}" for n in "rwkvag"}, "k_k": "k_k", "k_a": "k_a", "r_k": "r_k",
+    **{f"{n}_proj.weight": f"{n}_proj" for n in "rkvo"},
+    **{f"{n}_lora.lora.0.weight": f"{n}1" for n in "wavg"}, **{f"{n}_lora.lora.2.weight": f"{n}2" for n in "wavg"},
+    **{f"{n}_lora.lora.2.bias": f"{n}0" for n in "wav"}, "g_norm.weight": "norm_weight", "g_norm.bias": "norm_bias",
+}
+
+
+def rwkv7_reference(p, x, v_first=None, heads=4, norm_eps=1e-5):
+    """flash-linear-attention's RWKV7Attention.forward (fla/layers/rwkv7.py) re-expressed in plain
+    PyTorch, with the state in RWKV-7's own layout: wkv_t = wkv_{t-1} (diag(w_t) + a_t^T b_t) +
+    v_t^T k_t, read as wkv_t r_t (the published recurrence; the runtime runs a chunked form).
+    `p`: our parameter names → tensors. Returns (output, this layer's v_first)."""
+    b, t, d = x.shape
+    hd = d // heads
+    delta = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), 1) - x
+    xr, xw, xk, xv, xa, xg = (x + delta * p[f"x_{n}"] for n in "rwkvag")
+    r, k, v = xr @ p["r_proj"].T, xk @ p["k_proj"].T, xv @ p["v_proj"].T
+    w = -0.6065306597126334 * torch.sigmoid(torch.tanh(xw @ p["w1"].T) @ p["w2"].T + p["w0"])
+    if "v1" in p:
+        v = v + (v_first - v) * torch.sigmoid((xv @ p["v1"].T) @ p["v2"].T + p["v0"])
+    else:
+        v_first = v
+    a = torch.sigmoid((xa @ p["a1"].T) @ p["a2"].T + p["a0"])
+    g = torch.sigmoid(xg @ p["g1"].T) @ p["g2"].T
+    heads_of = lambda z: z.view(b, t, heads, hd)  # noqa: E731
+    kk = torch.nn.functional.normalize(heads_of(k * p["k_k"]), dim=-1)
+    k = k * (1 + (a - 1) * p["k_a"])
+    r_, w_, k_, v_, a_ = map(heads_of, (r, w, k, v, a))
+    wkv, out = x.new_zeros(b, heads, hd, hd), []
+    for i in range(t):
+        transition = torch.diag_embed(w_[:, i].exp()) + (-kk[:, i])[..., :, None] * (kk[:, i] * a_[:, i])[..., None, :]
+        wkv = wkv @ transition + v_[:, i, :, :, None] * k_[:, i, :, None, :]
+        out.append((wkv @ r_[:, i, :, :, None])[..., 0])
+    o = torch.stack(out, 1).reshape(b * t, d)
+    o = torch.nn.functional.group_norm(o, heads, p["norm_weight"], p["norm_bias"], hd * norm_eps).view(b, t, d)
+    bonus = (r_ * k_ * p["r_k"]).sum(-1, keepdim=True) * v_
+    return ((o + bonus.reshape(b, t, d)) * g) @ p["o_proj"].T, v_first
+
+
+def _rwkv7_pair(value_residual, seed=0):
+    from archlang.runtime import RWKV7TimeMix
+
+    layer = RWKV7TimeMix(32, 4, decay_rank=8, a_rank=8, value_rank=8 if value_residual else None, gate_rank=16,
+                         chunk=4, cache_key="l")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    return layer, {name: p.detach() for name, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("value_residual", [False, True])
+def test_rwkv7_layer_is_the_published_layer(value_residual):
+    layer, params = _rwkv7_pair(value_residual)
+    gen = torch.Generator().manual_seed(7)
+    x, v_first = torch.randn(2, 9, 32, generator=gen), torch.randn(2, 9, 32, generator=gen)
+    ctx = Context(positions=torch.arange(9), tables={"rwkv7_v_first": v_first} if value_residual else {})
+    with torch.no_grad():
+        got = layer(x, ctx)
+    want, published = rwkv7_reference(params, x, v_first)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ctx.tables["rwkv7_v_first"], published)  # the first layer leaves its v
+
+
+def test_rwkv7_layer_takes_flash_linear_attentions_weights():
+    """Our tensors are flash-linear-attention's RWKV7Attention's, one to one (its forward needs a
+    GPU: the reference above runs on its tensors)."""
+    pytest.importorskip("fla.layers")
+    import warnings
+
+    from fla.layers.rwkv7 import RWKV7Attention
+
+    from archlang.runtime import RWKV7TimeMix
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = RWKV7Attention(hidden_size=32, head_dim=8, layer_idx=1, num_hidden_layers=2, decay_low_rank_dim=8,
+                                gate_low_rank_dim=16, a_low_rank_dim=8, v_low_rank_dim=8)
+    ours = RWKV7TimeMix(32, 4, decay_rank=8, a_rank=8, value_rank=8, gate_rank=16)
+    their_tensors = dict(theirs.named_parameters())
+    assert sorted(FLA_RWKV7_NAMES) == sorted(their_tensors)
+    assert sorted(FLA_RWKV7_NAMES.values()) == sorted(n for n, _ in ours.named_parameters())
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for theirs_name, ours_name in FLA_RWKV7_NAMES.items():
+            t = their_tensors[theirs_name]
+            t.add_(torch.randn(t.shape, generator=gen) * 0.3)
+            dict(ours.named_parameters())[ours_name].copy_(t.reshape(-1) if theirs_name.startswith("x_") else t)
+    assert theirs.g_norm.eps == ours.norm_eps  # head_dim · norm_eps, computed alike
+    x, v_first = torch.randn(1, 6, 32, generator=gen), torch.randn(1, 6, 32, generator=gen)
+    params = {ours_name: their_tensors[theirs_name].detach().reshape(dict(ours.named_parameters())[ours_name].shape)
+              for theirs_name, ours_name in FLA_RWKV7_NAMES.items()}
+    with torch.no_grad():
+        got = ours(x, Context(positions=torch.arange(6), tables={"rwkv7_v_first": v_first}))
+    torch.testing.assert_close(got, rwkv7_reference(params, x, v_first)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_rwkv7_channel_mix_is_flash_linear_attentions():
+    fla_mixing = pytest.importorskip("fla.ops.rwkv7.channel_mixing")
+    from archlang.runtime import RWKV7ChannelMix
+
+    mix = RWKV7ChannelMix(16, 40)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in mix.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+        x = torch.randn(2, 7, 16, generator=gen)
+        want, _ = fla_mixing.channel_mixing_rwkv7_torch(x, torch.zeros(2, 16), mix.x_k, mix.key.T, mix.value.T)
+        torch.testing.assert_close(mix(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def compiled7():
+    return compile_spec(SPEC7)
+
+
+def test_rwkv7_model_keeps_the_contract(compiled7):
+    """Cached decoding = the full forward (a chunked prefill, then single steps), causality, left
+    padding, gradients on every parameter, and the stats' state bytes = what the cache holds."""
+    model, ids = _model(compiled7), _ids()
+    test_cached_decoding_equals_the_full_forward(compiled7)
+    test_a_later_token_never_changes_an_earlier_output(compiled7)
+    test_left_padding_leaves_the_real_tokens_as_alone(compiled7)
+    test_gradients_reach_every_parameter(compiled7)
+    cache = Cache()
+    with torch.no_grad():
+        model(ids[:1], cache=cache)
+    held = sum(t.numel() * t.element_size() for entry in cache.layers.values() for t in entry.values())
+    facts = compute_facts(compiled7.graph, context=12, dtype="float32")
+    # per layer: 4 heads of an 8 x 8 float32 state, and the two token shifts (32 each)
+    assert held == facts.ssm_state_bytes_per_sequence == 3 * (4 * 8 * 8 * 4 + 2 * 32 * 4)
+
+
+def test_rwkv7_params_and_flops(compiled7):
+    facts = compute_facts(compiled7.graph)
+    d = 32
+    adapters = 2 * (2 * 8 * d + d) + 2 * 16 * d  # w and a (down, up, bias), g (down, up)
+    first = 6 * d + 4 * d * d + adapters + 3 * d + 2 * d  # lerps, projections, adapters, k_k k_a r_k, norm
+    time_mix = [first, first + 2 * 8 * d + d, first + 2 * 8 * d + d]  # the value-residual adapter after the first
+    channel_mix = d + 2 * 64 * d
+    norms = 2 * d * (2 * 3 + 2)
+    assert facts.params_total == 2 * 97 * d + norms + sum(time_mix) + 3 * channel_mix
+    flops = [8 * d * d + 4 * d * (8 + 8 + 16) + 9 * 8 * 8 * 4]
+    flops += [flops[0] + 4 * d * 8] * 2
+    assert facts.flops_per_token == sum(flops) + 3 * 4 * d * 64 + 2 * d * 97
+
+
+RWKV7_STACK = """model m {{
+    vocab = 97
+    d_model = 32
+    context = 64
+    final_norm = layernorm()
+    block first {{
+        norm = layernorm()
+        {first}
+    }}
+    block later {{
+        norm = layernorm()
+        ssm = rwkv7(heads = 4, value_residual = true)
+    }}
+    block plain {{
+        norm = layernorm()
+        ssm = rwkv7(heads = 4)
+    }}
+    layers = {layers}
+}}
+"""
+
+
+@pytest.mark.parametrize("first,layers,needle", [
+    ("ssm = rwkv7(heads = 4)", "later + first", "is the first layer"),
+    ("attention = mha(heads = 4)", "first + later", "is not rwkv7 without value_residual"),
+    ("ssm = rwkv7(heads = 4)", "first + later + plain", "would publish its own value"),
+    ("ssm = rwkv7(heads = 4, value_rank = 8)", "first + plain", "value_rank sizes the value-residual adapter"),
+    ("ssm = rwkv7(heads = 5)", "first + plain", "heads (5) must divide d_model (32)"),
+])
+def test_rwkv7_value_residual_refusals_are_located(first, layers, needle):
+    from archlang.spec import ArchError, ArchErrors
+
+    text = RWKV7_STACK.format(first=first, layers=layers)
+    with pytest.raises((ArchError, ArchErrors)) as err:
+        compile_spec(text)
+    errors = getattr(err.value, "errors", [err.value])
+    assert any(needle in e.message and e.span is not None and e.span.line > 1 for e in errors), errors
+
+
+def test_rwkv7_in_a_shared_block_is_refused():
+    from archlang.spec import ArchError, ArchErrors
+
+    text = RWKV7_STACK.format(first="ssm = rwkv7(heads = 4)\n        shared = true", layers="first * 2")
+    with pytest.raises((ArchError, ArchErrors), match="shared"):
+        compile_spec(text)
