@@ -8,8 +8,9 @@ cached decode equals the full forward.
 
 RWKV-4's WKV recurrence runs in the numerically stable form of the reference implementation (and
 of Hugging Face's CPU path): numerator and denominator are kept scaled by e^{-m} with m their
-running maximum exponent, so no exponential overflows. It is a loop over tokens, differentiated by
-autograd through the loop; there is no chunked form yet."""
+running maximum exponent, so no exponential overflows; decoding and padded rows run it token by
+token, prefill the chunked form (`wkv4_chunked`: one log-sum-exp per output within a chunk, a loop
+over chunks), both differentiated by autograd."""
 
 from __future__ import annotations
 
@@ -60,6 +61,43 @@ def wkv4(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v:
         num, den, top = new
         outputs.append(out)
     return torch.stack(outputs, dim=1).to(k.dtype), (num, den, top)
+
+
+def wkv4_chunked(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 chunk: int = 16) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`wkv4`, `chunk` tokens at a time (no padding mask). Within a chunk, output j sums the carried
+    state decayed j times, tokens i < j decayed j - 1 - i times and token j with the bonus: every
+    term is e^{exponent} times v (or 1), so each output takes one maximum over its exponents (a
+    log-sum-exp) instead of a running one; the chunk's end state likewise. The same function as the
+    recurrence up to rounding, with a loop over chunks instead of tokens."""
+    b, t, c = k.shape
+    if state is None:
+        zeros = k.new_zeros(b, c, dtype=torch.float32)
+        state = (zeros, zeros, torch.full_like(zeros, _EMPTY_MAX))
+    num, den, top = state
+    w = -torch.exp(time_decay.float())  # (C,)
+    u = time_first.float()
+    outputs = []
+    for start in range(0, t, chunk):
+        kc, vc = k[:, start:start + chunk].float(), v[:, start:start + chunk].float()  # (B, L, C)
+        n = kc.shape[1]
+        steps = torch.arange(n, device=k.device, dtype=torch.float32)
+        gap = (steps[:, None] - 1 - steps[None, :])[None, :, :, None] * w  # (1, L, L, C): (j - 1 - i) · w
+        pairs = gap + kc[:, None]  # (B, L, L, C): token i as output j sees it
+        diagonal = torch.eye(n, dtype=torch.bool, device=k.device)[None, :, :, None]
+        before = torch.ones(n, n, dtype=torch.bool, device=k.device).tril(-1)[None, :, :, None]
+        pairs = torch.where(diagonal, (u + kc)[:, None], torch.where(before, pairs, float("-inf")))
+        carried = top[:, None] + steps[None, :, None] * w  # (B, L, C): the state decayed j times
+        m = torch.maximum(pairs.amax(2), carried)
+        weights, old = torch.exp(pairs - m[:, :, None]), torch.exp(carried - m)
+        outputs.append(((weights * vc[:, None]).sum(2) + old * num[:, None]) / (weights.sum(2) + old * den[:, None]))
+        ends = (n - 1 - steps)[None, :, None] * w + kc  # (B, L, C): token i decayed to the chunk's last token
+        carried_end = top + n * w
+        m_end = torch.maximum(ends.amax(1), carried_end)
+        weights, old = torch.exp(ends - m_end[:, None]), torch.exp(carried_end - m_end)
+        num, den, top = (weights * vc).sum(1) + old * num, weights.sum(1) + old * den, m_end
+    return torch.cat(outputs, dim=1).to(k.dtype), (num, den, top)
 
 
 def _shifted(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -124,9 +162,11 @@ class RWKV4TimeMix(_TokenShift):
     output (d_model, dim). Cache per sequence: the last input (d_model, the input's dtype) and the
     WKV numerator, denominator and maximum (3 · dim, float32)."""
 
-    def __init__(self, d_model: int, dim: int, *, cache_key: str = ""):
+    def __init__(self, d_model: int, dim: int, *, chunk: int = 16, form: str = "auto", cache_key: str = ""):
         super().__init__(cache_key)
-        self.d_model, self.dim = d_model, dim
+        if form not in ("auto", "chunked", "recurrent"):
+            raise ArchError(f"form must be auto, chunked or recurrent, not {form!r}")
+        self.d_model, self.dim, self.chunk, self.form = d_model, dim, chunk, form
         ramp = torch.arange(d_model) / d_model  # the reference initialisation's channel ramp
         self.time_decay = nn.Parameter(-5 + 8 * (torch.arange(dim) / max(dim - 1, 1)) ** 0.7)
         self.time_first = nn.Parameter(torch.full((dim,), 0.3).log())
@@ -150,7 +190,10 @@ class RWKV4TimeMix(_TokenShift):
         v = F.linear(_lerp(x, shifted, self.time_mix_value), self.value)
         r = torch.sigmoid(F.linear(_lerp(x, shifted, self.time_mix_receptance), self.receptance))
         state = (past["num"], past["den"], past["max"]) if past else None
-        wkv, (num, den, top) = wkv4(self.time_decay, self.time_first, k, v, state, real)
+        if self.form == "chunked" or (self.form == "auto" and real is None and k.shape[1] > 1):
+            wkv, (num, den, top) = wkv4_chunked(self.time_decay, self.time_first, k, v, state, self.chunk)
+        else:  # single tokens, and padded rows: a padding token must neither decay nor write the state
+            wkv, (num, den, top) = wkv4(self.time_decay, self.time_first, k, v, state, real)
         _keep_shift(ctx, self.cache_key, x, shifted, real, num=num, den=den, max=top)
         return F.linear(r * wkv, self.output)  # (B, T, d_model)
 

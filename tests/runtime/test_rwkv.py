@@ -18,7 +18,7 @@ import torch
 from archlang.api import compile_spec, load_source
 from archlang.compiler import compute_facts
 from archlang.runtime import Cache, Context, RWKV4TimeMix, RWKVChannelMix
-from archlang.runtime.rwkv import wkv4
+from archlang.runtime.rwkv import wkv4, wkv4_chunked
 
 from ..conftest import SPECS
 
@@ -51,6 +51,31 @@ def test_wkv4_is_the_published_formula(scale):
     got, _ = wkv4(decay, first, k, v)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), wkv4_formula(decay, first, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_chunked_wkv4_equals_the_recurrence_with_gradients(chunk, scale):
+    """From an empty and from a carried state, ragged last chunk: outputs, end states (as the
+    numerator and denominator they stand for) and gradients."""
+    gen = torch.Generator().manual_seed(2)
+    k = (torch.randn(2, 9, 6, generator=gen) * scale).requires_grad_()
+    v = torch.randn(2, 9, 6, generator=gen).requires_grad_()
+    decay = torch.randn(6, generator=gen).requires_grad_()
+    first = torch.randn(6, generator=gen).requires_grad_()
+    _, carried = wkv4(decay.detach(), first.detach(), torch.randn(2, 5, 6, generator=gen) * scale,
+                      torch.randn(2, 5, 6, generator=gen))
+    weight = torch.randn(2, 9, 6, generator=gen)
+    for state in (None, carried):
+        (ref, ref_state), (got, got_state) = (form(decay, first, k, v, state) if form is wkv4 else
+                                              form(decay, first, k, v, state, chunk) for form in (wkv4, wkv4_chunked))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        for scaled in (0, 1):  # numerator and denominator, each times e^max
+            torch.testing.assert_close(got_state[scaled] * (got_state[2] - ref_state[2]).exp(), ref_state[scaled],
+                                       atol=1e-5, rtol=1e-5)
+        grads = [torch.autograd.grad((out * weight).sum(), (k, v, decay, first)) for out in (ref, got)]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 def test_wkv4_state_continues_the_sequence():
