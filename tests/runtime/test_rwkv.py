@@ -420,3 +420,38 @@ def test_rwkv7_in_a_shared_block_is_refused():
     text = RWKV7_STACK.format(first="ssm = rwkv7(heads = 4)\n        shared = true", layers="first * 2")
     with pytest.raises((ArchError, ArchErrors), match="shared"):
         compile_spec(text)
+
+
+def test_rwkv7_value_residual_reaches_across_an_attention_layer():
+    """In a hybrid the first layer's value is still the one mixed in, two layers later, in a cached
+    decode as in the full forward; without it the later layer computes something else."""
+    text = """model m {
+    vocab = 97
+    d_model = 32
+    context = 64
+    position = rope()
+    final_norm = layernorm()
+    block first {
+        norm = layernorm()
+        ssm = rwkv7(heads = 4, chunk = 4)
+    }
+    block attn {
+        norm = layernorm()
+        attention = gqa(heads = 4, kv_heads = 2)
+    }
+    block later {
+        norm = layernorm()
+        ssm = rwkv7(heads = 4, value_residual = true, chunk = 4)
+    }
+    layers = [first, attn, later]
+}
+"""
+    compiled = compile_spec(text)
+    model, ids = _model(compiled), _ids()
+    with torch.no_grad():
+        full = model(ids)
+        cache = Cache()
+        steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(5, 12)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+        model.layers[2].ssm.v0.add_(100.0)  # sigmoid → 1: the later layer's v becomes the first layer's
+        assert (model(ids) - full).abs().max() > 1e-3
