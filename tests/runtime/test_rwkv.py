@@ -111,8 +111,10 @@ def _hf_layers(d_model=16, dim=16, hidden=24):
     return config, (attention, ffn), (ours_attention, ours_ffn)
 
 
-def test_modules_equal_hugging_face_rwkv_layers():
+@pytest.mark.parametrize("form", ["recurrent", "chunked"])
+def test_modules_equal_hugging_face_rwkv_layers(form):
     _, (attention, ffn), (time_mix, channel_mix) = _hf_layers()
+    time_mix.form, time_mix.chunk = form, 3
     x = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(time_mix(x), attention(x)[0], atol=1e-5, rtol=1e-5)
