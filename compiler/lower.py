@@ -252,6 +252,10 @@ class _Lowerer:
                     return self.slstm(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.S4D):
                     return self.s4d(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.RWKV4):
+                    return self.rwkv4(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.RWKV7):
+                    return self.rwkv7(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -511,11 +515,31 @@ class _Lowerer:
     def s4d(self, pre: str, ssm: A.S4D, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "s4d", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "state": ssm.state}, **ctx)
+    def rwkv4(self, pre: str, ssm: A.RWKV4, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "rwkv4", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "dim": ssm.dim or self.d}, **ctx)
+
+    def rwkv7(self, pre: str, ssm: A.RWKV7, h: NodeRef, seq: str, ctx) -> NodeRef:
+        d = self.d
+        # flash-linear-attention's default adapter ranks: multiples of 32 growing with sqrt(d_model),
+        # the decay's, rate's and value's also with head_dim / 64
+        factor = (d // ssm.heads) / 64
+
+        def rank(written, scale, by_head=True):
+            return written or max(32, int(round(scale * d ** 0.5 * (factor if by_head else 1) / 32) * 32))
+
+        attrs = {"d_model": d, "heads": ssm.heads, "decay_rank": rank(ssm.decay_rank, 2.5),
+                 "a_rank": rank(ssm.a_rank, 2.5), "value_rank": rank(ssm.value_rank, 1.7) if ssm.value_residual else None,
+                 "gate_rank": rank(ssm.gate_rank, 5, by_head=False), "norm_eps": ssm.norm_eps, "chunk": ssm.chunk}
+        return self.b.node(f"{pre}ssm", "rwkv7", [h], name="ssm", outputs="h", shape=("B", seq, d), attrs=attrs, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d
         if isinstance(ffn, A.MoE):
             return self.moe(pre, ffn, h, seq, ctx)
+        if isinstance(ffn, (A.RWKVChannelMix, A.RWKV7ChannelMix)):
+            return self.b.node(f"{pre}channel_mix", ffn.kind, [h], name="channel_mix", outputs="h",
+                               shape=("B", seq, d), attrs={"d_model": d, "hidden": ffn.hidden}, **ctx)
         if isinstance(ffn, A.MLP):
             u = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
             u = self.b.node(f"{pre}act", "activation", [u], name="act", outputs="u", shape=("B", seq, ffn.hidden),

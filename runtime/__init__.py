@@ -16,6 +16,7 @@ from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import (AlibiSlopes, LearnedPositions, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope,
                        rope_qk)
+from .rwkv import RWKV4TimeMix, RWKV7ChannelMix, RWKV7TimeMix, RWKVChannelMix
 from .s4 import S4D
 from .short_conv import ShortConv
 from .ssm import Mamba
@@ -27,6 +28,7 @@ __all__ = [
     "LinearAttention", "LoRA", "MLAttention", "MLMHead", "MLSTMLayer", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm",
     "RWKV7", "RelativePositionBias", "Retention", "RetentionLayer", "RopeTable", "S4D", "SLSTMLayer", "ShortConv",
     "SinusoidalPositions",
+    "RWKV4TimeMix", "RWKV7ChannelMix", "RWKV7TimeMix", "RWKVChannelMix",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

@@ -583,7 +583,25 @@ class MoE(Node):
                              "use group_score = max, or fewer groups")
 
 
-FFN = Annotated[Union[MLP, GLU, MoE], Field(discriminator="kind")]
+class RWKVChannelMix(Node):
+    """RWKV's channel mixing (Peng et al. 2023, "RWKV: Reinventing RNNs for the Transformer Era";
+    Hugging Face's RwkvFeedForward) in place of an FFN: with the token shift x' (the previous token's
+    input, zero before the first), k = lerp(x', x, μ_k), r = lerp(x', x, μ_r);
+    sigmoid(receptance(r)) ⊙ value(relu(key(k))²). `hidden` is the key projection's width."""
+
+    kind: Literal["rwkv_channel_mix"]
+    hidden: Dim
+
+
+class RWKV7ChannelMix(Node):
+    """RWKV-7's channel mixing (flash-linear-attention's RWKV7FeedForward): with the token shift x',
+    k = x + (x' - x) ⊙ μ_k; value(relu(key(k))²), no receptance gate. `hidden` is key's width."""
+
+    kind: Literal["rwkv7_channel_mix"]
+    hidden: Dim
+
+
+FFN = Annotated[Union[MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- state space
@@ -777,7 +795,49 @@ class S4D(Node):
         return self
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D],
+class RWKV4(Node):
+    """RWKV-4's time mixing (Peng et al. 2023; Hugging Face's RwkvSelfAttention): with the token
+    shift x' (the previous token's input, zero before the first), k, v, r are projections of
+    lerp(x', x, μ) with their own μ each; per channel the WKV recurrence with decay w = -exp(time_decay)
+    and the current token's bonus u = time_first,
+    wkv_t = (Σ_{i<t} e^{(t-1-i)w + k_i} v_i + e^{u + k_t} v_t) / (Σ_{i<t} e^{(t-1-i)w + k_i} + e^{u + k_t}),
+    then output(sigmoid(r) ⊙ wkv). `dim` is the width of k, v and r (default d_model)."""
+
+    kind: Literal["rwkv4"]
+    dim: Dim | None = None  # default: d_model
+
+
+class RWKV7(Node):
+    """RWKV-7 "Goose" time mixing (Peng et al. 2025, "RWKV-7 "Goose" with Expressive Dynamic State
+    Evolution"), laid out as flash-linear-attention's RWKV7Attention: six token-shift lerps
+    x + (x' - x) ⊙ μ feed r, k, v projections and low-rank adapters for the decay (tanh), the
+    in-context learning rate and the output gate (sigmoid); per head a (head_dim x head_dim) state
+    evolves by the generalised delta rule, read by r, group-normalised, plus the bonus, times the
+    gate, then o_proj. `heads` divide d_model. The LoRA ranks default to the ones
+    flash-linear-attention derives from d_model and head_dim. `value_residual`: mix this layer's v
+    towards the first layer's (a sigmoid LoRA picks how far per channel); the first layer of the
+    stack must be rwkv7 without it (its v is the one mixed in)."""
+
+    kind: Literal["rwkv7"]
+    heads: Dim
+    decay_rank: Dim | None = None
+    a_rank: Dim | None = None
+    value_rank: Dim | None = None
+    gate_rank: Dim | None = None
+    value_residual: bool = False
+    norm_eps: PositiveFloat = 1e-5  # per channel: the group norm's eps is head_dim · norm_eps
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+
+    @model_validator(mode="after")
+    def _value_rank(self) -> "RWKV7":
+        if self.value_rank is not None and not self.value_residual:
+            raise FieldError("value_rank", "value_rank sizes the value-residual adapter, and value_residual is off",
+                             "remove value_rank, or set value_residual = true")
+        return self
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D, RWKV4,
+                            RWKV7],
                 Field(discriminator="kind")]
 
 
@@ -887,6 +947,10 @@ class Block(Node):
                                  "route the decoder's self-attention blocks only, or remove `route`")
             if self.ssm is not None:
                 raise FieldError("route", "depth routing is implemented for attention and FFN blocks, not ssm",
+                                 "remove `route` from this block")
+            if isinstance(self.ffn, (RWKVChannelMix, RWKV7ChannelMix)):
+                raise FieldError("route", f"depth routing of a block with {self.ffn.kind} is not implemented: its "
+                                 "token shift reads the previous token, which routing may skip",
                                  "remove `route` from this block")
             if isinstance(self.ffn, MoE):
                 raise FieldError("route", "depth routing of a block with a moe FFN is not implemented "
@@ -1123,6 +1187,39 @@ class Model(Node):
         return self
 
     @model_validator(mode="after")
+    def _rwkv7_value_residual(self) -> "Model":
+        """RWKV-7's value residual reads the v of its stack's first layer, in the same forward."""
+        for stack, layers in self.stacks().items():
+            for i, name in enumerate(layers):
+                block, where = self.blocks[name], ("blocks", name, "ssm")
+                if not isinstance(block.ssm, RWKV7):
+                    continue
+                if block.shared:
+                    raise FieldError(where, f"rwkv7 in shared block `{name}` is not implemented: each use would "
+                                     "publish or read the first layer's value as if it were its own",
+                                     "give each layer its own block")
+                if self.mtp is not None and self.mtp.block == name:
+                    raise FieldError(("mtp", "block"), "mtp with an rwkv7 block is not implemented: its module would "
+                                     "read the stack's first-layer value of other tokens", "give mtp another block")
+                mixes = any(isinstance(self.blocks[n].ssm, RWKV7) and self.blocks[n].ssm.value_residual for n in layers)
+                if i > 0 and mixes and not block.ssm.value_residual:
+                    raise FieldError((*where, "value_residual"), f"block `{name}` (layer {i}) would publish its own "
+                                     "value in place of the first layer's, which the stack's value_residual layers read",
+                                     "set value_residual = true on every rwkv7 layer after the first")
+                if not block.ssm.value_residual:
+                    continue
+                first = self.blocks[layers[0]].ssm
+                if i == 0:
+                    raise FieldError((*where, "value_residual"), f"block `{name}` is the first layer, which has no "
+                                     "earlier layer's value to mix in", "give the first layer a block with "
+                                     "value_residual = false")
+                if not isinstance(first, RWKV7) or first.value_residual:
+                    raise FieldError((*where, "value_residual"), f"value_residual mixes in the first layer's rwkv7 "
+                                     f"value, and the first layer (`{layers[0]}`) is not rwkv7 without value_residual",
+                                     "start the stack with an rwkv7 block whose value_residual is false")
+        return self
+
+    @model_validator(mode="after")
     def _attention_dropout(self) -> "Model":
         if not self.attention_dropout:
             return self
@@ -1259,9 +1356,10 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "qk_norm": _kind_classes(QKNorm),
     "indexer": _kind_classes(Indexer),
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
-    "ffn": _kind_classes(MLP, GLU, MoE),
+    "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D,
+                         RWKV4, RWKV7),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

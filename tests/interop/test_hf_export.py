@@ -733,6 +733,41 @@ CASES = {
     }
     layers = mlstm * 3
 }""", "xlstm"),
+    # RWKV-4 without rescaling: the norms share one eps, the final norm has LayerNorm's default
+    "rwkv": (f"""model m {{
+    {HEAD}
+    embedding_norm = layernorm(eps = 1e-6)
+    final_norm = layernorm(eps = 1e-5)
+    block layer {{
+        norm = layernorm(eps = 1e-6)
+        ssm = rwkv4()
+        ffn = rwkv_channel_mix(hidden = 48)
+    }}
+    layers = layer * 3
+}}""", "rwkv"),
+    # rescale_every = 2 (the norms' eps times 4 after each halving), a narrower time mixing, tied embeddings
+    "rwkv-rescaled-narrow-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_norm = layernorm(eps = 1e-5)
+    final_norm = layernorm(eps = 1.6e-4)
+    block layer {{
+        norm = layernorm(eps = 1e-5)
+        ssm = rwkv4(dim = 16)
+        ffn = rwkv_channel_mix(hidden = 40)
+    }}
+    block halved {{
+        norm = layernorm(eps = 4e-5)
+        ssm = rwkv4(dim = 16)
+        ffn = rwkv_channel_mix(hidden = 40)
+    }}
+    block quartered {{
+        norm = layernorm(eps = 1.6e-4)
+        ssm = rwkv4(dim = 16)
+        ffn = rwkv_channel_mix(hidden = 40)
+    }}
+    layers = [layer, layer, halved, halved, quartered]
+}}""", "rwkv"),
 }
 
 

@@ -320,6 +320,19 @@ CASES = {
     "xlstm-capped": (T.xLSTMConfig, T.xLSTMForCausalLM, dict(
         vocab_size=97, hidden_size=128, num_heads=4, num_hidden_layers=3, chunk_size=8, v_dim_factor=1.5, ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=32, gate_soft_cap=4.0,
         output_logit_soft_cap=2.0, eps=1e-5, norm_eps=1e-5, pad_token_id=0)),
+    # RWKV-4 without rescaling, untied
+    "rwkv": (T.RwkvConfig, T.RwkvForCausalLM, dict(vocab_size=97, hidden_size=32, num_hidden_layers=3,
+                                                    intermediate_size=48, context_length=64, rescale_every=0)),
+    # rescale_every = 2 over 5 layers: inference halves the hidden state twice, which archlang matches
+    # exactly with the norms' eps times 4 per halving; tied embeddings, a layer_norm_epsilon that is
+    # not ln_out's 1e-5
+    "rwkv-rescaled-tied": (T.RwkvConfig, T.RwkvForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=5, intermediate_size=40, context_length=64,
+        rescale_every=2, tie_word_embeddings=True, layer_norm_epsilon=1e-3)),
+    # a time mixing narrower than hidden_size (transformers then runs only without its cache)
+    "rwkv-narrow": (T.RwkvConfig, T.RwkvForCausalLM, dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=48,
+        context_length=64, rescale_every=1, layer_norm_epsilon=1e-6, use_cache=False)),
 }
 
 

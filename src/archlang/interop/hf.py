@@ -5,7 +5,7 @@ Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, ol
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, albert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
-granitemoehybrid, lfm2, xlstm. The encoders (bert, albert) come with the head of the class the config's
+granitemoehybrid, lfm2, xlstm, rwkv. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -630,6 +630,44 @@ def _mamba(c, name: str) -> str:
     return _ssm_only(c, name, ssm)
 
 
+def rwkv_rescale_groups(c) -> tuple[list[int], int]:
+    """Hugging Face's rwkv at inference (eval mode) halves the hidden state after every
+    rescale_every-th layer and divides layer i's output weights by 2^(i // rescale_every): layer i
+    sees the stream scaled by 2^-k, k = i // rescale_every, and adds its branch at the same scale.
+    A LayerNorm of x / 2^k is the LayerNorm of x with eps · 4^k (exactly in floating point, as
+    scaling by a power of two commutes with rounding), so the spec keeps the checkpoint's weights
+    and gives each group of layers the eps that group's norms effectively use. Returns k per layer
+    and the final norm's k (the halvings before ln_out); all 0 when rescale_every <= 0."""
+    every, layers = c.rescale_every, c.num_hidden_layers
+    if every <= 0:
+        return [0] * layers, 0
+    return [i // every for i in range(layers)], layers // every
+
+
+def _rwkv(c, name: str) -> str:
+    """RWKV-4: a LayerNorm on the embeddings (layer 0's pre_ln), then per layer ln1 → time mixing and
+    ln2 → channel mixing, ln_out (whose eps is LayerNorm's default 1e-5 whatever layer_norm_epsilon
+    says), and the head. rescale_every: see rwkv_rescale_groups."""
+    eps = c.layer_norm_epsilon
+    groups, final_group = rwkv_rescale_groups(c)
+    dim = c.attention_hidden_size if c.attention_hidden_size != c.hidden_size else None
+    blocks, kinds = {}, []
+    for k in groups:
+        kind = "layer" if k == 0 else f"layer_rescaled_{k}"
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("layernorm", eps=eps * 4 ** k), "ssm": call("rwkv4", dim=dim),
+                                 "ffn": call("rwkv_channel_mix", hidden=c.intermediate_size)})
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size, "context": c.context_length,
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
+              "embedding_norm": call("layernorm", eps=eps), "final_norm": call("layernorm", eps=1e-5 * 4 ** final_group)}
+    comment = "Imported from a Hugging Face rwkv config."
+    if final_group:
+        comment += (f" rescale_every = {c.rescale_every}: transformers halves the hidden state after every "
+                    f"{c.rescale_every} layers at inference, which the norms see as eps · 4^k after k halvings.")
+    runs = [f"{kind} * {kinds.count(kind)}" if kinds.count(kind) > 1 else kind for kind in dict.fromkeys(kinds)]
+    return write_spec(name, fields, blocks, {"layers": " + ".join(runs)}, comment)
+
+
 def _nemotron_h(c, name: str) -> str:
     """Nemotron-H: blocks of one sublayer each behind its own RMSNorm, a Mamba-2 mixer (d_inner =
     mamba_num_heads · mamba_head_dim, dt clamped below at time_step_min only), attention without
@@ -950,6 +988,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
     "xlstm": _xlstm,
+    "rwkv": _rwkv,
 }
 
 

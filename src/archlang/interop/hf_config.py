@@ -694,6 +694,12 @@ TABLES: dict[str, dict[str, Key]] = {
               "return_last_states": irrelevant("whether the kernels hand back the state: a caching option"),
               "max_inference_chunksize": irrelevant("splits long inputs into pieces that carry the state: the same "
                                                     "function")},
+    "rwkv": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "attention_hidden_size", "intermediate_size",
+                                    "layer_norm_epsilon", "tie_word_embeddings", "context_length")},
+             # inference halves the hidden state every rescale_every layers: folded into the norms' eps
+             # exactly (hf.rwkv_rescale_groups)
+             "rescale_every": checked(lambda v, c: None if isinstance(v, int) and not isinstance(v, bool) else
+                                      "rescale_every must be an integer (<= 0: no rescaling)")},
 }
 
 

@@ -1482,6 +1482,46 @@ def _xlstm(m: A.Model) -> dict:
             "eps": ssm.denominator_eps, "chunk_size": ssm.chunk, "weight_mode": "single", "use_bias": False,
             "tie_word_embeddings": False, "dtype": _dtype(m), "max_position_embeddings": m.context,
             "pad_token_id": None, **_token_ids(m, 0)}
+def _rwkv(m: A.Model) -> dict:
+    """RWKV-4: a LayerNorm on the embeddings, blocks of rwkv4 time mixing and rwkv_channel_mix behind
+    pre-norm LayerNorms, a final LayerNorm. The norms' eps give rescale_every: transformers' eps is
+    layer_norm_epsilon (the final norm's 1e-5) times 4^k after k halvings of the hidden state
+    (interop/hf.py rwkv_rescale_groups), so the eps of layer i must be the first layer's times
+    4^(i // rescale_every) and the final norm's 1e-5 times 4^(layers // rescale_every)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_norm"})
+    _need(m.position is None, ("position",), "a position scheme (rwkv has none)")
+    for k in kinds:
+        block = m.blocks[k]
+        _need(isinstance(block.ssm, A.RWKV4), ("blocks", k, "attention" if block.attention else "ssm"),
+              f"block `{k}` is not an rwkv4 layer (this family has rwkv4 layers only)")
+        _need(isinstance(block.ffn, A.RWKVChannelMix), ("blocks", k, "ffn"),
+              "an FFN other than rwkv_channel_mix (rwkv's layers are time mixing and channel mixing)")
+        norm = block.norm
+        _need(norm.kind == "layernorm" and norm.bias and norm.placement == "pre", ("blocks", k, "norm"),
+              f"{norm.kind}(placement = {norm.placement}): rwkv has pre-norm LayerNorms with biases")
+    _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ssm = _same(m, kinds, "ssm", "time mixing")
+    ffn = _same(m, kinds, "ffn", "channel mixing")
+    eps = [m.blocks[k].norm.eps for k in layers]
+    _need(m.embedding_norm == A.Norm(kind="layernorm", eps=eps[0]), ("embedding_norm",),
+          f"rwkv normalises the embeddings with the first layer's norm: embedding_norm = layernorm(eps = {eps[0]})")
+    _need(m.final_norm is not None and m.final_norm.kind == "layernorm" and m.final_norm.bias
+          and m.final_norm.placement == "pre", ("final_norm",), "rwkv's final norm is a LayerNorm with a bias")
+    every = next((r for r in range(len(layers) + 1)
+                  if eps == [eps[0] * 4 ** (i // r if r else 0) for i in range(len(layers))]
+                  and m.final_norm.eps == 1e-5 * 4 ** (len(layers) // r if r else 0)), None)
+    _need(every is not None, ("final_norm", "eps"),
+          "norms' eps that no rescale_every gives (rwkv's final norm has eps 1e-5, and each halving of the "
+          "hidden state multiplies the eps of the norms after it by 4)")
+    return {"model_type": "rwkv", "vocab_size": m.vocab, "hidden_size": m.d_model, "num_hidden_layers": len(layers),
+            "attention_hidden_size": ssm.dim or m.d_model, "intermediate_size": ffn.hidden,
+            "layer_norm_epsilon": eps[0], "rescale_every": every, "context_length": m.context,
+            "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "bos_token_id": None, "eos_token_id": None,
+            # transformers sizes its cached state by hidden_size: with a narrower time mixing its forward
+            # fails unless it runs without the cache (the same logits)
+            **({"use_cache": False} if (ssm.dim or m.d_model) != m.d_model else {})}
 
 
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
@@ -1503,6 +1543,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "nemotron_h": _nemotron_h, "bamba": _bamba, "granitemoehybrid": lambda m: _bamba(m, "granitemoehybrid"),
     "lfm2": _lfm2,
     "xlstm": _xlstm,
+    "rwkv": _rwkv,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1527,6 +1568,7 @@ ARCHITECTURES = {
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
     "xlstm": "xLSTMForCausalLM",
+    "rwkv": "RwkvForCausalLM",
 }
 
 

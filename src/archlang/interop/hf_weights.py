@@ -658,6 +658,33 @@ def _xlstm_widths(c) -> tuple[int, int, int]:
     from .hf import xlstm_widths  # the spec writer's rule, so names and shapes never disagree
 
     return xlstm_widths(c)
+def _rwkv(c, r: _Rules) -> None:
+    """RWKV-4: `rwkv.embeddings`, layer 0's `pre_ln` (our embed_norm), per block `ln1` / `ln2` before
+    the time mixing (`attention`) and the channel mixing (`feed_forward`), `rwkv.ln_out`, `head`. The
+    lerp weights time_mix_* are (1, 1, d_model) there, (d_model,) here."""
+    d = c.hidden_size
+    r.add("embed.weight", "rwkv.embeddings.weight")
+    r.add("embed_norm.weight", "rwkv.blocks.0.pre_ln.weight")
+    r.add("embed_norm.bias", "rwkv.blocks.0.pre_ln.bias")
+    r.add("final_norm.weight", "rwkv.ln_out.weight")
+    r.add("final_norm.bias", "rwkv.ln_out.bias")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"rwkv.blocks.{i}."
+        for ours, theirs in (("ssm_norm", "ln1"), ("ffn_norm", "ln2")):
+            r.add(f"{p}{ours}.weight", f"{q}{theirs}.weight")
+            r.add(f"{p}{ours}.bias", f"{q}{theirs}.bias")
+        for mine, module, names in (("ssm", "attention", ("key", "value", "receptance")),
+                                    ("channel_mix", "feed_forward", ("key", "receptance"))):
+            for n in names:
+                r.add(f"{p}{mine}.time_mix_{n}", f"{q}{module}.time_mix_{n}", "reshape", (1, 1, d))
+        for n in ("time_decay", "time_first"):
+            r.add(f"{p}ssm.{n}", f"{q}attention.{n}")
+        for n in ("key", "value", "receptance", "output"):
+            r.add(f"{p}ssm.{n}", f"{q}attention.{n}.weight")
+        for n in ("key", "receptance", "value"):
+            r.add(f"{p}channel_mix.{n}", f"{q}feed_forward.{n}.weight")
 
 
 _FAMILIES = {
@@ -679,6 +706,7 @@ _FAMILIES = {
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
     "xlstm": _xlstm,
+    "rwkv": _rwkv,
 }
 
 
