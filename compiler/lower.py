@@ -209,6 +209,8 @@ class _Lowerer:
                     return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.ShortConv):
                     return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.RGLRU):
+                    return self.rglru(pre, blk.ssm, h, seq, mixer_ctx)
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -452,6 +454,11 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "short_conv", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "kernel": ssm.kernel, "bias": ssm.bias,
                                   "conv_bias": ssm.conv_bias}, **ctx)
+
+    def rglru(self, pre: str, ssm: A.RGLRU, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "rglru", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "width": ssm.width or self.d, "heads": ssm.heads,
+                                  "conv_size": ssm.conv_size, "act": ssm.act}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

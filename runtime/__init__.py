@@ -14,13 +14,14 @@ from .moe import MoE
 from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import AlibiSlopes, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope, rope_qk
+from .rglru import RGLRU
 from .short_conv import ShortConv
 from .ssm import Mamba
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA",
-    "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RWKV7", "RelativePositionBias", "Retention",
+    "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RGLRU", "RWKV7", "RelativePositionBias", "Retention",
     "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",

@@ -698,7 +698,24 @@ class ShortConv(Node):
     conv_bias: bool = False
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv], Field(discriminator="kind")]
+class RGLRU(Node):
+    """Griffin's recurrent block (De et al. 2024, "Griffin: Mixing Gated Linear Recurrences with
+    Local Attention for Efficient Language Models"; RecurrentGemma), laid out as Hugging Face's
+    RecurrentGemmaRecurrentBlock: u = conv(linear_x(x)), a causal depthwise conv of `conv_size`
+    taps; the Real-Gated Linear Recurrent Unit over u, its input gate i_t and recurrence gate r_t
+    block-diagonal over `heads` blocks, a_t = σ(Λ)^(8·r_t), h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙
+    (i_t ⊙ u_t) (the first token of a sequence enters as i_0 ⊙ u_0); out = linear_out(h ⊙
+    act(linear_y(x))). Every projection and the conv have a bias. It reads no positions: the
+    recurrence orders the tokens. `width` (Hugging Face's lru_width) defaults to d_model."""
+
+    kind: Literal["rglru"]
+    heads: Dim
+    width: Dim | None = None  # default: d_model
+    conv_size: Annotated[int, Field(gt=0, le=64)] = 4
+    act: Activation = "gelu_tanh"  # of the gate branch y
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1125,7 +1142,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

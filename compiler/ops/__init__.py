@@ -4,6 +4,7 @@ all. `REGISTRY` maps each op name to its definition, in the order the modules de
 from . import io, embeddings, positions, elementwise, norms, projections, attention, sparse, moe, ssm, mtp, routing, adapters  # noqa: F401  (registers)
 from . import linear_mixers  # noqa: F401  (registers)
 from . import conv  # noqa: F401  (registers)
+from . import rglru  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -684,6 +684,35 @@ def _lfm2(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face lfm2 config.")
 
 
+def _recurrent_gemma(c, name: str) -> str:
+    """RecurrentGemma (Griffin): block_types cycled over the layers, recurrent blocks (rglru, as
+    wide as lru_width, its gates in num_attention_heads blocks) and local MQA/GQA attention
+    (a window of attention_window_size, partial RoPE, a biased o_proj); each followed by a biased
+    GeGLU of intermediate_size / 2. RMSNorms with a unit offset, tied embeddings scaled by
+    sqrt(hidden_size) as a bfloat16 number (transformers keeps the normaliser in bfloat16 at any
+    dtype), soft-capped logits. No context limit of its own."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, unit_offset=True)
+    act = _act(c.hidden_activation)
+    ffn = call("geglu", hidden=c.intermediate_size // 2, act=act, bias=True)
+    width = c.lru_width if c.lru_width != c.hidden_size else None
+    mixers = {"recurrent": {"ssm": call("rglru", heads=c.num_attention_heads, width=width,
+                                        conv_size=c.conv1d_width, act=act if act != "gelu_tanh" else None)},
+              "attention": {"attention": _attention(c, window=c.attention_window_size, bias=bool(c.attention_bias),
+                                                    out_bias=True)}}
+    kinds = [(list(c.block_types) * c.num_hidden_layers)[i] for i in range(c.num_hidden_layers)]
+    blocks = {k: {"norm": norm, **mixers[k], "ffn": ffn} for k in dict.fromkeys(kinds)}
+    scale = torch.tensor(float(c.hidden_size) ** 0.5, dtype=torch.bfloat16).item()
+    # transformers' config has no max_position_embeddings: export writes the spec's context there
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
+              **_dropouts(c), "embedding_scale": scale, "logit_softcap": c.logits_soft_cap,
+              "position": _rope(c) if "attention" in kinds else None, "final_norm": norm}
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)},
+                      "Imported from a Hugging Face recurrent_gemma config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -854,6 +883,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
+    "recurrent_gemma": _recurrent_gemma,
 }
 
 

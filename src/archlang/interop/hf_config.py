@@ -646,6 +646,26 @@ TABLES: dict[str, dict[str, Key]] = {
                 for k in ("block_dim", "block_norm_eps", "block_use_swiglu", "block_use_xavier_init",
                           "block_mlp_init_scale", "block_out_init_scale", "conv_dim", "conv_dim_out",
                           "conv_use_xavier_init", "num_heads", "theta", "use_pos_enc")}},
+    "recurrent_gemma": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "num_attention_heads", "num_key_value_heads", "lru_width",
+                                               "attention_window_size", "conv1d_width", "rms_norm_eps",
+                                               "attention_bias", "tie_word_embeddings")},
+                        "rope_parameters": ROPE, "hidden_activation": ACTIVATION,
+                        "attention_dropout": ATTENTION_DROPOUT,
+                        "logits_soft_cap": checked(lambda v, c: _positive(v, "it")),
+                        # transformers turns "recurrent" into an RG-LRU layer and any other name into attention
+                        "block_types": checked(lambda v, c: None if isinstance(v, (list, tuple)) and v and set(v) <= {
+                            "recurrent", "attention"} else "block_types must be a non-empty list of 'recurrent' "
+                            "and 'attention' (cycled over the layers)"),
+                        "partial_rotary_factor": irrelevant("transformers moves it into rope_parameters, which is "
+                                                            "read"),
+                        "head_dim": irrelevant("transformers sets it to hidden_size // num_attention_heads "
+                                               "whatever the config writes"),
+                        "embeddings_scale_by_sqrt_dim": only(True, reason="transformers never reads it and always "
+                                                             "scales the embeddings by sqrt(hidden_size)"),
+                        **{k: INIT for k in ("w_init_variance_scale", "final_w_init_variance_scale")},
+                        # not read by transformers' recurrent_gemma: export writes the spec's context there
+                        "max_position_embeddings": MAPPED},
 }
 
 

@@ -597,6 +597,28 @@ def _lfm2(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}feed_forward.{theirs}")
 
 
+def _recurrent_gemma(c, r: _Rules) -> None:
+    """RecurrentGemma: `temporal_pre_norm` before each mixer (`temporal_block`: the recurrent
+    block, whose names the rglru op gives, or attention), `channel_pre_norm` before the biased
+    GeGLU (`mlp_block`); the final norm is `final_norm`."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        if kind == "linear_attention":
+            r.op("rglru", f"{p}ssm", f"{q}temporal_block")
+            r.add(f"{p}ssm_norm.weight", f"{q}temporal_pre_norm.weight")
+        else:
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                r.linear(f"{p}{n}", f"{q}temporal_block.{n}")
+            r.add(f"{p}attn_norm.weight", f"{q}temporal_pre_norm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}channel_pre_norm.weight")
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}mlp_block.{n}")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -614,6 +636,7 @@ _FAMILIES = {
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
+    "recurrent_gemma": _recurrent_gemma,
 }
 
 
