@@ -92,6 +92,8 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = _mamba2(block.ssm, d_model)
         elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention)):
             update["ssm"] = _linear_mixer(block.ssm)
+        elif isinstance(block.ssm, A.RGLRU):  # as wide as the tiny d_model, in as many gate blocks as divide it
+            update["ssm"] = block.ssm.model_copy(update={"width": None, "heads": math.gcd(block.ssm.heads, d_model)})
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)
