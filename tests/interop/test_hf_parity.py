@@ -310,6 +310,18 @@ CASES = {
         SMALL, num_hidden_layers=3, full_attn_idxs=[0], conv_bias=True, conv_L_cache=4, tie_word_embeddings=False,
         block_auto_adjust_ff_dim=False, norm_eps=1e-6, pad_token_id=0,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    # recurrent (RG-LRU wider than d_model) and local GQA layers cycled from block_types, a 5-token
+    # window (generation runs past it), partial RoPE, q/k/v biases beside the always-biased o_proj,
+    # a 3-tap conv, tied embeddings scaled by sqrt(32) as bfloat16, soft-capped logits
+    "recurrent_gemma": (T.RecurrentGemmaConfig, T.RecurrentGemmaForCausalLM, dict(
+        SMALL, num_hidden_layers=4, lru_width=48, attention_window_size=5, conv1d_width=3, attention_bias=True,
+        block_types=["recurrent", "attention", "recurrent"], logits_soft_cap=5.0, pad_token_id=0)),
+    # Griffin's MQA, lru_width = hidden_size, the default 4-tap conv and block pattern, untied, a
+    # silu activation (the MLP's gate and the recurrent block's gate branch), full RoPE
+    "recurrent_gemma-mqa-untied": (T.RecurrentGemmaConfig, T.RecurrentGemmaForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=1, attention_window_size=4, tie_word_embeddings=False,
+        hidden_activation="silu", pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 1.0})),
 }
 
 
@@ -373,7 +385,7 @@ def test_logits_match(case):
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
                                   "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied",
-                                  "lfm2", "lfm2-bias-untied"])
+                                  "lfm2", "lfm2-bias-untied", "recurrent_gemma", "recurrent_gemma-mqa-untied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))
