@@ -211,6 +211,9 @@ class _Lowerer:
                     return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.RGLRU):
                     return self.rglru(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.Lightning):
+                    return self.lightning(pre, blk.ssm, h, seq, mixer_ctx,
+                                          layers=len(self.m.stacks().get(stack, self.m.layers)))
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -459,6 +462,12 @@ class _Lowerer:
         return self.b.node(f"{pre}ssm", "rglru", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "width": ssm.width or self.d, "heads": ssm.heads,
                                   "conv_size": ssm.conv_size, "act": ssm.act}, **ctx)
+
+    def lightning(self, pre: str, ssm: A.Lightning, h: NodeRef, seq: str, ctx, layers: int) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "lightning", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim,
+                                  "value_dim": ssm.value_dim, "layers": layers, "act": ssm.act, "chunk": ssm.chunk,
+                                  "norm_eps": ssm.norm_eps}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

@@ -6,6 +6,7 @@ from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .indexer import LightningIndexer
+from .lightning import Lightning
 from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
 from .lora import LoRA
 from .mamba2 import Mamba2
@@ -20,7 +21,7 @@ from .ssm import Mamba
 
 __all__ = [
     "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
-    "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LightningIndexer", "LinearAttention", "LoRA",
+    "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "Lightning", "LightningIndexer", "LinearAttention", "LoRA",
     "MLAttention", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm", "RGLRU", "RWKV7", "RelativePositionBias", "Retention",
     "RetentionLayer", "RopeTable", "ShortConv", "SinusoidalPositions",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",

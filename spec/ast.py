@@ -686,6 +686,19 @@ class Retention(_LinearHeads):
     norm_eps: PositiveFloat = 1e-6
 
 
+class Lightning(_LinearHeads):
+    """MiniMax-01's lightning attention (MiniMax 2025; Qin et al. 2024, "Lightning Attention-2"),
+    laid out as Hugging Face's MiniMaxLightningAttention: q, k and v through `act` (no score scale),
+    S_t = exp(-s_h) S_{t-1} + k_t v_t^T read by q_t, a fixed decay rate per head that weakens with
+    depth, s_h = 2^(-8(h+1)/heads) · (1 - layer / (layers - 1 + 1e-5) + 1e-5) (`layer` the block's
+    index in its stack of `layers`); the heads' outputs RMS-normalised together (a weight), gated by
+    sigmoid of their own projection of the input."""
+
+    kind: Literal["lightning"]
+    act: Activation = "silu"
+    norm_eps: PositiveFloat = 1e-6
+
+
 class ShortConv(Node):
     """LFM2's gated short convolution (Liquid AI 2025; the short causal convolutions of H3 and
     Hyena): in_proj d → 3d gives B, C and x; y = C ⊙ conv(B ⊙ x), a causal depthwise conv of
@@ -715,7 +728,7 @@ class RGLRU(Node):
     act: Activation = "gelu_tanh"  # of the gate branch y
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU], Field(discriminator="kind")]
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU, Lightning], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- multi-token prediction
@@ -1142,7 +1155,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
     "ffn": _kind_classes(MLP, GLU, MoE),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
-    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU),
+    "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, RGLRU, Lightning),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

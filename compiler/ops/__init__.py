@@ -5,6 +5,7 @@ from . import io, embeddings, positions, elementwise, norms, projections, attent
 from . import linear_mixers  # noqa: F401  (registers)
 from . import conv  # noqa: F401  (registers)
 from . import rglru  # noqa: F401  (registers)
+from . import lightning  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,
