@@ -277,15 +277,30 @@ class _Lowerer:
         return {**ctx, "span": self.span("blocks", blk.name, component)}
 
     def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
-        """One residual branch, with its norm placed pre, post, on both sides (sandwich) or on the
-        branch's output (output)."""
+        """One residual branch, with its norm placed pre, post, on both sides (sandwich), on the
+        branch's output (output), or before it with the normalised input as the residual
+        (normed_residual); the two terms of the add weighed where the block says (MiniMax)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
-        h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx) if placement in ("pre", "sandwich") else x
+        if placement == "normed_residual":  # the residual stream continues from the normalised input
+            h = x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
+        elif placement in ("pre", "sandwich"):
+            h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx)
+        else:
+            h = x
         h = body(h)
         if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
         h = self.branch_out(f"{pre}{prefix}", h, "h", seq, ctx)
+        weights = {"attn": blk.mixer_residual, "ssm": blk.mixer_residual, "ffn": blk.ffn_residual}.get(prefix)
+        if weights is not None:
+            skip, branch = weights
+            for side, factor, var in (("skip", skip, "x"), ("branch", branch, "h")):
+                if factor != 1:
+                    node = x if side == "skip" else h
+                    node = self.b.node(f"{pre}{prefix}_{side}_scale", "scale", [node], name=f"{prefix}_{side}_scale",
+                                       outputs=var, shape=("B", seq, self.d), attrs={"factor": factor}, **ctx)
+                    x, h = (node, h) if side == "skip" else (x, node)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)
         if placement == "post":

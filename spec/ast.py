@@ -66,8 +66,10 @@ class Norm(Node):
     bias: bool | None = None  # layernorm default true; rmsnorm has none
     unit_offset: bool = False  # weight stored as w - 1 and applied as (1 + w), as in Gemma
     # pre: norm → sublayer → add; post: sublayer → add → norm; sandwich: norm → sublayer → norm → add;
-    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only)
-    placement: Literal["pre", "post", "sandwich", "output"] = "pre"
+    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only);
+    # normed_residual: norm → sublayer → add to the normalised input (MiniMax: the residual stream
+    # carries each sublayer's normalised input)
+    placement: Literal["pre", "post", "sandwich", "output", "normed_residual"] = "pre"
 
     @model_validator(mode="after")
     def _bias(self) -> "Norm":
@@ -820,6 +822,10 @@ class Block(Node):
     # Attention and FFN side by side on the same input, each behind its own norm:
     # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX, PaLM, Falcon).
     parallel: bool = False
+    # [skip, branch]: the mixer's (the FFN's) residual add weighs its two terms, skip · residual +
+    # branch · sublayer (MiniMax's layernorm alpha and beta factors)
+    mixer_residual: tuple[PositiveFloat, PositiveFloat] | None = None
+    ffn_residual: tuple[PositiveFloat, PositiveFloat] | None = None
 
     @field_validator("name")
     @classmethod
@@ -873,6 +879,10 @@ class Block(Node):
             raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
         if self.parallel:
             self._check_parallel()
+        for field, part in (("mixer_residual", self.mixer), ("ffn_residual", self.ffn)):
+            if getattr(self, field) is not None and part is None:
+                raise FieldError(field, f"{field} weighs a residual add that block `{self.name}` does not have",
+                                 f"remove {field}")
         return self
 
     def _check_parallel(self) -> None:
@@ -887,7 +897,7 @@ class Block(Node):
         if self.cross_attention is not None:
             raise FieldError("cross_attention", "a parallel block has no cross_attention: its order relative to "
                              "the two parallel branches is not defined", "remove `parallel` or `cross_attention`")
-        for field in ("route", "lora"):
+        for field in ("route", "lora", "mixer_residual", "ffn_residual"):
             if getattr(self, field) is not None:
                 raise FieldError(field, f"`{field}` is not implemented on a parallel block",
                                  f"remove `parallel` or `{field}`")

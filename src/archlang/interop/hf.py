@@ -5,7 +5,7 @@ Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, ol
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
-granitemoehybrid, lfm2, recurrent_gemma.
+granitemoehybrid, lfm2, recurrent_gemma, minimax.
 """
 
 from __future__ import annotations
@@ -713,6 +713,38 @@ def _recurrent_gemma(c, name: str) -> str:
                       "Imported from a Hugging Face recurrent_gemma config.")
 
 
+def _minimax(c, name: str) -> str:
+    """MiniMax: lightning-attention and GQA layers (layer_types), each followed by a Mixtral-style
+    MoE; the residual stream carries each sublayer's normalised input (normed_residual), the two
+    terms of every residual add weighed by the config's alpha and beta factors."""
+    eps = c.rms_norm_eps
+    if (c.rope_parameters or {}).get("partial_rotary_factor") not in (None, 1, 1.0):
+        _unsupported("minimax's partial_rotary_factor (transformers' MiniMax rotates whole heads by default RoPE)")
+    norm = call("rmsnorm", eps=eps, placement=Raw("normed_residual"))
+    moe = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.intermediate_size))
+    head_dim = getattr(c, "head_dim", None)
+    key_dim = head_dim if head_dim and head_dim != c.hidden_size // c.num_attention_heads else None
+
+    def weights(alpha, beta):
+        return None if (alpha, beta) == (1, 1) else Raw(_numbers([float(alpha), float(beta)]))
+
+    mixers = {"linear": {"ssm": call("lightning", heads=c.num_attention_heads, key_dim=key_dim,
+                                     act=_act(c.hidden_act) if _act(c.hidden_act) != "silu" else None,
+                                     chunk=c.block_size),
+                         "mixer_residual": weights(c.linear_attn_alpha_factor, c.linear_attn_beta_factor)},
+              "full": {"attention": _attention(c, window=c.sliding_window, head_dim=head_dim),
+                       "mixer_residual": weights(c.full_attn_alpha_factor, c.full_attn_beta_factor)}}
+    kinds = ["linear" if t == "linear_attention" else "full" for t in c.layer_types]
+    ffn_residual = weights(c.mlp_alpha_factor, c.mlp_beta_factor)
+    blocks = {k: {"norm": norm, **{f: v for f, v in mixers[k].items() if f != "mixer_residual"}, "ffn": moe,
+                  "mixer_residual": mixers[k]["mixer_residual"], "ffn_residual": ffn_residual}
+              for k in dict.fromkeys(kinds)}
+    # RoPE acts in the attention layers only; a model of lightning layers alone has no position
+    fields = _decoder_fields(c, position=_rope(c) if "full" in kinds else None, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face minimax config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -884,6 +916,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
     "recurrent_gemma": _recurrent_gemma,
+    "minimax": _minimax,
 }
 
 

@@ -666,6 +666,18 @@ TABLES: dict[str, dict[str, Key]] = {
                         **{k: INIT for k in ("w_init_variance_scale", "final_w_init_variance_scale")},
                         # not read by transformers' recurrent_gemma: export writes the spec's context there
                         "max_position_embeddings": MAPPED},
+    "minimax": {**_LLAMA_CORE, "hidden_act": only("silu", "swish", reason="archlang maps minimax's experts with "
+                                                 "silu (swiglu), and its lightning attention shares hidden_act"),
+                "sliding_window": MAPPED, "num_experts_per_tok": MAPPED, "num_local_experts": MAPPED,
+                "block_size": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                "router_jitter_noise": only(0.0, 0, reason="router jitter (training-time noise on the router input) "
+                                                             "is not in archlang"),
+                "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
+                                                                                "full_attention"))),
+                **{k: checked(lambda v, c: _positive(v, "it"))
+                   for k in ("full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
+                             "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor")}},
 }
 
 
