@@ -757,6 +757,39 @@ CASES = {
     }}
     layers = [local, recurrent, recurrent]
 }}""", "recurrent_gemma"),
+    # lightning and GQA layers with their own residual weights, Mixtral-style experts, a window
+    "minimax": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block linear {{
+        norm = rmsnorm(eps = 1e-5, placement = normed_residual)
+        ssm = lightning(heads = 4, key_dim = 16, chunk = 4)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24))
+        mixer_residual = [1.5, 1.25]
+        ffn_residual = [3, 0.5]
+    }}
+    block full {{
+        norm = rmsnorm(eps = 1e-5, placement = normed_residual)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, window = 6)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24))
+        mixer_residual = [2, 0.75]
+        ffn_residual = [3, 0.5]
+    }}
+    layers = [linear, linear, full, linear]
+}}""", "minimax"),
+    # lightning layers only (no position), unit residual weights, tied embeddings, top-1 routing
+    "minimax-lightning-only-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    final_norm = rmsnorm(eps = 1e-6)
+    block linear {{
+        norm = rmsnorm(eps = 1e-6, placement = normed_residual)
+        ssm = lightning(heads = 2)
+        ffn = moe(experts = 3, top_k = 1, expert = swiglu(hidden = 20))
+    }}
+    layers = linear * 2
+}}""", "minimax"),
 }
 
 

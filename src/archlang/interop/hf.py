@@ -1026,7 +1026,11 @@ def _hf_shapes(config) -> dict[str, torch.Size]:
             model = cls(config)
     seen: set[int] = set()
     shapes: dict[str, torch.Size] = {}
+    from .hf_weights import DETERMINED_BY_CONFIG
+
     for name, tensor in model.state_dict(keep_vars=True).items():
+        if name.endswith(DETERMINED_BY_CONFIG):  # buffers the config alone gives (MiniMax's decays)
+            continue
         if id(tensor) not in seen:
             seen.add(id(tensor))
             shapes[name] = tensor.shape

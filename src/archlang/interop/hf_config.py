@@ -795,6 +795,9 @@ _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_laye
 _ALSO = {"mamba_dt_rank": ("auto",), "time_step_rank": ("auto",)}
 # Integer keys that may also be one value per layer.
 _PER_LAYER = {"moe_topk"}
+# Keys whose default is a whole number but whose type is any number (MiniMax's residual factors).
+_ANY_NUMBER = {"full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
+               "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor"}
 
 
 def _expected_type(default: Any) -> tuple[type, ...] | None:
@@ -843,7 +846,7 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             raise _unknown(model_type, name, value, source, text)  # before transformers trips over it
         if rule is None or rule.how == "irrelevant" or name not in base:
             continue
-        types = _expected_type(base[name])
+        types = (int, float) if name in _ANY_NUMBER else _expected_type(base[name])
         if types is None or value in _ALSO.get(name, ()) or (value is None and name in _NULLABLE):
             continue
         if name in _PER_LAYER and isinstance(value, list):  # its table's check reads the entries

@@ -1455,6 +1455,70 @@ def _recurrent_gemma(m: A.Model) -> dict:
     return config
 
 
+def _minimax(m: A.Model) -> dict:
+    """MiniMax: lightning and GQA layers (layer_types) behind RMSNorms placed normed_residual, one
+    Mixtral-style MoE, the residual weights per layer type (lightning, full attention, MoE); the
+    lightning layers' heads and head width are the attention's (num_attention_heads, head_dim)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "normed_residual" and not norm.unit_offset,
+          ("blocks", kinds[0], "norm"), "minimax's RMSNorms start the residual: rmsnorm(placement = normed_residual)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than rmsnorm(eps = {norm.eps})")
+    moe = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(moe, A.MoE), ("blocks", kinds[0], "ffn"), "a dense FFN (minimax's FFN is a mixture of experts)")
+    hidden, act, bias = _glu(moe.expert, ("blocks", kinds[0], "ffn", "expert"), "expert")
+    _need(act == "silu" and not bias, ("blocks", kinds[0], "ffn", "expert"), "minimax's experts are swiglu without "
+          "biases")
+    _need(moe.aux_loss == 0, ("blocks", kinds[0], "ffn", "aux_loss"), "a load-balancing loss (not mapped for minimax)")
+    linear = [k for k in kinds if isinstance(m.blocks[k].ssm, A.Lightning)]
+    full = [k for k in kinds if m.blocks[k].attention is not None]
+    for k in kinds:
+        _need(k in linear or k in full, ("blocks", k),
+              f"block `{k}` has neither lightning nor attention (minimax has these layers only)")
+    ffn_weights = _same(m, kinds, "ffn_residual", "FFN residual weights") or (1.0, 1.0)
+    config = {"model_type": "minimax", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+              "num_hidden_layers": len(layers), "max_position_embeddings": m.context, "rms_norm_eps": norm.eps,
+              "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "num_local_experts": moe.experts,
+              "num_experts_per_tok": moe.top_k, "mlp_alpha_factor": ffn_weights[0], "mlp_beta_factor": ffn_weights[1],
+              "layer_types": ["linear_attention" if k in linear else "full_attention" for k in layers],
+              "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    heads = head_dim = None
+    if linear:
+        s = _same(m, linear, "ssm", "lightning layers")
+        path = ("blocks", linear[0], "ssm")
+        _need(s.value_dim == s.key_dim, path + ("value_dim",), "a value_dim other than key_dim (minimax has one head_dim)")
+        _need(s.act == "silu", path + ("act",), "minimax's lightning attention shares hidden_act with the experts: silu")
+        _need(s.norm_eps == 1e-6, path + ("norm_eps",), "minimax's lightning norm has eps 1e-6")
+        heads, head_dim = s.heads, s.key_dim
+        alpha, beta = _same(m, linear, "mixer_residual", "lightning residual weights") or (1.0, 1.0)
+        config.update(num_attention_heads=heads, head_dim=head_dim, block_size=s.chunk,
+                      linear_attn_alpha_factor=alpha, linear_attn_beta_factor=beta)
+    if full:
+        a = _same(m, full, "attention", "attentions")
+        path = ("blocks", full[0], "attention")
+        kv = _attention_kv(m, a, path)
+        _need(heads is None or (a.heads, a.head_dim) == (heads, head_dim), path,
+              f"attention heads other than the lightning layers' ({heads} of {head_dim}): minimax's "
+              "num_attention_heads and head_dim set both")
+        _need(not a.bias and not a.out_bias, path + ("bias",), "attention biases (minimax has none)")
+        _need(a.softcap is None and _default_scale(a), path, "soft-capping or a score scale other than "
+              "1/sqrt(head_dim) (minimax has none)")
+        for option, off in (("qk_norm", None), ("sinks", False), ("chunk", None), ("sink_tokens", 0),
+                            ("dilation", None), ("global_tokens", 0), ("temperature_tuning", False),
+                            ("output_gate", False)):
+            _need(getattr(a, option) == off, path + (option,), f"attention `{option}` (minimax has none)")
+        alpha, beta = _same(m, full, "mixer_residual", "attention residual weights") or (1.0, 1.0)
+        config.update(**kv, sliding_window=a.window, full_attn_alpha_factor=alpha, full_attn_beta_factor=beta,
+                      rope_parameters=_rope_parameters(m.position, ("position",), a.head_dim))
+    else:
+        _need(m.position is None, ("position",), "a position without attention layers to apply it to")
+    return config
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1474,6 +1538,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "nemotron_h": _nemotron_h, "bamba": _bamba, "granitemoehybrid": lambda m: _bamba(m, "granitemoehybrid"),
     "lfm2": _lfm2,
     "recurrent_gemma": _recurrent_gemma,
+    "minimax": _minimax,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1498,6 +1563,7 @@ ARCHITECTURES = {
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
+    "minimax": "MiniMaxForCausalLM",
 }
 
 

@@ -681,7 +681,7 @@ def rules_for(config, hf_keys: set[str], on_disk: bool = False) -> list[Rule]:
 
 # Buffers that transformers keeps in state dicts and the config alone determines (RoPE tables,
 # MiniMax's lightning-attention decays, archlang's lightning_slopes): no weights to carry.
-_DETERMINED_BY_CONFIG = ("rotary_emb.inv_freq", "self_attn.slope_rate", "self_attn.query_decay",
+DETERMINED_BY_CONFIG = ("rotary_emb.inv_freq", "self_attn.slope_rate", "self_attn.query_decay",
                          "self_attn.key_decay", "self_attn.diagonal_decay")
 
 
@@ -696,7 +696,7 @@ def to_archlang(config, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
         for name, tensor in zip(rule.ours, rule.to_ours([hf_state[k] for k in rule.theirs])):
             out[name] = tensor
     storage = {(hf_state[k].data_ptr(), hf_state[k].shape) for k in used if hf_state[k].device.type != "meta"}
-    left = sorted(k for k in set(hf_state) - used if not k.endswith(_DETERMINED_BY_CONFIG)
+    left = sorted(k for k in set(hf_state) - used if not k.endswith(DETERMINED_BY_CONFIG)
                   and (hf_state[k].data_ptr(), hf_state[k].shape) not in storage)
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
