@@ -40,6 +40,8 @@ class Lightning(nn.Module):
     State per sequence (the cache's bytes): heads · key_dim · value_dim values in float32.
     With `ctx.attention_mask`, a padded token neither decays nor writes the state."""
 
+    left_padding_exact = True  # a padded token neither decays nor writes the state
+
     def __init__(self, d_model: int, heads: int, key_dim: int, value_dim: int, *, layer: int, layers: int,
                  act: str = "silu", chunk: int = 64, form: str = "auto", norm_eps: float = 1e-6,
                  cache_key: str = ""):

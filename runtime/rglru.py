@@ -66,6 +66,8 @@ class RGLRU(nn.Module):
     alone: the padded tokens enter the conv and the recurrence as zeros, and the row's first real
     token is reset as position 0 is."""
 
+    left_padding_exact = True  # padded tokens enter as zeros; a row's first real token restarts it
+
     def __init__(self, d_model: int, width: int, heads: int, *, conv_size: int = 4, act: str = "gelu_tanh",
                  form: str = "auto", cache_key: str = ""):
         super().__init__()
