@@ -61,6 +61,7 @@ class _Lowerer:
 
     def span(self, *path) -> Any:
         return self.m.span_of(*path)
+
     def linear(self, nid: str, x: NodeRef, in_f: int, out_f: int, bias: bool, out_var: str, seq: str, **ctx) -> NodeRef:
         return self.b.node(nid, "linear", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var,
                            shape=("B", seq, out_f),
@@ -256,6 +257,11 @@ class _Lowerer:
                     return self.rwkv4(pre, blk.ssm, h, seq, mixer_ctx)
                 if isinstance(blk.ssm, A.RWKV7):
                     return self.rwkv7(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.RGLRU):
+                    return self.rglru(pre, blk.ssm, h, seq, mixer_ctx)
+                if isinstance(blk.ssm, A.Lightning):
+                    return self.lightning(pre, blk.ssm, h, seq, mixer_ctx,
+                                          layers=len(self.m.stacks().get(stack, self.m.layers)))
                 return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
@@ -319,15 +325,30 @@ class _Lowerer:
         return {**ctx, "span": self.span("blocks", blk.name, component)}
 
     def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
-        """One residual branch, with its norm placed pre, post, on both sides (sandwich) or on the
-        branch's output (output)."""
+        """One residual branch, with its norm placed pre, post, on both sides (sandwich), on the
+        branch's output (output), or before it with the normalised input as the residual
+        (normed_residual); the two terms of the add weighed where the block says (MiniMax)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
-        h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx) if placement in ("pre", "sandwich") else x
+        if placement == "normed_residual":  # the residual stream continues from the normalised input
+            h = x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
+        elif placement in ("pre", "sandwich"):
+            h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx)
+        else:
+            h = x
         h = body(h)
         if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
         h = self.branch_out(f"{pre}{prefix}", h, "h", seq, ctx)
+        weights = {"attn": blk.mixer_residual, "ssm": blk.mixer_residual, "ffn": blk.ffn_residual}.get(prefix)
+        if weights is not None:
+            skip, branch = weights
+            for side, factor, var in (("skip", skip, "x"), ("branch", branch, "h")):
+                if factor != 1:
+                    node = x if side == "skip" else h
+                    node = self.b.node(f"{pre}{prefix}_{side}_scale", "scale", [node], name=f"{prefix}_{side}_scale",
+                                       outputs=var, shape=("B", seq, self.d), attrs={"factor": factor}, **ctx)
+                    x, h = (node, h) if side == "skip" else (x, node)
         x = self.b.node(f"{pre}{prefix}_residual", "add", [x, h], name=f"{prefix}_residual", outputs="x",
                         shape=("B", seq, self.d), **ctx)
         if placement == "post":
@@ -515,6 +536,7 @@ class _Lowerer:
     def s4d(self, pre: str, ssm: A.S4D, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "s4d", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "state": ssm.state}, **ctx)
+
     def rwkv4(self, pre: str, ssm: A.RWKV4, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "rwkv4", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
                            attrs={"d_model": self.d, "dim": ssm.dim or self.d}, **ctx)
@@ -532,6 +554,17 @@ class _Lowerer:
                  "a_rank": rank(ssm.a_rank, 2.5), "value_rank": rank(ssm.value_rank, 1.7) if ssm.value_residual else None,
                  "gate_rank": rank(ssm.gate_rank, 5, by_head=False), "norm_eps": ssm.norm_eps, "chunk": ssm.chunk}
         return self.b.node(f"{pre}ssm", "rwkv7", [h], name="ssm", outputs="h", shape=("B", seq, d), attrs=attrs, **ctx)
+
+    def rglru(self, pre: str, ssm: A.RGLRU, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "rglru", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "width": ssm.width or self.d, "heads": ssm.heads,
+                                  "conv_size": ssm.conv_size, "act": ssm.act}, **ctx)
+
+    def lightning(self, pre: str, ssm: A.Lightning, h: NodeRef, seq: str, ctx, layers: int) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "lightning", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim,
+                                  "value_dim": ssm.value_dim, "layers": layers, "act": ssm.act, "chunk": ssm.chunk,
+                                  "norm_eps": ssm.norm_eps}, **ctx)
 
     def ffn(self, pre: str, ffn, h: NodeRef, seq: str, ctx) -> NodeRef:
         d = self.d

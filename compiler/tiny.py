@@ -90,8 +90,10 @@ def shrink(model: A.Model) -> A.Model:
             update["cross_attention"] = _attention(block.cross_attention, d_model)
         if isinstance(block.ssm, A.Mamba2):
             update["ssm"] = _mamba2(block.ssm, d_model)
-        elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention, A.MLSTM)):
+        elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention, A.MLSTM, A.Lightning)):
             update["ssm"] = _linear_mixer(block.ssm)
+        elif isinstance(block.ssm, A.RGLRU):  # as wide as the tiny d_model, in as many gate blocks as divide it
+            update["ssm"] = block.ssm.model_copy(update={"width": None, "heads": math.gcd(block.ssm.heads, d_model)})
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         elif isinstance(block.ssm, A.SLSTM):  # heads that still divide the narrower d_model

@@ -7,6 +7,7 @@ from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .heads import MLMHead
 from .indexer import LightningIndexer
+from .lightning import Lightning
 from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
 from .lora import LoRA
 from .mamba2 import Mamba2
@@ -16,6 +17,7 @@ from .mtp import MTPModule, add_aux_losses, mtp_context
 from .norm import LayerNorm, RMSNorm
 from .position import (AlibiSlopes, LearnedPositions, RelativePositionBias, RopeTable, SinusoidalPositions, apply_rope,
                        rope_qk)
+from .rglru import RGLRU
 from .rwkv import RWKV4TimeMix, RWKV7ChannelMix, RWKV7TimeMix, RWKVChannelMix
 from .s4 import S4D
 from .short_conv import ShortConv
@@ -29,6 +31,7 @@ __all__ = [
     "RWKV7", "RelativePositionBias", "Retention", "RetentionLayer", "RopeTable", "S4D", "SLSTMLayer", "ShortConv",
     "SinusoidalPositions",
     "RWKV4TimeMix", "RWKV7ChannelMix", "RWKV7TimeMix", "RWKVChannelMix",
+    "Lightning", "RGLRU",
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]

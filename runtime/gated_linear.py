@@ -50,11 +50,12 @@ def _padding(ctx: Context | None, t: int) -> torch.Tensor | None:
     return ctx.attention_mask[:, -t:][:, None, :, None]
 
 
-def _scan(form: str, chunk: int, q, k, v, log_decay, beta, state):
-    """The chunked form for prefill and training, the recurrent step for decoding (or as forced)."""
+def _scan(form: str, chunk: int, q, k, v, log_decay, beta, state, scale=None):
+    """The chunked form for prefill and training, the recurrent step for decoding (or as forced);
+    q is scaled by `scale` (default dk^-0.5)."""
     if form == "recurrent" or (form == "auto" and q.shape[2] == 1):
-        return reference.gated_linear_recurrent(q, k, v, log_decay, beta, state)
-    return dispatch.gated_linear_chunked(q, k, v, log_decay, beta, state, chunk=chunk)
+        return reference.gated_linear_recurrent(q, k, v, log_decay, beta, state, scale=scale)
+    return dispatch.gated_linear_chunked(q, k, v, log_decay, beta, state, scale=scale, chunk=chunk)
 
 
 def _gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

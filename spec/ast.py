@@ -66,8 +66,10 @@ class Norm(Node):
     bias: bool | None = None  # layernorm default true; rmsnorm has none
     unit_offset: bool = False  # weight stored as w - 1 and applied as (1 + w), as in Gemma
     # pre: norm → sublayer → add; post: sublayer → add → norm; sandwich: norm → sublayer → norm → add;
-    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only)
-    placement: Literal["pre", "post", "sandwich", "output"] = "pre"
+    # output: sublayer → norm → add (OLMo 2: the norm on the branch's output only);
+    # normed_residual: norm → sublayer → add to the normalised input (MiniMax: the residual stream
+    # carries each sublayer's normalised input)
+    placement: Literal["pre", "post", "sandwich", "output", "normed_residual"] = "pre"
 
     @model_validator(mode="after")
     def _bias(self) -> "Norm":
@@ -731,6 +733,19 @@ class Retention(_LinearHeads):
     norm_eps: PositiveFloat = 1e-6
 
 
+class Lightning(_LinearHeads):
+    """MiniMax-01's lightning attention (MiniMax 2025; Qin et al. 2024, "Lightning Attention-2"),
+    laid out as Hugging Face's MiniMaxLightningAttention: q, k and v through `act` (no score scale),
+    S_t = exp(-s_h) S_{t-1} + k_t v_t^T read by q_t, a fixed decay rate per head that weakens with
+    depth, s_h = 2^(-8(h+1)/heads) · (1 - layer / (layers - 1 + 1e-5) + 1e-5) (`layer` the block's
+    index in its stack of `layers`); the heads' outputs RMS-normalised together (a weight), gated by
+    sigmoid of their own projection of the input."""
+
+    kind: Literal["lightning"]
+    act: Activation = "silu"
+    norm_eps: PositiveFloat = 1e-6
+
+
 class ShortConv(Node):
     """LFM2's gated short convolution (Liquid AI 2025; the short causal convolutions of H3 and
     Hyena): in_proj d → 3d gives B, C and x; y = C ⊙ conv(B ⊙ x), a causal depthwise conv of
@@ -836,8 +851,25 @@ class RWKV7(Node):
         return self
 
 
-SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D, RWKV4,
-                            RWKV7],
+class RGLRU(Node):
+    """Griffin's recurrent block (De et al. 2024, "Griffin: Mixing Gated Linear Recurrences with
+    Local Attention for Efficient Language Models"; RecurrentGemma), laid out as Hugging Face's
+    RecurrentGemmaRecurrentBlock: u = conv(linear_x(x)), a causal depthwise conv of `conv_size`
+    taps; the Real-Gated Linear Recurrent Unit over u, its input gate i_t and recurrence gate r_t
+    block-diagonal over `heads` blocks, a_t = σ(Λ)^(8·r_t), h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙
+    (i_t ⊙ u_t) (the first token of a sequence enters as i_0 ⊙ u_0); out = linear_out(h ⊙
+    act(linear_y(x))). Every projection and the conv have a bias. It reads no positions: the
+    recurrence orders the tokens. `width` (Hugging Face's lru_width) defaults to d_model."""
+
+    kind: Literal["rglru"]
+    heads: Dim
+    width: Dim | None = None  # default: d_model
+    conv_size: Annotated[int, Field(gt=0, le=64)] = 4
+    act: Activation = "gelu_tanh"  # of the gate branch y
+
+
+SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D, RWKV4, RWKV7,
+                      RGLRU, Lightning],
                 Field(discriminator="kind")]
 
 
@@ -930,6 +962,10 @@ class Block(Node):
     # Attention and FFN side by side on the same input, each behind its own norm:
     # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX, PaLM, Falcon).
     parallel: bool = False
+    # [skip, branch]: the mixer's (the FFN's) residual add weighs its two terms, skip · residual +
+    # branch · sublayer (MiniMax's layernorm alpha and beta factors)
+    mixer_residual: tuple[PositiveFloat, PositiveFloat] | None = None
+    ffn_residual: tuple[PositiveFloat, PositiveFloat] | None = None
 
     @field_validator("name")
     @classmethod
@@ -987,6 +1023,10 @@ class Block(Node):
             raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
         if self.parallel:
             self._check_parallel()
+        for field, part in (("mixer_residual", self.mixer), ("ffn_residual", self.ffn)):
+            if getattr(self, field) is not None and part is None:
+                raise FieldError(field, f"{field} weighs a residual add that block `{self.name}` does not have",
+                                 f"remove {field}")
         return self
 
     def _check_parallel(self) -> None:
@@ -1001,7 +1041,7 @@ class Block(Node):
         if self.cross_attention is not None:
             raise FieldError("cross_attention", "a parallel block has no cross_attention: its order relative to "
                              "the two parallel branches is not defined", "remove `parallel` or `cross_attention`")
-        for field in ("route", "lora"):
+        for field in ("route", "lora", "mixer_residual", "ffn_residual"):
             if getattr(self, field) is not None:
                 raise FieldError(field, f"`{field}` is not implemented on a parallel block",
                                  f"remove `parallel` or `{field}`")
@@ -1359,7 +1399,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D,
-                         RWKV4, RWKV7),
+                         RWKV4, RWKV7, RGLRU, Lightning),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

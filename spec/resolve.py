@@ -710,7 +710,7 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             _fill_mamba2_heads(ssm, d_model, ("blocks", block_name, "ssm"), b)
         elif isinstance(ssm, dict) and ssm.get("kind") == "gated_deltanet":
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b)
-        elif isinstance(ssm, dict) and ssm.get("kind") in ("gla", "retention"):
+        elif isinstance(ssm, dict) and ssm.get("kind") in ("gla", "retention", "lightning"):
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads")
         elif isinstance(ssm, dict) and ssm.get("kind") == "mamba" and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)

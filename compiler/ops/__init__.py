@@ -8,6 +8,8 @@ from . import heads  # noqa: F401  (registers)
 from . import xlstm  # noqa: F401  (registers)
 from . import s4  # noqa: F401  (registers)
 from . import rwkv  # noqa: F401  (registers)
+from . import rglru  # noqa: F401  (registers)
+from . import lightning  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -768,6 +768,79 @@ CASES = {
     }}
     layers = [layer, layer, halved, halved, quartered]
 }}""", "rwkv"),
+    # RG-LRU blocks wider than d_model with a 3-tap conv, a local GQA layer with q/k/v biases and
+    # partial RoPE, the block pattern cycled and cut short (block_types [r, r, a] over 5 layers)
+    "recurrent_gemma": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    embedding_scale = 5.65625
+    logit_softcap = 30
+    position = rope(theta = 10000, dim = 4)
+    final_norm = rmsnorm(eps = 1e-6, unit_offset = true)
+    block recurrent {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true)
+        ssm = rglru(heads = 4, width = 48, conv_size = 3)
+        ffn = geglu(hidden = 24, act = gelu_tanh, bias = true)
+    }}
+    block local {{
+        norm = rmsnorm(eps = 1e-6, unit_offset = true)
+        attention = gqa(heads = 4, kv_heads = 2, bias = true, out_bias = true, window = 5)
+        ffn = geglu(hidden = 24, act = gelu_tanh, bias = true)
+    }}
+    layers = [recurrent, recurrent, local, recurrent, recurrent]
+}}""", "recurrent_gemma"),
+    # attention first, MQA without q/k/v biases, full RoPE, silu, an untied head
+    "recurrent_gemma-mqa-untied": (f"""model m {{
+    {HEAD}
+    embedding_scale = 5.65625
+    logit_softcap = 10
+    position = rope(theta = 1000)
+    final_norm = rmsnorm(eps = 1e-5, unit_offset = true)
+    block local {{
+        norm = rmsnorm(eps = 1e-5, unit_offset = true)
+        attention = mqa(heads = 2, out_bias = true, window = 3)
+        ffn = geglu(hidden = 20, act = silu, bias = true)
+    }}
+    block recurrent {{
+        norm = rmsnorm(eps = 1e-5, unit_offset = true)
+        ssm = rglru(heads = 2, act = silu)
+        ffn = geglu(hidden = 20, act = silu, bias = true)
+    }}
+    layers = [local, recurrent, recurrent]
+}}""", "recurrent_gemma"),
+    # lightning and GQA layers with their own residual weights, Mixtral-style experts, a window
+    "minimax": (f"""model m {{
+    {HEAD}
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block linear {{
+        norm = rmsnorm(eps = 1e-5, placement = normed_residual)
+        ssm = lightning(heads = 4, key_dim = 16, chunk = 4)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24))
+        mixer_residual = [1.5, 1.25]
+        ffn_residual = [3, 0.5]
+    }}
+    block full {{
+        norm = rmsnorm(eps = 1e-5, placement = normed_residual)
+        attention = gqa(heads = 4, kv_heads = 2, head_dim = 16, window = 6)
+        ffn = moe(experts = 4, top_k = 2, expert = swiglu(hidden = 24))
+        mixer_residual = [2, 0.75]
+        ffn_residual = [3, 0.5]
+    }}
+    layers = [linear, linear, full, linear]
+}}""", "minimax"),
+    # lightning layers only (no position), unit residual weights, tied embeddings, top-1 routing
+    "minimax-lightning-only-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    final_norm = rmsnorm(eps = 1e-6)
+    block linear {{
+        norm = rmsnorm(eps = 1e-6, placement = normed_residual)
+        ssm = lightning(heads = 2)
+        ffn = moe(experts = 3, top_k = 1, expert = swiglu(hidden = 20))
+    }}
+    layers = linear * 2
+}}""", "minimax"),
 }
 
 

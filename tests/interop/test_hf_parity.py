@@ -333,6 +333,29 @@ CASES = {
     "rwkv-narrow": (T.RwkvConfig, T.RwkvForCausalLM, dict(
         vocab_size=97, hidden_size=32, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=48,
         context_length=64, rescale_every=1, layer_norm_epsilon=1e-6, use_cache=False)),
+    # recurrent (RG-LRU wider than d_model) and local GQA layers cycled from block_types, a 5-token
+    # window (generation runs past it), partial RoPE, q/k/v biases beside the always-biased o_proj,
+    # a 3-tap conv, tied embeddings scaled by sqrt(32) as bfloat16, soft-capped logits
+    "recurrent_gemma": (T.RecurrentGemmaConfig, T.RecurrentGemmaForCausalLM, dict(
+        SMALL, num_hidden_layers=4, lru_width=48, attention_window_size=5, conv1d_width=3, attention_bias=True,
+        block_types=["recurrent", "attention", "recurrent"], logits_soft_cap=5.0, pad_token_id=0)),
+    # Griffin's MQA, lru_width = hidden_size, the default 4-tap conv and block pattern, untied, a
+    # silu activation (the MLP's gate and the recurrent block's gate branch), full RoPE
+    "recurrent_gemma-mqa-untied": (T.RecurrentGemmaConfig, T.RecurrentGemmaForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=1, attention_window_size=4, tie_word_embeddings=False,
+        hidden_activation="silu", pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 1.0})),
+    # lightning-attention and GQA layers (a window, a head_dim of its own), Mixtral-style experts, every
+    # residual add weighed by its own alpha and beta, prefill across 4-token lightning blocks
+    "minimax": (T.MiniMaxConfig, T.MiniMaxForCausalLM, dict(
+        SMALL, num_hidden_layers=4, head_dim=16, num_local_experts=4, num_experts_per_tok=2, block_size=4,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+        full_attn_alpha_factor=2.0, full_attn_beta_factor=0.5, linear_attn_alpha_factor=1.5,
+        linear_attn_beta_factor=1.2, mlp_alpha_factor=3.0, mlp_beta_factor=0.7, sliding_window=5)),
+    # the default layer pattern (full, linear, ...), unit factors, MHA, tied embeddings, top-1 routing
+    "minimax-default-pattern-tied": (T.MiniMaxConfig, T.MiniMaxForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, num_local_experts=3, num_experts_per_tok=1,
+        tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
 }
 
 
@@ -396,7 +419,9 @@ def test_logits_match(case):
                                   "gemma", "gemma-mqa", "starcoder2", "starcoder2-no-bias-untied",
                                   "granite", "granite-tied", "granitemoe", "gpt_neox", "gpt_neox-sequential-tied",
                                   "deepseek_v32", "mamba", "mamba-tied", "falcon_mamba", "falcon_mamba-tied",
-                                  "lfm2", "lfm2-bias-untied", "xlstm", "xlstm-capped"])
+                                  "lfm2", "lfm2-bias-untied", "xlstm", "xlstm-capped",
+                                  "recurrent_gemma", "recurrent_gemma-mqa-untied", "minimax",
+                                  "minimax-default-pattern-tied"])
 def test_greedy_generation_matches(case):
     hf, ours = _pair(case)
     prompt = torch.randint(1, 97, (1, 6))

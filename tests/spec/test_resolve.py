@@ -121,7 +121,7 @@ def test_golden_enumeration_and_several_errors():
     msgs = errors_of(BASE.replace("eps = 1e-5", "eps = 1e-5, placement = pree").replace("vocab = 100", "vocab = -1"))
     assert [m.splitlines()[0] for m in msgs] == [
         "e.arch:2:11: error: `vocab` must be greater than 0, found -1",
-        "e.arch:7:44: error: `placement` must be one of: pre, post, sandwich, output; found the name `pree`",
+        "e.arch:7:44: error: `placement` must be one of: pre, post, sandwich, output, normed_residual; found the name `pree`",
     ]
     assert msgs[1].splitlines()[-1] == "hint: did you mean `pre`?"
 

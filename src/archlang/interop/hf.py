@@ -5,7 +5,8 @@ Verified by logit parity tests (tests/interop): llama, mistral, qwen2, qwen3, ol
 qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, albert, jamba, t5, mamba2, gpt_oss,
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
-granitemoehybrid, lfm2, xlstm, rwkv. The encoders (bert, albert) come with the head of the class the config's
+granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
+minimax. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -817,6 +818,67 @@ def _xlstm(c, name: str) -> str:
                       "Imported from a Hugging Face xlstm config.")
 
 
+def _recurrent_gemma(c, name: str) -> str:
+    """RecurrentGemma (Griffin): block_types cycled over the layers, recurrent blocks (rglru, as
+    wide as lru_width, its gates in num_attention_heads blocks) and local MQA/GQA attention
+    (a window of attention_window_size, partial RoPE, a biased o_proj); each followed by a biased
+    GeGLU of intermediate_size / 2. RMSNorms with a unit offset, tied embeddings scaled by
+    sqrt(hidden_size) as a bfloat16 number (transformers keeps the normaliser in bfloat16 at any
+    dtype), soft-capped logits. No context limit of its own."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps, unit_offset=True)
+    act = _act(c.hidden_activation)
+    ffn = call("geglu", hidden=c.intermediate_size // 2, act=act, bias=True)
+    width = c.lru_width if c.lru_width != c.hidden_size else None
+    mixers = {"recurrent": {"ssm": call("rglru", heads=c.num_attention_heads, width=width,
+                                        conv_size=c.conv1d_width, act=act if act != "gelu_tanh" else None)},
+              "attention": {"attention": _attention(c, window=c.attention_window_size, bias=bool(c.attention_bias),
+                                                    out_bias=True)}}
+    kinds = [(list(c.block_types) * c.num_hidden_layers)[i] for i in range(c.num_hidden_layers)]
+    blocks = {k: {"norm": norm, **mixers[k], "ffn": ffn} for k in dict.fromkeys(kinds)}
+    scale = torch.tensor(float(c.hidden_size) ** 0.5, dtype=torch.bfloat16).item()
+    # transformers' config has no max_position_embeddings: export writes the spec's context there
+    fields = {"family": "decoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": getattr(c, "max_position_embeddings", None) or MAMBA2_CONTEXT,
+              "dtype": hf_config.spec_dtype(c.dtype), "tie_embeddings": bool(c.tie_word_embeddings) or None,
+              **_dropouts(c), "embedding_scale": scale, "logit_softcap": c.logits_soft_cap,
+              "position": _rope(c) if "attention" in kinds else None, "final_norm": norm}
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)},
+                      "Imported from a Hugging Face recurrent_gemma config.")
+
+
+def _minimax(c, name: str) -> str:
+    """MiniMax: lightning-attention and GQA layers (layer_types), each followed by a Mixtral-style
+    MoE; the residual stream carries each sublayer's normalised input (normed_residual), the two
+    terms of every residual add weighed by the config's alpha and beta factors."""
+    eps = c.rms_norm_eps
+    if (c.rope_parameters or {}).get("partial_rotary_factor") not in (None, 1, 1.0):
+        _unsupported("minimax's partial_rotary_factor (transformers' MiniMax rotates whole heads by default RoPE)")
+    norm = call("rmsnorm", eps=eps, placement=Raw("normed_residual"))
+    moe = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+               expert=call("swiglu", hidden=c.intermediate_size))
+    head_dim = getattr(c, "head_dim", None)
+    key_dim = head_dim if head_dim and head_dim != c.hidden_size // c.num_attention_heads else None
+
+    def weights(alpha, beta):
+        return None if (alpha, beta) == (1, 1) else Raw(_numbers([float(alpha), float(beta)]))
+
+    mixers = {"linear": {"ssm": call("lightning", heads=c.num_attention_heads, key_dim=key_dim,
+                                     act=_act(c.hidden_act) if _act(c.hidden_act) != "silu" else None,
+                                     chunk=c.block_size),
+                         "mixer_residual": weights(c.linear_attn_alpha_factor, c.linear_attn_beta_factor)},
+              "full": {"attention": _attention(c, window=c.sliding_window, head_dim=head_dim),
+                       "mixer_residual": weights(c.full_attn_alpha_factor, c.full_attn_beta_factor)}}
+    kinds = ["linear" if t == "linear_attention" else "full" for t in c.layer_types]
+    ffn_residual = weights(c.mlp_alpha_factor, c.mlp_beta_factor)
+    blocks = {k: {"norm": norm, **{f: v for f, v in mixers[k].items() if f != "mixer_residual"}, "ffn": moe,
+                  "mixer_residual": mixers[k]["mixer_residual"], "ffn_residual": ffn_residual}
+              for k in dict.fromkeys(kinds)}
+    # RoPE acts in the attention layers only; a model of lightning layers alone has no position
+    fields = _decoder_fields(c, position=_rope(c) if "full" in kinds else None, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face minimax config.")
+
+
 def _deepseek_routing(c) -> dict[str, Any]:
     """DeepSeek-V3 scores experts with a sigmoid, chooses them with the correction bias added and
     within the best topk_group of n_group groups (each scored by its top-2 sum); DeepSeek-V2
@@ -989,6 +1051,8 @@ SPEC_WRITERS: dict[str, Callable] = {
     "lfm2": _lfm2,
     "xlstm": _xlstm,
     "rwkv": _rwkv,
+    "recurrent_gemma": _recurrent_gemma,
+    "minimax": _minimax,
 }
 
 
@@ -1104,7 +1168,11 @@ def _hf_shapes(config) -> dict[str, torch.Size]:
             model = cls(config)
     seen: set[int] = set()
     shapes: dict[str, torch.Size] = {}
+    from .hf_weights import DETERMINED_BY_CONFIG
+
     for name, tensor in model.state_dict(keep_vars=True).items():
+        if name.endswith(DETERMINED_BY_CONFIG):  # buffers the config alone gives (MiniMax's decays)
+            continue
         if id(tensor) not in seen:
             seen.add(id(tensor))
             shapes[name] = tensor.shape

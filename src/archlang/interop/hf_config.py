@@ -700,6 +700,38 @@ TABLES: dict[str, dict[str, Key]] = {
              # exactly (hf.rwkv_rescale_groups)
              "rescale_every": checked(lambda v, c: None if isinstance(v, int) and not isinstance(v, bool) else
                                       "rescale_every must be an integer (<= 0: no rescaling)")},
+    "recurrent_gemma": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "num_attention_heads", "num_key_value_heads", "lru_width",
+                                               "attention_window_size", "conv1d_width", "rms_norm_eps",
+                                               "attention_bias", "tie_word_embeddings")},
+                        "rope_parameters": ROPE, "hidden_activation": ACTIVATION,
+                        "attention_dropout": ATTENTION_DROPOUT,
+                        "logits_soft_cap": checked(lambda v, c: _positive(v, "it")),
+                        # transformers turns "recurrent" into an RG-LRU layer and any other name into attention
+                        "block_types": checked(lambda v, c: None if isinstance(v, (list, tuple)) and v and set(v) <= {
+                            "recurrent", "attention"} else "block_types must be a non-empty list of 'recurrent' "
+                            "and 'attention' (cycled over the layers)"),
+                        "partial_rotary_factor": irrelevant("transformers moves it into rope_parameters, which is "
+                                                            "read"),
+                        "head_dim": irrelevant("transformers sets it to hidden_size // num_attention_heads "
+                                               "whatever the config writes"),
+                        "embeddings_scale_by_sqrt_dim": only(True, reason="transformers never reads it and always "
+                                                             "scales the embeddings by sqrt(hidden_size)"),
+                        **{k: INIT for k in ("w_init_variance_scale", "final_w_init_variance_scale")},
+                        # not read by transformers' recurrent_gemma: export writes the spec's context there
+                        "max_position_embeddings": MAPPED},
+    "minimax": {**_LLAMA_CORE, "hidden_act": only("silu", "swish", reason="archlang maps minimax's experts with "
+                                                 "silu (swiglu), and its lightning attention shares hidden_act"),
+                "sliding_window": MAPPED, "num_experts_per_tok": MAPPED, "num_local_experts": MAPPED,
+                "block_size": MAPPED, "output_router_logits": NO_AUX_LOSS,
+                "router_aux_loss_coef": irrelevant("used only with output_router_logits, which is checked"),
+                "router_jitter_noise": only(0.0, 0, reason="router jitter (training-time noise on the router input) "
+                                                             "is not in archlang"),
+                "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
+                                                                                "full_attention"))),
+                **{k: checked(lambda v, c: _positive(v, "it"))
+                   for k in ("full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
+                             "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor")}},
 }
 
 
@@ -830,6 +862,9 @@ _LAYER_COUNTS = {"num_hidden_layers", "n_layer", "num_layers", "num_decoder_laye
 _ALSO = {"mamba_dt_rank": ("auto",), "time_step_rank": ("auto",)}
 # Integer keys that may also be one value per layer.
 _PER_LAYER = {"moe_topk"}
+# Keys whose default is a whole number but whose type is any number (MiniMax's residual factors).
+_ANY_NUMBER = {"full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
+               "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor"}
 
 
 def _expected_type(default: Any) -> tuple[type, ...] | None:
@@ -878,7 +913,7 @@ def check_types(config: dict, source: str | None = None, text: str | None = None
             raise _unknown(model_type, name, value, source, text)  # before transformers trips over it
         if rule is None or rule.how == "irrelevant" or name not in base:
             continue
-        types = _expected_type(base[name])
+        types = (int, float) if name in _ANY_NUMBER else _expected_type(base[name])
         if types is None or value in _ALSO.get(name, ()) or (value is None and name in _NULLABLE):
             continue
         if name in _PER_LAYER and isinstance(value, list):  # its table's check reads the entries

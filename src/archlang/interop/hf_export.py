@@ -1482,6 +1482,8 @@ def _xlstm(m: A.Model) -> dict:
             "eps": ssm.denominator_eps, "chunk_size": ssm.chunk, "weight_mode": "single", "use_bias": False,
             "tie_word_embeddings": False, "dtype": _dtype(m), "max_position_embeddings": m.context,
             "pad_token_id": None, **_token_ids(m, 0)}
+
+
 def _rwkv(m: A.Model) -> dict:
     """RWKV-4: a LayerNorm on the embeddings, blocks of rwkv4 time mixing and rwkv_channel_mix behind
     pre-norm LayerNorms, a final LayerNorm. The norms' eps give rescale_every: transformers' eps is
@@ -1524,6 +1526,143 @@ def _rwkv(m: A.Model) -> dict:
             **({"use_cache": False} if (ssm.dim or m.d_model) != m.d_model else {})}
 
 
+def _block_cycle(layers: list[str]) -> list[str]:
+    """The shortest pattern whose repetition, cut to the stack's length, gives the stack
+    (RecurrentGemma's block_types are cycled over the layers, the last cycle possibly cut short)."""
+    return next(layers[:p] for p in range(1, len(layers) + 1)
+                if all(k == layers[i % p] for i, k in enumerate(layers)))
+
+
+def _recurrent_gemma(m: A.Model) -> dict:
+    """RecurrentGemma: rglru and local-attention blocks cycled from block_types, pre-norm RMSNorms
+    with a unit offset, one biased GeGLU, the embedding scale sqrt(d_model) as bfloat16, logits
+    soft-capped; the attention heads count the rglru's gate blocks too (num_attention_heads)."""
+    import torch
+
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale", "logit_softcap"})
+    _positions_inherit(m, kinds)
+    scale = torch.tensor(m.d_model**0.5, dtype=torch.bfloat16).item()
+    _need(m.embedding_scale == scale and not m.embedding_scale_in_dtype, ("embedding_scale",),
+          f"recurrent_gemma scales the embeddings by sqrt(d_model) held in bfloat16: embedding_scale = {scale}")
+    _need(m.logit_softcap is not None, ("logit_softcap",), "recurrent_gemma always soft-caps the logits")
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "recurrent_gemma has pre-norm RMSNorm with a unit offset: rmsnorm(unit_offset = true)")
+    _need(m.final_norm == norm, ("final_norm",), "a final norm other than the blocks' norm")
+    _same(m, kinds, "parallel", "residual wiring (parallel or not)")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    hidden, act, bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
+    _need(bias, ("blocks", kinds[0], "ffn", "bias"), "recurrent_gemma's MLP has biases: bias = true")
+    recurrent = [k for k in kinds if isinstance(m.blocks[k].ssm, A.RGLRU)]
+    attns = [k for k in kinds if m.blocks[k].attention is not None]
+    for k in kinds:
+        _need(k in recurrent or k in attns, ("blocks", k),
+              f"block `{k}` has neither rglru nor attention (recurrent_gemma has these layers only)")
+    config = {"model_type": "recurrent_gemma", "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "intermediate_size": 2 * hidden, "num_hidden_layers": len(layers), "hidden_activation": act,
+              "max_position_embeddings": m.context, "rms_norm_eps": norm.eps, "logits_soft_cap": m.logit_softcap,
+              "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+              "block_types": ["recurrent" if k in recurrent else "attention" for k in _block_cycle(layers)],
+              "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    heads = None
+    if recurrent:
+        r = _same(m, recurrent, "ssm", "rglru layers")
+        path = ("blocks", recurrent[0], "ssm")
+        _need(r.act == ffn.act, path + ("act",), "recurrent_gemma's one hidden_activation is the MLP's and the "
+              f"recurrent block's: act = {ffn.act}")
+        heads = r.heads
+        config.update(lru_width=r.width or m.d_model, conv1d_width=r.conv_size, num_attention_heads=r.heads)
+    if attns:
+        a = _same(m, attns, "attention", "attentions")
+        path = ("blocks", attns[0], "attention")
+        kv = _attention_kv(m, a, path)
+        _need(heads is None or a.heads == heads, path + ("heads",),
+              f"attention heads other than the rglru's heads ({heads}): recurrent_gemma's num_attention_heads "
+              "sets both")
+        _need(a.head_dim * a.heads == m.d_model, path + ("head_dim",),
+              "a head_dim other than d_model / heads (recurrent_gemma derives it)")
+        _need(a.out_bias, path + ("out_bias",), "recurrent_gemma's o_proj always has a bias: out_bias = true")
+        _need(a.window is not None, path + ("window",), "recurrent_gemma's attention is local: it needs a window")
+        _need(a.softcap is None and _default_scale(a), path, "soft-capping or a score scale other than "
+              "1/sqrt(head_dim) (recurrent_gemma has none)")
+        for option, off in (("qk_norm", None), ("sinks", False), ("sink_tokens", 0), ("dilation", None),
+                            ("global_tokens", 0), ("temperature_tuning", False), ("output_gate", False)):
+            _need(getattr(a, option) == off, path + (option,), f"attention `{option}` (recurrent_gemma has none)")
+        rope = _rope_parameters(m.position, ("position",), a.head_dim, partial=True)
+        _need(rope["rope_type"] == "default", ("position", "scaling"), "RoPE scaling (recurrent_gemma has none)")
+        config.update(num_attention_heads=a.heads, num_key_value_heads=kv["num_key_value_heads"],
+                      attention_bias=a.bias, attention_window_size=a.window, rope_parameters=rope)
+    else:
+        _need(m.position is None, ("position",), "a position without attention layers to apply it to")
+    return config
+
+
+def _minimax(m: A.Model) -> dict:
+    """MiniMax: lightning and GQA layers (layer_types) behind RMSNorms placed normed_residual, one
+    Mixtral-style MoE, the residual weights per layer type (lightning, full attention, MoE); the
+    lightning layers' heads and head width are the attention's (num_attention_heads, head_dim)."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "normed_residual" and not norm.unit_offset,
+          ("blocks", kinds[0], "norm"), "minimax's RMSNorms start the residual: rmsnorm(placement = normed_residual)")
+    _need(m.final_norm == A.Norm(kind="rmsnorm", eps=norm.eps), ("final_norm",),
+          f"a final norm other than rmsnorm(eps = {norm.eps})")
+    moe = _same(m, kinds, "ffn", "FFNs")
+    _need(isinstance(moe, A.MoE), ("blocks", kinds[0], "ffn"), "a dense FFN (minimax's FFN is a mixture of experts)")
+    hidden, act, bias = _glu(moe.expert, ("blocks", kinds[0], "ffn", "expert"), "expert")
+    _need(act == "silu" and not bias, ("blocks", kinds[0], "ffn", "expert"), "minimax's experts are swiglu without "
+          "biases")
+    _need(moe.aux_loss == 0, ("blocks", kinds[0], "ffn", "aux_loss"), "a load-balancing loss (not mapped for minimax)")
+    linear = [k for k in kinds if isinstance(m.blocks[k].ssm, A.Lightning)]
+    full = [k for k in kinds if m.blocks[k].attention is not None]
+    for k in kinds:
+        _need(k in linear or k in full, ("blocks", k),
+              f"block `{k}` has neither lightning nor attention (minimax has these layers only)")
+    ffn_weights = _same(m, kinds, "ffn_residual", "FFN residual weights") or (1.0, 1.0)
+    config = {"model_type": "minimax", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+              "num_hidden_layers": len(layers), "max_position_embeddings": m.context, "rms_norm_eps": norm.eps,
+              "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), "num_local_experts": moe.experts,
+              "num_experts_per_tok": moe.top_k, "mlp_alpha_factor": ffn_weights[0], "mlp_beta_factor": ffn_weights[1],
+              "layer_types": ["linear_attention" if k in linear else "full_attention" for k in layers],
+              "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    heads = head_dim = None
+    if linear:
+        s = _same(m, linear, "ssm", "lightning layers")
+        path = ("blocks", linear[0], "ssm")
+        _need(s.value_dim == s.key_dim, path + ("value_dim",), "a value_dim other than key_dim (minimax has one head_dim)")
+        _need(s.act == "silu", path + ("act",), "minimax's lightning attention shares hidden_act with the experts: silu")
+        _need(s.norm_eps == 1e-6, path + ("norm_eps",), "minimax's lightning norm has eps 1e-6")
+        heads, head_dim = s.heads, s.key_dim
+        alpha, beta = _same(m, linear, "mixer_residual", "lightning residual weights") or (1.0, 1.0)
+        config.update(num_attention_heads=heads, head_dim=head_dim, block_size=s.chunk,
+                      linear_attn_alpha_factor=alpha, linear_attn_beta_factor=beta)
+    if full:
+        a = _same(m, full, "attention", "attentions")
+        path = ("blocks", full[0], "attention")
+        kv = _attention_kv(m, a, path)
+        _need(heads is None or (a.heads, a.head_dim) == (heads, head_dim), path,
+              f"attention heads other than the lightning layers' ({heads} of {head_dim}): minimax's "
+              "num_attention_heads and head_dim set both")
+        _need(not a.bias and not a.out_bias, path + ("bias",), "attention biases (minimax has none)")
+        _need(a.softcap is None and _default_scale(a), path, "soft-capping or a score scale other than "
+              "1/sqrt(head_dim) (minimax has none)")
+        for option, off in (("qk_norm", None), ("sinks", False), ("chunk", None), ("sink_tokens", 0),
+                            ("dilation", None), ("global_tokens", 0), ("temperature_tuning", False),
+                            ("output_gate", False)):
+            _need(getattr(a, option) == off, path + (option,), f"attention `{option}` (minimax has none)")
+        alpha, beta = _same(m, full, "mixer_residual", "attention residual weights") or (1.0, 1.0)
+        config.update(**kv, sliding_window=a.window, full_attn_alpha_factor=alpha, full_attn_beta_factor=beta,
+                      rope_parameters=_rope_parameters(m.position, ("position",), a.head_dim))
+    else:
+        _need(m.position is None, ("position",), "a position without attention layers to apply it to")
+    return config
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1544,6 +1683,8 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "lfm2": _lfm2,
     "xlstm": _xlstm,
     "rwkv": _rwkv,
+    "recurrent_gemma": _recurrent_gemma,
+    "minimax": _minimax,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1569,6 +1710,8 @@ ARCHITECTURES = {
     "lfm2": "Lfm2ForCausalLM",
     "xlstm": "xLSTMForCausalLM",
     "rwkv": "RwkvForCausalLM",
+    "recurrent_gemma": "RecurrentGemmaForCausalLM",
+    "minimax": "MiniMaxForCausalLM",
 }
 
 

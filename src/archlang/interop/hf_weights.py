@@ -185,7 +185,7 @@ def _experts(c, r: _Rules, p: str, mlp: str, legacy: str) -> None:
     """Experts are one stacked tensor in transformers' modules but one tensor per expert in its
     checkpoint files (Mixtral's named w1, w3, w2, under block_sparse_moe)."""
     fused = f"{mlp}experts.gate_up_proj"
-    mixtral = c.model_type == "mixtral"
+    mixtral = c.model_type in ("mixtral", "minimax")  # minimax's checkpoint files use Mixtral's names
     e = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or getattr(c, "n_routed_experts", None)
     names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
     per = [[f"{legacy}experts.{j}.{n}.weight" for j in range(e or 0)] for n in names]
@@ -658,6 +658,8 @@ def _xlstm_widths(c) -> tuple[int, int, int]:
     from .hf import xlstm_widths  # the spec writer's rule, so names and shapes never disagree
 
     return xlstm_widths(c)
+
+
 def _rwkv(c, r: _Rules) -> None:
     """RWKV-4: `rwkv.embeddings`, layer 0's `pre_ln` (our embed_norm), per block `ln1` / `ln2` before
     the time mixing (`attention`) and the channel mixing (`feed_forward`), `rwkv.ln_out`, `head`. The
@@ -687,6 +689,55 @@ def _rwkv(c, r: _Rules) -> None:
             r.add(f"{p}channel_mix.{n}", f"{q}feed_forward.{n}.weight")
 
 
+def _recurrent_gemma(c, r: _Rules) -> None:
+    """RecurrentGemma: `temporal_pre_norm` before each mixer (`temporal_block`: the recurrent
+    block, whose names the rglru op gives, or attention), `channel_pre_norm` before the biased
+    GeGLU (`mlp_block`); the final norm is `final_norm`."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i, kind in enumerate(c.layers_block_type):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        if kind == "linear_attention":
+            r.op("rglru", f"{p}ssm", f"{q}temporal_block")
+            r.add(f"{p}ssm_norm.weight", f"{q}temporal_pre_norm.weight")
+        else:
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                r.linear(f"{p}{n}", f"{q}temporal_block.{n}")
+            r.add(f"{p}attn_norm.weight", f"{q}temporal_pre_norm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}channel_pre_norm.weight")
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}mlp_block.{n}")
+
+
+def _minimax(c, r: _Rules) -> None:
+    """MiniMax: `input_layernorm` before each mixer, `post_attention_layernorm` before the MoE
+    (Mixtral's names); the lightning layers' q, k and v fused in qkv_proj, [q; k; v] per head,
+    their output gate `output_gate` and whole-width norm `norm`."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.norm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    for i, kind in enumerate(c.layer_types):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        if kind == "linear_attention":
+            r.add([f"{p}ssm.q_proj", f"{p}ssm.k_proj", f"{p}ssm.v_proj"], f"{q}self_attn.qkv_proj.weight", "per_head",
+                  (c.num_attention_heads, [hd, hd, hd]))
+            for ours, theirs in (("gate_proj", "output_gate.weight"), ("norm_weight", "norm.weight"),
+                                 ("out_proj", "out_proj.weight")):
+                r.add(f"{p}ssm.{ours}", f"{q}self_attn.{theirs}")
+            r.add(f"{p}ssm_norm.weight", f"{q}input_layernorm.weight")
+        else:
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+            r.add(f"{p}attn_norm.weight", f"{q}input_layernorm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+        r.add(f"{p}moe.router", f"{q}mlp.gate.weight")
+        _experts(c, r, p, f"{q}mlp.", f"{q}block_sparse_moe.")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -707,6 +758,8 @@ _FAMILIES = {
     "lfm2": _lfm2,
     "xlstm": _xlstm,
     "rwkv": _rwkv,
+    "recurrent_gemma": _recurrent_gemma,
+    "minimax": _minimax,
 }
 
 
@@ -716,9 +769,15 @@ def rules_for(config, hf_keys: set[str], on_disk: bool = False) -> list[Rule]:
     r = _Rules(hf_keys, on_disk)
     _FAMILIES[config.model_type](config, r)
     if on_disk:  # a checkpoint file holds each tensor once: drop module-layout names of the same weights
-        mixtral_moe = {k for k in hf_keys if ".mlp.gate.weight" in k} if config.model_type == "mixtral" else set()
+        mixtral_moe = {k for k in hf_keys if ".mlp.gate.weight" in k} if config.model_type in ("mixtral", "minimax") else set()
         r.rules = [x for x in r.rules if not set(x.theirs) & mixtral_moe]
     return r.rules
+
+
+# Buffers that transformers keeps in state dicts and the config alone determines (RoPE tables,
+# MiniMax's lightning-attention decays, archlang's lightning_slopes): no weights to carry.
+DETERMINED_BY_CONFIG = ("rotary_emb.inv_freq", "self_attn.slope_rate", "self_attn.query_decay",
+                         "self_attn.key_decay", "self_attn.diagonal_decay")
 
 
 def to_archlang(config, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -732,7 +791,7 @@ def to_archlang(config, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
         for name, tensor in zip(rule.ours, rule.to_ours([hf_state[k] for k in rule.theirs])):
             out[name] = tensor
     storage = {(hf_state[k].data_ptr(), hf_state[k].shape) for k in used if hf_state[k].device.type != "meta"}
-    left = sorted(k for k in set(hf_state) - used if not k.endswith("rotary_emb.inv_freq")
+    left = sorted(k for k in set(hf_state) - used if not k.endswith(DETERMINED_BY_CONFIG)
                   and (hf_state[k].data_ptr(), hf_state[k].shape) not in storage)
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
