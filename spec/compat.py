@@ -101,9 +101,10 @@ def check_model(model: A.Model) -> None:
                                        refusal.instead)
         mixer = block.mixer
         in_encoder = model.family == "encoder" or name in stacks.get("encoder", ())
-        if mixer is not None and in_encoder and mixer.kind in _REFUSED_IN_ENCODERS:
-            refusal = _REFUSED_IN_ENCODERS[mixer.kind]
-            raise A.FieldError(("blocks", name, "ssm"), f"{mixer.kind} in an encoder (block `{name}`) is not supported: "
+        causal_mixer = block.ssm if block.mixers is not None else mixer  # parallel mixers: the ssm beside attention
+        if causal_mixer is not None and in_encoder and causal_mixer.kind in _REFUSED_IN_ENCODERS:
+            refusal = _REFUSED_IN_ENCODERS[causal_mixer.kind]
+            raise A.FieldError(("blocks", name, "ssm"), f"{causal_mixer.kind} in an encoder (block `{name}`) is not supported: "
                                f"{refusal.reason}", refusal.instead)
         if mixer is not None:
             position = model.position_of(name)
