@@ -113,6 +113,13 @@ def hf_model(name: str):
             block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
             max_position_embeddings=128000, norm_eps=1e-5, tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    if name == "falcon_h1_7b":  # tiiuae/Falcon-H1-7B-Base's config.json (the multipliers add no weights)
+        return T.FalconH1ForCausalLM, T.FalconH1Config(
+            vocab_size=130049, hidden_size=3072, intermediate_size=12288, num_hidden_layers=44, num_attention_heads=12,
+            num_key_value_heads=2, head_dim=128, max_position_embeddings=262144, mamba_d_ssm=3072, mamba_n_heads=24,
+            mamba_d_head=128, mamba_n_groups=1, mamba_d_state=256, mamba_d_conv=4, mamba_chunk_size=256,
+            mamba_rms_norm=True, mamba_norm_before_gate=False, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e11})
     raise KeyError(name)
 
 

@@ -132,6 +132,7 @@ EXAMPLE_FINDINGS = {
     "jamba.arch": ["ARC116"],  # 52B parameters in bf16
     "llama3_8b.arch": [],
     "lfm2_1_2b.arch": [],
+    "falcon_h1_7b.arch": ["ARC102"],  # vocab 130,049
     "llama4_scout.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 109B parameters and a 10M-token cache
     "mamba2_2_7b.arch": ["ARC102"],  # vocab 50,288 (a multiple of 16 only)
     "mistral_7b.arch": [],
