@@ -257,3 +257,42 @@ def test_an_encoder_refuses_the_ssm_of_parallel_mixers():
     text = text.replace("    final_norm", "    position = none\n    final_norm").replace(
         "    position = rope(theta = 10000)\n", "")
     _refused(text, "ssm", "in an encoder")
+
+
+def test_the_picture_draws_both_mixers():
+    from archlang.compiler import svg
+
+    document = svg.render(compile_spec(spec(ALL)).lowered)
+    assert "parallel(gqa(heads=4, kv_heads=2, head_dim=8), mamba2(heads=4, head_dim=8, d_state=8, d_conv=4))" in document
+
+
+def _pair_text(att: str, ssm: str) -> str:
+    from archlang.spec import compat
+
+    from .test_matrix import mixer_text
+
+    position = "    position = rope()\n" if compat.position_refusal(att, "rope") is None else ""
+    return (f"model m {{\n    vocab = {VOCAB}\n    d_model = 32\n    context = 64\n    dtype = fp32\n{position}"
+            f"    final_norm = rmsnorm()\n    block layer {{\n        norm = rmsnorm()\n"
+            f"        mixers = parallel(attention_in = 0.5, ssm_out = 2)\n        {mixer_text(att)}\n"
+            f"        {mixer_text(ssm)}\n        ffn = swiglu(hidden = 48)\n    }}\n    layers = layer * 2\n}}\n")
+
+
+def _pairs():
+    from archlang.spec import compat
+
+    ssms = compat.MIXERS[len(compat.ATTENTION_KINDS):]
+    every = [(a, s) for a in compat.ATTENTION_KINDS for s in ssms]
+    # the fast path: each attention kind once and each ssm kind at least once, in turn
+    fast = [(a, ssms[i % len(ssms)]) for i, a in enumerate(compat.ATTENTION_KINDS)]
+    fast += [(compat.ATTENTION_KINDS[0], s) for s in ssms if s not in {p[1] for p in fast}]
+    return [pytest.param(a, s, marks=() if (a, s) in fast else pytest.mark.slow, id=f"{a}-{s}") for a, s in every]
+
+
+@pytest.mark.parametrize("att,ssm", _pairs())
+def test_every_attention_beside_every_ssm_caches_and_is_causal(att, ssm):
+    torch.manual_seed(0)
+    model = build(_pair_text(att, ssm)).eval()
+    ids = _ids(3)
+    _check_causal(model, ids)
+    _check_cache(model, ids)
