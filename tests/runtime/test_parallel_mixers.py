@@ -142,8 +142,8 @@ def _ids(seed=1):
     return torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("options", [ALL, PLAIN, {**ALL, "norm": "after"}], ids=["multipliers", "plain", "norm_after"])
-@pytest.mark.parametrize("passes", ["", FUSED])
+@pytest.mark.parametrize("options,passes", [(ALL, ""), (ALL, FUSED), (PLAIN, FUSED), ({**ALL, "norm": "after"}, "")],
+                         ids=["multipliers", "multipliers-fused", "plain-fused", "norm_after"])
 def test_matches_a_plain_pytorch_reexpression(options, passes):
     model = perturbed(spec(options), passes)
     ids = _ids()
@@ -154,22 +154,23 @@ def test_matches_a_plain_pytorch_reexpression(options, passes):
 
 
 def test_every_multiplier_changes_the_output():
-    """The reference would pass with a multiplier the model ignores only if it ignored it too."""
+    """The reference would agree with a model that ignored a multiplier only if that multiplier
+    changed nothing: with any one of them back at 1, the reference moves away from the model."""
+    model = perturbed(spec(ALL), "")
     ids = _ids()
+    w, mult = model.unfuse_state_dict(), multipliers(ALL)
     with torch.no_grad():
-        base = perturbed(spec(ALL), "")(ids)
-        for change in ({"mixers": ALL["mixers"].replace("0.5", "0.25")},
-                       {"mixers": ALL["mixers"].replace("1.5", "1.75")},
-                       {"mixers": ALL["mixers"].replace("0.75", "0.5")},
-                       {"mixers": ALL["mixers"].replace("1.25", "1.5")},
-                       {"key": 0.5}, {"gate": 0.9}, {"down": 1.1},
-                       *({"parts": tuple(1.5 if j == i else v for j, v in enumerate(ALL["parts"]))} for i in range(5))):
-            assert not torch.allclose(perturbed(spec({**ALL, **change}), "")(ids), base, atol=1e-4), change
+        got = model(ids)
+        variants = [(ALL, {**mult, name: 1.0}) for name in mult]
+        variants += [({**ALL, name: None}, mult) for name in ("key", "gate", "down")]
+        variants += [({**ALL, "parts": tuple(1.0 if j == i else v for j, v in enumerate(ALL["parts"]))}, mult)
+                     for i in range(5)]
+        for options, named in variants:
+            assert (reference(w, ids, options, named) - got).abs().max() > 1e-3, (options, named)
 
 
-@pytest.mark.parametrize("options", [ALL, PLAIN], ids=["multipliers", "plain"])
-def test_causal_cached_decoding_and_gradients(options):
-    model = perturbed(spec(options), FUSED)
+def test_causal_cached_decoding_and_gradients():
+    model = perturbed(spec(ALL), FUSED)
     ids = _ids(3)
     _check_causal(model, ids)
     _check_cache(model, ids)
@@ -283,9 +284,8 @@ def _pairs():
 
     ssms = compat.MIXERS[len(compat.ATTENTION_KINDS):]
     every = [(a, s) for a in compat.ATTENTION_KINDS for s in ssms]
-    # the fast path: each attention kind once and each ssm kind at least once, in turn
-    fast = [(a, ssms[i % len(ssms)]) for i, a in enumerate(compat.ATTENTION_KINDS)]
-    fast += [(compat.ATTENTION_KINDS[0], s) for s in ssms if s not in {p[1] for p in fast}]
+    # the fast path: the pair furthest from the reference-tested gqa beside mamba2; the rest is slow
+    fast = [("mla", "mamba")]
     return [pytest.param(a, s, marks=() if (a, s) in fast else pytest.mark.slow, id=f"{a}-{s}") for a, s in every]
 
 
