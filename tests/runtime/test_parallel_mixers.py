@@ -296,3 +296,13 @@ def test_every_attention_beside_every_ssm_caches_and_is_causal(att, ssm):
     ids = _ids(3)
     _check_causal(model, ids)
     _check_cache(model, ids)
+
+
+@pytest.mark.parametrize("change", [{"mixers": "parallel(ssm_out = 2)"}, {"key": 0.5}, {"gate": 0.9}, {"down": 0.9},
+                                    {"parts": (1.0, 1.0, 1.0, 1.0, 2.0)}])
+def test_diff_reports_each_multiplier(change):
+    """A changed multiplier changes the function: the semantic diff must not call it no change."""
+    from archlang.compiler.diff import diff_models
+
+    d = diff_models(load_model(spec(ALL)), load_model(spec({**ALL, **change})))
+    assert d.changed and len(d.changes) == 1, [str(c) for c in d.changes]
