@@ -401,7 +401,9 @@ def _block_class(g, em: _Emitter, block: str, nodes: list[str], stack: str) -> B
         if n == router:
             continue
         d = g.nodes[n]
-        mod = em.module(n, layer_expr, cache_key)
+        # a second mixer of the layer (parallel mixers) keeps its state under a key of its own
+        suffix = d.get("cache_suffix")
+        mod = em.module(n, layer_expr, cache_key if suffix is None else f'f"{stack}.{{layer}}.{suffix}"')
         if mod is not None:
             init.extend(wrap_call(f"self.{_ident(d['name'])} = {mod}", indent=8))
         args = [scope.read(r) for r in inputs_of(g, n)]

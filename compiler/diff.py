@@ -11,7 +11,7 @@ from archlang.spec import ast as A
 from .facts import Facts
 from .lower import describe_block, describe_component
 
-COMPONENTS = ("norm", "attention", "ssm", "cross_attention", "ffn")
+COMPONENTS = ("norm", "mixers", "attention", "ssm", "cross_attention", "ffn")
 
 
 @dataclass
@@ -56,7 +56,8 @@ def _component(c) -> str:
     detail = describe_component(c)
     extra = []
     for f in ("bias", "out_bias", "scale", "act", "router", "normalize_top_k", "aux_loss", "z_loss", "shared_gate",
-              "inner_norms"):
+              "inner_norms", "key_multiplier", "gate_multiplier", "down_multiplier", "in_proj_multipliers",
+              "attention_in", "attention_out", "ssm_in", "ssm_out"):
         if f in type(c).model_fields:
             v = getattr(c, f)
             if v not in (None, False, 0, 0.0):

@@ -231,7 +231,9 @@ class _Lowerer:
         layer_input = x
         if blk.parallel:  # route and lora are refused on parallel blocks (spec/ast.py)
             return self.parallel_block(pre, blk, x, seq, ctx, rel)
-        if blk.attention is not None or blk.ssm is not None:
+        if blk.mixers is not None:  # attention beside ssm; cross_attention, route and lora are refused
+            x = self.parallel_mixers(pre, blk, x, seq, ctx, rel)
+        elif blk.attention is not None or blk.ssm is not None:
             prefix = "attn" if blk.attention is not None else "ssm"
 
             mixer_ctx = self.at(ctx, blk, "attention" if blk.attention is not None else "ssm")
@@ -239,30 +241,7 @@ class _Lowerer:
             def mixer(h: NodeRef) -> NodeRef:
                 if blk.attention is not None:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
-                if isinstance(blk.ssm, A.Mamba2):
-                    return self.mamba2(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.GatedDeltaNet):
-                    return self.gated_deltanet(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, (A.GLA, A.Retention)):
-                    return self.gated_linear(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.ShortConv):
-                    return self.short_conv(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.MLSTM):
-                    return self.mlstm(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.SLSTM):
-                    return self.slstm(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.S4D):
-                    return self.s4d(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.RWKV4):
-                    return self.rwkv4(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.RWKV7):
-                    return self.rwkv7(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.RGLRU):
-                    return self.rglru(pre, blk.ssm, h, seq, mixer_ctx)
-                if isinstance(blk.ssm, A.Lightning):
-                    return self.lightning(pre, blk.ssm, h, seq, mixer_ctx,
-                                          layers=len(self.m.stacks().get(stack, self.m.layers)))
-                return self.mamba(pre, blk.ssm, h, seq, mixer_ctx)
+                return self.ssm_mixer(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
         if blk.cross_attention is not None:
@@ -276,6 +255,59 @@ class _Lowerer:
         if blk.route is not None:
             x = self.depth_router(pre, blk.route, layer_input, x, seq, self.at(ctx, blk, "route"))
         return x
+
+    def ssm_mixer(self, pre: str, ssm, h: NodeRef, seq: str, ctx) -> NodeRef:
+        if isinstance(ssm, A.Mamba2):
+            return self.mamba2(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.GatedDeltaNet):
+            return self.gated_deltanet(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, (A.GLA, A.Retention)):
+            return self.gated_linear(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.ShortConv):
+            return self.short_conv(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.MLSTM):
+            return self.mlstm(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.SLSTM):
+            return self.slstm(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.S4D):
+            return self.s4d(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.RWKV4):
+            return self.rwkv4(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.RWKV7):
+            return self.rwkv7(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.RGLRU):
+            return self.rglru(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.Lightning):  # its decay depends on the depth: the stack's length
+            return self.lightning(pre, ssm, h, seq, ctx, layers=len(self.m.stacks().get(ctx["stack"], self.m.layers)))
+        return self.mamba(pre, ssm, h, seq, ctx)
+
+    def parallel_mixers(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
+        """x + attention_out · attn(attention_in · h) + ssm_out · ssm(ssm_in · h), h = norm(x):
+        both mixers read the one normed input (Falcon-H1); one residual add."""
+        mx = blk.mixers
+        h = self.norm(f"{pre}mixers_norm", x, blk.norm, "h", seq, **self.at(ctx, blk, "norm"))
+        att_ctx, ssm_ctx = self.at(ctx, blk, "attention"), self.at(ctx, blk, "ssm")
+        a = self.scaled(f"{pre}attn_in_scale", h, mx.attention_in, "h_attn", seq, att_ctx)
+        a = self.attention(pre, blk.attention, a, seq, att_ctx, rel=rel, kv=None, prefix="")
+        a = self.scaled(f"{pre}attn_out_scale", a, mx.attention_out, "a", seq, att_ctx)
+        s = self.scaled(f"{pre}ssm_in_scale", h, mx.ssm_in, "h_ssm", seq, ssm_ctx)
+        s = self.ssm_mixer(pre, blk.ssm, s, seq, ssm_ctx)
+        # its own variable (the mixers' `h` stays readable) and its own cache entry beside the attention's
+        self.b.g.nodes[s.node].update(outputs=("s",), cache_suffix="ssm")
+        s = self.scaled(f"{pre}ssm_out_scale", s, mx.ssm_out, "s", seq, ssm_ctx)
+        both = self.b.node(f"{pre}mixers_sum", "add", [a, s], name="mixers_sum", outputs="h",
+                           shape=("B", seq, self.d), **ctx)
+        both = self.branch_out(f"{pre}mixers", both, "h", seq, ctx)
+        return self.b.node(f"{pre}mixers_residual", "add", [x, both], name="mixers_residual", outputs="x",
+                           shape=("B", seq, self.d), **ctx)
+
+    def scaled(self, nid: str, x: NodeRef, factor: float | None, out_var: str, seq: str, ctx) -> NodeRef:
+        """x times a constant factor (a µP multiplier); x itself where none is written."""
+        if factor is None:
+            return x
+        width = self.b.g.nodes[x.node]["shape"][-1]
+        return self.b.node(nid, "scale", [x], name=nid.rsplit(".", 1)[-1], outputs=out_var,
+                           shape=("B", seq, width), attrs={"factor": factor}, **ctx)
 
     def depth_router(self, pre: str, route: A.DepthRouter, x_in: NodeRef, x_out: NodeRef, seq: str, ctx) -> NodeRef:
         hidden = (route.predictor_hidden or max(self.d // 8, 1)) if route.predictor else None
@@ -383,7 +415,7 @@ class _Lowerer:
         attrs: dict[str, Any] = {
             "kind": att.kind, "heads": heads, "kv_heads": kv_heads, "head_dim": hd,
             "causal": self.causal(ctx) and kv is None, "window": att.window, "softcap": att.softcap,
-            "scale": att.scale if att.scale is not None else hd**-0.5,
+            "scale": (att.scale if att.scale is not None else hd**-0.5) * (getattr(att, "key_multiplier", None) or 1),
             "rope": None, "packed": False, "cross": kv is not None, "alibi": False, "rel_bias": False,
             "dropout": m.attention_dropout or None,
         }
@@ -514,7 +546,9 @@ class _Lowerer:
                                   "conv_bias": ssm.conv_bias, "bias": ssm.bias, "gated_norm": ssm.gated_norm,
                                   "norm_before_gate": ssm.norm_before_gate, "norm_eps": ssm.norm_eps,
                                   "d_skip": ssm.d_skip,
-                                  "dt_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else None}, **ctx)
+                                  "dt_limit": list(ssm.dt_limit) if ssm.dt_limit is not None else None,
+                                  "in_proj_multipliers": list(ssm.in_proj_multipliers)
+                                  if ssm.in_proj_multipliers is not None else None}, **ctx)
 
     def short_conv(self, pre: str, ssm: A.ShortConv, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "short_conv", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
@@ -590,11 +624,13 @@ class _Lowerer:
                             attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": True}, **ctx)
         else:
             gate = self.linear(f"{pre}gate_proj", h, d, ffn.hidden, ffn.bias, "g", seq, **ctx)
+            gate = self.scaled(f"{pre}gate_scale", gate, ffn.gate_multiplier, "g", seq, ctx)
             up = self.linear(f"{pre}up_proj", h, d, ffn.hidden, ffn.bias, "u", seq, **ctx)
             u = self.b.node(f"{pre}glu", "glu", [gate, up], name="glu", outputs="u", shape=("B", seq, ffn.hidden),
                             attrs={"act": ffn.act, "hidden": ffn.hidden, "packed": False}, **ctx)
         down = self.linear(f"{pre}down_proj", u, ffn.hidden, d, ffn.bias, "h", seq, **ctx)
-        return self.adapted(pre, "down", u, down, ffn.hidden, d, seq, ctx)
+        down = self.adapted(pre, "down", u, down, ffn.hidden, d, seq, ctx)
+        return self.scaled(f"{pre}down_scale", down, ffn.down_multiplier, "h", seq, ctx)
 
     def moe(self, pre: str, moe: A.MoE, h: NodeRef, seq: str, ctx) -> NodeRef:
         e = moe.experts
@@ -657,7 +693,9 @@ def describe_block(block: A.Block) -> str:
         parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ffn)})")
         return " → ".join(parts)
     mixer = block.attention or block.ssm
-    if mixer is not None:
+    if block.mixers is not None:
+        parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ssm)})")
+    elif mixer is not None:
         parts.append(describe_component(mixer))
     if block.cross_attention is not None:
         parts.append("cross " + describe_component(block.cross_attention))

@@ -27,7 +27,8 @@ class Mamba2(nn.Module):
     dt_bias), *dt_limit); A = -exp(A_log), one scalar per head; y = SSD(x, dt, A, B, C) + D x;
     then norm(y · silu(z)), an RMSNorm over each of the G groups of d_inner / G channels with a
     weight (`gated_norm`; without it y · silu(z); with `norm_before_gate`, norm(y) · silu(z), as
-    Falcon-H1 may), and out_proj.
+    Falcon-H1 may), and out_proj. With `in_proj_multipliers` = (z, x, B, C, dt), each part of
+    in_proj's output (after its bias) is first multiplied by its factor (Falcon-H1's µP vector).
 
     Parameters: in_proj (2·d_inner + 2·G·N + heads, d_model) [+ in_proj_bias], conv_weight
     (d_inner + 2·G·N, 1, d_conv) [+ conv_bias], dt_bias, A_log, D (heads,) [D only with
@@ -58,7 +59,8 @@ class Mamba2(nn.Module):
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, heads: int, *, n_groups: int = 1,
                  chunk: int = 256, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-5,
                  gated_norm: bool = True, norm_before_gate: bool = False, D_skip: bool = True,
-                 dt_limit: tuple[float, float] = (0.0, math.inf), cache_key: str = ""):
+                 dt_limit: tuple[float, float] = (0.0, math.inf),
+                 in_proj_multipliers: tuple[float, float, float, float, float] | None = None, cache_key: str = ""):
         super().__init__()
         if d_inner % heads or heads % n_groups:
             raise ArchError(f"mamba2: heads ({heads}) must divide d_inner ({d_inner}), and n_groups ({n_groups}) "
@@ -82,6 +84,11 @@ class Mamba2(nn.Module):
         self.out_proj_bias = nn.Parameter(torch.zeros(d_model)) if bias else None
         for p in (self.in_proj, self.conv_weight, self.out_proj):
             nn.init.normal_(p, std=0.02)
+        factors = None
+        if in_proj_multipliers is not None:  # a constant, not a weight: kept out of the state dict
+            parts = (d_inner, d_inner, n_groups * d_state, n_groups * d_state, heads)
+            factors = torch.cat([torch.full((n,), float(f)) for n, f in zip(parts, in_proj_multipliers)])
+        self.register_buffer("in_proj_multipliers", factors, persistent=False)
 
     def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         bsz, t, _ = x.shape
@@ -91,7 +98,10 @@ class Mamba2(nn.Module):
         mask = None
         if ctx is not None and ctx.attention_mask is not None:
             mask = ctx.attention_mask[:, -t:, None].to(x.dtype)  # (B, T, 1) this call's tokens
-        z, xbc, dt = F.linear(x, self.in_proj, self.in_proj_bias).split([self.d_inner, self.conv_dim, heads], dim=-1)
+        projected = F.linear(x, self.in_proj, self.in_proj_bias)
+        if self.in_proj_multipliers is not None:
+            projected = projected * self.in_proj_multipliers
+        z, xbc, dt = projected.split([self.d_inner, self.conv_dim, heads], dim=-1)
         if mask is not None:  # a padded token enters the conv as the zeros before the sequence's start
             xbc = xbc * mask
         conv_in = xbc.transpose(1, 2)  # (B, conv_dim, T)

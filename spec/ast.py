@@ -290,6 +290,8 @@ class MHA(_AttentionCommon):
     """Multi-head attention: every query head has its own key and value head."""
 
     kind: Literal["mha"]
+    # Falcon-H1: the keys times this factor after their projection (folded into the score scale)
+    key_multiplier: PositiveFloat | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -300,6 +302,8 @@ class MQA(_AttentionCommon):
     """Multi-query attention: one key/value head shared by all query heads."""
 
     kind: Literal["mqa"]
+    # Falcon-H1: the keys times this factor after their projection (folded into the score scale)
+    key_multiplier: PositiveFloat | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -311,6 +315,8 @@ class GQA(_AttentionCommon):
 
     kind: Literal["gqa"]
     kv_heads: Dim
+    # Falcon-H1: the keys times this factor after their projection (folded into the score scale)
+    key_multiplier: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _groups(self) -> "GQA":
@@ -446,6 +452,10 @@ class GLU(Node):
     hidden: Dim
     act: Activation | None = None
     bias: bool = False
+    # Falcon-H1's µP multipliers: the gate projection's output times gate_multiplier before the
+    # activation, the down projection's output times down_multiplier
+    gate_multiplier: PositiveFloat | None = None
+    down_multiplier: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _act(self) -> "GLU":
@@ -521,6 +531,12 @@ class MoE(Node):
             field = "shared" if self.shared is not None else "shared_experts"
             raise FieldError(field, "clamped_swiglu is implemented for the routed experts only",
                              "give the shared experts explicitly: shared = swiglu(hidden = ...)")
+        for field in ("expert", "shared"):
+            ffn = getattr(self, field)
+            for name in ("gate_multiplier", "down_multiplier"):
+                if getattr(ffn, name, None) is not None:
+                    raise FieldError((field, name), f"{name} is implemented on a dense swiglu/geglu FFN, not on "
+                                     "the experts of a moe", f"remove {name}")
         if self.shared is not None and self.shared_experts == 0:
             object.__setattr__(self, "shared_experts", 1)
         if self.shared is None and self.shared_experts:
@@ -649,6 +665,9 @@ class Mamba2(Node):
     norm_eps: PositiveFloat = 1e-5
     d_skip: bool = True  # the per-head skip D · x
     dt_limit: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], PositiveFloat | None] | None = None
+    # Falcon-H1's µP multipliers of the in-projection's five parts [z, x, B, C, dt], applied to
+    # its output (after its bias); none: all 1
+    in_proj_multipliers: tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat] | None = None
 
     @model_validator(mode="after")
     def _shapes(self) -> "Mamba2":
@@ -940,6 +959,19 @@ class LoRA(Node):
 # ----------------------------------------------------------------------------- blocks and model
 
 
+class ParallelMixers(Node):
+    """`mixers = parallel(...)`: the block's attention and ssm both read the block's one normed
+    input and their outputs are added into the residual together (Falcon-H1):
+    x + attention_out · attn(attention_in · h) + ssm_out · ssm(ssm_in · h), h = norm(x).
+    Each multiplier is off (1) unless written."""
+
+    kind: Literal["parallel"]
+    attention_in: PositiveFloat | None = None
+    attention_out: PositiveFloat | None = None
+    ssm_in: PositiveFloat | None = None
+    ssm_out: PositiveFloat | None = None
+
+
 class Block(Node):
     """One layer kind: a token mixer (attention or ssm), an optional FFN, and their norms."""
 
@@ -966,6 +998,8 @@ class Block(Node):
     # branch · sublayer (MiniMax's layernorm alpha and beta factors)
     mixer_residual: tuple[PositiveFloat, PositiveFloat] | None = None
     ffn_residual: tuple[PositiveFloat, PositiveFloat] | None = None
+    # Attention and ssm side by side on the same normed input (Falcon-H1): `mixers = parallel(...)`.
+    mixers: ParallelMixers | None = None
 
     @field_validator("name")
     @classmethod
@@ -1000,6 +1034,9 @@ class Block(Node):
         return self
 
     def _check_lora_targets(self) -> None:
+        if "gate_up" in self.lora.targets and (getattr(self.ffn, "gate_multiplier", None) is not None):
+            raise FieldError(("ffn", "gate_multiplier"), "gate_multiplier with a lora adapter on gate_up is not "
+                             "implemented", "remove gate_multiplier, or gate_up from the lora targets")
         for target in self.lora.targets:
             if target in ("q", "k", "v", "o"):
                 if self.attention is None or self.attention.kind not in ("mha", "mqa", "gqa"):
@@ -1016,9 +1053,12 @@ class Block(Node):
 
     @model_validator(mode="after")
     def _mixer(self) -> "Block":
-        if self.attention is not None and self.ssm is not None:
+        if self.mixers is not None:
+            self._check_parallel_mixers()
+        elif self.attention is not None and self.ssm is not None:
             raise FieldError("ssm", "a block has one token mixer: attention or ssm, not both",
-                             "put the ssm in a block of its own and interleave the blocks in `layers`")
+                             "put the ssm in a block of its own and interleave the blocks in `layers`, "
+                             "or run both side by side with `mixers = parallel()`")
         if self.attention is None and self.ssm is None and self.ffn is None:
             raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
         if self.parallel:
@@ -1028,6 +1068,23 @@ class Block(Node):
                 raise FieldError(field, f"{field} weighs a residual add that block `{self.name}` does not have",
                                  f"remove {field}")
         return self
+
+    def _check_parallel_mixers(self) -> None:
+        if self.attention is None or self.ssm is None:
+            raise FieldError("mixers", f"mixers = parallel() runs an attention and an ssm side by side, and block "
+                             f"`{self.name}` lacks {'an attention' if self.attention is None else 'an ssm'}",
+                             "give it both, or remove `mixers`")
+        if self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), f"parallel mixers read one pre-normed input: placement = "
+                             f"{self.norm.placement} is not implemented with `mixers = parallel()`",
+                             "use placement = pre, or remove `mixers`")
+        if self.parallel:
+            raise FieldError("parallel", "`parallel = true` (attention beside the ffn) with `mixers = parallel()` "
+                             "is not implemented", "remove one of them")
+        for field in ("cross_attention", "route", "lora"):
+            if getattr(self, field) is not None:
+                raise FieldError(field, f"`{field}` is not implemented on a block with parallel mixers",
+                                 f"remove `mixers` or `{field}`")
 
     def _check_parallel(self) -> None:
         if self.attention is None or self.ffn is None:
@@ -1404,6 +1461,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),
     "head": _kind_classes(MLMHead, ClassifierHead),
+    "mixers": _kind_classes(ParallelMixers),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1415,6 +1473,7 @@ FIELD_SLOT = {
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
     "route": "route", "lora": "lora", "head": "head",
+    "mixers": "mixers",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

@@ -101,9 +101,10 @@ def check_model(model: A.Model) -> None:
                                        refusal.instead)
         mixer = block.mixer
         in_encoder = model.family == "encoder" or name in stacks.get("encoder", ())
-        if mixer is not None and in_encoder and mixer.kind in _REFUSED_IN_ENCODERS:
-            refusal = _REFUSED_IN_ENCODERS[mixer.kind]
-            raise A.FieldError(("blocks", name, "ssm"), f"{mixer.kind} in an encoder (block `{name}`) is not supported: "
+        causal_mixer = block.ssm if block.mixers is not None else mixer  # parallel mixers: the ssm beside attention
+        if causal_mixer is not None and in_encoder and causal_mixer.kind in _REFUSED_IN_ENCODERS:
+            refusal = _REFUSED_IN_ENCODERS[causal_mixer.kind]
+            raise A.FieldError(("blocks", name, "ssm"), f"{causal_mixer.kind} in an encoder (block `{name}`) is not supported: "
                                f"{refusal.reason}", refusal.instead)
         if mixer is not None:
             position = model.position_of(name)
@@ -147,4 +148,8 @@ def matrix_markdown() -> str:
         lines.append(f"- `{kind}` in an encoder: {r.reason}; {r.instead}.")
     for option, r in _REFUSED_CROSS_OPTIONS.items():
         lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
+    ssm_kinds = ", ".join(f"`{k}`" for k in MIXERS if k not in ATTENTION_KINDS)
+    lines += ["", f"Parallel mixers (`mixers = parallel(...)`): every attention kind beside every state-space kind "
+              f"({ssm_kinds}), each with what its row accepts; the attention takes the block's position and the "
+              "state-space mixer none; not in an encoder (the state-space mixer is causal)."]
     return "\n".join(lines) + "\n"

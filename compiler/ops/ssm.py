@@ -106,6 +106,8 @@ class Mamba2(OpDef):
         "norm_before_gate": attr(bool, doc="norm(y) · silu(z) rather than norm(y · silu(z))"),
         "norm_eps": attr(float), "d_skip": attr(bool, doc="the per-head skip D · x"),
         "dt_limit": attr(list, default=None, doc="[lo, hi]: dt clamped after its softplus; None: unclamped"),
+        "in_proj_multipliers": attr(list, default=None, doc="[z, x, B, C, dt]: each part of the in-projection's "
+                                    "output times its factor (Falcon-H1's µP); None: all 1"),
     }
     arity = (1, 1)
     picture = "ssm"
@@ -178,6 +180,8 @@ class Mamba2(OpDef):
     def module(self, d, emit):
         a = d["attrs"]
         limit = f", dt_limit=({a['dt_limit'][0]!r}, {a['dt_limit'][1]!r})" if a["dt_limit"] is not None else ""
+        if a.get("in_proj_multipliers") is not None:
+            limit += f", in_proj_multipliers={tuple(a['in_proj_multipliers'])!r}"
         return (f"rt.Mamba2({a['d_model']}, {a['d_inner']}, {a['d_state']}, {a['d_conv']}, {a['heads']}, "
                 f"n_groups={a['groups']}, chunk={a['chunk']}, conv_bias={a['conv_bias']!r}, bias={a['bias']!r}, "
                 f"norm_eps={a['norm_eps']!r}, gated_norm={a['gated_norm']!r}, "

@@ -122,6 +122,13 @@ def hf_model(name: str):
             vocab_size=50304, hidden_size=4096, num_hidden_layers=32, num_heads=8, qk_dim_factor=0.5, v_dim_factor=1.0,
             ffn_proj_factor=2.667, ffn_round_up_to_multiple_of=64, gate_soft_cap=15.0, output_logit_soft_cap=30.0,
             norm_eps=1e-6, eps=1e-6, chunk_size=64, tie_word_embeddings=False)
+    if name == "falcon_h1_7b":  # tiiuae/Falcon-H1-7B-Base's config.json (the multipliers add no weights)
+        return T.FalconH1ForCausalLM, T.FalconH1Config(
+            vocab_size=130049, hidden_size=3072, intermediate_size=12288, num_hidden_layers=44, num_attention_heads=12,
+            num_key_value_heads=2, head_dim=128, max_position_embeddings=262144, mamba_d_ssm=3072, mamba_n_heads=24,
+            mamba_d_head=128, mamba_n_groups=1, mamba_d_state=256, mamba_d_conv=4, mamba_chunk_size=256,
+            mamba_rms_norm=True, mamba_norm_before_gate=False, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e11})
     raise KeyError(name)
 
 

@@ -841,6 +841,39 @@ CASES = {
     }}
     layers = linear * 2
 }}""", "minimax"),
+    # attention beside Mamba-2 in every layer, every µP multiplier, the gated norm after the gate
+    "falcon_h1": (f"""model m {{
+    {HEAD}
+    embedding_scale = 2.5
+    logit_scale = 0.25
+    position = rope(theta = 10000)
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {{
+        norm = rmsnorm(eps = 1e-5)
+        mixers = parallel(attention_in = 0.5, attention_out = 1.5, ssm_in = 0.75, ssm_out = 1.25)
+        attention = gqa(heads = 4, kv_heads = 2, key_multiplier = 0.8)
+        ssm = mamba2(d_state = 8, heads = 6, head_dim = 8, groups = 2, chunk = 4,
+                     in_proj_multipliers = [1.1, 0.9, 1.2, 0.8, 1.3])
+        ffn = swiglu(hidden = 48, gate_multiplier = 0.6, down_multiplier = 1.4)
+    }}
+    layers = layer * 2
+}}""", "falcon_h1"),
+    # no multiplier, the gated norm before the gate, every bias, no conv bias, tied, dt clamped
+    "falcon_h1-biases-tied": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 1000)
+    final_norm = rmsnorm(eps = 1e-6)
+    block layer {{
+        norm = rmsnorm(eps = 1e-6)
+        mixers = parallel()
+        attention = mha(heads = 4, bias = true, out_bias = true)
+        ssm = mamba2(d_state = 16, heads = 4, head_dim = 16, expand = none, chunk = 8, bias = true,
+                     conv_bias = false, norm_eps = 1e-6, norm_before_gate = true, dt_limit = [0.001, 0.5])
+        ffn = swiglu(hidden = 40, bias = true)
+    }}
+    layers = layer * 3
+}}""", "falcon_h1"),
 }
 
 

@@ -356,6 +356,27 @@ CASES = {
     "minimax-default-pattern-tied": (T.MiniMaxConfig, T.MiniMaxForCausalLM, dict(
         SMALL, num_hidden_layers=3, num_key_value_heads=4, num_local_experts=3, num_experts_per_tok=1,
         tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Falcon-H1: attention beside Mamba-2 in every layer, every µP multiplier away from 1, a mixer
+    # width (mamba_d_ssm) unrelated to mamba_expand, two groups, the gated RMSNorm after the gate
+    "falcon_h1": (T.FalconH1Config, T.FalconH1ForCausalLM, dict(
+        SMALL, mamba_d_ssm=48, mamba_n_heads=6, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=4,
+        mamba_rms_norm=True, mamba_norm_before_gate=False, key_multiplier=0.7, attention_in_multiplier=0.6,
+        attention_out_multiplier=1.3, ssm_in_multiplier=0.8, ssm_out_multiplier=1.2, mlp_multipliers=[0.9, 1.1],
+        ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.3], embedding_multiplier=2.0, lm_head_multiplier=0.5,
+        pad_token_id=0)),
+    # the gated RMSNorm before the gate, every bias (attention, FFN, the mixer's in/out projections),
+    # no conv bias, tied embeddings, the width from mamba_expand, other multipliers
+    "falcon_h1-norm-before-gate-biases-tied": (T.FalconH1Config, T.FalconH1ForCausalLM, dict(
+        SMALL, num_hidden_layers=3, mamba_d_ssm=None, mamba_expand=2, mamba_n_heads=4, mamba_d_state=16,
+        mamba_n_groups=1, mamba_chunk_size=8, mamba_rms_norm=True, mamba_norm_before_gate=True,
+        mamba_proj_bias=True, projectors_bias=True, mamba_conv_bias=False, attention_bias=True, mlp_bias=True,
+        tie_word_embeddings=True, key_multiplier=1.5, attention_out_multiplier=0.5, ssm_in_multiplier=1.25,
+        mlp_multipliers=[1.2, 0.75], ssm_multipliers=[0.5, 1.5, 0.75, 1.25, 2.0], embedding_multiplier=0.5,
+        lm_head_multiplier=3.0, pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1000.0})),
+    # no gated norm (y · silu(z)), dt clamped, no multiplier (transformers' defaults)
+    "falcon_h1-plain-dt-clamp": (T.FalconH1Config, T.FalconH1ForCausalLM, dict(
+        SMALL, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=4,
+        time_step_limit=(0.001, 0.5), pad_token_id=0)),
 }
 
 

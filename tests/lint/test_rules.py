@@ -134,6 +134,7 @@ EXAMPLE_FINDINGS = {
     "llama3_8b.arch": [],
     "lfm2_1_2b.arch": [],
     "xlstm_7b.arch": ["ARC104"],  # FFN 10,944 wide (4096 · 2.667 rounded up to 64)
+    "falcon_h1_7b.arch": ["ARC102"],  # vocab 130,049
     "llama4_scout.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 109B parameters and a 10M-token cache
     "mamba2_2_7b.arch": ["ARC102"],  # vocab 50,288 (a multiple of 16 only)
     "mistral_7b.arch": [],

@@ -6,7 +6,7 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax. The encoders (bert, albert) come with the head of the class the config's
+minimax, falcon_h1. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -757,6 +757,45 @@ def _bamba(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, f"Imported from a Hugging Face {c.model_type} config.")
 
 
+def _falcon_h1(c, name: str) -> str:
+    """Falcon-H1: every layer runs its attention and its Mamba-2 mixer side by side on the one
+    normed input (mixers = parallel(...), with the attention_in/out and ssm_in/out multipliers),
+    then a SwiGLU; the other µP multipliers are the keys' (key_multiplier), the in-projection's
+    five parts' (ssm_multipliers: z, x, B, C, dt), the SwiGLU's gate and down (mlp_multipliers),
+    the embeddings' (embedding_scale) and the logits' (lm_head_multiplier, as logit_scale: the
+    head has no bias, so scaling its input scales the logits). The mixer is mamba_n_heads ·
+    mamba_d_head wide (transformers' mamba_d_ssm, or mamba_expand · d_model without one), its
+    gated RMSNorm optional (mamba_rms_norm)."""
+    eps = c.rms_norm_eps
+
+    def factor(v: float) -> float | None:
+        return None if v == 1 else float(v)
+
+    parts = [float(v) for v in c.ssm_multipliers]
+    ssm = call("mamba2", d_state=c.mamba_d_state, d_conv=c.mamba_d_conv, heads=c.mamba_n_heads,
+               head_dim=c.mamba_d_head, groups=c.mamba_n_groups, chunk=c.mamba_chunk_size,
+               conv_bias=bool(c.mamba_conv_bias), bias=bool(c.mamba_proj_bias) or None, norm_eps=eps,
+               gated_norm=None if c.mamba_rms_norm else False,
+               norm_before_gate=True if c.mamba_rms_norm and c.mamba_norm_before_gate else None,
+               dt_limit=_mamba2_dt_limit(c.time_step_limit),
+               in_proj_multipliers=Raw(_numbers(parts)) if any(v != 1 for v in parts) else None)
+    bias = bool(c.attention_bias) or None
+    gate, down = c.mlp_multipliers
+    block = {"norm": call("rmsnorm", eps=eps),
+             "mixers": call("parallel", attention_in=factor(c.attention_in_multiplier),
+                            attention_out=factor(c.attention_out_multiplier), ssm_in=factor(c.ssm_in_multiplier),
+                            ssm_out=factor(c.ssm_out_multiplier)),
+             "attention": _attention(c, bias=bias, out_bias=bias, key_multiplier=factor(c.key_multiplier)),
+             "ssm": ssm,
+             "ffn": call("swiglu", hidden=c.intermediate_size, bias=bool(c.mlp_bias) or None,
+                         gate_multiplier=factor(gate), down_multiplier=factor(down))}
+    fields = _decoder_fields(c, embedding_scale=factor(c.embedding_multiplier),
+                             logit_scale=factor(c.lm_head_multiplier), position=_rope(c),
+                             final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face falcon_h1 config.")
+
+
 def lfm2_ffn_width(c) -> int:
     """Lfm2MLP's width, computed as transformers does: with block_auto_adjust_ff_dim, two thirds of
     intermediate_size (floored), then, with a block_ffn_dim_multiplier, times it (floored) and
@@ -1053,6 +1092,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "rwkv": _rwkv,
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
+    "falcon_h1": _falcon_h1,
 }
 
 

@@ -732,6 +732,28 @@ TABLES: dict[str, dict[str, Key]] = {
                 **{k: checked(lambda v, c: _positive(v, "it"))
                    for k in ("full_attn_alpha_factor", "full_attn_beta_factor", "linear_attn_alpha_factor",
                              "linear_attn_beta_factor", "mlp_alpha_factor", "mlp_beta_factor")}},
+    "falcon_h1": {**_LLAMA_CORE, "hidden_act": only("silu", "swish", reason="archlang's mamba2 applies silu after "
+                                                    "the conv, and falcon_h1's FFN and conv share hidden_act"),
+                  "attention_bias": MAPPED, "mlp_bias": MAPPED,
+                  **{k: MAPPED for k in ("mamba_d_ssm", "mamba_n_heads", "mamba_d_state", "mamba_d_conv",
+                                         "mamba_n_groups", "mamba_chunk_size", "mamba_conv_bias", "mamba_rms_norm",
+                                         "mamba_norm_before_gate", "projectors_bias")},
+                  "mamba_expand": MAPPED,  # the mixer's width when mamba_d_ssm is none
+                  "mamba_d_head": MAPPED,  # "auto": transformers derives it from the width and mamba_n_heads
+                  # archlang's mamba2 has one bias switch for its in- and out-projections
+                  "mamba_proj_bias": _same_as("projectors_bias", "archlang's mamba2 biases its in_proj (mamba_proj_bias) "
+                                              "and out_proj (projectors_bias) together: they must be equal"),
+                  "time_step_limit": checked(lambda v, c: _dt_limit_problem(v)),
+                  "num_logits_to_keep": OUTPUTS,
+                  **{k: checked(lambda v, c: _positive(v, "a µP multiplier"), "archlang scales by positive factors")
+                     for k in ("embedding_multiplier", "lm_head_multiplier", "key_multiplier",
+                               "attention_in_multiplier", "attention_out_multiplier", "ssm_in_multiplier",
+                               "ssm_out_multiplier")},
+                  "mlp_multipliers": checked(lambda v, c: _multipliers_problem(v, 2)),
+                  "ssm_multipliers": checked(lambda v, c: _multipliers_problem(v, 5)),
+                  # written into the published configs by TII's training code; transformers' falcon_h1 reads none
+                  **{k: irrelevant("not read by transformers' falcon_h1: every layer has attention, mamba2 and an MLP")
+                     for k in ("attn_layer_indices", "mamba_use_mlp", "mlp_expansion_factor")}},
 }
 
 
@@ -746,6 +768,14 @@ def _xlstm_width_problem(value: Any, config: dict, key: str) -> str | None:
     if width == 0 or width % heads:
         return f"int(hidden_size · {key}) = {width} is not a positive multiple of num_heads ({heads})"
     return None
+
+
+def _multipliers_problem(value: Any, n: int) -> str | None:
+    """A list of n positive µP multipliers (Falcon-H1's mlp_multipliers, ssm_multipliers)."""
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == n
+                         and all(_positive(v, "") is None for v in value)):
+        return None
+    return f"it must be a list of {n} positive numbers"
 
 
 def _dt_limit_problem(value: Any) -> str | None:

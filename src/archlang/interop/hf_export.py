@@ -1262,6 +1262,48 @@ def _bamba(m: A.Model, model_type: str = "bamba") -> dict:
             **_token_ids(m, 0)}
 
 
+def _falcon_h1(m: A.Model) -> dict:
+    """One kind of layer: attention beside a Mamba-2 mixer on the one normed input (mixers =
+    parallel), then a SwiGLU; model-wide RoPE; the µP multipliers where the spec writes them."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, {"embedding_scale", "logit_scale"})
+    _need(not m.embedding_scale_in_dtype, ("embedding_scale_in_dtype",),
+          "falcon_h1 multiplies by embedding_multiplier unrounded: embedding_scale_in_dtype = false")
+    norm = _pre_rmsnorm(m, kinds, "falcon_h1")
+    kind = _one_kind(m, kinds, lambda b: True, "layer")
+    blk, path = m.blocks[kind], ("blocks", kind)
+    _need(blk.mixers is not None, path, "a block without parallel mixers (falcon_h1 runs attention and mamba2 side "
+                                        "by side in every layer: mixers = parallel(...))")
+    _positions_inherit(m, kinds)
+    a, ssm, ffn, mx = blk.attention, blk.ssm, blk.ffn, blk.mixers
+    heads = _attention_kv(m, a, path + ("attention",))
+    _plain_attention(a, path + ("attention",), "falcon_h1", set())
+    _need(isinstance(ssm, A.Mamba2), path + ("ssm",), f"an ssm {ssm.kind} (falcon_h1's is mamba2)")
+    _need(ssm.d_skip, path + ("ssm", "d_skip"), "d_skip = false (falcon_h1's mixer always has D)")
+    _need(ssm.norm_eps == norm.eps, path + ("ssm", "norm_eps"),
+          "a gated-norm eps other than the layers' norm eps (falcon_h1 has one for both)")
+    hidden, act, bias = _glu(ffn, path + ("ffn",))
+    _need(act == "silu", path + ("ffn",), "an FFN activation other than silu (falcon_h1's hidden_act is also the mixer's)")
+    rope = _rope_parameters(m.position, ("position",), a.head_dim)
+    parts = list(ssm.in_proj_multipliers) if ssm.in_proj_multipliers is not None else [1.0] * 5
+    return {"model_type": "falcon_h1", "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "num_hidden_layers": len(layers), "intermediate_size": hidden, **heads, "attention_bias": a.bias,
+            "mlp_bias": bias, "hidden_act": "silu", "rms_norm_eps": norm.eps, "rope_parameters": rope,
+            "mamba_d_ssm": ssm.heads * ssm.head_dim, "mamba_n_heads": ssm.heads, "mamba_d_head": ssm.head_dim,
+            "mamba_n_groups": ssm.groups, "mamba_d_state": ssm.d_state, "mamba_d_conv": ssm.d_conv,
+            "mamba_chunk_size": ssm.chunk, "mamba_conv_bias": ssm.conv_bias, "mamba_proj_bias": ssm.bias,
+            "projectors_bias": ssm.bias, "mamba_rms_norm": ssm.gated_norm,
+            "mamba_norm_before_gate": ssm.norm_before_gate, "time_step_limit": _time_step_limit(ssm.dt_limit),
+            "key_multiplier": a.key_multiplier or 1.0, "attention_in_multiplier": mx.attention_in or 1.0,
+            "attention_out_multiplier": mx.attention_out or 1.0, "ssm_in_multiplier": mx.ssm_in or 1.0,
+            "ssm_out_multiplier": mx.ssm_out or 1.0, "ssm_multipliers": parts,
+            "mlp_multipliers": [ffn.gate_multiplier or 1.0, ffn.down_multiplier or 1.0],
+            "embedding_multiplier": m.embedding_scale or 1.0, "lm_head_multiplier": m.logit_scale or 1.0,
+            "max_position_embeddings": m.context, "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m),
+            **_token_ids(m, 0)}
+
+
 def _pre_rmsnorm(m: A.Model, kinds: list[str], model_type: str) -> A.Norm:
     norm = _same(m, kinds, "norm", "norms")
     _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
@@ -1685,6 +1727,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "rwkv": _rwkv,
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
+    "falcon_h1": _falcon_h1,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1712,6 +1755,7 @@ ARCHITECTURES = {
     "rwkv": "RwkvForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
     "minimax": "MiniMaxForCausalLM",
+    "falcon_h1": "FalconH1ForCausalLM",
 }
 
 

@@ -576,6 +576,24 @@ def _bamba(c, r: _Rules) -> None:
             _granite_hybrid_ffn(c, r, p, q)
 
 
+def _falcon_h1(c, r: _Rules) -> None:
+    """Falcon-H1: each layer's input_layernorm feeds both `mamba` and `self_attn`; its µP vector
+    (mup_vector) is a buffer transformers computes from the config, not a weight."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_layernorm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        r.add(f"{p}mixers_norm.weight", f"{q}input_layernorm.weight")
+        r.op("mamba2", f"{p}ssm", f"{q}mamba")
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            r.linear(f"{p}{n}", f"{q}self_attn.{n}")
+        r.add(f"{p}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{q}feed_forward.{n}")
+
+
 def _granite_hybrid_ffn(c, r: _Rules, p: str, q: str) -> None:
     """The shared MLP's [gate; up] input_linear is the MoE's shared_gate_up as it is, or the dense
     FFN's gate and up split; the experts as GraniteMoe's (module and checkpoint-file names)."""
@@ -760,6 +778,7 @@ _FAMILIES = {
     "rwkv": _rwkv,
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
+    "falcon_h1": _falcon_h1,
 }
 
 
