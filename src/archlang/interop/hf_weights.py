@@ -597,6 +597,50 @@ def _lfm2(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}feed_forward.{theirs}")
 
 
+# Kimi Delta Attention's weights in Hugging Face's KimiLinearDeltaAttention (A_log reshaped: HF keeps (1, 1, heads, 1)).
+_KDA_NAMES = {"q_proj": "q_proj.weight", "k_proj": "k_proj.weight", "v_proj": "v_proj.weight",
+              "conv_weight": "conv1d.weight", "f_a_proj": "forget_gate.f_a_proj.weight",
+              "f_b_proj": "forget_gate.f_b_proj.weight", "dt_bias": "forget_gate.dt_bias", "b_proj": "b_proj.weight",
+              "g_a_proj": "g_a_proj.weight", "g_b_proj": "g_b_proj.weight", "norm_weight": "o_norm.weight",
+              "out_proj": "o_proj.weight"}
+
+
+def _kimi_linear(c, r: _Rules) -> None:
+    """Kimi Linear: Llama's embeddings and norms (no tied head: transformers ties nothing here); each
+    layer's self_attn is a KimiLinearDeltaAttention (KDA) or an MLA without RoPE (DeepSeek-V3's names,
+    no channel permutation since nothing is rotated); DeepSeek-V3's experts with shared experts, or a
+    dense SwiGLU."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.norm.weight")
+    r.add("lm_head.weight", "lm_head.weight")
+    hidden = c.moe_intermediate_size * c.n_shared_experts
+    for i, kind in enumerate(c.layer_types):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        a = f"{q}self_attn."
+        if kind == "linear_attention":
+            for ours, theirs in _KDA_NAMES.items():
+                r.add(f"{p}ssm.{ours}", f"{a}{theirs}")
+            r.add(f"{p}ssm.A_log", f"{a}forget_gate.A_log", "reshape", (1, 1, c.linear_num_heads, 1))
+            r.add(f"{p}ssm_norm.weight", f"{q}input_layernorm.weight")
+        else:
+            for n in ("q_proj", "q_a_proj", "q_b_proj", "o_proj"):
+                r.add(f"{p}{n}.weight", f"{a}{n}.weight")
+            r.add(f"{p}q_a_norm.weight", f"{a}q_a_layernorm.weight")
+            r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight")
+            r.op("mla_attention", f"{p}attn", a.rstrip("."))
+            r.add(f"{p}attn_norm.weight", f"{q}input_layernorm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+        mlp = f"{q}mlp."
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            r.linear(f"{p}{n}", f"{mlp}{n}")
+        r.add(f"{p}moe.router", f"{mlp}gate.weight")
+        r.add(f"{p}moe.e_score_correction_bias", f"{mlp}gate.e_score_correction_bias")
+        _experts(c, r, p, mlp, mlp)
+        shared = f"{mlp}shared_experts."
+        r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
+        r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -614,6 +658,7 @@ _FAMILIES = {
     "bamba": _bamba,
     "granitemoehybrid": _bamba,
     "lfm2": _lfm2,
+    "kimi_linear": _kimi_linear,
 }
 
 
