@@ -991,6 +991,9 @@ def _kimi_linear(m: A.Model) -> dict:
     config.update(model_type="kimi_linear", vocab_size=m.vocab, hidden_size=m.d_model, num_hidden_layers=len(layers),
                   hidden_act="silu", max_position_embeddings=m.context, rms_norm_eps=norm.eps,
                   tie_word_embeddings=False, dtype=_dtype(m),
+                  # Kimi's tokenizer ids where the vocabulary has them (the padding id indexes the embedding)
+                  **{key: token if token < m.vocab else None for key, token in
+                     (("pad_token_id", 163839), ("bos_token_id", 163584), ("eos_token_id", 163586))},
                   layer_types=["full_attention" if k in full else "linear_attention" for k in layers],
                   mlp_layer_types=["sparse" if s else "dense" for s in sparse])
     return config

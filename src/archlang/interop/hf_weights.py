@@ -635,7 +635,9 @@ def _kimi_linear(c, r: _Rules) -> None:
             r.linear(f"{p}{n}", f"{mlp}{n}")
         r.add(f"{p}moe.router", f"{mlp}gate.weight")
         r.add(f"{p}moe.e_score_correction_bias", f"{mlp}gate.e_score_correction_bias")
-        _experts(c, r, p, mlp, mlp)
+        # stacked in the files too: transformers has no per-expert conversion for kimi_linear
+        r.add(f"{p}moe.experts_gate_up", f"{mlp}experts.gate_up_proj")
+        r.add(f"{p}moe.experts_down", f"{mlp}experts.down_proj")
         shared = f"{mlp}shared_experts."
         r.add(f"{p}moe.shared_gate_up", (f"{shared}gate_proj.weight", f"{shared}up_proj.weight"), "cat", [hidden, hidden])
         r.add(f"{p}moe.shared_down", f"{shared}down_proj.weight")
