@@ -92,6 +92,9 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = _mamba2(block.ssm, d_model)
         elif isinstance(block.ssm, (A.GatedDeltaNet, A.GLA, A.Retention)):
             update["ssm"] = _linear_mixer(block.ssm)
+        elif isinstance(block.ssm, A.KDA):
+            update["ssm"] = block.ssm.model_copy(update={"heads": 2, "head_dim": 16,
+                                                         "chunk": min(block.ssm.chunk, CONTEXT // 4)})
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         blocks[name] = block.model_copy(update=update)

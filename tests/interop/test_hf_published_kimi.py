@@ -13,6 +13,8 @@ from archlang.compiler.facts import compute_facts
 from archlang.interop.hf import spec_from_config
 from archlang.spec import ArchError
 
+from ..conftest import EXAMPLES
+
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
 
@@ -56,6 +58,13 @@ def test_kimi_linear_48b_a3b_parameter_count(imported):
     values = {k: v for k, v in json.loads(KIMI_LINEAR_48B_A3B).items() if k != "model_type"}
     assert facts.params_total == hf_count(T.KimiLinearConfig(**values)) == 49_122_675_072
     assert 2.5e9 < facts.params_active < 3.5e9  # "A3B"
+
+
+def test_the_example_is_the_published_model(imported):
+    ours = compute_facts(compile_spec(EXAMPLES / "kimi_linear_48b_a3b.arch").graph)
+    theirs = compute_facts(compile_spec(imported).graph)
+    assert (ours.params_total, ours.params_active, ours.flops_per_token, ours.ssm_state_bytes_per_sequence) == \
+        (theirs.params_total, theirs.params_active, theirs.flops_per_token, theirs.ssm_state_bytes_per_sequence)
 
 
 def test_linear_attn_config_places_the_layers(imported):
