@@ -300,18 +300,18 @@ class KDA(_GatedLinear):
         window = F.pad(mixed, (self.conv_size - 1, 0)) if past is None else torch.cat((past["conv"], mixed), dim=2)
         conv = F.silu(F.conv1d(window, self.conv_weight, groups=self.conv_dim))  # (B, conv_dim, T)
         q, k, v = (_heads(x, self.heads) for x in conv.transpose(1, 2).chunk(3, dim=-1))  # (B, H, T, dk)
-        q, k = (x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype) for x in (q, k))
+        # L2-normalised in float32, as the rule runs (Hugging Face and flash-linear-attention alike)
+        q, k = (x.float() * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6) for x in (q, k))
         log_decay = -self.A_log.float().exp()[:, None, None] * F.softplus(_heads(f.float() + self.dt_bias, self.heads))
         beta = torch.sigmoid(b.float()).transpose(1, 2)[..., None]  # (B, H, T, 1)
         if mask is not None:  # a padding token neither decays nor writes the state
             beta, log_decay = beta * mask, log_decay * mask
-        kf = k.float()
-        read, write = -beta * log_decay.exp() * kf, beta * kf  # a_t and k'_t of the generalised rule
+        read, write = -beta * log_decay.exp() * k, beta * k  # a_t and k'_t of the generalised rule
         scale, state = self.key_dim ** -0.5, past["state"] if past else None
         if self.form == "recurrent" or (self.form == "auto" and t == 1):
-            o, state = reference.generalized_delta_recurrent(q, write, v, log_decay, read, kf, state, scale=scale)
+            o, state = reference.generalized_delta_recurrent(q, write, v, log_decay, read, k, state, scale=scale)
         else:
-            o, state = reference.generalized_delta_chunked(q, write, v, log_decay, read, kf, state, scale=scale,
+            o, state = reference.generalized_delta_chunked(q, write, v, log_decay, read, k, state, scale=scale,
                                                            chunk=self.chunk)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state, conv=window[:, :, -(self.conv_size - 1):])

@@ -103,9 +103,10 @@ def hf_layer_and_ours(chunk=4, form="auto"):
     torch.manual_seed(3)
     config = kimi.KimiLinearConfig(**HF_CONFIG)
     layer = kimi.KimiLinearDeltaAttention(config, 0).eval()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    with torch.no_grad():  # the bare layer leaves A_log and dt_bias uninitialised (its model's _init_weights fills them)
+        for name, p in layer.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name == "o_norm.weight" else 0.0))
+        layer.forget_gate.A_log.copy_(torch.empty_like(layer.forget_gate.A_log).uniform_(1, 16).log())
     ours = rt.KDALayer(32, 3, 8, conv_size=3, chunk=chunk, form=form, norm_eps=1e-5).eval()
     names = {"q_proj": "q_proj.weight", "k_proj": "k_proj.weight", "v_proj": "v_proj.weight",
              "conv_weight": "conv1d.weight", "f_a_proj": "forget_gate.f_a_proj.weight",
