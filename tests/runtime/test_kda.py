@@ -58,6 +58,17 @@ def test_the_generalised_delta_rule_is_kda(form, chunk):
     torch.testing.assert_close(got_state, expected_state, **TOL64)
 
 
+def test_strong_decays_stay_finite_in_the_chunked_form():
+    """Log decays down to about -200 per token (A_log up to log 16 times a large softplus): every
+    exponent the chunked form takes is a decay from a later to an earlier position, so nothing overflows."""
+    q, k, v, log_decay, beta, state = _inputs()
+    log_decay = log_decay * 60
+    expected, expected_state = naive_kda(q, k, v, log_decay, beta, state)
+    got, got_state = _generalised("chunked", q, k, v, log_decay, beta, state, chunk=8)
+    torch.testing.assert_close(got, expected, **TOL64)
+    torch.testing.assert_close(got_state, expected_state, **TOL64)
+
+
 def test_the_algebra_is_not_vacuous():
     """A per-head decay or a decay after the delta step is a different recurrence: the test above tells them apart."""
     q, k, v, log_decay, beta, state = _inputs()
