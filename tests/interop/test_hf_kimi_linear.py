@@ -44,11 +44,15 @@ def test_weights_convert_exactly_both_ways(case):
     theirs = dict(hf.state_dict())
     ours = hf_to_archlang(hf)
     back = to_hf(hf.config, ours, set(theirs))
-    for name, tensor in back.items():  # the checkpoint files' layout: experts one tensor each
+    for name, tensor in back.items():  # the checkpoint files' layout (Moonshot's): experts one tensor each, ...
         if name in theirs:
             assert torch.equal(tensor, theirs[name]), name
-    assert any(name.endswith("forget_gate.A_log") and back[name].shape == (1, 1, hf.config.linear_num_heads, 1)
+    # ... the forget gate's weights under self_attn, one conv per q, k and v, every FFN under block_sparse_moe
+    assert any(name.endswith("self_attn.A_log") and back[name].shape == (1, 1, hf.config.linear_num_heads, 1)
                for name in back)
+    assert any(name.endswith("self_attn.q_conv1d.weight") for name in back)
+    assert any(".block_sparse_moe.experts.0.w1." in name for name in back)
+    assert not any(".mlp." in name or "forget_gate" in name for name in back)
     heads = hf.config.linear_num_heads  # HF's (1, 1, heads, 1) A_log is ours, flat
     assert all(v.shape == (heads,) for k, v in ours.items() if k.endswith("ssm.A_log"))
     again = to_archlang(hf.config, back)
