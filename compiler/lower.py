@@ -265,6 +265,8 @@ class _Lowerer:
             return self.gated_linear(pre, ssm, h, seq, ctx)
         if isinstance(ssm, A.ShortConv):
             return self.short_conv(pre, ssm, h, seq, ctx)
+        if isinstance(ssm, A.KDA):
+            return self.kda(pre, ssm, h, seq, ctx)
         if isinstance(ssm, A.MLSTM):
             return self.mlstm(pre, ssm, h, seq, ctx)
         if isinstance(ssm, A.SLSTM):
@@ -527,6 +529,11 @@ class _Lowerer:
                            attrs={"d_model": d, "key_heads": ssm.key_heads, "value_heads": ssm.value_heads,
                                   "key_dim": ssm.key_dim, "value_dim": ssm.value_dim, "conv_size": ssm.conv_size,
                                   "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def kda(self, pre: str, ssm: A.KDA, h: NodeRef, seq: str, ctx) -> NodeRef:
+        return self.b.node(f"{pre}ssm", "kda", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
+                           attrs={"d_model": self.d, "heads": ssm.heads, "head_dim": ssm.head_dim,
+                                  "conv_size": ssm.conv_size, "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
 
     def gated_linear(self, pre: str, ssm: A.GLA | A.Retention, h: NodeRef, seq: str, ctx) -> NodeRef:
         attrs = {"d_model": self.d, "heads": ssm.heads, "key_dim": ssm.key_dim, "value_dim": ssm.value_dim,

@@ -94,6 +94,9 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = _linear_mixer(block.ssm)
         elif isinstance(block.ssm, A.RGLRU):  # as wide as the tiny d_model, in as many gate blocks as divide it
             update["ssm"] = block.ssm.model_copy(update={"width": None, "heads": math.gcd(block.ssm.heads, d_model)})
+        elif isinstance(block.ssm, A.KDA):
+            update["ssm"] = block.ssm.model_copy(update={"heads": 2, "head_dim": 16,
+                                                         "chunk": min(block.ssm.chunk, CONTEXT // 4)})
         elif isinstance(block.ssm, A.Mamba):
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         elif isinstance(block.ssm, A.SLSTM):  # heads that still divide the narrower d_model

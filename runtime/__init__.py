@@ -35,3 +35,8 @@ __all__ = [
     "add_aux_losses", "apply_rope", "depth_routing", "glu", "layer_stack", "mtp_context", "rope_qk",
     "set_depth_routing", "softcap",
 ]
+
+from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, and the layer with its projections)
+from .linear_mixers import KDALayer  # noqa: E402
+
+__all__ += ["KDA", "KDALayer"]

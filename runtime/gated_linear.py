@@ -260,3 +260,68 @@ class RWKV7(_GatedLinear):
                          self.norm_eps).view(bsz, t, width)
         bonus = (r_h * k_h * self.r_k[:, None]).sum(-1, keepdim=True) * v_h  # (B, H, T, d)
         return (o + _merge(bonus)) * gate
+
+
+class KDA(_GatedLinear):
+    """Kimi Delta Attention (Kimi Team 2025; Kimi Linear's linear attention): Gated DeltaNet with one
+    decay per key channel, S_t = (I - β_t k_t k_t^T) Diag(α_t) S_{t-1} + β_t k_t v_t^T, read as
+    o_t = S_t^T q_t / sqrt(head_dim), with α_t = exp(-exp(A_log) · softplus(f_t + dt_bias)) per channel
+    and β_t = sigmoid(b_t) per head.
+
+    That is the generalised delta rule of `kernels/reference.py`, S_t = Diag(α_t) S_{t-1} +
+    b_t (a_t^T S_{t-1}) + k'_t v_t^T, with a_t = -β_t (α_t ⊙ k_t), b_t = k_t and k'_t = β_t k_t
+    (-β k k^T Diag(α) S = k ((-β α ⊙ k)^T S)), so both forms (chunked, recurrent) are its.
+
+    q, k, v (B, T, heads * head_dim) are the projections before the short causal depthwise conv
+    (`conv_size` taps, no bias, then silu), q and k then L2-normalised; f (B, T, heads * head_dim) is
+    the decay projection's output, b (B, T, heads) the β logits, gate (B, T, heads * head_dim) the
+    output gate's logits: each head's output is RMS-normalised (a weight) and × sigmoid(gate).
+
+    Cache per sequence: state heads · head_dim² · 4 bytes (float32) plus the conv window
+    3 · heads · head_dim · (conv_size - 1) · itemsize bytes (the input dtype)."""
+
+    def __init__(self, heads: int, head_dim: int, *, conv_size: int = 4, chunk: int = 64, form: str = "auto",
+                 norm_eps: float = 1e-6, cache_key: str = ""):
+        super().__init__(heads, head_dim, head_dim, chunk=chunk, form=form, cache_key=cache_key,
+                         output_gate=True, norm_affine=True, norm_eps=norm_eps)
+        self.conv_size, self.conv_dim = conv_size, 3 * heads * head_dim
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, 1, conv_size))
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))  # nn.Conv1d's default
+        self.A_log = nn.Parameter(torch.empty(heads).uniform_(1, 16).log())
+        self.dt_bias = nn.Parameter(torch.ones(heads * head_dim))
+
+    def state_bytes(self, dtype: torch.dtype = torch.float32) -> int:
+        """Cache bytes per sequence: heads · head_dim² · 4 + conv_dim · (conv_size - 1) · itemsize."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return super().state_bytes() + self.conv_dim * (self.conv_size - 1) * itemsize
+
+    def forward(self, q, k, v, f, b, gate, *, ctx: Context | None = None) -> torch.Tensor:
+        t = q.shape[1]
+        past = self._past(ctx)
+        mask = _padding(ctx, t)
+        mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
+        if mask is not None:  # padding tokens enter the conv as zeros, as the zero padding before the start
+            mixed = mixed * mask[:, 0]
+        mixed = mixed.transpose(1, 2)  # (B, conv_dim, T)
+        window = F.pad(mixed, (self.conv_size - 1, 0)) if past is None else torch.cat((past["conv"], mixed), dim=2)
+        conv = F.silu(F.conv1d(window, self.conv_weight, groups=self.conv_dim))  # (B, conv_dim, T)
+        q, k, v = (_heads(x, self.heads) for x in conv.transpose(1, 2).chunk(3, dim=-1))  # (B, H, T, dk)
+        # L2-normalised in float32, as the rule runs (Hugging Face and flash-linear-attention alike)
+        q, k = (x.float() * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6) for x in (q, k))
+        log_decay = -self.A_log.float().exp()[:, None, None] * F.softplus(_heads(f.float() + self.dt_bias, self.heads))
+        beta = torch.sigmoid(b.float()).transpose(1, 2)[..., None]  # (B, H, T, 1)
+        if mask is not None:  # a padding token neither decays nor writes the state
+            beta, log_decay = beta * mask, log_decay * mask
+        read, write = -beta * log_decay.exp() * k, beta * k  # a_t and k'_t of the generalised rule
+        scale, state = self.key_dim ** -0.5, past["state"] if past else None
+        if self.form == "recurrent" or (self.form == "auto" and t == 1):
+            o, state = reference.generalized_delta_recurrent(q, write, v, log_decay, read, k, state, scale=scale)
+        else:
+            o, state = reference.generalized_delta_chunked(q, write, v, log_decay, read, k, state, scale=scale,
+                                                           chunk=self.chunk)
+        if ctx is not None and ctx.cache is not None:
+            ctx.cache.put(self.cache_key, state=state, conv=window[:, :, -(self.conv_size - 1):])
+        o = o.float()  # the gated norm runs in float32 (Hugging Face's KimiLinearRMSNormGated)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.float()
+        o = o * torch.sigmoid(_heads(gate, self.heads).float())
+        return _merge(o.to(v.dtype))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .context import Context
-from .gated_linear import GLA, GatedDeltaNet, Retention
+from .gated_linear import GLA, KDA, GatedDeltaNet, Retention
 
 
 class GatedDeltaNetLayer(GatedDeltaNet):
@@ -100,4 +100,37 @@ class RetentionLayer(Retention):
         q, k, v = F.linear(x, self.q_proj), F.linear(x, self.k_proj), F.linear(x, self.v_proj)
         g = F.linear(x, self.g_proj) if self.g_proj is not None else None  # (B, T, H·dv)
         o = super().forward(q, k, v, gate=g, ctx=ctx)  # (B, T, H·dv)
+        return F.linear(o, self.out_proj)  # (B, T, C)
+
+
+class KDALayer(KDA):
+    """Kimi Delta Attention with its projections (Kimi Linear's KimiDeltaAttention): from x (B, T,
+    d_model) q_proj, k_proj, v_proj (heads · head_dim each); the decay input through the low-rank
+    f_a_proj (head_dim) → f_b_proj (heads · head_dim); b_proj (β logits, one per head); the output
+    gate through the low-rank g_a_proj (head_dim) → g_b_proj; the core (conv, delta rule, gated
+    RMSNorm; `KDA`); out_proj back to d_model. No biases, as the published layer."""
+
+    def __init__(self, d_model: int, heads: int, head_dim: int, *, conv_size: int = 4, chunk: int = 64,
+                 form: str = "auto", norm_eps: float = 1e-6, cache_key: str = ""):
+        super().__init__(heads, head_dim, conv_size=conv_size, chunk=chunk, form=form, norm_eps=norm_eps,
+                         cache_key=cache_key)
+        width = heads * head_dim
+        self.q_proj = nn.Parameter(torch.empty(width, d_model))
+        self.k_proj = nn.Parameter(torch.empty(width, d_model))
+        self.v_proj = nn.Parameter(torch.empty(width, d_model))
+        self.f_a_proj = nn.Parameter(torch.empty(head_dim, d_model))
+        self.f_b_proj = nn.Parameter(torch.empty(width, head_dim))
+        self.b_proj = nn.Parameter(torch.empty(heads, d_model))
+        self.g_a_proj = nn.Parameter(torch.empty(head_dim, d_model))
+        self.g_b_proj = nn.Parameter(torch.empty(width, head_dim))
+        self.out_proj = nn.Parameter(torch.empty(d_model, width))
+        for p in (self.q_proj, self.k_proj, self.v_proj, self.f_a_proj, self.f_b_proj, self.b_proj, self.g_a_proj,
+                  self.g_b_proj, self.out_proj):
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        q, k, v = F.linear(x, self.q_proj), F.linear(x, self.k_proj), F.linear(x, self.v_proj)  # (B, T, H·dk)
+        f = F.linear(F.linear(x, self.f_a_proj), self.f_b_proj)  # (B, T, H·dk) the decay input
+        gate = F.linear(F.linear(x, self.g_a_proj), self.g_b_proj)  # (B, T, H·dk)
+        o = super().forward(q, k, v, f, F.linear(x, self.b_proj), gate, ctx=ctx)  # (B, T, H·dk)
         return F.linear(o, self.out_proj)  # (B, T, C)

@@ -712,6 +712,23 @@ class GatedDeltaNet(Node):
         return self
 
 
+class KDA(Node):
+    """Kimi Delta Attention (Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Attention
+    Architecture"; Kimi Linear's linear attention): Gated DeltaNet with a decay per key channel,
+    per head a (head_dim x head_dim) state S_t = (I - β_t k_t k_t^T) Diag(α_t) S_{t-1} + β_t k_t v_t^T
+    read by q_t, after a short causal conv of q, k and v, L2-normalised q and k; the decay
+    α_t = exp(-exp(A_log) · softplus(f_t + dt_bias)) comes from a low-rank projection (rank head_dim)
+    and the output's gated RMSNorm per head takes sigmoid of another. No positions: it orders tokens
+    by its recurrence. head_dim defaults to d_model / heads."""
+
+    kind: Literal["kda"]
+    heads: Dim
+    head_dim: Dim  # filled from d_model / heads when not written
+    conv_size: Annotated[int, Field(gt=0, le=64)] = 4  # taps of the causal depthwise conv on q, k, v
+    chunk: Dim = 64  # the chunked form's length in prefill: the same function at any value
+    norm_eps: PositiveFloat = 1e-6  # the gated output RMSNorm's epsilon
+
+
 class _LinearHeads(Node):
     """The head shape of gla and retention: `heads` heads with a (key_dim x value_dim) state each;
     key_dim defaults to d_model / heads, value_dim to key_dim."""
@@ -888,7 +905,7 @@ class RGLRU(Node):
 
 
 SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D, RWKV4, RWKV7,
-                      RGLRU, Lightning],
+                      RGLRU, Lightning, KDA],
                 Field(discriminator="kind")]
 
 
@@ -1456,7 +1473,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D,
-                         RWKV4, RWKV7, RGLRU, Lightning),
+                         RWKV4, RWKV7, RGLRU, Lightning, KDA),
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),

@@ -712,6 +712,8 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b)
         elif isinstance(ssm, dict) and ssm.get("kind") in ("gla", "retention", "lightning"):
             _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads")
+        elif isinstance(ssm, dict) and ssm.get("kind") == "kda":
+            _fill_key_dim(ssm, d_model, ("blocks", block_name, "ssm"), b, heads_field="heads", dim_field="head_dim")
         elif isinstance(ssm, dict) and ssm.get("kind") == "mamba" and "dt_rank" not in ssm:
             ssm["dt_rank"] = A.default_dt_rank(d_model)
         elif isinstance(ssm, dict) and ssm.get("kind") == "mlstm":
@@ -726,19 +728,21 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
                                           hint="pick heads dividing d_model", kind="semantic"))
 
 
-def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads") -> None:
+def _fill_key_dim(ssm: dict, d_model: int, path: tuple, b: _Builder, heads_field: str = "key_heads",
+                  dim_field: str = "key_dim") -> None:
     """The gated linear mixers' key_dim, when not written: d_model / key_heads (gla and retention:
     / heads), as attention's head_dim."""
     heads = ssm.get(heads_field)
-    if "key_dim" in ssm or not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
+    if dim_field in ssm or not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0:
         return  # written, or the field's own check reports the bad value
     if d_model % heads:
-        b.bad_paths.add(path + ("key_dim",))
-        b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by {heads_field} ({heads}) to derive key_dim",
+        b.bad_paths.add(path + (dim_field,))
+        b.errors.append(ArchError(f"d_model ({d_model}) must be divisible by {heads_field} ({heads}) to derive {dim_field}",
                                   b.spans.get(path + (heads_field,)) or b.spans.get(path),
-                                  hint=f"set key_dim explicitly, or pick {heads_field} dividing d_model", kind="semantic"))
+                                  hint=f"set {dim_field} explicitly, or pick {heads_field} dividing d_model",
+                                  kind="semantic"))
         return
-    ssm["key_dim"] = d_model // heads
+    ssm[dim_field] = d_model // heads
 
 
 def _fill_mlstm_dims(ssm: dict, d_model: int, path: tuple, b: _Builder) -> None:

@@ -1,5 +1,6 @@
 """Gated linear-attention mixers: a fixed-size state per head that decays and is written at every
-token (runtime/gated_linear.py, runtime/linear_mixers.py): Gated DeltaNet, GLA and retention."""
+token (runtime/gated_linear.py, runtime/linear_mixers.py): Gated DeltaNet, GLA, retention
+and Kimi Delta Attention."""
 
 from __future__ import annotations
 
@@ -228,3 +229,76 @@ class Retention(_GatedLinearHeads):
         return (f"rt.RetentionLayer({a['d_model']}, {a['heads']}, {a['key_dim']}, {a['value_dim']}, "
                 f"output_gate={a['output_gate']!r}, chunk={a['chunk']}, norm_eps={a['norm_eps']!r}, "
                 f"cache_key={emit.cache_key})")
+
+
+@register
+class KDA(OpDef):
+    """Kimi Delta Attention (`rt.KDALayer`): q, k, v projections; a causal depthwise conv over q, k,
+    v; L2-normalised q, k; the decay per key channel from the low-rank f_a_proj → f_b_proj; β from
+    b_proj; the delta rule per head; the RMSNorm per head gated by sigmoid of the low-rank g_a_proj →
+    g_b_proj; out_proj.
+
+    FLOPs per token (multiply-add = 2), as a decoded token costs, with width = heads · head_dim:
+    2 × every projection's weights (q, k, v, the two low-rank pairs, b, out), 2·3·width·conv_size
+    (the conv), 7·head_dim² per head (the recurrent step: decay, the delta rule's read k^T S and
+    write, and the readout; the decay per channel costs what one per head does). Element-wise work
+    is not counted, as for every op. State per sequence, the runtime's cache: heads · head_dim²
+    values in float32 and the conv window 3 · width · (conv_size - 1) values in the model's dtype."""
+
+    name = "kda"
+    summary = "Kimi Delta Attention (projections, short conv, delta rule with a decay per channel, gated norm)"
+    attrs = {
+        "d_model": attr(int), "heads": attr(int), "head_dim": attr(int), "conv_size": attr(int), "chunk": attr(int),
+        "norm_eps": attr(float),
+    }
+    arity = (1, 1)
+    picture = "ssm"
+    mixer_kinds = ("kda",)
+    refused_positions = _refusals("kda")["refused_positions"]
+    refused_in_encoders = _refusals("kda")["refused_in_encoders"]
+    # Hugging Face's KimiLinearDeltaAttention keeps A_log as (1, 1, heads, 1): the family's rules
+    # (interop/hf_weights.py) reshape it and name the rest.
+    hf_params = None
+
+    def params(self, a, shape):
+        d, heads, dk = a["d_model"], a["heads"], a["head_dim"]
+        width = heads * dk
+        return {
+            "q_proj": (width, d), "k_proj": (width, d), "v_proj": (width, d), "conv_weight": (3 * width, 1, a["conv_size"]),
+            "f_a_proj": (dk, d), "f_b_proj": (width, dk), "dt_bias": (width,), "A_log": (heads,), "b_proj": (heads, d),
+            "g_a_proj": (dk, d), "g_b_proj": (width, dk), "norm_weight": (dk,), "out_proj": (d, width),
+        }
+
+    def verify(self, node, d, widths, ctx):
+        if widths and widths[0] != d["attrs"]["d_model"]:
+            ctx.fail(node, f"kda over {d['attrs']['d_model']} channels applied to width {widths[0]}")
+
+    def category(self, d):
+        return "ssm"
+
+    def saved(self, d, ctx):
+        """Beside its input: the projections' outputs, the convolved q, k, v, the delta rule's output
+        and the gated, normalised product the out-projection reads; the chunked form's states are
+        recomputed in backward."""
+        a = d["attrs"]
+        width, dk = a["heads"] * a["head_dim"], a["head_dim"]
+        projected = 3 * width + 2 * (dk + width) + a["heads"]
+        return Saved(private_bytes=(projected + 3 * width + 2 * width) * ctx.nbytes)
+
+    def cost(self, d, ctx):
+        a = d["attrs"]
+        heads, dk = a["heads"], a["head_dim"]
+        width = heads * dk
+        flops = 2 * sum(math.prod(s) for s in self.params(a, d["shape"]).values() if len(s) == 2)  # the matmuls
+        flops += 2 * 3 * width * a["conv_size"]  # depthwise causal conv
+        flops += 7 * dk * dk * heads  # the recurrent step per head
+        state = heads * dk * dk * 4 + 3 * width * (a["conv_size"] - 1) * ctx.nbytes  # the state is float32
+        return Cost(flops=flops, state_bytes=state)
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.KDALayer({a['d_model']}, {a['heads']}, {a['head_dim']}, conv_size={a['conv_size']}, "
+                f"chunk={a['chunk']}, norm_eps={a['norm_eps']!r}, cache_key={emit.cache_key})")
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]}, ctx)"

@@ -129,6 +129,16 @@ def hf_model(name: str):
             mamba_d_head=128, mamba_n_groups=1, mamba_d_state=256, mamba_d_conv=4, mamba_chunk_size=256,
             mamba_rms_norm=True, mamba_norm_before_gate=False, tie_word_embeddings=False,
             rope_parameters={"rope_type": "default", "rope_theta": 1e11})
+    if name == "kimi_linear_48b_a3b":  # moonshotai/Kimi-Linear-48B-A3B-Instruct's config.json (its linear_attn_config)
+        full = [4, 8, 12, 16, 20, 24, 27]  # 1-based
+        return T.KimiLinearForCausalLM, T.KimiLinearConfig(
+            vocab_size=163840, hidden_size=2304, intermediate_size=9216, moe_intermediate_size=1024,
+            num_hidden_layers=27, num_attention_heads=32, num_key_value_heads=32, kv_lora_rank=512, q_lora_rank=None,
+            qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, num_local_experts=256, num_experts_per_tok=8,
+            n_shared_experts=1, routed_scaling_factor=2.446, linear_num_heads=32, linear_head_dim=128,
+            linear_conv_kernel_dim=4, max_position_embeddings=1048576, tie_word_embeddings=False,
+            layer_types=["full_attention" if i + 1 in full else "linear_attention" for i in range(27)],
+            mlp_layer_types=["dense"] + ["sparse"] * 26)
     raise KeyError(name)
 
 

@@ -18,6 +18,7 @@ from archlang.interop.hf_export import EXPORTERS, _ir_text, export_config, expor
 from archlang.spec.errors import ArchError
 
 from ..conftest import SPECS
+from ..hf_torch_forms import use_torch_forms
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -874,7 +875,45 @@ CASES = {
     }}
     layers = layer * 3
 }}""", "falcon_h1"),
+    # KDA layers around a latent-attention layer without positions, a dense first layer, DeepSeek-V3's
+    # routing (one of two groups) with a shared expert
+    "kimi_linear": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-5)
+    block linear_dense {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = kda(heads = 2, head_dim = 16, conv_size = 3, norm_eps = 1e-5)
+        ffn = swiglu(hidden = 48)
+    }}
+    block linear extends linear_dense {{
+        ffn = moe(experts = 4, top_k = 2, shared_experts = 1, expert = swiglu(hidden = 16), routed_scale = 2.5,
+                  router = sigmoid, correction_bias = true, groups = 2, topk_groups = 1)
+    }}
+    block attn extends linear {{
+        ssm = none
+        attention = mla(heads = 4, kv_lora_rank = 16, rope_head_dim = 8, nope_head_dim = 8, v_head_dim = 8)
+    }}
+    layers = [linear_dense, linear, attn, linear]
+}}""", "kimi_linear"),
+    # a query latent, every layer MoE with two shared experts and unnormalised top-k, KDA 4 x 16 wide
+    "kimi_linear-q-lora": (f"""model m {{
+    {HEAD}
+    final_norm = rmsnorm(eps = 1e-6)
+    block attn {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mla(heads = 4, kv_lora_rank = 16, q_lora_rank = 12, rope_head_dim = 4, nope_head_dim = 12,
+                        v_head_dim = 8)
+        ffn = moe(experts = 4, top_k = 2, shared_experts = 2, expert = swiglu(hidden = 16), normalize_top_k = false,
+                  router = sigmoid, correction_bias = true)
+    }}
+    block linear extends attn {{
+        attention = none
+        ssm = kda(heads = 4, head_dim = 16, norm_eps = 1e-6)
+    }}
+    layers = [attn, linear, linear]
+}}""", "kimi_linear"),
 }
+use_torch_forms()  # Kimi Linear's and Qwen3-Next's HF layers on the CPU (flash-linear-attention's kernels need a GPU)
 
 
 def _spec(case):

@@ -11,6 +11,8 @@ import torch
 from archlang.interop.hf import from_hf, spec_from_config
 from archlang.spec import ArchError
 
+from ..hf_torch_forms import use_torch_forms
+
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
 
@@ -377,7 +379,27 @@ CASES = {
     "falcon_h1-plain-dt-clamp": (T.FalconH1Config, T.FalconH1ForCausalLM, dict(
         SMALL, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=4,
         time_step_limit=(0.001, 0.5), pad_token_id=0)),
+    # Kimi Linear: KDA layers (a decay per key channel, a 3-tap conv) around an MLA layer without
+    # RoPE, a dense first layer, DeepSeek-V3's routing (sigmoid, correction bias, one of two groups)
+    # with a shared expert; 13 tokens run the chunked form (chunks of 64)
+    "kimi_linear": (T.KimiLinearConfig, T.KimiLinearForCausalLM, dict(
+        SMALL, num_hidden_layers=4, num_key_value_heads=4, layer_types=["linear_attention", "linear_attention",
+                                                                        "full_attention", "linear_attention"],
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"], linear_num_heads=2, linear_head_dim=16,
+        linear_conv_kernel_dim=3, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
+        v_head_dim=8, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1,
+        n_group=2, topk_group=1, routed_scaling_factor=2.5, pad_token_id=0)),
+    # attention first with a query latent (q_lora_rank), KDA heads wider than d_model (4 x 16), every
+    # layer MoE with two shared experts, unnormalised top-k, tie_word_embeddings (which ties nothing)
+    "kimi_linear-q-lora": (T.KimiLinearConfig, T.KimiLinearForCausalLM, dict(
+        SMALL, num_hidden_layers=3, num_key_value_heads=4, layer_types=["full_attention", "linear_attention",
+                                                                        "linear_attention"],
+        mlp_layer_types=["sparse"] * 3, linear_num_heads=4, linear_head_dim=16, kv_lora_rank=16, q_lora_rank=12,
+        qk_rope_head_dim=4, qk_nope_head_dim=12, v_head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=16, n_shared_experts=2, n_group=1, topk_group=1, norm_topk_prob=False,
+        routed_scaling_factor=1.0, tie_word_embeddings=True, pad_token_id=0)),
 }
+use_torch_forms()  # Kimi Linear's and Qwen3-Next's HF layers on the CPU (flash-linear-attention's kernels need a GPU)
 
 
 @torch.no_grad()

@@ -131,6 +131,7 @@ EXAMPLE_FINDINGS = {
     "gpt2.arch": ["ARC102", "ARC115"],  # vocab 50,257; attention dropout 0.1
     "gpt_oss_20b.arch": ["ARC103", "ARC104", "ARC114"],  # d_model and experts 2,880 wide; no aux loss in the spec
     "jamba.arch": ["ARC116"],  # 52B parameters in bf16
+    "kimi_linear_48b_a3b.arch": ["ARC114", "ARC115", "ARC116"],  # no aux loss; MLA values; 49B parameters in bf16
     "llama3_8b.arch": [],
     "lfm2_1_2b.arch": [],
     "xlstm_7b.arch": ["ARC104"],  # FFN 10,944 wide (4096 · 2.667 rounded up to 64)

@@ -6,7 +6,7 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1. The encoders (bert, albert) come with the head of the class the config's
+minimax, falcon_h1, kimi_linear. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -594,6 +594,37 @@ def _qwen3_next(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face qwen3_next config.")
 
 
+def _kimi_linear(c, name: str) -> str:
+    """Kimi Linear: Kimi Delta Attention layers (layer type linear_attention) and latent-attention
+    layers without RoPE (full_attention: MLA with NoPE, the rope_head_dim part of the key still
+    shared), DeepSeek-V3's sigmoid-routed experts with a correction bias and shared experts, dense
+    layers by mlp_layer_types. transformers ties no weights for this family, whatever
+    tie_word_embeddings says."""
+    eps = c.rms_norm_eps
+    mixers = {"linear_attention": {"ssm": call("kda", heads=c.linear_num_heads, head_dim=c.linear_head_dim,
+                                               conv_size=c.linear_conv_kernel_dim, norm_eps=eps)},
+              "full_attention": {"attention": call("mla", heads=c.num_attention_heads, kv_lora_rank=c.kv_lora_rank,
+                                                   q_lora_rank=c.q_lora_rank, rope_head_dim=c.qk_rope_head_dim,
+                                                   nope_head_dim=c.qk_nope_head_dim, v_head_dim=c.v_head_dim)}}
+    grouped = c.n_group > 1
+    moe = call("moe", experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+               shared_experts=c.n_shared_experts or None, expert=call("swiglu", hidden=c.moe_intermediate_size),
+               normalize_top_k=bool(c.norm_topk_prob),
+               routed_scale=float(c.routed_scaling_factor) if c.routed_scaling_factor != 1 else None,
+               router="sigmoid", correction_bias=True, groups=c.n_group if grouped else None,
+               topk_groups=c.topk_group if grouped else None)
+    dense = call("swiglu", hidden=c.intermediate_size)
+    names = {"linear_attention": "linear", "full_attention": "attn"}
+    blocks, kinds = {}, []
+    for layer_type, mlp_type in zip(c.layer_types, c.mlp_layer_types):
+        kind = names[layer_type] + ("" if mlp_type == "sparse" else "_dense")
+        kinds.append(kind)
+        blocks.setdefault(kind, {"norm": call("rmsnorm", eps=eps), **mixers[layer_type],
+                                 "ffn": moe if mlp_type == "sparse" else dense})
+    fields = _decoder_fields(c, tie_embeddings=None, final_norm=call("rmsnorm", eps=eps))
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face kimi_linear config.")
+
+
 # Mamba-2 has no context limit and its config no max_position_embeddings; the spec needs one.
 # Export writes the spec's context there (transformers keeps the key and reads nothing from it).
 MAMBA2_CONTEXT = 1 << 20
@@ -1093,6 +1124,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
+    "kimi_linear": _kimi_linear,
 }
 
 

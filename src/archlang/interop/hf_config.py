@@ -754,6 +754,52 @@ TABLES: dict[str, dict[str, Key]] = {
                   # written into the published configs by TII's training code; transformers' falcon_h1 reads none
                   **{k: irrelevant("not read by transformers' falcon_h1: every layer has attention, mamba2 and an MLP")
                      for k in ("attn_layer_indices", "mamba_use_mlp", "mlp_expansion_factor")}},
+    # Kimi Linear: KDA layers and MLA layers without RoPE, DeepSeek-V3's experts. transformers' config
+    # keeps DeepSeek-V3's names behind an attribute_map: its dict (and the published config.json)
+    # says model_max_length, moe_renormalize, num_expert_group, num_experts, num_experts_per_token and
+    # num_shared_experts; either spelling is classified.
+    "kimi_linear": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                           "rms_norm_eps", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
+                                           "qk_rope_head_dim", "v_head_dim", "routed_scaling_factor",
+                                           "moe_intermediate_size", "linear_head_dim", "linear_num_heads",
+                                           "linear_conv_kernel_dim", "model_max_length", "max_position_embeddings",
+                                           "moe_renormalize", "norm_topk_prob", "num_experts", "num_local_experts",
+                                           "num_experts_per_token", "num_experts_per_tok", "num_shared_experts",
+                                           "n_shared_experts", "topk_group")},
+                    # silu is also the short conv's activation in the KDA layers
+                    "hidden_act": only("silu", "swish", reason="archlang maps kimi_linear with silu (the experts' "
+                                                               "swiglu and KDA's conv) only"),
+                    "attention_bias": only(False, reason="archlang's mla has no biases"),
+                    "attention_dropout": _MLA_DROPOUT, "pretraining_tp": _OLD_TP, "output_router_logits": NO_AUX_LOSS,
+                    "num_key_value_heads": _same_as("num_attention_heads", "MLA has one key/value head per query "
+                                                    "head (transformers' kimi_linear fails otherwise)"),
+                    **{k: checked(lambda v, c: _groups_problem(_kimi_as_deepseek_v3(c)))
+                       for k in ("num_expert_group", "n_group")},
+                    "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("linear_attention",
+                                                                                   "full_attention"))),
+                    "mlp_layer_types": checked(lambda v, c: None if isinstance(v, list) and len(v) == c.get(
+                        "num_hidden_layers") and all(t in ("dense", "sparse") for t in v) else
+                        "it needs one of dense / sparse per layer (num_hidden_layers)"),
+                    "linear_attn_config": checked(lambda v, c: _kimi_linear_attn_problem(v, c)),
+                    "first_k_dense_replace": irrelevant("used only to fill mlp_layer_types, which is read"),
+                    "mla_use_nope": only(True, reason="transformers' kimi_linear applies no RoPE in its MLA layers"),
+                    "moe_layer_freq": only(1, reason="transformers' kimi_linear places experts by mlp_layer_types "
+                                                     "only, which is every layer after the dense ones"),
+                    "moe_router_activation_func": only("sigmoid", reason="transformers' kimi_linear scores experts "
+                                                                         "with a sigmoid"),
+                    "is_linear_attn": irrelevant("a flag of Moonshot's own code: layer_types says which layers are "
+                                                 "linear"),
+                    "num_nextn_predict_layers": irrelevant(
+                        "the multi-token-prediction module is not part of the function HF computes: "
+                        "KimiLinearForCausalLM never builds it"),
+                    **{k: irrelevant("kimi_linear's attention has no RoPE (NoPE): transformers never reads it")
+                       for k in ("rope_theta", "rope_scaling", "rope_parameters")},
+                    "head_dim": irrelevant("transformers' kimi_linear never reads it: MLA's widths are "
+                                           "qk_nope/qk_rope/v_head_dim, KDA's linear_head_dim"),
+                    "qk_head_dim": irrelevant("derived from qk_nope_head_dim + qk_rope_head_dim; the modeling code "
+                                              "computes it again itself"),
+                    "tie_word_embeddings": irrelevant("transformers' KimiLinearForCausalLM ties nothing (its "
+                                                      "_tied_weights_keys is empty): the LM head is its own tensor")},
 }
 
 
@@ -822,6 +868,38 @@ def _groups_problem(config: dict) -> str | None:
         return f"num_experts_per_tok ({top_k}) exceeds the {kept * (experts // groups)} experts of the kept groups"
     if groups > 1 and config.get("model_type") in ("deepseek_v3", "glm4_moe", "deepseek_v32") and experts // groups < 2:
         return "DeepSeek-V3's routing scores a group by its two best experts: each group needs at least 2"
+    return None
+
+
+def _kimi_as_deepseek_v3(config: dict) -> dict:
+    """A kimi_linear config's routing keys under DeepSeek-V3's names (it routes as DeepSeek-V3 does)."""
+    get = lambda *names, default=None: next((config[n] for n in names if n in config), default)  # noqa: E731
+    return {"model_type": "deepseek_v3", "n_group": get("num_expert_group", "n_group", default=1),
+            "topk_group": get("topk_group", default=1), "n_routed_experts": get("num_experts", "num_local_experts"),
+            "num_experts_per_tok": get("num_experts_per_token", "num_experts_per_tok")}
+
+
+# Moonshot's config.json keeps KDA's settings in linear_attn_config, which transformers reads into
+# linear_num_heads, linear_head_dim, linear_conv_kernel_dim and layer_types (1-based layer lists).
+_KIMI_LINEAR_ATTN_KEYS = {"num_heads", "head_dim", "short_conv_kernel_size", "full_attn_layers", "kda_layers"}
+
+
+def _kimi_linear_attn_problem(value: Any, config: dict) -> str | None:
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        return "linear_attn_config must be an object"
+    extra = sorted(set(value) - _KIMI_LINEAR_ATTN_KEYS)
+    if extra:
+        return f"linear_attn_config[{extra[0]!r}] is not read by transformers' kimi_linear"
+    layers = config.get("num_hidden_layers")
+    full, kda = value.get("full_attn_layers"), value.get("kda_layers")
+    if (full is None) != (kda is None):
+        return "linear_attn_config needs both full_attn_layers and kda_layers, or neither"
+    if full is not None and not all(isinstance(x, list) and all(type(i) is int for i in x) for x in (full, kda)):
+        return "full_attn_layers and kda_layers must be lists of layer numbers"
+    if full is not None and sorted(full + kda) != list(range(1, (layers or 0) + 1)):
+        return "full_attn_layers and kda_layers must number every layer once, from 1 to num_hidden_layers"
     return None
 
 

@@ -997,6 +997,62 @@ def _deepseek_v32(m: A.Model) -> dict:
     return config
 
 
+def _kimi_linear(m: A.Model) -> dict:
+    """Kimi Linear: KDA layers and MLA layers without positions (layer_types), pre-norm RMSNorms,
+    DeepSeek-V3's sigmoid routing with shared experts, dense and MoE layers in any order
+    (mlp_layer_types). transformers ties no weights for this family. What the checks below leave
+    open the round trip compares."""
+    layers = _layers(m)
+    kinds = list(dict.fromkeys(layers))
+    _model_extras(m, set())
+    _positions_inherit(m, kinds)
+    _need(m.position is None, ("position",), "kimi_linear's attention has no positions (NoPE): remove `position`")
+    _need(not m.tie_embeddings, ("tie_embeddings",), "transformers' kimi_linear ties no weights: its LM head is its own")
+    norm = _same(m, kinds, "norm", "norms")
+    _need(norm.kind == "rmsnorm" and norm.placement == "pre" and not norm.unit_offset, ("blocks", kinds[0], "norm"),
+          "kimi_linear has pre-norm RMSNorm")
+    full = [k for k in kinds if m.blocks[k].attention is not None]
+    linear = [k for k in kinds if isinstance(m.blocks[k].ssm, A.KDA)]
+    for k in kinds:
+        _need(k in full or k in linear, ("blocks", k), "a block whose mixer is neither mla attention nor kda")
+        _need(m.blocks[k].ffn is not None, ("blocks", k, "ffn"), "a block without an FFN")
+    config: dict[str, Any] = {}
+    if full:
+        a = _same(m, full, "attention", "attentions")
+        _need(a.kind == "mla" and a.indexer is None, ("blocks", full[0], "attention"), "kimi_linear has mla attention")
+        config.update(num_attention_heads=a.heads, num_key_value_heads=a.heads, kv_lora_rank=a.kv_lora_rank,
+                      q_lora_rank=a.q_lora_rank, qk_rope_head_dim=a.rope_head_dim, qk_nope_head_dim=a.nope_head_dim,
+                      v_head_dim=a.v_head_dim)
+    if linear:
+        s = _same(m, linear, "ssm", "kda layers")
+        config.update(linear_num_heads=s.heads, linear_head_dim=s.head_dim, linear_conv_kernel_dim=s.conv_size)
+    sparse = [isinstance(m.blocks[k].ffn, A.MoE) for k in layers]
+    dense = [k for k in kinds if not isinstance(m.blocks[k].ffn, A.MoE)]
+    if dense:
+        hidden, act, _ = _glu(_same(m, dense, "ffn", "dense FFNs"), ("blocks", dense[0], "ffn"))
+        _need(act == "silu", ("blocks", dense[0], "ffn"), "kimi_linear's FFNs are swiglu")
+        config["intermediate_size"] = hidden
+    if any(sparse):
+        moe_kinds = [k for k in kinds if isinstance(m.blocks[k].ffn, A.MoE)]
+        moe = _same(m, moe_kinds, "ffn", "mixtures of experts")
+        path = ("blocks", moe_kinds[0], "ffn")
+        expert_hidden, act, _ = _glu(moe.expert, path + ("expert",), "expert")
+        _need(act == "silu", path + ("expert",), "kimi_linear's experts are swiglu")
+        config.update(num_local_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                      moe_intermediate_size=expert_hidden, n_shared_experts=moe.shared_experts,
+                      **_sigmoid_routing(moe, path))
+        config.setdefault("intermediate_size", expert_hidden)
+    config.update(model_type="kimi_linear", vocab_size=m.vocab, hidden_size=m.d_model, num_hidden_layers=len(layers),
+                  hidden_act="silu", max_position_embeddings=m.context, rms_norm_eps=norm.eps,
+                  tie_word_embeddings=False, dtype=_dtype(m),
+                  # Kimi's tokenizer ids where the vocabulary has them (the padding id indexes the embedding)
+                  **{key: token if token < m.vocab else None for key, token in
+                     (("pad_token_id", 163839), ("bos_token_id", 163584), ("eos_token_id", 163586))},
+                  layer_types=["full_attention" if k in full else "linear_attention" for k in layers],
+                  mlp_layer_types=["sparse" if s else "dense" for s in sparse])
+    return config
+
+
 def _t5(m: A.Model) -> dict:
     _need(m.family == "encoder_decoder", ("family",), f"family = {m.family} (t5 is an encoder_decoder)")
     enc = list(dict.fromkeys(m.encoder_layers))
@@ -1728,6 +1784,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
+    "kimi_linear": _kimi_linear,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1756,6 +1813,7 @@ ARCHITECTURES = {
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
     "minimax": "MiniMaxForCausalLM",
     "falcon_h1": "FalconH1ForCausalLM",
+    "kimi_linear": "KimiLinearForCausalLM",
 }
 
 

@@ -754,6 +754,69 @@ def _minimax(c, r: _Rules) -> None:
         r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
         r.add(f"{p}moe.router", f"{q}mlp.gate.weight")
         _experts(c, r, p, f"{q}mlp.", f"{q}block_sparse_moe.")
+# Kimi Delta Attention's weights: archlang's name → (the name in Hugging Face's KimiLinearDeltaAttention,
+# the name in the checkpoint files, Moonshot's layout that transformers renames on load and back on save).
+_KDA_NAMES = {"q_proj": ("q_proj.weight",) * 2, "k_proj": ("k_proj.weight",) * 2, "v_proj": ("v_proj.weight",) * 2,
+              "f_a_proj": ("forget_gate.f_a_proj.weight", "f_a_proj.weight"),
+              "f_b_proj": ("forget_gate.f_b_proj.weight", "f_b_proj.weight"),
+              "dt_bias": ("forget_gate.dt_bias", "dt_bias"), "b_proj": ("b_proj.weight",) * 2,
+              "g_a_proj": ("g_a_proj.weight",) * 2, "g_b_proj": ("g_b_proj.weight",) * 2,
+              "norm_weight": ("o_norm.weight",) * 2, "out_proj": ("o_proj.weight",) * 2}
+
+
+def _kimi_linear(c, r: _Rules) -> None:
+    """Kimi Linear: Llama's embeddings and norms (no tied head: transformers ties nothing here); each
+    layer's self_attn is a KimiLinearDeltaAttention (KDA) or an MLA without RoPE (DeepSeek-V3's names,
+    no channel permutation since nothing is rotated); DeepSeek-V3's experts with shared experts, or a
+    dense SwiGLU. The checkpoint files keep Moonshot's layout, which transformers converts on load
+    and writes back on save: the forget gate's weights directly under self_attn, one conv per q, k
+    and v, every FFN under block_sparse_moe, and one w1 (gate), w3 (up), w2 (down) per expert."""
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.norm.weight")
+    r.add("lm_head.weight", "lm_head.weight")
+
+    def layouts(ours, module, disk, kind="same", arg=None, disk_kind=None, disk_arg=None) -> None:
+        """One weight in the modules' layout and in the files'; writing files, only where the module has it."""
+        if r.on_disk:
+            if all(t in r.keys for t in ((module,) if isinstance(module, str) else module)):
+                r.add(ours, disk, disk_kind or kind, disk_arg if disk_kind else arg, assume=True)
+            return
+        r.add(ours, module, kind, arg)
+        r.add(ours, disk, disk_kind or kind, disk_arg if disk_kind else arg)
+
+    hidden, width = c.moe_intermediate_size * c.n_shared_experts, c.linear_num_heads * c.linear_head_dim
+    experts = range(c.num_local_experts)
+    for i, kind in enumerate(c.layer_types):
+        p, q = f"layers.{i}.", f"model.layers.{i}."
+        a = f"{q}self_attn."
+        if kind == "linear_attention":
+            for ours, (module, disk) in _KDA_NAMES.items():
+                layouts(f"{p}ssm.{ours}", f"{a}{module}", f"{a}{disk}")
+            layouts(f"{p}ssm.A_log", f"{a}forget_gate.A_log", f"{a}A_log", "reshape", (1, 1, c.linear_num_heads, 1))
+            layouts(f"{p}ssm.conv_weight", f"{a}conv1d.weight", [f"{a}{n}_conv1d.weight" for n in "qkv"],
+                    disk_kind="cat", disk_arg=[width] * 3)
+            r.add(f"{p}ssm_norm.weight", f"{q}input_layernorm.weight")
+        else:
+            for n in ("q_proj", "q_a_proj", "q_b_proj", "o_proj"):
+                r.add(f"{p}{n}.weight", f"{a}{n}.weight")
+            r.add(f"{p}q_a_norm.weight", f"{a}q_a_layernorm.weight")
+            r.add(f"{p}kv_a_proj.weight", f"{a}kv_a_proj_with_mqa.weight")
+            r.op("mla_attention", f"{p}attn", a.rstrip("."))
+            r.add(f"{p}attn_norm.weight", f"{q}input_layernorm.weight")
+        r.add(f"{p}ffn_norm.weight", f"{q}post_attention_layernorm.weight")
+        mlp, disk = f"{q}mlp.", f"{q}block_sparse_moe."
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            layouts(f"{p}{n}.weight", f"{mlp}{n}.weight", f"{disk}{n}.weight")
+        layouts(f"{p}moe.router", f"{mlp}gate.weight", f"{disk}gate.weight")
+        layouts(f"{p}moe.e_score_correction_bias", f"{mlp}gate.e_score_correction_bias",
+                f"{disk}gate.e_score_correction_bias")
+        layouts(f"{p}moe.experts_gate_up", f"{mlp}experts.gate_up_proj",
+                [f"{disk}experts.{j}.{w}.weight" for w in ("w1", "w3") for j in experts], disk_kind="stack_glu")
+        layouts(f"{p}moe.experts_down", f"{mlp}experts.down_proj", [f"{disk}experts.{j}.w2.weight" for j in experts],
+                disk_kind="stack")
+        shared = [(f"{mlp}shared_experts.{n}.weight", f"{disk}shared_experts.{n}.weight") for n in ("gate_proj", "up_proj")]
+        layouts(f"{p}moe.shared_gate_up", tuple(m for m, _ in shared), tuple(d for _, d in shared), "cat", [hidden, hidden])
+        layouts(f"{p}moe.shared_down", f"{mlp}shared_experts.down_proj.weight", f"{disk}shared_experts.down_proj.weight")
 
 
 _FAMILIES = {
@@ -779,6 +842,7 @@ _FAMILIES = {
     "recurrent_gemma": _recurrent_gemma,
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
+    "kimi_linear": _kimi_linear,
 }
 
 
