@@ -279,6 +279,7 @@ class KDA(_GatedLinear):
 
     Cache per sequence: state heads · head_dim² · 4 bytes (float32) plus the conv window
     3 · heads · head_dim · (conv_size - 1) · itemsize bytes (the input dtype)."""
+    left_padding_exact = True  # a padded token neither decays nor writes the state
 
     def __init__(self, heads: int, head_dim: int, *, conv_size: int = 4, chunk: int = 64, form: str = "auto",
                  norm_eps: float = 1e-6, cache_key: str = ""):

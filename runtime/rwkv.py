@@ -141,6 +141,7 @@ def _keep_shift(ctx: Context | None, key: str, x: torch.Tensor, shifted: torch.T
 
 class _TokenShift(nn.Module):
     """What RWKV-4's two mixers share: the cache key of their token shift."""
+    left_padding_exact = True  # padded tokens neither shift into the first real token nor enter the state
 
     def __init__(self, cache_key: str):
         super().__init__()
@@ -305,6 +306,7 @@ class RWKV7ChannelMix(nn.Module):
     """RWKV-7's channel mixing, flash-linear-attention's RWKV7FeedForward: x (B, T, d_model) →
     value(relu(key(x + (x' - x) ⊙ x_k))²), no biases. Parameters: x_k (d_model,), key (hidden, d_model),
     value (d_model, hidden). Cache: the last input (d_model), under the layer's key + "/channel_mix"."""
+    left_padding_exact = True  # padded tokens do not shift into the first real token
 
     def __init__(self, d_model: int, hidden: int, *, cache_key: str = ""):
         super().__init__()

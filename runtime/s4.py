@@ -87,6 +87,7 @@ class S4D(nn.Module):
 
     With `ctx.attention_mask`, padding tokens enter as zero input: with left padding the state is
     still zero at the first real token."""
+    left_padding_exact = True  # a padded token enters as zero input
 
     def __init__(self, d_model: int, state: int = 64, *, dt_min: float = 0.001, dt_max: float = 0.1,
                  form: str = "auto", cache_key: str = ""):

@@ -134,6 +134,7 @@ class MLSTMLayer(nn.Module):
 
     With `ctx.attention_mask`, a padding token neither decays nor writes the state (its forget
     gate is 1, its input gate 0): a left-padded row computes what it computes alone."""
+    left_padding_exact = True  # a padded token neither decays nor writes the memory
 
     def __init__(self, d_model: int, heads: int, key_dim: int, value_dim: int, *, gate_softcap: float | None = 15.0,
                  norm_eps: float = 1e-6, denominator_eps: float = 1e-6, chunk: int = 64, form: str = "auto",
@@ -251,6 +252,7 @@ class SLSTMLayer(nn.Module):
     by token. The cache holds c, n, m and h per channel in float32 and the conv window, so a cached
     decode equals the full forward. A padding token leaves the state as it was and enters the conv
     as zero."""
+    left_padding_exact = True  # a padded token leaves the state as it was
 
     def __init__(self, d_model: int, heads: int, *, conv_size: int = 4, norm_eps: float = 1e-6, cache_key: str = ""):
         super().__init__()

@@ -49,9 +49,12 @@ def _check_rows_equal_alone(model, new: int = 8, **options):
 
 # One forward for the batch: positions only enter through relative schemes, and every mixer
 # masks the padded tokens (attention, Mamba-1 with its conv, Mamba-2, Gated DeltaNet, GLA,
-# retention, short convolutions, T5's relative bias is covered by the encoder test below).
+# retention, short convolutions, mLSTM, sLSTM, S4D, RWKV-4 and -7, RG-LRU, lightning attention,
+# KDA; T5's relative bias is covered by the encoder test below).
 BATCHED = [("tiny_llama", None), ("tiny_jamba", None), ("tiny_mamba2", None), ("tiny_gated_deltanet", None),
-           ("tiny_lfm2", None), ("tiny_gla_retention", None), ("tiny_positions", "tiny_rope_llama3")]
+           ("tiny_lfm2", None), ("tiny_gla_retention", None), ("tiny_positions", "tiny_rope_llama3"),
+           ("tiny_xlstm", None), ("tiny_s4d", None), ("tiny_rwkv", None), ("tiny_rwkv7", None), ("tiny_rglru", None),
+           ("tiny_lightning", None), ("tiny_kimi_linear", None)]
 
 
 @pytest.mark.parametrize("spec,name", BATCHED)
