@@ -36,9 +36,11 @@ def test_hf_checkpoint_round_trip(case, tmp_path):
     hf = hf_model(case)
     ids = torch.randint(0, 97, (2, 9))
     t5 = case.startswith("t5")
+    # saved before any forward: transformers' RWKV rescales its weights in place at its first
+    # inference forward (rescale_every), and would save them rescaled
+    hf.save_pretrained(tmp_path / "hf")  # HF writes safetensors; archlang reads them
     ref = _logits(hf, ids, t5)
 
-    hf.save_pretrained(tmp_path / "hf")  # HF writes safetensors; archlang reads them
     ours = archlang.load_hf_checkpoint(tmp_path / "hf").eval()
     torch.testing.assert_close(_logits(ours, ids, t5), ref, atol=1e-4, rtol=1e-4)
 

@@ -131,6 +131,25 @@ CASES = {
     "gemma2": (SPECS / "tiny_gemma2.arch", "gemma2"),
     "gpt2": (SPECS / "tiny_gpt2.arch", "gpt2"),
     "bert": (SPECS / "tiny_bert.arch", "bert"),
+    "albert": ("""model m {
+    family = encoder
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    type_vocab = 2
+    embedding_dim = 16
+    pooler = true
+    position = learned()
+    embedding_norm = layernorm(eps = 1e-12)
+    block layer {
+        shared = true
+        norm = layernorm(eps = 1e-12, placement = post)
+        attention = mha(heads = 4, bias = true, out_bias = true)
+        ffn = mlp(hidden = 64, act = gelu_tanh, bias = true)
+    }
+    layers = layer * 3
+}""", "albert"),
     "jamba": (f"""model m {{
     {HEAD}
     final_norm = rmsnorm(eps = 1e-6)
@@ -942,7 +961,7 @@ def _logits(model, ids, kind):
                 return model(input_ids=ids, decoder_input_ids=dec).logits
             return model(dec, ids)
         out = model(ids)
-    if kind == "bert":
+    if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
     return getattr(out, "logits", out)
 
@@ -972,7 +991,7 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     ours = perturb(build(spec, model=name, passes="")).eval()
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
-    auto = {"bert": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))
     got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)
