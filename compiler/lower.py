@@ -256,32 +256,16 @@ class _Lowerer:
             x = self.depth_router(pre, blk.route, layer_input, x, seq, self.at(ctx, blk, "route"))
         return x
 
+    # The lowering method of each ssm kind (Mamba-1 when none matches).
+    _SSM_LOWERING = {A.Mamba2: "mamba2", A.GatedDeltaNet: "gated_deltanet", A.GLA: "gated_linear",
+                     A.Retention: "gated_linear", A.ShortConv: "short_conv", A.KDA: "kda", A.MLSTM: "mlstm",
+                     A.SLSTM: "slstm", A.S4D: "s4d", A.RWKV4: "rwkv4", A.RWKV7: "rwkv7", A.RGLRU: "rglru"}
+
     def ssm_mixer(self, pre: str, ssm, h: NodeRef, seq: str, ctx) -> NodeRef:
-        if isinstance(ssm, A.Mamba2):
-            return self.mamba2(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.GatedDeltaNet):
-            return self.gated_deltanet(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, (A.GLA, A.Retention)):
-            return self.gated_linear(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.ShortConv):
-            return self.short_conv(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.KDA):
-            return self.kda(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.MLSTM):
-            return self.mlstm(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.SLSTM):
-            return self.slstm(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.S4D):
-            return self.s4d(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.RWKV4):
-            return self.rwkv4(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.RWKV7):
-            return self.rwkv7(pre, ssm, h, seq, ctx)
-        if isinstance(ssm, A.RGLRU):
-            return self.rglru(pre, ssm, h, seq, ctx)
         if isinstance(ssm, A.Lightning):  # its decay depends on the depth: the stack's length
             return self.lightning(pre, ssm, h, seq, ctx, layers=len(self.m.stacks().get(ctx["stack"], self.m.layers)))
-        return self.mamba(pre, ssm, h, seq, ctx)
+        method = self._SSM_LOWERING.get(type(ssm), "mamba")
+        return getattr(self, method)(pre, ssm, h, seq, ctx)
 
     def parallel_mixers(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
         """x + attention_out · attn(attention_in · h) + ssm_out · ssm(ssm_in · h), h = norm(x):
