@@ -50,6 +50,18 @@ def _padding(ctx: Context | None, t: int) -> torch.Tensor | None:
     return ctx.attention_mask[:, -t:][:, None, :, None]
 
 
+def _short_conv(mixed: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None, past: dict | None):
+    """The causal depthwise conv + silu over q, k, v (B, T, conv_dim) of Gated DeltaNet and KDA,
+    continuing the cached window; padding tokens enter as zeros, as the zero padding before the
+    start. Returns the conv output (B, conv_dim, T) and the window it read."""
+    if mask is not None:
+        mixed = mixed * mask[:, 0]
+    mixed = mixed.transpose(1, 2)  # (B, conv_dim, T)
+    size = weight.shape[-1]
+    window = F.pad(mixed, (size - 1, 0)) if past is None else torch.cat((past["conv"], mixed), dim=2)
+    return F.silu(F.conv1d(window, weight, groups=mixed.shape[1])), window
+
+
 def _scan(form: str, chunk: int, q, k, v, log_decay, beta, state, scale=None):
     """The chunked form for prefill and training, the recurrent step for decoding (or as forced);
     q is scaled by `scale` (default dk^-0.5)."""
@@ -191,12 +203,7 @@ class GatedDeltaNet(_GatedLinear):
         t = q.shape[1]
         past = self._past(ctx)
         mask = _padding(ctx, t)
-        mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
-        if mask is not None:  # padding tokens enter the conv as zeros, as the zero padding before the start
-            mixed = mixed * mask[:, 0]
-        mixed = mixed.transpose(1, 2)  # (B, conv_dim, T)
-        window = F.pad(mixed, (self.conv_size - 1, 0)) if past is None else torch.cat((past["conv"], mixed), dim=2)
-        conv = F.silu(F.conv1d(window, self.conv_weight, groups=self.conv_dim))  # (B, conv_dim, T)
+        conv, window = _short_conv(torch.cat((q, k, v), dim=-1), self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = conv.transpose(1, 2).split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
         q, k = (_heads(x, self.key_heads) for x in (q, k))  # (B, Hk, T, dk)
         q, k = (x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype) for x in (q, k))
@@ -300,12 +307,7 @@ class KDA(_GatedLinear):
         t = q.shape[1]
         past = self._past(ctx)
         mask = _padding(ctx, t)
-        mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
-        if mask is not None:  # padding tokens enter the conv as zeros, as the zero padding before the start
-            mixed = mixed * mask[:, 0]
-        mixed = mixed.transpose(1, 2)  # (B, conv_dim, T)
-        window = F.pad(mixed, (self.conv_size - 1, 0)) if past is None else torch.cat((past["conv"], mixed), dim=2)
-        conv = F.silu(F.conv1d(window, self.conv_weight, groups=self.conv_dim))  # (B, conv_dim, T)
+        conv, window = _short_conv(torch.cat((q, k, v), dim=-1), self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = (_heads(x, self.heads) for x in conv.transpose(1, 2).chunk(3, dim=-1))  # (B, H, T, dk)
         # L2-normalised in float32, as the rule runs (Hugging Face and flash-linear-attention alike)
         q, k = (x.float() * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6) for x in (q, k))

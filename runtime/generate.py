@@ -107,7 +107,7 @@ def stream(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, *,
                             dtype=torch.long, device=input_ids.device)
     fill = pad_token_id if pad_token_id is not None else (int(stop[0]) if stop is not None else None)
     if enc_dec:
-        mask = _encoder_mask(attention_mask, input_ids)
+        mask = padding.checked_mask(attention_mask, input_ids, "encoder input")
     else:
         mask = padding.left_padding(attention_mask, input_ids)
     pick = functools.partial(sample_next, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
@@ -207,20 +207,6 @@ class _EncoderDecoder:
 
     def append(self, nxt: torch.Tensor) -> None:
         self.decoder.append(nxt)
-
-
-def _encoder_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """The encoder input's padding mask, anywhere in the row: 0/1, the input's shape, a token per row."""
-    if attention_mask is None:
-        return None
-    if attention_mask.shape != input_ids.shape:
-        raise ArchError(f"attention_mask has shape {tuple(attention_mask.shape)}, the encoder input "
-                        f"{tuple(input_ids.shape)}", kind="usage", hint="give one 0/1 entry per input token")
-    mask = attention_mask.long()
-    if bool(((mask != 0) & (mask != 1)).any()) or bool((mask.sum(dim=1) == 0).any()):
-        raise ArchError("attention_mask must hold 0 and 1 only, with a real token in every row", kind="usage",
-                        hint="mark real tokens with 1 and padding with 0")
-    return None if bool(mask.all()) else mask
 
 
 def _budget(input_ids: torch.Tensor, max_new_tokens: int | None, max_length: int | None, enc_dec: bool) -> int:

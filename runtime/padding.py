@@ -20,27 +20,34 @@ from torch import nn
 from archlang.spec.errors import ArchError
 
 
-def left_padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """The (B, T) 0/1 mask as a long tensor, or None when it pads nothing. Refused: another shape,
-    values other than 0 and 1, a row with no token, padding anywhere but on the left."""
+def checked_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, what: str = "prompts"
+                 ) -> torch.Tensor | None:
+    """The (B, T) 0/1 mask as a long tensor, or None when it masks nothing. Refused: another shape
+    than the tokens', values other than 0 and 1, a row with no token."""
     if attention_mask is None:
         return None
     if attention_mask.shape != input_ids.shape:
-        raise ArchError(f"attention_mask has shape {tuple(attention_mask.shape)}, the prompts "
-                        f"{tuple(input_ids.shape)}", kind="usage", hint="give one 0/1 entry per prompt token")
+        raise ArchError(f"attention_mask has shape {tuple(attention_mask.shape)}, the {what} "
+                        f"{tuple(input_ids.shape)}", kind="usage", hint="give one 0/1 entry per token")
     mask = attention_mask.long()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ArchError("attention_mask holds values other than 0 and 1", kind="usage",
                         hint="mark real tokens with 1 and padding with 0")
     if bool((mask.sum(dim=1) == 0).any()):
         raise ArchError("a row of attention_mask has no real token", kind="usage",
-                        hint="every prompt needs at least one token")
-    if bool((mask[:, 1:] < mask[:, :-1]).any()):  # a 0 after a 1: padding inside or on the right
+                        hint="every row needs at least one token")
+    return None if bool(mask.all()) else mask
+
+
+def left_padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """`checked_mask`, with the padding on the left only (a decoder's prompts)."""
+    mask = checked_mask(attention_mask, input_ids)
+    if mask is not None and bool((mask[:, 1:] < mask[:, :-1]).any()):  # a 0 after a 1
         raise ArchError("generation takes prompts padded on the left: a row of attention_mask has padding "
                         "after a real token", kind="usage",
                         hint="pad on the left (tokenizer.padding_side = 'left'), so each row ends with its "
                              "last real token")
-    return None if bool(mask.all()) else mask
+    return mask
 
 
 def rows_must_run_alone(model: nn.Module) -> str | None:

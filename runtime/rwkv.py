@@ -27,6 +27,12 @@ from .gated_linear import RWKV7
 _EMPTY_MAX = -1e38
 
 
+def _empty_state(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The WKV state before the first token: no numerator, no denominator, an empty maximum."""
+    zeros = k.new_zeros(k.shape[0], k.shape[2], dtype=torch.float32)
+    return zeros, zeros, torch.full_like(zeros, _EMPTY_MAX)
+
+
 def wkv4(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
          state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
          mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -39,10 +45,7 @@ def wkv4(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v:
     sequence; `mask` (B, T) bool marks real tokens: a padding token leaves the state as it is and
     reads 0. Returns wkv (B, T, C) in k's dtype and the new state."""
     b, t, c = k.shape
-    if state is None:
-        zeros = k.new_zeros(b, c, dtype=torch.float32)
-        state = (zeros, zeros, torch.full_like(zeros, _EMPTY_MAX))
-    num, den, top = state
+    num, den, top = state if state is not None else _empty_state(k)
     w = -torch.exp(time_decay.float())  # (C,)
     u = time_first.float()
     outputs = []
@@ -72,10 +75,7 @@ def wkv4_chunked(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Te
     log-sum-exp) instead of a running one; the chunk's end state likewise. The same function as the
     recurrence up to rounding, with a loop over chunks instead of tokens."""
     b, t, c = k.shape
-    if state is None:
-        zeros = k.new_zeros(b, c, dtype=torch.float32)
-        state = (zeros, zeros, torch.full_like(zeros, _EMPTY_MAX))
-    num, den, top = state
+    num, den, top = state if state is not None else _empty_state(k)
     w = -torch.exp(time_decay.float())  # (C,)
     u = time_first.float()
     outputs = []

@@ -18,7 +18,6 @@ from archlang.interop.hf_export import EXPORTERS, _ir_text, export_config, expor
 from archlang.spec.errors import ArchError
 
 from ..conftest import SPECS
-from ..hf_torch_forms import use_torch_forms
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -932,7 +931,6 @@ CASES = {
     layers = [attn, linear, linear]
 }}""", "kimi_linear"),
 }
-use_torch_forms()  # Kimi Linear's and Qwen3-Next's HF layers on the CPU (flash-linear-attention's kernels need a GPU)
 
 
 def _spec(case):

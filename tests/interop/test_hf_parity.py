@@ -11,7 +11,6 @@ import torch
 from archlang.interop.hf import from_hf, spec_from_config
 from archlang.spec import ArchError
 
-from ..hf_torch_forms import use_torch_forms
 
 T = pytest.importorskip("transformers")
 warnings.filterwarnings("ignore")
@@ -399,7 +398,6 @@ CASES = {
         moe_intermediate_size=16, n_shared_experts=2, n_group=1, topk_group=1, norm_topk_prob=False,
         routed_scaling_factor=1.0, tie_word_embeddings=True, pad_token_id=0)),
 }
-use_torch_forms()  # Kimi Linear's and Qwen3-Next's HF layers on the CPU (flash-linear-attention's kernels need a GPU)
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ from archlang.kernels import reference
 from archlang.runtime.context import Cache, Context
 from archlang.spec.errors import ArchError
 
-from ..hf_torch_forms import use_torch_forms
 
 B, T = 2, 11
 HEADS, DK, DV = 3, 8, 6
@@ -303,7 +302,6 @@ def test_fullgraph_compile_in_inference(kind):
 # --- Hugging Face Qwen3-Next ------------------------------------------------------------------
 
 qwen3_next = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
-use_torch_forms()  # HF's own PyTorch forms of the rule: fla's kernels, which transformers binds, need a GPU
 
 
 @pytest.mark.parametrize("chunk", [4, 64])

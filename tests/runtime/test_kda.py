@@ -13,7 +13,6 @@ from archlang import runtime as rt
 from archlang.kernels import reference
 from archlang.runtime.context import Cache, Context
 
-from ..hf_torch_forms import use_torch_forms
 
 B, T, H, D = 2, 13, 3, 8
 TOL64 = dict(atol=1e-10, rtol=1e-10)
@@ -102,7 +101,6 @@ def test_matches_flash_linear_attention_naive_kda(form):
 # --- the whole layer against Hugging Face's --------------------------------------------------------
 
 kimi = pytest.importorskip("transformers.models.kimi_linear.modeling_kimi_linear")
-use_torch_forms()  # HF's own PyTorch forms of the rule: fla's kernels, which transformers binds, need a GPU
 
 HF_CONFIG = dict(hidden_size=32, linear_num_heads=3, linear_head_dim=8, linear_conv_kernel_dim=3, num_hidden_layers=1,
                  layer_types=["linear_attention"], mlp_layer_types=["dense"], rms_norm_eps=1e-5)

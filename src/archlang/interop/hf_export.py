@@ -760,44 +760,44 @@ def _gpt2(m: A.Model) -> dict:
             "tie_word_embeddings": True, **_token_ids(m, 50256)}
 
 
-def _bert(m: A.Model) -> dict:
-    _need(m.family == "encoder", ("family",), f"family = {m.family} (bert is an encoder)")
+def _bert_like(m: A.Model, family: str) -> tuple[str, A.Block, float]:
+    """What bert and albert share: an encoder of one post-norm MHA + MLP block, token types; its
+    block's name, the block and the model's norm eps."""
+    _need(m.family == "encoder", ("family",), f"family = {m.family} ({family} is an encoder)")
     kinds = list(dict.fromkeys(m.layers))
     b = m.blocks[kinds[0]]
-    _need(m.type_vocab > 0, ("type_vocab",), "no token-type embeddings (bert always has them)")
-    _need(m.embedding_dim is None, ("embedding_dim",), "factorised embeddings (albert's, not bert's)")
-    _need(not b.shared, ("blocks", kinds[0], "shared"), "one set of weights for every layer (albert's, not bert's)")
-    _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(b.ffn, 'kind', 'none')} (bert has mlp)")
+    _need(m.type_vocab > 0, ("type_vocab",), f"no token-type embeddings ({family} always has them)")
+    _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"),
+          f"ffn {getattr(b.ffn, 'kind', 'none')} ({family} has mlp)")
     _attention_kv(m, b.attention, ("blocks", kinds[0], "attention"), kinds=("mha",))
-    eps = m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
-    head = _bert_head(m, b, eps)
-    return {"model_type": "bert", "vocab_size": m.vocab, "hidden_size": m.d_model,
-            "num_hidden_layers": len(m.layers), "num_attention_heads": b.attention.heads,
-            "intermediate_size": b.ffn.hidden, "hidden_act": HF_ACTIVATIONS[b.ffn.act],
-            "max_position_embeddings": m.context, "type_vocab_size": m.type_vocab, "layer_norm_eps": eps,
-            "dtype": _dtype(m), **head}
+    return kinds[0], b, m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
+
+
+def _bert_like_config(m: A.Model, b: A.Block, eps: float) -> dict:
+    return {"vocab_size": m.vocab, "hidden_size": m.d_model, "num_hidden_layers": len(m.layers),
+            "num_attention_heads": b.attention.heads, "intermediate_size": b.ffn.hidden,
+            "hidden_act": HF_ACTIVATIONS[b.ffn.act], "max_position_embeddings": m.context,
+            "type_vocab_size": m.type_vocab, "layer_norm_eps": eps, "dtype": _dtype(m)}
+
+
+def _bert(m: A.Model) -> dict:
+    kind, b, eps = _bert_like(m, "bert")
+    _need(m.embedding_dim is None, ("embedding_dim",), "factorised embeddings (albert's, not bert's)")
+    _need(not b.shared, ("blocks", kind, "shared"), "one set of weights for every layer (albert's, not bert's)")
+    return {"model_type": "bert", **_bert_like_config(m, b, eps), **_bert_head(m, b, eps)}
 
 
 def _albert(m: A.Model) -> dict:
-    _need(m.family == "encoder", ("family",), f"family = {m.family} (albert is an encoder)")
-    kinds = list(dict.fromkeys(m.layers))
-    _need(len(kinds) == 1, ("layers",), "more than one block (albert repeats one shared layer)")
-    b = m.blocks[kinds[0]]
-    _need(b.shared or len(m.layers) == 1, ("blocks", kinds[0], "shared"),
+    kind, b, eps = _bert_like(m, "albert")
+    _need(len(set(m.layers)) == 1, ("layers",), "more than one block (albert repeats one shared layer)")
+    _need(b.shared or len(m.layers) == 1, ("blocks", kind, "shared"),
           "layers with weights of their own (albert's share one set)")
     _need(m.embedding_dim is not None, ("embedding_dim",), "no embedding_dim (albert factorises its embeddings)")
-    _need(m.type_vocab > 0, ("type_vocab",), "no token-type embeddings (albert always has them)")
-    _need(isinstance(b.ffn, A.MLP), ("blocks", kinds[0], "ffn"), f"ffn {getattr(b.ffn, 'kind', 'none')} (albert has mlp)")
-    _attention_kv(m, b.attention, ("blocks", kinds[0], "attention"), kinds=("mha",))
-    eps = m.embedding_norm.eps if m.embedding_norm is not None else b.norm.eps
     head = _bert_head(m, b, eps, "Albert")
     if "classifier_dropout" in head:
         head["classifier_dropout_prob"] = head.pop("classifier_dropout")
-    return {"model_type": "albert", "vocab_size": m.vocab, "hidden_size": m.d_model, "embedding_size": m.embedding_dim,
-            "num_hidden_layers": len(m.layers), "num_hidden_groups": 1, "inner_group_num": 1,
-            "num_attention_heads": b.attention.heads, "intermediate_size": b.ffn.hidden,
-            "hidden_act": HF_ACTIVATIONS[b.ffn.act], "max_position_embeddings": m.context,
-            "type_vocab_size": m.type_vocab, "layer_norm_eps": eps, "dtype": _dtype(m), **head}
+    return {"model_type": "albert", **_bert_like_config(m, b, eps), "embedding_size": m.embedding_dim,
+            "num_hidden_groups": 1, "inner_group_num": 1, **head}
 
 
 def _bert_head(m: A.Model, b: A.Block, eps: float, prefix: str = "Bert") -> dict:
