@@ -174,18 +174,18 @@ class _RowsAlone:
 
     def __init__(self, model, input_ids: torch.Tensor, mask: torch.Tensor, use_cache: bool):
         pads = (mask == 0).sum(dim=1).tolist()
-        self.rows_ = [_Batched(model, input_ids[b:b + 1, pad:], None, use_cache) for b, pad in enumerate(pads)]
+        self.singles = [_Batched(model, input_ids[b:b + 1, pad:], None, use_cache) for b, pad in enumerate(pads)]
         self.rows, self.device = input_ids.shape[0], input_ids.device
         self.last: list[torch.Tensor | None] = [None] * self.rows
 
     def next_logits(self, finished: torch.Tensor) -> torch.Tensor:
-        for b, row in enumerate(self.rows_):
+        for b, row in enumerate(self.singles):
             if self.last[b] is None or not bool(finished[b]):
                 self.last[b] = row.next_logits(finished[b:b + 1])[0]
         return torch.stack(self.last)
 
     def append(self, nxt: torch.Tensor) -> None:
-        for b, row in enumerate(self.rows_):
+        for b, row in enumerate(self.singles):
             row.append(nxt[b:b + 1])
 
 
