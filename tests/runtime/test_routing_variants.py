@@ -18,7 +18,7 @@ from archlang.runtime.context import Context
 from archlang.spec import ArchError, ArchErrors
 from archlang.spec.format import format_source
 
-from .test_matrix import _check_cache, _check_causal, _check_gradients
+from .test_matrix import _check_cache, _check_causal, _check_gradients, _check_shift
 
 VOCAB, D, E, HIDDEN = 61, 32, 4, 16
 
@@ -100,11 +100,13 @@ def test_hash_routing_needs_token_ids():
         model(inputs_embeds=torch.randn(1, 5, D))
 
 
-def test_a_hash_routed_decoder_decodes_with_its_cache_is_causal_and_trains_every_weight():
-    text = spec("hash", extra=", routed_scale = 2")
+def test_a_hash_routed_decoder_decodes_with_its_cache_shifts_is_causal_and_trains_every_weight():
+    text = spec("hash", extra=", routed_scale = 2").replace("    family = decoder\n",
+                                                           "    family = decoder\n    position = rope(theta = 10000)\n"
+                                                           ).replace("context = 64", "context = 128")  # shifted to 100
     model = build(text)
     ids = torch.randint(0, 50, (2, 12))  # the checks run 12 tokens and bump token 7 by one
-    _check_cache(model, ids)
+    _check_shift(model, ids, _check_cache(model, ids))
     _check_causal(model, ids)
     _check_gradients(model, ids)
 
