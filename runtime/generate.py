@@ -229,15 +229,16 @@ def _speculative(model, input_ids, mask, max_new_tokens, *, draft, draft_tokens,
 
     if isinstance(draft, int) and not isinstance(draft, bool):
         draft = self_draft(model, draft)
-    elif not hasattr(draft, "config") or not callable(draft):
-        raise ArchError("draft must be a compiled model or a number of the model's own leading layers", kind="usage")
+    elif not isinstance(draft, str) and (not hasattr(draft, "config") or not callable(draft)):
+        raise ArchError("draft must be a compiled model, a number of the model's own leading layers, or 'mtp'",
+                        kind="usage")
     check_speculative(model, draft, input_ids, draft_tokens)
     # one row: its padding is dropped, and the prompt given back as it came
     prompt = input_ids if mask is None else input_ids[:, int((mask == 0).sum()):]
     probs = None if temperature <= 0 else (lambda logits: distribution(logits, temperature, top_k, top_p))
 
     def steps():
-        modes = [(m, m.training) for m in (model, draft)]
+        modes = [(m, m.training) for m in ((model,) if isinstance(draft, str) else (model, draft))]
         with contextlib.ExitStack() as stack:
             for m, _ in modes:
                 m.eval()

@@ -241,8 +241,9 @@ class ArchModel(nn.Module):
         - `streamer(tokens)` is called with each step's new tokens (B,) as they are made; `stream`
           gives them as an iterator instead.
         - `draft`: speculative decoding (one sequence), with another compiled model of the same
-          vocabulary or `draft = k`, this model's first k layers; `draft_tokens` proposals per
-          step. Greedy output equals plain greedy decoding; sampling follows this model's
+          vocabulary, `draft = k` (this model's first k layers) or `draft = "mtp"` (its
+          multi-token prediction modules, at most one proposal per depth); `draft_tokens`
+          proposals per step. Greedy output equals plain greedy decoding; sampling follows this model's
           distribution exactly. A dict passed as `stats` receives the acceptance rate and the
           tokens made per forward of this model."""
         from .generate import generate
