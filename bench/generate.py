@@ -13,8 +13,9 @@ weights and against the memory-bandwidth limit, then speculative decoding with a
 2. Speculative decoding: a target and a small draft are trained on a corpus generated here (a
    phrase language: deterministic within a phrase, a weighted choice between phrases), so the
    draft's acceptance is that of a real pair, not random-weight noise. Plain greedy decoding
-   against speculative decoding with that draft, and against self-speculation (the target's own
-   first layer); the outputs are compared token for token.
+   against speculative decoding with that draft, against self-speculation (the target's own
+   first layer), and a copy of the target trained with two multi-token prediction modules that
+   draft for it (`draft="mtp"`) against its own plain decoding; outputs are compared token for token.
 """
 
 from __future__ import annotations
@@ -147,9 +148,10 @@ model {name} {{
         attention = gqa(heads = {heads}, kv_heads = {kv})
         ffn = swiglu(hidden = {ffn})
     }}
-    layers = layer * {layers}
+    layers = layer * {layers}{mtp}
 }}
 """
+MTP = "\n    mtp = mtp(depth = 2, block = layer, loss_weight = 0.3)"
 
 
 def train(model, sample, seconds: float, batch: int, length: int) -> tuple[int, float]:
@@ -159,8 +161,7 @@ def train(model, sample, seconds: float, batch: int, length: int) -> tuple[int, 
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or steps < 3:
         ids = sample(batch, length + 1)
-        logits = model(ids[:, :-1])
-        loss_t = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss_t = model.loss(ids[:, :-1], ids[:, 1:])  # with mtp: the next-token and the modules' losses
         opt.zero_grad()
         loss_t.backward()
         opt.step()
@@ -176,42 +177,53 @@ def speculative_rows(rounds: int, quick: bool, seconds: float) -> None:
     big = dict(d=128, heads=4, kv=2, ffn=256, layers=2) if quick else dict(d=512, heads=8, kv=4, ffn=1408, layers=8)
     small = dict(d=64, heads=2, kv=1, ffn=128, layers=1) if quick else dict(d=128, heads=4, kv=2, ffn=256, layers=1)
     torch.manual_seed(0)
-    target = build(SPEC.format(name="target", vocab=vocab, **big))
-    draft = build(SPEC.format(name="draft", vocab=vocab, **small))
+    target = build(SPEC.format(name="target", vocab=vocab, mtp="", **big))
+    draft = build(SPEC.format(name="draft", vocab=vocab, mtp="", **small))
+    # the same target with two multi-token prediction modules, trained as long on their joint loss
+    torch.manual_seed(0)
+    target_mtp = build(SPEC.format(name="target_mtp", vocab=vocab, mtp=MTP, **big))
     t_steps, t_loss = train(target, sample, seconds, 8, 64)
     d_steps, d_loss = train(draft, sample, seconds / 3, 16, 64)
-    target.eval(), draft.eval()
+    m_steps, m_loss = train(target_mtp, sample, seconds, 8, 64)
+    target.eval(), draft.eval(), target_mtp.eval()
     print(f"\ntrained on the phrase corpus: target ({sum(p.numel() for p in target.parameters()):,} parameters) "
           f"{t_steps} steps, loss {t_loss:.2f}; draft ({sum(p.numel() for p in draft.parameters()):,}) "
-          f"{d_steps} steps, loss {d_loss:.2f}")
+          f"{d_steps} steps, loss {d_loss:.2f}; target with MTP modules "
+          f"({sum(p.numel() for p in target_mtp.parameters()):,}) {m_steps} steps, joint loss {m_loss:.2f}")
     prompt = sample(1, 16)
     new = 8 if quick else 128
-    plain_out = target.generate(prompt, new)
-    runs = {"plain": lambda: target.generate(prompt, new)}
+    # name: (model, the plain run it is compared with, draft, draft tokens); None: plain decoding
+    runs = {"plain": (target, "plain", None, 0)}
     for k in (2,) if quick else (2, 4, 6):
-        runs[f"draft k={k}"] = lambda k=k: target.generate(prompt, new, draft=draft, draft_tokens=k)
-    runs["self k=4"] = lambda: target.generate(prompt, new, draft=1, draft_tokens=4)
-    stats = {}
-    for name, run in runs.items():
-        if name != "plain":
-            s: dict = {}
-            kind, k = name.split(" k=")
-            out = target.generate(prompt, new, draft=draft if kind == "draft" else 1, draft_tokens=int(k), stats=s)
-            stats[name] = (s, torch.equal(out, plain_out))
+        runs[f"draft k={k}"] = (target, "plain", draft, k)
+    runs["self k=4"] = (target, "plain", 1, 4)
+    runs["plain (mtp)"] = (target_mtp, "plain (mtp)", None, 0)
+    runs["mtp k=2"] = (target_mtp, "plain (mtp)", "mtp", 2)
+
+    def run(name, stats=None):
+        model, _, drafter, k = runs[name]
+        if drafter is None:
+            return model.generate(prompt, new)
+        return model.generate(prompt, new, draft=drafter, draft_tokens=k, stats=stats)
+
+    outputs, stats = {}, {}
+    for name, (_, plain, drafter, _) in runs.items():
+        stats[name] = {}
+        outputs[name] = run(name, stats[name])
     times = {k: [] for k in runs}
     with torch.no_grad():
         for _ in range(rounds):
-            for name, run in runs.items():
-                times[name].append(timed(run))
+            for name in runs:
+                times[name].append(timed(lambda: run(name)))
     print(f"{'decoding':14s} {'tok/s':>9s} {'vs plain':>9s} {'accepted':>9s} {'tok/fwd':>8s} {'same tokens':>12s}")
-    base = statistics.median(times["plain"])
-    print(f"{'plain greedy':14s} {new / base:9,.1f} {1.0:8.2f}x {'':>9s} {1.0:8.2f} {'':>12s}")
-    for name in runs:
-        if name == "plain":
+    for name, (_, plain, drafter, _) in runs.items():
+        speed = statistics.median(p / t for p, t in zip(times[plain], times[name]))
+        tps = new / statistics.median(times[name])
+        if drafter is None:
+            print(f"{name:14s} {tps:9,.1f} {speed:8.2f}x {'':>9s} {1.0:8.2f} {'':>12s}")
             continue
-        s, same = stats[name]
-        speed = statistics.median(p / t for p, t in zip(times["plain"], times[name]))
-        print(f"{name:14s} {new / statistics.median(times[name]):9,.1f} {speed:8.2f}x {s['acceptance_rate']:8.0%} "
+        s, same = stats[name], torch.equal(outputs[name], outputs[plain])
+        print(f"{name:14s} {tps:9,.1f} {speed:8.2f}x {s['acceptance_rate']:8.0%} "
               f"{s['tokens_per_target_forward']:8.2f} {'yes' if same else 'NO':>12s}")
 
 
