@@ -147,8 +147,11 @@ def test_export_round_trips_and_loads_in_transformers(head, kw, tmp_path):
     ids, mask, types = batch()
     with torch.no_grad():
         got = from_hf(theirs).eval()(ids, attention_mask=mask, token_type_ids=types)
+        from_folder = from_hf(tmp_path / "hf").eval()(ids, attention_mask=mask, token_type_ids=types)
         want = theirs(ids, attention_mask=mask, token_type_ids=types)
-    torch.testing.assert_close(got, want.last_hidden_state if head == "base" else want.logits, **TOL)
+    want = want.last_hidden_state if head == "base" else want.logits
+    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(from_folder, want, **TOL)
 
 
 # google/electra-base-discriminator and google/electra-small-generator, as their config.json
@@ -196,6 +199,8 @@ def test_what_electra_cannot_express_is_refused_naming_the_key(kw, message, tmp_
 
 
 def electra_spec(head: str, *, act: str = "gelu", pooler: str = "false", embedding_dim: str = "16") -> str:
+    """A tiny electra-like spec; embedding_dim "none" leaves the field out."""
+    widths = "" if embedding_dim == "none" else f"    embedding_dim = {embedding_dim}"
     return f"""model e {{
     family = encoder
     vocab = {VOCAB}
@@ -203,7 +208,7 @@ def electra_spec(head: str, *, act: str = "gelu", pooler: str = "false", embeddi
     context = 64
     dtype = fp32
     type_vocab = 2
-    embedding_dim = {embedding_dim}
+{widths}
     pooler = {pooler}
     position = learned()
     embedding_norm = layernorm(eps = 1e-12)
@@ -223,6 +228,8 @@ def electra_spec(head: str, *, act: str = "gelu", pooler: str = "false", embeddi
     (electra_spec("head = mlm(act = relu)"), "electra's generator head uses gelu"),
     (electra_spec("head = classifier(labels = 2, dense = relu)"), "dense = relu"),
     (electra_spec("", embedding_dim="32"), "embedding_dim equal to d_model"),
+    # as wide as BERT's, with BERT's pooler: still no BERT class has this head
+    (electra_spec("head = rtd(act = gelu)", pooler="true", embedding_dim="none"), "a pooler"),
 ])
 def test_export_refuses_what_electra_has_not(spec, message):
     with pytest.raises(ArchError, match=message):
