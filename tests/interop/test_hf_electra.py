@@ -154,8 +154,9 @@ def test_export_round_trips_and_loads_in_transformers(head, kw, tmp_path):
     torch.testing.assert_close(from_folder, want, **TOL)
 
 
-# google/electra-base-discriminator and google/electra-small-generator, as their config.json
-# files give them (the keys that differ from ElectraConfig's defaults written out).
+# google/electra-base-discriminator, google/electra-small-generator and
+# google/electra-small-discriminator, as their config.json files give them (the architecture's keys
+# written out).
 PUBLISHED = {
     "google/electra-base-discriminator": (dict(vocab_size=30522, embedding_size=768, hidden_size=768,
                                                num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -165,6 +166,11 @@ PUBLISHED = {
                                             num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
                                             max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
                                             architectures=["ElectraForMaskedLM"]), 13_546_682),
+    # the spec of docs/language.md's ELECTRA section
+    "google/electra-small-discriminator": (dict(vocab_size=30522, embedding_size=128, hidden_size=256,
+                                                num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
+                                                max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
+                                                architectures=["ElectraForPreTraining"]), 13_549_057),
 }
 
 
@@ -173,7 +179,8 @@ def test_published_configs_count_as_transformers_does(name):
     """electra-base-discriminator: ElectraModel's 108,891,648 (no pooler; embeddings as wide as
     the model, so no projection) with the discriminator head, dense 768 x 768 + 768 and
     dense_prediction 768 + 1. electra-small-generator: 128-wide embeddings projected to 256,
-    the generator head (dense 256 → 128, its LayerNorm) and the output bias over the tied table."""
+    the generator head (dense 256 → 128, its LayerNorm) and the output bias over the tied table;
+    electra-small-discriminator: the same encoder with the discriminator head (256 x 256 + 256 + 257)."""
     keys, published = PUBLISHED[name]
     hf_config = T.ElectraConfig(**keys)
     cls = getattr(T, keys["architectures"][0])
