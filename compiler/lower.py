@@ -49,7 +49,7 @@ class _Lowerer:
         if model.embedding_dim is not None:  # what inputs_embeds must be: the narrow tables' width
             g.graph["embedding_dim"] = model.embedding_dim
         if model.head is not None:  # an encoder's task head: what forward returns and loss() trains
-            g.graph["head"] = ({"kind": "mlm"} if isinstance(model.head, A.MLMHead)
+            g.graph["head"] = ({"kind": model.head.kind} if isinstance(model.head, (A.MLMHead, A.RTDHead))
                                else {"kind": "classifier", "labels": model.head.labels})
         if keep is not None:
             g.graph[REPRESENTS] = {(stack, i): members for stack, kept in keep.items() for i, members in kept.items()}
@@ -123,6 +123,19 @@ class _Lowerer:
                                 "eps": head.norm.eps, "norm_bias": bool(head.norm.bias), "tied": m.tie_embeddings,
                                 "bias": head.bias, "width": m.embedding_dim}, **span)
             b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T", m.vocab),
+                   attrs={"role": "logits"})
+            return
+        if isinstance(head, A.RTDHead):  # ELECTRA's discriminator: one logit per token
+            logits = b.node("rtd_head", "rtd_head", [x], name="rtd_head", outputs="logits", shape=("B", "T"),
+                            attrs={"dim": self.d, "act": head.act}, **span)
+            b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T"),
+                   attrs={"role": "logits"})
+            return
+        if head.dense is not None:  # ELECTRA's classifier: its own dense layer on the first token
+            scores = b.node("classifier", "mlp_classifier", [x], name="classifier", outputs="logits",
+                            shape=("B", head.labels), attrs={"dim": self.d, "labels": head.labels, "act": head.dense,
+                                                             "dropout": head.dropout}, **span)
+            b.node("logits", "output", [scores], name="logits", outputs="logits", shape=("B", head.labels),
                    attrs={"role": "logits"})
             return
         if head.dropout:

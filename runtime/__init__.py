@@ -40,3 +40,7 @@ from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, an
 from .linear_mixers import KDALayer  # noqa: E402
 
 __all__ += ["KDA", "KDALayer"]
+
+from .electra import MLPClassifier, RTDHead, electra_loss  # noqa: E402  (ELECTRA's heads and pre-training objective)
+
+__all__ += ["MLPClassifier", "RTDHead", "electra_loss"]

@@ -161,6 +161,8 @@ class ArchModel(nn.Module):
           `input_ids` (the masked tokens; -100 elsewhere), with the final hidden states
           projected on the token embeddings (the spec has no MLM transform, so the head is the
           tied embedding matrix). `attention_mask` and `token_type_ids` may be given.
+          With `head = rtd(...)`: binary cross-entropy of `labels` (B, T), 1 where a token was
+          replaced, over the tokens that are not padding.
         - encoder_decoder: sequence-to-sequence cross-entropy as in Hugging Face's T5:
           `input_ids` (B, S) are the encoder's tokens, `labels` (B, T) the decoder's targets; the
           decoder reads the labels shifted right behind `decoder_start_token_id` (default 0),
@@ -183,6 +185,11 @@ class ArchModel(nn.Module):
                 return mtp_loss(self, input_ids, labels, ignore_index=ignore_index)
             head = self.config.get("head")
             if family == "encoder" and head is not None:
+                if head["kind"] == "rtd":  # ELECTRA's discriminator: over the tokens that are not padding
+                    from .electra import rtd_loss
+
+                    return rtd_loss(self(input_ids, **inputs), labels, inputs.get("attention_mask"),
+                                    ignore_index=ignore_index) + self.aux_loss
                 return self._head_loss(head, self(input_ids, **inputs), labels, ignore_index) + self.aux_loss
             if family == "encoder":
                 out = self(input_ids, **inputs)

@@ -1153,9 +1153,21 @@ class ClassifierHead(Node):
     kind: Literal["classifier"]
     labels: Annotated[int, Field(gt=0, le=MAX_DIM)]
     dropout: Probability = 0.0
+    # ELECTRA's form: on the first token itself (no pooler), dropout, dense(d → d), this
+    # activation, dropout again, then the linear layer to `labels` scores
+    dense: Activation | None = None
 
 
-EncoderHead = Annotated[Union[MLMHead, ClassifierHead], Field(discriminator="kind")]
+class RTDHead(Node):
+    """`head = rtd(act = gelu)`: ELECTRA's replaced-token detection head (the discriminator's).
+    Each token's final state goes through dense(d → d), the activation and dense(d → 1): one
+    logit per token, "this token was replaced" (Clark et al. 2020)."""
+
+    kind: Literal["rtd"]
+    act: Activation = "gelu"
+
+
+EncoderHead = Annotated[Union[MLMHead, ClassifierHead, RTDHead], Field(discriminator="kind")]
 
 
 class Model(Node):
@@ -1180,7 +1192,7 @@ class Model(Node):
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
-    head: EncoderHead | None = None  # an encoder's task head: mlm(...) or classifier(...)
+    head: EncoderHead | None = None  # an encoder's task head: mlm(...), classifier(...) or rtd(...)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
     embedding_dropout: Probability = 0.0
@@ -1250,9 +1262,12 @@ class Model(Node):
         if self.head is not None and self.family != "encoder":
             raise FieldError("head", f"head = {self.head.kind}(...) is an encoder's task head, and this model is a "
                              f"{self.family}", "remove head: a decoder's head is its LM head")
-        if isinstance(self.head, ClassifierHead) and not self.pooler:
+        if isinstance(self.head, ClassifierHead) and self.head.dense is None and not self.pooler:
             raise FieldError(("head", "kind"), "classifier reads the pooled first token, and the model has no pooler",
-                             "add pooler = true")
+                             "add pooler = true, or give the classifier its own dense layer (dense = gelu)")
+        if isinstance(self.head, ClassifierHead) and self.head.dense is not None and self.pooler:
+            raise FieldError(("head", "dense"), "a classifier with its own dense layer reads the first token itself, "
+                             "and the pooler's output would go unused", "remove pooler, or dense")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         stacks = self.stacks()
@@ -1477,7 +1492,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "mtp": _kind_classes(MTP),
     "route": _kind_classes(DepthRouter),
     "lora": _kind_classes(LoRA),
-    "head": _kind_classes(MLMHead, ClassifierHead),
+    "head": _kind_classes(MLMHead, ClassifierHead, RTDHead),
     "mixers": _kind_classes(ParallelMixers),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}

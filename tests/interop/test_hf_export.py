@@ -930,6 +930,24 @@ CASES = {
     }}
     layers = [attn, linear, linear]
 }}""", "kimi_linear"),
+    # ElectraModel: no pooler, 16-wide embeddings projected to the model's 32 (its heads: test_hf_electra.py)
+    "electra": ("""model m {
+    family = encoder
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    type_vocab = 2
+    embedding_dim = 16
+    position = learned()
+    embedding_norm = layernorm(eps = 1e-12)
+    block layer {
+        norm = layernorm(eps = 1e-12, placement = post)
+        attention = mha(heads = 4, bias = true, out_bias = true)
+        ffn = mlp(hidden = 64, act = gelu, bias = true)
+    }
+    layers = layer * 2
+}""", "electra"),
 }
 
 
@@ -961,6 +979,8 @@ def _logits(model, ids, kind):
         out = model(ids)
     if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
+    if kind == "electra":  # the base model's hidden states
+        return getattr(out, "last_hidden_state", out)
     return getattr(out, "logits", out)
 
 
@@ -989,7 +1009,8 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     ours = perturb(build(spec, model=name, passes="")).eval()
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
-    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel,
+            "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))
     got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)

@@ -6,8 +6,9 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear. The encoders (bert, albert) come with the head of the class the config's
-`architectures` names: the base model, its masked-LM head, or its sequence classifier.
+minimax, falcon_h1, kimi_linear, electra. The encoders (bert, albert, electra) come with the head of the class
+the config's `architectures` names: the base model, its masked-LM head, its sequence classifier, or (electra)
+the discriminator's replaced-token detection head.
 """
 
 from __future__ import annotations
@@ -475,6 +476,8 @@ def _gpt2(c, name: str) -> str:
 ENCODER_HEADS = {
     "bert": {"BertModel": None, "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"},
     "albert": {"AlbertModel": None, "AlbertForMaskedLM": "mlm", "AlbertForSequenceClassification": "classifier"},
+    "electra": {"ElectraModel": None, "ElectraForPreTraining": "rtd", "ElectraForMaskedLM": "mlm",
+                "ElectraForSequenceClassification": "classifier"},
 }
 
 
@@ -542,6 +545,33 @@ def _albert(c, name: str) -> str:
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face albert config.")
+
+
+def _electra(c, name: str) -> str:
+    """ELECTRA: BERT's post-norm layer without a pooler, embeddings of width embedding_size
+    projected to hidden_size (after their norm) where the two differ. Its heads: the
+    discriminator's replaced-token detection (ElectraForPreTraining), the generator's masked-LM
+    head (GELU and a norm of the embedding width, then onto the vocabulary) and a classifier with
+    a dense layer of its own on the first token."""
+    eps = c.layer_norm_eps
+    head = bert_head(c)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "type_vocab": c.type_vocab_size,
+              "embedding_dim": c.embedding_size if c.embedding_size != c.hidden_size else None, **_dropouts(c),
+              "position": call("learned"), "embedding_norm": call("layernorm", eps=eps)}
+    if head == "mlm":  # its own decoder when untied: generator_lm_head, with the one output bias
+        fields["tie_embeddings"] = bool(c.tie_word_embeddings)
+        fields["head"] = call("mlm", act="gelu", norm=call("layernorm", eps=eps))
+    elif head == "rtd":
+        fields["head"] = call("rtd", act=_act(c.hidden_act))
+    elif head == "classifier":
+        dropout = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        fields["head"] = call("classifier", labels=c.num_labels, dropout=dropout or None, dense="gelu")
+    block = {"norm": call("layernorm", eps=eps, placement="post"),
+             "attention": call("mha", heads=c.num_attention_heads, bias=True, out_bias=True),
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face electra config.")
 
 
 def _jamba(c, name: str) -> str:
@@ -1125,6 +1155,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
+    "electra": _electra,
 }
 
 

@@ -800,6 +800,20 @@ TABLES: dict[str, dict[str, Key]] = {
                                               "computes it again itself"),
                     "tie_word_embeddings": irrelevant("transformers' KimiLinearForCausalLM ties nothing (its "
                                                       "_tied_weights_keys is empty): the LM head is its own tensor")},
+    "electra": {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                       "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "embedding_size",
+                                       "architectures", "classifier_dropout", "num_labels", "tie_word_embeddings")},
+                "hidden_act": ACTIVATION,
+                # the normalised embeddings (before their projection) and each sublayer's output
+                "hidden_dropout_prob": dropout_into("embedding_dropout", "residual_dropout"),
+                "attention_probs_dropout_prob": ATTENTION_DROPOUT,
+                **{k: irrelevant("the sequence summary of ElectraForMultipleChoice, which the importer does not build")
+                   for k in ("summary_type", "summary_use_proj", "summary_activation", "summary_last_dropout")},
+                "problem_type": only(None, "single_label_classification", "regression",
+                                     reason="archlang's classifier loss is single-label cross-entropy or, with one "
+                                            "label, regression"),
+                "is_decoder": only(False, reason="electra as a decoder (ElectraForCausalLM) is not mapped"),
+                "add_cross_attention": only(False, reason="electra with cross-attention is not mapped")},
 }
 
 

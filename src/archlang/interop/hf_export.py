@@ -805,6 +805,7 @@ def _bert_head(m: A.Model, b: A.Block, eps: float, prefix: str = "Bert") -> dict
     BertForMaskedLM (no pooler; the prediction head, in the FFN's activation and the model's eps)
     or BertForSequenceClassification (the pooler and a classifier)."""
     head = m.head
+    _need(not isinstance(head, A.RTDHead), ("head",), "a replaced-token detection head (electra's)")
     _need(m.pooler == (not isinstance(head, A.MLMHead)), ("pooler",),
           f"{prefix}ForMaskedLM has no pooler, and the other classes one" if isinstance(head, A.MLMHead)
           else f"no pooler ({prefix}Model and {prefix}ForSequenceClassification have one)")
@@ -819,6 +820,36 @@ def _bert_head(m: A.Model, b: A.Block, eps: float, prefix: str = "Bert") -> dict
               "output bias)")
         return {"architectures": [f"{prefix}ForMaskedLM"], "tie_word_embeddings": True}
     return {"architectures": [f"{prefix}ForSequenceClassification"], "num_labels": head.labels,
+            "classifier_dropout": head.dropout}
+
+
+def _electra(m: A.Model) -> dict:
+    """ElectraModel, ElectraForPreTraining (rtd), ElectraForMaskedLM (mlm: GELU, the model's
+    layernorm at the embedding width) or ElectraForSequenceClassification (classifier with
+    dense = gelu): BERT's layer, no pooler, embeddings projected where their width differs."""
+    kind, b, eps = _bert_like(m, "electra")
+    _need(not b.shared or len(m.layers) == 1, ("blocks", kind, "shared"),
+          "one set of weights for every layer (albert's, not electra's)")
+    _need(not m.pooler, ("pooler",), "a pooler (electra has none)")
+    _need(m.embedding_dim != m.d_model, ("embedding_dim",),
+          "embedding_dim equal to d_model with its projection (electra projects only embeddings of another width)")
+    config = {"model_type": "electra", **_bert_like_config(m, b, eps), "embedding_size": m.embedding_dim or m.d_model}
+    head = m.head
+    if head is None:
+        return {**config, "architectures": ["ElectraModel"]}
+    if isinstance(head, A.RTDHead):
+        _need(head.act == b.ffn.act, ("head", "act"),
+              f"head act {head.act}: electra's discriminator head uses the FFN's, {b.ffn.act}")
+        return {**config, "architectures": ["ElectraForPreTraining"]}
+    if isinstance(head, A.MLMHead):
+        _need(head.act == "gelu", ("head", "act"), f"head act {head.act}: electra's generator head uses gelu")
+        _need(head.norm.kind == "layernorm" and head.norm.eps == eps and head.norm.bias, ("head", "norm"),
+              f"head norm {head.norm.kind}(eps = {head.norm.eps}): electra's is layernorm with the model's eps, {eps}")
+        _need(head.bias, ("head", "bias"), "a head without its output bias (electra's has one)")
+        return {**config, "architectures": ["ElectraForMaskedLM"], "tie_word_embeddings": m.tie_embeddings}
+    _need(head.dense == "gelu", ("head", "dense"),
+          f"a classifier with dense = {head.dense or 'none'} (electra's has its own dense layer and gelu)")
+    return {**config, "architectures": ["ElectraForSequenceClassification"], "num_labels": head.labels,
             "classifier_dropout": head.dropout}
 
 
@@ -1785,6 +1816,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
+    "electra": _electra,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1814,6 +1846,7 @@ ARCHITECTURES = {
     "minimax": "MiniMaxForCausalLM",
     "falcon_h1": "FalconH1ForCausalLM",
     "kimi_linear": "KimiLinearForCausalLM",
+    "electra": "ElectraModel",
 }
 
 

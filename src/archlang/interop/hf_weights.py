@@ -427,6 +427,31 @@ def _albert(c, r: _Rules) -> None:
     r.op("classifier", "classifier", "classifier")
 
 
+def _electra(c, r: _Rules) -> None:
+    pre = "electra." if any(k.startswith("electra.") for k in r.keys) else ""
+    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
+    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
+    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    r.linear("embed_proj", f"{pre}embeddings_project")  # where embedding_size differs from hidden_size
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
+        for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),
+                             ("v_proj", "attention.self.value"), ("o_proj", "attention.output.dense"),
+                             ("attn_norm", "attention.output.LayerNorm"), ("up_proj", "intermediate.dense"),
+                             ("down_proj", "output.dense"), ("ffn_norm", "output.LayerNorm")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+    r.op("rtd_head", "rtd_head", "discriminator_predictions")  # ElectraForPreTraining
+    for mine, theirs in (("dense_weight", "generator_predictions.dense.weight"),  # ElectraForMaskedLM
+                         ("dense_bias", "generator_predictions.dense.bias"),
+                         ("norm_weight", "generator_predictions.LayerNorm.weight"),
+                         ("norm_bias", "generator_predictions.LayerNorm.bias"), ("bias", "generator_lm_head.bias")):
+        r.add(f"mlm_head.{mine}", theirs)
+    if not c.tie_word_embeddings:  # tied, generator_lm_head.weight is the embedding table
+        r.add("mlm_head.decoder_weight", "generator_lm_head.weight")
+    r.op("mlp_classifier", "classifier", "classifier")  # ElectraForSequenceClassification
+
+
 def _t5(c, r: _Rules) -> None:
     r.add("embed.weight", "shared.weight")
     for stack in ("encoder", "decoder"):
@@ -843,6 +868,7 @@ _FAMILIES = {
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
+    "electra": _electra,
 }
 
 
