@@ -40,3 +40,7 @@ from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, an
 from .linear_mixers import KDALayer  # noqa: E402
 
 __all__ += ["KDA", "KDALayer"]
+
+from .zamba2 import PerUseLinear, concat_stack_input, hand_off, take_hand_off  # noqa: E402  (Zamba2's hybrid wiring)
+
+__all__ += ["PerUseLinear", "concat_stack_input", "hand_off", "take_hand_off"]
