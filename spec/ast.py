@@ -1492,8 +1492,8 @@ class Model(Node):
                 nxt = self.blocks[layers[i + 1]]
                 if (nxt.hybrid is not None or nxt.parallel or nxt.mixers is not None or nxt.route is not None
                         or (nxt.attention is None and nxt.ssm is None) or nxt.norm.placement != "pre"):
-                    raise FieldError(where, f"block `{name}` (layer {i}) hands its output to the pre-normed mixer "
-                                     f"of the next layer, and block `{nxt.name}` has none",
+                    raise FieldError(where, f"block `{name}` (layer {i}) is hybrid = zamba2(): it hands its output "
+                                     f"to the pre-normed mixer of the next layer, and block `{nxt.name}` has none",
                                      "follow it with a block with one attention or ssm, placement = pre, no "
                                      "parallel, mixers, route or hybrid")
         return self
