@@ -124,3 +124,23 @@ def test_what_archlang_cannot_compute_is_refused_naming_the_key(key, value):
         config["num_hidden_layers"] = len(value)
     with pytest.raises(ArchError, match=key):
         spec_from_config(config)
+
+
+def test_default_rope_turns_whole_heads_whatever_partial_rotary_factor_says():
+    """Zamba2's own default RoPE never reads partial_rotary_factor: it rotates all head_dim channels."""
+    kwargs = dict(CASES["zamba2"], rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                                    "partial_rotary_factor": 0.5})
+    config = T.Zamba2Config(**kwargs)
+    rotary = T.models.zamba2.modeling_zamba2.Zamba2RotaryEmbedding(config)
+    assert rotary.inv_freq.numel() == config.attention_head_dim // 2
+    assert "position = rope(theta = 500)\n" in spec_from_config(config)
+
+
+def test_export_refuses_shared_blocks_out_of_turn():
+    from archlang.api import load_model
+    from archlang.interop.hf_export import export_config
+
+    spec = spec_from_config(T.Zamba2Config(**CASES["zamba2"]))
+    spec = spec.replace("layers = [shared0, mamba, mamba, shared1,", "layers = [shared1, mamba, mamba, shared0,")
+    with pytest.raises(ArchError, match="in turn"):
+        export_config(load_model(spec), "zamba2")

@@ -1148,7 +1148,10 @@ def _zamba2(c, name: str) -> str:
         kinds.append("mamba" if kind == "mamba" else zamba2_block_name(c, b))
         if kind == "shared":
             blocks.setdefault(kinds[-1], shared)
-    fields = _decoder_fields(c, position=_rope(c) if c.use_mem_rope else None, final_norm=norm)
+    params = dict(c.rope_parameters or {})
+    if params.get("rope_type", "default") == "default":  # zamba2's own default RoPE turns whole heads
+        params.pop("partial_rotary_factor", None)
+    fields = _decoder_fields(c, position=_rope(c, params=params) if c.use_mem_rope else None, final_norm=norm)
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face zamba2 config.")
 
 

@@ -1784,6 +1784,8 @@ def _zamba2(m: A.Model) -> dict:
     _need(m.tie_embeddings or len(hybrid) == len(order), ("tie_embeddings",), "an untied head with a block "
           "used twice (transformers' zamba2 shares its blocks only with tie_word_embeddings)")
     ssm, sb = m.blocks[mamba].ssm, m.blocks[hybrid[0]]
+    _need(ssm.expand is not None, ("blocks", mamba, "ssm", "expand"),
+          "d_inner set by heads × head_dim alone (zamba2's is mamba_expand · d_model)")
     a, ffn = sb.attention, sb.ffn
     hidden, act, bias = _glu(ffn, ("blocks", hybrid[0], "ffn"))
     targets = sb.lora.targets if sb.lora is not None else ()
