@@ -6,6 +6,7 @@ transformers' Zamba2 clamps dt below at time_step_min in its chunked prefill but
 one-token step; with perturbed weights softplus(dt + dt_bias) stays far above 0.001, so the clamp
 never bites here and both of its paths compute the same function as archlang's."""
 
+import functools
 import warnings
 
 import pytest
@@ -64,6 +65,7 @@ def hf_model(case):
     return perturb(T.Zamba2ForCausalLM(config)).eval()
 
 
+@functools.lru_cache(maxsize=None)  # the tests only read the pair
 def pair(case):
     hf = hf_model(case)
     return hf, from_hf(hf).eval()
