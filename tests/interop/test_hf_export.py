@@ -939,7 +939,8 @@ CASES = {
     final_norm = rmsnorm(eps = 1e-6)
     block mamba {{
         norm = rmsnorm(eps = 1e-6)
-        ssm = mamba2(d_state = 8, heads = 4, chunk = 8, groups = 2, bias = true, norm_eps = 1e-5, dt_limit = [0.001, none])
+        ssm = mamba2(d_state = 8, heads = 4, chunk = 8, groups = 2, bias = true, norm_eps = 1e-5,
+                     dt_limit = [0.001, none])
     }}
     block shared0 {{
         norm = rmsnorm(eps = 1e-6)
