@@ -481,6 +481,8 @@ def _model_code(g, em: _Emitter, order: list[str], stacks, classes) -> dict[str,
                 for t in [m for m in order if g.nodes[m]["stack"] is None and _is_table(g, m)
                           and any(g.nodes[c]["stack"] == stack for c in g.successors(m))]:
                     lines.append(Line(f"ctx.tables[{g.nodes[t]['name']!r}] = {em.call(t, [])}"))
+                if g.graph.get("carries_stack_input"):  # read by hybrid = zamba2() layers
+                    lines.append(Line(f"ctx.carry['stack_input'] = {var}", "(B, T, C)"))
                 if _shared_classes(g, stack, classes):  # one module, several uses: a cache entry per use
                     lines.append(Line(f"for i, layer in enumerate(self.{stack}):"))
                     lines.append(Line(f"    {var} = layer({var}, ctx.for_layer({stack!r}, i))", "(B, T, C)"))

@@ -51,6 +51,11 @@ class _Lowerer:
         if model.head is not None:  # an encoder's task head: what forward returns and loss() trains
             g.graph["head"] = ({"kind": model.head.kind} if isinstance(model.head, (A.MLMHead, A.RTDHead))
                                else {"kind": "classifier", "labels": model.head.labels})
+        # The blocks whose layers take what a hybrid = zamba2() layer before them hands off.
+        self.receives = {layers[i + 1] for layers in model.stacks().values() for i, name in enumerate(layers[:-1])
+                         if model.blocks[name].hybrid is not None}
+        if self.receives:  # the model hands every layer the stack's input (ctx.carry)
+            g.graph["carries_stack_input"] = True
         if keep is not None:
             g.graph[REPRESENTS] = {(stack, i): members for stack, kept in keep.items() for i, members in kept.items()}
 
@@ -244,6 +249,12 @@ class _Lowerer:
         layer_input = x
         if blk.parallel:  # route and lora are refused on parallel blocks (spec/ast.py)
             return self.parallel_block(pre, blk, x, seq, ctx, rel)
+        if blk.hybrid is not None:
+            return self.hybrid_block(pre, blk, x, seq, ctx, rel)
+        norm_input = None
+        if blk.name in self.receives:  # the mixer reads x + what a hybrid layer before handed off
+            norm_input = self.b.node(f"{pre}take_hand_off", "take_hand_off", [x], name="take_hand_off", outputs="h",
+                                     shape=("B", seq, self.d), **ctx)
         if blk.mixers is not None:  # attention beside ssm; cross_attention, route and lora are refused
             x = self.parallel_mixers(pre, blk, x, seq, ctx, rel)
         elif blk.attention is not None or blk.ssm is not None:
@@ -256,7 +267,7 @@ class _Lowerer:
                     return self.attention(pre, blk.attention, h, seq, mixer_ctx, rel=rel, kv=None, prefix="")
                 return self.ssm_mixer(pre, blk.ssm, h, seq, mixer_ctx)
 
-            x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer)
+            x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer, norm_input=norm_input)
         if blk.cross_attention is not None:
             cross = self.at(ctx, blk, "cross_attention")
             x = self.sublayer(pre, "cross", blk, x, seq, ctx,
@@ -332,6 +343,27 @@ class _Lowerer:
                            attrs={"in_features": in_f, "out_features": out_f, "rank": blk.lora.rank, "uses": uses},
                            **{**ctx, "span": self.span("blocks", blk.name, "lora")})
 
+    def hybrid_block(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
+        """Zamba2's shared transformer: t = P ffn(norm2(attn(norm(concat(x, x0))))), no residual
+        adds, handed to the next layer; x passes on unchanged."""
+        d, b = self.d, self.b
+        hybrid_ctx, norm_ctx = self.at(ctx, blk, "hybrid"), self.at(ctx, blk, "norm")
+        h = b.node(f"{pre}concat_stack_input", "concat_stack_input", [x], name="concat_stack_input", outputs="h",
+                   shape=("B", seq, 2 * d), attrs={"d_model": d}, **hybrid_ctx)
+        h = b.node(f"{pre}attn_norm", "norm", [h], name="attn_norm", outputs="h", shape=("B", seq, 2 * d),
+                   attrs=_norm_attrs(blk.norm, 2 * d), **norm_ctx)
+        a = self.attention(pre, blk.attention, h, seq, self.at(ctx, blk, "attention"), rel=rel, kv=None, prefix="")
+        h = self.norm(f"{pre}ffn_norm", a, blk.norm, "h", seq, **norm_ctx)
+        h = self.ffn(pre, blk.ffn, h, seq, self.at(ctx, blk, "ffn"))
+        if blk.shared:  # the block's weights are shared; this projection is each use's own
+            uses = [i for i, name in enumerate(self.m.stacks()[ctx["stack"]]) if name == blk.name]
+            t = b.node(f"{pre}hybrid_proj", "per_use_linear", [h], name="hybrid_proj", outputs="t",
+                       shape=("B", seq, d), attrs={"in_features": d, "out_features": d, "uses": uses}, **hybrid_ctx)
+        else:
+            t = self.linear(f"{pre}hybrid_proj", h, d, d, False, "t", seq, **hybrid_ctx)
+        return b.node(f"{pre}hand_off", "hand_off", [x, t], name="hand_off", outputs="x", shape=("B", seq, d),
+                      **hybrid_ctx)
+
     def parallel_block(self, pre: str, blk: A.Block, x: NodeRef, seq: str, ctx, rel) -> NodeRef:
         """x + attn(norm1(x)) + ffn(norm2(x)): both branches read the block's input, each behind
         its own (pre) norm, and one add sums the three."""
@@ -355,7 +387,8 @@ class _Lowerer:
         """The node context for a component, pointing at where the spec wrote it."""
         return {**ctx, "span": self.span("blocks", blk.name, component)}
 
-    def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body) -> NodeRef:
+    def sublayer(self, pre: str, prefix: str, blk: A.Block, x: NodeRef, seq: str, ctx, body,
+                 norm_input: NodeRef | None = None) -> NodeRef:
         """One residual branch, with its norm placed pre, post, on both sides (sandwich), on the
         branch's output (output), or before it with the normalised input as the residual
         (normed_residual); the two terms of the add weighed where the block says (MiniMax)."""
@@ -363,8 +396,8 @@ class _Lowerer:
         norm_ctx = self.at(ctx, blk, "norm")
         if placement == "normed_residual":  # the residual stream continues from the normalised input
             h = x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
-        elif placement in ("pre", "sandwich"):
-            h = self.norm(f"{pre}{prefix}_norm", x, norm, "h", seq, **norm_ctx)
+        elif placement in ("pre", "sandwich"):  # (a hybrid layer's hand-off joins the normed input only)
+            h = self.norm(f"{pre}{prefix}_norm", norm_input or x, norm, "h", seq, **norm_ctx)
         else:
             h = x
         h = body(h)
@@ -394,13 +427,15 @@ class _Lowerer:
         if isinstance(att, A.MLA):
             return self.mla(pre, att, h, seq, ctx, pos)
         hd, heads, kv_heads = att.head_dim, att.heads, att.kv_heads
-        q = self.linear(f"{pre}{prefix}q_proj", h, d, heads * hd, att.bias, "q", seq, **ctx)
-        k = self.linear(f"{pre}{prefix}k_proj", kv_src, d, kv_heads * hd, att.bias, "k", span_seq, **ctx)
-        v = self.linear(f"{pre}{prefix}v_proj", kv_src, d, kv_heads * hd, att.bias, "v", span_seq, **ctx)
+        w = b.g.nodes[h.node]["shape"][-1]  # d_model, or twice it in a hybrid = zamba2() block
+        kv_w = w if kv is None else d
+        q = self.linear(f"{pre}{prefix}q_proj", h, w, heads * hd, att.bias, "q", seq, **ctx)
+        k = self.linear(f"{pre}{prefix}k_proj", kv_src, kv_w, kv_heads * hd, att.bias, "k", span_seq, **ctx)
+        v = self.linear(f"{pre}{prefix}v_proj", kv_src, kv_w, kv_heads * hd, att.bias, "v", span_seq, **ctx)
         if kv is None:
-            q = self.adapted(pre, "q", h, q, d, heads * hd, seq, ctx)
-            k = self.adapted(pre, "k", h, k, d, kv_heads * hd, seq, ctx)
-            v = self.adapted(pre, "v", h, v, d, kv_heads * hd, seq, ctx)
+            q = self.adapted(pre, "q", h, q, w, heads * hd, seq, ctx)
+            k = self.adapted(pre, "k", h, k, w, kv_heads * hd, seq, ctx)
+            v = self.adapted(pre, "v", h, v, w, kv_heads * hd, seq, ctx)
         if isinstance(att, A.LinearAttention):
             a = b.node(f"{pre}{prefix}attn", "linear_attention", [q, k, v], name=f"{prefix}attn", outputs="a",
                        shape=("B", seq, heads * hd), attrs={"heads": heads, "head_dim": hd, "causal": self.causal(ctx),
@@ -460,7 +495,8 @@ class _Lowerer:
         if not att.output_gate:
             return a
         width = att.heads * att.head_dim
-        g = self.linear(f"{pre}{prefix}attn_gate_proj", h, self.d, width, att.bias, "g", seq, **ctx)
+        g = self.linear(f"{pre}{prefix}attn_gate_proj", h, self.b.g.nodes[h.node]["shape"][-1], width, att.bias, "g",
+                        seq, **ctx)
         return self.b.node(f"{pre}{prefix}attn_gate", "glu", [g, a], name=f"{prefix}attn_gate", outputs="a",
                            shape=("B", seq, width), attrs={"act": "sigmoid", "hidden": width, "packed": False}, **ctx)
 
@@ -691,6 +727,8 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
+    if block.hybrid is not None:
+        parts.insert(0, "zamba2 hybrid: reads concat(x, embeddings), hands its output to the next layer")
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     if block.parallel:  # a validated parallel block has both branches and nothing else

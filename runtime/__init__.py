@@ -44,3 +44,6 @@ __all__ += ["KDA", "KDALayer"]
 from .electra import MLPClassifier, RTDHead, electra_loss  # noqa: E402  (ELECTRA's heads and pre-training objective)
 
 __all__ += ["MLPClassifier", "RTDHead", "electra_loss"]
+from .zamba2 import PerUseLinear, concat_stack_input, hand_off, take_hand_off  # noqa: E402  (Zamba2's hybrid wiring)
+
+__all__ += ["PerUseLinear", "concat_stack_input", "hand_off", "take_hand_off"]

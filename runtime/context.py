@@ -98,6 +98,9 @@ class Context:
     stack: str = "layers"
     aux_losses: list[torch.Tensor] = field(default_factory=list)
     layer: int | None = None  # the index in its stack of the shared layer being run (per-use adapters read it)
+    # Values layers pass beside the stream (Zamba2: the stack's input, and a hybrid block's output
+    # for the next layer); one dict for the whole forward, which for_layer's copies share.
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def for_layer(self, stack: str, index: int) -> "Context":
         """The context of one use of a shared layer: its cache entries are its own, and `layer`

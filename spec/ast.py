@@ -973,6 +973,18 @@ class LoRA(Node):
         return v
 
 
+class Zamba2Hybrid(Node):
+    """`hybrid = zamba2()` (Zamba2, Glorioso et al. 2024): the block runs beside the residual
+    stream and hands its output to the next layer. It reads concat(x, x0), x0 the stack's input
+    (the token embeddings), at width 2·d_model: its norm is over 2·d_model and its attention's
+    q/k/v read 2·d_model (head_dim defaults to 2·d_model / heads); o_proj writes d_model. Then
+    t = P_u ffn(norm2(attn(norm(concat(x, x0))))), with no residual add and P_u a d_model →
+    d_model projection of its own per use. x passes on unchanged and the next layer computes
+    x + mixer(norm(x + t))."""
+
+    kind: Literal["zamba2"]
+
+
 # ----------------------------------------------------------------------------- blocks and model
 
 
@@ -1017,6 +1029,8 @@ class Block(Node):
     ffn_residual: tuple[PositiveFloat, PositiveFloat] | None = None
     # Attention and ssm side by side on the same normed input (Falcon-H1): `mixers = parallel(...)`.
     mixers: ParallelMixers | None = None
+    # Zamba2's shared transformer: `hybrid = zamba2()` (see Zamba2Hybrid).
+    hybrid: Zamba2Hybrid | None = None
 
     @field_validator("name")
     @classmethod
@@ -1043,12 +1057,38 @@ class Block(Node):
                 raise FieldError("route", "depth routing of a block with a moe FFN is not implemented "
                                  "(its balancing losses would be taken per sequence)",
                                  "use a dense FFN in the routed block, or remove `route`")
+        if self.hybrid is not None:
+            self._check_hybrid()
         if self.lora is not None:
             if not self.shared:
                 raise FieldError("lora", "lora adapters are per use of a shared block",
                                  "add `shared = true`, or remove `lora`")
             self._check_lora_targets()
         return self
+
+    def _check_hybrid(self) -> None:
+        """What the Zamba2 wiring is implemented for: one pre-norm attention and a dense FFN,
+        both without residual adds of their own."""
+        if self.attention is None or self.attention.kind not in ("mha", "mqa", "gqa"):
+            have = f"{self.attention.kind} attention" if self.attention is not None else "no attention"
+            raise FieldError("hybrid", f"hybrid = zamba2() runs an mha/mqa/gqa attention, and block `{self.name}` "
+                             f"has {have}", "give it attention = mha(...), or remove `hybrid`")
+        if not isinstance(self.ffn, (MLP, GLU)):
+            raise FieldError("hybrid", "hybrid = zamba2() is implemented with a dense FFN (mlp, swiglu, geglu)",
+                             "give the block ffn = geglu(...), or remove `hybrid`")
+        for field in ("ssm", "cross_attention", "route", "mixers", "mixer_residual", "ffn_residual"):
+            if getattr(self, field) is not None:
+                raise FieldError(field, f"`{field}` is not implemented on a hybrid = zamba2() block",
+                                 f"remove `{field}` or `hybrid`")
+        if self.parallel:
+            raise FieldError("parallel", "parallel = true is not implemented on a hybrid = zamba2() block",
+                             "remove `parallel` or `hybrid`")
+        if self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), f"a hybrid = zamba2() block normalises its inputs: placement = "
+                             f"{self.norm.placement} is not implemented", "use placement = pre")
+        if self.position not in ("inherit", None) and not isinstance(self.position, Rope):
+            raise FieldError("position", f"position {self.position.kind}() is not implemented on a hybrid = zamba2() "
+                             "block", "use rope(...), none, or the model's")
 
     def _check_lora_targets(self) -> None:
         if "gate_up" in self.lora.targets and (getattr(self.ffn, "gate_multiplier", None) is not None):
@@ -1441,6 +1481,39 @@ class Model(Node):
         return self
 
     @model_validator(mode="after")
+    def _hybrid_handoff(self) -> "Model":
+        """A hybrid = zamba2() block hands its output to the next layer's pre-normed mixer."""
+        hybrids = [name for name, block in self.blocks.items() if block.hybrid is not None]
+        if not hybrids:
+            return self
+        for field, value in (("residual_scale", self.residual_scale), ("residual_dropout", self.residual_dropout)):
+            if value:
+                raise FieldError(field, f"{field} with a hybrid = zamba2() block is not implemented",
+                                 f"remove {field}")
+        if self.family == "encoder_decoder":
+            raise FieldError(("blocks", hybrids[0], "hybrid"), "hybrid = zamba2() is implemented for one-stack "
+                             "models (decoder or encoder)", "remove `hybrid`")
+        if self.mtp is not None and self.mtp.block in hybrids:
+            raise FieldError(("mtp", "block"), f"block `{self.mtp.block}` is a hybrid = zamba2() block, whose "
+                             "output goes to a next layer that an mtp module lacks", "give mtp another block")
+        for layers in self.stacks().values():
+            for i, name in enumerate(layers):
+                if self.blocks[name].hybrid is None:
+                    continue
+                where = ("blocks", name, "hybrid")
+                if i + 1 == len(layers):
+                    raise FieldError(where, f"block `{name}` is the last layer, and hybrid = zamba2() hands its "
+                                     "output to the next layer", "follow it with a layer (a mamba2 block in Zamba2)")
+                nxt = self.blocks[layers[i + 1]]
+                if (nxt.hybrid is not None or nxt.parallel or nxt.mixers is not None or nxt.route is not None
+                        or (nxt.attention is None and nxt.ssm is None) or nxt.norm.placement != "pre"):
+                    raise FieldError(where, f"block `{name}` (layer {i}) is hybrid = zamba2(): it hands its output "
+                                     f"to the pre-normed mixer of the next layer, and block `{nxt.name}` has none",
+                                     "follow it with a block with one attention or ssm, placement = pre, no "
+                                     "parallel, mixers, route or hybrid")
+        return self
+
+    @model_validator(mode="after")
     def _combinations(self) -> "Model":
         from .compat import check_model  # compat reads this module's unions
 
@@ -1494,6 +1567,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "lora": _kind_classes(LoRA),
     "head": _kind_classes(MLMHead, ClassifierHead, RTDHead),
     "mixers": _kind_classes(ParallelMixers),
+    "hybrid": _kind_classes(Zamba2Hybrid),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1506,6 +1580,7 @@ FIELD_SLOT = {
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
     "route": "route", "lora": "lora", "head": "head",
     "mixers": "mixers",
+    "hybrid": "hybrid",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

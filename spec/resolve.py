@@ -694,7 +694,9 @@ def _fill_defaults(data: dict, d_model: Any, b: _Builder) -> None:
             if isinstance(att, dict) and att.get("kind") != "mla" and "head_dim" not in att:
                 heads = att.get("heads")
                 if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0:
-                    hd = A.default_head_dim(d_model, heads)
+                    # a hybrid = zamba2() block's attention reads concat(x, embeddings): 2 * d_model wide
+                    width = 2 * d_model if block.get("hybrid") is not None else d_model
+                    hd = A.default_head_dim(width, heads)
                     if hd is None:
                         path = ("blocks", block_name, slot, "heads")
                         b.bad_paths.add(("blocks", block_name, slot, "head_dim"))

@@ -11,6 +11,7 @@ from . import rwkv  # noqa: F401  (registers)
 from . import rglru  # noqa: F401  (registers)
 from . import lightning  # noqa: F401  (registers)
 from . import electra  # noqa: F401  (registers)
+from . import zamba2  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -139,6 +139,11 @@ def hf_model(name: str):
             linear_conv_kernel_dim=4, max_position_embeddings=1048576, tie_word_embeddings=False,
             layer_types=["full_attention" if i + 1 in full else "linear_attention" for i in range(27)],
             mlp_layer_types=["dense"] + ["sparse"] * 26)
+    if name == "zamba2_2_7b":  # Zyphra/Zamba2-2.7B's config.json (the class's defaults are its layer pattern)
+        return T.Zamba2ForCausalLM, T.Zamba2Config(
+            vocab_size=32000, hidden_size=2560, intermediate_size=10240, num_hidden_layers=54, mamba_d_state=64,
+            mamba_expand=2, n_mamba_heads=80, num_attention_heads=32, num_mem_blocks=2, adapter_rank=128,
+            use_shared_attention_adapter=False, use_mem_rope=False, tie_word_embeddings=True)
     raise KeyError(name)
 
 

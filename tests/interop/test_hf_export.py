@@ -948,6 +948,30 @@ CASES = {
     }
     layers = layer * 2
 }""", "electra"),
+    # Zamba2: two shared blocks in turn before Mamba-2 layers, adapters on q, k, v and gate_up, RoPE,
+    # biases, dt clamped below, tied
+    "zamba2": (f"""model m {{
+    {HEAD}
+    tie_embeddings = true
+    position = rope(theta = 500)
+    final_norm = rmsnorm(eps = 1e-6)
+    block mamba {{
+        norm = rmsnorm(eps = 1e-6)
+        ssm = mamba2(d_state = 8, heads = 4, chunk = 8, groups = 2, bias = true, norm_eps = 1e-5,
+                     dt_limit = [0.001, none])
+    }}
+    block shared0 {{
+        norm = rmsnorm(eps = 1e-6)
+        attention = mha(heads = 4, scale = 0.3535533905932738)
+        ffn = geglu(hidden = 48, bias = true)
+        shared = true
+        lora = lora(rank = 4, targets = [q, k, v, gate_up])
+        hybrid = zamba2()
+    }}
+    block shared1 extends shared0 {{
+    }}
+    layers = [shared0, mamba, mamba, shared1, mamba, shared0, mamba]
+}}""", "zamba2"),
 }
 
 

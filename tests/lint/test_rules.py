@@ -145,6 +145,7 @@ EXAMPLE_FINDINGS = {
     "qwen3_30b_a3b.arch": ["ARC114"],  # no aux loss in the spec
     "qwen3_next_80b_a3b.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 80B parameters in bf16
     "t5_small.arch": ["ARC115"],  # the learned relative bias needs the reference in training
+    "zamba2_2_7b.arch": [],
 }
 
 

@@ -6,7 +6,7 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear, electra. The encoders (bert, albert, electra) come with the head of the class
+minimax, falcon_h1, kimi_linear, zamba2, electra. The encoders (bert, albert, electra) come with the head of the class
 the config's `architectures` names: the base model, its masked-LM head, its sequence classifier, or (electra)
 the discriminator's replaced-token detection head.
 """
@@ -1124,6 +1124,67 @@ def _t5(c, name: str) -> str:
     return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face t5 config.")
 
 
+def zamba2_blocks(c) -> int:
+    """How many shared transformer blocks a Zamba2 model has: num_mem_blocks, or one per hybrid
+    layer where there are fewer. (transformers 5.23 ties the hybrid layers' transformers only
+    with tie_word_embeddings; hf_config refuses the untied configs where that would matter.)"""
+    return min(c.num_mem_blocks, c.layers_block_type.count("hybrid"))
+
+
+def zamba2_layout(c) -> list[tuple[str, int | None]]:
+    """Zamba2's layers in archlang's order: a mamba layer is ("mamba", None); a hybrid layer is
+    its shared transformer, ("shared", b) with b its block (the hybrid layers use the blocks in
+    turn), then ("mamba", None), the Mamba-2 layer its output joins."""
+    out: list[tuple[str, int | None]] = []
+    for t in c.layers_block_type:
+        if t == "hybrid":
+            out.append(("shared", len([k for k, _ in out if k == "shared"]) % zamba2_blocks(c)))
+        out.append(("mamba", None))
+    return out
+
+
+def zamba2_block_name(c, b: int) -> str:
+    return "shared" if zamba2_blocks(c) == 1 else f"shared{b}"
+
+
+def _zamba2(c, name: str) -> str:
+    """Zamba2: Mamba-2 layers; before each hybrid layer's Mamba-2 layer, one of the shared
+    transformer blocks (in turn; zamba2_blocks says how many) reads concat(x, embeddings) at 2 · hidden_size, with
+    heads of 2 · hidden_size / heads scaled by (head_dim / 2)^-1/2, no residual adds, LoRA
+    adapters of each use on its gate_up projection (and on q, k, v with
+    use_shared_attention_adapter), and a projection of each use's own into the Mamba-2 layer's
+    normed input (hybrid = zamba2()). RoPE only with use_mem_rope. The Mamba-2 mixer clamps dt
+    below at time_step_min in its chunked prefill; its gated norm's eps is 1e-5 whatever
+    rms_norm_eps says; its conv always has a bias."""
+    eps = c.rms_norm_eps
+    norm = call("rmsnorm", eps=eps)
+    bias = bool(c.add_bias_linear) or None
+    low = float(c.time_step_min)
+    ssm = call("mamba2", d_state=c.mamba_d_state, d_conv=c.mamba_d_conv, expand=c.mamba_expand,
+               heads=c.n_mamba_heads, groups=c.mamba_ngroups, chunk=c.chunk_size, bias=bias, norm_eps=1e-5,
+               dt_limit=Raw(f"[{_value(low)}, none]") if low else None)
+    hd = 2 * c.hidden_size // c.num_attention_heads
+    attention = _attention(c, head_dim=hd, scale=(hd / 2) ** -0.5)
+    act = _act(c.hidden_act)
+    ffn = call("swiglu" if act == "silu" else "geglu", hidden=c.intermediate_size,
+               act=act if act not in ("silu", "gelu") else None, bias=bias)
+    targets = (["q", "k", "v"] if c.use_shared_attention_adapter else []) + ["gate_up"]
+    shared = {"norm": norm, "attention": attention, "ffn": ffn, "shared": True,
+              "lora": call("lora", rank=c.adapter_rank, targets=Raw("[" + ", ".join(targets) + "]")),
+              "hybrid": call("zamba2")}
+    blocks = {"mamba": {"norm": norm, "ssm": ssm}}
+    kinds = []
+    for kind, b in zamba2_layout(c):
+        kinds.append("mamba" if kind == "mamba" else zamba2_block_name(c, b))
+        if kind == "shared":
+            blocks.setdefault(kinds[-1], shared)
+    params = dict(c.rope_parameters or {})
+    if params.get("rope_type", "default") == "default":  # zamba2's own default RoPE turns whole heads
+        params.pop("partial_rotary_factor", None)
+    fields = _decoder_fields(c, position=_rope(c, params=params) if c.use_mem_rope else None, final_norm=norm)
+    return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face zamba2 config.")
+
+
 def _runs(kinds: list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for k in kinds:
@@ -1156,6 +1217,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
     "electra": _electra,
+    "zamba2": _zamba2,
 }
 
 

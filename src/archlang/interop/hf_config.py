@@ -814,6 +814,45 @@ TABLES: dict[str, dict[str, Key]] = {
                                             "label, regression"),
                 "is_decoder": only(False, reason="electra as a decoder (ElectraForCausalLM) is not mapped"),
                 "add_cross_attention": only(False, reason="electra with cross-attention is not mapped")},
+    "zamba2": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_attention_heads", "mamba_d_state",
+                                      "mamba_d_conv", "mamba_expand", "mamba_ngroups", "n_mamba_heads", "chunk_size",
+                                      "add_bias_linear", "num_mem_blocks", "use_shared_attention_adapter",
+                                      "adapter_rank", "use_mem_rope", "rms_norm_eps", "max_position_embeddings",
+                                      )},
+               # transformers 5.23 ties weights all or nothing: untied, every hybrid layer gets its own
+               # transformer, holding the adapters of the other uses of its block as dead weights
+               "tie_word_embeddings": checked(lambda v, c: None if v or (c.get("num_mem_blocks") or 1) >= list(
+                   c.get("layers_block_type") or ()).count("hybrid") else
+                   "untied, transformers' zamba2 ties no shared block either, and each hybrid layer holds adapters "
+                   "it never uses, which archlang has no place for (unless num_mem_blocks >= the hybrid layers)"),
+               "rope_parameters": ROPE, "hidden_act": ACTIVATION, "attention_dropout": ATTENTION_DROPOUT,
+               "layers_block_type": checked(lambda v, c: _layer_types_problem(
+                   [{"mamba": "linear_attention"}.get(t, t) for t in v] if v is not None else None,
+                   dict(c, num_hidden_layers=len(v or ())), ("linear_attention", "hybrid"))),
+               "num_hidden_layers": irrelevant("transformers requires it to be the length of layers_block_type, "
+                                                "whose layers it builds (read)"),
+               # the adapters add 2·hidden_size channels to k and v: transformers computes them for mha only
+               "num_key_value_heads": checked(lambda v, c: None if v in (None, c.get("num_attention_heads"))
+                                              or not c.get("use_shared_attention_adapter") else
+                                              "the shared attention adapters of k and v are 2 · hidden_size wide, "
+                                              "which needs num_key_value_heads = num_attention_heads"),
+               # the mixer clamps dt below at time_step_min (mapped), above at nothing
+               "time_step_min": checked(lambda v, c: _positive(v, "time_step_min") if v else None),
+               "use_long_context": irrelevant("transformers reads it only to raise max_position_embeddings, "
+                                              "which is read"),
+               "use_conv_bias": irrelevant("never read: transformers' zamba2 conv always has a bias"),
+               "use_mamba_kernels": irrelevant("which implementation of the same mixer transformers runs"),
+               "use_mem_eff_path": irrelevant("a fused kernel of the same mixer (training only)"),
+               **{k: INIT for k in ("time_step_max", "time_step_floor")},
+               "num_logits_to_keep": OUTPUTS,
+               **{k: irrelevant("derived by transformers from the keys above (a written value is replaced)")
+                  for k in ("attention_hidden_size", "attention_head_dim", "mamba_headdim", "kv_channels",
+                            "num_query_groups", "hybrid_layer_ids")},
+               # keys of Zyphra's config.json that transformers' zamba2 never reads
+               "ffn_hidden_size": irrelevant("never read: the shared MLP is intermediate_size wide"),
+               "use_shared_mlp_adapter": irrelevant("never read: transformers' zamba2 always builds the gate_up "
+                                                    "adapters"),
+               "time_step_limit": irrelevant("never read: the mixer clamps dt to [time_step_min, inf)")},
 }
 
 

@@ -1792,6 +1792,50 @@ def _minimax(m: A.Model) -> dict:
     return config
 
 
+def _zamba2(m: A.Model) -> dict:
+    """Mamba-2 layers; before some, a hybrid = zamba2() shared block (the blocks in turn), which
+    transformers' hybrid layer runs with the Mamba-2 layer after it. The round trip checks the
+    rest (widths, scales, adapters, eps)."""
+    layers = _layers(m)
+    _model_extras(m, set())
+    kinds = list(dict.fromkeys(layers))
+    hybrid = [k for k in kinds if m.blocks[k].hybrid is not None]
+    mamba = _one_kind(m, kinds, lambda b: b.hybrid is None, "mamba2")
+    _need(bool(hybrid), ("layers",), _NO_ATTENTION.format("zamba2"))
+    _need(mamba is not None and isinstance(m.blocks[mamba].ssm, A.Mamba2), ("layers",),
+          "layers other than mamba2 blocks and hybrid = zamba2() blocks")
+    types, i = [], 0
+    while i < len(layers):
+        is_hybrid = m.blocks[layers[i]].hybrid is not None
+        types.append("hybrid" if is_hybrid else "mamba")
+        i += 2 if is_hybrid else 1  # a hybrid block's hand-off goes to the mamba2 layer after it
+    order = [k for k in layers if k in hybrid]
+    _need(order == [hybrid[j % len(hybrid)] for j in range(len(order))], ("layers",),
+          "hybrid blocks not used in turn (zamba2's hybrid layers take blocks 0, 1, ..., 0, 1, ...)")
+    _need(m.tie_embeddings or len(hybrid) == len(order), ("tie_embeddings",), "an untied head with a block "
+          "used twice (transformers' zamba2 shares its blocks only with tie_word_embeddings)")
+    ssm, sb = m.blocks[mamba].ssm, m.blocks[hybrid[0]]
+    _need(ssm.expand is not None, ("blocks", mamba, "ssm", "expand"),
+          "d_inner set by heads × head_dim alone (zamba2's is mamba_expand · d_model)")
+    a, ffn = sb.attention, sb.ffn
+    hidden, act, bias = _glu(ffn, ("blocks", hybrid[0], "ffn"))
+    targets = sb.lora.targets if sb.lora is not None else ()
+    config: dict[str, Any] = {
+        "mamba_d_state": ssm.d_state, "mamba_d_conv": ssm.d_conv, "mamba_expand": ssm.expand,
+        "n_mamba_heads": ssm.heads, "mamba_ngroups": ssm.groups, "chunk_size": ssm.chunk,
+        "add_bias_linear": bias, "time_step_min": ssm.dt_limit[0] if ssm.dt_limit is not None else 0.0,
+        "intermediate_size": hidden, "hidden_act": act, "num_attention_heads": a.heads,
+        "num_key_value_heads": a.kv_heads, "num_mem_blocks": len(hybrid),
+        "use_shared_attention_adapter": "q" in targets, "adapter_rank": sb.lora.rank if sb.lora is not None else 128,
+        "use_mem_rope": m.position is not None}
+    if m.position is not None:
+        config["rope_parameters"] = _rope_parameters(m.position, ("position",), a.head_dim)
+    return {"model_type": "zamba2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+            "num_hidden_layers": len(types), "layers_block_type": types, **config,
+            "rms_norm_eps": m.blocks[mamba].norm.eps, "max_position_embeddings": m.context,
+            "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), **_token_ids(m, 0)}
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1817,6 +1861,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
     "electra": _electra,
+    "zamba2": _zamba2,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1847,6 +1892,7 @@ ARCHITECTURES = {
     "falcon_h1": "FalconH1ForCausalLM",
     "kimi_linear": "KimiLinearForCausalLM",
     "electra": "ElectraModel",
+    "zamba2": "Zamba2ForCausalLM",
 }
 
 

@@ -844,6 +844,51 @@ def _kimi_linear(c, r: _Rules) -> None:
         layouts(f"{p}moe.shared_down", f"{mlp}shared_experts.down_proj.weight", f"{disk}shared_experts.down_proj.weight")
 
 
+def _zamba2(c, r: _Rules) -> None:
+    """Zamba2: HF layer i is our mamba layer, or for a hybrid layer our shared block then our
+    mamba layer (hf.zamba2_layout). transformers ties each shared transformer to its block's first
+    hybrid layer (when it ties weights at all: hf.zamba2_blocks), which holds every use's adapters
+    (list slot j: the j-th hybrid layer); ours live
+    in the block's module at its first use, named by our layer index of each use."""
+    from .hf import zamba2_layout  # the layer order the spec writer chose
+
+    r.add("embed.weight", "model.embed_tokens.weight")
+    r.add("final_norm.weight", "model.final_layernorm.weight")
+    if not c.tie_word_embeddings:
+        r.add("lm_head.weight", "lm_head.weight")
+    layout, first = zamba2_layout(c), {}  # (our first use, HF's first hybrid layer) of each block
+    hybrids = [i for i, t in enumerate(c.layers_block_type) if t == "hybrid"]
+    hf_layer, ordinal = 0, 0
+    for k, (kind, b) in enumerate(layout):
+        p = f"model.layers.{hf_layer}."
+        if kind == "mamba":
+            q = p + ("mamba_decoder." if c.layers_block_type[hf_layer] == "hybrid" else "")
+            r.add(f"layers.{k}.ssm_norm.weight", f"{q}input_layernorm.weight")
+            r.op("mamba2", f"layers.{k}.ssm", f"{q}mamba")
+            hf_layer += 1
+            continue
+        f, i_b = first.setdefault(b, (k, hybrids[ordinal]))
+        ours, q = f"layers.{f}.", f"model.layers.{i_b}.shared_transformer."
+        r.add(f"{ours}hybrid_proj.weight.{k}", f"{p}linear.weight")
+        adapters = [("gate_up", "feed_forward.gate_up_proj_adapter_list")]
+        if c.use_shared_attention_adapter:
+            adapters += [(n, f"self_attn.linear_{n}_adapter_list") for n in ("q", "k", "v")]
+        for target, theirs in adapters:
+            r.add(f"{ours}{target}_lora.A.{k}", f"{q}{theirs}.{ordinal}.0.weight")
+            r.add(f"{ours}{target}_lora.B.{k}", f"{q}{theirs}.{ordinal}.1.weight")
+        if f == k:  # the block's weights, once
+            r.add(f"{ours}attn_norm.weight", f"{q}input_layernorm.weight")
+            r.add(f"{ours}ffn_norm.weight", f"{q}pre_ff_layernorm.weight")
+            for n in ("q", "k", "v", "o"):
+                r.add(f"{ours}{n}_proj.weight", f"{q}self_attn.{n}_proj.weight")
+            h = c.intermediate_size
+            for kind_ in ("weight", "bias"):
+                r.add((f"{ours}gate_proj.{kind_}", f"{ours}up_proj.{kind_}"),
+                      f"{q}feed_forward.gate_up_proj.{kind_}", "split", ([h, h], False))
+                r.add(f"{ours}down_proj.{kind_}", f"{q}feed_forward.down_proj.{kind_}")
+        ordinal += 1
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -869,6 +914,7 @@ _FAMILIES = {
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
     "electra": _electra,
+    "zamba2": _zamba2,
 }
 
 
