@@ -288,3 +288,18 @@ def test_parameter_count_is_the_formula():
     layer = (2 * e + s) * d + (2 * e + s) + 2 * 4 * s + e * d + d + 2 * d
     total = 61 * d + 2 * layer + 2 * d + 61 * d  # embedding, layers, final norm, untied head
     assert sum(p.numel() for p in model.parameters()) == total
+
+
+def test_example_parameter_count_is_the_formula():
+    """examples/gau_base.arch: 24 units of d = 768, e = 2d, s = 128, chunked (four scale-offsets),
+    each with (2e + s)·d + 2e + s weights in, 2·4·s in γ and β, e·d + d out and 2d in its
+    layernorm; tied 32,000-token embeddings and the final layernorm."""
+    from archlang.compiler import compute_facts
+
+    from ..conftest import EXAMPLES
+
+    d, e, s, layers, vocab = 768, 1536, 128, 24, 32000
+    unit = (2 * e + s) * d + 2 * e + s + 2 * 4 * s + e * d + d + 2 * d
+    expected = layers * unit + vocab * d + 2 * d
+    assert expected == 112_028_160  # the number the example's header states
+    assert compute_facts(compile_spec(EXAMPLES / "gau_base.arch").graph).params_total == expected
