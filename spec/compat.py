@@ -151,7 +151,7 @@ def matrix_markdown() -> str:
         lines.append(f"- `{kind}` in an encoder: {r.reason}; {r.instead}.")
     for option, r in _REFUSED_CROSS_OPTIONS.items():
         lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
-    ssm_kinds = ", ".join(f"`{k}`" for k in MIXERS if k not in ATTENTION_KINDS)
+    ssm_kinds = ", ".join(f"`{k}`" for k in A.SLOT_KINDS["ssm"])
     lines += ["", f"Parallel mixers (`mixers = parallel(...)`): every attention kind beside every state-space kind "
               f"({ssm_kinds}), each with what its row accepts; the attention takes the block's position and the "
               "state-space mixer none; not in an encoder (the state-space mixer is causal)."]
