@@ -61,6 +61,9 @@ class GAU(OpDef):
             ctx.fail(node, f"gau over {a['d_model']} channels applied to width {widths[0]}")
         if a["scores"] not in ("relu2", "softmax"):
             ctx.fail(node, f"gau scores must be relu2 or softmax, not {a['scores']!r}")
+        if a["rope"] is not None and (a["rope"] > a["key_dim"] or a["rope"] % 2):
+            ctx.fail(node, f"gau: RoPE over {a['rope']} channels needs an even number of at most key_dim "
+                           f"({a['key_dim']})")
         if a["chunk"] is not None and a["scores"] != "relu2":
             ctx.fail(node, "gau: the mixed-chunk form is defined with relu2 scores only")
 

@@ -303,3 +303,9 @@ def test_example_parameter_count_is_the_formula():
     expected = layers * unit + vocab * d + 2 * d
     assert expected == 112_028_160  # the number the example's header states
     assert compute_facts(compile_spec(EXAMPLES / "gau_base.arch").graph).params_total == expected
+
+
+@pytest.mark.parametrize("position,gau", [("rope(dim = 12)", GAU_LINE), ("rope()", "        gau = gau(key_dim = 7)\n")])
+def test_rope_the_keys_cannot_hold_is_refused(position, gau):
+    with pytest.raises((ArchError, ArchErrors), match="needs an even number of at most key_dim"):
+        compile_spec(spec(gau, position=position))
