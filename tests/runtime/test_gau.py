@@ -309,3 +309,23 @@ def test_example_parameter_count_is_the_formula():
 def test_rope_the_keys_cannot_hold_is_refused(position, gau):
     with pytest.raises((ArchError, ArchErrors), match="needs an even number of at most key_dim"):
         compile_spec(spec(gau, position=position))
+
+
+@pytest.mark.parametrize("line,causal,attention", [
+    (GAU_LINE, True, lambda s, e, c: 2 * (s + e) * (c + 1) / 2),  # the causal mean of i + 1 keys
+    (GAU_LINE, False, lambda s, e, c: 2 * (s + e) * c),
+    ("        gau = gau(key_dim = 8, chunk = 4)\n", True, lambda s, e, c: 2 * (s + e) * 5 / 2 + 4 * s * e),
+    ("        gau = gau(key_dim = 8, chunk = 4)\n", False, lambda s, e, c: 2 * (s + e) * 4 + 4 * s * e),
+])
+def test_flops_per_token_are_the_formula(line, causal, attention):
+    """Projections 2·d·(2e + s) + 2·e·d, then scores and A·v per attended key (and the chunked
+    form's linear term), per unit, at the context of 64."""
+    from archlang.compiler.ops import REGISTRY, FactsContext
+
+    graph = compile_spec(spec(line, family="" if causal else "encoder")).graph
+    units = [d for _, d in graph.nodes(data=True) if d["op"] == "gau"]
+    assert len(units) == 2
+    d, e, s, context = 32, 64, 8, 64
+    expected = 2 * d * (2 * e + s) + 2 * e * d + attention(s, e, context)
+    for node in units:
+        assert REGISTRY["gau"].cost(node, FactsContext(context=context, nbytes=4)).flops == pytest.approx(expected)
