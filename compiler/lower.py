@@ -531,7 +531,7 @@ class _Lowerer:
         return b.node(f"{pre}gau", "gau", inputs, name="gau", outputs="h", shape=("B", seq, self.d),
                       attrs={"d_model": self.d, "hidden": gau.expansion * self.d, "key_dim": gau.key_dim,
                              "scores": gau.scores, "causal": self.causal(ctx), "chunk": gau.chunk, "bias": gau.bias,
-                             "rope": rot}, **ctx)
+                             "rope": rot, "length": gau.length}, **ctx)
 
     def kda(self, pre: str, ssm: A.KDA, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "kda", [h], name="ssm", outputs="h", shape=("B", seq, self.d),

@@ -11,7 +11,8 @@ From the normalised input x (the block's norm runs before, its residual add afte
 attend, quadratic form (the paper's Code 1 / FLASH-Quad):
     relu2:   A_ij = relu(q_i · k_j / L_i)²,  L_i = n (the sequence length) when bidirectional; when
              causal L_i = i + 1, the number of keys row i sees (the paper's 1/n would make every
-             output depend on the final length, which no causal decoder can do)
+             output depend on the final length, which no causal decoder can do); or L_i = `length`,
+             a fixed length (the training length: FLASH-Quad ports divide by their 512)
     softmax: A_ij = softmax_j(q_i · k_j / √s)   (the paper's softmax ablation)
     o_i = Σ_j A_ij v_j over j ≤ i (causal) or all j.
 attend, mixed chunks of C tokens (the paper's Code 2 / FLASH): quadratic inside each chunk, with
@@ -19,7 +20,8 @@ attend, mixed chunks of C tokens (the paper's Code 2 / FLASH): quadratic inside 
     bidirectional  q^lin_i · (Σ_all j k^lin_j v_jᵀ) / n
     causal         q^lin_i · (Σ_{j in earlier chunks} k^lin_j v_jᵀ) / C
     (the causal global term is divided by the chunk size, a constant, where the paper's code
-    divides by n: the same change as above, so that cached decoding equals the full forward).
+    divides by n: the same change as above, so that cached decoding equals the full forward;
+    lucidrains' FLASH-pytorch divides the same way).
     A last chunk shorter than C is the paper's zero padding: its missing keys add nothing.
 
 The cache (causal only): the quadratic form keeps every past k (after RoPE) and v; the chunked form
@@ -49,12 +51,15 @@ class GAU(nn.Module):
     left_padding_exact = False
 
     def __init__(self, d_model: int, hidden: int, key_dim: int, *, scores: str = "relu2", causal: bool = True,
-                 chunk: int | None = None, bias: bool = True, cache_key: str = ""):
+                 chunk: int | None = None, bias: bool = True, length: int | None = None, cache_key: str = ""):
         super().__init__()
         if scores not in ("relu2", "softmax"):
             raise ArchError(f"GAU scores must be relu2 or softmax, not {scores!r}")
         if chunk is not None and scores != "relu2":
             raise ArchError("the mixed-chunk GAU (FLASH) is defined with relu2 scores only")
+        if length is not None and (chunk is not None or scores != "relu2"):
+            raise ArchError("a GAU's fixed length normalises the quadratic relu2 form only")
+        self.length = length
         self.hidden, self.key_dim, self.scores, self.causal, self.chunk = hidden, key_dim, scores, causal, chunk
         self.cache_key = cache_key
         parts = 2 if chunk is None else 4
@@ -102,7 +107,7 @@ class GAU(nn.Module):
                 scores = scores.masked_fill(~visible, float("-inf"))
             a = scores.softmax(dim=-1)
         else:
-            length = (rows + 1).to(q.dtype) if self.causal else n  # L_i: the keys row i sees
+            length = self.length or ((rows + 1).to(q.dtype) if self.causal else n)  # L_i
             a = F.relu(scores / length).square()
             if visible is not None:
                 a = a.masked_fill(~visible, 0.0)

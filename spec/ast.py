@@ -914,7 +914,8 @@ class GAU(Node):
     Linear Time"), one unit in place of a block's attention and FFN: u, v, z = silu(x W) (widths
     hidden = expansion · d_model, hidden, key_dim), q and k a per-dimension scale and offset of z
     (rotated by RoPE where the block has it), o = (u ⊙ A v) W_o with A = relu(q kᵀ / L)² (L: the
-    sequence length bidirectionally, the keys a row sees causally) or `scores = softmax`.
+    sequence length bidirectionally, the keys a row sees causally, or a fixed `length`) or
+    `scores = softmax`.
     `chunk = C`: FLASH's mixed-chunk form, relu² attention within chunks of C tokens plus linear
     attention across them (runtime/gau.py states each form exactly)."""
 
@@ -924,12 +925,20 @@ class GAU(Node):
     scores: Literal["relu2", "softmax"] = "relu2"
     chunk: Dim | None = None  # FLASH's group size (the paper's 256); none: the quadratic form
     bias: bool = True  # on the two dense layers, as the paper's
+    # The quadratic relu2 form's normaliser L as a fixed length (a training length); none: n
+    # bidirectionally, the row's key count causally
+    length: Dim | None = None
 
     @model_validator(mode="after")
     def _chunked_scores(self) -> "GAU":
         if self.chunk is not None and self.scores != "relu2":
             raise FieldError("chunk", "the mixed-chunk form (FLASH) is defined with relu2 scores: its linear term "
                              "has no softmax", "remove chunk, or use scores = relu2")
+        if self.length is not None and (self.chunk is not None or self.scores != "relu2"):
+            raise FieldError("length", "length normalises the quadratic relu2 form's scores; "
+                             + ("the mixed-chunk form divides by its chunk" if self.chunk is not None
+                                else "softmax scores divide by √key_dim"),
+                             "remove length" + (", or chunk" if self.chunk is not None else ", or use scores = relu2"))
         return self
 
 

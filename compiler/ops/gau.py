@@ -28,6 +28,7 @@ class GAU(OpDef):
         "scores": attr(str, doc="relu2 | softmax"), "causal": attr(bool),
         "chunk": attr(int, default=None, doc="the mixed-chunk form's chunk length (FLASH); none: quadratic"),
         "bias": attr(bool), "rope": attr(int, default=None, doc="rotated channels of q and k; none: no RoPE"),
+        "length": attr(int, default=None, doc="relu2's fixed normaliser; none: n, or the row's key count causally"),
     }
     arity = (1, 2)
     picture = "attention"
@@ -66,6 +67,8 @@ class GAU(OpDef):
                            f"({a['key_dim']})")
         if a["chunk"] is not None and a["scores"] != "relu2":
             ctx.fail(node, "gau: the mixed-chunk form is defined with relu2 scores only")
+        if a["length"] is not None and (a["chunk"] is not None or a["scores"] != "relu2"):
+            ctx.fail(node, "gau: length normalises the quadratic relu2 form only")
 
     def category(self, d):
         return "attention"
@@ -102,6 +105,7 @@ class GAU(OpDef):
     def module(self, d, emit):
         a = d["attrs"]
         extra = f", chunk={a['chunk']}" if a["chunk"] is not None else ""
+        extra += f", length={a['length']}" if a["length"] is not None else ""
         return (f"rt.GAU({a['d_model']}, {a['hidden']}, {a['key_dim']}, scores={a['scores']!r}, "
                 f"causal={a['causal']!r}{extra}, bias={a['bias']!r}, cache_key={emit.cache_key})")
 

@@ -53,6 +53,7 @@ def paper_gau(unit: rt.GAU, x: torch.Tensor, *, rope: bool) -> torch.Tensor:
         kernel = logits.softmax(dim=-1)
     else:
         scale = torch.arange(1, n + 1, dtype=x.dtype)[:, None] if unit.causal else n
+        scale = unit.length or scale  # a fixed length where one is given
         kernel = torch.square(torch.relu(qk / scale))
         if unit.causal:
             kernel = kernel * causal_mask
@@ -103,9 +104,9 @@ def paper_flash(unit: rt.GAU, x: torch.Tensor, *, rope: bool) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the unit
 
 
-def unit(scores="relu2", causal=True, chunk=None, bias=True, seed=0) -> rt.GAU:
+def unit(scores="relu2", causal=True, chunk=None, bias=True, length=None, seed=0) -> rt.GAU:
     torch.manual_seed(seed)
-    m = rt.GAU(D, E, S, scores=scores, causal=causal, chunk=chunk, bias=bias, cache_key="gau")
+    m = rt.GAU(D, E, S, scores=scores, causal=causal, chunk=chunk, bias=bias, length=length, cache_key="gau")
     with torch.no_grad():  # weights large enough that relu² is away from zero and biases matter
         for p in m.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
@@ -137,6 +138,19 @@ def test_without_bias_matches_the_papers_code():
     assert m.in_bias is None and m.out_bias is None
     x = torch.randn(1, 6, D)
     torch.testing.assert_close(run(m, x, rope=True), paper_gau(m, x, rope=True), **FP32)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["decoder", "encoder"])
+def test_fixed_length_matches_the_papers_code_and_decodes_exactly(causal):
+    m = unit(causal=causal, length=16)
+    x = torch.randn(2, 9, D)
+    full = run(m, x, rope=True)
+    torch.testing.assert_close(full, paper_gau(m, x, rope=True), **FP32)
+    if causal:
+        cache = rt.Cache()
+        outs = [run(m, x[:, :5], rope=True, cache=cache)]
+        outs += [run(m, x[:, i:i + 1], rope=True, positions=torch.arange(i, i + 1), cache=cache) for i in range(5, 9)]
+        torch.testing.assert_close(torch.cat(outs, 1), full, **FP32)
 
 
 @pytest.mark.parametrize("scores,chunk,rope", FORMS)
@@ -243,6 +257,13 @@ def test_positions_the_gau_does_not_implement_are_refused(position, word):
         compile_spec(spec(GAU_LINE, position=position))
 
 
+@pytest.mark.parametrize("args,word", [("chunk = 4, length = 16", "chunk"), ("scores = softmax, length = 16", "√")])
+def test_length_beside_chunk_or_softmax_is_refused(args, word):
+    with pytest.raises((ArchError, ArchErrors), match=word) as info:
+        compile_spec(spec(f"        gau = gau({args})\n"))
+    assert "length" in str(info.value) and ":10:" in str(info.value)
+
+
 def test_chunked_softmax_is_refused_at_check_time():
     with pytest.raises((ArchError, ArchErrors), match="relu2") as info:
         compile_spec(spec("        gau = gau(scores = softmax, chunk = 4)\n"))
@@ -329,3 +350,18 @@ def test_flops_per_token_are_the_formula(line, causal, attention):
     expected = 2 * d * (2 * e + s) + 2 * e * d + attention(s, e, context)
     for node in units:
         assert REGISTRY["gau"].cost(node, FactsContext(context=context, nbytes=4)).flops == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("line,tokens", [(GAU_LINE, 9), ("        gau = gau(key_dim = 8, chunk = 4)\n", 11)])
+def test_cache_holds_what_stats_reports(line, tokens):
+    """The quadratic form's k and v grow by kv_cache_bytes_per_token a token; the chunked form's
+    entry, with the most tokens it ever keeps (4·2 + 3), is the reported state."""
+    from archlang.compiler import compute_facts
+
+    model, compiled = _model(spec(line))
+    facts = compute_facts(compiled.graph, dtype="fp32")
+    cache = rt.Cache()
+    with torch.no_grad():
+        model(torch.randint(0, 61, (1, tokens)), cache=cache)
+    held = sum(t.numel() * t.element_size() for entry in cache.layers.values() for t in entry.values())
+    assert held == tokens * facts.kv_cache_bytes_per_token + facts.ssm_state_bytes_per_sequence
