@@ -268,6 +268,9 @@ class _Lowerer:
                 return self.ssm_mixer(pre, blk.ssm, h, seq, mixer_ctx)
 
             x = self.sublayer(pre, prefix, blk, x, seq, ctx, mixer, norm_input=norm_input)
+        elif blk.gau is not None:  # in place of attention and ffn: the block has nothing else
+            gau_ctx = self.at(ctx, blk, "gau")
+            x = self.sublayer(pre, "gau", blk, x, seq, ctx, lambda h: self.gau(pre, blk.gau, h, seq, gau_ctx))
         if blk.cross_attention is not None:
             cross = self.at(ctx, blk, "cross_attention")
             x = self.sublayer(pre, "cross", blk, x, seq, ctx,
@@ -404,7 +407,8 @@ class _Lowerer:
         if placement in ("sandwich", "output"):
             h = self.norm(f"{pre}{prefix}_post_norm", h, norm, "h", seq, **norm_ctx)
         h = self.branch_out(f"{pre}{prefix}", h, "h", seq, ctx)
-        weights = {"attn": blk.mixer_residual, "ssm": blk.mixer_residual, "ffn": blk.ffn_residual}.get(prefix)
+        weights = {"attn": blk.mixer_residual, "ssm": blk.mixer_residual, "gau": blk.mixer_residual,
+                   "ffn": blk.ffn_residual}.get(prefix)
         if weights is not None:
             skip, branch = weights
             for side, factor, var in (("skip", skip, "x"), ("branch", branch, "h")):
@@ -562,6 +566,21 @@ class _Lowerer:
                            attrs={"d_model": d, "key_heads": ssm.key_heads, "value_heads": ssm.value_heads,
                                   "key_dim": ssm.key_dim, "value_dim": ssm.value_dim, "conv_size": ssm.conv_size,
                                   "chunk": ssm.chunk, "norm_eps": ssm.norm_eps}, **ctx)
+
+    def gau(self, pre: str, gau: A.GAU, h: NodeRef, seq: str, ctx) -> NodeRef:
+        """The gated attention unit: one node, with the RoPE table of the block's position as its
+        second input where it has one (the unit rotates its q and k itself)."""
+        m, b = self.m, self.b
+        pos = m.position_of(ctx["block"])
+        inputs, rot = [h], None
+        if isinstance(pos, A.Rope):
+            rot = pos.dim or gau.key_dim
+            inputs.append(b.node(f"{pre}rope_table", "const", [], name="rope_table", outputs="rope",
+                                 shape=(m.context, rot), attrs=_rope_table_attrs(pos, rot, m.context), **ctx))
+        return b.node(f"{pre}gau", "gau", inputs, name="gau", outputs="h", shape=("B", seq, self.d),
+                      attrs={"d_model": self.d, "hidden": gau.expansion * self.d, "key_dim": gau.key_dim,
+                             "scores": gau.scores, "causal": self.causal(ctx), "chunk": gau.chunk, "bias": gau.bias,
+                             "rope": rot, "length": gau.length}, **ctx)
 
     def kda(self, pre: str, ssm: A.KDA, h: NodeRef, seq: str, ctx) -> NodeRef:
         return self.b.node(f"{pre}ssm", "kda", [h], name="ssm", outputs="h", shape=("B", seq, self.d),
@@ -734,7 +753,7 @@ def describe_block(block: A.Block) -> str:
     if block.parallel:  # a validated parallel block has both branches and nothing else
         parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ffn)})")
         return " → ".join(parts)
-    mixer = block.attention or block.ssm
+    mixer = block.attention or block.ssm or block.gau
     if block.mixers is not None:
         parts.append(f"parallel({describe_component(block.attention)}, {describe_component(block.ssm)})")
     elif mixer is not None:

@@ -101,6 +101,9 @@ def shrink(model: A.Model) -> A.Model:
             update["ssm"] = block.ssm.model_copy(update={"d_state": min(block.ssm.d_state, 8), "dt_rank": 4})
         elif isinstance(block.ssm, A.SLSTM):  # heads that still divide the narrower d_model
             update["ssm"] = block.ssm.model_copy(update={"heads": math.gcd(block.ssm.heads, d_model)})
+        if block.gau is not None:  # narrow keys, and chunks short enough that a prefill crosses several
+            chunk = min(block.gau.chunk, CONTEXT // 4) if block.gau.chunk else None
+            update["gau"] = block.gau.model_copy(update={"key_dim": 16, "chunk": chunk})
         blocks[name] = block.model_copy(update=update)
     position = model.position
     if isinstance(position, A.Rope):

@@ -5,6 +5,7 @@ from .context import Cache, Context
 from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
+from .gau import GAU
 from .heads import MLMHead
 from .indexer import LightningIndexer
 from .lightning import Lightning
@@ -25,7 +26,7 @@ from .ssm import Mamba
 from .xlstm import MLSTMLayer, SLSTMLayer
 
 __all__ = [
-    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GLA",
+    "AlibiSlopes", "ArchModel", "Attention", "Cache", "Context", "DepthRouter", "DifferentialAttention", "GAU", "GLA",
     "GLALayer", "GatedDeltaNet", "GatedDeltaNetLayer", "LayerNorm", "LearnedPositions", "LightningIndexer",
     "LinearAttention", "LoRA", "MLAttention", "MLMHead", "MLSTMLayer", "MTPModule", "Mamba", "Mamba2", "MoE", "RMSNorm",
     "RWKV7", "RelativePositionBias", "Retention", "RetentionLayer", "RopeTable", "S4D", "SLSTMLayer", "ShortConv",

@@ -909,6 +909,39 @@ SSM = Annotated[Union[Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, M
                 Field(discriminator="kind")]
 
 
+class GAU(Node):
+    """`gau = gau(...)`: the Gated Attention Unit (Hua, Dai, Liu & Le 2022, "Transformer Quality in
+    Linear Time"), one unit in place of a block's attention and FFN: u, v, z = silu(x W) (widths
+    hidden = expansion · d_model, hidden, key_dim), q and k a per-dimension scale and offset of z
+    (rotated by RoPE where the block has it), o = (u ⊙ A v) W_o with A = relu(q kᵀ / L)² (L: the
+    sequence length bidirectionally, the keys a row sees causally, or a fixed `length`) or
+    `scores = softmax`.
+    `chunk = C`: FLASH's mixed-chunk form, relu² attention within chunks of C tokens plus linear
+    attention across them (runtime/gau.py states each form exactly)."""
+
+    kind: Literal["gau"]
+    expansion: Annotated[int, Field(gt=0, le=64)] = 2  # e / d_model (the paper's 2)
+    key_dim: Dim = 128  # s, the shared width of z, q and k (the paper's 128)
+    scores: Literal["relu2", "softmax"] = "relu2"
+    chunk: Dim | None = None  # FLASH's group size (the paper's 256); none: the quadratic form
+    bias: bool = True  # on the two dense layers, as the paper's
+    # The quadratic relu2 form's normaliser L as a fixed length (a training length); none: n
+    # bidirectionally, the row's key count causally
+    length: Dim | None = None
+
+    @model_validator(mode="after")
+    def _chunked_scores(self) -> "GAU":
+        if self.chunk is not None and self.scores != "relu2":
+            raise FieldError("chunk", "the mixed-chunk form (FLASH) is defined with relu2 scores: its linear term "
+                             "has no softmax", "remove chunk, or use scores = relu2")
+        if self.length is not None and (self.chunk is not None or self.scores != "relu2"):
+            raise FieldError("length", "length normalises the quadratic relu2 form's scores; "
+                             + ("the mixed-chunk form divides by its chunk" if self.chunk is not None
+                                else "softmax scores divide by √key_dim"),
+                             "remove length" + (", or chunk" if self.chunk is not None else ", or use scores = relu2"))
+        return self
+
+
 # ----------------------------------------------------------------------------- multi-token prediction
 
 
@@ -1031,6 +1064,8 @@ class Block(Node):
     mixers: ParallelMixers | None = None
     # Zamba2's shared transformer: `hybrid = zamba2()` (see Zamba2Hybrid).
     hybrid: Zamba2Hybrid | None = None
+    # The Gated Attention Unit in place of attention and FFN (FLASH).
+    gau: GAU | None = None
 
     @field_validator("name")
     @classmethod
@@ -1110,14 +1145,16 @@ class Block(Node):
 
     @model_validator(mode="after")
     def _mixer(self) -> "Block":
+        if self.gau is not None:
+            self._check_gau()
         if self.mixers is not None:
             self._check_parallel_mixers()
         elif self.attention is not None and self.ssm is not None:
             raise FieldError("ssm", "a block has one token mixer: attention or ssm, not both",
                              "put the ssm in a block of its own and interleave the blocks in `layers`, "
                              "or run both side by side with `mixers = parallel()`")
-        if self.attention is None and self.ssm is None and self.ffn is None:
-            raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm or ffn")
+        if self.attention is None and self.ssm is None and self.ffn is None and self.gau is None:
+            raise FieldError("name", f"block `{self.name}` is empty", "give it an attention, ssm, ffn or gau")
         if self.parallel:
             self._check_parallel()
         for field, part in (("mixer_residual", self.mixer), ("ffn_residual", self.ffn)):
@@ -1125,6 +1162,16 @@ class Block(Node):
                 raise FieldError(field, f"{field} weighs a residual add that block `{self.name}` does not have",
                                  f"remove {field}")
         return self
+
+    def _check_gau(self) -> None:
+        for field in ("attention", "ssm", "ffn", "cross_attention", "mixers", "route", "lora", "ffn_residual"):
+            if getattr(self, field) is not None:
+                raise FieldError(field, f"block `{self.name}` has a gau, which takes the place of attention and ffn: "
+                                 f"`{field}` is not implemented beside it", f"remove `{field}`, or put it in a block "
+                                 "of its own")
+        if self.parallel:
+            raise FieldError("parallel", "a gau block has one branch: `parallel = true` has nothing to run beside it",
+                             "remove `parallel`")
 
     def _check_parallel_mixers(self) -> None:
         if self.attention is None or self.ssm is None:
@@ -1162,7 +1209,9 @@ class Block(Node):
 
     @property
     def mixer(self):
-        return self.attention if self.attention is not None else self.ssm
+        if self.attention is not None:
+            return self.attention
+        return self.ssm if self.ssm is not None else self.gau
 
 
 # ----------------------------------------------------------------------------- encoder heads
@@ -1341,7 +1390,7 @@ class Model(Node):
             if block.position == "inherit" or name not in used:
                 continue
             where = ("blocks", name, "position")
-            if block.attention is None:
+            if block.attention is None and block.gau is None:  # a gau rotates its q and k as attention does
                 raise FieldError(where, f"block `{name}` sets a position but has no attention to apply it to",
                                  "remove `position` from the block")
             if isinstance(block.position, (Learned, Sinusoidal, Relative)):
@@ -1568,6 +1617,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "head": _kind_classes(MLMHead, ClassifierHead, RTDHead),
     "mixers": _kind_classes(ParallelMixers),
     "hybrid": _kind_classes(Zamba2Hybrid),
+    "gau": _kind_classes(GAU),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1579,7 +1629,7 @@ FIELD_SLOT = {
     "attention": "attention", "cross_attention": "attention",
     "ffn": "ffn", "expert": "expert", "shared": "expert", "ssm": "ssm", "mtp": "mtp",
     "route": "route", "lora": "lora", "head": "head",
-    "mixers": "mixers",
+    "mixers": "mixers", "gau": "gau",
     "hybrid": "hybrid",
 }
 

@@ -18,7 +18,7 @@ from . import ast as A
 # each is implemented by the IR op whose definition (compiler/ops) lists it in `mixer_kinds`, and
 # that definition says which positions and options it refuses.
 ATTENTION_KINDS: tuple[str, ...] = A.SLOT_KINDS["attention"]
-MIXERS: tuple[str, ...] = ATTENTION_KINDS + A.SLOT_KINDS["ssm"]
+MIXERS: tuple[str, ...] = ATTENTION_KINDS + A.SLOT_KINDS["ssm"] + A.SLOT_KINDS["gau"]
 MIXER_OPS = mixer_ops()
 _unimplemented = set(MIXERS) ^ set(MIXER_OPS)
 if _unimplemented:  # a kind in the language with no op, or an op for a kind the language lacks
@@ -114,9 +114,12 @@ def check_model(model: A.Model) -> None:
                 model.blocks[other].attention is not None
                 for layers in stacks.values() if name in layers for other in layers
             )
-            if refusal is not None and (block.attention is not None or not attention_elsewhere):
+            # a gau applies the block's position itself, as attention does
+            applies = block.attention is not None or block.gau is not None
+            if refusal is not None and (applies or not attention_elsewhere):
                 own = block.position != "inherit"
-                path = ("blocks", name, "position") if own else ("blocks", name, "attention" if block.attention is not None else "ssm")
+                slot = "attention" if block.attention is not None else "gau" if block.gau is not None else "ssm"
+                path = ("blocks", name, "position") if own else ("blocks", name, slot)
                 raise A.FieldError(path,
                                    f"position {_position_text(model.position_of(name))} with {mixer.kind} "
                                    f"(block `{name}`) is not supported: {refusal.reason}",
@@ -148,7 +151,7 @@ def matrix_markdown() -> str:
         lines.append(f"- `{kind}` in an encoder: {r.reason}; {r.instead}.")
     for option, r in _REFUSED_CROSS_OPTIONS.items():
         lines.append(f"- cross-attention with `{option}`: {r.reason}; {r.instead}.")
-    ssm_kinds = ", ".join(f"`{k}`" for k in MIXERS if k not in ATTENTION_KINDS)
+    ssm_kinds = ", ".join(f"`{k}`" for k in A.SLOT_KINDS["ssm"])
     lines += ["", f"Parallel mixers (`mixers = parallel(...)`): every attention kind beside every state-space kind "
               f"({ssm_kinds}), each with what its row accepts; the attention takes the block's position and the "
               "state-space mixer none; not in an encoder (the state-space mixer is causal)."]

@@ -166,7 +166,7 @@ def test_facts_refuse_an_op_without_definition():
 def test_each_mixer_kind_of_the_language_has_exactly_one_op():
     kinds = [k for op in REGISTRY.values() for k in op.mixer_kinds]
     assert len(kinds) == len(set(kinds))
-    assert set(kinds) == set(A.SLOT_KINDS["attention"]) | set(A.SLOT_KINDS["ssm"])
+    assert set(kinds) == set(A.SLOT_KINDS["attention"]) | set(A.SLOT_KINDS["ssm"]) | set(A.SLOT_KINDS["gau"])
     assert compat.MIXER_OPS == mixer_ops()
 
 

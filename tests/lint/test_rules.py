@@ -128,6 +128,7 @@ EXAMPLE_FINDINGS = {
     "deepseek_v3.arch": ["ARC115", "ARC116"],  # MLA values; 671B parameters do not fit one H100
     "gemma2_2b.arch": [],
     "gemma3_27b.arch": [],
+    "gau_base.arch": [],
     "gpt2.arch": ["ARC102", "ARC115"],  # vocab 50,257; attention dropout 0.1
     "gpt_oss_20b.arch": ["ARC103", "ARC104", "ARC114"],  # d_model and experts 2,880 wide; no aux loss in the spec
     "jamba.arch": ["ARC116"],  # 52B parameters in bf16

@@ -45,7 +45,7 @@ RELATIVE_SCHEMES = ("none", "rope", "alibi", "relative")
 
 
 def _mixer_class(kind: str):
-    return {**A.SLOT_CLASSES["attention"], **A.SLOT_CLASSES["ssm"]}[kind]
+    return {**A.SLOT_CLASSES["attention"], **A.SLOT_CLASSES["ssm"], **A.SLOT_CLASSES["gau"]}[kind]
 
 
 def mixer_text(kind: str, option: str | None = None) -> str:
@@ -54,7 +54,7 @@ def mixer_text(kind: str, option: str | None = None) -> str:
             if name in TINY_ARGS or (info.is_required() and name not in ("kind", "head_dim", "dt_rank", "key_dim"))]
     if option is not None:
         args.append(f"{option} = {OPTION_VALUES[option]}")
-    slot = "attention" if kind in compat.ATTENTION_KINDS else "ssm"
+    slot = "attention" if kind in compat.ATTENTION_KINDS else "gau" if kind in A.SLOT_KINDS["gau"] else "ssm"
     return f"{slot} = {kind}({', '.join(args)})"
 
 
