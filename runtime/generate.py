@@ -114,7 +114,7 @@ def stream(model, input_ids: torch.Tensor, max_new_tokens: int | None = None, *,
     if draft is not None:
         return _speculative(model, input_ids, mask, max_new_tokens, draft=draft, draft_tokens=draft_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stop=stop,
-                            stats=stats)
+                            stats=stats, decoder_start_token_id=decoder_start_token_id if enc_dec else None)
     if enc_dec:
         start = torch.full((input_ids.shape[0], 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
         forward = _EncoderDecoder(model, input_ids, start, mask, use_cache)
@@ -224,8 +224,10 @@ def _budget(input_ids: torch.Tensor, max_new_tokens: int | None, max_length: int
 
 
 def _speculative(model, input_ids, mask, max_new_tokens, *, draft, draft_tokens, temperature, top_k, top_p,
-                 generator, stop, stats) -> Steps:
-    from .speculative import check_speculative, self_draft, speculative_tokens
+                 generator, stop, stats, decoder_start_token_id: int | None) -> Steps:
+    """One row of speculative decoding; `decoder_start_token_id` is given for encoder-decoder models,
+    whose decoders then run on the encoded input as a decoder-only pair."""
+    from .speculative import Seq2SeqDecoder, check_speculative, self_draft, speculative_tokens
 
     if isinstance(draft, int) and not isinstance(draft, bool):
         draft = self_draft(model, draft)
@@ -233,9 +235,11 @@ def _speculative(model, input_ids, mask, max_new_tokens, *, draft, draft_tokens,
         raise ArchError("draft must be a compiled model, a number of the model's own leading layers, or 'mtp'",
                         kind="usage")
     check_speculative(model, draft, input_ids, draft_tokens)
-    # one row: its padding is dropped, and the prompt given back as it came
-    prompt = input_ids if mask is None else input_ids[:, int((mask == 0).sum()):]
     probs = None if temperature <= 0 else (lambda logits: distribution(logits, temperature, top_k, top_p))
+    if decoder_start_token_id is not None:  # the decoders follow the start token
+        start = prompt = torch.full((1, 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    else:  # one row: its padding is dropped, and the prompt given back as it came
+        start, prompt = input_ids, input_ids if mask is None else input_ids[:, int((mask == 0).sum()):]
 
     def steps():
         modes = [(m, m.training) for m in ((model,) if isinstance(draft, str) else (model, draft))]
@@ -243,12 +247,15 @@ def _speculative(model, input_ids, mask, max_new_tokens, *, draft, draft_tokens,
             for m, _ in modes:
                 m.eval()
                 stack.enter_context(depth_routing(m, "causal"))
+            target, drafter = model, draft
+            if decoder_start_token_id is not None:  # each model encodes the input once, in eval mode
+                target, drafter = Seq2SeqDecoder(model, input_ids, mask), Seq2SeqDecoder(draft, input_ids, mask)
             try:
-                for token in speculative_tokens(model, draft, prompt, max_new_tokens, draft_tokens=draft_tokens,
+                for token in speculative_tokens(target, drafter, prompt, max_new_tokens, draft_tokens=draft_tokens,
                                                 distribution=probs, generator=generator, stop=stop, stats=stats):
                     yield torch.tensor([token], device=input_ids.device)
             finally:
                 for m, training in modes:
                     m.train(training)
 
-    return Steps(input_ids, steps())
+    return Steps(start, steps())

@@ -249,8 +249,8 @@ class ArchModel(nn.Module):
           gives them as an iterator instead.
         - `draft`: speculative decoding (one sequence), with another compiled model of the same
           vocabulary, `draft = k` (this model's first k layers) or `draft = "mtp"` (its
-          multi-token prediction modules, at most one proposal per depth); `draft_tokens`
-          proposals per step. Greedy output equals plain greedy decoding; sampling follows this model's
+          multi-token prediction modules, at most one proposal per depth); an encoder-decoder
+          model drafts with another encoder-decoder model. `draft_tokens` proposals per step. Greedy output equals plain greedy decoding; sampling follows this model's
           distribution exactly. A dict passed as `stats` receives the acceptance rate and the
           tokens made per forward of this model."""
         from .generate import generate

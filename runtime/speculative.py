@@ -10,8 +10,9 @@ target's distribution p exactly (with temperature, top-k and top-p applied to bo
 
 The draft is another compiled model with the same vocabulary, the target's own first layers
 (self-speculation: `draft = 4` runs layers 0..3, then the final norm and the head), or the
-target's multi-token prediction modules (`draft = "mtp"`: up to one token per depth). Caches
-roll back past rejected tokens (`Cache.rollback`): attention caches are cut, recurrent states
+target's multi-token prediction modules (`draft = "mtp"`: up to one token per depth). An
+encoder-decoder model drafts with another encoder-decoder model; each encodes the input once and
+their decoders run as a decoder-only pair would (`Seq2SeqDecoder`). Caches roll back past rejected tokens (`Cache.rollback`): attention caches are cut, recurrent states
 are restored and the kept tokens fed again. One sequence at a time: rows of a batch would
 accept different numbers of tokens.
 """
@@ -46,9 +47,11 @@ def self_draft(model: nn.Module, layers: int) -> nn.Module:
 
 
 def _check_draft(target: nn.Module, draft: nn.Module) -> None:
-    if target.config["family"] != "decoder" or draft.config["family"] != "decoder":
-        raise ArchError("speculative decoding is implemented for decoder models", kind="usage",
-                        hint="generate without draft=")
+    family = target.config["family"]
+    if family not in ("decoder", "encoder_decoder") or draft.config["family"] != family:
+        raise ArchError(f"the draft's family is {draft.config['family']} and the target's {family}: "
+                        "speculative decoding takes a decoder with a decoder draft, or an encoder-decoder model "
+                        "with an encoder-decoder draft", kind="usage", hint="draft with a model of the target's family")
     if draft.config["vocab"] != target.config["vocab"]:
         raise ArchError(f"the draft's vocabulary ({draft.config['vocab']}) is not the target's "
                         f"({target.config['vocab']})", kind="usage", hint="draft with a model of the same tokenizer")
@@ -99,6 +102,19 @@ def speculative_decode(target: nn.Module, draft: nn.Module, input_ids: torch.Ten
     made = list(speculative_tokens(target, draft, input_ids, max_new_tokens, draft_tokens=draft_tokens,
                                    distribution=distribution, generator=generator, stop=stop, stats=stats))
     return torch.tensor([input_ids[0].tolist() + made], dtype=input_ids.dtype, device=input_ids.device)
+
+
+class Seq2SeqDecoder:
+    """An encoder-decoder model's decoder on one encoded input, called as a decoder-only model is
+    (`(tokens, cache=, logits_to_keep=)`): the encoder runs once, here."""
+
+    def __init__(self, model: nn.Module, encoder_input_ids: torch.Tensor, encoder_mask: torch.Tensor | None):
+        self.model, self.config, self.mask = model, model.config, encoder_mask
+        with torch.no_grad():
+            self.memory = model.encode(encoder_input_ids, encoder_mask)
+
+    def __call__(self, tokens: torch.Tensor, *, cache: Cache, logits_to_keep: int) -> torch.Tensor:
+        return self.model(tokens, memory=self.memory, encoder_mask=self.mask, cache=cache)[:, -logits_to_keep:]
 
 
 class _ModelDrafter:

@@ -133,3 +133,30 @@ def test_rollback_cuts_attention_and_restores_recurrent_state():
         model(torch.cat((PROMPT, torch.tensor([[1]])), 1), cache=reference)
         a, b = model(torch.tensor([[9]]), cache=cache), model(torch.tensor([[9]]), cache=reference)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_an_encoder_decoder_model_drafts_with_another():
+    """Each model encodes the input once; their decoders run as a decoder-only pair: greedy output
+    is plain greedy's (a draft that is the model itself accepts everything), a padded encoder row
+    decodes as it does unpadded, sampling takes the same draws as itself with the same seed."""
+    target, other = _model("tiny_t5"), _model("tiny_t5", seed=1)
+    source = torch.tensor([[5, 17, 3, 42, 8, 11, 60]])
+    plain = target.generate(source, 12)
+    for draft, rate in ((other, None), (copy.deepcopy(target), 1.0)):
+        stats = {}
+        out = target.generate(source, 12, draft=draft, draft_tokens=3, stats=stats)
+        assert torch.equal(out, plain)
+        assert rate is None or stats["acceptance_rate"] == rate
+    padded = torch.cat([source, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    mask = (torch.arange(10) < 7).long()[None]
+    assert torch.equal(target.generate(padded, 12, attention_mask=mask, draft=other, draft_tokens=2), plain)
+    stop = int(plain[0, 5])
+    out = target.generate(source, 12, draft=other, eos_token_id=stop)
+    assert out.shape[1] <= 6 and int(out[0, -1]) == stop
+    sampled = [target.generate(source, 8, draft=other, temperature=0.9, generator=torch.Generator().manual_seed(4))
+               for _ in range(2)]
+    assert torch.equal(sampled[0], sampled[1]) and sampled[0].shape == (1, 9)
+    with pytest.raises(ArchError, match="the draft's family is decoder and the target's encoder_decoder"):
+        target.generate(source, 4, draft=_model("tiny_llama"))
+    with pytest.raises(ArchError, match="decoder model's first layers"):
+        target.generate(source, 4, draft=1)
