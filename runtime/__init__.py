@@ -5,7 +5,7 @@ from .context import Cache, Context
 from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
-from .heads import MLMHead
+from .heads import HeadTransform, MLMHead, pool_tokens
 from .indexer import LightningIndexer
 from .lightning import Lightning
 from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
@@ -40,3 +40,4 @@ from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, an
 from .linear_mixers import KDALayer  # noqa: E402
 
 __all__ += ["KDA", "KDALayer"]
+__all__ += ["HeadTransform", "pool_tokens"]  # ModernBERT's classifier transform and sequence pooling
