@@ -17,6 +17,7 @@ PUBLISHED = {
     "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
     "deepseek_v3": 671_026_404_352,  # without the multi-token-prediction module, as transformers builds it
     "lfm2_1_2b": 1_170_340_608,
+    "modernbert_base": 149_655_232,  # ModernBertForMaskedLM: 149,014,272 in the encoder
 }
 
 
@@ -139,6 +140,10 @@ def hf_model(name: str):
             linear_conv_kernel_dim=4, max_position_embeddings=1048576, tie_word_embeddings=False,
             layer_types=["full_attention" if i + 1 in full else "linear_attention" for i in range(27)],
             mlp_layer_types=["dense"] + ["sparse"] * 26)
+    if name == "modernbert_base":  # answerdotai/ModernBERT-base, with the masked-LM head its config names
+        return T.ModernBertForMaskedLM, T.ModernBertConfig(
+            vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+            max_position_embeddings=8192, local_attention=128, norm_bias=False, decoder_bias=True)
     raise KeyError(name)
 
 
