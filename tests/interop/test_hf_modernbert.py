@@ -156,6 +156,14 @@ def test_modernbert_base_counts_as_transformers_does():
         ours = compute_facts(compile_spec(spec_from_config(published, name="modernbert")).graph).params_total
         assert ours == theirs, cls.__name__
         counts[cls.__name__] = ours
+    # its config.json read as a file would be; the example is the same model
+    from archlang.interop.hf_export import _ir_text
+
+    from ..conftest import EXAMPLES
+
+    as_json = {"model_type": "modernbert", "architectures": ["ModernBertForMaskedLM"], **MODERNBERT_BASE}
+    imported = load_model(spec_from_config(as_json, name="modernbert_base"))
+    assert _ir_text(imported) == _ir_text(load_model(EXAMPLES / "modernbert_base.arch"))
     assert counts["ModernBertModel"] == 149_014_272
     assert counts["ModernBertForMaskedLM"] == 149_014_272 + 768 * 768 + 768 + 50368
     assert counts["ModernBertForSequenceClassification"] == 149_014_272 + 768 * 768 + 768 + 2 * 768 + 2
@@ -214,3 +222,23 @@ def test_without_its_pre_norm_the_first_layers_mixer_reads_the_residual_stream()
     spec = SPEC.format(model="", norm="", block="mixer_norm = false")
     names = set(build(spec).state_dict())
     assert not any(".attn_norm." in n for n in names) and "layers.0.ffn_norm.weight" in names
+
+
+@pytest.mark.parametrize("context,window", [(20, 4), (64, 65), (64, 64), (7, 6), (130, 65)])
+def test_facts_count_the_keys_a_bidirectional_window_allows(context, window):
+    """An encoder's window reaches both ways (|i - j| < window): FLOPs count those keys."""
+    from archlang.compiler.ops.attention import attended
+
+    i = torch.arange(context)
+    allowed = ((i[:, None] - i[None, :]).abs() < window).sum().item()
+    assert attended(context, False, window) == pytest.approx(allowed / context)
+
+
+def test_the_docs_example_is_the_published_model():
+    from ..conftest import EXAMPLES, ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    text = next(block for block in docs.split("```") if "model modernbert_mlm" in block)
+    facts = compute_facts(compile_spec(text).graph)
+    assert facts.params_total == compute_facts(compile_spec(EXAMPLES / "modernbert_base.arch").graph).params_total
+    assert facts.params_total == 149_655_232
