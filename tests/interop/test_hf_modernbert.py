@@ -28,10 +28,10 @@ OPTIONS = {"biased": dict(norm_bias=True, attention_bias=True, mlp_bias=True, cl
 
 
 def config(options: str = "biased", **kw):
-    return T.ModernBertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
-                              num_attention_heads=4, max_position_embeddings=64, local_attention=6,
-                              pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
-                              **OPTIONS[options] | kw)
+    return T.ModernBertConfig(**dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
+                                     num_attention_heads=4, max_position_embeddings=64, local_attention=6,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+                              | OPTIONS[options] | kw)
 
 
 def pair(cls, options: str = "biased", **kw):
@@ -128,6 +128,15 @@ def test_export_round_trips_and_loads_in_transformers(cls, kw, tmp_path):
     if want.dim() == 3:
         got, want = got[mask.bool()], want[mask.bool()]
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_local_window_wider_than_the_context_sees_every_token():
+    hf, ours = pair(T.ModernBertModel, local_attention=300)
+    assert "window = 64" in spec_from_config(hf.config, name="m")
+    ids, mask = batch()
+    with torch.no_grad():
+        want, got = hf(ids, attention_mask=mask).last_hidden_state, ours(ids, attention_mask=mask)
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], **TOL)
 
 
 # answerdotai/ModernBERT-base's config.json, as published (the keys that set the architecture;

@@ -559,7 +559,8 @@ def _modernbert(c, name: str) -> str:
     kinds, blocks = [], {}
     for i, t in enumerate(c.layer_types):
         kind = "sliding" if t == "sliding_attention" else "full"
-        window = c.local_attention // 2 + 1 if kind == "sliding" else None
+        # a window past the context sees every token, as one of the context's length does
+        window = min(c.local_attention // 2 + 1, c.max_position_embeddings) if kind == "sliding" else None
         block = {"norm": norm, "position": _rope(c, params=c.rope_parameters[t]),
                  "attention": call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias, window=window)
                  if window else call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias), "ffn": ffn}
