@@ -688,8 +688,8 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def describe_block(block: A.Block) -> str:
     """A one-line summary of a block, for docstrings, pictures and diffs."""
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
-    if not block.mixer_norm:
-        parts[-1] += ", none before the mixer"
+    if not block.mixer_norm:  # placement pre (spec/ast.py)
+        parts[-1] = f"{block.norm.kind} (pre, ffn only)"
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     if block.parallel:  # a validated parallel block has both branches and nothing else

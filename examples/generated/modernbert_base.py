@@ -27,8 +27,8 @@ FUSIONS = {'qkv_proj': (('q_proj', 768), ('k_proj', 768), ('v_proj', 768)),
 
 
 class FirstBlock(nn.Module):
-    """Block `first`: layernorm (pre), none before the mixer → position rope(theta=160000.0) → mha(heads=12,
-    head_dim=64) → geglu(hidden=1152)."""
+    """Block `first`: layernorm (pre, ffn only) → position rope(theta=160000.0) → mha(heads=12, head_dim=64) →
+    geglu(hidden=1152)."""
 
     tp_plan = {}
 
