@@ -76,7 +76,8 @@ def test_masked_lm_logits_and_loss_equal_hf(options, tied, decoder_bias):
     assert ours.config["head"] == {"kind": "mlm"} and ours.config["tie_embeddings"] == tied
 
 
-@pytest.mark.parametrize("pooling,labels", [("cls", 3), ("mean", 3), ("mean", 1)])
+@pytest.mark.parametrize("pooling,labels", [("cls", 3), ("mean", 3),
+                                            pytest.param("mean", 1, marks=pytest.mark.slow)])
 def test_sequence_classification_logits_and_loss_equal_hf(pooling, labels):
     hf, ours = pair(T.ModernBertForSequenceClassification, classifier_pooling=pooling, num_labels=labels,
                     classifier_dropout=0.2)
@@ -90,7 +91,8 @@ def test_sequence_classification_logits_and_loss_equal_hf(pooling, labels):
 
 
 @pytest.mark.parametrize("cls,kw", [(T.ModernBertModel, {}),
-                                    (T.ModernBertForSequenceClassification, {"classifier_pooling": "mean"})])
+                                    pytest.param(T.ModernBertForSequenceClassification, {"classifier_pooling": "mean"},
+                                                 marks=pytest.mark.slow)])
 def test_a_padded_row_equals_the_row_run_alone(cls, kw):
     _, ours = pair(cls, **kw)
     ids, mask = batch()
@@ -102,7 +104,7 @@ def test_a_padded_row_equals_the_row_run_alone(cls, kw):
     torch.testing.assert_close(padded, alone, **TOL)
 
 
-@pytest.mark.parametrize("cls,kw", [(T.ModernBertModel, {}),
+@pytest.mark.parametrize("cls,kw", [pytest.param(T.ModernBertModel, {}, marks=pytest.mark.slow),
                                     (T.ModernBertForMaskedLM, {"decoder_bias": False}),
                                     (T.ModernBertForSequenceClassification,
                                      {"num_labels": 4, "classifier_pooling": "mean", "classifier_dropout": 0.1})])
