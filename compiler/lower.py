@@ -126,7 +126,7 @@ class _Lowerer:
                             shape=("B", "T", m.vocab), attrs={
                                 "vocab": m.vocab, "dim": self.d, "act": head.act, "norm": head.norm.kind,
                                 "eps": head.norm.eps, "norm_bias": bool(head.norm.bias), "tied": m.tie_embeddings,
-                                "bias": head.bias, "width": m.embedding_dim}, **span)
+                                "bias": head.bias, "width": m.embedding_dim, "dense_bias": head.dense_bias}, **span)
             b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T", m.vocab),
                    attrs={"role": "logits"})
             return
@@ -143,6 +143,14 @@ class _Lowerer:
             b.node("logits", "output", [scores], name="logits", outputs="logits", shape=("B", head.labels),
                    attrs={"role": "logits"})
             return
+        if head.pooling != "pooler":  # the head pools the final states itself (ModernBERT)
+            pooled = b.node("pool_tokens", "pool_tokens", [x], name="pool_tokens", outputs="pooled",
+                            shape=("B", self.d), attrs={"mode": head.pooling, "dim": self.d}, **span)
+        if head.act is not None:
+            pooled = b.node("head_transform", "head_transform", [pooled], name="head_transform", outputs="pooled",
+                            shape=("B", self.d), attrs={"dim": self.d, "act": head.act, "norm": head.norm.kind,
+                                                        "eps": head.norm.eps, "norm_bias": bool(head.norm.bias),
+                                                        "dense_bias": head.dense_bias}, **span)
         if head.dropout:
             pooled = b.node("classifier_dropout", "dropout", [pooled], name="classifier_dropout", outputs="pooled",
                             shape=("B", self.d), attrs={"p": head.dropout})
@@ -397,7 +405,9 @@ class _Lowerer:
         (normed_residual); the two terms of the add weighed where the block says (MiniMax)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
-        if placement == "normed_residual":  # the residual stream continues from the normalised input
+        if prefix in ("attn", "ssm") and not blk.mixer_norm:  # placement pre only (spec/ast.py)
+            h = x
+        elif placement == "normed_residual":  # the residual stream continues from the normalised input
             h = x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
         elif placement in ("pre", "sandwich"):  # (a hybrid layer's hand-off joins the normed input only)
             h = self.norm(f"{pre}{prefix}_norm", norm_input or x, norm, "h", seq, **norm_ctx)
@@ -748,6 +758,8 @@ def describe_block(block: A.Block) -> str:
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
     if block.hybrid is not None:
         parts.insert(0, "zamba2 hybrid: reads concat(x, embeddings), hands its output to the next layer")
+    if not block.mixer_norm:  # placement pre (spec/ast.py)
+        parts[-1] = f"{block.norm.kind} (pre, ffn only)"
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     if block.parallel:  # a validated parallel block has both branches and nothing else

@@ -1066,11 +1066,28 @@ class Block(Node):
     hybrid: Zamba2Hybrid | None = None
     # The Gated Attention Unit in place of attention and FFN (FLASH).
     gau: GAU | None = None
+    # false: the mixer reads the residual stream without a norm (ModernBERT's first layer, whose
+    # input is the normed embeddings); the FFN keeps its pre-norm
+    mixer_norm: bool = True
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_identifier(v, "block")
+
+    @model_validator(mode="after")
+    def _mixer_norm(self) -> "Block":
+        if self.mixer_norm:
+            return self
+        if self.attention is None and self.ssm is None:
+            raise FieldError("mixer_norm", f"block `{self.name}` has no mixer whose norm mixer_norm could remove",
+                             "remove mixer_norm")
+        if self.norm.placement != "pre" or self.parallel or self.mixers is not None:
+            raise FieldError("mixer_norm", "mixer_norm = false removes the pre-norm of a sequential block's mixer; "
+                             "it is not implemented with "
+                             + (f"placement = {self.norm.placement}" if self.norm.placement != "pre" else
+                                "parallel branches"), "use placement = pre in a sequential block, or remove mixer_norm")
+        return self
 
     @model_validator(mode="after")
     def _add_ons(self) -> "Block":
@@ -1226,6 +1243,7 @@ class MLMHead(Node):
     act: Activation = "gelu"
     norm: Norm = Norm(kind="layernorm", eps=1e-12)
     bias: bool = True  # the output bias per token id
+    dense_bias: bool = True  # the dense layer's bias (ModernBERT's classifier_bias)
 
     @model_validator(mode="after")
     def _placement(self) -> "MLMHead":
@@ -1237,7 +1255,11 @@ class MLMHead(Node):
 
 class ClassifierHead(Node):
     """`head = classifier(labels = 2, dropout = 0.1)`: sequence classification on the pooled first
-    token (BERT's): dropout, then a linear layer to `labels` scores. `labels = 1` is regression."""
+    token (BERT's): dropout, then a linear layer to `labels` scores. `labels = 1` is regression.
+
+    `pooling = cls` (the first token's final state) or `mean` (the mean over the tokens that the
+    attention mask keeps) reads the final states itself instead of the model's pooler; `act` and
+    `norm` put ModernBERT's transform, norm(act(dense(pooled))), before the dropout."""
 
     kind: Literal["classifier"]
     labels: Annotated[int, Field(gt=0, le=MAX_DIM)]
@@ -1245,6 +1267,29 @@ class ClassifierHead(Node):
     # ELECTRA's form: on the first token itself (no pooler), dropout, dense(d → d), this
     # activation, dropout again, then the linear layer to `labels` scores
     dense: Activation | None = None
+    pooling: Literal["pooler", "cls", "mean"] = "pooler"
+    act: Activation | None = None
+    norm: Norm | None = None
+    dense_bias: bool = True  # the transform's dense bias (ModernBERT's classifier_bias)
+
+    @model_validator(mode="after")
+    def _transform(self) -> "ClassifierHead":
+        if (self.act is None) != (self.norm is None):
+            raise FieldError("act" if self.act is None else "norm", "the classifier's transform is dense, "
+                             "activation and norm together", "give both act and norm, or neither")
+        if self.norm is not None and self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), "the head's norm follows its dense layer; it has no placement",
+                             "remove placement")
+        if self.dense is not None:
+            for field, off in (("pooling", self.pooling == "pooler"), ("act", self.act is None),
+                               ("norm", self.norm is None), ("dense_bias", self.dense_bias)):
+                if not off:
+                    raise FieldError(field, f"{field} belongs to the pooled transform (ModernBERT's), and dense to "
+                                     "ELECTRA's classifier on the first token", f"give either dense or {field}")
+        if not self.dense_bias and self.act is None:
+            raise FieldError("dense_bias", "dense_bias switches the transform's bias, and the classifier has no "
+                             "transform", "add act and norm, or remove dense_bias")
+        return self
 
 
 class RTDHead(Node):
@@ -1351,12 +1396,17 @@ class Model(Node):
         if self.head is not None and self.family != "encoder":
             raise FieldError("head", f"head = {self.head.kind}(...) is an encoder's task head, and this model is a "
                              f"{self.family}", "remove head: a decoder's head is its LM head")
-        if isinstance(self.head, ClassifierHead) and self.head.dense is None and not self.pooler:
+        if isinstance(self.head, ClassifierHead) and self.head.dense is None and self.head.pooling == "pooler" \
+                and not self.pooler:
             raise FieldError(("head", "kind"), "classifier reads the pooled first token, and the model has no pooler",
-                             "add pooler = true, or give the classifier its own dense layer (dense = gelu)")
+                             "add pooler = true, pool in the head (pooling = cls or mean), or give the classifier "
+                             "its own dense layer (dense = gelu)")
         if isinstance(self.head, ClassifierHead) and self.head.dense is not None and self.pooler:
             raise FieldError(("head", "dense"), "a classifier with its own dense layer reads the first token itself, "
                              "and the pooler's output would go unused", "remove pooler, or dense")
+        if isinstance(self.head, ClassifierHead) and self.head.pooling != "pooler" and self.pooler:
+            raise FieldError(("head", "pooling"), f"pooling = {self.head.pooling} reads the final states itself, "
+                             "and the model's pooler would be unused", "remove pooler = true")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         stacks = self.stacks()

@@ -17,6 +17,7 @@ PUBLISHED = {
     "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
     "deepseek_v3": 671_026_404_352,  # without the multi-token-prediction module, as transformers builds it
     "lfm2_1_2b": 1_170_340_608,
+    "modernbert_base": 149_655_232,  # ModernBertForMaskedLM: 149,014,272 in the encoder
 }
 
 
@@ -144,6 +145,10 @@ def hf_model(name: str):
             vocab_size=32000, hidden_size=2560, intermediate_size=10240, num_hidden_layers=54, mamba_d_state=64,
             mamba_expand=2, n_mamba_heads=80, num_attention_heads=32, num_mem_blocks=2, adapter_rank=128,
             use_shared_attention_adapter=False, use_mem_rope=False, tie_word_embeddings=True)
+    if name == "modernbert_base":  # answerdotai/ModernBERT-base, with the masked-LM head its config names
+        return T.ModernBertForMaskedLM, T.ModernBertConfig(
+            vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+            max_position_embeddings=8192, local_attention=128, norm_bias=False, decoder_bias=True)
     raise KeyError(name)
 
 

@@ -972,6 +972,27 @@ CASES = {
     }}
     layers = [shared0, mamba, mamba, shared1, mamba, shared0, mamba]
 }}""", "zamba2"),
+    "modernbert": ("""model m {
+    family = encoder
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    embedding_norm = layernorm(eps = 1e-5, bias = false)
+    final_norm = layernorm(eps = 1e-5, bias = false)
+    block full {
+        norm = layernorm(eps = 1e-5, bias = false)
+        position = rope(theta = 1000)
+        attention = mha(heads = 4)
+        ffn = geglu(hidden = 48, act = gelu)
+    }
+    block first extends full { mixer_norm = false }
+    block sliding extends full {
+        position = rope(theta = 100)
+        attention.window = 3
+    }
+    layers = first + [sliding, full]
+}""", "modernbert"),
 }
 
 
@@ -1003,7 +1024,7 @@ def _logits(model, ids, kind):
         out = model(ids)
     if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
-    if kind == "electra":  # the base model's hidden states
+    if kind in ("electra", "modernbert"):  # the base encoder: its hidden states
         return getattr(out, "last_hidden_state", out)
     return getattr(out, "logits", out)
 
@@ -1033,7 +1054,7 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     ours = perturb(build(spec, model=name, passes="")).eval()
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
-    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel,
+    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel, "modernbert": T.AutoModel,
             "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))

@@ -139,6 +139,7 @@ EXAMPLE_FINDINGS = {
     "falcon_h1_7b.arch": ["ARC102"],  # vocab 130,049
     "llama4_scout.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 109B parameters and a 10M-token cache
     "mamba2_2_7b.arch": ["ARC102"],  # vocab 50,288 (a multiple of 16 only)
+    "modernbert_base.arch": [],
     "mistral_7b.arch": [],
     "mixtral_8x7b.arch": ["ARC116"],  # 46.7B parameters in bf16
     "nemotron_h_8b.arch": [],

@@ -6,9 +6,9 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear, zamba2, electra. The encoders (bert, albert, electra) come with the head of the class
-the config's `architectures` names: the base model, its masked-LM head, its sequence classifier, or (electra)
-the discriminator's replaced-token detection head.
+minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert. The encoders (bert, albert, electra, modernbert) come
+with the head of the class the config's `architectures` names: the base model, its masked-LM head, its sequence
+classifier, or (electra) the discriminator's replaced-token detection head.
 """
 
 from __future__ import annotations
@@ -478,6 +478,8 @@ ENCODER_HEADS = {
     "albert": {"AlbertModel": None, "AlbertForMaskedLM": "mlm", "AlbertForSequenceClassification": "classifier"},
     "electra": {"ElectraModel": None, "ElectraForPreTraining": "rtd", "ElectraForMaskedLM": "mlm",
                 "ElectraForSequenceClassification": "classifier"},
+    "modernbert": {"ModernBertModel": None, "ModernBertForMaskedLM": "mlm",
+                   "ModernBertForSequenceClassification": "classifier"},
 }
 
 
@@ -572,6 +574,43 @@ def _electra(c, name: str) -> str:
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face electra config.")
+
+
+def _modernbert(c, name: str) -> str:
+    """ModernBERT: pre-norm layers (norm biases per norm_bias), the first layer's attention reading
+    the normed embeddings directly, bidirectional attention alternating global and local (a token
+    sees the tokens within local_attention // 2 of it on either side: window = that + 1), RoPE with
+    a base per layer type, a GeGLU FFN (Wi's first half is the activated one), a final norm, and
+    the head of the class: dense, activation and norm before the tied decoder or the classifier."""
+    eps, head = c.norm_eps, bert_head(c)
+    norm = call("layernorm", eps=eps, bias=bool(c.norm_bias))
+    bias = bool(c.attention_bias) or None
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_activation), bias=bool(c.mlp_bias) or None)
+    kinds, blocks = [], {}
+    for i, t in enumerate(c.layer_types):
+        kind = "sliding" if t == "sliding_attention" else "full"
+        # a window past the context sees every token, as one of the context's length does
+        window = min(c.local_attention // 2 + 1, c.max_position_embeddings) if kind == "sliding" else None
+        block = {"norm": norm, "position": _rope(c, params=c.rope_parameters[t]),
+                 "attention": call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias, window=window)
+                 if window else call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias), "ffn": ffn}
+        if i == 0:  # its attn_norm is the identity
+            kind, block = "first", {"mixer_norm": False, **block}
+        kinds.append(kind)
+        blocks.setdefault(kind, block)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), **_dropouts(c),
+              "embedding_norm": norm, "final_norm": norm}
+    head_norm = {"act": _act(c.classifier_activation), "norm": norm, "dense_bias": bool(c.classifier_bias) or False}
+    if head == "mlm":
+        fields["tie_embeddings"] = bool(c.tie_word_embeddings) or None
+        fields["head"] = call("mlm", bias=bool(c.decoder_bias), **head_norm)
+    elif head == "classifier":
+        fields["head"] = call("classifier", labels=c.num_labels, dropout=c.classifier_dropout or None,
+                              pooling=c.classifier_pooling, **head_norm)
+    rest = _layout(kinds[1:]) if len(kinds) > 1 else None
+    return write_spec(name, fields, blocks, {"layers": "first" + (f" + {rest}" if rest else "")},
+                      "Imported from a Hugging Face modernbert config.")
 
 
 def _jamba(c, name: str) -> str:
@@ -1218,6 +1257,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
 }
 
 

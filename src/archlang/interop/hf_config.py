@@ -853,6 +853,35 @@ TABLES: dict[str, dict[str, Key]] = {
                "use_shared_mlp_adapter": irrelevant("never read: transformers' zamba2 always builds the gate_up "
                                                     "adapters"),
                "time_step_limit": irrelevant("never read: the mixer clamps dt to [time_step_min, inf)")},
+    "modernbert": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                          "max_position_embeddings", "norm_eps", "norm_bias", "attention_bias",
+                                          "mlp_bias", "decoder_bias", "classifier_bias", "local_attention",
+                                          "architectures", "num_labels", "classifier_dropout", "tie_word_embeddings")},
+                   "hidden_activation": ACTIVATION, "classifier_activation": ACTIVATION,
+                   "classifier_pooling": only("cls", "mean", reason="ModernBERT pools the first token or the mean"),
+                   "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("full_attention",
+                                                                                    "sliding_attention"))),
+                   "rope_parameters": checked(_rope_per_layer_type),
+                   "embedding_dropout": dropout_into("embedding_dropout"),
+                   # on the probabilities and again on Wo's output, where archlang drops only the former
+                   "attention_dropout": no_dropout("ModernBERT drops the attention probabilities and the attention "
+                                                   "output both; archlang's attention_dropout is the former only"),
+                   "mlp_dropout": no_dropout("ModernBERT drops inside the GeGLU, before Wo"),
+                   "problem_type": only(None, "single_label_classification", "regression",
+                                        reason="archlang's classifier loss is single-label cross-entropy or, with "
+                                               "one label, regression"),
+                   "cls_token_id": TOKEN_ID, "initializer_cutoff_factor": INIT,
+                   "deterministic_flash_attn": irrelevant("chooses a deterministic flash-attention kernel: the same "
+                                                          "function"),
+                   "sparse_prediction": irrelevant("with labels, ForMaskedLM returns the labelled tokens' logits "
+                                                   "only; the loss is the same"),
+                   "sparse_pred_ignore_index": irrelevant("the label ignored by sparse_prediction, a training option"),
+                   # read by ModernBertConfig when it is built, into layer_types and rope_parameters (which are mapped)
+                   **{k: irrelevant("folded into layer_types / rope_parameters when transformers builds the config")
+                      for k in ("global_attn_every_n_layers", "global_rope_theta", "local_rope_theta")},
+                   **{k: irrelevant("kept in published config.json files; ModernBERT's modeling code never reads it")
+                      for k in ("layer_norm_eps", "position_embedding_type", "reference_compile",
+                                "repad_logits_with_grad")}},
 }
 
 

@@ -853,6 +853,62 @@ def _electra(m: A.Model) -> dict:
             "classifier_dropout": head.dropout}
 
 
+def _modernbert(m: A.Model) -> dict:
+    """ModernBERT: pre-LayerNorm layers (one norm everywhere), the first layer's mixer without its
+    norm, mha with a RoPE per layer type, windows of one width (local_attention = 2 (window - 1)),
+    a GeGLU FFN; the class follows the head."""
+    _need(m.family == "encoder", ("family",), f"family = {m.family} (modernbert is an encoder)")
+    _model_extras(m, {"embedding_norm"})
+    layers = list(m.layers)
+    kinds = list(dict.fromkeys(layers))
+    _need(not m.blocks[layers[0]].mixer_norm, ("blocks", layers[0], "mixer_norm"),
+          "a norm before the first layer's attention (modernbert's reads the normed embeddings: mixer_norm = false)")
+    for k in layers[1:]:
+        _need(m.blocks[k].mixer_norm, ("blocks", k, "mixer_norm"), "a later layer without its attention norm")
+    norm = m.embedding_norm
+    _need(norm is not None and norm.kind == "layernorm", ("embedding_norm",), "no layernorm on the embeddings")
+    for path, other in [(("final_norm",), m.final_norm)] + [(("blocks", k, "norm"), m.blocks[k].norm) for k in kinds]:
+        _need(other == norm, path, f"a norm other than the embeddings' ({norm.kind}(eps = {norm.eps}, bias = "
+              f"{str(norm.bias).lower()})): modernbert has one norm_eps and norm_bias")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    hidden, act, mlp_bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"), kinds=("mha",))["num_attention_heads"]
+    windows = [m.blocks[k].attention.window if m.blocks[k].attention else None for k in layers]
+    window_set = {w for w in windows if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    rope = {}
+    for k, w in zip(layers, windows):
+        layer_type = "sliding_attention" if w else "full_attention"
+        params = _rope_parameters(m.position_of(k), ("blocks", k, "position"), a.head_dim)
+        _need(rope.setdefault(layer_type, params) == params, ("blocks", k, "position"),
+              f"{layer_type.split('_')[0]} layers with different RoPE (modernbert has one per layer type)")
+    rope.setdefault("full_attention", {"rope_type": "default", "rope_theta": 160_000.0})  # the config's defaults
+    rope.setdefault("sliding_attention", {"rope_type": "default", "rope_theta": 10_000.0})
+    ids = {key: token if token < m.vocab else None
+           for key, token in (("pad_token_id", 50283), ("bos_token_id", 50281), ("eos_token_id", 50282),
+                              ("cls_token_id", 50281), ("sep_token_id", 50282))}
+    config = {"model_type": "modernbert", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+              "num_hidden_layers": len(layers), "num_attention_heads": heads, "hidden_activation": act,
+              "max_position_embeddings": m.context, "norm_eps": norm.eps, "norm_bias": norm.bias,
+              "attention_bias": a.bias, "mlp_bias": mlp_bias, "layer_types": [
+                  "sliding_attention" if w else "full_attention" for w in windows], "rope_parameters": rope,
+              "local_attention": 2 * (window_set.pop() - 1) if window_set else 128, "dtype": _dtype(m), **ids}
+    head = m.head
+    if head is None:
+        return {**config, "architectures": ["ModernBertModel"]}
+    _need(head.norm == norm, ("head", "norm"), "a head norm other than the model's (modernbert's head uses "
+          "norm_eps and norm_bias)")
+    config.update(classifier_activation=HF_ACTIVATIONS[head.act], classifier_bias=head.dense_bias)
+    if isinstance(head, A.MLMHead):
+        return {**config, "architectures": ["ModernBertForMaskedLM"], "decoder_bias": head.bias,
+                "tie_word_embeddings": m.tie_embeddings}
+    _need(head.pooling in ("cls", "mean"), ("head", "pooling"), "a classifier on a pooler (modernbert pools the "
+          "final states itself: pooling = cls or mean)")
+    return {**config, "architectures": ["ModernBertForSequenceClassification"], "num_labels": head.labels,
+            "classifier_dropout": head.dropout, "classifier_pooling": head.pooling}
+
+
 def _period(flags: list[bool]) -> tuple[int, int] | None:
     """(period, offset) with flags[i] == (i % period == offset) for every i, if there is one."""
     n = len(flags)
@@ -1862,6 +1918,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1893,6 +1950,7 @@ ARCHITECTURES = {
     "kimi_linear": "KimiLinearForCausalLM",
     "electra": "ElectraModel",
     "zamba2": "Zamba2ForCausalLM",
+    "modernbert": "ModernBertModel",
 }
 
 
@@ -1977,7 +2035,7 @@ def _config(model_type: str, values: dict):
     from .hf import config_from_dict
 
     nullable = ("q_lora_rank", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
-                "bos_token_id", "eos_token_id", "pad_token_id")
+                "bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id")
     values = {k: v for k, v in values.items() if v is not None or k in nullable}
     config = config_from_dict({"architectures": [ARCHITECTURES[model_type]], **values})
     return config

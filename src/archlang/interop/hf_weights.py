@@ -452,6 +452,33 @@ def _electra(c, r: _Rules) -> None:
     r.op("mlp_classifier", "classifier", "classifier")  # ElectraForSequenceClassification
 
 
+def _modernbert(c, r: _Rules) -> None:
+    pre = "model." if any(k.startswith("model.") for k in r.keys) else ""
+    d, hidden = c.hidden_size, c.intermediate_size
+    r.add("embed.weight", f"{pre}embeddings.tok_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.norm")
+    r.linear("final_norm", f"{pre}final_norm")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}layers.{i}."
+        for part in ("weight", "bias"):
+            # Wqkv's rows are q, k, v in turn (viewed as (3, heads, head_dim)); Wi's are the activated
+            # half ("input") then the multiplier ("gate"): archlang's gate_proj then up_proj
+            r.add([f"{p}q_proj.{part}", f"{p}k_proj.{part}", f"{p}v_proj.{part}"], f"{q}attn.Wqkv.{part}", "split",
+                  ([d] * 3, False))
+            r.add([f"{p}gate_proj.{part}", f"{p}up_proj.{part}"], f"{q}mlp.Wi.{part}", "split", ([hidden] * 2, False))
+        for ours, theirs in (("attn_norm", "attn_norm"), ("o_proj", "attn.Wo"), ("ffn_norm", "mlp_norm"),
+                             ("down_proj", "mlp.Wo")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+    # ModernBertPredictionHead, before the decoder (ForMaskedLM) or the classifier
+    head = "head_transform" if "classifier.weight" in r.keys else "mlm_head"
+    for mine, theirs in op_def("head_transform").hf_params.items():
+        r.add(f"{head}.{mine}", f"head.{theirs}")
+    r.add("mlm_head.bias", "decoder.bias")
+    if not c.tie_word_embeddings:
+        r.add("mlm_head.decoder_weight", "decoder.weight")
+    r.op("classifier", "classifier", "classifier")
+
+
 def _t5(c, r: _Rules) -> None:
     r.add("embed.weight", "shared.weight")
     for stack in ("encoder", "decoder"):
@@ -915,6 +942,7 @@ _FAMILIES = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
 }
 
 
