@@ -40,3 +40,7 @@ from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, an
 from .linear_mixers import KDALayer  # noqa: E402
 
 __all__ += ["KDA", "KDALayer"]
+
+from .disentangled import DisentangledAttention, RelativeEmbeddings  # noqa: E402  (DeBERTa)
+
+__all__ += ["DisentangledAttention", "RelativeEmbeddings"]
