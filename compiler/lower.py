@@ -101,7 +101,7 @@ class _Lowerer:
                        shape=("B", "T", self.d), attrs={"role": "hidden"})
                 if m.pooler:
                     pooled = b.node("pooler", "pooler", [x], name="pooler", outputs="pooled", shape=("B", self.d),
-                                    attrs={"dim": self.d, "act": m.pooler_act})
+                                    attrs={"dim": self.d, "act": m.pooler_act if m.pooler_act != "tanh" else None})
                     b.node("pooled_output", "output", [pooled], name="pooled_output", outputs="pooled",
                            shape=("B", self.d), attrs={"role": "pooled"})
                 if m.head is not None:

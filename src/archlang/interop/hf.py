@@ -572,8 +572,6 @@ def _deberta_v2(c, name: str) -> str:
               "embedding_norm": call("layernorm", eps=eps)}
     _encoder_head(c, fields, head, eps, getattr(c, "cls_dropout", None))
     heads = c.num_attention_heads
-    head_dim = getattr(c, "attention_head_size", None)
-    head_dim = head_dim if head_dim not in (None, c.hidden_size // heads) else None
     if c.relative_attention:
         if not terms:
             raise ArchError("deberta-v2 relative_attention = true with pos_att_type empty: a table of relative "
@@ -581,7 +579,7 @@ def _deberta_v2(c, name: str) -> str:
                             hint='set pos_att_type = "p2c|c2p" or relative_attention = false')
         buckets = getattr(c, "position_buckets", -1)
         norms = {k.strip() for k in str(getattr(c, "norm_rel_ebd", "none")).lower().split("|")}
-        attention = call("disentangled", heads=heads, head_dim=head_dim, bias=True, out_bias=True,
+        attention = call("disentangled", heads=heads, bias=True, out_bias=True,
                          terms=Raw(f"[{', '.join(terms)}]") if len(terms) < 2 else None,
                          buckets=buckets if buckets > 0 else None,
                          max_relative=c.max_relative_positions if c.max_relative_positions >= 1 else None,
@@ -592,8 +590,8 @@ def _deberta_v2(c, name: str) -> str:
             raise ArchError("deberta-v2 norm_rel_ebd = layer_norm with relative_attention = false: a norm of relative "
                             "embeddings the model does not have is not mapped", kind="interop",
                             hint="set norm_rel_ebd = none, or relative_attention = true")
-        hd = head_dim or c.hidden_size // heads
-        attention = call("mha", heads=heads, head_dim=head_dim, bias=True, out_bias=True,
+        hd = c.hidden_size // heads
+        attention = call("mha", heads=heads, bias=True, out_bias=True,
                          scale=(hd * (1 + len(terms))) ** -0.5 if terms else None)
     block = {"norm": call("layernorm", eps=eps, placement="post"), "attention": attention,
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}

@@ -932,8 +932,11 @@ TABLES["deberta-v2"] = {
     **{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "architectures",
                            "num_labels", "tie_word_embeddings", "relative_attention", "max_relative_positions",
-                           "position_biased_input", "position_buckets", "share_att_key", "attention_head_size",
-                           "cls_dropout")},
+                           "position_biased_input", "position_buckets", "share_att_key", "cls_dropout")},
+    # the attention output's dense layer reads hidden_size features: other head sizes do not run in transformers
+    "attention_head_size": checked(lambda v, c: None if v == c.get("hidden_size", 0) // max(c.get("num_attention_heads")
+                                                                                           or 1, 1) else
+                                   "DeBERTa's attention output is hidden_size wide: heads · head size must equal it"),
     "hidden_act": ACTIVATION, "pooler_hidden_act": ACTIVATION,
     # DeBERTa drops the embeddings, each sublayer's output before its residual add, and the relative
     # embeddings each layer reads (archlang's disentangled attention drops them at residual_dropout)
