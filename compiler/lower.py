@@ -249,9 +249,6 @@ class _Lowerer:
                                "max_relative": att.max_relative or m.context, "share_keys": att.share_keys,
                                "bias": att.bias, "dropout": m.attention_dropout or None,
                                "rel_dropout": m.residual_dropout or None}, **ctx)
-        if self.targets(ctx, "o"):  # the adapter reads the attention's output: keep it
-            out = self.linear(f"{pre}{prefix}o_proj", a, width, self.d, att.out_bias, "o", seq, **ctx)
-            return self.adapted(pre, "o", a, out, width, self.d, seq, ctx)
         return self.linear(f"{pre}{prefix}o_proj", a, width, self.d, att.out_bias, "a", seq, **ctx)
 
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:

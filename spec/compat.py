@@ -125,8 +125,7 @@ def check_model(model: A.Model) -> None:
 
 
 def _check_disentangled(model: A.Model, stacks: dict) -> None:
-    """DeBERTa's layers share one relative embedding table per stack, so they must agree on it; and
-    its q/k/v projections live inside the attention, where no adapter reaches them."""
+    """DeBERTa's layers share one relative embedding table per stack, so they must agree on it."""
     for layers in stacks.values():
         first = None
         for name in dict.fromkeys(layers):
@@ -142,11 +141,6 @@ def _check_disentangled(model: A.Model, stacks: dict) -> None:
                                    f"block `{name}` sets buckets, max_relative or rel_norm unlike block `{first[0]}`",
                                    "give every disentangled attention of the stack the same buckets, max_relative "
                                    "and rel_norm")
-            lora = model.blocks[name].lora
-            if lora is not None and set(lora.targets) & {"q", "k", "v"}:
-                raise A.FieldError(("blocks", name, "lora", "targets"),
-                                   "disentangled attention projects q, k and v (and the relative table) inside "
-                                   "itself: a low-rank adapter on them is not supported", "target o, gate_up or down")
 
 
 def matrix_markdown() -> str:
