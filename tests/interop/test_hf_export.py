@@ -930,6 +930,7 @@ CASES = {
     }}
     layers = [attn, linear, linear]
 }}""", "kimi_linear"),
+    "deberta-v2": (SPECS / "tiny_deberta.arch", "deberta-v2"),
 }
 
 
@@ -961,7 +962,7 @@ def _logits(model, ids, kind):
         out = model(ids)
     if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
-    return getattr(out, "logits", out)
+    return getattr(out, "logits", getattr(out, "last_hidden_state", out))
 
 
 def test_every_exporter_has_a_case():
@@ -989,7 +990,8 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     ours = perturb(build(spec, model=name, passes="")).eval()
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
-    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "deberta-v2": T.AutoModel,
+            "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))
     got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)
