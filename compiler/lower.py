@@ -737,7 +737,7 @@ def describe_component(c) -> str:
     for f in _SUMMARY_FIELDS:
         if f in type(c).model_fields or (f == "kv_heads" and hasattr(c, "kv_heads")):
             v = getattr(c, f, None)
-            if v is not None and not (f == "kv_heads" and c.kind == "mha"):
+            if v is not None and not (f == "kv_heads" and c.kind in ("mha", "disentangled")):
                 fields.append(f"{f}={v}")
     if getattr(c, "expert", None) is not None:
         fields.append(f"expert={c.expert.kind}({c.expert.hidden})")

@@ -26,7 +26,7 @@ FUSIONS = {}
 
 
 class LayerBlock(nn.Module):
-    """Block `layer`: layernorm (post) → disentangled(heads=12, kv_heads=12, head_dim=64) → mlp(hidden=3072)."""
+    """Block `layer`: layernorm (post) → disentangled(heads=12, head_dim=64) → mlp(hidden=3072)."""
 
     tp_plan = {'down_proj': 'rowwise', 'up_proj': 'colwise'}
 
