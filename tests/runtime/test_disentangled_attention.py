@@ -199,3 +199,19 @@ def test_what_it_cannot_compute_is_refused_where_it_is_written(text, message, co
     if column is not None:
         line = text.splitlines()[first.span.line - 1]
         assert column in line[first.span.column - 1:] or column in line
+
+
+def test_facts_count_the_relative_terms_beside_mha():
+    """Per token and layer, beside what mha(bias = true) costs: one (2·span)-wide product per term
+    (c2p: q against the table's keys, p2c: k against its queries) and each term's projection of
+    the 2·span-row table, once per forward, spread over the context; the parameters add the
+    table, its norm and the position projections."""
+    from archlang.compiler import compute_facts
+
+    plain = compute_facts(compile_spec(spec("mha(heads = 4, bias = true)")).graph)
+    ours = compute_facts(compile_spec(spec("disentangled(heads = 4, bias = true, buckets = 8, "
+                                           "rel_norm = layernorm())")).graph)
+    rows, width, context, layers = 16, 32, 64, 2
+    per_layer = 2 * (2 * width * rows) + 2 * (2 * rows * D * width) / context
+    assert ours.flops_per_token - plain.flops_per_token == pytest.approx(layers * per_layer)
+    assert ours.params_total - plain.params_total == rows * D + 2 * D + layers * 2 * (D * width + width)
