@@ -113,7 +113,9 @@ def test_training_reaches_every_weight():
     assert not bad
 
 
-@pytest.mark.parametrize("cls,kw", [(T.DebertaV2Model, {}), (T.DebertaV2Model, CASES["absolute_positions_and_types"]),
+@pytest.mark.parametrize("cls,kw", [(T.DebertaV2Model, {}),
+                                    pytest.param(T.DebertaV2Model, CASES["absolute_positions_and_types"],
+                                                 marks=pytest.mark.slow),  # test_hf_export's tiny_deberta has them
                                     (T.DebertaV2ForMaskedLM, {"share_att_key": False}),
                                     (T.DebertaV2ForSequenceClassification, {"num_labels": 4, "cls_dropout": 0.2})])
 def test_export_round_trips_and_loads_in_transformers(cls, kw, tmp_path):
