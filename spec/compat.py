@@ -132,6 +132,12 @@ def _check_disentangled(model: A.Model, stacks: dict) -> None:
             att = model.blocks[name].attention
             if not isinstance(att, A.Disentangled):
                 continue
+            reach = att.max_relative or model.context
+            if att.buckets is not None and reach - 1 <= att.buckets // 2:
+                raise A.FieldError(("blocks", name, "attention", "buckets"),
+                                   f"log buckets beyond buckets / 2 = {att.buckets // 2} need max_relative (default: "
+                                   f"the context) above {att.buckets // 2 + 1}, and it is {reach}",
+                                   "fewer buckets, or a larger max_relative")
             table = (att.buckets, att.max_relative, att.rel_norm)
             if first is None:
                 first = (name, table)

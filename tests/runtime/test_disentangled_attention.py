@@ -188,7 +188,8 @@ def test_a_spec_builds_and_runs():
      "adapts an mha/mqa/gqa projection", "targets"),
     (spec("disentangled(heads = 4, buckets = 8)", second="disentangled(heads = 4, buckets = 16)"),
      "one relative embedding table", None),
-], ids=["rope", "window", "scale", "terms", "max_relative", "lora", "two_tables"])
+    (spec("disentangled(heads = 4, buckets = 128)"), "the context) above 65", "buckets"),  # context 64
+], ids=["rope", "window", "scale", "terms", "max_relative", "lora", "two_tables", "buckets_past_context"])
 def test_what_it_cannot_compute_is_refused_where_it_is_written(text, message, column):
     with pytest.raises((ArchError, ArchErrors)) as info:
         compile_spec(text)
