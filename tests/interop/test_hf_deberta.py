@@ -178,3 +178,10 @@ def test_deberta_v3_base_counts_as_transformers_does():
 def test_what_archlang_cannot_compute_is_refused_naming_the_key(kw, message):
     with pytest.raises(ArchError, match=message):
         spec_from_config(config(**kw), name="deberta")
+
+
+def test_a_pooler_activation_needs_the_pooler():
+    text = spec_from_config(config(architectures=["DebertaV2ForSequenceClassification"]), name="deberta")
+    assert "pooler_act = gelu" in text
+    with pytest.raises(ArchError, match="pooler_act"):
+        compile_spec(text.replace("pooler = true", "pooler = false").replace("    head = classifier", "    # "))
