@@ -49,3 +49,6 @@ from .zamba2 import PerUseLinear, concat_stack_input, hand_off, take_hand_off  #
 
 __all__ += ["PerUseLinear", "concat_stack_input", "hand_off", "take_hand_off"]
 __all__ += ["HeadTransform", "pool_tokens"]  # ModernBERT's classifier transform and sequence pooling
+from .disentangled import DisentangledAttention, RelativeEmbeddings  # noqa: E402  (DeBERTa)
+
+__all__ += ["DisentangledAttention", "RelativeEmbeddings"]

@@ -430,7 +430,43 @@ class LinearAttention(_AttentionCommon):
         return self
 
 
-Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention], Field(discriminator="kind")]
+class Disentangled(_AttentionCommon):
+    """DeBERTa's disentangled attention (He et al. 2021; DeBERTaV3, He et al. 2023): the scores of
+    content to content, plus content to position (`c2p`: each query against the keys of the
+    relative positions) and position to content (`p2c`: each key against the queries of the
+    relative positions), all divided by sqrt(head_dim · (1 + the number of terms)). A distance
+    i - j is kept as is up to buckets / 2 and log-bucketed beyond, up to max_relative (without
+    buckets: clipped at ±max_relative); it indexes one table of 2 · span relative embeddings
+    (span = buckets, else max_relative) that every layer of the stack shares, normalised by
+    `rel_norm` where one is written. `share_keys` projects the table with the layer's own q and k
+    projections (DeBERTaV3) instead of its own pos_q / pos_k projections."""
+
+    kind: Literal["disentangled"]
+    terms: Annotated[tuple[Literal["c2p", "p2c"], ...], Field(min_length=1, max_length=2)] = ("c2p", "p2c")
+    buckets: Annotated[int, Field(ge=2, le=MAX_DIM)] | None = None
+    max_relative: Dim | None = None  # default: the model's context
+    share_keys: bool = False
+    rel_norm: Norm | None = None  # a norm of the relative embedding table (norm_rel_ebd = layer_norm)
+
+    @model_validator(mode="after")
+    def _relative(self) -> "Disentangled":
+        if len(set(self.terms)) != len(self.terms):
+            raise FieldError("terms", f"terms {list(self.terms)} names a term twice", "write each of c2p, p2c once")
+        if self.buckets is not None and self.max_relative is not None and self.max_relative - 1 <= self.buckets // 2:
+            raise FieldError("max_relative", f"log buckets beyond buckets / 2 = {self.buckets // 2} need max_relative "
+                             f"> {self.buckets // 2 + 1}, got {self.max_relative}",
+                             "raise max_relative (DeBERTaV3: buckets = 256, max_relative = 512)")
+        if self.rel_norm is not None and self.rel_norm.placement != "pre":
+            raise FieldError(("rel_norm", "placement"), "the relative embeddings' norm has no placement",
+                             "remove placement")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+
+Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention, Disentangled], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -1326,6 +1362,7 @@ class Model(Node):
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
+    pooler_act: Activation | None = None  # the pooler's activation; default tanh (DeBERTa's: gelu)
     head: EncoderHead | None = None  # an encoder's task head: mlm(...), classifier(...) or rtd(...)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
@@ -1390,6 +1427,9 @@ class Model(Node):
                     raise FieldError(field, f"decoder block `{name}` needs cross_attention to read the encoder")
         if self.pooler and self.family != "encoder":
             raise FieldError("pooler", "pooler is for encoder models")
+        if self.pooler_act is not None and not self.pooler:
+            raise FieldError("pooler_act", "pooler_act is the pooler's activation, and the model has no pooler",
+                             "add pooler = true, or remove pooler_act")
         if self.embedding_dim is not None and self.family != "encoder":
             raise FieldError("embedding_dim", "factorised embeddings are implemented for encoders (ALBERT)",
                              "remove embedding_dim")
@@ -1495,9 +1535,9 @@ class Model(Node):
         for name in sorted(used):
             for slot in ("attention", "cross_attention"):
                 att = getattr(self.blocks[name], slot)
-                if att is not None and att.kind not in ("mha", "mqa", "gqa"):
+                if att is not None and att.kind not in ("mha", "mqa", "gqa", "disentangled"):
                     raise FieldError(("blocks", name, slot), f"attention_dropout is not implemented for {att.kind} "
-                                     f"attention (block `{name}`)", "use mha/mqa/gqa, or remove attention_dropout")
+                                     f"attention (block `{name}`)", "use mha/mqa/gqa/disentangled, or remove attention_dropout")
         return self
 
     @model_validator(mode="after")
@@ -1656,7 +1696,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling),
     "qk_norm": _kind_classes(QKNorm),
     "indexer": _kind_classes(Indexer),
-    "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
+    "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention, Disentangled),
     "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D,
@@ -1681,6 +1721,7 @@ FIELD_SLOT = {
     "route": "route", "lora": "lora", "head": "head",
     "mixers": "mixers", "gau": "gau",
     "hybrid": "hybrid",
+    "rel_norm": "norm",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

@@ -41,6 +41,12 @@ def hf_model(name: str):
         return T.AlbertForMaskedLM, T.AlbertConfig(vocab_size=30000, embedding_size=128, hidden_size=768,
                                                    num_hidden_layers=12, num_attention_heads=12,
                                                    intermediate_size=3072, hidden_act="gelu_new")
+    if name == "deberta_v3_base":  # microsoft/deberta-v3-base's config.json: 183,831,552 in DebertaV2Model
+        return T.DebertaV2Model, T.DebertaV2Config(
+            vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=512, type_vocab_size=0, layer_norm_eps=1e-7, relative_attention=True,
+            max_relative_positions=-1, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+            pos_att_type="p2c|c2p", position_biased_input=False)
     if name == "t5_small":
         return T.T5ForConditionalGeneration, T.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
                                                         num_layers=6, num_heads=8)

@@ -993,6 +993,7 @@ CASES = {
     }
     layers = first + [sliding, full]
 }""", "modernbert"),
+    "deberta-v2": (SPECS / "tiny_deberta.arch", "deberta-v2"),
 }
 
 
@@ -1024,7 +1025,7 @@ def _logits(model, ids, kind):
         out = model(ids)
     if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
-    if kind in ("electra", "modernbert"):  # the base encoder: its hidden states
+    if kind in ("electra", "modernbert", "deberta-v2"):  # the base encoder: its hidden states
         return getattr(out, "last_hidden_state", out)
     return getattr(out, "logits", out)
 
@@ -1055,7 +1056,7 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
     auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel, "modernbert": T.AutoModel,
-            "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+            "deberta-v2": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))
     got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)

@@ -124,6 +124,7 @@ model n extends m { context = 8192 }
 EXAMPLE_FINDINGS = {
     "albert_base.arch": ["ARC102"],  # vocab 30,000
     "bert_base.arch": ["ARC102", "ARC115"],  # vocab 30,522; attention dropout 0.1
+    "deberta_v3_base.arch": ["ARC102"],  # vocab 128,100
     "deepseek_v2_lite.arch": ["ARC104", "ARC115"],  # dense FFN 10,944 wide; MLA's 128-wide values vs 192-wide keys
     "deepseek_v3.arch": ["ARC115", "ARC116"],  # MLA values; 671B parameters do not fit one H100
     "gemma2_2b.arch": [],

@@ -6,9 +6,9 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert. The encoders (bert, albert, electra, modernbert) come
-with the head of the class the config's `architectures` names: the base model, its masked-LM head, its sequence
-classifier, or (electra) the discriminator's replaced-token detection head.
+minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert, deberta-v2. The encoders (bert, albert, electra,
+modernbert, deberta-v2) come with the head of the class the config's `architectures` names: the base model, its
+masked-LM head, its sequence classifier, or (electra) the discriminator's replaced-token detection head.
 """
 
 from __future__ import annotations
@@ -480,6 +480,8 @@ ENCODER_HEADS = {
                 "ElectraForSequenceClassification": "classifier"},
     "modernbert": {"ModernBertModel": None, "ModernBertForMaskedLM": "mlm",
                    "ModernBertForSequenceClassification": "classifier"},
+    "deberta-v2": {"DebertaV2Model": None, "DebertaV2ForMaskedLM": "mlm",
+                   "DebertaV2ForSequenceClassification": "classifier"},
 }
 
 
@@ -611,6 +613,59 @@ def _modernbert(c, name: str) -> str:
     rest = _layout(kinds[1:]) if len(kinds) > 1 else None
     return write_spec(name, fields, blocks, {"layers": "first" + (f" + {rest}" if rest else "")},
                       "Imported from a Hugging Face modernbert config.")
+
+
+def deberta_terms(c) -> list[str]:
+    """The relative terms of a deberta-v2 config (pos_att_type, "p2c|c2p" or a list), in archlang's order."""
+    value = c.pos_att_type or []
+    terms = {t.strip() for t in value.lower().split("|")} if isinstance(value, str) else set(value)
+    return [t for t in ("c2p", "p2c") if t in terms]
+
+
+def _deberta_v2(c, name: str) -> str:
+    """DeBERTa-v2/v3: BERT's post-norm layer with disentangled attention over one table of relative
+    embeddings, absolute positions added to the embeddings only where position_biased_input."""
+    conv = getattr(c, "conv_kernel_size", 0) or 0
+    if conv > 0:
+        raise ArchError(f"deberta-v2 conv_kernel_size = {conv}: the convolution beside the first layer is not mapped",
+                        kind="interop", hint="import a checkpoint without it (DeBERTaV3 has none)")
+    if getattr(c, "embedding_size", c.hidden_size) != c.hidden_size:
+        raise ArchError(f"deberta-v2 embedding_size = {c.embedding_size}: narrower embeddings projected before their "
+                        "norm are not mapped", kind="interop", hint="set embedding_size = hidden_size")
+    eps, head, terms = c.layer_norm_eps, bert_head(c), deberta_terms(c)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
+              "type_vocab": c.type_vocab_size or None, "pooler": head == "classifier" or None,
+              "pooler_act": _act(c.pooler_hidden_act) if head == "classifier" and c.pooler_hidden_act != "tanh" else None,
+              **_dropouts(c), "position": call("learned") if c.position_biased_input else None,
+              "embedding_norm": call("layernorm", eps=eps)}
+    _encoder_head(c, fields, head, eps, getattr(c, "cls_dropout", None))
+    heads = c.num_attention_heads
+    if c.relative_attention:
+        if not terms:
+            raise ArchError("deberta-v2 relative_attention = true with pos_att_type empty: a table of relative "
+                            "embeddings that no attention term reads is not mapped", kind="interop",
+                            hint='set pos_att_type = "p2c|c2p" or relative_attention = false')
+        buckets = getattr(c, "position_buckets", -1)
+        norms = {k.strip() for k in str(getattr(c, "norm_rel_ebd", "none")).lower().split("|")}
+        attention = call("disentangled", heads=heads, bias=True, out_bias=True,
+                         terms=Raw(f"[{', '.join(terms)}]") if len(terms) < 2 else None,
+                         buckets=buckets if buckets > 0 else None,
+                         max_relative=c.max_relative_positions if c.max_relative_positions >= 1 else None,
+                         share_keys=bool(getattr(c, "share_att_key", False)) or None,
+                         rel_norm=call("layernorm", eps=eps) if "layer_norm" in norms else None)
+    else:  # DisentangledSelfAttention without relative terms still divides by sqrt(d · (1 + #pos_att_type))
+        if "layer_norm" in {k.strip() for k in str(getattr(c, "norm_rel_ebd", "none")).lower().split("|")}:
+            raise ArchError("deberta-v2 norm_rel_ebd = layer_norm with relative_attention = false: a norm of relative "
+                            "embeddings the model does not have is not mapped", kind="interop",
+                            hint="set norm_rel_ebd = none, or relative_attention = true")
+        hd = c.hidden_size // heads
+        attention = call("mha", heads=heads, bias=True, out_bias=True,
+                         scale=(hd * (1 + len(terms))) ** -0.5 if terms else None)
+    block = {"norm": call("layernorm", eps=eps, placement="post"), "attention": attention,
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face deberta-v2 config.")
 
 
 def _jamba(c, name: str) -> str:
@@ -1258,6 +1313,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "electra": _electra,
     "zamba2": _zamba2,
     "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
 }
 
 
@@ -1291,7 +1347,7 @@ def spec_from_config(config, name: str | None = None) -> str:
     hf_config.check_keys(config.to_dict(), source)
     where = f"{source}: " if source else ""
     try:
-        text = SPEC_WRITERS[model_type](config, name or model_type)
+        text = SPEC_WRITERS[model_type](config, name or model_type.replace("-", "_"))  # deberta-v2 → deberta_v2
     except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. zero heads, a zero layer period
         raise ArchError(f"{where}this {model_type} config does not describe a model: {exc}", kind="interop") from None
     model = _check_written(text, model_type, where)
@@ -1331,7 +1387,7 @@ def _build(config, passes: str | None):
     from archlang.api import compile_spec, load_source
     from archlang.compiler import DEFAULT_PIPELINE
 
-    spec = spec_from_config(config, name=config.model_type)
+    spec = spec_from_config(config, name=config.model_type.replace("-", "_"))
     compiled = compile_spec(spec, passes=DEFAULT_PIPELINE if passes is None else passes)
     return load_source(compiled.source, compiled.model.name).build()
 

@@ -997,6 +997,50 @@ def _positive(value: Any, what: str) -> str | None:
         f"{what} must be a positive number"
 
 
+def _pos_att_type_problem(value: Any, config: dict) -> str | None:
+    terms = [t.strip() for t in value.lower().split("|")] if isinstance(value, str) else value or []
+    unknown = [t for t in terms if t not in ("c2p", "p2c")]
+    return f"relative term {unknown[0]!r} is not mapped (archlang has c2p and p2c)" if unknown else None
+
+
+def _norm_rel_ebd_problem(value: Any, config: dict) -> str | None:
+    kinds = {k.strip() for k in str(value).lower().split("|")} - {"none", "layer_norm"}
+    return f"norm_rel_ebd {sorted(kinds)[0]!r} is not mapped (archlang has none and layer_norm)" if kinds else None
+
+
+# DeBERTa-v2/v3: the modeling code reads several keys that the config class does not declare
+# (position_buckets, norm_rel_ebd, share_att_key, conv_*, embedding_size, attention_head_size, cls_dropout).
+TABLES["deberta-v2"] = {
+    **{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "architectures",
+                           "num_labels", "tie_word_embeddings", "relative_attention", "max_relative_positions",
+                           "position_biased_input", "position_buckets", "share_att_key", "cls_dropout")},
+    # the attention output's dense layer reads hidden_size features: other head sizes do not run in transformers
+    "attention_head_size": checked(lambda v, c: None if v == c.get("hidden_size", 0) // max(c.get("num_attention_heads")
+                                                                                           or 1, 1) else
+                                   "DeBERTa's attention output is hidden_size wide: heads · head size must equal it"),
+    "hidden_act": ACTIVATION, "pooler_hidden_act": ACTIVATION,
+    # DeBERTa drops the embeddings, each sublayer's output before its residual add, and the relative
+    # embeddings each layer reads (archlang's disentangled attention drops them at residual_dropout)
+    "hidden_dropout_prob": dropout_into("embedding_dropout", "residual_dropout"),
+    "attention_probs_dropout_prob": ATTENTION_DROPOUT,
+    "pooler_dropout": no_dropout("archlang's pooler has no dropout before its dense layer"),
+    "pooler_hidden_size": _same_as("hidden_size", "archlang's pooler keeps the model's width"),
+    "embedding_size": _same_as("hidden_size", "a projection of narrower DeBERTa embeddings (before their norm) is "
+                                              "not mapped"),
+    "legacy": irrelevant("chooses the masked-LM head's module names (cls.predictions or lm_predictions.lm_head); "
+                         "both compute dense, activation, norm, the tied embeddings and a bias"),
+    "pos_att_type": checked(_pos_att_type_problem),
+    "norm_rel_ebd": checked(_norm_rel_ebd_problem),
+    "conv_kernel_size": only(0, None, reason="DeBERTa-v2's convolution beside the first layer is not mapped"),
+    "conv_groups": irrelevant("read by the convolution only, which conv_kernel_size (checked) leaves out"),
+    "conv_act": irrelevant("read by the convolution only, which conv_kernel_size (checked) leaves out"),
+    "problem_type": only(None, "single_label_classification", "regression",
+                         reason="archlang's classifier loss is single-label cross-entropy or, with one label, "
+                                "regression"),
+}
+
+
 def table(model_type: str) -> dict[str, Key]:
     return {**SHARED, **TABLES[model_type]}
 

@@ -909,6 +909,59 @@ def _modernbert(m: A.Model) -> dict:
             "classifier_dropout": head.dropout, "classifier_pooling": head.pooling}
 
 
+def _deberta_v2(m: A.Model) -> dict:
+    """DeBERTa-v2/v3: one post-norm block of disentangled attention and an MLP, an embedding norm,
+    learned positions or none (position_biased_input), token types or none."""
+    _need(m.family == "encoder", ("family",), f"family = {m.family} (deberta-v2 is an encoder)")
+    kinds = list(dict.fromkeys(m.layers))
+    _need(len(kinds) == 1, ("layers",), "more than one block (deberta-v2 repeats one layer)")
+    b = m.blocks[kinds[0]]
+    path = ("blocks", kinds[0])
+    a = b.attention
+    _need(isinstance(a, A.Disentangled), path + ("attention",),
+          f"{getattr(a, 'kind', 'no')} attention (deberta-v2's is disentangled)")
+    _need(not b.shared, path + ("shared",), "one set of weights for every layer (deberta-v2's layers have their own)")
+    _need(m.embedding_dim is None, ("embedding_dim",), "factorised embeddings after the norm (albert's)")
+    eps = b.norm.eps
+    _need(b.norm.kind == "layernorm" and b.norm.placement == "post" and b.norm.bias is not False, path + ("norm",),
+          "a norm other than the post-norm layernorm")
+    _need(m.embedding_norm is not None and m.embedding_norm.kind == "layernorm" and m.embedding_norm.eps == eps
+          and m.embedding_norm.bias is not False, ("embedding_norm",),
+          f"an embedding norm other than layernorm(eps = {eps}) (deberta-v2 has one, with the layers' eps)")
+    _need(a.bias and a.out_bias, path + ("attention", "bias"), "attention without biases (deberta-v2's have them)")
+    _need(a.rel_norm is None or (a.rel_norm.kind == "layernorm" and a.rel_norm.eps == eps and a.rel_norm.bias
+                                 is not False), path + ("attention", "rel_norm"),
+          f"a rel_norm other than layernorm(eps = {eps})")
+    _need(isinstance(b.ffn, A.MLP) and b.ffn.bias, path + ("ffn",), "an ffn other than mlp with biases")
+    _need(m.position is None or isinstance(m.position, A.Learned), ("position",),
+          "positions other than learned() or none")
+    _model_extras(m, {"embedding_norm", "pooler", "type_vocab"})
+    config = {"model_type": "deberta-v2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "num_hidden_layers": len(m.layers), "num_attention_heads": a.heads, "intermediate_size": b.ffn.hidden,
+              "hidden_act": HF_ACTIVATIONS[b.ffn.act], "max_position_embeddings": m.context,
+              "type_vocab_size": m.type_vocab, "layer_norm_eps": eps, "dtype": _dtype(m),
+              "relative_attention": True, "pos_att_type": list(a.terms), "position_buckets": a.buckets or -1,
+              "max_relative_positions": a.max_relative or -1, "share_att_key": a.share_keys,
+              "norm_rel_ebd": "layer_norm" if a.rel_norm is not None else "none",
+              "position_biased_input": m.position is not None}
+    _need(a.heads * a.head_dim == m.d_model, path + ("attention", "head_dim"),
+          "heads · head_dim other than d_model (deberta-v2's attention output is d_model wide)")
+    head = m.head
+    _need(m.pooler == isinstance(head, A.ClassifierHead), ("pooler",),
+          "a pooler without the classifier (deberta-v2's pooler belongs to DebertaV2ForSequenceClassification)"
+          if m.pooler else "a classifier without the pooler")
+    if head is None:
+        return {**config, "architectures": ["DebertaV2Model"]}
+    if isinstance(head, A.MLMHead):
+        _need(head.act == b.ffn.act, ("head", "act"), f"head act {head.act}: deberta-v2's head uses the FFN's")
+        _need(head.norm.kind == "layernorm" and head.norm.eps == eps and head.norm.bias, ("head", "norm"),
+              f"head norm {head.norm.kind}(eps = {head.norm.eps}): deberta-v2's is layernorm with the model's eps")
+        _need(head.bias and m.tie_embeddings, ("head",), "an untied head or one without its output bias")
+        return {**config, "architectures": ["DebertaV2ForMaskedLM"], "tie_word_embeddings": True}
+    return {**config, "architectures": ["DebertaV2ForSequenceClassification"], "num_labels": head.labels,
+            "cls_dropout": head.dropout, "pooler_hidden_act": HF_ACTIVATIONS[m.pooler_act or "tanh"]}
+
+
 def _period(flags: list[bool]) -> tuple[int, int] | None:
     """(period, offset) with flags[i] == (i % period == offset) for every i, if there is one."""
     n = len(flags)
@@ -1919,6 +1972,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "electra": _electra,
     "zamba2": _zamba2,
     "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1951,6 +2005,7 @@ ARCHITECTURES = {
     "electra": "ElectraModel",
     "zamba2": "Zamba2ForCausalLM",
     "modernbert": "ModernBertModel",
+    "deberta-v2": "DebertaV2Model",
 }
 
 

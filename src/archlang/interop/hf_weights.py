@@ -427,6 +427,32 @@ def _albert(c, r: _Rules) -> None:
     r.op("classifier", "classifier", "classifier")
 
 
+def _deberta_v2(c, r: _Rules) -> None:
+    pre = "deberta." if any(k.startswith("deberta.") for k in r.keys) else ""
+    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
+    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
+    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    r.op("rel_embedding", "layers_rel_embed", f"{pre}encoder")
+    for mine, hf in op_def("mlm_head").hf_params.items():  # the legacy head (cls.predictions), or lm_predictions
+        if mine != "decoder_weight":
+            r.add(f"mlm_head.{mine}", f"cls.predictions.{hf}")
+            r.add(f"mlm_head.{mine}", f"lm_predictions.lm_head.{hf.removeprefix('transform.')}")
+    r.linear("pooler", "pooler.dense")  # the ContextPooler of DebertaV2ForSequenceClassification
+    r.op("classifier", "classifier", "classifier")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
+        projections = (("o_proj", "attention.output.dense"), ("attn_norm", "attention.output.LayerNorm"),
+                       ("up_proj", "intermediate.dense"), ("down_proj", "output.dense"), ("ffn_norm", "output.LayerNorm"))
+        if c.relative_attention:  # the disentangled attention holds q/k/v and the position projections
+            r.op("disentangled_attention", f"{p}attn", f"{q}attention.self")
+        else:  # without relative terms it is mha with plain projections
+            projections += (("q_proj", "attention.self.query_proj"), ("k_proj", "attention.self.key_proj"),
+                            ("v_proj", "attention.self.value_proj"))
+        for ours, theirs in projections:
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
 def _electra(c, r: _Rules) -> None:
     pre = "electra." if any(k.startswith("electra.") for k in r.keys) else ""
     r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
@@ -943,6 +969,7 @@ _FAMILIES = {
     "electra": _electra,
     "zamba2": _zamba2,
     "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
 }
 
 
