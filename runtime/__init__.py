@@ -40,3 +40,4 @@ from .gated_linear import KDA  # noqa: E402  (Kimi Delta Attention: its core, an
 from .linear_mixers import KDALayer  # noqa: E402
 
 __all__ += ["KDA", "KDALayer"]
+from .blt import ByteLatentTransformer, StackSpec  # noqa: E402  (the Byte Latent Transformer and its stacks)

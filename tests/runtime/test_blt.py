@@ -1,0 +1,190 @@
+"""The Byte Latent Transformer's runtime against Hugging Face's BltForCausalLM (every weight
+perturbed), and its n-gram hash and entropy patcher against plain re-expressions of the
+published algorithm."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from archlang.runtime.blt import (ByteLatentTransformer, StackSpec, entropy_patch_starts, ngram_hash_ids,
+                                  split_long_patches)
+
+transformers = pytest.importorskip("transformers")
+
+_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+          "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
+          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj",
+          "mlp.down_proj": "down_proj"}
+_CROSS = {"q_norm": "q_norm", "k_norm": "kv_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
+          "o_proj": "o_proj"}
+_RULES = [
+    (r"model\.local_encoder\.embed_tokens\.", "embed.embed."),
+    (r"model\.encoder_hash_tok_embedding\.", "embed.hash_embed."),
+    (r"model\.patcher\.embed_tokens\.", "entropy.embed."),
+    (r"model\.patcher\.norm\.", "entropy.final_norm."),
+    (r"model\.patcher\.lm_head\.", "entropy.lm_head."),
+    (r"model\.patcher\.layers\.(\d+)\.(.+)\.weight", lambda m: f"entropy.layers.{m[1]}.{_LAYER[m[2]]}.weight"),
+    (r"model\.local_encoder\.layers\.(\d+)\.(.+)\.weight", lambda m: f"encoder.{m[1]}.{_LAYER[m[2]]}.weight"),
+    (r"model\.local_encoder\.patch_embedding_projection\.", "encoder_patch_proj."),
+    (r"model\.local_encoder\.cross_attn_layers\.(\d+)\.(.+)\.weight",
+     lambda m: f"encoder_cross.{m[1]}.{_CROSS[m[2]]}.weight"),
+    (r"model\.global_transformer\.token_embedding_projection\.", "global_in_proj."),
+    (r"model\.global_transformer\.layers\.(\d+)\.(.+)\.weight", lambda m: f"global_layers.{m[1]}.{_LAYER[m[2]]}.weight"),
+    (r"model\.local_decoder\.patch_embedding_projection\.", "decoder_patch_proj."),
+    (r"model\.local_decoder\.cross_attn_layers\.(\d+)\.(.+)\.weight",
+     lambda m: f"decoder_cross.{m[1]}.{_CROSS[m[2]]}.weight"),
+    (r"model\.local_decoder\.layers\.(\d+)\.(.+)\.weight", lambda m: f"decoder.{m[1]}.{_LAYER[m[2]]}.weight"),
+    (r"model\.local_decoder\.norm\.", "final_norm."),
+    (r"lm_head\.", "lm_head."),
+]
+
+
+def hf_name_to_runtime(name: str) -> str:
+    for pattern, repl in _RULES:
+        m = re.fullmatch(pattern + (".*" if isinstance(repl, str) else ""), name)
+        if m:
+            return re.sub("^" + pattern, repl, name) if isinstance(repl, str) else repl(m)
+    raise KeyError(name)
+
+
+def hf_config(patching: str = "entropy", **kw):
+    from transformers import BltConfig
+
+    def stack(hidden, layers, heads, kv, inter, theta, **extra):
+        return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": kv, "intermediate_size": inter, "rope_parameters":
+                {"rope_type": "default", "rope_theta": theta}, "rms_norm_eps": 1e-5, **extra}
+
+    args = dict(
+        vocab_size=260, patching_mode=patching, patch_in_forward=patching == "entropy", patch_size=4,
+        patching_threshold=kw.pop("threshold", 5.0), local_attention_window_len=kw.pop("window", 6), cross_attn_k=2,
+        encoder_hash_byte_group_size=[3, 4, 5], encoder_hash_byte_group_vocab=97,
+        encoder_hash_byte_group_nb_functions=2,
+        patcher_config=stack(32, 2, 4, 2, 48, 10000.0, sliding_window=5),
+        encoder_config=stack(32, 2, 4, 2, 40, 500000.0, cross_attn_all_layers=kw.pop("encoder_all", True),
+                             cross_attn_k=2, hidden_size_global=48),
+        global_config=stack(48, 2, 4, 4, 64, 20000.0),
+        decoder_config=stack(32, 2, 4, 2, 56, 300000.0, cross_attn_all_layers=kw.pop("decoder_all", True),
+                             cross_attn_k=2, hidden_size_global=48),
+    )
+    args.update(kw)
+    return BltConfig(**args)
+
+
+def runtime_from_hf(config) -> ByteLatentTransformer:
+    def spec(c, window):
+        return StackSpec(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+                         c.intermediate_size, c.rope_parameters["rope_theta"], c.rms_norm_eps, window)
+
+    entropy = config.patching_mode == "entropy" and config.patch_in_forward
+    return ByteLatentTransformer(
+        config.vocab_size, spec(config.encoder_config, config.local_attention_window_len),
+        spec(config.global_config, None), spec(config.decoder_config, config.local_attention_window_len),
+        spec(config.patcher_config, config.patcher_config.sliding_window) if entropy else None,
+        ngrams=tuple(config.encoder_hash_byte_group_size), hash_buckets=config.encoder_hash_byte_group_vocab,
+        hash_functions=config.encoder_hash_byte_group_nb_functions, cross_k=config.cross_attn_k,
+        encoder_cross_all=config.encoder_config.cross_attn_all_layers,
+        decoder_cross_all=config.decoder_config.cross_attn_all_layers,
+        threshold=config.patching_threshold if entropy else None, max_patch=config.max_patch_length)
+
+
+def hf_pair(config):
+    from transformers import BltForCausalLM
+
+    from tests.interop.test_hf_parity import perturb
+
+    torch.manual_seed(0)
+    hf = perturb(BltForCausalLM(config).eval())
+    ours = runtime_from_hf(config).eval()
+    state = {hf_name_to_runtime(k): v for k, v in hf.state_dict().items()}
+    ours.load_state_dict(state, strict=True)
+    return hf, ours
+
+
+def _threshold_between(hf, tokens) -> float:
+    """A threshold in the widest gap between the entropy model's middle entropies, so rounding
+    cannot move a patch boundary."""
+    with torch.no_grad():
+        ent, _, _ = hf.model.patcher(tokens, patch_size=None)
+    values = ent[:, 1:].flatten().sort().values
+    n = len(values)
+    lo, hi = n // 4, 3 * n // 4
+    gaps = values[lo + 1:hi] - values[lo:hi - 1]
+    i = lo + int(gaps.argmax())
+    assert gaps.max() > 1e-3
+    return float((values[i] + values[i + 1]) / 2)
+
+
+TOKENS = torch.tensor([[72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 32, 66, 121, 116, 101, 115],
+                       [3, 250, 17, 17, 17, 42, 99, 100, 200, 7, 7, 8, 120, 121, 1, 2, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("encoder_all,decoder_all", [(True, True), pytest.param(False, False, marks=pytest.mark.slow)])
+def test_entropy_patching_matches_hf(encoder_all, decoder_all):
+    config = hf_config(encoder_all=encoder_all, decoder_all=decoder_all)
+    hf, _ = hf_pair(config)
+    config = hf_config(encoder_all=encoder_all, decoder_all=decoder_all, threshold=_threshold_between(hf, TOKENS))
+    hf, ours = hf_pair(config)
+    with torch.no_grad():
+        want = hf(TOKENS, use_cache=False).logits
+        got = ours(TOKENS)
+        lengths = ours.patch_lengths(TOKENS)
+    assert 2 < lengths.shape[1] < TOKENS.shape[1]  # real patches of several bytes, rows that differ
+    assert not torch.equal(lengths[0], lengths[1])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_byte_patching_matches_hf():
+    hf, ours = hf_pair(hf_config(patching="byte"))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(TOKENS), hf(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_long_patches_are_split_as_hf_splits_them():
+    hf, _ = hf_pair(hf_config())
+    config = hf_config(threshold=_threshold_between(hf, TOKENS), max_patch_length=2)
+    hf, ours = hf_pair(config)
+    with torch.no_grad():
+        assert ours.patch_lengths(TOKENS).max() <= 2
+        torch.testing.assert_close(ours(TOKENS), hf(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_greedy_generation_matches_hf_without_cache():
+    hf, ours = hf_pair(hf_config(patching="byte"))
+    prompt = TOKENS[:1, :6]
+    want = hf.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(ours.generate(prompt, 5), want)
+
+
+# ---------------------------------------------------------------------------- plain re-expressions
+def _wrap64(v: int) -> int:
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >> 63 else v
+
+
+def test_ngram_hash_is_the_published_polynomial_hash():
+    """hash(b[t-n+1..t]) = sum_i b[t-n+1+i] * prime**i in two's-complement int64, then mod buckets."""
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 260, (2, 12), generator=gen)
+    for n in (1, 3, 8):
+        for prime in (1000000007, 9576890767):
+            got = ngram_hash_ids(tokens, n, prime, 500002)
+            for b in range(2):
+                row = [0] * (n - 1) + tokens[b].tolist()
+                want = [_wrap64(sum(row[t + i] * prime**i for i in range(n))) % 500002 for t in range(12)]
+                assert got[b].tolist() == want
+
+
+def test_entropy_patch_starts_follow_the_rule():
+    """Bytes 0 and 1 start patches; byte t >= 2 starts one when entropy[t - 1] > threshold."""
+    ent = torch.tensor([[9.0, 0.1, 2.0, 0.5, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0, 7.0]])
+    starts = entropy_patch_starts(ent, 1.0)
+    assert starts == [[t for t in range(7) if t < 2 or ent[0, t - 1] > 1.0],
+                      [t for t in range(7) if t < 2 or ent[1, t - 1] > 1.0]]
+    assert starts[1] == [0, 1, 6]  # the last prediction is uncertain: an empty patch at T
+    assert split_long_patches([5, 1, 4, 0, -1], 2) == [2, 2, 1, 1, 2, 2]
