@@ -219,7 +219,7 @@ class ByteLatentTransformer(nn.Module):
     def __init__(self, vocab: int, encoder: StackSpec, global_: StackSpec, decoder: StackSpec,
                  entropy: StackSpec | None, *, ngrams: tuple[int, ...], hash_buckets: int, hash_functions: int,
                  cross_k: int, encoder_cross_all: bool, decoder_cross_all: bool, threshold: float | None = None,
-                 max_patch: int | None = None):
+                 max_patch: int | None = None, final_eps: float | None = None):
         super().__init__()
         if encoder.dim != decoder.dim:
             raise ValueError("the local decoder reads the local encoder's byte states: their widths must agree")
@@ -240,7 +240,7 @@ class ByteLatentTransformer(nn.Module):
             PatchCrossAttention(decoder.dim, decoder.heads, decoder.kv_heads, decoder.eps)
             for _ in range(decoder.layers if decoder_cross_all else 1))
         self.decoder = nn.ModuleList(BltLayer(decoder) for _ in range(decoder.layers))
-        self.final_norm = RMSNorm(decoder.dim, eps=decoder.eps)
+        self.final_norm = RMSNorm(decoder.dim, eps=decoder.eps if final_eps is None else final_eps)
         self.lm_head = nn.Linear(decoder.dim, vocab, bias=False)
 
     @torch.no_grad()

@@ -978,7 +978,7 @@ def build_model(program: Program, name: str, *, syntax_errors_reported: bool = F
         b.spans[("blocks", block_name, "name")] = merged.block_spans[block_name]
         blocks[block_name] = {"name": block_name, **b.fields(assigns, ("blocks", block_name), A.Block, A.BLOCK_FIELDS,
                                                              f"block `{block_name}`")}
-    for stack in ("layers", "encoder_layers", "decoder_layers"):
+    for stack in ("layers", "encoder_layers", "decoder_layers", "entropy_layers", "global_layers"):
         if stack in data and not isinstance(data[stack], list):
             value = data.pop(stack)
             b.errors.append(ArchError(

@@ -10,6 +10,7 @@ from . import s4  # noqa: F401  (registers)
 from . import rwkv  # noqa: F401  (registers)
 from . import rglru  # noqa: F401  (registers)
 from . import lightning  # noqa: F401  (registers)
+from . import blt  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -188,3 +188,83 @@ def test_entropy_patch_starts_follow_the_rule():
                       [t for t in range(7) if t < 2 or ent[1, t - 1] > 1.0]]
     assert starts[1] == [0, 1, 6]  # the last prediction is uncertain: an empty patch at T
     assert split_long_patches([5, 1, 4, 0, -1], 2) == [2, 2, 1, 1, 2, 2]
+
+
+# ---------------------------------------------------------------------------- the language
+SPEC = """
+model blt_tiny {
+    family = byte_latent
+    vocab = 260
+    d_model = 32
+    context = 64
+    dtype = fp32
+    position = rope(theta = 500000)
+    final_norm = rmsnorm(eps = 1e-5)
+    byte_latent = byte_latent(global_d_model = 48, cross_k = 2, window = 6, encoder_cross = all,
+                              decoder_cross = all, ngrams = [3, 4, 5], hash_vocab = 97, hash_functions = 2,
+                              patching = entropy, threshold = THRESHOLD, entropy_d_model = 32, entropy_window = 5)
+    block entropy {
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+        position = rope(theta = 10000)
+    }
+    block encoder {
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 40)
+    }
+    block decoder extends encoder {
+        ffn = swiglu(hidden = 56)
+        position = rope(theta = 300000)
+    }
+    block latent {
+        norm = rmsnorm(eps = 1e-5)
+        attention = mha(heads = 4, head_dim = 12)
+        ffn = swiglu(hidden = 64)
+        position = rope(theta = 20000)
+    }
+    entropy_layers = entropy * 2
+    encoder_layers = encoder * 2
+    global_layers = latent * 2
+    decoder_layers = decoder * 2
+}
+"""
+
+
+def test_spec_compiles_to_a_module_equal_to_hf():
+    """The spec above says what hf_config() says: its compiled module, given HF's weights, gives
+    HF's logits, and `archc stats` counts HF's parameters."""
+    from archlang.api import compile_spec, load_source
+    from archlang.compiler.facts import compute_facts
+
+    hf, _ = hf_pair(hf_config())
+    threshold = _threshold_between(hf, TOKENS)
+    hf, ours = hf_pair(hf_config(threshold=threshold))
+    compiled = compile_spec(SPEC.replace("THRESHOLD", repr(threshold)))
+    model = load_source(compiled.source, "blt_tiny_module").build().eval()
+    model.blt.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(TOKENS), hf(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+    facts = compute_facts(compiled.graph)
+    assert facts.params_total == sum(p.numel() for p in hf.parameters())
+    assert facts.bytes_per_patch == 4.5 and abs(facts.flops_per_patch - facts.flops_per_token * 4.5) < 5
+
+
+@pytest.mark.parametrize("edit,message,line", [
+    ("ffn = swiglu(hidden = 56)", "ffn = mlp(hidden = 56)", "FFN is swiglu"),
+    ("attention = mha(heads = 4, head_dim = 12)", "attention = mha(heads = 4, head_dim = 8)", "must be the stack's width"),
+    ("patching = entropy,", "patching = bytes,", "belongs to entropy patching"),
+    ("attention = gqa(heads = 4, kv_heads = 2)\n        ffn = swiglu(hidden = 40)",
+     "attention = gqa(heads = 4, kv_heads = 2, window = 4)\n        ffn = swiglu(hidden = 40)", "not implemented"),
+])
+def test_what_the_runtime_cannot_compute_is_refused_where_it_is_written(edit, message, line):
+    from archlang.spec.errors import ArchError, ArchErrors
+    from archlang.spec.resolve import load_models
+
+    text = SPEC.replace("THRESHOLD", "1.0").replace(edit, message)
+    assert text != SPEC.replace("THRESHOLD", "1.0")
+    with pytest.raises((ArchError, ArchErrors)) as info:
+        load_models(source=text, name="blt.arch")
+    errors = getattr(info.value, "errors", [info.value])
+    assert any(line in str(e) and e.span is not None and e.span.line > 1 for e in errors), [str(e) for e in errors]
