@@ -609,6 +609,14 @@ class _Builder:
         if kinds is None:
             return
         got = _value_kind(v)
+        if got == VT.LIST and got in kinds:
+            items = VT.element_kinds(annotation) or frozenset()
+            spans = [x.span for x in expr.items] if isinstance(expr, S.ListExpr) else [expr.span] * len(v)
+            for x, span in zip(v, spans):
+                if not isinstance(x, (S.Call, LayerList, list)) and _value_kind(x) not in items:
+                    raise ArchError(f"`{field_name}`: each item is expected to be {VT.describe_expected(items)}, "
+                                    f"got {VT.describe_kind(_value_kind(x))}", span, kind="type")
+            return
         if got in kinds:
             return
         if got == VT.WORD:  # a bare word that names no constant or block
