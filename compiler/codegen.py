@@ -213,6 +213,7 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
                   f"# passes: {', '.join(passes or []) or 'none'}")
         config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype")}
         config["stacks"] = {k: len(v) for k, v in g.graph["stacks"].items()}
+        config["tie_embeddings"] = False  # the LM head is its own tensor (checkpoint loading asks)
         text = generate_byte_latent(g, header=header, model_class=class_name(g.graph["name"]), spec_name=spec_name,
                                     config=pprint.pformat(config, width=WIDTH, sort_dicts=False), wrap=wrap_call)
         _check_top_level_names(text)

@@ -186,7 +186,6 @@ def generate_byte_latent(g, *, header: str, model_class: str, spec_name: str, co
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import archlang.runtime as rt
 
@@ -194,7 +193,7 @@ SPEC = {spec_name!r}
 CONFIG = {config}
 
 
-class {model_class}(nn.Module):
+class {model_class}(rt.ArchModel):
     """Bytes → patches → global transformer → bytes: next-byte logits (runtime/blt.py)."""
 
     config = CONFIG

@@ -4,8 +4,6 @@ published algorithm."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -14,40 +12,12 @@ from archlang.runtime.blt import (ByteLatentTransformer, StackSpec, entropy_patc
 
 transformers = pytest.importorskip("transformers")
 
-_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-          "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
-          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj",
-          "mlp.down_proj": "down_proj"}
-_CROSS = {"q_norm": "q_norm", "k_norm": "kv_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
-          "o_proj": "o_proj"}
-_RULES = [
-    (r"model\.local_encoder\.embed_tokens\.", "embed.embed."),
-    (r"model\.encoder_hash_tok_embedding\.", "embed.hash_embed."),
-    (r"model\.patcher\.embed_tokens\.", "entropy.embed."),
-    (r"model\.patcher\.norm\.", "entropy.final_norm."),
-    (r"model\.patcher\.lm_head\.", "entropy.lm_head."),
-    (r"model\.patcher\.layers\.(\d+)\.(.+)\.weight", lambda m: f"entropy.layers.{m[1]}.{_LAYER[m[2]]}.weight"),
-    (r"model\.local_encoder\.layers\.(\d+)\.(.+)\.weight", lambda m: f"encoder.{m[1]}.{_LAYER[m[2]]}.weight"),
-    (r"model\.local_encoder\.patch_embedding_projection\.", "encoder_patch_proj."),
-    (r"model\.local_encoder\.cross_attn_layers\.(\d+)\.(.+)\.weight",
-     lambda m: f"encoder_cross.{m[1]}.{_CROSS[m[2]]}.weight"),
-    (r"model\.global_transformer\.token_embedding_projection\.", "global_in_proj."),
-    (r"model\.global_transformer\.layers\.(\d+)\.(.+)\.weight", lambda m: f"global_layers.{m[1]}.{_LAYER[m[2]]}.weight"),
-    (r"model\.local_decoder\.patch_embedding_projection\.", "decoder_patch_proj."),
-    (r"model\.local_decoder\.cross_attn_layers\.(\d+)\.(.+)\.weight",
-     lambda m: f"decoder_cross.{m[1]}.{_CROSS[m[2]]}.weight"),
-    (r"model\.local_decoder\.layers\.(\d+)\.(.+)\.weight", lambda m: f"decoder.{m[1]}.{_LAYER[m[2]]}.weight"),
-    (r"model\.local_decoder\.norm\.", "final_norm."),
-    (r"lm_head\.", "lm_head."),
-]
+def hf_name_to_runtime(config, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF's tensors under the runtime module's names (the importer's rules, less the generated
+    module's `blt.` prefix)."""
+    from archlang.interop.hf_weights import to_archlang
 
-
-def hf_name_to_runtime(name: str) -> str:
-    for pattern, repl in _RULES:
-        m = re.fullmatch(pattern + (".*" if isinstance(repl, str) else ""), name)
-        if m:
-            return re.sub("^" + pattern, repl, name) if isinstance(repl, str) else repl(m)
-    raise KeyError(name)
+    return {k.removeprefix("blt."): v for k, v in to_archlang(config, state).items()}
 
 
 def hf_config(patching: str = "entropy", **kw):
@@ -99,8 +69,7 @@ def hf_pair(config):
     torch.manual_seed(0)
     hf = perturb(BltForCausalLM(config).eval())
     ours = runtime_from_hf(config).eval()
-    state = {hf_name_to_runtime(k): v for k, v in hf.state_dict().items()}
-    ours.load_state_dict(state, strict=True)
+    ours.load_state_dict(hf_name_to_runtime(config, hf.state_dict()), strict=True)
     return hf, ours
 
 

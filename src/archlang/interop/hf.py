@@ -6,7 +6,7 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear. The encoders (bert, albert) come with the head of the class the config's
+minimax, falcon_h1, kimi_linear, blt. The encoders (bert, albert) come with the head of the class the config's
 `architectures` names: the base model, its masked-LM head, or its sequence classifier.
 """
 
@@ -1094,6 +1094,43 @@ def _t5(c, name: str) -> str:
     return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face t5 config.")
 
 
+def _blt(c, name: str) -> str:
+    """The Byte Latent Transformer: one block per stack (entropy model, local encoder, global
+    transformer, local decoder), each with its own width, RoPE base and SwiGLU width."""
+    enc, glob, dec, ent = c.encoder_config, c.global_config, c.decoder_config, c.patcher_config
+    entropy = c.patching_mode == "entropy" and c.patch_in_forward
+
+    def block(s) -> dict[str, Any]:
+        heads, kv = s.num_attention_heads, s.num_key_value_heads or s.num_attention_heads
+        kind = "mha" if kv == heads else "gqa"
+        head_dim = s.hidden_size // heads if s.hidden_size != enc.hidden_size else None
+        return {"norm": call("rmsnorm", eps=s.rms_norm_eps),
+                "attention": call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=head_dim),
+                "ffn": call("swiglu", hidden=s.intermediate_size),
+                "position": call("rope", theta=float(s.rope_parameters["rope_theta"]))}
+
+    byte_latent = call("byte_latent", global_d_model=glob.hidden_size, cross_k=c.cross_attn_k,
+                       window=c.local_attention_window_len,
+                       encoder_cross="all" if enc.cross_attn_all_layers else "last",
+                       decoder_cross="all" if dec.cross_attn_all_layers else "first",
+                       ngrams=Raw(_numbers(c.encoder_hash_byte_group_size)),
+                       hash_vocab=c.encoder_hash_byte_group_vocab,
+                       hash_functions=c.encoder_hash_byte_group_nb_functions,
+                       patching="entropy" if entropy else "bytes",
+                       threshold=float(c.patching_threshold) if entropy else None,
+                       entropy_d_model=ent.hidden_size if entropy else None,
+                       entropy_window=ent.sliding_window if entropy else None, max_patch=c.max_patch_length)
+    fields = {"family": "byte_latent", "vocab": c.vocab_size, "d_model": enc.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
+              "final_norm": call("rmsnorm", eps=dec.rms_norm_eps), "byte_latent": byte_latent}
+    blocks = {"entropy": block(ent)} if entropy else {}
+    blocks.update(encoder=block(enc), latent=block(glob), decoder=block(dec))
+    layers = {"entropy_layers": f"entropy * {ent.num_hidden_layers}"} if entropy else {}
+    layers.update(encoder_layers=f"encoder * {enc.num_hidden_layers}", global_layers=f"latent * {glob.num_hidden_layers}",
+                  decoder_layers=f"decoder * {dec.num_hidden_layers}")
+    return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face blt config.")
+
+
 def _runs(kinds: list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for k in kinds:
@@ -1125,6 +1162,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
+    "blt": _blt,
 }
 
 

@@ -819,6 +819,43 @@ def _kimi_linear(c, r: _Rules) -> None:
         layouts(f"{p}moe.shared_down", f"{mlp}shared_experts.down_proj.weight", f"{disk}shared_experts.down_proj.weight")
 
 
+# The Byte Latent Transformer's layers (HF name → runtime/blt.py's), its cross-attentions likewise.
+_BLT_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "q_proj",
+              "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj", "self_attn.o_proj": "o_proj",
+              "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "down_proj"}
+_BLT_CROSS = {"q_norm": "q_norm", "k_norm": "kv_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
+              "o_proj": "o_proj"}
+
+
+def _blt(c, r: _Rules) -> None:
+    """One module, `blt` (runtime/blt.py's ByteLatentTransformer), holds every weight."""
+    enc, dec = c.encoder_config, c.decoder_config
+
+    def layers(ours: str, theirs: str, n: int, names: dict[str, str]) -> None:
+        for i in range(n):
+            for hf, mine in names.items():
+                r.add(f"blt.{ours}.{i}.{mine}.weight", f"model.{theirs}.{i}.{hf}.weight")
+
+    r.add("blt.embed.embed.weight", "model.local_encoder.embed_tokens.weight")
+    r.add("blt.embed.hash_embed.weight", "model.encoder_hash_tok_embedding.weight")
+    r.add("blt.entropy.embed.weight", "model.patcher.embed_tokens.weight")
+    layers("entropy.layers", "patcher.layers", c.patcher_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.entropy.final_norm.weight", "model.patcher.norm.weight")
+    r.add("blt.entropy.lm_head.weight", "model.patcher.lm_head.weight")
+    layers("encoder", "local_encoder.layers", enc.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.encoder_patch_proj.weight", "model.local_encoder.patch_embedding_projection.weight")
+    layers("encoder_cross", "local_encoder.cross_attn_layers", enc.num_hidden_layers if enc.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    r.add("blt.global_in_proj.weight", "model.global_transformer.token_embedding_projection.weight")
+    layers("global_layers", "global_transformer.layers", c.global_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.decoder_patch_proj.weight", "model.local_decoder.patch_embedding_projection.weight")
+    layers("decoder_cross", "local_decoder.cross_attn_layers", dec.num_hidden_layers if dec.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    layers("decoder", "local_decoder.layers", dec.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.final_norm.weight", "model.local_decoder.norm.weight")
+    r.add("blt.lm_head.weight", "lm_head.weight")
+
+
 _FAMILIES = {
     "llama": _llama_family, "mistral": _llama_family, "qwen2": _llama_family, "mixtral": _llama_family,
     "qwen2_moe": _llama_family, "gemma2": _llama_family, "qwen3": _llama_family, "olmo2": _llama_family,
@@ -843,6 +880,7 @@ _FAMILIES = {
     "minimax": _minimax,
     "falcon_h1": _falcon_h1,
     "kimi_linear": _kimi_linear,
+    "blt": _blt,
 }
 
 

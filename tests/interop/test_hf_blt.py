@@ -1,0 +1,98 @@
+"""The blt family: a Hugging Face BltForCausalLM imported through its config and weights gives
+its logits (every weight perturbed), every key of its config and sub-configs is classified, and
+what archlang cannot compute is refused naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from archlang.interop import hf_config
+from archlang.interop.hf import from_hf, spec_from_config
+from archlang.spec.errors import ArchError
+
+from tests.runtime.test_blt import TOKENS, _threshold_between, hf_config as tiny_config, hf_pair
+
+T = pytest.importorskip("transformers")
+
+
+def _imported(config):
+    from transformers import BltForCausalLM
+
+    from tests.interop.test_hf_parity import perturb
+
+    torch.manual_seed(0)
+    hf = perturb(BltForCausalLM(config).eval())
+    return hf, from_hf(hf).eval()
+
+
+@pytest.mark.parametrize("patching", ["entropy", "byte"])
+def test_from_hf_gives_hf_logits(patching):
+    config = tiny_config(patching=patching, encoder_all=patching == "byte", decoder_all=patching == "entropy")
+    if patching == "entropy":  # a threshold away from every entropy, so rounding moves no boundary
+        hf, _ = hf_pair(config)
+        config = tiny_config(patching=patching, encoder_all=False, decoder_all=True,
+                             threshold=_threshold_between(hf, TOKENS))
+    hf, ours = _imported(config)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(TOKENS), hf(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+    if patching == "entropy":
+        assert 2 < ours.blt.patch_lengths(TOKENS).shape[1] < TOKENS.shape[1]
+
+
+def test_imported_spec_says_what_the_config_says():
+    text = spec_from_config(tiny_config(threshold=1.5, max_patch_length=8))
+    for line in ("family = byte_latent", "global_d_model = 48", "ngrams = [3, 4, 5]", "hash_vocab = 97",
+                 "hash_functions = 2", "threshold = 1.5", "entropy_window = 5", "max_patch = 8", "window = 6",
+                 "encoder_cross = all", "entropy_layers = entropy * 2", "global_layers = latent * 2",
+                 "attention = mha(heads = 4, head_dim = 12)", "position = rope(theta = 20000)"):
+        assert line in text, line
+    assert "entropy" not in spec_from_config(tiny_config(patching="byte")).split("patching = bytes")[1]
+
+
+@pytest.mark.parametrize("sub", sorted(hf_config.BLT_SUBCONFIGS))
+def test_every_sub_config_key_is_classified(sub):
+    keys = T.AutoConfig.for_model("blt").to_dict()[sub]
+    table = {**hf_config.SHARED, **hf_config.BLT_SUBCONFIGS[sub]}
+    assert not set(keys) - set(table), sorted(set(keys) - set(table))
+    for name, rule in hf_config.BLT_SUBCONFIGS[sub].items():
+        assert rule.how != "irrelevant" or rule.reason, f"{sub}.{name}"
+
+
+def _refused(**overrides) -> str:
+    config = tiny_config(**overrides).to_dict()
+    with pytest.raises(ArchError) as err:
+        spec_from_config(config)
+    return str(err.value)
+
+
+def _with_sub(sub: str, **values):
+    config = tiny_config().to_dict()
+    config[sub] = {**config[sub], **values}
+    with pytest.raises(ArchError) as err:
+        spec_from_config(config)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (dict(patching_mode="space", patch_in_forward=False), "'patching_mode'"),
+    (dict(tie_word_embeddings=True), "'tie_word_embeddings'"),
+    (dict(patching="byte", patch_in_forward=True), "'patch_in_forward'"),  # an entropy model built, never run
+    (dict(patch_size=None), "'patch_size'"),
+])
+def test_values_archlang_lacks_are_refused(overrides, needle):
+    assert needle in _refused(**overrides)
+
+
+@pytest.mark.parametrize("sub,values,needle", [
+    ("encoder_config", dict(hidden_act="gelu"), "hidden_act"),
+    ("global_config", dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}), "rope_parameters"),
+    ("decoder_config", dict(dropout=0.1), "dropout"),
+    ("decoder_config", dict(hidden_size_global=64), "hidden_size_global"),
+    ("encoder_config", dict(cross_attn_k=3), "cross_attn_k"),
+    ("patcher_config", dict(vocab_size=300), "vocab_size"),
+    ("patcher_config", dict(some_new_switch=1), "'some_new_switch'"),
+])
+def test_sub_config_values_archlang_lacks_are_refused(sub, values, needle):
+    message = _with_sub(sub, **values)
+    assert f"'{sub}'" in message and needle in message, message
