@@ -96,3 +96,29 @@ def test_values_archlang_lacks_are_refused(overrides, needle):
 def test_sub_config_values_archlang_lacks_are_refused(sub, values, needle):
     message = _with_sub(sub, **values)
     assert f"'{sub}'" in message and needle in message, message
+
+
+def test_published_blt_1b_count_equals_transformers():
+    """facebook/blt-1b's hyper-parameters (written out in tests/compiler/test_facts.py): the
+    imported spec's params_total equals transformers' meta-device count, and is the example's."""
+    from pathlib import Path
+
+    from archlang.api import compile_spec
+    from archlang.compiler.facts import compute_facts
+
+    from tests.compiler.test_facts import hf_model, hf_param_count
+
+    _, config = hf_model("blt_1b")
+    facts = compute_facts(compile_spec(spec_from_config(config, name="blt_1b")).graph)
+    assert facts.params_total == hf_param_count("blt_1b") == 4_633_391_872
+    example = Path(__file__).parents[2] / "examples" / "blt_1b.arch"
+    assert compute_facts(compile_spec(example).graph).params_total == facts.params_total
+
+
+def test_stats_table_shows_flops_per_patch(capsys):
+    from pathlib import Path
+
+    from archlang.cli import main
+
+    assert main(["stats", str(Path(__file__).parents[2] / "examples" / "blt_1b.arch")]) == 0
+    assert "FLOPs / patch (forward, 4.5 bytes)" in capsys.readouterr().out
