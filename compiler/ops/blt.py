@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, Saved, attr, register
 
 _LAYER = ("attn_norm", "q_proj", "k_proj", "v_proj", "o_proj", "ffn_norm", "gate_proj", "up_proj", "down_proj")
 
@@ -129,6 +129,24 @@ class ByteLatentOp(OpDef):
         per_patch += n_dec * k * 2 * 2 * dec["dim"] * (dec["dim"] // dec["heads"]) * dec["kv_heads"]
         return Cost(flops=per_byte + per_patch / L)
 
+    def saved(self, d, ctx):
+        """Per byte, what each layer's backward keeps (norm inputs and outputs, q/k/v and the
+        attention output, the SwiGLU's gate, up and product, and the probabilities unless they
+        are recomputed); the global stack's per patch over the assumed bytes per patch. The
+        entropy model runs without gradients and keeps nothing."""
+        a = d["attrs"]
+        L = a["patch_length"]
+
+        def per_position(s: dict, keys: float) -> float:
+            hd = s["dim"] // s["heads"]
+            kept = 5 * s["dim"] + (2 * s["heads"] + 2 * s["kv_heads"]) * hd + 3 * s["hidden"]
+            kept += s["heads"] * keys if ctx.keep_probabilities else 0
+            return s["layers"] * kept * ctx.nbytes
+
+        local = lambda s: per_position(s, min(s["window"] or ctx.seq, ctx.seq))  # noqa: E731
+        patches = max(ctx.seq / L, 1.0)
+        return Saved(private_bytes=local(a["encoder"]) + local(a["decoder"]) + per_position(a["global"], patches) / L)
+
     def module(self, d, emit):
         a = d["attrs"]
 
@@ -212,3 +230,42 @@ class {model_class}(rt.ArchModel):
 def build() -> {model_class}:
     return {model_class}()
 '''
+
+
+def shrink_byte_latent(model, *, heads_of, hidden: int, vocab: int, context: int):
+    """The small stand-in of a byte_latent model (compiler/tiny.py): each stack keeps its block's
+    head grouping (`heads_of(heads, kv_heads)`) at head widths that fill its stack's width, the
+    local stacks share one width, SwiGLUs are `hidden` wide, the hash tables and windows shrink."""
+    import math
+
+    from archlang.spec import ast as A
+
+    bl = model.byte_latent
+    shrunk = {name: heads_of(b.attention.heads, b.attention.kv_heads or b.attention.heads)
+              for name, b in model.blocks.items()}
+    local = {model.encoder_layers[0], model.decoder_layers[0]}
+    d_model = 8 * math.lcm(*(shrunk[name][0] for name in local))
+    widths = {name: d_model for name in local}
+    for field, scale in (("global_layers", 16), ("entropy_layers", 8)):
+        for name in set(getattr(model, field)):
+            widths[name] = shrunk[name][0] * scale
+    blocks = {}
+    for name, b in model.blocks.items():
+        heads, kv = shrunk[name]
+        kind = "mha" if heads == kv else "gqa"
+        attention = (A.MHA(kind="mha", heads=heads, head_dim=widths[name] // heads) if kind == "mha" else
+                     A.GQA(kind="gqa", heads=heads, kv_heads=kv, head_dim=widths[name] // heads))
+        blocks[name] = b.model_copy(update={"attention": attention,
+                                            "ffn": b.ffn.model_copy(update={"hidden": hidden})})
+    window = lambda w: None if w is None else min(w, context // 2)  # noqa: E731
+    entropy = bl.patching == "entropy"
+    byte_latent = bl.model_copy(update={
+        "global_d_model": widths[model.global_layers[0]], "hash_vocab": min(bl.hash_vocab, 64),
+        "window": window(bl.window), "entropy_window": window(bl.entropy_window) if entropy else None,
+        "entropy_d_model": widths[model.entropy_layers[0]] if entropy else None})
+    data = model.model_dump()
+    data.update(vocab=min(model.vocab, vocab), d_model=d_model, context=min(model.context, context), dtype="float32",
+                blocks={k: v.model_dump() for k, v in blocks.items()}, byte_latent=byte_latent.model_dump())
+    small = A.Model.model_validate(data)
+    small._spans = model._spans
+    return small
