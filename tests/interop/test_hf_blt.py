@@ -4,6 +4,8 @@ what archlang cannot compute is refused naming the key."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,6 +50,8 @@ def test_imported_spec_says_what_the_config_says():
                  "attention = mha(heads = 4, head_dim = 12)", "position = rope(theta = 20000)"):
         assert line in text, line
     assert "entropy" not in spec_from_config(tiny_config(patching="byte")).split("patching = bytes")[1]
+    # config.json's null window (attend over the whole causal context) is a value, not a type error
+    assert "window = none" in spec_from_config(tiny_config(window=None).to_dict())
 
 
 @pytest.mark.parametrize("sub", sorted(hf_config.BLT_SUBCONFIGS))
@@ -122,3 +126,47 @@ def test_stats_table_shows_flops_per_patch(capsys):
 
     assert main(["stats", str(Path(__file__).parents[2] / "examples" / "blt_1b.arch")]) == 0
     assert "FLOPs / patch (forward, 4.5 bytes)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- export
+SPEC = (Path(__file__).parents[1] / "specs" / "byte_latent" / "blt_tiny.arch").read_text()
+# threshold 0: every byte starts a patch whatever the (perturbed) entropy model predicts, so a
+# rounding difference cannot move a boundary; the entropy model is still exported and run
+EXPORTED = {
+    "entropy": SPEC.replace("threshold = 1.3", "threshold = 0.0"),
+    "bytes": SPEC.replace("patching = entropy,", "patching = bytes,").replace("threshold = 1.3,", "")
+    .replace("entropy_d_model = 32,", "").replace("entropy_window = 5,", "")
+    .replace("entropy_layers = entropy * 2", "").replace("encoder_cross = all", "encoder_cross = last")
+    .replace("window = 6", "window = none, max_patch = 3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORTED))
+def test_export_round_trips_and_loads_in_transformers(case, tmp_path):
+    import archlang
+    from archlang.api import build, load_model
+    from archlang.interop.hf_export import _ir_text, export_config, export_hf
+
+    from tests.interop.test_hf_parity import perturb
+
+    spec = EXPORTED[case]
+    m = load_model(spec)
+    config = export_config(m)
+    assert config.model_type == "blt"
+    assert _ir_text(load_model(spec_from_config(config, name="back"))) == _ir_text(m)
+    torch.manual_seed(0)
+    ours = perturb(build(spec, passes="", dtype=torch.float32)).eval()
+    archlang.save(ours, tmp_path / "w.safetensors")
+    assert export_hf(spec, tmp_path / "hf", weights=tmp_path / "w.safetensors") == "blt"
+    theirs, info = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(TOKENS), theirs.eval()(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+
+
+def test_mean_patch_is_refused_on_export():
+    from archlang.api import load_model
+    from archlang.interop.hf_export import export_config
+
+    with pytest.raises(ArchError, match="mean_patch"):
+        export_config(load_model(SPEC.replace("threshold = 1.3,", "threshold = 1.3, mean_patch = 6,")))

@@ -930,6 +930,8 @@ CASES = {
     }}
     layers = [attn, linear, linear]
 }}""", "kimi_linear"),
+    # threshold 0: every byte starts a patch, whatever the perturbed entropy model predicts
+    "blt": ((SPECS / "byte_latent" / "blt_tiny.arch").read_text().replace("threshold = 1.3", "threshold = 0.0"), "blt"),
 }
 
 

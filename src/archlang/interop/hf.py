@@ -1100,14 +1100,17 @@ def _blt(c, name: str) -> str:
     enc, glob, dec, ent = c.encoder_config, c.global_config, c.decoder_config, c.patcher_config
     entropy = c.patching_mode == "entropy" and c.patch_in_forward
 
-    def block(s) -> dict[str, Any]:
+    def rope(s) -> Raw:
+        return call("rope", theta=float(s.rope_parameters["rope_theta"]))
+
+    def block(s) -> dict[str, Any]:  # the model's position is the encoder's
         heads, kv = s.num_attention_heads, s.num_key_value_heads or s.num_attention_heads
         kind = "mha" if kv == heads else "gqa"
         head_dim = s.hidden_size // heads if s.hidden_size != enc.hidden_size else None
         return {"norm": call("rmsnorm", eps=s.rms_norm_eps),
                 "attention": call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=head_dim),
                 "ffn": call("swiglu", hidden=s.intermediate_size),
-                "position": call("rope", theta=float(s.rope_parameters["rope_theta"]))}
+                "position": rope(s) if s is not enc else None}
 
     byte_latent = call("byte_latent", global_d_model=glob.hidden_size, cross_k=c.cross_attn_k,
                        window=c.local_attention_window_len,
@@ -1121,7 +1124,7 @@ def _blt(c, name: str) -> str:
                        entropy_d_model=ent.hidden_size if entropy else None,
                        entropy_window=ent.sliding_window if entropy else None, max_patch=c.max_patch_length)
     fields = {"family": "byte_latent", "vocab": c.vocab_size, "d_model": enc.hidden_size,
-              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "position": rope(enc),
               "final_norm": call("rmsnorm", eps=dec.rms_norm_eps), "byte_latent": byte_latent}
     blocks = {"entropy": block(ent)} if entropy else {}
     blocks.update(encoder=block(enc), latent=block(glob), decoder=block(dec))

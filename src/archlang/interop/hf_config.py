@@ -1044,7 +1044,8 @@ def _shown(value: Any) -> str:
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers",
-             "mamba_d_ssm"}  # falcon_h1: none takes the width from mamba_expand
+             "mamba_d_ssm",  # falcon_h1: none takes the width from mamba_expand
+             "local_attention_window_len"}  # blt: none attends over the whole causal context
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters",
            "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX
