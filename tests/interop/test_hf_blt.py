@@ -160,8 +160,11 @@ def test_export_round_trips_and_loads_in_transformers(case, tmp_path):
     assert export_hf(spec, tmp_path / "hf", weights=tmp_path / "w.safetensors") == "blt"
     theirs, info = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    back = from_hf(tmp_path / "hf").eval()  # and the folder imports back: config.json and safetensors
     with torch.no_grad():
-        torch.testing.assert_close(ours(TOKENS), theirs.eval()(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+        want = ours(TOKENS)
+        torch.testing.assert_close(want, theirs.eval()(TOKENS, use_cache=False).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(back(TOKENS), want, atol=1e-5, rtol=0)
 
 
 def test_mean_patch_is_refused_on_export():
