@@ -79,6 +79,11 @@ class _Lowerer:
     # ------------------------------------------------------------------ model
     def lower(self) -> nx.MultiDiGraph:
         m, b = self.m, self.b
+        if m.family == "byte_latent":  # one op: its patches are made from the data (compiler/ops/blt.py)
+            from .ops.blt import lower_byte_latent
+
+            lower_byte_latent(m, b)
+            return b.g
         if m.family == "encoder_decoder":
             enc_tokens = b.node("encoder_input_ids", "input", name="encoder_input_ids", outputs="encoder_input_ids",
                                 shape=("B", "S"), attrs={"role": "encoder_tokens"})

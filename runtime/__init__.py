@@ -52,3 +52,4 @@ __all__ += ["HeadTransform", "pool_tokens"]  # ModernBERT's classifier transform
 from .disentangled import DisentangledAttention, RelativeEmbeddings  # noqa: E402  (DeBERTa)
 
 __all__ += ["DisentangledAttention", "RelativeEmbeddings"]
+from .blt import ByteLatentTransformer, StackSpec  # noqa: E402  (the Byte Latent Transformer and its stacks)

@@ -995,6 +995,62 @@ class MTP(Node):
     loss_weight: NonNegFloat = 0.3
 
 
+class ByteLatent(Node):
+    """`byte_latent(global_d_model = 2048, ...)`: the Byte Latent Transformer (Pagnoni et al. 2024).
+    Bytes embed as a byte table plus hashed n-gram tables (each `ngrams` length, `hash_functions`
+    hashes, `hash_vocab` rows each); `encoder_layers` run over the bytes (d_model wide, attending
+    within `window`), their states are max-pooled into patches, `cross_k` queries per patch attend
+    to the patch's bytes (after the last encoder layer, or each: `encoder_cross = all`);
+    `global_layers` (global_d_model wide) run over the patches; `decoder_layers` read, by
+    cross-attention before the first layer (or each: `decoder_cross = all`), the patch that ends
+    before each byte, then predict the next byte. `patching = entropy`: a new patch starts where the
+    next-byte entropy of `entropy_layers` (entropy_d_model wide, attending within
+    `entropy_window`) exceeds `threshold`; `patching = bytes`: every byte is a patch. Long patches
+    are split at `max_patch`. `mean_patch` (bytes per patch) is an assumption for facts only. RoPE
+    in every stack rotates interleaved pairs, as the reference code does."""
+
+    kind: Literal["byte_latent"]
+    global_d_model: Dim
+    cross_k: Dim = 2
+    window: Dim | None = None
+    encoder_cross: Literal["last", "all"] = "last"
+    decoder_cross: Literal["first", "all"] = "all"
+    ngrams: tuple[Dim, ...] = (3, 4, 5, 6, 7, 8)
+    hash_vocab: Dim = 500002
+    hash_functions: Annotated[int, Field(ge=1, le=64)] = 1
+    patching: Literal["entropy", "bytes"] = "entropy"
+    threshold: float | None = None
+    entropy_d_model: Dim | None = None
+    entropy_window: Dim | None = None
+    max_patch: Dim | None = None
+    mean_patch: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _patching(self) -> "ByteLatent":
+        if self.patching == "entropy":
+            for name in ("threshold", "entropy_d_model"):
+                if getattr(self, name) is None:
+                    raise FieldError(name, f"entropy patching needs `{name}`",
+                                     "or write patching = bytes (every byte a patch)")
+        else:
+            for name in ("threshold", "entropy_d_model", "entropy_window"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"`{name}` belongs to entropy patching, and patching = bytes",
+                                     f"remove {name}")
+            if self.mean_patch not in (None, 1.0):
+                raise FieldError("mean_patch", "with patching = bytes every byte is a patch: mean_patch is 1",
+                                 "remove mean_patch")
+        if not self.ngrams:
+            raise FieldError("ngrams", "the hashed n-gram tables need at least one n", "for example [3, 4, 5]")
+        return self
+
+    @property
+    def patch_length(self) -> float:
+        """Bytes per patch the facts assume: stated, or 4.5 for entropy patching (the paper's
+        operating point), or exactly 1 when every byte is a patch."""
+        return 1.0 if self.patching == "bytes" else (self.mean_patch or 4.5)
+
+
 # ----------------------------------------------------------------------------- per-block add-ons
 
 
@@ -1342,7 +1398,7 @@ EncoderHead = Annotated[Union[MLMHead, ClassifierHead, RTDHead], Field(discrimin
 
 class Model(Node):
     name: str
-    family: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
+    family: Literal["decoder", "encoder", "encoder_decoder", "byte_latent"] = "decoder"
     vocab: Dim
     d_model: Dim
     context: Dim
@@ -1374,6 +1430,11 @@ class Model(Node):
     encoder_layers: tuple[str, ...] = ()
     decoder_layers: tuple[str, ...] = ()
     mtp: MTP | None = None  # multi-token prediction modules, trained beside the next-token head
+    # family = byte_latent: the patching, hashing and cross-attention of the Byte Latent Transformer,
+    # and its two further stacks (encoder_layers and decoder_layers are its local byte stacks)
+    byte_latent: ByteLatent | None = None
+    entropy_layers: tuple[str, ...] = ()
+    global_layers: tuple[str, ...] = ()
     # Where each value was written: ("blocks", "layer", "attention", "heads") → Span. Set by
     # the resolver so that checks after the AST (IR validation) can point at the source.
     _spans: dict = PrivateAttr(default_factory=dict)
@@ -1396,7 +1457,7 @@ class Model(Node):
     def _dtype(cls, v):
         return DTYPE_ALIASES.get(v, v) if isinstance(v, str) else v
 
-    @field_validator("layers", "encoder_layers", "decoder_layers")
+    @field_validator("layers", "encoder_layers", "decoder_layers", "entropy_layers", "global_layers")
     @classmethod
     def _depth(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(v) > MAX_LAYERS:
@@ -1405,6 +1466,10 @@ class Model(Node):
 
     @model_validator(mode="after")
     def _stacks(self) -> "Model":
+        if self.family == "byte_latent" or self.byte_latent or self.entropy_layers or self.global_layers:
+            from .byte_latent import check_byte_latent
+
+            return check_byte_latent(self)
         if self.family == "encoder_decoder":
             if self.layers:
                 raise FieldError("layers", "an encoder_decoder model has encoder_layers and decoder_layers, not layers")
@@ -1663,6 +1728,9 @@ class Model(Node):
         """Layer stacks by name: {"layers": ...} or {"encoder": ..., "decoder": ...}."""
         if self.family == "encoder_decoder":
             return {"encoder": self.encoder_layers, "decoder": self.decoder_layers}
+        if self.family == "byte_latent":
+            return {"entropy": self.entropy_layers, "encoder": self.encoder_layers, "global": self.global_layers,
+                    "decoder": self.decoder_layers}
         return {"layers": self.layers}
 
     @property
@@ -1708,6 +1776,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "mixers": _kind_classes(ParallelMixers),
     "hybrid": _kind_classes(Zamba2Hybrid),
     "gau": _kind_classes(GAU),
+    "byte_latent": _kind_classes(ByteLatent),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1722,6 +1791,7 @@ FIELD_SLOT = {
     "mixers": "mixers", "gau": "gau",
     "hybrid": "hybrid",
     "rel_norm": "norm",
+    "byte_latent": "byte_latent",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

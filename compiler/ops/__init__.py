@@ -14,6 +14,7 @@ from . import electra  # noqa: F401  (registers)
 from . import zamba2  # noqa: F401  (registers)
 from . import gau  # noqa: F401  (registers)
 from . import disentangled  # noqa: F401  (registers)
+from . import blt  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -155,6 +155,20 @@ def hf_model(name: str):
         return T.ModernBertForMaskedLM, T.ModernBertConfig(
             vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
             max_position_embeddings=8192, local_attention=128, norm_bias=False, decoder_bias=True)
+    if name == "blt_1b":  # facebook/blt-1b as transformers' converter writes it (FFNs 8/3 · width up to 256)
+        def stack(hidden, layers, heads, ffn, theta, **extra):
+            return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                    "intermediate_size": ffn, "rope_parameters": {"rope_type": "default", "rope_theta": theta}, **extra}
+
+        return T.BltForCausalLM, T.BltConfig(
+            vocab_size=260, max_position_embeddings=4096, patching_mode="entropy", patch_in_forward=True,
+            patching_threshold=1.335442066192627, local_attention_window_len=512, cross_attn_k=2,
+            encoder_hash_byte_group_size=[3, 4, 5, 6, 7, 8], encoder_hash_byte_group_vocab=500002,
+            encoder_hash_byte_group_nb_functions=1,
+            patcher_config=stack(768, 14, 12, 2048, 10000.0, sliding_window=512, max_position_embeddings=8192),
+            encoder_config=stack(1024, 1, 16, 2816, 500000.0, cross_attn_all_layers=False, hidden_size_global=2048),
+            global_config=stack(2048, 25, 16, 5632, 500000.0),
+            decoder_config=stack(1024, 9, 16, 2816, 500000.0, cross_attn_all_layers=True, hidden_size_global=2048))
     raise KeyError(name)
 
 

@@ -994,6 +994,8 @@ CASES = {
     layers = first + [sliding, full]
 }""", "modernbert"),
     "deberta-v2": (SPECS / "tiny_deberta.arch", "deberta-v2"),
+    # threshold 0: every byte starts a patch, whatever the perturbed entropy model predicts
+    "blt": ((SPECS / "byte_latent" / "blt_tiny.arch").read_text().replace("threshold = 1.3", "threshold = 0.0"), "blt"),
 }
 
 

@@ -123,6 +123,7 @@ model n extends m { context = 8192 }
 # (its checkpoint's vocabulary, widths, attention and routing as released), not a mistake of the spec.
 EXAMPLE_FINDINGS = {
     "albert_base.arch": ["ARC102"],  # vocab 30,000
+    "blt_1b.arch": ["ARC102"],  # 260 byte values (256 bytes and 4 specials)
     "bert_base.arch": ["ARC102", "ARC115"],  # vocab 30,522; attention dropout 0.1
     "deberta_v3_base.arch": ["ARC102"],  # vocab 128,100
     "deepseek_v2_lite.arch": ["ARC104", "ARC115"],  # dense FFN 10,944 wide; MLA's 128-wide values vs 192-wide keys

@@ -6,7 +6,7 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert, deberta-v2. The encoders (bert, albert, electra,
+minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert, deberta-v2, blt. The encoders (bert, albert, electra,
 modernbert, deberta-v2) come with the head of the class the config's `architectures` names: the base model, its
 masked-LM head, its sequence classifier, or (electra) the discriminator's replaced-token detection head.
 """
@@ -1279,6 +1279,46 @@ def _zamba2(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face zamba2 config.")
 
 
+def _blt(c, name: str) -> str:
+    """The Byte Latent Transformer: one block per stack (entropy model, local encoder, global
+    transformer, local decoder), each with its own width, RoPE base and SwiGLU width."""
+    enc, glob, dec, ent = c.encoder_config, c.global_config, c.decoder_config, c.patcher_config
+    entropy = c.patching_mode == "entropy" and c.patch_in_forward
+
+    def rope(s) -> Raw:
+        return call("rope", theta=float(s.rope_parameters["rope_theta"]))
+
+    def block(s) -> dict[str, Any]:  # the model's position is the encoder's
+        heads, kv = s.num_attention_heads, s.num_key_value_heads or s.num_attention_heads
+        kind = "mha" if kv == heads else "gqa"
+        head_dim = s.hidden_size // heads if s.hidden_size != enc.hidden_size else None
+        return {"norm": call("rmsnorm", eps=s.rms_norm_eps),
+                "attention": call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=head_dim),
+                "ffn": call("swiglu", hidden=s.intermediate_size),
+                "position": rope(s) if s is not enc else None}
+
+    byte_latent = call("byte_latent", global_d_model=glob.hidden_size, cross_k=c.cross_attn_k,
+                       window=c.local_attention_window_len,
+                       encoder_cross="all" if enc.cross_attn_all_layers else "last",
+                       decoder_cross="all" if dec.cross_attn_all_layers else "first",
+                       ngrams=Raw(_numbers(c.encoder_hash_byte_group_size)),
+                       hash_vocab=c.encoder_hash_byte_group_vocab,
+                       hash_functions=c.encoder_hash_byte_group_nb_functions,
+                       patching="entropy" if entropy else "bytes",
+                       threshold=float(c.patching_threshold) if entropy else None,
+                       entropy_d_model=ent.hidden_size if entropy else None,
+                       entropy_window=ent.sliding_window if entropy else None, max_patch=c.max_patch_length)
+    fields = {"family": "byte_latent", "vocab": c.vocab_size, "d_model": enc.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "position": rope(enc),
+              "final_norm": call("rmsnorm", eps=dec.rms_norm_eps), "byte_latent": byte_latent}
+    blocks = {"entropy": block(ent)} if entropy else {}
+    blocks.update(encoder=block(enc), latent=block(glob), decoder=block(dec))
+    layers = {"entropy_layers": f"entropy * {ent.num_hidden_layers}"} if entropy else {}
+    layers.update(encoder_layers=f"encoder * {enc.num_hidden_layers}", global_layers=f"latent * {glob.num_hidden_layers}",
+                  decoder_layers=f"decoder * {dec.num_hidden_layers}")
+    return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face blt config.")
+
+
 def _runs(kinds: list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for k in kinds:
@@ -1314,6 +1354,7 @@ SPEC_WRITERS: dict[str, Callable] = {
     "zamba2": _zamba2,
     "modernbert": _modernbert,
     "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 

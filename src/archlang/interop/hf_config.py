@@ -882,7 +882,89 @@ TABLES: dict[str, dict[str, Key]] = {
                    **{k: irrelevant("kept in published config.json files; ModernBERT's modeling code never reads it")
                       for k in ("layer_norm_eps", "position_embedding_type", "reference_compile",
                                 "repad_logits_with_grad")}},
+    # The Byte Latent Transformer: four sub-configs (patcher, local encoder, global transformer,
+    # local decoder), each classified key by key in BLT_SUBCONFIGS.
+    "blt": {"max_position_embeddings": MAPPED, "encoder_hash_byte_group_vocab": MAPPED,
+            "encoder_hash_byte_group_nb_functions": MAPPED,
+            "encoder_hash_byte_group_size": checked(lambda v, c: None if v is None or isinstance(v, list) and v and all(
+                type(n) is int and n > 0 for n in v) else "it must be a non-empty list of positive n-gram lengths"),
+            "cross_attn_k": checked(lambda v, c: _positive(v, "cross_attn_k")),
+            "local_attention_window_len": checked(lambda v, c: None if v is None else _positive(v, "the window")),
+            "max_patch_length": checked(lambda v, c: None if v is None else _positive(v, "max_patch_length")),
+            "patching_mode": only("entropy", "byte", reason="transformers' blt patches by entropy, and every other "
+                                                           "mode one byte per patch; archlang reads entropy and byte"),
+            "patch_in_forward": checked(lambda v, c: None if v is False or c.get("patching_mode") == "entropy" else
+                                        "with patching_mode other than entropy transformers builds an entropy model "
+                                        "it never runs: set patch_in_forward to false"),
+            # the patcher thresholds entropies only when given a patch_size (its value is not read)
+            "patch_size": checked(lambda v, c: None if v is not None or not _blt_entropy(c) else
+                                  "with patch_size none transformers runs the entropy model and then makes every byte "
+                                  "a patch: set patching_mode to byte"),
+            "patching_threshold": checked(lambda v, c: None if not _blt_entropy(c) or isinstance(v, (int, float))
+                                          and not isinstance(v, bool) else "entropy patching needs a threshold"),
+            "patching_batch_size": irrelevant("how many rows the entropy model runs at once: the same patches"),
+            "tie_word_embeddings": only(False, reason="tied, transformers' blt makes the LM head the byte embedding "
+                                                      "of the local encoder, which archlang's byte_latent has not"),
+            "rope_parameters": irrelevant("no module reads the top-level one: each stack has its own"),
+            **{name: checked(lambda v, c, name=name: _blt_sub_problem(name, v, c))
+               for name in ("patcher_config", "encoder_config", "global_config", "decoder_config")}},
 }
+
+# The keys of blt's sub-configs, classified as TABLES classifies top-level keys.
+_BLT_STACK = {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                     "intermediate_size", "rms_norm_eps")},
+              "model_type": irrelevant("the sub-config's class"),
+              "dtype": irrelevant("the model's dtype is the top-level dtype"),
+              "vocab_size": _same_as("vocab_size", "one byte vocabulary is shared by every stack"),
+              "rope_parameters": checked(lambda v, c: None if v is None or v.get("rope_type", "default") == "default"
+                                         and set(v) <= {"rope_type", "rope_theta"} else
+                                         "byte_latent stacks rotate with plain rope(theta = ...) only"),
+              "hidden_act": only("silu", "swish", reason="archlang's byte_latent layers use SwiGLU"),
+              "dropout": no_dropout("archlang's byte_latent runtime has no dropout"),
+              "max_position_embeddings": irrelevant("read only by RoPE scalings, which are refused"),
+              "head_dim": checked(lambda v, c: None if v is None or v == c.get("hidden_size", 0) // max(
+                  c.get("num_attention_heads") or 1, 1) else "blt's attention is hidden_size // num_attention_heads "
+                  "wide per head, and a different head_dim would change only its RoPE"),
+              "tie_word_embeddings": irrelevant("transformers sets it to false in every blt sub-config"),
+              "cross_attn_all_layers": MAPPED,
+              "cross_attn_k": _same_as("cross_attn_k", "the cross-attention masks read the top-level cross_attn_k"),
+              "sliding_window": MAPPED}
+BLT_SUBCONFIGS: dict[str, dict[str, Key]] = {
+    "patcher_config": _BLT_STACK,
+    "encoder_config": {**_BLT_STACK, "hidden_size_global": irrelevant("not read by the local encoder"),
+                       "sliding_window": irrelevant("BltConfig sets it to local_attention_window_len")},
+    "decoder_config": {**_BLT_STACK, "hidden_size_global": MAPPED},
+    "global_config": {**_BLT_STACK, "encoder_cross_output_size": irrelevant("BltConfig derives it from the encoder's "
+                                                                            "width and cross_attn_k")},
+}
+
+
+def _blt_entropy(config: dict) -> bool:
+    return config.get("patching_mode") == "entropy" and config.get("patch_in_forward") is not False
+
+
+def _blt_sub_problem(name: str, value: Any, config: dict) -> str | None:
+    """The first key of a blt sub-config that is unknown, or at a value archlang lacks."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "it must be an object"
+    keys = {**SHARED, **BLT_SUBCONFIGS[name]}
+    for key, v in value.items():
+        rule = keys.get(key)
+        if rule is None:
+            return f"its key {key!r} is not known to archlang's importer"
+        # a sub-config's cross_attn_k and vocab_size are compared with the top level's
+        problem = rule.check(v, config if key in ("cross_attn_k", "vocab_size") else value) if rule.check else None
+        if problem:
+            return f"{key} = {_shown(v)}: {problem}"
+    if name == "decoder_config":
+        enc, glob = config.get("encoder_config") or {}, config.get("global_config") or {}
+        for key, other, what in (("hidden_size", enc, "the encoder's"), ("hidden_size_global", glob, "the global")):
+            want = other.get("hidden_size") if other is glob else other.get(key)
+            if want is not None and value.get(key) is not None and value[key] != want:
+                return f"{key} = {value[key]} must be {what} hidden_size ({want})"
+    return None
 
 
 def _xlstm_width_problem(value: Any, config: dict, key: str) -> str | None:
@@ -1088,7 +1170,8 @@ def _shown(value: Any) -> str:
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers",
-             "mamba_d_ssm"}  # falcon_h1: none takes the width from mamba_expand
+             "mamba_d_ssm",  # falcon_h1: none takes the width from mamba_expand
+             "local_attention_window_len"}  # blt: none attends over the whole causal context
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters",
            "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX

@@ -1945,6 +1945,45 @@ def _zamba2(m: A.Model) -> dict:
             "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), **_token_ids(m, 0)}
 
 
+def _blt(m: A.Model) -> dict:
+    """The Byte Latent Transformer: one sub-config per stack (spec/byte_latent.py has already
+    refused what the family cannot compute); the local decoder's final norm is its layers' eps.
+    What is left (mean_patch, a facts-only assumption, among others) the round trip compares."""
+    _need(m.family == "byte_latent", ("family",), f"family = {m.family}")
+    bl = m.byte_latent
+
+    def stack(field: str, width: int) -> dict:
+        name = getattr(m, field)[0]
+        b = m.blocks[name]
+        return {"hidden_size": width, "num_hidden_layers": len(getattr(m, field)),
+                "num_attention_heads": b.attention.heads, "num_key_value_heads": b.attention.kv_heads or b.attention.heads,
+                "intermediate_size": b.ffn.hidden, "rms_norm_eps": b.norm.eps, "rope_parameters": {
+                    "rope_type": "default", "rope_theta": float(m.position_of(name).theta)}}
+
+    decoder = stack("decoder_layers", m.d_model)
+    _need(m.final_norm.eps == decoder["rms_norm_eps"], ("final_norm",), "blt's final norm has the local decoder's "
+          f"rms_norm_eps ({decoder['rms_norm_eps']})")
+    entropy = bl.patching == "entropy"
+    cross = {"cross_attn_k": bl.cross_k, "hidden_size_global": bl.global_d_model}
+    patcher = ({**stack("entropy_layers", bl.entropy_d_model), "sliding_window": bl.entropy_window} if entropy
+               else {})  # not built without entropy patching; its vocabulary must still be the model's
+    return {"model_type": "blt", "vocab_size": m.vocab, "max_position_embeddings": m.context, "dtype": _dtype(m),
+            "patching_mode": "entropy" if entropy else "byte", "patch_in_forward": entropy,
+            "patching_threshold": bl.threshold if entropy else None, "max_patch_length": bl.max_patch,
+            "local_attention_window_len": bl.window, "cross_attn_k": bl.cross_k,
+            "encoder_hash_byte_group_size": list(bl.ngrams), "encoder_hash_byte_group_vocab": bl.hash_vocab,
+            "encoder_hash_byte_group_nb_functions": bl.hash_functions, "tie_word_embeddings": False,
+            # archlang's byte_latent has no cache (patches move as bytes arrive), and transformers'
+            # cached blt forward fails in 5.23: the checkpoint says so
+            "use_cache": False,
+            "patcher_config": {**patcher, "vocab_size": m.vocab},
+            "encoder_config": {**stack("encoder_layers", m.d_model), **cross, "vocab_size": m.vocab,
+                               "cross_attn_all_layers": bl.encoder_cross == "all"},
+            "global_config": stack("global_layers", bl.global_d_model),
+            "decoder_config": {**decoder, **cross, "vocab_size": m.vocab,
+                               "cross_attn_all_layers": bl.decoder_cross == "all"}}
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1973,6 +2012,7 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "zamba2": _zamba2,
     "modernbert": _modernbert,
     "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -2006,6 +2046,7 @@ ARCHITECTURES = {
     "zamba2": "Zamba2ForCausalLM",
     "modernbert": "ModernBertModel",
     "deberta-v2": "DebertaV2Model",
+    "blt": "BltForCausalLM",
 }
 
 
@@ -2090,7 +2131,8 @@ def _config(model_type: str, values: dict):
     from .hf import config_from_dict
 
     nullable = ("q_lora_rank", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
-                "bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id")
+                "bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id",
+                "local_attention_window_len")
     values = {k: v for k, v in values.items() if v is not None or k in nullable}
     config = config_from_dict({"architectures": [ARCHITECTURES[model_type]], **values})
     return config

@@ -940,6 +940,41 @@ def _zamba2(c, r: _Rules) -> None:
                       f"{q}feed_forward.gate_up_proj.{kind_}", "split", ([h, h], False))
                 r.add(f"{ours}down_proj.{kind_}", f"{q}feed_forward.down_proj.{kind_}")
         ordinal += 1
+# The Byte Latent Transformer's layers (HF name → runtime/blt.py's), its cross-attentions likewise.
+_BLT_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "q_proj",
+              "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj", "self_attn.o_proj": "o_proj",
+              "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "down_proj"}
+_BLT_CROSS = {"q_norm": "q_norm", "k_norm": "kv_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
+              "o_proj": "o_proj"}
+
+
+def _blt(c, r: _Rules) -> None:
+    """One module, `blt` (runtime/blt.py's ByteLatentTransformer), holds every weight."""
+    enc, dec = c.encoder_config, c.decoder_config
+
+    def layers(ours: str, theirs: str, n: int, names: dict[str, str]) -> None:
+        for i in range(n):
+            for hf, mine in names.items():
+                r.add(f"blt.{ours}.{i}.{mine}.weight", f"model.{theirs}.{i}.{hf}.weight")
+
+    r.add("blt.embed.embed.weight", "model.local_encoder.embed_tokens.weight")
+    r.add("blt.embed.hash_embed.weight", "model.encoder_hash_tok_embedding.weight")
+    r.add("blt.entropy.embed.weight", "model.patcher.embed_tokens.weight")
+    layers("entropy.layers", "patcher.layers", c.patcher_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.entropy.final_norm.weight", "model.patcher.norm.weight")
+    r.add("blt.entropy.lm_head.weight", "model.patcher.lm_head.weight")
+    layers("encoder", "local_encoder.layers", enc.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.encoder_patch_proj.weight", "model.local_encoder.patch_embedding_projection.weight")
+    layers("encoder_cross", "local_encoder.cross_attn_layers", enc.num_hidden_layers if enc.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    r.add("blt.global_in_proj.weight", "model.global_transformer.token_embedding_projection.weight")
+    layers("global_layers", "global_transformer.layers", c.global_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.decoder_patch_proj.weight", "model.local_decoder.patch_embedding_projection.weight")
+    layers("decoder_cross", "local_decoder.cross_attn_layers", dec.num_hidden_layers if dec.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    layers("decoder", "local_decoder.layers", dec.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.final_norm.weight", "model.local_decoder.norm.weight")
+    r.add("blt.lm_head.weight", "lm_head.weight")
 
 
 _FAMILIES = {
@@ -970,6 +1005,7 @@ _FAMILIES = {
     "zamba2": _zamba2,
     "modernbert": _modernbert,
     "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 
