@@ -43,9 +43,17 @@ class Facts:
     # `context` tokens (KV cache plus recurrent state): the two numbers that decide whether it fits.
     weight_bytes: int = 0
     cache_bytes_at_context: int = 0
+    # A byte_latent model's tokens are bytes; its global stack runs once per patch, at the model's
+    # assumed bytes per patch: the FLOPs of one patch's bytes (None for other models)
+    flops_per_patch: int | None = None
+    bytes_per_patch: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("flops_per_patch", "bytes_per_patch"):
+            if data[key] is None:
+                del data[key]
+        return data
 
 
 def _shared_repeats(g: nx.MultiDiGraph) -> set[tuple[str, int]]:
@@ -110,7 +118,9 @@ def compute_facts(g: nx.MultiDiGraph, *, context: int | None = None, dtype: str 
             width = d["shape"][-1] if isinstance(d["shape"][-1], int) else 0
             act_elems += width * len(d["outputs"])
     layers = sum(len(v) for v in g.graph["stacks"].values())
+    patch = next((d["attrs"]["patch_length"] for _, d in g.nodes(data=True) if d["op"] == "byte_latent"), None)
     return Facts(
+        flops_per_patch=None if patch is None else int(round(flops * patch)), bytes_per_patch=patch,
         model=g.graph["name"], dtype=dt, context=ctx_len,
         params_total=sum(total.values()), params_active=sum(active.values()),
         flops_per_token=int(round(flops)), kv_cache_bytes_per_token=int(kv_bytes),

@@ -79,6 +79,11 @@ class _Lowerer:
     # ------------------------------------------------------------------ model
     def lower(self) -> nx.MultiDiGraph:
         m, b = self.m, self.b
+        if m.family == "byte_latent":  # one op: its patches are made from the data (compiler/ops/blt.py)
+            from .ops.blt import lower_byte_latent
+
+            lower_byte_latent(m, b)
+            return b.g
         if m.family == "encoder_decoder":
             enc_tokens = b.node("encoder_input_ids", "input", name="encoder_input_ids", outputs="encoder_input_ids",
                                 shape=("B", "S"), attrs={"role": "encoder_tokens"})
@@ -106,7 +111,7 @@ class _Lowerer:
                        shape=("B", "T", self.d), attrs={"role": "hidden"})
                 if m.pooler:
                     pooled = b.node("pooler", "pooler", [x], name="pooler", outputs="pooled", shape=("B", self.d),
-                                    attrs={"dim": self.d})
+                                    attrs={"dim": self.d, "act": m.pooler_act if m.pooler_act != "tanh" else None})
                     b.node("pooled_output", "output", [pooled], name="pooled_output", outputs="pooled",
                            shape=("B", self.d), attrs={"role": "pooled"})
                 if m.head is not None:
@@ -126,7 +131,7 @@ class _Lowerer:
                             shape=("B", "T", m.vocab), attrs={
                                 "vocab": m.vocab, "dim": self.d, "act": head.act, "norm": head.norm.kind,
                                 "eps": head.norm.eps, "norm_bias": bool(head.norm.bias), "tied": m.tie_embeddings,
-                                "bias": head.bias, "width": m.embedding_dim}, **span)
+                                "bias": head.bias, "width": m.embedding_dim, "dense_bias": head.dense_bias}, **span)
             b.node("logits", "output", [logits], name="logits", outputs="logits", shape=("B", "T", m.vocab),
                    attrs={"role": "logits"})
             return
@@ -143,6 +148,14 @@ class _Lowerer:
             b.node("logits", "output", [scores], name="logits", outputs="logits", shape=("B", head.labels),
                    attrs={"role": "logits"})
             return
+        if head.pooling != "pooler":  # the head pools the final states itself (ModernBERT)
+            pooled = b.node("pool_tokens", "pool_tokens", [x], name="pool_tokens", outputs="pooled",
+                            shape=("B", self.d), attrs={"mode": head.pooling, "dim": self.d}, **span)
+        if head.act is not None:
+            pooled = b.node("head_transform", "head_transform", [pooled], name="head_transform", outputs="pooled",
+                            shape=("B", self.d), attrs={"dim": self.d, "act": head.act, "norm": head.norm.kind,
+                                                        "eps": head.norm.eps, "norm_bias": bool(head.norm.bias),
+                                                        "dense_bias": head.dense_bias}, **span)
         if head.dropout:
             pooled = b.node("classifier_dropout", "dropout", [pooled], name="classifier_dropout", outputs="pooled",
                             shape=("B", self.d), attrs={"p": head.dropout})
@@ -238,10 +251,36 @@ class _Lowerer:
                               shape=(heads, seq, seq),
                               attrs={"buckets": pos.buckets, "max_distance": pos.max_distance, "heads": heads,
                                      "bidirectional": stack != "decoder"})
+        disentangled = next((self.m.blocks[n].attention for n in layers
+                             if isinstance(self.m.blocks[n].attention, A.Disentangled)), None)
+        if disentangled is not None:  # one relative embedding table for the stack (spec/compat.py: all agree)
+            norm = disentangled.rel_norm
+            rel = self.b.node(f"{stack}_rel_embed", "rel_embedding", [], name=f"{stack}_rel_embed",
+                              outputs="rel_embeddings", shape=(2 * self.rel_span(disentangled), self.d),
+                              attrs={"rows": 2 * self.rel_span(disentangled), "dim": self.d,
+                                     "norm": None if norm is None else {"kind": norm.kind, "eps": norm.eps,
+                                                                        "bias": bool(norm.bias)}})
         indices = range(len(layers)) if self.keep is None else self.keep[stack]
         for i in indices:
             x = self.block(stack, i, self.m.blocks[layers[i]], x, seq, memory, rel)
         return x
+
+    def rel_span(self, att: A.Disentangled) -> int:
+        """Relative positions -span .. span - 1 index the table: the buckets, else the distances."""
+        return att.buckets or att.max_relative or self.m.context
+
+    def disentangled(self, pre: str, prefix: str, att: A.Disentangled, h: NodeRef, seq: str, ctx, rel) -> NodeRef:
+        """DeBERTa's attention: its own q/k/v (and position) projections, the stack's table, o_proj."""
+        m, width = self.m, att.heads * att.head_dim
+        a = self.b.node(f"{pre}{prefix}attn", "disentangled_attention", [h, rel], name=f"{prefix}attn", outputs="a",
+                        shape=("B", seq, width),
+                        attrs={"d_model": self.d, "heads": att.heads, "head_dim": att.head_dim,
+                               "causal": self.causal(ctx), "c2p": "c2p" in att.terms, "p2c": "p2c" in att.terms,
+                               "span": self.rel_span(att), "buckets": att.buckets,
+                               "max_relative": att.max_relative or m.context, "share_keys": att.share_keys,
+                               "bias": att.bias, "dropout": m.attention_dropout or None,
+                               "rel_dropout": m.residual_dropout or None}, **ctx)
+        return self.linear(f"{pre}{prefix}o_proj", a, width, self.d, att.out_bias, "a", seq, **ctx)
 
     def block(self, stack: str, i: int, blk: A.Block, x: NodeRef, seq: str, memory, rel) -> NodeRef:
         ctx = {"stack": stack, "layer": i, "block": blk.name, "span": self.span("blocks", blk.name)}
@@ -397,7 +436,9 @@ class _Lowerer:
         (normed_residual); the two terms of the add weighed where the block says (MiniMax)."""
         norm, placement = blk.norm, blk.norm.placement
         norm_ctx = self.at(ctx, blk, "norm")
-        if placement == "normed_residual":  # the residual stream continues from the normalised input
+        if prefix in ("attn", "ssm") and not blk.mixer_norm:  # placement pre only (spec/ast.py)
+            h = x
+        elif placement == "normed_residual":  # the residual stream continues from the normalised input
             h = x = self.norm(f"{pre}{prefix}_norm", x, norm, "x", seq, **norm_ctx)
         elif placement in ("pre", "sandwich"):  # (a hybrid layer's hand-off joins the normed input only)
             h = self.norm(f"{pre}{prefix}_norm", norm_input or x, norm, "h", seq, **norm_ctx)
@@ -430,6 +471,8 @@ class _Lowerer:
         kv_src = kv if kv is not None else h
         if isinstance(att, A.MLA):
             return self.mla(pre, att, h, seq, ctx, pos)
+        if isinstance(att, A.Disentangled):
+            return self.disentangled(pre, prefix, att, h, seq, ctx, rel)
         hd, heads, kv_heads = att.head_dim, att.heads, att.kv_heads
         w = b.g.nodes[h.node]["shape"][-1]  # d_model, or twice it in a hybrid = zamba2() block
         kv_w = w if kv is None else d
@@ -483,7 +526,7 @@ class _Lowerer:
                            shape=(heads,), attrs={"table": "alibi", "heads": heads}, **ctx)
             extra.append(table)
             attrs["alibi"] = True
-        if rel is not None and kv is None:
+        if rel is not None and kv is None and self.b.g.nodes[rel.node]["op"] == "rel_bias":  # not DeBERTa's table
             extra.append(rel)
             attrs["rel_bias"] = True
         a = b.node(f"{pre}{prefix}attn", "attention", [q, k, v, *extra], name=f"{prefix}attn", outputs="a",
@@ -748,6 +791,8 @@ def describe_block(block: A.Block) -> str:
     parts = (["shared weights"] if block.shared else []) + [f"{block.norm.kind} ({block.norm.placement})"]
     if block.hybrid is not None:
         parts.insert(0, "zamba2 hybrid: reads concat(x, embeddings), hands its output to the next layer")
+    if not block.mixer_norm:  # placement pre (spec/ast.py)
+        parts[-1] = f"{block.norm.kind} (pre, ffn only)"
     if block.position != "inherit":
         parts.append("position " + describe_component(block.position) if block.position is not None else "no position")
     if block.parallel:  # a validated parallel block has both branches and nothing else
@@ -779,7 +824,7 @@ def describe_component(c) -> str:
     for f in _SUMMARY_FIELDS:
         if f in type(c).model_fields or (f == "kv_heads" and hasattr(c, "kv_heads")):
             v = getattr(c, f, None)
-            if v is not None and not (f == "kv_heads" and c.kind == "mha"):
+            if v is not None and not (f == "kv_heads" and c.kind in ("mha", "disentangled")):
                 fields.append(f"{f}={v}")
     if getattr(c, "expert", None) is not None:
         fields.append(f"expert={c.expert.kind}({c.expert.hidden})")

@@ -116,6 +116,15 @@ def collapsed(g: nx.MultiDiGraph) -> Picture:
             item[n] = len(pic.boxes)
             pic.boxes.append(Box(_describe(g, n), COLORS[group_of(g, n)]))
             _legend(pic, group_of(g, n))
+            if d["op"] == "byte_latent":  # its stacks run inside the op: drawn as frames of their blocks
+                for inner, blocks in g.graph["stacks"].items():
+                    stacks_drawn.add(inner)
+                    pic.frames[inner] = f"{inner}: {len(blocks)} layers"
+                    for unit, reps in runs(blocks):
+                        for j, block in enumerate(unit):
+                            note = f"× {reps}" if j == len(unit) - 1 and reps > 1 else None
+                            pic.boxes.append(Box([block, *g.graph["blocks"][block].split(" → ")],
+                                                 COLORS["attention"], note=note, frame=inner))
             continue
         if stack in stacks_drawn:
             continue

@@ -80,6 +80,10 @@ def _linear_mixer(ssm):
 
 
 def shrink(model: A.Model) -> A.Model:
+    if model.family == "byte_latent":  # four stacks of their own widths (compiler/ops/blt.py)
+        from .ops.blt import shrink_byte_latent
+
+        return shrink_byte_latent(model, heads_of=_heads, hidden=HIDDEN, vocab=VOCAB, context=CONTEXT)
     d_model = 64
     blocks = {}
     for name, block in model.blocks.items():
@@ -141,7 +145,8 @@ def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
     small = shrink(model)
     kinds = {name: repr(block.model_dump(exclude={"name"})) for name, block in small.blocks.items()}
     update, origin = {}, {}
-    for stack, field in (("layers", "layers"), ("encoder", "encoder_layers"), ("decoder", "decoder_layers")):
+    for stack, field in (("layers", "layers"), ("encoder", "encoder_layers"), ("decoder", "decoder_layers"),
+                         ("entropy", "entropy_layers"), ("global", "global_layers")):
         layers = getattr(small, field)
         if layers:
             update[field], origin[stack] = distinct_layers(layers, kinds.__getitem__)

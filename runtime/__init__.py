@@ -6,7 +6,7 @@ from .depth_router import DepthRouter, depth_routing, set_depth_routing
 from .ffn import glu, softcap
 from .gated_linear import GLA, RWKV7, GatedDeltaNet, Retention
 from .gau import GAU
-from .heads import MLMHead
+from .heads import HeadTransform, MLMHead, pool_tokens
 from .indexer import LightningIndexer
 from .lightning import Lightning
 from .linear_mixers import GatedDeltaNetLayer, GLALayer, RetentionLayer
@@ -48,3 +48,8 @@ __all__ += ["MLPClassifier", "RTDHead", "electra_loss"]
 from .zamba2 import PerUseLinear, concat_stack_input, hand_off, take_hand_off  # noqa: E402  (Zamba2's hybrid wiring)
 
 __all__ += ["PerUseLinear", "concat_stack_input", "hand_off", "take_hand_off"]
+__all__ += ["HeadTransform", "pool_tokens"]  # ModernBERT's classifier transform and sequence pooling
+from .disentangled import DisentangledAttention, RelativeEmbeddings  # noqa: E402  (DeBERTa)
+
+__all__ += ["DisentangledAttention", "RelativeEmbeddings"]
+from .blt import ByteLatentTransformer, StackSpec  # noqa: E402  (the Byte Latent Transformer and its stacks)

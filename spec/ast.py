@@ -430,7 +430,43 @@ class LinearAttention(_AttentionCommon):
         return self
 
 
-Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention], Field(discriminator="kind")]
+class Disentangled(_AttentionCommon):
+    """DeBERTa's disentangled attention (He et al. 2021; DeBERTaV3, He et al. 2023): the scores of
+    content to content, plus content to position (`c2p`: each query against the keys of the
+    relative positions) and position to content (`p2c`: each key against the queries of the
+    relative positions), all divided by sqrt(head_dim · (1 + the number of terms)). A distance
+    i - j is kept as is up to buckets / 2 and log-bucketed beyond, up to max_relative (without
+    buckets: clipped at ±max_relative); it indexes one table of 2 · span relative embeddings
+    (span = buckets, else max_relative) that every layer of the stack shares, normalised by
+    `rel_norm` where one is written. `share_keys` projects the table with the layer's own q and k
+    projections (DeBERTaV3) instead of its own pos_q / pos_k projections."""
+
+    kind: Literal["disentangled"]
+    terms: Annotated[tuple[Literal["c2p", "p2c"], ...], Field(min_length=1, max_length=2)] = ("c2p", "p2c")
+    buckets: Annotated[int, Field(ge=2, le=MAX_DIM)] | None = None
+    max_relative: Dim | None = None  # default: the model's context
+    share_keys: bool = False
+    rel_norm: Norm | None = None  # a norm of the relative embedding table (norm_rel_ebd = layer_norm)
+
+    @model_validator(mode="after")
+    def _relative(self) -> "Disentangled":
+        if len(set(self.terms)) != len(self.terms):
+            raise FieldError("terms", f"terms {list(self.terms)} names a term twice", "write each of c2p, p2c once")
+        if self.buckets is not None and self.max_relative is not None and self.max_relative - 1 <= self.buckets // 2:
+            raise FieldError("max_relative", f"log buckets beyond buckets / 2 = {self.buckets // 2} need max_relative "
+                             f"> {self.buckets // 2 + 1}, got {self.max_relative}",
+                             "raise max_relative (DeBERTaV3: buckets = 256, max_relative = 512)")
+        if self.rel_norm is not None and self.rel_norm.placement != "pre":
+            raise FieldError(("rel_norm", "placement"), "the relative embeddings' norm has no placement",
+                             "remove placement")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+
+Attention = Annotated[Union[MHA, MQA, GQA, MLA, Differential, LinearAttention, Disentangled], Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -959,6 +995,62 @@ class MTP(Node):
     loss_weight: NonNegFloat = 0.3
 
 
+class ByteLatent(Node):
+    """`byte_latent(global_d_model = 2048, ...)`: the Byte Latent Transformer (Pagnoni et al. 2024).
+    Bytes embed as a byte table plus hashed n-gram tables (each `ngrams` length, `hash_functions`
+    hashes, `hash_vocab` rows each); `encoder_layers` run over the bytes (d_model wide, attending
+    within `window`), their states are max-pooled into patches, `cross_k` queries per patch attend
+    to the patch's bytes (after the last encoder layer, or each: `encoder_cross = all`);
+    `global_layers` (global_d_model wide) run over the patches; `decoder_layers` read, by
+    cross-attention before the first layer (or each: `decoder_cross = all`), the patch that ends
+    before each byte, then predict the next byte. `patching = entropy`: a new patch starts where the
+    next-byte entropy of `entropy_layers` (entropy_d_model wide, attending within
+    `entropy_window`) exceeds `threshold`; `patching = bytes`: every byte is a patch. Long patches
+    are split at `max_patch`. `mean_patch` (bytes per patch) is an assumption for facts only. RoPE
+    in every stack rotates interleaved pairs, as the reference code does."""
+
+    kind: Literal["byte_latent"]
+    global_d_model: Dim
+    cross_k: Dim = 2
+    window: Dim | None = None
+    encoder_cross: Literal["last", "all"] = "last"
+    decoder_cross: Literal["first", "all"] = "all"
+    ngrams: tuple[Dim, ...] = (3, 4, 5, 6, 7, 8)
+    hash_vocab: Dim = 500002
+    hash_functions: Annotated[int, Field(ge=1, le=64)] = 1
+    patching: Literal["entropy", "bytes"] = "entropy"
+    threshold: float | None = None
+    entropy_d_model: Dim | None = None
+    entropy_window: Dim | None = None
+    max_patch: Dim | None = None
+    mean_patch: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _patching(self) -> "ByteLatent":
+        if self.patching == "entropy":
+            for name in ("threshold", "entropy_d_model"):
+                if getattr(self, name) is None:
+                    raise FieldError(name, f"entropy patching needs `{name}`",
+                                     "or write patching = bytes (every byte a patch)")
+        else:
+            for name in ("threshold", "entropy_d_model", "entropy_window"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"`{name}` belongs to entropy patching, and patching = bytes",
+                                     f"remove {name}")
+            if self.mean_patch not in (None, 1.0):
+                raise FieldError("mean_patch", "with patching = bytes every byte is a patch: mean_patch is 1",
+                                 "remove mean_patch")
+        if not self.ngrams:
+            raise FieldError("ngrams", "the hashed n-gram tables need at least one n", "for example [3, 4, 5]")
+        return self
+
+    @property
+    def patch_length(self) -> float:
+        """Bytes per patch the facts assume: stated, or 4.5 for entropy patching (the paper's
+        operating point), or exactly 1 when every byte is a patch."""
+        return 1.0 if self.patching == "bytes" else (self.mean_patch or 4.5)
+
+
 # ----------------------------------------------------------------------------- per-block add-ons
 
 
@@ -1066,11 +1158,28 @@ class Block(Node):
     hybrid: Zamba2Hybrid | None = None
     # The Gated Attention Unit in place of attention and FFN (FLASH).
     gau: GAU | None = None
+    # false: the mixer reads the residual stream without a norm (ModernBERT's first layer, whose
+    # input is the normed embeddings); the FFN keeps its pre-norm
+    mixer_norm: bool = True
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_identifier(v, "block")
+
+    @model_validator(mode="after")
+    def _mixer_norm(self) -> "Block":
+        if self.mixer_norm:
+            return self
+        if self.attention is None and self.ssm is None:
+            raise FieldError("mixer_norm", f"block `{self.name}` has no mixer whose norm mixer_norm could remove",
+                             "remove mixer_norm")
+        if self.norm.placement != "pre" or self.parallel or self.mixers is not None:
+            raise FieldError("mixer_norm", "mixer_norm = false removes the pre-norm of a sequential block's mixer; "
+                             "it is not implemented with "
+                             + (f"placement = {self.norm.placement}" if self.norm.placement != "pre" else
+                                "parallel branches"), "use placement = pre in a sequential block, or remove mixer_norm")
+        return self
 
     @model_validator(mode="after")
     def _add_ons(self) -> "Block":
@@ -1226,6 +1335,7 @@ class MLMHead(Node):
     act: Activation = "gelu"
     norm: Norm = Norm(kind="layernorm", eps=1e-12)
     bias: bool = True  # the output bias per token id
+    dense_bias: bool = True  # the dense layer's bias (ModernBERT's classifier_bias)
 
     @model_validator(mode="after")
     def _placement(self) -> "MLMHead":
@@ -1237,7 +1347,11 @@ class MLMHead(Node):
 
 class ClassifierHead(Node):
     """`head = classifier(labels = 2, dropout = 0.1)`: sequence classification on the pooled first
-    token (BERT's): dropout, then a linear layer to `labels` scores. `labels = 1` is regression."""
+    token (BERT's): dropout, then a linear layer to `labels` scores. `labels = 1` is regression.
+
+    `pooling = cls` (the first token's final state) or `mean` (the mean over the tokens that the
+    attention mask keeps) reads the final states itself instead of the model's pooler; `act` and
+    `norm` put ModernBERT's transform, norm(act(dense(pooled))), before the dropout."""
 
     kind: Literal["classifier"]
     labels: Annotated[int, Field(gt=0, le=MAX_DIM)]
@@ -1245,6 +1359,29 @@ class ClassifierHead(Node):
     # ELECTRA's form: on the first token itself (no pooler), dropout, dense(d → d), this
     # activation, dropout again, then the linear layer to `labels` scores
     dense: Activation | None = None
+    pooling: Literal["pooler", "cls", "mean"] = "pooler"
+    act: Activation | None = None
+    norm: Norm | None = None
+    dense_bias: bool = True  # the transform's dense bias (ModernBERT's classifier_bias)
+
+    @model_validator(mode="after")
+    def _transform(self) -> "ClassifierHead":
+        if (self.act is None) != (self.norm is None):
+            raise FieldError("act" if self.act is None else "norm", "the classifier's transform is dense, "
+                             "activation and norm together", "give both act and norm, or neither")
+        if self.norm is not None and self.norm.placement != "pre":
+            raise FieldError(("norm", "placement"), "the head's norm follows its dense layer; it has no placement",
+                             "remove placement")
+        if self.dense is not None:
+            for field, off in (("pooling", self.pooling == "pooler"), ("act", self.act is None),
+                               ("norm", self.norm is None), ("dense_bias", self.dense_bias)):
+                if not off:
+                    raise FieldError(field, f"{field} belongs to the pooled transform (ModernBERT's), and dense to "
+                                     "ELECTRA's classifier on the first token", f"give either dense or {field}")
+        if not self.dense_bias and self.act is None:
+            raise FieldError("dense_bias", "dense_bias switches the transform's bias, and the classifier has no "
+                             "transform", "add act and norm, or remove dense_bias")
+        return self
 
 
 class RTDHead(Node):
@@ -1261,7 +1398,7 @@ EncoderHead = Annotated[Union[MLMHead, ClassifierHead, RTDHead], Field(discrimin
 
 class Model(Node):
     name: str
-    family: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
+    family: Literal["decoder", "encoder", "encoder_decoder", "byte_latent"] = "decoder"
     vocab: Dim
     d_model: Dim
     context: Dim
@@ -1281,6 +1418,7 @@ class Model(Node):
     logit_scale: PositiveFloat | None = None  # multiply the final hidden state before the head (T5)
     residual_scale: PositiveFloat | None = None  # multiply each residual branch before the add (Granite)
     pooler: bool = False  # tanh pooler over the first token (BERT)
+    pooler_act: Activation | None = None  # the pooler's activation; default tanh (DeBERTa's: gelu)
     head: EncoderHead | None = None  # an encoder's task head: mlm(...), classifier(...) or rtd(...)
     # Dropout probabilities, active in training only: on the embeddings, on the attention
     # probabilities, and on each residual branch before it is added back.
@@ -1292,6 +1430,11 @@ class Model(Node):
     encoder_layers: tuple[str, ...] = ()
     decoder_layers: tuple[str, ...] = ()
     mtp: MTP | None = None  # multi-token prediction modules, trained beside the next-token head
+    # family = byte_latent: the patching, hashing and cross-attention of the Byte Latent Transformer,
+    # and its two further stacks (encoder_layers and decoder_layers are its local byte stacks)
+    byte_latent: ByteLatent | None = None
+    entropy_layers: tuple[str, ...] = ()
+    global_layers: tuple[str, ...] = ()
     # Where each value was written: ("blocks", "layer", "attention", "heads") → Span. Set by
     # the resolver so that checks after the AST (IR validation) can point at the source.
     _spans: dict = PrivateAttr(default_factory=dict)
@@ -1314,7 +1457,7 @@ class Model(Node):
     def _dtype(cls, v):
         return DTYPE_ALIASES.get(v, v) if isinstance(v, str) else v
 
-    @field_validator("layers", "encoder_layers", "decoder_layers")
+    @field_validator("layers", "encoder_layers", "decoder_layers", "entropy_layers", "global_layers")
     @classmethod
     def _depth(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(v) > MAX_LAYERS:
@@ -1323,6 +1466,10 @@ class Model(Node):
 
     @model_validator(mode="after")
     def _stacks(self) -> "Model":
+        if self.family == "byte_latent" or self.byte_latent or self.entropy_layers or self.global_layers:
+            from .byte_latent import check_byte_latent
+
+            return check_byte_latent(self)
         if self.family == "encoder_decoder":
             if self.layers:
                 raise FieldError("layers", "an encoder_decoder model has encoder_layers and decoder_layers, not layers")
@@ -1345,18 +1492,26 @@ class Model(Node):
                     raise FieldError(field, f"decoder block `{name}` needs cross_attention to read the encoder")
         if self.pooler and self.family != "encoder":
             raise FieldError("pooler", "pooler is for encoder models")
+        if self.pooler_act is not None and not self.pooler:
+            raise FieldError("pooler_act", "pooler_act is the pooler's activation, and the model has no pooler",
+                             "add pooler = true, or remove pooler_act")
         if self.embedding_dim is not None and self.family != "encoder":
             raise FieldError("embedding_dim", "factorised embeddings are implemented for encoders (ALBERT)",
                              "remove embedding_dim")
         if self.head is not None and self.family != "encoder":
             raise FieldError("head", f"head = {self.head.kind}(...) is an encoder's task head, and this model is a "
                              f"{self.family}", "remove head: a decoder's head is its LM head")
-        if isinstance(self.head, ClassifierHead) and self.head.dense is None and not self.pooler:
+        if isinstance(self.head, ClassifierHead) and self.head.dense is None and self.head.pooling == "pooler" \
+                and not self.pooler:
             raise FieldError(("head", "kind"), "classifier reads the pooled first token, and the model has no pooler",
-                             "add pooler = true, or give the classifier its own dense layer (dense = gelu)")
+                             "add pooler = true, pool in the head (pooling = cls or mean), or give the classifier "
+                             "its own dense layer (dense = gelu)")
         if isinstance(self.head, ClassifierHead) and self.head.dense is not None and self.pooler:
             raise FieldError(("head", "dense"), "a classifier with its own dense layer reads the first token itself, "
                              "and the pooler's output would go unused", "remove pooler, or dense")
+        if isinstance(self.head, ClassifierHead) and self.head.pooling != "pooler" and self.pooler:
+            raise FieldError(("head", "pooling"), f"pooling = {self.head.pooling} reads the final states itself, "
+                             "and the model's pooler would be unused", "remove pooler = true")
         if self.type_vocab and self.family == "decoder":
             raise FieldError("type_vocab", "token-type embeddings are for encoder models")
         stacks = self.stacks()
@@ -1445,9 +1600,9 @@ class Model(Node):
         for name in sorted(used):
             for slot in ("attention", "cross_attention"):
                 att = getattr(self.blocks[name], slot)
-                if att is not None and att.kind not in ("mha", "mqa", "gqa"):
+                if att is not None and att.kind not in ("mha", "mqa", "gqa", "disentangled"):
                     raise FieldError(("blocks", name, slot), f"attention_dropout is not implemented for {att.kind} "
-                                     f"attention (block `{name}`)", "use mha/mqa/gqa, or remove attention_dropout")
+                                     f"attention (block `{name}`)", "use mha/mqa/gqa/disentangled, or remove attention_dropout")
         return self
 
     @model_validator(mode="after")
@@ -1573,6 +1728,9 @@ class Model(Node):
         """Layer stacks by name: {"layers": ...} or {"encoder": ..., "decoder": ...}."""
         if self.family == "encoder_decoder":
             return {"encoder": self.encoder_layers, "decoder": self.decoder_layers}
+        if self.family == "byte_latent":
+            return {"entropy": self.entropy_layers, "encoder": self.encoder_layers, "global": self.global_layers,
+                    "decoder": self.decoder_layers}
         return {"layers": self.layers}
 
     @property
@@ -1606,7 +1764,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "scaling": _kind_classes(LinearScaling, NTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling, DynamicScaling),
     "qk_norm": _kind_classes(QKNorm),
     "indexer": _kind_classes(Indexer),
-    "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention),
+    "attention": _kind_classes(MHA, MQA, GQA, MLA, Differential, LinearAttention, Disentangled),
     "ffn": _kind_classes(MLP, GLU, MoE, RWKVChannelMix, RWKV7ChannelMix),
     "expert": _kind_classes(MLP, GLU, ClampedSwiGLU),
     "ssm": _kind_classes(Mamba, Mamba2, GatedDeltaNet, GLA, Retention, ShortConv, MLSTM, SLSTM, S4D,
@@ -1618,6 +1776,7 @@ SLOT_CLASSES: dict[str, dict[str, type[Node]]] = {
     "mixers": _kind_classes(ParallelMixers),
     "hybrid": _kind_classes(Zamba2Hybrid),
     "gau": _kind_classes(GAU),
+    "byte_latent": _kind_classes(ByteLatent),
 }
 SLOT_KINDS: dict[str, tuple[str, ...]] = {slot: tuple(kinds) for slot, kinds in SLOT_CLASSES.items()}
 
@@ -1631,6 +1790,8 @@ FIELD_SLOT = {
     "route": "route", "lora": "lora", "head": "head",
     "mixers": "mixers", "gau": "gau",
     "hybrid": "hybrid",
+    "rel_norm": "norm",
+    "byte_latent": "byte_latent",
 }
 
 MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))

@@ -80,6 +80,7 @@ def check_model(model: A.Model) -> None:
                                        f"position relative() shares one bias table across a stack, but block `{name}` "
                                        f"has {att.heads} heads and block `{first}` {n}",
                                        "give every attention layer of the stack the same number of heads")
+    _check_disentangled(model, stacks)
     for name in dict.fromkeys(used):
         block = model.blocks[name]
         for slot in ("attention", "cross_attention"):
@@ -124,6 +125,31 @@ def check_model(model: A.Model) -> None:
                                    f"position {_position_text(model.position_of(name))} with {mixer.kind} "
                                    f"(block `{name}`) is not supported: {refusal.reason}",
                                    refusal.instead)
+
+
+def _check_disentangled(model: A.Model, stacks: dict) -> None:
+    """DeBERTa's layers share one relative embedding table per stack, so they must agree on it."""
+    for layers in stacks.values():
+        first = None
+        for name in dict.fromkeys(layers):
+            att = model.blocks[name].attention
+            if not isinstance(att, A.Disentangled):
+                continue
+            reach = att.max_relative or model.context
+            if att.buckets is not None and reach - 1 <= att.buckets // 2:
+                raise A.FieldError(("blocks", name, "attention", "buckets"),
+                                   f"log buckets beyond buckets / 2 = {att.buckets // 2} need max_relative (default: "
+                                   f"the context) above {att.buckets // 2 + 1}, and it is {reach}",
+                                   "fewer buckets, or a larger max_relative")
+            table = (att.buckets, att.max_relative, att.rel_norm)
+            if first is None:
+                first = (name, table)
+            elif table != first[1]:
+                raise A.FieldError(("blocks", name, "attention"),
+                                   f"disentangled attention shares one relative embedding table across a stack, but "
+                                   f"block `{name}` sets buckets, max_relative or rel_norm unlike block `{first[0]}`",
+                                   "give every disentangled attention of the stack the same buckets, max_relative "
+                                   "and rel_norm")
 
 
 def matrix_markdown() -> str:

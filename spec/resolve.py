@@ -609,6 +609,14 @@ class _Builder:
         if kinds is None:
             return
         got = _value_kind(v)
+        if got == VT.LIST and got in kinds:
+            items = VT.element_kinds(annotation) or frozenset()
+            spans = [x.span for x in expr.items] if isinstance(expr, S.ListExpr) else [expr.span] * len(v)
+            for x, span in zip(v, spans):
+                if not isinstance(x, (S.Call, LayerList, list)) and _value_kind(x) not in items:
+                    raise ArchError(f"`{field_name}`: each item is expected to be {VT.describe_expected(items)}, "
+                                    f"got {VT.describe_kind(_value_kind(x))}", span, kind="type")
+            return
         if got in kinds:
             return
         if got == VT.WORD:  # a bare word that names no constant or block
@@ -980,7 +988,7 @@ def build_model(program: Program, name: str, *, syntax_errors_reported: bool = F
         b.spans[("blocks", block_name, "name")] = merged.block_spans[block_name]
         blocks[block_name] = {"name": block_name, **b.fields(assigns, ("blocks", block_name), A.Block, A.BLOCK_FIELDS,
                                                              f"block `{block_name}`")}
-    for stack in ("layers", "encoder_layers", "decoder_layers"):
+    for stack in ("layers", "encoder_layers", "decoder_layers", "entropy_layers", "global_layers"):
         if stack in data and not isinstance(data[stack], list):
             value = data.pop(stack)
             b.errors.append(ArchError(

@@ -69,10 +69,25 @@ def accepted(annotation: Any) -> frozenset[str] | None:
         return frozenset({INTEGER, NUMBER})
     if annotation is str:
         return frozenset({STRING})
-    if origin in (tuple, list) and {NUMBER, WORD} & (accepted(get_args(annotation)[0]) or set()):
-        return frozenset({LIST})  # a list of numbers (longrope's factors) or words (lora's targets)
+    if origin in (tuple, list) and {INTEGER, NUMBER, WORD} & (element_kinds(annotation) or set()):
+        # a list of integers (byte_latent's ngrams), numbers (longrope's factors) or words (lora's targets)
+        return frozenset({LIST})
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return frozenset({CALL})
+    return None
+
+
+def element_kinds(annotation: Any) -> frozenset[str] | None:
+    """The kinds of value each item of a list field takes (`[3, 4, 5]` for a tuple of ints); None
+    when the field is not a list. Each item is checked: pydantic would read `[3, true]` as (3, 1)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return element_kinds(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return next((k for k in map(element_kinds, get_args(annotation)) if k is not None), None)
+    if origin in (tuple, list):  # tuple[X, ...], list[X], or a fixed tuple (dt_limit's [lo, hi]): any of its kinds
+        kinds = [accepted(arg) for arg in get_args(annotation) if arg is not Ellipsis]
+        return None if None in kinds else frozenset().union(*kinds)
     return None
 
 

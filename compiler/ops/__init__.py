@@ -13,6 +13,8 @@ from . import lightning  # noqa: F401  (registers)
 from . import electra  # noqa: F401  (registers)
 from . import zamba2  # noqa: F401  (registers)
 from . import gau  # noqa: F401  (registers)
+from . import disentangled  # noqa: F401  (registers)
+from . import blt  # noqa: F401  (registers)
 from .base import (
     CATEGORIES, PICTURE_GROUPS, REGISTRY, ActivationContext, Attr, Cost, Emit, FactsContext, OpDef, Refusal,
     RegistryError, Saved, VerifyContext, WeightlessOp,

@@ -16,7 +16,10 @@ def attended(context: int, causal: bool, window: int | None, chunk: int | None =
     if (dilation or 1) > 1 or global_tokens:
         return _attended_dilated(context, causal, window, dilation or 1, global_tokens)
     if not causal:
-        keys = float(min(window, context) if window else context)
+        if window and window < context:  # both ways: 2w - 1 keys, fewer for the w - 1 queries at each end
+            keys = 2 * window - 1 - window * (window - 1) / context
+        else:
+            keys = float(context)
         return min(keys + sink_tokens, float(context))
     if chunk is not None and chunk < context:
         # a query sees the keys of its own chunk up to itself: 1 .. chunk, then again

@@ -1,8 +1,9 @@
-"""Encoder task heads: BERT's masked-LM head and the sequence classifier on the pooled token."""
+"""Encoder task heads: BERT's masked-LM head, the sequence classifier on the pooled token, and
+ModernBERT's own pooling (first token or masked mean) and dense-activation-norm transform."""
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, OpDef, WeightlessOp, attr, register
 
 
 @register
@@ -13,7 +14,8 @@ class MLMHead(OpDef):
              "eps": attr(float), "norm_bias": attr(bool), "tied": attr(bool, doc="the decoder is the embedding table"),
              "bias": attr(bool, doc="an output bias per token id"),
              "width": attr(int, default=None, doc="the dense layer's output: the embedding width (ALBERT); "
-                                                 "default dim")}
+                                                 "default dim"),
+             "dense_bias": attr(bool, default=True, doc="the dense layer's bias (off: ModernBERT's classifier_bias)")}
     arity = (1, 1)
     picture = "head"
     hf_params = {"dense_weight": "transform.dense.weight", "dense_bias": "transform.dense.bias",
@@ -23,6 +25,8 @@ class MLMHead(OpDef):
     def params(self, a, shape):
         d, w = a["dim"], a["width"] or a["dim"]
         params = {"dense_weight": (w, d), "dense_bias": (w,), "norm_weight": (w,)}
+        if not a["dense_bias"]:
+            del params["dense_bias"]
         if a["norm_bias"]:
             params["norm_bias"] = (w,)
         if not a["tied"]:
@@ -50,7 +54,8 @@ class MLMHead(OpDef):
         a = d["attrs"]
         return (f"rt.MLMHead({a['dim']}, {a['vocab']}, act={a['act']!r}, norm={a['norm']!r}, eps={a['eps']!r}, "
                 f"norm_bias={a['norm_bias']!r}, tied={a['tied']!r}, bias={a['bias']!r}"
-                + (f", width={a['width']!r})" if a["width"] else ")"))
+                + (f", width={a['width']!r}" if a["width"] else "")
+                + (", dense_bias=False)" if not a["dense_bias"] else ")"))
 
     def call(self, d, args, emit):
         table = ", self.embed.weight" if d["attrs"]["tied"] else ""
@@ -77,6 +82,52 @@ class Classifier(OpDef):
 
     def module(self, d, emit):
         return f"nn.Linear({d['attrs']['dim']}, {d['attrs']['labels']})"
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]})"
+
+
+@register
+class PoolTokens(WeightlessOp):
+    name = "pool_tokens"
+    summary = "one vector per sequence: the first token's state, or the mean over the unmasked tokens"
+    attrs = {"mode": attr(str, doc="cls | mean"), "dim": attr(int)}
+    arity = (1, 1)
+    picture = "head"
+
+    def call(self, d, args, emit):
+        return f"rt.pool_tokens({args[0]}, {d['attrs']['mode']!r}, ctx.attention_mask)"
+
+
+@register
+class HeadTransform(OpDef):
+    name = "head_transform"
+    summary = "norm(act(dense(x))): ModernBERT's prediction head before its classifier"
+    attrs = {"dim": attr(int), "act": attr(str), "norm": attr(str, doc="layernorm | rmsnorm"), "eps": attr(float),
+             "norm_bias": attr(bool), "dense_bias": attr(bool)}
+    arity = (1, 1)
+    picture = "head"
+    hf_params = {"dense_weight": "dense.weight", "dense_bias": "dense.bias", "norm_weight": "norm.weight",
+                 "norm_bias": "norm.bias"}  # ModernBertPredictionHead
+
+    def params(self, a, shape):
+        d = a["dim"]
+        params = {"dense_weight": (d, d), "dense_bias": (d,), "norm_weight": (d,), "norm_bias": (d,)}
+        for flag in ("dense_bias", "norm_bias"):
+            if not a[flag]:
+                del params[flag]
+        return params
+
+    def category(self, d):
+        return "head"
+
+    def cost(self, d, ctx):
+        return Cost()  # once per sequence, not per token
+
+    def module(self, d, emit):
+        a = d["attrs"]
+        return (f"rt.HeadTransform({a['dim']}, act={a['act']!r}, norm={a['norm']!r}, eps={a['eps']!r}, "
+                f"norm_bias={a['norm_bias']!r}, dense_bias={a['dense_bias']!r})")
 
     def call(self, d, args, emit):
         return f"self.{d['name']}({args[0]})"

@@ -81,8 +81,8 @@ class LmHead(OpDef):
 @register
 class Pooler(OpDef):
     name = "pooler"
-    summary = "tanh(dense(first token))"
-    attrs = {"dim": attr(int)}
+    summary = "tanh(dense(first token)), or another activation"
+    attrs = {"dim": attr(int), "act": attr(str, default=None, doc="the activation; None: tanh")}
     arity = (1, 1)
     picture = "head"
     hf_params = {"weight": "dense.weight", "bias": "dense.bias"}
@@ -100,4 +100,6 @@ class Pooler(OpDef):
         return f"nn.Linear({d['attrs']['dim']}, {d['attrs']['dim']})"
 
     def call(self, d, args, emit):
-        return f"torch.tanh(self.{d['name']}({args[0]}[:, 0]))"
+        from .elementwise import ACT_CALL
+
+        return ACT_CALL[d["attrs"]["act"] or "tanh"].format(f"self.{d['name']}({args[0]}[:, 0])")

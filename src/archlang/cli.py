@@ -495,6 +495,9 @@ def cmd_stats(args) -> int:
         table.add_row("  of which mtp params (training only)", f"{f.params_mtp:,}", _human(f.params_mtp))
     table.add_row(f"weights ({f.dtype})", f"{f.weight_bytes:,} B", _human(f.weight_bytes, "B"))
     table.add_row("FLOPs / token (forward)", f"{f.flops_per_token:,}", _human(f.flops_per_token, "FLOP"))
+    if f.flops_per_patch is not None:  # byte_latent: the tokens are bytes, the global stack runs per patch
+        table.add_row(f"FLOPs / patch (forward, {f.bytes_per_patch:g} bytes)", f"{f.flops_per_patch:,}",
+                      _human(f.flops_per_patch, "FLOP"))
     table.add_row("KV cache / token", f"{f.kv_cache_bytes_per_token:,} B", _human(f.kv_cache_bytes_per_token, "B"))
     table.add_row(f"KV cache at {f.context:,} tokens", f"{f.kv_cache_bytes_at_context:,} B", _human(f.kv_cache_bytes_at_context, "B"))
     if f.ssm_state_bytes_per_sequence:

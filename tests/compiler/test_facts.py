@@ -17,6 +17,7 @@ PUBLISHED = {
     "gemma2_2b": 2_614_341_888, "bert_base": 109_482_240, "t5_small": 60_506_624,
     "deepseek_v3": 671_026_404_352,  # without the multi-token-prediction module, as transformers builds it
     "lfm2_1_2b": 1_170_340_608,
+    "modernbert_base": 149_655_232,  # ModernBertForMaskedLM: 149,014,272 in the encoder
 }
 
 
@@ -40,6 +41,12 @@ def hf_model(name: str):
         return T.AlbertForMaskedLM, T.AlbertConfig(vocab_size=30000, embedding_size=128, hidden_size=768,
                                                    num_hidden_layers=12, num_attention_heads=12,
                                                    intermediate_size=3072, hidden_act="gelu_new")
+    if name == "deberta_v3_base":  # microsoft/deberta-v3-base's config.json: 183,831,552 in DebertaV2Model
+        return T.DebertaV2Model, T.DebertaV2Config(
+            vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            max_position_embeddings=512, type_vocab_size=0, layer_norm_eps=1e-7, relative_attention=True,
+            max_relative_positions=-1, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+            pos_att_type="p2c|c2p", position_biased_input=False)
     if name == "t5_small":
         return T.T5ForConditionalGeneration, T.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
                                                         num_layers=6, num_heads=8)
@@ -144,6 +151,24 @@ def hf_model(name: str):
             vocab_size=32000, hidden_size=2560, intermediate_size=10240, num_hidden_layers=54, mamba_d_state=64,
             mamba_expand=2, n_mamba_heads=80, num_attention_heads=32, num_mem_blocks=2, adapter_rank=128,
             use_shared_attention_adapter=False, use_mem_rope=False, tie_word_embeddings=True)
+    if name == "modernbert_base":  # answerdotai/ModernBERT-base, with the masked-LM head its config names
+        return T.ModernBertForMaskedLM, T.ModernBertConfig(
+            vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+            max_position_embeddings=8192, local_attention=128, norm_bias=False, decoder_bias=True)
+    if name == "blt_1b":  # facebook/blt-1b as transformers' converter writes it (FFNs 8/3 · width up to 256)
+        def stack(hidden, layers, heads, ffn, theta, **extra):
+            return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                    "intermediate_size": ffn, "rope_parameters": {"rope_type": "default", "rope_theta": theta}, **extra}
+
+        return T.BltForCausalLM, T.BltConfig(
+            vocab_size=260, max_position_embeddings=4096, patching_mode="entropy", patch_in_forward=True,
+            patching_threshold=1.335442066192627, local_attention_window_len=512, cross_attn_k=2,
+            encoder_hash_byte_group_size=[3, 4, 5, 6, 7, 8], encoder_hash_byte_group_vocab=500002,
+            encoder_hash_byte_group_nb_functions=1,
+            patcher_config=stack(768, 14, 12, 2048, 10000.0, sliding_window=512, max_position_embeddings=8192),
+            encoder_config=stack(1024, 1, 16, 2816, 500000.0, cross_attn_all_layers=False, hidden_size_global=2048),
+            global_config=stack(2048, 25, 16, 5632, 500000.0),
+            decoder_config=stack(1024, 9, 16, 2816, 500000.0, cross_attn_all_layers=True, hidden_size_global=2048))
     raise KeyError(name)
 
 

@@ -972,6 +972,30 @@ CASES = {
     }}
     layers = [shared0, mamba, mamba, shared1, mamba, shared0, mamba]
 }}""", "zamba2"),
+    "modernbert": ("""model m {
+    family = encoder
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    embedding_norm = layernorm(eps = 1e-5, bias = false)
+    final_norm = layernorm(eps = 1e-5, bias = false)
+    block full {
+        norm = layernorm(eps = 1e-5, bias = false)
+        position = rope(theta = 1000)
+        attention = mha(heads = 4)
+        ffn = geglu(hidden = 48, act = gelu)
+    }
+    block first extends full { mixer_norm = false }
+    block sliding extends full {
+        position = rope(theta = 100)
+        attention.window = 3
+    }
+    layers = first + [sliding, full]
+}""", "modernbert"),
+    "deberta-v2": (SPECS / "tiny_deberta.arch", "deberta-v2"),
+    # threshold 0: every byte starts a patch, whatever the perturbed entropy model predicts
+    "blt": ((SPECS / "byte_latent" / "blt_tiny.arch").read_text().replace("threshold = 1.3", "threshold = 0.0"), "blt"),
 }
 
 
@@ -1003,7 +1027,7 @@ def _logits(model, ids, kind):
         out = model(ids)
     if kind in ("bert", "albert"):
         return (out[0], out[1]) if isinstance(out, tuple) else (out.last_hidden_state, out.pooler_output)
-    if kind == "electra":  # the base model's hidden states
+    if kind in ("electra", "modernbert", "deberta-v2"):  # the base encoder: its hidden states
         return getattr(out, "last_hidden_state", out)
     return getattr(out, "logits", out)
 
@@ -1033,8 +1057,8 @@ def test_exported_checkpoint_loads_in_transformers_with_the_same_logits(case, tm
     ours = perturb(build(spec, model=name, passes="")).eval()
     archlang.save(ours, tmp_path / "w.safetensors")
     assert export_hf(spec, tmp_path / "hf", model=name, weights=tmp_path / "w.safetensors") == kind
-    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel,
-            "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
+    auto = {"bert": T.AutoModel, "albert": T.AutoModel, "electra": T.AutoModel, "modernbert": T.AutoModel,
+            "deberta-v2": T.AutoModel, "t5": T.AutoModelForSeq2SeqLM}.get(kind, T.AutoModelForCausalLM)
     theirs = auto.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     ids = torch.randint(0, 97, (2, 11))
     got, ref = _logits(ours, ids, kind), _logits(theirs, ids, kind)

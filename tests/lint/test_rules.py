@@ -123,7 +123,9 @@ model n extends m { context = 8192 }
 # (its checkpoint's vocabulary, widths, attention and routing as released), not a mistake of the spec.
 EXAMPLE_FINDINGS = {
     "albert_base.arch": ["ARC102"],  # vocab 30,000
+    "blt_1b.arch": ["ARC102"],  # 260 byte values (256 bytes and 4 specials)
     "bert_base.arch": ["ARC102", "ARC115"],  # vocab 30,522; attention dropout 0.1
+    "deberta_v3_base.arch": ["ARC102"],  # vocab 128,100
     "deepseek_v2_lite.arch": ["ARC104", "ARC115"],  # dense FFN 10,944 wide; MLA's 128-wide values vs 192-wide keys
     "deepseek_v3.arch": ["ARC115", "ARC116"],  # MLA values; 671B parameters do not fit one H100
     "gemma2_2b.arch": [],
@@ -139,6 +141,7 @@ EXAMPLE_FINDINGS = {
     "falcon_h1_7b.arch": ["ARC102"],  # vocab 130,049
     "llama4_scout.arch": ["ARC114", "ARC116"],  # no aux loss in the spec; 109B parameters and a 10M-token cache
     "mamba2_2_7b.arch": ["ARC102"],  # vocab 50,288 (a multiple of 16 only)
+    "modernbert_base.arch": [],
     "mistral_7b.arch": [],
     "mixtral_8x7b.arch": ["ARC116"],  # 46.7B parameters in bf16
     "nemotron_h_8b.arch": [],

@@ -287,7 +287,7 @@ def test_cross_attention_kinds_without_an_encoder_path_are_refused(kind):
 
 
 def test_the_matrix_covers_every_kind_of_the_language():
-    assert set(compat.MIXERS) == set(A.SLOT_KINDS["attention"]) | set(A.SLOT_KINDS["ssm"])
+    assert set(compat.MIXERS) == set(A.SLOT_KINDS["attention"]) | set(A.SLOT_KINDS["ssm"]) | set(A.SLOT_KINDS["gau"])
     assert set(compat.POSITIONS) == {"none", *A.SLOT_KINDS["position"]}
     assert {"window", "softcap", "scale", "bias", "out_bias"} <= set(compat.OPTIONS)
 

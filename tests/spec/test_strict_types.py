@@ -1,6 +1,8 @@
 """Values have strict types: a bool is not an integer, a string is not a number, an
 enumeration value is a bare word. Each wrong type is one located error, with no knock-ons."""
 
+from pathlib import Path
+
 import pytest
 
 from archlang.spec import ArchError, ArchErrors, SourceMap, load_models
@@ -19,6 +21,9 @@ BASE = """model m {
   layers = b * 2
 }
 """
+
+
+BLT = (Path(__file__).parents[1] / "specs" / "byte_latent" / "blt_tiny.arch").read_text()
 
 
 def errors_of(text: str) -> list:
@@ -102,8 +107,20 @@ def test_every_field_kind_is_derived_from_the_ast():
                 continue
             assert VT.accepted(info.annotation), f"{cls.__name__}.{name}"
     for name in A.MODEL_FIELDS:
-        if name not in ("layers", "encoder_layers", "decoder_layers"):
+        if name not in ("layers", "encoder_layers", "decoder_layers", "entropy_layers", "global_layers"):
             assert VT.accepted(A.Model.model_fields[name].annotation), name
+
+
+@pytest.mark.parametrize("item,got", [("true", "a boolean"), ("4.0", "a number"), ('"4"', "a string")])
+def test_each_item_of_a_list_of_integers_is_checked(item, got):
+    # pydantic's lax mode read `ngrams = [3, true]` as (3, 1).
+    text = BLT.replace("ngrams = [3, 4, 5]", f"ngrams = [3, {item}, 5]")
+    (err,) = errors_of(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "ngrams" in l)
+    assert err.message == f"`ngrams`: each item is expected to be an integer, got {got}"
+    assert (err.span.line, err.span.column) == (line, text.splitlines()[line - 1].index(item) + 1)
+    (m,) = load_models(source=BLT.replace("ngrams = [3, 4, 5]", "ngrams = [2, 4]"))
+    assert m.byte_latent.ngrams == (2, 4)
 
 
 @pytest.mark.parametrize("old,new,hint", [

@@ -6,9 +6,9 @@ qwen2_moe, deepseek_v2, deepseek_v3, glm4_moe, gemma2, gemma3_text, gpt2, bert, 
 llama4_text, qwen3_moe, olmoe, olmo3, exaone4, ernie4_5_moe, hunyuan_v1_moe, gemma, starcoder2, granite,
 granitemoe, gpt_neox, deepseek_v32, mamba, falcon_mamba, qwen3_next, nemotron_h, bamba,
 granitemoehybrid, lfm2, xlstm, rwkv, recurrent_gemma,
-minimax, falcon_h1, kimi_linear, zamba2, electra. The encoders (bert, albert, electra) come with the head of the class
-the config's `architectures` names: the base model, its masked-LM head, its sequence classifier, or (electra)
-the discriminator's replaced-token detection head.
+minimax, falcon_h1, kimi_linear, zamba2, electra, modernbert, deberta-v2, blt. The encoders (bert, albert, electra,
+modernbert, deberta-v2) come with the head of the class the config's `architectures` names: the base model, its
+masked-LM head, its sequence classifier, or (electra) the discriminator's replaced-token detection head.
 """
 
 from __future__ import annotations
@@ -478,6 +478,10 @@ ENCODER_HEADS = {
     "albert": {"AlbertModel": None, "AlbertForMaskedLM": "mlm", "AlbertForSequenceClassification": "classifier"},
     "electra": {"ElectraModel": None, "ElectraForPreTraining": "rtd", "ElectraForMaskedLM": "mlm",
                 "ElectraForSequenceClassification": "classifier"},
+    "modernbert": {"ModernBertModel": None, "ModernBertForMaskedLM": "mlm",
+                   "ModernBertForSequenceClassification": "classifier"},
+    "deberta-v2": {"DebertaV2Model": None, "DebertaV2ForMaskedLM": "mlm",
+                   "DebertaV2ForSequenceClassification": "classifier"},
 }
 
 
@@ -572,6 +576,96 @@ def _electra(c, name: str) -> str:
              "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
     return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
                       "Imported from a Hugging Face electra config.")
+
+
+def _modernbert(c, name: str) -> str:
+    """ModernBERT: pre-norm layers (norm biases per norm_bias), the first layer's attention reading
+    the normed embeddings directly, bidirectional attention alternating global and local (a token
+    sees the tokens within local_attention // 2 of it on either side: window = that + 1), RoPE with
+    a base per layer type, a GeGLU FFN (Wi's first half is the activated one), a final norm, and
+    the head of the class: dense, activation and norm before the tied decoder or the classifier."""
+    eps, head = c.norm_eps, bert_head(c)
+    norm = call("layernorm", eps=eps, bias=bool(c.norm_bias))
+    bias = bool(c.attention_bias) or None
+    ffn = call("geglu", hidden=c.intermediate_size, act=_act(c.hidden_activation), bias=bool(c.mlp_bias) or None)
+    kinds, blocks = [], {}
+    for i, t in enumerate(c.layer_types):
+        kind = "sliding" if t == "sliding_attention" else "full"
+        # a window past the context sees every token, as one of the context's length does
+        window = min(c.local_attention // 2 + 1, c.max_position_embeddings) if kind == "sliding" else None
+        block = {"norm": norm, "position": _rope(c, params=c.rope_parameters[t]),
+                 "attention": call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias, window=window)
+                 if window else call("mha", heads=c.num_attention_heads, bias=bias, out_bias=bias), "ffn": ffn}
+        if i == 0:  # its attn_norm is the identity
+            kind, block = "first", {"mixer_norm": False, **block}
+        kinds.append(kind)
+        blocks.setdefault(kind, block)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), **_dropouts(c),
+              "embedding_norm": norm, "final_norm": norm}
+    head_norm = {"act": _act(c.classifier_activation), "norm": norm, "dense_bias": bool(c.classifier_bias) or False}
+    if head == "mlm":
+        fields["tie_embeddings"] = bool(c.tie_word_embeddings) or None
+        fields["head"] = call("mlm", bias=bool(c.decoder_bias), **head_norm)
+    elif head == "classifier":
+        fields["head"] = call("classifier", labels=c.num_labels, dropout=c.classifier_dropout or None,
+                              pooling=c.classifier_pooling, **head_norm)
+    rest = _layout(kinds[1:]) if len(kinds) > 1 else None
+    return write_spec(name, fields, blocks, {"layers": "first" + (f" + {rest}" if rest else "")},
+                      "Imported from a Hugging Face modernbert config.")
+
+
+def deberta_terms(c) -> list[str]:
+    """The relative terms of a deberta-v2 config (pos_att_type, "p2c|c2p" or a list), in archlang's order."""
+    value = c.pos_att_type or []
+    terms = {t.strip() for t in value.lower().split("|")} if isinstance(value, str) else set(value)
+    return [t for t in ("c2p", "p2c") if t in terms]
+
+
+def _deberta_v2(c, name: str) -> str:
+    """DeBERTa-v2/v3: BERT's post-norm layer with disentangled attention over one table of relative
+    embeddings, absolute positions added to the embeddings only where position_biased_input."""
+    conv = getattr(c, "conv_kernel_size", 0) or 0
+    if conv > 0:
+        raise ArchError(f"deberta-v2 conv_kernel_size = {conv}: the convolution beside the first layer is not mapped",
+                        kind="interop", hint="import a checkpoint without it (DeBERTaV3 has none)")
+    if getattr(c, "embedding_size", c.hidden_size) != c.hidden_size:
+        raise ArchError(f"deberta-v2 embedding_size = {c.embedding_size}: narrower embeddings projected before their "
+                        "norm are not mapped", kind="interop", hint="set embedding_size = hidden_size")
+    eps, head, terms = c.layer_norm_eps, bert_head(c), deberta_terms(c)
+    fields = {"family": "encoder", "vocab": c.vocab_size, "d_model": c.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype),
+              "type_vocab": c.type_vocab_size or None, "pooler": head == "classifier" or None,
+              "pooler_act": _act(c.pooler_hidden_act) if head == "classifier" and c.pooler_hidden_act != "tanh" else None,
+              **_dropouts(c), "position": call("learned") if c.position_biased_input else None,
+              "embedding_norm": call("layernorm", eps=eps)}
+    _encoder_head(c, fields, head, eps, getattr(c, "cls_dropout", None))
+    heads = c.num_attention_heads
+    if c.relative_attention:
+        if not terms:
+            raise ArchError("deberta-v2 relative_attention = true with pos_att_type empty: a table of relative "
+                            "embeddings that no attention term reads is not mapped", kind="interop",
+                            hint='set pos_att_type = "p2c|c2p" or relative_attention = false')
+        buckets = getattr(c, "position_buckets", -1)
+        norms = {k.strip() for k in str(getattr(c, "norm_rel_ebd", "none")).lower().split("|")}
+        attention = call("disentangled", heads=heads, bias=True, out_bias=True,
+                         terms=Raw(f"[{', '.join(terms)}]") if len(terms) < 2 else None,
+                         buckets=buckets if buckets > 0 else None,
+                         max_relative=c.max_relative_positions if c.max_relative_positions >= 1 else None,
+                         share_keys=bool(getattr(c, "share_att_key", False)) or None,
+                         rel_norm=call("layernorm", eps=eps) if "layer_norm" in norms else None)
+    else:  # DisentangledSelfAttention without relative terms still divides by sqrt(d · (1 + #pos_att_type))
+        if "layer_norm" in {k.strip() for k in str(getattr(c, "norm_rel_ebd", "none")).lower().split("|")}:
+            raise ArchError("deberta-v2 norm_rel_ebd = layer_norm with relative_attention = false: a norm of relative "
+                            "embeddings the model does not have is not mapped", kind="interop",
+                            hint="set norm_rel_ebd = none, or relative_attention = true")
+        hd = c.hidden_size // heads
+        attention = call("mha", heads=heads, bias=True, out_bias=True,
+                         scale=(hd * (1 + len(terms))) ** -0.5 if terms else None)
+    block = {"norm": call("layernorm", eps=eps, placement="post"), "attention": attention,
+             "ffn": call("mlp", hidden=c.intermediate_size, act=_act(c.hidden_act), bias=True)}
+    return write_spec(name, fields, {"layer": block}, {"layers": f"layer * {c.num_hidden_layers}"},
+                      "Imported from a Hugging Face deberta-v2 config.")
 
 
 def _jamba(c, name: str) -> str:
@@ -1185,6 +1279,46 @@ def _zamba2(c, name: str) -> str:
     return write_spec(name, fields, blocks, {"layers": _layout(kinds)}, "Imported from a Hugging Face zamba2 config.")
 
 
+def _blt(c, name: str) -> str:
+    """The Byte Latent Transformer: one block per stack (entropy model, local encoder, global
+    transformer, local decoder), each with its own width, RoPE base and SwiGLU width."""
+    enc, glob, dec, ent = c.encoder_config, c.global_config, c.decoder_config, c.patcher_config
+    entropy = c.patching_mode == "entropy" and c.patch_in_forward
+
+    def rope(s) -> Raw:
+        return call("rope", theta=float(s.rope_parameters["rope_theta"]))
+
+    def block(s) -> dict[str, Any]:  # the model's position is the encoder's
+        heads, kv = s.num_attention_heads, s.num_key_value_heads or s.num_attention_heads
+        kind = "mha" if kv == heads else "gqa"
+        head_dim = s.hidden_size // heads if s.hidden_size != enc.hidden_size else None
+        return {"norm": call("rmsnorm", eps=s.rms_norm_eps),
+                "attention": call(kind, heads=heads, kv_heads=kv if kind == "gqa" else None, head_dim=head_dim),
+                "ffn": call("swiglu", hidden=s.intermediate_size),
+                "position": rope(s) if s is not enc else None}
+
+    byte_latent = call("byte_latent", global_d_model=glob.hidden_size, cross_k=c.cross_attn_k,
+                       window=c.local_attention_window_len,
+                       encoder_cross="all" if enc.cross_attn_all_layers else "last",
+                       decoder_cross="all" if dec.cross_attn_all_layers else "first",
+                       ngrams=Raw(_numbers(c.encoder_hash_byte_group_size)),
+                       hash_vocab=c.encoder_hash_byte_group_vocab,
+                       hash_functions=c.encoder_hash_byte_group_nb_functions,
+                       patching="entropy" if entropy else "bytes",
+                       threshold=float(c.patching_threshold) if entropy else None,
+                       entropy_d_model=ent.hidden_size if entropy else None,
+                       entropy_window=ent.sliding_window if entropy else None, max_patch=c.max_patch_length)
+    fields = {"family": "byte_latent", "vocab": c.vocab_size, "d_model": enc.hidden_size,
+              "context": c.max_position_embeddings, "dtype": hf_config.spec_dtype(c.dtype), "position": rope(enc),
+              "final_norm": call("rmsnorm", eps=dec.rms_norm_eps), "byte_latent": byte_latent}
+    blocks = {"entropy": block(ent)} if entropy else {}
+    blocks.update(encoder=block(enc), latent=block(glob), decoder=block(dec))
+    layers = {"entropy_layers": f"entropy * {ent.num_hidden_layers}"} if entropy else {}
+    layers.update(encoder_layers=f"encoder * {enc.num_hidden_layers}", global_layers=f"latent * {glob.num_hidden_layers}",
+                  decoder_layers=f"decoder * {dec.num_hidden_layers}")
+    return write_spec(name, fields, blocks, layers, "Imported from a Hugging Face blt config.")
+
+
 def _runs(kinds: list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for k in kinds:
@@ -1218,6 +1352,9 @@ SPEC_WRITERS: dict[str, Callable] = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 
@@ -1251,7 +1388,7 @@ def spec_from_config(config, name: str | None = None) -> str:
     hf_config.check_keys(config.to_dict(), source)
     where = f"{source}: " if source else ""
     try:
-        text = SPEC_WRITERS[model_type](config, name or model_type)
+        text = SPEC_WRITERS[model_type](config, name or model_type.replace("-", "_"))  # deberta-v2 → deberta_v2
     except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. zero heads, a zero layer period
         raise ArchError(f"{where}this {model_type} config does not describe a model: {exc}", kind="interop") from None
     model = _check_written(text, model_type, where)
@@ -1291,7 +1428,7 @@ def _build(config, passes: str | None):
     from archlang.api import compile_spec, load_source
     from archlang.compiler import DEFAULT_PIPELINE
 
-    spec = spec_from_config(config, name=config.model_type)
+    spec = spec_from_config(config, name=config.model_type.replace("-", "_"))
     compiled = compile_spec(spec, passes=DEFAULT_PIPELINE if passes is None else passes)
     return load_source(compiled.source, compiled.model.name).build()
 

@@ -853,7 +853,118 @@ TABLES: dict[str, dict[str, Key]] = {
                "use_shared_mlp_adapter": irrelevant("never read: transformers' zamba2 always builds the gate_up "
                                                     "adapters"),
                "time_step_limit": irrelevant("never read: the mixer clamps dt to [time_step_min, inf)")},
+    "modernbert": {**{k: MAPPED for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                          "max_position_embeddings", "norm_eps", "norm_bias", "attention_bias",
+                                          "mlp_bias", "decoder_bias", "classifier_bias", "local_attention",
+                                          "architectures", "num_labels", "classifier_dropout", "tie_word_embeddings")},
+                   "hidden_activation": ACTIVATION, "classifier_activation": ACTIVATION,
+                   "classifier_pooling": only("cls", "mean", reason="ModernBERT pools the first token or the mean"),
+                   "layer_types": checked(lambda v, c: _layer_types_problem(v, c, ("full_attention",
+                                                                                    "sliding_attention"))),
+                   "rope_parameters": checked(_rope_per_layer_type),
+                   "embedding_dropout": dropout_into("embedding_dropout"),
+                   # on the probabilities and again on Wo's output, where archlang drops only the former
+                   "attention_dropout": no_dropout("ModernBERT drops the attention probabilities and the attention "
+                                                   "output both; archlang's attention_dropout is the former only"),
+                   "mlp_dropout": no_dropout("ModernBERT drops inside the GeGLU, before Wo"),
+                   "problem_type": only(None, "single_label_classification", "regression",
+                                        reason="archlang's classifier loss is single-label cross-entropy or, with "
+                                               "one label, regression"),
+                   "cls_token_id": TOKEN_ID, "initializer_cutoff_factor": INIT,
+                   "deterministic_flash_attn": irrelevant("chooses a deterministic flash-attention kernel: the same "
+                                                          "function"),
+                   "sparse_prediction": irrelevant("with labels, ForMaskedLM returns the labelled tokens' logits "
+                                                   "only; the loss is the same"),
+                   "sparse_pred_ignore_index": irrelevant("the label ignored by sparse_prediction, a training option"),
+                   # read by ModernBertConfig when it is built, into layer_types and rope_parameters (which are mapped)
+                   **{k: irrelevant("folded into layer_types / rope_parameters when transformers builds the config")
+                      for k in ("global_attn_every_n_layers", "global_rope_theta", "local_rope_theta")},
+                   **{k: irrelevant("kept in published config.json files; ModernBERT's modeling code never reads it")
+                      for k in ("layer_norm_eps", "position_embedding_type", "reference_compile",
+                                "repad_logits_with_grad")}},
+    # The Byte Latent Transformer: four sub-configs (patcher, local encoder, global transformer,
+    # local decoder), each classified key by key in BLT_SUBCONFIGS.
+    "blt": {"max_position_embeddings": MAPPED, "encoder_hash_byte_group_vocab": MAPPED,
+            "encoder_hash_byte_group_nb_functions": MAPPED,
+            "encoder_hash_byte_group_size": checked(lambda v, c: None if v is None or isinstance(v, list) and v and all(
+                type(n) is int and n > 0 for n in v) else "it must be a non-empty list of positive n-gram lengths"),
+            "cross_attn_k": checked(lambda v, c: _positive(v, "cross_attn_k")),
+            "local_attention_window_len": checked(lambda v, c: None if v is None else _positive(v, "the window")),
+            "max_patch_length": checked(lambda v, c: None if v is None else _positive(v, "max_patch_length")),
+            "patching_mode": only("entropy", "byte", reason="transformers' blt patches by entropy, and every other "
+                                                           "mode one byte per patch; archlang reads entropy and byte"),
+            "patch_in_forward": checked(lambda v, c: None if v is False or c.get("patching_mode") == "entropy" else
+                                        "with patching_mode other than entropy transformers builds an entropy model "
+                                        "it never runs: set patch_in_forward to false"),
+            # the patcher thresholds entropies only when given a patch_size (its value is not read)
+            "patch_size": checked(lambda v, c: None if v is not None or not _blt_entropy(c) else
+                                  "with patch_size none transformers runs the entropy model and then makes every byte "
+                                  "a patch: set patching_mode to byte"),
+            "patching_threshold": checked(lambda v, c: None if not _blt_entropy(c) or isinstance(v, (int, float))
+                                          and not isinstance(v, bool) else "entropy patching needs a threshold"),
+            "patching_batch_size": irrelevant("how many rows the entropy model runs at once: the same patches"),
+            "tie_word_embeddings": only(False, reason="tied, transformers' blt makes the LM head the byte embedding "
+                                                      "of the local encoder, which archlang's byte_latent has not"),
+            "rope_parameters": irrelevant("no module reads the top-level one: each stack has its own"),
+            **{name: checked(lambda v, c, name=name: _blt_sub_problem(name, v, c))
+               for name in ("patcher_config", "encoder_config", "global_config", "decoder_config")}},
 }
+
+# The keys of blt's sub-configs, classified as TABLES classifies top-level keys.
+_BLT_STACK = {**{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                     "intermediate_size", "rms_norm_eps")},
+              "model_type": irrelevant("the sub-config's class"),
+              "dtype": irrelevant("the model's dtype is the top-level dtype"),
+              "vocab_size": _same_as("vocab_size", "one byte vocabulary is shared by every stack"),
+              "rope_parameters": checked(lambda v, c: None if v is None or v.get("rope_type", "default") == "default"
+                                         and set(v) <= {"rope_type", "rope_theta"} else
+                                         "byte_latent stacks rotate with plain rope(theta = ...) only"),
+              "hidden_act": only("silu", "swish", reason="archlang's byte_latent layers use SwiGLU"),
+              "dropout": no_dropout("archlang's byte_latent runtime has no dropout"),
+              "max_position_embeddings": irrelevant("read only by RoPE scalings, which are refused"),
+              "head_dim": checked(lambda v, c: None if v is None or v == c.get("hidden_size", 0) // max(
+                  c.get("num_attention_heads") or 1, 1) else "blt's attention is hidden_size // num_attention_heads "
+                  "wide per head, and a different head_dim would change only its RoPE"),
+              "tie_word_embeddings": irrelevant("transformers sets it to false in every blt sub-config"),
+              "cross_attn_all_layers": MAPPED,
+              "cross_attn_k": _same_as("cross_attn_k", "the cross-attention masks read the top-level cross_attn_k"),
+              "sliding_window": MAPPED}
+BLT_SUBCONFIGS: dict[str, dict[str, Key]] = {
+    "patcher_config": _BLT_STACK,
+    "encoder_config": {**_BLT_STACK, "hidden_size_global": irrelevant("not read by the local encoder"),
+                       "sliding_window": irrelevant("BltConfig sets it to local_attention_window_len")},
+    "decoder_config": {**_BLT_STACK, "hidden_size_global": MAPPED},
+    "global_config": {**_BLT_STACK, "encoder_cross_output_size": irrelevant("BltConfig derives it from the encoder's "
+                                                                            "width and cross_attn_k")},
+}
+
+
+def _blt_entropy(config: dict) -> bool:
+    return config.get("patching_mode") == "entropy" and config.get("patch_in_forward") is not False
+
+
+def _blt_sub_problem(name: str, value: Any, config: dict) -> str | None:
+    """The first key of a blt sub-config that is unknown, or at a value archlang lacks."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "it must be an object"
+    keys = {**SHARED, **BLT_SUBCONFIGS[name]}
+    for key, v in value.items():
+        rule = keys.get(key)
+        if rule is None:
+            return f"its key {key!r} is not known to archlang's importer"
+        # a sub-config's cross_attn_k and vocab_size are compared with the top level's
+        problem = rule.check(v, config if key in ("cross_attn_k", "vocab_size") else value) if rule.check else None
+        if problem:
+            return f"{key} = {_shown(v)}: {problem}"
+    if name == "decoder_config":
+        enc, glob = config.get("encoder_config") or {}, config.get("global_config") or {}
+        for key, other, what in (("hidden_size", enc, "the encoder's"), ("hidden_size_global", glob, "the global")):
+            want = other.get("hidden_size") if other is glob else other.get(key)
+            if want is not None and value.get(key) is not None and value[key] != want:
+                return f"{key} = {value[key]} must be {what} hidden_size ({want})"
+    return None
 
 
 def _xlstm_width_problem(value: Any, config: dict, key: str) -> str | None:
@@ -968,6 +1079,50 @@ def _positive(value: Any, what: str) -> str | None:
         f"{what} must be a positive number"
 
 
+def _pos_att_type_problem(value: Any, config: dict) -> str | None:
+    terms = [t.strip() for t in value.lower().split("|")] if isinstance(value, str) else value or []
+    unknown = [t for t in terms if t not in ("c2p", "p2c")]
+    return f"relative term {unknown[0]!r} is not mapped (archlang has c2p and p2c)" if unknown else None
+
+
+def _norm_rel_ebd_problem(value: Any, config: dict) -> str | None:
+    kinds = {k.strip() for k in str(value).lower().split("|")} - {"none", "layer_norm"}
+    return f"norm_rel_ebd {sorted(kinds)[0]!r} is not mapped (archlang has none and layer_norm)" if kinds else None
+
+
+# DeBERTa-v2/v3: the modeling code reads several keys that the config class does not declare
+# (position_buckets, norm_rel_ebd, share_att_key, conv_*, embedding_size, attention_head_size, cls_dropout).
+TABLES["deberta-v2"] = {
+    **{k: MAPPED for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "architectures",
+                           "num_labels", "tie_word_embeddings", "relative_attention", "max_relative_positions",
+                           "position_biased_input", "position_buckets", "share_att_key", "cls_dropout")},
+    # the attention output's dense layer reads hidden_size features: other head sizes do not run in transformers
+    "attention_head_size": checked(lambda v, c: None if v == c.get("hidden_size", 0) // max(c.get("num_attention_heads")
+                                                                                           or 1, 1) else
+                                   "DeBERTa's attention output is hidden_size wide: heads · head size must equal it"),
+    "hidden_act": ACTIVATION, "pooler_hidden_act": ACTIVATION,
+    # DeBERTa drops the embeddings, each sublayer's output before its residual add, and the relative
+    # embeddings each layer reads (archlang's disentangled attention drops them at residual_dropout)
+    "hidden_dropout_prob": dropout_into("embedding_dropout", "residual_dropout"),
+    "attention_probs_dropout_prob": ATTENTION_DROPOUT,
+    "pooler_dropout": no_dropout("archlang's pooler has no dropout before its dense layer"),
+    "pooler_hidden_size": _same_as("hidden_size", "archlang's pooler keeps the model's width"),
+    "embedding_size": _same_as("hidden_size", "a projection of narrower DeBERTa embeddings (before their norm) is "
+                                              "not mapped"),
+    "legacy": irrelevant("chooses the masked-LM head's module names (cls.predictions or lm_predictions.lm_head); "
+                         "both compute dense, activation, norm, the tied embeddings and a bias"),
+    "pos_att_type": checked(_pos_att_type_problem),
+    "norm_rel_ebd": checked(_norm_rel_ebd_problem),
+    "conv_kernel_size": only(0, None, reason="DeBERTa-v2's convolution beside the first layer is not mapped"),
+    "conv_groups": irrelevant("read by the convolution only, which conv_kernel_size (checked) leaves out"),
+    "conv_act": irrelevant("read by the convolution only, which conv_kernel_size (checked) leaves out"),
+    "problem_type": only(None, "single_label_classification", "regression",
+                         reason="archlang's classifier loss is single-label cross-entropy or, with one label, "
+                                "regression"),
+}
+
+
 def table(model_type: str) -> dict[str, Key]:
     return {**SHARED, **TABLES[model_type]}
 
@@ -1015,7 +1170,8 @@ def _shown(value: Any) -> str:
 _NULLABLE = {"head_dim", "sliding_window", "n_inner", "num_key_value_heads", "q_lora_rank", "num_decoder_layers",
              "final_logit_softcapping", "attn_logit_softcapping", "num_experts_per_tok", "rope_parameters", "dtype",
              "layer_types", "mlp_only_layers", "max_window_layers", "no_rope_layers",
-             "mamba_d_ssm"}  # falcon_h1: none takes the width from mamba_expand
+             "mamba_d_ssm",  # falcon_h1: none takes the width from mamba_expand
+             "local_attention_window_len"}  # blt: none attends over the whole causal context
 # Older names that transformers moves to their current keys when it builds the config.
 _LEGACY = {"torch_dtype": "dtype", "rope_theta": "rope_parameters", "rope_scaling": "rope_parameters",
            "rotary_pct": "rope_parameters", "rotary_emb_base": "rope_parameters"}  # the last two: GPT-NeoX

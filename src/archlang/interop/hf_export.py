@@ -853,6 +853,115 @@ def _electra(m: A.Model) -> dict:
             "classifier_dropout": head.dropout}
 
 
+def _modernbert(m: A.Model) -> dict:
+    """ModernBERT: pre-LayerNorm layers (one norm everywhere), the first layer's mixer without its
+    norm, mha with a RoPE per layer type, windows of one width (local_attention = 2 (window - 1)),
+    a GeGLU FFN; the class follows the head."""
+    _need(m.family == "encoder", ("family",), f"family = {m.family} (modernbert is an encoder)")
+    _model_extras(m, {"embedding_norm"})
+    layers = list(m.layers)
+    kinds = list(dict.fromkeys(layers))
+    _need(not m.blocks[layers[0]].mixer_norm, ("blocks", layers[0], "mixer_norm"),
+          "a norm before the first layer's attention (modernbert's reads the normed embeddings: mixer_norm = false)")
+    for k in layers[1:]:
+        _need(m.blocks[k].mixer_norm, ("blocks", k, "mixer_norm"), "a later layer without its attention norm")
+    norm = m.embedding_norm
+    _need(norm is not None and norm.kind == "layernorm", ("embedding_norm",), "no layernorm on the embeddings")
+    for path, other in [(("final_norm",), m.final_norm)] + [(("blocks", k, "norm"), m.blocks[k].norm) for k in kinds]:
+        _need(other == norm, path, f"a norm other than the embeddings' ({norm.kind}(eps = {norm.eps}, bias = "
+              f"{str(norm.bias).lower()})): modernbert has one norm_eps and norm_bias")
+    ffn = _same(m, kinds, "ffn", "FFNs")
+    hidden, act, mlp_bias = _glu(ffn, ("blocks", kinds[0], "ffn"))
+    a = m.blocks[kinds[0]].attention
+    heads = _attention_kv(m, a, ("blocks", kinds[0], "attention"), kinds=("mha",))["num_attention_heads"]
+    windows = [m.blocks[k].attention.window if m.blocks[k].attention else None for k in layers]
+    window_set = {w for w in windows if w is not None}
+    _need(len(window_set) <= 1, ("layers",), "sliding windows of different widths")
+    rope = {}
+    for k, w in zip(layers, windows):
+        layer_type = "sliding_attention" if w else "full_attention"
+        params = _rope_parameters(m.position_of(k), ("blocks", k, "position"), a.head_dim)
+        _need(rope.setdefault(layer_type, params) == params, ("blocks", k, "position"),
+              f"{layer_type.split('_')[0]} layers with different RoPE (modernbert has one per layer type)")
+    rope.setdefault("full_attention", {"rope_type": "default", "rope_theta": 160_000.0})  # the config's defaults
+    rope.setdefault("sliding_attention", {"rope_type": "default", "rope_theta": 10_000.0})
+    ids = {key: token if token < m.vocab else None
+           for key, token in (("pad_token_id", 50283), ("bos_token_id", 50281), ("eos_token_id", 50282),
+                              ("cls_token_id", 50281), ("sep_token_id", 50282))}
+    config = {"model_type": "modernbert", "vocab_size": m.vocab, "hidden_size": m.d_model, "intermediate_size": hidden,
+              "num_hidden_layers": len(layers), "num_attention_heads": heads, "hidden_activation": act,
+              "max_position_embeddings": m.context, "norm_eps": norm.eps, "norm_bias": norm.bias,
+              "attention_bias": a.bias, "mlp_bias": mlp_bias, "layer_types": [
+                  "sliding_attention" if w else "full_attention" for w in windows], "rope_parameters": rope,
+              "local_attention": 2 * (window_set.pop() - 1) if window_set else 128, "dtype": _dtype(m), **ids}
+    head = m.head
+    if head is None:
+        return {**config, "architectures": ["ModernBertModel"]}
+    _need(head.norm == norm, ("head", "norm"), "a head norm other than the model's (modernbert's head uses "
+          "norm_eps and norm_bias)")
+    config.update(classifier_activation=HF_ACTIVATIONS[head.act], classifier_bias=head.dense_bias)
+    if isinstance(head, A.MLMHead):
+        return {**config, "architectures": ["ModernBertForMaskedLM"], "decoder_bias": head.bias,
+                "tie_word_embeddings": m.tie_embeddings}
+    _need(head.pooling in ("cls", "mean"), ("head", "pooling"), "a classifier on a pooler (modernbert pools the "
+          "final states itself: pooling = cls or mean)")
+    return {**config, "architectures": ["ModernBertForSequenceClassification"], "num_labels": head.labels,
+            "classifier_dropout": head.dropout, "classifier_pooling": head.pooling}
+
+
+def _deberta_v2(m: A.Model) -> dict:
+    """DeBERTa-v2/v3: one post-norm block of disentangled attention and an MLP, an embedding norm,
+    learned positions or none (position_biased_input), token types or none."""
+    _need(m.family == "encoder", ("family",), f"family = {m.family} (deberta-v2 is an encoder)")
+    kinds = list(dict.fromkeys(m.layers))
+    _need(len(kinds) == 1, ("layers",), "more than one block (deberta-v2 repeats one layer)")
+    b = m.blocks[kinds[0]]
+    path = ("blocks", kinds[0])
+    a = b.attention
+    _need(isinstance(a, A.Disentangled), path + ("attention",),
+          f"{getattr(a, 'kind', 'no')} attention (deberta-v2's is disentangled)")
+    _need(not b.shared, path + ("shared",), "one set of weights for every layer (deberta-v2's layers have their own)")
+    _need(m.embedding_dim is None, ("embedding_dim",), "factorised embeddings after the norm (albert's)")
+    eps = b.norm.eps
+    _need(b.norm.kind == "layernorm" and b.norm.placement == "post" and b.norm.bias is not False, path + ("norm",),
+          "a norm other than the post-norm layernorm")
+    _need(m.embedding_norm is not None and m.embedding_norm.kind == "layernorm" and m.embedding_norm.eps == eps
+          and m.embedding_norm.bias is not False, ("embedding_norm",),
+          f"an embedding norm other than layernorm(eps = {eps}) (deberta-v2 has one, with the layers' eps)")
+    _need(a.bias and a.out_bias, path + ("attention", "bias"), "attention without biases (deberta-v2's have them)")
+    _need(a.rel_norm is None or (a.rel_norm.kind == "layernorm" and a.rel_norm.eps == eps and a.rel_norm.bias
+                                 is not False), path + ("attention", "rel_norm"),
+          f"a rel_norm other than layernorm(eps = {eps})")
+    _need(isinstance(b.ffn, A.MLP) and b.ffn.bias, path + ("ffn",), "an ffn other than mlp with biases")
+    _need(m.position is None or isinstance(m.position, A.Learned), ("position",),
+          "positions other than learned() or none")
+    _model_extras(m, {"embedding_norm", "pooler", "type_vocab"})
+    config = {"model_type": "deberta-v2", "vocab_size": m.vocab, "hidden_size": m.d_model,
+              "num_hidden_layers": len(m.layers), "num_attention_heads": a.heads, "intermediate_size": b.ffn.hidden,
+              "hidden_act": HF_ACTIVATIONS[b.ffn.act], "max_position_embeddings": m.context,
+              "type_vocab_size": m.type_vocab, "layer_norm_eps": eps, "dtype": _dtype(m),
+              "relative_attention": True, "pos_att_type": list(a.terms), "position_buckets": a.buckets or -1,
+              "max_relative_positions": a.max_relative or -1, "share_att_key": a.share_keys,
+              "norm_rel_ebd": "layer_norm" if a.rel_norm is not None else "none",
+              "position_biased_input": m.position is not None}
+    _need(a.heads * a.head_dim == m.d_model, path + ("attention", "head_dim"),
+          "heads · head_dim other than d_model (deberta-v2's attention output is d_model wide)")
+    head = m.head
+    _need(m.pooler == isinstance(head, A.ClassifierHead), ("pooler",),
+          "a pooler without the classifier (deberta-v2's pooler belongs to DebertaV2ForSequenceClassification)"
+          if m.pooler else "a classifier without the pooler")
+    if head is None:
+        return {**config, "architectures": ["DebertaV2Model"]}
+    if isinstance(head, A.MLMHead):
+        _need(head.act == b.ffn.act, ("head", "act"), f"head act {head.act}: deberta-v2's head uses the FFN's")
+        _need(head.norm.kind == "layernorm" and head.norm.eps == eps and head.norm.bias, ("head", "norm"),
+              f"head norm {head.norm.kind}(eps = {head.norm.eps}): deberta-v2's is layernorm with the model's eps")
+        _need(head.bias and m.tie_embeddings, ("head",), "an untied head or one without its output bias")
+        return {**config, "architectures": ["DebertaV2ForMaskedLM"], "tie_word_embeddings": True}
+    return {**config, "architectures": ["DebertaV2ForSequenceClassification"], "num_labels": head.labels,
+            "cls_dropout": head.dropout, "pooler_hidden_act": HF_ACTIVATIONS[m.pooler_act or "tanh"]}
+
+
 def _period(flags: list[bool]) -> tuple[int, int] | None:
     """(period, offset) with flags[i] == (i % period == offset) for every i, if there is one."""
     n = len(flags)
@@ -1836,6 +1945,45 @@ def _zamba2(m: A.Model) -> dict:
             "tie_word_embeddings": m.tie_embeddings, "dtype": _dtype(m), **_token_ids(m, 0)}
 
 
+def _blt(m: A.Model) -> dict:
+    """The Byte Latent Transformer: one sub-config per stack (spec/byte_latent.py has already
+    refused what the family cannot compute); the local decoder's final norm is its layers' eps.
+    What is left (mean_patch, a facts-only assumption, among others) the round trip compares."""
+    _need(m.family == "byte_latent", ("family",), f"family = {m.family}")
+    bl = m.byte_latent
+
+    def stack(field: str, width: int) -> dict:
+        name = getattr(m, field)[0]
+        b = m.blocks[name]
+        return {"hidden_size": width, "num_hidden_layers": len(getattr(m, field)),
+                "num_attention_heads": b.attention.heads, "num_key_value_heads": b.attention.kv_heads or b.attention.heads,
+                "intermediate_size": b.ffn.hidden, "rms_norm_eps": b.norm.eps, "rope_parameters": {
+                    "rope_type": "default", "rope_theta": float(m.position_of(name).theta)}}
+
+    decoder = stack("decoder_layers", m.d_model)
+    _need(m.final_norm.eps == decoder["rms_norm_eps"], ("final_norm",), "blt's final norm has the local decoder's "
+          f"rms_norm_eps ({decoder['rms_norm_eps']})")
+    entropy = bl.patching == "entropy"
+    cross = {"cross_attn_k": bl.cross_k, "hidden_size_global": bl.global_d_model}
+    patcher = ({**stack("entropy_layers", bl.entropy_d_model), "sliding_window": bl.entropy_window} if entropy
+               else {})  # not built without entropy patching; its vocabulary must still be the model's
+    return {"model_type": "blt", "vocab_size": m.vocab, "max_position_embeddings": m.context, "dtype": _dtype(m),
+            "patching_mode": "entropy" if entropy else "byte", "patch_in_forward": entropy,
+            "patching_threshold": bl.threshold if entropy else None, "max_patch_length": bl.max_patch,
+            "local_attention_window_len": bl.window, "cross_attn_k": bl.cross_k,
+            "encoder_hash_byte_group_size": list(bl.ngrams), "encoder_hash_byte_group_vocab": bl.hash_vocab,
+            "encoder_hash_byte_group_nb_functions": bl.hash_functions, "tie_word_embeddings": False,
+            # archlang's byte_latent has no cache (patches move as bytes arrive), and transformers'
+            # cached blt forward fails in 5.23: the checkpoint says so
+            "use_cache": False,
+            "patcher_config": {**patcher, "vocab_size": m.vocab},
+            "encoder_config": {**stack("encoder_layers", m.d_model), **cross, "vocab_size": m.vocab,
+                               "cross_attn_all_layers": bl.encoder_cross == "all"},
+            "global_config": stack("global_layers", bl.global_d_model),
+            "decoder_config": {**decoder, **cross, "vocab_size": m.vocab,
+                               "cross_attn_all_layers": bl.decoder_cross == "all"}}
+
+
 EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "llama": lambda m: _llama_like(m, "llama"), "mistral": lambda m: _llama_like(m, "mistral"),
     "qwen2": lambda m: _llama_like(m, "qwen2"), "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gemma2": _gemma2,
@@ -1862,6 +2010,9 @@ EXPORTERS: dict[str, Callable[[A.Model], dict]] = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 # The transformers class of each family's checkpoint, for config.json's `architectures` (the
@@ -1893,6 +2044,9 @@ ARCHITECTURES = {
     "kimi_linear": "KimiLinearForCausalLM",
     "electra": "ElectraModel",
     "zamba2": "Zamba2ForCausalLM",
+    "modernbert": "ModernBertModel",
+    "deberta-v2": "DebertaV2Model",
+    "blt": "BltForCausalLM",
 }
 
 
@@ -1977,7 +2131,8 @@ def _config(model_type: str, values: dict):
     from .hf import config_from_dict
 
     nullable = ("q_lora_rank", "sliding_window", "final_logit_softcapping", "attn_logit_softcapping",
-                "bos_token_id", "eos_token_id", "pad_token_id")
+                "bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id",
+                "local_attention_window_len")
     values = {k: v for k, v in values.items() if v is not None or k in nullable}
     config = config_from_dict({"architectures": [ARCHITECTURES[model_type]], **values})
     return config

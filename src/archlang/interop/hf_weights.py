@@ -427,6 +427,32 @@ def _albert(c, r: _Rules) -> None:
     r.op("classifier", "classifier", "classifier")
 
 
+def _deberta_v2(c, r: _Rules) -> None:
+    pre = "deberta." if any(k.startswith("deberta.") for k in r.keys) else ""
+    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
+    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
+    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    r.op("rel_embedding", "layers_rel_embed", f"{pre}encoder")
+    for mine, hf in op_def("mlm_head").hf_params.items():  # the legacy head (cls.predictions), or lm_predictions
+        if mine != "decoder_weight":
+            r.add(f"mlm_head.{mine}", f"cls.predictions.{hf}")
+            r.add(f"mlm_head.{mine}", f"lm_predictions.lm_head.{hf.removeprefix('transform.')}")
+    r.linear("pooler", "pooler.dense")  # the ContextPooler of DebertaV2ForSequenceClassification
+    r.op("classifier", "classifier", "classifier")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
+        projections = (("o_proj", "attention.output.dense"), ("attn_norm", "attention.output.LayerNorm"),
+                       ("up_proj", "intermediate.dense"), ("down_proj", "output.dense"), ("ffn_norm", "output.LayerNorm"))
+        if c.relative_attention:  # the disentangled attention holds q/k/v and the position projections
+            r.op("disentangled_attention", f"{p}attn", f"{q}attention.self")
+        else:  # without relative terms it is mha with plain projections
+            projections += (("q_proj", "attention.self.query_proj"), ("k_proj", "attention.self.key_proj"),
+                            ("v_proj", "attention.self.value_proj"))
+        for ours, theirs in projections:
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+
+
 def _electra(c, r: _Rules) -> None:
     pre = "electra." if any(k.startswith("electra.") for k in r.keys) else ""
     r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
@@ -450,6 +476,33 @@ def _electra(c, r: _Rules) -> None:
     if not c.tie_word_embeddings:  # tied, generator_lm_head.weight is the embedding table
         r.add("mlm_head.decoder_weight", "generator_lm_head.weight")
     r.op("mlp_classifier", "classifier", "classifier")  # ElectraForSequenceClassification
+
+
+def _modernbert(c, r: _Rules) -> None:
+    pre = "model." if any(k.startswith("model.") for k in r.keys) else ""
+    d, hidden = c.hidden_size, c.intermediate_size
+    r.add("embed.weight", f"{pre}embeddings.tok_embeddings.weight")
+    r.linear("embed_norm", f"{pre}embeddings.norm")
+    r.linear("final_norm", f"{pre}final_norm")
+    for i in range(c.num_hidden_layers):
+        p, q = f"layers.{i}.", f"{pre}layers.{i}."
+        for part in ("weight", "bias"):
+            # Wqkv's rows are q, k, v in turn (viewed as (3, heads, head_dim)); Wi's are the activated
+            # half ("input") then the multiplier ("gate"): archlang's gate_proj then up_proj
+            r.add([f"{p}q_proj.{part}", f"{p}k_proj.{part}", f"{p}v_proj.{part}"], f"{q}attn.Wqkv.{part}", "split",
+                  ([d] * 3, False))
+            r.add([f"{p}gate_proj.{part}", f"{p}up_proj.{part}"], f"{q}mlp.Wi.{part}", "split", ([hidden] * 2, False))
+        for ours, theirs in (("attn_norm", "attn_norm"), ("o_proj", "attn.Wo"), ("ffn_norm", "mlp_norm"),
+                             ("down_proj", "mlp.Wo")):
+            r.linear(f"{p}{ours}", f"{q}{theirs}")
+    # ModernBertPredictionHead, before the decoder (ForMaskedLM) or the classifier
+    head = "head_transform" if "classifier.weight" in r.keys else "mlm_head"
+    for mine, theirs in op_def("head_transform").hf_params.items():
+        r.add(f"{head}.{mine}", f"head.{theirs}")
+    r.add("mlm_head.bias", "decoder.bias")
+    if not c.tie_word_embeddings:
+        r.add("mlm_head.decoder_weight", "decoder.weight")
+    r.op("classifier", "classifier", "classifier")
 
 
 def _t5(c, r: _Rules) -> None:
@@ -887,6 +940,41 @@ def _zamba2(c, r: _Rules) -> None:
                       f"{q}feed_forward.gate_up_proj.{kind_}", "split", ([h, h], False))
                 r.add(f"{ours}down_proj.{kind_}", f"{q}feed_forward.down_proj.{kind_}")
         ordinal += 1
+# The Byte Latent Transformer's layers (HF name → runtime/blt.py's), its cross-attentions likewise.
+_BLT_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "q_proj",
+              "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj", "self_attn.o_proj": "o_proj",
+              "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "down_proj"}
+_BLT_CROSS = {"q_norm": "q_norm", "k_norm": "kv_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
+              "o_proj": "o_proj"}
+
+
+def _blt(c, r: _Rules) -> None:
+    """One module, `blt` (runtime/blt.py's ByteLatentTransformer), holds every weight."""
+    enc, dec = c.encoder_config, c.decoder_config
+
+    def layers(ours: str, theirs: str, n: int, names: dict[str, str]) -> None:
+        for i in range(n):
+            for hf, mine in names.items():
+                r.add(f"blt.{ours}.{i}.{mine}.weight", f"model.{theirs}.{i}.{hf}.weight")
+
+    r.add("blt.embed.embed.weight", "model.local_encoder.embed_tokens.weight")
+    r.add("blt.embed.hash_embed.weight", "model.encoder_hash_tok_embedding.weight")
+    r.add("blt.entropy.embed.weight", "model.patcher.embed_tokens.weight")
+    layers("entropy.layers", "patcher.layers", c.patcher_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.entropy.final_norm.weight", "model.patcher.norm.weight")
+    r.add("blt.entropy.lm_head.weight", "model.patcher.lm_head.weight")
+    layers("encoder", "local_encoder.layers", enc.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.encoder_patch_proj.weight", "model.local_encoder.patch_embedding_projection.weight")
+    layers("encoder_cross", "local_encoder.cross_attn_layers", enc.num_hidden_layers if enc.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    r.add("blt.global_in_proj.weight", "model.global_transformer.token_embedding_projection.weight")
+    layers("global_layers", "global_transformer.layers", c.global_config.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.decoder_patch_proj.weight", "model.local_decoder.patch_embedding_projection.weight")
+    layers("decoder_cross", "local_decoder.cross_attn_layers", dec.num_hidden_layers if dec.cross_attn_all_layers
+           else 1, _BLT_CROSS)
+    layers("decoder", "local_decoder.layers", dec.num_hidden_layers, _BLT_LAYER)
+    r.add("blt.final_norm.weight", "model.local_decoder.norm.weight")
+    r.add("blt.lm_head.weight", "lm_head.weight")
 
 
 _FAMILIES = {
@@ -915,6 +1003,9 @@ _FAMILIES = {
     "kimi_linear": _kimi_linear,
     "electra": _electra,
     "zamba2": _zamba2,
+    "modernbert": _modernbert,
+    "deberta-v2": _deberta_v2,
+    "blt": _blt,
 }
 
 
