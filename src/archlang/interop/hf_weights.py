@@ -387,17 +387,16 @@ def _gpt2(c, r: _Rules) -> None:
             r.add(f"{p}{ours}.bias", f"{q}{theirs}.bias")
 
 
-def _bert(c, r: _Rules) -> None:
-    pre = "bert." if any(k.startswith("bert.") for k in r.keys) else ""
+def _bert_embeddings(r: _Rules, pre: str) -> None:
+    """BERT's embeddings (word, position, token type, their LayerNorm), as its descendants keep them."""
     r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
     r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
     r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
     r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
-    r.op("pooler", "pooler", f"{pre}pooler")
-    for mine, hf in op_def("mlm_head").hf_params.items():  # BertForMaskedLM's prediction head (tied)
-        if mine != "decoder_weight":  # the embedding table itself
-            r.add(f"mlm_head.{mine}", f"cls.predictions.{hf}")
-    r.op("classifier", "classifier", "classifier")  # BertForSequenceClassification
+
+
+def _bert_layers(c, r: _Rules, pre: str) -> None:
+    """BERT's post-norm encoder layers (ELECTRA keeps the same names)."""
     for i in range(c.num_hidden_layers):
         p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
         for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),
@@ -407,12 +406,20 @@ def _bert(c, r: _Rules) -> None:
             r.linear(f"{p}{ours}", f"{q}{theirs}")
 
 
+def _bert(c, r: _Rules) -> None:
+    pre = "bert." if any(k.startswith("bert.") for k in r.keys) else ""
+    _bert_embeddings(r, pre)
+    r.op("pooler", "pooler", f"{pre}pooler")
+    for mine, hf in op_def("mlm_head").hf_params.items():  # BertForMaskedLM's prediction head (tied)
+        if mine != "decoder_weight":  # the embedding table itself
+            r.add(f"mlm_head.{mine}", f"cls.predictions.{hf}")
+    r.op("classifier", "classifier", "classifier")  # BertForSequenceClassification
+    _bert_layers(c, r, pre)
+
+
 def _albert(c, r: _Rules) -> None:
     pre = "albert." if any(k.startswith("albert.") for k in r.keys) else ""
-    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
-    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
-    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
-    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    _bert_embeddings(r, pre)
     r.linear("embed_proj", f"{pre}encoder.embedding_hidden_mapping_in")
     r.linear("pooler", f"{pre}pooler")
     # the one shared layer: every use reads these weights (its other names are aliases)
@@ -429,10 +436,7 @@ def _albert(c, r: _Rules) -> None:
 
 def _deberta_v2(c, r: _Rules) -> None:
     pre = "deberta." if any(k.startswith("deberta.") for k in r.keys) else ""
-    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
-    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
-    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
-    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    _bert_embeddings(r, pre)
     r.op("rel_embedding", "layers_rel_embed", f"{pre}encoder")
     for mine, hf in op_def("mlm_head").hf_params.items():  # the legacy head (cls.predictions), or lm_predictions
         if mine != "decoder_weight":
@@ -455,18 +459,9 @@ def _deberta_v2(c, r: _Rules) -> None:
 
 def _electra(c, r: _Rules) -> None:
     pre = "electra." if any(k.startswith("electra.") for k in r.keys) else ""
-    r.add("embed.weight", f"{pre}embeddings.word_embeddings.weight")
-    r.add("pos_embed.weight", f"{pre}embeddings.position_embeddings.weight")
-    r.add("type_embed.weight", f"{pre}embeddings.token_type_embeddings.weight")
-    r.linear("embed_norm", f"{pre}embeddings.LayerNorm")
+    _bert_embeddings(r, pre)
     r.linear("embed_proj", f"{pre}embeddings_project")  # where embedding_size differs from hidden_size
-    for i in range(c.num_hidden_layers):
-        p, q = f"layers.{i}.", f"{pre}encoder.layer.{i}."
-        for ours, theirs in (("q_proj", "attention.self.query"), ("k_proj", "attention.self.key"),
-                             ("v_proj", "attention.self.value"), ("o_proj", "attention.output.dense"),
-                             ("attn_norm", "attention.output.LayerNorm"), ("up_proj", "intermediate.dense"),
-                             ("down_proj", "output.dense"), ("ffn_norm", "output.LayerNorm")):
-            r.linear(f"{p}{ours}", f"{q}{theirs}")
+    _bert_layers(c, r, pre)
     r.op("rtd_head", "rtd_head", "discriminator_predictions")  # ElectraForPreTraining
     for mine, theirs in (("dense_weight", "generator_predictions.dense.weight"),  # ElectraForMaskedLM
                          ("dense_bias", "generator_predictions.dense.bias"),
