@@ -1,0 +1,239 @@
+"""Context parallelism: each rank of a "cp" mesh dimension holds one shard of the sequence, and
+self-attention becomes ring attention (Liu et al. 2023): the keys and values travel once around
+the ring while every rank folds each block into its queries' output with an exact online-softmax
+combine (log-sum-exp per block). Masks compare global positions, so causal, sliding-window,
+chunked and dilated attention are exact whatever order the shards come in.
+
+    with context_parallel(model, cp_mesh, load_balance=True) as cp:
+        logits = model(cp.shard(ids[:, :-1]))  # positions: this rank's global ones
+        loss = F.cross_entropy(logits.flatten(0, 1), cp.shard(ids[:, 1:]).flatten())
+        loss.backward()
+        cp.average_gradients(model)  # or FSDP over a mesh that includes the cp ranks
+
+torch.distributed.tensor.experimental.context_parallel swaps only the CUDA SDPA kernels (flash,
+efficient, cuDNN) and takes no mask, so it serves neither CPU (gloo) nor windowed attention;
+this module implements the ring on torch.distributed point-to-point ops instead. Layers whose
+output at a position depends on other positions through anything but attention (recurrent
+mixers, convolutions, MoE routing statistics, relative biases) are refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from archlang.spec.errors import ArchError
+
+_RECURRENT = ("Mamba", "Mamba2", "LinearAttention", "GatedDeltaNetLayer", "GLALayer", "RetentionLayer", "KDALayer",
+              "Lightning", "RGLRU", "S4D", "ShortConv", "MLSTMLayer", "SLSTMLayer", "RWKV4TimeMix", "RWKV7TimeMix",
+              "RWKVChannelMix", "RWKV7ChannelMix", "GAU", "ByteLatentTransformer")
+
+
+def _refusal(name: str, module: nn.Module) -> str | None:
+    """Why context parallelism cannot split the sequence through this module, or None if it can."""
+    from archlang import runtime as rt
+
+    kind = type(module).__name__
+    if isinstance(module, rt.Attention):
+        if module.cross:
+            return "cross-attention reads an encoder memory that the sequence shards do not split"
+        return None
+    if isinstance(module, rt.RopeTable) and module.kind in ("longrope", "dynamic"):
+        return (f"{module.kind} RoPE scaling takes its frequencies from each forward's length (its largest "
+                "position + 1), which differs from shard to shard")
+    if isinstance(module, (rt.MLAttention, rt.RMSNorm, rt.LayerNorm, rt.RopeTable, rt.LearnedPositions,
+                           nn.Linear, nn.Embedding, nn.ModuleList, nn.ModuleDict, nn.Dropout, nn.Identity)):
+        return None
+    if kind in _RECURRENT:
+        return ("it carries state along the sequence (a recurrence, a convolution over earlier tokens or a token "
+                "shift), and handing that state from one rank's shard to the next is not implemented")
+    if isinstance(module, rt.MoE):
+        return ("its routing statistics (load-balancing loss, expert capacity) are taken over the tokens of one "
+                "forward, and each rank sees only its shard")
+    return "it is not known to act on each position alone or through attention"
+
+
+def check_context_parallel(model: nn.Module) -> None:
+    """Refuse (ArchError) a model with a layer that context parallelism would not run exactly."""
+    generated = type(model).__module__
+    for name, module in model.named_modules():
+        if module is model or type(module).__module__ == generated:
+            continue  # the generated model and its blocks only wire runtime layers together
+        reason = _refusal(name, module)
+        if reason is not None:
+            raise ArchError(f"context parallelism cannot split the sequence through {name} ({type(module).__name__}): "
+                            f"{reason}", hint="train this model without a cp mesh dimension (data or tensor "
+                            "parallelism shard it exactly)", kind="distributed")
+
+
+def shard_positions(length: int, world: int, rank: int, *, load_balance: bool = False) -> torch.Tensor:
+    """The global positions rank `rank` of `world` holds of a sequence of `length` tokens: one
+    contiguous shard, or with `load_balance` chunks r and 2 * world - 1 - r of 2 * world (the
+    zig-zag order: every rank gets as many early, cheap causal rows as late, expensive ones)."""
+    parts = 2 * world if load_balance else world
+    if length % parts:
+        raise ArchError(f"context parallelism over {world} ranks cannot split {length} tokens into {parts} equal "
+                        "shards", hint=f"pad or cut the sequence to a multiple of {parts}", kind="distributed")
+    size = length // parts
+    chunks = (rank, parts - 1 - rank) if load_balance else (rank,)
+    return torch.cat([torch.arange(c * size, (c + 1) * size) for c in chunks])
+
+
+def _exchange(x: torch.Tensor, group, send_to: int, receive_from: int) -> torch.Tensor:
+    """Send x to one rank of the group while receiving a tensor of the same shape from another."""
+    out = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x.contiguous(), dist.get_global_rank(group, send_to), group),
+           dist.P2POp(dist.irecv, out, dist.get_global_rank(group, receive_from), group)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return out
+
+
+class _RingShift(torch.autograd.Function):
+    """One step around the ring: the next rank gets this block, the previous one's arrives. Its
+    gradient travels back the other way, to the rank that sent the block."""
+
+    @staticmethod
+    def forward(ctx, x, group, send_to, receive_from):
+        ctx.group, ctx.send_to, ctx.receive_from = group, send_to, receive_from
+        return _exchange(x, group, send_to, receive_from)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _exchange(grad.contiguous(), ctx.group, ctx.receive_from, ctx.send_to), None, None, None
+
+
+def _allowed(q_pos, k_pos, *, causal, window, chunk, sink_tokens, dilation, global_tokens) -> torch.Tensor | None:
+    """(T, S) True where a query may attend a key, by global positions: the masks of
+    kernels.reference.attention."""
+    if not (causal or window or chunk):
+        return None
+    rel = q_pos[:, None] - k_pos[None, :]
+    mask = rel >= 0 if causal else None
+    if window:
+        near = rel.abs() < window * dilation
+        if dilation > 1:
+            near = near & (rel.abs() % dilation == 0)
+        if sink_tokens:
+            near = near | (k_pos[None, :] < sink_tokens)
+        if global_tokens:
+            near = near | (k_pos[None, :] < global_tokens) | (q_pos[:, None] < global_tokens)
+        mask = near if mask is None else mask & near
+    if chunk:
+        same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def _block(q, k, v, q_pos, k_pos, *, scale, softcap, **masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """One key/value block's softmax-weighted values and their log-sum-exp (B, H, T, 1), in float32."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if heads != kv_heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    mask = _allowed(q_pos, k_pos, **masks)
+    if mask is not None:
+        # a row this block hides entirely gets a finite, hugely negative log-sum-exp: weight 0 in the combine
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return torch.exp(scores - lse) @ v.float(), lse
+
+
+_UNSUPPORTED = {"bias": "position biases (ALiBi, T5 buckets) are built from one shard's key positions",
+                "key_mask": "a padding mask covers the whole sequence, not one shard",
+                "allow": "a sparse key selection (DeepSeek-V3.2's indexer) is scored against one shard's keys",
+                "dropout": "attention dropout draws one mask over all keys"}
+
+
+class ContextParallel:
+    """What `context_parallel` yields: the shard of this rank, and the ring attention it runs."""
+
+    def __init__(self, cp_mesh, load_balance: bool):
+        self.group = cp_mesh.get_group()
+        self.world, self.rank = cp_mesh.size(), cp_mesh.get_local_rank()
+        self.load_balance = load_balance
+
+    def positions(self, length: int) -> torch.Tensor:
+        """This rank's global positions in a sequence of `length` tokens."""
+        return shard_positions(length, self.world, self.rank, load_balance=self.load_balance)
+
+    def shard(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """This rank's shard of a full-sequence tensor (token ids, labels, embeddings) along `dim`."""
+        index = self.positions(x.shape[dim]).to(x.device)
+        return x.index_select(dim, index)
+
+    def average_gradients(self, model: nn.Module) -> None:
+        """Average every gradient over the cp ranks: each rank's loss is the mean over its equal
+        shard, so the average is the gradient of the whole sequence's mean loss."""
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, group=self.group)
+                p.grad /= self.world
+
+    def attention(self, q, k, v, q_pos, k_pos, *, causal, scale, window=None, softcap=None, sinks=None, chunk=None,
+                  sink_tokens=0, dilation=1, global_tokens=0, **unsupported):
+        """Ring attention, a drop-in for kernels.dispatch.attention on the local shard."""
+        for name, value in unsupported.items():
+            if value is not None and name in _UNSUPPORTED:
+                raise ArchError(f"context parallelism cannot run attention with {name}: {_UNSUPPORTED[name]}",
+                                hint="train this model without a cp mesh dimension", kind="distributed")
+            if name not in _UNSUPPORTED:
+                raise ArchError(f"context parallelism does not know the attention option {name}", kind="distributed")
+        masks = dict(causal=causal, window=window, chunk=chunk, sink_tokens=sink_tokens, dilation=dilation,
+                     global_tokens=global_tokens)
+        k_width = k.shape[-1]
+        outs, lses = [], []
+        for step in range(self.world):
+            if step:  # the block the previous rank held arrives; ours goes on to the next
+                kv = _RingShift.apply(torch.cat((k, v), dim=-1), self.group, (self.rank + 1) % self.world,
+                                      (self.rank - 1) % self.world)
+                k, v = kv.split([k_width, kv.shape[-1] - k_width], dim=-1)
+                k_pos = _exchange(k_pos, self.group, (self.rank + 1) % self.world, (self.rank - 1) % self.world)
+            out, lse = _block(q, k, v, q_pos, k_pos, scale=scale, softcap=softcap, **masks)
+            outs.append(out)
+            lses.append(lse)
+        lse = torch.logsumexp(torch.stack(lses), dim=0)  # (B, H, T, 1)
+        if sinks is not None:  # the sink joins the denominator once and carries no value
+            lse = torch.logaddexp(lse, sinks.float()[None, :, None, None])
+        out = sum(torch.exp(part_lse - lse) * part for part, part_lse in zip(outs, lses))
+        return out.to(q.dtype)
+
+
+@contextlib.contextmanager
+def context_parallel(model: nn.Module, cp_mesh, *, load_balance: bool = False) -> Iterator[ContextParallel]:
+    """Run `model` on this rank's shard of the sequence inside the block: its forward takes the
+    rank's shard (`cp.shard(ids)`), fills in the shard's global positions, and its self-attention
+    runs as ring attention over the ranks of `cp_mesh` (1-D). Refuses (ArchError) models with a
+    layer it cannot run exactly, and caches and padding masks, which span the whole sequence."""
+    import archlang.runtime.attention as attention_module
+
+    check_context_parallel(model)
+    cp = ContextParallel(cp_mesh, load_balance)
+    make_context = model.make_context
+
+    def sharded_context(input_ids, inputs_embeds=None, *, positions=None, cache=None, attention_mask=None, **kw):
+        if cache is not None or attention_mask is not None:
+            raise ArchError("context parallelism runs whole sequences without a cache or a padding mask: "
+                            f"{'a cache' if cache is not None else 'an attention_mask'} was given",
+                            hint="decode without context parallelism; pack or cut sequences to one length",
+                            kind="distributed")
+        if positions is None:
+            tokens = input_ids if input_ids is not None else inputs_embeds
+            positions = cp.positions(tokens.shape[1] * cp.world).to(tokens.device)
+        return make_context(input_ids, inputs_embeds, positions=positions, **kw)
+
+    original = attention_module.attend
+    model.make_context = sharded_context
+    attention_module.attend = cp.attention
+    try:
+        yield cp
+    finally:
+        attention_module.attend = original
+        del model.make_context

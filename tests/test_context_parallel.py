@@ -1,0 +1,188 @@
+"""Context parallelism: two CPU processes (gloo) each hold half of the sequence, attention runs as
+ring attention, and the loss and every gradient match one process on the whole sequence."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .conftest import SPECS
+
+SPAWN_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(spec: str, source: str | None = None):
+    """A test spec by file name, or the model named `spec` of the spec text `source`."""
+    import archlang
+
+    torch.manual_seed(0)
+    if source is None:
+        return archlang.build((SPECS / spec).read_text())
+    return archlang.build(source, model=spec)
+
+
+def _ids(length: int = 16) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randint(0, 97, (2, length + 1))
+
+
+def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from archlang.context_parallel import context_parallel
+
+        mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
+        results = {}
+        for spec, source, load_balance in cases:
+            model, ids = _model(spec, source), _ids()
+            with context_parallel(model, mesh, load_balance=load_balance) as cp:
+                inputs, labels = cp.shard(ids[:, :-1]), cp.shard(ids[:, 1:])
+                logits = model(inputs)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+                loss.backward()
+                cp.average_gradients(model)
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            results[(spec, load_balance)] = {"loss": total / world,
+                                             "grads": {n: p.grad for n, p in model.named_parameters()}}
+        if rank == 0:
+            torch.save(results, os.path.join(out_dir, "result.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_two_processes(cases, tmp_path):
+    """Spawn two ranks without blocking on a hang: a rank that does not finish in time fails the test."""
+    context = mp.start_processes(_worker, args=(2, _free_port(), cases, str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    import time
+
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"context-parallel ranks did not finish in {SPAWN_TIMEOUT_S} s")
+    return torch.load(tmp_path / "result.pt")
+
+
+def _check_against_one_process(cases, results):
+    for spec, source, load_balance in cases:
+        model, ids = _model(spec, source), _ids()
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        got = results[(spec, load_balance)]
+        torch.testing.assert_close(got["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=1e-4, msg=f"{spec}: {name}")
+
+
+def test_two_ranks_match_one_process_causal_and_sliding_window(tmp_path):
+    # Llama (causal, RoPE) in contiguous shards; Gemma 2 (window 5 beside full layers, soft-capping)
+    # in the zig-zag order, where a shard's positions are not contiguous.
+    cases = [("tiny_llama.arch", None, False), ("tiny_gemma2.arch", None, True)]
+    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_modern_attention(tmp_path):
+    # sinks and sink tokens beside a window; qk-norms, Llama 4's chunks and temperature tuning;
+    # the other order of each
+    text = (SPECS / "tiny_modern_attention.arch").read_text()
+    qk_norm = text.split("# gpt-oss")[0]
+    sinks = text.split("model tiny_longrope")[0].replace("scaling = dynamic(factor = 2, original_context = 16)", "")
+    sinks = sinks.replace("model tiny_qk_norm", "model tiny_qk_norm_base").replace("extends tiny_qk_norm",
+                                                                                 "extends tiny_qk_norm_base")
+    cases = [("tiny_qk_norm", qk_norm, True), ("tiny_sinks", sinks, False), ("tiny_llama.arch", None, True),
+             ("tiny_gemma2.arch", None, False)]
+    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+
+
+class _Mesh:
+    """Stands in for a 1-D "cp" device mesh: the checks run before any process group is needed."""
+
+    def get_group(self):
+        return None
+
+    def size(self) -> int:
+        return 2
+
+    def get_local_rank(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("spec,layer", [
+    ("tiny_mamba2.arch", "Mamba2"),
+    ("tiny_jamba.arch", "Mamba"),
+    ("tiny_gated_deltanet.arch", "GatedDeltaNetLayer"),
+    ("tiny_mixtral.arch", "MoE"),
+    ("tiny_t5.arch", "RelativePositionBias"),
+])
+def test_refuses_layers_it_cannot_split(spec, layer):
+    from archlang.context_parallel import context_parallel
+    from archlang.spec.errors import ArchError
+
+    model = _model(spec)
+    with pytest.raises(ArchError, match=f"cannot split the sequence through .*\\({layer}\\)") as err:
+        with context_parallel(model, _Mesh()):
+            pass
+    assert err.value.kind == "distributed"
+    assert "make_context" not in vars(model)  # refused before anything was swapped in
+
+
+def test_refuses_length_dependent_rope_scaling():
+    from archlang.context_parallel import check_context_parallel
+    from archlang.spec.errors import ArchError
+
+    text = (SPECS / "tiny_modern_attention.arch").read_text().split("model tiny_longrope")[0]
+    with pytest.raises(ArchError, match="dynamic RoPE scaling"):
+        check_context_parallel(_model("tiny_sinks", text))
+
+
+def test_refuses_alibi_padding_masks_and_caches():
+    import archlang.runtime as rt
+    from archlang.context_parallel import ContextParallel, context_parallel
+    from archlang.spec.errors import ArchError
+
+    alibi = _model("tiny_llama", (SPECS / "tiny_llama.arch").read_text().replace("rope(theta = 10000)", "alibi()"))
+    with pytest.raises(ArchError, match=r"alibi_slopes \(AlibiSlopes\)"):
+        with context_parallel(alibi, _Mesh()):
+            pass
+    q, pos = torch.randn(1, 2, 4, 8), torch.arange(4)
+    with pytest.raises(ArchError, match="position biases"):  # a bias reaching the ring however it came
+        ContextParallel(_Mesh(), False).attention(q, q, q, pos, pos, causal=True, scale=1.0,
+                                                  bias=torch.zeros(2, 4, 4))
+    model = _model("tiny_llama.arch")
+    ids = _ids()[:, :8]
+    with context_parallel(model, _Mesh()):
+        with pytest.raises(ArchError, match="padding mask"):
+            model(ids, attention_mask=torch.ones_like(ids))
+        with pytest.raises(ArchError, match="a cache"):
+            model(ids, cache=rt.Cache())
+    with pytest.raises(ArchError, match="into 4 equal shards"):
+        with context_parallel(model, _Mesh(), load_balance=True) as cp:
+            cp.shard(_ids(length=10))
+    assert rt.attention.attend.__name__ == "attention"  # the ring was swapped out again
+
+
+def test_shard_positions_cover_the_sequence_once():
+    from archlang.context_parallel import shard_positions
+
+    for world in (1, 2, 4):
+        for load_balance in (False, True):
+            held = torch.cat([shard_positions(16, world, r, load_balance=load_balance) for r in range(world)])
+            assert sorted(held.tolist()) == list(range(16))
+    assert shard_positions(16, 4, 1, load_balance=True).tolist() == [2, 3, 12, 13]
