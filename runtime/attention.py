@@ -404,6 +404,9 @@ class LinearAttention(nn.Module):
         if past is not None:
             kv = kv + past["state"][:, :, None]
             z = z + past["norm"][:, :, None]
+        elif "state_before_shard" in ctx.tables:  # context parallelism: the earlier shards' state
+            state, norm = ctx.tables["state_before_shard"](kv[:, :, -1], z[:, :, -1])
+            kv, z = kv + state[:, :, None], z + norm[:, :, None]
         if ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=kv[:, :, -1], norm=z[:, :, -1])
         num = torch.einsum("bhgtd,bhtde->bhgte", q, kv)

@@ -30,6 +30,12 @@ def _model(spec: str, source: str | None = None):
     return archlang.build(source, model=spec)
 
 
+def _linear_attention_spec() -> str:
+    """tiny_exotic (differential, causal linear, multi-query attention) with an MLP for its MoE."""
+    text = (SPECS / "tiny_exotic.arch").read_text()
+    return text.split("ffn = moe(")[0] + "ffn = mlp(hidden = 16, act = relu)\n    }" + text.split("z_loss = 0.001)\n    }")[1]
+
+
 def _ids(length: int = 16) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randint(0, 97, (2, length + 1))
@@ -92,8 +98,10 @@ def _check_against_one_process(cases, results):
 
 def test_two_ranks_match_one_process_causal_and_sliding_window(tmp_path):
     # Llama (causal, RoPE) in contiguous shards; Gemma 2 (window 5 beside full layers, soft-capping)
-    # in the zig-zag order, where a shard's positions are not contiguous.
-    cases = [("tiny_llama.arch", None, False), ("tiny_gemma2.arch", None, True)]
+    # in the zig-zag order, where a shard's positions are not contiguous; causal linear attention
+    # (its state handed from the first shard to the second) beside differential attention.
+    cases = [("tiny_llama.arch", None, False), ("tiny_gemma2.arch", None, True),
+             ("tiny_exotic", _linear_attention_spec(), False)]
     _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
 
 
@@ -141,6 +149,16 @@ def test_refuses_layers_it_cannot_split(spec, layer):
             pass
     assert err.value.kind == "distributed"
     assert "make_context" not in vars(model)  # refused before anything was swapped in
+
+
+def test_refuses_linear_attention_in_zig_zag_order():
+    from archlang.context_parallel import check_context_parallel
+    from archlang.spec.errors import ArchError
+
+    model = _model("tiny_exotic", _linear_attention_spec())
+    check_context_parallel(model)  # in order, the state passes from shard to shard
+    with pytest.raises(ArchError, match=r"\(LinearAttention\): its state passes .* not in order"):
+        check_context_parallel(model, load_balance=True)
 
 
 def test_refuses_length_dependent_rope_scaling():

@@ -14,7 +14,8 @@ torch.distributed.tensor.experimental.context_parallel swaps only the CUDA SDPA 
 efficient, cuDNN) and takes no mask, so it serves neither CPU (gloo) nor windowed attention;
 this module implements the ring on torch.distributed point-to-point ops instead. Layers whose
 output at a position depends on other positions through anything but attention (recurrent
-mixers, convolutions, MoE routing statistics, relative biases) are refused by name.
+mixers, convolutions, MoE routing statistics, relative biases) are refused by name, save causal
+linear attention: its additive state passes from the earlier shards to the later ones.
 """
 
 from __future__ import annotations
@@ -28,16 +29,23 @@ from torch import nn
 
 from archlang.spec.errors import ArchError
 
-_RECURRENT = ("Mamba", "Mamba2", "LinearAttention", "GatedDeltaNetLayer", "GLALayer", "RetentionLayer", "KDALayer",
+_RECURRENT = ("Mamba", "Mamba2", "GatedDeltaNetLayer", "GLALayer", "RetentionLayer", "KDALayer",
               "Lightning", "RGLRU", "S4D", "ShortConv", "MLSTMLayer", "SLSTMLayer", "RWKV4TimeMix", "RWKV7TimeMix",
               "RWKVChannelMix", "RWKV7ChannelMix", "GAU", "ByteLatentTransformer")
 
 
-def _refusal(name: str, module: nn.Module) -> str | None:
+def _refusal(name: str, module: nn.Module, load_balance: bool) -> str | None:
     """Why context parallelism cannot split the sequence through this module, or None if it can."""
     from archlang import runtime as rt
 
     kind = type(module).__name__
+    if isinstance(module, rt.LinearAttention):
+        if not module.causal:
+            return "a bidirectional linear attention sums its state over the whole sequence, which is not implemented"
+        if load_balance:
+            return ("its state passes from shard to shard in sequence order, and zig-zag shards are not in order "
+                    "(use load_balance=False)")
+        return None
     if isinstance(module, rt.Attention):
         if module.cross:
             return "cross-attention reads an encoder memory that the sequence shards do not split"
@@ -57,13 +65,13 @@ def _refusal(name: str, module: nn.Module) -> str | None:
     return "it is not known to act on each position alone or through attention"
 
 
-def check_context_parallel(model: nn.Module) -> None:
+def check_context_parallel(model: nn.Module, *, load_balance: bool = False) -> None:
     """Refuse (ArchError) a model with a layer that context parallelism would not run exactly."""
     generated = type(model).__module__
     for name, module in model.named_modules():
         if module is model or type(module).__module__ == generated:
             continue  # the generated model and its blocks only wire runtime layers together
-        reason = _refusal(name, module)
+        reason = _refusal(name, module, load_balance)
         if reason is not None:
             raise ArchError(f"context parallelism cannot split the sequence through {name} ({type(module).__name__}): "
                             f"{reason}", hint="train this model without a cp mesh dimension (data or tensor "
@@ -152,6 +160,24 @@ _UNSUPPORTED = {"bias": "position biases (ALiBi, T5 buckets) are built from one 
                 "dropout": "attention dropout draws one mask over all keys"}
 
 
+class _AllGather(torch.autograd.Function):
+    """Every rank's tensor, stacked in rank order (W, ...). A rank's tensor reaches every rank, so
+    its gradient is the sum over the ranks of the gradients of its slot."""
+
+    @staticmethod
+    def forward(ctx, x, group, rank):
+        ctx.group, ctx.rank = group, rank
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank], None, None
+
+
 class ContextParallel:
     """What `context_parallel` yields: the shard of this rank, and the ring attention it runs."""
 
@@ -176,6 +202,12 @@ class ContextParallel:
             if p.grad is not None:
                 dist.all_reduce(p.grad, group=self.group)
                 p.grad /= self.world
+
+    def state_before_shard(self, *totals: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For an additive recurrent state (causal linear attention): given this shard's own end
+        state, the state the shard starts from, the sum of the end states of the shards before it.
+        Every rank's total arrives at once, so no rank waits for the one before to finish its scan."""
+        return tuple(_AllGather.apply(total, self.group, self.rank)[:self.rank].sum(0) for total in totals)
 
     def attention(self, q, k, v, q_pos, k_pos, *, causal, scale, window=None, softcap=None, sinks=None, chunk=None,
                   sink_tokens=0, dilation=1, global_tokens=0, **unsupported):
@@ -214,7 +246,7 @@ def context_parallel(model: nn.Module, cp_mesh, *, load_balance: bool = False) -
     layer it cannot run exactly, and caches and padding masks, which span the whole sequence."""
     import archlang.runtime.attention as attention_module
 
-    check_context_parallel(model)
+    check_context_parallel(model, load_balance=load_balance)
     cp = ContextParallel(cp_mesh, load_balance)
     make_context = model.make_context
 
@@ -227,7 +259,9 @@ def context_parallel(model: nn.Module, cp_mesh, *, load_balance: bool = False) -
         if positions is None:
             tokens = input_ids if input_ids is not None else inputs_embeds
             positions = cp.positions(tokens.shape[1] * cp.world).to(tokens.device)
-        return make_context(input_ids, inputs_embeds, positions=positions, **kw)
+        ctx = make_context(input_ids, inputs_embeds, positions=positions, **kw)
+        ctx.tables["state_before_shard"] = cp.state_before_shard  # causal linear attention reads it
+        return ctx
 
     original = attention_module.attend
     model.make_context = sharded_context
