@@ -41,7 +41,7 @@ def _ids(length: int = 16) -> torch.Tensor:
     return torch.randint(0, 97, (2, length + 1))
 
 
-def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, cases: list, out_dir: str, fsdp: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -53,25 +53,33 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
         results = {}
         for spec, source, load_balance in cases:
             model, ids = _model(spec, source), _ids()
+            if fsdp:  # as torchtitan folds the cp ranks into FSDP's: its reduction averages over them
+                from torch.distributed.fsdp import fully_shard
+
+                for block in model.layers:
+                    fully_shard(block, mesh=mesh)
+                fully_shard(model, mesh=mesh)
             with context_parallel(model, mesh, load_balance=load_balance) as cp:
                 inputs, labels = cp.shard(ids[:, :-1]), cp.shard(ids[:, 1:])
                 logits = model(inputs)
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
                 loss.backward()
-                cp.average_gradients(model)
+                if not fsdp:
+                    cp.average_gradients(model)
             total = loss.detach().clone()
             dist.all_reduce(total)
-            results[(spec, load_balance)] = {"loss": total / world,
-                                             "grads": {n: p.grad for n, p in model.named_parameters()}}
+            grads = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                     for n, p in model.named_parameters()}
+            results[(spec, load_balance)] = {"loss": total / world, "grads": grads}
         if rank == 0:
             torch.save(results, os.path.join(out_dir, "result.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _run_two_processes(cases, tmp_path):
+def _run_two_processes(cases, tmp_path, fsdp: bool = False):
     """Spawn two ranks without blocking on a hang: a rank that does not finish in time fails the test."""
-    context = mp.start_processes(_worker, args=(2, _free_port(), cases, str(tmp_path)), nprocs=2, join=False,
+    context = mp.start_processes(_worker, args=(2, _free_port(), cases, str(tmp_path), fsdp), nprocs=2, join=False,
                                  start_method="spawn")
     import time
 
@@ -117,6 +125,12 @@ def test_two_ranks_match_one_process_modern_attention(tmp_path):
     cases = [("tiny_qk_norm", qk_norm, True), ("tiny_sinks", sinks, False), ("tiny_llama.arch", None, True),
              ("tiny_gemma2.arch", None, False)]
     _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_two_ranks_under_fsdp_match_one_process(tmp_path):
+    cases = [("tiny_llama.arch", None, True), ("tiny_exotic", _linear_attention_spec(), False)]
+    _check_against_one_process(cases, _run_two_processes(cases, tmp_path, fsdp=True))
 
 
 class _Mesh:

@@ -65,11 +65,22 @@ def _refusal(name: str, module: nn.Module, load_balance: bool) -> str | None:
     return "it is not known to act on each position alone or through attention"
 
 
+def _generated_module(model: nn.Module) -> str:
+    """The module the model's generated code lives in (under FSDP, the class of the model and of
+    its blocks is a subclass that torch makes, and the generated class is among its bases)."""
+    from archlang import runtime as rt
+
+    for cls in type(model).__mro__:
+        if issubclass(cls, rt.ArchModel) and cls is not rt.ArchModel and not cls.__module__.startswith("torch."):
+            return cls.__module__
+    raise ArchError(f"context parallelism runs archlang models, not {type(model).__name__}", kind="distributed")
+
+
 def check_context_parallel(model: nn.Module, *, load_balance: bool = False) -> None:
     """Refuse (ArchError) a model with a layer that context parallelism would not run exactly."""
-    generated = type(model).__module__
+    generated = _generated_module(model)
     for name, module in model.named_modules():
-        if module is model or type(module).__module__ == generated:
+        if any(cls.__module__ == generated for cls in type(module).__mro__):
             continue  # the generated model and its blocks only wire runtime layers together
         reason = _refusal(name, module, load_balance)
         if reason is not None:
