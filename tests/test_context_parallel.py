@@ -122,8 +122,11 @@ def test_two_ranks_match_one_process_modern_attention(tmp_path):
     sinks = text.split("model tiny_longrope")[0].replace("scaling = dynamic(factor = 2, original_context = 16)", "")
     sinks = sinks.replace("model tiny_qk_norm", "model tiny_qk_norm_base").replace("extends tiny_qk_norm",
                                                                                  "extends tiny_qk_norm_base")
+    positions = (SPECS / "tiny_positions.arch").read_text()
     cases = [("tiny_qk_norm", qk_norm, True), ("tiny_sinks", sinks, False), ("tiny_llama.arch", None, True),
-             ("tiny_gemma2.arch", None, False)]
+             ("tiny_gemma2.arch", None, False), ("tiny_gpt2.arch", None, True),  # learned positions, LayerNorm
+             *((name, positions, False) for name in ("tiny_sinusoidal", "tiny_rope_linear", "tiny_rope_llama3",
+                                                     "tiny_rope_ntk"))]
     _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
 
 
@@ -151,7 +154,8 @@ class _Mesh:
     ("tiny_jamba.arch", "Mamba"),
     ("tiny_gated_deltanet.arch", "GatedDeltaNetLayer"),
     ("tiny_mixtral.arch", "MoE"),
-    ("tiny_t5.arch", "RelativePositionBias"),
+    ("tiny_sparse.arch", "LightningIndexer"),
+    ("tiny_mod.arch", "DepthRouter"),
 ])
 def test_refuses_layers_it_cannot_split(spec, layer):
     from archlang.context_parallel import context_parallel
@@ -173,6 +177,16 @@ def test_refuses_linear_attention_in_zig_zag_order():
     check_context_parallel(model)  # in order, the state passes from shard to shard
     with pytest.raises(ArchError, match=r"\(LinearAttention\): its state passes .* not in order"):
         check_context_parallel(model, load_balance=True)
+
+
+@pytest.mark.parametrize("spec", ["tiny_bert.arch", "tiny_t5.arch", "tiny_modernbert.arch"])
+def test_refuses_encoders(spec):
+    from archlang.context_parallel import check_context_parallel
+    from archlang.spec.errors import ArchError
+
+    # BERT's pooler reads the first token, which only the first rank holds
+    with pytest.raises(ArchError, match="decoder models only"):
+        check_context_parallel(_model(spec))
 
 
 def test_refuses_length_dependent_rope_scaling():
