@@ -33,7 +33,8 @@ def _model(spec: str, source: str | None = None):
 def _linear_attention_spec() -> str:
     """tiny_exotic (differential, causal linear, multi-query attention) with an MLP for its MoE."""
     text = (SPECS / "tiny_exotic.arch").read_text()
-    return text.split("ffn = moe(")[0] + "ffn = mlp(hidden = 16, act = relu)\n    }" + text.split("z_loss = 0.001)\n    }")[1]
+    mlp = "ffn = mlp(hidden = 16, act = relu)\n    }"
+    return text.split("ffn = moe(")[0] + mlp + text.split("z_loss = 0.001)\n    }")[1]
 
 
 def _ids(length: int = 16) -> torch.Tensor:
@@ -116,7 +117,7 @@ def test_two_ranks_match_one_process_causal_and_sliding_window(tmp_path):
 @pytest.mark.slow
 def test_two_ranks_match_one_process_modern_attention(tmp_path):
     # sinks and sink tokens beside a window; qk-norms, Llama 4's chunks and temperature tuning;
-    # the other order of each
+    # the other order of the fast test's models; every other test model that is accepted
     text = (SPECS / "tiny_modern_attention.arch").read_text()
     qk_norm = text.split("# gpt-oss")[0]
     sinks = text.split("model tiny_longrope")[0].replace("scaling = dynamic(factor = 2, original_context = 16)", "")
@@ -126,7 +127,10 @@ def test_two_ranks_match_one_process_modern_attention(tmp_path):
     cases = [("tiny_qk_norm", qk_norm, True), ("tiny_sinks", sinks, False), ("tiny_llama.arch", None, True),
              ("tiny_gemma2.arch", None, False), ("tiny_gpt2.arch", None, True),  # learned positions, LayerNorm
              *((name, positions, False) for name in ("tiny_sinusoidal", "tiny_rope_linear", "tiny_rope_llama3",
-                                                     "tiny_rope_ntk"))]
+                                                     "tiny_rope_ntk")),
+             # multi-head latent attention with YaRN, its MoE blocks left out
+             ("tiny_deepseek", (SPECS / "tiny_deepseek.arch").read_text().replace("dense + sparse * 2", "dense * 2"),
+              True)]
     _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
 
 

@@ -53,8 +53,9 @@ def _refusal(name: str, module: nn.Module, load_balance: bool) -> str | None:
     if isinstance(module, rt.RopeTable) and module.kind in ("longrope", "dynamic"):
         return (f"{module.kind} RoPE scaling takes its frequencies from each forward's length (its largest "
                 "position + 1), which differs from shard to shard")
-    if isinstance(module, (rt.MLAttention, rt.RMSNorm, rt.LayerNorm, rt.RopeTable, rt.LearnedPositions, rt.SinusoidalPositions,
-                           nn.Linear, nn.Embedding, nn.ModuleList, nn.ModuleDict, nn.Dropout, nn.Identity)):
+    if isinstance(module, (rt.MLAttention, rt.RMSNorm, rt.LayerNorm, rt.RopeTable, rt.LearnedPositions,
+                           rt.SinusoidalPositions, nn.Linear, nn.Embedding, nn.ModuleList, nn.ModuleDict, nn.Dropout,
+                           nn.Identity)):
         return None
     if kind in _RECURRENT:
         return ("it carries state along the sequence (a recurrence, a convolution over earlier tokens or a token "
@@ -80,8 +81,9 @@ def check_context_parallel(model: nn.Module, *, load_balance: bool = False) -> N
     """Refuse (ArchError) a model with a layer that context parallelism would not run exactly."""
     family = getattr(model, "config", {}).get("family")
     if family != "decoder":
-        raise ArchError(f"context parallelism splits decoder models only, and this model's family is {family}: encoders "
-                        "pool the first token or the whole sequence, encoder-decoders attend across to a memory",
+        raise ArchError(f"context parallelism splits decoder models only, and this model's family is {family}: "
+                        "encoders pool the first token or the whole sequence, encoder-decoders attend across to a "
+                        "memory",
                         hint="train this model without a cp mesh dimension", kind="distributed")
     generated = _generated_module(model)
     for name, module in model.named_modules():
