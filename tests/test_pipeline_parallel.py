@@ -120,12 +120,23 @@ def test_pipeline_schedules_match_one_process(spec, schedule, microbatches, tmp_
 # ----------------------------------------------------------------------------- without processes
 
 
-def test_stage_modules_in_one_process_equal_the_model_and_share_its_weights():
-    from archlang.pipeline_parallel import PipelineStageModule, pipeline_stages
+@pytest.mark.parametrize("spec,training,ranges", [
+    ("tiny_jamba.arch", True, None),
+    ("tiny_exotic.arch", False, None),  # learned positions, added on the first stage only (MoE aux losses: inference)
+    ("tiny_rwkv.arch", True, None),  # a norm of the embeddings, on the first stage only
+    # a shared block with a LoRA adapter per use, every use on the second stage: each use keeps its index
+    ("tiny_zamba2.arch", True, [range(0, 1), range(1, 6)]),
+])
+def test_stage_modules_in_one_process_equal_the_model_and_share_its_weights(spec, training, ranges):
+    from archlang.pipeline_parallel import PipelineStageModule, check_pipeline, pipeline_stages
 
-    model = _model("tiny_jamba.arch")
-    ranges = pipeline_stages(_compiled("tiny_jamba.arch"), 3)
-    modules = [PipelineStageModule(model, r, first=i == 0, last=i == 2) for i, r in enumerate(ranges)]
+    model = _model(spec).train(training)
+    ranges = ranges or pipeline_stages(model, 3)
+    if training:  # (tiny_exotic's auxiliary losses are refused for training)
+        check_pipeline(model, ranges)
+    n = len(ranges)
+    modules = [PipelineStageModule(model, r, first=i == 0, last=i == n - 1).train(training)
+               for i, r in enumerate(ranges)]
     ids = _batch()
     x = ids
     for m in modules:
@@ -167,21 +178,22 @@ def test_the_cut_balances_flops_then_parameters(spec, n_stages):
     assert worst == _brute_force_cut(costs, n_stages)
 
 
-def test_the_cut_follows_the_costs_not_the_layer_count():
-    from archlang.pipeline_parallel import pipeline_stages
-
-    class Graphless:  # stands in for a compiled spec: costs per layer given directly
-        pass
-
+def test_the_cut_follows_the_costs_not_the_layer_count(monkeypatch):
     import archlang.pipeline_parallel as pp
 
-    costs = [(10, 1), (10, 1), (10, 1), (30, 1)]
-    original = pp.layer_costs
-    pp.layer_costs = lambda model: costs
-    try:
-        assert pipeline_stages(Graphless(), 2) == [range(0, 3), range(3, 4)]
-    finally:
-        pp.layer_costs = original
+    monkeypatch.setattr(pp, "layer_costs", lambda model: [(10, 1), (10, 1), (10, 1), (30, 1)])
+    assert pp.pipeline_stages(None, 2) == [range(0, 3), range(3, 4)]  # 30 | 30, not 20 | 40
+    monkeypatch.setattr(pp, "layer_costs", lambda model: [(10, 1), (0, 5), (0, 1), (10, 1)])
+    assert pp.pipeline_stages(None, 2) == [range(0, 2), range(2, 4)]  # 10 FLOPs each way: 6 | 2 parameters
+
+
+def test_a_built_module_is_cut_by_its_parameters():
+    from archlang.pipeline_parallel import layer_costs, pipeline_stages
+
+    model = _model("tiny_jamba.arch")
+    costs = layer_costs(model)
+    assert sum(p for _, p in costs) == sum(p.numel() for p in model.parameters())
+    assert pipeline_stages(model, 2) == pipeline_stages(_compiled("tiny_jamba.arch"), 2)
 
 
 def test_more_stages_than_layers_is_refused():
@@ -214,20 +226,89 @@ def test_a_shared_block_on_two_stages_is_refused():
     from archlang.spec.errors import ArchError
 
     model = _model("tiny_shared.arch")
-    first, again = model.repeated_modules()[0].split(".")[:2], None
     layers = model.layers
-    uses = [i for i, layer in enumerate(layers) if layer is layers[int(first[1])]]
+    shared = layers[int(model.repeated_modules()[0].split(".")[1])]
+    uses = [i for i, layer in enumerate(layers) if layer is shared]
     cut = uses[0] + 1  # the first use on stage 0, a later one on stage 1
     with pytest.raises(ArchError, match="shared block"):
         check_pipeline(model, [range(0, cut), range(cut, len(layers))])
 
 
-def test_auxiliary_losses_are_refused():
+@pytest.mark.parametrize("spec,message", [
+    ("tiny_mixtral.arch", "auxiliary losses"),  # load balancing
+    ("tiny_mod.arch", "auxiliary loss"),  # the depth router's predictor
+])
+def test_auxiliary_losses_are_refused(spec, message):
     from archlang.pipeline_parallel import check_pipeline
     from archlang.spec.errors import ArchError
 
-    model = _model("tiny_mixtral.arch")
-    moe = next(m for m in model.modules() if hasattr(m, "aux_coef"))
-    moe.aux_coef = 0.01
-    with pytest.raises(ArchError, match="auxiliary losses"):
+    model = _model(spec)
+    with pytest.raises(ArchError, match=message):
         check_pipeline(model, [range(0, 1), range(1, len(model.layers))])
+
+
+ZAMBA2_HYBRID = """
+model zamba2_hybrid {
+    vocab = 61
+    d_model = 32
+    context = 64
+    dtype = fp32
+    position = rope()
+    final_norm = rmsnorm()
+    block m {
+        norm = rmsnorm()
+        ssm = mamba2(d_state = 8, heads = 4, head_dim = 16, chunk = 4)
+    }
+    block s {
+        norm = rmsnorm()
+        attention = mha(heads = 4)
+        ffn = geglu(hidden = 48)
+        shared = true
+        hybrid = zamba2()
+    }
+    layers = [m, s, m, s, m]
+}
+"""
+
+
+def test_layers_that_talk_through_the_context_are_refused():
+    """zamba2's shared blocks read the stack's input, which only the first stage has, even when every
+    use of them is on one stage."""
+    from archlang.pipeline_parallel import check_pipeline
+    from archlang.spec.errors import ArchError
+
+    from archlang.api import compile_spec, load_source
+
+    compiled = compile_spec(ZAMBA2_HYBRID)
+    model = load_source(compiled.source, compiled.model.name).build()
+    with pytest.raises(ArchError, match="through the context"):
+        check_pipeline(model, [range(0, 1), range(1, 5)])
+
+
+class _PPMesh:
+    """Stands in for a 1-D "pp" device mesh: the checks run before any process group is needed."""
+
+    device_type = "cpu"
+
+    def __init__(self, size: int):
+        self._size = size
+
+    def size(self) -> int:
+        return self._size
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(microbatches=4, schedule="zero-bubble"), "unknown pipeline schedule"),
+    (dict(microbatches=1, schedule="1F1B"), "needs at least 2 microbatches"),
+    (dict(microbatches=4, schedule="gpipe", stages_per_rank=2), "runs one stage per rank"),
+    (dict(microbatches=4, schedule="interleaved"), "cannot cut 2 layers into 4 pipeline stages"),
+    (dict(microbatches=4, stages=[range(0, 2)]), "1 layer ranges for 2 stages"),
+    (dict(microbatches=4, stages=[range(0, 1), range(0, 2)]), "consecutive ranges"),
+])
+def test_bad_pipeline_requests_are_refused(kwargs, message):
+    from archlang.pipeline_parallel import apply_pipeline
+    from archlang.spec.errors import ArchError
+
+    with pytest.raises(ArchError, match=message) as err:
+        apply_pipeline(_model("tiny_llama.arch"), _PPMesh(2), **kwargs)
+    assert err.value.kind == "distributed"

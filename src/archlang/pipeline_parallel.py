@@ -30,6 +30,9 @@ SCHEDULES = ("1F1B", "gpipe", "interleaved")
 # first stage owns them; later stages never use their output.
 _EMBEDDING_SIDE = ("embed", "pos_embed", "embed_norm")
 _HEAD_SIDE = ("final_norm", "lm_head")
+# Runtime functions through which a layer reads what another layer (or the model) left in the
+# context rather than the stream: values that would not cross a stage boundary.
+_CARRIED = {"concat_stack_input", "hand_off", "take_hand_off"}
 
 
 # ----------------------------------------------------------------------------- where to cut
@@ -41,21 +44,19 @@ def layer_costs(model) -> list[tuple[int, int]]:
     that hold them pay for them). From the IR when `model` is a compiled spec (api.Compiled) or
     an IR graph: exact FLOPs; from parameter counts alone (FLOPs taken as 2 per weight of a layer,
     which leaves out attention scores) when it is a built module, which carries no IR."""
-    graph = getattr(model, "graph", model)
     if isinstance(model, nn.Module):
-        layers = _stack(model)
-        costs = [(2 * _param_count(layer, set()), _param_count(layer, set())) for layer in layers]
-        seen: set[int] = set()
-        for i, layer in enumerate(layers):  # a shared block's weights count at its first use
-            costs[i] = (costs[i][0], _param_count(layer, seen))
-        head = sum(_param_count(getattr(model, n), set()) for n in _HEAD_SIDE if getattr(model, n, None) is not None)
-        embed = sum(_param_count(getattr(model, n), set()) for n in _EMBEDDING_SIDE
-                    if getattr(model, n, None) is not None)
-        if not model.config.get("tie_embeddings") or getattr(model, "lm_head", None) is not None:
-            costs[-1] = (costs[-1][0] + 2 * head, costs[-1][1] + head)
-        costs[0] = (costs[0][0], costs[0][1] + embed)
-        return costs
-    return _ir_layer_costs(graph)
+        seen: set[int] = set()  # a shared block's weights count at its first use
+        params = [_param_count(layer, seen) for layer in _stack(model)]
+        costs = [[2 * _param_count(layer, set()), n] for layer, n in zip(_stack(model), params)]
+        for name, at in [(n, 0) for n in _EMBEDDING_SIDE] + [(n, -1) for n in _HEAD_SIDE]:
+            module = getattr(model, name, None)
+            if module is not None:
+                n = _param_count(module, seen)
+                costs[at][1] += n
+                if name == "lm_head":
+                    costs[at][0] += 2 * n
+        return [(f, p) for f, p in costs]
+    return _ir_layer_costs(getattr(model, "graph", model))
 
 
 def _param_count(module: nn.Module, seen: set[int]) -> int:
@@ -173,6 +174,11 @@ def check_pipeline(model: nn.Module, stages: list[range]) -> None:
             raise ArchError(f"pipeline parallelism cannot place `{name}`: it has weights and is neither the embedding, "
                             "the final norm nor the LM head, so its output may reach layers on several stages",
                             kind="distributed")
+    if "carry" in type(model).features.__code__.co_names or any(
+            set(type(layer).forward.__code__.co_names) & _CARRIED for layer in layers):
+        raise ArchError("pipeline parallelism cannot split this model: its layers pass values to one another through "
+                        "the context (a zamba2 hybrid's stack input and hand-offs), which does not cross stages",
+                        kind="distributed")
     stage_of: dict[int, int] = {}
     for s, r in enumerate(stages):
         for i in r:
@@ -257,6 +263,7 @@ class PipelineStageModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         view = self.view
+        view.training = self.training  # its own set-up (embedding dropout) follows the stage's mode
         if self.first:
             inputs = {"input_ids": tokens}
         else:  # the model's set-up runs on a placeholder of the embeddings; _Receive puts the real stream in
