@@ -300,6 +300,8 @@ class _PPMesh:
 @pytest.mark.parametrize("kwargs,message", [
     (dict(microbatches=4, schedule="zero-bubble"), "unknown pipeline schedule"),
     (dict(microbatches=1, schedule="1F1B"), "needs at least 2 microbatches"),
+    (dict(microbatches=0, schedule="gpipe"), "needs at least 1 microbatches"),
+    (dict(microbatches=5, schedule="interleaved", stages=[range(0, 1), range(1, 2)] * 2), "do not divide"),
     (dict(microbatches=4, schedule="gpipe", stages_per_rank=2), "runs one stage per rank"),
     (dict(microbatches=4, schedule="interleaved"), "cannot cut 2 layers into 4 pipeline stages"),
     (dict(microbatches=4, stages=[range(0, 2)]), "1 layer ranges for 2 stages"),

@@ -324,9 +324,15 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
     if len(stages) != n_stages:
         raise ArchError(f"{len(stages)} layer ranges for {n_stages} stages ({pp} ranks x {per_rank} per rank)",
                         kind="distributed")
-    if microbatches < 1 or (schedule != "gpipe" and microbatches < pp):
-        raise ArchError(f"the {schedule} schedule over {pp} ranks needs at least {pp} microbatches, "
+    least = pp if schedule == "1F1B" else 1  # 1F1B's warm-up fills every stage
+    if microbatches < least:
+        raise ArchError(f"the {schedule} schedule over {pp} ranks needs at least {least} microbatches, "
                         f"got {microbatches}", kind="distributed")
+    rounds = max(1, microbatches // pp)  # torch's interleaved schedule runs whole rounds
+    if schedule == "interleaved" and microbatches % rounds:
+        raise ArchError(f"the interleaved schedule over {pp} ranks runs {rounds} rounds, and {microbatches} "
+                        "microbatches do not divide into them", hint=f"use a multiple of {pp} microbatches, or fewer "
+                        f"than {2 * pp}", kind="distributed")
     check_pipeline(model, stages)
     rank = pp_mesh.get_local_rank()
     device = torch.device(pp_mesh.device_type) if pp_mesh.device_type == "cpu" else torch.device(
