@@ -22,10 +22,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A scale after the final norm, in features(): it must run on the last stage only.
+LOGIT_SCALED = """
+model logit_scaled {
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    position = rope(theta = 10000)
+    logit_scale = 0.25
+    final_norm = rmsnorm(eps = 1e-5)
+    block layer {
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+    }
+    layers = layer * 3
+}
+"""
+
+
 def _compiled(spec: str):
     from archlang.api import compile_spec
 
-    return compile_spec(SPECS / spec)
+    return compile_spec(spec if "{" in spec else SPECS / spec)
 
 
 def _model(spec: str):
@@ -126,6 +146,7 @@ def test_pipeline_schedules_match_one_process(spec, schedule, microbatches, tmp_
     ("tiny_rwkv.arch", True, None),  # a norm of the embeddings, on the first stage only
     # a shared block with a LoRA adapter per use, every use on the second stage: each use keeps its index
     ("tiny_zamba2.arch", True, [range(0, 1), range(1, 6)]),
+    pytest.param(LOGIT_SCALED, True, None, id="logit_scaled"),
 ])
 def test_stage_modules_in_one_process_equal_the_model_and_share_its_weights(spec, training, ranges):
     from archlang.pipeline_parallel import PipelineStageModule, check_pipeline, pipeline_stages

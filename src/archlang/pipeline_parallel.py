@@ -231,11 +231,33 @@ class _Receive(nn.Module):
         return self.stage.received
 
 
+class _StageOutput(Exception):
+    """Carries a stage's output out of the model's forward: nothing after its layers runs."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__("the stage's output")
+        self.x = x
+
+
+class _Send(nn.Module):
+    """The first layer after this stage: the stream it would take is what the stage sends on."""
+
+    def forward(self, x: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if self.training and ctx.aux_losses:  # a backstop behind check_pipeline
+            raise ArchError("pipeline parallelism lost an auxiliary loss: the schedule's loss sees only the last "
+                            "stage's output", kind="distributed")
+        raise _StageOutput(x)
+
+
 class PipelineStageModule(nn.Module):
     """One pipeline stage of a generated decoder: its submodules are the model's own (the
     embedding on the first stage; layers.<i> for its layers; the final norm and LM head on the
     last), so its parameter names are the model's. Takes the token ids (first stage) or the hidden
-    states (B, T, C) the previous stage sent; returns hidden states, or the logits (last stage)."""
+    states (B, T, C) the previous stage sent; returns hidden states, or the logits (last stage).
+    It runs the model's own forward, in which the layers before it give way to what it received
+    and the first layer after it ends the forward with the stream (so whatever the model does
+    after its stack, a final norm or a logit scale, runs on the last stage only). Move the model
+    to its device before making stages: the stage holds only the modules it owns."""
 
     def __init__(self, model: nn.Module, layers: range, *, first: bool, last: bool):
         super().__init__()
@@ -255,15 +277,15 @@ class PipelineStageModule(nn.Module):
         view._modules, view._parameters, view._buffers = dict(model._modules), dict(model._parameters), dict(
             model._buffers)
         view.layers = nn.ModuleList(
-            stack[i] if i in layers else (_Receive(self) if i == layers.start - 1 else _Skip())
-            for i in range(len(stack)))
-        if not last:
-            view.final_norm = nn.Identity()
+            stack[i] if i in layers else _Receive(self) if i == layers.start - 1 else _Send() if i == layers.stop
+            else _Skip() for i in range(len(stack)))
         object.__setattr__(self, "view", view)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         view = self.view
         view.training = self.training  # its own set-up (embedding dropout) follows the stage's mode
+        view.layers.train(self.training)  # (and the stand-ins for other stages' layers)
+        view._aux_loss = None
         if self.first:
             inputs = {"input_ids": tokens}
         else:  # the model's set-up runs on a placeholder of the embeddings; _Receive puts the real stream in
@@ -271,7 +293,9 @@ class PipelineStageModule(nn.Module):
             self.received = tokens
             inputs = {"inputs_embeds": tokens.new_zeros(()).expand(*tokens.shape[:2], width)}
         try:
-            out = view(**inputs) if self.last else view.features(**inputs)
+            out = view(**inputs)
+        except _StageOutput as done:  # a stage before the last: what follows its layers is another stage's
+            out = done.x
         finally:
             self.received = None
         if self.training and view._aux_loss is not None:  # a backstop behind check_pipeline
