@@ -5,7 +5,9 @@ generated block carries (derived from the IR), then FSDP2 per block and for the 
     shard(model, mesh)
 
 A 1-D mesh named "dp" (or unnamed) applies FSDP2 only; one named "tp" applies tensor
-parallelism only. Generated model code never changes. Every Linear is either sharded by the plan
+parallelism only. Pipeline ("pp": archlang.pipeline_parallel) and context parallelism ("cp":
+archlang.context_parallel) have entry points of their own; a mesh that names them, or any other
+dimension, is refused here rather than left unused. Generated model code never changes. Every Linear is either sharded by the plan
 or listed as replicated with its reason (`tensor_parallel_layout`); what cannot be sharded
 exactly (fused q/k/v or gate/up projections, widths that do not split into whole heads) is
 refused, never left whole unannounced.
@@ -74,6 +76,31 @@ def tensor_parallel_plan(model: nn.Module, tp: int) -> dict[str, str]:
     return tensor_parallel_layout(model, tp)[0]
 
 
+# Mesh dimensions applied elsewhere: what shard() says when a mesh names one.
+_APPLIED_ELSEWHERE = {
+    "pp": "pipeline parallelism splits the model into stages that run a schedule: "
+          "archlang.pipeline_parallel.apply_pipeline(model, mesh['pp'], microbatches=...)",
+    "cp": "context parallelism shards each step's sequence: run the step inside "
+          "archlang.context_parallel.context_parallel(model, mesh['cp'])",
+}
+
+
+def _check_dims(names) -> None:
+    """Refuse a mesh dimension shard() does not apply, rather than leave it unused unannounced."""
+    from archlang.spec.errors import ArchError
+
+    for name in names:
+        if name in _APPLIED_ELSEWHERE:
+            raise ArchError(f"shard() does not apply the mesh dimension {name!r}",
+                            hint=_APPLIED_ELSEWHERE[name] + "; pass shard() the mesh without it", kind="distributed")
+        if name not in SHARD_DIMS:
+            raise ArchError(f"unknown mesh dimension {name!r}",
+                            hint=f"name the dimensions from {', '.join(SHARD_DIMS)}", kind="distributed")
+
+
+SHARD_DIMS = ("dp", "tp")
+
+
 def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.Module:
     """Apply tensor parallelism (mesh dim "tp") and FSDP2 (mesh dim "dp") in place. Tensor
     parallelism is refused (ArchError) where it would shard nothing or not exactly."""
@@ -83,6 +110,7 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.M
     from archlang.spec.errors import ArchError
 
     names = mesh.mesh_dim_names or ("dp",)
+    _check_dims(names)
     tp_mesh = mesh["tp"] if "tp" in names and len(names) > 1 else (mesh if names == ("tp",) else None)
     dp_mesh = mesh["dp"] if "dp" in names and len(names) > 1 else (mesh if names == ("dp",) else None)
     if tp_mesh is not None:
