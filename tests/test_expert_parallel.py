@@ -1,6 +1,7 @@
 """Expert parallelism: two CPU processes (gloo), each feeding its own half of the batch, hold half
 of every MoE layer's experts and exchange rows with all-to-alls; the mean of their losses and
-their averaged gradients must be those of one process on the whole batch."""
+their averaged gradients must be those of one process on the whole batch. Likewise with FSDP2
+sharding everything but the experts over the same two ranks."""
 
 import os
 import socket
@@ -49,29 +50,34 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
         from torch.distributed.tensor import DTensor
 
         from archlang.distributed import full_state_dict
-        from archlang.expert_parallel import apply_expert_parallel, average_gradients, expert_load
+        from archlang.expert_parallel import apply_expert_parallel, average_gradients, expert_load, shard_with_experts
         from archlang.spec.errors import ArchError
 
         mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("ep",))
         results = {}
-        for spec, name, train in cases:
+        for spec, name, train, fsdp in cases:
             ids, labels = _batch()
             model = _model(spec, name).train(train)
-            apply_expert_parallel(model, mesh)
+            if fsdp:  # FSDP2 reduces the gradients itself
+                shard_with_experts(model, mesh)
+            else:
+                apply_expert_parallel(model, mesh)
             loss = _loss(model, ids.chunk(world)[rank], labels.chunk(world)[rank])
             loss.backward()
-            average_gradients(model, mesh)
+            if not fsdp:
+                average_gradients(model, mesh)
             total = loss.detach().clone()
             dist.all_reduce(total)
             grads = {n: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
                      for n, p in model.named_parameters()}
-            local_experts = {n: tuple(p.to_local().shape) for n, p in model.named_parameters() if isinstance(p, DTensor)}
+            local_experts = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()
+                             if n.rpartition(".")[2].startswith("experts_")}
             try:  # a second application meets DTensor parameters: refused, not stacked
                 apply_expert_parallel(model, mesh)
                 again = None
             except ArchError as err:
                 again = err.message
-            results[(spec, name)] = {"loss": total / world, "grads": grads, "weights": full_state_dict(model),
+            results[(spec, name, fsdp)] = {"loss": total / world, "grads": grads, "weights": full_state_dict(model),
                                      "load": expert_load(model), "local": local_experts, "again": again,
                                      "buffers": {n: b.clone() for n, b in model.named_buffers()}}
         if rank == 0:
@@ -111,8 +117,8 @@ def _rows_per_expert(model):
 
 
 def _check_against_one_process(cases, results):
-    for spec, name, train in cases:
-        got = results[(spec, name)]
+    for spec, name, train, fsdp in cases:
+        got = results[(spec, name, fsdp)]
         ids, labels = _batch()
         model = _model(spec, name).train(train)
         seen = _rows_per_expert(model)
@@ -135,16 +141,19 @@ def _check_against_one_process(cases, results):
 
 
 def test_two_process_expert_parallel_step_matches_one_process(tmp_path):
-    # top-k softmax routing without shared experts; sigmoid routing with a shared expert after a dense layer
-    cases = [("tiny_mixtral.arch", None, True), ("tiny_deepseek.arch", None, True)]
+    # top-k softmax routing without shared experts; sigmoid routing with a shared expert after a
+    # dense layer, with FSDP2 sharding all but the experts
+    cases = [("tiny_mixtral.arch", None, True, False), ("tiny_deepseek.arch", None, True, True)]
     _check_against_one_process(cases, _spawn(cases, tmp_path))
 
 
 @pytest.mark.slow
 def test_two_process_expert_parallel_other_routers(tmp_path):
-    cases = [("tiny_moe_routing.arch", None, True),  # groups, correction bias and its update, biased experts
-             ("tiny_encoder_heads.arch", "tiny_hash_moe", True),  # hash routing: per token, by its id
-             ("tiny_encoder_heads.arch", "tiny_classifier", False)]  # expert choice: per sequence (no dropout)
+    cases = [("tiny_moe_routing.arch", None, True, False),  # groups, correction bias and its update, biased experts
+             ("tiny_encoder_heads.arch", "tiny_hash_moe", True, False),  # hash routing: per token, by its id
+             ("tiny_encoder_heads.arch", "tiny_classifier", False, False),  # expert choice: per sequence (no dropout)
+             ("tiny_mixtral.arch", None, True, True),
+             ("tiny_deepseek.arch", None, True, False)]
     _check_against_one_process(cases, _spawn(cases, tmp_path))
 
 

@@ -12,6 +12,10 @@ The ep ranks are data-parallel ranks for everything else: each feeds its own bat
 backward, a replicated parameter's gradient is its rank's own; an expert's gradient (on the rank
 that owns it) already sums every rank's batch. Averaging the replicated gradients over the ep
 group and dividing the experts' by ep gives the gradient of the mean loss (`average_gradients`).
+
+`shard_with_experts(model, ep_mesh)` composes it with FSDP2 over the same ranks, as torchtitan
+does when ep equals the data-parallel degree: the experts are split by expert parallelism only,
+everything else is sharded by FSDP2, and every gradient comes out as that of the mean loss.
 """
 
 from __future__ import annotations
@@ -21,19 +25,15 @@ from torch import nn
 
 from archlang.spec.errors import ArchError
 
-_HINT_ALONE = "apply expert parallelism on its own 1-D \"ep\" mesh, to a model that no other parallelism has sharded"
+_HINT_ALONE = ("apply expert parallelism on its own 1-D \"ep\" mesh to a model nothing else has sharded; "
+               "shard_with_experts(model, ep_mesh) adds FSDP2 over the same ranks")
 
 
 def _moe_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Each MoE module once, by its first name (a shared block is one module at several places)."""
+    """Each MoE module once, by its first name (named_modules gives a shared block once)."""
     from archlang.runtime.moe import MoE
 
-    seen: dict[int, str] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, MoE) and id(module) not in seen:
-            seen[id(module)] = name
-    found = dict(model.named_modules())
-    return {name: found[name] for name in seen.values()}
+    return {name: module for name, module in model.named_modules() if isinstance(module, MoE)}
 
 
 def _check(model: nn.Module, mesh) -> dict[str, nn.Module]:
@@ -43,12 +43,13 @@ def _check(model: nn.Module, mesh) -> dict[str, nn.Module]:
     if len(names) != 1 or names[0] != "ep":
         other = ", ".join(repr(n) for n in names if n != "ep") or repr(names[0])
         raise ArchError(f"expert parallelism takes a 1-D mesh named \"ep\"; this one has {other}: combining it with "
-                        "tensor parallelism or FSDP2 is not implemented", hint=_HINT_ALONE, kind="distributed")
+                        "tensor parallelism, or with FSDP2 over other ranks, is not implemented",
+                        hint=_HINT_ALONE, kind="distributed")
     sharded = next((name for name, p in model.named_parameters() if isinstance(p, DTensor)), None)
     if sharded is not None:
         raise ArchError(f"expert parallelism cannot split a model another parallelism has already sharded ({sharded} "
-                        "is a DTensor): its composition with tensor parallelism and FSDP2 is not implemented",
-                        hint=_HINT_ALONE, kind="distributed")
+                        "is a DTensor): it must come first, and its composition with tensor parallelism is not "
+                        "implemented", hint=_HINT_ALONE, kind="distributed")
     layers = _moe_layers(model)
     if not layers:
         raise ArchError("expert parallelism would shard nothing: this model has no MoE layer",
@@ -89,6 +90,31 @@ def apply_expert_parallel(model: nn.Module, ep_mesh) -> nn.Module:
         moe.ep_group = ep_mesh.get_group()
         moe.ep_load = torch.zeros(local, dtype=torch.long)
         moe.expert_dispatch = _dispatch
+    return model
+
+
+def shard_with_experts(model: nn.Module, ep_mesh, *, reshard_after_forward: bool = True) -> nn.Module:
+    """Expert parallelism over `ep_mesh`, then FSDP2 over the same ranks for every parameter but
+    the experts (per block, then the whole model). FSDP2 averages the gradients it reduces; the
+    experts' (sums over every rank's rows) are divided by ep in their backward to match, so no
+    `average_gradients` is needed. Refuses what apply_expert_parallel refuses."""
+    from torch.distributed.fsdp import fully_shard
+
+    apply_expert_parallel(model, ep_mesh)
+    experts = [getattr(moe, name) for moe in _moe_layers(model).values() for name in moe.expert_weight_names()]
+    expert_ids = {id(weight) for weight in experts}
+    ep = ep_mesh.size()
+    for weight in experts:
+        weight.register_hook(lambda grad: grad / ep)
+    sharded: set[int] = set()
+    for _, stack in model.named_children():
+        if isinstance(stack, nn.ModuleList):
+            for block in stack:
+                if id(block) not in sharded:  # a shared block is one module at several places
+                    sharded.add(id(block))
+                    fully_shard(block, mesh=ep_mesh, reshard_after_forward=reshard_after_forward,
+                                ignored_params={p for p in block.parameters() if id(p) in expert_ids})
+    fully_shard(model, mesh=ep_mesh, reshard_after_forward=reshard_after_forward, ignored_params=set(experts))
     return model
 
 
