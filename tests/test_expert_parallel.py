@@ -79,6 +79,8 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
                 again = err.message
             results[(spec, name, fsdp)] = {"loss": total / world, "grads": grads, "weights": full_state_dict(model),
                                      "load": expert_load(model), "local": local_experts, "again": again,
+                                     "rank0_experts": {n: m.ep_load.clone() for n, m in model.named_modules()
+                                                       if hasattr(m, "ep_load")},
                                      "buffers": {n: b.clone() for n, b in model.named_buffers()}}
         if rank == 0:
             torch.save(results, os.path.join(out_dir, "result.pt"))
@@ -137,6 +139,7 @@ def _check_against_one_process(cases, results):
         assert set(got["load"]) == set(seen)
         for layer, counts in seen.items():
             assert got["load"][layer].tolist() == counts.reshape(2, -1).sum(dim=1).tolist(), layer
+            assert got["rank0_experts"][layer].tolist() == counts.reshape(2, -1)[0].tolist(), layer
         assert "already sharded" in got["again"]
 
 

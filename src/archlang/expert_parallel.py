@@ -88,7 +88,8 @@ def apply_expert_parallel(model: nn.Module, ep_mesh) -> nn.Module:
                                         stride=full.stride())
             setattr(moe, name, nn.Parameter(weight, requires_grad=full.requires_grad))
         moe.ep_group = ep_mesh.get_group()
-        moe.ep_load = torch.zeros(local, dtype=torch.long)
+        # rows each local expert received in the last forward, kept where the collectives run
+        moe.ep_load = torch.zeros(local, dtype=torch.long, device=piece.device)
         moe.expert_dispatch = _dispatch
     return model
 
@@ -138,7 +139,7 @@ def _dispatch(moe: nn.Module, xs: torch.Tensor, expert_of: torch.Tensor, counts:
     experts_here = torch.arange(local, device=xs.device).repeat(ep).repeat_interleave(received.reshape(-1))
     order = torch.argsort(experts_here, stable=True)
     load = received.sum(dim=0)
-    moe.ep_load = load.detach().cpu()
+    moe.ep_load = load.detach()
     weights = {name: getattr(moe, name).to_local() for name in moe.expert_weight_names()}
     out = moe.expert_ffn(rows[order], experts_here[order], load, weights)
     out = out[torch.argsort(order)]  # back to the order they arrived in
@@ -147,7 +148,8 @@ def _dispatch(moe: nn.Module, xs: torch.Tensor, expert_of: torch.Tensor, counts:
 
 def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
     """Rows ((token, expert) pairs) each rank received in the last forward, per MoE layer: a
-    tensor (ep,). A collective: every rank of the ep group must call it."""
+    tensor (ep,). A collective: every rank of the ep group must call it. (Each layer's own
+    `ep_load` holds, without a collective, the rows each of this rank's experts received.)"""
     import torch.distributed as dist
 
     out = {}
