@@ -12,6 +12,9 @@ The ep ranks are data-parallel ranks for everything else: each feeds its own bat
 backward, a replicated parameter's gradient is its rank's own; an expert's gradient (on the rank
 that owns it) already sums every rank's batch. Averaging the replicated gradients over the ep
 group and dividing the experts' by ep gives the gradient of the mean loss (`average_gradients`).
+Every MoE forward is a collective: all ranks must run the same forwards. The router's balancing
+losses (aux_loss, z_loss, seq_aux_loss) stay statistics of each rank's own batch, as under any
+data parallelism; the correction-bias update already sums the load over all ranks.
 
 `shard_with_experts(model, ep_mesh)` composes it with FSDP2 over the same ranks, as torchtitan
 does when ep equals the data-parallel degree: the experts are split by expert parallelism only,
