@@ -99,12 +99,29 @@ class MoE(nn.Module):
             self.e_score_correction_bias = nn.Buffer(bias.to(self.e_score_correction_bias.device, torch.float32))
         return out
 
+    #: expert parallelism (archlang.expert_parallel) sets this to run each row on the rank that owns its
+    #: expert: called as expert_dispatch(self, xs, expert_of, counts) with the arguments of _experts
+    expert_dispatch = None
+
     def _experts(self, xs: torch.Tensor, expert_of: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The expert FFN on rows sorted by expert: two grouped matmuls."""
+        if self.expert_dispatch is not None:
+            return self.expert_dispatch(self, xs, expert_of, counts)
+        return self.expert_ffn(xs, expert_of, counts, {n: getattr(self, n) for n in self.expert_weight_names()})
+
+    def expert_weight_names(self) -> list[str]:
+        """The stacked (E, ...) parameters of the routed experts."""
+        up = "experts_gate_up" if self.expert_glu else "experts_up"
+        names = [up, "experts_down"]
+        return names + [f"{up}_bias", "experts_down_bias"] if self.expert_bias else names
+
+    def expert_ffn(self, xs: torch.Tensor, expert_of: torch.Tensor, counts: torch.Tensor,
+                   weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The experts whose stacked weights are given (by expert_weight_names) on rows sorted by expert."""
         up_name = "experts_gate_up" if self.expert_glu else "experts_up"
-        h = grouped_matmul(xs, getattr(self, up_name), counts, expert_of)
+        h = grouped_matmul(xs, weights[up_name], counts, expert_of)
         if self.expert_bias:
-            h = h + getattr(self, f"{up_name}_bias")[expert_of]
+            h = h + weights[f"{up_name}_bias"][expert_of]
         if self.expert_act == "swiglu_oai":
             gate, up = h.chunk(2, dim=-1)
             if self.glu_limit is not None:
@@ -115,8 +132,8 @@ class MoE(nn.Module):
             h = ACTIVATIONS[self.expert_act](gate) * h
         else:
             h = ACTIVATIONS[self.expert_act](h)
-        h = grouped_matmul(h, self.experts_down, counts, expert_of)
-        return h + self.experts_down_bias[expert_of] if self.expert_bias else h
+        h = grouped_matmul(h, weights["experts_down"], counts, expert_of)
+        return h + weights["experts_down_bias"][expert_of] if self.expert_bias else h
 
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
         up_bias = getattr(self, f"{self.shared_up_name}_bias") if self.shared_bias else None
