@@ -5,12 +5,13 @@ generated block carries (derived from the IR), then FSDP2 per block and for the 
     shard(model, mesh)
 
 A 1-D mesh named "dp" (or unnamed) applies FSDP2 only; one named "tp" applies tensor
-parallelism only. Pipeline ("pp": archlang.pipeline_parallel) and context parallelism ("cp":
-archlang.context_parallel) have entry points of their own; a mesh that names them, or any other
-dimension, is refused here rather than left unused. Generated model code never changes. Every Linear is either sharded by the plan
-or listed as replicated with its reason (`tensor_parallel_layout`); what cannot be sharded
-exactly (fused q/k/v or gate/up projections, widths that do not split into whole heads) is
-refused, never left whole unannounced.
+parallelism only; one named "ep" splits MoE experts (archlang.expert_parallel). Pipeline ("pp":
+archlang.pipeline_parallel) and context parallelism ("cp": archlang.context_parallel) have entry
+points of their own; a mesh that names them, or any other dimension, is refused here rather than
+left unused. Generated model code never changes. Every Linear is either sharded by the plan or
+listed as replicated with its reason (`tensor_parallel_layout`); what cannot be sharded exactly
+(fused q/k/v or gate/up projections, widths that do not split into whole heads) is refused,
+never left whole unannounced.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _check_dims(names) -> None:
                             hint=f"name the dimensions from {', '.join(SHARD_DIMS)}", kind="distributed")
 
 
-SHARD_DIMS = ("dp", "tp")
+SHARD_DIMS = ("dp", "tp", "ep")
 
 
 def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.Module:
@@ -111,6 +112,14 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.M
 
     names = mesh.mesh_dim_names or ("dp",)
     _check_dims(names)
+    if "ep" in names:  # expert parallelism stands alone, or beside FSDP2 over the same ranks
+        from archlang.expert_parallel import apply_expert_parallel
+
+        if names != ("ep",):
+            raise ArchError(f"expert parallelism is applied over a 1-D mesh named 'ep', not beside {names}",
+                            hint="apply it alone, or with FSDP2 over the same ranks: "
+                                 "archlang.expert_parallel.shard_with_experts(model, mesh)", kind="distributed")
+        return apply_expert_parallel(model, mesh)
     tp_mesh = mesh["tp"] if "tp" in names and len(names) > 1 else (mesh if names == ("tp",) else None)
     dp_mesh = mesh["dp"] if "dp" in names and len(names) > 1 else (mesh if names == ("dp",) else None)
     if tp_mesh is not None:
