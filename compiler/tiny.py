@@ -128,13 +128,20 @@ def shrink(model: A.Model) -> A.Model:
     return small
 
 
-def distinct_layers(layers: tuple[str, ...], kind_of=lambda block: block) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def distinct_layers(layers: tuple[str, ...], kind_of=lambda block: block, joined=lambda block: False
+                    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """One layer per kind (`kind_of(block name)`), in the order the stack first uses each, and
-    the index in the stack of each layer kept."""
+    the index in the stack of each layer kept. A `joined` block (a hybrid = zamba2() layer, which
+    hands its output to the next layer) travels with the layer after it: the pair is one kind."""
     first: dict = {}
-    for i, block in enumerate(layers):
-        first.setdefault(kind_of(block), (block, i))
-    return tuple(b for b, _ in first.values()), tuple(i for _, i in first.values())
+    i = 0
+    while i < len(layers):
+        n = 2 if joined(layers[i]) and i + 1 < len(layers) else 1
+        unit = tuple(range(i, i + n))
+        first.setdefault(tuple(kind_of(layers[j]) for j in unit), unit)
+        i += n
+    kept = [j for unit in first.values() for j in unit]
+    return tuple(layers[j] for j in kept), tuple(kept)
 
 
 def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
@@ -149,7 +156,8 @@ def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
                          ("entropy", "entropy_layers"), ("global", "global_layers")):
         layers = getattr(small, field)
         if layers:
-            update[field], origin[stack] = distinct_layers(layers, kinds.__getitem__)
+            update[field], origin[stack] = distinct_layers(layers, kinds.__getitem__,
+                                                           lambda name: small.blocks[name].hybrid is not None)
     short = small.model_copy(update=update)
     short._spans = model._spans
     return short, origin

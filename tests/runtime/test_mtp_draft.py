@@ -82,7 +82,7 @@ def test_proposals_are_the_cacheless_mtp_predictions(build, monkeypatch):
     whole sequence without any cache."""
     model = build()
     seen = _record_proposals(monkeypatch)
-    model.generate(PROMPT, 14, draft="mtp", draft_tokens=model.config["mtp"]["depth"])
+    model.generate(PROMPT, 10, draft="mtp", draft_tokens=model.config["mtp"]["depth"])
     assert len(seen) >= 3
     with torch.no_grad():
         for settled, drafted, q in seen:
@@ -92,14 +92,16 @@ def test_proposals_are_the_cacheless_mtp_predictions(build, monkeypatch):
                 assert token == int(logits.argmax())
 
 
-@pytest.mark.parametrize("build", [_tiny_mtp, _mamba_mtp], ids=["attention", "mamba"])
+# the Mamba modules' restore-and-refeed path is checked token by token above; here it is slow
+@pytest.mark.parametrize("build", [_tiny_mtp, pytest.param(_mamba_mtp, marks=pytest.mark.slow)],
+                         ids=["attention", "mamba"])
 def test_greedy_equals_plain_greedy(build):
     model = build()
-    plain = model.generate(PROMPT, 20)
+    plain = model.generate(PROMPT, 12)
     depth = model.config["mtp"]["depth"]
-    for draft_tokens in range(1, depth + 2):  # more than the depth: one proposal per depth
+    for draft_tokens in (1, depth + 1):  # one, and more than the depth: one proposal per depth
         stats = {}
-        out = model.generate(PROMPT, 20, draft="mtp", draft_tokens=draft_tokens, stats=stats)
+        out = model.generate(PROMPT, 12, draft="mtp", draft_tokens=draft_tokens, stats=stats)
         assert torch.equal(out, plain), draft_tokens
         assert stats["draft_tokens_proposed"] <= min(draft_tokens, depth) * (stats["target_forwards"] - 1)
     assert not model.final_norm._forward_pre_hooks  # the drafter leaves no hook behind
@@ -107,11 +109,11 @@ def test_greedy_equals_plain_greedy(build):
 
 def test_sampling_with_mtp_drafts_is_reproducible_and_stops():
     model = _tiny_mtp()
-    runs = [model.generate(PROMPT, 12, draft="mtp", temperature=0.8, top_k=20,
+    runs = [model.generate(PROMPT, 8, draft="mtp", temperature=0.8, top_k=20,
                            generator=torch.Generator().manual_seed(3)) for _ in range(2)]
-    assert torch.equal(runs[0], runs[1]) and runs[0].shape == (1, PROMPT.shape[1] + 12)
+    assert torch.equal(runs[0], runs[1]) and runs[0].shape == (1, PROMPT.shape[1] + 8)
     stop = int(runs[0][0, PROMPT.shape[1] + 4])
-    out = model.generate(PROMPT, 12, draft="mtp", temperature=0.8, top_k=20, eos_token_id=stop,
+    out = model.generate(PROMPT, 8, draft="mtp", temperature=0.8, top_k=20, eos_token_id=stop,
                          generator=torch.Generator().manual_seed(3))
     assert int(out[0, -1]) == stop and out.shape[1] <= PROMPT.shape[1] + 5
 

@@ -282,7 +282,9 @@ def _pair_text(att: str, ssm: str) -> str:
 def _pairs():
     from archlang.spec import compat
 
-    ssms = compat.MIXERS[len(compat.ATTENTION_KINDS):]
+    from archlang.spec import ast as A
+
+    ssms = A.SLOT_KINDS["ssm"]
     every = [(a, s) for a in compat.ATTENTION_KINDS for s in ssms]
     # the fast path: the pair furthest from the reference-tested gqa beside mamba2; the rest is slow
     fast = [("mla", "mamba")]
