@@ -413,11 +413,12 @@ def main() -> int:
         models.clear()
         gc.collect()
     # Peak memory of one forward: each measured in a fresh process (RSS high-water mark growth).
-    print("\npeak RSS growth of one forward (MiB), largest shape, best of 3 fresh processes:")
+    fresh = 1 if args.quick else 3  # each a process importing torch and transformers: seconds apiece
+    print(f"\npeak RSS growth of one forward (MiB), largest shape, best of {fresh} fresh processes:")
     b, t = shapes[-1]
     for family in families(args.quick):
         # the lowest of three fresh-process measurements each: RSS is noisy on a shared machine
-        growth = {impl: min(_rss_in_subprocess(family, impl, b, t, args.quick) for _ in range(3))
+        growth = {impl: min(_rss_in_subprocess(family, impl, b, t, args.quick) for _ in range(fresh))
                   for impl in ("archlang", "sdpa")}
         print(f"  {family:14s} archlang {growth['archlang']:7.1f}   HF sdpa {growth['sdpa']:7.1f}   "
               f"ratio {growth['archlang'] / max(growth['sdpa'], 1e-9):.2f}")

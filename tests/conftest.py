@@ -6,6 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# Under pytest-xdist every worker is a process of its own, and so is each rank the distributed
+# tests spawn: one intra-op thread each, so that they share the cores instead of oversubscribing
+# them (threads spinning in each other's way made small-op tests tens of times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 # Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors. It must be chosen
 # before anything (torch.compile included) first imports triton.
 if not torch.cuda.is_available():
