@@ -125,6 +125,12 @@ class _ModelDrafter:
         self.model, self.dist, self.pick = draft, dist, pick
         self.cache, self.pending = Cache(), list(prompt)
 
+    def start(self) -> None:
+        """The target has read the prompt (nothing to take from it: the draft reads it itself)."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def propose(self, nxt: int, k: int, device) -> tuple[list[int], list[torch.Tensor]]:
         self.snap = self.cache.snapshot()
         feed, drafted, q = self.pending + [nxt], [], []
@@ -176,6 +182,7 @@ class _MTPDrafter:
         self.h[0] = new if self.h[0] is None else torch.cat([self.h[0], new])
 
     def start(self) -> None:
+        """The target has read the prompt: keep its hidden states."""
         self._settled(len(self.tokens))
 
     @torch.no_grad()
@@ -244,8 +251,7 @@ def speculative_tokens(target: nn.Module, draft: nn.Module | str, input_ids: tor
     try:
         nxt = int(pick(dist(_forward(target, input_ids, t_cache, 1))[0]))
         target_forwards += 1
-        if isinstance(drafter, _MTPDrafter):
-            drafter.start()
+        drafter.start()
 
         def ends(token: int) -> bool:
             made.append(token)
@@ -295,8 +301,7 @@ def speculative_tokens(target: nn.Module, draft: nn.Module | str, input_ids: tor
             done = ends(nxt)
             yield nxt
     finally:
-        if isinstance(drafter, _MTPDrafter):
-            drafter.close()
+        drafter.close()
     if stats is not None:
         stats.update(target_forwards=target_forwards, draft_tokens_proposed=proposed, draft_tokens_accepted=accepted,
                      acceptance_rate=accepted / proposed if proposed else 0.0,
