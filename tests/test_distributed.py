@@ -155,27 +155,3 @@ def test_tensor_parallelism_refuses_to_shard_nothing():
     model = archlang.build(spec, passes=TP_PASSES)
     with pytest.raises(ArchError, match="shard nothing"):
         shard(model, _TPMesh(2))
-
-
-@pytest.mark.parametrize("dims, message", [(("dp", "pp"), "apply_pipeline"), (("cp",), "context_parallel"),
-                                           (("dp", "sp"), "unknown mesh dimension 'sp'")])
-def test_mesh_dimensions_shard_does_not_apply_are_refused(dims, message):
-    from archlang.distributed import shard
-    from archlang.spec.errors import ArchError
-
-    mesh = _TPMesh(2)
-    mesh.mesh_dim_names = dims
-    with pytest.raises(ArchError) as err:
-        shard(_model("tiny_llama.arch", TP_PASSES), mesh)
-    assert message in err.value.message + err.value.hint
-
-
-def test_an_ep_mesh_beside_other_dimensions_is_refused():
-    from archlang.distributed import shard
-    from archlang.spec.errors import ArchError
-
-    mesh = _TPMesh(2)
-    mesh.mesh_dim_names = ("dp", "ep")
-    with pytest.raises(ArchError, match="1-D mesh named 'ep'") as err:
-        shard(_model("tiny_mixtral.arch", TP_PASSES), mesh)
-    assert "shard_with_experts" in err.value.hint

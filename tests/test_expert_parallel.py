@@ -187,9 +187,9 @@ def test_refuses_experts_that_do_not_split_evenly():
     assert "4 experts" in err.message and "over 3 ranks" in err.message
 
 
-def test_refuses_a_mesh_with_tensor_parallelism():
+def test_refuses_a_mesh_with_other_dimensions_and_points_to_shard():
     err = _refusal("tiny_mixtral.arch", _Mesh(2, ("ep", "tp")))
-    assert "'tp'" in err.message and "tensor parallelism" in err.message
+    assert "'tp'" in err.message and "shard(model, mesh)" in err.hint
 
 
 def test_refuses_a_model_without_experts():

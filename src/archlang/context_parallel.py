@@ -257,13 +257,19 @@ class ContextParallel:
 
 
 @contextlib.contextmanager
-def context_parallel(model: nn.Module, cp_mesh, *, load_balance: bool = False) -> Iterator[ContextParallel]:
+def context_parallel(model: nn.Module, cp_mesh=None, *, load_balance: bool = False) -> Iterator[ContextParallel]:
     """Run `model` on this rank's shard of the sequence inside the block: its forward takes the
     rank's shard (`cp.shard(ids)`), fills in the shard's global positions, and its self-attention
     runs as ring attention over the ranks of `cp_mesh` (1-D). Refuses (ArchError) models with a
-    layer it cannot run exactly, and caches and padding masks, which span the whole sequence."""
+    layer it cannot run exactly, and caches and padding masks, which span the whole sequence.
+    `cp_mesh` defaults to the "cp" dimension archlang.distributed.shard applied."""
     import archlang.runtime.attention as attention_module
 
+    cp_mesh = cp_mesh if cp_mesh is not None else getattr(model, "context_parallel_mesh", None)
+    if cp_mesh is None:
+        raise ArchError("context parallelism needs a cp mesh: this model was not sharded over one",
+                        hint='context_parallel(model, mesh["cp"]), or shard(model, mesh) with a "cp" dimension first',
+                        kind="distributed")
     check_context_parallel(model, load_balance=load_balance)
     cp = ContextParallel(cp_mesh, load_balance)
     make_context = model.make_context

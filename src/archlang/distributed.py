@@ -1,13 +1,13 @@
-"""Scale-out from outside the model (as torchtitan does): tensor parallelism from the plan each
-generated block carries (derived from the IR), then FSDP2 per block and for the whole model.
+"""Scale-out from outside the model (as torchtitan does): one call applies every dimension of a
+device mesh, each from what the IR knows of the model.
 
-    mesh = init_device_mesh("cuda", (dp, tp), mesh_dim_names=("dp", "tp"))
+    mesh = init_device_mesh("cuda", (2, 4, 8), mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
     shard(model, mesh)
 
-A 1-D mesh named "dp" (or unnamed) applies FSDP2 only; one named "tp" applies tensor
-parallelism only; one named "ep" splits MoE experts (archlang.expert_parallel). Pipeline ("pp":
-archlang.pipeline_parallel) and context parallelism ("cp": archlang.context_parallel) have entry
-points of their own; a mesh that names them, or any other dimension, is refused here rather than
+The dimensions: "dp_shard" (or "dp", FSDP2), "dp_replicate" (HSDP, or DDP alone), "tp" (tensor
+parallelism from the plan each generated block carries), "ep" (MoE experts split:
+archlang.expert_parallel), "cp" (sequence shards with ring attention: archlang.context_parallel)
+and "pp" (pipeline stages: archlang.pipeline_parallel). Any other name is refused rather than
 left unused. Generated model code never changes. Every Linear is either sharded by the plan or
 listed as replicated with its reason (`tensor_parallel_layout`); what cannot be sharded exactly
 (fused q/k/v or gate/up projections, widths that do not split into whole heads) is refused,
@@ -77,69 +77,208 @@ def tensor_parallel_plan(model: nn.Module, tp: int) -> dict[str, str]:
     return tensor_parallel_layout(model, tp)[0]
 
 
-# Mesh dimensions applied elsewhere: what shard() says when a mesh names one.
-_APPLIED_ELSEWHERE = {
-    "pp": "pipeline parallelism splits the model into stages that run a schedule: "
-          "archlang.pipeline_parallel.apply_pipeline(model, mesh['pp'], microbatches=...)",
-    "cp": "context parallelism shards each step's sequence: run the step inside "
-          "archlang.context_parallel.context_parallel(model, mesh['cp'])",
-}
+# The mesh dimensions shard() applies, in the order it applies them (as torchtitan does: split
+# the experts, then the tensor-parallel layers, then cut the pipeline stages, then FSDP2 over
+# the data dimensions). "dp" is another name for "dp_shard".
+MESH_DIMS = ("ep", "tp", "cp", "pp", "dp_replicate", "dp_shard")
+_ALIASES = {"dp": "dp_shard"}
+# The ranks along these dimensions feed different data (cp: different parts of one sequence),
+# so their gradients are averaged; tp and pp ranks hold different pieces of one computation.
+_DATA_DIMS = ("dp_replicate", "dp_shard", "ep", "cp")
+SHARD_DIMS = MESH_DIMS + tuple(_ALIASES)
 
 
-def _check_dims(names) -> None:
-    """Refuse a mesh dimension shard() does not apply, rather than leave it unused unannounced."""
+def mesh_dims(mesh) -> dict[str, str]:
+    """The mesh's dimensions by the name shard() knows them (dp_shard for "dp") → the mesh's own
+    name. Refuses (ArchError) a dimension shard() does not know, rather than leave it unused, and
+    "dp" beside "dp_shard". An unnamed 1-D mesh is data parallel ("dp")."""
     from archlang.spec.errors import ArchError
 
-    for name in names:
-        if name in _APPLIED_ELSEWHERE:
-            raise ArchError(f"shard() does not apply the mesh dimension {name!r}",
-                            hint=_APPLIED_ELSEWHERE[name] + "; pass shard() the mesh without it", kind="distributed")
-        if name not in SHARD_DIMS:
+    out: dict[str, str] = {}
+    for name in mesh.mesh_dim_names or ("dp",):
+        canonical = _ALIASES.get(name, name)
+        if canonical not in MESH_DIMS:
             raise ArchError(f"unknown mesh dimension {name!r}",
-                            hint=f"name the dimensions from {', '.join(SHARD_DIMS)}", kind="distributed")
+                            hint=f"name the dimensions from {', '.join(MESH_DIMS)} (dp is dp_shard)",
+                            kind="distributed")
+        if canonical in out:
+            raise ArchError(f"the mesh names {out[canonical]!r} and {name!r}, which are one dimension",
+                            hint="name it dp_shard once", kind="distributed")
+        out[canonical] = name
+    return out
 
 
-SHARD_DIMS = ("dp", "tp", "ep")
+def _submesh(mesh, name: str):
+    return mesh if len(mesh.mesh_dim_names or ("dp",)) == 1 else mesh[name]
 
 
-def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True) -> nn.Module:
-    """Apply tensor parallelism (mesh dim "tp") and FSDP2 (mesh dim "dp") in place. Tensor
-    parallelism is refused (ArchError) where it would shard nothing or not exactly."""
-    from torch.distributed.fsdp import fully_shard
+def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microbatches: int | None = None,
+          schedule: str = "1F1B", stages: list[range] | None = None, stages_per_rank: int | None = None,
+          loss_fn=None, load_balance: bool = False):
+    """Apply every dimension of `mesh` to `model` in place, as torchtitan's parallelize does:
+
+    - "ep": expert parallelism (archlang.expert_parallel): each MoE layer's experts split over the
+      ep ranks, which are data-parallel ranks for everything else;
+    - "tp": tensor parallelism from the plan each generated block carries (tensor_parallel_layout);
+    - "cp": context parallelism is checked here (archlang.context_parallel refuses what it cannot
+      split) and runs each step inside `context_parallel(model)`, which takes the mesh from here;
+    - "pp": pipeline stages (archlang.pipeline_parallel): `microbatches` is then required, and
+      `schedule`, `stages`, `stages_per_rank` and `loss_fn` are apply_pipeline's;
+    - "dp_shard" (or "dp") and "dp_replicate": FSDP2 per block and for the whole model (or each
+      pipeline stage), sharded over dp_shard and the ep and cp ranks, replicated (HSDP) over
+      dp_replicate; with dp_replicate alone, replicated (DDP) over it.
+
+    Every gradient comes out as that of the mean loss over the data-parallel ranks and the
+    context-parallel shards: FSDP2 averages the dense parameters'; the experts', which the ep
+    all-to-alls already sum over the ep ranks, are summed over the ranks that hold the same
+    experts and divided by the number of ranks that fed data. Returns the model, or with "pp" the
+    PipelinePlan whose schedule runs the steps. What cannot be applied exactly is refused
+    (ArchError, kind "distributed")."""
+    from archlang.spec.errors import ArchError
+
+    dims = mesh_dims(mesh)
+    if "pp" in dims and microbatches is None:
+        raise ArchError("a mesh with a pp dimension needs the number of microbatches each step is cut into",
+                        hint="shard(model, mesh, microbatches=...) (at least the pp degree for 1F1B)",
+                        kind="distributed")
+    if "pp" not in dims and microbatches is not None:
+        raise ArchError("microbatches are the pipeline's, and this mesh has no pp dimension", kind="distributed")
+    if "ep" in dims:
+        from archlang.expert_parallel import apply_expert_parallel
+
+        apply_expert_parallel(model, _submesh(mesh, dims["ep"]))
+    if "tp" in dims:
+        _apply_tensor_parallel(model, _submesh(mesh, dims["tp"]))
+    if "cp" in dims:
+        from archlang.context_parallel import check_context_parallel
+
+        check_context_parallel(model, load_balance=load_balance)
+        model.context_parallel_mesh = _submesh(mesh, dims["cp"])
+    data = _data_parallel(model, mesh, dims, reshard_after_forward)
+    if "pp" in dims:
+        from archlang.pipeline_parallel import apply_pipeline, next_token_loss
+
+        return apply_pipeline(model, _submesh(mesh, dims["pp"]), microbatches=microbatches, schedule=schedule,
+                              stages=stages, stages_per_rank=stages_per_rank, loss_fn=loss_fn or next_token_loss,
+                              parallelize=data)
+    if data is not None:
+        data(model)
+    return model
+
+
+def _apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
     from archlang.spec.errors import ArchError
 
-    names = mesh.mesh_dim_names or ("dp",)
-    _check_dims(names)
-    if "ep" in names:  # expert parallelism stands alone, or beside FSDP2 over the same ranks
-        from archlang.expert_parallel import apply_expert_parallel
+    layout, _ = tensor_parallel_layout(model, tp_mesh.size())
+    if not layout:
+        raise ArchError("tensor parallelism would shard nothing: no block of this model has projections it can "
+                        "split (attention heads or FFN hidden units)",
+                        hint='shard it over a data-parallel mesh dimension ("dp") instead', kind="distributed")
+    styles = _styles()
+    parallelize_module(model, tp_mesh, {name: styles[role]() for name, role in layout.items()})
 
-        if names != ("ep",):
-            raise ArchError(f"expert parallelism is applied over a 1-D mesh named 'ep', not beside {names}",
-                            hint="apply it alone, or with FSDP2 over the same ranks: "
-                                 "archlang.expert_parallel.shard_with_experts(model, mesh)", kind="distributed")
-        return apply_expert_parallel(model, mesh)
-    tp_mesh = mesh["tp"] if "tp" in names and len(names) > 1 else (mesh if names == ("tp",) else None)
-    dp_mesh = mesh["dp"] if "dp" in names and len(names) > 1 else (mesh if names == ("dp",) else None)
-    if tp_mesh is not None:
-        layout, _ = tensor_parallel_layout(model, tp_mesh.size())
-        if not layout:
-            raise ArchError("tensor parallelism would shard nothing: no block of this model has projections it can "
-                            "split (attention heads or FFN hidden units)",
-                            hint='shard it over a data-parallel mesh dimension ("dp") instead', kind="distributed")
-        styles = _styles()
-        parallelize_module(model, tp_mesh, {name: styles[role]() for name, role in layout.items()})
-    if dp_mesh is not None:
-        sharded: set[int] = set()
-        for _, stack in model.named_children():
-            if isinstance(stack, nn.ModuleList):
-                for block in stack:
-                    if id(block) not in sharded:  # a shared block is one module at several places
-                        sharded.add(id(block))
-                        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-    return model
+
+def _flat(mesh, names: list[str]):
+    """One 1-D mesh over the ranks of the dimensions `names` (in the mesh's order)."""
+    if len(names) == 1:
+        return mesh[names[0]]
+    return mesh[tuple(names)]._flatten("_".join(names))
+
+
+def _data_parallel(model: nn.Module, mesh, dims: dict[str, str], reshard_after_forward: bool):
+    """A function applying FSDP2 (or replication) over the data dimensions of `mesh` to a module
+    tree (the model, or a pipeline stage): per block of its stacks, then the whole tree. None when
+    the mesh has no data dimension. The experts of an expert-parallel model are left to FSDP2's
+    ignored parameters and reduced by a hook on their gradients."""
+    from archlang.spec.errors import ArchError
+
+    order = list(mesh.mesh_dim_names or ("dp",))
+    shard_names = sorted((dims[d] for d in ("dp_shard", "ep", "cp") if d in dims), key=order.index)
+    replicate = dims.get("dp_replicate")
+    if not shard_names and replicate is None:
+        return None
+    experts = _expert_weights(model)
+    if experts:
+        _reduce_expert_gradients(mesh, dims, experts)
+    ignored = {id(p) for p in experts}
+    if len(order) == 1:
+        dp_mesh = mesh
+    else:
+        if replicate is not None and shard_names and order.index(replicate) > order.index(shard_names[0]):
+            raise ArchError(f"dp_replicate must come before {shard_names[0]} in the mesh: HSDP replicates over the "
+                            "outer dimension and shards over the inner", hint="put dp_replicate first",
+                            kind="distributed")
+        from torch.distributed.device_mesh import DeviceMesh
+
+        if not shard_names:
+            dp_mesh = mesh[replicate]
+        elif replicate is None:
+            dp_mesh = _flat(mesh, shard_names)
+        elif len(shard_names) == 1:
+            dp_mesh = mesh[(replicate, shard_names[0])]
+        else:  # HSDP: replicated over the outer dimension, sharded over the inner ones together
+            dp_mesh = DeviceMesh._concatenate([mesh[replicate], _flat(mesh, shard_names)])
+    if shard_names:
+        from torch.distributed.fsdp import fully_shard as apply
+
+        options = {"reshard_after_forward": reshard_after_forward}
+    else:  # replicated over every data rank: DDP, as FSDP2's composable replicate
+        from torch.distributed._composable.replicate_with_fsdp import replicate as apply
+
+        options = {}
+
+    def parallelize(root: nn.Module) -> None:
+        done: set[int] = set()
+        for stack in root.children():
+            if isinstance(stack, (nn.ModuleList, nn.ModuleDict)):
+                for block in (stack.values() if isinstance(stack, nn.ModuleDict) else stack):
+                    if id(block) not in done:  # a shared block is one module at several places
+                        done.add(id(block))
+                        apply(block, mesh=dp_mesh, ignored_params=_ignored(block, ignored), **options)
+        apply(root, mesh=dp_mesh, ignored_params=_ignored(root, ignored), **options)
+
+    return parallelize
+
+
+def _ignored(module: nn.Module, ids: set[int]) -> set[nn.Parameter] | None:
+    return {p for p in module.parameters() if id(p) in ids} or None
+
+
+def _expert_weights(model: nn.Module) -> list[nn.Parameter]:
+    from archlang.expert_parallel import _moe_layers
+
+    return [getattr(moe, name) for moe in _moe_layers(model).values() if getattr(moe, "ep_group", None) is not None
+            for name in moe.expert_weight_names()]
+
+
+def _reduce_expert_gradients(mesh, dims: dict[str, str], experts: list[nn.Parameter]) -> None:
+    """An expert's gradient on its rank already sums the rows of every ep rank (the all-to-alls
+    carry them back); summing it over the ranks that hold the same experts (dp_replicate,
+    dp_shard, cp) and dividing by every rank that fed data gives the mean loss's gradient."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    order = list(mesh.mesh_dim_names or ("dp",))
+    replicas = sorted((dims[d] for d in ("dp_replicate", "dp_shard", "cp") if d in dims), key=order.index)
+    group = _flat(mesh, replicas).get_group() if replicas else None
+    fed = 1
+    for d in _DATA_DIMS:
+        if d in dims:
+            fed *= mesh.size(order.index(dims[d])) if len(order) > 1 else mesh.size()
+
+    def reduce(grad):
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        local = local.clone()
+        if group is not None:
+            dist.all_reduce(local, group=group)
+        local /= fed
+        return DTensor.from_local(local, grad.device_mesh, grad.placements, run_check=False, shape=grad.shape,
+                                  stride=grad.stride()) if isinstance(grad, DTensor) else local
+
+    for weight in experts:
+        weight.register_hook(reduce)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

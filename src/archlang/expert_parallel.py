@@ -16,9 +16,11 @@ Every MoE forward is a collective: all ranks must run the same forwards. The rou
 losses (aux_loss, z_loss, seq_aux_loss) stay statistics of each rank's own batch, as under any
 data parallelism; the correction-bias update already sums the load over all ranks.
 
-`shard_with_experts(model, ep_mesh)` composes it with FSDP2 over the same ranks, as torchtitan
-does when ep equals the data-parallel degree: the experts are split by expert parallelism only,
-everything else is sharded by FSDP2, and every gradient comes out as that of the mean loss.
+archlang.distributed.shard(model, mesh) applies it from a mesh's "ep" dimension, before tensor
+parallelism, pipeline stages and FSDP2: the experts are split by expert parallelism only (and
+replicated over the other data-parallel ranks), everything else is sharded by FSDP2 over the ep
+and dp_shard ranks, and every gradient comes out as that of the mean loss.
+`shard_with_experts(model, ep_mesh)` is that call on a 1-D ep mesh.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from torch import nn
 
 from archlang.spec.errors import ArchError
 
-_HINT_ALONE = ("apply expert parallelism on its own 1-D \"ep\" mesh to a model nothing else has sharded; "
-               "shard_with_experts(model, ep_mesh) adds FSDP2 over the same ranks")
+_HINT_ALONE = ("archlang.distributed.shard(model, mesh) applies the mesh's \"ep\" dimension first and the others "
+               "(dp_shard, dp_replicate, tp, pp) after it")
 
 
 def _moe_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -45,14 +47,12 @@ def _check(model: nn.Module, mesh) -> dict[str, nn.Module]:
     names = tuple(mesh.mesh_dim_names or ("ep",))
     if len(names) != 1 or names[0] != "ep":
         other = ", ".join(repr(n) for n in names if n != "ep") or repr(names[0])
-        raise ArchError(f"expert parallelism takes a 1-D mesh named \"ep\"; this one has {other}: combining it with "
-                        "tensor parallelism, or with FSDP2 over other ranks, is not implemented",
+        raise ArchError(f"expert parallelism takes a 1-D mesh named \"ep\"; this one has {other}",
                         hint=_HINT_ALONE, kind="distributed")
     sharded = next((name for name, p in model.named_parameters() if isinstance(p, DTensor)), None)
     if sharded is not None:
         raise ArchError(f"expert parallelism cannot split a model another parallelism has already sharded ({sharded} "
-                        "is a DTensor): it must come first, and its composition with tensor parallelism is not "
-                        "implemented", hint=_HINT_ALONE, kind="distributed")
+                        "is a DTensor): it must come first", hint=_HINT_ALONE, kind="distributed")
     layers = _moe_layers(model)
     if not layers:
         raise ArchError("expert parallelism would shard nothing: this model has no MoE layer",
@@ -99,27 +99,13 @@ def apply_expert_parallel(model: nn.Module, ep_mesh) -> nn.Module:
 
 def shard_with_experts(model: nn.Module, ep_mesh, *, reshard_after_forward: bool = True) -> nn.Module:
     """Expert parallelism over `ep_mesh`, then FSDP2 over the same ranks for every parameter but
-    the experts (per block, then the whole model). FSDP2 averages the gradients it reduces; the
-    experts' (sums over every rank's rows) are divided by ep in their backward to match, so no
-    `average_gradients` is needed. Refuses what apply_expert_parallel refuses."""
-    from torch.distributed.fsdp import fully_shard
+    the experts (per block, then the whole model): archlang.distributed.shard(model, ep_mesh).
+    FSDP2 averages the gradients it reduces; the experts' (sums over every rank's rows) are
+    divided by ep in their backward to match, so no `average_gradients` is needed. Refuses what
+    apply_expert_parallel refuses."""
+    from archlang.distributed import shard
 
-    apply_expert_parallel(model, ep_mesh)
-    experts = [getattr(moe, name) for moe in _moe_layers(model).values() for name in moe.expert_weight_names()]
-    expert_ids = {id(weight) for weight in experts}
-    ep = ep_mesh.size()
-    for weight in experts:
-        weight.register_hook(lambda grad: grad / ep)
-    sharded: set[int] = set()
-    for _, stack in model.named_children():
-        if isinstance(stack, nn.ModuleList):
-            for block in stack:
-                if id(block) not in sharded:  # a shared block is one module at several places
-                    sharded.add(id(block))
-                    fully_shard(block, mesh=ep_mesh, reshard_after_forward=reshard_after_forward,
-                                ignored_params={p for p in block.parameters() if id(p) in expert_ids})
-    fully_shard(model, mesh=ep_mesh, reshard_after_forward=reshard_after_forward, ignored_params=set(experts))
-    return model
+    return shard(model, ep_mesh, reshard_after_forward=reshard_after_forward)
 
 
 def _dispatch(moe: nn.Module, xs: torch.Tensor, expert_of: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

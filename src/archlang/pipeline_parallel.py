@@ -325,14 +325,17 @@ class PipelinePlan:
 
 def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: str = "1F1B",
                    stages: list[range] | None = None, stages_per_rank: int | None = None,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss) -> PipelinePlan:
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
+                   parallelize: Callable[[nn.Module], None] | None = None) -> PipelinePlan:
     """This rank's pipeline stages of `model` over the 1-D mesh `pp_mesh`, and the schedule that
     trains them with `microbatches` microbatches: "1F1B" and "gpipe" give each rank one stage,
     "interleaved" (interleaved 1F1B) `stages_per_rank` stages (default 2), stage s on rank
     s mod pp. `stages`: the layer ranges, one per stage (default: pipeline_stages on the module's
     parameter counts; pass pipeline_stages(compiled, n) to balance by the IR's FLOPs). The loss is
     the mean over microbatches of `loss_fn(logits, targets)`: equal to the whole batch's mean
-    when the microbatches are equal, as torch's schedules scale the gradients by 1/microbatches."""
+    when the microbatches are equal, as torch's schedules scale the gradients by 1/microbatches.
+    `parallelize`: applied to each stage module before torch wraps it (FSDP2 over the data ranks:
+    archlang.distributed.shard passes it)."""
     from torch.distributed import pipelining
 
     if schedule not in SCHEDULES:
@@ -364,6 +367,8 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
     group = pp_mesh.get_group()
     indices = [rank + k * pp for k in range(per_rank)]
     modules = [PipelineStageModule(model, stages[s], first=s == 0, last=s == n_stages - 1) for s in indices]
+    for module in modules if parallelize is not None else ():
+        parallelize(module)
     pipeline_stages_ = [pipelining.PipelineStage(m, s, n_stages, device, group=group) for m, s in zip(modules, indices)]
     if schedule == "interleaved":
         runner = pipelining.ScheduleInterleaved1F1B(pipeline_stages_, microbatches, loss_fn=loss_fn)

@@ -1,0 +1,198 @@
+"""shard(model, mesh) applies every dimension of a multi-dimensional mesh at once: four CPU
+processes (gloo) train one step on a 2x2 mesh (or 2x1x2), each combination of dp_replicate, dp_shard, tp,
+ep, cp and pp, and the mean loss and every gradient must be those of one process on the whole
+batch (to 1e-5). The data-parallel ranks (dp_replicate, dp_shard, ep) each take their own part
+of the batch, the cp ranks their part of each sequence, tp and pp ranks the same data."""
+
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .conftest import SPECS
+
+SPAWN_TIMEOUT_S = 300
+WORLD = 4
+# No q/k/v or gate/up fusion, so attention heads and FFN units can be split across ranks.
+TP_PASSES = "fold-rope,fuse-add-norm,share-constants,dce"
+DATA_DIMS = ("dp_replicate", "dp_shard", "dp", "ep")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(spec: str, passes: str | None):
+    import archlang
+
+    torch.manual_seed(0)
+    return archlang.build((SPECS / spec).read_text(), **({"passes": passes} if passes else {}))
+
+
+def _batch() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randint(0, 97, (8, 13))
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def _my_rows(mesh, names) -> torch.Tensor:
+    """The sequences this rank trains on: the batch cut over its data-parallel coordinates."""
+    ids, index, parts = _batch(), 0, 1
+    for name in names:
+        if name in DATA_DIMS:
+            size = mesh.size(names.index(name))
+            index, parts = index * size + mesh.get_local_rank(name), parts * size
+    return ids.chunk(parts)[index]
+
+
+def _step(model, mesh, names):
+    """One training step on this rank's data; its loss (None on a pipeline stage that has none)."""
+    from archlang.context_parallel import context_parallel
+    from archlang.distributed import shard
+
+    rows = _my_rows(mesh, names)
+    if "pp" in names:
+        plan = shard(model, mesh, microbatches=2)
+        first, last = plan.stages[0].is_first, plan.stages[-1].is_last
+        losses: list[torch.Tensor] = []
+        args = (rows[:, :-1],) if first else ()
+        if last:
+            plan.schedule.step(*args, target=rows[:, 1:], losses=losses)
+        else:
+            plan.schedule.step(*args)
+        return plan.modules, (torch.stack(losses).mean() if losses else None)
+    shard(model, mesh)
+    if "cp" in names:
+        with context_parallel(model) as cp:  # the cp mesh shard() applied
+            loss = _loss(model(cp.shard(rows[:, :-1])), cp.shard(rows[:, 1:]))
+            loss.backward()
+    else:
+        loss = _loss(model(rows[:, :-1]), rows[:, 1:])
+        loss.backward()
+    return [model], loss.detach()
+
+
+def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import DTensor
+
+        results = {}
+        for names, spec, passes in cases:
+            shape = (2, 1, 2) if len(names) == 3 else (2, 2)
+            mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
+            model = _model(spec, passes)
+            modules, loss = _step(model, mesh, names)
+            grads = {n: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+                     for m in modules for n, p in m.named_parameters()}
+            sharded = sorted(n for m in modules for n, p in m.named_parameters() if isinstance(p, DTensor))
+            # the mean loss over the ranks that hold one (every data and cp rank, or the last stages)
+            held = torch.tensor([0.0 if loss is None else loss.item(), 0.0 if loss is None else 1.0],
+                                dtype=torch.float64)
+            dist.all_reduce(held)
+            results[(names, spec)] = {"loss": held[0] / held[1], "grads": grads, "sharded": sharded}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(cases, out_dir) -> list[dict]:
+    """Four processes, bounded in time: a hang fails the test instead of blocking the suite."""
+    context = mp.spawn(_worker, args=(WORLD, _free_port(), cases, str(out_dir)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} processes did not finish within {SPAWN_TIMEOUT_S} s")
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def _check(cases, ranks) -> None:
+    for names, spec, passes in cases:
+        model = _model(spec, passes)
+        ids = _batch()
+        loss = _loss(model(ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        expected = dict(model.named_parameters())
+        seen: set[str] = set()
+        for rank, results in enumerate(ranks):
+            got = results[(names, spec)]
+            torch.testing.assert_close(got["loss"].float(), loss.detach(), atol=1e-5, rtol=1e-5,
+                                       msg=f"{names} {spec}")
+            assert got["sharded"], f"{names} {spec}: nothing was sharded on rank {rank}"
+            for n, g in got["grads"].items():
+                torch.testing.assert_close(g, expected[n].grad, atol=1e-5, rtol=1e-4, msg=f"{names} {spec} {n}")
+                seen.add(n)
+        assert seen == set(expected), f"{names} {spec}: no rank held {sorted(set(expected) - seen)}"
+
+
+FAST = [
+    (("dp", "tp"), "tiny_llama.arch", TP_PASSES),
+    (("dp_shard", "ep"), "tiny_mixtral.arch", None),  # experts split over ep, FSDP2 over all four
+    (("pp", "dp_shard"), "tiny_llama.arch", None),  # FSDP2 inside each pipeline stage
+]
+SLOW = [
+    (("dp_replicate", "dp_shard"), "tiny_llama.arch", None),  # HSDP
+    (("dp_shard", "cp"), "tiny_llama.arch", None),  # FSDP2 averages over the sequence shards too
+    (("dp_replicate", "ep"), "tiny_deepseek.arch", None),  # experts replicated over dp_replicate
+    (("ep", "tp"), "tiny_mixtral.arch", TP_PASSES),
+    (("cp", "tp"), "tiny_llama.arch", TP_PASSES),
+    (("pp", "tp"), "tiny_llama.arch", TP_PASSES),
+    (("pp", "dp_replicate"), "tiny_jamba.arch", None),  # DDP inside each stage of a hybrid
+    (("dp_replicate", "tp"), "tiny_gpt2.arch", TP_PASSES),
+    # HSDP over two sharded dimensions (flattened into one), the middle one of a single rank
+    (("dp_replicate", "dp_shard", "ep"), "tiny_mixtral.arch", None),
+]
+
+
+def test_two_dimensional_meshes_match_one_process(tmp_path):
+    _check(FAST, _spawn(FAST, tmp_path))
+
+
+@pytest.mark.slow
+def test_more_two_dimensional_meshes_match_one_process(tmp_path):
+    _check(SLOW, _spawn(SLOW, tmp_path))
+
+
+class _Mesh:
+    """Stands in for a device mesh: the checks run before any process group is needed."""
+
+    def __init__(self, *names: str):
+        self.mesh_dim_names = names
+
+    def size(self, dim: int | None = None) -> int:
+        return 2
+
+
+@pytest.mark.parametrize("names, message", [
+    (("dp", "sp"), "unknown mesh dimension 'sp'"),
+    (("dp", "dp_shard"), "which are one dimension"),
+    (("pp", "dp"), "microbatches"),
+])
+def test_meshes_shard_cannot_apply_are_refused(names, message):
+    from archlang.distributed import shard
+    from archlang.spec.errors import ArchError
+
+    with pytest.raises(ArchError) as err:
+        shard(_model("tiny_llama.arch", TP_PASSES), _Mesh(*names))
+    assert message in err.value.message + (err.value.hint or "")
+
+
+def test_microbatches_without_a_pipeline_are_refused():
+    from archlang.distributed import shard
+    from archlang.spec.errors import ArchError
+
+    with pytest.raises(ArchError, match="no pp dimension"):
+        shard(_model("tiny_llama.arch", TP_PASSES), _Mesh("dp"), microbatches=4)
