@@ -4,6 +4,7 @@ ep, cp and pp, and the mean loss and every gradient must be those of one process
 batch (to 1e-5). The data-parallel ranks (dp_replicate, dp_shard, ep) each take their own part
 of the batch, the cp ranks their part of each sequence, tp and pp ranks the same data."""
 
+import contextlib
 import os
 import socket
 import time
@@ -64,11 +65,16 @@ def _step(model, mesh, names):
         plan = shard(model, mesh, microbatches=2)
         first, last = plan.stages[0].is_first, plan.stages[-1].is_last
         losses: list[torch.Tensor] = []
-        args = (rows[:, :-1],) if first else ()
-        if last:
-            plan.schedule.step(*args, target=rows[:, 1:], losses=losses)
-        else:
-            plan.schedule.step(*args)
+        with contextlib.ExitStack() as stack:
+            inputs, targets = rows[:, :-1], rows[:, 1:]
+            if "cp" in names:  # each stage runs its part of the sequence
+                cp = stack.enter_context(context_parallel(model))
+                inputs, targets = cp.shard(inputs), cp.shard(targets)
+            args = (inputs,) if first else ()
+            if last:
+                plan.schedule.step(*args, target=targets, losses=losses)
+            else:
+                plan.schedule.step(*args)
         return plan.modules, (torch.stack(losses).mean() if losses else None)
     shard(model, mesh)
     if "cp" in names:
@@ -150,6 +156,7 @@ SLOW = [
     (("ep", "tp"), "tiny_mixtral.arch", TP_PASSES),
     (("cp", "tp"), "tiny_llama.arch", TP_PASSES),
     (("pp", "tp"), "tiny_llama.arch", TP_PASSES),
+    (("pp", "cp"), "tiny_llama.arch", None),  # ring attention inside each stage
     (("pp", "dp_replicate"), "tiny_jamba.arch", None),  # DDP inside each stage of a hybrid
     (("dp_replicate", "tp"), "tiny_gpt2.arch", TP_PASSES),
     # HSDP over two sharded dimensions (flattened into one), the middle one of a single rank
@@ -196,3 +203,29 @@ def test_microbatches_without_a_pipeline_are_refused():
 
     with pytest.raises(ArchError, match="no pp dimension"):
         shard(_model("tiny_llama.arch", TP_PASSES), _Mesh("dp"), microbatches=4)
+
+
+@pytest.mark.slow
+def test_the_training_script_takes_its_mesh_from_the_command_line(tmp_path):
+    """examples/train_fsdp.py under torchrun: two processes, pipeline x data parallel from flags;
+    the loss falls and a sharded checkpoint is written. A mesh that does not fit the processes is
+    an error on one line and exit 1."""
+    import subprocess
+    import sys
+
+    from .conftest import EXAMPLES
+
+    def run(*flags):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                   str(_free_port()), str(EXAMPLES / "train_fsdp.py"), *flags]
+        return subprocess.run(command, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    done = run("--pp", "2", "--steps", "12", "--checkpoint", str(tmp_path / "ckpt"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = [float(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert (tmp_path / "ckpt" / ".metadata").exists()
+    refused = run("--tp", "3", "--steps", "1")
+    assert refused.returncode != 0
+    assert "error: the other degrees make 3 ranks, which do not divide the 2 processes" in refused.stderr

@@ -163,10 +163,6 @@ def check_pipeline(model: nn.Module, stages: list[range]) -> None:
     if covered != list(range(len(layers))) or any(len(r) == 0 for r in stages):
         raise ArchError(f"the stages {[(r.start, r.stop) for r in stages]} do not cut layers 0..{len(layers) - 1} "
                         "into non-empty consecutive ranges", hint="use pipeline_stages(model, n)", kind="distributed")
-    if len(stages) > 1 and config.get("tie_embeddings"):
-        raise ArchError("pipeline parallelism cannot split a model with tied embeddings: the embedding matrix is also "
-                        "the LM head, so the first and last stages would each train their own copy",
-                        hint="untie them (tie_embeddings = false) or use one stage", kind="distributed")
     for name, child in model.named_children():
         if child is layers or name in _EMBEDDING_SIDE or name in _HEAD_SIDE:
             continue
@@ -270,6 +266,10 @@ class PipelineStageModule(nn.Module):
         for name in _HEAD_SIDE if last else ():
             if getattr(model, name, None) is not None:
                 setattr(self, name, getattr(model, name))
+        if last and not first and model.config.get("tie_embeddings"):
+            # the LM head is the embedding matrix: the last stage holds it too (in one process,
+            # the same tensor; across ranks, a copy whose gradient tie_gradients sums with the first's)
+            self.embed = model.embed
         self.received: torch.Tensor | None = None
         # The model as this stage sees it: the same modules, with other stages' layers skipped, so
         # that its own features() and forward() set up the context and tables. Not a submodule.
@@ -279,6 +279,9 @@ class PipelineStageModule(nn.Module):
         view.layers = nn.ModuleList(
             stack[i] if i in layers else _Receive(self) if i == layers.start - 1 else _Send() if i == layers.stop
             else _Skip() for i in range(len(stack)))
+        # the model's set-up as it is when the stage runs, not when it was made: context
+        # parallelism replaces make_context for the steps it runs
+        view.make_context = lambda *args, **kwargs: model.make_context(*args, **kwargs)
         object.__setattr__(self, "view", view)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -375,4 +378,36 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
     else:
         kind = pipelining.Schedule1F1B if schedule == "1F1B" else pipelining.ScheduleGPipe
         runner = kind(pipeline_stages_[0], microbatches, loss_fn=loss_fn)
+    if model.config.get("tie_embeddings") and pp > 1 and rank in (0, (n_stages - 1) % pp):
+        _tie_gradients(runner, modules, peer=pp_mesh.mesh.tolist()[(n_stages - 1) % pp if rank == 0 else 0])
     return PipelinePlan(stages=pipeline_stages_, modules=modules, layers=[stages[s] for s in indices], schedule=runner)
+
+
+def _tie_gradients(runner, modules: list[PipelineStageModule], peer: int) -> None:
+    """Tied embeddings across stages (as Megatron-LM does): the first stage's rank and the last's
+    each hold the matrix; after each step of the schedule the two exchange its gradient and add
+    the other's, so both hold the gradient of the tied weight (its uses as embedding and as LM
+    head) and the same optimizer step keeps the copies equal. After the step, not in backward:
+    the LM head's gradient is ready before the last stage sends anything back, and waiting for
+    the first stage there would stall the pipeline."""
+    import torch.distributed as dist
+
+    weight = next(m.embed.weight for m in modules if getattr(m, "embed", None) is not None)
+    step = runner.step
+
+    def step_and_tie(*args, **kwargs):
+        out = step(*args, **kwargs)
+        grad = weight.grad
+        local = grad._local_tensor if hasattr(grad, "_local_tensor") else grad  # FSDP2: this rank's shard
+        other = torch.empty_like(local)
+        if dist.get_rank() < peer:  # a fixed order, so the two blocking exchanges meet
+            dist.send(local.contiguous(), peer)
+            dist.recv(other, peer)
+        else:
+            dist.recv(other, peer)
+            dist.send(local.contiguous(), peer)
+        local.add_(other)
+        return out
+
+    runner.step = step_and_tie
+
