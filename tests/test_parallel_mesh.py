@@ -157,6 +157,7 @@ SLOW = [
     (("cp", "tp"), "tiny_llama.arch", TP_PASSES),
     (("pp", "tp"), "tiny_llama.arch", TP_PASSES),
     (("pp", "cp"), "tiny_llama.arch", None),  # ring attention inside each stage
+    (("pp", "dp_shard"), "tiny_gpt2.arch", None),  # tied embeddings: FSDP2 shards of both copies
     (("pp", "dp_replicate"), "tiny_jamba.arch", None),  # DDP inside each stage of a hybrid
     (("dp_replicate", "tp"), "tiny_gpt2.arch", TP_PASSES),
     # HSDP over two sharded dimensions (flattened into one), the middle one of a single rank
@@ -181,6 +182,9 @@ class _Mesh:
 
     def size(self, dim: int | None = None) -> int:
         return 2
+
+    def __getitem__(self, name: str) -> "_Mesh":
+        return _Mesh(name)
 
 
 @pytest.mark.parametrize("names, message", [
@@ -229,3 +233,17 @@ def test_the_training_script_takes_its_mesh_from_the_command_line(tmp_path):
     refused = run("--tp", "3", "--steps", "1")
     assert refused.returncode != 0
     assert "error: the other degrees make 3 ranks, which do not divide the 2 processes" in refused.stderr
+
+
+def test_a_refused_mesh_leaves_the_model_as_it_was():
+    """Every dimension is checked before any is applied: here expert parallelism could split the
+    experts, but tensor parallelism refuses the fused projections, so nothing is split."""
+    from archlang.distributed import shard
+    from archlang.spec.errors import ArchError
+
+    model = _model("tiny_mixtral.arch", None)  # the default passes fuse q/k/v
+    before = {n: p for n, p in model.named_parameters()}
+    with pytest.raises(ArchError, match="qkv_proj"):
+        shard(model, _Mesh("ep", "tp"))
+    assert {n: p for n, p in model.named_parameters()} == before
+    assert not any(hasattr(m, "ep_group") for m in model.modules())

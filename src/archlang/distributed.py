@@ -143,16 +143,31 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microba
                         kind="distributed")
     if "pp" not in dims and microbatches is not None:
         raise ArchError("microbatches are the pipeline's, and this mesh has no pp dimension", kind="distributed")
+    # Check every dimension before changing anything: a refused mesh leaves the model as it was.
+    if "ep" in dims:
+        from archlang.expert_parallel import check_expert_parallel
+
+        check_expert_parallel(model, _submesh(mesh, dims["ep"]))
+    if "tp" in dims:
+        _tensor_parallel_plan(model, _submesh(mesh, dims["tp"]))
+    if "cp" in dims:
+        from archlang.context_parallel import check_context_parallel
+
+        check_context_parallel(model, load_balance=load_balance)
+    if "pp" in dims:
+        from archlang.pipeline_parallel import pipeline_layout
+
+        stages, stages_per_rank = pipeline_layout(model, _submesh(mesh, dims["pp"]).size(), microbatches=microbatches,
+                                                  schedule=schedule, stages=stages, stages_per_rank=stages_per_rank)
     if "ep" in dims:
         from archlang.expert_parallel import apply_expert_parallel
 
         apply_expert_parallel(model, _submesh(mesh, dims["ep"]))
     if "tp" in dims:
-        _apply_tensor_parallel(model, _submesh(mesh, dims["tp"]))
-    if "cp" in dims:
-        from archlang.context_parallel import check_context_parallel
+        from torch.distributed.tensor.parallel import parallelize_module
 
-        check_context_parallel(model, load_balance=load_balance)
+        parallelize_module(model, _submesh(mesh, dims["tp"]), _tensor_parallel_plan(model, _submesh(mesh, dims["tp"])))
+    if "cp" in dims:
         model.context_parallel_mesh = _submesh(mesh, dims["cp"])
     data = _data_parallel(model, mesh, dims, reshard_after_forward)
     if "pp" in dims:
@@ -166,9 +181,8 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microba
     return model
 
 
-def _apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    from torch.distributed.tensor.parallel import parallelize_module
-
+def _tensor_parallel_plan(model: nn.Module, tp_mesh) -> dict:
+    """parallelize_module's plan for `model` over `tp_mesh`; refused where it would shard nothing."""
     from archlang.spec.errors import ArchError
 
     layout, _ = tensor_parallel_layout(model, tp_mesh.size())
@@ -177,7 +191,7 @@ def _apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
                         "split (attention heads or FFN hidden units)",
                         hint='shard it over a data-parallel mesh dimension ("dp") instead', kind="distributed")
     styles = _styles()
-    parallelize_module(model, tp_mesh, {name: styles[role]() for name, role in layout.items()})
+    return {name: styles[role]() for name, role in layout.items()}
 
 
 def _flat(mesh, names: list[str]):

@@ -41,7 +41,9 @@ def _moe_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if isinstance(module, MoE)}
 
 
-def _check(model: nn.Module, mesh) -> dict[str, nn.Module]:
+def check_expert_parallel(model: nn.Module, mesh) -> dict[str, nn.Module]:
+    """The MoE layers of `model` by name; refuses (ArchError) what apply_expert_parallel would not
+    split exactly over `mesh`."""
     from torch.distributed.tensor import DTensor
 
     names = tuple(mesh.mesh_dim_names or ("ep",))
@@ -80,7 +82,7 @@ def apply_expert_parallel(model: nn.Module, ep_mesh) -> nn.Module:
     sharded by tensor parallelism or FSDP2."""
     from torch.distributed.tensor import DTensor, Shard
 
-    layers = _check(model, ep_mesh)
+    layers = check_expert_parallel(model, ep_mesh)
     ep, rank = ep_mesh.size(), ep_mesh.get_local_rank()
     for moe in layers.values():
         local = moe.experts // ep

@@ -9,9 +9,10 @@ the stage modules and schedule that run it.
 A stage module holds the generated model's own modules (no copies): the embedding on the first
 stage, its layers, the final norm and LM head on the last. Its forward runs the model's own
 `features()` (context, position tables) with the layers of other stages skipped, so the model's
-set-up is never re-implemented here. What cannot be split exactly is refused (ArchError,
-kind "distributed"): tied embeddings across stages, shared blocks used on two stages, auxiliary
-losses and batch-dependent routing, and anything but a one-stack decoder.
+set-up is never re-implemented here. Tied embeddings: the last stage holds the matrix too, and
+the two ends sum its gradient after each step. What cannot be split exactly is refused
+(ArchError, kind "distributed"): shared blocks used on two stages, auxiliary losses and
+batch-dependent routing, and anything but a one-stack decoder.
 """
 
 from __future__ import annotations
@@ -326,21 +327,11 @@ class PipelinePlan:
     schedule: Any
 
 
-def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: str = "1F1B",
-                   stages: list[range] | None = None, stages_per_rank: int | None = None,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
-                   parallelize: Callable[[nn.Module], None] | None = None) -> PipelinePlan:
-    """This rank's pipeline stages of `model` over the 1-D mesh `pp_mesh`, and the schedule that
-    trains them with `microbatches` microbatches: "1F1B" and "gpipe" give each rank one stage,
-    "interleaved" (interleaved 1F1B) `stages_per_rank` stages (default 2), stage s on rank
-    s mod pp. `stages`: the layer ranges, one per stage (default: pipeline_stages on the module's
-    parameter counts; pass pipeline_stages(compiled, n) to balance by the IR's FLOPs). The loss is
-    the mean over microbatches of `loss_fn(logits, targets)`: equal to the whole batch's mean
-    when the microbatches are equal, as torch's schedules scale the gradients by 1/microbatches.
-    `parallelize`: applied to each stage module before torch wraps it (FSDP2 over the data ranks:
-    archlang.distributed.shard passes it)."""
-    from torch.distributed import pipelining
-
+def pipeline_layout(model: nn.Module, pp: int, *, microbatches: int, schedule: str = "1F1B",
+                    stages: list[range] | None = None, stages_per_rank: int | None = None) -> tuple[list[range], int]:
+    """(the layer range of every stage, stages per rank) of a pipeline over `pp` ranks, after
+    every check apply_pipeline makes (ArchError where it would not run exactly), with nothing
+    built: archlang.distributed.shard checks a whole mesh before it changes the model."""
     if schedule not in SCHEDULES:
         raise ArchError(f"unknown pipeline schedule {schedule!r}", hint=f"one of {', '.join(SCHEDULES)}",
                         kind="distributed")
@@ -348,7 +339,6 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
     if per_rank != 1 and schedule != "interleaved":
         raise ArchError(f"the {schedule} schedule runs one stage per rank, got stages_per_rank={per_rank}",
                         hint='use schedule="interleaved"', kind="distributed")
-    pp = pp_mesh.size()
     n_stages = pp * per_rank
     stages = list(stages) if stages is not None else pipeline_stages(model, n_stages)
     if len(stages) != n_stages:
@@ -364,6 +354,28 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
                         "microbatches do not divide into them", hint=f"use a multiple of {pp} microbatches, or fewer "
                         f"than {2 * pp}", kind="distributed")
     check_pipeline(model, stages)
+    return stages, per_rank
+
+
+def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: str = "1F1B",
+                   stages: list[range] | None = None, stages_per_rank: int | None = None,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
+                   parallelize: Callable[[nn.Module], None] | None = None) -> PipelinePlan:
+    """This rank's pipeline stages of `model` over the 1-D mesh `pp_mesh`, and the schedule that
+    trains them with `microbatches` microbatches: "1F1B" and "gpipe" give each rank one stage,
+    "interleaved" (interleaved 1F1B) `stages_per_rank` stages (default 2), stage s on rank
+    s mod pp. `stages`: the layer ranges, one per stage (default: pipeline_stages on the module's
+    parameter counts; pass pipeline_stages(compiled, n) to balance by the IR's FLOPs). The loss is
+    the mean over microbatches of `loss_fn(logits, targets)`: equal to the whole batch's mean
+    when the microbatches are equal, as torch's schedules scale the gradients by 1/microbatches.
+    `parallelize`: applied to each stage module before torch wraps it (FSDP2 over the data ranks:
+    archlang.distributed.shard passes it)."""
+    from torch.distributed import pipelining
+
+    pp = pp_mesh.size()
+    stages, per_rank = pipeline_layout(model, pp, microbatches=microbatches, schedule=schedule, stages=stages,
+                                       stages_per_rank=stages_per_rank)
+    n_stages = len(stages)
     rank = pp_mesh.get_local_rank()
     device = torch.device(pp_mesh.device_type) if pp_mesh.device_type == "cpu" else torch.device(
         pp_mesh.device_type, torch.get_device_module(pp_mesh.device_type).current_device())
