@@ -56,7 +56,14 @@ def layer_costs(model) -> list[tuple[int, int]]:
                 if name == "lm_head":
                     costs[at][0] += 2 * n
         return [(f, p) for f, p in costs]
-    return _ir_layer_costs(getattr(model, "graph", model))
+    return _ir_layer_costs(_ir(model))
+
+
+def _ir(model):
+    """The IR graph of a compiled spec, or the graph itself (whose own `.graph` is its attributes)."""
+    import networkx as nx
+
+    return model if isinstance(model, nx.Graph) else model.graph
 
 
 def _param_count(module: nn.Module, seen: set[int]) -> int:
@@ -110,8 +117,7 @@ def stage_marks(model) -> list[int]:
     ast = getattr(model, "model", None)
     if ast is not None and hasattr(ast, "stage_marks"):
         return list(ast.stage_marks)
-    g = getattr(model, "graph", model)
-    return list(getattr(g, "graph", {}).get("stage_marks", ()))
+    return list(_ir(model).graph.get("stage_marks", ()))
 
 
 def _stack_depth(model) -> int:
@@ -120,7 +126,7 @@ def _stack_depth(model) -> int:
     ast = getattr(model, "model", None)
     if ast is not None and hasattr(ast, "layers"):
         return len(ast.layers)
-    return len(getattr(model, "graph", model).graph["stacks"].get("layers", ()))
+    return len(_ir(model).graph["stacks"].get("layers", ()))
 
 
 def _marked_stages(model, marks: list[int], n_stages: int) -> list[range]:
