@@ -180,3 +180,13 @@ def test_fmt_keeps_a_comment_inside_a_marked_stack():
     text = spec("layers = dense * 2 |  # stage two\n    moe * 4")
     once = format_source(text)
     assert "# stage two\n    layers = dense * 2 | moe * 4\n" in once and format_source(once) == once
+
+
+def test_the_example_in_the_language_docs_resolves_to_its_stated_stages():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "language.md").read_text()
+    section = docs.split("### Pipeline stage marks", 1)[1]
+    example = section.split("```\n", 2)[1]
+    (m,) = load_models(source=example)
+    assert m.stage_marks == (8, 16, 24) and len(m.layers) == 31
