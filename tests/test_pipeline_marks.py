@@ -192,3 +192,10 @@ def test_an_ir_graph_is_cut_as_its_compiled_spec_is():
     compiled = _compiled(UNMARKED)
     assert layer_costs(compiled.graph) == layer_costs(compiled)
     assert pipeline_stages(compiled.graph, 2) == pipeline_stages(compiled, 2)
+
+
+def test_the_numerics_stand_in_drops_marks_that_index_the_full_stack():
+    from archlang.compiler.tiny import stand_in
+
+    short, origin = stand_in(_compiled(THREE_STAGES).model)
+    assert origin["layers"] == (0, 1, 2) and short.stage_marks == ()  # the marks (2, 3) would point past it
