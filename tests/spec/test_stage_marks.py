@@ -190,3 +190,12 @@ def test_the_example_in_the_language_docs_resolves_to_its_stated_stages():
     example = section.split("```\n", 2)[1]
     (m,) = load_models(source=example)
     assert m.stage_marks == (8, 16, 24) and len(m.layers) == 31
+
+
+def test_editors_scope_the_mark_as_an_operator():
+    import json
+    import re
+    from pathlib import Path
+
+    grammar = json.loads((Path(__file__).parents[2] / "editors" / "arch.tmLanguage.json").read_text())
+    assert re.findall(grammar["repository"]["operator"]["match"], "layers = a * 2 | b") == ["=", "*", "|"]
