@@ -1738,6 +1738,20 @@ class Model(Node):
         if any(a >= b for a, b in zip(bounds, bounds[1:])):
             raise FieldError("stage_marks", f"stage marks at layers {list(self.stage_marks)} do not cut the "
                              f"{len(self.layers)} layers into non-empty stages in order")
+        # What no pipeline of these stages could train exactly (pipeline_parallel.check_pipeline
+        # refuses it too): known from the spec alone, so refused where the marks are written.
+        if self.tie_embeddings:
+            raise FieldError("stage_marks", "stage marks cut the model into pipeline stages, and its embeddings are "
+                             "tied: the embedding matrix is also the LM head, so the first and last stages would each "
+                             "train their own copy", "untie them (tie_embeddings = false) or remove the `|`")
+        first_stage: dict[str, int] = {}
+        for stage, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            for name in self.layers[lo:hi]:
+                if self.blocks[name].shared and first_stage.setdefault(name, stage) != stage:
+                    raise FieldError(("stage_marks", stage - 1), f"block `{name}` is shared (one set of weights) "
+                                     f"and used on pipeline stages {first_stage[name]} and {stage}, which would "
+                                     "each train their own copy",
+                                     "mark the stages so that every use of a shared block is on one stage")
         return self
 
     def stacks(self) -> dict[str, tuple[str, ...]]:

@@ -640,6 +640,8 @@ class _Builder:
                             v.mark_spans[0], hint="remove the `|`", kind="semantic")
         self.stage_marks = v
         self.spans[("stage_marks",)] = v.mark_spans[0]
+        for k, span in enumerate(v.mark_spans):
+            self.spans[("stage_marks", k)] = span
 
     @staticmethod
     def _is_word_of(name: str, field_name: str, annotation: Any) -> bool:

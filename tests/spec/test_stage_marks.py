@@ -199,3 +199,17 @@ def test_editors_scope_the_mark_as_an_operator():
 
     grammar = json.loads((Path(__file__).parents[2] / "editors" / "arch.tmLanguage.json").read_text())
     assert re.findall(grammar["repository"]["operator"]["match"], "layers = a * 2 | b") == ["=", "*", "|"]
+
+
+def test_marks_no_pipeline_could_train_exactly_are_refused_at_the_mark():
+    body = "layers = dense | moe\ntie_embeddings = true"
+    exc = error(body)
+    assert "its embeddings are tied" in exc.message and at(exc, body) == "| moe" and exc.hint
+    body = "layers = dense | shared_moe + moe | shared_moe"
+    text = spec(body).replace("    layers =", "    block shared_moe extends moe {\n        shared = true\n    }\n"
+                              "    layers =")
+    with pytest.raises(ArchError, match="block `shared_moe` is shared .* used on pipeline stages 1 and 2") as info:
+        load_models(source=text)
+    line = text.splitlines()[info.value.span.line - 1]
+    assert line[info.value.span.column - 1:] == "| shared_moe"  # the mark between its two uses
+    assert model("layers = dense | moe * 2 + dense").stage_marks == (1,)  # an unshared block on two stages is fine
