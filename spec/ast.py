@@ -1740,10 +1740,6 @@ class Model(Node):
                              f"{len(self.layers)} layers into non-empty stages in order")
         # What no pipeline of these stages could train exactly (pipeline_parallel.check_pipeline
         # refuses it too): known from the spec alone, so refused where the marks are written.
-        if self.tie_embeddings:
-            raise FieldError("stage_marks", "stage marks cut the model into pipeline stages, and its embeddings are "
-                             "tied: the embedding matrix is also the LM head, so the first and last stages would each "
-                             "train their own copy", "untie them (tie_embeddings = false) or remove the `|`")
         first_stage: dict[str, int] = {}
         for stage, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
             for name in self.layers[lo:hi]:

@@ -201,10 +201,7 @@ def test_editors_scope_the_mark_as_an_operator():
     assert re.findall(grammar["repository"]["operator"]["match"], "layers = a * 2 | b") == ["=", "*", "|"]
 
 
-def test_marks_no_pipeline_could_train_exactly_are_refused_at_the_mark():
-    body = "layers = dense | moe\ntie_embeddings = true"
-    exc = error(body)
-    assert "its embeddings are tied" in exc.message and at(exc, body) == "| moe" and exc.hint
+def test_a_shared_block_on_two_marked_stages_is_refused_at_the_mark():
     body = "layers = dense | shared_moe + moe | shared_moe"
     text = spec(body).replace("    layers =", "    block shared_moe extends moe {\n        shared = true\n    }\n"
                               "    layers =")
