@@ -269,6 +269,8 @@ def generate(g: nx.MultiDiGraph, *, spec_name: str = "<spec>", spec_text: str = 
     config = {k: g.graph[k] for k in ("name", "family", "vocab", "d_model", "context", "dtype", "tie_embeddings")}
     config["logit_softcap"] = g.graph.get("logit_softcap")
     config["stacks"] = {k: len(v) for k, v in stacks.items()}
+    if g.graph.get("stage_marks"):
+        config["stage_marks"] = list(g.graph["stage_marks"])
     if mtp is not None:
         config["mtp"] = dict(mtp)
     if g.graph.get("head"):

@@ -85,6 +85,14 @@ def _field_value(m: A.Model, f: str) -> str:
     return "none" if v is None else str(v)
 
 
+def _stages(m: A.Model) -> str:
+    """The pipeline stages the spec marks, as layer ranges: `0–7 | 8–15`; "none" when unmarked."""
+    if not m.stage_marks:
+        return "none"
+    bounds = (0, *m.stage_marks, len(m.layers))
+    return " | ".join(_ranges(list(range(lo, hi))) for lo, hi in zip(bounds, bounds[1:]))
+
+
 def diff_models(a: A.Model, b: A.Model, facts_a: Facts | None = None, facts_b: Facts | None = None) -> Diff:
     d = Diff()
     for f in A.MODEL_FIELDS:
@@ -100,6 +108,8 @@ def diff_models(a: A.Model, b: A.Model, facts_a: Facts | None = None, facts_b: F
         for nb, cb in content_b.items():
             if ca == cb and na != nb and na not in content_b:
                 d.notes.append(f"block `{na}` renamed to `{nb}`")
+    if a.stage_marks != b.stage_marks:  # where pipeline stages begin: no layer or fact changes with it
+        d.changes.append(Change("layers", "pipeline stage marks", _stages(a), _stages(b)))
     for stack, layers_a in a.stacks().items():
         layers_b = b.stacks().get(stack, ())
         if len(layers_a) != len(layers_b):

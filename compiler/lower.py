@@ -46,6 +46,8 @@ class _Lowerer:
             blocks={name: describe_block(block) for name, block in model.blocks.items()},
             shared_blocks=sorted(name for name, block in model.blocks.items() if block.shared),
         )
+        if model.stage_marks:  # where the spec's `|` cut `layers` into pipeline stages (pipeline_parallel.py)
+            g.graph["stage_marks"] = list(model.stage_marks)
         if model.embedding_dim is not None:  # what inputs_embeds must be: the narrow tables' width
             g.graph["embedding_dim"] = model.embedding_dim
         if model.head is not None:  # an encoder's task head: what forward returns and loss() trains

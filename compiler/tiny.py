@@ -158,6 +158,6 @@ def stand_in(model: A.Model) -> tuple[A.Model, dict[str, tuple[int, ...]]]:
         if layers:
             update[field], origin[stack] = distinct_layers(layers, kinds.__getitem__,
                                                            lambda name: small.blocks[name].hybrid is not None)
-    short = small.model_copy(update=update)
+    short = small.model_copy(update={**update, "stage_marks": ()})  # marks index the full stack, not this one
     short._spans = model._spans
     return short, origin

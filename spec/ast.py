@@ -1435,6 +1435,9 @@ class Model(Node):
     byte_latent: ByteLatent | None = None
     entropy_layers: tuple[str, ...] = ()
     global_layers: tuple[str, ...] = ()
+    # Pipeline stage marks written in `layers` (`dense * 2 | moe * 4`): the index of the first layer
+    # of every stage after the first. Set from the marks by the resolver, never written as a field.
+    stage_marks: tuple[int, ...] = ()
     # Where each value was written: ("blocks", "layer", "attention", "heads") → Span. Set by
     # the resolver so that checks after the AST (IR validation) can point at the source.
     _spans: dict = PrivateAttr(default_factory=dict)
@@ -1724,6 +1727,29 @@ class Model(Node):
         check_model(self)
         return self
 
+    @model_validator(mode="after")
+    def _stage_marks(self) -> "Model":
+        if not self.stage_marks:
+            return self
+        if self.family != "decoder":
+            raise FieldError("stage_marks", "stage marks cut a decoder's `layers` into pipeline stages; this model's "
+                             f"family is {self.family}", "remove the `|`")
+        bounds = (0, *self.stage_marks, len(self.layers))
+        if any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise FieldError("stage_marks", f"stage marks at layers {list(self.stage_marks)} do not cut the "
+                             f"{len(self.layers)} layers into non-empty stages in order")
+        # What no pipeline of these stages could train exactly (pipeline_parallel.check_pipeline
+        # refuses it too): known from the spec alone, so refused where the marks are written.
+        first_stage: dict[str, int] = {}
+        for stage, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            for name in self.layers[lo:hi]:
+                if self.blocks[name].shared and first_stage.setdefault(name, stage) != stage:
+                    raise FieldError(("stage_marks", stage - 1), f"block `{name}` is shared (one set of weights) "
+                                     f"and used on pipeline stages {first_stage[name]} and {stage}, which would "
+                                     "each train their own copy",
+                                     "mark the stages so that every use of a shared block is on one stage")
+        return self
+
     def stacks(self) -> dict[str, tuple[str, ...]]:
         """Layer stacks by name: {"layers": ...} or {"encoder": ..., "decoder": ...}."""
         if self.family == "encoder_decoder":
@@ -1794,5 +1820,5 @@ FIELD_SLOT = {
     "byte_latent": "byte_latent",
 }
 
-MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks"))
+MODEL_FIELDS = tuple(f for f in Model.model_fields if f not in ("name", "blocks", "stage_marks"))
 BLOCK_FIELDS = tuple(f for f in Block.model_fields if f != "name")

@@ -19,9 +19,9 @@ from .parser import _lexer, parse_source, strip_bom
 INDENT = "    "
 MAX_WIDTH = 100
 
-# Binding strength, loosest first, as in the grammar: sum, product, unary minus, power, atom.
-_SUM, _PRODUCT, _UNARY, _POWER, _ATOM = 1, 2, 3, 4, 5
-_PRECEDENCE = {"+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "//": _PRODUCT, "%": _PRODUCT, "**": _POWER}
+# Binding strength, loosest first, as in the grammar: stage marks, sum, product, unary minus, power, atom.
+_STAGES, _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = 1, 2, 3, 4, 5, 6
+_PRECEDENCE = {"|": _STAGES, "+": _SUM, "-": _SUM, "*": _PRODUCT, "/": _PRODUCT, "//": _PRODUCT, "%": _PRODUCT, "**": _POWER}
 
 # Escapes for a string literal that the parser's reading (Python's string syntax) gives back.
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}

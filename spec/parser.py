@@ -33,6 +33,7 @@ _TERMINAL_TEXT = {
     "_MODEL": "`model`", "_BLOCK": "`block`", "_LET": "`let`", "_IMPORT": "`import`",
     "_EXTENDS": "`extends`", "_TRUE": "`true`", "_FALSE": "`false`", "_NONE": "`none`",
     "$END": "end of file", "PERCENT": "`%`", "DOUBLESTAR": "`**`", "DOUBLESLASH": "`//`",
+    "STAGE_MARK": "`|`",
 }
 
 
@@ -138,6 +139,11 @@ class _ToSyntax(Transformer):
 
     add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
     floordiv, mod, pow = _binop("//"), _binop("%"), _binop("**")
+
+    @v_args(meta=True)
+    def stage_mark(self, meta, children):
+        left, mark, right = children
+        return S.BinOp("|", left, right, self._s(meta), self._s(mark))
 
     @v_args(meta=True)
     def neg(self, meta, children):
@@ -255,7 +261,8 @@ _STATEMENT_KEYWORDS = {"_LET", "_BLOCK", "_MODEL", "_IMPORT"}
 # Mistakes inside one statement, which the parser can step over; the others break the
 # structure of declarations (a missing name or brace, a statement outside a model).
 _RECOVERABLE = {"syntax", "syntax:missing-equals", "syntax:missing-value", "syntax:missing-comma",
-                "syntax:unclosed-call", "syntax:unexpected"}
+                "syntax:unclosed-call", "syntax:unexpected", "syntax:stage-mark-at-edge",
+                "syntax:stage-marks-in-a-row"}
 
 
 def _broken_statement(text: str, exc: ArchError) -> tuple[int, int] | None:
@@ -486,6 +493,24 @@ SYNTAX_ERROR_EXAMPLES: dict[str, list[str]] = {
         "model m { block b { block c { } } }",
         "model m { block b { let x = 1 } }",
     ],
+    # Listed after missing-value, which shares the state after `=`: only the token `|` lands here.
+    "stage-mark-at-edge": [
+        "model m { layers = | a }",
+        "model m { let x = | a }",
+        "model m { block b { ffn = | a } }",
+        "model m { layers = a | }",
+        "model m { layers = (| a) }",
+        "model m { layers = (a |) }",
+        "model m { layers = [| a] }",
+        "model m { layers = [a |] }",
+    ],
+    "stage-marks-in-a-row": [
+        "model m { layers = a | | b }",
+        "model m { layers = (a | | b) }",
+        "model m { layers = [a | | b] }",
+        "model m { layers = f(a | | b) }",
+        "model m { layers = f(x = a | | b) }",
+    ],
 }
 
 _SYNTAX_MESSAGES: dict[str, tuple[str, str | None]] = {
@@ -499,6 +524,10 @@ _SYNTAX_MESSAGES: dict[str, tuple[str, str | None]] = {
     "statement-outside-model": ("expected `model` or `import` at the top level", "settings and blocks belong inside `model name { ... }`"),
     "import-after-model": ("`import` must come before the first model", "move the import to the top of the file"),
     "block-in-block": ("a block holds only settings (`name = value`)", "declare blocks and `let` constants directly inside the model"),
+    "stage-mark-at-edge": ("a stage mark `|` needs a stage on each side",
+                           "`|` goes between two pipeline stages, never at the start or end: `layers = dense * 2 | moe * 4`"),
+    "stage-marks-in-a-row": ("two stage marks in a row: the stage between them has no layers",
+                             "write one `|` per stage boundary: `layers = dense * 2 | moe * 4`"),
 }
 
 
@@ -528,6 +557,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> ArchError:
         return ArchError(f"unexpected character {ch!r}", span, hint=hint, kind="syntax")
 
     label = classify_syntax_error(exc)
+    if label is None and isinstance(exc, UnexpectedToken) and exc.token.type == "STAGE_MARK":
+        label = "stage-mark-at-edge"  # a `|` where no stage has begun: `[x, | a]`, `x + (| a)`
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         tok = exc.token
         span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column)

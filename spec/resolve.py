@@ -44,9 +44,17 @@ class Symbol(str):
 
 @dataclass(frozen=True)
 class LayerList:
-    """The value of a layer-stack expression: block names, one per layer."""
+    """The value of a layer-stack expression: block names, one per layer, and its pipeline stage
+    marks: the index of the first layer of every stage after the first, with where each `|` is."""
 
     names: tuple[str, ...]
+    marks: tuple[int, ...] = ()
+    mark_spans: tuple[Span, ...] = ()
+
+    def __add__(self, other: "LayerList") -> "LayerList":
+        shift = len(self.names)
+        return LayerList(self.names + other.names, self.marks + tuple(m + shift for m in other.marks),
+                         self.mark_spans + other.mark_spans)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -412,7 +420,7 @@ class _Evaluator:
         if isinstance(e, S.ListExpr):
             items = [self.eval(i) for i in e.items]
             if items and all(isinstance(i, LayerList) for i in items):
-                return LayerList(tuple(n for i in items for n in i.names))
+                return sum(items[1:], items[0])
             return items
         if isinstance(e, S.Call):
             if e.func == "pattern":
@@ -431,6 +439,8 @@ class _Evaluator:
 
     def binop(self, e: S.BinOp) -> Any:
         left, right = self.eval(e.left), self.eval(e.right)
+        if e.op == "|":
+            return self.stage_mark(e, left, right)
         if isinstance(left, LayerList) or isinstance(right, LayerList):
             return self.layer_op(e, left, right)
         self._number(left, e.left)
@@ -466,9 +476,27 @@ class _Evaluator:
             raise ArchError("this expression has no finite real value", e.span, kind="semantic")
         return out
 
+    def stage_mark(self, e: S.BinOp, left: Any, right: Any) -> LayerList:
+        """`a | b`: the layers of a then b, with a pipeline stage starting at b's first layer."""
+        for side, expr in ((left, e.left), (right, e.right)):
+            if isinstance(side, Symbol):
+                raise ArchError(f"unknown name `{side}`", expr.span, hint=did_you_mean(side, self.names()),
+                                kind="semantic")
+            if not isinstance(side, LayerList):
+                raise ArchError(f"a stage mark `|` separates the stages of a layer stack, found {_describe(side)} "
+                                f"on its {'left' if expr is e.left else 'right'}", e.op_span or e.span,
+                                hint="write it between stacks of blocks: `layers = dense * 2 | moe * 4`",
+                                kind="semantic")
+        for side, where in ((left, "before"), (right, "after")):
+            if not side.names:
+                raise ArchError(f"the stage {where} this mark has no layers", e.op_span or e.span,
+                                hint="every pipeline stage needs at least one layer; remove this `|`", kind="semantic")
+        mark = LayerList((), (0,), (e.op_span or e.span,))
+        return left + mark + right
+
     def layer_op(self, e: S.BinOp, left: Any, right: Any) -> LayerList:
         if e.op == "+" and isinstance(left, LayerList) and isinstance(right, LayerList):
-            out = left.names + right.names
+            joined = left + right
         elif e.op == "*":
             stack, count, count_expr = (left, right, e.right) if isinstance(left, LayerList) else (right, left, e.left)
             if isinstance(count, bool) or not isinstance(count, int) or isinstance(count, LayerList):
@@ -476,18 +504,23 @@ class _Evaluator:
                                 count_expr.span, kind="semantic")
             if count < 0:
                 raise ArchError("a repeat count cannot be negative", count_expr.span, kind="semantic")
+            if stack.marks and count != 1:
+                raise ArchError("a stage mark inside a repeated group would repeat with it", stack.mark_spans[0],
+                                hint="mark the stages outside the repeat: `(a + b) * 2 | (a + b) * 2`",
+                                kind="semantic")
             if len(stack.names) * count > A.MAX_LAYERS:
                 raise ArchError(
                     f"this stack has {len(stack.names) * count:,} layers; the limit is {A.MAX_LAYERS:,}",
                     e.span, kind="limit",
                 )
-            out = stack.names * count
+            joined = LayerList(stack.names * count, stack.marks, stack.mark_spans)  # marks only when count is 1
         else:
-            raise ArchError(f"layer stacks combine with `+` (concatenate) and `* n` (repeat), not `{e.op}`",
-                            e.span, kind="semantic")
-        if len(out) > A.MAX_LAYERS:
-            raise ArchError(f"this stack has {len(out):,} layers; the limit is {A.MAX_LAYERS:,}", e.span, kind="limit")
-        return LayerList(out)
+            raise ArchError(f"layer stacks combine with `+` (concatenate), `* n` (repeat) and `|` (a pipeline stage "
+                            f"mark), not `{e.op}`", e.span, kind="semantic")
+        if len(joined.names) > A.MAX_LAYERS:
+            raise ArchError(f"this stack has {len(joined.names):,} layers; the limit is {A.MAX_LAYERS:,}", e.span,
+                            kind="limit")
+        return joined
 
     def pattern(self, e: S.Call) -> LayerList:
         """`pattern("MMMA", M = mamba, A = attn)`: one block per character (Megatron-style)."""
@@ -573,6 +606,7 @@ class _Builder:
         self.errors: list[ArchError] = []
         self.bad_paths: set[tuple] = set()
         self._span_prefixes: set[tuple] | None = None
+        self.stage_marks: LayerList | None = None  # the `layers` value, when it has stage marks
 
     def span_prefixes(self) -> set[tuple]:
         """Every prefix of a path that has a span, built once: mapping thousands of errors to
@@ -592,10 +626,22 @@ class _Builder:
         if isinstance(v, S.Call):
             return self.call(v, path, field_name)
         if isinstance(v, LayerList):
+            if v.marks:
+                self._stage_marks(v, path)
             return list(v.names)
         if isinstance(v, list):
             return [self._plain(x, expr) for x in v]
         return v
+
+    def _stage_marks(self, v: LayerList, path: tuple) -> None:
+        if path != ("layers",):
+            where = f"`{path[0]}`" if len(path) == 1 else f"`{'.'.join(map(str, path))}`"
+            raise ArchError(f"stage marks `|` cut a decoder's `layers` into pipeline stages; {where} takes none",
+                            v.mark_spans[0], hint="remove the `|`", kind="semantic")
+        self.stage_marks = v
+        self.spans[("stage_marks",)] = v.mark_spans[0]
+        for k, span in enumerate(v.mark_spans):
+            self.spans[("stage_marks", k)] = span
 
     @staticmethod
     def _is_word_of(name: str, field_name: str, annotation: Any) -> bool:
@@ -981,6 +1027,15 @@ def build_model(program: Program, name: str, *, syntax_errors_reported: bool = F
     data = b.data
     data["name"] = name
     data.update(b.fields(merged.assigns, (), A.Model, A.MODEL_FIELDS, f"model `{name}`"))
+    if b.stage_marks is not None:
+        family = data.get("family", "decoder")
+        if family != "decoder" and isinstance(family, str):
+            b.errors.append(ArchError(
+                f"stage marks `|` cut a decoder's `layers` into pipeline stages; this model's family is {family}",
+                b.stage_marks.mark_spans[0], hint="remove the `|` (pipeline parallelism splits decoders only)",
+                kind="semantic"))
+        else:
+            data["stage_marks"] = list(b.stage_marks.marks)
     blocks: dict[str, Any] = {}
     data["blocks"] = blocks
     for block_name, assigns in merged.blocks.items():

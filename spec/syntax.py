@@ -64,10 +64,11 @@ class ListExpr:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # one of + - * / // % **
+    op: str  # one of + - * / // % ** and `|`, a pipeline stage mark between layer stacks
     left: "Expr"
     right: "Expr"
     span: Span
+    op_span: Span | None = None  # of the operator itself, where a stage mark's errors point
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Pipeline parallelism from outside the model (as torchtitan does), on torch.distributed.pipelining:
-where to cut a decoder's layer stack (balanced by the IR's per-layer FLOPs and parameters), and
-the stage modules and schedule that run it.
+where to cut a decoder's layer stack (where the spec marks its stages with `|`, else balanced by the
+IR's per-layer FLOPs and parameters), and the stage modules and schedule that run it.
 
     stages = pipeline_stages(compiled, pp)            # layer ranges, one per stage
     plan = apply_pipeline(model, pp_mesh, microbatches=4, schedule="1F1B", stages=stages)
@@ -57,7 +57,14 @@ def layer_costs(model) -> list[tuple[int, int]]:
                 if name == "lm_head":
                     costs[at][0] += 2 * n
         return [(f, p) for f, p in costs]
-    return _ir_layer_costs(getattr(model, "graph", model))
+    return _ir_layer_costs(_ir(model))
+
+
+def _ir(model):
+    """The IR graph of a compiled spec, or the graph itself (whose own `.graph` is its attributes)."""
+    import networkx as nx
+
+    return model if isinstance(model, nx.Graph) else model.graph
 
 
 def _param_count(module: nn.Module, seen: set[int]) -> int:
@@ -100,15 +107,60 @@ def _ir_layer_costs(g) -> list[tuple[int, int]]:
     return [(int(round(f)), p) for f, p in zip(flops, params)]
 
 
-def pipeline_stages(model, n_stages: int) -> list[range]:
-    """The layers of each of `n_stages` pipeline stages: contiguous ranges that cover the stack,
-    cut so that the costliest stage is as cheap as it can be, in FLOPs per token first and then
-    in parameters (memory). `model`: a compiled spec (api.Compiled), its IR, or a built module
-    (parameter counts only: see layer_costs). Refused when there are more stages than layers."""
-    costs = layer_costs(model)
-    n = len(costs)
+def stage_marks(model) -> list[int]:
+    """Where the spec's stage marks (`layers = dense * 2 | moe * 4`) start each stage after the
+    first, as layer indices; [] when it marks none. `model`: a compiled spec (api.Compiled), its
+    IR, or a built module (its `config` carries them)."""
+    if model is None:
+        return []
+    if isinstance(model, nn.Module):
+        return list(getattr(model, "config", {}).get("stage_marks", ()))
+    ast = getattr(model, "model", None)
+    if ast is not None and hasattr(ast, "stage_marks"):
+        return list(ast.stage_marks)
+    return list(_ir(model).graph.get("stage_marks", ()))
+
+
+def _stack_depth(model) -> int:
+    if isinstance(model, nn.Module):
+        return len(_stack(model))
+    ast = getattr(model, "model", None)
+    if ast is not None and hasattr(ast, "layers"):
+        return len(ast.layers)
+    return len(_ir(model).graph["stacks"].get("layers", ()))
+
+
+def _marked_stages(model, marks: list[int], n_stages: int) -> list[range]:
+    bounds = [0, *marks, _stack_depth(model)]
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ArchError(f"the stage marks {marks} do not cut the {bounds[-1]} layers into non-empty stages in order",
+                        kind="distributed")
+    marked = len(bounds) - 1
+    if n_stages != marked:
+        # Any other count would move a boundary the spec fixed, or (interleaved schedules) place
+        # part of a marked stage on another rank: refused rather than guessed.
+        ranges = ", ".join(f"{a}–{b - 1}" for a, b in zip(bounds, bounds[1:]))
+        raise ArchError(f"the spec marks {marked} pipeline stages with `|` (layers {ranges}), and {n_stages} were "
+                        "asked for",
+                        hint=f"use {marked} stages, mark {n_stages} in the spec, or cut by cost with "
+                        f"pipeline_stages(model, {n_stages}, marks=False)", kind="distributed")
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def pipeline_stages(model, n_stages: int, *, marks: bool = True) -> list[range]:
+    """The layers of each of `n_stages` pipeline stages: contiguous ranges that cover the stack.
+    Where the spec marks its stages with `|`, they are those stages, and `n_stages` must be their
+    number (any other count is refused); with `marks=False`, or when the spec marks none, the
+    stack is cut so that the costliest stage is as cheap as it can be, in FLOPs per token first
+    and then in parameters (memory). `model`: a compiled spec (api.Compiled), its IR, or a built
+    module (parameter counts only: see layer_costs). Refused when there are more stages than layers."""
     if n_stages < 1:
         raise ArchError(f"a pipeline needs at least one stage, got {n_stages}", kind="distributed")
+    marked = stage_marks(model) if marks else []
+    if marked:
+        return _marked_stages(model, marked, n_stages)
+    costs = layer_costs(model)
+    n = len(costs)
     if n_stages > n:
         raise ArchError(f"cannot cut {n} layers into {n_stages} pipeline stages: every stage needs a layer",
                         hint=f"use at most {n} stages", kind="distributed")
@@ -364,9 +416,9 @@ def apply_pipeline(model: nn.Module, pp_mesh, *, microbatches: int, schedule: st
     """This rank's pipeline stages of `model` over the 1-D mesh `pp_mesh`, and the schedule that
     trains them with `microbatches` microbatches: "1F1B" and "gpipe" give each rank one stage,
     "interleaved" (interleaved 1F1B) `stages_per_rank` stages (default 2), stage s on rank
-    s mod pp. `stages`: the layer ranges, one per stage (default: pipeline_stages on the module's
-    parameter counts; pass pipeline_stages(compiled, n) to balance by the IR's FLOPs). The loss is
-    the mean over microbatches of `loss_fn(logits, targets)`: equal to the whole batch's mean
+    s mod pp. `stages`: the layer ranges, one per stage (default: the stages the spec marks with
+    `|`, else pipeline_stages on the module's parameter counts; pass pipeline_stages(compiled, n)
+    to balance by the IR's FLOPs). The loss is the mean over microbatches of `loss_fn(logits, targets)`: equal to the whole batch's mean
     when the microbatches are equal, as torch's schedules scale the gradients by 1/microbatches.
     `parallelize`: applied to each stage module before torch wraps it (FSDP2 over the data ranks:
     archlang.distributed.shard passes it)."""

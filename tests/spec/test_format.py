@@ -23,7 +23,7 @@ def shape(node):
         return tuple(shape(n) for n in node)
     if hasattr(node, "__dataclass_fields__"):
         return (type(node).__name__,) + tuple(
-            shape(getattr(node, f)) for f in node.__dataclass_fields__ if f not in ("span", "parent_span", "end_line", "end_column"))
+            shape(getattr(node, f)) for f in node.__dataclass_fields__ if f not in ("span", "op_span", "parent_span", "end_line", "end_column"))
     return node
 
 
