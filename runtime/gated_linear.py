@@ -101,14 +101,16 @@ class _GatedLinear(nn.Module):
     def _past(self, ctx: Context | None) -> dict[str, torch.Tensor] | None:
         return ctx.cache.get(self.cache_key) if ctx is not None and ctx.cache is not None else None
 
-    def _previous_shard(self, shards, anchor: torch.Tensor, value_dtype: torch.dtype, conv_inputs=None, conv_size=1):
+    def _previous_shard(self, shards, inputs: tuple[torch.Tensor, ...], conv_inputs=None, conv_size=1):
         """Under context parallelism, what the previous rank's shard leaves, as a cache entry: its
-        last conv inputs (with `conv_inputs` (B, T, conv_dim)) and its end state."""
+        last conv inputs (with `conv_inputs` (B, T, conv_dim)) and its end state. `inputs` are q, k, v."""
         past = {}
         if conv_inputs is not None:
-            past["conv"] = anchor = shards.conv_history(conv_inputs.transpose(1, 2), conv_size - 1)
-        shape = (anchor.shape[0], self.heads, self.key_dim, self.value_dim)
-        past["state"] = shards.state_from_previous(anchor, shape, torch.promote_types(value_dtype, torch.float32))
+            past["conv"] = shards.conv_history(conv_inputs.transpose(1, 2), conv_size - 1)
+            inputs = (past["conv"],)
+        shape = (inputs[0].shape[0], self.heads, self.key_dim, self.value_dim)
+        dtype = torch.promote_types(inputs[-1].dtype, torch.float32)  # the dtype the scans accumulate in
+        past["state"] = shards.state_from_previous(self, inputs, shape, dtype)
         return past
 
     def _finish(self, o: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -143,7 +145,7 @@ class Retention(_GatedLinear):
         past = self._past(ctx)
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
-            past = self._previous_shard(shards, q, v.dtype)
+            past = self._previous_shard(shards, (q, k, v))
         o, state = _scan(self.form, self.chunk, q, k, v, log_decay, None, past["state"] if past else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state)
@@ -177,7 +179,7 @@ class GLA(_GatedLinear):
         past = self._past(ctx)
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
-            past = self._previous_shard(shards, q, v.dtype)
+            past = self._previous_shard(shards, (q, k, v))
         o, state = _scan(self.form, self.chunk, q, k, v, log_decay, None, past["state"] if past else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state)
@@ -226,7 +228,7 @@ class GatedDeltaNet(_GatedLinear):
         mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
-            past = self._previous_shard(shards, q, v.dtype, mixed, self.conv_size)
+            past = self._previous_shard(shards, (q, k, v), mixed, self.conv_size)
         conv, window = _short_conv(mixed, self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = conv.transpose(1, 2).split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
         q, k = (_heads(x, self.key_heads) for x in (q, k))  # (B, Hk, T, dk)
@@ -336,7 +338,7 @@ class KDA(_GatedLinear):
         mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
-            past = self._previous_shard(shards, q, v.dtype, mixed, self.conv_size)
+            past = self._previous_shard(shards, (q, k, v), mixed, self.conv_size)
         conv, window = _short_conv(mixed, self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = (_heads(x, self.heads) for x in conv.transpose(1, 2).chunk(3, dim=-1))  # (B, H, T, dk)
         # L2-normalised in float32, as the rule runs (Hugging Face and flash-linear-attention alike)

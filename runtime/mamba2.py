@@ -108,7 +108,8 @@ class Mamba2(nn.Module):
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
             history = shards.conv_history(conv_in, self.d_conv - 1)
-            past = {"conv": history, "ssm": shards.state_from_previous(history, (bsz, heads, self.head_dim, n))}
+            start = shards.state_from_previous(self, (history,), (bsz, heads, self.head_dim, n))
+            past = {"conv": history, "ssm": start}
         if past is not None:
             conv_in = torch.cat((past["conv"], conv_in), dim=2)
         pad = self.d_conv - 1 if past is None else 0

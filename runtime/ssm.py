@@ -61,7 +61,8 @@ class Mamba(nn.Module):
         shards = ctx.tables.get("context_parallel") if ctx is not None else None
         if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
             history = shards.conv_history(hidden, self.d_conv - 1)
-            past = {"conv": history, "ssm": shards.state_from_previous(history, (bsz, self.d_inner, self.d_state))}
+            start = shards.state_from_previous(self, (history,), (bsz, self.d_inner, self.d_state))
+            past = {"conv": history, "ssm": start}
         conv_in = hidden if past is None else torch.cat((past["conv"], hidden), dim=2)
         pad = self.d_conv - 1 if past is None else 0
         conv = F.conv1d(F.pad(conv_in, (pad, 0)), self.conv_weight, self.conv_bias, groups=self.d_inner)

@@ -21,12 +21,17 @@ def _free_port() -> int:
 
 
 def _model(spec: str, source: str | None = None):
-    """A test spec by file name, or the model named `spec` of the spec text `source`."""
+    """A test spec by file name, or the model named `spec` of the spec text `source`; "+frozen" after
+    the name freezes the embedding and the first layer but for its keys' projection."""
     import archlang
 
+    spec, _, variant = spec.partition("+")
     torch.manual_seed(0)
     model = archlang.build((SPECS / spec).read_text()) if source is None else archlang.build(source, model=spec)
     _unit_gain(model)
+    if variant == "frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name == "layers.0.ssm.k_proj" or not name.startswith(("embed.", "layers.0.")))
     return model
 
 
@@ -143,6 +148,14 @@ def test_two_ranks_match_one_process_gated_linear_and_short_conv(tmp_path):
     cases = [("tiny_gated_deltanet.arch", None, False), ("tiny_gla_retention.arch", None, False),
              ("tiny_lfm2.arch", None, False), ("tiny_jamba", _without_moe("tiny_jamba.arch"), False),
              ("tiny_kimi_linear", _without_moe("tiny_kimi_linear.arch"), False)]
+    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_two_ranks_with_frozen_weights_match_one_process(tmp_path):
+    # The first layer's queries need no gradient and its keys do: the first shard's end state
+    # still gets its gradient from the second shard (nothing waits for a gradient never sent)
+    cases = [("tiny_gla_retention.arch+frozen", None, False)]
     _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
 
 

@@ -212,20 +212,21 @@ class _AllGather(torch.autograd.Function):
 
 class _StateFromPrevious(torch.autograd.Function):
     """The end state of the previous rank's shard, this shard's start state: forward waits for it,
-    backward sends its gradient back. `anchor`, a tensor of the layer's own graph, gets no gradient:
-    it puts the receive on the autograd graph, so that its backward runs whenever the layer's does."""
+    backward sends its gradient back. The anchors (the layer's input and weights) get no gradient:
+    they put the receive on the autograd graph whenever the previous shard's end state is on it,
+    so that the previous rank, waiting for the state's gradient, gets one."""
 
     @staticmethod
-    def forward(ctx, anchor, shape, dtype, group, source):
-        ctx.group, ctx.source = group, source
-        state = torch.empty(shape, dtype=dtype, device=anchor.device)
+    def forward(ctx, shape, dtype, group, source, *anchors):
+        ctx.group, ctx.source, ctx.anchors = group, source, len(anchors)
+        state = torch.empty(shape, dtype=dtype, device=anchors[0].device)
         dist.recv(state, src=dist.get_global_rank(group, source), group=group)
         return state
 
     @staticmethod
     def backward(ctx, grad):
         dist.send(grad.contiguous(), dst=dist.get_global_rank(ctx.group, ctx.source), group=ctx.group)
-        return None, None, None, None, None
+        return (None,) * (4 + ctx.anchors)
 
 
 class _StateToNext(torch.autograd.Function):
@@ -294,14 +295,16 @@ class ContextParallel:
         # every rank runs the ring's backward
         return history * 0 if self.rank == 0 else history
 
-    def state_from_previous(self, anchor: torch.Tensor, shape: tuple[int, ...],
+    def state_from_previous(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], shape: tuple[int, ...],
                             dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-        """The state (`shape`, `dtype`) the previous shard's scan ended in, which this shard's scan
-        starts from; None on the first rank (the scan starts from zeros). `anchor` is a tensor the
-        scan's inputs are made from (it keeps the receive on the autograd graph)."""
+        """The state (`shape`, `dtype`) the previous shard's scan through `layer` ended in, which
+        this shard's scan starts from; None on the first rank (the scan starts from zeros). `inputs`
+        are what the layer's scan is made from besides its weights: the previous shard's end state
+        needs a gradient exactly when these or the weights do."""
         if self.rank == 0:
             return None
-        return _StateFromPrevious.apply(anchor, tuple(shape), dtype, self.group, self.rank - 1)
+        anchors = (*inputs, *(p for p in layer.parameters() if p.requires_grad))
+        return _StateFromPrevious.apply(tuple(shape), dtype, self.group, self.rank - 1, *anchors)
 
     def state_to_next(self, out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Hand this shard's end state to the next rank; returns `out` (the layer's output, through
