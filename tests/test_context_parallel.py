@@ -103,10 +103,10 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str, fsdp: b
         dist.destroy_process_group()
 
 
-def _run_two_processes(cases, tmp_path, fsdp: bool = False):
-    """Spawn two ranks without blocking on a hang: a rank that does not finish in time fails the test."""
-    context = mp.start_processes(_worker, args=(2, _free_port(), cases, str(tmp_path), fsdp), nprocs=2, join=False,
-                                 start_method="spawn")
+def _run_ranks(cases, tmp_path, fsdp: bool = False, world: int = 2):
+    """Spawn `world` ranks without blocking on a hang: a rank that does not finish in time fails the test."""
+    context = mp.start_processes(_worker, args=(world, _free_port(), cases, str(tmp_path), fsdp), nprocs=world,
+                                 join=False, start_method="spawn")
     import time
 
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
@@ -138,7 +138,7 @@ def test_two_ranks_match_one_process_attention_linear_attention_and_mamba2(tmp_p
     # start from the previous shard's end states, and their gradients go back).
     cases = [("tiny_llama.arch", None, False), ("tiny_gemma2.arch", None, True),
              ("tiny_exotic", _linear_attention_spec(), False), ("tiny_mamba2.arch", None, False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
 
 
 @pytest.mark.slow
@@ -148,7 +148,15 @@ def test_two_ranks_match_one_process_gated_linear_and_short_conv(tmp_path):
     cases = [("tiny_gated_deltanet.arch", None, False), ("tiny_gla_retention.arch", None, False),
              ("tiny_lfm2.arch", None, False), ("tiny_jamba", _without_moe("tiny_jamba.arch"), False),
              ("tiny_kimi_linear", _without_moe("tiny_kimi_linear.arch"), False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_four_ranks_match_one_process(tmp_path):
+    # the middle ranks receive a state and send one on, in forward and in backward; shards of
+    # 4 tokens hold the 3 conv inputs the next shard reads
+    cases = [("tiny_mamba2.arch", None, False), ("tiny_gated_deltanet.arch", None, False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path, world=4))
 
 
 @pytest.mark.slow
@@ -156,7 +164,7 @@ def test_two_ranks_with_frozen_weights_match_one_process(tmp_path):
     # The first layer's queries need no gradient and its keys do: the first shard's end state
     # still gets its gradient from the second shard (nothing waits for a gradient never sent)
     cases = [("tiny_gla_retention.arch+frozen", None, False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
 
 
 @pytest.mark.slow
@@ -176,14 +184,14 @@ def test_two_ranks_match_one_process_modern_attention(tmp_path):
              # multi-head latent attention with YaRN, its MoE blocks left out
              ("tiny_deepseek", (SPECS / "tiny_deepseek.arch").read_text().replace("dense + sparse * 2", "dense * 2"),
               True)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
 
 
 @pytest.mark.slow
 def test_two_ranks_under_fsdp_match_one_process(tmp_path):
     cases = [("tiny_llama.arch", None, True), ("tiny_exotic", _linear_attention_spec(), False),
              ("tiny_mamba2.arch", None, False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path, fsdp=True))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path, fsdp=True))
 
 
 class _Mesh:
