@@ -17,8 +17,10 @@ this module implements the ring on torch.distributed point-to-point ops instead.
 Recurrent and convolutional mixers continue the previous rank's shard as a cached prefill
 continues the cache: a short causal conv reads the previous shard's last kernel - 1 inputs, and
 the scan starts from the previous shard's end state, which arrives point to point (rank r waits
-for rank r - 1, then sends its own end state to r + 1; the gradients go back the same way). This
-needs the shards in sequence order, so these layers refuse the zig-zag order. Causal linear
+for rank r - 1, then sends its own end state to r + 1; the gradients go back the other way). Every
+rank runs its layers in the same order, so the waits form a chain from the first rank (the last
+in backward), never a cycle. This needs the shards in sequence order, so these layers refuse the
+zig-zag order. Causal linear
 attention's state is additive: every rank's total arrives at once and each sums the earlier ones.
 Other layers whose output at a position depends on other positions (RWKV's token shift, xLSTM,
 MoE routing statistics, relative biases) are refused by name.
