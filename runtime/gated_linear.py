@@ -101,6 +101,18 @@ class _GatedLinear(nn.Module):
     def _past(self, ctx: Context | None) -> dict[str, torch.Tensor] | None:
         return ctx.cache.get(self.cache_key) if ctx is not None and ctx.cache is not None else None
 
+    def _previous_shard(self, shards, inputs: tuple[torch.Tensor, ...], conv_inputs=None, conv_size=1):
+        """Under context parallelism, what the previous rank's shard leaves, as a cache entry: its
+        last conv inputs (with `conv_inputs` (B, T, conv_dim)) and its end state. `inputs` are q, k, v."""
+        past = {}
+        if conv_inputs is not None:
+            past["conv"] = shards.conv_history(conv_inputs.transpose(1, 2), conv_size - 1)
+            inputs = (past["conv"],)
+        shape = (inputs[0].shape[0], self.heads, self.key_dim, self.value_dim)
+        dtype = torch.promote_types(inputs[-1].dtype, torch.float32)  # the dtype the scans accumulate in
+        past["state"] = shards.state_from_previous(self, inputs, shape, dtype)
+        return past
+
     def _finish(self, o: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         if self.output_gate:
             if gate is None:
@@ -131,9 +143,14 @@ class Retention(_GatedLinear):
         if mask is not None:  # a padding token neither decays nor writes the state
             k, log_decay = k * mask, log_decay * mask[..., 0]
         past = self._past(ctx)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            past = self._previous_shard(shards, (q, k, v))
         o, state = _scan(self.form, self.chunk, q, k, v, log_decay, None, past["state"] if past else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state)
+        if shards is not None:
+            o = shards.state_to_next(o, state)
         return self._finish(o, gate)
 
 
@@ -160,9 +177,14 @@ class GLA(_GatedLinear):
         if mask is not None:
             k, log_decay = k * mask, log_decay * mask
         past = self._past(ctx)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            past = self._previous_shard(shards, (q, k, v))
         o, state = _scan(self.form, self.chunk, q, k, v, log_decay, None, past["state"] if past else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state)
+        if shards is not None:
+            o = shards.state_to_next(o, state)
         return self._finish(o, gate)
 
 
@@ -203,7 +225,11 @@ class GatedDeltaNet(_GatedLinear):
         t = q.shape[1]
         past = self._past(ctx)
         mask = _padding(ctx, t)
-        conv, window = _short_conv(torch.cat((q, k, v), dim=-1), self.conv_weight, mask, past)  # (B, conv_dim, T)
+        mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            past = self._previous_shard(shards, (q, k, v), mixed, self.conv_size)
+        conv, window = _short_conv(mixed, self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = conv.transpose(1, 2).split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
         q, k = (_heads(x, self.key_heads) for x in (q, k))  # (B, Hk, T, dk)
         q, k = (x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype) for x in (q, k))
@@ -217,6 +243,8 @@ class GatedDeltaNet(_GatedLinear):
         o, state = _scan(self.form, self.chunk, q, k, v, log_decay, beta, past["state"] if past else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state, conv=window[:, :, -(self.conv_size - 1):])
+        if shards is not None:
+            o = shards.state_to_next(o, state)
         return self._finish(o, gate)
 
 
@@ -307,7 +335,11 @@ class KDA(_GatedLinear):
         t = q.shape[1]
         past = self._past(ctx)
         mask = _padding(ctx, t)
-        conv, window = _short_conv(torch.cat((q, k, v), dim=-1), self.conv_weight, mask, past)  # (B, conv_dim, T)
+        mixed = torch.cat((q, k, v), dim=-1)  # (B, T, conv_dim)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            past = self._previous_shard(shards, (q, k, v), mixed, self.conv_size)
+        conv, window = _short_conv(mixed, self.conv_weight, mask, past)  # (B, conv_dim, T)
         q, k, v = (_heads(x, self.heads) for x in conv.transpose(1, 2).chunk(3, dim=-1))  # (B, H, T, dk)
         # L2-normalised in float32, as the rule runs (Hugging Face and flash-linear-attention alike)
         q, k = (x.float() * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6) for x in (q, k))
@@ -324,6 +356,8 @@ class KDA(_GatedLinear):
                                                            chunk=self.chunk)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, state=state, conv=window[:, :, -(self.conv_size - 1):])
+        if shards is not None:
+            o = shards.state_to_next(o, state)
         o = o.float()  # the gated norm runs in float32 (Hugging Face's KimiLinearRMSNormGated)
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.float()
         o = o * torch.sigmoid(_heads(gate, self.heads).float())

@@ -105,6 +105,11 @@ class Mamba2(nn.Module):
         if mask is not None:  # a padded token enters the conv as the zeros before the sequence's start
             xbc = xbc * mask
         conv_in = xbc.transpose(1, 2)  # (B, conv_dim, T)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            history = shards.conv_history(conv_in, self.d_conv - 1)
+            start = shards.state_from_previous(self, (history,), (bsz, heads, self.head_dim, n))
+            past = {"conv": history, "ssm": start}
         if past is not None:
             conv_in = torch.cat((past["conv"], conv_in), dim=2)
         pad = self.d_conv - 1 if past is None else 0
@@ -127,6 +132,8 @@ class Mamba2(nn.Module):
                                             self.chunk, past["ssm"] if past is not None else None)
         if cache is not None:
             cache.put(self.cache_key, conv=new_conv_state, ssm=state)
+        if shards is not None:
+            y = shards.state_to_next(y, state)
         if self.D is not None:
             y = y + hidden.float() * self.D.float()[:, None]
         y, gate = y.reshape(bsz, t, self.d_inner), F.silu(z.float())  # (B, T, di)

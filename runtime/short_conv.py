@@ -58,6 +58,9 @@ class ShortConv(nn.Module):
         if ctx is not None and ctx.attention_mask is not None:  # padded tokens enter the conv as zeros
             bx = bx * ctx.attention_mask[:, -t:, None].to(bx.dtype)
         bx = bx.transpose(1, 2)  # (B, d, T)
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: the previous rank's shard ends in its last inputs
+            past = {"conv": shards.conv_history(bx, self.kernel - 1)}
         if past is None:
             window = F.pad(bx, (self.kernel - 1, 0))
         else:

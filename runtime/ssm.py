@@ -58,6 +58,11 @@ class Mamba(nn.Module):
         if ctx is not None and ctx.attention_mask is not None:  # as HF: padded tokens enter the conv as zeros
             mask = ctx.attention_mask[:, None, -t:].to(hidden.dtype)  # (B, 1, T)
             hidden = hidden * mask
+        shards = ctx.tables.get("context_parallel") if ctx is not None else None
+        if shards is not None:  # context parallelism: continue the previous rank's shard as a cache
+            history = shards.conv_history(hidden, self.d_conv - 1)
+            start = shards.state_from_previous(self, (history,), (bsz, self.d_inner, self.d_state))
+            past = {"conv": history, "ssm": start}
         conv_in = hidden if past is None else torch.cat((past["conv"], hidden), dim=2)
         pad = self.d_conv - 1 if past is None else 0
         conv = F.conv1d(F.pad(conv_in, (pad, 0)), self.conv_weight, self.conv_bias, groups=self.d_inner)
@@ -78,5 +83,7 @@ class Mamba(nn.Module):
         y, state = dispatch.selective_scan(hidden, delta, A, b, c, self.D, past["ssm"] if past is not None else None)
         if ctx is not None and ctx.cache is not None:
             ctx.cache.put(self.cache_key, conv=new_conv_state, ssm=state)
+        if shards is not None:
+            y = shards.state_to_next(y, state)
         y = (y * F.silu(gate.float())).to(x.dtype)
         return F.linear(y.transpose(1, 2), self.out_proj, self.out_proj_bias)  # (B, T, C)

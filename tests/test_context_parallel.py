@@ -21,13 +21,31 @@ def _free_port() -> int:
 
 
 def _model(spec: str, source: str | None = None):
-    """A test spec by file name, or the model named `spec` of the spec text `source`."""
+    """A test spec by file name, or the model named `spec` of the spec text `source`; "+frozen" after
+    the name freezes the embedding and the first layer but for its keys' projection."""
     import archlang
 
+    spec, _, variant = spec.partition("+")
     torch.manual_seed(0)
-    if source is None:
-        return archlang.build((SPECS / spec).read_text())
-    return archlang.build(source, model=spec)
+    model = archlang.build((SPECS / spec).read_text()) if source is None else archlang.build(source, model=spec)
+    _unit_gain(model)
+    if variant == "frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name == "layers.0.ssm.k_proj" or not name.startswith(("embed.", "layers.0.")))
+    return model
+
+
+def _unit_gain(model) -> None:
+    """Redraw the weights of the recurrent and convolutional mixers with unit gain (std 1/sqrt(fan-in)):
+    drawn at std 0.02, a Mamba-2 layer's output is about 1e-8, and a state or conv window lost between
+    the shards would change the loss by less than the tolerance."""
+    from archlang.context_parallel import _HANDED_OVER
+
+    for module in model.modules():
+        if type(module).__name__ in _HANDED_OVER:
+            for p in module.parameters():
+                if p.dim() >= 2:  # projections (out, in) and depthwise convs (channels, 1, taps)
+                    torch.nn.init.normal_(p.data, std=p.shape[-1] ** -0.5)
 
 
 def _linear_attention_spec() -> str:
@@ -35,6 +53,13 @@ def _linear_attention_spec() -> str:
     text = (SPECS / "tiny_exotic.arch").read_text()
     mlp = "ffn = mlp(hidden = 16, act = relu)\n    }"
     return text.split("ffn = moe(")[0] + mlp + text.split("z_loss = 0.001)\n    }")[1]
+
+
+def _without_moe(spec: str) -> str:
+    """A test spec with each MoE feed-forward replaced by a SwiGLU (MoE's routing statistics are refused)."""
+    import re
+
+    return re.sub(r"ffn = moe\((?:[^()]|\([^()]*\))*\)", "ffn = swiglu(hidden = 48)", (SPECS / spec).read_text())
 
 
 def _ids(length: int = 16) -> torch.Tensor:
@@ -78,10 +103,10 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str, fsdp: b
         dist.destroy_process_group()
 
 
-def _run_two_processes(cases, tmp_path, fsdp: bool = False):
-    """Spawn two ranks without blocking on a hang: a rank that does not finish in time fails the test."""
-    context = mp.start_processes(_worker, args=(2, _free_port(), cases, str(tmp_path), fsdp), nprocs=2, join=False,
-                                 start_method="spawn")
+def _run_ranks(cases, tmp_path, fsdp: bool = False, world: int = 2):
+    """Spawn `world` ranks without blocking on a hang: a rank that does not finish in time fails the test."""
+    context = mp.start_processes(_worker, args=(world, _free_port(), cases, str(tmp_path), fsdp), nprocs=world,
+                                 join=False, start_method="spawn")
     import time
 
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
@@ -105,13 +130,41 @@ def _check_against_one_process(cases, results):
             torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=1e-4, msg=f"{spec}: {name}")
 
 
-def test_two_ranks_match_one_process_causal_and_sliding_window(tmp_path):
+def test_two_ranks_match_one_process_attention_linear_attention_and_mamba2(tmp_path):
     # Llama (causal, RoPE) in contiguous shards; Gemma 2 (window 5 beside full layers, soft-capping)
     # in the zig-zag order, where a shard's positions are not contiguous; causal linear attention
-    # (its state handed from the first shard to the second) beside differential attention.
+    # (its state handed from the first shard to the second) beside differential attention; Mamba-2
+    # around attention (each shard's convs read the previous shard's last inputs, its SSD scans
+    # start from the previous shard's end states, and their gradients go back).
     cases = [("tiny_llama.arch", None, False), ("tiny_gemma2.arch", None, True),
-             ("tiny_exotic", _linear_attention_spec(), False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+             ("tiny_exotic", _linear_attention_spec(), False), ("tiny_mamba2.arch", None, False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_gated_linear_and_short_conv(tmp_path):
+    # Gated DeltaNet (its short conv beside the delta rule), GLA and retention, LFM2's short conv,
+    # Mamba (Jamba's experts left out) and Kimi Delta Attention (its experts left out), each beside attention
+    cases = [("tiny_gated_deltanet.arch", None, False), ("tiny_gla_retention.arch", None, False),
+             ("tiny_lfm2.arch", None, False), ("tiny_jamba", _without_moe("tiny_jamba.arch"), False),
+             ("tiny_kimi_linear", _without_moe("tiny_kimi_linear.arch"), False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
+
+
+@pytest.mark.slow
+def test_four_ranks_match_one_process(tmp_path):
+    # the middle ranks receive a state and send one on, in forward and in backward; shards of
+    # 4 tokens hold the 3 conv inputs the next shard reads
+    cases = [("tiny_mamba2.arch", None, False), ("tiny_gated_deltanet.arch", None, False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path, world=4))
+
+
+@pytest.mark.slow
+def test_two_ranks_with_frozen_weights_match_one_process(tmp_path):
+    # The first layer's queries need no gradient and its keys do: the first shard's end state
+    # still gets its gradient from the second shard (nothing waits for a gradient never sent)
+    cases = [("tiny_gla_retention.arch+frozen", None, False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
 
 
 @pytest.mark.slow
@@ -131,13 +184,14 @@ def test_two_ranks_match_one_process_modern_attention(tmp_path):
              # multi-head latent attention with YaRN, its MoE blocks left out
              ("tiny_deepseek", (SPECS / "tiny_deepseek.arch").read_text().replace("dense + sparse * 2", "dense * 2"),
               True)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path))
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path))
 
 
 @pytest.mark.slow
 def test_two_ranks_under_fsdp_match_one_process(tmp_path):
-    cases = [("tiny_llama.arch", None, True), ("tiny_exotic", _linear_attention_spec(), False)]
-    _check_against_one_process(cases, _run_two_processes(cases, tmp_path, fsdp=True))
+    cases = [("tiny_llama.arch", None, True), ("tiny_exotic", _linear_attention_spec(), False),
+             ("tiny_mamba2.arch", None, False)]
+    _check_against_one_process(cases, _run_ranks(cases, tmp_path, fsdp=True))
 
 
 class _Mesh:
@@ -154,9 +208,11 @@ class _Mesh:
 
 
 @pytest.mark.parametrize("spec,layer", [
-    ("tiny_mamba2.arch", "Mamba2"),
-    ("tiny_jamba.arch", "Mamba"),
-    ("tiny_gated_deltanet.arch", "GatedDeltaNetLayer"),
+    ("tiny_rwkv7.arch", "RWKV7TimeMix"),
+    ("tiny_xlstm.arch", "MLSTMLayer"),
+    ("tiny_rglru.arch", "RGLRU"),
+    ("tiny_s4d.arch", "S4D"),
+    ("tiny_lightning.arch", "Lightning"),
     ("tiny_mixtral.arch", "MoE"),
     ("tiny_sparse.arch", "LightningIndexer"),
     ("tiny_mod.arch", "DepthRouter"),
@@ -181,6 +237,31 @@ def test_refuses_linear_attention_in_zig_zag_order():
     check_context_parallel(model)  # in order, the state passes from shard to shard
     with pytest.raises(ArchError, match=r"\(LinearAttention\): its state passes .* not in order"):
         check_context_parallel(model, load_balance=True)
+
+
+@pytest.mark.parametrize("spec,layer", [
+    ("tiny_mamba2.arch", "Mamba2"), ("tiny_gated_deltanet.arch", "GatedDeltaNetLayer"),
+    ("tiny_gla_retention.arch", "GLALayer"), ("tiny_lfm2.arch", "ShortConv"),
+    ("tiny_jamba", "Mamba"), ("tiny_kimi_linear", "KDALayer"),
+])
+def test_refuses_recurrent_and_conv_mixers_in_zig_zag_order(spec, layer):
+    from archlang.context_parallel import check_context_parallel
+    from archlang.spec.errors import ArchError
+
+    model = _model(spec, None if spec.endswith(".arch") else _without_moe(f"{spec}.arch"))
+    check_context_parallel(model)  # in order, the conv inputs and the state pass from shard to shard
+    with pytest.raises(ArchError, match=f"\\({layer}\\): its conv inputs or state pass .* not in order") as err:
+        check_context_parallel(model, load_balance=True)
+    assert err.value.kind == "distributed"
+
+
+def test_refuses_shards_shorter_than_a_conv_window():
+    from archlang.context_parallel import ContextParallel
+    from archlang.spec.errors import ArchError
+
+    # a conv of 4 taps reads the previous shard's last 3 inputs, which a shard of 2 tokens does not hold
+    with pytest.raises(ArchError, match="last 3 inputs, and this rank's shard holds 2 tokens"):
+        ContextParallel(_Mesh(), False).conv_history(torch.zeros(1, 8, 2), 3)
 
 
 @pytest.mark.parametrize("spec", ["tiny_bert.arch", "tiny_t5.arch", "tiny_modernbert.arch"])

@@ -12,10 +12,18 @@ chunked and dilated attention are exact whatever order the shards come in.
 
 torch.distributed.tensor.experimental.context_parallel swaps only the CUDA SDPA kernels (flash,
 efficient, cuDNN) and takes no mask, so it serves neither CPU (gloo) nor windowed attention;
-this module implements the ring on torch.distributed point-to-point ops instead. Layers whose
-output at a position depends on other positions through anything but attention (recurrent
-mixers, convolutions, MoE routing statistics, relative biases) are refused by name, save causal
-linear attention: its additive state passes from the earlier shards to the later ones.
+this module implements the ring on torch.distributed point-to-point ops instead.
+
+Recurrent and convolutional mixers continue the previous rank's shard as a cached prefill
+continues the cache: a short causal conv reads the previous shard's last kernel - 1 inputs, and
+the scan starts from the previous shard's end state, which arrives point to point (rank r waits
+for rank r - 1, then sends its own end state to r + 1; the gradients go back the other way). Every
+rank runs its layers in the same order, so the waits form a chain from the first rank (the last
+in backward), never a cycle. This needs the shards in sequence order, so these layers refuse the
+zig-zag order. Causal linear
+attention's state is additive: every rank's total arrives at once and each sums the earlier ones.
+Other layers whose output at a position depends on other positions (RWKV's token shift, xLSTM,
+MoE routing statistics, relative biases) are refused by name.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from torch import nn
 
 from archlang.spec.errors import ArchError
 
-_RECURRENT = ("Mamba", "Mamba2", "GatedDeltaNetLayer", "GLALayer", "RetentionLayer", "KDALayer",
-              "Lightning", "RGLRU", "S4D", "ShortConv", "MLSTMLayer", "SLSTMLayer", "RWKV4TimeMix", "RWKV7TimeMix",
+# Mixers that continue the previous shard's conv inputs and end state (the hooks read
+# ctx.tables[SHARDS]), and those that carry state in a way not handed over.
+_HANDED_OVER = ("Mamba", "Mamba2", "GatedDeltaNetLayer", "GLALayer", "RetentionLayer", "KDALayer", "ShortConv")
+_RECURRENT = ("Lightning", "RGLRU", "S4D", "MLSTMLayer", "SLSTMLayer", "RWKV4TimeMix", "RWKV7TimeMix",
               "RWKVChannelMix", "RWKV7ChannelMix", "GAU", "ByteLatentTransformer")
+SHARDS = "context_parallel"  # the ctx.tables key of the ContextParallel the mixers continue from
 
 
 def _refusal(name: str, module: nn.Module, load_balance: bool) -> str | None:
@@ -56,6 +67,11 @@ def _refusal(name: str, module: nn.Module, load_balance: bool) -> str | None:
     if isinstance(module, (rt.MLAttention, rt.RMSNorm, rt.LayerNorm, rt.RopeTable, rt.LearnedPositions,
                            rt.SinusoidalPositions, nn.Linear, nn.Embedding, nn.ModuleList, nn.ModuleDict, nn.Dropout,
                            nn.Identity)):
+        return None
+    if kind in _HANDED_OVER:
+        if load_balance:
+            return ("its conv inputs or state pass from shard to shard in sequence order, and zig-zag shards are "
+                    "not in order (use load_balance=False)")
         return None
     if kind in _RECURRENT:
         return ("it carries state along the sequence (a recurrence, a convolution over earlier tokens or a token "
@@ -196,6 +212,43 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank], None, None
 
 
+class _StateFromPrevious(torch.autograd.Function):
+    """The end state of the previous rank's shard, this shard's start state: forward waits for it,
+    backward sends its gradient back. The anchors (the layer's input and weights) get no gradient:
+    they put the receive on the autograd graph whenever the previous shard's end state is on it,
+    so that the previous rank, waiting for the state's gradient, gets one."""
+
+    @staticmethod
+    def forward(ctx, shape, dtype, group, source, *anchors):
+        ctx.group, ctx.source, ctx.anchors = group, source, len(anchors)
+        state = torch.empty(shape, dtype=dtype, device=anchors[0].device)
+        dist.recv(state, src=dist.get_global_rank(group, source), group=group)
+        return state
+
+    @staticmethod
+    def backward(ctx, grad):
+        dist.send(grad.contiguous(), dst=dist.get_global_rank(ctx.group, ctx.source), group=ctx.group)
+        return (None,) * (4 + ctx.anchors)
+
+
+class _StateToNext(torch.autograd.Function):
+    """Sends this shard's end state to the next rank and returns `out` (the layer's output) as it
+    is: joined to the output, the send's backward runs, and receives the state's gradient from the
+    next rank, whenever the loss reaches the layer."""
+
+    @staticmethod
+    def forward(ctx, out, state, group, target):
+        ctx.group, ctx.target, ctx.shape, ctx.dtype = group, target, state.shape, state.dtype
+        dist.send(state.detach().contiguous(), dst=dist.get_global_rank(group, target), group=group)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_state = torch.empty(ctx.shape, dtype=ctx.dtype, device=grad.device)
+        dist.recv(grad_state, src=dist.get_global_rank(ctx.group, ctx.target), group=ctx.group)
+        return grad, grad_state, None, None
+
+
 class ContextParallel:
     """What `context_parallel` yields: the shard of this rank, and the ring attention it runs."""
 
@@ -226,6 +279,42 @@ class ContextParallel:
         state, the state the shard starts from, the sum of the end states of the shards before it.
         Every rank's total arrives at once, so no rank waits for the one before to finish its scan."""
         return tuple(_AllGather.apply(total, self.group, self.rank)[:self.rank].sum(0) for total in totals)
+
+    def conv_history(self, inputs: torch.Tensor, width: int) -> torch.Tensor:
+        """For a short causal conv over this shard's inputs (B, C, T): the previous shard's last
+        `width` (kernel - 1) inputs (B, C, width), zeros on the first rank as before the sequence's
+        start. Their gradient goes back to the rank that sent them."""
+        if inputs.shape[-1] < width:
+            raise ArchError(f"context parallelism hands a conv of {width + 1} taps the previous shard's last {width} "
+                            f"inputs, and this rank's shard holds {inputs.shape[-1]} tokens",
+                            hint=f"use shards of at least {width} tokens", kind="distributed")
+        tail = inputs[..., inputs.shape[-1] - width:]
+        if self.world == 1:
+            return torch.zeros_like(tail)
+        history = _RingShift.apply(tail.contiguous(), self.group, (self.rank + 1) % self.world,
+                                   (self.rank - 1) % self.world)
+        # the last rank's tail reaches the first, which zeroes it and keeps it on the graph so that
+        # every rank runs the ring's backward
+        return history * 0 if self.rank == 0 else history
+
+    def state_from_previous(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], shape: tuple[int, ...],
+                            dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The state (`shape`, `dtype`) the previous shard's scan through `layer` ended in, which
+        this shard's scan starts from; None on the first rank (the scan starts from zeros). `inputs`
+        are what the layer's scan is made from besides its weights: the previous shard's end state
+        needs a gradient exactly when these or the weights do."""
+        if self.rank == 0:
+            return None
+        anchors = (*inputs, *(p for p in layer.parameters() if p.requires_grad))
+        return _StateFromPrevious.apply(tuple(shape), dtype, self.group, self.rank - 1, *anchors)
+
+    def state_to_next(self, out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Hand this shard's end state to the next rank; returns `out` (the layer's output, through
+        which the state's gradient comes back). Call it once the scan has run, as every rank runs
+        its layers in the same order."""
+        if self.rank == self.world - 1:
+            return out
+        return _StateToNext.apply(out, state, self.group, self.rank + 1)
 
     def attention(self, q, k, v, q_pos, k_pos, *, causal, scale, window=None, softcap=None, sinks=None, chunk=None,
                   sink_tokens=0, dilation=1, global_tokens=0, **unsupported):
@@ -285,6 +374,7 @@ def context_parallel(model: nn.Module, cp_mesh=None, *, load_balance: bool = Fal
             positions = cp.positions(tokens.shape[1] * cp.world).to(tokens.device)
         ctx = make_context(input_ids, inputs_embeds, positions=positions, **kw)
         ctx.tables["state_before_shard"] = cp.state_before_shard  # causal linear attention reads it
+        ctx.tables[SHARDS] = cp  # the recurrent and convolutional mixers continue the previous shard
         return ctx
 
     original = attention_module.attend
