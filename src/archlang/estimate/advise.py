@@ -1,0 +1,467 @@
+"""`archc estimate --advise`: which parallel layout to train a spec with on N devices. Every mesh
+over the dimensions `shard(model, mesh)` applies (pp, dp_replicate, dp_shard, ep, cp, tp) whose
+sizes multiply to N is tried; a layout the runtime would refuse is dropped with the runtime's own
+reason (its checks run on the model built on the meta device), one that does not fit the device
+memory is dropped with its size, and the rest are ranked by estimated step time. Nothing is
+measured; every assumption is listed with the advice.
+
+The global batch is the same for every layout (`batch` sequences per device, `batch x N` in all),
+so step times compare the same work. Step time, per device:
+
+    compute   = 3 F T / (N peak mfu) x (1 + (t-1) r) x stage x (m + p - 1) / m
+                F: forward FLOPs per token, T: tokens per step; r: the share of F that tensor
+                parallelism leaves replicated (LM head, MoE, MLA, SSM projections: every tp rank
+                computes them whole); stage: the costliest pipeline stage's share of the FLOPs
+                times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble, with m
+                micro-batches of one sequence each
+    tp        = 2 (t-1)/t x (bytes into each row-parallel Linear's output, forward, and each
+                column-parallel Linear's input gradient, backward) / link     (all-reduces)
+    cp        = 3 (cp-1) x local K/V bytes / link    (the ring passes K/V once forward, K/V and
+                their gradients once backward)
+    ep        = 4 (ep-1)/ep x tokens x top_k x d_model x bytes / link   (dispatch and combine
+                all-to-alls, forward and backward, per MoE layer)
+    pp        = 2 x tokens x d_model x bytes / link   (activations forward, gradients backward)
+    dp        = 3 (n-1)/n x W / link for FSDP over n ranks (all-gather forward and backward,
+                reduce-scatter), 2 (n-1)/n x W' / link for the all-reduce across replicas
+    step      = max(compute, dp) + tp + cp + ep + pp
+
+The data-parallel traffic overlaps the compute of other layers (DDP gradient buckets, FSDP2
+prefetching), so it counts only where it exceeds the compute; the others sit on each layer's
+critical path. A link is the intra-node one when the group's ranks lie in one node (the mesh is
+laid out with tp innermost, as torchtitan does), else the inter-node one; collectives are rings
+bounded by the per-device bandwidth of one direction (the NCCL "bus bandwidth" model).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from itertools import product
+from types import SimpleNamespace
+
+import networkx as nx
+
+from archlang.compiler import compute_facts
+from archlang.compiler.facts import DTYPE_BYTES
+from archlang.compiler.ir import ordered_nodes
+from archlang.spec.errors import ArchError
+
+from . import RECOMPUTE, _DTYPE_NAMES, _attention_core_flops, _weights
+from .activations import saved_activations
+from .hardware import DTYPES, Hardware
+
+# outermost first, as init_device_mesh takes them: tp innermost keeps its per-layer all-reduces
+# inside a node, pp outermost sends the least across the slowest links
+DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
+# the fusions tensor parallelism cannot split by heads (distributed.tensor_parallel_layout)
+TP_UNFUSED = ("fuse-qkv", "fuse-gate-up")
+
+
+@dataclass(frozen=True)
+class Layout:
+    pp: int = 1
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    ep: int = 1
+    cp: int = 1
+    tp: int = 1
+
+    @property
+    def mesh(self) -> dict[str, int]:
+        """The dimensions of size > 1, outermost first."""
+        return {d: getattr(self, d) for d in DIMS if getattr(self, d) > 1}
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{d}={n}" for d, n in self.mesh.items()) or "one device"
+
+    @property
+    def data_parallel(self) -> int:
+        """Ranks that feed batches of their own: the ep ranks are data-parallel for all but the experts."""
+        return self.dp_replicate * self.dp_shard * self.ep
+
+
+@dataclass
+class Candidate:
+    layout: Layout
+    memory_bytes: float
+    memory: dict[str, float]
+    step_seconds: float
+    tokens_per_second: float
+    seconds: dict[str, float]  # compute, bubble, and each dimension's communication
+    microbatches: int
+
+    def to_json(self) -> dict:
+        return {"mesh": self.layout.mesh, "label": self.layout.label, "memory_bytes": self.memory_bytes,
+                "memory": self.memory, "step_seconds": self.step_seconds,
+                "tokens_per_second": self.tokens_per_second, "seconds": self.seconds,
+                "microbatches": self.microbatches}
+
+
+@dataclass
+class Rejection:
+    reason: str  # the family: the first example's message with its numbers generalised
+    count: int
+    example: str  # a layout of the family
+    message: str  # what was said about that layout
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Advice:
+    model: str
+    hardware: str
+    gpus: int
+    seq: int
+    global_batch: int
+    dtype: str
+    recompute: str
+    mfu: float
+    considered: int  # layouts enumerated
+    feasible: int  # of them, those that run and fit
+    layouts: list[Candidate]  # the best `top` of those, best first
+    rejected: list[Rejection]
+    why: str  # why the best beats the runner-up
+    code: str  # the mesh and the shard() call that apply the best layout
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "hardware": self.hardware, "gpus": self.gpus, "seq": self.seq,
+                "global_batch": self.global_batch, "dtype": self.dtype, "recompute": self.recompute, "mfu": self.mfu,
+                "considered": self.considered, "feasible": self.feasible, "layouts": [c.to_json() for c in self.layouts],
+                "rejected": [r.to_json() for r in self.rejected], "why": self.why, "code": self.code,
+                "assumptions": self.assumptions}
+
+
+def layouts(gpus: int) -> list[Layout]:
+    """Every assignment of sizes to DIMS whose product is `gpus`."""
+    if gpus < 1:
+        raise ArchError(f"--gpus must be at least 1, got {gpus}", hint="pass a positive integer", kind="usage")
+    divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
+    out = []
+    for sizes in product(divisors, repeat=len(DIMS) - 1):
+        rest = gpus
+        for s in sizes:
+            if rest % s:
+                break
+            rest //= s
+        else:
+            out.append(Layout(*sizes, rest))
+    return out
+
+
+class _MeshStub:
+    """The two things expert_parallel's check reads of a 1-D mesh, so its refusals are asked, not copied."""
+
+    mesh_dim_names = ("ep",)
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def size(self) -> int:
+        return self._n
+
+
+class _Feasibility:
+    """The runtime's own refusals for one dimension at one degree, asked once each."""
+
+    def __init__(self, g: nx.MultiDiGraph, model, seq: int):
+        self.g, self.model, self.seq = g, model, seq
+        self._cache: dict[tuple[str, int], object] = {}
+
+    def __call__(self, dim: str, n: int):
+        """A refusal message (str) or what the estimate needs of this dimension at this degree."""
+        key = (dim, n)
+        if key not in self._cache:
+            try:
+                self._cache[key] = getattr(self, "_" + dim)(n)
+            except ArchError as exc:
+                self._cache[key] = exc.message
+        return self._cache[key]
+
+    def _ep(self, n: int):
+        from archlang.expert_parallel import _check
+
+        _check(self.model, _MeshStub(n))
+        return True
+
+    def _tp(self, n: int):
+        from archlang.distributed import tensor_parallel_layout
+
+        plan, _ = tensor_parallel_layout(self.model, n)
+        if not plan:  # as shard() says
+            raise ArchError("tensor parallelism would shard nothing: no block of this model has projections it can "
+                            "split (attention heads or FFN hidden units)", kind="distributed")
+        return _tp_shares(self.model, plan)
+
+    def _pp(self, n: int):
+        from archlang.pipeline_parallel import check_pipeline, layer_costs, pipeline_stages
+
+        compiled = SimpleNamespace(graph=self.g)  # what they take of a compiled spec: its IR
+        stages = pipeline_stages(compiled, n)
+        check_pipeline(self.model, stages)
+        costs = layer_costs(compiled)
+        flops = sum(f for f, _ in costs) or 1
+        params = sum(p for _, p in costs) or 1
+        # the costliest stage sets the pace and the largest holds the most
+        return (max(sum(costs[i][0] for i in r) for r in stages) / flops,
+                max(sum(costs[i][1] for i in r) for r in stages) / params)
+
+    def _cp(self, n: int):
+        from archlang.context_parallel import check_context_parallel, shard_positions
+
+        try:  # zig-zag shards balance causal attention's work; linear attention needs them in order
+            check_context_parallel(self.model, load_balance=True)
+            shard_positions(self.seq, n, 0, load_balance=True)
+            return True
+        except ArchError:
+            check_context_parallel(self.model, load_balance=False)
+            shard_positions(self.seq, n, 0, load_balance=False)
+            return False
+
+
+def _tp_shares(model, plan: dict[str, str]) -> dict[str, float]:
+    """What tensor parallelism splits, from its plan: the parameters of the planned Linears (each
+    module once), and per token the widths all-reduced (row-parallel outputs forward,
+    column-parallel input gradients backward) and the weights multiplied, at each use of a block."""
+    from torch import nn
+
+    uses: Counter = Counter()
+    for _, stack in model.named_children():
+        if isinstance(stack, nn.ModuleList):
+            uses.update(id(block) for block in stack)
+    params = forward_width = backward_width = weights_used = 0
+    for name, role in plan.items():
+        linear = model.get_submodule(name)
+        owner = model.get_submodule(name.rpartition(".")[0])
+        n_uses = uses[id(owner)] or 1
+        params += sum(p.numel() for p in linear.parameters())
+        weights_used += n_uses * linear.weight.numel()
+        if role == "rowwise":
+            forward_width += n_uses * linear.out_features
+        else:
+            backward_width += n_uses * linear.in_features
+    attention = any(name.rpartition(".")[2] in ("q_proj", "k_proj", "v_proj") for name in plan)
+    return dict(params=params, forward_width=forward_width, backward_width=backward_width,
+                weights_used=weights_used, attention=attention)
+
+
+def _family(message: str) -> str:
+    return re.sub(r"\d+", "N", message)
+
+
+def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int | None = None, batch: int = 1,
+           dtype: str | None = None, recompute: str = "selective", mfu: float = 0.4, top: int = 5,
+           spec: str = "model.arch") -> Advice:
+    """Rank the parallel layouts of `gpus` devices for training. `g`: the optimized IR; `model`:
+    the generated model built on the meta device (its runtime checks are asked), compiled without
+    the fusions tensor parallelism cannot split (TP_UNFUSED) if tp is to be considered."""
+    if gpus < 1:
+        raise ArchError(f"--gpus must be at least 1, got {gpus}", hint="pass a positive integer", kind="usage")
+    if batch < 1:
+        raise ArchError(f"--batch must be at least 1, got {batch}", hint="pass a positive integer", kind="usage")
+    if recompute not in RECOMPUTE:
+        raise ArchError(f"unknown recompute policy {recompute!r}", hint=f"one of {', '.join(RECOMPUTE)}", kind="usage")
+    if not 0 < mfu <= 1:
+        raise ArchError("utilisations are fractions in (0, 1]", hint="e.g. --mfu 0.4", kind="usage")
+    if top < 1:
+        raise ArchError(f"--top must be at least 1, got {top}", kind="usage")
+    hw = hardware
+    if hw.node_size is None or hw.intra_node_bandwidth is None or hw.inter_node_bandwidth is None:
+        raise ArchError(f"{hw.description} has no interconnect figures, which the advice needs",
+                        hint="add node_size, intra_node_gb_s and inter_node_gb_s to its [hardware.NAME] table",
+                        kind="usage")
+    seq = seq or g.graph["context"]
+    dtype = _DTYPE_NAMES.get(dtype or g.graph["dtype"], dtype or g.graph["dtype"])
+    if dtype not in DTYPES:
+        raise ArchError(f"unknown dtype {dtype!r}", hint=f"one of {', '.join(DTYPES)}", kind="usage")
+    nb = DTYPE_BYTES[dtype]
+    peak = hw.peak(dtype)
+
+    facts = compute_facts(g, context=seq, dtype=dtype)
+    dense, routed, moes = _weights(g, training=True)
+    acts = saved_activations(g, seq=seq, nbytes=nb, keep_probabilities=recompute == "none")
+    if recompute == "full":  # each layer's input, and one layer's activations while it is recomputed
+        act_per_token = sum(acts.layer_inputs.values()) + acts.largest_layer() + acts.by_layer.get(None, 0.0)
+    else:
+        act_per_token = acts.total
+    flops = float(facts.flops_per_token)
+    attention_core = _attention_core_flops(g, seq, nb)
+    d_model = g.graph["d_model"]
+    moe_rows = sum(d["attrs"]["top_k"] for n in ordered_nodes(g) if (d := g.nodes[n])["op"] == "moe")
+    global_batch = batch * gpus
+    tokens = global_batch * seq
+    master = 4 if nb < 4 else 0  # 16-bit training keeps float32 master weights
+    state_bytes = 2 * nb + master + 8  # weight, gradient, master, two AdamW moments
+
+    def link(layout: Layout, dims: tuple[str, ...]) -> float:
+        """The bandwidth of a group over `dims` (adjacent in DIMS): intra-node when its ranks share a node."""
+        inner = math.prod(getattr(layout, d) for d in DIMS[DIMS.index(dims[-1]) + 1:])
+        span = inner * math.prod(getattr(layout, d) for d in dims)
+        within = span <= hw.node_size and hw.node_size % span == 0
+        return hw.intra_node_bandwidth if within else hw.inter_node_bandwidth
+
+    kv_per_token = facts.kv_cache_bytes_per_token  # K and V of every attention layer, in `dtype`
+    no_tp = dict(params=0, forward_width=0, backward_width=0, weights_used=0, attention=False)
+
+    def _estimate(lay: Layout, found: dict) -> Candidate:
+        t, p, cp, ep = lay.tp, lay.pp, lay.cp, lay.ep
+        share = found.get("tp", no_tp)
+        stage_flops, stage_params = found.get("pp", (1.0, 1.0))
+        balanced = found.get("cp", True)
+        dp = lay.data_parallel
+        tokens_dev = tokens / (dp * cp)  # its data-parallel rank's tokens, its cp shard of them
+        m = global_batch // dp if p > 1 else 1  # micro-batches of one sequence
+        # --- memory: this device's tp/pp slice of the weights, then what FSDP shards of it
+        dense_slice = (dense - share["params"] + share["params"] / t) * stage_params
+        routed_slice = routed * stage_params / ep
+        dense_group = lay.dp_shard * ep
+        states = dense_slice / dense_group + routed_slice / lay.dp_shard
+        in_flight = seq / cp if p > 1 else tokens_dev  # 1F1B: one micro-batch of every layer
+        memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
+                      activations=act_per_token * in_flight / t)
+        # --- compute
+        replicated = 0.0
+        if t > 1:  # what every tp rank computes whole
+            split = 2 * share["weights_used"] + (attention_core if share["attention"] else 0.0)
+            replicated = min(1.0, max(0.0, 1 - split / flops)) if flops else 0.0
+        work = 3 * flops * tokens / (gpus * peak * mfu) * (1 + (t - 1) * replicated) * stage_flops * p
+        if not balanced:  # contiguous causal shards: the last rank attends to every earlier block
+            work *= 1 + (attention_core / flops if flops else 0.0) * (2 * cp / (cp + 1) - 1)
+        seconds = dict(compute=work, bubble=work * (p - 1) / m)
+        # --- communication
+        forward_passes = 2 if recompute == "full" else 1
+        seconds["tp"] = (2 * (t - 1) / t * tokens_dev * nb * stage_flops
+                         * (forward_passes * share["forward_width"] + share["backward_width"]) / link(lay, ("tp",)))
+        seconds["cp"] = 3 * (cp - 1) * tokens_dev * kv_per_token / t * stage_flops / link(lay, ("cp",))
+        seconds["ep"] = 4 * (ep - 1) / ep * tokens_dev * moe_rows * d_model * nb * stage_flops / link(lay, ("ep",))
+        seconds["pp"] = 2 * tokens_dev * d_model * nb / link(lay, ("pp",)) if p > 1 else 0.0
+        dp_time = 0.0
+        if dense_group > 1:
+            dims = tuple(d for d in ("dp_shard", "ep") if getattr(lay, d) > 1)
+            dp_time += 3 * (dense_group - 1) / dense_group * dense_slice * nb / link(lay, dims)
+        if lay.dp_shard > 1 and routed_slice:
+            dp_time += 3 * (lay.dp_shard - 1) / lay.dp_shard * routed_slice * nb / link(lay, ("dp_shard",))
+        if lay.dp_replicate > 1:
+            r = lay.dp_replicate
+            dp_time += 2 * (r - 1) / r * states * nb / link(lay, ("dp_replicate",))
+        seconds["dp"] = dp_time
+        step = (max(seconds["compute"] + seconds["bubble"], dp_time)
+                + seconds["tp"] + seconds["cp"] + seconds["ep"] + seconds["pp"])
+        return Candidate(lay, sum(memory.values()), memory, step, tokens / step if step else 0.0, seconds, m)
+
+    check = _Feasibility(g, model, seq)
+    refused: dict[str, list] = {}
+    candidates: list[Candidate] = []
+    all_layouts = layouts(gpus)
+    for lay in all_layouts:
+        found = {}
+        reason = None
+        for dim in ("ep", "tp", "pp", "cp"):
+            n = getattr(lay, dim)
+            if n > 1:
+                found[dim] = check(dim, n)
+                if isinstance(found[dim], str):
+                    reason = f"{dim}: {found[dim]}"
+                    break
+        if reason is None:
+            cand = _estimate(lay, found)
+            if cand.memory_bytes > hw.memory_bytes:
+                reason = (f"needs {cand.memory_bytes / 1e9:,.1f} GB per device for training, more than the "
+                          f"{hw.memory_bytes / 1e9:g} GB of {hw.name}")
+            else:
+                candidates.append(cand)
+                continue
+        refused.setdefault(_family(reason), []).append((lay, reason))
+
+    # ranking: step time; among equals, less traffic in all (overlapped or not), then less memory
+    def traffic(c: Candidate) -> float:
+        return sum(v for k, v in c.seconds.items() if k not in ("compute", "bubble"))
+
+    def same(x: float) -> float:  # equal up to rounding: sums taken in another order differ in the last bits
+        return float(f"{x:.9g}")
+
+    candidates.sort(key=lambda c: (same(c.step_seconds), same(traffic(c)), same(c.memory_bytes), len(c.layout.mesh)))
+    rejected = [Rejection(reason=family if len(items) > 1 else items[0][1], count=len(items),
+                          example=items[0][0].label, message=items[0][1])
+                for family, items in sorted(refused.items(), key=lambda kv: -len(kv[1]))]
+    best = candidates[0] if candidates else None
+    assumptions = [
+        f"{hw.description}: {hw.memory_bytes / 1e9:g} GB, {peak / 1e12:g} dense {dtype} TFLOP/s; "
+        f"{hw.node_size} per node, {hw.intra_node_bandwidth / 1e9:g} GB/s inside a node and "
+        f"{hw.inter_node_bandwidth / 1e9:g} GB/s between nodes per device and direction ({hw.interconnect_source})",
+        f"training with a global batch of {global_batch} x {seq:,} tokens ({batch} sequence(s) per device) in "
+        f"{dtype}, recompute {recompute}, model FLOPs utilisation {mfu:g}",
+        "AdamW in mixed precision: 16-bit weights and gradients, float32 master weights and moments"
+        if master else "AdamW in float32: weights, gradients and two moments",
+        "pipelines run 1F1B over micro-batches of one sequence; their first stage holds one micro-batch of every layer",
+        "activations divided by the tensor- and context-parallel degrees",
+        "the ep ranks are data-parallel for everything but the experts, and FSDP2 shards the non-expert weights "
+        "over dp_shard x ep (as shard_with_experts does) and the experts over dp_shard",
+        "data-parallel traffic overlaps compute; tensor-, context-, expert- and pipeline-parallel traffic does not",
+        "MoE routing uniform" if moes else "",
+    ]
+    return Advice(model=g.graph["name"], hardware=hw.name, gpus=gpus, seq=seq, global_batch=global_batch,
+                  dtype=dtype, recompute=recompute, mfu=mfu, considered=len(all_layouts), feasible=len(candidates), layouts=candidates[:top],
+                  rejected=rejected, why=_why(candidates), code=_code(best.layout, spec, hw) if best else "",
+                  assumptions=[a for a in assumptions if a])
+
+
+def _why(ranked: list[Candidate]) -> str:
+    """One line: where the best layout's step time beats the runner-up's."""
+    if len(ranked) < 2:
+        return "the only layout that runs and fits" if ranked else ""
+    a, b = ranked[0], ranked[1]
+    names = {"compute": "compute", "bubble": "pipeline bubble", "tp": "tensor-parallel all-reduces",
+             "cp": "context-parallel ring passes", "ep": "expert-parallel all-to-alls",
+             "pp": "pipeline sends", "dp": "data-parallel traffic (overlapped with compute)"}
+    if b.step_seconds - a.step_seconds > 1e-12 * max(1.0, b.step_seconds):
+        part = max(names, key=lambda k: b.seconds.get(k, 0.0) - a.seconds.get(k, 0.0))
+        saved = b.seconds.get(part, 0.0) - a.seconds.get(part, 0.0)
+        return (f"{a.layout.label} beats {b.layout.label} by {_ms(b.step_seconds - a.step_seconds)} per step, "
+                f"most of it {_ms(saved)} less {names[part]}")
+    ta = sum(v for k, v in a.seconds.items() if k not in ("compute", "bubble"))
+    tb = sum(v for k, v in b.seconds.items() if k not in ("compute", "bubble"))
+    if tb > ta:
+        return (f"{a.layout.label} ties {b.layout.label} on step time and moves less data "
+                f"({_ms(ta)} of communication against {_ms(tb)})")
+    return (f"{a.layout.label} ties {b.layout.label} on step time and traffic and needs less memory "
+            f"({a.memory_bytes / 1e9:,.1f} GB against {b.memory_bytes / 1e9:,.1f} GB)")
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:,.2f} ms"
+
+
+def _code(layout: Layout, spec: str, hw: Hardware) -> str:
+    """The lines that build the model and apply the layout, to copy."""
+    device = "cpu" if hw.name == "cpu" else "cuda"
+    build = (f"model = archlang.build({spec!r}, disabled={TP_UNFUSED!r})  # tp splits q/k/v and gate/up apart"
+             if layout.tp > 1 else f"model = archlang.build({spec!r})")
+    mesh = layout.mesh
+    if not mesh:
+        return f"import archlang\n{build}  # one device: no mesh to apply"
+    sizes = tuple(mesh.values())
+    names = tuple(mesh)
+    return ("import archlang\n"
+            "from torch.distributed.device_mesh import init_device_mesh\n"
+            "from archlang.distributed import shard\n"
+            f"{build}\n"
+            f"mesh = init_device_mesh({device!r}, {sizes!r}, mesh_dim_names={names!r})\n"
+            "shard(model, mesh)")
+
+
+def meta_model(compiled):
+    """The generated model of a compiled spec (api.Compiled) built on the meta device: every
+    module and shape the runtime's checks read, and no memory."""
+    import torch
+
+    from archlang.api import _default_dtype, load_source, torch_dtype
+
+    module = load_source(compiled.source, compiled.model.name)
+    with _default_dtype(torch_dtype(compiled.model.dtype)), torch.device("meta"):
+        return module.build()
