@@ -975,7 +975,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
     p.add_argument("--seq", type=_dimension, help="tokens per sequence (default: the model's context)")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per data-parallel rank, and "
-                                                        "sequences decoded together (default 1)")
+                                                        "sequences decoded together (default 1); with --advise, "
+                                                        "sequences per device: a global batch of --batch x --gpus")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp8", "fp32"], help="compute dtype (default: the model's)")
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="selective",
                    help="activation recomputation (default selective: the attention core, as FlashAttention does)")

@@ -34,6 +34,7 @@ bounded by the per-device bandwidth of one direction (the NCCL "bus bandwidth" m
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -49,7 +50,7 @@ from archlang.compiler.ir import ordered_nodes
 from archlang.spec.errors import ArchError
 
 from . import RECOMPUTE, _DTYPE_NAMES, _attention_core_flops, _weights
-from .activations import saved_activations
+from .activations import saved_activations, tensor_parallel_split
 from .hardware import DTYPES, Hardware
 
 # outermost first, as init_device_mesh takes them: tp innermost keeps its per-layer all-reduces
@@ -284,11 +285,15 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
 
     facts = compute_facts(g, context=seq, dtype=dtype)
     dense, routed, moes = _weights(g, training=True)
-    acts = saved_activations(g, seq=seq, nbytes=nb, keep_probabilities=recompute == "none")
-    if recompute == "full":  # each layer's input, and one layer's activations while it is recomputed
-        act_per_token = sum(acts.layer_inputs.values()) + acts.largest_layer() + acts.by_layer.get(None, 0.0)
-    else:
-        act_per_token = acts.total
+    split = tensor_parallel_split(g)
+
+    @functools.cache
+    def act_per_token(t: int) -> float:
+        """Saved bytes per token on each of t tensor-parallel ranks."""
+        acts = saved_activations(g, seq=seq, nbytes=nb, keep_probabilities=recompute == "none", split=split, ways=t)
+        if recompute == "full":  # each layer's input, and one layer's activations while it is recomputed
+            return sum(acts.layer_inputs.values()) + acts.largest_layer() + acts.by_layer.get(None, 0.0)
+        return acts.total
     flops = float(facts.flops_per_token)
     attention_core = _attention_core_flops(g, seq, nb)
     d_model = g.graph["d_model"]
@@ -323,7 +328,7 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         states = dense_slice / dense_group + routed_slice / lay.dp_shard
         in_flight = seq / cp if p > 1 else tokens_dev  # 1F1B: one micro-batch of every layer
         memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
-                      activations=act_per_token * in_flight / t)
+                      activations=act_per_token(t) * in_flight)
         # --- compute
         replicated = 0.0
         if t > 1:  # what every tp rank computes whole
@@ -399,7 +404,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         "AdamW in mixed precision: 16-bit weights and gradients, float32 master weights and moments"
         if master else "AdamW in float32: weights, gradients and two moments",
         "pipelines run 1F1B over micro-batches of one sequence; their first stage holds one micro-batch of every layer",
-        "activations divided by the tensor- and context-parallel degrees",
+        "activations: each rank keeps its context-parallel shard's; tensor parallelism splits those between a "
+        "column- and a row-parallel projection, and no sequence parallelism splits the rest",
         "the ep ranks are data-parallel for everything but the experts, and FSDP2 shards the non-expert weights "
         "over dp_shard x ep (as shard_with_experts does) and the experts over dp_shard",
         "data-parallel traffic overlaps compute; tensor-, context-, expert- and pipeline-parallel traffic does not",
