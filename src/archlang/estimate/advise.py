@@ -360,7 +360,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         return Candidate(lay, sum(memory.values()), memory, step, tokens / step if step else 0.0, seconds, m)
 
     check = _Feasibility(g, model, seq)
-    refused: dict[str, list] = {}
+    refused: dict[str, list[tuple[Layout, str]]] = {}  # family → (layout, what was said), in order
+    too_big: list[Candidate] = []
     candidates: list[Candidate] = []
     all_layouts = layouts(gpus)
     for lay in all_layouts:
@@ -373,15 +374,11 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
                 if isinstance(found[dim], str):
                     reason = f"{dim}: {found[dim]}"
                     break
-        if reason is None:
-            cand = _estimate(lay, found)
-            if cand.memory_bytes > hw.memory_bytes:
-                reason = (f"needs {cand.memory_bytes / 1e9:,.1f} GB per device for training, more than the "
-                          f"{hw.memory_bytes / 1e9:g} GB of {hw.name}")
-            else:
-                candidates.append(cand)
-                continue
-        refused.setdefault(_family(reason), []).append((lay, reason))
+        if reason is not None:
+            refused.setdefault(_family(reason), []).append((lay, reason))
+            continue
+        cand = _estimate(lay, found)
+        (too_big if cand.memory_bytes > hw.memory_bytes else candidates).append(cand)
 
     # ranking: step time; among equals, less traffic in all (overlapped or not), then less memory
     def traffic(c: Candidate) -> float:
@@ -392,8 +389,16 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
 
     candidates.sort(key=lambda c: (same(c.step_seconds), same(traffic(c)), same(c.memory_bytes), len(c.layout.mesh)))
     rejected = [Rejection(reason=family if len(items) > 1 else items[0][1], count=len(items),
-                          example=items[0][0].label, message=items[0][1])
-                for family, items in sorted(refused.items(), key=lambda kv: -len(kv[1]))]
+                          example=items[0][0].label, message=items[0][1]) for family, items in refused.items()]
+    if too_big:  # one family, shown by the layout that comes closest to fitting
+        closest = min(too_big, key=lambda c: c.memory_bytes)
+        limit = f"{hw.memory_bytes / 1e9:g} GB of {hw.name}"
+        rejected.append(Rejection(
+            reason=f"needs more than the {limit} per device for training", count=len(too_big),
+            example=closest.layout.label,
+            message=f"needs more than the {limit} per device for training; the closest to fitting needs "
+                    f"{closest.memory_bytes / 1e9:,.1f} GB"))
+    rejected.sort(key=lambda r: -r.count)
     best = candidates[0] if candidates else None
     assumptions = [
         f"{hw.description}: {hw.memory_bytes / 1e9:g} GB, {peak / 1e12:g} dense {dtype} TFLOP/s; "
