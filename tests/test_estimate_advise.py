@@ -302,3 +302,16 @@ def test_tensor_parallel_activations_match_korthikanti_without_sequence_parallel
     for t in (1, 2, 4, 8):
         per_token = saved_activations(g, seq=s, nbytes=2, keep_probabilities=True, split=split, ways=t)
         assert per_token.by_layer[("layers", 2)] == 10 * h + 24 * h / t + 5 * a * s / t
+
+
+def test_tensor_parallelism_repeats_what_it_leaves_replicated():
+    # the runtime's tensor parallelism splits attention and dense FFNs, not MoE experts or the LM
+    # head: every tp rank computes those whole, so tp costs a MoE model more compute than a dense one
+    from archlang.estimate.advise import Layout
+
+    def compute_ratio(spec):
+        kept = {c.layout: c for c in _advise(spec, 4).layouts}
+        return kept[Layout(dp_replicate=2, tp=2)].seconds["compute"] / kept[Layout(dp_replicate=4)].seconds["compute"]
+
+    dense, sparse = compute_ratio(DENSE.format(tied="false")), compute_ratio(MOE)
+    assert 1 < dense < sparse < 2

@@ -47,6 +47,7 @@ import networkx as nx
 from archlang.compiler import compute_facts
 from archlang.compiler.facts import DTYPE_BYTES
 from archlang.compiler.ir import ordered_nodes
+from archlang.compiler.ops import FactsContext, op_def
 from archlang.spec.errors import ArchError
 
 from . import RECOMPUTE, _DTYPE_NAMES, _attention_core_flops, _weights
@@ -228,27 +229,24 @@ class _Feasibility:
 def _tp_shares(model, plan: dict[str, str]) -> dict[str, float]:
     """What tensor parallelism splits, from its plan: the parameters of the planned Linears (each
     module once), and per token the widths all-reduced (row-parallel outputs forward,
-    column-parallel input gradients backward) and the weights multiplied, at each use of a block."""
+    column-parallel input gradients backward) at each use of a block."""
     from torch import nn
 
     uses: Counter = Counter()
     for _, stack in model.named_children():
         if isinstance(stack, nn.ModuleList):
             uses.update(id(block) for block in stack)
-    params = forward_width = backward_width = weights_used = 0
+    params = forward_width = backward_width = 0
     for name, role in plan.items():
         linear = model.get_submodule(name)
         owner = model.get_submodule(name.rpartition(".")[0])
         n_uses = uses[id(owner)] or 1
         params += sum(p.numel() for p in linear.parameters())
-        weights_used += n_uses * linear.weight.numel()
         if role == "rowwise":
             forward_width += n_uses * linear.out_features
         else:
             backward_width += n_uses * linear.in_features
-    attention = any(name.rpartition(".")[2] in ("q_proj", "k_proj", "v_proj") for name in plan)
-    return dict(params=params, forward_width=forward_width, backward_width=backward_width,
-                weights_used=weights_used, attention=attention)
+    return dict(params=params, forward_width=forward_width, backward_width=backward_width)
 
 
 def _family(message: str) -> str:
@@ -286,6 +284,11 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
     facts = compute_facts(g, context=seq, dtype=dtype)
     dense, routed, moes = _weights(g, training=True)
     split = tensor_parallel_split(g)
+    # the FLOPs tensor parallelism splits: its column-parallel projections, the attention cores and
+    # FFN activations between them, and the row-parallel projections after them
+    fctx = FactsContext(context=seq, nbytes=nb)
+    rowwise = {dst for n in split if op_def(g.nodes[n]["op"]).splits_heads(g.nodes[n]) for _, dst in g.out_edges(n)}
+    tp_flops = sum(op_def(g.nodes[n]["op"]).cost(g.nodes[n], fctx).flops for n in split | rowwise)
 
     @functools.cache
     def act_per_token(t: int) -> float:
@@ -311,7 +314,7 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         return hw.intra_node_bandwidth if within else hw.inter_node_bandwidth
 
     kv_per_token = facts.kv_cache_bytes_per_token  # K and V of every attention layer, in `dtype`
-    no_tp = dict(params=0, forward_width=0, backward_width=0, weights_used=0, attention=False)
+    no_tp = dict(params=0, forward_width=0, backward_width=0)
 
     def _estimate(lay: Layout, found: dict) -> Candidate:
         t, p, cp, ep = lay.tp, lay.pp, lay.cp, lay.ep
@@ -330,10 +333,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
                       activations=act_per_token(t) * in_flight)
         # --- compute
-        replicated = 0.0
-        if t > 1:  # what every tp rank computes whole
-            split = 2 * share["weights_used"] + (attention_core if share["attention"] else 0.0)
-            replicated = min(1.0, max(0.0, 1 - split / flops)) if flops else 0.0
+        # the share every tp rank computes whole
+        replicated = min(1.0, max(0.0, 1 - tp_flops / flops)) if t > 1 and flops else 0.0
         work = 3 * flops * tokens / (gpus * peak * mfu) * (1 + (t - 1) * replicated) * stage_flops * p
         if not balanced:  # contiguous causal shards: the last rank attends to every earlier block
             work *= 1 + (attention_core / flops if flops else 0.0) * (2 * cp / (cp + 1) - 1)
