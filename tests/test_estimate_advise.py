@@ -156,8 +156,10 @@ def test_more_memory_per_device_never_drops_a_layout():
     assert kept[0] < kept[-1]  # the smallest memory did drop some
 
 
-def test_the_ranking_follows_the_stated_step_times():
-    advice = _advise(MOE, 8)
+@pytest.mark.parametrize("spec,dim", [(DENSE.format(tied="false"), "pp"), (MOE, "ep")], ids=["dense", "moe"])
+def test_the_ranking_follows_the_stated_step_times(spec, dim):
+    advice = _advise(spec, 8)
+    assert any(getattr(c.layout, dim) > 1 for c in advice.layouts)  # the formulas below are exercised
     steps = [c.step_seconds for c in advice.layouts]
     assert steps == sorted(steps)
     for c in advice.layouts:
@@ -169,7 +171,8 @@ def test_the_ranking_follows_the_stated_step_times():
         if c.layout.pp > 1:  # 1F1B: (p - 1) / (m + p - 1) of the pipelined time, m = sequences per pipeline
             m = advice.global_batch // dp
             assert c.microbatches == m
-            assert s["bubble"] / (s["compute"] + s["bubble"]) == pytest.approx((c.layout.pp - 1) / (m + c.layout.pp - 1))
+            p = c.layout.pp
+            assert s["bubble"] / (s["compute"] + s["bubble"]) == pytest.approx((p - 1) / (m + p - 1))
         for dim in ("tp", "cp", "ep", "pp"):
             assert (s[dim] > 0) == (getattr(c.layout, dim) > 1)
     assert advice.why.startswith(advice.layouts[0].layout.label)
@@ -281,6 +284,11 @@ def test_nothing_fits_exits_1(tmp_path, capsys):
     assert main(["estimate", spec, "--gpus", "2", "--advise", "--hardware-file", str(f), "--hardware", "tiny"]) == 1
     captured = capsys.readouterr()
     assert "no layout of 2 x tiny" in captured.err and "more than the" in captured.out
+    args = ["estimate", spec, "--gpus", "2", "--advise", "--hardware-file", str(f), "--hardware", "tiny", "--json"]
+    assert main(args) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["layouts"] == [] and data["feasible"] == 0 and data["code"] == ""
+    assert sum(r["count"] for r in data["rejected"]) == data["considered"]
 
 
 def test_the_real_command_prints_no_traceback():

@@ -13,7 +13,9 @@ so step times compare the same work. Step time, per device:
                 parallelism leaves replicated (LM head, MoE, MLA, SSM projections: every tp rank
                 computes them whole); stage: the costliest pipeline stage's share of the FLOPs
                 times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble, with m
-                micro-batches of one sequence each
+                micro-batches of one sequence each; contiguous context-parallel shards (where
+                zig-zag ones are refused) leave the last rank 2 cp / (cp + 1) of the mean
+                attention-core work
     tp        = 2 (t-1)/t x (bytes into each row-parallel Linear's output, forward, and each
                 column-parallel Linear's input gradient, backward) / link     (all-reduces)
     cp        = 3 (cp-1) x local K/V bytes / link    (the ring passes K/V once forward, K/V and
@@ -24,6 +26,12 @@ so step times compare the same work. Step time, per device:
     dp        = 3 (n-1)/n x W / link for FSDP over n ranks (all-gather forward and backward,
                 reduce-scatter), 2 (n-1)/n x W' / link for the all-reduce across replicas
     step      = max(compute, dp) + tp + cp + ep + pp
+
+Memory per device: the weights tensor parallelism does not split and 1/t of those it does, times
+the largest pipeline stage's share, over dp_shard x ep ranks (FSDP2; the experts over ep, then
+dp_shard), at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32 master
+and two AdamW moments); plus the saved activations (activations.py) of the tokens in flight: the
+device's share of the batch, or one micro-batch of every layer on a 1F1B pipeline's first stage.
 
 The data-parallel traffic overlaps the compute of other layers (DDP gradient buckets, FSDP2
 prefetching), so it counts only where it exceeds the compute; the others sit on each layer's
@@ -38,7 +46,7 @@ import functools
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from itertools import product
 from types import SimpleNamespace
 
@@ -134,7 +142,8 @@ class Advice:
     def to_json(self) -> dict:
         return {"model": self.model, "hardware": self.hardware, "gpus": self.gpus, "seq": self.seq,
                 "global_batch": self.global_batch, "dtype": self.dtype, "recompute": self.recompute, "mfu": self.mfu,
-                "considered": self.considered, "feasible": self.feasible, "layouts": [c.to_json() for c in self.layouts],
+                "considered": self.considered, "feasible": self.feasible,
+                "layouts": [c.to_json() for c in self.layouts],
                 "rejected": [r.to_json() for r in self.rejected], "why": self.why, "code": self.code,
                 "assumptions": self.assumptions}
 
@@ -297,6 +306,7 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         if recompute == "full":  # each layer's input, and one layer's activations while it is recomputed
             return sum(acts.layer_inputs.values()) + acts.largest_layer() + acts.by_layer.get(None, 0.0)
         return acts.total
+
     flops = float(facts.flops_per_token)
     attention_core = _attention_core_flops(g, seq, nb)
     d_model = g.graph["d_model"]
@@ -304,7 +314,6 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
     global_batch = batch * gpus
     tokens = global_batch * seq
     master = 4 if nb < 4 else 0  # 16-bit training keeps float32 master weights
-    state_bytes = 2 * nb + master + 8  # weight, gradient, master, two AdamW moments
 
     def link(layout: Layout, dims: tuple[str, ...]) -> float:
         """The bandwidth of a group over `dims` (adjacent in DIMS): intra-node when its ranks share a node."""
@@ -418,7 +427,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         "MoE routing uniform" if moes else "",
     ]
     return Advice(model=g.graph["name"], hardware=hw.name, gpus=gpus, seq=seq, global_batch=global_batch,
-                  dtype=dtype, recompute=recompute, mfu=mfu, considered=len(all_layouts), feasible=len(candidates), layouts=candidates[:top],
+                  dtype=dtype, recompute=recompute, mfu=mfu, considered=len(all_layouts), feasible=len(candidates),
+                  layouts=candidates[:top],
                   rejected=rejected, why=_why(candidates), code=_code(best.layout, spec, hw) if best else "",
                   assumptions=[a for a in assumptions if a])
 
