@@ -270,10 +270,16 @@ def test_table_exit_0(capsys):
     (["--gpus", "-8"], "--gpus must be at least 1"),
     (["--gpus", "4", "--tp", "2"], "--advise chooses the layout itself"),
     (["--gpus", "4", "--fsdp"], "drop --fsdp"),
+    (["--gpus", "4", "--global-batch", "0"], "--global-batch must be at least 1"),
 ])
 def test_bad_options_exit_2(capsys, args, words):
     assert main(["estimate", str(SPECS / "tiny_llama.arch"), "--advise", *args]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_global_batch_is_for_advice(capsys):
+    assert main(["estimate", str(SPECS / "tiny_llama.arch"), "--global-batch", "8"]) == 2
+    assert "--global-batch is for --advise" in capsys.readouterr().err
 
 
 def test_nothing_fits_exits_1(tmp_path, capsys):
@@ -323,3 +329,28 @@ def test_tensor_parallelism_repeats_what_it_leaves_replicated():
 
     dense, sparse = compute_ratio(DENSE.format(tied="false")), compute_ratio(MOE)
     assert 1 < dense < sparse < 2
+
+
+def test_the_global_batch_splits_into_micro_batches_on_every_data_parallel_rank():
+    advice = _advise(DENSE.format(tied="false"), 4, global_batch=6)
+    assert advice.global_batch == 6 and advice.layouts
+    for c in advice.layouts:
+        dp = c.layout.data_parallel
+        assert 6 % dp == 0 and c.microbatches == 6 // dp >= c.layout.pp
+    assert any("does not split into micro-batches" in r.message for r in advice.rejected)  # dp = 4
+    few = _advise(DENSE.format(tied="false"), 4, global_batch=2)
+    assert all(c.layout.pp <= c.microbatches for c in few.layouts)
+    assert any("needs at least" in r.message for r in few.rejected)  # pp = 4 over 2 micro-batches
+
+
+def test_activations_follow_the_micro_batch_not_the_layout():
+    # one micro-batch of `batch` sequences is in flight on every layout (1F1B's first stage holds p
+    # micro-batches of 1/p of the layers): its saved tensors depend on tp and cp alone
+    advice = _advise(DENSE.format(tied="false"), 8, batch=2)
+    by_split: dict = {}
+    for c in advice.layouts:
+        by_split.setdefault((c.layout.tp, c.layout.cp), set()).add(round(c.memory["activations"], 3))
+    assert len(by_split) > 2 and all(len(v) == 1 for v in by_split.values())
+    one = {k: v.pop() for k, v in by_split.items()}
+    assert one[(1, 2)] == pytest.approx(one[(1, 1)] / 2)  # each cp rank keeps its shard's
+    assert one[(1, 1)] / 2 < one[(2, 1)] < one[(1, 1)]  # tp splits some of them, not the residual stream

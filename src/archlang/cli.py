@@ -537,6 +537,8 @@ def cmd_estimate(args) -> int:
         raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
     if args.advise:
         return _advise(args, known[args.hardware])
+    if args.global_batch is not None:
+        raise UsageError("--global-batch is for --advise: one layout's estimate takes --batch per data-parallel rank")
     compiled = _compile(args)
     setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp,
                   seq=args.seq, batch=args.batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu,
@@ -588,10 +590,12 @@ def _advise(args, hardware) -> int:
                          "estimate that one layout)")
     if args.gpus < 1:
         raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.global_batch is not None and args.global_batch < 1:
+        raise UsageError(f"--global-batch must be at least 1, got {args.global_batch}")
     # tensor parallelism splits q/k/v and gate/up apart: advise on the model built without those fusions
     compiled = _compile(Namespace(**{**vars(args), "disable_pass": [*args.disable_pass, *TP_UNFUSED]}))
     a = advise(compiled.graph, meta_model(compiled), hardware=hardware, gpus=args.gpus, seq=args.seq,
-               batch=args.batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu, top=args.top,
+               batch=args.batch, global_batch=args.global_batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu, top=args.top,
                spec=args.file)
     if args.json:
         print(json.dumps(a.to_json(), indent=2, sort_keys=True))
@@ -975,8 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
     p.add_argument("--seq", type=_dimension, help="tokens per sequence (default: the model's context)")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per data-parallel rank, and "
-                                                        "sequences decoded together (default 1); with --advise, "
-                                                        "sequences per device: a global batch of --batch x --gpus")
+                                                        "sequences decoded together (default 1)")
+    p.add_argument("--global-batch", type=int, metavar="N",
+                   help="with --advise: sequences per training step (default --batch x --gpus)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp8", "fp32"], help="compute dtype (default: the model's)")
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="selective",
                    help="activation recomputation (default selective: the attention core, as FlashAttention does)")

@@ -5,15 +5,17 @@ reason (its checks run on the model built on the meta device), one that does not
 memory is dropped with its size, and the rest are ranked by estimated step time. Nothing is
 measured; every assumption is listed with the advice.
 
-The global batch is the same for every layout (`batch` sequences per device, `batch x N` in all),
-so step times compare the same work. Step time, per device:
+The global batch is the same for every layout (`global_batch` sequences, by default `batch` x N),
+so step times compare the same work; each data-parallel rank runs its share in micro-batches of
+`batch` sequences (gradient accumulation, or a pipeline's schedule), m of them. Step time, per
+device:
 
     compute   = 3 F T / (N peak mfu) x (1 + (t-1) r) x stage x (m + p - 1) / m
                 F: forward FLOPs per token, T: tokens per step; r: the share of F that tensor
                 parallelism leaves replicated (LM head, MoE, MLA, SSM projections: every tp rank
                 computes them whole); stage: the costliest pipeline stage's share of the FLOPs
-                times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble, with m
-                micro-batches of one sequence each; contiguous context-parallel shards (where
+                times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble;
+                contiguous context-parallel shards (where
                 zig-zag ones are refused) leave the last rank 2 cp / (cp + 1) of the mean
                 attention-core work
     tp        = 2 (t-1)/t x (bytes into each row-parallel Linear's output, forward, and each
@@ -30,8 +32,9 @@ so step times compare the same work. Step time, per device:
 Memory per device: the weights tensor parallelism does not split and 1/t of those it does, times
 the largest pipeline stage's share, over dp_shard x ep ranks (FSDP2; the experts over ep, then
 dp_shard), at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32 master
-and two AdamW moments); plus the saved activations (activations.py) of the tokens in flight: the
-device's share of the batch, or one micro-batch of every layer on a 1F1B pipeline's first stage.
+and two AdamW moments); plus the saved activations (activations.py) of one micro-batch, its
+context-parallel shard (a 1F1B pipeline's first stage holds p micro-batches of its 1/p of the
+layers: the same).
 
 The data-parallel traffic overlaps the compute of other layers (DDP gradient buckets, FSDP2
 prefetching), so it counts only where it exceeds the compute; the others sit on each layer's
@@ -263,8 +266,8 @@ def _family(message: str) -> str:
 
 
 def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int | None = None, batch: int = 1,
-           dtype: str | None = None, recompute: str = "selective", mfu: float = 0.4, top: int = 5,
-           spec: str = "model.arch") -> Advice:
+           global_batch: int | None = None, dtype: str | None = None, recompute: str = "selective",
+           mfu: float = 0.4, top: int = 5, spec: str = "model.arch") -> Advice:
     """Rank the parallel layouts of `gpus` devices for training. `g`: the optimized IR; `model`:
     the generated model built on the meta device (its runtime checks are asked), compiled without
     the fusions tensor parallelism cannot split (TP_UNFUSED) if tp is to be considered."""
@@ -272,6 +275,10 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         raise ArchError(f"--gpus must be at least 1, got {gpus}", hint="pass a positive integer", kind="usage")
     if batch < 1:
         raise ArchError(f"--batch must be at least 1, got {batch}", hint="pass a positive integer", kind="usage")
+    global_batch = batch * gpus if global_batch is None else global_batch
+    if global_batch < 1:
+        raise ArchError(f"--global-batch must be at least 1, got {global_batch}", hint="pass a positive integer",
+                        kind="usage")
     if recompute not in RECOMPUTE:
         raise ArchError(f"unknown recompute policy {recompute!r}", hint=f"one of {', '.join(RECOMPUTE)}", kind="usage")
     if not 0 < mfu <= 1:
@@ -311,7 +318,6 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
     attention_core = _attention_core_flops(g, seq, nb)
     d_model = g.graph["d_model"]
     moe_rows = sum(d["attrs"]["top_k"] for n in ordered_nodes(g) if (d := g.nodes[n])["op"] == "moe")
-    global_batch = batch * gpus
     tokens = global_batch * seq
     master = 4 if nb < 4 else 0  # 16-bit training keeps float32 master weights
 
@@ -332,13 +338,13 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         balanced = found.get("cp", True)
         dp = lay.data_parallel
         tokens_dev = tokens / (dp * cp)  # its data-parallel rank's tokens, its cp shard of them
-        m = global_batch // dp if p > 1 else 1  # micro-batches of one sequence
+        m = global_batch // (dp * batch)  # micro-batches per step
         # --- memory: this device's tp/pp slice of the weights, then what FSDP shards of it
         dense_slice = (dense - share["params"] + share["params"] / t) * stage_params
         routed_slice = routed * stage_params / ep
         dense_group = lay.dp_shard * ep
         states = dense_slice / dense_group + routed_slice / lay.dp_shard
-        in_flight = seq / cp if p > 1 else tokens_dev  # 1F1B: one micro-batch of every layer
+        in_flight = batch * seq / cp  # one micro-batch (1F1B's first stage: p of them, 1/p of the layers each)
         memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
                       activations=act_per_token(t) * in_flight)
         # --- compute
@@ -384,6 +390,12 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
                 if isinstance(found[dim], str):
                     reason = f"{dim}: {found[dim]}"
                     break
+        if reason is None and global_batch % (lay.data_parallel * batch):
+            reason = (f"the global batch of {global_batch} sequences does not split into micro-batches of {batch} "
+                      f"over {lay.data_parallel} data-parallel ranks")
+        elif reason is None and lay.pp > global_batch // (lay.data_parallel * batch):
+            reason = (f"a 1F1B pipeline of {lay.pp} stages needs at least {lay.pp} micro-batches, and each of the "
+                      f"{lay.data_parallel} data-parallel ranks has {global_batch // (lay.data_parallel * batch)}")
         if reason is not None:
             refused.setdefault(_family(reason), []).append((lay, reason))
             continue
@@ -414,11 +426,11 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         f"{hw.description}: {hw.memory_bytes / 1e9:g} GB, {peak / 1e12:g} dense {dtype} TFLOP/s; "
         f"{hw.node_size} per node, {hw.intra_node_bandwidth / 1e9:g} GB/s inside a node and "
         f"{hw.inter_node_bandwidth / 1e9:g} GB/s between nodes per device and direction ({hw.interconnect_source})",
-        f"training with a global batch of {global_batch} x {seq:,} tokens ({batch} sequence(s) per device) in "
+        f"training with a global batch of {global_batch} x {seq:,} tokens in micro-batches of {batch} in "
         f"{dtype}, recompute {recompute}, model FLOPs utilisation {mfu:g}",
         "AdamW in mixed precision: 16-bit weights and gradients, float32 master weights and moments"
         if master else "AdamW in float32: weights, gradients and two moments",
-        "pipelines run 1F1B over micro-batches of one sequence; their first stage holds one micro-batch of every layer",
+        "pipelines run 1F1B; their first stage holds p micro-batches of its 1/p of the layers",
         "activations: each rank keeps its context-parallel shard's; tensor parallelism splits those between a "
         "column- and a row-parallel projection, and no sequence parallelism splits the rest",
         "the ep ranks are data-parallel for everything but the experts, and FSDP2 shards the non-expert weights "
