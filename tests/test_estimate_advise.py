@@ -271,6 +271,7 @@ def test_table_exit_0(capsys):
     (["--gpus", "4", "--tp", "2"], "--advise chooses the layout itself"),
     (["--gpus", "4", "--fsdp"], "drop --fsdp"),
     (["--gpus", "4", "--global-batch", "0"], "--global-batch must be at least 1"),
+    (["--gpus", "4", "--top", "0"], "--top must be at least 1"),
 ])
 def test_bad_options_exit_2(capsys, args, words):
     assert main(["estimate", str(SPECS / "tiny_llama.arch"), "--advise", *args]) == 2

@@ -436,6 +436,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         "the ep ranks are data-parallel for everything but the experts, and FSDP2 shards the non-expert weights "
         "over dp_shard x ep (as shard_with_experts does) and the experts over dp_shard",
         "data-parallel traffic overlaps compute; tensor-, context-, expert- and pipeline-parallel traffic does not",
+        "collectives cost bytes over bandwidth, without latency: messages large enough to fill the links (small "
+        "models are latency-bound in practice, and this favours splitting them more than it should)",
         "MoE routing uniform" if moes else "",
     ]
     return Advice(model=g.graph["name"], hardware=hw.name, gpus=gpus, seq=seq, global_batch=global_batch,
