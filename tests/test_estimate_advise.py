@@ -355,3 +355,16 @@ def test_activations_follow_the_micro_batch_not_the_layout():
     one = {k: v.pop() for k, v in by_split.items()}
     assert one[(1, 2)] == pytest.approx(one[(1, 1)] / 2)  # each cp rank keeps its shard's
     assert one[(1, 1)] / 2 < one[(2, 1)] < one[(1, 1)]  # tp splits some of them, not the residual stream
+
+
+def test_attention_dropout_gets_no_cp():
+    # context_parallel refuses it at the first training forward: the advice must not offer it
+    from .estimate.test_estimate import GPT
+
+    with_dropout = GPT.format(h=64, a=4, s=64, ffn=128)
+    without = with_dropout.replace("    attention_dropout = 0.1\n", "")
+    assert any(c.layout.cp > 1 for c in _advise(without, 4).layouts)
+    advice = _advise(with_dropout, 4)
+    assert all(c.layout.cp == 1 for c in advice.layouts)
+    assert any("attention with dropout" in r.message for r in advice.rejected)
+

@@ -226,8 +226,15 @@ class _Feasibility:
                 max(sum(costs[i][1] for i in r) for r in stages) / params)
 
     def _cp(self, n: int):
-        from archlang.context_parallel import check_context_parallel, shard_positions
+        from archlang import runtime as rt
+        from archlang.context_parallel import _UNSUPPORTED, check_context_parallel, shard_positions
 
+        # the ring refuses attention dropout when a training forward asks for it, not beforehand
+        dropping = next((name for name, m in self.model.named_modules()
+                         if isinstance(m, rt.Attention) and getattr(m, "dropout", 0)), None)
+        if dropping is not None:
+            raise ArchError(f"context parallelism cannot run attention with dropout ({dropping}): "
+                            f"{_UNSUPPORTED['dropout']}", kind="distributed")
         try:  # zig-zag shards balance causal attention's work; linear attention needs them in order
             check_context_parallel(self.model, load_balance=True)
             shard_positions(self.seq, n, 0, load_balance=True)
