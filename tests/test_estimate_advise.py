@@ -194,9 +194,9 @@ def test_a_model_too_large_for_one_device_is_sharded(llama_advice):
     g = compile_spec(EXAMPLES / "llama3_8b.arch").graph
     assert not estimate(g, Setup(H100, seq=2048)).training["fits"]  # the premise: one device cannot train it
     assert llama_advice.layouts
-    for c in llama_advice.layouts:  # every layout kept splits the weights somehow
+    for c in llama_advice.layouts:  # every layout kept splits the weights: none replicates them whole
         lay = c.layout
-        assert lay.dp_shard > 1 or lay.tp > 1 or lay.pp > 1
+        assert lay.dp_shard * lay.ep * lay.cp * lay.tp * lay.pp > 1  # FSDP2 shards over dp_shard, ep and cp
     assert any("more than the 80 GB" in r.message for r in llama_advice.rejected)
 
 
@@ -368,3 +368,25 @@ def test_attention_dropout_gets_no_cp():
     assert all(c.layout.cp == 1 for c in advice.layouts)
     assert any("attention with dropout" in r.message for r in advice.rejected)
 
+
+
+def test_the_code_of_every_layout_parses_and_passes_what_shard_needs():
+    from archlang.estimate.advise import _code
+
+    advice = _advise(DENSE.format(tied="false"), 8)
+    seen = set()
+    for c in advice.layouts:
+        code = _code(c, "dense.arch", H100, load_balance=True)
+        tree = ast.parse(code)
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+        shard = next(n for n in calls if n.func.id == "shard")
+        keywords = {k.arg: ast.literal_eval(k.value) for k in shard.keywords}
+        if c.layout.pp > 1:  # shard() needs the pipeline's micro-batches
+            assert keywords["microbatches"] == c.microbatches >= c.layout.pp
+            seen.add("pp")
+        else:
+            assert "microbatches" not in keywords
+        if c.layout.cp > 1:
+            assert "from archlang.context_parallel import context_parallel" in code
+            seen.add("cp")
+    assert seen == {"pp", "cp"}

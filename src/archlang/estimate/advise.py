@@ -15,9 +15,8 @@ device:
                 parallelism leaves replicated (LM head, MoE, MLA, SSM projections: every tp rank
                 computes them whole); stage: the costliest pipeline stage's share of the FLOPs
                 times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble;
-                contiguous context-parallel shards (where
-                zig-zag ones are refused) leave the last rank 2 cp / (cp + 1) of the mean
-                attention-core work
+                contiguous context-parallel shards (where zig-zag ones are refused) leave the
+                last rank 2 cp / (cp + 1) of the mean attention-core work
     tp        = 2 (t-1)/t x (bytes into each row-parallel Linear's output, forward, and each
                 column-parallel Linear's input gradient, backward) / link     (all-reduces)
     cp        = 3 (cp-1) x local K/V bytes / link    (the ring passes K/V once forward, K/V and
@@ -25,16 +24,18 @@ device:
     ep        = 4 (ep-1)/ep x tokens x top_k x d_model x bytes / link   (dispatch and combine
                 all-to-alls, forward and backward, per MoE layer)
     pp        = 2 x tokens x d_model x bytes / link   (activations forward, gradients backward)
-    dp        = 3 (n-1)/n x W / link for FSDP over n ranks (all-gather forward and backward,
-                reduce-scatter), 2 (n-1)/n x W' / link for the all-reduce across replicas
+    dp        = 3 (n-1)/n x W / link for FSDP2 over the n = dp_shard x ep x cp ranks (all-gather
+                forward and backward, reduce-scatter of the dense weights W), 2 (r-1)/r x W/n /
+                link across r = dp_replicate replicas, 2 (h-1)/h x E / link for the experts E
+                over the h = dp_replicate x dp_shard x cp ranks that hold the same ones
     step      = max(compute, dp) + tp + cp + ep + pp
 
 Memory per device: the weights tensor parallelism does not split and 1/t of those it does, times
-the largest pipeline stage's share, over dp_shard x ep ranks (FSDP2; the experts over ep, then
-dp_shard), at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32 master
-and two AdamW moments); plus the saved activations (activations.py) of one micro-batch, its
-context-parallel shard (a 1F1B pipeline's first stage holds p micro-batches of its 1/p of the
-layers: the same).
+the largest pipeline stage's share, the dense ones over dp_shard x ep x cp ranks (FSDP2), the
+experts over ep, at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32
+master and two AdamW moments); plus the saved activations (activations.py) of one micro-batch,
+its context-parallel shard (a 1F1B pipeline's first stage holds p micro-batches of its 1/p of
+the layers: the same).
 
 The data-parallel traffic overlaps the compute of other layers (DDP gradient buckets, FSDP2
 prefetching), so it counts only where it exceeds the compute; the others sit on each layer's
@@ -329,9 +330,12 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
     master = 4 if nb < 4 else 0  # 16-bit training keeps float32 master weights
 
     def link(layout: Layout, dims: tuple[str, ...]) -> float:
-        """The bandwidth of a group over `dims` (adjacent in DIMS): intra-node when its ranks share a node."""
-        inner = math.prod(getattr(layout, d) for d in DIMS[DIMS.index(dims[-1]) + 1:])
-        span = inner * math.prod(getattr(layout, d) for d in dims)
+        """The bandwidth of a group over `dims`: intra-node when its ranks share a node, that is when
+        the block of consecutive ranks from its outermost dimension inwards fits in one."""
+        used = [DIMS.index(d) for d in dims if getattr(layout, d) > 1]
+        if not used:
+            return hw.intra_node_bandwidth
+        span = math.prod(getattr(layout, d) for d in DIMS[min(used):])
         within = span <= hw.node_size and hw.node_size % span == 0
         return hw.intra_node_bandwidth if within else hw.inter_node_bandwidth
 
@@ -346,11 +350,12 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         dp = lay.data_parallel
         tokens_dev = tokens / (dp * cp)  # its data-parallel rank's tokens, its cp shard of them
         m = global_batch // (dp * batch)  # micro-batches per step
-        # --- memory: this device's tp/pp slice of the weights, then what FSDP shards of it
+        # --- memory: this device's tp/pp slice of the weights, then what FSDP2 shards of it: the
+        # dense weights over the data ranks that shard (dp_shard, ep, cp), not the experts
         dense_slice = (dense - share["params"] + share["params"] / t) * stage_params
         routed_slice = routed * stage_params / ep
-        dense_group = lay.dp_shard * ep
-        states = dense_slice / dense_group + routed_slice / lay.dp_shard
+        shard_group = lay.dp_shard * ep * cp
+        states = dense_slice / shard_group + routed_slice
         in_flight = batch * seq / cp  # one micro-batch (1F1B's first stage: p of them, 1/p of the layers each)
         memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
                       activations=act_per_token(t) * in_flight)
@@ -369,14 +374,16 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         seconds["ep"] = 4 * (ep - 1) / ep * tokens_dev * moe_rows * d_model * nb * stage_flops / link(lay, ("ep",))
         seconds["pp"] = 2 * tokens_dev * d_model * nb / link(lay, ("pp",)) if p > 1 else 0.0
         dp_time = 0.0
-        if dense_group > 1:
-            dims = tuple(d for d in ("dp_shard", "ep") if getattr(lay, d) > 1)
-            dp_time += 3 * (dense_group - 1) / dense_group * dense_slice * nb / link(lay, dims)
-        if lay.dp_shard > 1 and routed_slice:
-            dp_time += 3 * (lay.dp_shard - 1) / lay.dp_shard * routed_slice * nb / link(lay, ("dp_shard",))
-        if lay.dp_replicate > 1:
+        if shard_group > 1:  # FSDP2: all-gather forward and backward, reduce-scatter
+            n = shard_group
+            dp_time += 3 * (n - 1) / n * dense_slice * nb / link(lay, ("dp_shard", "ep", "cp"))
+        if lay.dp_replicate > 1:  # HSDP's all-reduce of the shard across replicas (DDP's of all of it)
             r = lay.dp_replicate
-            dp_time += 2 * (r - 1) / r * states * nb / link(lay, ("dp_replicate",))
+            dp_time += 2 * (r - 1) / r * dense_slice / shard_group * nb / link(lay, ("dp_replicate",))
+        holders = lay.dp_replicate * lay.dp_shard * cp  # the ranks holding the same experts
+        if holders > 1 and routed_slice:
+            n = holders
+            dp_time += 2 * (n - 1) / n * routed_slice * nb / link(lay, ("dp_replicate", "dp_shard", "cp"))
         seconds["dp"] = dp_time
         step = (max(seconds["compute"] + seconds["bubble"], dp_time)
                 + seconds["tp"] + seconds["cp"] + seconds["ep"] + seconds["pp"])
@@ -440,8 +447,9 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         "pipelines run 1F1B; their first stage holds p micro-batches of its 1/p of the layers",
         "activations: each rank keeps its context-parallel shard's; tensor parallelism splits those between a "
         "column- and a row-parallel projection, and no sequence parallelism splits the rest",
-        "the ep ranks are data-parallel for everything but the experts, and FSDP2 shards the non-expert weights "
-        "over dp_shard x ep (as shard_with_experts does) and the experts over dp_shard",
+        "as shard(model, mesh) applies them: FSDP2 shards the dense weights over dp_shard x ep x cp and replicates "
+        "them over dp_replicate (HSDP; DDP alone); the experts split over ep and are replicated over the other "
+        "data ranks, which all-reduce their gradients",
         "data-parallel traffic overlaps compute; tensor-, context-, expert- and pipeline-parallel traffic does not",
         "collectives cost bytes over bandwidth, without latency: messages large enough to fill the links (small "
         "models are latency-bound in practice, and this favours splitting them more than it should)",
@@ -450,7 +458,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
     return Advice(model=g.graph["name"], hardware=hw.name, gpus=gpus, seq=seq, global_batch=global_batch,
                   dtype=dtype, recompute=recompute, mfu=mfu, considered=len(all_layouts), feasible=len(candidates),
                   layouts=candidates[:top],
-                  rejected=rejected, why=_why(candidates), code=_code(best.layout, spec, hw) if best else "",
+                  rejected=rejected, why=_why(candidates), code=_code(best, spec, hw, best.layout.cp > 1 and check("cp", best.layout.cp) is True)
+                  if best else "",
                   assumptions=[a for a in assumptions if a])
 
 
@@ -480,22 +489,31 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:,.2f} ms"
 
 
-def _code(layout: Layout, spec: str, hw: Hardware) -> str:
+def _code(best: Candidate, spec: str, hw: Hardware, load_balance: bool) -> str:
     """The lines that build the model and apply the layout, to copy."""
+    layout = best.layout
     device = "cpu" if hw.name == "cpu" else "cuda"
     build = (f"model = archlang.build({spec!r}, disabled={TP_UNFUSED!r})  # tp splits q/k/v and gate/up apart"
              if layout.tp > 1 else f"model = archlang.build({spec!r})")
     mesh = layout.mesh
     if not mesh:
         return f"import archlang\n{build}  # one device: no mesh to apply"
-    sizes = tuple(mesh.values())
-    names = tuple(mesh)
-    return ("import archlang\n"
-            "from torch.distributed.device_mesh import init_device_mesh\n"
-            "from archlang.distributed import shard\n"
-            f"{build}\n"
-            f"mesh = init_device_mesh({device!r}, {sizes!r}, mesh_dim_names={names!r})\n"
-            "shard(model, mesh)")
+    lines = ["import archlang", "from torch.distributed.device_mesh import init_device_mesh",
+             "from archlang.distributed import shard"]
+    if layout.cp > 1:
+        lines.append("from archlang.context_parallel import context_parallel")
+    lines += [build, f"mesh = init_device_mesh({device!r}, {tuple(mesh.values())!r}, "
+                     f"mesh_dim_names={tuple(mesh)!r})"]
+    balance = ", load_balance=True" if layout.cp > 1 and load_balance else ""
+    if layout.pp > 1:
+        lines.append(f"plan = shard(model, mesh, microbatches={best.microbatches}{balance})  "
+                     "# plan.schedule.step(...) runs a step")
+    else:
+        lines.append(f"shard(model, mesh{balance})")
+    if layout.cp > 1:
+        lines.append(f"# each step: with context_parallel(model, mesh['cp']{balance}) as cp: "
+                     "model(cp.shard(ids)), ...")
+    return "\n".join(lines)
 
 
 def meta_model(compiled):
