@@ -25,21 +25,20 @@ H100 = HARDWARE["h100"]
 EVERY = 10**6  # a `top` that keeps every layout that runs and fits
 
 DENSE = """
-model dense {{
+model dense {
     vocab = 96
     d_model = 48
     context = 96
     dtype = bf16
     position = rope(theta = 10000)
-    tie_embeddings = {tied}
     final_norm = rmsnorm()
-    block layer {{
+    block layer {
         norm = rmsnorm()
         attention = gqa(heads = 6, kv_heads = 2)
         ffn = swiglu(hidden = 36)
-    }}
+    }
     layers = layer * 3
-}}
+}
 """
 
 MOE = """
@@ -92,11 +91,11 @@ def test_a_device_count_below_one_is_refused(gpus):
         layouts(gpus)
     assert err.value.kind == "usage" and "--gpus" in err.value.message
     with pytest.raises(ArchError):
-        _advise(DENSE.format(tied="false"), gpus)
+        _advise(DENSE, gpus)
 
 
 def test_every_kept_layout_divides_what_it_splits():
-    advice = _advise(DENSE.format(tied="false"), 12)
+    advice = _advise(DENSE, 12)
     assert advice.layouts and advice.feasible == len(advice.layouts)
     for c in advice.layouts:
         lay = c.layout
@@ -112,12 +111,11 @@ def test_every_kept_layout_divides_what_it_splits():
     assert advice.feasible + sum(r.count for r in advice.rejected) == advice.considered == len(layouts(12))
 
 
-def test_tied_embeddings_keep_pipelines_out():
-    tied = _advise(DENSE.format(tied="true"), 4)
-    untied = _advise(DENSE.format(tied="false"), 4)
-    assert all(c.layout.pp == 1 for c in tied.layouts)
-    assert any(c.layout.pp > 1 for c in untied.layouts)
-    assert any("tied embeddings" in r.message for r in tied.rejected)
+def test_multi_token_prediction_keeps_pipelines_out():
+    assert any(c.layout.pp > 1 for c in _advise(DENSE, 4).layouts)
+    advice = _advise(SPECS / "tiny_mtp.arch", 4)
+    assert advice.layouts and all(c.layout.pp == 1 for c in advice.layouts)
+    assert any("multi-token prediction" in r.message for r in advice.rejected)
 
 
 def test_experts_split_over_ep_and_moe_refuses_context_and_pipeline_parallelism():
@@ -130,6 +128,9 @@ def test_experts_split_over_ep_and_moe_refuses_context_and_pipeline_parallelism(
     messages = " ".join(r.message for r in advice.rejected)
     assert "context parallelism cannot split" in messages and "pipeline parallelism cannot split" in messages
     assert "experts" in messages  # ep = 4 or 12 do not divide 6
+    capped = _advise(SPECS / "tiny_exotic.arch", 2)  # capacity_factor: what is dropped depends on the split
+    assert all(c.layout.ep == 1 for c in capped.layouts)
+    assert any("capacity_factor" in r.message for r in capped.rejected)
 
 
 @pytest.mark.parametrize("spec", ["tiny_mamba2.arch", "tiny_bert.arch"])
@@ -140,7 +141,7 @@ def test_models_context_parallelism_refuses_get_no_cp(spec):
 
 
 def test_a_sequence_that_does_not_split_gets_no_cp():
-    advice = _advise(DENSE.format(tied="false"), 8, seq=90)  # 90 tokens: no 8 or 16 equal shards
+    advice = _advise(DENSE, 8, seq=90)  # 90 tokens: no 8 or 16 equal shards
     assert all(90 % (2 * c.layout.cp) == 0 or 90 % c.layout.cp == 0 for c in advice.layouts)
     assert not any(c.layout.cp in (4, 8) for c in advice.layouts)
 
@@ -156,7 +157,7 @@ def test_more_memory_per_device_never_drops_a_layout():
     assert kept[0] < kept[-1]  # the smallest memory did drop some
 
 
-@pytest.mark.parametrize("spec,dim", [(DENSE.format(tied="false"), "pp"), (MOE, "ep")], ids=["dense", "moe"])
+@pytest.mark.parametrize("spec,dim", [(DENSE, "pp"), (MOE, "ep")], ids=["dense", "moe"])
 def test_the_ranking_follows_the_stated_step_times(spec, dim):
     advice = _advise(spec, 8)
     assert any(getattr(c.layout, dim) > 1 for c in advice.layouts)  # the formulas below are exercised
@@ -328,18 +329,18 @@ def test_tensor_parallelism_repeats_what_it_leaves_replicated():
         kept = {c.layout: c for c in _advise(spec, 4).layouts}
         return kept[Layout(dp_replicate=2, tp=2)].seconds["compute"] / kept[Layout(dp_replicate=4)].seconds["compute"]
 
-    dense, sparse = compute_ratio(DENSE.format(tied="false")), compute_ratio(MOE)
+    dense, sparse = compute_ratio(DENSE), compute_ratio(MOE)
     assert 1 < dense < sparse < 2
 
 
 def test_the_global_batch_splits_into_micro_batches_on_every_data_parallel_rank():
-    advice = _advise(DENSE.format(tied="false"), 4, global_batch=6)
+    advice = _advise(DENSE, 4, global_batch=6)
     assert advice.global_batch == 6 and advice.layouts
     for c in advice.layouts:
         dp = c.layout.data_parallel
         assert 6 % dp == 0 and c.microbatches == 6 // dp >= c.layout.pp
     assert any("does not split into micro-batches" in r.message for r in advice.rejected)  # dp = 4
-    few = _advise(DENSE.format(tied="false"), 4, global_batch=2)
+    few = _advise(DENSE, 4, global_batch=2)
     assert all(c.layout.pp <= c.microbatches for c in few.layouts)
     assert any("needs at least" in r.message for r in few.rejected)  # pp = 4 over 2 micro-batches
 
@@ -347,7 +348,7 @@ def test_the_global_batch_splits_into_micro_batches_on_every_data_parallel_rank(
 def test_activations_follow_the_micro_batch_not_the_layout():
     # one micro-batch of `batch` sequences is in flight on every layout (1F1B's first stage holds p
     # micro-batches of 1/p of the layers): its saved tensors depend on tp and cp alone
-    advice = _advise(DENSE.format(tied="false"), 8, batch=2)
+    advice = _advise(DENSE, 8, batch=2)
     by_split: dict = {}
     for c in advice.layouts:
         by_split.setdefault((c.layout.tp, c.layout.cp), set()).add(round(c.memory["activations"], 3))
@@ -373,7 +374,7 @@ def test_attention_dropout_gets_no_cp():
 def test_the_code_of_every_layout_parses_and_passes_what_shard_needs():
     from archlang.estimate.advise import _code
 
-    advice = _advise(DENSE.format(tied="false"), 8)
+    advice = _advise(DENSE, 8)
     seen = set()
     for c in advice.layouts:
         code = _code(c, "dense.arch", H100, load_balance=True)

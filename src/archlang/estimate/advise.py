@@ -169,18 +169,6 @@ def layouts(gpus: int) -> list[Layout]:
     return out
 
 
-class _MeshStub:
-    """The two things expert_parallel's check reads of a 1-D mesh, so its refusals are asked, not copied."""
-
-    mesh_dim_names = ("ep",)
-
-    def __init__(self, n: int):
-        self._n = n
-
-    def size(self) -> int:
-        return self._n
-
-
 class _Feasibility:
     """The runtime's own refusals for one dimension at one degree, asked once each."""
 
@@ -199,9 +187,20 @@ class _Feasibility:
         return self._cache[key]
 
     def _ep(self, n: int):
-        from archlang.expert_parallel import _check
+        """What apply_expert_parallel refuses of the model itself (the mesh aside)."""
+        from archlang.expert_parallel import _moe_layers
 
-        _check(self.model, _MeshStub(n))
+        layers = _moe_layers(self.model)
+        if not layers:
+            raise ArchError("expert parallelism would shard nothing: this model has no MoE layer", kind="distributed")
+        for name, moe in layers.items():
+            if moe.experts % n:
+                raise ArchError(f"expert parallelism cannot split the {moe.experts} experts of {name} over {n} ranks: "
+                                "each rank must hold the same number of whole experts", kind="distributed")
+            if moe.capacity_factor is not None:
+                raise ArchError(f"expert parallelism cannot run {name} exactly: capacity_factor drops rows beyond a "
+                                "share of each rank's batch, so what is dropped depends on how the batch is split",
+                                kind="distributed")
         return True
 
     def _tp(self, n: int):
