@@ -279,9 +279,10 @@ def test_bad_options_exit_2(capsys, args, words):
     assert words in capsys.readouterr().err
 
 
-def test_global_batch_is_for_advice(capsys):
-    assert main(["estimate", str(SPECS / "tiny_llama.arch"), "--global-batch", "8"]) == 2
-    assert "--global-batch is for --advise" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--global-batch", "--top"])
+def test_advice_options_need_advise(capsys, option):
+    assert main(["estimate", str(SPECS / "tiny_llama.arch"), option, "8"]) == 2
+    assert f"{option} is for --advise" in capsys.readouterr().err
 
 
 def test_nothing_fits_exits_1(tmp_path, capsys):

@@ -537,8 +537,9 @@ def cmd_estimate(args) -> int:
         raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
     if args.advise:
         return _advise(args, known[args.hardware])
-    if args.global_batch is not None:
-        raise UsageError("--global-batch is for --advise: one layout's estimate takes --batch per data-parallel rank")
+    if args.global_batch is not None or args.top is not None:
+        raise UsageError(f"{'--global-batch' if args.global_batch is not None else '--top'} is for --advise: one "
+                         "layout's estimate takes --batch per data-parallel rank and lists nothing")
     compiled = _compile(args)
     setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp,
                   seq=args.seq, batch=args.batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu,
@@ -595,8 +596,8 @@ def _advise(args, hardware) -> int:
     # tensor parallelism splits q/k/v and gate/up apart: advise on the model built without those fusions
     compiled = _compile(Namespace(**{**vars(args), "disable_pass": [*args.disable_pass, *TP_UNFUSED]}))
     a = advise(compiled.graph, meta_model(compiled), hardware=hardware, gpus=args.gpus, seq=args.seq,
-               batch=args.batch, global_batch=args.global_batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu, top=args.top,
-               spec=args.file)
+               batch=args.batch, global_batch=args.global_batch, dtype=args.dtype, recompute=args.recompute,
+               mfu=args.mfu, top=5 if args.top is None else args.top, spec=args.file)
     if args.json:
         print(json.dumps(a.to_json(), indent=2, sort_keys=True))
         return EXIT_OK if a.layouts else EXIT_INVALID
@@ -991,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advise", action="store_true",
                    help="rank the layouts of --gpus devices over pp, dp_replicate, dp_shard, ep, cp and tp for training "
                         "instead of estimating one, and print the mesh that applies the best")
-    p.add_argument("--top", type=int, default=5, help="layouts --advise lists (default 5)")
+    p.add_argument("--top", type=int, help="layouts --advise lists (default 5)")
     p.add_argument("--json", action="store_true")
     _passes_args(p)
     p.set_defaults(func=cmd_estimate)
