@@ -990,8 +990,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth-utilisation", type=float, default=0.8,
                    help="fraction of peak memory bandwidth assumed when decoding (default 0.8)")
     p.add_argument("--advise", action="store_true",
-                   help="rank the layouts of --gpus devices over pp, dp_replicate, dp_shard, ep, cp and tp for training "
-                        "instead of estimating one, and print the mesh that applies the best")
+                   help="rank the training layouts of --gpus devices over pp, dp_replicate, dp_shard, ep, cp and "
+                        "tp instead of estimating one, and print the mesh that applies the best")
     p.add_argument("--top", type=int, help="layouts --advise lists (default 5)")
     p.add_argument("--json", action="store_true")
     _passes_args(p)
