@@ -535,6 +535,11 @@ def cmd_estimate(args) -> int:
         known.update(load_hardware_file(args.hardware_file))
     if args.hardware not in known:
         raise UsageError(f"unknown hardware {literal(args.hardware)}; known: {', '.join(sorted(known))}")
+    if args.advise:
+        return _advise(args, known[args.hardware])
+    if args.global_batch is not None or args.top is not None:
+        raise UsageError(f"{'--global-batch' if args.global_batch is not None else '--top'} is for --advise: one "
+                         "layout's estimate takes --batch per data-parallel rank and lists nothing")
     compiled = _compile(args)
     setup = Setup(hardware=known[args.hardware], gpus=args.gpus, tp=args.tp, pp=args.pp, ep=args.ep, fsdp=args.fsdp,
                   seq=args.seq, batch=args.batch, dtype=args.dtype, recompute=args.recompute, mfu=args.mfu,
@@ -570,6 +575,59 @@ def cmd_estimate(args) -> int:
     console.print(table)
     for a in e.assumptions:
         console.print(f"  assumes {literal(a)}", highlight=False)
+    return EXIT_OK
+
+
+def _advise(args, hardware) -> int:
+    from argparse import Namespace
+
+    from rich.table import Table
+
+    from archlang.estimate.advise import TP_UNFUSED, advise, meta_model
+
+    chosen = [f"--{k}" for k in ("tp", "pp", "ep") if getattr(args, k) != 1] + (["--fsdp"] if args.fsdp else [])
+    if chosen:
+        raise UsageError(f"--advise chooses the layout itself; drop {', '.join(chosen)} (or drop --advise to "
+                         "estimate that one layout)")
+    if args.gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.global_batch is not None and args.global_batch < 1:
+        raise UsageError(f"--global-batch must be at least 1, got {args.global_batch}")
+    # tensor parallelism splits q/k/v and gate/up apart: advise on the model built without those fusions
+    compiled = _compile(Namespace(**{**vars(args), "disable_pass": [*args.disable_pass, *TP_UNFUSED]}))
+    a = advise(compiled.graph, meta_model(compiled), hardware=hardware, gpus=args.gpus, seq=args.seq,
+               batch=args.batch, global_batch=args.global_batch, dtype=args.dtype, recompute=args.recompute,
+               mfu=args.mfu, top=5 if args.top is None else args.top, spec=args.file)
+    if args.json:
+        print(json.dumps(a.to_json(), indent=2, sort_keys=True))
+        return EXIT_OK if a.layouts else EXIT_INVALID
+    console = _console()
+    title = (f"{literal(a.model)}: training layouts of {a.gpus} x {a.hardware}  ({a.global_batch} x {a.seq:,} tokens "
+             f"per step, {a.dtype})")
+    if a.layouts:
+        table = Table(title=title, show_header=True)
+        for col in ("#", "mesh", "memory / device", "step", "tokens / s", "exposed communication"):
+            table.add_column(col, justify="left" if col == "mesh" else "right", overflow="fold")
+        for i, c in enumerate(a.layouts, 1):
+            exposed = sum(c.seconds[k] for k in ("tp", "cp", "ep", "pp"))
+            exposed += max(0.0, c.seconds["dp"] - c.seconds["compute"] - c.seconds["bubble"])
+            table.add_row(str(i), c.layout.label, _gb(c.memory_bytes), _seconds(c.step_seconds),
+                          f"{c.tokens_per_second:,.0f}", _seconds(exposed))
+        console.print(table)
+        console.print(f"why: {literal(a.why)}", highlight=False)
+    console.print(f"{a.feasible} of the {a.considered} layouts of {a.gpus} devices run and fit; dropped:",
+                  highlight=False)
+    for r in a.rejected:
+        console.print(f"  {r.count} x {literal(r.message)}  (e.g. {r.example})", highlight=False)
+    if not a.layouts:
+        _err_console().print(f"archc estimate: no layout of {a.gpus} x {a.hardware} runs and fits this model; "
+                             "more devices, a shorter --seq, --recompute full or hardware with more memory may")
+        return EXIT_INVALID
+    console.print("to apply the best:", highlight=False)
+    for line in a.code.splitlines():
+        console.print(f"    {literal(line)}", highlight=False)
+    for assumption in a.assumptions:
+        console.print(f"  assumes {literal(assumption)}", highlight=False)
     return EXIT_OK
 
 
@@ -915,19 +973,26 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="hardware: " + ", ".join(sorted(_hardware_names())) + ". Add one with --hardware-file "
                               "FILE.toml:\n  [hardware.NAME]\n  description = \"...\"\n  memory_gb = 96\n"
                               "  bandwidth_tb_s = 4.0\n  tflops = { bf16 = 800, fp8 = 1600, fp32 = 60 }  # dense\n"
-                              "  source = \"...\"")
+                              "  source = \"...\"\n  node_size = 8  # --advise needs these three\n"
+                              "  intra_node_gb_s = 450  # per device and direction\n  inter_node_gb_s = 50")
     p.add_argument("file", metavar="FILE")
     _hardware_args(p)
     p.add_argument("--hardware-file", metavar="TOML", help="more accelerators, as [hardware.NAME] tables")
     p.add_argument("--seq", type=_dimension, help="tokens per sequence (default: the model's context)")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per data-parallel rank, and "
                                                         "sequences decoded together (default 1)")
+    p.add_argument("--global-batch", type=int, metavar="N",
+                   help="with --advise: sequences per training step (default --batch x --gpus)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp8", "fp32"], help="compute dtype (default: the model's)")
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="selective",
                    help="activation recomputation (default selective: the attention core, as FlashAttention does)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
     p.add_argument("--bandwidth-utilisation", type=float, default=0.8,
                    help="fraction of peak memory bandwidth assumed when decoding (default 0.8)")
+    p.add_argument("--advise", action="store_true",
+                   help="rank the training layouts of --gpus devices over pp, dp_replicate, dp_shard, ep, cp and "
+                        "tp instead of estimating one, and print the mesh that applies the best")
+    p.add_argument("--top", type=int, help="layouts --advise lists (default 5)")
     p.add_argument("--json", action="store_true")
     _passes_args(p)
     p.set_defaults(func=cmd_estimate)

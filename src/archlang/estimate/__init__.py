@@ -10,7 +10,7 @@ for a pipeline the first stage's (1F1B keeps p micro-batches of L/p layers: one 
 every layer). Time: the model's FLOPs (3x the forward) at an assumed model-FLOPs utilisation;
 decoding one token reads the weights (MoE: the experts a batch touches, routing assumed uniform)
 and the cache over memory bandwidth at an assumed bandwidth utilisation, or is compute bound,
-whichever is slower.
+whichever is slower. `advise.py` ranks every layout of N devices instead (`--advise`).
 """
 
 from __future__ import annotations

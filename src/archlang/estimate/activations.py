@@ -40,7 +40,33 @@ def _width(g: nx.MultiDiGraph, node: str, out: int) -> int:
     return w if isinstance(w, int) else 0  # symbolic widths (token ids) hold no activations
 
 
-def saved_activations(g: nx.MultiDiGraph, *, seq: int, nbytes: int, keep_probabilities: bool) -> Activations:
+def tensor_parallel_split(g: nx.MultiDiGraph) -> set[str]:
+    """The IR nodes whose outputs tensor parallelism splits over its ranks, by the plan the
+    generated blocks carry (compiler.codegen._tp_plan): the column-parallel projections and the
+    attention core or FFN activation between them and their row-parallel projection. All else
+    (the residual stream, norms, a row-parallel output after its all-reduce) is whole on every
+    rank: the runtime applies no sequence parallelism."""
+    from archlang.compiler.codegen import _tp_plan
+
+    layers: dict[Layer, list[str]] = defaultdict(list)
+    for node in ordered_nodes(g):
+        d = g.nodes[node]
+        if d["stack"] is not None:
+            layers[(d["stack"], d["layer"])].append(node)
+    split: set[str] = set()
+    for nodes in layers.values():
+        plan = _tp_plan(g, nodes)
+        colwise = {n for n in nodes if plan.get(g.nodes[n].get("name")) == "colwise"}
+        split |= colwise
+        split |= {n for n in nodes if op_def(g.nodes[n]["op"]).splits_heads(g.nodes[n])
+                  and any(r.node in colwise for r in inputs_of(g, n))}
+    return split
+
+
+def saved_activations(g: nx.MultiDiGraph, *, seq: int, nbytes: int, keep_probabilities: bool,
+                      split: set[str] | frozenset[str] = frozenset(), ways: int = 1) -> Activations:
+    """Saved bytes per token; the tensors of the nodes in `split` (and their private ones) are
+    divided over `ways` ranks (tensor_parallel_split)."""
     ctx = ActivationContext(seq=seq, nbytes=nbytes, keep_probabilities=keep_probabilities)
     by_layer: dict[Layer, float] = defaultdict(float)
     layer_inputs: dict[Layer, float] = {}
@@ -63,6 +89,6 @@ def saved_activations(g: nx.MultiDiGraph, *, seq: int, nbytes: int, keep_probabi
         for t in tensors:
             if t not in counted:
                 counted.add(t)
-                by_layer[layer] += _width(g, *t) * nbytes
-        by_layer[layer] += s.private_bytes
+                by_layer[layer] += _width(g, *t) * nbytes / (ways if t[0] in split else 1)
+        by_layer[layer] += s.private_bytes / (ways if node in split else 1)
     return Activations(dict(by_layer), layer_inputs)
