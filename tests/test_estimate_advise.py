@@ -133,7 +133,7 @@ def test_experts_split_over_ep_and_moe_refuses_context_and_pipeline_parallelism(
     assert any("capacity_factor" in r.message for r in capped.rejected)
 
 
-@pytest.mark.parametrize("spec", ["tiny_mamba2.arch", "tiny_bert.arch"])
+@pytest.mark.parametrize("spec", ["tiny_rwkv.arch", "tiny_bert.arch"])
 def test_models_context_parallelism_refuses_get_no_cp(spec):
     advice = _advise(SPECS / spec, 4)
     assert advice.layouts and all(c.layout.cp == 1 for c in advice.layouts)
@@ -392,3 +392,47 @@ def test_the_code_of_every_layout_parses_and_passes_what_shard_needs():
             assert "from archlang.context_parallel import context_parallel" in code
             seen.add("cp")
     assert seen == {"pp", "cp"}
+
+
+def _hybrid(layers: str) -> str:
+    return f"""
+model hybrid {{
+    vocab = 97
+    d_model = 32
+    context = 64
+    dtype = fp32
+    final_norm = rmsnorm(eps = 1e-5)
+    block m {{
+        norm = rmsnorm(eps = 1e-5)
+        ssm = mamba2(d_state = 8, heads = 8, chunk = 8)
+    }}
+    block a {{
+        norm = rmsnorm(eps = 1e-5)
+        attention = gqa(heads = 4, kv_heads = 2)
+        ffn = swiglu(hidden = 48)
+    }}
+    layers = {layers}
+}}
+"""
+
+
+def test_context_parallel_state_hand_offs_cost_one_layer_per_run_and_rank():
+    """Each run of layers that hand state from shard to shard makes the last cp rank wait one mean
+    layer per extra rank; attention ends a run (every rank waits for the ring there)."""
+    from archlang.compiler.facts import DTYPE_BYTES
+    from archlang.compiler.ops import FactsContext
+    from archlang.estimate.advise import _handoff_delay
+
+    def delay(layers):
+        g = compile_spec(_hybrid(layers)).graph
+        return _handoff_delay(g, FactsContext(context=64, nbytes=DTYPE_BYTES["fp32"]))
+
+    one_run, two_runs = delay("m * 4"), delay("m * 2 + a + m * 2")
+    assert one_run > 0 and delay("a * 2") == 0
+    assert two_runs == pytest.approx(2 * one_run)  # the same layers, cut into two runs by attention
+    assert delay("m + a + m + a + m + a + m") == pytest.approx(4 * one_run)
+    # and the advice pays for it: the same hybrid on 2 devices, data parallel beats cp = 2 by more
+    # than the compute of the layers that wait
+    advice = _advise(_hybrid("m * 4"), 2)
+    steps = {c.layout.cp: c for c in advice.layouts if c.layout.dp_shard * c.layout.cp == 2}
+    assert steps[2].seconds["compute"] > steps[1].seconds["compute"]

@@ -16,7 +16,11 @@ device:
                 computes them whole); stage: the costliest pipeline stage's share of the FLOPs
                 times p; (p - 1) / (m + p - 1) of the pipelined time is the 1F1B bubble;
                 contiguous context-parallel shards (where zig-zag ones are refused) leave the
-                last rank 2 cp / (cp + 1) of the mean attention-core work
+                last rank 2 cp / (cp + 1) of the mean attention-core work; and layers that hand
+                their state from shard to shard (Mamba, the gated linear family, short convs)
+                wait for the previous rank: each run of them between attention layers finishes
+                (cp - 1) of its mean layer later, x (1 + (cp-1) H / F), H: the FLOPs per token of
+                one mean layer of each run, summed over the runs
     tp        = 2 (t-1)/t x (bytes into each row-parallel Linear's output, forward, and each
                 column-parallel Linear's input gradient, backward) / link     (all-reduces)
     cp        = 3 (cp-1) x local K/V bytes / link    (the ring passes K/V once forward, K/V and
@@ -323,6 +327,7 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
 
     flops = float(facts.flops_per_token)
     attention_core = _attention_core_flops(g, seq, nb)
+    handoff = _handoff_delay(g, fctx)
     d_model = g.graph["d_model"]
     moe_rows = sum(d["attrs"]["top_k"] for n in ordered_nodes(g) if (d := g.nodes[n])["op"] == "moe")
     tokens = global_batch * seq
@@ -364,6 +369,9 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         work = 3 * flops * tokens / (gpus * peak * mfu) * (1 + (t - 1) * replicated) * stage_flops * p
         if not balanced:  # contiguous causal shards: the last rank attends to every earlier block
             work *= 1 + (attention_core / flops if flops else 0.0) * (2 * cp / (cp + 1) - 1)
+        # recurrent and convolutional layers hand their state from shard to shard: each run of them
+        # between two attention layers ends (cp - 1) of its layers later on the last rank
+        work *= 1 + (cp - 1) * (handoff / flops if flops else 0.0)
         seconds = dict(compute=work, bubble=work * (p - 1) / m)
         # --- communication
         forward_passes = 2 if recompute == "full" else 1
@@ -525,3 +533,28 @@ def meta_model(compiled):
     module = load_source(compiled.source, compiled.model.name)
     with _default_dtype(torch_dtype(compiled.model.dtype)), torch.device("meta"):
         return module.build()
+
+
+# Mixers whose context-parallel shards wait for the previous shard's end state (context_parallel)
+_HANDOFF_OPS = frozenset({"ssm", "mamba2", "gated_deltanet", "gla", "retention", "kda", "short_conv"})
+
+
+def _handoff_delay(g, fctx) -> float:
+    """FLOPs per token by which the last context-parallel rank trails per extra rank: one mean
+    layer of each run of consecutive layers that hand state from shard to shard (a run ends at
+    a layer without such a mixer, whose attention makes every rank wait for all)."""
+    layers: dict[tuple, list] = {}
+    for n in ordered_nodes(g):
+        d = g.nodes[n]
+        if d.get("stack") is not None and d.get("layer") is not None:
+            entry = layers.setdefault((d["stack"], d["layer"]), [0.0, False])
+            entry[0] += op_def(d["op"]).cost(d, fctx).flops
+            entry[1] = entry[1] or d["op"] in _HANDOFF_OPS
+    delay, run = 0.0, []
+    for flops, hands_off in [*layers.values(), (0.0, False)]:
+        if hands_off:
+            run.append(flops)
+        elif run:
+            delay += sum(run) / len(run)
+            run = []
+    return delay
