@@ -317,3 +317,23 @@ def test_shard_positions_cover_the_sequence_once():
             held = torch.cat([shard_positions(16, world, r, load_balance=load_balance) for r in range(world)])
             assert sorted(held.tolist()) == list(range(16))
     assert shard_positions(16, 4, 1, load_balance=True).tolist() == [2, 3, 12, 13]
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_hand_off_recomputed_by_activation_checkpointing_is_refused(reentrant):
+    """A state hand-off sends and waits once per step in rank order; activation checkpointing would
+    run it again inside the backward, where the neighbour is not waiting: refused there."""
+    from torch.utils.checkpoint import checkpoint
+
+    from archlang.context_parallel import _not_recomputed
+    from archlang.spec.errors import ArchError
+
+    def layer(x):
+        _not_recomputed("send a shard's state on")  # what both hand-off Functions check first
+        return (x * x).sin().sum()
+
+    x = torch.ones(3, requires_grad=True)
+    layer(x).backward()  # a plain forward and backward: no recomputation, nothing refused
+    loss = checkpoint(layer, x, use_reentrant=reentrant)
+    with pytest.raises(ArchError, match="activation checkpointing"):
+        loss.backward()

@@ -212,6 +212,16 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank], None, None
 
 
+def _not_recomputed(what: str) -> None:
+    """A hand-off runs once per step, in rank order: a forward recomputed during the backward
+    (activation checkpointing) would send or wait again where the neighbour rank does not."""
+    if torch._C._current_graph_task_id() != -1:
+        raise ArchError(f"context parallelism cannot {what} while the backward recomputes a layer: activation "
+                        "checkpointing of a layer that hands its state from shard to shard is not supported",
+                        hint="checkpoint only the layers without recurrent or convolutional mixers, or train "
+                             "without a cp mesh dimension", kind="distributed")
+
+
 class _StateFromPrevious(torch.autograd.Function):
     """The end state of the previous rank's shard, this shard's start state: forward waits for it,
     backward sends its gradient back. The anchors (the layer's input and weights) get no gradient:
@@ -220,6 +230,7 @@ class _StateFromPrevious(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, shape, dtype, group, source, *anchors):
+        _not_recomputed("wait for the previous shard's state")
         ctx.group, ctx.source, ctx.anchors = group, source, len(anchors)
         state = torch.empty(shape, dtype=dtype, device=anchors[0].device)
         dist.recv(state, src=dist.get_global_rank(group, source), group=group)
@@ -238,6 +249,7 @@ class _StateToNext(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, state, group, target):
+        _not_recomputed("send a shard's state on")
         ctx.group, ctx.target, ctx.shape, ctx.dtype = group, target, state.shape, state.dtype
         dist.send(state.detach().contiguous(), dst=dist.get_global_rank(group, target), group=group)
         return out.view_as(out)
