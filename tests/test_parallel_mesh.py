@@ -96,7 +96,7 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
 
         results = {}
         for names, spec, passes in cases:
-            shape = (2, 1, 2) if len(names) == 3 else (2, 2)
+            shape = (2,) * len(names) if world == 2 ** len(names) else (2, 1, 2)
             mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
             model = _model(spec, passes)
             modules, loss = _step(model, mesh, names)
@@ -107,22 +107,26 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
             held = torch.tensor([0.0 if loss is None else loss.item(), 0.0 if loss is None else 1.0],
                                 dtype=torch.float64)
             dist.all_reduce(held)
-            results[(names, spec)] = {"loss": held[0] / held[1], "grads": grads, "sharded": sharded}
+            # the share of each expert weight this rank holds
+            experts = {n: p.to_local().numel() / p.numel() for m in modules for n, p in m.named_parameters()
+                       if n.rpartition(".")[2].startswith("experts_")}
+            results[(names, spec)] = {"loss": held[0] / held[1], "grads": grads, "sharded": sharded,
+                                      "experts": experts}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(cases, out_dir) -> list[dict]:
-    """Four processes, bounded in time: a hang fails the test instead of blocking the suite."""
-    context = mp.spawn(_worker, args=(WORLD, _free_port(), cases, str(out_dir)), nprocs=WORLD, join=False)
+def _spawn(cases, out_dir, world: int = WORLD) -> list[dict]:
+    """Four processes (or `world`), bounded in time: a hang fails the test instead of blocking the suite."""
+    context = mp.spawn(_worker, args=(world, _free_port(), cases, str(out_dir)), nprocs=world, join=False)
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not context.join(timeout=max(0.0, deadline - time.monotonic())):
         if time.monotonic() >= deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail(f"the {WORLD} processes did not finish within {SPAWN_TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+            pytest.fail(f"the {world} processes did not finish within {SPAWN_TIMEOUT_S} s")
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
 
 
 def _check(cases, ranks) -> None:
@@ -142,6 +146,10 @@ def _check(cases, ranks) -> None:
                 torch.testing.assert_close(g, expected[n].grad, atol=1e-5, rtol=1e-4, msg=f"{names} {spec} {n}")
                 seen.add(n)
         assert seen == set(expected), f"{names} {spec}: no rank held {sorted(set(expected) - seen)}"
+        if "ep" in names:  # split over ep, and sharded by FSDP2 over the ranks holding the same ones
+            holders = 2 if "dp_shard" in names and (len(names) == 2 or len(ranks) == 8) else 1  # 2x1x2: one
+            shares = {share for results in ranks for share in results[(names, spec)]["experts"].values()}
+            assert shares == {1 / (2 * holders)}, (names, shares)
 
 
 FAST = [
@@ -172,6 +180,14 @@ def test_two_dimensional_meshes_match_one_process(tmp_path):
 @pytest.mark.slow
 def test_more_two_dimensional_meshes_match_one_process(tmp_path):
     _check(SLOW, _spawn(SLOW, tmp_path))
+
+
+@pytest.mark.slow
+def test_a_three_dimensional_mesh_matches_one_process(tmp_path):
+    """Eight processes, 2x2x2: HSDP over dp_replicate with the dense weights sharded over dp_shard
+    and ep together, the experts split over ep and sharded over dp_shard."""
+    cases = [(("dp_replicate", "dp_shard", "ep"), "tiny_mixtral.arch", None)]
+    _check(cases, _spawn(cases, tmp_path, world=8))
 
 
 class _Mesh:

@@ -201,57 +201,90 @@ def _flat(mesh, names: list[str]):
     return mesh[tuple(names)]._flatten("_".join(names))
 
 
-def _data_parallel(model: nn.Module, mesh, dims: dict[str, str], reshard_after_forward: bool):
-    """A function applying FSDP2 (or replication) over the data dimensions of `mesh` to a module
-    tree (the model, or a pipeline stage): per block of its stacks, then the whole tree. None when
-    the mesh has no data dimension. The experts of an expert-parallel model are left to FSDP2's
-    ignored parameters and reduced by a hook on their gradients."""
+def _fsdp_mesh(mesh, dims: dict[str, str], shard: tuple[str, ...]):
+    """The mesh FSDP2 runs over for the data dimensions `shard` (sharded together) and
+    dp_replicate (replicated, HSDP), as present in `mesh`; None when none is. The second value:
+    whether anything is sharded (FSDP2) or only replicated (DDP)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
     from archlang.spec.errors import ArchError
 
     order = list(mesh.mesh_dim_names or ("dp",))
-    shard_names = sorted((dims[d] for d in ("dp_shard", "ep", "cp") if d in dims), key=order.index)
-    replicate = dims.get("dp_replicate")
+
+    def size(name: str) -> int:
+        return mesh.size(order.index(name)) if len(order) > 1 else mesh.size()
+
+    # a dimension of one rank reduces nothing (and FSDP2 would divide twice over it when it sums
+    # with a custom divide factor, as the experts do on gloo)
+    shard_names = sorted((dims[d] for d in shard if d in dims and size(dims[d]) > 1), key=order.index)
+    replicate = dims.get("dp_replicate") if "dp_replicate" in dims and size(dims["dp_replicate"]) > 1 else None
     if not shard_names and replicate is None:
-        return None
-    experts = _expert_weights(model)
-    if experts:
-        _reduce_expert_gradients(mesh, dims, experts)
-    ignored = {id(p) for p in experts}
+        return None, False
     if len(order) == 1:
-        dp_mesh = mesh
-    else:
-        if replicate is not None and shard_names and order.index(replicate) > order.index(shard_names[0]):
-            raise ArchError(f"dp_replicate must come before {shard_names[0]} in the mesh: HSDP replicates over the "
-                            "outer dimension and shards over the inner", hint="put dp_replicate first",
-                            kind="distributed")
-        from torch.distributed.device_mesh import DeviceMesh
+        return mesh, bool(shard_names)
+    if replicate is not None and shard_names and order.index(replicate) > order.index(shard_names[0]):
+        raise ArchError(f"dp_replicate must come before {shard_names[0]} in the mesh: HSDP replicates over the "
+                        "outer dimension and shards over the inner", hint="put dp_replicate first", kind="distributed")
+    if not shard_names:
+        return mesh[replicate], False
+    if replicate is None:
+        return _flat(mesh, shard_names), True
+    if len(shard_names) == 1:
+        return mesh[(replicate, shard_names[0])], True
+    # HSDP: replicated over the outer dimension, sharded over the inner ones together
+    return DeviceMesh._concatenate([mesh[replicate], _flat(mesh, shard_names)]), True
 
-        if not shard_names:
-            dp_mesh = mesh[replicate]
-        elif replicate is None:
-            dp_mesh = _flat(mesh, shard_names)
-        elif len(shard_names) == 1:
-            dp_mesh = mesh[(replicate, shard_names[0])]
-        else:  # HSDP: replicated over the outer dimension, sharded over the inner ones together
-            dp_mesh = DeviceMesh._concatenate([mesh[replicate], _flat(mesh, shard_names)])
-    if shard_names:
-        from torch.distributed.fsdp import fully_shard as apply
 
-        options = {"reshard_after_forward": reshard_after_forward}
-    else:  # replicated over every data rank: DDP, as FSDP2's composable replicate
-        from torch.distributed._composable.replicate_with_fsdp import replicate as apply
+def _data_parallel(model: nn.Module, mesh, dims: dict[str, str], reshard_after_forward: bool):
+    """A function applying FSDP2 (or replication) over the data dimensions of `mesh` to a module
+    tree (the model, or a pipeline stage): per block of its stacks, then the whole tree. None when
+    the mesh has no data dimension.
 
-        options = {}
+    The dense weights are sharded over dp_shard, ep and cp together. An expert-parallel MoE layer
+    is an FSDP2 unit of its own: its experts, already split over ep, are sharded over the ranks
+    that hold the same ones (dp_shard, cp; replicated over dp_replicate), and its reduce divides
+    by every rank that fed data rather than by the ranks it spans (the all-to-alls already summed
+    the ep ranks' rows into each expert's gradient). Its router and shared experts stay whole on
+    every rank and a gradient hook averages them over the data ranks. With no dp_shard or cp the
+    experts cannot be sharded further: a hook reduces them instead."""
+    from torch.distributed._composable.replicate_with_fsdp import replicate
+    from torch.distributed.fsdp import fully_shard
+
+    dense_mesh, sharded = _fsdp_mesh(mesh, dims, ("dp_shard", "ep", "cp"))
+    if dense_mesh is None:
+        return None
+    apply = fully_shard if sharded else replicate
+    options = {"reshard_after_forward": reshard_after_forward} if sharded else {}
+    moes = [moe for moe in _expert_parallel_layers(model)]
+    expert_mesh, experts_sharded = _fsdp_mesh(mesh, dims, ("dp_shard", "cp"))
+    fed = _ranks_feeding_data(mesh, dims)
+    gloo = experts_sharded and torch.distributed.get_backend() == "gloo"
+    hooked: set[int] = set()  # expert weights a gradient hook reduces (FSDP2 ignores them)
+    if moes and not experts_sharded:
+        experts = [getattr(moe, name) for moe in moes for name in moe.expert_weight_names()]
+        _average_gradients_by_hook(mesh, dims, experts, ("dp_replicate", "dp_shard", "cp"), fed)
+        hooked = {id(p) for p in experts}
+    elif moes:
+        others = [p for moe in moes for p in _non_expert_weights(moe)]
+        _average_gradients_by_hook(mesh, dims, others, _DATA_DIMS, fed)
 
     def parallelize(root: nn.Module) -> None:
         done: set[int] = set()
         for stack in root.children():
             if isinstance(stack, (nn.ModuleList, nn.ModuleDict)):
                 for block in (stack.values() if isinstance(stack, nn.ModuleDict) else stack):
-                    if id(block) not in done:  # a shared block is one module at several places
-                        done.add(id(block))
-                        apply(block, mesh=dp_mesh, ignored_params=_ignored(block, ignored), **options)
-        apply(root, mesh=dp_mesh, ignored_params=_ignored(root, ignored), **options)
+                    if id(block) in done:  # a shared block is one module at several places
+                        continue
+                    done.add(id(block))
+                    for moe in (m for m in block.modules() if m in moes) if experts_sharded else ():
+                        # its own unit first: the block's then leaves it (and its router) out
+                        fully_shard(moe, mesh=expert_mesh, reshard_after_forward=reshard_after_forward,
+                                    ignored_params=set(_non_expert_weights(moe)) or None)
+                        moe.set_gradient_divide_factor(float(fed))
+                        if gloo:  # which has no pre-multiplied sum: a sum, then the division
+                            moe.set_force_sum_reduction_for_comms(True)
+                    apply(block, mesh=dense_mesh, ignored_params=_ignored(block, hooked), **options)
+        apply(root, mesh=dense_mesh, ignored_params=_ignored(root, hooked), **options)
 
     return parallelize
 
@@ -260,39 +293,52 @@ def _ignored(module: nn.Module, ids: set[int]) -> set[nn.Parameter] | None:
     return {p for p in module.parameters() if id(p) in ids} or None
 
 
-def _expert_weights(model: nn.Module) -> list[nn.Parameter]:
+def _expert_parallel_layers(model: nn.Module) -> list[nn.Module]:
     from archlang.expert_parallel import _moe_layers
 
-    return [getattr(moe, name) for moe in _moe_layers(model).values() if getattr(moe, "ep_group", None) is not None
-            for name in moe.expert_weight_names()]
+    return [moe for moe in _moe_layers(model).values() if getattr(moe, "ep_group", None) is not None]
 
 
-def _reduce_expert_gradients(mesh, dims: dict[str, str], experts: list[nn.Parameter]) -> None:
-    """An expert's gradient on its rank already sums the rows of every ep rank (the all-to-alls
-    carry them back); summing it over the ranks that hold the same experts (dp_replicate,
-    dp_shard, cp) and dividing by every rank that fed data gives the mean loss's gradient."""
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
+def _non_expert_weights(moe: nn.Module) -> list[nn.Parameter]:
+    """A MoE layer's router, biases and shared experts: every parameter but the split experts."""
+    experts = {id(getattr(moe, name)) for name in moe.expert_weight_names()}
+    return [p for p in moe.parameters() if id(p) not in experts]
 
+
+def _ranks_feeding_data(mesh, dims: dict[str, str]) -> int:
+    """The ranks whose losses the mean is over: data-parallel ranks and sequence shards."""
     order = list(mesh.mesh_dim_names or ("dp",))
-    replicas = sorted((dims[d] for d in ("dp_replicate", "dp_shard", "cp") if d in dims), key=order.index)
-    group = _flat(mesh, replicas).get_group() if replicas else None
     fed = 1
     for d in _DATA_DIMS:
         if d in dims:
             fed *= mesh.size(order.index(dims[d])) if len(order) > 1 else mesh.size()
+    return fed
+
+
+def _average_gradients_by_hook(mesh, dims: dict[str, str], weights: list[nn.Parameter], over: tuple[str, ...],
+                               fed: int) -> None:
+    """Weights FSDP2 does not reduce: each gradient, as it is computed, summed over the ranks of
+    the dimensions `over` and divided by `fed`, the ranks that fed data. For a replicated weight
+    (over: every data dimension) that is the mean loss's gradient; for a split expert (over: the
+    ranks holding the same experts) too, as its gradient already sums the ep ranks' rows."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    order = list(mesh.mesh_dim_names or ("dp",))
+    names = sorted((dims[d] for d in over if d in dims), key=order.index)
+    group = _flat(mesh, names).get_group() if names else None
 
     def reduce(grad):
-        local = grad.to_local() if isinstance(grad, DTensor) else grad
-        local = local.clone()
+        local = (grad.to_local() if isinstance(grad, DTensor) else grad).clone()
         if group is not None:
             dist.all_reduce(local, group=group)
         local /= fed
         return DTensor.from_local(local, grad.device_mesh, grad.placements, run_check=False, shape=grad.shape,
                                   stride=grad.stride()) if isinstance(grad, DTensor) else local
 
-    for weight in experts:
-        weight.register_hook(reduce)
+    for weight in weights:
+        if weight.requires_grad:
+            weight.register_hook(reduce)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,9 +17,9 @@ losses (aux_loss, z_loss, seq_aux_loss) stay statistics of each rank's own batch
 data parallelism; the correction-bias update already sums the load over all ranks.
 
 archlang.distributed.shard(model, mesh) applies it from a mesh's "ep" dimension, before tensor
-parallelism, pipeline stages and FSDP2: the experts are split by expert parallelism only (and
-replicated over the other data-parallel ranks), everything else is sharded by FSDP2 over the ep
-and dp_shard ranks, and every gradient comes out as that of the mean loss.
+parallelism, pipeline stages and FSDP2: the experts are split by expert parallelism, then
+sharded by FSDP2 over the ranks that hold the same ones (dp_shard, cp), everything else over the
+ep, dp_shard and cp ranks together, and every gradient comes out as that of the mean loss.
 `shard_with_experts(model, ep_mesh)` is that call on a 1-D ep mesh.
 """
 

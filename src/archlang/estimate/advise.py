@@ -30,13 +30,15 @@ device:
     pp        = 2 x tokens x d_model x bytes / link   (activations forward, gradients backward)
     dp        = 3 (n-1)/n x W / link for FSDP2 over the n = dp_shard x ep x cp ranks (all-gather
                 forward and backward, reduce-scatter of the dense weights W), 2 (r-1)/r x W/n /
-                link across r = dp_replicate replicas, 2 (h-1)/h x E / link for the experts E
-                over the h = dp_replicate x dp_shard x cp ranks that hold the same ones
+                link across r = dp_replicate replicas; the experts E (already split over ep)
+                likewise: FSDP2 over the h = dp_shard x cp ranks that hold the same ones, 3 (h-1)/h
+                x E / link, and 2 (r-1)/r x E/h / link across replicas
     step      = max(compute, dp) + tp + cp + ep + pp
 
 Memory per device: the weights tensor parallelism does not split and 1/t of those it does, times
 the largest pipeline stage's share, the dense ones over dp_shard x ep x cp ranks (FSDP2), the
-experts over ep, at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32
+experts over ep x dp_shard x cp (split over ep, then FSDP2 over the ranks holding the same
+ones), at 16 bytes a parameter in mixed precision (16-bit weight and gradient, float32
 master and two AdamW moments); plus the saved activations (activations.py) of one micro-batch,
 its context-parallel shard (a 1F1B pipeline's first stage holds p micro-batches of its 1/p of
 the layers: the same).
@@ -359,7 +361,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         dense_slice = (dense - share["params"] + share["params"] / t) * stage_params
         routed_slice = routed * stage_params / ep
         shard_group = lay.dp_shard * ep * cp
-        states = dense_slice / shard_group + routed_slice
+        expert_group = lay.dp_shard * cp  # the ranks holding the same experts shard them (FSDP2)
+        states = dense_slice / shard_group + routed_slice / expert_group
         in_flight = batch * seq / cp  # one micro-batch (1F1B's first stage: p of them, 1/p of the layers each)
         memory = dict(weights=states * nb, gradients=states * nb, optimizer=states * (master + 8),
                       activations=act_per_token(t) * in_flight)
@@ -387,10 +390,12 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         if lay.dp_replicate > 1:  # HSDP's all-reduce of the shard across replicas (DDP's of all of it)
             r = lay.dp_replicate
             dp_time += 2 * (r - 1) / r * dense_slice / shard_group * nb / link(lay, ("dp_replicate",))
-        holders = lay.dp_replicate * lay.dp_shard * cp  # the ranks holding the same experts
-        if holders > 1 and routed_slice:
-            n = holders
-            dp_time += 2 * (n - 1) / n * routed_slice * nb / link(lay, ("dp_replicate", "dp_shard", "cp"))
+        if expert_group > 1 and routed_slice:  # the experts' FSDP2 over the ranks holding the same ones
+            n = expert_group
+            dp_time += 3 * (n - 1) / n * routed_slice * nb / link(lay, ("dp_shard", "cp"))
+        if lay.dp_replicate > 1 and routed_slice:  # and its all-reduce across replicas
+            r = lay.dp_replicate
+            dp_time += 2 * (r - 1) / r * routed_slice / expert_group * nb / link(lay, ("dp_replicate",))
         seconds["dp"] = dp_time
         step = (max(seconds["compute"] + seconds["bubble"], dp_time)
                 + seconds["tp"] + seconds["cp"] + seconds["ep"] + seconds["pp"])
@@ -455,8 +460,8 @@ def advise(g: nx.MultiDiGraph, model, *, hardware: Hardware, gpus: int, seq: int
         "activations: each rank keeps its context-parallel shard's; tensor parallelism splits those between a "
         "column- and a row-parallel projection, and no sequence parallelism splits the rest",
         "as shard(model, mesh) applies them: FSDP2 shards the dense weights over dp_shard x ep x cp and replicates "
-        "them over dp_replicate (HSDP; DDP alone); the experts split over ep and are replicated over the other "
-        "data ranks, which all-reduce their gradients",
+        "them over dp_replicate (HSDP; DDP alone); the experts split over ep, then FSDP2 shards them over the "
+        "ranks that hold the same ones (dp_shard x cp)",
         "data-parallel traffic overlaps compute; tensor-, context-, expert- and pipeline-parallel traffic does not",
         "collectives cost bytes over bandwidth, without latency: messages large enough to fill the links (small "
         "models are latency-bound in practice, and this favours splitting them more than it should)",
