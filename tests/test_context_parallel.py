@@ -2,22 +2,15 @@
 ring attention, and the loss and every gradient match one process on the whole sequence."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from .conftest import SPECS
+from .ranks import run_ranks
 
 SPAWN_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(spec: str, source: str | None = None):
@@ -104,17 +97,8 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str, fsdp: b
 
 
 def _run_ranks(cases, tmp_path, fsdp: bool = False, world: int = 2):
-    """Spawn `world` ranks without blocking on a hang: a rank that does not finish in time fails the test."""
-    context = mp.start_processes(_worker, args=(world, _free_port(), cases, str(tmp_path), fsdp), nprocs=world,
-                                 join=False, start_method="spawn")
-    import time
-
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"context-parallel ranks did not finish in {SPAWN_TIMEOUT_S} s")
+    run_ranks(_worker, cases, str(tmp_path), fsdp, world=world, timeout_s=SPAWN_TIMEOUT_S,
+              what="the context-parallel ranks")
     return torch.load(tmp_path / "result.pt")
 
 

@@ -2,23 +2,16 @@
 tensor parallelism from the IR-derived plan — and get the loss and gradients of one process."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from .conftest import SPECS
+from .ranks import run_ranks
 
 # No q/k/v or gate/up fusion, so attention heads and FFN units can be split across ranks.
 TP_PASSES = "fold-rope,fuse-add-norm,share-constants,dce"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(spec: str, passes: str):
@@ -80,7 +73,7 @@ def test_two_process_step_matches_one_process(mode, spec, passes, tmp_path):
     from archlang.compiler import DEFAULT_PIPELINE
 
     passes = passes or DEFAULT_PIPELINE
-    mp.spawn(_worker, args=(2, _free_port(), mode, spec, passes, str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, mode, spec, passes, str(tmp_path), what="the sharded ranks")
     result = torch.load(tmp_path / "result.pt")
 
     torch.manual_seed(1)

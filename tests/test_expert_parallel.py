@@ -4,23 +4,15 @@ their averaged gradients must be those of one process on the whole batch. Likewi
 sharding everything but the experts over the same two ranks."""
 
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from .conftest import SPECS
+from .ranks import run_ranks
 
 SPAWN_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(spec: str, name: str | None):
@@ -89,14 +81,7 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
 
 
 def _spawn(cases, out_dir):
-    """Two processes, bounded in time: a hang fails the test instead of blocking the suite."""
-    context = mp.spawn(_worker, args=(2, _free_port(), cases, str(out_dir)), nprocs=2, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"expert-parallel processes did not finish within {SPAWN_TIMEOUT_S} s")
+    run_ranks(_worker, cases, str(out_dir), timeout_s=SPAWN_TIMEOUT_S, what="the expert-parallel ranks")
     return torch.load(out_dir / "result.pt")
 
 

@@ -6,27 +6,19 @@ of the batch, the cp ranks their part of each sequence, tp and pp ranks the same
 
 import contextlib
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from .conftest import SPECS
+from .ranks import free_port, run_ranks
 
 SPAWN_TIMEOUT_S = 300
 WORLD = 4
 # No q/k/v or gate/up fusion, so attention heads and FFN units can be split across ranks.
 TP_PASSES = "fold-rope,fuse-add-norm,share-constants,dce"
 DATA_DIMS = ("dp_replicate", "dp_shard", "dp", "ep")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(spec: str, passes: str | None):
@@ -118,14 +110,7 @@ def _worker(rank: int, world: int, port: int, cases: list, out_dir: str) -> None
 
 
 def _spawn(cases, out_dir, world: int = WORLD) -> list[dict]:
-    """Four processes (or `world`), bounded in time: a hang fails the test instead of blocking the suite."""
-    context = mp.spawn(_worker, args=(world, _free_port(), cases, str(out_dir)), nprocs=world, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {world} processes did not finish within {SPAWN_TIMEOUT_S} s")
+    run_ranks(_worker, cases, str(out_dir), world=world, timeout_s=SPAWN_TIMEOUT_S, what=f"the {world} ranks")
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
 
 
@@ -237,7 +222,7 @@ def test_the_training_script_takes_its_mesh_from_the_command_line(tmp_path):
 
     def run(*flags):
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                   str(_free_port()), str(EXAMPLES / "train_fsdp.py"), *flags]
+                   str(free_port()), str(EXAMPLES / "train_fsdp.py"), *flags]
         return subprocess.run(command, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
 

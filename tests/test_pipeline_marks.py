@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from archlang.spec.errors import ArchError
 
 from .conftest import SPECS
-from .test_pipeline_parallel import SPAWN_TIMEOUT_S, _batch, _free_port, _PPMesh
+from .ranks import run_ranks
+from .test_pipeline_parallel import SPAWN_TIMEOUT_S, _batch, _PPMesh
 
 UNMARKED = (SPECS / "tiny_jamba.arch").read_text()
 STACK = 'layers = pattern("MEAE", M = mamba, E = mamba_moe, A = attn)'
@@ -161,18 +161,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_a_marked_pipeline_over_two_processes_matches_one_process(tmp_path):
-    import time
-
     from archlang.pipeline_parallel import next_token_loss
 
-    context = mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.terminate()
-            pytest.fail(f"the pipeline did not finish in {SPAWN_TIMEOUT_S} s")
+    run_ranks(_worker, str(tmp_path), timeout_s=SPAWN_TIMEOUT_S, what="the pipeline")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["layers"] for r in ranks] == [[(0, 1)], [(1, 4)]]
     ids = _batch()

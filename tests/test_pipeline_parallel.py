@@ -3,24 +3,15 @@
 the stack is cut (balanced by the IR's costs); and what it refuses."""
 
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from .conftest import SPECS
+from .ranks import run_ranks
 
 SPAWN_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # A scale after the final norm, in features(): it must run on the last stage only.
 LOGIT_SCALED = """
@@ -90,15 +81,7 @@ def _worker(rank: int, world: int, port: int, spec: str, schedule: str, microbat
 
 
 def _spawn(*args) -> None:
-    """Two processes, bounded in time: a hang fails the test instead of blocking the suite."""
-    context = mp.spawn(_worker, args=(2, _free_port(), *args), nprocs=2, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.terminate()
-            pytest.fail(f"the pipeline did not finish in {SPAWN_TIMEOUT_S} s")
+    run_ranks(_worker, *args, timeout_s=SPAWN_TIMEOUT_S, what="the pipeline")
 
 
 def _check_against_one_process(spec: str, schedule: str, microbatches: int, out_dir) -> None:
