@@ -61,6 +61,30 @@ def glu(x, act: str):
     return ACTIVATIONS[act](gate) * up
 
 
+def position_mask(q_pos, k_pos, *, causal: bool, window=None, chunk=None, sink_tokens=0, dilation=1,
+                  global_tokens=0) -> torch.Tensor | None:
+    """(T, S) True where a query at q_pos may attend a key at k_pos, by absolute positions: the
+    causal, sliding-window (dilated, with sink and global tokens) and chunk masks `attention`
+    documents; None when none applies."""
+    if not (causal or window or chunk):
+        return None
+    rel = q_pos[:, None] - k_pos[None, :]
+    mask = rel >= 0 if causal else None
+    if window:
+        near = rel.abs() < window * dilation
+        if dilation > 1:
+            near = near & (rel.abs() % dilation == 0)
+        if sink_tokens:
+            near = near | (k_pos[None, :] < sink_tokens)
+        if global_tokens:
+            near = near | (k_pos[None, :] < global_tokens) | (q_pos[:, None] < global_tokens)
+        mask = near if mask is None else mask & near
+    if chunk:
+        same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
+        mask = same if mask is None else mask & same
+    return mask
+
+
 def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None, softcap=None, bias=None,
               key_mask=None, sinks=None, chunk=None, sink_tokens=0, dropout=0.0, dilation=1, global_tokens=0,
               allow=None):
@@ -88,22 +112,9 @@ def attention(q, k, v, q_pos, k_pos, *, causal: bool, scale: float, window=None,
     # which SDPA masks itself, so no (T, S) mask is built.
     if plain and causal and not window and not chunk and key_mask is None and allow is None and k_pos is q_pos:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=heads != kv_heads)
-    mask = None  # True where attending is allowed; (T, S) or (B, 1, T, S)
-    if causal or window or chunk:
-        rel = q_pos[:, None] - k_pos[None, :]
-        mask = rel >= 0 if causal else None
-        if window:
-            near = rel.abs() < window * dilation
-            if dilation > 1:
-                near = near & (rel.abs() % dilation == 0)
-            if sink_tokens:
-                near = near | (k_pos[None, :] < sink_tokens)
-            if global_tokens:
-                near = near | (k_pos[None, :] < global_tokens) | (q_pos[:, None] < global_tokens)
-            mask = near if mask is None else mask & near
-        if chunk:
-            same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
-            mask = same if mask is None else mask & same
+    # True where attending is allowed; (T, S) or (B, 1, T, S)
+    mask = position_mask(q_pos, k_pos, causal=causal, window=window, chunk=chunk, sink_tokens=sink_tokens,
+                         dilation=dilation, global_tokens=global_tokens)
     if key_mask is not None:
         km = key_mask[:, None, None, :].bool()
         mask = km if mask is None else mask & km

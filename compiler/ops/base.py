@@ -236,6 +236,24 @@ class WeightlessOp(OpDef):
         return None
 
 
+class HeadOp(OpDef):
+    """A task head: one input, weights counted as "head", its module called on the input. Its
+    work runs once per sequence (a pooled token) unless it overrides `cost`."""
+
+    abstract = True
+    arity = (1, 1)
+    picture = "head"
+
+    def category(self, d):
+        return "head"
+
+    def cost(self, d, ctx):
+        return Cost()  # once per sequence, not per token
+
+    def call(self, d, args, emit):
+        return f"self.{d['name']}({args[0]})"
+
+
 @dataclass
 class VerifyContext:
     """What an op's verifier may look at beyond its own node."""

@@ -3,11 +3,11 @@ ModernBERT's own pooling (first token or masked mean) and dense-activation-norm 
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, WeightlessOp, attr, register
+from .base import Cost, HeadOp, WeightlessOp, attr, register
 
 
 @register
-class MLMHead(OpDef):
+class MLMHead(HeadOp):
     name = "mlm_head"
     summary = "dense(d → d), activation, norm, then onto the vocabulary (+ a bias per token id)"
     attrs = {"vocab": attr(int), "dim": attr(int), "act": attr(str), "norm": attr(str, doc="layernorm | rmsnorm"),
@@ -16,8 +16,6 @@ class MLMHead(OpDef):
              "width": attr(int, default=None, doc="the dense layer's output: the embedding width (ALBERT); "
                                                  "default dim"),
              "dense_bias": attr(bool, default=True, doc="the dense layer's bias (off: ModernBERT's classifier_bias)")}
-    arity = (1, 1)
-    picture = "head"
     hf_params = {"dense_weight": "transform.dense.weight", "dense_bias": "transform.dense.bias",
                  "norm_weight": "transform.LayerNorm.weight", "norm_bias": "transform.LayerNorm.bias",
                  "bias": "bias"}  # BERT's tied head: its decoder is the embedding table
@@ -42,9 +40,6 @@ class MLMHead(OpDef):
             if emb is None or tuple(emb["params"].get("weight", ())) != (a["vocab"], a["width"] or a["dim"]):
                 ctx.fail(node, "a tied head needs an embedding table of the same shape")
 
-    def category(self, d):
-        return "head"
-
     def cost(self, d, ctx):
         a = d["attrs"]
         w = a["width"] or a["dim"]
@@ -63,28 +58,17 @@ class MLMHead(OpDef):
 
 
 @register
-class Classifier(OpDef):
+class Classifier(HeadOp):
     name = "classifier"
     summary = "scores of each label from the pooled first token"
     attrs = {"dim": attr(int), "labels": attr(int)}
-    arity = (1, 1)
-    picture = "head"
     hf_params = {"weight": "weight", "bias": "bias"}
 
     def params(self, a, shape):
         return {"weight": (a["labels"], a["dim"]), "bias": (a["labels"],)}
 
-    def category(self, d):
-        return "head"
-
-    def cost(self, d, ctx):
-        return Cost()  # once per sequence, not per token
-
     def module(self, d, emit):
         return f"nn.Linear({d['attrs']['dim']}, {d['attrs']['labels']})"
-
-    def call(self, d, args, emit):
-        return f"self.{d['name']}({args[0]})"
 
 
 @register
@@ -100,13 +84,11 @@ class PoolTokens(WeightlessOp):
 
 
 @register
-class HeadTransform(OpDef):
+class HeadTransform(HeadOp):
     name = "head_transform"
     summary = "norm(act(dense(x))): ModernBERT's prediction head before its classifier"
     attrs = {"dim": attr(int), "act": attr(str), "norm": attr(str, doc="layernorm | rmsnorm"), "eps": attr(float),
              "norm_bias": attr(bool), "dense_bias": attr(bool)}
-    arity = (1, 1)
-    picture = "head"
     hf_params = {"dense_weight": "dense.weight", "dense_bias": "dense.bias", "norm_weight": "norm.weight",
                  "norm_bias": "norm.bias"}  # ModernBertPredictionHead
 
@@ -118,16 +100,7 @@ class HeadTransform(OpDef):
                 del params[flag]
         return params
 
-    def category(self, d):
-        return "head"
-
-    def cost(self, d, ctx):
-        return Cost()  # once per sequence, not per token
-
     def module(self, d, emit):
         a = d["attrs"]
         return (f"rt.HeadTransform({a['dim']}, act={a['act']!r}, norm={a['norm']!r}, eps={a['eps']!r}, "
                 f"norm_bias={a['norm_bias']!r}, dense_bias={a['dense_bias']!r})")
-
-    def call(self, d, args, emit):
-        return f"self.{d['name']}({args[0]})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, OpDef, attr, register
+from .base import Cost, HeadOp, OpDef, attr, register
 
 _FFN_PREFIXES = ("gate", "up", "down")
 
@@ -79,22 +79,14 @@ class LmHead(OpDef):
 
 
 @register
-class Pooler(OpDef):
+class Pooler(HeadOp):
     name = "pooler"
     summary = "tanh(dense(first token)), or another activation"
     attrs = {"dim": attr(int), "act": attr(str, default=None, doc="the activation; None: tanh")}
-    arity = (1, 1)
-    picture = "head"
     hf_params = {"weight": "dense.weight", "bias": "dense.bias"}
 
     def params(self, a, shape):
         return {"weight": (a["dim"], a["dim"]), "bias": (a["dim"],)}
-
-    def category(self, d):
-        return "head"
-
-    def cost(self, d, ctx):
-        return Cost()  # once per sequence, not per token
 
     def module(self, d, emit):
         return f"nn.Linear({d['attrs']['dim']}, {d['attrs']['dim']})"

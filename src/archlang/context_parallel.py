@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from archlang.kernels.reference import position_mask
 from archlang.spec.errors import ArchError
 
 # Mixers that continue the previous shard's conv inputs and end state (the hooks read
@@ -149,28 +150,6 @@ class _RingShift(torch.autograd.Function):
         return _exchange(grad.contiguous(), ctx.group, ctx.receive_from, ctx.send_to), None, None, None
 
 
-def _allowed(q_pos, k_pos, *, causal, window, chunk, sink_tokens, dilation, global_tokens) -> torch.Tensor | None:
-    """(T, S) True where a query may attend a key, by global positions: the masks of
-    kernels.reference.attention."""
-    if not (causal or window or chunk):
-        return None
-    rel = q_pos[:, None] - k_pos[None, :]
-    mask = rel >= 0 if causal else None
-    if window:
-        near = rel.abs() < window * dilation
-        if dilation > 1:
-            near = near & (rel.abs() % dilation == 0)
-        if sink_tokens:
-            near = near | (k_pos[None, :] < sink_tokens)
-        if global_tokens:
-            near = near | (k_pos[None, :] < global_tokens) | (q_pos[:, None] < global_tokens)
-        mask = near if mask is None else mask & near
-    if chunk:
-        same = (q_pos[:, None] // chunk) == (k_pos[None, :] // chunk)
-        mask = same if mask is None else mask & same
-    return mask
-
-
 def _block(q, k, v, q_pos, k_pos, *, scale, softcap, **masks) -> tuple[torch.Tensor, torch.Tensor]:
     """One key/value block's softmax-weighted values and their log-sum-exp (B, H, T, 1), in float32."""
     heads, kv_heads = q.shape[1], k.shape[1]
@@ -180,7 +159,7 @@ def _block(q, k, v, q_pos, k_pos, *, scale, softcap, **masks) -> tuple[torch.Ten
     scores = (q @ k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    mask = _allowed(q_pos, k_pos, **masks)
+    mask = position_mask(q_pos, k_pos, **masks)
     if mask is not None:
         # a row this block hides entirely gets a finite, hugely negative log-sum-exp: weight 0 in the combine
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
