@@ -85,7 +85,6 @@ _ALIASES = {"dp": "dp_shard"}
 # The ranks along these dimensions feed different data (cp: different parts of one sequence),
 # so their gradients are averaged; tp and pp ranks hold different pieces of one computation.
 _DATA_DIMS = ("dp_replicate", "dp_shard", "ep", "cp")
-SHARD_DIMS = MESH_DIMS + tuple(_ALIASES)
 
 
 def mesh_dims(mesh) -> dict[str, str]:
@@ -110,6 +109,12 @@ def mesh_dims(mesh) -> dict[str, str]:
 
 def _submesh(mesh, name: str):
     return mesh if len(mesh.mesh_dim_names or ("dp",)) == 1 else mesh[name]
+
+
+def _size(mesh, name: str) -> int:
+    """Ranks along the mesh dimension `name`."""
+    order = list(mesh.mesh_dim_names or ("dp",))
+    return mesh.size(order.index(name)) if len(order) > 1 else mesh.size()
 
 
 def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microbatches: int | None = None,
@@ -149,7 +154,7 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microba
 
         check_expert_parallel(model, _submesh(mesh, dims["ep"]))
     if "tp" in dims:
-        _tensor_parallel_plan(model, _submesh(mesh, dims["tp"]))
+        tp_plan = _tensor_parallel_plan(model, _submesh(mesh, dims["tp"]))
     if "cp" in dims:
         from archlang.context_parallel import check_context_parallel
 
@@ -166,7 +171,7 @@ def shard(model: nn.Module, mesh, *, reshard_after_forward: bool = True, microba
     if "tp" in dims:
         from torch.distributed.tensor.parallel import parallelize_module
 
-        parallelize_module(model, _submesh(mesh, dims["tp"]), _tensor_parallel_plan(model, _submesh(mesh, dims["tp"])))
+        parallelize_module(model, _submesh(mesh, dims["tp"]), tp_plan)
     if "cp" in dims:
         model.context_parallel_mesh = _submesh(mesh, dims["cp"])
     data = _data_parallel(model, mesh, dims, reshard_after_forward)
@@ -210,14 +215,10 @@ def _fsdp_mesh(mesh, dims: dict[str, str], shard: tuple[str, ...]):
     from archlang.spec.errors import ArchError
 
     order = list(mesh.mesh_dim_names or ("dp",))
-
-    def size(name: str) -> int:
-        return mesh.size(order.index(name)) if len(order) > 1 else mesh.size()
-
     # a dimension of one rank reduces nothing (and FSDP2 would divide twice over it when it sums
     # with a custom divide factor, as the experts do on gloo)
-    shard_names = sorted((dims[d] for d in shard if d in dims and size(dims[d]) > 1), key=order.index)
-    replicate = dims.get("dp_replicate") if "dp_replicate" in dims and size(dims["dp_replicate"]) > 1 else None
+    shard_names = sorted((dims[d] for d in shard if d in dims and _size(mesh, dims[d]) > 1), key=order.index)
+    replicate = dims.get("dp_replicate") if "dp_replicate" in dims and _size(mesh, dims["dp_replicate"]) > 1 else None
     if not shard_names and replicate is None:
         return None, False
     if len(order) == 1:
@@ -255,7 +256,7 @@ def _data_parallel(model: nn.Module, mesh, dims: dict[str, str], reshard_after_f
         return None
     apply = fully_shard if sharded else replicate
     options = {"reshard_after_forward": reshard_after_forward} if sharded else {}
-    moes = [moe for moe in _expert_parallel_layers(model)]
+    moes = _expert_parallel_layers(model)
     expert_mesh, experts_sharded = _fsdp_mesh(mesh, dims, ("dp_shard", "cp"))
     fed = _ranks_feeding_data(mesh, dims)
     gloo = experts_sharded and torch.distributed.get_backend() == "gloo"
@@ -307,11 +308,10 @@ def _non_expert_weights(moe: nn.Module) -> list[nn.Parameter]:
 
 def _ranks_feeding_data(mesh, dims: dict[str, str]) -> int:
     """The ranks whose losses the mean is over: data-parallel ranks and sequence shards."""
-    order = list(mesh.mesh_dim_names or ("dp",))
     fed = 1
     for d in _DATA_DIMS:
         if d in dims:
-            fed *= mesh.size(order.index(dims[d])) if len(order) > 1 else mesh.size()
+            fed *= _size(mesh, dims[d])
     return fed
 
 
